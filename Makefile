@@ -1,0 +1,104 @@
+# ferry - build, test, run, bench.  Quiet unless V=1.
+
+CC       ?= cc
+PKGS     := luajit libcares
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/luajit-2.1)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lluajit-5.1 -lcares)
+WERROR   ?=
+OPT      ?= -O2
+CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Wshadow -Wno-unused-parameter \
+            -fno-strict-aliasing $(WERROR) $(PKG_CFLAGS) -MMD -MP
+LDFLAGS  += -rdynamic
+LDLIBS   += $(PKG_LIBS) -lev -lhttp_parser -lm -ldl
+
+SRCS     := $(wildcard core/*.c)
+OBJS     := $(SRCS:core/%.c=build/%.o)
+ASAN_OBJS:= $(SRCS:core/%.c=build/asan/%.o)
+ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+BUSTED   := busted --lua=luajit
+SPEC_DIRS ?= spec/unit spec/core spec/integration
+
+# Debian packages: build, specs, and the upstream proxies the specs run.
+DEPS     := build-essential pkg-config luajit2 libluajit2-5.1-dev libev-dev libhttp-parser-dev \
+            libc-ares-dev libsqlite3-dev libedit-dev lua-cjson lua-busted lua-socket lua-check \
+            cppcheck microsocks tinyproxy curl
+BENCH_DEPS := wrk nginx-light squid haproxy tinyproxy util-linux
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+.PHONY: all deps bench-deps run test asan lint bench clean check-config
+
+all: bin/ferry
+
+bin/ferry: $(OBJS)
+	@mkdir -p bin
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
+
+build/%.o: core/%.c
+	@mkdir -p build
+	@echo "  CC    $<"
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+bin/ferry-asan: $(ASAN_OBJS)
+	@mkdir -p bin
+	@echo "  LD    $@"
+	$(Q)$(CC) $(ASAN_FLAGS) $(LDFLAGS) -o $@ $(ASAN_OBJS) $(LDLIBS)
+
+build/asan/%.o: core/%.c
+	@mkdir -p build/asan
+	@echo "  CC    $< (asan)"
+	$(Q)$(CC) $(CFLAGS) $(ASAN_FLAGS) -O1 -c -o $@ $<
+
+-include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d)
+
+# Install whatever of DEPS is missing (needs root or sudo).
+deps:
+	@missing=""; for p in $(DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "  DEPS $$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+bench-deps:
+	@missing=""; for p in $(BENCH_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "  DEPS $$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+run: deps bin/ferry
+	./bin/ferry -c examples/quickstart.lua
+
+check-config: bin/ferry
+	./bin/ferry check -c examples/quickstart.lua
+
+# The suite under busted; the last line is "N passed, N failed".
+test: deps bin/ferry
+	@FERRY_BIN=$(CURDIR)/bin/ferry spec/run.sh $(SPEC_DIRS)
+
+asan: deps bin/ferry-asan
+	@FERRY_BIN=$(CURDIR)/bin/ferry-asan FERRY_ASAN=1 \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=66 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  spec/run.sh $(SPEC_DIRS)
+
+lint: deps
+	luacheck -q lua plugins spec examples etc
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
+	  --std=c11 --inline-suppr --suppress=missingIncludeSystem -D_GNU_SOURCE core
+
+bench: deps bench-deps bin/ferry
+	spec/bench/run.sh
+
+clean:
+	rm -rf build bin spec/tmp

@@ -1,0 +1,23 @@
+/* bridge.h - the Lua side of the core: boot the runtime, ask it questions. */
+#ifndef FERRY_BRIDGE_H
+#define FERRY_BRIDGE_H
+
+#include "ferry.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Negative answers of bridge_dispatch. */
+#define BRIDGE_NO_PROXY    (-1) /* the pool has nothing usable */
+#define BRIDGE_ROUTE_ERROR (-2) /* route failed or named nothing known */
+#define BRIDGE_DENY        (-3) /* policy said no */
+
+/* Create the Lua state and load lua/ferry/runtime.lua from root. */
+int bridge_init(const char *root, char *err, size_t errlen);
+/* Validate a config; with apply, also open listeners and create proxies. */
+int bridge_load(const char *config, int apply, char *err, size_t errlen);
+/* Route one request: a proxy id, 0 for direct, or BRIDGE_*. */
+int64_t bridge_dispatch(struct ferry_req *r);
+void bridge_fini(void);
+
+#endif

@@ -1,0 +1,121 @@
+/* buf.c - bounded byte buffers for sockets. */
+#include "buf.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void buf_init(struct buf *b, size_t cap)
+{
+    b->data = NULL;
+    b->cap = cap;
+    b->start = 0;
+    b->end = 0;
+}
+
+void buf_free(struct buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->start = b->end = 0;
+}
+
+void buf_trim(struct buf *b)
+{
+    if (b->data != NULL && buf_empty(b)) {
+        buf_free(b);
+    }
+}
+
+void buf_consume(struct buf *b, size_t n)
+{
+    b->start += n;
+    if (b->start >= b->end) {
+        b->start = b->end = 0;
+    }
+}
+
+char *buf_tail(struct buf *b, size_t *room)
+{
+    if (b->data == NULL) {
+        b->data = malloc(b->cap);
+        if (b->data == NULL) {
+            *room = 0;
+            return NULL;
+        }
+    }
+    /* Compact only when the tail is short: moving bytes costs, so
+     * keep appending in place while there is a useful amount of room. */
+    if (b->start > 0 && b->cap - b->end < b->cap / 4) {
+        memmove(b->data, b->data + b->start, buf_len(b));
+        b->end -= b->start;
+        b->start = 0;
+    }
+    *room = b->cap - b->end;
+    return b->data + b->end;
+}
+
+void buf_commit(struct buf *b, size_t n)
+{
+    b->end += n;
+}
+
+size_t buf_append(struct buf *b, const void *p, size_t n)
+{
+    size_t room;
+    char *t = buf_tail(b, &room);
+    if (t == NULL) {
+        return 0;
+    }
+    if (room < n && b->start > 0) {
+        memmove(b->data, b->data + b->start, buf_len(b));
+        b->end -= b->start;
+        b->start = 0;
+        t = b->data + b->end;
+        room = b->cap - b->end;
+    }
+    if (n > room) {
+        n = room;
+    }
+    memcpy(t, p, n);
+    b->end += n;
+    return n;
+}
+
+ssize_t buf_read_fd(struct buf *b, int fd)
+{
+    size_t room;
+    char *t = buf_tail(b, &room);
+    if (t == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    if (room == 0) {
+        errno = ENOBUFS;
+        return -1;
+    }
+    ssize_t n;
+    do {
+        n = read(fd, t, room);
+    } while (n == -1 && errno == EINTR);
+    if (n > 0) {
+        b->end += (size_t)n;
+    }
+    return n;
+}
+
+ssize_t buf_write_fd(struct buf *b, int fd)
+{
+    if (buf_empty(b)) {
+        return 0;
+    }
+    ssize_t n;
+    do {
+        n = write(fd, buf_head(b), buf_len(b));
+    } while (n == -1 && errno == EINTR);
+    if (n > 0) {
+        buf_consume(b, (size_t)n);
+    }
+    return n;
+}

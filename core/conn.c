@@ -1,0 +1,368 @@
+/* conn.c - connection lifecycle: accept, watchers, the pump, deferred close. */
+#include "conn.h"
+#include "listener.h"
+#include "log.h"
+#include "proxy.h"
+#include "resolve.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct timeouts timeouts = {
+    .client_head = 10, .connect = 5, .first_byte = 30,
+    .idle = 300, .keepalive = 60, .request = 60,
+};
+
+/* How long a closing client may keep sending before we stop listening. */
+#define LINGER_SECS 2.0
+
+static unsigned nconns;
+
+/* All live connections, so a stop can close them. */
+static struct conn **live;
+static unsigned nlive, cap_live;
+
+unsigned conn_count(void)
+{
+    return nconns;
+}
+
+static void on_client(struct ev_loop *lp, ev_io *w, int revents);
+static void on_upstream(struct ev_loop *lp, ev_io *w, int revents);
+static void on_timer(struct ev_loop *lp, ev_timer *w, int revents);
+
+static void addr_text(const struct sockaddr *sa, char *out, size_t n)
+{
+    if (sa->sa_family == AF_INET) {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)n);
+    } else if (sa->sa_family == AF_INET6) {
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)n);
+    } else {
+        snprintf(out, n, "unknown");
+    }
+}
+
+struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
+{
+    if (nlive == cap_live) {
+        unsigned ncap = cap_live ? cap_live * 2 : 256;
+        struct conn **nl = realloc(live, ncap * sizeof(*nl));
+        if (nl == NULL) {
+            return NULL;
+        }
+        live = nl;
+        cap_live = ncap;
+    }
+    struct conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        return NULL;
+    }
+    c->l = l;
+    c->cfd = fd;
+    c->ufd = -1;
+    buf_init(&c->cin, CONN_BUF_SIZE);
+    buf_init(&c->cout, CONN_BUF_SIZE);
+    buf_init(&c->uin, CONN_BUF_SIZE);
+    buf_init(&c->uout, CONN_BUF_SIZE);
+    addr_text(sa, c->client, sizeof(c->client));
+    ev_io_init(&c->cio, on_client, fd, 0);
+    ev_init(&c->uio, on_upstream);
+    ev_init(&c->timer, on_timer);
+    c->state = CS_HEAD;
+    c->last_io = loop_now();
+    live[nlive++] = c;
+    nconns++;
+    conn_arm(c, timeouts.client_head);
+    c->refs++;
+    conn_pump(c);
+    c->refs--;
+    if (c->closing) {
+        conn_close(c);
+    }
+    return c;
+}
+
+static void conn_destroy(struct conn *c)
+{
+    /* Watchers and pending work first, then the descriptors. */
+    ev_io_stop(loop, &c->cio);
+    ev_timer_stop(loop, &c->timer);
+    if (c->rr != NULL) {
+        resolve_cancel(c->rr);
+        c->rr = NULL;
+    }
+    conn_upstream_close(c);
+    close(c->cfd);
+    buf_free(&c->cin);
+    buf_free(&c->cout);
+    buf_free(&c->uin);
+    buf_free(&c->uout);
+    for (unsigned i = 0; i < nlive; i++) {
+        if (live[i] == c) {
+            live[i] = live[--nlive];
+            break;
+        }
+    }
+    nconns--;
+    free(c);
+}
+
+void conn_close(struct conn *c)
+{
+    c->closing = 1;
+    if (c->refs == 0) {
+        conn_destroy(c);
+    }
+}
+
+void conn_close_all(void)
+{
+    while (nlive > 0) {
+        struct conn *c = live[nlive - 1];
+        c->refs = 0;
+        conn_close(c);
+    }
+    free(live);
+    live = NULL;
+    cap_live = 0;
+}
+
+void conn_arm(struct conn *c, double secs)
+{
+    ev_timer_stop(loop, &c->timer);
+    c->timeout = secs;
+    c->last_io = loop_now();
+    ev_timer_set(&c->timer, secs, 0.);
+    ev_timer_start(loop, &c->timer);
+}
+
+static void set_events(ev_io *w, int *have, int fd, int want)
+{
+    if (*have == want && (want == 0 || w->fd == fd)) {
+        return;
+    }
+    ev_io_stop(loop, w);
+    if (want != 0) {
+        ev_io_set(w, fd, want);
+        ev_io_start(loop, w);
+    }
+    *have = want;
+}
+
+/* Interest follows from state and buffers, after every callback. */
+void conn_update_io(struct conn *c)
+{
+    int ce = 0, ue = 0;
+    int tunnel = c->state == CS_TUNNEL;
+    if (!c->client_eof && buf_room(&c->cin) > 0) {
+        ce |= EV_READ;
+    }
+    if (!buf_empty(&c->cout) || (tunnel && !buf_empty(&c->uin))) {
+        ce |= EV_WRITE;
+    }
+    if (c->ufd >= 0) {
+        int reading = c->state == CS_HANDSHAKE || c->state == CS_EXCHANGE || tunnel ||
+                      c->idle_up;
+        if (reading && !c->upstream_eof && buf_room(&c->uin) > 0) {
+            ue |= EV_READ;
+        }
+        if (c->state == CS_CONNECT || !buf_empty(&c->uout) ||
+            (tunnel && !buf_empty(&c->cin))) {
+            ue |= EV_WRITE;
+        }
+    }
+    set_events(&c->cio, &c->ev_c, c->cfd, ce);
+    set_events(&c->uio, &c->ev_u, c->ufd, ue);
+}
+
+static int flush_client(struct conn *c)
+{
+    while (!buf_empty(&c->cout)) {
+        ssize_t n = buf_write_fd(&c->cout, c->cfd);
+        if (n > 0) {
+            c->bytes_out += (unsigned long long)n;
+            c->last_io = loop_now();
+            continue;
+        }
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return 0;
+        }
+        return -1; /* the client went away */
+    }
+    return 0;
+}
+
+static int flush_upstream(struct conn *c)
+{
+    if (c->ufd < 0 || c->state == CS_CONNECT) {
+        return 0;
+    }
+    while (!buf_empty(&c->uout)) {
+        ssize_t n = buf_write_fd(&c->uout, c->ufd);
+        if (n > 0) {
+            c->last_io = loop_now();
+            continue;
+        }
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return 0;
+        }
+        return -1;
+    }
+    return 0;
+}
+
+/* The final response is out: stop sending, and read what the client
+ * still sends until it closes, so our close does not reset the socket
+ * and destroy the response before the client has read it. */
+static void drain(struct conn *c)
+{
+    if (!buf_empty(&c->cout)) {
+        return;
+    }
+    if (!c->shut_c) {
+        shutdown(c->cfd, SHUT_WR);
+        c->shut_c = 1;
+        conn_arm(c, LINGER_SECS);
+    }
+    if (c->client_eof) {
+        conn_close(c);
+        return;
+    }
+    buf_consume(&c->cin, buf_len(&c->cin));
+}
+
+/* Move every part of the connection forward as far as it can go. */
+void conn_pump(struct conn *c)
+{
+    for (int round = 0; round < 8 && !c->closing; round++) {
+        enum conn_state before = c->state;
+        size_t cin_before = buf_len(&c->cin), uin_before = buf_len(&c->uin);
+        switch (c->state) {
+        case CS_HEAD:
+            conn_on_head(c);
+            break;
+        case CS_EXCHANGE:
+            if (conn_exchange(c) < 0) {
+                return;
+            }
+            break;
+        case CS_TUNNEL:
+            if (conn_tunnel(c) < 0) {
+                return;
+            }
+            break;
+        case CS_DRAIN:
+            drain(c);
+            break;
+        default:
+            break;
+        }
+        if (c->closing) {
+            return;
+        }
+        if (flush_client(c) < 0) {
+            conn_close(c);
+            return;
+        }
+        if (flush_upstream(c) < 0) {
+            if (c->state == CS_TUNNEL) {
+                conn_close(c);
+                return;
+            }
+            conn_attempt_failed(c, FERRY_FAIL_RESET, FERR_UPSTREAM_RESET);
+            if (c->closing) {
+                return;
+            }
+        }
+        if (c->state == before && buf_len(&c->cin) == cin_before &&
+            buf_len(&c->uin) == uin_before) {
+            break;
+        }
+    }
+    if (!c->closing) {
+        if (c->state == CS_DRAIN) {
+            drain(c);
+            if (c->closing) {
+                return;
+            }
+        }
+        conn_update_io(c);
+    }
+}
+
+static void read_client(struct conn *c)
+{
+    ssize_t n = buf_read_fd(&c->cin, c->cfd);
+    if (n > 0) {
+        c->bytes_in += (unsigned long long)n;
+        c->last_io = loop_now();
+    } else if (n == 0) {
+        c->client_eof = 1;
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS) {
+        c->client_eof = 1; /* reset: nothing more will come */
+    }
+}
+
+static void on_client(struct ev_loop *lp, ev_io *w, int revents)
+{
+    (void)lp;
+    struct conn *c = (struct conn *)((char *)w - offsetof(struct conn, cio));
+    c->refs++;
+    if (revents & EV_READ) {
+        read_client(c);
+    }
+    conn_pump(c);
+    if (!c->closing && c->client_eof && c->state == CS_HEAD && buf_empty(&c->cout)) {
+        conn_close(c); /* an idle or half-sent client left */
+    }
+    c->refs--;
+    if (c->closing) {
+        conn_close(c);
+    }
+}
+
+static void on_upstream(struct ev_loop *lp, ev_io *w, int revents)
+{
+    (void)lp;
+    struct conn *c = (struct conn *)((char *)w - offsetof(struct conn, uio));
+    c->refs++;
+    conn_upstream_event(c, revents);
+    if (!c->closing) {
+        conn_pump(c);
+    }
+    c->refs--;
+    if (c->closing) {
+        conn_close(c);
+    }
+}
+
+static void on_timer(struct ev_loop *lp, ev_timer *w, int revents)
+{
+    (void)lp;
+    (void)revents;
+    struct conn *c = (struct conn *)((char *)w - offsetof(struct conn, timer));
+    c->refs++;
+    /* Idle timeouts are pushed back lazily: activity only stamps
+     * last_io, and the timer re-arms itself for the remainder. */
+    double left = c->last_io + c->timeout - loop_now();
+    int activity_based = c->state == CS_TUNNEL || c->state == CS_DRAIN ||
+                         (c->state == CS_EXCHANGE && c->resp_head_done);
+    if (activity_based && left > 0.001) {
+        ev_timer_set(&c->timer, left, 0.);
+        ev_timer_start(loop, &c->timer);
+    } else {
+        conn_on_timeout(c);
+        if (!c->closing) {
+            conn_pump(c);
+        }
+    }
+    c->refs--;
+    if (c->closing) {
+        conn_close(c);
+    }
+}

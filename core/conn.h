@@ -1,0 +1,148 @@
+/* conn.h - one client connection and everything it is doing.
+ *
+ * A connection reads requests, asks Lua where each one goes, reaches
+ * the destination through a connector, and relays.  Watcher interest is
+ * never stored as flags: conn_update_io() derives it from the state and
+ * the buffers after every callback. */
+#ifndef FERRY_CONN_H
+#define FERRY_CONN_H
+
+#include "buf.h"
+#include "errors.h"
+#include "ferry.h"
+#include "http.h"
+#include "loop.h"
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define CONN_BUF_SIZE 16384
+#define TUNNEL_BUF_SIZE 65536
+#define CONN_MAX_TRIES 8
+#define HOST_MAX_LEN 255
+
+enum conn_state {
+    CS_HEAD = 0,  /* waiting for a request head (new or keep-alive) */
+    CS_RESOLVE,   /* looking up the first hop's address */
+    CS_CONNECT,   /* TCP connect to the first hop in progress */
+    CS_HANDSHAKE, /* connector handshake: HTTP CONNECT or SOCKS5 */
+    CS_BACKOFF,   /* waiting before the next attempt on another proxy */
+    CS_EXCHANGE,  /* plain HTTP: request body out, response back */
+    CS_TUNNEL,    /* opaque relay both ways: CONNECT or a WebSocket after 101 */
+    CS_DRAIN      /* final bytes to the client, then a lingering close */
+};
+
+struct listener;
+struct proxy;
+struct resolve_req;
+struct upstream_ops;
+
+struct conn {
+    struct listener *l;          /* ro: accepted here */
+    int cfd;                     /* ro: client socket */
+    int ufd;                     /* ro: upstream socket, -1 when none */
+    ev_io cio;                   /* private: client watcher */
+    ev_io uio;                   /* private: upstream watcher */
+    ev_timer timer;              /* private: the one timeout of the conn */
+    enum conn_state state;       /* rw */
+    struct buf cin, cout;        /* rw: client in, client out */
+    struct buf uin, uout;        /* rw: upstream in, upstream out */
+    struct http_msg req;         /* rw: current request head */
+    struct http_msg resp;        /* rw: current response head / handshake */
+
+    /* The current request, copied out of the head for routing and logs. */
+    char host[HOST_MAX_LEN + 1];
+    int port;
+    char method[24];
+    char path[512];              /* path and query, truncated for logs */
+    char client[64];             /* client address text */
+    char user[128];              /* inbound user, if authenticated */
+    char cid[40];                /* correlation id */
+    struct http_span tpath;      /* path and query within the head */
+    size_t head_len;             /* request head bytes at cin's start */
+    size_t fwd;                  /* request bytes already sent upstream */
+    int is_connect;              /* CONNECT tunnel */
+    int status;                  /* status sent to the client */
+    const char *code;            /* FERRY code of the outcome, or NULL */
+    double t_start;              /* request start */
+    double t_attempt;            /* current attempt start */
+    double deadline;             /* the request must end by then */
+    double last_io;              /* for idle timeouts */
+    double timeout;              /* idle timeout of the current state */
+    unsigned long long bytes_in, bytes_out;
+    unsigned served;             /* requests completed on this conn */
+
+    /* Routing and attempts. */
+    struct proxy *proxy;         /* NULL: direct */
+    const struct upstream_ops *ops; /* connector of this attempt */
+    int hs_state;                /* connector's private handshake step */
+    struct resolve_req *rr;      /* pending lookup, cancelled on close */
+    uint32_t tried[CONN_MAX_TRIES];
+    unsigned ntried;
+    unsigned attempt;
+    int retries;
+    double connect_timeout, first_byte_timeout;
+    enum ferry_fail_kind fail_kind; /* set by a failing connector */
+    enum ferr fail_err;
+
+    /* An upstream kept open after a keep-alive response. */
+    struct proxy *idle_proxy;
+    char idle_host[HOST_MAX_LEN + 1];
+    int idle_port;
+
+    int refs;                    /* handlers on the stack */
+    int ev_c, ev_u;              /* private: events the watchers have now */
+    unsigned counted:1;          /* proxy_attempt_begin was called */
+    unsigned closing:1;          /* free once refs drop to 0 */
+    unsigned client_eof:1;
+    unsigned upstream_eof:1;
+    unsigned req_done:1;         /* request fully sent upstream */
+    unsigned resp_head_done:1;
+    unsigned resp_done:1;
+    unsigned replayable:1;       /* request still whole in cin: may retry */
+    unsigned sent_any:1;         /* response bytes reached cout this request */
+    unsigned keep_client:1;      /* keep the client open after this response */
+    unsigned upgrade:1;          /* request asks for a protocol upgrade */
+    unsigned shut_c:1;           /* shutdown(cfd, SHUT_WR) done */
+    unsigned shut_u:1;           /* shutdown(ufd, SHUT_WR) done */
+    unsigned idle_up:1;          /* ufd is an idle keep-alive upstream */
+    unsigned head_started:1;     /* bytes of the next head have arrived */
+};
+
+struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);
+/* Close now or, with handlers on the stack, as soon as they return. */
+void conn_close(struct conn *c);
+void conn_update_io(struct conn *c);
+void conn_pump(struct conn *c);
+void conn_arm(struct conn *c, double secs);
+unsigned conn_count(void);
+void conn_close_all(void);
+
+/* conn_http.c */
+void conn_on_head(struct conn *c);
+int conn_exchange(struct conn *c);
+void conn_fail(struct conn *c, enum ferr e);
+void conn_finish(struct conn *c);
+int conn_write_request_head(struct conn *c);
+
+/* conn_upstream.c */
+void conn_route(struct conn *c);
+void conn_attempt(struct conn *c);
+void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e);
+void conn_upstream_event(struct conn *c, int revents);
+void conn_upstream_ready(struct conn *c);
+void conn_upstream_close(struct conn *c);
+void conn_upstream_release(struct conn *c, int keep);
+void conn_on_timeout(struct conn *c);
+
+/* tunnel.c */
+void conn_tunnel_begin(struct conn *c);
+int conn_tunnel(struct conn *c);
+
+/* Global timeouts, seconds. */
+struct timeouts {
+    double client_head, connect, first_byte, idle, keepalive, request;
+};
+extern struct timeouts timeouts;
+
+#endif

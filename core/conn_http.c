@@ -1,0 +1,521 @@
+/* conn_http.c - plain HTTP through the proxy: request heads in,
+ * rewritten heads out, bodies relayed by their framing. */
+#include "conn.h"
+#include "listener.h"
+#include "log.h"
+#include "proxy.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static unsigned long long cid_counter;
+
+/* Correlation ids: the client's X-Request-Id when it is sane, else ours. */
+static void set_cid(struct conn *c, const char *base)
+{
+    struct http_span s = c->req.request_id;
+    int ok = s.len > 0 && s.len < sizeof(c->cid);
+    for (uint32_t i = 0; ok && i < s.len; i++) {
+        char ch = base[s.off + i];
+        ok = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
+             (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_' || ch == '.';
+    }
+    if (ok) {
+        memcpy(c->cid, base + s.off, s.len);
+        c->cid[s.len] = '\0';
+        return;
+    }
+    static unsigned long long seed;
+    if (seed == 0) {
+        seed = ((unsigned long long)random() << 32) ^ (unsigned long long)random() ^ 1;
+    }
+    unsigned long long v = (++cid_counter) * 0x9E3779B97F4A7C15ull ^ seed;
+    snprintf(c->cid, sizeof(c->cid), "%016llx", v);
+}
+
+static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
+{
+    ctx->cid = c->cid[0] ? c->cid : NULL;
+    ctx->listener = c->l->name;
+    ctx->pool = NULL;
+    ctx->proxy = c->proxy != NULL ? c->proxy->display : NULL;
+}
+
+static void log_done(struct conn *c)
+{
+    struct log_ctx ctx;
+    log_ctx_of(c, &ctx);
+    log_access(&ctx, c->client, c->method, c->host, c->port, c->path, c->status,
+               c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
+               (int)c->attempt + 1, c->code);
+}
+
+void conn_fail(struct conn *c, enum ferr e)
+{
+    const struct ferr_info *info = ferr_info(e);
+    struct log_ctx ctx;
+    log_ctx_of(c, &ctx);
+    c->code = info->code;
+    c->status = info->status;
+    log_event(LOG_WARN, info->code, &ctx, "%s %s:%d: %s", c->method[0] ? c->method : "-",
+              c->host[0] ? c->host : "-", c->port, info->message);
+    conn_upstream_close(c);
+    if (c->sent_any) {
+        /* Part of a response is already out: closing is the only signal. */
+        log_done(c);
+        conn_close(c);
+        return;
+    }
+    char body[256], head[512];
+    int bl = snprintf(body, sizeof(body),
+                      "{\"error\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}\n",
+                      info->code, info->message, c->cid);
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %d\r\nX-Ferry-Error: %s\r\nX-Request-Id: %s\r\n"
+                      "%sConnection: close\r\n\r\n",
+                      info->status, info->reason, bl, info->code, c->cid,
+                      e == FERR_AUTH_REQUIRED ? "Proxy-Authenticate: Basic realm=\"ferry\"\r\n"
+                                              : "");
+    buf_append(&c->cout, head, (size_t)hl);
+    buf_append(&c->cout, body, (size_t)bl);
+    c->sent_any = 1;
+    log_done(c);
+    c->state = CS_DRAIN;
+    conn_arm(c, timeouts.idle < 30 ? timeouts.idle : 30);
+}
+
+/* Pull host, port and path out of the request target. */
+static int parse_target(struct conn *c, const char *base)
+{
+    struct http_parser_url u;
+    http_parser_url_init(&u);
+    const char *url = base + c->req.url.off;
+    size_t ulen = c->req.url.len;
+    if (http_parser_parse_url(url, ulen, c->is_connect, &u) != 0) {
+        conn_fail(c, c->is_connect ? FERR_BAD_REQUEST : FERR_NOT_ABSOLUTE);
+        return -1;
+    }
+    if (!c->is_connect) {
+        if (!(u.field_set & (1 << UF_SCHEMA)) || !(u.field_set & (1 << UF_HOST))) {
+            conn_fail(c, FERR_NOT_ABSOLUTE);
+            return -1;
+        }
+        if (u.field_data[UF_SCHEMA].len != 4 ||
+            strncasecmp(url + u.field_data[UF_SCHEMA].off, "http", 4) != 0) {
+            conn_fail(c, FERR_BAD_SCHEME);
+            return -1;
+        }
+    }
+    if (!(u.field_set & (1 << UF_HOST)) || u.field_data[UF_HOST].len == 0 ||
+        u.field_data[UF_HOST].len > HOST_MAX_LEN || (c->is_connect && u.port == 0)) {
+        conn_fail(c, FERR_BAD_REQUEST);
+        return -1;
+    }
+    memcpy(c->host, url + u.field_data[UF_HOST].off, u.field_data[UF_HOST].len);
+    c->host[u.field_data[UF_HOST].len] = '\0';
+    c->port = (u.field_set & (1 << UF_PORT)) ? u.port : 80;
+    if (c->is_connect) {
+        c->tpath.off = c->tpath.len = 0;
+        c->path[0] = '\0';
+        return 0;
+    }
+    /* Path and query, without the fragment (never sent on the wire). */
+    uint32_t start = (u.field_set & (1 << UF_PATH)) ? u.field_data[UF_PATH].off : 0;
+    uint32_t end = start;
+    if (u.field_set & (1 << UF_PATH)) {
+        end = u.field_data[UF_PATH].off + u.field_data[UF_PATH].len;
+    }
+    if (u.field_set & (1 << UF_QUERY)) {
+        if (!(u.field_set & (1 << UF_PATH))) {
+            start = u.field_data[UF_QUERY].off - 1;
+        }
+        end = u.field_data[UF_QUERY].off + u.field_data[UF_QUERY].len;
+    }
+    c->tpath.off = c->req.url.off + start;
+    c->tpath.len = end - start;
+    size_t pl = c->tpath.len < sizeof(c->path) - 1 ? c->tpath.len : sizeof(c->path) - 1;
+    memcpy(c->path, base + c->tpath.off, pl);
+    c->path[pl] = '\0';
+    return 0;
+}
+
+/* A new request on this connection starts with clean per-request state. */
+static void reset_request(struct conn *c)
+{
+    c->fwd = 0;
+    c->head_len = 0;
+    c->status = 0;
+    c->code = NULL;
+    c->ntried = 0;
+    c->attempt = 0;
+    c->retries = 0;
+    c->proxy = NULL;
+    c->req_done = c->resp_head_done = c->resp_done = 0;
+    c->sent_any = 0;
+    c->replayable = 1;
+    c->keep_client = 0;
+    c->upgrade = 0;
+    c->user[0] = '\0';
+    c->host[0] = '\0';
+    c->path[0] = '\0';
+    c->bytes_in = buf_len(&c->cin);
+    c->bytes_out = 0;
+}
+
+void conn_on_head(struct conn *c)
+{
+    buf_consume(&c->cin, http_skip_empty_lines(buf_head(&c->cin), buf_len(&c->cin)));
+    if (buf_empty(&c->cin)) {
+        return;
+    }
+    if (!c->head_started) {
+        c->head_started = 1;
+        conn_arm(c, timeouts.client_head);
+    }
+    const char *base = buf_head(&c->cin);
+    size_t hl = http_head_len(base, buf_len(&c->cin));
+    if (hl == 0) {
+        if (buf_room(&c->cin) == 0) {
+            c->cid[0] = '\0';
+            conn_fail(c, FERR_HEAD_TOO_LARGE);
+        } else if (c->client_eof) {
+            conn_close(c); /* the client gave up mid-head */
+        }
+        return;
+    }
+    reset_request(c);
+    c->t_start = loop_now();
+    c->head_len = hl;
+    int r = http_parse_request(&c->req, base, hl);
+    set_cid(c, base);
+    if (r != HTTP_PARSE_OK) {
+        conn_fail(c, r == HTTP_PARSE_TOO_MANY ? FERR_TOO_MANY_HEADERS : FERR_BAD_REQUEST);
+        return;
+    }
+    snprintf(c->method, sizeof(c->method), "%s", http_method_name(c->req.method));
+    c->is_connect = c->req.method == HTTP_CONNECT;
+    if (c->l->nusers > 0) {
+        const char *user = NULL;
+        if (c->req.proxy_auth.len > 0) {
+            user = listener_auth(c->l, base + c->req.proxy_auth.off, c->req.proxy_auth.len);
+        }
+        if (user == NULL) {
+            conn_fail(c, FERR_AUTH_REQUIRED);
+            return;
+        }
+        snprintf(c->user, sizeof(c->user), "%s", user);
+    }
+    if (parse_target(c, base) < 0) {
+        return;
+    }
+    c->upgrade = !c->is_connect && c->req.is_upgrade && c->req.upgrade.len > 0;
+    c->deadline = c->t_start + timeouts.request;
+    c->head_started = 0;
+    conn_route(c);
+}
+
+/* printf into a buffer, failing cleanly when it does not fit. */
+struct out {
+    char *p;
+    size_t n, cap;
+    int overflow;
+};
+
+static void outf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void outf(struct out *o, const char *fmt, ...)
+{
+    if (o->overflow) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(o->p + o->n, o->cap - o->n, fmt, ap);
+    va_end(ap);
+    if (k < 0 || (size_t)k >= o->cap - o->n) {
+        o->overflow = 1;
+        return;
+    }
+    o->n += (size_t)k;
+}
+
+static void out_fields(struct out *o, const struct http_msg *m, const char *base,
+                       int skip_host)
+{
+    for (unsigned i = 0; i < m->nfields; i++) {
+        const struct http_field *f = &m->fields[i];
+        if (f->hop || (skip_host && http_span_ieq(base, f->name, "Host"))) {
+            continue;
+        }
+        outf(o, "%.*s: %.*s\r\n", (int)f->name.len, base + f->name.off, (int)f->value.len,
+             base + f->value.off);
+    }
+}
+
+int conn_write_request_head(struct conn *c)
+{
+    const char *base = buf_head(&c->cin);
+    struct out o = { NULL, 0, 0, 0 };
+    size_t room;
+    o.p = buf_tail(&c->uout, &room);
+    o.cap = room;
+    if (o.p == NULL) {
+        return -1;
+    }
+    int absolute = c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP;
+    int v6 = strchr(c->host, ':') != NULL;
+    char hostport[HOST_MAX_LEN + 16];
+    if (c->port == 80) {
+        snprintf(hostport, sizeof(hostport), v6 ? "[%s]" : "%s", c->host);
+    } else {
+        snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%d" : "%s:%d", c->host, c->port);
+    }
+    const char *path = c->tpath.len > 0 ? base + c->tpath.off : "/";
+    int plen = c->tpath.len > 0 ? (int)c->tpath.len : 1;
+    /* An HTTP/1.0 client gets an HTTP/1.0 exchange upstream, so the
+     * response never arrives chunked to a client that cannot read it. */
+    int minor = (c->req.major == 1 && c->req.minor == 0) ? 0 : 1;
+    outf(&o, "%s %s%s%.*s HTTP/1.%d\r\nHost: %s\r\n", c->method, absolute ? "http://" : "",
+         absolute ? hostport : "", plen, path, minor, hostport);
+    out_fields(&o, &c->req, base, 1);
+    if (c->upgrade) {
+        outf(&o, "Connection: Upgrade\r\nUpgrade: %.*s\r\n", (int)c->req.upgrade.len,
+             base + c->req.upgrade.off);
+    }
+    if (absolute && c->proxy->auth_header != NULL) {
+        outf(&o, "%s", c->proxy->auth_header);
+    }
+    if (absolute && c->proxy->extra_headers != NULL) {
+        outf(&o, "%s", c->proxy->extra_headers);
+    }
+    outf(&o, "\r\n");
+    if (o.overflow) {
+        return -1;
+    }
+    buf_commit(&c->uout, o.n);
+    return 0;
+}
+
+static int write_response_head(struct conn *c, const char *base)
+{
+    struct out o = { NULL, 0, 0, 0 };
+    size_t room;
+    o.p = buf_tail(&c->cout, &room);
+    o.cap = room;
+    if (o.p == NULL) {
+        return -1;
+    }
+    const struct http_msg *m = &c->resp;
+    outf(&o, "HTTP/1.1 %d %.*s\r\n", m->status, (int)m->reason.len, base + m->reason.off);
+    out_fields(&o, m, base, 0);
+    if (m->status == 101) {
+        outf(&o, "Connection: Upgrade\r\nUpgrade: %.*s\r\n", (int)m->upgrade.len,
+             base + m->upgrade.off);
+    } else if (!c->keep_client) {
+        outf(&o, "Connection: close\r\n");
+    } else if (c->req.minor == 0) {
+        outf(&o, "Connection: keep-alive\r\n");
+    }
+    outf(&o, "\r\n");
+    if (o.overflow) {
+        return -1;
+    }
+    buf_commit(&c->cout, o.n);
+    return 0;
+}
+
+void conn_finish(struct conn *c)
+{
+    struct proxy *p = c->proxy;
+    int keep_up = c->resp.keep_alive && c->req_done && buf_empty(&c->uin) &&
+                  !c->upstream_eof && c->ufd >= 0 &&
+                  (p == NULL || !(p->pub.flags & FERRY_PROXY_REMOVED));
+    log_done(c);
+    conn_upstream_release(c, keep_up);
+    if (!c->req_done) {
+        c->keep_client = 0; /* the rest of the request body is unread */
+    }
+    if (!c->keep_client) {
+        c->state = CS_DRAIN;
+        conn_arm(c, timeouts.idle < 30 ? timeouts.idle : 30);
+        return;
+    }
+    buf_consume(&c->cin, c->fwd);
+    c->fwd = 0;
+    c->served++;
+    c->state = CS_HEAD;
+    c->cid[0] = '\0';
+    conn_arm(c, timeouts.keepalive);
+    buf_trim(&c->uin);
+    buf_trim(&c->cout);
+    buf_trim(&c->uout);
+}
+
+/* Request body: relay exactly the bytes that belong to this request. */
+static int relay_request_body(struct conn *c)
+{
+    if (c->req_done) {
+        return 0;
+    }
+    if (!c->req.has_body) {
+        c->req_done = 1;
+        return 0;
+    }
+    size_t avail = buf_len(&c->cin) - c->fwd;
+    size_t room = buf_room(&c->uout);
+    if (avail > 0 && room > 0) {
+        const char *p = buf_head(&c->cin) + c->fwd;
+        long n = http_body(&c->req, p, avail < room ? avail : room);
+        if (n < 0) {
+            conn_fail(c, FERR_BAD_REQUEST);
+            return -1;
+        }
+        buf_append(&c->uout, p, (size_t)n);
+        c->fwd += (size_t)n;
+        if (c->req.msg_done) {
+            c->req_done = 1;
+        }
+    }
+    if (!c->req_done && buf_room(&c->cin) == 0 && c->fwd > 0) {
+        /* The body outgrew the buffer: what was sent is gone for good,
+         * so this request can no longer be replayed on another proxy. */
+        buf_consume(&c->cin, c->fwd);
+        c->fwd = 0;
+        c->replayable = 0;
+    }
+    if (!c->req_done && c->client_eof && buf_len(&c->cin) == c->fwd) {
+        struct log_ctx ctx;
+        log_ctx_of(c, &ctx);
+        log_event(LOG_WARN, "FERRY-1008", &ctx, "client closed mid-request body");
+        c->code = "FERRY-1008";
+        log_done(c);
+        conn_close(c);
+        return -1;
+    }
+    return 0;
+}
+
+static int take_response_head(struct conn *c)
+{
+    while (!c->resp_head_done) {
+        const char *base = buf_head(&c->uin);
+        size_t hl = http_head_len(base, buf_len(&c->uin));
+        if (hl == 0) {
+            if (buf_room(&c->uin) == 0) {
+                conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
+                return -1;
+            }
+            if (c->upstream_eof) {
+                conn_attempt_failed(c, FERRY_FAIL_RESET, FERR_UPSTREAM_RESET);
+                return -1;
+            }
+            return 0;
+        }
+        int is_head = c->req.method == HTTP_HEAD;
+        if (http_parse_response(&c->resp, base, hl, is_head) != HTTP_PARSE_OK) {
+            conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
+            return -1;
+        }
+        int st = c->resp.status;
+        if (st >= 100 && st < 200 && st != 101) {
+            /* Interim responses pass through as they are. */
+            if (buf_room(&c->cout) < hl) {
+                return 0;
+            }
+            buf_append(&c->cout, base, hl);
+            buf_consume(&c->uin, hl);
+            c->sent_any = 1;
+            c->replayable = 0;
+            continue;
+        }
+        if (st == 407 && c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP) {
+            conn_attempt_failed(c, FERRY_FAIL_AUTH, FERR_UPSTREAM_AUTH);
+            return -1;
+        }
+        c->keep_client = c->req.keep_alive && !http_needs_eof(&c->resp) && !c->client_eof;
+        if (write_response_head(c, base) < 0) {
+            if (buf_empty(&c->cout)) {
+                conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
+                return -1;
+            }
+            return 0; /* wait for the client to take earlier bytes */
+        }
+        buf_consume(&c->uin, hl);
+        c->resp_head_done = 1;
+        c->sent_any = 1;
+        c->replayable = 0;
+        c->status = st;
+        if (c->req_done) {
+            buf_consume(&c->cin, c->fwd);
+            c->fwd = 0;
+        }
+        if (c->proxy != NULL) {
+            if (st >= 500) {
+                proxy_failure(c->proxy, FERRY_FAIL_HTTP5XX);
+            } else {
+                proxy_success(c->proxy, -1);
+            }
+        }
+        if (st == 101 && c->upgrade) {
+            conn_tunnel_begin(c);
+            return 1;
+        }
+        conn_arm(c, timeouts.idle);
+    }
+    return 0;
+}
+
+static int relay_response_body(struct conn *c)
+{
+    if (!c->resp.has_body) {
+        c->resp_done = 1;
+        return 0;
+    }
+    size_t avail = buf_len(&c->uin);
+    size_t room = buf_room(&c->cout);
+    if (avail > 0 && room > 0) {
+        long n = http_body(&c->resp, buf_head(&c->uin), avail < room ? avail : room);
+        if (n < 0) {
+            conn_fail(c, FERR_BAD_RESPONSE);
+            return -1;
+        }
+        buf_append(&c->cout, buf_head(&c->uin), (size_t)n);
+        buf_consume(&c->uin, (size_t)n);
+    }
+    if (!c->resp.msg_done && c->upstream_eof && buf_empty(&c->uin)) {
+        if (!http_body_eof(&c->resp)) {
+            if (c->proxy != NULL) {
+                proxy_failure(c->proxy, FERRY_FAIL_RESET);
+            }
+            conn_fail(c, FERR_UPSTREAM_RESET); /* truncated: close the client */
+            return -1;
+        }
+    }
+    if (c->resp.msg_done) {
+        c->resp_done = 1;
+    }
+    return 0;
+}
+
+int conn_exchange(struct conn *c)
+{
+    if (relay_request_body(c) < 0) {
+        return -1;
+    }
+    if (!c->resp_head_done) {
+        int r = take_response_head(c);
+        if (r != 0 || c->closing || c->state != CS_EXCHANGE) {
+            return r < 0 ? -1 : 0;
+        }
+    }
+    if (c->resp_head_done && !c->resp_done && relay_response_body(c) < 0) {
+        return -1;
+    }
+    if (c->resp_done) {
+        conn_finish(c);
+    }
+    return 0;
+}

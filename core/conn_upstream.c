@@ -1,0 +1,371 @@
+/* conn_upstream.c - attempts: choose, resolve, connect, handshake, retry. */
+#include "bridge.h"
+#include "conn.h"
+#include "listener.h"
+#include "log.h"
+#include "proxy.h"
+#include "resolve.h"
+#include "upstream.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* Retry back-off: base doubles per attempt, with jitter, capped. */
+#define BACKOFF_BASE 0.01
+#define BACKOFF_CAP 0.5
+
+static double min_d(double a, double b)
+{
+    return a < b ? a : b;
+}
+
+void conn_upstream_close(struct conn *c)
+{
+    if (c->rr != NULL) {
+        resolve_cancel(c->rr);
+        c->rr = NULL;
+    }
+    if (c->ufd >= 0) {
+        ev_io_stop(loop, &c->uio);
+        c->ev_u = 0;
+        close(c->ufd);
+        c->ufd = -1;
+    }
+    if (c->counted && c->proxy != NULL) {
+        proxy_attempt_end(c->proxy);
+    }
+    c->counted = 0;
+    c->idle_up = 0;
+    c->upstream_eof = 0;
+    c->shut_u = 0;
+    buf_consume(&c->uin, buf_len(&c->uin));
+    buf_consume(&c->uout, buf_len(&c->uout));
+}
+
+void conn_upstream_release(struct conn *c, int keep)
+{
+    if (!keep) {
+        conn_upstream_close(c);
+        return;
+    }
+    if (c->counted && c->proxy != NULL) {
+        proxy_attempt_end(c->proxy);
+    }
+    c->counted = 0;
+    c->idle_up = 1;
+    c->idle_proxy = c->proxy;
+    memcpy(c->idle_host, c->host, sizeof(c->idle_host));
+    c->idle_port = c->port;
+}
+
+void conn_route(struct conn *c)
+{
+    struct ferry_req r;
+    memset(&r, 0, sizeof(r));
+    r.host = c->host;
+    r.host_len = (uint32_t)strlen(c->host);
+    r.port = (uint32_t)c->port;
+    r.method = c->method;
+    r.method_len = (uint32_t)strlen(c->method);
+    r.path = c->path;
+    r.path_len = (uint32_t)strlen(c->path);
+    r.client = c->client;
+    r.client_len = (uint32_t)strlen(c->client);
+    if (c->user[0] != '\0') {
+        r.user = c->user;
+        r.user_len = (uint32_t)strlen(c->user);
+    }
+    r.listener = c->l->name;
+    r.listener_len = (uint32_t)strlen(c->l->name);
+    r.is_connect = (uint32_t)c->is_connect;
+    r.attempt = c->attempt;
+    r.ntried = c->ntried;
+    memcpy(r.tried, c->tried, sizeof(r.tried));
+    r.retries = -1;
+    int64_t id = bridge_dispatch(&r);
+    if (id < 0) {
+        enum ferr e = id == BRIDGE_DENY ? FERR_DENIED
+                    : id == BRIDGE_NO_PROXY ? FERR_NO_PROXY : FERR_ROUTE_ERROR;
+        conn_fail(c, e);
+        return;
+    }
+    c->proxy = id > 0 ? proxy_by_id((uint32_t)id) : NULL;
+    if (id > 0 && c->proxy == NULL) {
+        conn_fail(c, FERR_ROUTE_ERROR);
+        return;
+    }
+    if (c->attempt == 0) {
+        int retries = r.retries < 0 ? 2 : r.retries;
+        c->retries = retries < CONN_MAX_TRIES - 1 ? retries : CONN_MAX_TRIES - 1;
+        c->connect_timeout = r.connect_timeout_ms > 0 ? r.connect_timeout_ms / 1000.0
+                                                      : timeouts.connect;
+        c->first_byte_timeout = r.first_byte_timeout_ms > 0 ? r.first_byte_timeout_ms / 1000.0
+                                                            : timeouts.first_byte;
+    }
+    conn_attempt(c);
+}
+
+static void connect_to(struct conn *c, const struct sockaddr *sa, socklen_t len);
+
+static void on_resolved(void *arg, int status, const struct sockaddr *sa, socklen_t len)
+{
+    struct conn *c = arg;
+    c->rr = NULL;
+    c->refs++;
+    if (status != 0) {
+        struct log_ctx ctx = { c->cid, c->l->name, NULL, NULL };
+        log_event(LOG_WARN, "FERRY-3004", &ctx, "resolve %s: %s",
+                  c->proxy != NULL ? c->proxy->host : c->host, resolve_strerror(status));
+        if (c->proxy != NULL) {
+            conn_attempt_failed(c, FERRY_FAIL_REFUSED, FERR_RESOLVE_FAILED);
+        } else {
+            conn_fail(c, FERR_RESOLVE_FAILED);
+        }
+    } else {
+        connect_to(c, sa, len);
+    }
+    if (!c->closing) {
+        conn_pump(c);
+    }
+    c->refs--;
+    if (c->closing) {
+        conn_close(c);
+    }
+}
+
+static int reusable(struct conn *c)
+{
+    if (!c->idle_up || c->is_connect || c->upgrade || c->idle_proxy != c->proxy) {
+        return 0;
+    }
+    if (c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP) {
+        return 1; /* an HTTP proxy takes any absolute-form request */
+    }
+    return c->idle_port == c->port && strcmp(c->idle_host, c->host) == 0;
+}
+
+void conn_attempt(struct conn *c)
+{
+    c->t_attempt = loop_now();
+    c->hs_state = 0;
+    if (c->proxy != NULL && c->ntried < CONN_MAX_TRIES) {
+        c->tried[c->ntried++] = c->proxy->pub.id;
+    }
+    c->ops = c->proxy == NULL ? &up_direct
+           : c->proxy->pub.scheme == FERRY_SCHEME_HTTP ? &up_http : &up_socks5;
+    if (c->ufd >= 0 && reusable(c)) {
+        c->idle_up = 0;
+        if (c->proxy != NULL) {
+            proxy_attempt_begin(c->proxy);
+            c->counted = 1;
+        }
+        conn_upstream_ready(c);
+        return;
+    }
+    conn_upstream_close(c);
+    if (c->proxy != NULL) {
+        proxy_attempt_begin(c->proxy);
+        c->counted = 1;
+    }
+    conn_arm(c, min_d(c->connect_timeout, c->deadline - loop_now()));
+    struct sockaddr_storage ss;
+    socklen_t len;
+    const char *host = c->proxy != NULL ? c->proxy->host : c->host;
+    int port = c->proxy != NULL ? c->proxy->port : c->port;
+    if (c->proxy != NULL && c->proxy->has_addr) {
+        memcpy(&ss, &c->proxy->addr, c->proxy->addr_len);
+        connect_to(c, (struct sockaddr *)&ss, c->proxy->addr_len);
+        return;
+    }
+    if (resolve_literal(host, port, &ss, &len) || resolve_cached(host, port, &ss, &len)) {
+        connect_to(c, (struct sockaddr *)&ss, len);
+        return;
+    }
+    c->state = CS_RESOLVE;
+    c->rr = resolve_start(host, port, on_resolved, c);
+    if (c->rr == NULL) {
+        conn_fail(c, FERR_RESOLVE_FAILED);
+    }
+}
+
+static void connected(struct conn *c)
+{
+    c->state = CS_HANDSHAKE;
+    int r = c->ops->start(c);
+    if (r == UP_DONE) {
+        conn_upstream_ready(c);
+    } else if (r == UP_FAIL) {
+        conn_attempt_failed(c, c->fail_kind, c->fail_err);
+    }
+}
+
+static void connect_to(struct conn *c, const struct sockaddr *sa, socklen_t len)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        conn_fail(c, FERR_OVERLOADED);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->ufd = fd;
+    c->ev_u = 0;
+    if (connect(fd, sa, len) == 0) {
+        connected(c);
+        return;
+    }
+    if (errno == EINPROGRESS) {
+        c->state = CS_CONNECT;
+        return;
+    }
+    conn_attempt_failed(c, FERRY_FAIL_REFUSED, FERR_CONNECT_FAILED);
+}
+
+void conn_upstream_ready(struct conn *c)
+{
+    double ms = (loop_now() - c->t_attempt) * 1000.0;
+    if (c->proxy != NULL) {
+        c->proxy->pub.latency_ewma_ms = c->proxy->pub.latency_ewma_ms <= 0
+            ? (ms > 0.001 ? ms : 0.001)
+            : c->proxy->pub.latency_ewma_ms + 0.3 * (ms - c->proxy->pub.latency_ewma_ms);
+    }
+    if (c->is_connect) {
+        static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+        buf_consume(&c->cin, c->head_len);
+        buf_append(&c->cout, ok, sizeof(ok) - 1);
+        c->sent_any = 1;
+        c->status = 200;
+        if (c->proxy != NULL) {
+            proxy_success(c->proxy, -1);
+        }
+        conn_tunnel_begin(c);
+        return;
+    }
+    if (c->attempt > 0) {
+        /* A replay: parse the head again to restart body framing. */
+        http_parse_request(&c->req, buf_head(&c->cin), c->head_len);
+    }
+    c->fwd = c->head_len;
+    c->req_done = !c->req.has_body;
+    c->resp_head_done = c->resp_done = 0;
+    if (conn_write_request_head(c) < 0) {
+        conn_fail(c, FERR_HEAD_TOO_LARGE);
+        return;
+    }
+    c->state = CS_EXCHANGE;
+    conn_arm(c, min_d(c->first_byte_timeout, c->deadline - loop_now()));
+}
+
+void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
+{
+    int before_send = c->state == CS_RESOLVE || c->state == CS_CONNECT ||
+                      c->state == CS_HANDSHAKE;
+    struct proxy *p = c->proxy;
+    if (p != NULL && c->counted) {
+        proxy_failure(p, kind);
+    }
+    static const char *const kinds[] = { "refused", "timeout", "handshake",
+                                         "auth", "http5xx", "reset" };
+    struct log_ctx ctx = { c->cid, c->l->name, NULL, p != NULL ? p->display : NULL };
+    log_event(LOG_WARN, ferr_info(e)->code, &ctx, "attempt %u to %s:%d failed: %s",
+              c->attempt + 1, c->host, c->port, kinds[kind % FERRY_FAIL_KINDS]);
+    conn_upstream_close(c);
+    int safe = before_send ||
+               (c->replayable && (http_method_idempotent(c->req.method) ||
+                                  c->req.idem_key.len > 0));
+    double backoff = BACKOFF_BASE * (double)(1u << (c->attempt < 6 ? c->attempt : 6));
+    backoff = min_d(backoff, BACKOFF_CAP) * (0.5 + (double)random() / RAND_MAX);
+    if (p == NULL || !safe || c->sent_any || (int)c->attempt >= c->retries ||
+        loop_now() + backoff >= c->deadline) {
+        conn_fail(c, e);
+        return;
+    }
+    c->attempt++;
+    c->state = CS_BACKOFF;
+    c->fwd = 0;
+    c->req_done = 0;
+    conn_arm(c, backoff);
+}
+
+void conn_upstream_event(struct conn *c, int revents)
+{
+    if (c->state == CS_CONNECT) {
+        if (!(revents & EV_WRITE)) {
+            return;
+        }
+        int err = 0;
+        socklen_t el = sizeof(err);
+        if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &el) == -1) {
+            err = errno;
+        }
+        if (err != 0) {
+            conn_attempt_failed(c, err == ETIMEDOUT ? FERRY_FAIL_TIMEOUT : FERRY_FAIL_REFUSED,
+                                FERR_CONNECT_FAILED);
+            return;
+        }
+        connected(c);
+        return;
+    }
+    if (revents & EV_READ) {
+        ssize_t n = buf_read_fd(&c->uin, c->ufd);
+        if (n > 0) {
+            c->last_io = loop_now();
+        } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS)) {
+            c->upstream_eof = 1;
+        }
+        if (c->idle_up) {
+            /* An idle upstream spoke or hung up: it is no longer reusable. */
+            conn_upstream_close(c);
+            return;
+        }
+        if (c->state == CS_HANDSHAKE) {
+            int r = c->ops->input(c);
+            if (r == UP_DONE) {
+                conn_upstream_ready(c);
+            } else if (r == UP_FAIL) {
+                conn_attempt_failed(c, c->fail_kind, c->fail_err);
+            } else if (c->upstream_eof) {
+                conn_attempt_failed(c, FERRY_FAIL_RESET, FERR_HANDSHAKE_FAILED);
+            }
+        }
+    }
+}
+
+void conn_on_timeout(struct conn *c)
+{
+    switch (c->state) {
+    case CS_HEAD:
+        if (!buf_empty(&c->cin)) {
+            conn_fail(c, FERR_HEAD_TIMEOUT);
+        } else {
+            conn_close(c); /* idle keep-alive or silent client */
+        }
+        break;
+    case CS_RESOLVE:
+    case CS_CONNECT:
+    case CS_HANDSHAKE:
+        conn_attempt_failed(c, FERRY_FAIL_TIMEOUT, FERR_CONNECT_TIMEOUT);
+        break;
+    case CS_BACKOFF:
+        conn_route(c);
+        break;
+    case CS_EXCHANGE:
+        if (!c->resp_head_done) {
+            conn_attempt_failed(c, FERRY_FAIL_TIMEOUT, FERR_FIRST_BYTE_TIMEOUT);
+        } else {
+            struct log_ctx ctx = { c->cid, c->l->name, NULL, NULL };
+            log_event(LOG_WARN, "FERRY-3009", &ctx, "response idle timeout");
+            conn_close(c);
+        }
+        break;
+    case CS_TUNNEL:
+    case CS_DRAIN:
+        conn_close(c);
+        break;
+    }
+}

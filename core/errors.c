@@ -1,0 +1,49 @@
+/* errors.c - the one table of client-facing failures and their codes. */
+#include "errors.h"
+
+/* Codes: 1xxx the client's fault, 2xxx policy, 3xxx upstream trouble. */
+static const struct ferr_info table[FERR_COUNT] = {
+    [FERR_BAD_REQUEST]        = { "FERRY-1001", 400, "Bad Request", "malformed request" },
+    [FERR_NOT_ABSOLUTE]       = { "FERRY-1002", 400, "Bad Request",
+                                  "a proxy request needs an absolute URL or CONNECT" },
+    [FERR_BAD_SCHEME]         = { "FERRY-1003", 400, "Bad Request",
+                                  "only http:// URLs can be proxied in absolute form; use CONNECT for https" },
+    [FERR_HEAD_TOO_LARGE]     = { "FERRY-1004", 431, "Request Header Fields Too Large",
+                                  "request head too large" },
+    [FERR_TOO_MANY_HEADERS]   = { "FERRY-1005", 431, "Request Header Fields Too Large",
+                                  "too many header fields" },
+    [FERR_HEAD_TIMEOUT]       = { "FERRY-1006", 408, "Request Timeout",
+                                  "request head not received in time" },
+    [FERR_AUTH_REQUIRED]      = { "FERRY-1007", 407, "Proxy Authentication Required",
+                                  "proxy authentication required" },
+    [FERR_DENIED]             = { "FERRY-2001", 403, "Forbidden", "request denied by policy" },
+    [FERR_NO_PROXY]           = { "FERRY-2002", 503, "Service Unavailable",
+                                  "no proxy available in the pool" },
+    [FERR_ROUTE_ERROR]        = { "FERRY-2003", 503, "Service Unavailable",
+                                  "routing failed" },
+    [FERR_CONNECT_FAILED]     = { "FERRY-3001", 502, "Bad Gateway", "could not connect upstream" },
+    [FERR_HANDSHAKE_FAILED]   = { "FERRY-3002", 502, "Bad Gateway",
+                                  "upstream proxy refused the tunnel" },
+    [FERR_UPSTREAM_AUTH]      = { "FERRY-3003", 502, "Bad Gateway",
+                                  "upstream proxy rejected our credentials" },
+    [FERR_RESOLVE_FAILED]     = { "FERRY-3004", 502, "Bad Gateway",
+                                  "could not resolve the destination" },
+    [FERR_UPSTREAM_RESET]     = { "FERRY-3005", 502, "Bad Gateway",
+                                  "upstream closed the connection early" },
+    [FERR_BAD_RESPONSE]       = { "FERRY-3006", 502, "Bad Gateway",
+                                  "upstream sent an invalid response" },
+    [FERR_CONNECT_TIMEOUT]    = { "FERRY-3007", 504, "Gateway Timeout",
+                                  "upstream connect timed out" },
+    [FERR_FIRST_BYTE_TIMEOUT] = { "FERRY-3008", 504, "Gateway Timeout",
+                                  "upstream did not answer in time" },
+    [FERR_OVERLOADED]         = { "FERRY-2004", 503, "Service Unavailable",
+                                  "connection limit reached" },
+};
+
+const struct ferr_info *ferr_info(enum ferr e)
+{
+    if ((unsigned)e >= FERR_COUNT) {
+        e = FERR_BAD_REQUEST;
+    }
+    return &table[e];
+}

@@ -1,0 +1,38 @@
+/* errors.h - every failure ferry reports to a client has a name here. */
+#ifndef FERRY_ERRORS_H
+#define FERRY_ERRORS_H
+
+/* Indexes into the error table (errors.c); docs/errors.md lists them. */
+enum ferr {
+    FERR_BAD_REQUEST = 0,  /* malformed request line or headers */
+    FERR_NOT_ABSOLUTE,     /* a forward proxy needs absolute-form or CONNECT */
+    FERR_BAD_SCHEME,       /* absolute-form URL that is not http:// */
+    FERR_HEAD_TOO_LARGE,   /* request head over the limit */
+    FERR_TOO_MANY_HEADERS, /* more header fields than allowed */
+    FERR_HEAD_TIMEOUT,     /* the client did not finish its head in time */
+    FERR_AUTH_REQUIRED,    /* inbound Proxy-Authorization missing or wrong */
+    FERR_DENIED,           /* refused by policy (route returned "deny") */
+    FERR_NO_PROXY,         /* the pool has no proxy that can be used */
+    FERR_ROUTE_ERROR,      /* route() failed or named an unknown pool */
+    FERR_CONNECT_FAILED,   /* every attempt to reach the upstream failed */
+    FERR_HANDSHAKE_FAILED, /* the proxy refused or garbled CONNECT / SOCKS5 */
+    FERR_UPSTREAM_AUTH,    /* the upstream proxy rejected our credentials */
+    FERR_RESOLVE_FAILED,   /* DNS lookup of the destination failed */
+    FERR_UPSTREAM_RESET,   /* the upstream closed before a complete response */
+    FERR_BAD_RESPONSE,     /* the upstream answered something that is not HTTP */
+    FERR_CONNECT_TIMEOUT,  /* connect or handshake timed out on every attempt */
+    FERR_FIRST_BYTE_TIMEOUT, /* the upstream did not answer in time */
+    FERR_OVERLOADED,       /* a connection limit was hit */
+    FERR_COUNT
+};
+
+struct ferr_info {
+    const char *code;    /* FERRY-xxxx */
+    int status;          /* HTTP status sent to the client */
+    const char *reason;  /* status reason phrase */
+    const char *message; /* one sentence for humans */
+};
+
+const struct ferr_info *ferr_info(enum ferr e);
+
+#endif

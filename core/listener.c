@@ -1,0 +1,232 @@
+/* listener.c - accept loop with EMFILE back-off, and inbound Basic auth. */
+#include "listener.h"
+#include "conn.h"
+#include "ferry.h"
+#include "log.h"
+#include "proxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define ACCEPT_BATCH 64
+#define CONN_LIMIT 20000
+
+static struct listener *listeners[LISTENER_MAX];
+static int nlisteners;
+
+struct listener *listener_get(int idx)
+{
+    return idx >= 0 && idx < nlisteners ? listeners[idx] : NULL;
+}
+
+int listener_count(void)
+{
+    return nlisteners;
+}
+
+static void reject_overloaded(int fd)
+{
+    static const char resp[] =
+        "HTTP/1.1 503 Service Unavailable\r\nX-Ferry-Error: FERRY-2004\r\n"
+        "Content-Type: application/json\r\nContent-Length: 58\r\nConnection: close\r\n\r\n"
+        "{\"error\":\"FERRY-2004\",\"message\":\"connection limit reached\"}";
+    /* Best effort: the socket is fresh, so a short write is unlikely. */
+    ssize_t n = write(fd, resp, sizeof(resp) - 1);
+    (void)n;
+    close(fd);
+}
+
+static void on_accept(struct ev_loop *lp, ev_io *w, int revents)
+{
+    (void)lp;
+    (void)revents;
+    struct listener *l = (struct listener *)((char *)w - offsetof(struct listener, io));
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd == -1) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Stop accepting for a moment instead of spinning on the
+                 * pending connection we cannot take. */
+                if (!l->emfile_logged) {
+                    log_event(LOG_ERROR, "FERRY-5002", NULL,
+                              "listener %s: out of file descriptors, pausing accept",
+                              l->name);
+                    l->emfile_logged = 1;
+                }
+                ev_io_stop(loop, &l->io);
+                ev_timer_set(&l->retry, 0.5, 0.);
+                ev_timer_start(loop, &l->retry);
+            }
+            return;
+        }
+        if (conn_count() >= CONN_LIMIT) {
+            reject_overloaded(fd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (conn_new(l, fd, (struct sockaddr *)&ss) == NULL) {
+            close(fd);
+        }
+    }
+}
+
+static void on_retry(struct ev_loop *lp, ev_timer *w, int revents)
+{
+    (void)lp;
+    (void)revents;
+    struct listener *l = (struct listener *)((char *)w - offsetof(struct listener, retry));
+    l->emfile_logged = 0;
+    ev_io_start(loop, &l->io);
+}
+
+int ferry_listen(const char *name, const char *host, int port, const char *protocol, int open,
+                 const char **err)
+{
+    if (strcmp(protocol, "http") != 0) {
+        *err = "unsupported listener protocol";
+        return -1;
+    }
+    if (nlisteners >= LISTENER_MAX) {
+        *err = "too many listeners";
+        return -1;
+    }
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    socklen_t sl;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (strcmp(host, "localhost") == 0) {
+        host = "127.0.0.1";
+    }
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        sl = sizeof(*a4);
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        sl = sizeof(*a6);
+    } else {
+        *err = "listen address must be an IP address";
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        *err = strerror(errno);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, sl) == -1 || listen(fd, 1024) == -1) {
+        *err = strerror(errno);
+        close(fd);
+        return -1;
+    }
+    struct listener *l = calloc(1, sizeof(*l));
+    if (l == NULL || (l->name = strdup(name)) == NULL) {
+        free(l);
+        close(fd);
+        *err = "out of memory";
+        return -1;
+    }
+    l->fd = fd;
+    l->open = open ? 1 : 0;
+    ev_io_init(&l->io, on_accept, fd, EV_READ);
+    ev_init(&l->retry, on_retry);
+    ev_io_start(loop, &l->io);
+    listeners[nlisteners] = l;
+    log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on %s:%d (%s)", name, host, port,
+              protocol);
+    return nlisteners++;
+}
+
+int ferry_listener_add_user(int idx, const char *user, const char *pass, const char **err)
+{
+    struct listener *l = listener_get(idx);
+    if (l == NULL || user == NULL || pass == NULL) {
+        *err = "invalid listener or user";
+        return FERRY_ERROR;
+    }
+    if (l->nusers >= LISTENER_MAX_USERS) {
+        *err = "too many users on one listener";
+        return FERRY_ERROR;
+    }
+    char cred[512], enc[700];
+    int n = snprintf(cred, sizeof(cred), "%s:%s", user, pass);
+    if (n < 0 || (size_t)n >= sizeof(cred)) {
+        *err = "credentials too long";
+        return FERRY_ERROR;
+    }
+    base64_encode((const unsigned char *)cred, (size_t)n, enc, sizeof(enc));
+    struct listener_user *u = &l->users[l->nusers];
+    u->token = strdup(enc);
+    u->name = strdup(user);
+    if (u->token == NULL || u->name == NULL) {
+        *err = "out of memory";
+        return FERRY_ERROR;
+    }
+    l->nusers++;
+    return FERRY_OK;
+}
+
+/* Compare without an early exit, so timing does not reveal a prefix. */
+static int same_token(const char *a, const char *b, size_t blen)
+{
+    size_t alen = strlen(a);
+    unsigned diff = (unsigned)(alen ^ blen);
+    for (size_t i = 0; i < blen; i++) {
+        diff |= (unsigned char)(a[i % (alen ? alen : 1)] ^ b[i]);
+    }
+    return diff == 0;
+}
+
+const char *listener_auth(struct listener *l, const char *value, size_t len)
+{
+    if (len < 6 || strncasecmp(value, "Basic ", 6) != 0) {
+        return NULL;
+    }
+    value += 6;
+    len -= 6;
+    while (len > 0 && *value == ' ') {
+        value++;
+        len--;
+    }
+    while (len > 0 && (value[len - 1] == ' ' || value[len - 1] == '\t')) {
+        len--;
+    }
+    for (int i = 0; i < l->nusers; i++) {
+        if (same_token(l->users[i].token, value, len)) {
+            return l->users[i].name;
+        }
+    }
+    return NULL;
+}
+
+void listener_close_all(void)
+{
+    for (int i = 0; i < nlisteners; i++) {
+        struct listener *l = listeners[i];
+        ev_io_stop(loop, &l->io);
+        ev_timer_stop(loop, &l->retry);
+        close(l->fd);
+        for (int u = 0; u < l->nusers; u++) {
+            free(l->users[u].token);
+            free(l->users[u].name);
+        }
+        free(l->name);
+        free(l);
+    }
+    nlisteners = 0;
+}

@@ -1,0 +1,32 @@
+/* listener.h - listening sockets and inbound authentication. */
+#ifndef FERRY_LISTENER_H
+#define FERRY_LISTENER_H
+
+#include "loop.h"
+
+#define LISTENER_MAX 64
+#define LISTENER_MAX_USERS 256
+
+struct listener_user {
+    char *token; /* ro: base64("user:pass"), compared in constant time */
+    char *name;  /* ro: user name, for routing and logs */
+};
+
+struct listener {
+    char *name;             /* ro */
+    int fd;                 /* ro */
+    ev_io io;               /* private */
+    ev_timer retry;         /* private: re-enables accept after EMFILE */
+    struct listener_user users[LISTENER_MAX_USERS]; /* ro */
+    int nusers;             /* ro: 0 = no auth */
+    unsigned open:1;        /* ro: allowed to be an open proxy */
+    unsigned emfile_logged:1; /* private */
+};
+
+struct listener *listener_get(int idx);
+int listener_count(void);
+/* Match a Proxy-Authorization value; returns the user name or NULL. */
+const char *listener_auth(struct listener *l, const char *value, size_t len);
+void listener_close_all(void);
+
+#endif

@@ -1,0 +1,29 @@
+/* log.h - one JSON object per line, buffered, flushed before the loop sleeps. */
+#ifndef FERRY_LOG_H
+#define FERRY_LOG_H
+
+enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
+
+/* Optional context fields of a line; NULL fields are left out. */
+struct log_ctx {
+    const char *cid;      /* correlation id */
+    const char *listener;
+    const char *pool;
+    const char *proxy;    /* proxy id/display, never with credentials */
+};
+
+extern int log_level_min;
+extern int log_access_on;
+
+void log_init(int fd);
+void log_flush(void);
+/* A coded event line: fmt is printf-style and becomes "msg". */
+void log_event(int level, const char *code, const struct log_ctx *ctx,
+               const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* The access line of one finished request. */
+void log_access(const struct log_ctx *ctx, const char *client, const char *method,
+                const char *host, int port, const char *path, int status,
+                unsigned long long bytes_in, unsigned long long bytes_out,
+                double ms, int attempts, const char *code);
+
+#endif

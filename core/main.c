@@ -1,0 +1,244 @@
+/* main.c - command line, signals, and the loop. */
+#include "bridge.h"
+#include "conn.h"
+#include "ferry.h"
+#include "listener.h"
+#include "log.h"
+#include "loop.h"
+#include "proxy.h"
+#include "resolve.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FERRY_VERSION "0.1.0"
+#define DRAIN_SECS 10.0
+
+struct ev_loop *loop;
+
+static ev_signal sig_term, sig_int, sig_hup, sig_usr1;
+static ev_prepare flush_watch;
+static ev_timer drain_timer;
+static int stopping;
+
+double ferry_now(void)
+{
+    return ev_now(loop);
+}
+
+void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
+                        int keepalive_ms, int request_ms)
+{
+    if (client_head_ms > 0) {
+        timeouts.client_head = client_head_ms / 1000.0;
+    }
+    if (connect_ms > 0) {
+        timeouts.connect = connect_ms / 1000.0;
+    }
+    if (first_byte_ms > 0) {
+        timeouts.first_byte = first_byte_ms / 1000.0;
+    }
+    if (idle_ms > 0) {
+        timeouts.idle = idle_ms / 1000.0;
+    }
+    if (keepalive_ms > 0) {
+        timeouts.keepalive = keepalive_ms / 1000.0;
+    }
+    if (request_ms > 0) {
+        timeouts.request = request_ms / 1000.0;
+    }
+}
+
+void ferry_set_log(int level, int access)
+{
+    log_level_min = level;
+    log_access_on = access;
+}
+
+void ferry_log(int level, const char *code, const char *msg)
+{
+    log_event(level, code, NULL, "%s", msg);
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: ferry [run] -c FILE      run in the foreground\n"
+            "       ferry check -c FILE      validate a config\n"
+            "       ferry version\n");
+}
+
+/* The install root: FERRY_HOME, else the parent of bin/. */
+static void find_root(char *root, size_t n)
+{
+    const char *env = getenv("FERRY_HOME");
+    if (env != NULL && *env != '\0') {
+        snprintf(root, n, "%s", env);
+        return;
+    }
+    char exe[PATH_MAX];
+    ssize_t k = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (k <= 0) {
+        snprintf(root, n, ".");
+        return;
+    }
+    exe[k] = '\0';
+    char *dir = dirname(exe);  /* .../bin */
+    snprintf(root, n, "%s", dirname(dir));
+}
+
+static void on_flush(struct ev_loop *l, ev_prepare *w, int revents)
+{
+    (void)l;
+    (void)w;
+    (void)revents;
+    log_flush();
+}
+
+static void on_drain_tick(struct ev_loop *l, ev_timer *w, int revents)
+{
+    (void)revents;
+    static double started;
+    if (started == 0) {
+        started = ev_now(l);
+    }
+    if (conn_count() == 0 || ev_now(l) - started >= DRAIN_SECS) {
+        if (conn_count() > 0) {
+            log_event(LOG_WARN, "FERRY-0004", NULL,
+                      "drain timeout: closing %u connections", conn_count());
+        }
+        ev_timer_stop(l, w);
+        ev_break(l, EVBREAK_ALL);
+    }
+}
+
+static void on_stop(struct ev_loop *l, ev_signal *w, int revents)
+{
+    (void)revents;
+    if (stopping) {
+        ev_break(l, EVBREAK_ALL); /* a second signal: stop now */
+        return;
+    }
+    stopping = 1;
+    log_event(LOG_INFO, "FERRY-0003", NULL, "signal %d: stop accepting, draining", w->signum);
+    listener_close_all();
+    ev_timer_init(&drain_timer, on_drain_tick, 0., 0.1);
+    ev_timer_start(l, &drain_timer);
+}
+
+static void on_hup(struct ev_loop *l, ev_signal *w, int revents)
+{
+    (void)l;
+    (void)w;
+    (void)revents;
+    log_event(LOG_WARN, "FERRY-0102", NULL,
+              "SIGHUP: live reload is not available in this version; config unchanged");
+}
+
+static void on_usr1(struct ev_loop *l, ev_signal *w, int revents)
+{
+    (void)l;
+    (void)w;
+    (void)revents;
+    log_flush(); /* logs go to stderr; reopening files comes with log files */
+}
+
+static int cmd_run(const char *config, int check_only)
+{
+    char root[PATH_MAX], err[2048];
+    find_root(root, sizeof(root));
+    loop = ev_default_loop(EVFLAG_AUTO);
+    if (loop == NULL) {
+        fprintf(stderr, "ferry: cannot start the event loop\n");
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+    if (!check_only && resolve_init() != 0) {
+        fprintf(stderr, "ferry: cannot start the resolver\n");
+        return 1;
+    }
+    if (bridge_init(root, err, sizeof(err)) != 0) {
+        fprintf(stderr, "ferry: cannot load the runtime from %s/lua: %s\n", root, err);
+        return 1;
+    }
+    if (bridge_load(config, !check_only, err, sizeof(err)) != 0) {
+        log_flush();
+        fprintf(stderr, "%s\n", err);
+        bridge_fini();
+        return 1;
+    }
+    if (check_only) {
+        printf("%s: ok\n", config);
+        bridge_fini();
+        return 0;
+    }
+    ev_signal_init(&sig_term, on_stop, SIGTERM);
+    ev_signal_init(&sig_int, on_stop, SIGINT);
+    ev_signal_init(&sig_hup, on_hup, SIGHUP);
+    ev_signal_init(&sig_usr1, on_usr1, SIGUSR1);
+    ev_signal_start(loop, &sig_term);
+    ev_signal_start(loop, &sig_int);
+    ev_signal_start(loop, &sig_hup);
+    ev_signal_start(loop, &sig_usr1);
+    ev_prepare_init(&flush_watch, on_flush);
+    ev_prepare_start(loop, &flush_watch);
+    log_event(LOG_INFO, "FERRY-0002", NULL, "ferry %s running (pid %d, config %s)",
+              FERRY_VERSION, (int)getpid(), config);
+    log_flush();
+    ev_run(loop, 0);
+    conn_close_all();
+    listener_close_all();
+    log_event(LOG_INFO, "FERRY-0005", NULL, "stopped");
+    log_flush();
+    bridge_fini();
+    resolve_fini();
+    proxy_free_all();
+    ev_loop_destroy(loop);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = "run";
+    const char *config = NULL;
+    int i = 1;
+    if (argc > 1 && argv[1][0] != '-') {
+        cmd = argv[1];
+        i = 2;
+    }
+    for (; i < argc; i++) {
+        if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc) {
+            config = argv[++i];
+        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "ferry: unknown argument \"%s\"\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (strcmp(cmd, "version") == 0) {
+        printf("ferry %s\n", FERRY_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "run") != 0 && strcmp(cmd, "check") != 0) {
+        fprintf(stderr, "ferry: unknown command \"%s\"\n", cmd);
+        usage(stderr);
+        return 2;
+    }
+    if (config == NULL) {
+        fprintf(stderr, "ferry: %s needs -c FILE\n", cmd);
+        usage(stderr);
+        return 2;
+    }
+    return cmd_run(config, strcmp(cmd, "check") == 0);
+}

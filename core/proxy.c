@@ -1,0 +1,293 @@
+/* proxy.c - proxies live here for the life of the process.
+ *
+ * Ids are array indexes + 1 and are never reused, so Lua may hold an id
+ * or a pointer across a reload; a proxy dropped from the config is only
+ * flagged REMOVED and keeps its counters. */
+#include "proxy.h"
+#include "loop.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PROXY_MAX 1000000
+
+static struct proxy **proxies;
+static uint32_t nproxies, cap_proxies;
+
+/* EWMA weight of a new latency sample. */
+#define LATENCY_ALPHA 0.3
+
+uint32_t ferry_proxy_count(void)
+{
+    return nproxies;
+}
+
+struct proxy *proxy_by_id(uint32_t id)
+{
+    if (id == 0 || id > nproxies) {
+        return NULL;
+    }
+    return proxies[id - 1];
+}
+
+struct ferry_proxy *ferry_proxy_get(uint32_t id)
+{
+    struct proxy *p = proxy_by_id(id);
+    return p != NULL ? &p->pub : NULL;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return (s != NULL && *s != '\0') ? strdup(s) : NULL;
+}
+
+size_t base64_encode(const unsigned char *in, size_t n, char *out, size_t room)
+{
+    static const char al[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 5 <= room; i += 3) {
+        unsigned v = (unsigned)in[i] << 16;
+        if (i + 1 < n) {
+            v |= (unsigned)in[i + 1] << 8;
+        }
+        if (i + 2 < n) {
+            v |= in[i + 2];
+        }
+        out[o++] = al[(v >> 18) & 63];
+        out[o++] = al[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? al[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < n ? al[v & 63] : '=';
+    }
+    out[o] = '\0';
+    return o;
+}
+
+static int b64val(char ch)
+{
+    if (ch >= 'A' && ch <= 'Z') {
+        return ch - 'A';
+    }
+    if (ch >= 'a' && ch <= 'z') {
+        return ch - 'a' + 26;
+    }
+    if (ch >= '0' && ch <= '9') {
+        return ch - '0' + 52;
+    }
+    if (ch == '+') {
+        return 62;
+    }
+    if (ch == '/') {
+        return 63;
+    }
+    return -1;
+}
+
+long base64_decode(const char *in, size_t n, unsigned char *out, size_t room)
+{
+    size_t o = 0;
+    unsigned v = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (in[i] == '=') {
+            break;
+        }
+        int d = b64val(in[i]);
+        if (d < 0) {
+            return -1;
+        }
+        v = (v << 6) | (unsigned)d;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (o >= room) {
+                return -1;
+            }
+            out[o++] = (unsigned char)((v >> bits) & 0xff);
+        }
+    }
+    return (long)o;
+}
+
+static struct proxy *find_key(const char *key)
+{
+    for (uint32_t i = 0; i < nproxies; i++) {
+        if (strcmp(proxies[i]->key, key) == 0) {
+            return proxies[i];
+        }
+    }
+    return NULL;
+}
+
+static void set_literal_addr(struct proxy *p)
+{
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&p->addr;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&p->addr;
+    memset(&p->addr, 0, sizeof(p->addr));
+    if (inet_pton(AF_INET, p->host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)p->port);
+        p->addr_len = sizeof(*a4);
+        p->has_addr = 1;
+    } else if (inet_pton(AF_INET6, p->host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)p->port);
+        p->addr_len = sizeof(*a6);
+        p->has_addr = 1;
+    }
+}
+
+static char *make_auth_header(const char *user, const char *pass)
+{
+    char cred[1024], enc[1400];
+    int n = snprintf(cred, sizeof(cred), "%s:%s", user, pass != NULL ? pass : "");
+    if (n < 0 || (size_t)n >= sizeof(cred)) {
+        return NULL;
+    }
+    base64_encode((const unsigned char *)cred, (size_t)n, enc, sizeof(enc));
+    size_t len = strlen(enc) + 40;
+    char *h = malloc(len);
+    if (h != NULL) {
+        snprintf(h, len, "Proxy-Authorization: Basic %s\r\n", enc);
+    }
+    return h;
+}
+
+static void replace_str(char **slot, char *fresh)
+{
+    free(*slot);
+    *slot = fresh;
+}
+
+struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *host, int port,
+                                    const char *user, const char *pass,
+                                    const char *extra_headers, int weight, const char **err)
+{
+    if (key == NULL || host == NULL || *host == '\0' || port <= 0 || port > 65535 ||
+        (scheme != FERRY_SCHEME_HTTP && scheme != FERRY_SCHEME_SOCKS5)) {
+        *err = "invalid proxy arguments";
+        return NULL;
+    }
+    struct proxy *p = find_key(key);
+    int fresh = p == NULL;
+    if (fresh) {
+        if (nproxies >= PROXY_MAX) {
+            *err = "too many proxies";
+            return NULL;
+        }
+        if (nproxies == cap_proxies) {
+            uint32_t ncap = cap_proxies ? cap_proxies * 2 : 64;
+            struct proxy **np = realloc(proxies, ncap * sizeof(*np));
+            if (np == NULL) {
+                *err = "out of memory";
+                return NULL;
+            }
+            proxies = np;
+            cap_proxies = ncap;
+        }
+        p = calloc(1, sizeof(*p));
+        if (p == NULL || (p->key = strdup(key)) == NULL) {
+            free(p);
+            *err = "out of memory";
+            return NULL;
+        }
+        proxies[nproxies++] = p;
+        p->pub.id = nproxies;
+    }
+    /* A reload may change how we reach a proxy, never its counters. */
+    replace_str(&p->host, strdup(host));
+    p->port = port;
+    p->pub.scheme = (uint32_t)scheme;
+    p->pub.weight = weight > 0 ? (uint32_t)weight : 1;
+    p->pub.flags &= ~FERRY_PROXY_REMOVED;
+    replace_str(&p->user, dup_or_null(user));
+    replace_str(&p->pass, p->user != NULL ? strdup(pass != NULL ? pass : "") : NULL);
+    replace_str(&p->auth_header, p->user != NULL ? make_auth_header(p->user, p->pass) : NULL);
+    replace_str(&p->extra_headers, dup_or_null(extra_headers));
+    size_t dl = strlen(host) + 32;
+    char *disp = malloc(dl);
+    if (disp != NULL) {
+        int v6 = strchr(host, ':') != NULL;
+        snprintf(disp, dl, "%s://%s%s%s:%d", scheme == FERRY_SCHEME_HTTP ? "http" : "socks5",
+                 v6 ? "[" : "", host, v6 ? "]" : "", port);
+    }
+    replace_str(&p->display, disp);
+    p->has_addr = 0;
+    set_literal_addr(p);
+    if (p->host == NULL || p->display == NULL) {
+        *err = "out of memory";
+        return NULL;
+    }
+    return &p->pub;
+}
+
+int ferry_proxy_set_flag(struct ferry_proxy *fp, uint32_t flag, int on)
+{
+    if (fp == NULL) {
+        return FERRY_ERROR;
+    }
+    if (on) {
+        fp->flags |= flag;
+    } else {
+        fp->flags &= ~flag;
+    }
+    return FERRY_OK;
+}
+
+void proxy_attempt_begin(struct proxy *p)
+{
+    p->pub.active++;
+    p->pub.requests++;
+}
+
+void proxy_attempt_end(struct proxy *p)
+{
+    if (p->pub.active > 0) {
+        p->pub.active--;
+    }
+}
+
+void proxy_success(struct proxy *p, double latency_ms)
+{
+    p->pub.successes++;
+    p->pub.consecutive_failures = 0;
+    p->pub.last_success_at = loop_now();
+    if (latency_ms >= 0) {
+        if (p->pub.latency_ewma_ms <= 0) {
+            p->pub.latency_ewma_ms = latency_ms > 0.001 ? latency_ms : 0.001;
+        } else {
+            p->pub.latency_ewma_ms += LATENCY_ALPHA * (latency_ms - p->pub.latency_ewma_ms);
+        }
+    }
+}
+
+void proxy_failure(struct proxy *p, enum ferry_fail_kind kind)
+{
+    p->pub.failures++;
+    if ((unsigned)kind < FERRY_FAIL_KINDS) {
+        p->pub.fail_kind[kind]++;
+    }
+    p->pub.consecutive_failures++;
+    p->pub.last_failure_at = loop_now();
+}
+
+void proxy_free_all(void)
+{
+    for (uint32_t i = 0; i < nproxies; i++) {
+        struct proxy *p = proxies[i];
+        free(p->key);
+        free(p->host);
+        free(p->user);
+        free(p->pass);
+        free(p->auth_header);
+        free(p->extra_headers);
+        free(p->display);
+        free(p);
+    }
+    free(proxies);
+    proxies = NULL;
+    nproxies = cap_proxies = 0;
+}

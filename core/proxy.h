@@ -1,0 +1,38 @@
+/* proxy.h - the registry of upstream proxies and their passive accounting. */
+#ifndef FERRY_PROXY_H
+#define FERRY_PROXY_H
+
+#include "ferry.h"
+
+#include <sys/socket.h>
+
+/* C-side view of a proxy: the public stats first, so a struct proxy *
+ * is also a struct ferry_proxy * for Lua. */
+struct proxy {
+    struct ferry_proxy pub;      /* rw: stats shared with Lua */
+    char *key;                   /* ro: identity across reloads */
+    char *host;                  /* ro: proxy host (name or literal) */
+    int port;                    /* ro */
+    char *user;                  /* ro: NULL when no credentials */
+    char *pass;                  /* ro */
+    char *auth_header;           /* ro: "Proxy-Authorization: Basic ...\r\n" or NULL */
+    char *extra_headers;         /* ro: "Name: value\r\n"... or NULL */
+    char *display;               /* ro: scheme://host:port, never credentials */
+    struct sockaddr_storage addr; /* ro: literal address, valid if has_addr */
+    socklen_t addr_len;          /* ro */
+    unsigned has_addr:1;         /* ro: host was an IP literal */
+};
+
+struct proxy *proxy_by_id(uint32_t id);
+void proxy_attempt_begin(struct proxy *p);
+void proxy_attempt_end(struct proxy *p);
+void proxy_success(struct proxy *p, double latency_ms);
+void proxy_failure(struct proxy *p, enum ferry_fail_kind kind);
+void proxy_free_all(void);
+
+/* Standard base64 encoding into out (NUL-terminated); returns length. */
+size_t base64_encode(const unsigned char *in, size_t n, char *out, size_t room);
+/* Decode; returns length or -1 on invalid input. */
+long base64_decode(const char *in, size_t n, unsigned char *out, size_t room);
+
+#endif

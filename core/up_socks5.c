@@ -1,0 +1,166 @@
+/* up_socks5.c - RFC 1928 CONNECT with RFC 1929 username/password.
+ *
+ * The destination goes out as a domain name (ATYP 3) so the proxy
+ * resolves it; IP literals go out as addresses.  Every step reads
+ * exactly the bytes its message needs, however the peer splits them. */
+#include "conn.h"
+#include "proxy.h"
+#include "upstream.h"
+
+#include <arpa/inet.h>
+#include <string.h>
+
+enum s5_step {
+    S5_METHOD = 0, /* waiting for the method choice */
+    S5_AUTH,       /* waiting for the user/pass verdict */
+    S5_REPLY       /* waiting for the CONNECT reply */
+};
+
+static int fail(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
+{
+    c->fail_kind = kind;
+    c->fail_err = e;
+    return UP_FAIL;
+}
+
+static int s5_start(struct conn *c)
+{
+    struct proxy *p = c->proxy;
+    unsigned char hello[4] = { 5, 1, 0, 0 };
+    size_t n = 3;
+    if (p->user != NULL) {
+        hello[1] = 2;
+        hello[3] = 2; /* offer no-auth and user/pass */
+        n = 4;
+    }
+    buf_append(&c->uout, hello, n);
+    c->hs_state = S5_METHOD;
+    return UP_AGAIN;
+}
+
+static void send_connect(struct conn *c)
+{
+    unsigned char m[4 + 1 + HOST_MAX_LEN + 2];
+    size_t n = 0;
+    m[n++] = 5;
+    m[n++] = 1; /* CONNECT */
+    m[n++] = 0;
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, c->host, &a4) == 1) {
+        m[n++] = 1;
+        memcpy(m + n, &a4, 4);
+        n += 4;
+    } else if (inet_pton(AF_INET6, c->host, &a6) == 1) {
+        m[n++] = 4;
+        memcpy(m + n, &a6, 16);
+        n += 16;
+    } else {
+        size_t hl = strlen(c->host);
+        m[n++] = 3;
+        m[n++] = (unsigned char)hl;
+        memcpy(m + n, c->host, hl);
+        n += hl;
+    }
+    m[n++] = (unsigned char)(c->port >> 8);
+    m[n++] = (unsigned char)(c->port & 0xff);
+    buf_append(&c->uout, m, n);
+    c->hs_state = S5_REPLY;
+}
+
+static int send_auth(struct conn *c)
+{
+    struct proxy *p = c->proxy;
+    size_t ul = strlen(p->user), pl = strlen(p->pass);
+    if (ul > 255 || pl > 255) {
+        return fail(c, FERRY_FAIL_AUTH, FERR_UPSTREAM_AUTH);
+    }
+    unsigned char m[3 + 255 + 255];
+    size_t n = 0;
+    m[n++] = 1;
+    m[n++] = (unsigned char)ul;
+    memcpy(m + n, p->user, ul);
+    n += ul;
+    m[n++] = (unsigned char)pl;
+    memcpy(m + n, p->pass, pl);
+    n += pl;
+    buf_append(&c->uout, m, n);
+    c->hs_state = S5_AUTH;
+    return UP_AGAIN;
+}
+
+static int s5_input(struct conn *c)
+{
+    for (;;) {
+        const unsigned char *b = (const unsigned char *)buf_head(&c->uin);
+        size_t have = buf_len(&c->uin);
+        switch (c->hs_state) {
+        case S5_METHOD:
+            if (have < 2) {
+                return UP_AGAIN;
+            }
+            if (b[0] != 5) {
+                return fail(c, FERRY_FAIL_HANDSHAKE, FERR_HANDSHAKE_FAILED);
+            }
+            if (b[1] == 0) {
+                buf_consume(&c->uin, 2);
+                send_connect(c);
+            } else if (b[1] == 2 && c->proxy->user != NULL) {
+                buf_consume(&c->uin, 2);
+                if (send_auth(c) == UP_FAIL) {
+                    return UP_FAIL;
+                }
+            } else if (b[1] == 0xff) {
+                return fail(c, c->proxy->user != NULL ? FERRY_FAIL_AUTH : FERRY_FAIL_HANDSHAKE,
+                            c->proxy->user != NULL ? FERR_UPSTREAM_AUTH : FERR_HANDSHAKE_FAILED);
+            } else {
+                return fail(c, FERRY_FAIL_HANDSHAKE, FERR_HANDSHAKE_FAILED);
+            }
+            break;
+        case S5_AUTH:
+            if (have < 2) {
+                return UP_AGAIN;
+            }
+            if (b[0] != 1 || b[1] != 0) {
+                return fail(c, FERRY_FAIL_AUTH, FERR_UPSTREAM_AUTH);
+            }
+            buf_consume(&c->uin, 2);
+            send_connect(c);
+            break;
+        case S5_REPLY: {
+            if (have < 5) {
+                return UP_AGAIN;
+            }
+            if (b[0] != 5) {
+                return fail(c, FERRY_FAIL_HANDSHAKE, FERR_HANDSHAKE_FAILED);
+            }
+            if (b[1] != 0) {
+                /* 1 general failure .. 8 address type: the proxy is up but
+                 * could not reach the destination or refused us. */
+                return fail(c, FERRY_FAIL_HANDSHAKE,
+                            b[1] == 4 || b[1] == 5 || b[1] == 3 ? FERR_CONNECT_FAILED
+                                                                : FERR_HANDSHAKE_FAILED);
+            }
+            size_t need;
+            if (b[3] == 1) {
+                need = 4 + 4 + 2;
+            } else if (b[3] == 4) {
+                need = 4 + 16 + 2;
+            } else if (b[3] == 3) {
+                need = 4 + 1 + (size_t)b[4] + 2;
+            } else {
+                return fail(c, FERRY_FAIL_HANDSHAKE, FERR_HANDSHAKE_FAILED);
+            }
+            if (have < need) {
+                return UP_AGAIN;
+            }
+            buf_consume(&c->uin, need);
+            return UP_DONE;
+        }
+        default:
+            return fail(c, FERRY_FAIL_HANDSHAKE, FERR_HANDSHAKE_FAILED);
+        }
+    }
+}
+
+const struct upstream_ops up_socks5 = { "socks5", s5_start, s5_input };

@@ -74,6 +74,7 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
     ev_init(&c->uio, on_upstream);
     ev_init(&c->timer, on_timer);
     c->state = CS_HEAD;
+    c->pipe_cu[0] = c->pipe_cu[1] = c->pipe_uc[0] = c->pipe_uc[1] = -1;
     c->last_io = loop_now();
     live[nlive++] = c;
     nconns++;
@@ -97,6 +98,7 @@ static void conn_destroy(struct conn *c)
         c->rr = NULL;
     }
     conn_upstream_close(c);
+    conn_tunnel_close_pipes(c);
     close(c->cfd);
     buf_free(&c->cin);
     buf_free(&c->cout);
@@ -159,20 +161,24 @@ void conn_update_io(struct conn *c)
 {
     int ce = 0, ue = 0;
     int tunnel = c->state == CS_TUNNEL;
-    if (!c->client_eof && buf_room(&c->cin) > 0) {
+    int spliced = tunnel && conn_tunnel_spliced(c);
+    /* Spliced tunnels read into their pipe, bounded by its capacity. */
+    int c_room = spliced ? c->in_cu < TUNNEL_PIPE_SIZE : buf_room(&c->cin) > 0;
+    int u_room = spliced ? c->in_uc < TUNNEL_PIPE_SIZE : buf_room(&c->uin) > 0;
+    if (!c->client_eof && c_room) {
         ce |= EV_READ;
     }
-    if (!buf_empty(&c->cout) || (tunnel && !buf_empty(&c->uin))) {
+    if (!buf_empty(&c->cout) || (tunnel && (!buf_empty(&c->uin) || c->in_uc > 0))) {
         ce |= EV_WRITE;
     }
     if (c->ufd >= 0) {
         int reading = c->state == CS_HANDSHAKE || c->state == CS_EXCHANGE || tunnel ||
                       c->idle_up;
-        if (reading && !c->upstream_eof && buf_room(&c->uin) > 0) {
+        if (reading && !c->upstream_eof && u_room) {
             ue |= EV_READ;
         }
         if (c->state == CS_CONNECT || !buf_empty(&c->uout) ||
-            (tunnel && !buf_empty(&c->cin))) {
+            (tunnel && (!buf_empty(&c->cin) || c->in_cu > 0))) {
             ue |= EV_WRITE;
         }
     }
@@ -185,7 +191,6 @@ static int flush_client(struct conn *c)
     while (!buf_empty(&c->cout)) {
         ssize_t n = buf_write_fd(&c->cout, c->cfd);
         if (n > 0) {
-            c->bytes_out += (unsigned long long)n;
             c->last_io = loop_now();
             continue;
         }
@@ -313,7 +318,7 @@ static void on_client(struct ev_loop *lp, ev_io *w, int revents)
     (void)lp;
     struct conn *c = (struct conn *)((char *)w - offsetof(struct conn, cio));
     c->refs++;
-    if (revents & EV_READ) {
+    if ((revents & EV_READ) && !conn_tunnel_read_client(c)) {
         read_client(c);
     }
     conn_pump(c);

@@ -17,7 +17,7 @@
 #include <sys/socket.h>
 
 #define CONN_BUF_SIZE 16384
-#define TUNNEL_BUF_SIZE 65536
+#define TUNNEL_PIPE_SIZE (1024 * 1024)
 #define CONN_MAX_TRIES 8
 #define HOST_MAX_LEN 255
 
@@ -90,6 +90,11 @@ struct conn {
     char idle_host[HOST_MAX_LEN + 1];
     int idle_port;
 
+    /* Tunnels move bytes socket -> pipe -> socket with splice(2). */
+    int pipe_cu[2];              /* private: client to upstream, -1 when none */
+    int pipe_uc[2];              /* private: upstream to client */
+    size_t in_cu, in_uc;         /* private: bytes sitting in each pipe */
+
     int refs;                    /* handlers on the stack */
     int ev_c, ev_u;              /* private: events the watchers have now */
     unsigned counted:1;          /* proxy_attempt_begin was called */
@@ -138,6 +143,11 @@ void conn_on_timeout(struct conn *c);
 /* tunnel.c */
 void conn_tunnel_begin(struct conn *c);
 int conn_tunnel(struct conn *c);
+/* Splice-mode reads; return 1 if the tunnel took the read event. */
+int conn_tunnel_read_client(struct conn *c);
+int conn_tunnel_read_upstream(struct conn *c);
+int conn_tunnel_spliced(const struct conn *c);
+void conn_tunnel_close_pipes(struct conn *c);
 
 /* Global timeouts, seconds. */
 struct timeouts {

@@ -80,8 +80,8 @@ void conn_fail(struct conn *c, enum ferr e)
                       info->status, info->reason, bl, info->code, c->cid,
                       e == FERR_AUTH_REQUIRED ? "Proxy-Authenticate: Basic realm=\"ferry\"\r\n"
                                               : "");
-    buf_append(&c->cout, head, (size_t)hl);
-    buf_append(&c->cout, body, (size_t)bl);
+    c->bytes_out += buf_append(&c->cout, head, (size_t)hl);
+    c->bytes_out += buf_append(&c->cout, body, (size_t)bl);
     c->sent_any = 1;
     log_done(c);
     c->state = CS_DRAIN;
@@ -324,6 +324,7 @@ static int write_response_head(struct conn *c, const char *base)
         return -1;
     }
     buf_commit(&c->cout, o.n);
+    c->bytes_out += o.n;
     return 0;
 }
 
@@ -425,7 +426,7 @@ static int take_response_head(struct conn *c)
             if (buf_room(&c->cout) < hl) {
                 return 0;
             }
-            buf_append(&c->cout, base, hl);
+            c->bytes_out += buf_append(&c->cout, base, hl);
             buf_consume(&c->uin, hl);
             c->sent_any = 1;
             c->replayable = 0;
@@ -482,7 +483,7 @@ static int relay_response_body(struct conn *c)
             conn_fail(c, FERR_BAD_RESPONSE);
             return -1;
         }
-        buf_append(&c->cout, buf_head(&c->uin), (size_t)n);
+        c->bytes_out += buf_append(&c->cout, buf_head(&c->uin), (size_t)n);
         buf_consume(&c->uin, (size_t)n);
     }
     if (!c->resp.msg_done && c->upstream_eof && buf_empty(&c->uin)) {

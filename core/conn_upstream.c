@@ -311,6 +311,9 @@ void conn_upstream_event(struct conn *c, int revents)
         connected(c);
         return;
     }
+    if ((revents & EV_READ) && conn_tunnel_read_upstream(c)) {
+        return;
+    }
     if (revents & EV_READ) {
         ssize_t n = buf_read_fd(&c->uin, c->ufd);
         if (n > 0) {

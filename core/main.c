@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -160,6 +161,12 @@ static int cmd_run(const char *config, int check_only)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* A proxy holds two sockets (and, tunnelling, two pipes) per client. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     srandom((unsigned)time(NULL) ^ (unsigned)getpid());
     if (!check_only && resolve_init() != 0) {
         fprintf(stderr, "ferry: cannot start the resolver\n");

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# make bench: ferry side by side with squid, tinyproxy and haproxy, in one run.
+#
+# The proxy under test is pinned to CPU 0; the load (wrk, curl, the
+# connect-rate client) and the nginx origin to CPU 1.  Everything
+# listens on 127.0.0.1 and every load loop is bounded in time.
+set -u
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+W=$ROOT/spec/tmp/bench
+DUR=${BENCH_SECONDS:-10}
+rm -rf "$W"; mkdir -p "$W/www" "$W/logs"; chmod 777 "$W" "$W/logs"
+
+P_ORIGIN=18080 P_FERRY=18081 P_SQUID=18082 P_TINY=18083 P_HAPROXY=18084
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; sleep 0.3;
+            for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 1 100); do
+  (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "port $1 did not open" >&2; return 1; }
+
+head -c 1024 /dev/zero | tr '\0' 'x' > "$W/www/1k"
+truncate -s 1G "$W/www/1g"
+gcc -O2 -o "$W/connect_rate" spec/bench/connect_rate.c || exit 1
+
+cat > "$W/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $W/nginx.pid;
+error_log $W/logs/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$P_ORIGIN; root $W/www; }
+}
+CONF
+taskset -c 1 nginx -c "$W/nginx.conf" -p "$W" & PIDS+=($!)
+
+cat > "$W/ferry.lua" <<CONF
+listen { name = "bench", addr = "127.0.0.1:$P_FERRY" }
+log { level = "warn", access = false }
+route(function(req) return "direct" end)
+CONF
+taskset -c 0 "$ROOT/bin/ferry" -c "$W/ferry.lua" 2>"$W/logs/ferry.err" & FERRY_PID=$!; PIDS+=($FERRY_PID)
+
+cat > "$W/squid.conf" <<CONF
+http_port 127.0.0.1:$P_SQUID
+acl all_ports port 1-65535
+http_access allow all
+cache deny all
+cache_mem 8 MB
+access_log none
+cache_log $W/logs/squid-cache.log
+pid_filename $W/squid.pid
+coredump_dir $W
+cache_effective_user proxy
+shutdown_lifetime 1 seconds
+workers 1
+CONF
+taskset -c 0 squid -N -f "$W/squid.conf" & PIDS+=($!)
+
+cat > "$W/tinyproxy.conf" <<CONF
+Port $P_TINY
+Listen 127.0.0.1
+Timeout 60
+MaxClients 200
+Allow 127.0.0.1
+DisableViaHeader Yes
+LogLevel Critical
+CONF
+taskset -c 0 tinyproxy -d -c "$W/tinyproxy.conf" >/dev/null 2>&1 & PIDS+=($!)
+
+cat > "$W/haproxy.cfg" <<CONF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:$P_HAPROXY
+  default_backend be
+backend be
+  http-reuse always
+  server origin 127.0.0.1:$P_ORIGIN
+CONF
+taskset -c 0 haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 & PIDS+=($!)
+
+for p in $P_ORIGIN $P_FERRY $P_SQUID $P_TINY $P_HAPROXY; do wait_port "$p" || exit 1; done
+sleep 1
+FERRY_IDLE_RSS=$(ps -o rss= -p "$FERRY_PID" | tr -d ' ')
+
+cat > "$W/absolute.lua" <<CONF
+wrk.path = "http://127.0.0.1:$P_ORIGIN/1k"
+CONF
+
+rps() { # url [script]
+  local out script=${2:-}
+  if [ -n "$script" ]; then out=$(taskset -c 1 wrk -t1 -c50 -d"${DUR}"s -s "$script" "$1" 2>&1)
+  else out=$(taskset -c 1 wrk -t1 -c50 -d"${DUR}"s "$1" 2>&1); fi
+  echo "$out" > "$W/logs/wrk-$(echo "$1$script" | md5sum | cut -c1-8).txt"
+  local non2xx; non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+  [ -n "$non2xx" ] && echo "warning: $1: $non2xx non-2xx responses" >&2
+  echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}'
+}
+tunnel_bps() { # proxy port -> bytes/s through one CONNECT tunnel of 1 GiB
+  taskset -c 1 curl -s -p -x "http://127.0.0.1:$1" --max-time 60 -o /dev/null \
+    -w '%{speed_download}' "http://127.0.0.1:$P_ORIGIN/1g" 2>/dev/null | cut -d. -f1
+}
+tunnel_rate() {
+  taskset -c 1 "$W/connect_rate" "$1" "127.0.0.1:$P_ORIGIN" 50 "$DUR" | awk '{print $6}' | tr -d '/s'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+gbs() { awk -v a="$1" 'BEGIN { printf "%.2f GB/s", a / 1e9 }'; }
+
+# Warm the page cache so the first tunnel run is not charged for it.
+taskset -c 1 curl -s --max-time 60 -o /dev/null "http://127.0.0.1:$P_ORIGIN/1g"
+
+echo "ferry bench: proxies on CPU 0, load and origin on CPU 1, ${DUR}s per run"
+echo
+R_FERRY=$(rps "http://127.0.0.1:$P_FERRY/" "$W/absolute.lua")
+R_SQUID=$(rps "http://127.0.0.1:$P_SQUID/" "$W/absolute.lua")
+R_TINY=$(rps "http://127.0.0.1:$P_TINY/" "$W/absolute.lua")
+R_HAPROXY=$(rps "http://127.0.0.1:$P_HAPROXY/1k")
+R_NGINX=$(rps "http://127.0.0.1:$P_ORIGIN/1k")
+printf '%-34s %10s %10s %10s %10s %10s\n' "absolute-form GET 1 KiB, 50 conns" ferry squid tinyproxy haproxy* nginx**
+printf '%-34s %10s %10s %10s %10s %10s\n' "requests/s" "$R_FERRY" "$R_SQUID" "$R_TINY" "$R_HAPROXY" "$R_NGINX"
+printf '%-34s %10s %10s %10s %10s\n' "ferry / other" "1.00" "$(ratio "$R_FERRY" "$R_SQUID")" \
+  "$(ratio "$R_FERRY" "$R_TINY")" "$(ratio "$R_FERRY" "$R_HAPROXY")"
+echo "  * haproxy as a reverse proxy (origin-form), the practical ceiling; ** the origin alone"
+echo
+
+T_FERRY=$(tunnel_bps $P_FERRY); T_SQUID=$(tunnel_bps $P_SQUID); T_TINY=$(tunnel_bps $P_TINY)
+printf '%-34s %10s %10s %10s\n' "CONNECT, one 1 GiB tunnel" ferry squid tinyproxy
+printf '%-34s %10s %10s %10s\n' "throughput" "$(gbs "$T_FERRY")" "$(gbs "$T_SQUID")" "$(gbs "$T_TINY")"
+printf '%-34s %10s %10s %10s\n' "ferry / other" "1.00" "$(ratio "$T_FERRY" "$T_SQUID")" "$(ratio "$T_FERRY" "$T_TINY")"
+echo
+
+C_FERRY=$(tunnel_rate $P_FERRY); C_SQUID=$(tunnel_rate $P_SQUID); C_TINY=$(tunnel_rate $P_TINY)
+printf '%-34s %10s %10s %10s\n' "CONNECT setups/s, 50 conns" ferry squid tinyproxy
+printf '%-34s %10s %10s %10s\n' "tunnels/s" "$C_FERRY" "$C_SQUID" "$C_TINY"
+printf '%-34s %10s %10s %10s\n' "ferry / other" "1.00" "$(ratio "$C_FERRY" "$C_SQUID")" "$(ratio "$C_FERRY" "$C_TINY")"
+echo
+FERRY_RSS=$(ps -o rss= -p "$FERRY_PID" | tr -d ' ')
+echo "ferry RSS: idle ${FERRY_IDLE_RSS} KiB, after the runs ${FERRY_RSS} KiB"
+echo
+echo "targets: requests/s >= 4x squid ($(ratio "$R_FERRY" "$R_SQUID")x), tunnel >= 2x squid" \
+  "($(ratio "$T_FERRY" "$T_SQUID")x), setups >= tinyproxy ($(ratio "$C_FERRY" "$C_TINY")x)," \
+  "idle RSS < 10240 KiB (${FERRY_IDLE_RSS})"

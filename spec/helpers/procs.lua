@@ -1,0 +1,197 @@
+-- procs.lua: start and stop the real processes integration specs use
+-- (bin/ferry, microsocks, tinyproxy, the origin), on 127.0.0.1 only.
+-- Every process is remembered by PID and stopped by PID.
+local socket = require("socket")
+
+local M = {}
+
+local ROOT = os.getenv("FERRY_ROOT") or "."
+M.root = ROOT
+M.bin = os.getenv("FERRY_BIN") or (ROOT .. "/bin/ferry")
+M.asan = os.getenv("FERRY_ASAN") == "1"
+M.tmp = ROOT .. "/spec/tmp"
+os.execute("mkdir -p " .. M.tmp)
+
+local started = {}
+
+local function sh_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+M.quote = sh_quote
+
+function M.sleep(s)
+  socket.sleep(s)
+end
+
+-- A free TCP port on 127.0.0.1 (bound, read, released).
+function M.free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+function M.write_file(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+function M.read_file(path)
+  local f = io.open(path, "r")
+  if not f then return "" end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- Start a command in the background; returns its PID and log path.
+function M.spawn(name, cmd)
+  local log = string.format("%s/%s-%d.log", M.tmp, name, math.random(1, 1e9))
+  local p = assert(io.popen("exec " .. cmd .. " >" .. log .. " 2>&1 & echo $!"))
+  local pid = tonumber(p:read("*l"))
+  p:close()
+  assert(pid, "could not start " .. name)
+  local proc = { name = name, pid = pid, log = log }
+  started[#started + 1] = proc
+  return proc
+end
+
+function M.alive(proc)
+  return os.execute("kill -0 " .. proc.pid .. " 2>/dev/null") == 0
+end
+
+-- Wait until a TCP port accepts connections.
+function M.wait_port(port, timeout)
+  local deadline = socket.gettime() + (timeout or 5)
+  while socket.gettime() < deadline do
+    local c = socket.tcp()
+    c:settimeout(0.2)
+    if c:connect("127.0.0.1", port) then
+      c:close()
+      return true
+    end
+    c:close()
+    socket.sleep(0.02)
+  end
+  return false
+end
+
+function M.signal(proc, sig)
+  os.execute("kill -" .. sig .. " " .. proc.pid .. " 2>/dev/null")
+end
+
+-- Stop by PID; returns the exit status when it is a child we can reap.
+function M.stop(proc, sig)
+  if proc.stopped then return end
+  M.signal(proc, "CONT")
+  M.signal(proc, sig or "TERM")
+  local deadline = socket.gettime() + 12
+  while M.alive(proc) and socket.gettime() < deadline do
+    socket.sleep(0.02)
+  end
+  if M.alive(proc) then
+    M.signal(proc, "KILL")
+    socket.sleep(0.05)
+  end
+  proc.stopped = true
+  for i, p in ipairs(started) do
+    if p == proc then table.remove(started, i) break end
+  end
+end
+
+function M.stop_all()
+  for i = #started, 1, -1 do
+    M.stop(started[i])
+  end
+end
+
+-- Sanitizer findings in a process's log (make asan fails on any).
+function M.sanitizer_report(proc)
+  local log = M.read_file(proc.log)
+  return log:match("ERROR: AddressSanitizer[^\n]*") or log:match("ERROR: LeakSanitizer[^\n]*")
+      or log:match("runtime error:[^\n]*")
+end
+
+-- Start bin/ferry with a config text; waits for every port given.
+function M.ferry(config_text, ports, name)
+  local cfg = M.write_file(string.format("%s/ferry-%d.lua", M.tmp, math.random(1, 1e9)),
+    config_text)
+  local proc = M.spawn(name or "ferry", sh_quote(M.bin) .. " -c " .. sh_quote(cfg))
+  proc.config = cfg
+  for _, port in ipairs(ports or {}) do
+    if not M.wait_port(port, M.asan and 15 or 5) then
+      local log = M.read_file(proc.log)
+      M.stop(proc)
+      error("ferry did not open port " .. port .. ":\n" .. log)
+    end
+  end
+  return proc
+end
+
+-- Stop ferry and assert a clean exit with no sanitizer report.
+function M.stop_ferry(proc)
+  M.stop(proc)
+  local report = M.sanitizer_report(proc)
+  assert(report == nil, "sanitizer: " .. tostring(report) .. "\n" .. M.read_file(proc.log))
+end
+
+-- The JSON log lines ferry wrote so far.
+function M.log_lines(proc)
+  local cjson = require("cjson.safe")
+  local out = {}
+  for line in M.read_file(proc.log):gmatch("[^\n]+") do
+    out[#out + 1] = cjson.decode(line) or { unparsed = line }
+  end
+  return out
+end
+
+function M.microsocks(port, user, pass)
+  local cmd = "microsocks -i 127.0.0.1 -p " .. port
+  if user then cmd = cmd .. " -u " .. sh_quote(user) .. " -P " .. sh_quote(pass) end
+  local proc = M.spawn("microsocks", cmd)
+  assert(M.wait_port(port), "microsocks did not start")
+  return proc
+end
+
+function M.tinyproxy(port)
+  local conf = M.write_file(string.format("%s/tinyproxy-%d.conf", M.tmp, port), table.concat({
+    "Port " .. port,
+    "Listen 127.0.0.1",
+    "Timeout 30",
+    "MaxClients 50",
+    "Allow 127.0.0.1",
+    "DisableViaHeader Yes",
+    "LogLevel Error",
+  }, "\n") .. "\n")
+  local proc = M.spawn("tinyproxy", "tinyproxy -d -c " .. conf)
+  assert(M.wait_port(port), "tinyproxy did not start")
+  return proc
+end
+
+-- The spec origin: a real HTTP server in its own LuaJIT process.
+function M.origin(port)
+  local proc = M.spawn("origin", "luajit " .. ROOT .. "/spec/helpers/origin.lua " .. port)
+  assert(M.wait_port(port), "origin did not start:\n" .. M.read_file(proc.log))
+  return proc
+end
+
+-- curl through a proxy; returns status, body, headers text.
+function M.curl(args)
+  local hfile = string.format("%s/curl-h-%d", M.tmp, math.random(1, 1e9))
+  local bfile = hfile .. ".body"
+  local cmd = "curl -s -S --max-time " .. (args.max_time or 10) .. " -D " .. hfile ..
+    " -o " .. bfile .. " -w '%{http_code}' " .. (args.flags or "") ..
+    (args.proxy and (" -x " .. sh_quote(args.proxy)) or "") .. " " .. sh_quote(args.url) ..
+    " 2>" .. bfile .. ".err"
+  local p = io.popen(cmd)
+  local code = p:read("*a")
+  p:close()
+  local body, headers = M.read_file(bfile), M.read_file(hfile)
+  local err = M.read_file(bfile .. ".err")
+  os.remove(hfile) os.remove(bfile) os.remove(bfile .. ".err")
+  return tonumber(code) or 0, body, headers, err
+end
+
+return M

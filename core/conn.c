@@ -252,14 +252,10 @@ void conn_pump(struct conn *c)
             conn_on_head(c);
             break;
         case CS_EXCHANGE:
-            if (conn_exchange(c) < 0) {
-                return;
-            }
+            conn_exchange(c); /* failures switch state; the flush below still runs */
             break;
         case CS_TUNNEL:
-            if (conn_tunnel(c) < 0) {
-                return;
-            }
+            conn_tunnel(c);
             break;
         case CS_DRAIN:
             drain(c);

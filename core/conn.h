@@ -84,6 +84,7 @@ struct conn {
     double connect_timeout, first_byte_timeout;
     enum ferry_fail_kind fail_kind; /* set by a failing connector */
     enum ferr fail_err;
+    enum ferr last_err;          /* why the previous attempt failed */
 
     /* An upstream kept open after a keep-alive response. */
     struct proxy *idle_proxy;

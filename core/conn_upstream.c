@@ -88,6 +88,11 @@ void conn_route(struct conn *c)
     memcpy(r.tried, c->tried, sizeof(r.tried));
     r.retries = -1;
     int64_t id = bridge_dispatch(&r);
+    if (id == BRIDGE_NO_PROXY && c->attempt > 0) {
+        /* Every proxy was tried: the client hears why the last one failed. */
+        conn_fail(c, c->last_err);
+        return;
+    }
     if (id < 0) {
         enum ferr e = id == BRIDGE_DENY ? FERR_DENIED
                     : id == BRIDGE_NO_PROXY ? FERR_NO_PROXY : FERR_ROUTE_ERROR;
@@ -286,6 +291,7 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
         return;
     }
     c->attempt++;
+    c->last_err = e;
     c->state = CS_BACKOFF;
     c->fwd = 0;
     c->req_done = 0;

@@ -58,6 +58,11 @@ local function handle(st, req)
     respond(st, "200 OK", { ["Content-Type"] = "text/plain" }, "hello from origin\n")
   elseif path:match("^/bytes/%d+$") then
     respond(st, "200 OK", {}, string.rep("x", tonumber(path:match("%d+"))))
+  elseif path:match("^/chunked/%d+$") and req.version == "1.0" then
+    -- RFC 9112: never chunked to a 1.0 peer; delimit by closing instead.
+    send_all(st, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" ..
+      string.rep("c", tonumber(path:match("%d+"))))
+    st.close_after = true
   elseif path:match("^/chunked/%d+$") then
     respond(st, "200 OK", { ["Transfer-Encoding"] = "chunked" },
       chunked(tonumber(path:match("%d+"))))
@@ -99,7 +104,7 @@ local function parse(st)
     local head_end = st.inb:find("\r\n\r\n", 1, true)
     if not head_end then return end
     local head = st.inb:sub(1, head_end + 3)
-    local method, path = head:match("^(%u+) (%S+) HTTP/1%.%d\r\n")
+    local method, path, version = head:match("^(%u+) (%S+) HTTP/(1%.%d)\r\n")
     if not method then
       respond(st, "400 Bad Request", {}, "bad request\n", true)
       st.inb = ""
@@ -134,7 +139,7 @@ local function parse(st)
       body = table.concat(parts)
     end
     st.inb = rest
-    handle(st, { method = method, path = path, headers = headers, body = body, head = head })
+    handle(st, { method = method, path = path, version = version, headers = headers, body = body, head = head })
     if st.close_after then return end
   end
 end

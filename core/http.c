@@ -19,6 +19,9 @@ size_t http_skip_empty_lines(const char *p, size_t n)
 size_t http_head_len(const char *p, size_t n)
 {
     /* The head ends at the first empty line: "\n\r\n" or "\n\n". */
+    if (n == 0) {
+        return 0;
+    }
     const char *end = p + n;
     const char *q = p;
     while ((q = memchr(q, '\n', (size_t)(end - q))) != NULL) {

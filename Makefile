@@ -14,6 +14,7 @@ LDLIBS   += $(PKG_LIBS) -lev -lhttp_parser -lm -ldl
 SRCS     := $(wildcard core/*.c)
 OBJS     := $(SRCS:core/%.c=build/%.o)
 ASAN_OBJS:= $(SRCS:core/%.c=build/asan/%.o)
+PIC_OBJS := $(SRCS:core/%.c=build/pic/%.o)
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 BUSTED   := busted --lua=luajit
@@ -55,7 +56,17 @@ build/asan/%.o: core/%.c
 	@echo "  CC    $< (asan)"
 	$(Q)$(CC) $(CFLAGS) $(ASAN_FLAGS) -O1 -c -o $@ $<
 
--include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d)
+# The core as a shared object, for the FFI specs of spec/core.
+build/libferry.so: $(PIC_OBJS)
+	@echo "  LD    $@"
+	$(Q)$(CC) -shared -o $@ $(PIC_OBJS) $(LDLIBS)
+
+build/pic/%.o: core/%.c
+	@mkdir -p build/pic
+	@echo "  CC    $< (pic)"
+	$(Q)$(CC) $(CFLAGS) -fPIC -c -o $@ $<
+
+-include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d) $(PIC_OBJS:.o=.d)
 
 # Install whatever of DEPS is missing (needs root or sudo).
 deps:
@@ -83,10 +94,10 @@ check-config: bin/ferry
 	./bin/ferry check -c examples/quickstart.lua
 
 # The suite under busted; the last line is "N passed, N failed".
-test: deps bin/ferry
+test: deps bin/ferry build/libferry.so
 	@FERRY_BIN=$(CURDIR)/bin/ferry spec/run.sh $(SPEC_DIRS)
 
-asan: deps bin/ferry-asan
+asan: deps bin/ferry-asan build/libferry.so
 	@FERRY_BIN=$(CURDIR)/bin/ferry-asan FERRY_ASAN=1 \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=66 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

@@ -28,6 +28,7 @@ local active = nil -- { cfg, pools = {name=pool}, by_index = {pool} }
 
 function M.set_root(r)
   root = r
+  plugins.set_builtin(r .. "/plugins")
 end
 
 local last_logged = {}

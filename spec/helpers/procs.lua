@@ -5,7 +5,14 @@ local socket = require("socket")
 
 local M = {}
 
-local ROOT = os.getenv("FERRY_ROOT") or "."
+local function cwd()
+  local p = io.popen("pwd")
+  local d = p:read("*l")
+  p:close()
+  return d
+end
+
+local ROOT = os.getenv("FERRY_ROOT") or cwd()
 M.root = ROOT
 M.bin = os.getenv("FERRY_BIN") or (ROOT .. "/bin/ferry")
 M.asan = os.getenv("FERRY_ASAN") == "1"

@@ -1,0 +1,391 @@
+-- config.lua: the config DSL.  A config is a Lua file run in a sandbox
+-- whose globals are the statements below; each statement is checked as
+-- it runs, and every error names FILE:LINE of the statement and the
+-- field at fault.  The result is a plain table the runtime applies.
+local url = require("ferry.url")
+
+local M = {}
+
+local DEFAULT_TIMEOUTS = {
+  client_head = 10, connect = 5, first_byte = 30, idle = 300, keepalive = 60, request = 60,
+}
+local LEVELS = { debug = true, info = true, warn = true, error = true }
+local ALL_DOWN = { any = true, direct = true, fail = true }
+
+-- Errors raised by statements carry this marker so load() can tell them
+-- from errors in the user's own code.
+local ConfigError = {}
+
+local function fail(where, fmt, ...)
+  error(setmetatable({ msg = where .. ": " .. string.format(fmt, ...) }, ConfigError), 0)
+end
+
+-- FILE:LINE of the config statement that is running now.
+local function caller_line(file)
+  for level = 3, 12 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    if info.source == "@" .. file or info.source == file then
+      return info.currentline
+    end
+  end
+  return 0
+end
+
+local function is_loopback(host)
+  return host == "localhost" or host == "::1" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
+end
+
+local function check_fields(where, t, allowed)
+  if type(t) ~= "table" then fail(where, "expected a table, got a %s", type(t)) end
+  for k in pairs(t) do
+    if type(k) ~= "number" and not allowed[k] then
+      fail(where, 'unknown field "%s"', tostring(k))
+    end
+  end
+end
+
+local function want(where, field, v, kind)
+  if v ~= nil and type(v) ~= kind then
+    fail(where, "%s must be a %s, got a %s", field, kind, type(v))
+  end
+  return v
+end
+
+local function want_number(where, field, v, lo, hi, integer)
+  if v == nil then return nil end
+  if type(v) ~= "number" or v ~= v then fail(where, "%s must be a number", field) end
+  if integer and v % 1 ~= 0 then fail(where, "%s must be a whole number", field) end
+  if (lo and v < lo) or (hi and v > hi) then
+    fail(where, "%s must be between %s and %s, got %s", field, tostring(lo), tostring(hi),
+      tostring(v))
+  end
+  return v
+end
+
+local function string_keyed_table(where, field, v)
+  if v == nil then return nil end
+  if type(v) ~= "table" then fail(where, "%s must be a table", field) end
+  for k in pairs(v) do
+    if type(k) ~= "string" then fail(where, "%s: keys must be strings", field) end
+  end
+  return v
+end
+
+local function resolve_path(dir, p)
+  if p:sub(1, 1) == "/" then return p end
+  return dir .. "/" .. p
+end
+
+local TOKEN = "^[!#$%%&'*+%-.^_`|~%w]+$"
+
+local function parse_proxy(where, i, entry)
+  local pw = string.format("%s: proxies[%d]", where, i)
+  local spec = entry
+  if type(entry) == "string" then
+    spec = { url = entry }
+  elseif type(entry) ~= "table" then
+    fail(pw, "expected a URL string or a table, got a %s", type(entry))
+  end
+  check_fields(pw, spec, { url = true, weight = true, region = true, id = true, headers = true })
+  if type(spec.url) ~= "string" then fail(pw, "url is required") end
+  local p, err = url.parse(spec.url)
+  if not p then fail(pw, "%s", err) end
+  p.url = spec.url
+  p.weight = want_number(pw, "weight", spec.weight, 1, 1000, true) or 1
+  p.region = want(pw, "region", spec.region, "string")
+  p.id = want(pw, "id", spec.id, "string")
+  if spec.headers ~= nil then
+    if type(spec.headers) ~= "table" then fail(pw, "headers must be a table") end
+    for k, v in pairs(spec.headers) do
+      if type(k) ~= "string" or not k:match(TOKEN) then
+        fail(pw, 'header name "%s" is not a valid token', tostring(k))
+      end
+      if type(v) ~= "string" and type(v) ~= "number" then
+        fail(pw, 'header "%s" must be a string', k)
+      end
+      if tostring(v):find("[\r\n%z]") then
+        fail(pw, 'header "%s" must not contain CR, LF or NUL', k)
+      end
+    end
+    p.headers = spec.headers
+  end
+  p.display = url.display(p)
+  return p
+end
+
+-- Run the config chunk and collect what its statements declare.
+local function evaluate(chunk, file)
+  local dir = file:match("^(.*)/[^/]*$") or "."
+  local cfg = {
+    file = file, dir = dir, listeners = {}, pools = {}, pool_order = {}, exchanges = {},
+    plugin_dirs = {}, timeouts = {}, log = { level = "info", access = true },
+  }
+  for k, v in pairs(DEFAULT_TIMEOUTS) do cfg.timeouts[k] = v end
+  local names = { listen = {}, exchange = {} }
+  local env = {}
+
+  local function at(what)
+    return string.format("%s:%d: %s", file, caller_line(file), what)
+  end
+
+  function env.listen(t)
+    local where = at("listen")
+    check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true })
+    local l = { line = caller_line(file) }
+    l.name = want(where, "name", t.name, "string") or ("listen" .. (#cfg.listeners + 1))
+    where = at(string.format('listen "%s"', l.name))
+    if names.listen[l.name] then fail(where, "a listener with this name already exists") end
+    names.listen[l.name] = true
+    local host, port = url.parse_hostport(want(where, "addr", t.addr, "string") or "127.0.0.1:8080")
+    if not host then fail(where, "addr: %s", port) end
+    l.host, l.port = host, port
+    l.protocol = want(where, "protocol", t.protocol, "string") or "http"
+    if l.protocol ~= "http" then
+      fail(where, 'protocol "%s" is not supported yet (use "http")', l.protocol)
+    end
+    l.open = want(where, "open", t.open, "boolean") or false
+    l.users = {}
+    if t.users ~= nil then
+      if type(t.users) ~= "table" then fail(where, "users must be a list") end
+      for i, u in ipairs(t.users) do
+        local user, pass
+        if type(u) == "string" then
+          user, pass = u:match("^([^:]+):(.*)$")
+        elseif type(u) == "table" then
+          user, pass = u.user, u.pass
+        end
+        if type(user) ~= "string" or user == "" or type(pass) ~= "string" then
+          fail(where, 'users[%d]: expected "user:pass" or { user = ..., pass = ... }', i)
+        end
+        l.users[#l.users + 1] = { user = user, pass = pass }
+      end
+    end
+    if not is_loopback(l.host) and #l.users == 0 and not l.open then
+      fail(where, "refusing to listen on %s without users; set open = true to allow an " ..
+        "open proxy", l.host)
+    end
+    cfg.listeners[#cfg.listeners + 1] = l
+  end
+
+  function env.admin(t)
+    local where = at("admin")
+    check_fields(where, t, { addr = true, socket = true, token = true })
+    for _, k in ipairs { "addr", "socket", "token" } do want(where, k, t[k], "string") end
+    cfg.admin = t
+  end
+
+  function env.store(t)
+    local where = at("store")
+    check_fields(where, t, { path = true })
+    want(where, "path", t.path, "string")
+    cfg.store = t
+  end
+
+  function env.plugins(t)
+    local where = at("plugins")
+    if type(t) ~= "table" then fail(where, "expected a list of directories") end
+    for i, d in ipairs(t) do
+      if type(d) ~= "string" then fail(where, "entry %d must be a string", i) end
+      cfg.plugin_dirs[#cfg.plugin_dirs + 1] = resolve_path(dir, d)
+    end
+  end
+
+  function env.pool(name)
+    local where = at("pool")
+    if type(name) ~= "string" or not name:match("^[%w_.-]+$") then
+      fail(where, "pool name must be a string of letters, digits, _ . -")
+    end
+    where = at(string.format('pool "%s"', name))
+    if name == "direct" then fail(where, '"direct" is reserved for going without a proxy') end
+    if cfg.pools[name] then fail(where, "a pool with this name already exists") end
+    local line = caller_line(file)
+    return function(t)
+      check_fields(where, t, { strategy = true, retries = true, proxies = true, breaker = true,
+        health = true, all_down = true, panic = true, timeouts = true, latency_ceiling = true })
+      local p = { name = name, line = line }
+      p.strategy = want(where, "strategy", t.strategy, "string") or "health_score"
+      p.retries = want_number(where, "retries", t.retries, 0, 8, true) or 2
+      p.all_down = want(where, "all_down", t.all_down, "string") or "any"
+      if not ALL_DOWN[p.all_down] then
+        fail(where, 'all_down must be "any", "direct" or "fail"')
+      end
+      p.panic = want_number(where, "panic", t.panic, 0, 100)
+      p.latency_ceiling = want_number(where, "latency_ceiling", t.latency_ceiling, 1) or 1000
+      p.breaker = string_keyed_table(where, "breaker", t.breaker)
+      p.health = string_keyed_table(where, "health", t.health)
+      if t.timeouts ~= nil then
+        check_fields(where .. ": timeouts", t.timeouts, { connect = true, first_byte = true })
+        p.timeouts = {
+          connect = want_number(where, "timeouts.connect", t.timeouts.connect, 0.001),
+          first_byte = want_number(where, "timeouts.first_byte", t.timeouts.first_byte, 0.001),
+        }
+      end
+      if type(t.proxies) ~= "table" or #t.proxies == 0 then
+        fail(where, "proxies: at least one proxy is required")
+      end
+      p.proxies = {}
+      local seen = {}
+      for i, entry in ipairs(t.proxies) do
+        local px = parse_proxy(where, i, entry)
+        local key = px.id or px.url
+        if seen[key] then fail(where, "proxies[%d]: duplicate of proxies[%d]", i, seen[key]) end
+        seen[key] = i
+        p.proxies[i] = px
+      end
+      cfg.pools[name] = p
+      cfg.pool_order[#cfg.pool_order + 1] = name
+    end
+  end
+
+  function env.exchange(name)
+    local where = at("exchange")
+    if type(name) ~= "string" or name == "" then fail(where, "exchange name must be a string") end
+    where = at(string.format('exchange "%s"', name))
+    if names.exchange[name] then fail(where, "an exchange with this name already exists") end
+    names.exchange[name] = true
+    local line = caller_line(file)
+    return function(t)
+      check_fields(where, t, { hosts = true, pool = true, ban = true, script = true })
+      if type(t.hosts) ~= "table" or #t.hosts == 0 then
+        fail(where, "hosts: at least one host pattern is required")
+      end
+      local hosts = {}
+      for i, h in ipairs(t.hosts) do
+        if type(h) ~= "string" or not (h:match("^[%w.-]+$") or h:match("^%*%.[%w.-]+$")) then
+          fail(where, 'hosts[%d]: "%s" is not a host or *.suffix pattern', i, tostring(h))
+        end
+        hosts[i] = h:lower()
+      end
+      if type(t.pool) ~= "string" then fail(where, "pool is required") end
+      local ex = { name = name, hosts = hosts, pool = t.pool, line = line, where = where }
+      ex.ban = string_keyed_table(where, "ban", t.ban)
+      if t.script ~= nil then
+        ex.script = resolve_path(dir, want(where, "script", t.script, "string"))
+      end
+      cfg.exchanges[#cfg.exchanges + 1] = ex
+    end
+  end
+
+  function env.route(fn)
+    local where = at("route")
+    if type(fn) ~= "function" then fail(where, "route expects a function, got a %s", type(fn)) end
+    if cfg.route then fail(where, "route is already set") end
+    cfg.route = fn
+  end
+
+  function env.timeouts(t)
+    local where = at("timeouts")
+    check_fields(where, t, DEFAULT_TIMEOUTS)
+    for k in pairs(DEFAULT_TIMEOUTS) do
+      if t[k] ~= nil then cfg.timeouts[k] = want_number(where, k, t[k], 0.001, 86400) end
+    end
+  end
+
+  function env.log(t)
+    local where = at("log")
+    check_fields(where, t, { level = true, access = true })
+    if t.level ~= nil and not LEVELS[t.level] then
+      fail(where, 'level must be one of debug, info, warn, error')
+    end
+    cfg.log.level = t.level or cfg.log.level
+    if t.access ~= nil then cfg.log.access = want(where, "access", t.access, "boolean") end
+  end
+
+  function env.env(name, default)
+    local v = os.getenv(name)
+    if v == nil then
+      if default ~= nil then return default end
+      fail(at("env"), "environment variable %s is not set", tostring(name))
+    end
+    return v
+  end
+
+  -- Safe globals only: a config describes, it does not act.
+  for _, k in ipairs { "string", "table", "math", "pairs", "ipairs", "tostring", "tonumber",
+                       "type", "select", "error", "assert", "pcall", "unpack", "next", "print" } do
+    env[k] = _G[k]
+  end
+  env.os = { time = os.time, clock = os.clock, getenv = os.getenv }
+
+  setfenv(chunk, env)
+  -- User code (route, hooks) runs interpreted so the core's instruction
+  -- budget can stop a runaway loop: compiled traces never see hooks.
+  jit.off(chunk, true)
+  local ok, err = pcall(chunk)
+  if not ok then
+    if getmetatable(err) == ConfigError then return nil, err.msg end
+    local msg = tostring(err)
+    if not msg:match("^[^:]+:%d+:") then msg = file .. ":0: " .. msg end
+    return nil, msg
+  end
+
+  for _, ex in ipairs(cfg.exchanges) do
+    if ex.pool ~= "direct" and not cfg.pools[ex.pool] then
+      return nil, string.format('%s: pool "%s" is not declared', ex.where, ex.pool)
+    end
+  end
+  if #cfg.listeners == 0 then
+    cfg.listeners[1] = { name = "proxy", host = "127.0.0.1", port = 8080, protocol = "http",
+                         users = {}, open = false, line = 0 }
+  end
+  M.index_exchanges(cfg)
+  return cfg
+end
+
+-- Host lookup tables: exact names, and wildcard suffixes by suffix.
+function M.index_exchanges(cfg)
+  local exact, suffix = {}, {}
+  for _, ex in ipairs(cfg.exchanges) do
+    for _, h in ipairs(ex.hosts) do
+      if h:sub(1, 2) == "*." then
+        suffix[h:sub(3)] = suffix[h:sub(3)] or ex
+      else
+        exact[h] = exact[h] or ex
+      end
+    end
+  end
+  cfg.exchange_exact, cfg.exchange_suffix = exact, suffix
+end
+
+-- The exchange a destination host belongs to: exact name first, then the
+-- longest *.suffix (which never matches the bare suffix itself).
+function M.match_exchange(cfg, host)
+  if not cfg.exchange_exact then M.index_exchanges(cfg) end
+  host = host:lower()
+  local ex = cfg.exchange_exact[host]
+  if ex then return ex end
+  local pos = host:find(".", 1, true)
+  while pos do
+    ex = cfg.exchange_suffix[host:sub(pos + 1)]
+    if ex then return ex end
+    pos = host:find(".", pos + 1, true)
+  end
+  return nil
+end
+
+local function normalize_syntax_error(msg, file)
+  -- loadfile reports "FILE:LINE: ..."; loadstring reports [string "..."]:LINE.
+  local line, rest = msg:match("^%[string \"[^\"]*\"%]:(%d+): (.*)$")
+  if line then return string.format("%s:%s: %s", file, line, rest) end
+  return msg
+end
+
+function M.load(path, opts)
+  local _ = opts
+  local chunk, err = loadfile(path)
+  if not chunk then
+    return nil, normalize_syntax_error(err or (path .. ":0: cannot read"), path)
+  end
+  return evaluate(chunk, path)
+end
+
+function M.load_string(src, chunkname, opts)
+  local _ = opts
+  chunkname = chunkname or "config.lua"
+  local chunk, err = loadstring(src, "@" .. chunkname)
+  if not chunk then return nil, normalize_syntax_error(err, chunkname) end
+  return evaluate(chunk, chunkname)
+end
+
+return M

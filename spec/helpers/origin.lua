@@ -139,7 +139,8 @@ local function parse(st)
       body = table.concat(parts)
     end
     st.inb = rest
-    handle(st, { method = method, path = path, version = version, headers = headers, body = body, head = head })
+    handle(st, { method = method, path = path, version = version, headers = headers,
+                 body = body, head = head })
     if st.close_after then return end
   end
 end

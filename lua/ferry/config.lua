@@ -131,10 +131,11 @@ local function evaluate(chunk, file)
 
   function env.listen(t)
     local where = at("listen")
-    check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true })
+    if type(t) ~= "table" then fail(where, "expected a table, got a %s", type(t)) end
     local l = { line = caller_line(file) }
     l.name = want(where, "name", t.name, "string") or ("listen" .. (#cfg.listeners + 1))
     where = at(string.format('listen "%s"', l.name))
+    check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true })
     if names.listen[l.name] then fail(where, "a listener with this name already exists") end
     names.listen[l.name] = true
     local host, port = url.parse_hostport(want(where, "addr", t.addr, "string") or "127.0.0.1:8080")
@@ -269,7 +270,7 @@ local function evaluate(chunk, file)
 
   function env.route(fn)
     local where = at("route")
-    if type(fn) ~= "function" then fail(where, "route expects a function, got a %s", type(fn)) end
+    if type(fn) ~= "function" then fail(where, "expected a function, got a %s", type(fn)) end
     if cfg.route then fail(where, "route is already set") end
     cfg.route = fn
   end

@@ -112,14 +112,58 @@ long base64_decode(const char *in, size_t n, unsigned char *out, size_t room)
     return (long)o;
 }
 
+/* Key index: chained hash, grown so chains stay short even with the
+ * tens of thousands of proxies a reload may re-declare. */
+static struct proxy **by_key;
+static uint32_t nbuckets;
+
+static uint32_t hash_key(const char *k)
+{
+    uint32_t h = 2166136261u;
+    for (; *k; k++) {
+        h = (h ^ (unsigned char)*k) * 16777619u;
+    }
+    return h;
+}
+
 static struct proxy *find_key(const char *key)
 {
-    for (uint32_t i = 0; i < nproxies; i++) {
-        if (strcmp(proxies[i]->key, key) == 0) {
-            return proxies[i];
+    if (nbuckets == 0) {
+        return NULL;
+    }
+    for (struct proxy *p = by_key[hash_key(key) & (nbuckets - 1)]; p; p = p->next_by_key) {
+        if (strcmp(p->key, key) == 0) {
+            return p;
         }
     }
     return NULL;
+}
+
+static int index_key(struct proxy *p)
+{
+    if (nproxies >= nbuckets) {
+        uint32_t nb = nbuckets ? nbuckets * 2 : 256;
+        struct proxy **fresh = calloc(nb, sizeof(*fresh));
+        if (fresh == NULL) {
+            return -1;
+        }
+        for (uint32_t i = 0; i < nproxies; i++) {
+            struct proxy *q = proxies[i];
+            if (q == p) {
+                continue;
+            }
+            uint32_t b = hash_key(q->key) & (nb - 1);
+            q->next_by_key = fresh[b];
+            fresh[b] = q;
+        }
+        free(by_key);
+        by_key = fresh;
+        nbuckets = nb;
+    }
+    uint32_t b = hash_key(p->key) & (nbuckets - 1);
+    p->next_by_key = by_key[b];
+    by_key[b] = p;
+    return 0;
 }
 
 static void set_literal_addr(struct proxy *p)
@@ -196,6 +240,13 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
         }
         proxies[nproxies++] = p;
         p->pub.id = nproxies;
+        if (index_key(p) != 0) {
+            nproxies--;
+            free(p->key);
+            free(p);
+            *err = "out of memory";
+            return NULL;
+        }
     }
     /* A reload may change how we reach a proxy, never its counters. */
     replace_str(&p->host, strdup(host));
@@ -288,6 +339,8 @@ void proxy_free_all(void)
         free(p);
     }
     free(proxies);
+    free(by_key);
     proxies = NULL;
-    nproxies = cap_proxies = 0;
+    by_key = NULL;
+    nproxies = cap_proxies = nbuckets = 0;
 }

@@ -20,6 +20,7 @@ struct proxy {
     char *display;               /* ro: scheme://host:port, never credentials */
     struct sockaddr_storage addr; /* ro: literal address, valid if has_addr */
     socklen_t addr_len;          /* ro */
+    struct proxy *next_by_key;   /* private: hash chain of the key index */
     unsigned has_addr:1;         /* ro: host was an IP literal */
 };
 

@@ -128,6 +128,20 @@ describe("ferry_proxy_*", function()
     assert.equal(-1, core.ferry_proxy_set_flag(nil, 2, 1))
   end)
 
+  it("finds every proxy again by key among 20 000", function()
+    local ids = {}
+    for i = 1, 20000 do
+      ids[i] = core.ferry_proxy_new("bulk-" .. i, 1, "10.1.0.1", 1000 + i % 60000, nil, nil,
+        nil, 1, err).id
+    end
+    for i = 1, 20000, 997 do
+      local again = core.ferry_proxy_new("bulk-" .. i, 1, "10.1.0.1", 1000 + i % 60000, nil,
+        nil, nil, 1, err)
+      assert.equal(ids[i], again.id)
+    end
+    assert.equal(ids[20000] - ids[1], 19999)
+  end)
+
   it("returns NULL for an unknown id", function()
     assert.is_true(core.ferry_proxy_get(0) == nil)
     assert.is_true(core.ferry_proxy_get(4000000) == nil)

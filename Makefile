@@ -104,7 +104,7 @@ asan: deps bin/ferry-asan build/libferry.so
 	  spec/run.sh $(SPEC_DIRS)
 
 lint: deps
-	luacheck -q lua plugins spec examples
+	luacheck -q lua plugins spec examples etc
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
 	  --std=c11 --inline-suppr --suppress=missingIncludeSystem -D_GNU_SOURCE core
 

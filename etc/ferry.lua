@@ -23,6 +23,6 @@ pool "exchanges" {
 
 exchange "binance" { hosts = { "*.binance.com" }, pool = "exchanges" }
 
-route(function(req)
+route(function(_req)
   return "direct"
 end)

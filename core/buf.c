@@ -6,6 +6,40 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Released blocks of the common size wait here for the next user, so
+ * a keep-alive connection that trims its buffers between requests does
+ * not cost a malloc/free (and a brk) per request.  Bounded: beyond
+ * POOL_MAX blocks, memory goes back to the allocator. */
+#define POOL_BLOCK 16384
+#define POOL_MAX 512
+
+static void *pool[POOL_MAX];
+static int npool;
+
+static char *block_get(size_t cap)
+{
+    if (cap == POOL_BLOCK && npool > 0) {
+        return pool[--npool];
+    }
+    return malloc(cap);
+}
+
+static void block_put(char *p, size_t cap)
+{
+    if (cap == POOL_BLOCK && npool < POOL_MAX) {
+        pool[npool++] = p;
+        return;
+    }
+    free(p);
+}
+
+void buf_pool_drain(void)
+{
+    while (npool > 0) {
+        free(pool[--npool]);
+    }
+}
+
 void buf_init(struct buf *b, size_t cap)
 {
     b->data = NULL;
@@ -16,7 +50,9 @@ void buf_init(struct buf *b, size_t cap)
 
 void buf_free(struct buf *b)
 {
-    free(b->data);
+    if (b->data != NULL) {
+        block_put(b->data, b->cap);
+    }
     b->data = NULL;
     b->start = b->end = 0;
 }
@@ -39,7 +75,7 @@ void buf_consume(struct buf *b, size_t n)
 char *buf_tail(struct buf *b, size_t *room)
 {
     if (b->data == NULL) {
-        b->data = malloc(b->cap);
+        b->data = block_get(b->cap);
         if (b->data == NULL) {
             *room = 0;
             return NULL;

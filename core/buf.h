@@ -14,6 +14,8 @@ struct buf {
 };
 
 void   buf_init(struct buf *b, size_t cap);
+/* Give pooled blocks back to the allocator (at exit, for leak checks). */
+void   buf_pool_drain(void);
 void   buf_free(struct buf *b);
 /* Drop the allocation when empty, so idle connections stay small. */
 void   buf_trim(struct buf *b);

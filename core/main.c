@@ -1,5 +1,6 @@
 /* main.c - command line, signals, and the loop. */
 #include "bridge.h"
+#include "buf.h"
 #include "conn.h"
 #include "ferry.h"
 #include "listener.h"
@@ -208,6 +209,7 @@ static int cmd_run(const char *config, int check_only)
     bridge_fini();
     resolve_fini();
     proxy_free_all();
+    buf_pool_drain();
     ev_loop_destroy(loop);
     return 0;
 }

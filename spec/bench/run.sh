@@ -61,7 +61,7 @@ cache_effective_user proxy
 shutdown_lifetime 1 seconds
 workers 1
 CONF
-taskset -c 0 squid -N -f "$W/squid.conf" & PIDS+=($!)
+taskset -c 0 squid -N -f "$W/squid.conf" & SQUID_PID=$!; PIDS+=($SQUID_PID)
 
 cat > "$W/tinyproxy.conf" <<CONF
 Port $P_TINY
@@ -72,7 +72,7 @@ Allow 127.0.0.1
 DisableViaHeader Yes
 LogLevel Critical
 CONF
-taskset -c 0 tinyproxy -d -c "$W/tinyproxy.conf" >/dev/null 2>&1 & PIDS+=($!)
+taskset -c 0 tinyproxy -d -c "$W/tinyproxy.conf" >/dev/null 2>&1 & TINY_PID=$!; PIDS+=($TINY_PID)
 
 cat > "$W/haproxy.cfg" <<CONF
 global
@@ -90,7 +90,7 @@ backend be
   http-reuse always
   server origin 127.0.0.1:$P_ORIGIN
 CONF
-taskset -c 0 haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 & PIDS+=($!)
+taskset -c 0 haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 & HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
 
 for p in $P_ORIGIN $P_FERRY $P_SQUID $P_TINY $P_HAPROXY; do wait_port "$p" || exit 1; done
 sleep 1
@@ -99,6 +99,25 @@ FERRY_IDLE_RSS=$(ps -o rss= -p "$FERRY_PID" | tr -d ' ')
 cat > "$W/absolute.lua" <<CONF
 wrk.path = "http://127.0.0.1:$P_ORIGIN/1k"
 CONF
+
+# CPU time (clock ticks) a process tree has used: the proxy and its workers.
+cpu_ticks() {
+  local total=0 p
+  for p in $1 $(pgrep -P "$1"); do
+    total=$((total + $(awk '{print $14 + $15}' /proc/"$p"/stat 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+# rps_cpu PID url [script]: requests/s, and the proxy's CPU use in % of one core.
+rps_cpu() {
+  local pid=$1 t0 t1 r
+  shift
+  t0=$(cpu_ticks "$pid")
+  r=$(rps "$@")
+  t1=$(cpu_ticks "$pid")
+  echo "$r $(awk -v d=$((t1 - t0)) -v hz="$HZ" -v s="$DUR" 'BEGIN { printf "%.0f", 100 * d / hz / s }')"
+}
 
 rps() { # url [script]
   local out script=${2:-}
@@ -109,9 +128,14 @@ rps() { # url [script]
   [ -n "$non2xx" ] && echo "warning: $1: $non2xx non-2xx responses" >&2
   echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}'
 }
-tunnel_bps() { # proxy port -> bytes/s through one CONNECT tunnel of 1 GiB
-  taskset -c 1 curl -s -p -x "http://127.0.0.1:$1" --max-time 60 -o /dev/null \
-    -w '%{speed_download}' "http://127.0.0.1:$P_ORIGIN/1g" 2>/dev/null | cut -d. -f1
+tunnel_bps() { # proxy port -> bytes/s through one CONNECT tunnel of 1 GiB, best of 3
+  local best=0 v
+  for _ in 1 2 3; do
+    v=$(taskset -c 1 curl -s -p -x "http://127.0.0.1:$1" --max-time 60 -o /dev/null \
+      -w '%{speed_download}' "http://127.0.0.1:$P_ORIGIN/1g" 2>/dev/null | cut -d. -f1)
+    [ "${v:-0}" -gt "$best" ] && best=$v
+  done
+  echo "$best"
 }
 tunnel_rate() {
   taskset -c 1 "$W/connect_rate" "$1" "127.0.0.1:$P_ORIGIN" 50 "$DUR" | awk '{print $6}' | tr -d '/s'
@@ -122,17 +146,25 @@ gbs() { awk -v a="$1" 'BEGIN { printf "%.2f GB/s", a / 1e9 }'; }
 # Warm the page cache so the first tunnel run is not charged for it.
 taskset -c 1 curl -s --max-time 60 -o /dev/null "http://127.0.0.1:$P_ORIGIN/1g"
 
-echo "ferry bench: proxies on CPU 0, load and origin on CPU 1, ${DUR}s per run"
+echo "ferry bench: proxies on CPU 0, load and origin on CPU 1, ${DUR}s per run (tunnels: best of 3)"
 echo
-R_FERRY=$(rps "http://127.0.0.1:$P_FERRY/" "$W/absolute.lua")
-R_SQUID=$(rps "http://127.0.0.1:$P_SQUID/" "$W/absolute.lua")
-R_TINY=$(rps "http://127.0.0.1:$P_TINY/" "$W/absolute.lua")
-R_HAPROXY=$(rps "http://127.0.0.1:$P_HAPROXY/1k")
+read -r R_FERRY U_FERRY < <(rps_cpu "$FERRY_PID" "http://127.0.0.1:$P_FERRY/" "$W/absolute.lua")
+read -r R_SQUID U_SQUID < <(rps_cpu "$SQUID_PID" "http://127.0.0.1:$P_SQUID/" "$W/absolute.lua")
+read -r R_TINY U_TINY < <(rps_cpu "$TINY_PID" "http://127.0.0.1:$P_TINY/" "$W/absolute.lua")
+read -r R_HAPROXY U_HAPROXY < <(rps_cpu "$HAPROXY_PID" "http://127.0.0.1:$P_HAPROXY/1k")
 R_NGINX=$(rps "http://127.0.0.1:$P_ORIGIN/1k")
 printf '%-34s %10s %10s %10s %10s %10s\n' "absolute-form GET 1 KiB, 50 conns" ferry squid tinyproxy haproxy* nginx**
 printf '%-34s %10s %10s %10s %10s %10s\n' "requests/s" "$R_FERRY" "$R_SQUID" "$R_TINY" "$R_HAPROXY" "$R_NGINX"
 printf '%-34s %10s %10s %10s %10s\n' "ferry / other" "1.00" "$(ratio "$R_FERRY" "$R_SQUID")" \
   "$(ratio "$R_FERRY" "$R_TINY")" "$(ratio "$R_FERRY" "$R_HAPROXY")"
+printf '%-34s %10s %10s %10s %10s\n' "proxy CPU, % of its core" "$U_FERRY" "$U_SQUID" "$U_TINY" "$U_HAPROXY"
+# Requests per CPU-second: what each proxy could do with its core to itself.
+per_cpu() { awk -v r="$1" -v u="$2" 'BEGIN { if (u > 0) printf "%.0f", r * 100 / u; else print "n/a" }'; }
+P_F=$(per_cpu "$R_FERRY" "$U_FERRY"); P_S=$(per_cpu "$R_SQUID" "$U_SQUID")
+P_T=$(per_cpu "$R_TINY" "$U_TINY"); P_H=$(per_cpu "$R_HAPROXY" "$U_HAPROXY")
+printf '%-34s %10s %10s %10s %10s\n' "requests per CPU-second" "$P_F" "$P_S" "$P_T" "$P_H"
+printf '%-34s %10s %10s %10s %10s\n' "ferry / other, per CPU-second" "1.00" "$(ratio "$P_F" "$P_S")" \
+  "$(ratio "$P_F" "$P_T")" "$(ratio "$P_F" "$P_H")"
 echo "  * haproxy as a reverse proxy (origin-form), the practical ceiling; ** the origin alone"
 echo
 

@@ -3,6 +3,7 @@
 -- client gets a coded 502/504 with a correlation id.
 local procs = require("procs")
 local cjson = require("cjson")
+local socket = require("socket")
 
 describe("failover", function()
   local origin, s1, s2, stopped, ferry
@@ -85,6 +86,26 @@ route(function(req) return req.listener end)
     procs.sleep(0.1)
     local after = select(2, procs.read_file(ferry.log):gsub("attempt %d to", ""))
     assert.equal(before + 1, after)
+  end)
+
+  it("answers 504 FERRY-3008 when the upstream never sends a response", function()
+    local T, F_SILENT = procs.free_port(), procs.free_port()
+    local tiny = procs.tinyproxy(T)
+    procs.signal(tiny, "STOP")
+    local f2 = procs.ferry(string.format([[
+listen { addr = "127.0.0.1:%d" }
+pool "silent" { retries = 0, timeouts = { first_byte = 0.5 }, proxies = { "http://127.0.0.1:%d" } }
+route(function() return "silent" end)
+]], F_SILENT, T), { F_SILENT })
+    local t0 = socket.gettime()
+    local status, body, headers = procs.curl { proxy = via(F_SILENT), url = base .. "/" }
+    local took = socket.gettime() - t0
+    procs.stop_ferry(f2)
+    procs.stop(tiny)
+    assert.equal(504, status)
+    assert.matches("X%-Ferry%-Error: FERRY%-3008", headers)
+    assert.matches('"error":"FERRY%-3008"', body)
+    assert.is_true(took < 5, "took " .. took)
   end)
 
   it("gives up on a proxy that never answers after the connect timeout, and fails over", function()

@@ -3,7 +3,7 @@ local plugins = require("ferry.plugins")
 
 local DIRS = { "plugins" }
 local NAMES = { "round_robin", "random", "weighted_random", "least_conn", "least_errors",
-                "health_score" }
+                "health_score", "latency", "hash" }
 
 local function strategy(name)
   return assert(plugins.load("strategies", name, DIRS))
@@ -39,6 +39,7 @@ describe("every strategy", function()
       end)
 
       it("spreads requests over equal proxies", function()
+        if name == "hash" then return end -- spreads destinations, checked below
         local pool = pools.pool(4)
         if s.init then s.init(pool) end
         local h = pools.histogram(s, pool, 4000)
@@ -138,5 +139,55 @@ describe("health_score", function()
     pool.proxies[1].c.failures, pool.proxies[2].c.failures = 100, 100
     pool.proxies[1].c.latency_ewma_ms, pool.proxies[2].c.latency_ewma_ms = 5000, 100
     assert.equal(2, s.select(pool, pools.req()).id)
+  end)
+end)
+
+describe("latency", function()
+  it("picks the lowest latency, trying unmeasured proxies first", function()
+    local s, pool = strategy("latency"), pools.pool(3)
+    pool.proxies[1].c.latency_ewma_ms = 40
+    pool.proxies[2].c.latency_ewma_ms = 10
+    assert.equal(3, s.select(pool, pools.req()).id)
+    pool.proxies[3].c.latency_ewma_ms = 90
+    assert.equal(2, s.select(pool, pools.req()).id)
+  end)
+end)
+
+describe("hash", function()
+  local s = strategy("hash")
+
+  local function pick(pool, host)
+    local req = pools.req()
+    req.host = host
+    return s.select(pool, req).id
+  end
+
+  it("sends one destination through one proxy", function()
+    local pool = pools.pool(5)
+    for _, host in ipairs { "a.example", "b.example", "c.example" } do
+      local first = pick(pool, host)
+      for _ = 1, 10 do assert.equal(first, pick(pool, host)) end
+    end
+  end)
+
+  it("spreads destinations over the proxies", function()
+    local pool = pools.pool(4)
+    local h = {}
+    for i = 1, 4000 do
+      local id = pick(pool, "host" .. i .. ".example")
+      h[id] = (h[id] or 0) + 1
+    end
+    for id = 1, 4 do assert.is_true(h[id] > 700, "proxy " .. id .. ": " .. tostring(h[id])) end
+  end)
+
+  it("moves only the destinations of a proxy that drops out", function()
+    local pool = pools.pool(4)
+    local before = {}
+    for i = 1, 1000 do before[i] = pick(pool, "d" .. i) end
+    pool.proxies[2].c.flags = 1
+    for i = 1, 1000 do
+      local now = pick(pool, "d" .. i)
+      if before[i] ~= 2 then assert.equal(before[i], now) else assert.not_equal(2, now) end
+    end
   end)
 end)

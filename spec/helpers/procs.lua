@@ -30,12 +30,25 @@ function M.sleep(s)
   socket.sleep(s)
 end
 
--- A free TCP port on 127.0.0.1 (bound, read, released).
+-- A free TCP port on 127.0.0.1, below the kernel's ephemeral range
+-- (32768+), so no outgoing connection of a spec can take it between
+-- this check and the server's bind.
+local handed_out = {}
+math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
+
 function M.free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
+  for _ = 1, 200 do
+    local port = math.random(20000, 32000)
+    if not handed_out[port] then
+      local s = socket.bind("127.0.0.1", port)
+      if s then
+        s:close()
+        handed_out[port] = true
+        return port
+      end
+    end
+  end
+  error("no free port found")
 end
 
 function M.write_file(path, text)

@@ -30,7 +30,7 @@ describe("url.parse", function()
       ["ftp://h:1"] = 'unsupported scheme "ftp"',
       ["http://h:99999"] = 'invalid port "99999"',
       ["http://h:0"] = 'invalid port "0"',
-      ["http://h:x1"] = "invalid address",
+      ["http://h:x1"] = 'invalid port "x1"',
       ["http://:80"] = "missing host",
       ["http://h:1/path"] = "must not have a path",
       ["http://h:1?q=1"] = "query or fragment",

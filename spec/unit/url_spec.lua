@@ -35,7 +35,7 @@ describe("url.parse", function()
       ["http://h:1/path"] = "must not have a path",
       ["http://h:1?q=1"] = "query or fragment",
       ["http://h 1:80"] = "whitespace",
-      ["no-scheme:80"] = "want scheme://host:port",
+      ["no-scheme:80"] = "missing scheme",
       ["http://h:1\r\n"] = "control characters",
       ["http://%zz@h:1"] = "percent-escape",
     }

@@ -44,7 +44,7 @@ describe("url.parse", function()
       assert.is_nil(p, input)
       assert.truthy(err:find(why, 1, true), input .. " -> " .. tostring(err))
     end
-    assert.is_nil((url.parse(42)))
+    assert.has_error(function() url.parse(42) end) -- misuse raises, per STYLE
   end)
 end)
 

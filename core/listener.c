@@ -214,13 +214,24 @@ const char *listener_auth(struct listener *l, const char *value, size_t len)
     return NULL;
 }
 
-void listener_close_all(void)
+void listener_stop_all(void)
 {
     for (int i = 0; i < nlisteners; i++) {
         struct listener *l = listeners[i];
         ev_io_stop(loop, &l->io);
         ev_timer_stop(loop, &l->retry);
-        close(l->fd);
+        if (l->fd >= 0) {
+            close(l->fd);
+            l->fd = -1;
+        }
+    }
+}
+
+void listener_close_all(void)
+{
+    listener_stop_all();
+    for (int i = 0; i < nlisteners; i++) {
+        struct listener *l = listeners[i];
         for (int u = 0; u < l->nusers; u++) {
             free(l->users[u].token);
             free(l->users[u].name);

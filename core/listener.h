@@ -27,6 +27,9 @@ struct listener *listener_get(int idx);
 int listener_count(void);
 /* Match a Proxy-Authorization value; returns the user name or NULL. */
 const char *listener_auth(struct listener *l, const char *value, size_t len);
+/* Stop accepting; the structs stay, since connections still point at them. */
+void listener_stop_all(void);
+/* Free everything: only once no connection is left. */
 void listener_close_all(void);
 
 #endif

@@ -130,7 +130,7 @@ static void on_stop(struct ev_loop *l, ev_signal *w, int revents)
     }
     stopping = 1;
     log_event(LOG_INFO, "FERRY-0003", NULL, "signal %d: stop accepting, draining", w->signum);
-    listener_close_all();
+    listener_stop_all();
     ev_timer_init(&drain_timer, on_drain_tick, 0., 0.1);
     ev_timer_start(l, &drain_timer);
 }

@@ -29,6 +29,28 @@ function M.new(name, proxies, opts)
   }, Pool)
 end
 
+-- The eligible proxy with the lowest key(p), scanning from just after
+-- the strategy's cursor (pool.state.cursor) so that ties rotate instead
+-- of always landing on the first proxy.  The cursor moves to the winner.
+function Pool:lowest(req, key)
+  local list, st = self.proxies, self.state
+  local n = #list
+  local start = st.cursor or 0
+  local best, best_i, best_key
+  for k = 1, n do
+    local i = (start + k - 1) % n + 1
+    local p = list[i]
+    if self:eligible(p, req) then
+      local v = key(p)
+      if not best or v < best_key then
+        best, best_i, best_key = p, i, v
+      end
+    end
+  end
+  if best then st.cursor = best_i end
+  return best
+end
+
 -- Next eligible proxy after the pool's own cursor, or nil.
 function M.round_robin(pool, req)
   local list = pool.proxies

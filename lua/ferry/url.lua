@@ -2,7 +2,7 @@
 -- pairs, parsed strictly.  They come from configs and API callers; what
 -- we do not understand is refused with a reason instead of guessed at,
 -- and no message ever echoes credentials (errors end up in logs).
-local type, tonumber, error, select = type, tonumber, error, select
+local type, tonumber, error = type, tonumber, error
 local format, char = string.format, string.char
 
 local M = {}
@@ -188,8 +188,5 @@ function M.display(p)
   if host:find(":", 1, true) then host = "[" .. host .. "]" end
   return format("%s://%s%s:%d", p.scheme, p.user and "***@" or "", host, p.port)
 end
-
--- select is cached for symmetry with callers that pass varargs through.
-local _ = select
 
 return M

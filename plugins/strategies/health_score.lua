@@ -1,12 +1,21 @@
 -- health_score (the default): the eligible proxy with the best health
--- score (ferry.health), preferring those at or above MIN_SCORE.  Scores
--- within TIE points of the best count as equal; among equals the one
--- with fewest active connections wins, then rotation, so a pool of
--- healthy proxies shares the load instead of sending it all to one.
+-- score (ferry.health), preferring those at or above MIN_SCORE; if none
+-- reaches it, the best of the rest.  Scores within TIE points of the best
+-- count as equal, and among equals the fewest active connections win,
+-- then rotation: a pool of healthy proxies shares the load instead of
+-- sending it all to whichever scores a hair higher.
+--
+-- Two passes: the first scores every eligible proxy and finds the best,
+-- the second picks among those close to it.  A single pass comparing
+-- each proxy with the running best would let the winner drift down a
+-- chain of "ties" (100, 96, 92, ...) well below the real best.
 local health = require("ferry.health")
 
 local score_of = health.score
+local MIN_SCORE = health.MIN_SCORE
 local TIE = 5
+-- Below any floor, even best - TIE of a best score near 0.
+local INELIGIBLE = -math.huge
 
 return {
   name = "health_score",
@@ -15,31 +24,47 @@ return {
     local list, st = pool.proxies, pool.state
     local n = #list
     if n == 0 then return nil end
+    -- Scores of this call, in a table reused across calls (no garbage).
+    local scores = st.scores
+    if not scores then
+      scores = {}
+      st.scores = scores
+    end
     local now, ceiling = pool.now(), pool.latency_ceiling
+    local best_all, best_good = INELIGIBLE, INELIGIBLE
+    for i = 1, n do
+      local p = list[i]
+      local s = INELIGIBLE
+      if pool:eligible(p, req) then
+        s = score_of(p.c, ceiling, now)
+        if s > best_all then best_all = s end
+        if s >= MIN_SCORE and s > best_good then best_good = s end
+      end
+      scores[i] = s
+    end
+    if best_all == INELIGIBLE then return nil end
+    local floor
+    if best_good ~= INELIGIBLE then
+      -- Healthy ones exist: an unhealthy proxy is never "tied" with them.
+      floor = best_good - TIE
+      if floor < MIN_SCORE then floor = MIN_SCORE end
+    else
+      floor = best_all - TIE
+    end
+    -- Among the tied, fewest active; equal counts go to the next in
+    -- rotation after the previous winner.
     local start = st.cursor or 0
-    local best, best_i, best_score, best_active
+    local best, best_i, best_active
     for k = 1, n do
       local i = (start + k - 1) % n + 1
-      local p = list[i]
-      if pool:eligible(p, req) then
-        local s = score_of(p.c, ceiling, now)
-        local a = p.c.active
-        local better
-        if not best then
-          better = true
-        elseif (s >= health.MIN_SCORE) ~= (best_score >= health.MIN_SCORE) then
-          better = s >= health.MIN_SCORE
-        elseif s > best_score + TIE then
-          better = true
-        elseif s >= best_score - TIE then
-          better = a < best_active
-        end
-        if better then
-          best, best_i, best_score, best_active = p, i, s, a
+      if scores[i] >= floor then
+        local a = list[i].c.active
+        if not best or a < best_active then
+          best, best_i, best_active = list[i], i, a
         end
       end
     end
-    if best then st.cursor = best_i end
+    st.cursor = best_i
     return best
   end,
 }

@@ -1,5 +1,5 @@
 -- least_conn: the eligible proxy with the fewest active connections;
--- ties are broken by rotation so equal proxies share the load.
+-- ties rotate (pool:lowest) so equally loaded proxies share the load.
 local function active(p) return p.c.active end
 
 return {

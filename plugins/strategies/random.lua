@@ -1,7 +1,11 @@
--- random: uniform among eligible proxies.  A few random draws find one
--- at once in a mostly healthy pool; a scan from a random start is the
--- fallback when most proxies are unusable.
+-- random: uniform among the eligible proxies.  A few random draws find
+-- one at once in a mostly healthy pool (rejection sampling keeps the
+-- choice uniform).  When they all miss, most proxies are unusable: count
+-- the eligible ones and take the k-th, which stays uniform where a scan
+-- from a random start would favour a proxy that follows a run of dead ones.
 local random = math.random
+
+local DRAWS = 4
 
 return {
   name = "random",
@@ -10,14 +14,22 @@ return {
     local list = pool.proxies
     local n = #list
     if n == 0 then return nil end
-    for _ = 1, 4 do
+    for _ = 1, DRAWS do
       local p = list[random(n)]
       if pool:eligible(p, req) then return p end
     end
-    local start = random(n)
-    for k = 0, n - 1 do
-      local p = list[(start + k - 1) % n + 1]
-      if pool:eligible(p, req) then return p end
+    local count = 0
+    for i = 1, n do
+      if pool:eligible(list[i], req) then count = count + 1 end
+    end
+    if count == 0 then return nil end
+    local k = random(count)
+    for i = 1, n do
+      local p = list[i]
+      if pool:eligible(p, req) then
+        k = k - 1
+        if k == 0 then return p end
+      end
     end
     return nil
   end,

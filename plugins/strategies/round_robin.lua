@@ -1,4 +1,7 @@
--- round_robin: each eligible proxy in turn.
+-- round_robin: each eligible proxy in turn.  The cursor lives in
+-- pool.state so it survives between requests; skipping ineligible
+-- proxies keeps the cycle fair among the ones that are left.  O(1)
+-- amortized while most proxies are usable.
 return {
   name = "round_robin",
   version = "1",

@@ -18,6 +18,7 @@
 
 static lua_State *L;
 static int ref_dispatch = LUA_NOREF;
+static int ref_result = LUA_NOREF;
 static unsigned hook_steps;
 static unsigned long long hook_errors;
 
@@ -63,16 +64,19 @@ int bridge_init(const char *root, char *err, size_t errlen)
     lua_call(L, 1, 0);
     lua_getfield(L, -1, "dispatch");
     ref_dispatch = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "result");
+    ref_result = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_setglobal(L, "__ferry_runtime");
     lua_settop(L, 0);
     return 0;
 }
 
-int bridge_load(const char *config, int apply, char *err, size_t errlen)
+/* Call runtime[fn](config, apply): true, or nil and a message. */
+static int call_load(const char *fn, const char *config, int apply, char *err, size_t errlen)
 {
     lua_pushcfunction(L, traceback);
     lua_getglobal(L, "__ferry_runtime");
-    lua_getfield(L, -1, "load");
+    lua_getfield(L, -1, fn);
     lua_remove(L, -2);
     lua_pushstring(L, config);
     lua_pushboolean(L, apply);
@@ -89,14 +93,44 @@ int bridge_load(const char *config, int apply, char *err, size_t errlen)
     return rc;
 }
 
-int64_t bridge_dispatch(struct ferry_req *r)
+int bridge_load(const char *config, int apply, char *err, size_t errlen)
 {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref_dispatch);
-    lua_pushlightuserdata(L, r);
+    return call_load("load", config, apply, err, errlen);
+}
+
+int bridge_reload(const char *config, char *err, size_t errlen)
+{
+    return call_load("reload", config, 1, err, errlen);
+}
+
+/* Run a runtime entry point on one pointer under the instruction budget.
+ * Returns the lua_pcall code; the result (if any) is left on the stack. */
+static int call_budgeted(int ref, void *arg)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_pushlightuserdata(L, arg);
     hook_steps = 0;
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
     int rc = lua_pcall(L, 1, 1, 0);
     lua_sethook(L, NULL, 0, 0);
+    return rc;
+}
+
+void bridge_result(struct ferry_result *r)
+{
+    if (L == NULL || ref_result == LUA_NOREF) {
+        return;
+    }
+    if (call_budgeted(ref_result, r) != 0) {
+        hook_errors++;
+        log_event(LOG_ERROR, "FERRY-4001", NULL, "result hook failed: %s", lua_tostring(L, -1));
+    }
+    lua_settop(L, 0);
+}
+
+int64_t bridge_dispatch(struct ferry_req *r)
+{
+    int rc = call_budgeted(ref_dispatch, r);
     int64_t id;
     if (rc != 0) {
         /* The runtime guards plugins itself; reaching here means the

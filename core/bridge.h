@@ -11,6 +11,7 @@
 #define BRIDGE_NO_PROXY    (-1) /* the pool has nothing usable */
 #define BRIDGE_ROUTE_ERROR (-2) /* route failed or named nothing known */
 #define BRIDGE_DENY        (-3) /* policy said no */
+#define BRIDGE_ALL_DOWN    (-4) /* nothing healthy and the pool's all_down is "fail" */
 
 /* Create the Lua state and load lua/ferry/runtime.lua from root. */
 int bridge_init(const char *root, char *err, size_t errlen);
@@ -18,6 +19,10 @@ int bridge_init(const char *root, char *err, size_t errlen);
 int bridge_load(const char *config, int apply, char *err, size_t errlen);
 /* Route one request: a proxy id, 0 for direct, or BRIDGE_*. */
 int64_t bridge_dispatch(struct ferry_req *r);
+/* Tell Lua the outcome of an attempt (breakers, bans, on_response). */
+void bridge_result(struct ferry_result *r);
+/* Reload the config (SIGHUP): 0, or -1 with err (the old one stays). */
+int bridge_reload(const char *config, char *err, size_t errlen);
 void bridge_fini(void);
 
 #endif

@@ -97,6 +97,7 @@ static void conn_destroy(struct conn *c)
         resolve_cancel(c->rr);
         c->rr = NULL;
     }
+    conn_report_flush(c);
     conn_upstream_close(c);
     conn_tunnel_close_pipes(c);
     close(c->cfd);

@@ -113,6 +113,14 @@ struct conn {
     unsigned shut_u:1;           /* shutdown(ufd, SHUT_WR) done */
     unsigned idle_up:1;          /* ufd is an idle keep-alive upstream */
     unsigned head_started:1;     /* bytes of the next head have arrived */
+
+    /* Health reporting (conn_report.c). */
+    uint32_t exchange;           /* exchange id of the request, 0 = none */
+    int pool;                    /* pool index of the request, 0 = direct */
+    unsigned req_flags;          /* FERRY_REQ_* set by dispatch */
+    char *cap;                   /* captured response head + body prefix, or NULL */
+    size_t cap_head, cap_len;    /* head bytes in cap, all bytes in cap */
+    unsigned report_pending:1;   /* the report waits for the body prefix */
 };
 
 struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);
@@ -140,6 +148,15 @@ void conn_upstream_ready(struct conn *c);
 void conn_upstream_close(struct conn *c);
 void conn_upstream_release(struct conn *c, int keep);
 void conn_on_timeout(struct conn *c);
+
+/* conn_report.c: attempt outcomes to health, breakers and Lua. */
+void conn_report(struct conn *c, int ok, enum ferry_fail_kind kind, int status);
+/* The response head arrived (status decides ok); may wait for the body. */
+void conn_report_head(struct conn *c, const char *head, size_t len, int status);
+/* Response body bytes passed to the client; done at its end. */
+void conn_report_body(struct conn *c, const char *p, size_t n, int done);
+/* The request ends: send a report still waiting, free the capture. */
+void conn_report_flush(struct conn *c);
 
 /* tunnel.c */
 void conn_tunnel_begin(struct conn *c);

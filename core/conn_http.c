@@ -347,6 +347,7 @@ void conn_finish(struct conn *c)
     int keep_up = c->resp.keep_alive && c->req_done && buf_empty(&c->uin) &&
                   !c->upstream_eof && c->ufd >= 0 &&
                   (p == NULL || !(p->pub.flags & FERRY_PROXY_REMOVED));
+    conn_report_flush(c);
     log_done(c);
     conn_upstream_release(c, keep_up);
     if (!c->req_done) {
@@ -466,13 +467,7 @@ static int take_response_head(struct conn *c)
             buf_consume(&c->cin, c->fwd);
             c->fwd = 0;
         }
-        if (c->proxy != NULL) {
-            if (st >= 500) {
-                proxy_failure(c->proxy, FERRY_FAIL_HTTP5XX);
-            } else {
-                proxy_success(c->proxy, -1);
-            }
-        }
+        conn_report_head(c, base, hl, st);
         if (st == 101 && c->upgrade) {
             conn_tunnel_begin(c);
             return 1;
@@ -497,13 +492,12 @@ static int relay_response_body(struct conn *c)
             return -1;
         }
         c->bytes_out += buf_append(&c->cout, buf_head(&c->uin), (size_t)n);
+        conn_report_body(c, buf_head(&c->uin), (size_t)n, c->resp.msg_done);
         buf_consume(&c->uin, (size_t)n);
     }
     if (!c->resp.msg_done && c->upstream_eof && buf_empty(&c->uin)) {
         if (!http_body_eof(&c->resp)) {
-            if (c->proxy != NULL) {
-                proxy_failure(c->proxy, FERRY_FAIL_RESET);
-            }
+            conn_report(c, 0, FERRY_FAIL_RESET, c->status);
             conn_fail(c, FERR_UPSTREAM_RESET); /* truncated: close the client */
             return -1;
         }

@@ -86,8 +86,13 @@ void conn_route(struct conn *c)
     r.attempt = c->attempt;
     r.ntried = c->ntried;
     memcpy(r.tried, c->tried, sizeof(r.tried));
+    r.head = buf_head(&c->cin);
+    r.head_len = (uint32_t)c->head_len;
     r.retries = -1;
     int64_t id = bridge_dispatch(&r);
+    c->exchange = r.exchange;
+    c->pool = r.pool;
+    c->req_flags = r.flags;
     if (id == BRIDGE_NO_PROXY && c->attempt > 0) {
         /* Every proxy was tried: the client hears why the last one failed. */
         conn_fail(c, c->last_err);
@@ -95,7 +100,8 @@ void conn_route(struct conn *c)
     }
     if (id < 0) {
         enum ferr e = id == BRIDGE_DENY ? FERR_DENIED
-                    : id == BRIDGE_NO_PROXY ? FERR_NO_PROXY : FERR_ROUTE_ERROR;
+                    : id == BRIDGE_NO_PROXY ? FERR_NO_PROXY
+                    : id == BRIDGE_ALL_DOWN ? FERR_ALL_DOWN : FERR_ROUTE_ERROR;
         conn_fail(c, e);
         return;
     }
@@ -245,9 +251,7 @@ void conn_upstream_ready(struct conn *c)
         buf_append(&c->cout, ok, sizeof(ok) - 1);
         c->sent_any = 1;
         c->status = 200;
-        if (c->proxy != NULL) {
-            proxy_success(c->proxy, -1);
-        }
+        conn_report(c, 1, FERRY_FAIL_KINDS, 0);
         conn_tunnel_begin(c);
         return;
     }
@@ -271,9 +275,7 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
     int before_send = c->state == CS_RESOLVE || c->state == CS_CONNECT ||
                       c->state == CS_HANDSHAKE;
     struct proxy *p = c->proxy;
-    if (p != NULL && c->counted) {
-        proxy_failure(p, kind);
-    }
+    conn_report(c, 0, kind, 0);
     static const char *const kinds[] = { "refused", "timeout", "handshake",
                                          "auth", "http5xx", "reset" };
     struct log_ctx ctx = { c->cid, c->l->name, NULL, p != NULL ? p->display : NULL };

@@ -38,6 +38,8 @@ static const struct ferr_info table[FERR_COUNT] = {
                                   "upstream did not answer in time" },
     [FERR_OVERLOADED]         = { "FERRY-2004", 503, "Service Unavailable",
                                   "connection limit reached" },
+    [FERR_ALL_DOWN]           = { "FERRY-2005", 503, "Service Unavailable",
+                                  "no healthy proxy in the pool (all down, banned or open)" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

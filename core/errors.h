@@ -23,6 +23,7 @@ enum ferr {
     FERR_CONNECT_TIMEOUT,  /* connect or handshake timed out on every attempt */
     FERR_FIRST_BYTE_TIMEOUT, /* the upstream did not answer in time */
     FERR_OVERLOADED,       /* a connection limit was hit */
+    FERR_ALL_DOWN,         /* nothing healthy in the pool and all_down = "fail" */
     FERR_COUNT
 };
 

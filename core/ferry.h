@@ -36,7 +36,7 @@ enum ferry_fail_kind {
 };
 
 /* Bits of ferry_proxy.flags. */
-#define FERRY_PROXY_DOWN     0x1u /* marked down by health (issue 3) */
+#define FERRY_PROXY_DOWN     0x1u /* marked down by health: probes or passive */
 #define FERRY_PROXY_DISABLED 0x2u /* disabled by an operator */
 #define FERRY_PROXY_REMOVED  0x4u /* gone from the config: takes no new work */
 
@@ -59,6 +59,83 @@ struct ferry_proxy {
     double   latency_ewma_ms; /* ro: connect+handshake time, EWMA; 0 = no sample */
     double   last_failure_at; /* ro: ferry_now() of the last failure, 0 = never */
     double   last_success_at; /* ro: ferry_now() of the last success, 0 = never */
+    /* Health (health.c, probe.c).  Up/down follows a counter in
+     * 0..rise+fall-1 with hysteresis: up at >= rise, down at 0. */
+    uint32_t health;          /* ro: the hysteresis counter */
+    uint32_t rise;            /* ro: successes that bring a down proxy up */
+    uint32_t fall;            /* ro: failures that take an up proxy down */
+    uint32_t probe_kind;      /* ro: enum ferry_probe_kind of its pool's health check */
+    uint32_t probe_fails;     /* ro: consecutive failed probes (drives the backoff) */
+    uint32_t downs;           /* ro: times it went down */
+    uint64_t probes_ok;       /* ro: probes that passed */
+    uint64_t probes_failed;   /* ro: probes that failed */
+    double   probe_latency_ms; /* ro: duration of the last passed probe */
+    double   last_probe_at;   /* ro: when the last probe ended, 0 = never */
+    double   down_since;      /* ro: when it went down, 0 while up */
+    double   retry_at;        /* ro: down without probes: a trial request may go
+                               * through after this time (passive recovery) */
+};
+
+/* Active health checks (probe.c). */
+enum ferry_probe_kind {
+    FERRY_PROBE_NONE    = 0, /* passive health only */
+    FERRY_PROBE_TCP     = 1, /* TCP connect to the proxy itself */
+    FERRY_PROBE_HTTP    = 2, /* GET url through the proxy, status in expect */
+    FERRY_PROBE_CONNECT = 3  /* tunnel through the proxy (CONNECT / SOCKS5) to target */
+};
+
+/* Breaker states of a (proxy, exchange) pair. */
+enum ferry_breaker {
+    FERRY_BREAKER_CLOSED    = 0, /* traffic flows */
+    FERRY_BREAKER_OPEN      = 1, /* never selected until breaker_until */
+    FERRY_BREAKER_HALF_OPEN = 2  /* up to trials_max trial requests at a time */
+};
+
+/*
+ * Health of one proxy for one exchange (exchange 0: traffic that matched
+ * no exchange).  Created on first use, never freed or moved, so Lua may
+ * keep the pointer.  Bans and breakers live here, so a proxy banned or
+ * failing on one exchange stays usable for the others.
+ */
+struct ferry_pxstate {
+    uint32_t proxy_id;        /* ro */
+    uint32_t exchange;        /* ro: exchange id, 0 = none */
+    uint32_t breaker;         /* ro: enum ferry_breaker */
+    uint32_t trials;          /* ro: half-open trials in flight */
+    uint32_t trials_max;      /* ro: half-open trials allowed at a time */
+    uint32_t opens;           /* ro: opens since the last close (cooldown doubles) */
+    uint32_t bans;            /* ro: bans in a row (backoff doubles) */
+    uint32_t consecutive_failures; /* ro: reset by a success */
+    uint64_t requests;        /* ro: results reported for the pair */
+    uint64_t successes;       /* ro */
+    uint64_t failures;        /* ro */
+    uint64_t bans_total;      /* ro */
+    double   breaker_until;   /* ro: open until then */
+    double   trial_at;        /* ro: when the last trial was let through */
+    double   banned_until;    /* ro: banned until then, 0 = not banned */
+    double   last_failure_at; /* ro */
+    double   last_success_at; /* ro */
+    double   latency_ewma_ms; /* ro: response latency, EWMA */
+};
+
+/*
+ * The outcome of one attempt through a proxy, handed to Lua (breakers,
+ * ban rules, on_response) for the length of one call.
+ */
+struct ferry_result {
+    uint32_t    proxy_id;
+    uint32_t    exchange;     /* exchange id, 0 = none */
+    int32_t     pool;         /* pool index */
+    int32_t     ok;           /* 1: the attempt worked (tunnel up, non-5xx answer) */
+    int32_t     kind;         /* enum ferry_fail_kind when !ok, else -1 */
+    int32_t     status;       /* HTTP status, 0 when none (tunnel, connect failure) */
+    double      latency_ms;   /* attempt start to response head (or tunnel up) */
+    const char *head;         /* response head when captured, else NULL */
+    uint32_t    head_len;
+    const char *body;         /* first bytes of the body when captured, else NULL */
+    uint32_t    body_len;
+    const char *host;         /* destination host */
+    uint32_t    host_len;
 };
 
 /*
@@ -88,7 +165,20 @@ struct ferry_req {
     int32_t     retries;     /* rw: retries allowed for this request */
     int32_t     connect_timeout_ms;    /* rw: 0 = global default */
     int32_t     first_byte_timeout_ms; /* rw: 0 = global default */
+    const char *session;     /* ro: sticky key (X-Ferry-Session or user -session-KEY), or NULL */
+    uint32_t    session_len;
+    const char *head;        /* ro: the raw request head */
+    uint32_t    head_len;
+    uint32_t    exchange;    /* rw: exchange id chosen, 0 = none */
+    uint32_t    flags;       /* rw: FERRY_REQ_* */
+    const char *add_headers; /* rw: "Name: value\r\n"... to add upstream, or NULL */
+    uint32_t    add_headers_len;
+    const char *drop_headers; /* rw: "\nname\nname\n" (lower case) to remove, or NULL */
+    uint32_t    drop_headers_len;
 };
+
+/* Bits of ferry_req.flags. */
+#define FERRY_REQ_CAPTURE 0x1u /* keep the response head and first body bytes for Lua */
 
 /* The loop's idea of "now", in seconds (ev_now). */
 double ferry_now(void);
@@ -107,6 +197,52 @@ struct ferry_proxy *ferry_proxy_get(uint32_t id);
 int ferry_proxy_set_flag(struct ferry_proxy *p, uint32_t flag, int on);
 /* Proxies known to the core, ids 1..ferry_proxy_count(). */
 uint32_t ferry_proxy_count(void);
+/* The name a proxy shows clients (X-Ferry-Proxy) and logs: its configured
+ * id, else its number.  Never contains credentials. */
+int ferry_proxy_set_label(struct ferry_proxy *p, const char *label);
+const char *ferry_proxy_label(const struct ferry_proxy *p);
+
+/* Health (health.c).  rise/fall: hysteresis; interval: seconds between
+ * passive-recovery trials of a down proxy without probes (backs off x2
+ * per failed trial, capped at 16x). */
+int ferry_health_set(struct ferry_proxy *p, int rise, int fall, double interval);
+/* Force up (1) or down (0), e.g. from the console; reason is logged. */
+int ferry_health_mark(struct ferry_proxy *p, int up, const char *reason);
+
+/* Active probes (probe.c).  One probe schedule per proxy, the last call
+ * wins; kind FERRY_PROBE_NONE stops probing.  host/port: the target of
+ * a connect or http check; path: request target of an http check;
+ * expect: accepted statuses ("200,204"; NULL or "" = any 2xx/3xx). */
+int ferry_probe_set(struct ferry_proxy *p, int kind, const char *host, int port,
+                    const char *path, const char *expect, double interval,
+                    double timeout, const char **err);
+/* Probes in flight at once, over all proxies (default 64). */
+void ferry_probe_set_concurrency(int n);
+/* Probes in flight now. */
+int ferry_probe_inflight(void);
+
+/* Exchanges: a stable small id per name (1..), 0 for NULL or "". */
+uint32_t ferry_exchange_id(const char *name);
+/* The (proxy, exchange) state, created on first use; NULL if out of memory. */
+struct ferry_pxstate *ferry_pxstate_get(uint32_t proxy_id, uint32_t exchange);
+/* Results in the last `seconds` (1..60): out[0] successes, out[1] failures. */
+void ferry_pxstate_window(const struct ferry_pxstate *x, int seconds, uint32_t *out);
+/* Breaker transitions: open for `seconds`, half-open with `trials` slots,
+ * or closed.  Logged as events. */
+int ferry_breaker_open(struct ferry_pxstate *x, double seconds);
+int ferry_breaker_half_open(struct ferry_pxstate *x, int trials);
+int ferry_breaker_close(struct ferry_pxstate *x);
+/* Take a half-open trial slot: 1 if this request may be the trial. */
+int ferry_breaker_trial(struct ferry_pxstate *x);
+/* Ban the pair for `seconds` (0 lifts the ban); counts bans in a row. */
+int ferry_ban(struct ferry_pxstate *x, double seconds, const char *reason);
+
+/* Sticky sessions (sticky.c): key -> proxy id with a TTL, bounded in
+ * size (oldest entries go first when full). */
+uint32_t ferry_sticky_get(const char *key, uint32_t len);
+int ferry_sticky_set(const char *key, uint32_t len, uint32_t proxy_id, double ttl);
+void ferry_sticky_drop(const char *key, uint32_t len);
+uint32_t ferry_sticky_count(void);
 
 /* Open a listener.  protocol: "http".  Returns an index >= 0 or -1. */
 int ferry_listen(const char *name, const char *host, int port,
@@ -114,6 +250,12 @@ int ferry_listen(const char *name, const char *host, int port,
 /* Add an inbound credential ("user:pass", Basic) to a listener. */
 int ferry_listener_add_user(int listener, const char *user,
                             const char *pass, const char **err);
+/* Reload: the open listener bound to host:port, or -1. */
+int ferry_listener_find(const char *host, int port);
+/* Reload: rename, forget users, set the open flag of a kept listener. */
+int ferry_listener_reset(int listener, const char *name, int open);
+/* Reload: stop accepting and close the socket; its connections finish. */
+int ferry_listener_close(int listener);
 
 /* Global timeouts in milliseconds; 0 leaves a value unchanged. */
 void ferry_set_timeouts(int client_head_ms, int connect_ms,

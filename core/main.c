@@ -3,6 +3,7 @@
 #include "buf.h"
 #include "conn.h"
 #include "ferry.h"
+#include "health.h"
 #include "listener.h"
 #include "log.h"
 #include "loop.h"
@@ -29,6 +30,7 @@ static ev_signal sig_term, sig_int, sig_hup, sig_usr1;
 static ev_prepare flush_watch;
 static ev_timer drain_timer;
 static int stopping;
+static const char *config_path;
 
 double ferry_now(void)
 {
@@ -135,13 +137,26 @@ static void on_stop(struct ev_loop *l, ev_signal *w, int revents)
     ev_timer_start(l, &drain_timer);
 }
 
+/* SIGHUP: the runtime validates the whole new config (plugins and
+ * exchange scripts included) before it switches; on any error the old
+ * config keeps serving. */
 static void on_hup(struct ev_loop *l, ev_signal *w, int revents)
 {
-    (void)l;
     (void)w;
     (void)revents;
-    log_event(LOG_WARN, "FERRY-0102", NULL,
-              "SIGHUP: live reload is not available in this version; config unchanged");
+    char err[2048];
+    if (stopping) {
+        return;
+    }
+    ev_tstamp t0 = ev_time();
+    if (bridge_reload(config_path, err, sizeof(err)) != 0) {
+        log_event(LOG_ERROR, "FERRY-0102", NULL, "reload failed, keeping the running config: %s",
+                  err);
+        return;
+    }
+    ev_now_update(l);
+    log_event(LOG_INFO, "FERRY-0101", NULL, "reloaded %s in %.1f ms", config_path,
+              (ev_time() - t0) * 1000.0);
 }
 
 static void on_usr1(struct ev_loop *l, ev_signal *w, int revents)
@@ -154,6 +169,7 @@ static void on_usr1(struct ev_loop *l, ev_signal *w, int revents)
 
 static int cmd_run(const char *config, int check_only)
 {
+    config_path = config;
     char root[PATH_MAX], err[2048];
     find_root(root, sizeof(root));
     loop = ev_default_loop(EVFLAG_AUTO);
@@ -208,6 +224,7 @@ static int cmd_run(const char *config, int check_only)
     log_flush();
     bridge_fini();
     resolve_fini();
+    health_free_all();
     proxy_free_all();
     buf_pool_drain();
     ev_loop_destroy(loop);

@@ -4,6 +4,7 @@
  * or a pointer across a reload; a proxy dropped from the config is only
  * flagged REMOVED and keeps its counters. */
 #include "proxy.h"
+#include "health.h"
 #include "loop.h"
 
 #include <arpa/inet.h>
@@ -266,6 +267,15 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
                  v6 ? "[" : "", host, v6 ? "]" : "", port);
     }
     replace_str(&p->display, disp);
+    if (p->label == NULL) {
+        ferry_proxy_set_label(&p->pub, NULL);
+    }
+    if (fresh) {
+        p->pub.rise = 2;
+        p->pub.fall = 3;
+        p->pub.health = p->pub.rise + p->pub.fall - 1; /* starts up */
+        p->health_interval = 2.0;
+    }
     p->has_addr = 0;
     set_literal_addr(p);
     if (p->host == NULL || p->display == NULL) {
@@ -273,6 +283,31 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
         return NULL;
     }
     return &p->pub;
+}
+
+int ferry_proxy_set_label(struct ferry_proxy *fp, const char *label)
+{
+    struct proxy *p = (struct proxy *)fp;
+    char num[16];
+    if (p == NULL) {
+        return FERRY_ERROR;
+    }
+    if (label == NULL || *label == '\0') {
+        snprintf(num, sizeof(num), "%u", p->pub.id);
+        label = num;
+    }
+    char *fresh = strdup(label);
+    if (fresh == NULL) {
+        return FERRY_ERROR;
+    }
+    replace_str(&p->label, fresh);
+    return FERRY_OK;
+}
+
+const char *ferry_proxy_label(const struct ferry_proxy *fp)
+{
+    const struct proxy *p = (const struct proxy *)fp;
+    return p != NULL && p->label != NULL ? p->label : "";
 }
 
 int ferry_proxy_set_flag(struct ferry_proxy *fp, uint32_t flag, int on)
@@ -313,6 +348,7 @@ void proxy_success(struct proxy *p, double latency_ms)
             p->pub.latency_ewma_ms += LATENCY_ALPHA * (latency_ms - p->pub.latency_ewma_ms);
         }
     }
+    health_passive(p, 1, FERRY_FAIL_KINDS);
 }
 
 void proxy_failure(struct proxy *p, enum ferry_fail_kind kind)
@@ -323,6 +359,7 @@ void proxy_failure(struct proxy *p, enum ferry_fail_kind kind)
     }
     p->pub.consecutive_failures++;
     p->pub.last_failure_at = loop_now();
+    health_passive(p, 0, kind);
 }
 
 void proxy_free_all(void)
@@ -336,6 +373,7 @@ void proxy_free_all(void)
         free(p->auth_header);
         free(p->extra_headers);
         free(p->display);
+        free(p->label);
         free(p);
     }
     free(proxies);

@@ -18,6 +18,10 @@ struct proxy {
     char *auth_header;           /* ro: "Proxy-Authorization: Basic ...\r\n" or NULL */
     char *extra_headers;         /* ro: "Name: value\r\n"... or NULL */
     char *display;               /* ro: scheme://host:port, never credentials */
+    char *label;                 /* ro: configured id or the number: X-Ferry-Proxy */
+    double health_interval;      /* ro: seconds between passive-recovery trials */
+    struct probe *probe;         /* private: probe.c's schedule, or NULL */
+    unsigned passive_fails;      /* private: failed trials while down (backoff) */
     struct sockaddr_storage addr; /* ro: literal address, valid if has_addr */
     socklen_t addr_len;          /* ro */
     struct proxy *next_by_key;   /* private: hash chain of the key index */

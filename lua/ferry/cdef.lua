@@ -23,6 +23,54 @@ struct ferry_proxy {
   double   latency_ewma_ms;
   double   last_failure_at;
   double   last_success_at;
+  uint32_t health;
+  uint32_t rise;
+  uint32_t fall;
+  uint32_t probe_kind;
+  uint32_t probe_fails;
+  uint32_t downs;
+  uint64_t probes_ok;
+  uint64_t probes_failed;
+  double   probe_latency_ms;
+  double   last_probe_at;
+  double   down_since;
+  double   retry_at;
+};
+enum ferry_probe_kind { FERRY_PROBE_NONE = 0, FERRY_PROBE_TCP = 1, FERRY_PROBE_HTTP = 2,
+                        FERRY_PROBE_CONNECT = 3 };
+enum ferry_breaker { FERRY_BREAKER_CLOSED = 0, FERRY_BREAKER_OPEN = 1,
+                     FERRY_BREAKER_HALF_OPEN = 2 };
+struct ferry_pxstate {
+  uint32_t proxy_id;
+  uint32_t exchange;
+  uint32_t breaker;
+  uint32_t trials;
+  uint32_t trials_max;
+  uint32_t opens;
+  uint32_t bans;
+  uint32_t consecutive_failures;
+  uint64_t requests;
+  uint64_t successes;
+  uint64_t failures;
+  uint64_t bans_total;
+  double   breaker_until;
+  double   trial_at;
+  double   banned_until;
+  double   last_failure_at;
+  double   last_success_at;
+  double   latency_ewma_ms;
+};
+struct ferry_result {
+  uint32_t    proxy_id;
+  uint32_t    exchange;
+  int32_t     pool;
+  int32_t     ok;
+  int32_t     kind;
+  int32_t     status;
+  double      latency_ms;
+  const char *head; uint32_t head_len;
+  const char *body; uint32_t body_len;
+  const char *host; uint32_t host_len;
 };
 struct ferry_req {
   const char *host;     uint32_t host_len;
@@ -40,6 +88,12 @@ struct ferry_req {
   int32_t     retries;
   int32_t     connect_timeout_ms;
   int32_t     first_byte_timeout_ms;
+  const char *session;  uint32_t session_len;
+  const char *head;     uint32_t head_len;
+  uint32_t    exchange;
+  uint32_t    flags;
+  const char *add_headers;  uint32_t add_headers_len;
+  const char *drop_headers; uint32_t drop_headers_len;
 };
 double ferry_now(void);
 struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *host, int port,
@@ -48,9 +102,33 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
 struct ferry_proxy *ferry_proxy_get(uint32_t id);
 int ferry_proxy_set_flag(struct ferry_proxy *p, uint32_t flag, int on);
 uint32_t ferry_proxy_count(void);
+int ferry_proxy_set_label(struct ferry_proxy *p, const char *label);
+const char *ferry_proxy_label(const struct ferry_proxy *p);
+int ferry_health_set(struct ferry_proxy *p, int rise, int fall, double interval);
+int ferry_health_mark(struct ferry_proxy *p, int up, const char *reason);
+int ferry_probe_set(struct ferry_proxy *p, int kind, const char *host, int port,
+                    const char *path, const char *expect, double interval,
+                    double timeout, const char **err);
+void ferry_probe_set_concurrency(int n);
+int ferry_probe_inflight(void);
+uint32_t ferry_exchange_id(const char *name);
+struct ferry_pxstate *ferry_pxstate_get(uint32_t proxy_id, uint32_t exchange);
+void ferry_pxstate_window(const struct ferry_pxstate *x, int seconds, uint32_t *out);
+int ferry_breaker_open(struct ferry_pxstate *x, double seconds);
+int ferry_breaker_half_open(struct ferry_pxstate *x, int trials);
+int ferry_breaker_close(struct ferry_pxstate *x);
+int ferry_breaker_trial(struct ferry_pxstate *x);
+int ferry_ban(struct ferry_pxstate *x, double seconds, const char *reason);
+uint32_t ferry_sticky_get(const char *key, uint32_t len);
+int ferry_sticky_set(const char *key, uint32_t len, uint32_t proxy_id, double ttl);
+void ferry_sticky_drop(const char *key, uint32_t len);
+uint32_t ferry_sticky_count(void);
 int ferry_listen(const char *name, const char *host, int port, const char *protocol,
                  int open, const char **err);
 int ferry_listener_add_user(int listener, const char *user, const char *pass, const char **err);
+int ferry_listener_find(const char *host, int port);
+int ferry_listener_reset(int listener, const char *name, int open);
+int ferry_listener_close(int listener);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
                         int keepalive_ms, int request_ms);
 void ferry_set_log(int level, int access);
@@ -64,6 +142,9 @@ local M = {
   PROXY_DISABLED = 0x2,
   PROXY_REMOVED = 0x4,
   SCHEME = { direct = 0, http = 1, socks5 = 2 },
+  PROBE = { none = 0, tcp = 1, http = 2, connect = 3 },
+  BREAKER_CLOSED = 0, BREAKER_OPEN = 1, BREAKER_HALF_OPEN = 2,
+  REQ_CAPTURE = 0x1,
   FAIL_KINDS = { "refused", "timeout", "handshake", "auth", "http5xx", "reset" },
 }
 

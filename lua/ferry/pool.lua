@@ -5,20 +5,78 @@ local bit = require("bit")
 local band = bit.band
 local setmetatable = setmetatable
 
--- FERRY_PROXY_DOWN | FERRY_PROXY_DISABLED | FERRY_PROXY_REMOVED
-local UNUSABLE = 0x7
+local DOWN = 0x1          -- FERRY_PROXY_DOWN
+local OFF = 0x6           -- FERRY_PROXY_DISABLED | FERRY_PROXY_REMOVED
+local OPEN, HALF_OPEN = 1, 2 -- enum ferry_breaker
+-- A half-open trial that never reported back frees its slot after this
+-- (TRIAL_STALE_SECS in core/health.c).
+local TRIAL_STALE = 30
 
 local M = {}
 
 local Pool = {}
 Pool.__index = Pool
 
--- Usable for this request: not down, disabled or removed, and not yet
--- tried by it (a retry must go through a different proxy).
+-- The (proxy, exchange) state of p, or nil when the pool has no source
+-- of pair states (unit specs of strategies).  Cached on the proxy entry:
+-- the C side never moves or frees a pair.
+function Pool:pair(p, exid)
+  local get = self.pair_of
+  if not get then return nil end
+  local xs = p.x
+  if not xs then
+    xs = {}
+    p.x = xs
+  end
+  local x = xs[exid]
+  if x == nil then
+    x = get(p.id, exid)
+    if x == nil then return nil end
+    xs[exid] = x
+  end
+  return x
+end
+
+-- Whether the pair's breaker or a ban keeps p away from this exchange.
+-- An open breaker whose cooldown is over turns half-open here, on the
+-- first look after it: the state changes exactly when it matters.
+function Pool:pair_blocked(x, now)
+  if x.banned_until > now then return true end
+  local b = x.breaker
+  if b == OPEN then
+    if now < x.breaker_until then return true end
+    self.half_open(x, self.trials or 1)
+    return false
+  end
+  if b == HALF_OPEN then
+    return x.trials >= x.trials_max and now - x.trial_at < TRIAL_STALE
+  end
+  return false
+end
+
+-- Usable for this request: not disabled or removed, not tried by it yet
+-- (a retry must go through a different proxy), and unless the pool is
+-- relaxed (panic, all_down = "any"): not down, not banned for the
+-- request's exchange, breaker not open.  A down proxy without probes is
+-- usable again for a trial once its retry_at has passed.
 function Pool:eligible(p, req)
-  if band(p.c.flags, UNUSABLE) ~= 0 then return false end
-  local tried = req and req.tried
+  local c = p.c
+  local flags = c.flags
+  if flags ~= 0 then
+    if band(flags, OFF) ~= 0 then return false end
+    if band(flags, DOWN) ~= 0 and not self.relaxed then
+      local retry = c.retry_at
+      if retry == 0 or self.now() < retry then return false end
+    end
+  end
+  if not req then return true end
+  local tried = req.tried
   if tried and tried[p.id] then return false end
+  if self.relaxed or not self.pair_of then return true end
+  local x = self:pair(p, req.exid or 0)
+  if x ~= nil and (x.breaker ~= 0 or x.banned_until ~= 0) then
+    return not self:pair_blocked(x, self.now())
+  end
   return true
 end
 

@@ -1,30 +1,38 @@
--- runtime.lua: what the core calls.  load() validates a config and,
--- when asked, applies it through the ferry_* FFI functions; dispatch()
--- answers "which proxy?" for one request.  Every user-supplied hook
--- (route, strategies) runs under pcall: a failing script falls back to
--- a built-in choice, is counted, and is logged at most once per window.
+-- runtime.lua: what the core calls.
+--   load(path, apply)  validate a config and, with apply, start it;
+--   reload(path)       SIGHUP: validate everything, then switch;
+--   dispatch(req)      which pool, which proxy, for one request;
+--   result(res)        the outcome of an attempt: breakers, bans, on_response.
+-- Every user-supplied hook (route, strategies, breakers, exchange
+-- scripts) runs under pcall: a failing script falls back to a built-in
+-- choice, is counted, and is logged at most once per window.
 local ffi = require("ffi")
 local cdef = require("ferry.cdef")
 local config = require("ferry.config")
 local plugins = require("ferry.plugins")
 local poolmod = require("ferry.pool")
+local apply = require("ferry.apply")
+local breaker = require("ferry.breaker")
+local exchange = require("ferry.exchange")
 
 local C = ffi.C
 local ffi_string = ffi.string
-local pcall, type, tostring, setmetatable = pcall, type, tostring, setmetatable
+local pcall, type, tostring, tonumber, setmetatable, rawget, rawset =
+  pcall, type, tostring, tonumber, setmetatable, rawget, rawset
 
 local M = {}
 
 -- Negative answers understood by the core (bridge.h).
-local NO_PROXY, ROUTE_ERROR, DENY = -1, -2, -3
+local NO_PROXY, ROUTE_ERROR, DENY, ALL_DOWN = -1, -2, -3, -4
 
 -- Hook-error kinds counted by the core.
-local HOOK_ROUTE, HOOK_STRATEGY = 1, 2
+local HOOK_ROUTE, HOOK_STRATEGY, HOOK_BREAKER, HOOK_EXCHANGE = 1, 2, 3, 4
 
 local LOG_WINDOW = 10 -- seconds between two log lines about the same fault
+local PANIC_RECOUNT = 0.1 -- seconds a pool's healthy count is reused
 
 local root = "."
-local active = nil -- { cfg, pools = {name=pool}, by_index = {pool} }
+local active = nil -- the running config (apply.commit's table)
 
 function M.set_root(r)
   root = r
@@ -50,131 +58,52 @@ local function log_once(key, level, code, msg)
   C.ferry_log(level, code, msg)
 end
 
-local function plugin_dirs(cfg)
-  local dirs = {}
-  for i, d in ipairs(cfg.plugin_dirs or {}) do
-    dirs[i] = d
-  end
-  dirs[#dirs + 1] = root .. "/plugins"
-  return dirs
-end
-
--- Header lines a proxy adds to what it sends, CRLF-terminated.
-local function header_block(headers)
-  if not headers then return nil end
-  local names = {}
-  for k in pairs(headers) do names[#names + 1] = k end
-  if #names == 0 then return nil end
-  table.sort(names)
-  local out = {}
-  for _, k in ipairs(names) do
-    out[#out + 1] = k .. ": " .. tostring(headers[k]) .. "\r\n"
-  end
-  return table.concat(out)
-end
-
-local LEVELS = { debug = 0, info = 1, warn = 2, error = 3 }
-
-local function ms(seconds)
-  return seconds and math.floor(seconds * 1000 + 0.5) or 0
-end
-
--- Build pools (and, when applying, the C proxies behind them).
-local function build_pools(cfg, apply)
-  local dirs = plugin_dirs(cfg)
-  local pools, by_index = {}, {}
-  for idx, name in ipairs(cfg.pool_order) do
-    local pc = cfg.pools[name]
-    local strategy, perr = plugins.load("strategies", pc.strategy, dirs)
-    if not strategy then
-      return nil, string.format("%s:%d: pool \"%s\": unknown strategy \"%s\" (%s)",
-        cfg.file, pc.line, name, pc.strategy, perr)
-    end
-    local proxies = {}
-    for i, px in ipairs(pc.proxies) do
-      local c
-      if apply then
-        local err = ffi.new("const char *[1]")
-        c = C.ferry_proxy_new(px.id or px.url, cdef.SCHEME[px.scheme] or 0, px.host, px.port,
-          px.user, px.pass, header_block(px.headers), px.weight or 1, err)
-        if c == nil then
-          return nil, string.format("%s:%d: pool \"%s\": proxies[%d]: %s",
-            cfg.file, pc.line, name, i, ffi_string(err[0]))
-        end
-      else
-        c = ffi.new("struct ferry_proxy")
-        c.id, c.weight = i, px.weight or 1
-      end
-      proxies[i] = { id = tonumber(c.id), display = px.display, weight = px.weight or 1,
-                     region = px.region, c = c }
-    end
-    local pool = poolmod.new(name, proxies, {
-      latency_ceiling = pc.latency_ceiling or 1000,
-      now = C.ferry_now,
-    })
-    pool.index = idx
-    pool.strategy = strategy
-    pool.retries = pc.retries or 2
-    pool.connect_timeout_ms = pc.timeouts and ms(pc.timeouts.connect) or 0
-    pool.first_byte_timeout_ms = pc.timeouts and ms(pc.timeouts.first_byte) or 0
-    pool.members = {}
-    for _, p in ipairs(proxies) do pool.members[p] = true end
-    if strategy.init then
-      local ok, ierr = pcall(strategy.init, pool)
-      if not ok then
-        return nil, string.format("%s:%d: pool \"%s\": strategy \"%s\" init failed: %s",
-          cfg.file, pc.line, name, pc.strategy, tostring(ierr))
-      end
-    end
-    pools[name], by_index[idx] = pool, pool
-  end
-  return pools, by_index
-end
-
-local function open_listeners(cfg)
-  for _, l in ipairs(cfg.listeners) do
-    local err = ffi.new("const char *[1]")
-    local idx = C.ferry_listen(l.name, l.host, l.port, l.protocol, l.open and 1 or 0, err)
-    if idx < 0 then
-      return nil, string.format("%s:%d: listen \"%s\": cannot listen on %s:%d: %s",
-        cfg.file, l.line or 0, l.name, l.host, l.port, ffi_string(err[0]))
-    end
-    for _, u in ipairs(l.users or {}) do
-      if C.ferry_listener_add_user(idx, u.user, u.pass, err) ~= 0 then
-        return nil, string.format("%s:%d: listen \"%s\": %s", cfg.file, l.line or 0,
-          l.name, ffi_string(err[0]))
-      end
-    end
-  end
-  return true
-end
-
 -- Validate path; with apply, make it the running configuration.
-function M.load(path, apply)
-  plugins.reset()
+function M.load(path, do_apply)
   local cfg, err = config.load(path, {})
   if not cfg then return nil, err end
-  local pools, by_index = build_pools(cfg, apply)
-  if not pools then return nil, by_index end
-  if apply then
-    local t = cfg.timeouts
-    C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
-      ms(t.keepalive), ms(t.request))
-    C.ferry_set_log(LEVELS[cfg.log.level] or 1, cfg.log.access and 1 or 0)
-    local ok, lerr = open_listeners(cfg)
-    if not ok then return nil, lerr end
-    active = { cfg = cfg, pools = pools, by_index = by_index }
-  end
+  local prep, perr = apply.prepare(cfg, root)
+  if not prep then return nil, perr end
+  if not do_apply then return true end
+  local run, cerr = apply.commit(prep, nil)
+  if not run then return nil, cerr end
+  active = run
   return true
 end
 
--- The request as route() and strategies see it: fields are read from
--- the C struct on first use, so an unused field costs nothing.
+-- SIGHUP.  The new config is loaded and checked whole (plugins and
+-- scripts included) before anything changes; on error the running one
+-- stays, untouched.
+function M.reload(path)
+  if not active then return M.load(path, true) end
+  local cfg, err = config.load(path, {})
+  if not cfg then return nil, err end
+  local prep, perr = apply.prepare(cfg, root)
+  if not prep then return nil, perr end
+  local run, cerr = apply.commit(prep, active)
+  if not run then return nil, cerr end
+  active = run
+  return true
+end
+
+---------------------------------------------------------------------------
+-- The request as route(), hooks and strategies see it: fields are read
+-- from the C struct on first use, so an unused field costs nothing.
 local req_ptr = ffi.typeof("struct ferry_req *")
 
 local function lstr(p, n)
   if p == nil then return nil end
   return ffi_string(p, n)
+end
+
+-- Request header fields by lower-case name (the first of repeats).
+local function parse_headers(head)
+  local t = {}
+  for k, v in head:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
+    k = k:lower()
+    if t[k] == nil then t[k] = (v:gsub("[ \t]+$", "")) end
+  end
+  return t
 end
 
 local readers = {
@@ -184,9 +113,13 @@ local readers = {
   path = function(r) return ffi_string(r.path, r.path_len) end,
   client = function(r) return ffi_string(r.client, r.client_len) end,
   user = function(r) return lstr(r.user, r.user_len) end,
+  session = function(r) return lstr(r.session, r.session_len) end,
   listener = function(r) return ffi_string(r.listener, r.listener_len) end,
   is_connect = function(r) return r.is_connect ~= 0 end,
   attempt = function(r) return tonumber(r.attempt) end,
+  headers = function(r)
+    return parse_headers(r.head ~= nil and ffi_string(r.head, r.head_len) or "")
+  end,
   tried = function(r)
     local t = {}
     for i = 0, r.ntried - 1 do t[tonumber(r.tried[i])] = true end
@@ -204,11 +137,61 @@ local req_mt = {
   end,
 }
 
-local function choose_pool(cfg, req)
-  local ex = cfg.exchanges and #cfg.exchanges > 0 and config.match_exchange(cfg, req.host)
+-- Strings handed to the core must outlive the dispatch call until the
+-- core has copied them: they are anchored here until the next dispatch.
+local anchor_add, anchor_drop
+
+-- Run on_request of exchange e.  Returns a pool name override or nil,
+-- and false when the hook denies the request.
+local function run_on_request(e, req, r)
+  local ok, res = pcall(e.hooks.on_request, req)
+  if not ok then
+    C.ferry_count_hook_error(HOOK_EXCHANGE)
+    log_once("on_request:" .. e.name, 3, "FERRY-4008", "exchange \"" .. e.name ..
+      "\": on_request failed: " .. tostring(res))
+    return nil
+  end
+  if res == nil then return nil end
+  if res == false then return nil, false end
+  if type(res) ~= "table" then
+    C.ferry_count_hook_error(HOOK_EXCHANGE)
+    log_once("on_request-type:" .. e.name, 3, "FERRY-4008", "exchange \"" .. e.name ..
+      "\": on_request returned a " .. type(res) .. ", expected nil, false or a table")
+    return nil
+  end
+  local hok, add, drop = pcall(exchange.header_edits, res.headers)
+  if not hok then
+    C.ferry_count_hook_error(HOOK_EXCHANGE)
+    log_once("on_request-headers:" .. e.name, 3, "FERRY-4008", "exchange \"" .. e.name ..
+      "\": on_request: " .. tostring(add))
+  else
+    anchor_add, anchor_drop = add, drop
+    if add then r.add_headers, r.add_headers_len = add, #add end
+    if drop then r.drop_headers, r.drop_headers_len = drop, #drop end
+  end
+  if res.pool ~= nil and type(res.pool) ~= "string" then
+    log_once("on_request-pool:" .. e.name, 3, "FERRY-4008", "exchange \"" .. e.name ..
+      "\": on_request returned a pool that is not a name")
+    return nil
+  end
+  return res.pool
+end
+
+-- The pool name for req, or nil and a negative answer.
+local function choose_pool(cur, req, r)
+  local cfg = cur.cfg
+  local ex = #cfg.exchanges > 0 and config.match_exchange(cfg, req.host)
   if ex then
-    req.exchange = ex.name
-    return ex.pool
+    local e = cur.exchanges[ex.name]
+    req.exchange, req.exid = e.name, e.id
+    r.exchange = e.id
+    if e.capture then r.flags = cdef.REQ_CAPTURE end
+    if e.hooks.on_request then
+      local pool, deny = run_on_request(e, req, r)
+      if deny == false then return nil, DENY end
+      if pool then return pool end
+    end
+    return e.pool
   end
   local route = cfg.route
   if not route then return "direct" end
@@ -228,12 +211,87 @@ local function choose_pool(cfg, req)
   return res
 end
 
+-- A strategy's (or a select hook's) answer: the proxy, or the fallback
+-- round robin's when it raised or answered something that is not an
+-- eligible proxy of the pool.
+local function checked_pick(pool, req, fn, who, code)
+  local ok, p = pcall(fn, pool, req)
+  if not ok then
+    C.ferry_count_hook_error(HOOK_STRATEGY)
+    log_once("select:" .. who .. pool.name, 3, code, who .. " of pool \"" .. pool.name ..
+      "\" failed, using round_robin: " .. tostring(p))
+    return poolmod.round_robin(pool, req)
+  end
+  if p ~= nil and (type(p) ~= "table" or not pool.members[p] or not pool:eligible(p, req)) then
+    C.ferry_count_hook_error(HOOK_STRATEGY)
+    log_once("select-bad:" .. who .. pool.name, 3, code == "FERRY-4005" and "FERRY-4006" or code,
+      who .. " of pool \"" .. pool.name .. "\" returned something that is not an eligible" ..
+      " proxy of the pool, using round_robin")
+    return poolmod.round_robin(pool, req)
+  end
+  return p
+end
+
+local function select_in(pool, req, e)
+  if e and e.hooks.select then
+    local p = checked_pick(pool, req, e.hooks.select, "exchange \"" .. e.name .. "\" select",
+      "FERRY-4009")
+    if p then return p end
+  end
+  return checked_pick(pool, req, pool.strategy.select,
+    "strategy \"" .. pool.strategy.name .. "\"", "FERRY-4005")
+end
+
+-- Share of the pool's proxies that are up and enabled, 0..100; counted
+-- at most every PANIC_RECOUNT seconds (it is O(n)).
+local function healthy_share(pool, now)
+  if pool.healthy_at and now - pool.healthy_at < PANIC_RECOUNT then return pool.healthy end
+  local n, up = #pool.proxies, 0
+  for i = 1, n do
+    if pool.proxies[i].c.flags == 0 then up = up + 1 end
+  end
+  pool.healthy, pool.healthy_at = n > 0 and up * 100 / n or 0, now
+  return pool.healthy
+end
+
+-- Choose among all proxies, health aside (panic, all_down = "any").
+local function select_relaxed(pool, req, e)
+  pool.relaxed = true
+  local ok, p = pcall(select_in, pool, req, e)
+  pool.relaxed = false
+  if not ok then return nil end
+  return p
+end
+
+local function pick(pool, req, e)
+  local now = C.ferry_now()
+  if pool.panic > 0 and healthy_share(pool, now) < pool.panic then
+    log_once("panic:" .. pool.name, 2, "FERRY-6008", "pool \"" .. pool.name .. "\": only " ..
+      math.floor(pool.healthy) .. " % healthy, below panic " .. pool.panic ..
+      " %: ignoring health")
+    return select_relaxed(pool, req, e)
+  end
+  local p = select_in(pool, req, e)
+  if p then return p end
+  local policy = pool.all_down
+  if policy == "any" then
+    p = select_relaxed(pool, req, e)
+    if p then
+      log_once("all-down:" .. pool.name, 2, "FERRY-6007", "pool \"" .. pool.name ..
+        "\": no healthy proxy, all_down = any: using one anyway")
+    end
+    return p
+  end
+  return nil, policy
+end
+
 function M.dispatch(ud)
   local cur = active
   if not cur then return ROUTE_ERROR end
   local r = ffi.cast(req_ptr, ud)
-  local req = setmetatable({ _r = r }, req_mt)
-  local name, why = choose_pool(cur.cfg, req)
+  local req = setmetatable({ _r = r, exid = 0 }, req_mt)
+  anchor_add, anchor_drop = nil, nil
+  local name, why = choose_pool(cur, req, r)
   if not name then return why end
   if name == "direct" then
     r.pool = 0
@@ -241,36 +299,123 @@ function M.dispatch(ud)
   end
   local pool = cur.pools[name]
   if not pool then
-    log_once("pool:" .. name, 3, "FERRY-4004", "route() named unknown pool \"" .. name .. "\"")
+    log_once("pool:" .. name, 3, "FERRY-4004", "no pool \"" .. name .. "\" (named by " ..
+      (req.exchange and ("exchange \"" .. req.exchange .. "\"") or "route()") .. ")")
     return ROUTE_ERROR
   end
   r.pool = pool.index
   r.retries = pool.retries
   r.connect_timeout_ms = pool.connect_timeout_ms
   r.first_byte_timeout_ms = pool.first_byte_timeout_ms
-  local ok, p = pcall(pool.strategy.select, pool, req)
-  if not ok then
-    C.ferry_count_hook_error(HOOK_STRATEGY)
-    log_once("select:" .. name, 3, "FERRY-4005", "strategy \"" .. pool.strategy.name ..
-      "\" of pool \"" .. name .. "\" failed, using round_robin: " .. tostring(p))
-    p = poolmod.round_robin(pool, req)
-  elseif p ~= nil and (type(p) ~= "table" or not pool.members[p] or not pool:eligible(p, req)) then
-    C.ferry_count_hook_error(HOOK_STRATEGY)
-    log_once("select-bad:" .. name, 3, "FERRY-4006", "strategy \"" .. pool.strategy.name ..
-      "\" of pool \"" .. name .. "\" returned something that is not an eligible proxy" ..
-      " of the pool, using round_robin")
-    p = poolmod.round_robin(pool, req)
-  end
+  local e = req.exchange and cur.exchanges[req.exchange]
+  local p, policy = pick(pool, req, e)
   if not p then
+    if policy == "direct" then
+      log_once("all-down-direct:" .. name, 2, "FERRY-6007", "pool \"" .. name ..
+        "\": no healthy proxy, all_down = direct: going direct")
+      r.pool = 0
+      return 0
+    end
+    if policy == "fail" and req.attempt == 0 then
+      log_once("all-down-fail:" .. name, 2, "FERRY-2005", "pool \"" .. name ..
+        "\": no healthy proxy, all_down = fail")
+      return ALL_DOWN
+    end
     log_once("empty:" .. name, 2, "FERRY-2002", "pool \"" .. name .. "\" has no usable proxy")
     return NO_PROXY
   end
+  -- A half-open breaker lets a bounded number of trials through.
+  local x = pool:pair(p, req.exid)
+  if x ~= nil and x.breaker == cdef.BREAKER_HALF_OPEN then C.ferry_breaker_trial(x) end
   return p.id
+end
+
+---------------------------------------------------------------------------
+-- Results.
+
+local res_ptr = ffi.typeof("struct ferry_result *")
+local KIND_NAMES = cdef.FAIL_KINDS
+
+local function report_breaker(msg)
+  C.ferry_count_hook_error(HOOK_BREAKER)
+  log_once("breaker:" .. msg:sub(1, 40), 3, "FERRY-4007", msg)
+end
+
+-- on_response of exchange e: "ok", "failure", "ban" (+ seconds) or nil.
+local function run_on_response(e, r, pool, ok)
+  local head = r.head ~= nil and ffi_string(r.head, r.head_len) or nil
+  local res = {
+    status = tonumber(r.status), ok = ok, latency_ms = tonumber(r.latency_ms),
+    kind = not ok and KIND_NAMES[tonumber(r.kind) + 1] or nil,
+    body = r.body ~= nil and ffi_string(r.body, r.body_len) or nil,
+    header = exchange.header_reader(head), host = ffi_string(r.host, r.host_len),
+  }
+  local entry = pool and pool.by_id and pool.by_id[tonumber(r.proxy_id)]
+  local c = C.ferry_proxy_get(r.proxy_id)
+  local proxy = { id = tonumber(r.proxy_id), label = ffi_string(C.ferry_proxy_label(c)),
+                  display = entry and entry.display or nil }
+  local cok, v = pcall(e.hooks.on_response, res, proxy)
+  if cok then
+    local vok, verdict, secs = pcall(exchange.verdict, v)
+    if vok then return verdict, secs, res end
+    v = verdict
+  end
+  C.ferry_count_hook_error(HOOK_EXCHANGE)
+  log_once("on_response:" .. e.name, 3, "FERRY-4010", "exchange \"" .. e.name ..
+    "\": on_response failed: " .. tostring(v))
+  return nil, nil, res
+end
+
+local rres = {} -- the result as breaker plugins see it, reused
+
+function M.result(ud)
+  local cur = active
+  if not cur then return end
+  local r = ffi.cast(res_ptr, ud)
+  local ok = r.ok ~= 0
+  local status = tonumber(r.status)
+  local e = r.exchange ~= 0 and cur.exchange_by_id[tonumber(r.exchange)] or nil
+  local pool = cur.by_index[tonumber(r.pool)]
+  local x = C.ferry_pxstate_get(r.proxy_id, r.exchange)
+  if x == nil then return end
+  local verdict, secs
+  if e then
+    local body = e.ban and e.ban.body and r.body ~= nil and ffi_string(r.body, r.body_len) or nil
+    local reason = exchange.ban_reason(e.ban, status, body)
+    if reason then verdict = "ban" end
+    if e.hooks.on_response then
+      local v, s = run_on_response(e, r, pool, ok)
+      if v then
+        verdict, secs, reason = v, s, v == "ban" and "on_response" or reason
+      end
+    end
+    if verdict == "ban" then
+      local now = C.ferry_now()
+      -- Bans in a row double the backoff; a ban long after the last one
+      -- starts over.
+      local max = e.ban and e.ban.max_backoff or 3600
+      if x.bans > 0 and now - x.banned_until > max then C.ferry_ban(x, 0, nil) end
+      C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
+      return
+    end
+  end
+  if verdict == "ok" then ok = true elseif verdict == "failure" then ok = false end
+  local b = pool and pool.breaker
+  if b then
+    rres.ok, rres.status, rres.latency_ms = ok, status, tonumber(r.latency_ms)
+    rres.kind = not ok and KIND_NAMES[tonumber(r.kind) + 1] or nil
+    if not ok and not rres.kind then rres.kind = "http5xx" end
+    breaker.on_result(b, x, rres, report_breaker)
+  end
 end
 
 -- For specs and the console: the running pools.
 function M.pools()
   return active and active.pools or {}
+end
+
+function M.active()
+  return active
 end
 
 return M

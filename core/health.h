@@ -1,0 +1,19 @@
+/* health.h - up/down of proxies, and the per-(proxy, exchange) state:
+ * counters, breakers and bans.  Probes and real traffic both feed it. */
+#ifndef FERRY_HEALTH_H
+#define FERRY_HEALTH_H
+
+#include "ferry.h"
+
+struct proxy;
+
+/* A probe ended: ok or not, how long it took, and why it failed. */
+void health_probe_result(struct proxy *p, int ok, double latency_ms, const char *why);
+/* Real traffic through p ended (called by proxy_success/proxy_failure). */
+void health_passive(struct proxy *p, int ok, enum ferry_fail_kind kind);
+/* The (proxy, exchange) result of one attempt: counters and the window. */
+void health_pair_result(struct ferry_pxstate *x, int ok, double latency_ms);
+/* Free every pair state (exit). */
+void health_free_all(void);
+
+#endif

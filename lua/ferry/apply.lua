@@ -1,0 +1,308 @@
+-- apply.lua: turn a validated config into a running one, in two steps.
+--
+-- prepare() does everything that can fail without touching the core:
+-- plugins, exchange scripts, strategy init against stand-in proxies.
+-- commit() then makes the core match: listeners opened first (the one
+-- step that can still fail, and is undone if it does), then proxies
+-- created or updated by identity (id, else URL), health and probes set,
+-- proxies that left the config flagged REMOVED, listeners that left it
+-- closed.  C keeps every proxy's counters, health, breakers and bans, so
+-- an unchanged proxy carries them through a reload.
+local ffi = require("ffi")
+local cdef = require("ferry.cdef")
+local plugins = require("ferry.plugins")
+local poolmod = require("ferry.pool")
+local exchange = require("ferry.exchange")
+
+local C = ffi.C
+local ffi_string = ffi.string
+local format = string.format
+local pairs, ipairs, tostring, tonumber, pcall, type = pairs, ipairs, tostring, tonumber, pcall,
+  type
+
+local M = {}
+
+-- Pool indexes and exchange ids stay the same across reloads, so a
+-- result reported for a request sent before a reload still finds its
+-- pool by index.
+local pool_index, next_pool_index = {}, 1
+
+local function index_of(name)
+  local i = pool_index[name]
+  if not i then
+    i = next_pool_index
+    pool_index[name] = i
+    next_pool_index = i + 1
+  end
+  return i
+end
+
+local function ms(seconds)
+  return seconds and math.floor(seconds * 1000 + 0.5) or 0
+end
+M.ms = ms
+
+-- Header lines a proxy adds to what it sends, CRLF-terminated.
+local function header_block(headers)
+  if not headers then return nil end
+  local names = {}
+  for k in pairs(headers) do names[#names + 1] = k end
+  if #names == 0 then return nil end
+  table.sort(names)
+  local out = {}
+  for _, k in ipairs(names) do
+    out[#out + 1] = k .. ": " .. tostring(headers[k]) .. "\r\n"
+  end
+  return table.concat(out)
+end
+
+local function plugin_dirs(cfg, root)
+  local dirs = {}
+  for i, d in ipairs(cfg.plugin_dirs or {}) do dirs[i] = d end
+  dirs[#dirs + 1] = root .. "/plugins"
+  return dirs
+end
+
+-- The breaker of a pool: its plugin and the settings it runs with (the
+-- plugin's defaults under the pool's own).
+local function load_breaker(cfg, pc, dirs)
+  local bc = pc.breaker
+  if not bc then return nil end
+  local where = format('%s:%d: pool "%s": breaker', cfg.file, pc.line, pc.name)
+  local plugin, err = plugins.load("breakers", bc.policy or "consecutive", dirs)
+  if not plugin then return nil, format('%s: unknown policy "%s" (%s)', where,
+    tostring(bc.policy), err) end
+  local settings = {}
+  for k, v in pairs(plugin.defaults or {}) do settings[k] = v end
+  for k, v in pairs(bc) do settings[k] = v end
+  settings.cooldown = settings.cooldown or 30
+  settings.trials = settings.trials or 1
+  settings.max_cooldown = settings.max_cooldown or settings.cooldown * 16
+  if plugin.check then
+    local ok, msg = pcall(plugin.check, settings)
+    if not ok then return nil, format("%s: check failed: %s", where, tostring(msg)) end
+    if msg then return nil, format("%s: %s", where, tostring(msg)) end
+  end
+  return { plugin = plugin, settings = settings }
+end
+
+-- Everything that can fail, without touching the core.  Returns a
+-- prepared table or nil, "file:line: message".
+function M.prepare(cfg, root)
+  plugins.reset()
+  local dirs = plugin_dirs(cfg, root)
+  local prep = { cfg = cfg, pools = {}, exchanges = {} }
+  for _, name in ipairs(cfg.pool_order) do
+    local pc = cfg.pools[name]
+    local strategy, perr = plugins.load("strategies", pc.strategy, dirs)
+    if not strategy then
+      return nil, format('%s:%d: pool "%s": unknown strategy "%s" (%s)', cfg.file, pc.line,
+        name, pc.strategy, perr)
+    end
+    local breaker, berr = load_breaker(cfg, pc, dirs)
+    if berr then return nil, berr end
+    -- Try the strategy's init on stand-ins now: a failure must refuse
+    -- the config before anything changes.
+    if strategy.init then
+      local fake = {}
+      for i, px in ipairs(pc.proxies) do
+        local c = ffi.new("struct ferry_proxy")
+        c.id, c.weight = i, px.weight or 1
+        fake[i] = { id = i, display = px.display, weight = px.weight or 1, region = px.region,
+                    c = c, x = {} }
+      end
+      local ok, ierr = pcall(strategy.init, poolmod.new(name, fake, { now = C.ferry_now }))
+      if not ok then
+        return nil, format('%s:%d: pool "%s": strategy "%s" init failed: %s', cfg.file,
+          pc.line, name, pc.strategy, tostring(ierr))
+      end
+    end
+    prep.pools[name] = { cfg = pc, strategy = strategy, breaker = breaker }
+  end
+  for _, ex in ipairs(cfg.exchanges) do
+    local hooks
+    if ex.script then
+      local err
+      hooks, err = exchange.load_script(ex.script, ex.name)
+      if not hooks then
+        return nil, format("%s:%d: exchange \"%s\": script: %s", cfg.file, ex.line, ex.name, err)
+      end
+    end
+    local ban = ex.ban
+    if ban and ban.status then
+      ban.status_set = {}
+      for _, st in ipairs(ban.status) do ban.status_set[st] = true end
+    end
+    prep.exchanges[ex.name] = { cfg = ex, hooks = hooks or {}, ban = ban }
+  end
+  return prep
+end
+
+local function errbuf()
+  return ffi.new("const char *[1]")
+end
+
+-- Listeners: keep those whose address stays, open new ones, close the
+-- rest.  Opening comes first so a failed bind changes nothing.
+local function reconcile_listeners(cfg, old_idx)
+  local kept, opened, idx_of = {}, {}, {}
+  for _, l in ipairs(cfg.listeners) do
+    local idx = C.ferry_listener_find(l.host, l.port)
+    if idx >= 0 and old_idx then
+      kept[#kept + 1] = { idx = idx, l = l }
+    else
+      local err = errbuf()
+      idx = C.ferry_listen(l.name, l.host, l.port, l.protocol, l.open and 1 or 0, err)
+      if idx < 0 then
+        for _, o in ipairs(opened) do C.ferry_listener_close(o) end
+        return nil, format('%s:%d: listen "%s": cannot listen on %s:%d: %s', cfg.file,
+          l.line or 0, l.name, l.host, l.port, ffi_string(err[0]))
+      end
+      opened[#opened + 1] = idx
+    end
+    idx_of[l] = idx
+  end
+  for _, k in ipairs(kept) do
+    C.ferry_listener_reset(k.idx, k.l.name, k.l.open and 1 or 0)
+  end
+  for _, l in ipairs(cfg.listeners) do
+    local err = errbuf()
+    for _, u in ipairs(l.users or {}) do
+      if C.ferry_listener_add_user(idx_of[l], u.user, u.pass, err) ~= 0 then
+        return nil, format('%s:%d: listen "%s": %s', cfg.file, l.line or 0, l.name,
+          ffi_string(err[0]))
+      end
+    end
+  end
+  -- Listeners of the old config that the new one does not have.
+  if old_idx then
+    local keep = {}
+    for _, idx in pairs(idx_of) do keep[idx] = true end
+    for idx in pairs(old_idx) do
+      if not keep[idx] then C.ferry_listener_close(idx) end
+    end
+  end
+  local now_idx = {}
+  for _, idx in pairs(idx_of) do now_idx[idx] = true end
+  return now_idx
+end
+
+local function expect_list(h)
+  if not h.expect then return nil end
+  local t = {}
+  for i, s in ipairs(h.expect) do t[i] = tostring(s) end
+  return table.concat(t, ",")
+end
+
+-- Health of a proxy: rise/fall for everyone, a probe when the pool has
+-- a check.  A proxy in several pools follows the last pool declaring it.
+local function set_health(c, h, err)
+  h = h or {}
+  local kind = cdef.PROBE[h.check or "none"] or 0
+  local interval = h.interval or 2
+  if C.ferry_probe_set(c, kind, h.host, h.port or 0, h.path, expect_list(h), interval,
+      h.timeout or math.min(2, interval), err) ~= 0 then
+    return nil, ffi_string(err[0])
+  end
+  C.ferry_health_set(c, h.rise or 2, h.fall or 3, interval)
+  return true
+end
+
+-- Build the pools around C proxies (creating or updating them).
+local function build_pools(prep)
+  local cfg = prep.cfg
+  local pools, by_index, proxies_seen = {}, {}, {}
+  local concurrency = 0
+  for _, name in ipairs(cfg.pool_order) do
+    local pp = prep.pools[name]
+    local pc = pp.cfg
+    local list = {}
+    for i, px in ipairs(pc.proxies) do
+      local err = errbuf()
+      local c = C.ferry_proxy_new(px.id or px.url, cdef.SCHEME[px.scheme] or 0, px.host,
+        px.port, px.user, px.pass, header_block(px.headers), px.weight or 1, err)
+      if c == nil then
+        return nil, format('%s:%d: pool "%s": proxies[%d]: %s', cfg.file, pc.line, name, i,
+          ffi_string(err[0]))
+      end
+      C.ferry_proxy_set_label(c, px.id)
+      local ok, herr = set_health(c, pc.health, err)
+      if not ok then
+        return nil, format('%s:%d: pool "%s": health: %s', cfg.file, pc.line, name, herr)
+      end
+      local id = tonumber(c.id)
+      proxies_seen[id] = c
+      list[i] = { id = id, display = px.display, label = px.id or tostring(id),
+                  weight = px.weight or 1, region = px.region, c = c, x = {} }
+    end
+    if pc.health and pc.health.concurrency and pc.health.concurrency > concurrency then
+      concurrency = pc.health.concurrency
+    end
+    local pool = poolmod.new(name, list, { latency_ceiling = pc.latency_ceiling or 1000,
+                                           now = C.ferry_now })
+    pool.index = index_of(name)
+    pool.strategy = pp.strategy
+    pool.breaker = pp.breaker
+    pool.trials = pp.breaker and pp.breaker.settings.trials or 1
+    pool.pair_of = C.ferry_pxstate_get
+    pool.half_open = C.ferry_breaker_half_open
+    pool.retries = pc.retries or 2
+    pool.all_down = pc.all_down or "any"
+    pool.panic = pc.panic or 0
+    pool.session_ttl = pc.session_ttl or 600
+    pool.connect_timeout_ms = pc.timeouts and ms(pc.timeouts.connect) or 0
+    pool.first_byte_timeout_ms = pc.timeouts and ms(pc.timeouts.first_byte) or 0
+    pool.members, pool.by_id = {}, {}
+    for _, p in ipairs(list) do pool.members[p], pool.by_id[p.id] = true, p end
+    if pp.strategy.init then
+      local ok, ierr = pcall(pp.strategy.init, pool)
+      if not ok then
+        return nil, format('%s:%d: pool "%s": strategy "%s" init failed: %s', cfg.file,
+          pc.line, name, pc.strategy, tostring(ierr))
+      end
+    end
+    pools[name], by_index[pool.index] = pool, pool
+  end
+  if concurrency > 0 then C.ferry_probe_set_concurrency(concurrency) end
+  return pools, by_index, proxies_seen
+end
+
+local LEVELS = { debug = 0, info = 1, warn = 2, error = 3 }
+
+-- Make prep the running config.  old: the running one, or nil at start.
+-- Returns the new running table, or nil and a message (the core is then
+-- as before, but for proxies created or updated along the way).
+function M.commit(prep, old)
+  local cfg = prep.cfg
+  local listeners, lerr = reconcile_listeners(cfg, old and old.listeners)
+  if not listeners then return nil, lerr end
+  local pools, by_index, seen = build_pools(prep)
+  if not pools then return nil, by_index end
+  if old then
+    -- Proxies that left the config take no new work; their tunnels and
+    -- requests in flight finish, and their probes stop.
+    local err = errbuf()
+    for id, c in pairs(old.proxies) do
+      if not seen[id] then
+        C.ferry_proxy_set_flag(c, cdef.PROXY_REMOVED, 1)
+        C.ferry_probe_set(c, 0, nil, 0, nil, nil, 1, 1, err)
+      end
+    end
+  end
+  local exchanges, by_id = {}, {}
+  for name, e in pairs(prep.exchanges) do
+    e.id = C.ferry_exchange_id(name)
+    e.name = name
+    e.pool = e.cfg.pool
+    e.capture = e.hooks.on_response ~= nil or (e.ban ~= nil and e.ban.body ~= nil)
+    exchanges[name], by_id[e.id] = e, e
+  end
+  local t = cfg.timeouts
+  C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
+    ms(t.keepalive), ms(t.request))
+  C.ferry_set_log(LEVELS[cfg.log.level] or 1, cfg.log.access and 1 or 0)
+  return { cfg = cfg, pools = pools, by_index = by_index, proxies = seen,
+           exchanges = exchanges, exchange_by_id = by_id, listeners = listeners }
+end
+
+return M

@@ -14,6 +14,7 @@ local health = require("ferry.health")
 local score_of = health.score
 local MIN_SCORE = health.MIN_SCORE
 local TIE = 5
+local SCAN_MAX = require("ferry.pool").SCAN_MAX
 -- Below any floor, even best - TIE of a best score near 0.
 local INELIGIBLE = -math.huge
 
@@ -30,13 +31,24 @@ return {
       scores = {}
       st.scores = scores
     end
+    -- Large pools: score a random sample of eligible proxies.
+    local checked = false
+    if n > SCAN_MAX then
+      local cand, m = pool:sample(req)
+      if m > 0 then list, n, checked = cand, m, true end
+    end
+    -- Traffic of an exchange is scored on what that exchange saw of each
+    -- proxy (its (proxy, exchange) pair), so a proxy failing on one
+    -- exchange keeps its score on the others.
+    local exid = req and req.exid or 0
+    local by_pair = exid ~= 0 and pool.pair_of ~= nil
     local now, ceiling = pool.now(), pool.latency_ceiling
     local best_all, best_good = INELIGIBLE, INELIGIBLE
     for i = 1, n do
       local p = list[i]
       local s = INELIGIBLE
-      if pool:eligible(p, req) then
-        s = score_of(p.c, ceiling, now)
+      if checked or pool:eligible(p, req) then
+        s = score_of(by_pair and pool:pair(p, exid) or p.c, ceiling, now)
         if s > best_all then best_all = s end
         if s >= MIN_SCORE and s > best_good then best_good = s end
       end

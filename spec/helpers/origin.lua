@@ -11,6 +11,7 @@
 --   GET  /garbage          a reply that is not HTTP
 --   GET  /slow/S           answers after S seconds
 --   GET  /status/N         an empty response with status N
+--   GET  /say/N/TEXT       status N with TEXT (%-escapes decoded) as the body
 --   GET  /ws               101 for "Upgrade: websocket", then echoes bytes
 -- Each response carries X-Origin-Conn: the connection's serial number.
 local socket = require("socket")
@@ -89,6 +90,11 @@ local function handle(st, req)
     end }
   elseif path:match("^/status/%d+$") then
     respond(st, path:match("%d+$") .. " Status", {}, "")
+  elseif path:match("^/say/%d+/") then
+    -- /say/N/TEXT: status N with TEXT as the body (ban markers)
+    local code, text = path:match("^/say/(%d+)/(.*)$")
+    respond(st, code .. " Status", { ["Content-Type"] = "text/plain" },
+      (text:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)))
   elseif path == "/ws" and (req.headers["upgrade"] or ""):lower() == "websocket" then
     send_all(st, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" ..
       "Connection: Upgrade\r\n\r\n")

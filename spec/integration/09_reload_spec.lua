@@ -1,0 +1,204 @@
+-- Hot reload on SIGHUP: the whole new config is checked before the
+-- switch, a broken one leaves the running one in place, and requests
+-- and tunnels in flight are never cut.
+local procs = require("procs")
+local socket = require("socket")
+local http = require("socket.http")
+local ltn12 = require("ltn12")
+
+local function via(port) return "http://127.0.0.1:" .. port end
+
+local function codes(proc)
+  procs.sleep(0.15)
+  local t = {}
+  for _, l in ipairs(procs.log_lines(proc)) do
+    if l.code then
+      t[l.code] = (t[l.code] or 0) + 1
+    end
+  end
+  return t
+end
+
+local function last_with(proc, code)
+  local found
+  for _, l in ipairs(procs.log_lines(proc)) do
+    if l.code == code then found = l end
+  end
+  return found
+end
+
+-- One GET through the proxy with LuaSocket; returns the status.
+local function get(proxy_port, url)
+  local body = {}
+  local _, status = http.request {
+    url = url, proxy = via(proxy_port), sink = ltn12.sink.table(body),
+    create = function()
+      local s = socket.tcp()
+      s:settimeout(5)
+      return s
+    end,
+  }
+  return status, table.concat(body)
+end
+
+describe("reload", function()
+  local origin, s1, s2, ferry, cfg_path
+  local O, S1, S2 = procs.free_port(), procs.free_port(), procs.free_port()
+  local F, F2 = procs.free_port(), procs.free_port()
+  local base = "http://127.0.0.1:" .. O
+
+  local function config(extra)
+    return string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+pool "p" { strategy = "round_robin", proxies = {
+  { url = "socks5://127.0.0.1:%d", id = "one" }, { url = "socks5://127.0.0.1:%d", id = "two" } } }
+route(function(req) return "p" end)
+]], F, S1, S2) .. (extra or "")
+  end
+
+  local function reload_with(text)
+    procs.write_file(cfg_path, text)
+    local before = codes(ferry)
+    procs.signal(ferry, "HUP")
+    for _ = 1, 50 do
+      local now = codes(ferry)
+      if (now["FERRY-0101"] or 0) > (before["FERRY-0101"] or 0) then return "ok" end
+      if (now["FERRY-0102"] or 0) > (before["FERRY-0102"] or 0) then return "failed" end
+      procs.sleep(0.05)
+    end
+    return "timeout"
+  end
+
+  setup(function()
+    origin = procs.origin(O)
+    s1 = procs.microsocks(S1)
+    s2 = procs.microsocks(S2)
+    ferry = procs.ferry(config(), { F })
+    cfg_path = ferry.config
+  end)
+
+  teardown(function()
+    procs.stop_ferry(ferry)
+    for _, p in ipairs { origin, s1, s2 } do procs.stop(p) end
+  end)
+
+  it("reloads a good config and says so", function()
+    assert.equal("ok", reload_with(config()))
+    assert.equal(200, (get(F, base .. "/")))
+  end)
+
+  it("keeps the running config when the new one has a syntax error, naming file:line", function()
+    assert.equal("failed", reload_with(config() .. "pool \"x\" {{{\n"))
+    local l = last_with(ferry, "FERRY-0102")
+    assert.matches(cfg_path:gsub("%p", "%%%0") .. ":%d+:", l.msg)
+    assert.equal(200, (get(F, base .. "/")))
+  end)
+
+  it("keeps the running config when a plugin file is missing", function()
+    local text = config():gsub('strategy = "round_robin"', 'strategy = "no_such_strategy"')
+    assert.equal("failed", reload_with(text))
+    assert.matches('unknown strategy "no_such_strategy"', last_with(ferry, "FERRY-0102").msg)
+    assert.equal(200, (get(F, base .. "/")))
+  end)
+
+  it("keeps the running config when an exchange script is broken", function()
+    local script = procs.write_file(procs.tmp .. "/broken-ex-" .. F .. ".lua", "return {\n")
+    local text = config(string.format(
+      'exchange "e" { hosts = { "example.invalid" }, pool = "p", script = "%s" }\n', script))
+    assert.equal("failed", reload_with(text))
+    assert.matches("broken%-ex", last_with(ferry, "FERRY-0102").msg)
+    assert.equal(200, (get(F, base .. "/")))
+  end)
+
+  it("keeps the running config when a new listener cannot bind", function()
+    local busy = assert(socket.bind("127.0.0.1", F2))
+    local text = config(string.format('listen { name = "extra", addr = "127.0.0.1:%d" }\n', F2))
+    assert.equal("failed", reload_with(text))
+    busy:close()
+    assert.equal(200, (get(F, base .. "/")))
+  end)
+
+  it("opens listeners added by a reload and closes removed ones", function()
+    local text = config(string.format('listen { name = "extra", addr = "127.0.0.1:%d" }\n', F2))
+    assert.equal("ok", reload_with(text))
+    assert.equal(200, (get(F2, base .. "/")))
+    assert.equal("ok", reload_with(config()))
+    local c = socket.tcp()
+    c:settimeout(1)
+    assert.is_nil(c:connect("127.0.0.1", F2))
+    c:close()
+    assert.equal(200, (get(F, base .. "/")))
+  end)
+
+  it("a route naming a pool that a reload removed gets a coded 503, others go on", function()
+    local text = string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+pool "q" { proxies = { { url = "socks5://127.0.0.1:%d", id = "one" } } }
+route(function(req) if req.path == "/" then return "p" end return "q" end)
+]], F, S1)
+    assert.equal("ok", reload_with(text))
+    assert.equal(503, (get(F, base .. "/")))
+    assert.matches('no pool "p"', last_with(ferry, "FERRY-4004").msg)
+    assert.equal(200, (get(F, base .. "/bytes/3")))
+    assert.equal("ok", reload_with(config()))
+  end)
+
+  it("loses no request while reloading many times under a request loop", function()
+    local alt = config():gsub('strategy = "round_robin"', 'strategy = "random"')
+    local failures, total = 0, 0
+    for round = 1, 20 do
+      procs.write_file(cfg_path, round % 2 == 0 and config() or alt)
+      procs.signal(ferry, "HUP")
+      for _ = 1, 10 do
+        total = total + 1
+        local status = get(F, base .. "/")
+        if status ~= 200 then failures = failures + 1 end
+      end
+    end
+    assert.equal(200, total)
+    assert.equal(0, failures)
+    assert.is_true((codes(ferry)["FERRY-0101"] or 0) >= 20)
+  end)
+
+  it("never cuts a tunnel in flight, even when its proxy leaves the config", function()
+    local c = socket.tcp()
+    c:settimeout(5)
+    assert(c:connect("127.0.0.1", F))
+    c:send("CONNECT 127.0.0.1:" .. O .. " HTTP/1.1\r\nHost: x\r\n\r\n")
+    local line = c:receive("*l")
+    assert.matches("^HTTP/1.1 200", line)
+    repeat line = c:receive("*l") until line == ""
+    -- Both proxies replaced: the tunnel's proxy is gone from the config.
+    local text = string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+pool "p" { proxies = { { url = "socks5://127.0.0.1:%d", id = "three" } } }
+route(function(req) return "p" end)
+]], F, S2)
+    for _ = 1, 3 do assert.equal("ok", reload_with(text)) end
+    c:send("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    local status = c:receive("*l")
+    assert.matches("^HTTP/1.1 200", status)
+    c:close()
+    assert.equal("ok", reload_with(config()))
+  end)
+
+  it("keeps health across reloads: a proxy marked down stays down", function()
+    local dead = procs.free_port()
+    local text = string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+pool "p" { strategy = "round_robin", proxies = {
+  { url = "socks5://127.0.0.1:%d", id = "one" }, { url = "socks5://127.0.0.1:%d", id = "dead" } } }
+route(function(req) return "p" end)
+]], F, S1, dead)
+    assert.equal("ok", reload_with(text))
+    for _ = 1, 4 do assert.equal(200, (get(F, base .. "/"))) end
+    local downs = codes(ferry)["FERRY-6001"] or 0
+    assert.is_true(downs >= 1)
+    assert.equal("ok", reload_with(text .. "-- touched\n"))
+    for _ = 1, 6 do assert.equal(200, (get(F, base .. "/"))) end
+    -- Had the reload forgotten the health, the dead proxy would be tried
+    -- (and marked down) again.
+    assert.equal(downs, codes(ferry)["FERRY-6001"] or 0)
+    assert.equal("ok", reload_with(config()))
+  end)
+end)

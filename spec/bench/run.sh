@@ -191,6 +191,7 @@ echo
 FERRY_RSS=$(ps -o rss= -p "$FERRY_PID" | tr -d ' ')
 echo "ferry RSS: idle ${FERRY_IDLE_RSS} KiB, after the runs ${FERRY_RSS} KiB"
 echo
+. "$ROOT/spec/bench/health.sh"
 echo "targets: requests/s >= 4x squid ($(ratio "$R_FERRY" "$R_SQUID")x), tunnel >= 2x squid" \
   "($(ratio "$T_FERRY" "$T_SQUID")x), setups >= tinyproxy ($(ratio "$C_FERRY" "$C_TINY")x)," \
   "idle RSS < 10240 KiB (${FERRY_IDLE_RSS})"

@@ -63,6 +63,7 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
         return NULL;
     }
     c->l = l;
+    l->conns++;
     c->cfd = fd;
     c->ufd = -1;
     buf_init(&c->cin, CONN_BUF_SIZE);
@@ -112,6 +113,7 @@ static void conn_destroy(struct conn *c)
         }
     }
     nconns--;
+    listener_conn_gone(c->l);
     free(c);
 }
 

@@ -23,6 +23,8 @@
 static struct listener *listeners[LISTENER_MAX];
 static int nlisteners;
 
+/* Slots 0..nlisteners-1; a slot is NULL once its listener was closed by
+ * a reload and its last connection ended, and ferry_listen reuses it. */
 struct listener *listener_get(int idx)
 {
     return idx >= 0 && idx < nlisteners ? listeners[idx] : NULL;
@@ -91,6 +93,30 @@ static void on_retry(struct ev_loop *lp, ev_timer *w, int revents)
     ev_io_start(loop, &l->io);
 }
 
+/* host ("localhost" or an IP literal) and port as a socket address. */
+static int listen_addr(const char *host, int port, struct sockaddr_storage *ss, socklen_t *sl)
+{
+    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+    memset(ss, 0, sizeof(*ss));
+    if (strcmp(host, "localhost") == 0) {
+        host = "127.0.0.1";
+    }
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        *sl = sizeof(*a4);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        *sl = sizeof(*a6);
+        return 0;
+    }
+    return -1;
+}
+
 int ferry_listen(const char *name, const char *host, int port, const char *protocol, int open,
                  const char **err)
 {
@@ -98,27 +124,17 @@ int ferry_listen(const char *name, const char *host, int port, const char *proto
         *err = "unsupported listener protocol";
         return -1;
     }
-    if (nlisteners >= LISTENER_MAX) {
+    int slot = 0;
+    while (slot < nlisteners && listeners[slot] != NULL) {
+        slot++;
+    }
+    if (slot >= LISTENER_MAX) {
         *err = "too many listeners";
         return -1;
     }
     struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof(ss));
     socklen_t sl;
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-    if (strcmp(host, "localhost") == 0) {
-        host = "127.0.0.1";
-    }
-    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)port);
-        sl = sizeof(*a4);
-    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)port);
-        sl = sizeof(*a6);
-    } else {
+    if (listen_addr(host, port, &ss, &sl) != 0) {
         *err = "listen address must be an IP address";
         return -1;
     }
@@ -142,14 +158,18 @@ int ferry_listen(const char *name, const char *host, int port, const char *proto
         return -1;
     }
     l->fd = fd;
+    l->addr = ss;
     l->open = open ? 1 : 0;
     ev_io_init(&l->io, on_accept, fd, EV_READ);
     ev_init(&l->retry, on_retry);
     ev_io_start(loop, &l->io);
-    listeners[nlisteners] = l;
+    listeners[slot] = l;
+    if (slot == nlisteners) {
+        nlisteners++;
+    }
     log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on %s:%d (%s)", name, host, port,
               protocol);
-    return nlisteners++;
+    return slot;
 }
 
 int ferry_listener_add_user(int idx, const char *user, const char *pass, const char **err)
@@ -214,15 +234,100 @@ const char *listener_auth(struct listener *l, const char *value, size_t len)
     return NULL;
 }
 
+static void forget_users(struct listener *l)
+{
+    for (int u = 0; u < l->nusers; u++) {
+        free(l->users[u].token);
+        free(l->users[u].name);
+    }
+    l->nusers = 0;
+}
+
+static void listener_free(struct listener *l)
+{
+    forget_users(l);
+    free(l->name);
+    free(l);
+}
+
+int ferry_listener_find(const char *host, int port)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    if (host == NULL || listen_addr(host, port, &ss, &sl) != 0) {
+        return -1;
+    }
+    for (int i = 0; i < nlisteners; i++) {
+        struct listener *l = listeners[i];
+        if (l != NULL && !l->closed && memcmp(&l->addr, &ss, sl) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+int ferry_listener_reset(int idx, const char *name, int open)
+{
+    struct listener *l = listener_get(idx);
+    char *fresh = name != NULL ? strdup(name) : NULL;
+    if (l == NULL || l->closed || fresh == NULL) {
+        free(fresh);
+        return FERRY_ERROR;
+    }
+    free(l->name);
+    l->name = fresh;
+    l->open = open ? 1 : 0;
+    forget_users(l);
+    return FERRY_OK;
+}
+
+/* Stop accepting: watchers first, then the socket. */
+static void stop_accepting(struct listener *l)
+{
+    ev_io_stop(loop, &l->io);
+    ev_timer_stop(loop, &l->retry);
+    if (l->fd >= 0) {
+        close(l->fd);
+        l->fd = -1;
+    }
+}
+
+int ferry_listener_close(int idx)
+{
+    struct listener *l = listener_get(idx);
+    if (l == NULL || l->closed) {
+        return FERRY_ERROR;
+    }
+    stop_accepting(l);
+    l->closed = 1;
+    log_event(LOG_INFO, "FERRY-0103", NULL, "listener %s closed by reload (%d connections finish)",
+              l->name, l->conns);
+    if (l->conns == 0) {
+        listeners[idx] = NULL;
+        listener_free(l);
+    }
+    return FERRY_OK;
+}
+
+void listener_conn_gone(struct listener *l)
+{
+    if (--l->conns > 0 || !l->closed) {
+        return;
+    }
+    for (int i = 0; i < nlisteners; i++) {
+        if (listeners[i] == l) {
+            listeners[i] = NULL;
+            break;
+        }
+    }
+    listener_free(l);
+}
+
 void listener_stop_all(void)
 {
     for (int i = 0; i < nlisteners; i++) {
-        struct listener *l = listeners[i];
-        ev_io_stop(loop, &l->io);
-        ev_timer_stop(loop, &l->retry);
-        if (l->fd >= 0) {
-            close(l->fd);
-            l->fd = -1;
+        if (listeners[i] != NULL) {
+            stop_accepting(listeners[i]);
         }
     }
 }
@@ -231,13 +336,10 @@ void listener_close_all(void)
 {
     listener_stop_all();
     for (int i = 0; i < nlisteners; i++) {
-        struct listener *l = listeners[i];
-        for (int u = 0; u < l->nusers; u++) {
-            free(l->users[u].token);
-            free(l->users[u].name);
+        if (listeners[i] != NULL) {
+            listener_free(listeners[i]);
+            listeners[i] = NULL;
         }
-        free(l->name);
-        free(l);
     }
     nlisteners = 0;
 }

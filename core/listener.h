@@ -4,6 +4,8 @@
 
 #include "loop.h"
 
+#include <sys/socket.h>
+
 #define LISTENER_MAX 64
 #define LISTENER_MAX_USERS 256
 
@@ -14,19 +16,24 @@ struct listener_user {
 
 struct listener {
     char *name;             /* ro */
-    int fd;                 /* ro */
+    int fd;                 /* ro: -1 once closed */
+    struct sockaddr_storage addr; /* ro: bound address, for reload matching */
+    int conns;              /* ro: connections that point at this struct */
     ev_io io;               /* private */
     ev_timer retry;         /* private: re-enables accept after EMFILE */
     struct listener_user users[LISTENER_MAX_USERS]; /* ro */
     int nusers;             /* ro: 0 = no auth */
     unsigned open:1;        /* ro: allowed to be an open proxy */
     unsigned emfile_logged:1; /* private */
+    unsigned closed:1;      /* ro: closed by a reload; freed when conns reach 0 */
 };
 
 struct listener *listener_get(int idx);
 int listener_count(void);
 /* Match a Proxy-Authorization value; returns the user name or NULL. */
 const char *listener_auth(struct listener *l, const char *value, size_t len);
+/* A connection of l ended: a listener closed by a reload goes with its last one. */
+void listener_conn_gone(struct listener *l);
 /* Stop accepting; the structs stay, since connections still point at them. */
 void listener_stop_all(void);
 /* Free everything: only once no connection is left. */

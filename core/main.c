@@ -4,6 +4,7 @@
 #include "conn.h"
 #include "ferry.h"
 #include "health.h"
+#include "probe.h"
 #include "listener.h"
 #include "log.h"
 #include "loop.h"
@@ -224,6 +225,7 @@ static int cmd_run(const char *config, int check_only)
     log_flush();
     bridge_fini();
     resolve_fini();
+    probe_stop_all();
     health_free_all();
     proxy_free_all();
     buf_pool_drain();

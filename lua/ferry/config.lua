@@ -63,13 +63,128 @@ local function want_number(where, field, v, lo, hi, integer)
   return v
 end
 
-local function string_keyed_table(where, field, v)
+-- A list of whole numbers in lo..hi (statuses); returns it.
+local function int_list(where, field, v, lo, hi)
   if v == nil then return nil end
-  if type(v) ~= "table" then fail(where, "%s must be a table", field) end
+  if type(v) ~= "table" or #v == 0 then fail(where, "%s must be a non-empty list", field) end
   for k in pairs(v) do
-    if type(k) ~= "string" then fail(where, "%s: keys must be strings", field) end
+    if type(k) ~= "number" or k % 1 ~= 0 or k < 1 or k > #v then
+      fail(where, "%s must be a list, found key %s", field, tostring(k))
+    end
+  end
+  for i, n in ipairs(v) do
+    if type(n) ~= "number" or n % 1 ~= 0 or n < lo or n > hi then
+      fail(where, "%s[%d] must be a whole number from %d to %d, got %s", field, i, lo, hi,
+        tostring(n))
+    end
   end
   return v
+end
+
+local CHECKS = { tcp = true, http = true, connect = true }
+
+-- health = { check, target | url, expect, interval, timeout, rise, fall,
+-- concurrency }: always returned, with defaults, so passive health has
+-- its rise/fall/interval even without a check.  Defaults are HAProxy's:
+-- a probe every 2 s, up after 2 passes, down after 3 failures.
+local function parse_health(where, t)
+  local h = { interval = 2, rise = 2, fall = 3 }
+  if t == nil then
+    h.timeout = 2
+    return h
+  end
+  where = where .. ": health"
+  check_fields(where, t, { check = true, target = true, url = true, expect = true,
+    interval = true, timeout = true, rise = true, fall = true, concurrency = true })
+  if t.check ~= nil and not CHECKS[t.check] then
+    fail(where, 'check must be "tcp", "http" or "connect", got %s', tostring(t.check))
+  end
+  h.check = t.check
+  h.interval = want_number(where, "interval", t.interval, 0.05, 3600) or 2
+  h.timeout = want_number(where, "timeout", t.timeout, 0.01, 3600) or math.min(2, h.interval)
+  if h.timeout > h.interval then
+    fail(where, "timeout (%s) must not be longer than interval (%s)", h.timeout, h.interval)
+  end
+  h.rise = want_number(where, "rise", t.rise, 1, 100, true) or 2
+  h.fall = want_number(where, "fall", t.fall, 1, 100, true) or 3
+  h.concurrency = want_number(where, "concurrency", t.concurrency, 1, 10000, true)
+  h.expect = int_list(where, "expect", t.expect, 100, 599)
+  if t.check == "http" then
+    if type(t.url) ~= "string" then fail(where, 'url is required for check = "http"') end
+    local hostport, path = t.url:match("^[hH][tT][tT][pP]://([^/?#]+)(.*)$")
+    if not hostport then fail(where, 'url must be an http:// URL, got "%s"', t.url) end
+    local host, port = url.parse_hostport(hostport, 80)
+    if not host then fail(where, "url: %s", port) end
+    if path:find("[%s%c]") then fail(where, "url must not contain spaces or control characters") end
+    if #path > 512 then fail(where, "url: the path is longer than 512 bytes") end
+    h.host, h.port, h.path = host, port, path ~= "" and path or "/"
+    if t.target ~= nil then fail(where, 'target is for check = "connect" (http uses url)') end
+  elseif t.check == "connect" then
+    if type(t.target) ~= "string" then
+      fail(where, 'target = "host:port" is required for check = "connect"')
+    end
+    local host, port = url.parse_hostport(t.target)
+    if not host then fail(where, "target: %s", port) end
+    h.host, h.port = host, port
+    if t.url ~= nil then fail(where, 'url is for check = "http" (connect uses target)') end
+  else
+    if t.url ~= nil or t.target ~= nil then
+      fail(where, '%s needs check = "%s"', t.url and "url" or "target",
+        t.url and "http" or "connect")
+    end
+    if t.expect ~= nil then fail(where, 'expect needs check = "http"') end
+  end
+  return h
+end
+
+-- breaker = { policy, cooldown, trials, max_cooldown, ... }, false to go
+-- without, absent for the default (5 failures in a row, 30 s).  Keys the
+-- core does not know are the policy's; its plugin's check() sees them.
+local function parse_breaker(where, t)
+  if t == false then return nil end
+  if t == nil then
+    return { policy = "consecutive", failures = 5, cooldown = 30, trials = 1, max_cooldown = 480 }
+  end
+  where = where .. ": breaker"
+  if type(t) ~= "table" then fail(where, "must be a table or false, got a %s", type(t)) end
+  local b = {}
+  for k, v in pairs(t) do
+    if type(k) ~= "string" then fail(where, "keys must be names, got %s", tostring(k)) end
+    if k ~= "policy" and type(v) ~= "number" and type(v) ~= "boolean" then
+      fail(where, "%s must be a number or a boolean, got a %s", k, type(v))
+    end
+    b[k] = v
+  end
+  b.policy = want(where, "policy", t.policy, "string") or "consecutive"
+  if not b.policy:match("^[%w_]+$") then fail(where, 'policy "%s" is not a plugin name', b.policy) end
+  b.cooldown = want_number(where, "cooldown", t.cooldown, 0.01, 86400) or 30
+  b.trials = want_number(where, "trials", t.trials, 1, 100, true) or 1
+  b.max_cooldown = want_number(where, "max_cooldown", t.max_cooldown, b.cooldown, 86400)
+    or b.cooldown * 16
+  return b
+end
+
+-- ban = { status = {...}, body = {...}, backoff, max_backoff }.
+local function parse_ban(where, t)
+  if t == nil then return nil end
+  where = where .. ": ban"
+  check_fields(where, t, { status = true, body = true, backoff = true, max_backoff = true })
+  local b = {}
+  b.status = int_list(where, "status", t.status, 100, 599)
+  if t.body ~= nil then
+    if type(t.body) ~= "table" or #t.body == 0 then fail(where, "body must be a non-empty list") end
+    for i, m in ipairs(t.body) do
+      if type(m) ~= "string" or m == "" then
+        fail(where, "body[%d] must be a non-empty string", i)
+      end
+    end
+    b.body = t.body
+  end
+  if not b.status and not b.body then fail(where, "needs status or body (or both)") end
+  b.backoff = want_number(where, "backoff", t.backoff, 0.001, 86400) or 60
+  b.max_backoff = want_number(where, "max_backoff", t.max_backoff, b.backoff, 86400 * 7)
+    or math.max(3600, b.backoff)
+  return b
 end
 
 local function resolve_path(dir, p)
@@ -203,7 +318,8 @@ local function evaluate(chunk, file)
     local line = caller_line(file)
     return function(t)
       check_fields(where, t, { strategy = true, retries = true, proxies = true, breaker = true,
-        health = true, all_down = true, panic = true, timeouts = true, latency_ceiling = true })
+        health = true, all_down = true, panic = true, timeouts = true, latency_ceiling = true,
+        session_ttl = true })
       local p = { name = name, line = line }
       p.strategy = want(where, "strategy", t.strategy, "string") or "health_score"
       p.retries = want_number(where, "retries", t.retries, 0, 8, true) or 2
@@ -211,10 +327,11 @@ local function evaluate(chunk, file)
       if not ALL_DOWN[p.all_down] then
         fail(where, 'all_down must be "any", "direct" or "fail"')
       end
-      p.panic = want_number(where, "panic", t.panic, 0, 100)
+      p.panic = want_number(where, "panic", t.panic, 0, 100) or 0
       p.latency_ceiling = want_number(where, "latency_ceiling", t.latency_ceiling, 1) or 1000
-      p.breaker = string_keyed_table(where, "breaker", t.breaker)
-      p.health = string_keyed_table(where, "health", t.health)
+      p.session_ttl = want_number(where, "session_ttl", t.session_ttl, 0.001, 86400 * 30) or 600
+      p.breaker = parse_breaker(where, t.breaker)
+      p.health = parse_health(where, t.health)
       if t.timeouts ~= nil then
         check_fields(where .. ": timeouts", t.timeouts, { connect = true, first_byte = true })
         p.timeouts = {
@@ -260,9 +377,12 @@ local function evaluate(chunk, file)
       end
       if type(t.pool) ~= "string" then fail(where, "pool is required") end
       local ex = { name = name, hosts = hosts, pool = t.pool, line = line, where = where }
-      ex.ban = string_keyed_table(where, "ban", t.ban)
+      ex.ban = parse_ban(where, t.ban)
       if t.script ~= nil then
         ex.script = resolve_path(dir, want(where, "script", t.script, "string"))
+        local f = io.open(ex.script, "r")
+        if not f then fail(where, 'script "%s" cannot be read', ex.script) end
+        f:close()
       end
       cfg.exchanges[#cfg.exchanges + 1] = ex
     end

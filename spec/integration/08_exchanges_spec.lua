@@ -229,6 +229,9 @@ describe("all-down policies", function()
   local origin, s1, ferry
   local O, S1, DEAD, DEAD2, DEAD3 = procs.free_port(), procs.free_port(), procs.free_port(),
     procs.free_port(), procs.free_port()
+  -- One dead port per pool: a proxy is the same proxy (same health) in
+  -- every pool that names its URL.
+  local DEAD_D, DEAD_F, DEAD_A = procs.free_port(), procs.free_port(), procs.free_port()
   local F_DIRECT, F_FAIL, F_ANY, F_PANIC = procs.free_port(), procs.free_port(),
     procs.free_port(), procs.free_port()
 
@@ -236,18 +239,18 @@ describe("all-down policies", function()
     origin = procs.origin(O)
     s1 = procs.microsocks(S1)
     ferry = procs.ferry(string.format([[
-listen { name = "direct", addr = "127.0.0.1:%d" }
-listen { name = "fail", addr = "127.0.0.1:%d" }
-listen { name = "any", addr = "127.0.0.1:%d" }
+listen { name = "to_direct", addr = "127.0.0.1:%d" }
+listen { name = "to_fail", addr = "127.0.0.1:%d" }
+listen { name = "to_any", addr = "127.0.0.1:%d" }
 listen { name = "panic", addr = "127.0.0.1:%d" }
-pool "direct" { all_down = "direct", retries = 1, proxies = { "socks5://127.0.0.1:%d" } }
-pool "fail" { all_down = "fail", retries = 1, proxies = { "socks5://127.0.0.1:%d" } }
-pool "any" { all_down = "any", retries = 0, proxies = { "socks5://127.0.0.1:%d" } }
+pool "to_direct" { all_down = "direct", retries = 1, proxies = { "socks5://127.0.0.1:%d" } }
+pool "to_fail" { all_down = "fail", retries = 1, proxies = { "socks5://127.0.0.1:%d" } }
+pool "to_any" { all_down = "any", retries = 0, proxies = { "socks5://127.0.0.1:%d" } }
 pool "panic" { strategy = "round_robin", panic = 50, retries = 0, proxies = {
   "socks5://127.0.0.1:%d", "socks5://127.0.0.1:%d", "socks5://127.0.0.1:%d",
   "socks5://127.0.0.1:%d" } }
 route(function(req) return req.listener end)
-]], F_DIRECT, F_FAIL, F_ANY, F_PANIC, DEAD, DEAD, DEAD, S1, DEAD, DEAD2, DEAD3),
+]], F_DIRECT, F_FAIL, F_ANY, F_PANIC, DEAD_D, DEAD_F, DEAD_A, S1, DEAD, DEAD2, DEAD3),
       { F_DIRECT, F_FAIL, F_ANY, F_PANIC })
   end)
 
@@ -279,7 +282,7 @@ route(function(req) return req.listener end)
     assert.equal(502, (procs.curl { proxy = via(F_ANY), url = url() }))
     local found = false
     for _, l in ipairs(procs.log_lines(ferry)) do
-      if l.code == "FERRY-6007" and l.msg:find('pool "any"', 1, true) then found = true end
+      if l.code == "FERRY-6007" and l.msg:find('pool "to_any"', 1, true) then found = true end
     end
     assert.is_true(found)
   end)

@@ -30,7 +30,7 @@ pool "binance" {
 }
 exchange "binance" { hosts = { "*.binance.com" }, pool = "binance",
                      ban = { status = { 403, 418, 429 }, backoff = 60 },
-                     script = "exchanges/binance.lua" }
+                     script = "examples/exchanges/binance.lua" }
 route(function(req) return "direct" end)
 ]]))
     assert.equal(1, #cfg.listeners)
@@ -45,7 +45,7 @@ route(function(req) return "direct" end)
     assert.same({ "binance" }, cfg.pool_order)
     assert.equal("./plugins", cfg.plugin_dirs[1])
     assert.equal("/etc/ferry/plugins", cfg.plugin_dirs[2])
-    assert.equal("./exchanges/binance.lua", cfg.exchanges[1].script)
+    assert.equal("./examples/exchanges/binance.lua", cfg.exchanges[1].script)
     assert.is_function(cfg.route)
   end)
 

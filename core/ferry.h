@@ -208,6 +208,9 @@ const char *ferry_proxy_label(const struct ferry_proxy *p);
 int ferry_health_set(struct ferry_proxy *p, int rise, int fall, double interval);
 /* Force up (1) or down (0), e.g. from the console; reason is logged. */
 int ferry_health_mark(struct ferry_proxy *p, int up, const char *reason);
+/* Bumped whenever any proxy's flags change (up/down, disabled, removed):
+ * Lua recounts what it derives from flags only when this moves. */
+uint32_t ferry_health_epoch(void);
 
 /* Active probes (probe.c).  One probe schedule per proxy, the last call
  * wins; kind FERRY_PROBE_NONE stops probing.  host/port: the target of

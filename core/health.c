@@ -46,6 +46,18 @@ static uint32_t nexchanges;
 static struct pxstate **pairs;
 static uint32_t npairs, nbuckets;
 
+static uint32_t epoch;
+
+uint32_t ferry_health_epoch(void)
+{
+    return epoch;
+}
+
+void health_flags_changed(void)
+{
+    epoch++;
+}
+
 static int is_up(const struct proxy *p)
 {
     return !(p->pub.flags & FERRY_PROXY_DOWN);
@@ -60,6 +72,7 @@ static void go_down(struct proxy *p, const char *why)
 {
     double now = loop_now();
     p->pub.flags |= FERRY_PROXY_DOWN;
+    epoch++;
     p->pub.health = 0;
     p->pub.downs++;
     p->pub.down_since = now;
@@ -73,6 +86,7 @@ static void go_up(struct proxy *p, const char *why)
 {
     double was = p->pub.down_since;
     p->pub.flags &= ~FERRY_PROXY_DOWN;
+    epoch++;
     p->pub.health = full(p);
     p->pub.down_since = 0;
     p->pub.retry_at = 0;

@@ -13,6 +13,8 @@ void health_probe_result(struct proxy *p, int ok, double latency_ms, const char 
 void health_passive(struct proxy *p, int ok, enum ferry_fail_kind kind);
 /* The (proxy, exchange) result of one attempt: counters and the window. */
 void health_pair_result(struct ferry_pxstate *x, int ok, double latency_ms);
+/* Some proxy's flags changed: bump ferry_health_epoch(). */
+void health_flags_changed(void);
 /* Free every pair state (exit). */
 void health_free_all(void);
 

@@ -320,6 +320,7 @@ int ferry_proxy_set_flag(struct ferry_proxy *fp, uint32_t flag, int on)
     } else {
         fp->flags &= ~flag;
     }
+    health_flags_changed();
     return FERRY_OK;
 }
 

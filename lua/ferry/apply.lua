@@ -17,8 +17,7 @@ local exchange = require("ferry.exchange")
 local C = ffi.C
 local ffi_string = ffi.string
 local format = string.format
-local pairs, ipairs, tostring, tonumber, pcall, type = pairs, ipairs, tostring, tonumber, pcall,
-  type
+local pairs, ipairs, tostring, tonumber, pcall = pairs, ipairs, tostring, tonumber, pcall
 
 local M = {}
 

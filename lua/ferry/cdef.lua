@@ -106,6 +106,7 @@ int ferry_proxy_set_label(struct ferry_proxy *p, const char *label);
 const char *ferry_proxy_label(const struct ferry_proxy *p);
 int ferry_health_set(struct ferry_proxy *p, int rise, int fall, double interval);
 int ferry_health_mark(struct ferry_proxy *p, int up, const char *reason);
+uint32_t ferry_health_epoch(void);
 int ferry_probe_set(struct ferry_proxy *p, int kind, const char *host, int port,
                     const char *path, const char *expect, double interval,
                     double timeout, const char **err);

@@ -29,7 +29,8 @@ local NO_PROXY, ROUTE_ERROR, DENY, ALL_DOWN = -1, -2, -3, -4
 local HOOK_ROUTE, HOOK_STRATEGY, HOOK_BREAKER, HOOK_EXCHANGE = 1, 2, 3, 4
 
 local LOG_WINDOW = 10 -- seconds between two log lines about the same fault
-local PANIC_RECOUNT = 0.1 -- seconds a pool's healthy count is reused
+local PANIC_RECOUNT = 0.1 -- seconds a large pool's healthy count is reused
+local PANIC_SCAN = 1000   -- pools up to this size recount on every health change
 
 local root = "."
 local active = nil -- the running config (apply.commit's table)
@@ -139,7 +140,7 @@ local req_mt = {
 
 -- Strings handed to the core must outlive the dispatch call until the
 -- core has copied them: they are anchored here until the next dispatch.
-local anchor_add, anchor_drop
+local anchored = {} -- luacheck: ignore 241 (held, never read)
 
 -- Run on_request of exchange e.  Returns a pool name override or nil,
 -- and false when the hook denies the request.
@@ -165,7 +166,7 @@ local function run_on_request(e, req, r)
     log_once("on_request-headers:" .. e.name, 3, "FERRY-4008", "exchange \"" .. e.name ..
       "\": on_request: " .. tostring(add))
   else
-    anchor_add, anchor_drop = add, drop
+    anchored[1], anchored[2] = add, drop
     if add then r.add_headers, r.add_headers_len = add, #add end
     if drop then r.drop_headers, r.drop_headers_len = drop, #drop end
   end
@@ -242,15 +243,21 @@ local function select_in(pool, req, e)
     "strategy \"" .. pool.strategy.name .. "\"", "FERRY-4005")
 end
 
--- Share of the pool's proxies that are up and enabled, 0..100; counted
--- at most every PANIC_RECOUNT seconds (it is O(n)).
+-- Share of the pool's proxies that are up and enabled, 0..100.  Counted
+-- again only when some proxy's flags changed (the core's health epoch);
+-- large pools recount at most every PANIC_RECOUNT seconds (it is O(n)).
 local function healthy_share(pool, now)
-  if pool.healthy_at and now - pool.healthy_at < PANIC_RECOUNT then return pool.healthy end
-  local n, up = #pool.proxies, 0
+  local epoch = C.ferry_health_epoch()
+  local n = #pool.proxies
+  if pool.healthy_epoch == epoch or
+     (n > PANIC_SCAN and pool.healthy_at and now - pool.healthy_at < PANIC_RECOUNT) then
+    return pool.healthy
+  end
+  local up = 0
   for i = 1, n do
     if pool.proxies[i].c.flags == 0 then up = up + 1 end
   end
-  pool.healthy, pool.healthy_at = n > 0 and up * 100 / n or 0, now
+  pool.healthy, pool.healthy_at, pool.healthy_epoch = n > 0 and up * 100 / n or 0, now, epoch
   return pool.healthy
 end
 
@@ -290,7 +297,7 @@ function M.dispatch(ud)
   if not cur then return ROUTE_ERROR end
   local r = ffi.cast(req_ptr, ud)
   local req = setmetatable({ _r = r, exid = 0 }, req_mt)
-  anchor_add, anchor_drop = nil, nil
+  anchored[1], anchored[2] = nil, nil
   local name, why = choose_pool(cur, req, r)
   if not name then return why end
   if name == "direct" then

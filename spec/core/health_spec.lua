@@ -206,7 +206,8 @@ end)
 
 describe("breakers", function()
   local breaker = require("ferry.breaker")
-  local plugin = { name = "spec", should_open = function(s, x) return x.consecutive_failures >= s.failures end }
+  local plugin = { name = "spec",
+                   should_open = function(s, x) return x.consecutive_failures >= s.failures end }
   local b = { plugin = plugin, settings = { failures = 2, cooldown = 0.05, max_cooldown = 0.2,
                                             trials = 1 } }
   local pool = require("ferry.pool").new("spec", {}, { now = function() return now() end })

@@ -99,6 +99,7 @@ static void conn_destroy(struct conn *c)
         c->rr = NULL;
     }
     conn_report_flush(c);
+    conn_clear_header_edits(c);
     conn_upstream_close(c);
     conn_tunnel_close_pipes(c);
     close(c->cfd);

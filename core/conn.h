@@ -121,6 +121,12 @@ struct conn {
     char *cap;                   /* captured response head + body prefix, or NULL */
     size_t cap_head, cap_len;    /* head bytes in cap, all bytes in cap */
     unsigned report_pending:1;   /* the report waits for the body prefix */
+
+    /* Per-request policy from Lua and the client (conn_http.c). */
+    char session[128];           /* sticky session key, "" when none */
+    char *hdr_add;               /* header lines on_request adds, or NULL */
+    size_t hdr_add_len;
+    char *hdr_drop;              /* "\nname\n..." on_request drops (NUL-terminated), or NULL */
 };
 
 struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);
@@ -138,6 +144,12 @@ int conn_exchange(struct conn *c);
 void conn_fail(struct conn *c, enum ferr e);
 void conn_finish(struct conn *c);
 int conn_write_request_head(struct conn *c);
+/* Header edits of on_request for this request (copied; bounded). */
+void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, const char *drop,
+                           size_t drop_len);
+void conn_clear_header_edits(struct conn *c);
+/* The 200 answer to CONNECT, with X-Ferry-Proxy when a proxy carries it. */
+void conn_write_connect_ok(struct conn *c);
 
 /* conn_upstream.c */
 void conn_route(struct conn *c);

@@ -143,9 +143,77 @@ static int parse_target(struct conn *c, const char *base)
     return 0;
 }
 
+/* Bytes of header lines on_request may add, and of names it may drop. */
+#define HEADER_EDITS_MAX 4096
+
+void conn_clear_header_edits(struct conn *c)
+{
+    free(c->hdr_add);
+    free(c->hdr_drop);
+    c->hdr_add = c->hdr_drop = NULL;
+    c->hdr_add_len = 0;
+}
+
+void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, const char *drop,
+                           size_t drop_len)
+{
+    conn_clear_header_edits(c);
+    if (add_len > HEADER_EDITS_MAX || drop_len > HEADER_EDITS_MAX) {
+        struct log_ctx ctx = { c->cid, c->l->name, NULL, NULL };
+        log_event(LOG_WARN, "FERRY-4008", &ctx,
+                  "on_request header edits over %d bytes ignored", HEADER_EDITS_MAX);
+        return;
+    }
+    if (add != NULL && add_len > 0 && (c->hdr_add = malloc(add_len)) != NULL) {
+        memcpy(c->hdr_add, add, add_len);
+        c->hdr_add_len = add_len;
+    }
+    if (drop != NULL && drop_len > 0 && (c->hdr_drop = malloc(drop_len + 1)) != NULL) {
+        memcpy(c->hdr_drop, drop, drop_len);
+        c->hdr_drop[drop_len] = '\0';
+    }
+}
+
+/* Whether on_request asked to drop this request header field. */
+static int dropped(const struct conn *c, const char *base, const struct http_field *f)
+{
+    char name[130];
+    if (c->hdr_drop == NULL || f->name.len + 3 > sizeof(name)) {
+        return 0;
+    }
+    name[0] = '\n';
+    for (uint32_t i = 0; i < f->name.len; i++) {
+        char ch = base[f->name.off + i];
+        name[i + 1] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    name[f->name.len + 1] = '\n';
+    name[f->name.len + 2] = '\0';
+    return strstr(c->hdr_drop, name) != NULL;
+}
+
+/* The sticky session key: the X-Ferry-Session header (which then goes no
+ * further), else the -session-KEY suffix of the proxy user name. */
+static void take_session(struct conn *c, const char *base)
+{
+    for (unsigned i = 0; i < c->req.nfields; i++) {
+        struct http_field *f = &c->req.fields[i];
+        if (!http_span_ieq(base, f->name, "X-Ferry-Session")) {
+            continue;
+        }
+        f->hop = 1;
+        if (f->value.len > 0 && f->value.len < sizeof(c->session)) {
+            memcpy(c->session, base + f->value.off, f->value.len);
+            c->session[f->value.len] = '\0';
+        }
+        return;
+    }
+}
+
 /* A new request on this connection starts with clean per-request state. */
 static void reset_request(struct conn *c)
 {
+    c->session[0] = '\0';
+    conn_clear_header_edits(c);
     c->fwd = 0;
     c->head_len = 0;
     c->status = 0;
@@ -198,17 +266,27 @@ void conn_on_head(struct conn *c)
     }
     snprintf(c->method, sizeof(c->method), "%s", http_method_name(c->req.method));
     c->is_connect = c->req.method == HTTP_CONNECT;
+    const char *auth = base + c->req.proxy_auth.off;
+    size_t auth_len = c->req.proxy_auth.len;
     if (c->l->nusers > 0) {
         const char *user = NULL;
-        if (c->req.proxy_auth.len > 0) {
-            user = listener_auth(c->l, base + c->req.proxy_auth.off, c->req.proxy_auth.len);
+        if (auth_len > 0) {
+            user = listener_auth(c->l, auth, auth_len);
+            if (user == NULL) {
+                user = listener_auth_session(c->l, auth, auth_len, c->session,
+                                             sizeof(c->session));
+            }
         }
         if (user == NULL) {
             conn_fail(c, FERR_AUTH_REQUIRED);
             return;
         }
         snprintf(c->user, sizeof(c->user), "%s", user);
+    } else if (auth_len > 0) {
+        /* No users to check: a -session-KEY user name still names a session. */
+        listener_auth_session(c->l, auth, auth_len, c->session, sizeof(c->session));
     }
+    take_session(c, base);
     if (parse_target(c, base) < 0) {
         return;
     }
@@ -268,6 +346,25 @@ static void out_fields(struct out *o, const struct http_msg *m, const char *base
     }
 }
 
+/* The request's fields as out_fields writes them, less those on_request drops. */
+static void out_request_fields(struct out *o, const struct conn *c, const char *base)
+{
+    if (c->hdr_drop == NULL) {
+        out_fields(o, &c->req, base, 1);
+        return;
+    }
+    for (unsigned i = 0; i < c->req.nfields; i++) {
+        const struct http_field *f = &c->req.fields[i];
+        if (f->hop || http_span_ieq(base, f->name, "Host") || dropped(c, base, f)) {
+            continue;
+        }
+        out_bytes(o, base + f->name.off, f->name.len);
+        out_bytes(o, ": ", 2);
+        out_bytes(o, base + f->value.off, f->value.len);
+        out_bytes(o, "\r\n", 2);
+    }
+}
+
 int conn_write_request_head(struct conn *c)
 {
     const char *base = buf_head(&c->cin);
@@ -293,7 +390,10 @@ int conn_write_request_head(struct conn *c)
     int minor = (c->req.major == 1 && c->req.minor == 0) ? 0 : 1;
     outf(&o, "%s %s%s%.*s HTTP/1.%d\r\nHost: %s\r\n", c->method, absolute ? "http://" : "",
          absolute ? hostport : "", plen, path, minor, hostport);
-    out_fields(&o, &c->req, base, 1);
+    out_request_fields(&o, c, base);
+    if (c->hdr_add != NULL) {
+        out_bytes(&o, c->hdr_add, c->hdr_add_len);
+    }
     if (c->upgrade) {
         outf(&o, "Connection: Upgrade\r\nUpgrade: %.*s\r\n", (int)c->req.upgrade.len,
              base + c->req.upgrade.off);
@@ -324,6 +424,9 @@ static int write_response_head(struct conn *c, const char *base)
     const struct http_msg *m = &c->resp;
     outf(&o, "HTTP/1.1 %d %.*s\r\n", m->status, (int)m->reason.len, base + m->reason.off);
     out_fields(&o, m, base, 0);
+    if (c->proxy != NULL) {
+        outf(&o, "X-Ferry-Proxy: %s\r\n", c->proxy->label);
+    }
     if (m->status == 101) {
         outf(&o, "Connection: Upgrade\r\nUpgrade: %.*s\r\n", (int)m->upgrade.len,
              base + m->upgrade.off);
@@ -339,6 +442,18 @@ static int write_response_head(struct conn *c, const char *base)
     buf_commit(&c->cout, o.n);
     c->bytes_out += o.n;
     return 0;
+}
+
+void conn_write_connect_ok(struct conn *c)
+{
+    static const char ok[] = "HTTP/1.1 200 Connection established\r\n";
+    buf_append(&c->cout, ok, sizeof(ok) - 1);
+    if (c->proxy != NULL) {
+        buf_append(&c->cout, "X-Ferry-Proxy: ", 15);
+        buf_append(&c->cout, c->proxy->label, strlen(c->proxy->label));
+        buf_append(&c->cout, "\r\n", 2);
+    }
+    buf_append(&c->cout, "\r\n", 2);
 }
 
 void conn_finish(struct conn *c)

@@ -86,6 +86,10 @@ void conn_route(struct conn *c)
     r.attempt = c->attempt;
     r.ntried = c->ntried;
     memcpy(r.tried, c->tried, sizeof(r.tried));
+    if (c->session[0] != '\0') {
+        r.session = c->session;
+        r.session_len = (uint32_t)strlen(c->session);
+    }
     r.head = buf_head(&c->cin);
     r.head_len = (uint32_t)c->head_len;
     r.retries = -1;
@@ -93,6 +97,8 @@ void conn_route(struct conn *c)
     c->exchange = r.exchange;
     c->pool = r.pool;
     c->req_flags = r.flags;
+    conn_set_header_edits(c, r.add_headers, r.add_headers_len, r.drop_headers,
+                          r.drop_headers_len);
     if (id == BRIDGE_NO_PROXY && c->attempt > 0) {
         /* Every proxy was tried: the client hears why the last one failed. */
         conn_fail(c, c->last_err);
@@ -246,9 +252,8 @@ void conn_upstream_ready(struct conn *c)
             : c->proxy->pub.latency_ewma_ms + 0.3 * (ms - c->proxy->pub.latency_ewma_ms);
     }
     if (c->is_connect) {
-        static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
         buf_consume(&c->cin, c->head_len);
-        buf_append(&c->cout, ok, sizeof(ok) - 1);
+        conn_write_connect_ok(c);
         c->sent_any = 1;
         c->status = 200;
         conn_report(c, 1, FERRY_FAIL_KINDS, 0);

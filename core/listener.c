@@ -212,7 +212,8 @@ static int same_token(const char *a, const char *b, size_t blen)
     return diff == 0;
 }
 
-const char *listener_auth(struct listener *l, const char *value, size_t len)
+/* "Basic <token>" with blanks trimmed: the token, or NULL. */
+static const char *basic_token(const char *value, size_t len, size_t *tlen)
 {
     if (len < 6 || strncasecmp(value, "Basic ", 6) != 0) {
         return NULL;
@@ -226,8 +227,19 @@ const char *listener_auth(struct listener *l, const char *value, size_t len)
     while (len > 0 && (value[len - 1] == ' ' || value[len - 1] == '\t')) {
         len--;
     }
+    *tlen = len;
+    return value;
+}
+
+const char *listener_auth(struct listener *l, const char *value, size_t len)
+{
+    size_t tlen;
+    const char *tok = basic_token(value, len, &tlen);
+    if (tok == NULL) {
+        return NULL;
+    }
     for (int i = 0; i < l->nusers; i++) {
-        if (same_token(l->users[i].token, value, len)) {
+        if (same_token(l->users[i].token, tok, tlen)) {
             return l->users[i].name;
         }
     }
@@ -248,6 +260,60 @@ static void listener_free(struct listener *l)
     forget_users(l);
     free(l->name);
     free(l);
+}
+
+const char *listener_auth_session(struct listener *l, const char *value, size_t len,
+                                  char *session, size_t room)
+{
+    static const char marker[] = "-session-";
+    size_t tlen;
+    const char *tok = basic_token(value, len, &tlen);
+    unsigned char dec[520];
+    long n = tok != NULL ? base64_decode(tok, tlen, dec, sizeof(dec) - 1) : -1;
+    if (n <= 0) {
+        return NULL;
+    }
+    const unsigned char *colon = memchr(dec, ':', (size_t)n);
+    if (colon == NULL) {
+        return NULL;
+    }
+    /* The last marker in the user name: "alice-session-7" is alice, key 7. */
+    const unsigned char *mark = NULL;
+    for (const unsigned char *p = dec; p + sizeof(marker) - 1 <= colon; p++) {
+        if (memcmp(p, marker, sizeof(marker) - 1) == 0) {
+            mark = p;
+        }
+    }
+    if (mark == NULL || mark == dec) {
+        return NULL;
+    }
+    const unsigned char *key = mark + sizeof(marker) - 1;
+    size_t klen = (size_t)(colon - key);
+    if (klen == 0 || klen >= room) {
+        return NULL;
+    }
+    /* Re-encode "user:pass" without the suffix and check it as usual. */
+    char cred[520], enc[700];
+    size_t ulen = (size_t)(mark - dec);
+    size_t plen = (size_t)(dec + n - colon);
+    memcpy(cred, dec, ulen);
+    memcpy(cred + ulen, colon, plen);
+    base64_encode((const unsigned char *)cred, ulen + plen, enc, sizeof(enc));
+    const char *user = "";
+    if (l->nusers > 0) {
+        user = NULL;
+        for (int i = 0; i < l->nusers; i++) {
+            if (same_token(l->users[i].token, enc, strlen(enc))) {
+                user = l->users[i].name;
+            }
+        }
+        if (user == NULL) {
+            return NULL;
+        }
+    }
+    memcpy(session, key, klen);
+    session[klen] = '\0';
+    return user;
 }
 
 int ferry_listener_find(const char *host, int port)

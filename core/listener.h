@@ -32,6 +32,11 @@ struct listener *listener_get(int idx);
 int listener_count(void);
 /* Match a Proxy-Authorization value; returns the user name or NULL. */
 const char *listener_auth(struct listener *l, const char *value, size_t len);
+/* A "USER-session-KEY:pass" credential: authenticates USER (any user when
+ * the listener has none) and copies KEY into session; the user name
+ * ("" without users) or NULL. */
+const char *listener_auth_session(struct listener *l, const char *value, size_t len,
+                                  char *session, size_t room);
 /* A connection of l ended: a listener closed by a reload goes with its last one. */
 void listener_conn_gone(struct listener *l);
 /* Stop accepting; the structs stay, since connections still point at them. */

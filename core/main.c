@@ -5,6 +5,7 @@
 #include "ferry.h"
 #include "health.h"
 #include "probe.h"
+#include "sticky.h"
 #include "listener.h"
 #include "log.h"
 #include "loop.h"
@@ -226,6 +227,7 @@ static int cmd_run(const char *config, int check_only)
     bridge_fini();
     resolve_fini();
     probe_stop_all();
+    sticky_free_all();
     health_free_all();
     proxy_free_all();
     buf_pool_drain();

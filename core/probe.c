@@ -3,15 +3,20 @@
  * A probe reaches the proxy like real traffic does: the same address
  * (literal or c-ares), and for http and connect checks the same
  * connector vtables (up_http, up_socks5), driven on a detached struct
- * conn that only the probe uses.  Each probe has one ev_timer: the
- * schedule while idle, the probe's own deadline while it runs, so a
- * probe never overlaps itself and never has a second timer.
+ * conn that only the probe uses and keeps, buffers included, for its
+ * next run.  Each probe has one ev_timer: the schedule while idle, the
+ * probe's own deadline while it runs, so a probe never overlaps itself
+ * and never has a second timer.
  *
  * Probes stay out of the way of traffic: all I/O is non-blocking on the
  * loop, starts are jittered so a thousand proxies do not probe in step,
  * and a global bound caps the probes in flight (over it, a probe waits a
  * short random delay).  A proxy that keeps failing is probed less often:
- * the interval doubles per failure past `fall`, up to 16x. */
+ * the interval doubles per failure past `fall`, up to 16x.
+ *
+ * A probe that cannot even start for a local reason (no file descriptor,
+ * no memory, the resolver shutting down) says nothing about the proxy:
+ * it is not reported to health, only tried again later. */
 #include "probe.h"
 #include "conn.h"
 #include "health.h"
@@ -20,6 +25,7 @@
 #include "resolve.h"
 #include "upstream.h"
 
+#include <ares.h>
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -31,11 +37,13 @@
 #include <unistd.h>
 
 #define PROBE_EXPECT_MAX 16
-#define PROBE_BACKOFF_MAX 16.0
+#define PROBE_PATH_MAX 512
+#define PROBE_BACKOFF_MAX 16.0     /* the backoff never exceeds 16 intervals */
 #define PROBE_JITTER 0.1           /* +-10 % of the interval */
 #define PROBE_DEFER_MIN 0.05       /* seconds a probe waits when the bound is hit */
 #define PROBE_DEFER_SPAN 0.2
-#define PROBE_BUF 4096
+#define PROBE_BUF 4096             /* each of the probe's two buffers, at least */
+#define PROBE_REQUEST_MAX 65536    /* CONNECT or GET with the proxy's headers */
 #define PROBE_WARN_WINDOW 10.0
 
 enum probe_step {
@@ -46,33 +54,39 @@ enum probe_step {
     PS_HTTP        /* GET sent, waiting for the response head */
 };
 
+/* What a probe checks and how often: one ferry_probe_set call. */
+struct probe_conf {
+    int kind;                     /* enum ferry_probe_kind */
+    char *host;                   /* target host (http, connect), else NULL */
+    int port;
+    char *path;                   /* request target of an http check */
+    int expect[PROBE_EXPECT_MAX]; /* accepted statuses; none = 2xx/3xx */
+    int nexpect;
+    double interval, timeout;     /* seconds */
+};
+
 struct probe {
     struct proxy *p;             /* ro: the proxy probed */
-    int kind;                    /* ro: enum ferry_probe_kind */
-    char *host;                  /* ro: target host (http, connect) */
-    int port;                    /* ro */
-    char *path;                  /* ro: request target of an http check */
-    int expect[PROBE_EXPECT_MAX]; /* ro: accepted statuses; none = 2xx/3xx */
-    int nexpect;                 /* ro */
-    double interval, timeout;    /* ro: seconds */
+    struct probe_conf conf;      /* ro: the parameters runs use */
+    struct probe_conf next;      /* private: set while a run is in flight */
     ev_timer timer;              /* private: schedule, or the running probe's deadline */
     ev_io io;                    /* private: the probe socket */
-    struct conn *c;              /* private: detached conn while running */
+    struct conn *c;              /* private: detached conn, kept between runs */
     struct resolve_req *rr;      /* private: pending lookup */
-    enum probe_step step;        /* private */
-    double started;              /* private: when the running probe began */
+    enum probe_step step;        /* private: PS_IDLE = not in flight */
+    double started;              /* private: ev_time() when the run began */
     int ev;                      /* private: events io has now */
+    unsigned has_next:1;         /* private: next holds parameters to apply */
 };
 
 static int inflight;
 static int concurrency = 64;
-static double last_warn;
+static double last_full_warn, last_local_warn;
 /* Every schedule, so probe_stop_all can find them. */
 static struct probe **all;
 static unsigned nall, cap_all;
 
 static void schedule(struct probe *pr, double delay);
-static void finish(struct probe *pr, int ok, const char *why);
 
 void ferry_probe_set_concurrency(int n)
 {
@@ -84,26 +98,34 @@ int ferry_probe_inflight(void)
     return inflight;
 }
 
-static double jittered(double secs)
+static double uniform(void)
 {
-    double f = 1.0 + PROBE_JITTER * (2.0 * random() / (double)RAND_MAX - 1.0);
-    return secs * f;
+    return random() / (double)RAND_MAX;
 }
 
-/* The wait before the next probe: the interval, doubled per failure
- * beyond `fall` while the proxy stays down, capped. */
+static double jittered(double secs)
+{
+    return secs * (1.0 + PROBE_JITTER * (2.0 * uniform() - 1.0));
+}
+
+/* The wait before the next probe: the interval, doubled per failed
+ * probe beyond `fall` while the proxy stays down, capped at 16x. */
 static double next_delay(const struct probe *pr)
 {
     const struct ferry_proxy *pub = &pr->p->pub;
     double f = 1.0;
     if ((pub->flags & FERRY_PROXY_DOWN) && pub->probe_fails > pub->fall) {
         unsigned k = pub->probe_fails - pub->fall;
-        f = pow(2.0, k < 8 ? k : 8);
-        if (f > PROBE_BACKOFF_MAX) {
-            f = PROBE_BACKOFF_MAX;
-        }
+        f = k >= 4 ? PROBE_BACKOFF_MAX : ldexp(1.0, (int)k);
     }
-    return jittered(pr->interval * f);
+    return jittered(pr->conf.interval * f);
+}
+
+static void conf_free(struct probe_conf *pc)
+{
+    free(pc->host);
+    free(pc->path);
+    pc->host = pc->path = NULL;
 }
 
 static void set_io(struct probe *pr, int fd, int events)
@@ -119,8 +141,8 @@ static void set_io(struct probe *pr, int fd, int events)
     }
 }
 
-/* Stop everything the running probe holds.  The conn stays allocated
- * (its buffers trimmed) for the next run. */
+/* End a run: stop the watchers and the lookup, then close the socket.
+ * The conn and its buffers stay for the next run. */
 static void release(struct probe *pr)
 {
     struct conn *c = pr->c;
@@ -130,6 +152,7 @@ static void release(struct probe *pr)
     }
     ev_io_stop(loop, &pr->io);
     pr->ev = 0;
+    ev_timer_stop(loop, &pr->timer);
     if (c != NULL) {
         if (c->ufd >= 0) {
             close(c->ufd);
@@ -137,50 +160,73 @@ static void release(struct probe *pr)
         }
         buf_consume(&c->uin, buf_len(&c->uin));
         buf_consume(&c->uout, buf_len(&c->uout));
-        buf_trim(&c->uin);
-        buf_trim(&c->uout);
+    }
+    if (pr->step != PS_IDLE) {
+        pr->step = PS_IDLE;
+        inflight--;
+    }
+    /* A reload during the run: its parameters apply from now on. */
+    if (pr->has_next) {
+        conf_free(&pr->conf);
+        pr->conf = pr->next;
+        memset(&pr->next, 0, sizeof(pr->next));
+        pr->has_next = 0;
     }
 }
 
+/* The run has a verdict on the proxy: report it, then wait. */
 static void finish(struct probe *pr, int ok, const char *why)
 {
-    double ms = (loop_now() - pr->started) * 1000.0;
+    double ms = (ev_time() - pr->started) * 1000.0;
     release(pr);
-    pr->step = PS_IDLE;
-    inflight--;
-    ev_timer_stop(loop, &pr->timer);
-    health_probe_result(pr->p, ok, ms, why);
+    health_probe_result(pr->p, ok, ms > 0 ? ms : 0, why);
     schedule(pr, next_delay(pr));
 }
 
-static int status_expected(const struct probe *pr, int st)
+/* The run could not happen for a reason of ours, not the proxy's: no
+ * verdict, try again at the next interval. */
+static void abandon(struct probe *pr, const char *why)
 {
-    if (pr->nexpect == 0) {
+    release(pr);
+    double now = loop_now();
+    if (now - last_local_warn >= PROBE_WARN_WINDOW) {
+        last_local_warn = now;
+        struct log_ctx ctx = { NULL, NULL, NULL, pr->p->display };
+        log_event(LOG_WARN, "FERRY-6011", &ctx, "a probe of proxy %s could not run: %s",
+                  pr->p->label, why);
+    }
+    schedule(pr, jittered(pr->conf.interval));
+}
+
+static int status_expected(const struct probe_conf *pc, int st)
+{
+    if (pc->nexpect == 0) {
         return st >= 200 && st < 400;
     }
-    for (int i = 0; i < pr->nexpect; i++) {
-        if (pr->expect[i] == st) {
+    for (int i = 0; i < pc->nexpect; i++) {
+        if (pc->expect[i] == st) {
             return 1;
         }
     }
     return 0;
 }
 
-/* Queue the GET of an http check: absolute form to an HTTP proxy,
- * origin form inside a SOCKS5 tunnel. */
+/* Queue the GET of an http check: absolute form to an HTTP proxy (with
+ * its credentials and headers), origin form inside a SOCKS5 tunnel. */
 static void queue_get(struct probe *pr)
 {
     struct conn *c = pr->c;
     struct proxy *p = pr->p;
-    char line[1024];
-    const char *lb = strchr(pr->host, ':') != NULL ? "[" : "";
+    const struct probe_conf *pc = &pr->conf;
+    char line[PROBE_PATH_MAX + 2 * HOST_MAX_LEN + 96];
+    const char *lb = strchr(pc->host, ':') != NULL ? "[" : "";
     const char *rb = *lb != '\0' ? "]" : "";
     int absolute = p->pub.scheme == FERRY_SCHEME_HTTP;
     int n = absolute
         ? snprintf(line, sizeof(line), "GET http://%s%s%s:%d%s HTTP/1.1\r\nHost: %s%s%s:%d\r\n",
-                   lb, pr->host, rb, pr->port, pr->path, lb, pr->host, rb, pr->port)
-        : snprintf(line, sizeof(line), "GET %s HTTP/1.1\r\nHost: %s%s%s:%d\r\n", pr->path,
-                   lb, pr->host, rb, pr->port);
+                   lb, pc->host, rb, pc->port, pc->path, lb, pc->host, rb, pc->port)
+        : snprintf(line, sizeof(line), "GET %s HTTP/1.1\r\nHost: %s%s%s:%d\r\n", pc->path, lb,
+                   pc->host, rb, pc->port);
     if (n < 0 || (size_t)n >= sizeof(line)) {
         n = 0; /* cannot happen: ferry_probe_set bounds host and path */
     }
@@ -199,7 +245,7 @@ static void queue_get(struct probe *pr)
 /* The connector finished its handshake (or needed none). */
 static void handshake_done(struct probe *pr)
 {
-    if (pr->kind == FERRY_PROBE_CONNECT) {
+    if (pr->conf.kind == FERRY_PROBE_CONNECT) {
         finish(pr, 1, NULL);
         return;
     }
@@ -210,7 +256,7 @@ static void handshake_done(struct probe *pr)
 static void connected(struct probe *pr)
 {
     struct conn *c = pr->c;
-    if (pr->kind == FERRY_PROBE_TCP) {
+    if (pr->conf.kind == FERRY_PROBE_TCP) {
         finish(pr, 1, NULL);
         return;
     }
@@ -239,13 +285,61 @@ static void on_response(struct probe *pr)
         finish(pr, 0, "probe response is not HTTP");
         return;
     }
-    char why[64];
     int st = c->resp.status;
-    if (status_expected(pr, st)) {
+    if (status_expected(&pr->conf, st)) {
         finish(pr, 1, NULL);
-    } else {
-        snprintf(why, sizeof(why), "probe got status %d", st);
+        return;
+    }
+    char why[64];
+    snprintf(why, sizeof(why), st == 407 && pr->p->pub.scheme == FERRY_SCHEME_HTTP
+                                   ? "probe: proxy auth failed (407)"
+                                   : "probe got status %d", st);
+    finish(pr, 0, why);
+}
+
+/* The connector refused the handshake: say why as precisely as it can. */
+static void handshake_failed(struct probe *pr)
+{
+    const struct conn *c = pr->c;
+    char why[64];
+    if (c->fail_kind == FERRY_FAIL_AUTH) {
+        finish(pr, 0, "probe: proxy auth failed");
+    } else if (pr->p->pub.scheme == FERRY_SCHEME_HTTP && c->resp.status > 0) {
+        snprintf(why, sizeof(why), "probe handshake failed: CONNECT answered %d",
+                 c->resp.status);
         finish(pr, 0, why);
+    } else {
+        finish(pr, 0, "probe handshake failed");
+    }
+}
+
+/* Readable or writable socket of a handshake or an http check. */
+static void on_exchange(struct probe *pr, int revents)
+{
+    struct conn *c = pr->c;
+    if ((revents & EV_WRITE) && !buf_empty(&c->uout)) {
+        if (buf_write_fd(&c->uout, c->ufd) == -1 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            finish(pr, 0, "probe: the proxy closed the connection");
+            return;
+        }
+    }
+    if (!(revents & EV_READ)) {
+        return;
+    }
+    ssize_t n = buf_read_fd(&c->uin, c->ufd);
+    if (n == 0 || (n == -1 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+        finish(pr, 0, "probe: the proxy closed the connection");
+        return;
+    }
+    if (pr->step == PS_HTTP) {
+        on_response(pr);
+        return;
+    }
+    int r = c->ops->input(c);
+    if (r == UP_DONE) {
+        handshake_done(pr);
+    } else if (r == UP_FAIL) {
+        handshake_failed(pr);
     }
 }
 
@@ -266,36 +360,17 @@ static void on_io(struct ev_loop *l, ev_io *w, int revents)
         }
         connected(pr);
     } else {
-        if ((revents & EV_WRITE) && !buf_empty(&c->uout)) {
-            if (buf_write_fd(&c->uout, c->ufd) < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-                finish(pr, 0, "probe write failed");
-                return;
-            }
-        }
-        if (revents & EV_READ) {
-            ssize_t n = buf_read_fd(&c->uin, c->ufd);
-            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-                finish(pr, 0, "probe connection closed by the proxy");
-                return;
-            }
-            if (pr->step == PS_HANDSHAKE) {
-                int r = c->ops->input(c);
-                if (r == UP_DONE) {
-                    handshake_done(pr);
-                } else if (r == UP_FAIL) {
-                    finish(pr, 0, c->fail_kind == FERRY_FAIL_AUTH ? "probe: proxy auth failed"
-                                                                    : "probe handshake failed");
-                    return;
-                }
-            } else if (pr->step == PS_HTTP) {
-                on_response(pr);
-            }
-        }
+        on_exchange(pr, revents);
     }
-    if (pr->step == PS_IDLE) {
-        return; /* finished above */
+    if (pr->step != PS_IDLE) {
+        set_io(pr, c->ufd, EV_READ | (buf_empty(&c->uout) ? 0 : EV_WRITE));
     }
-    set_io(pr, c->ufd, EV_READ | (buf_empty(&c->uout) ? 0 : EV_WRITE));
+}
+
+/* Errors of socket()/connect() that are ours, not the proxy's. */
+static int local_error(int e)
+{
+    return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM || e == EADDRNOTAVAIL;
 }
 
 static void connect_to(struct probe *pr, const struct sockaddr *sa, socklen_t len)
@@ -303,7 +378,7 @@ static void connect_to(struct probe *pr, const struct sockaddr *sa, socklen_t le
     struct conn *c = pr->c;
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1) {
-        finish(pr, 0, "probe socket failed");
+        abandon(pr, strerror(errno));
         return;
     }
     int one = 1;
@@ -317,25 +392,47 @@ static void connect_to(struct probe *pr, const struct sockaddr *sa, socklen_t le
         }
         return;
     }
-    if (errno != EINPROGRESS) {
-        finish(pr, 0, "probe connect failed");
-        return;
+    if (errno == EINPROGRESS) {
+        set_io(pr, fd, EV_WRITE);
+    } else if (local_error(errno)) {
+        abandon(pr, strerror(errno));
+    } else {
+        finish(pr, 0, errno == ECONNREFUSED ? "probe connect refused" : "probe connect failed");
     }
-    set_io(pr, fd, EV_WRITE);
 }
 
 static void on_resolved(void *arg, int status, const struct sockaddr *sa, socklen_t len)
 {
     struct probe *pr = arg;
     pr->rr = NULL;
+    if (status == ARES_EDESTRUCTION || status == ARES_ECANCELLED || status == ARES_ENOMEM) {
+        abandon(pr, "the resolver is shutting down or out of memory");
+        return;
+    }
     if (status != 0) {
-        finish(pr, 0, "probe: proxy host did not resolve");
+        finish(pr, 0, "probe: the proxy's host did not resolve");
         return;
     }
     connect_to(pr, sa, len);
 }
 
-/* A detached conn for the connector vtables: only the fields they use. */
+/* Bytes of the most the probe queues at once: a CONNECT or a GET with
+ * the proxy's credentials and headers (an upper bound). */
+static size_t request_size(const struct proxy *p, const char *host, const char *path)
+{
+    size_t n = 160 + (path != NULL ? strlen(path) : 0) + 2 * (host != NULL ? strlen(host) : 0);
+    if (p->pub.scheme == FERRY_SCHEME_HTTP) {
+        n += (p->auth_header != NULL ? strlen(p->auth_header) : 0) +
+             (p->extra_headers != NULL ? strlen(p->extra_headers) : 0);
+    } else {
+        n += 3 + 255 + 255 + 4 + HOST_MAX_LEN + 2; /* SOCKS5 hello, auth, CONNECT */
+    }
+    return n < PROBE_BUF ? PROBE_BUF : n;
+}
+
+/* The detached conn the connector vtables run on: only the fields they
+ * use (proxy, host, port, is_connect, uin, uout, resp, hs_state,
+ * fail_kind, fail_err).  Made once; its buffers are reused by every run. */
 static struct conn *probe_conn(struct probe *pr)
 {
     if (pr->c == NULL) {
@@ -348,14 +445,22 @@ static struct conn *probe_conn(struct probe *pr)
         pr->c->ufd = -1;
     }
     struct conn *c = pr->c;
+    const struct probe_conf *pc = &pr->conf;
+    /* The request must fit whole: grow uout if the proxy's headers grew
+     * (by a reload), which is the only time it reallocates. */
+    size_t need = request_size(pr->p, pc->host, pc->path);
+    if (need > c->uout.cap) {
+        buf_free(&c->uout);
+        buf_init(&c->uout, need);
+    }
     c->proxy = pr->p;
     c->ops = pr->p->pub.scheme == FERRY_SCHEME_HTTP ? &up_http : &up_socks5;
-    c->is_connect = pr->kind == FERRY_PROBE_CONNECT ||
-                    (pr->kind == FERRY_PROBE_HTTP && pr->p->pub.scheme == FERRY_SCHEME_SOCKS5);
-    if (pr->host != NULL) {
-        snprintf(c->host, sizeof(c->host), "%s", pr->host);
-    }
-    c->port = pr->port;
+    c->is_connect = pc->kind == FERRY_PROBE_CONNECT ||
+                    (pc->kind == FERRY_PROBE_HTTP && pr->p->pub.scheme == FERRY_SCHEME_SOCKS5);
+    snprintf(c->host, sizeof(c->host), "%s", pc->host != NULL ? pc->host : "");
+    c->port = pc->port;
+    c->fail_kind = FERRY_FAIL_KINDS;
+    c->resp.status = 0;
     return c;
 }
 
@@ -363,12 +468,15 @@ static void start(struct probe *pr)
 {
     struct proxy *p = pr->p;
     if (probe_conn(pr) == NULL) {
-        schedule(pr, pr->interval);
+        abandon(pr, "out of memory");
         return;
     }
     inflight++;
-    pr->started = loop_now();
-    ev_timer_set(&pr->timer, pr->timeout, 0.);
+    pr->step = PS_RESOLVE;
+    pr->started = ev_time();
+    /* The same timer is now the deadline of connect + handshake + answer. */
+    ev_timer_stop(loop, &pr->timer);
+    ev_timer_set(&pr->timer, pr->conf.timeout, 0.);
     ev_timer_start(loop, &pr->timer);
     struct sockaddr_storage ss;
     socklen_t len;
@@ -380,10 +488,9 @@ static void start(struct probe *pr)
         connect_to(pr, (struct sockaddr *)&ss, len);
         return;
     }
-    pr->step = PS_RESOLVE;
     pr->rr = resolve_start(p->host, p->port, on_resolved, pr);
     if (pr->rr == NULL) {
-        finish(pr, 0, "probe: cannot start the lookup");
+        abandon(pr, "cannot start a DNS lookup");
     }
 }
 
@@ -397,18 +504,18 @@ static void on_timer(struct ev_loop *l, ev_timer *w, int revents)
         return;
     }
     if (pr->p->pub.flags & FERRY_PROXY_REMOVED) {
-        schedule(pr, pr->interval);
+        schedule(pr, jittered(pr->conf.interval));
         return;
     }
     if (inflight >= concurrency) {
         double now = loop_now();
-        if (now - last_warn >= PROBE_WARN_WINDOW) {
-            last_warn = now;
+        if (now - last_full_warn >= PROBE_WARN_WINDOW) {
+            last_full_warn = now;
             log_event(LOG_WARN, "FERRY-6010", NULL,
                       "%d probes in flight, the concurrency bound: probes are deferred",
                       inflight);
         }
-        schedule(pr, PROBE_DEFER_MIN + PROBE_DEFER_SPAN * random() / (double)RAND_MAX);
+        schedule(pr, PROBE_DEFER_MIN + PROBE_DEFER_SPAN * uniform());
         return;
     }
     start(pr);
@@ -421,26 +528,101 @@ static void schedule(struct probe *pr, double delay)
     ev_timer_start(loop, &pr->timer);
 }
 
-static int parse_expect(struct probe *pr, const char *expect, const char **err)
+/* "200,204" (spaces allowed) into pc->expect; NULL or "" = none. */
+static int parse_expect(struct probe_conf *pc, const char *expect, const char **err)
 {
-    pr->nexpect = 0;
-    if (expect == NULL) {
-        return 0;
-    }
-    const char *s = expect;
-    while (*s != '\0') {
+    pc->nexpect = 0;
+    const char *s = expect != NULL ? expect : "";
+    for (;;) {
+        while (*s == ' ') {
+            s++;
+        }
+        if (*s == '\0') {
+            return 0;
+        }
         char *end;
         long v = strtol(s, &end, 10);
-        if (end == s || v < 100 || v > 599 || pr->nexpect >= PROBE_EXPECT_MAX) {
-            *err = "expect: statuses 100..599, at most 16, separated by commas";
+        if (end == s || v < 100 || v > 599) {
+            *err = "expect: HTTP statuses from 100 to 599, separated by commas";
             return -1;
         }
-        pr->expect[pr->nexpect++] = (int)v;
-        s = *end == ',' ? end + 1 : end;
+        if (pc->nexpect >= PROBE_EXPECT_MAX) {
+            *err = "expect: at most 16 statuses";
+            return -1;
+        }
+        pc->expect[pc->nexpect++] = (int)v;
+        while (*end == ' ') {
+            end++;
+        }
         if (*end != ',' && *end != '\0') {
-            *err = "expect: statuses separated by commas";
+            *err = "expect: HTTP statuses from 100 to 599, separated by commas";
             return -1;
         }
+        s = *end == ',' ? end + 1 : end;
+    }
+}
+
+/* Check the arguments of ferry_probe_set and fill a conf (strings copied). */
+static int conf_make(struct probe_conf *pc, const struct proxy *p, int kind, const char *host,
+                     int port, const char *path, const char *expect, double interval,
+                     double timeout, const char **err)
+{
+    memset(pc, 0, sizeof(*pc));
+    if (kind < FERRY_PROBE_TCP || kind > FERRY_PROBE_CONNECT) {
+        *err = "unknown check kind";
+        return -1;
+    }
+    if (!(interval > 0) || !(timeout > 0) || interval > 86400 || timeout > 86400) {
+        *err = "interval and timeout must be positive (seconds, at most a day)";
+        return -1;
+    }
+    if (p->host == NULL || p->port < 1 || p->port > 65535) {
+        *err = "the proxy has no address to probe";
+        return -1;
+    }
+    if (kind != FERRY_PROBE_TCP) {
+        if (p->pub.scheme != FERRY_SCHEME_HTTP && p->pub.scheme != FERRY_SCHEME_SOCKS5) {
+            *err = "http and connect checks need an HTTP or SOCKS5 proxy";
+            return -1;
+        }
+        if (host == NULL || *host == '\0' || strlen(host) > HOST_MAX_LEN) {
+            *err = "an http or connect check needs a target host";
+            return -1;
+        }
+        if (port < 1 || port > 65535) {
+            *err = "the check's target port must be 1..65535";
+            return -1;
+        }
+    }
+    if (path != NULL && (strlen(path) > PROBE_PATH_MAX || strpbrk(path, " \r\n") != NULL)) {
+        *err = "the check's path must be at most 512 bytes, without spaces or line breaks";
+        return -1;
+    }
+    if (path != NULL && *path != '\0' && *path != '/') {
+        *err = "the check's path must start with /";
+        return -1;
+    }
+    if (host != NULL && strpbrk(host, " \r\n/") != NULL) {
+        *err = "the check's target host is not a host name";
+        return -1;
+    }
+    if (kind == FERRY_PROBE_HTTP && parse_expect(pc, expect, err) != 0) {
+        return -1;
+    }
+    if (request_size(p, host, path) > PROBE_REQUEST_MAX) {
+        *err = "the proxy's headers make the probe's request longer than 64 KiB";
+        return -1;
+    }
+    pc->kind = kind;
+    pc->port = kind != FERRY_PROBE_TCP ? port : 0;
+    pc->interval = interval;
+    pc->timeout = timeout;
+    pc->host = kind != FERRY_PROBE_TCP ? strdup(host) : NULL;
+    pc->path = strdup(path != NULL && *path != '\0' ? path : "/");
+    if (pc->path == NULL || (kind != FERRY_PROBE_TCP && pc->host == NULL)) {
+        conf_free(pc);
+        *err = "out of memory";
+        return -1;
     }
     return 0;
 }
@@ -455,21 +637,45 @@ static void forget(struct probe *pr)
     }
 }
 
+/* Stop a schedule, with its run if one is in flight (no verdict), and free it. */
 static void probe_free(struct probe *pr)
 {
-    if (pr->step != PS_IDLE) {
-        release(pr);
-        inflight--;
-    }
+    release(pr);
     ev_timer_stop(loop, &pr->timer);
     if (pr->c != NULL) {
         buf_free(&pr->c->uin);
         buf_free(&pr->c->uout);
         free(pr->c);
     }
-    free(pr->host);
-    free(pr->path);
+    conf_free(&pr->conf);
+    conf_free(&pr->next);
     free(pr);
+}
+
+/* A new schedule for p, registered; NULL when out of memory. */
+static struct probe *probe_new(struct proxy *p)
+{
+    if (nall == cap_all) {
+        unsigned ncap = cap_all != 0 ? cap_all * 2 : 64;
+        struct probe **grown = realloc(all, ncap * sizeof(*grown));
+        if (grown == NULL) {
+            return NULL;
+        }
+        all = grown;
+        cap_all = ncap;
+    }
+    struct probe *pr = calloc(1, sizeof(*pr));
+    if (pr == NULL) {
+        return NULL;
+    }
+    pr->p = p;
+    ev_init(&pr->timer, on_timer);
+    pr->timer.data = pr;
+    ev_init(&pr->io, on_io);
+    pr->io.data = pr;
+    all[nall++] = pr;
+    p->probe = pr;
+    return pr;
 }
 
 int ferry_probe_set(struct ferry_proxy *fp, int kind, const char *host, int port,
@@ -490,81 +696,37 @@ int ferry_probe_set(struct ferry_proxy *fp, int kind, const char *host, int port
         p->pub.probe_kind = FERRY_PROBE_NONE;
         return FERRY_OK;
     }
-    if (kind < FERRY_PROBE_TCP || kind > FERRY_PROBE_CONNECT) {
-        *err = "unknown check kind";
+    struct probe_conf conf;
+    if (conf_make(&conf, p, kind, host, port, path, expect, interval, timeout, err) != 0) {
         return FERRY_ERROR;
     }
-    if (!(interval > 0) || !(timeout > 0)) {
-        *err = "interval and timeout must be positive";
-        return FERRY_ERROR;
-    }
-    if (path != NULL && strlen(path) > 512) {
-        *err = "the check's path is longer than 512 bytes";
-        return FERRY_ERROR;
-    }
-    if (kind != FERRY_PROBE_TCP &&
-        (host == NULL || *host == '\0' || strlen(host) > HOST_MAX_LEN || port < 1 || port > 65535)) {
-        *err = "an http or connect check needs a target host and port";
-        return FERRY_ERROR;
-    }
-    struct probe fresh;
-    memset(&fresh, 0, sizeof(fresh));
-    if (parse_expect(&fresh, expect, err) != 0) {
-        return FERRY_ERROR;
-    }
-    char *h = host != NULL ? strdup(host) : NULL;
-    char *pa = strdup(path != NULL && *path != '\0' ? path : "/");
     struct probe *pr = p->probe;
-    int created = pr == NULL;
-    if (created) {
-        pr = calloc(1, sizeof(*pr));
-    }
-    if (created && pr != NULL && nall == cap_all) {
-        unsigned ncap = cap_all ? cap_all * 2 : 64;
-        struct probe **grown = realloc(all, ncap * sizeof(*grown));
-        if (grown == NULL) {
-            free(pr);
-            pr = NULL;
-        } else {
-            all = grown;
-            cap_all = ncap;
+    if (pr == NULL) {
+        pr = probe_new(p);
+        if (pr == NULL) {
+            conf_free(&conf);
+            *err = "out of memory";
+            return FERRY_ERROR;
+        }
+        pr->conf = conf;
+        /* The first probe at a random point of the first interval. */
+        schedule(pr, interval * uniform());
+    } else if (pr->step != PS_IDLE) {
+        /* A run in flight finishes with the parameters it started with. */
+        conf_free(&pr->next);
+        pr->next = conf;
+        pr->has_next = 1;
+    } else {
+        /* A reload: keep the schedule (and any backoff) unless the
+         * interval changed; then start afresh at a random point of it. */
+        int moved = conf.interval != pr->conf.interval;
+        conf_free(&pr->conf);
+        pr->conf = conf;
+        if (moved) {
+            schedule(pr, interval * uniform());
         }
     }
-    if (pr == NULL || pa == NULL || (host != NULL && h == NULL)) {
-        free(h);
-        free(pa);
-        if (created) {
-            free(pr);
-        }
-        *err = "out of memory";
-        return FERRY_ERROR;
-    }
-    /* A probe in flight keeps its connection; the new parameters apply
-     * from the next run. */
-    free(pr->host);
-    free(pr->path);
-    pr->host = h;
-    pr->path = pa;
-    pr->port = port;
-    pr->kind = kind;
-    memcpy(pr->expect, fresh.expect, sizeof(pr->expect));
-    pr->nexpect = fresh.nexpect;
-    pr->interval = interval;
-    pr->timeout = timeout;
     p->pub.probe_kind = (uint32_t)kind;
-    if (created) {
-        pr->p = p;
-        ev_init(&pr->timer, on_timer);
-        pr->timer.data = pr;
-        ev_init(&pr->io, on_io);
-        pr->io.data = pr;
-        all[nall++] = pr;
-        p->probe = pr;
-        /* First probe at a random point of the first interval. */
-        schedule(pr, interval * random() / (double)RAND_MAX);
-    } else if (pr->step == PS_IDLE) {
-        schedule(pr, interval * random() / (double)RAND_MAX);
-    }
     return FERRY_OK;
 }
 

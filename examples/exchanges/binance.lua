@@ -1,37 +1,56 @@
 -- exchanges/binance.lua: the per-exchange script of examples/exchanges.lua.
--- Hooks run inside ferry for every request to the exchange; they must be
--- quick and never do I/O (no io, os.execute or require here).
+-- Hooks run inside ferry for every request to the exchange, sandboxed:
+-- they must be quick and never do I/O (there is no io, os.execute or
+-- require here).
 
--- Body markers the exchange uses when it blocks an address.
-local BAN_MARKERS = { "IP banned", "Way too many requests", "-1003" }
+-- Body markers Binance uses when it blocks an address.
+local BAN_MARKERS = { "IP banned", "Way too many requests", '"code":-1003' }
+
+local function latency(p) return p.c.latency_ewma_ms end
 
 return {
-  -- Tag our traffic and strip debugging headers before they leave.
-  -- Return false to refuse the request, { pool = "name" } to send it
-  -- through another pool.
+  -- Runs before the pool is chosen.  Return nil (the exchange's pool, no
+  -- changes), false (refuse: 403), or a table: { pool = "name" } to use
+  -- another pool ("direct" for none), and/or header edits.
   on_request = function(req)
+    -- The example's node listeners are the proxies: out they go.
+    if req.listener ~= "front" then return { pool = "direct" } end
     if req.path:find("^/sapi/") then
       return { pool = "binance_sapi" }
     end
     return { headers = { add = { ["X-MBX-Source"] = "ferry" }, drop = { "x-debug" } } }
   end,
 
-  -- A 418 is Binance's "you ignored our 429s": ban the proxy for as long
-  -- as Retry-After says (the core doubles it on repeat bans).  A 429 or
-  -- a body marker bans it for a minute.  Anything else: no opinion, the
-  -- pool's breaker sees 5xx as failures as usual.
+  -- Runs instead of the pool's strategy first: return an eligible proxy
+  -- of the pool, or nil to let the strategy choose.  Orders take the
+  -- fastest node; everything else is the strategy's.
+  select = function(pool, req)
+    if req.method == "POST" and req.path == "/api/v3/order" then
+      return pool:lowest(req, latency)
+    end
+    return nil
+  end,
+
+  -- Runs after each response through a proxy.  res: status, body (the
+  -- first 4 KiB at most, or nil), header(name), latency_ms; proxy: id,
+  -- label, display.  Return "ok" or "failure" to overrule how the
+  -- breaker counts it, { ban = seconds } to ban this proxy for Binance
+  -- only, or nil for no opinion (the ban = { ... } rules then apply).
   on_response = function(res, proxy)
-    local _ = proxy -- proxy.id, proxy.label, proxy.display are there for logging rules
+    local _ = proxy -- proxy.id, proxy.label, proxy.display: for rules about one proxy
     if res.status == 418 or res.status == 429 then
+      -- 418 is "you ignored our 429s".  Retry-After says for how long;
+      -- the core doubles the ban when it happens again, up to max_backoff.
       return { ban = tonumber(res.header("retry-after")) or 60 }
     end
-    if res.body then
+    local body = res.body
+    if body then
       for _, marker in ipairs(BAN_MARKERS) do
-        if res.body:find(marker, 1, true) then return { ban = 120 } end
+        if body:find(marker, 1, true) then return { ban = 120 } end
       end
-    end
-    if res.status == 503 and res.body and res.body:find("maintenance", 1, true) then
-      return "ok" -- the exchange is down for everyone: not the proxy's fault
+      if res.status == 503 and body:find("maintenance", 1, true) then
+        return "ok" -- down for everyone: not the proxy's fault
+      end
     end
     return nil
   end,

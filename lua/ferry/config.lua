@@ -54,8 +54,14 @@ end
 
 local function want_number(where, field, v, lo, hi, integer)
   if v == nil then return nil end
-  if type(v) ~= "number" or v ~= v then fail(where, "%s must be a number", field) end
-  if integer and v % 1 ~= 0 then fail(where, "%s must be a whole number", field) end
+  if type(v) ~= "number" or v ~= v then
+    fail(where, "%s must be a number, got %s", field, type(v) == "number" and "nan" or
+      ("a " .. type(v)))
+  end
+  if integer and v % 1 ~= 0 then fail(where, "%s must be a whole number, got %s", field, v) end
+  if hi == nil and lo and v < lo then
+    fail(where, "%s must be at least %s, got %s", field, tostring(lo), tostring(v))
+  end
   if (lo and v < lo) or (hi and v > hi) then
     fail(where, "%s must be between %s and %s, got %s", field, tostring(lo), tostring(hi),
       tostring(v))
@@ -63,41 +69,95 @@ local function want_number(where, field, v, lo, hi, integer)
   return v
 end
 
--- A list of whole numbers in lo..hi (statuses); returns it.
-local function int_list(where, field, v, lo, hi)
-  if v == nil then return nil end
-  if type(v) ~= "table" or #v == 0 then fail(where, "%s must be a non-empty list", field) end
+-- Keys of t in a stable order, so that of several mistakes the same one
+-- is reported on every run.
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b)
+    if type(a) ~= type(b) then return type(a) < type(b) end
+    if type(a) == "string" or type(a) == "number" then return a < b end
+    return tostring(a) < tostring(b)
+  end)
+  return keys
+end
+
+-- A non-empty list (keys 1..n, no holes, nothing else); returns n.
+local function list_of(where, field, v)
+  if type(v) ~= "table" then fail(where, "%s must be a list, got a %s", field, type(v)) end
+  local n, count = #v, 0
   for k in pairs(v) do
-    if type(k) ~= "number" or k % 1 ~= 0 or k < 1 or k > #v then
-      fail(where, "%s must be a list, found key %s", field, tostring(k))
+    if type(k) ~= "number" or k % 1 ~= 0 or k < 1 then
+      fail(where, "%s must be a list, found key %s", field,
+        type(k) == "string" and ('"' .. k .. '"') or tostring(k))
     end
+    count = count + 1
   end
-  for i, n in ipairs(v) do
-    if type(n) ~= "number" or n % 1 ~= 0 or n < lo or n > hi then
+  if count ~= n then fail(where, "%s must be a list without holes (nil entries)", field) end
+  if n == 0 then fail(where, "%s must be a non-empty list", field) end
+  return n
+end
+
+-- A list of whole numbers in lo..hi (statuses), at most max entries;
+-- returns a copy.
+local function int_list(where, field, v, lo, hi, max)
+  if v == nil then return nil end
+  local n = list_of(where, field, v)
+  if max and n > max then fail(where, "%s has %d entries, at most %d are allowed", field, n, max) end
+  local out = {}
+  for i = 1, n do
+    local x = v[i]
+    if type(x) ~= "number" or x % 1 ~= 0 or x < lo or x > hi then
       fail(where, "%s[%d] must be a whole number from %d to %d, got %s", field, i, lo, hi,
-        tostring(n))
+        tostring(x))
     end
+    out[i] = x
   end
-  return v
+  return out
 end
 
 local CHECKS = { tcp = true, http = true, connect = true }
+-- The core's limits for a probe (core/probe.c).
+local PROBE_PATH_MAX, PROBE_EXPECT_MAX = 512, 16
+
+-- url = "http://host[:port][/path]" of an http check: host, port, path.
+local function parse_check_url(where, u)
+  if type(u) ~= "string" then
+    fail(where, 'url = "http://host[:port]/path" is required for check = "http"')
+  end
+  if u:find("[%s%c]") then fail(where, "url must not contain spaces or control characters") end
+  local scheme, rest = u:match("^(%a[%w+.-]*)://(.*)$")
+  -- The URL itself is not echoed: it might carry credentials.
+  if not scheme then fail(where, "url must be an http:// URL (http://host[:port]/path)") end
+  if scheme:lower() ~= "http" then
+    fail(where, "url must be an http:// URL, not %s://", scheme)
+  end
+  local hostport, path = rest:match("^([^/?#]*)(.*)$")
+  if hostport:find("@", 1, true) then fail(where, "url must not carry credentials") end
+  if hostport == "" then fail(where, "url: missing host") end
+  local host, port = url.parse_hostport(hostport, 80)
+  if not host then fail(where, "url: %s", port) end
+  path = path:gsub("#.*$", "")
+  if path == "" then path = "/" elseif path:sub(1, 1) == "?" then path = "/" .. path end
+  if #path > PROBE_PATH_MAX then
+    fail(where, "url: the path is longer than %d bytes", PROBE_PATH_MAX)
+  end
+  return host, port, path
+end
 
 -- health = { check, target | url, expect, interval, timeout, rise, fall,
 -- concurrency }: always returned, with defaults, so passive health has
 -- its rise/fall/interval even without a check.  Defaults are HAProxy's:
 -- a probe every 2 s, up after 2 passes, down after 3 failures.
 local function parse_health(where, t)
-  local h = { interval = 2, rise = 2, fall = 3 }
-  if t == nil then
-    h.timeout = 2
-    return h
-  end
+  local h = { interval = 2, timeout = 2, rise = 2, fall = 3 }
+  if t == nil then return h end
   where = where .. ": health"
   check_fields(where, t, { check = true, target = true, url = true, expect = true,
     interval = true, timeout = true, rise = true, fall = true, concurrency = true })
   if t.check ~= nil and not CHECKS[t.check] then
-    fail(where, 'check must be "tcp", "http" or "connect", got %s', tostring(t.check))
+    fail(where, 'check must be "tcp", "http" or "connect", got %s',
+      type(t.check) == "string" and ('"' .. t.check .. '"') or ("a " .. type(t.check)))
   end
   h.check = t.check
   h.interval = want_number(where, "interval", t.interval, 0.05, 3600) or 2
@@ -108,83 +168,121 @@ local function parse_health(where, t)
   h.rise = want_number(where, "rise", t.rise, 1, 100, true) or 2
   h.fall = want_number(where, "fall", t.fall, 1, 100, true) or 3
   h.concurrency = want_number(where, "concurrency", t.concurrency, 1, 10000, true)
-  h.expect = int_list(where, "expect", t.expect, 100, 599)
   if t.check == "http" then
-    if type(t.url) ~= "string" then fail(where, 'url is required for check = "http"') end
-    local hostport, path = t.url:match("^[hH][tT][tT][pP]://([^/?#]+)(.*)$")
-    if not hostport then fail(where, 'url must be an http:// URL, got "%s"', t.url) end
-    local host, port = url.parse_hostport(hostport, 80)
-    if not host then fail(where, "url: %s", port) end
-    if path:find("[%s%c]") then fail(where, "url must not contain spaces or control characters") end
-    if #path > 512 then fail(where, "url: the path is longer than 512 bytes") end
-    h.host, h.port, h.path = host, port, path ~= "" and path or "/"
     if t.target ~= nil then fail(where, 'target is for check = "connect" (http uses url)') end
+    h.host, h.port, h.path = parse_check_url(where, t.url)
+    h.expect = int_list(where, "expect", t.expect, 100, 599, PROBE_EXPECT_MAX)
   elseif t.check == "connect" then
+    if t.url ~= nil then fail(where, 'url is for check = "http" (connect uses target)') end
     if type(t.target) ~= "string" then
       fail(where, 'target = "host:port" is required for check = "connect"')
     end
     local host, port = url.parse_hostport(t.target)
     if not host then fail(where, "target: %s", port) end
     h.host, h.port = host, port
-    if t.url ~= nil then fail(where, 'url is for check = "http" (connect uses target)') end
-  else
-    if t.url ~= nil or t.target ~= nil then
-      fail(where, '%s needs check = "%s"', t.url and "url" or "target",
-        t.url and "http" or "connect")
-    end
-    if t.expect ~= nil then fail(where, 'expect needs check = "http"') end
   end
+  if t.check ~= "http" and t.check ~= "connect" then
+    if t.url ~= nil then fail(where, 'url needs check = "http"') end
+    if t.target ~= nil then fail(where, 'target needs check = "connect"') end
+  end
+  if t.check ~= "http" and t.expect ~= nil then fail(where, 'expect needs check = "http"') end
   return h
 end
 
+-- Settings of every breaker, whatever its policy; the core acts on them.
+local BREAKER_GENERIC = { policy = true, cooldown = true, trials = true, max_cooldown = true }
+local COOLDOWN_MAX = 86400 * 7
+
 -- breaker = { policy, cooldown, trials, max_cooldown, ... }, false to go
 -- without, absent for the default (5 failures in a row, 30 s).  Keys the
--- core does not know are the policy's; its plugin's check() sees them.
+-- core does not know are the policy's: they must be numbers or booleans,
+-- and the plugin's check() judges them when the config is applied.
 local function parse_breaker(where, t)
   if t == false then return nil end
   if t == nil then
     return { policy = "consecutive", failures = 5, cooldown = 30, trials = 1, max_cooldown = 480 }
   end
   where = where .. ": breaker"
-  if type(t) ~= "table" then fail(where, "must be a table or false, got a %s", type(t)) end
+  if type(t) ~= "table" then fail(where, "expected a table or false, got a %s", type(t)) end
   local b = {}
-  for k, v in pairs(t) do
-    if type(k) ~= "string" then fail(where, "keys must be names, got %s", tostring(k)) end
-    if k ~= "policy" and type(v) ~= "number" and type(v) ~= "boolean" then
+  for _, k in ipairs(sorted_keys(t)) do
+    local v = t[k]
+    if type(k) ~= "string" then
+      fail(where, "unexpected value at [%s] (settings are written name = value)", tostring(k))
+    end
+    if not BREAKER_GENERIC[k] and type(v) ~= "number" and type(v) ~= "boolean" then
       fail(where, "%s must be a number or a boolean, got a %s", k, type(v))
     end
     b[k] = v
   end
   b.policy = want(where, "policy", t.policy, "string") or "consecutive"
-  if not b.policy:match("^[%w_]+$") then fail(where, 'policy "%s" is not a plugin name', b.policy) end
-  b.cooldown = want_number(where, "cooldown", t.cooldown, 0.01, 86400) or 30
+  if not b.policy:match("^[%w_]+$") then
+    fail(where, 'policy "%s" is not a plugin name (letters, digits, _)', b.policy)
+  end
+  b.cooldown = want_number(where, "cooldown", t.cooldown, 0.01, COOLDOWN_MAX) or 30
   b.trials = want_number(where, "trials", t.trials, 1, 100, true) or 1
-  b.max_cooldown = want_number(where, "max_cooldown", t.max_cooldown, b.cooldown, 86400)
-    or b.cooldown * 16
+  if t.max_cooldown ~= nil then
+    b.max_cooldown = want_number(where, "max_cooldown", t.max_cooldown, 0.01, COOLDOWN_MAX)
+    if b.max_cooldown < b.cooldown then
+      fail(where, "max_cooldown (%s) must not be shorter than cooldown (%s)", b.max_cooldown,
+        b.cooldown)
+    end
+  else
+    b.max_cooldown = math.min(b.cooldown * 16, math.max(COOLDOWN_MAX, b.cooldown))
+  end
   return b
 end
 
+-- The response body ferry looks at for ban markers (core: capture size).
+local BODY_PEEK = 4096
+local BACKOFF_MAX = 86400 * 7
+
 -- ban = { status = {...}, body = {...}, backoff, max_backoff }.
-local function parse_ban(where, t)
+local function parse_ban(where, t, has_script)
   if t == nil then return nil end
   where = where .. ": ban"
   check_fields(where, t, { status = true, body = true, backoff = true, max_backoff = true })
   local b = {}
   b.status = int_list(where, "status", t.status, 100, 599)
   if t.body ~= nil then
-    if type(t.body) ~= "table" or #t.body == 0 then fail(where, "body must be a non-empty list") end
-    for i, m in ipairs(t.body) do
+    b.body = {}
+    for i = 1, list_of(where, "body", t.body) do
+      local m = t.body[i]
       if type(m) ~= "string" or m == "" then
-        fail(where, "body[%d] must be a non-empty string", i)
+        fail(where, "body[%d] must be a non-empty string, got %s", i,
+          type(m) == "string" and '""' or ("a " .. type(m)))
       end
+      if #m > BODY_PEEK then
+        fail(where, "body[%d] is longer than the %d bytes of body ferry looks at", i, BODY_PEEK)
+      end
+      b.body[i] = m
     end
-    b.body = t.body
   end
-  if not b.status and not b.body then fail(where, "needs status or body (or both)") end
-  b.backoff = want_number(where, "backoff", t.backoff, 0.001, 86400) or 60
-  b.max_backoff = want_number(where, "max_backoff", t.max_backoff, b.backoff, 86400 * 7)
-    or math.max(3600, b.backoff)
+  if not b.status and not b.body and not has_script then
+    fail(where, "needs status or body (or a script whose on_response bans)")
+  end
+  b.backoff = want_number(where, "backoff", t.backoff, 0.01, BACKOFF_MAX) or 60
+  if t.max_backoff ~= nil then
+    b.max_backoff = want_number(where, "max_backoff", t.max_backoff, 0.01, BACKOFF_MAX)
+    if b.max_backoff < b.backoff then
+      fail(where, "max_backoff (%s) must not be shorter than backoff (%s)", b.max_backoff,
+        b.backoff)
+    end
+  else
+    b.max_backoff = math.max(3600, b.backoff)
+  end
   return b
+end
+
+-- nil, or why path cannot be read as a file.  io.open succeeds on a
+-- directory; only reading from it fails.
+local function unreadable(path)
+  local f, err = io.open(path, "r")
+  if not f then return ((err or path):gsub("^.-: ", "")) end
+  local _, rerr = f:read(0)
+  f:close()
+  if rerr then return (rerr:gsub("^.-: ", "")) end
+  return nil
 end
 
 local function resolve_path(dir, p)
@@ -325,7 +423,7 @@ local function evaluate(chunk, file)
       p.retries = want_number(where, "retries", t.retries, 0, 8, true) or 2
       p.all_down = want(where, "all_down", t.all_down, "string") or "any"
       if not ALL_DOWN[p.all_down] then
-        fail(where, 'all_down must be "any", "direct" or "fail"')
+        fail(where, 'all_down must be "any", "direct" or "fail", got "%s"', p.all_down)
       end
       p.panic = want_number(where, "panic", t.panic, 0, 100) or 0
       p.latency_ceiling = want_number(where, "latency_ceiling", t.latency_ceiling, 1) or 1000
@@ -377,12 +475,13 @@ local function evaluate(chunk, file)
       end
       if type(t.pool) ~= "string" then fail(where, "pool is required") end
       local ex = { name = name, hosts = hosts, pool = t.pool, line = line, where = where }
-      ex.ban = parse_ban(where, t.ban)
+      ex.ban = parse_ban(where, t.ban, t.script ~= nil)
       if t.script ~= nil then
-        ex.script = resolve_path(dir, want(where, "script", t.script, "string"))
-        local f = io.open(ex.script, "r")
-        if not f then fail(where, 'script "%s" cannot be read', ex.script) end
-        f:close()
+        local script = want(where, "script", t.script, "string")
+        if script == "" then fail(where, "script must be a path, got an empty string") end
+        ex.script = resolve_path(dir, script)
+        local why = unreadable(ex.script)
+        if why then fail(where, 'script: cannot read "%s": %s', ex.script, why) end
       end
       cfg.exchanges[#cfg.exchanges + 1] = ex
     end

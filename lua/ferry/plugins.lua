@@ -13,10 +13,11 @@ local format, concat, sort = string.format, table.concat, table.sort
 local M = {}
 
 -- What each kind of plugin must provide besides name and version.
--- Breakers have no required hook yet: their contract is still open.
+-- Breakers may also bring `defaults` (a table) and `check` (a function
+-- judging a pool's settings when the config is applied).
 local KINDS = {
   strategies = { "select" },
-  breakers = {},
+  breakers = { "should_open" },
 }
 
 local cache = {}       -- path -> loaded plugin table
@@ -95,6 +96,12 @@ local function check(plugin, kind, name, path)
   end
   if plugin.init ~= nil and type(plugin.init) ~= "function" then
     return format("%s: plugin init must be a function", path)
+  end
+  if plugin.check ~= nil and type(plugin.check) ~= "function" then
+    return format("%s: plugin check must be a function", path)
+  end
+  if plugin.defaults ~= nil and type(plugin.defaults) ~= "table" then
+    return format("%s: plugin defaults must be a table", path)
   end
   return nil
 end

@@ -200,13 +200,45 @@ describe("plugins", function()
       assert.equal("later", plugins.load("strategies", "later", { d }).name)
     end)
 
-    it("loads breakers without asking for select", function()
+    it("loads breakers by should_open, without asking for select", function()
       local d = tmpdir()
-      write(d .. "/breakers/streak.lua", 'return { name = "streak", version = "1" }')
+      write(d .. "/breakers/streak.lua",
+        'return { name = "streak", version = "1", should_open = function() return true end }')
+      local b = assert(plugins.load("breakers", "streak", { d }))
+      assert.equal("streak", b.name)
+      assert.is_true(b.should_open())
+    end)
+
+    it("requires should_open of a breaker, and check and defaults of the right type", function()
+      local d = tmpdir()
       write(d .. "/breakers/junk.lua", 'return "junk"')
-      assert.equal("streak", plugins.load("breakers", "streak", { d }).name)
-      local _, err = plugins.load("breakers", "junk", { d })
-      assert.matches("junk%.lua: plugin must return a table, got string", err)
+      write(d .. "/breakers/noopen.lua", 'return { name = "noopen", version = "1" }')
+      write(d .. "/breakers/badopen.lua",
+        'return { name = "badopen", version = "1", should_open = true }')
+      write(d .. "/breakers/badcheck.lua", 'return { name = "badcheck", version = "1", ' ..
+        'should_open = function() end, check = "strict" }')
+      write(d .. "/breakers/baddefaults.lua", 'return { name = "baddefaults", version = "1", ' ..
+        'should_open = function() end, defaults = 5 }')
+      for _, name in ipairs { "junk", "noopen", "badopen" } do
+        local p, err = plugins.load("breakers", name, { d })
+        assert.is_nil(p)
+        assert.equal(d .. "/breakers/" .. name ..
+          ".lua: plugin must return a table with a should_open function", err)
+      end
+      local _, e1 = plugins.load("breakers", "badcheck", { d })
+      assert.equal(d .. "/breakers/badcheck.lua: plugin check must be a function", e1)
+      local _, e2 = plugins.load("breakers", "baddefaults", { d })
+      assert.equal(d .. "/breakers/baddefaults.lua: plugin defaults must be a table", e2)
+    end)
+
+    it("accepts the built-in breakers", function()
+      for _, name in ipairs { "consecutive", "error_rate" } do
+        local b = assert(plugins.load("breakers", name, BUILTIN))
+        assert.equal(name, b.name)
+        assert.is_function(b.should_open)
+        assert.is_function(b.check)
+        assert.is_table(b.defaults)
+      end
     end)
 
     it("says where it looked for a missing plugin", function()
@@ -225,7 +257,8 @@ describe("plugins", function()
   describe("list", function()
     it("lists the built-in strategies, sorted", function()
       assert.same({ "hash", "health_score", "latency", "least_conn", "least_errors", "random",
-                    "round_robin", "weighted_random" }, plugins.list("strategies", BUILTIN))
+                    "round_robin", "sticky", "weighted_random" }, plugins.list("strategies", BUILTIN))
+      assert.same({ "consecutive", "error_rate" }, plugins.list("breakers", BUILTIN))
     end)
 
     it("merges directories, names each plugin once, and skips what is not a plugin", function()
@@ -238,7 +271,7 @@ describe("plugins", function()
       assert(os.execute("mkdir " .. d .. "/strategies/sub.lua"))
       local names = plugins.list("strategies", { d, "plugins", "/nonexistent/dir" })
       assert.same({ "alpha", "hash", "health_score", "latency", "least_conn", "least_errors",
-                    "random", "round_robin", "weighted_random", "zeta" }, names)
+                    "random", "round_robin", "sticky", "weighted_random", "zeta" }, names)
     end)
 
     it("lists each kind separately, and nothing for an empty directory", function()

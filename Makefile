@@ -9,7 +9,7 @@ OPT      ?= -O2
 CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Wshadow -Wno-unused-parameter \
             -fno-strict-aliasing $(WERROR) $(PKG_CFLAGS) -MMD -MP
 LDFLAGS  += -rdynamic
-LDLIBS   += $(PKG_LIBS) -lev -lhttp_parser -lm -ldl
+LDLIBS   += $(PKG_LIBS) -lev -lhttp_parser -lsqlite3 -ledit -lm -ldl
 
 SRCS     := $(wildcard core/*.c)
 OBJS     := $(SRCS:core/%.c=build/%.o)
@@ -23,7 +23,7 @@ SPEC_DIRS ?= spec/unit spec/core spec/integration
 # Debian packages: build, specs, and the upstream proxies the specs run.
 DEPS     := build-essential pkg-config luajit2 libluajit2-5.1-dev libev-dev libhttp-parser-dev \
             libc-ares-dev libsqlite3-dev libedit-dev lua-cjson lua-busted lua-socket lua-check \
-            cppcheck microsocks tinyproxy curl
+            cppcheck microsocks tinyproxy curl prometheus
 BENCH_DEPS := wrk nginx-light squid haproxy tinyproxy util-linux
 
 ifeq ($(V),1)

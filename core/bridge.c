@@ -5,30 +5,36 @@
  * goes through the ferry_* FFI functions of ferry.h. */
 #include "bridge.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* A hook that runs longer than this many VM instructions is stopped. */
 #define HOOK_BUDGET_STEPS 1000      /* hook calls ... */
 #define HOOK_STEP 1000              /* ... every this many instructions */
+/* Admin requests (metrics of 10 000 proxies, console lines) may run far
+ * longer than a routing hook, but a runaway console line still ends. */
+#define ADMIN_BUDGET_STEPS 200000
 
 static lua_State *L;
 static int ref_dispatch = LUA_NOREF;
 static int ref_result = LUA_NOREF;
+static int ref_admin = LUA_NOREF;
 static unsigned hook_steps;
-static unsigned long long hook_errors;
+static unsigned budget_steps = HOOK_BUDGET_STEPS; /* of the call running now */
 
 static void budget_hook(lua_State *l, lua_Debug *ar)
 {
     (void)ar;
-    if (++hook_steps > HOOK_BUDGET_STEPS) {
+    if (++hook_steps > budget_steps) {
         hook_steps = 0; /* the fallback that catches this gets a fresh budget */
         luaL_error(l, "script exceeded its budget of %d instructions (runaway loop?)",
-                   HOOK_BUDGET_STEPS * HOOK_STEP);
+                   budget_steps * HOOK_STEP);
     }
 }
 
@@ -64,6 +70,8 @@ int bridge_init(const char *root, char *err, size_t errlen)
     lua_call(L, 1, 0);
     lua_getfield(L, -1, "dispatch");
     ref_dispatch = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "admin");
+    ref_admin = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "result");
     ref_result = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_setglobal(L, "__ferry_runtime");
@@ -105,15 +113,63 @@ int bridge_reload(const char *config, char *err, size_t errlen)
 
 /* Run a runtime entry point on one pointer under the instruction budget.
  * Returns the lua_pcall code; the result (if any) is left on the stack. */
-static int call_budgeted(int ref, void *arg)
+static int call_budgeted_n(int ref, void *arg, int nresults, unsigned steps)
 {
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
     lua_pushlightuserdata(L, arg);
     hook_steps = 0;
+    budget_steps = steps;
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
-    int rc = lua_pcall(L, 1, 1, 0);
+    int rc = lua_pcall(L, 1, nresults, 0);
     lua_sethook(L, NULL, 0, 0);
+    budget_steps = HOOK_BUDGET_STEPS;
     return rc;
+}
+
+static int call_budgeted(int ref, void *arg)
+{
+    return call_budgeted_n(ref, arg, 1, HOOK_BUDGET_STEPS);
+}
+
+int bridge_admin(const struct ferry_admin_req *r, struct bridge_answer *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (L == NULL || ref_admin == LUA_NOREF) {
+        return -1;
+    }
+    int rc = call_budgeted_n(ref_admin, (void *)r, 4, ADMIN_BUDGET_STEPS);
+    if (rc != 0 || !lua_isnumber(L, -4) || !lua_isstring(L, -2)) {
+        metrics_hook_error(0);
+        log_event(LOG_ERROR, "FERRY-7001", NULL, "admin handler failed: %s",
+                  rc != 0 ? lua_tostring(L, -1) : "it returned something that is not an answer");
+        lua_settop(L, 0);
+        return -1;
+    }
+    size_t blen = 0, hlen = 0;
+    const char *ctype = lua_tostring(L, -3);
+    const char *body = lua_tolstring(L, -2, &blen);
+    const char *hdrs = lua_isstring(L, -1) ? lua_tolstring(L, -1, &hlen) : NULL;
+    out->status = (int)lua_tonumber(L, -4);
+    snprintf(out->content_type, sizeof(out->content_type), "%s",
+             ctype != NULL ? ctype : "text/plain");
+    out->body = malloc(blen + 1);
+    out->headers = hdrs != NULL ? malloc(hlen + 1) : NULL;
+    if (out->body == NULL || (hdrs != NULL && out->headers == NULL)) {
+        free(out->body);
+        free(out->headers);
+        out->body = out->headers = NULL;
+        lua_settop(L, 0);
+        return -1;
+    }
+    memcpy(out->body, body, blen);
+    out->body[blen] = '\0';
+    out->body_len = blen;
+    if (hdrs != NULL) {
+        memcpy(out->headers, hdrs, hlen);
+        out->headers[hlen] = '\0';
+    }
+    lua_settop(L, 0);
+    return 0;
 }
 
 void bridge_result(struct ferry_result *r)
@@ -122,7 +178,7 @@ void bridge_result(struct ferry_result *r)
         return;
     }
     if (call_budgeted(ref_result, r) != 0) {
-        hook_errors++;
+        metrics_hook_error(0);
         log_event(LOG_ERROR, "FERRY-4001", NULL, "result hook failed: %s", lua_tostring(L, -1));
     }
     lua_settop(L, 0);
@@ -135,7 +191,7 @@ int64_t bridge_dispatch(struct ferry_req *r)
     if (rc != 0) {
         /* The runtime guards plugins itself; reaching here means the
          * runtime's own code failed, or a hook ran away. */
-        hook_errors++;
+        metrics_hook_error(0);
         log_event(LOG_ERROR, "FERRY-4001", NULL, "dispatch failed: %s", lua_tostring(L, -1));
         id = BRIDGE_ROUTE_ERROR;
     } else if (lua_type(L, -1) != LUA_TNUMBER) {
@@ -149,10 +205,19 @@ int64_t bridge_dispatch(struct ferry_req *r)
     return id;
 }
 
-void ferry_count_hook_error(int kind)
+void bridge_stop(void)
 {
-    (void)kind;
-    hook_errors++;
+    if (L == NULL) {
+        return;
+    }
+    lua_pushcfunction(L, traceback);
+    lua_getglobal(L, "__ferry_runtime");
+    lua_getfield(L, -1, "stop");
+    lua_remove(L, -2);
+    if (lua_isfunction(L, -1) && lua_pcall(L, 0, 0, 1) != 0) {
+        log_event(LOG_ERROR, "FERRY-4001", NULL, "stop hook failed: %s", lua_tostring(L, -1));
+    }
+    lua_settop(L, 0);
 }
 
 void bridge_fini(void)

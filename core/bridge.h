@@ -23,6 +23,18 @@ int64_t bridge_dispatch(struct ferry_req *r);
 void bridge_result(struct ferry_result *r);
 /* Reload the config (SIGHUP): 0, or -1 with err (the old one stays). */
 int bridge_reload(const char *config, char *err, size_t errlen);
+/* The admin router's answer: owned by the caller (free body and headers). */
+struct bridge_answer {
+    int status;
+    char content_type[96];
+    char *body;
+    size_t body_len;
+    char *headers;  /* extra "Name: value\r\n" lines, or NULL */
+};
+/* Answer one admin request: 0, or -1 when the runtime failed (logged). */
+int bridge_admin(const struct ferry_admin_req *r, struct bridge_answer *out);
+/* The daemon is stopping: let the runtime persist (runtime.stop). */
+void bridge_stop(void);
 void bridge_fini(void);
 
 #endif

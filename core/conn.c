@@ -2,6 +2,7 @@
 #include "conn.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "resolve.h"
 
@@ -42,6 +43,8 @@ static void addr_text(const struct sockaddr *sa, char *out, size_t n)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)n);
     } else if (sa->sa_family == AF_INET6) {
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)n);
+    } else if (sa->sa_family == AF_UNIX) {
+        snprintf(out, n, "unix");
     } else {
         snprintf(out, n, "unknown");
     }
@@ -99,7 +102,9 @@ static void conn_destroy(struct conn *c)
         c->rr = NULL;
     }
     conn_report_flush(c);
+    metrics_conn_closed(c);
     conn_clear_header_edits(c);
+    admin_free(c);
     conn_upstream_close(c);
     conn_tunnel_close_pipes(c);
     close(c->cfd);
@@ -172,7 +177,8 @@ void conn_update_io(struct conn *c)
     if (!c->client_eof && c_room) {
         ce |= EV_READ;
     }
-    if (!buf_empty(&c->cout) || (tunnel && (!buf_empty(&c->uin) || c->in_uc > 0))) {
+    if (!buf_empty(&c->cout) || c->state == CS_ADMIN_OUT ||
+        (tunnel && (!buf_empty(&c->uin) || c->in_uc > 0))) {
         ce |= EV_WRITE;
     }
     if (c->ufd >= 0) {
@@ -263,6 +269,9 @@ void conn_pump(struct conn *c)
             break;
         case CS_DRAIN:
             drain(c);
+            break;
+        case CS_ADMIN_OUT:
+            admin_pump(c);
             break;
         default:
             break;
@@ -356,6 +365,7 @@ static void on_timer(struct ev_loop *lp, ev_timer *w, int revents)
      * last_io, and the timer re-arms itself for the remainder. */
     double left = c->last_io + c->timeout - loop_now();
     int activity_based = c->state == CS_TUNNEL || c->state == CS_DRAIN ||
+                         c->state == CS_ADMIN_OUT ||
                          (c->state == CS_EXCHANGE && c->resp_head_done);
     if (activity_based && left > 0.001) {
         ev_timer_set(&c->timer, left, 0.);

@@ -29,7 +29,8 @@ enum conn_state {
     CS_BACKOFF,   /* waiting before the next attempt on another proxy */
     CS_EXCHANGE,  /* plain HTTP: request body out, response back */
     CS_TUNNEL,    /* opaque relay both ways: CONNECT or a WebSocket after 101 */
-    CS_DRAIN      /* final bytes to the client, then a lingering close */
+    CS_DRAIN,     /* final bytes to the client, then a lingering close */
+    CS_ADMIN_OUT  /* an admin answer larger than cout, fed in as the client reads */
 };
 
 struct listener;
@@ -113,6 +114,7 @@ struct conn {
     unsigned shut_u:1;           /* shutdown(ufd, SHUT_WR) done */
     unsigned idle_up:1;          /* ufd is an idle keep-alive upstream */
     unsigned head_started:1;     /* bytes of the next head have arrived */
+    unsigned metered:1;          /* routed, outcome not counted yet (metrics.c) */
 
     /* Health reporting (conn_report.c). */
     uint32_t exchange;           /* exchange id of the request, 0 = none */
@@ -127,6 +129,11 @@ struct conn {
     char *hdr_add;               /* header lines on_request adds, or NULL */
     size_t hdr_add_len;
     char *hdr_drop;              /* "\nname\n..." on_request drops (NUL-terminated), or NULL */
+
+    /* Admin plane (admin.c). */
+    char *admin_body;            /* the rest of an admin answer, or NULL */
+    size_t admin_len, admin_off;
+    unsigned admin_keep:1;       /* keep the connection after the answer */
 };
 
 struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);
@@ -150,6 +157,13 @@ void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, cons
 void conn_clear_header_edits(struct conn *c);
 /* The 200 answer to CONNECT, with X-Ferry-Proxy when a proxy carries it. */
 void conn_write_connect_ok(struct conn *c);
+
+/* admin.c */
+/* The head of a request on an admin listener is in cin. */
+void admin_on_head(struct conn *c);
+/* Feed the rest of a large answer into cout (state CS_ADMIN_OUT). */
+void admin_pump(struct conn *c);
+void admin_free(struct conn *c);
 
 /* conn_upstream.c */
 void conn_route(struct conn *c);

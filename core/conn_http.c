@@ -1,9 +1,12 @@
 /* conn_http.c - plain HTTP through the proxy: request heads in,
  * rewritten heads out, bodies relayed by their framing. */
 #include "conn.h"
+#include "health.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy.h"
+#include "sticky.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -40,7 +43,8 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
 {
     ctx->cid = c->cid[0] ? c->cid : NULL;
     ctx->listener = c->l->name;
-    ctx->pool = NULL;
+    ctx->pool = c->pool > 0 ? ferry_pool_name(c->pool) : NULL;
+    ctx->exchange = c->exchange != 0 ? health_exchange_name(c->exchange) : NULL;
     ctx->proxy = c->proxy != NULL ? c->proxy->display : NULL;
 }
 
@@ -51,6 +55,7 @@ static void log_done(struct conn *c)
     log_access(&ctx, c->client, c->method, c->host, c->port, c->path, c->status,
                c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
                (int)c->attempt + 1, c->code);
+    metrics_request_end(c, c->code);
 }
 
 void conn_fail(struct conn *c, enum ferr e)
@@ -159,7 +164,7 @@ void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, cons
 {
     conn_clear_header_edits(c);
     if (add_len > HEADER_EDITS_MAX || drop_len > HEADER_EDITS_MAX) {
-        struct log_ctx ctx = { c->cid, c->l->name, NULL, NULL };
+        struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
         log_event(LOG_WARN, "FERRY-4008", &ctx,
                   "on_request header edits over %d bytes ignored", HEADER_EDITS_MAX);
         return;
@@ -191,21 +196,22 @@ static int dropped(const struct conn *c, const char *base, const struct http_fie
     return strstr(c->hdr_drop, name) != NULL;
 }
 
-/* The sticky session key: the X-Ferry-Session header (which then goes no
- * further), else the -session-KEY suffix of the proxy user name. */
+/* The sticky session key: the first X-Ferry-Session header, else the
+ * -session-KEY suffix of the proxy user name.  Every X-Ferry-Session
+ * field stops here: a repeated one must not reach upstream either. */
 static void take_session(struct conn *c, const char *base)
 {
+    int taken = 0;
     for (unsigned i = 0; i < c->req.nfields; i++) {
         struct http_field *f = &c->req.fields[i];
         if (!http_span_ieq(base, f->name, "X-Ferry-Session")) {
             continue;
         }
         f->hop = 1;
-        if (f->value.len > 0 && f->value.len < sizeof(c->session)) {
-            memcpy(c->session, base + f->value.off, f->value.len);
-            c->session[f->value.len] = '\0';
+        if (!taken && f->value.len > 0) {
+            sticky_key_copy(c->session, sizeof(c->session), base + f->value.off, f->value.len);
         }
-        return;
+        taken = 1;
     }
 }
 
@@ -265,6 +271,10 @@ void conn_on_head(struct conn *c)
         return;
     }
     snprintf(c->method, sizeof(c->method), "%s", http_method_name(c->req.method));
+    if (c->l->admin) {
+        admin_on_head(c);
+        return;
+    }
     c->is_connect = c->req.method == HTTP_CONNECT;
     const char *auth = base + c->req.proxy_auth.off;
     size_t auth_len = c->req.proxy_auth.len;
@@ -412,6 +422,21 @@ int conn_write_request_head(struct conn *c)
     return 0;
 }
 
+/* The longest proxy label X-Ferry-Proxy shows; longer ones are cut. */
+#define LABEL_MAX 256
+
+/* A proxy label as a header value: bytes that could end the line or fold
+ * it (controls, DEL) become '?', so no label can add a header. */
+static void header_safe(const char *label, char *out, size_t room)
+{
+    size_t n = 0;
+    for (; label != NULL && label[n] != '\0' && n + 1 < room; n++) {
+        unsigned char ch = (unsigned char)label[n];
+        out[n] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+    }
+    out[n] = '\0';
+}
+
 static int write_response_head(struct conn *c, const char *base)
 {
     struct out o = { NULL, 0, 0, 0 };
@@ -421,11 +446,19 @@ static int write_response_head(struct conn *c, const char *base)
     if (o.p == NULL) {
         return -1;
     }
-    const struct http_msg *m = &c->resp;
+    struct http_msg *m = &c->resp;
+    /* X-Ferry-Proxy is ours to say: one from upstream goes no further. */
+    for (unsigned i = 0; i < m->nfields; i++) {
+        if (http_span_ieq(base, m->fields[i].name, "X-Ferry-Proxy")) {
+            m->fields[i].hop = 1;
+        }
+    }
     outf(&o, "HTTP/1.1 %d %.*s\r\n", m->status, (int)m->reason.len, base + m->reason.off);
     out_fields(&o, m, base, 0);
     if (c->proxy != NULL) {
-        outf(&o, "X-Ferry-Proxy: %s\r\n", c->proxy->label);
+        char label[LABEL_MAX];
+        header_safe(c->proxy->label, label, sizeof(label));
+        outf(&o, "X-Ferry-Proxy: %s\r\n", label);
     }
     if (m->status == 101) {
         outf(&o, "Connection: Upgrade\r\nUpgrade: %.*s\r\n", (int)m->upgrade.len,
@@ -449,8 +482,10 @@ void conn_write_connect_ok(struct conn *c)
     static const char ok[] = "HTTP/1.1 200 Connection established\r\n";
     buf_append(&c->cout, ok, sizeof(ok) - 1);
     if (c->proxy != NULL) {
+        char label[LABEL_MAX];
+        header_safe(c->proxy->label, label, sizeof(label));
         buf_append(&c->cout, "X-Ferry-Proxy: ", 15);
-        buf_append(&c->cout, c->proxy->label, strlen(c->proxy->label));
+        buf_append(&c->cout, label, strlen(label));
         buf_append(&c->cout, "\r\n", 2);
     }
     buf_append(&c->cout, "\r\n", 2);

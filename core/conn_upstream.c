@@ -3,6 +3,7 @@
 #include "conn.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "resolve.h"
 #include "upstream.h"
@@ -65,6 +66,7 @@ void conn_upstream_release(struct conn *c, int keep)
 
 void conn_route(struct conn *c)
 {
+    c->metered = 1;
     struct ferry_req r;
     memset(&r, 0, sizeof(r));
     r.host = c->host;
@@ -93,6 +95,7 @@ void conn_route(struct conn *c)
     r.head = buf_head(&c->cin);
     r.head_len = (uint32_t)c->head_len;
     r.retries = -1;
+    r.pool = -1; /* until the runtime chooses one (0 = direct) */
     int64_t id = bridge_dispatch(&r);
     c->exchange = r.exchange;
     c->pool = r.pool;
@@ -135,7 +138,7 @@ static void on_resolved(void *arg, int status, const struct sockaddr *sa, sockle
     c->rr = NULL;
     c->refs++;
     if (status != 0) {
-        struct log_ctx ctx = { c->cid, c->l->name, NULL, NULL };
+        struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
         log_event(LOG_WARN, "FERRY-3004", &ctx, "resolve %s: %s",
                   c->proxy != NULL ? c->proxy->host : c->host, resolve_strerror(status));
         if (c->proxy != NULL) {
@@ -245,6 +248,7 @@ static void connect_to(struct conn *c, const struct sockaddr *sa, socklen_t len)
 
 void conn_upstream_ready(struct conn *c)
 {
+    metrics_upstream_ready(c);
     double ms = (loop_now() - c->t_attempt) * 1000.0;
     if (c->proxy != NULL) {
         c->proxy->pub.latency_ewma_ms = c->proxy->pub.latency_ewma_ms <= 0
@@ -283,7 +287,8 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
     conn_report(c, 0, kind, 0);
     static const char *const kinds[] = { "refused", "timeout", "handshake",
                                          "auth", "http5xx", "reset" };
-    struct log_ctx ctx = { c->cid, c->l->name, NULL, p != NULL ? p->display : NULL };
+    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name,
+                           .proxy = p != NULL ? p->display : NULL };
     log_event(LOG_WARN, ferr_info(e)->code, &ctx, "attempt %u to %s:%d failed: %s",
               c->attempt + 1, c->host, c->port, kinds[kind % FERRY_FAIL_KINDS]);
     conn_upstream_close(c);
@@ -298,6 +303,7 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
         return;
     }
     c->attempt++;
+    metrics_retry(c->pool);
     c->last_err = e;
     c->state = CS_BACKOFF;
     c->fwd = 0;
@@ -315,6 +321,12 @@ void conn_upstream_event(struct conn *c, int revents)
         socklen_t el = sizeof(err);
         if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &el) == -1) {
             err = errno;
+        }
+        if (err == ECONNRESET) {
+            /* Accepted, then reset before we looked: a reset, not a refusal
+             * (which would take the proxy down at once). */
+            conn_attempt_failed(c, FERRY_FAIL_RESET, FERR_UPSTREAM_RESET);
+            return;
         }
         if (err != 0) {
             conn_attempt_failed(c, err == ETIMEDOUT ? FERRY_FAIL_TIMEOUT : FERRY_FAIL_REFUSED,
@@ -374,13 +386,15 @@ void conn_on_timeout(struct conn *c)
         if (!c->resp_head_done) {
             conn_attempt_failed(c, FERRY_FAIL_TIMEOUT, FERR_FIRST_BYTE_TIMEOUT);
         } else {
-            struct log_ctx ctx = { c->cid, c->l->name, NULL, NULL };
+            struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
             log_event(LOG_WARN, "FERRY-3009", &ctx, "response idle timeout");
+            c->code = "FERRY-3009"; /* the outcome metrics count at close */
             conn_close(c);
         }
         break;
     case CS_TUNNEL:
     case CS_DRAIN:
+    case CS_ADMIN_OUT:
         conn_close(c);
         break;
     }

@@ -12,6 +12,7 @@
 #ifndef FERRY_H
 #define FERRY_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define FERRY_OK     0
@@ -161,7 +162,7 @@ struct ferry_req {
     uint32_t    ntried;      /* ro: how many ids are in tried[] */
     uint32_t    tried[8];    /* ro: proxies already tried for this request */
     /* written by Lua for the core: */
-    int32_t     pool;        /* rw: pool index chosen (0 = direct) */
+    int32_t     pool;        /* rw: pool index chosen (0 = direct, -1 until chosen) */
     int32_t     retries;     /* rw: retries allowed for this request */
     int32_t     connect_timeout_ms;    /* rw: 0 = global default */
     int32_t     first_byte_timeout_ms; /* rw: 0 = global default */
@@ -175,6 +176,24 @@ struct ferry_req {
     uint32_t    add_headers_len;
     const char *drop_headers; /* rw: "\nname\nname\n" (lower case) to remove, or NULL */
     uint32_t    drop_headers_len;
+};
+
+/* One request to the admin plane (admin.c), handed to the runtime's
+ * admin entry point.  Everything points into the connection's buffer
+ * and is valid during that call only. */
+struct ferry_admin_req {
+    const char *method;      /* ro */
+    uint32_t    method_len;
+    const char *target;      /* ro: path and query as sent */
+    uint32_t    target_len;
+    const char *head;        /* ro: the whole request head, for header lookups */
+    uint32_t    head_len;
+    const char *body;        /* ro: the whole body (bounded), or NULL */
+    uint32_t    body_len;
+    const char *peer;        /* ro: client address, "unix" on a unix socket */
+    const char *listener;    /* ro: listener name */
+    const char *cid;         /* ro: correlation id */
+    int32_t     unix_socket; /* ro: 1 when it came through the unix socket */
 };
 
 /* Bits of ferry_req.flags. */
@@ -202,6 +221,19 @@ uint32_t ferry_proxy_count(void);
 int ferry_proxy_set_label(struct ferry_proxy *p, const char *label);
 const char *ferry_proxy_label(const struct ferry_proxy *p);
 
+/* Broker (lua/ferry/broker.lua).  ferry_proxy_url writes the proxy's URL
+ * WITH its credentials (percent-encoded) into out: length, or -1 when it
+ * does not fit.  Only the broker hands it out, to authenticated callers;
+ * it must never be logged.  ferry_proxy_lease adds delta to `active` (a
+ * lease is an active use; never below 0).  ferry_proxy_report feeds one
+ * result reported from outside the data plane into the same passive
+ * health as real traffic: the proxy's counters and up/down, and the
+ * (proxy, exchange) pair.  kind: enum ferry_fail_kind when !ok;
+ * latency_ms < 0: no sample.  Breakers and bans stay Lua's (runtime). */
+int ferry_proxy_url(const struct ferry_proxy *p, char *out, uint32_t room);
+int ferry_proxy_lease(uint32_t id, int delta);
+int ferry_proxy_report(uint32_t id, uint32_t exchange, int ok, int kind, double latency_ms);
+
 /* Health (health.c).  rise/fall: hysteresis; interval: seconds between
  * passive-recovery trials of a down proxy without probes (backs off x2
  * per failed trial, capped at 16x). */
@@ -223,6 +255,11 @@ int ferry_probe_set(struct ferry_proxy *p, int kind, const char *host, int port,
 void ferry_probe_set_concurrency(int n);
 /* Probes in flight now. */
 int ferry_probe_inflight(void);
+
+/* Pool names by the stable pool index of ferry_req.pool (1..4095), for
+ * logs and metrics; index 0 is "direct".  NULL when unknown. */
+int ferry_set_pool_name(int index, const char *name);
+const char *ferry_pool_name(int index);
 
 /* Exchanges: a stable small id per name (1..), 0 for NULL or "". */
 uint32_t ferry_exchange_id(const char *name);
@@ -247,18 +284,46 @@ int ferry_sticky_set(const char *key, uint32_t len, uint32_t proxy_id, double tt
 void ferry_sticky_drop(const char *key, uint32_t len);
 uint32_t ferry_sticky_count(void);
 
-/* Open a listener.  protocol: "http".  Returns an index >= 0 or -1. */
+/* The embedded SQLite store (store.c; the full contract is in store.h).
+ * Errors name the database path.  proxies_json: a JSON array owned by C,
+ * valid until the next call.  save/load_health: count (>= 0) or -1. */
+int ferry_store_open(const char *path, const char **err);
+void ferry_store_close(void);
+int ferry_store_is_open(void);
+int ferry_store_put_proxy(const char *key, const char *url, const char *pool,
+                          const char *opts_json, int enabled, const char **err);
+int ferry_store_delete_proxy(const char *key, const char **err);
+int ferry_store_set_enabled(const char *key, int enabled, const char **err);
+const char *ferry_store_proxies_json(const char **err);
+int ferry_store_save_health(const char **err);
+int ferry_store_load_health(const char **err);
+
+/* Open a listener.  protocol: "http" (forward proxy) or "admin".
+ * Returns an index >= 0 or -1. */
 int ferry_listen(const char *name, const char *host, int port,
                  const char *protocol, int open, const char **err);
 /* Add an inbound credential ("user:pass", Basic) to a listener. */
 int ferry_listener_add_user(int listener, const char *user,
                             const char *pass, const char **err);
+/* An admin listener on a unix socket, created with mode 0600; a stale
+ * socket file is replaced, a live one refused.  Index or -1. */
+int ferry_listen_unix(const char *name, const char *path, const char **err);
+/* Reload: the open unix listener at path, or -1. */
+int ferry_listener_find_unix(const char *path);
 /* Reload: the open listener bound to host:port, or -1. */
 int ferry_listener_find(const char *host, int port);
 /* Reload: rename, forget users, set the open flag of a kept listener. */
 int ferry_listener_reset(int listener, const char *name, int open);
 /* Reload: stop accepting and close the socket; its connections finish. */
 int ferry_listener_close(int listener);
+
+/* Event and access log files (NULL or "": standard error; access NULL:
+ * with the events).  Reopened by name on SIGUSR1. */
+int ferry_set_log_files(const char *events, const char *access, const char **err);
+/* 1 once a stop signal came: draining (admin /health answers 503). */
+int ferry_draining(void);
+/* The config file the daemon runs (console reload()). */
+const char *ferry_config_path(void);
 
 /* Global timeouts in milliseconds; 0 leaves a value unchanged. */
 void ferry_set_timeouts(int client_head_ms, int connect_ms,
@@ -268,7 +333,37 @@ void ferry_set_timeouts(int client_head_ms, int connect_ms,
 void ferry_set_log(int level, int access);
 /* Write one coded event line to the log (level as above). */
 void ferry_log(int level, const char *code, const char *msg);
-/* Count a Lua hook error (strategy, route) for metrics. */
+/* Count a Lua hook error for metrics: 1 route, 2 strategy, 3 breaker,
+ * 4 exchange hook (0: the runtime itself, counted by the core). */
 void ferry_count_hook_error(int kind);
+
+/* Metrics (metrics.c, metrics_text.c).  Counters C owns: they survive
+ * reloads and never reset.  The core counts its own requests, retries,
+ * latencies, hook errors and probes; Lua adds reloads. */
+
+/* One proxy of one running pool, for the per-proxy families. */
+struct ferry_metrics_member {
+    const struct ferry_proxy *proxy; /* its live state; NULL: left out */
+    const char *label;               /* its label (configured id); NULL: its number */
+    int32_t     pool;                /* pool index, as ferry_req.pool */
+    double      score;               /* health score 0..100 (health.lua); < 0: left out */
+};
+
+/* Count one finished request by listener, pool index (-1: none chosen),
+ * exchange id, code (NULL or "": "ok") and status sent (0: none);
+ * seconds >= 0 is observed in the pool's request duration histogram.
+ * The core counts its own requests; this is for other front ends and specs. */
+void ferry_metrics_count_request(const char *listener, int pool, uint32_t exchange,
+                                 const char *code, int status, double seconds);
+/* A config reload ended: ok 1, or 0 when it was refused. */
+void ferry_metrics_count_reload(int ok);
+/* Label sets ferry_requests_total may hold (1..4096, the default 4096);
+ * requests with a new label set past it are counted under "other". */
+void ferry_metrics_set_limit(uint32_t max_series);
+/* The Prometheus text (0.0.4) of everything C counts, and of the n
+ * members' per-proxy, per-pool and per-(proxy, exchange) families.  The
+ * buffer belongs to C and stays valid until the next call; *len: bytes. */
+const char *ferry_metrics_text(const struct ferry_metrics_member *members, uint32_t n,
+                               size_t *len);
 
 #endif

@@ -78,7 +78,7 @@ static void go_down(struct proxy *p, const char *why)
     p->pub.down_since = now;
     p->passive_fails = 0;
     p->pub.retry_at = p->probe != NULL ? 0 : now + p->health_interval;
-    struct log_ctx ctx = { NULL, NULL, NULL, p->display };
+    struct log_ctx ctx = { .proxy = p->display };
     log_event(LOG_WARN, "FERRY-6001", &ctx, "proxy %s down: %s", p->label, why);
 }
 
@@ -91,7 +91,7 @@ static void go_up(struct proxy *p, const char *why)
     p->pub.down_since = 0;
     p->pub.retry_at = 0;
     p->passive_fails = 0;
-    struct log_ctx ctx = { NULL, NULL, NULL, p->display };
+    struct log_ctx ctx = { .proxy = p->display };
     log_event(LOG_INFO, "FERRY-6002", &ctx, "proxy %s up: %s (down %.1f s)", p->label, why,
               was > 0 ? loop_now() - was : 0.0);
 }
@@ -214,6 +214,52 @@ int ferry_health_mark(struct ferry_proxy *fp, int up, const char *reason)
     return FERRY_OK;
 }
 
+void health_restore(struct proxy *p, int up, uint32_t counter)
+{
+    if (up) {
+        if (!is_up(p)) {
+            go_up(p, "up when last saved (store)");
+        }
+        p->pub.health = counter >= p->pub.rise && counter <= full(p) ? counter : full(p);
+    } else {
+        if (is_up(p)) {
+            go_down(p, "down when last saved (store)");
+        }
+        p->pub.health = counter < p->pub.rise ? counter : p->pub.rise - 1;
+    }
+}
+
+/* Pool names, by the stable index apply.lua gives each pool ---------- */
+
+#define POOL_NAMES_MAX 4096
+static char *pool_names[POOL_NAMES_MAX];
+
+int ferry_set_pool_name(int index, const char *name)
+{
+    if (index <= 0 || index >= POOL_NAMES_MAX || name == NULL) {
+        return FERRY_ERROR;
+    }
+    if (pool_names[index] != NULL && strcmp(pool_names[index], name) == 0) {
+        return FERRY_OK;
+    }
+    char *copy = strdup(name);
+    if (copy == NULL) {
+        return FERRY_ERROR;
+    }
+    free(pool_names[index]);
+    pool_names[index] = copy;
+    return FERRY_OK;
+}
+
+const char *ferry_pool_name(int index)
+{
+    if (index == 0) {
+        return "direct";
+    }
+    return index > 0 && index < POOL_NAMES_MAX && pool_names[index] != NULL ? pool_names[index]
+                                                                            : NULL;
+}
+
 /* Exchanges --------------------------------------------------------- */
 
 uint32_t ferry_exchange_id(const char *name)
@@ -237,7 +283,7 @@ uint32_t ferry_exchange_id(const char *name)
     return nexchanges;
 }
 
-static const char *exchange_name(uint32_t id)
+const char *health_exchange_name(uint32_t id)
 {
     return id > 0 && id <= nexchanges ? exchanges[id] : "-";
 }
@@ -339,6 +385,15 @@ void health_pair_result(struct ferry_pxstate *fx, int ok, double latency_ms)
     }
 }
 
+void health_pairs_each(void (*fn)(const struct ferry_pxstate *x, void *arg), void *arg)
+{
+    for (uint32_t i = 0; i < nbuckets; i++) {
+        for (const struct pxstate *x = pairs[i]; x != NULL; x = x->next) {
+            fn(&x->pub, arg);
+        }
+    }
+}
+
 void ferry_pxstate_window(const struct ferry_pxstate *fx, int seconds, uint32_t *out)
 {
     const struct pxstate *x = (const struct pxstate *)fx;
@@ -365,9 +420,10 @@ static void pair_event(int level, const char *code, const struct ferry_pxstate *
                        const char *what, double seconds)
 {
     struct proxy *p = proxy_by_id(x->proxy_id);
-    struct log_ctx ctx = { NULL, NULL, NULL, p != NULL ? p->display : NULL };
+    struct log_ctx ctx = { .proxy = p != NULL ? p->display : NULL,
+                           .exchange = health_exchange_name(x->exchange) };
     log_event(level, code, &ctx, "proxy %s, exchange %s: %s%s%.1f%s",
-              p != NULL ? p->label : "?", exchange_name(x->exchange), what,
+              p != NULL ? p->label : "?", health_exchange_name(x->exchange), what,
               seconds > 0 ? " for " : "", seconds > 0 ? seconds : 0.0, seconds > 0 ? " s" : "");
 }
 
@@ -443,9 +499,10 @@ int ferry_ban(struct ferry_pxstate *x, double seconds, const char *reason)
     x->bans++;
     x->bans_total++;
     struct proxy *p = proxy_by_id(x->proxy_id);
-    struct log_ctx ctx = { NULL, NULL, NULL, p != NULL ? p->display : NULL };
+    struct log_ctx ctx = { .proxy = p != NULL ? p->display : NULL,
+                           .exchange = health_exchange_name(x->exchange) };
     log_event(LOG_WARN, "FERRY-6006", &ctx, "proxy %s banned by exchange %s for %.0f s (%s, ban %u in a row)",
-              p != NULL ? p->label : "?", exchange_name(x->exchange), seconds,
+              p != NULL ? p->label : "?", health_exchange_name(x->exchange), seconds,
               reason != NULL ? reason : "ban", x->bans);
     return FERRY_OK;
 }
@@ -463,6 +520,10 @@ void health_free_all(void)
     free(pairs);
     pairs = NULL;
     npairs = nbuckets = 0;
+    for (int i = 0; i < POOL_NAMES_MAX; i++) {
+        free(pool_names[i]);
+        pool_names[i] = NULL;
+    }
     for (uint32_t i = 1; i <= nexchanges; i++) {
         free(exchanges[i]);
         exchanges[i] = NULL;

@@ -15,6 +15,14 @@ void health_passive(struct proxy *p, int ok, enum ferry_fail_kind kind);
 void health_pair_result(struct ferry_pxstate *x, int ok, double latency_ms);
 /* Some proxy's flags changed: bump ferry_health_epoch(). */
 void health_flags_changed(void);
+/* Set the starting point saved by the store: up or down (a transition is
+ * logged and counted like any other) and the hysteresis counter, clamped
+ * to the range of that state under the current rise/fall. */
+void health_restore(struct proxy *p, int up, uint32_t counter);
+/* The name of an exchange id, "-" for none. */
+const char *health_exchange_name(uint32_t id);
+/* Call fn on every (proxy, exchange) pair, in no particular order (metrics). */
+void health_pairs_each(void (*fn)(const struct ferry_pxstate *x, void *arg), void *arg);
 /* Free every pair state (exit). */
 void health_free_all(void);
 

@@ -4,6 +4,7 @@
 #include "ferry.h"
 #include "log.h"
 #include "proxy.h"
+#include "sticky.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -15,6 +16,8 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define ACCEPT_BATCH 64
@@ -76,8 +79,10 @@ static void on_accept(struct ev_loop *lp, ev_io *w, int revents)
             reject_overloaded(fd);
             continue;
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (l->path == NULL) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        }
         if (conn_new(l, fd, (struct sockaddr *)&ss) == NULL) {
             close(fd);
         }
@@ -117,19 +122,52 @@ static int listen_addr(const char *host, int port, struct sockaddr_storage *ss, 
     return -1;
 }
 
-int ferry_listen(const char *name, const char *host, int port, const char *protocol, int open,
-                 const char **err)
+static int free_slot(const char **err)
 {
-    if (strcmp(protocol, "http") != 0) {
-        *err = "unsupported listener protocol";
-        return -1;
-    }
     int slot = 0;
     while (slot < nlisteners && listeners[slot] != NULL) {
         slot++;
     }
     if (slot >= LISTENER_MAX) {
         *err = "too many listeners";
+        return -1;
+    }
+    return slot;
+}
+
+/* The listener struct for a bound, listening fd, accepting from now on.
+ * On failure the fd is closed. */
+static struct listener *start_listener(int slot, const char *name, int fd,
+                                       const struct sockaddr_storage *ss, const char **err)
+{
+    struct listener *l = calloc(1, sizeof(*l));
+    if (l == NULL || (l->name = strdup(name)) == NULL) {
+        free(l);
+        close(fd);
+        *err = "out of memory";
+        return NULL;
+    }
+    l->fd = fd;
+    l->addr = *ss;
+    ev_io_init(&l->io, on_accept, fd, EV_READ);
+    ev_init(&l->retry, on_retry);
+    ev_io_start(loop, &l->io);
+    listeners[slot] = l;
+    if (slot == nlisteners) {
+        nlisteners++;
+    }
+    return l;
+}
+
+int ferry_listen(const char *name, const char *host, int port, const char *protocol, int open,
+                 const char **err)
+{
+    if (strcmp(protocol, "http") != 0 && strcmp(protocol, "admin") != 0) {
+        *err = "unsupported listener protocol";
+        return -1;
+    }
+    int slot = free_slot(err);
+    if (slot < 0) {
         return -1;
     }
     struct sockaddr_storage ss;
@@ -150,26 +188,97 @@ int ferry_listen(const char *name, const char *host, int port, const char *proto
         close(fd);
         return -1;
     }
-    struct listener *l = calloc(1, sizeof(*l));
-    if (l == NULL || (l->name = strdup(name)) == NULL) {
-        free(l);
-        close(fd);
-        *err = "out of memory";
+    struct listener *l = start_listener(slot, name, fd, &ss, err);
+    if (l == NULL) {
         return -1;
     }
-    l->fd = fd;
-    l->addr = ss;
     l->open = open ? 1 : 0;
-    ev_io_init(&l->io, on_accept, fd, EV_READ);
-    ev_init(&l->retry, on_retry);
-    ev_io_start(loop, &l->io);
-    listeners[slot] = l;
-    if (slot == nlisteners) {
-        nlisteners++;
-    }
+    l->admin = strcmp(protocol, "admin") == 0;
     log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on %s:%d (%s)", name, host, port,
               protocol);
     return slot;
+}
+
+/* Whether something answers on the unix socket at path. */
+static int unix_socket_alive(const struct sockaddr_un *sun)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        return 0;
+    }
+    /* A local connect answers at once: refused when nobody listens. */
+    int alive = connect(fd, (const struct sockaddr *)sun, sizeof(*sun)) == 0;
+    close(fd);
+    return alive;
+}
+
+int ferry_listen_unix(const char *name, const char *path, const char **err)
+{
+    struct sockaddr_un sun;
+    if (path == NULL || strlen(path) >= sizeof(sun.sun_path) || path[0] == '\0') {
+        *err = "socket path is empty or too long";
+        return -1;
+    }
+    int slot = free_slot(err);
+    if (slot < 0) {
+        return -1;
+    }
+    memset(&sun, 0, sizeof(sun));
+    sun.sun_family = AF_UNIX;
+    memcpy(sun.sun_path, path, strlen(path));
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        /* A stale socket of an earlier run goes; anything else stays. */
+        if (!S_ISSOCK(st.st_mode)) {
+            *err = "the path exists and is not a socket";
+            return -1;
+        }
+        if (unix_socket_alive(&sun)) {
+            *err = "another process is listening on this socket";
+            return -1;
+        }
+        unlink(path);
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        *err = strerror(errno);
+        return -1;
+    }
+    /* Created 0600 from the start: no window where others may connect. */
+    mode_t old = umask(0177);
+    int rc = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+    umask(old);
+    if (rc == -1 || listen(fd, 128) == -1) {
+        *err = strerror(errno);
+        close(fd);
+        return -1;
+    }
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    memcpy(&ss, &sun, sizeof(sun));
+    struct listener *l = start_listener(slot, name, fd, &ss, err);
+    if (l == NULL || (l->path = strdup(path)) == NULL) {
+        if (l != NULL) {
+            *err = "out of memory";
+            ferry_listener_close(slot);
+        }
+        unlink(path);
+        return -1;
+    }
+    l->admin = 1;
+    log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on unix:%s (admin)", name, path);
+    return slot;
+}
+
+int ferry_listener_find_unix(const char *path)
+{
+    for (int i = 0; i < nlisteners; i++) {
+        struct listener *l = listeners[i];
+        if (l != NULL && !l->closed && l->path != NULL && strcmp(l->path, path) == 0) {
+            return i;
+        }
+    }
+    return -1;
 }
 
 int ferry_listener_add_user(int idx, const char *user, const char *pass, const char **err)
@@ -258,6 +367,7 @@ static void forget_users(struct listener *l)
 static void listener_free(struct listener *l)
 {
     forget_users(l);
+    free(l->path);
     free(l->name);
     free(l);
 }
@@ -289,7 +399,7 @@ const char *listener_auth_session(struct listener *l, const char *value, size_t 
     }
     const unsigned char *key = mark + sizeof(marker) - 1;
     size_t klen = (size_t)(colon - key);
-    if (klen == 0 || klen >= room) {
+    if (klen == 0 || room < 32) {
         return NULL;
     }
     /* Re-encode "user:pass" without the suffix and check it as usual. */
@@ -311,8 +421,7 @@ const char *listener_auth_session(struct listener *l, const char *value, size_t 
             return NULL;
         }
     }
-    memcpy(session, key, klen);
-    session[klen] = '\0';
+    sticky_key_copy(session, room, (const char *)key, klen);
     return user;
 }
 
@@ -355,6 +464,9 @@ static void stop_accepting(struct listener *l)
     if (l->fd >= 0) {
         close(l->fd);
         l->fd = -1;
+        if (l->path != NULL) {
+            unlink(l->path);
+        }
     }
 }
 
@@ -387,6 +499,26 @@ void listener_conn_gone(struct listener *l)
         }
     }
     listener_free(l);
+}
+
+void listener_stop_proxying(void)
+{
+    for (int i = 0; i < nlisteners; i++) {
+        if (listeners[i] != NULL && !listeners[i]->admin) {
+            stop_accepting(listeners[i]);
+        }
+    }
+}
+
+int listener_proxy_conns(void)
+{
+    int n = 0;
+    for (int i = 0; i < nlisteners; i++) {
+        if (listeners[i] != NULL && !listeners[i]->admin) {
+            n += listeners[i]->conns;
+        }
+    }
+    return n;
 }
 
 void listener_stop_all(void)

@@ -26,6 +26,8 @@ struct listener {
     unsigned open:1;        /* ro: allowed to be an open proxy */
     unsigned emfile_logged:1; /* private */
     unsigned closed:1;      /* ro: closed by a reload; freed when conns reach 0 */
+    unsigned admin:1;       /* ro: serves the admin plane (admin.c), not proxying */
+    char *path;             /* ro: unix socket path (unlinked at close), or NULL */
 };
 
 struct listener *listener_get(int idx);
@@ -39,6 +41,10 @@ const char *listener_auth_session(struct listener *l, const char *value, size_t 
                                   char *session, size_t room);
 /* A connection of l ended: a listener closed by a reload goes with its last one. */
 void listener_conn_gone(struct listener *l);
+/* Stop accepting on the data plane only (drain); admin listeners stay. */
+void listener_stop_proxying(void);
+/* Connections of data-plane listeners, closed-by-reload ones included. */
+int listener_proxy_conns(void);
 /* Stop accepting; the structs stay, since connections still point at them. */
 void listener_stop_all(void);
 /* Free everything: only once no connection is left. */

@@ -8,8 +8,10 @@
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
@@ -21,22 +23,31 @@
 int log_level_min = LOG_INFO;
 int log_access_on = 1;
 
-static int log_fd = 2;
-static char log_buf[LOG_BUF_SIZE];
-static size_t log_used;
+/* A destination of lines: a file by name (reopened on SIGUSR1) or
+ * standard error, with its own buffer. */
+struct sink {
+    int fd;                   /* private: 2 = standard error */
+    char *path;               /* ro: NULL for standard error */
+    char buf[LOG_BUF_SIZE];   /* private */
+    size_t used;              /* private */
+};
+
+static struct sink events_sink = { 2, NULL, { 0 }, 0 };
+static struct sink access_sink = { 2, NULL, { 0 }, 0 };
+static int access_separate;   /* access lines go to access_sink */
 
 static const char *level_names[] = { "debug", "info", "warn", "error" };
 
 void log_init(int fd)
 {
-    log_fd = fd;
+    events_sink.fd = fd;
 }
 
-void log_flush(void)
+static void sink_flush(struct sink *k)
 {
     size_t off = 0;
-    while (off < log_used) {
-        ssize_t n = write(log_fd, log_buf + off, log_used - off);
+    while (off < k->used) {
+        ssize_t n = write(k->fd, k->buf + off, k->used - off);
         if (n == -1) {
             if (errno == EINTR) {
                 continue;
@@ -45,7 +56,88 @@ void log_flush(void)
         }
         off += (size_t)n;
     }
-    log_used = 0;
+    k->used = 0;
+}
+
+void log_flush(void)
+{
+    sink_flush(&events_sink);
+    sink_flush(&access_sink);
+}
+
+static int open_log(const char *path, const char **err)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd == -1) {
+        *err = strerror(errno);
+    }
+    return fd;
+}
+
+/* Point k at path (NULL: standard error), flushing what it holds. */
+static void sink_set(struct sink *k, int fd, const char *path)
+{
+    sink_flush(k);
+    if (k->fd > 2) {
+        close(k->fd);
+    }
+    free(k->path);
+    k->fd = fd;
+    k->path = path != NULL ? strdup(path) : NULL;
+}
+
+static int same_path(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+int log_set_files(const char *events, const char *access, const char **err)
+{
+    events = events != NULL && *events != '\0' ? events : NULL;
+    access = access != NULL && *access != '\0' ? access : NULL;
+    int efd = 2, afd = 2;
+    if (events != NULL && !same_path(events, events_sink.path) &&
+        (efd = open_log(events, err)) == -1) {
+        return -1;
+    }
+    if (access != NULL && !same_path(access, events) && !same_path(access, access_sink.path) &&
+        (afd = open_log(access, err)) == -1) {
+        if (efd > 2) {
+            close(efd);
+        }
+        return -1;
+    }
+    if (!same_path(events, events_sink.path)) {
+        sink_set(&events_sink, efd, events);
+    }
+    access_separate = access != NULL && !same_path(access, events);
+    if (!access_separate) {
+        sink_set(&access_sink, 2, NULL);
+    } else if (!same_path(access, access_sink.path)) {
+        sink_set(&access_sink, afd, access);
+    }
+    return 0;
+}
+
+static void sink_reopen(struct sink *k)
+{
+    if (k->path == NULL) {
+        return;
+    }
+    const char *err = NULL;
+    int fd = open_log(k->path, &err);
+    if (fd == -1) {
+        return; /* keep writing to the old file rather than losing lines */
+    }
+    sink_flush(k);
+    close(k->fd);
+    k->fd = fd;
+}
+
+void log_reopen(void)
+{
+    sink_reopen(&events_sink);
+    sink_reopen(&access_sink);
 }
 
 /* Append s as a JSON string body (no quotes), escaping as needed. */
@@ -128,21 +220,22 @@ static void line_ctx(struct line *l, const struct log_ctx *ctx)
     put_str(l, "cid", ctx->cid);
     put_str(l, "listener", ctx->listener);
     put_str(l, "pool", ctx->pool);
+    put_str(l, "exchange", ctx->exchange);
     put_str(l, "proxy", ctx->proxy);
 }
 
-static void line_end(struct line *l)
+static void line_end(struct line *l, struct sink *k)
 {
     if (l->n + 2 > sizeof(l->b)) {
         l->n = sizeof(l->b) - 2; /* truncated: still one valid-looking line */
     }
     l->b[l->n++] = '}';
     l->b[l->n++] = '\n';
-    if (log_used + l->n > sizeof(log_buf)) {
-        log_flush();
+    if (k->used + l->n > sizeof(k->buf)) {
+        sink_flush(k);
     }
-    memcpy(log_buf + log_used, l->b, l->n);
-    log_used += l->n;
+    memcpy(k->buf + k->used, l->b, l->n);
+    k->used += l->n;
 }
 
 void log_event(int level, const char *code, const struct log_ctx *ctx, const char *fmt, ...)
@@ -159,7 +252,7 @@ void log_event(int level, const char *code, const struct log_ctx *ctx, const cha
     line_start(&l, level, code);
     put_str(&l, "msg", msg);
     line_ctx(&l, ctx);
-    line_end(&l);
+    line_end(&l, &events_sink);
     if (level >= LOG_WARN) {
         log_flush(); /* warnings must not wait behind a busy loop */
     }
@@ -187,5 +280,5 @@ void log_access(const struct log_ctx *ctx, const char *client, const char *metho
     put_num(&l, "bytes_out", (double)bytes_out, 0);
     put_num(&l, "ms", ms, 3);
     put_num(&l, "attempts", attempts, 0);
-    line_end(&l);
+    line_end(&l, access_separate ? &access_sink : &events_sink);
 }

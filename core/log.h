@@ -10,6 +10,7 @@ struct log_ctx {
     const char *listener;
     const char *pool;
     const char *proxy;    /* proxy id/display, never with credentials */
+    const char *exchange;
 };
 
 extern int log_level_min;
@@ -17,6 +18,12 @@ extern int log_access_on;
 
 void log_init(int fd);
 void log_flush(void);
+/* Send event lines to events and access lines to access (NULL or "":
+ * standard error; access defaults to the events file).  0, or -1 with
+ * err, changing nothing. */
+int log_set_files(const char *events, const char *access, const char **err);
+/* SIGUSR1: open the files again by name (after logrotate moved them). */
+void log_reopen(void);
 /* A coded event line: fmt is printf-style and becomes "msg". */
 void log_event(int level, const char *code, const struct log_ctx *ctx,
                const char *fmt, ...) __attribute__((format(printf, 4, 5)));

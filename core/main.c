@@ -2,6 +2,7 @@
 #include "bridge.h"
 #include "buf.h"
 #include "conn.h"
+#include "console.h"
 #include "ferry.h"
 #include "health.h"
 #include "probe.h"
@@ -9,6 +10,7 @@
 #include "listener.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "resolve.h"
 
@@ -33,6 +35,16 @@ static ev_prepare flush_watch;
 static ev_timer drain_timer;
 static int stopping;
 static const char *config_path;
+
+int ferry_draining(void)
+{
+    return stopping;
+}
+
+const char *ferry_config_path(void)
+{
+    return config_path != NULL ? config_path : "";
+}
 
 double ferry_now(void)
 {
@@ -68,6 +80,11 @@ void ferry_set_log(int level, int access)
     log_access_on = access;
 }
 
+int ferry_set_log_files(const char *events, const char *access, const char **err)
+{
+    return log_set_files(events, access, err) == 0 ? FERRY_OK : FERRY_ERROR;
+}
+
 void ferry_log(int level, const char *code, const char *msg)
 {
     log_event(level, code, NULL, "%s", msg);
@@ -78,6 +95,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: ferry [run] -c FILE      run in the foreground\n"
             "       ferry check -c FILE      validate a config\n"
+            "       ferry console [-s SOCKET] [-e EXPR]   the running daemon's console\n"
             "       ferry version\n");
 }
 
@@ -115,10 +133,12 @@ static void on_drain_tick(struct ev_loop *l, ev_timer *w, int revents)
     if (started == 0) {
         started = ev_now(l);
     }
-    if (conn_count() == 0 || ev_now(l) - started >= DRAIN_SECS) {
-        if (conn_count() > 0) {
+    /* Admin connections (a scraper's keep-alive) do not hold the drain. */
+    int busy = listener_proxy_conns();
+    if (busy == 0 || ev_now(l) - started >= DRAIN_SECS) {
+        if (busy > 0) {
             log_event(LOG_WARN, "FERRY-0004", NULL,
-                      "drain timeout: closing %u connections", conn_count());
+                      "drain timeout: closing %d connections", busy);
         }
         ev_timer_stop(l, w);
         ev_break(l, EVBREAK_ALL);
@@ -134,7 +154,8 @@ static void on_stop(struct ev_loop *l, ev_signal *w, int revents)
     }
     stopping = 1;
     log_event(LOG_INFO, "FERRY-0003", NULL, "signal %d: stop accepting, draining", w->signum);
-    listener_stop_all();
+    /* The admin plane stays up while draining, so /health can say 503. */
+    listener_stop_proxying();
     ev_timer_init(&drain_timer, on_drain_tick, 0., 0.1);
     ev_timer_start(l, &drain_timer);
 }
@@ -166,7 +187,7 @@ static void on_usr1(struct ev_loop *l, ev_signal *w, int revents)
     (void)l;
     (void)w;
     (void)revents;
-    log_flush(); /* logs go to stderr; reopening files comes with log files */
+    log_reopen(); /* logrotate moved the files: write to new ones by the same names */
 }
 
 static int cmd_run(const char *config, int check_only)
@@ -187,6 +208,7 @@ static int cmd_run(const char *config, int check_only)
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+    metrics_start(FERRY_VERSION);
     if (!check_only && resolve_init() != 0) {
         fprintf(stderr, "ferry: cannot start the resolver\n");
         return 1;
@@ -222,6 +244,7 @@ static int cmd_run(const char *config, int check_only)
     ev_run(loop, 0);
     conn_close_all();
     listener_close_all();
+    bridge_stop(); /* the runtime persists what it must (last known health) */
     log_event(LOG_INFO, "FERRY-0005", NULL, "stopped");
     log_flush();
     bridge_fini();
@@ -229,6 +252,7 @@ static int cmd_run(const char *config, int check_only)
     probe_stop_all();
     sticky_free_all();
     health_free_all();
+    metrics_free_all();
     proxy_free_all();
     buf_pool_drain();
     ev_loop_destroy(loop);
@@ -243,6 +267,9 @@ int main(int argc, char **argv)
     if (argc > 1 && argv[1][0] != '-') {
         cmd = argv[1];
         i = 2;
+    }
+    if (strcmp(cmd, "console") == 0) {
+        return console_main(argc - i, argv + i);
     }
     for (; i < argc; i++) {
         if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc) {

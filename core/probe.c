@@ -21,6 +21,7 @@
 #include "conn.h"
 #include "health.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "resolve.h"
 #include "upstream.h"
@@ -180,6 +181,7 @@ static void finish(struct probe *pr, int ok, const char *why)
     double ms = (ev_time() - pr->started) * 1000.0;
     release(pr);
     health_probe_result(pr->p, ok, ms > 0 ? ms : 0, why);
+    metrics_probe(ok, why);
     schedule(pr, next_delay(pr));
 }
 
@@ -191,7 +193,7 @@ static void abandon(struct probe *pr, const char *why)
     double now = loop_now();
     if (now - last_local_warn >= PROBE_WARN_WINDOW) {
         last_local_warn = now;
-        struct log_ctx ctx = { NULL, NULL, NULL, pr->p->display };
+        struct log_ctx ctx = { .proxy = pr->p->display };
         log_event(LOG_WARN, "FERRY-6011", &ctx, "a probe of proxy %s could not run: %s",
                   pr->p->label, why);
     }

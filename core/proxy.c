@@ -383,3 +383,96 @@ void proxy_free_all(void)
     by_key = NULL;
     nproxies = cap_proxies = nbuckets = 0;
 }
+
+/* Broker (lua/ferry/broker.lua) --------------------------------------- */
+
+/* Percent-encode s into out (RFC 3986 unreserved kept); returns the new
+ * length, or room when it did not fit. */
+static size_t pct_encode(const char *s, char *out, size_t o, size_t room)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (; *s != '\0'; s++) {
+        unsigned char ch = (unsigned char)*s;
+        int plain = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                    (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' ||
+                    ch == '~';
+        if (o + (plain ? 1 : 3) >= room) {
+            return room;
+        }
+        if (plain) {
+            out[o++] = (char)ch;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[ch >> 4];
+            out[o++] = hex[ch & 15];
+        }
+    }
+    return o;
+}
+
+int ferry_proxy_url(const struct ferry_proxy *fp, char *out, uint32_t room)
+{
+    const struct proxy *p = (const struct proxy *)fp;
+    if (p == NULL || out == NULL || room < 16 || p->host == NULL) {
+        return FERRY_ERROR;
+    }
+    int n = snprintf(out, room, "%s://", p->pub.scheme == FERRY_SCHEME_HTTP ? "http" : "socks5");
+    size_t o = (size_t)n;
+    if (p->user != NULL) {
+        o = pct_encode(p->user, out, o, room);
+        if (o < room && p->pass != NULL && *p->pass != '\0') {
+            if (o + 1 < room) {
+                out[o++] = ':';
+                o = pct_encode(p->pass, out, o, room);
+            } else {
+                o = room;
+            }
+        }
+        if (o + 1 >= room) {
+            return FERRY_ERROR;
+        }
+        out[o++] = '@';
+    }
+    int v6 = strchr(p->host, ':') != NULL;
+    n = snprintf(out + o, room - o, "%s%s%s:%d", v6 ? "[" : "", p->host, v6 ? "]" : "", p->port);
+    if (n < 0 || (size_t)n >= room - o) {
+        return FERRY_ERROR;
+    }
+    return (int)(o + (size_t)n);
+}
+
+int ferry_proxy_lease(uint32_t id, int delta)
+{
+    struct proxy *p = proxy_by_id(id);
+    if (p == NULL) {
+        return FERRY_ERROR;
+    }
+    if (delta > 0) {
+        p->pub.active += delta;
+    } else if (delta < 0) {
+        p->pub.active = p->pub.active + delta > 0 ? p->pub.active + delta : 0;
+    }
+    return FERRY_OK;
+}
+
+int ferry_proxy_report(uint32_t id, uint32_t exchange, int ok, int kind, double latency_ms)
+{
+    struct proxy *p = proxy_by_id(id);
+    if (p == NULL) {
+        return FERRY_ERROR;
+    }
+    if (!(latency_ms >= 0) || latency_ms > 3600e3) {
+        latency_ms = -1; /* no sample (NaN, negative, absurd) */
+    }
+    if (ok) {
+        proxy_success(p, latency_ms);
+    } else {
+        proxy_failure(p, (unsigned)kind < FERRY_FAIL_KINDS ? (enum ferry_fail_kind)kind
+                                                            : FERRY_FAIL_RESET);
+    }
+    struct ferry_pxstate *x = ferry_pxstate_get(id, exchange);
+    if (x != NULL) {
+        health_pair_result(x, ok, ok ? latency_ms : -1);
+    }
+    return FERRY_OK;
+}

@@ -9,6 +9,7 @@
 #include "ferry.h"
 #include "loop.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -153,6 +154,30 @@ void ferry_sticky_drop(const char *key, uint32_t len)
 uint32_t ferry_sticky_count(void)
 {
     return live;
+}
+
+size_t sticky_key_copy(char *dst, size_t room, const char *src, size_t len)
+{
+    if (room == 0) {
+        return 0;
+    }
+    const char *nul = memchr(src, '\0', len);
+    if (len < room && nul == NULL) {
+        memcpy(dst, src, len);
+        dst[len] = '\0';
+        return len;
+    }
+    uint64_t h = 14695981039346656037ull; /* FNV-1a */
+    for (size_t i = 0; i < len; i++) {
+        h = (h ^ (unsigned char)src[i]) * 1099511628211ull;
+    }
+    size_t keep = room > 18 ? room - 18 : 0;
+    if (nul != NULL && (size_t)(nul - src) < keep) {
+        keep = (size_t)(nul - src);
+    }
+    memcpy(dst, src, keep);
+    snprintf(dst + keep, room - keep, "#%016llx", (unsigned long long)h);
+    return strlen(dst);
 }
 
 void sticky_free_all(void)

@@ -32,6 +32,7 @@ local function index_of(name)
     i = next_pool_index
     pool_index[name] = i
     next_pool_index = i + 1
+    C.ferry_set_pool_name(i, name) -- for logs and metrics
   end
   return i
 end
@@ -146,16 +147,27 @@ end
 local function reconcile_listeners(cfg, old_idx)
   local kept, opened, idx_of = {}, {}, {}
   for _, l in ipairs(cfg.listeners) do
-    local idx = C.ferry_listener_find(l.host, l.port)
+    local idx
+    if l.path then
+      idx = C.ferry_listener_find_unix(l.path)
+    else
+      idx = C.ferry_listener_find(l.host, l.port)
+    end
     if idx >= 0 and old_idx then
       kept[#kept + 1] = { idx = idx, l = l }
     else
       local err = errbuf()
-      idx = C.ferry_listen(l.name, l.host, l.port, l.protocol, l.open and 1 or 0, err)
+      if l.path then
+        idx = C.ferry_listen_unix(l.name, l.path, err)
+      else
+        idx = C.ferry_listen(l.name, l.host, l.port, l.protocol, l.open and 1 or 0, err)
+      end
       if idx < 0 then
         for _, o in ipairs(opened) do C.ferry_listener_close(o) end
-        return nil, format('%s:%d: listen "%s": cannot listen on %s:%d: %s', cfg.file,
-          l.line or 0, l.name, l.host, l.port, ffi_string(err[0]))
+        local where = l.path and ("unix:" .. l.path) or (l.host .. ":" .. l.port)
+        return nil, format('%s:%d: %s "%s": cannot listen on %s: %s', cfg.file,
+          l.line or 0, l.protocol == "admin" and "admin" or "listen", l.name, where,
+          ffi_string(err[0]))
       end
       opened[#opened + 1] = idx
     end
@@ -231,8 +243,10 @@ local function build_pools(prep)
       end
       local id = tonumber(c.id)
       proxies_seen[id] = c
+      px.cid = id -- the inventory (ferry.inventory) finds its proxies by it
       list[i] = { id = id, display = px.display, label = px.id or tostring(id),
-                  weight = px.weight or 1, region = px.region, c = c, x = {} }
+                  weight = px.weight or 1, region = px.region, c = c, x = {},
+                  runtime = px.runtime }
     end
     if pc.health and pc.health.concurrency and pc.health.concurrency > concurrency then
       concurrency = pc.health.concurrency
@@ -273,6 +287,12 @@ local LEVELS = { debug = 0, info = 1, warn = 2, error = 3 }
 -- as before, but for proxies created or updated along the way).
 function M.commit(prep, old)
   local cfg = prep.cfg
+  -- Log files first, so the lines about opening listeners land in them.
+  local ferr = errbuf()
+  if C.ferry_set_log_files(cfg.log.file, cfg.log.access_file, ferr) ~= 0 then
+    return nil, format("%s: log: cannot open %s: %s", cfg.file,
+      tostring(cfg.log.file or cfg.log.access_file), ffi_string(ferr[0]))
+  end
   local listeners, lerr = reconcile_listeners(cfg, old and old.listeners)
   if not listeners then return nil, lerr end
   local pools, by_index, seen = build_pools(prep)
@@ -300,6 +320,7 @@ function M.commit(prep, old)
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
     ms(t.keepalive), ms(t.request))
   C.ferry_set_log(LEVELS[cfg.log.level] or 1, cfg.log.access and 1 or 0)
+
   return { cfg = cfg, pools = pools, by_index = by_index, proxies = seen,
            exchanges = exchanges, exchange_by_id = by_id, listeners = listeners }
 end

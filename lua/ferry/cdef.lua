@@ -72,6 +72,16 @@ struct ferry_result {
   const char *body; uint32_t body_len;
   const char *host; uint32_t host_len;
 };
+struct ferry_admin_req {
+  const char *method;  uint32_t method_len;
+  const char *target;  uint32_t target_len;
+  const char *head;    uint32_t head_len;
+  const char *body;    uint32_t body_len;
+  const char *peer;
+  const char *listener;
+  const char *cid;
+  int32_t unix_socket;
+};
 struct ferry_req {
   const char *host;     uint32_t host_len;
   uint32_t    port;
@@ -104,6 +114,9 @@ int ferry_proxy_set_flag(struct ferry_proxy *p, uint32_t flag, int on);
 uint32_t ferry_proxy_count(void);
 int ferry_proxy_set_label(struct ferry_proxy *p, const char *label);
 const char *ferry_proxy_label(const struct ferry_proxy *p);
+int ferry_proxy_url(const struct ferry_proxy *p, char *out, uint32_t room);
+int ferry_proxy_lease(uint32_t id, int delta);
+int ferry_proxy_report(uint32_t id, uint32_t exchange, int ok, int kind, double latency_ms);
 int ferry_health_set(struct ferry_proxy *p, int rise, int fall, double interval);
 int ferry_health_mark(struct ferry_proxy *p, int up, const char *reason);
 uint32_t ferry_health_epoch(void);
@@ -112,6 +125,8 @@ int ferry_probe_set(struct ferry_proxy *p, int kind, const char *host, int port,
                     double timeout, const char **err);
 void ferry_probe_set_concurrency(int n);
 int ferry_probe_inflight(void);
+int ferry_set_pool_name(int index, const char *name);
+const char *ferry_pool_name(int index);
 uint32_t ferry_exchange_id(const char *name);
 struct ferry_pxstate *ferry_pxstate_get(uint32_t proxy_id, uint32_t exchange);
 void ferry_pxstate_window(const struct ferry_pxstate *x, int seconds, uint32_t *out);
@@ -124,17 +139,44 @@ uint32_t ferry_sticky_get(const char *key, uint32_t len);
 int ferry_sticky_set(const char *key, uint32_t len, uint32_t proxy_id, double ttl);
 void ferry_sticky_drop(const char *key, uint32_t len);
 uint32_t ferry_sticky_count(void);
+int ferry_store_open(const char *path, const char **err);
+void ferry_store_close(void);
+int ferry_store_is_open(void);
+int ferry_store_put_proxy(const char *key, const char *url, const char *pool,
+                          const char *opts_json, int enabled, const char **err);
+int ferry_store_delete_proxy(const char *key, const char **err);
+int ferry_store_set_enabled(const char *key, int enabled, const char **err);
+const char *ferry_store_proxies_json(const char **err);
+int ferry_store_save_health(const char **err);
+int ferry_store_load_health(const char **err);
 int ferry_listen(const char *name, const char *host, int port, const char *protocol,
                  int open, const char **err);
 int ferry_listener_add_user(int listener, const char *user, const char *pass, const char **err);
 int ferry_listener_find(const char *host, int port);
+int ferry_listen_unix(const char *name, const char *path, const char **err);
+int ferry_listener_find_unix(const char *path);
 int ferry_listener_reset(int listener, const char *name, int open);
 int ferry_listener_close(int listener);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
                         int keepalive_ms, int request_ms);
+int ferry_set_log_files(const char *events, const char *access, const char **err);
+int ferry_draining(void);
+const char *ferry_config_path(void);
 void ferry_set_log(int level, int access);
 void ferry_log(int level, const char *code, const char *msg);
 void ferry_count_hook_error(int kind);
+struct ferry_metrics_member {
+  const struct ferry_proxy *proxy;
+  const char *label;
+  int32_t     pool;
+  double      score;
+};
+void ferry_metrics_count_request(const char *listener, int pool, uint32_t exchange,
+                                 const char *code, int status, double seconds);
+void ferry_metrics_count_reload(int ok);
+void ferry_metrics_set_limit(uint32_t max_series);
+const char *ferry_metrics_text(const struct ferry_metrics_member *members, uint32_t n,
+                               size_t *len);
 ]]
 end
 

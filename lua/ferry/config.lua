@@ -308,6 +308,13 @@ local function parse_proxy(where, i, entry)
   p.weight = want_number(pw, "weight", spec.weight, 1, 1000, true) or 1
   p.region = want(pw, "region", spec.region, "string")
   p.id = want(pw, "id", spec.id, "string")
+  -- The id goes into a response header, log lines and metric labels.
+  if p.id and (p.id == "" or #p.id > 64 or not p.id:match("^[%w._:@/-]+$")) then
+    fail(pw, "id: 1 to 64 letters, digits or . _ : @ / -")
+  end
+  if p.region and not p.region:match("^[%w._-]*$") then
+    fail(pw, "region: letters, digits or . _ -")
+  end
   if spec.headers ~= nil then
     if type(spec.headers) ~= "table" then fail(pw, "headers must be a table") end
     for k, v in pairs(spec.headers) do
@@ -382,11 +389,38 @@ local function evaluate(chunk, file)
     cfg.listeners[#cfg.listeners + 1] = l
   end
 
+  -- The admin plane: an HTTP listener and/or the console's unix socket,
+  -- opened and reconciled on reload like any listener.
   function env.admin(t)
     local where = at("admin")
+    if type(t) ~= "table" then fail(where, "expected a table, got a %s", type(t)) end
+    if cfg.admin then fail(where, "admin is declared twice") end
     check_fields(where, t, { addr = true, socket = true, token = true })
     for _, k in ipairs { "addr", "socket", "token" } do want(where, k, t[k], "string") end
-    cfg.admin = t
+    if t.addr == nil and t.socket == nil then
+      fail(where, "give addr (HTTP), socket (console) or both")
+    end
+    if t.token ~= nil and #t.token < 8 then
+      fail(where, "token: at least 8 characters")
+    end
+    local line = caller_line(file)
+    if t.addr then
+      local host, port = url.parse_hostport(t.addr)
+      if not host then fail(where, "addr: %s", port) end
+      if not is_loopback(host) and not t.token then
+        fail(where, "refusing an admin listener on %s without a token", host)
+      end
+      if names.listen.admin then fail(where, 'a listener named "admin" already exists') end
+      names.listen.admin = true
+      cfg.listeners[#cfg.listeners + 1] = { name = "admin", host = host, port = port,
+        protocol = "admin", users = {}, open = false, line = line }
+    end
+    if t.socket then
+      if t.socket == "" or #t.socket > 100 then fail(where, "socket: a path of 1 to 100 bytes") end
+      cfg.listeners[#cfg.listeners + 1] = { name = "console", path = t.socket,
+        protocol = "admin", users = {}, open = false, line = line }
+    end
+    cfg.admin = { addr = t.addr, socket = t.socket, token = t.token }
   end
 
   function env.store(t)
@@ -504,7 +538,10 @@ local function evaluate(chunk, file)
 
   function env.log(t)
     local where = at("log")
-    check_fields(where, t, { level = true, access = true })
+    check_fields(where, t, { level = true, access = true, file = true, access_file = true })
+    cfg.log.file = want(where, "file", t.file, "string") or cfg.log.file
+    cfg.log.access_file = want(where, "access_file", t.access_file, "string") or
+      cfg.log.access_file
     if t.level ~= nil and not LEVELS[t.level] then
       fail(where, 'level must be one of debug, info, warn, error')
     end
@@ -545,9 +582,13 @@ local function evaluate(chunk, file)
       return nil, string.format('%s: pool "%s" is not declared', ex.where, ex.pool)
     end
   end
-  if #cfg.listeners == 0 then
-    cfg.listeners[1] = { name = "proxy", host = "127.0.0.1", port = 8080, protocol = "http",
-                         users = {}, open = false, line = 0 }
+  local proxying = false
+  for _, l in ipairs(cfg.listeners) do
+    if l.protocol ~= "admin" then proxying = true end
+  end
+  if not proxying then
+    table.insert(cfg.listeners, 1, { name = "proxy", host = "127.0.0.1", port = 8080,
+                                     protocol = "http", users = {}, open = false, line = 0 })
   end
   M.index_exchanges(cfg)
   return cfg

@@ -10,6 +10,7 @@
 local type, pairs, ipairs, tostring, tonumber, pcall, setfenv, loadfile =
   type, pairs, ipairs, tostring, tonumber, pcall, setfenv, loadfile
 local format, concat, lower, find = string.format, table.concat, string.lower, string.find
+local budget = require("ferry.budget")
 
 local M = {}
 
@@ -23,6 +24,8 @@ local function sandbox()
                        "assert", "pcall", "unpack", "next", "rawget", "rawset" } do
     env[k] = _G[k]
   end
+  -- A loop around pcall must not swallow the budget's error.
+  env.pcall = budget.pcall
   for _, lib in ipairs { "string", "table", "math", "bit" } do
     local copy = {}
     for k, v in pairs(_G[lib] or require(lib)) do copy[k] = v end

@@ -5,6 +5,7 @@
 -- directories run interpreted (jit.off) so the core's instruction budget
 -- can stop one that loops; the built-in ones stay compiled for speed.
 local ffi = require("ffi")
+local budget = require("ferry.budget")
 
 local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
 local pcall, loadfile, setfenv, setmetatable = pcall, loadfile, setfenv, setmetatable
@@ -121,8 +122,13 @@ function M.load(kind, name, dirs)
   if cached then return cached end
   local chunk, lerr = loadfile(path)
   if not chunk then return nil, with_path(path, lerr) end
-  if dir ~= builtin_dir then jit.off(chunk, true) end
-  setfenv(chunk, setmetatable({}, { __index = _G }))
+  local env = setmetatable({}, { __index = _G })
+  if dir ~= builtin_dir then
+    jit.off(chunk, true)
+    -- A loop around pcall must not swallow the budget's error.
+    env.pcall, env.xpcall, env.coroutine = budget.pcall, budget.xpcall, budget.coroutine()
+  end
+  setfenv(chunk, env)
   local ok, plugin = pcall(chunk)
   if not ok then return nil, with_path(path, plugin) end
   local err = check(plugin, kind, name, path)

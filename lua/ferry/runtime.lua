@@ -14,6 +14,7 @@ local poolmod = require("ferry.pool")
 local apply = require("ferry.apply")
 local breaker = require("ferry.breaker")
 local exchange = require("ferry.exchange")
+local inventory = require("ferry.inventory")
 
 local C = ffi.C
 local ffi_string = ffi.string
@@ -34,6 +35,9 @@ local PANIC_SCAN = 1000   -- pools up to this size recount on every health chang
 
 local root = "."
 local active = nil -- the running config (apply.commit's table)
+-- Broker leases end lazily: before anything reads the active counters
+-- (a dispatch, an admin request), due_fn(now) runs once now >= due_at.
+local due_at, due_fn = math.huge, nil
 
 function M.set_root(r)
   root = r
@@ -63,28 +67,78 @@ end
 function M.load(path, do_apply)
   local cfg, err = config.load(path, {})
   if not cfg then return nil, err end
+  if do_apply then
+    -- The store's runtime proxies join the config's pools (inventory).
+    local ok, serr = inventory.open_store(cfg)
+    if not ok then return nil, serr end
+    inventory.merge(cfg)
+  end
   local prep, perr = apply.prepare(cfg, root)
   if not prep then return nil, perr end
   if not do_apply then return true end
   local run, cerr = apply.commit(prep, nil)
   if not run then return nil, cerr end
+  run.prep = prep
   active = run
+  inventory.committed(run)
+  inventory.load_health()
   return true
 end
 
 -- SIGHUP.  The new config is loaded and checked whole (plugins and
 -- scripts included) before anything changes; on error the running one
 -- stays, untouched.
-function M.reload(path)
+local function reload(path)
   if not active then return M.load(path, true) end
   local cfg, err = config.load(path, {})
   if not cfg then return nil, err end
+  local undo, serr = inventory.reload_store(cfg)
+  if not undo then return nil, serr end
+  inventory.merge(cfg)
   local prep, perr = apply.prepare(cfg, root)
-  if not prep then return nil, perr end
+  if not prep then
+    undo()
+    return nil, perr
+  end
   local run, cerr = apply.commit(prep, active)
-  if not run then return nil, cerr end
+  if not run then
+    undo()
+    return nil, cerr
+  end
+  run.prep = prep
   active = run
+  inventory.committed(run)
   return true
+end
+
+-- The running config applied again with the inventory merged in: how a
+-- proxy added or removed at runtime joins or leaves its pool.  Nothing
+-- is read from disk; counters, health and pins carry over as on reload.
+function M.recommit()
+  local cur = active
+  if not cur or not cur.prep then return nil, "no config is running" end
+  inventory.merge(cur.prep.cfg)
+  local run, err = apply.commit(cur.prep, cur)
+  if not run then return nil, err end
+  run.prep = cur.prep
+  active = run
+  inventory.committed(run)
+  return true
+end
+
+-- Graceful stop (called by the core once the loop has drained): the
+-- store keeps the last known health of every proxy.
+function M.stop()
+  return inventory.stop()
+end
+
+-- Every reload (SIGHUP, console, admin API) is counted for metrics,
+-- including one that raised.
+function M.reload(path)
+  local ok, res, err = pcall(reload, path)
+  C.ferry_metrics_count_reload((ok and res) and 1 or 0)
+  if not ok then error(res, 0) end
+  return res, err
 end
 
 ---------------------------------------------------------------------------
@@ -295,6 +349,10 @@ end
 function M.dispatch(ud)
   local cur = active
   if not cur then return ROUTE_ERROR end
+  if due_fn then
+    local now = C.ferry_now()
+    if now >= due_at then due_fn(now) end
+  end
   local r = ffi.cast(req_ptr, ud)
   local req = setmetatable({ _r = r, exid = 0 }, req_mt)
   anchored[1], anchored[2] = nil, nil
@@ -375,6 +433,24 @@ end
 
 local rres = {} -- the result as breaker plugins see it, reused
 
+-- Ban pair x for exchange e.  Bans in a row double the backoff; a ban
+-- long after the last one starts over.
+local function ban_pair(e, x, secs, reason)
+  local now = C.ferry_now()
+  local max = e.ban and e.ban.max_backoff or 3600
+  if x.bans > 0 and now - x.banned_until > max then C.ferry_ban(x, 0, nil) end
+  C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
+end
+
+-- The pool's breaker policy on one result of pair x.
+local function feed_breaker(pool, x, ok, status, latency_ms, kind)
+  local b = pool and pool.breaker
+  if not b then return end
+  rres.ok, rres.status, rres.latency_ms = ok, status, latency_ms
+  rres.kind = not ok and (kind or "http5xx") or nil
+  breaker.on_result(b, x, rres, report_breaker)
+end
+
 function M.result(ud)
   local cur = active
   if not cur then return end
@@ -397,23 +473,95 @@ function M.result(ud)
       end
     end
     if verdict == "ban" then
-      local now = C.ferry_now()
-      -- Bans in a row double the backoff; a ban long after the last one
-      -- starts over.
-      local max = e.ban and e.ban.max_backoff or 3600
-      if x.bans > 0 and now - x.banned_until > max then C.ferry_ban(x, 0, nil) end
-      C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
+      ban_pair(e, x, secs, reason)
       return
     end
   end
   if verdict == "ok" then ok = true elseif verdict == "failure" then ok = false end
-  local b = pool and pool.breaker
-  if b then
-    rres.ok, rres.status, rres.latency_ms = ok, status, tonumber(r.latency_ms)
-    rres.kind = not ok and KIND_NAMES[tonumber(r.kind) + 1] or nil
-    if not ok and not rres.kind then rres.kind = "http5xx" end
-    breaker.on_result(b, x, rres, report_breaker)
+  feed_breaker(pool, x, ok, status, tonumber(r.latency_ms), KIND_NAMES[tonumber(r.kind) + 1])
+end
+
+---------------------------------------------------------------------------
+-- The broker (ferry.broker): choices and results from outside the data
+-- plane, through the same exchanges, pools, strategies, select hooks,
+-- health, breakers, bans, panic and all_down policies as dispatch.
+
+-- The proxy for exchange `name`.  req: a plain table standing for the
+-- request (client, session, host...; tried: proxy ids to leave out).
+-- Returns p, pool, e; or nil, pool, e, why: "unknown" (no such
+-- exchange), "no-pool", "direct" (the exchange goes direct), or the
+-- pool's all_down policy ("any", "direct", "fail").
+function M.choose(name, req)
+  local cur = active
+  if not cur then return nil, nil, nil, "unknown" end
+  local e = cur.exchanges[name]
+  if not e then return nil, nil, nil, "unknown" end
+  req.exchange, req.exid = e.name, e.id
+  if e.pool == "direct" then return nil, nil, e, "direct" end
+  local pool = cur.pools[e.pool]
+  if not pool then return nil, nil, e, "no-pool" end
+  local p, policy = pick(pool, req, e)
+  if not p then return nil, pool, e, policy or pool.all_down end
+  local x = pool:pair(p, e.id)
+  if x ~= nil and x.breaker == cdef.BREAKER_HALF_OPEN then C.ferry_breaker_trial(x) end
+  return p, pool, e
+end
+
+-- One result reported by a broker client for proxy `id` on exchange e
+-- (from M.choose) in `pool`: the same passive health as real traffic
+-- (C), then the exchange's ban rules on `status` when given, else the
+-- pool's breaker.  kind: a FAIL_KINDS name when not ok.
+function M.feedback(id, e, pool, ok, latency_ms, kind, status)
+  local kind_no = 5 -- reset
+  for i, k in ipairs(KIND_NAMES) do
+    if k == kind then kind_no = i - 1 end
   end
+  C.ferry_proxy_report(id, e.id, ok and 1 or 0, kind_no, latency_ms or -1)
+  local x = C.ferry_pxstate_get(id, e.id)
+  if x == nil then return end
+  local reason = status and exchange.ban_reason(e.ban, status, nil)
+  if reason then
+    ban_pair(e, x, nil, reason)
+    return "ban"
+  end
+  feed_breaker(pool, x, ok, status or 0, latency_ms, kind)
+end
+
+-- Work due before a choice reads the proxies' active counters: the
+-- broker's leases that ran out (set by ferry.broker; due_at and due_fn
+-- are declared at the top, for dispatch).
+function M.set_due(at, fn)
+  due_at, due_fn = at or math.huge, fn
+end
+function M.run_due(now)
+  if now >= due_at and due_fn then due_fn(now) end
+end
+
+---------------------------------------------------------------------------
+-- Admin plane: every request of an admin listener (admin.c).
+
+local admin_ptr = ffi.typeof("struct ferry_admin_req *")
+local endpoints -- loaded on the first admin request
+
+function M.admin(ud)
+  if not endpoints then endpoints = require("ferry.endpoints") end
+  M.run_due(C.ferry_now())
+  return endpoints.handle(ffi.cast(admin_ptr, ud), M)
+end
+
+-- reload() of the console and POST /api/v1/reload: the SIGHUP path, from
+-- inside the runtime (the core's own reload would re-enter Lua).
+function M.reload_now()
+  local path = ffi_string(C.ferry_config_path())
+  local t0 = os.clock()
+  local ok, err = M.reload(path)
+  if not ok then
+    C.ferry_log(3, "FERRY-0102", "reload failed, keeping the running config: " .. tostring(err))
+    return nil, err
+  end
+  C.ferry_log(1, "FERRY-0101", string.format("reloaded %s in %.1f ms (admin)", path,
+    (os.clock() - t0) * 1000))
+  return true
 end
 
 -- For specs and the console: the running pools.

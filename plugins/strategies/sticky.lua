@@ -7,9 +7,34 @@
 -- disabled or removed is re-pinned to a new one (the least loaded, ties
 -- rotating), and keeps that one from then on.
 local ffi = require("ffi")
+local bit = require("bit")
 require("ferry.cdef")
 
 local C = ffi.C
+local bxor, lshift, tobit, tohex = bit.bxor, bit.lshift, bit.tobit, bit.tohex
+local byte = string.byte
+
+-- The longest key the core keeps (STICKY_KEY_MAX in core/sticky.c).
+local KEY_MAX = 255
+
+-- 32-bit FNV-1a of s (x * 16777619 as (x << 24) + x * 403, exact in doubles).
+local function fnv(s)
+  local h = tobit(0x811c9dc5)
+  for i = 1, #s do
+    h = bxor(h, byte(s, i))
+    h = tobit(lshift(h, 24) + h * 403)
+  end
+  return h
+end
+
+-- The pin's key: "pool\0session".  A key longer than the core keeps
+-- (a long pool name, a long session) would never be pinned, so it is cut
+-- and ends with a 64-bit digest of the whole key instead.
+local function key_of(pool, session)
+  local key = pool.name .. "\0" .. session
+  if #key <= KEY_MAX then return key end
+  return key:sub(1, KEY_MAX - 17) .. "\0" .. tohex(fnv(key)) .. tohex(fnv(key:reverse()))
+end
 
 local function active(p) return p.c.active end
 
@@ -18,30 +43,34 @@ local function table_of(pool)
   return pool.sticky or C
 end
 
+-- Proxies of the pool by id, rebuilt when the list is replaced or grows
+-- or shrinks (proxies added at runtime): a pin to a proxy missing from a
+-- stale index would be re-pinned on every request.
+local function index_of(pool)
+  local st, list = pool.state, pool.proxies
+  local by_id = st.by_id
+  if by_id and st.indexed == list and st.indexed_n == #list then return by_id end
+  by_id = {}
+  for _, p in ipairs(list) do by_id[p.id] = p end
+  st.by_id, st.indexed, st.indexed_n = by_id, list, #list
+  return by_id
+end
+
 return {
   name = "sticky",
   version = "1",
   init = function(pool)
-    local by_id = {}
-    for _, p in ipairs(pool.proxies) do by_id[p.id] = p end
-    pool.state.by_id = by_id
+    index_of(pool)
   end,
   select = function(pool, req)
-    local st = pool.state
-    local by_id = st.by_id
-    if not by_id then
-      by_id = {}
-      for _, p in ipairs(pool.proxies) do by_id[p.id] = p end
-      st.by_id = by_id
-    end
     local session = req.session or req.client
-    local ttl = pool.session_ttl or 600
-    local t = table_of(pool)
     if not session or session == "" then
       return pool:lowest(req, active)
     end
-    local key = pool.name .. "\0" .. session
-    local pinned = by_id[tonumber(t.ferry_sticky_get(key, #key))]
+    local ttl = pool.session_ttl or 600
+    local t = table_of(pool)
+    local key = key_of(pool, session)
+    local pinned = index_of(pool)[tonumber(t.ferry_sticky_get(key, #key))]
     if pinned and pool:eligible(pinned, req) then
       t.ferry_sticky_set(key, #key, pinned.id, ttl)
       return pinned

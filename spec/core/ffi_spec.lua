@@ -46,6 +46,8 @@ describe("C structs seen from Lua", function()
       "attempt", "ntried", "tried", "pool", "retries", "connect_timeout_ms",
       "first_byte_timeout_ms", "session", "session_len", "head", "head_len", "exchange", "flags",
       "add_headers", "add_headers_len", "drop_headers", "drop_headers_len" },
+    ferry_admin_req = { "method", "method_len", "target", "target_len", "head", "head_len",
+      "body", "body_len", "peer", "listener", "cid", "unix_socket" },
   }
   local c_src = { '#include <stdio.h>', '#include <stddef.h>', '#include "core/ferry.h"',
     'int main(void) {' }

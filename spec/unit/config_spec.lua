@@ -14,7 +14,7 @@ describe("config", function()
   it("loads the shape of DESIGN.md", function()
     local cfg = assert(load([[
 listen { name = "proxy", addr = "127.0.0.1:8080", protocol = "http" }
-admin  { addr = "127.0.0.1:9090", socket = "/tmp/ferry.sock", token = "t" }
+admin  { addr = "127.0.0.1:9090", socket = "/tmp/ferry.sock", token = "t-0123456789" }
 store  { path = "data/ferry.db" }
 plugins { "plugins", "/etc/ferry/plugins" }
 pool "binance" {
@@ -33,8 +33,13 @@ exchange "binance" { hosts = { "*.binance.com" }, pool = "binance",
                      script = "examples/exchanges/binance.lua" }
 route(function(req) return "direct" end)
 ]]))
-    assert.equal(1, #cfg.listeners)
+    -- The proxy listener, then the admin plane's HTTP listener and socket.
+    assert.equal(3, #cfg.listeners)
     assert.same({ "127.0.0.1", 8080 }, { cfg.listeners[1].host, cfg.listeners[1].port })
+    assert.same({ "admin", "admin", 9090 }, { cfg.listeners[2].name, cfg.listeners[2].protocol,
+      cfg.listeners[2].port })
+    assert.same({ "console", "/tmp/ferry.sock" }, { cfg.listeners[3].name, cfg.listeners[3].path })
+    assert.equal("t-0123456789", cfg.admin.token)
     local pool = cfg.pools.binance
     assert.equal("health_score", pool.strategy)
     assert.equal(2, #pool.proxies)
@@ -98,6 +103,9 @@ route(function(req) return "direct" end)
   it("checks proxy headers", function()
     assert.matches('header "X%-A" must not contain CR',
       err_of('pool "a" { proxies = { { url = "http://h:1", headers = { ["X-A"] = "v\\r\\nX: y" } } } }'))
+    -- An id travels in X-Ferry-Proxy, logs and metric labels: no header splitting.
+    assert.matches('id: 1 to 64 letters',
+      err_of('pool "a" { proxies = { { url = "http://h:1", id = "a\\r\\nSet-Cookie: x" } } }'))
     assert.matches("not a valid token",
       err_of('pool "a" { proxies = { { url = "http://h:1", headers = { ["bad name"] = "v" } } } }'))
   end)
@@ -125,10 +133,10 @@ exchange "fut"  { hosts = { "*.fapi.binance.com", "API.Example.com" }, pool = "d
   end)
 
   it("reads the environment, with or without a default", function()
-    assert.equal(os.getenv("HOME"), assert(load('admin { token = env "HOME" }')).admin.token)
-    assert.equal("dflt", assert(load('admin { token = env("FERRY_SURELY_UNSET_VAR", "dflt") }')).admin.token)
+    assert.equal(os.getenv("HOME"), assert(load('store { path = env "HOME" }')).store.path)
+    assert.equal("dflt", assert(load('store { path = env("FERRY_SURELY_UNSET_VAR", "dflt") }')).store.path)
     assert.equal("cfg.lua:1: env: environment variable FERRY_SURELY_UNSET_VAR is not set",
-      err_of('admin { token = env "FERRY_SURELY_UNSET_VAR" }'))
+      err_of('admin { socket = "/tmp/x.sock", token = env "FERRY_SURELY_UNSET_VAR" }'))
   end)
 
   it("reports syntax and runtime errors as file:line", function()

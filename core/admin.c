@@ -1,0 +1,177 @@
+/* admin.c - requests on admin listeners (TCP and the console socket).
+ *
+ * The admin plane speaks the same HTTP as the data plane, through the
+ * same head parser, but nothing is relayed: the whole request (head and
+ * a body bounded by the connection buffer) goes to the runtime's admin
+ * router in Lua, and its answer comes back.  An answer larger than the
+ * output buffer (metrics of a big inventory) is kept whole on the heap
+ * and fed into cout as the client reads it, so the loop never waits. */
+#include "bridge.h"
+#include "conn.h"
+#include "ferry.h"
+#include "listener.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *reason_of(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Payload Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return status < 400 ? "OK" : "Error";
+    }
+}
+
+void admin_free(struct conn *c)
+{
+    free(c->admin_body);
+    c->admin_body = NULL;
+    c->admin_len = c->admin_off = 0;
+}
+
+/* Move what fits of the pending answer into cout; at its end the
+ * connection waits for the next request, or drains and closes. */
+void admin_pump(struct conn *c)
+{
+    if (c->admin_body != NULL && c->admin_off < c->admin_len) {
+        c->admin_off += buf_append(&c->cout, c->admin_body + c->admin_off,
+                                   c->admin_len - c->admin_off);
+    }
+    if (c->admin_body != NULL && c->admin_off < c->admin_len) {
+        return;
+    }
+    admin_free(c);
+    c->state = c->admin_keep ? CS_HEAD : CS_DRAIN;
+    if (c->state == CS_HEAD) {
+        conn_arm(c, timeouts.keepalive);
+    }
+}
+
+/* Send status with body; body is taken over (freed here or later). */
+static void answer(struct conn *c, int status, const char *ctype, char *body, size_t blen,
+                   const char *extra)
+{
+    char head[1024];
+    int keep = c->admin_keep;
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "X-Request-Id: %s\r\nCache-Control: no-store\r\n%s%s\r\n",
+                     status, reason_of(status), ctype, blen, c->cid,
+                     extra != NULL ? extra : "", keep ? "" : "Connection: close\r\n");
+    if (n < 0 || (size_t)n >= sizeof(head)) {
+        /* Only the extra headers can make it this long: go without them. */
+        n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "X-Request-Id: %s\r\n%s\r\n",
+                     status, reason_of(status), ctype, blen, c->cid,
+                     keep ? "" : "Connection: close\r\n");
+    }
+    buf_append(&c->cout, head, (size_t)n);
+    c->status = status;
+    c->sent_any = 1;
+    c->bytes_out = (unsigned long long)n + blen;
+    if (c->req.method == HTTP_HEAD) {
+        free(body);
+        body = NULL;
+        blen = 0;
+    }
+    c->admin_body = body;
+    c->admin_len = blen;
+    c->admin_off = 0;
+    c->state = CS_ADMIN_OUT;
+    conn_arm(c, timeouts.idle); /* a slow reader gets idle time, not head time */
+    admin_pump(c);
+}
+
+/* A JSON error answer that the router did not make itself. */
+static void answer_error(struct conn *c, int status, const char *code, const char *message)
+{
+    char *body = malloc(512);
+    if (body == NULL) {
+        conn_close(c);
+        return;
+    }
+    int n = snprintf(body, 512, "{\"error\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}",
+                     code, message, c->cid);
+    char extra[64];
+    snprintf(extra, sizeof(extra), "X-Ferry-Error: %s\r\n", code);
+    c->admin_keep = 0;
+    answer(c, status, "application/json", body, (size_t)n, extra);
+}
+
+static void log_admin(struct conn *c, size_t body_len)
+{
+    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
+    char path[sizeof(c->path)];
+    size_t n = c->req.url.len < sizeof(path) - 1 ? c->req.url.len : sizeof(path) - 1;
+    memcpy(path, buf_head(&c->cin) + c->req.url.off, n);
+    path[n] = '\0';
+    log_access(&ctx, c->client, c->method, "admin", 0, path, c->status,
+               (unsigned long long)(c->head_len + body_len), c->bytes_out,
+               (loop_now() - c->t_start) * 1000.0, 0, c->status >= 400 ? "FERRY-7000" : NULL);
+}
+
+void admin_on_head(struct conn *c)
+{
+    const char *base = buf_head(&c->cin);
+    int chunked = (c->req.parser.flags & F_CHUNKED) != 0;
+    uint64_t clen = c->req.has_body && !chunked ? c->req.parser.content_length : 0;
+    c->admin_keep = c->req.keep_alive && !c->client_eof;
+    if (chunked) {
+        answer_error(c, 411, "FERRY-7002", "the admin API takes bodies with a Content-Length");
+        log_admin(c, 0);
+        return;
+    }
+    if (clen > CONN_BUF_SIZE - c->head_len) {
+        answer_error(c, 413, "FERRY-7003", "request body too large for the admin API");
+        log_admin(c, 0);
+        return;
+    }
+    if (buf_len(&c->cin) < c->head_len + clen) {
+        if (c->client_eof) {
+            conn_close(c); /* gave up mid-body */
+        }
+        return; /* the rest of the body is on its way */
+    }
+    struct ferry_admin_req r = {
+        .method = c->method,
+        .method_len = (uint32_t)strlen(c->method),
+        .target = base + c->req.url.off,
+        .target_len = c->req.url.len,
+        .head = base,
+        .head_len = (uint32_t)c->head_len,
+        .body = clen > 0 ? base + c->head_len : NULL,
+        .body_len = (uint32_t)clen,
+        .peer = c->client,
+        .listener = c->l->name,
+        .cid = c->cid,
+        .unix_socket = c->l->path != NULL,
+    };
+    struct bridge_answer a;
+    c->refs++; /* the router may do anything, even close listeners */
+    int rc = bridge_admin(&r, &a);
+    c->refs--;
+    buf_consume(&c->cin, c->head_len + (size_t)clen);
+    c->head_started = 0;
+    if (rc != 0) {
+        answer_error(c, 500, "FERRY-7001", "the admin handler failed; see the log");
+    } else {
+        answer(c, a.status, a.content_type, a.body, a.body_len, a.headers);
+        free(a.headers);
+    }
+    log_admin(c, (size_t)clen);
+}

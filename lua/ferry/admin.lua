@@ -1,0 +1,165 @@
+-- admin.lua: the admin plane's router.
+--
+-- The core hands every request of an admin listener (the HTTP one and
+-- the console's unix socket) to handle(); a handler answers
+--   status, body[, headers]
+-- where a table body is sent as JSON and a string as text/plain (or as
+-- headers["Content-Type"] says).  Over TCP every path but /health needs
+-- the bearer token when one is configured; the unix socket is trusted
+-- (it is created 0600).  A handler that raises gets a coded 500, never
+-- takes the daemon down, and is logged.
+local ffi = require("ffi")
+local cjson = require("cjson.safe")
+require("ferry.cdef")
+
+local C = ffi.C
+local ffi_string = ffi.string
+local pairs, type, tostring, pcall, concat = pairs, type, tostring, pcall, table.concat
+
+local M = {}
+
+local routes = {}   -- "METHOD /path" -> handler
+local prefixes = {} -- { method, prefix, handler }: paths with an id at the end
+
+-- handler(req, rt) -> status, body, headers
+function M.route(method, path, handler)
+  routes[method .. " " .. path] = handler
+end
+
+-- A route for "/path/<rest>": req.rest is what follows the prefix.
+function M.route_prefix(method, prefix, handler)
+  prefixes[#prefixes + 1] = { method = method, prefix = prefix, handler = handler }
+end
+
+-- The JSON error body every admin error uses (like the data plane's).
+function M.err(req, status, code, message)
+  return status, { error = code, message = message, request_id = req.cid },
+    { ["X-Ferry-Error"] = code }
+end
+
+local function unescape(s)
+  s = s:gsub("+", " ")
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function parse_query(q)
+  local t = {}
+  if not q then return t end
+  for k, v in q:gmatch("([^&=]+)=?([^&]*)") do t[unescape(k)] = unescape(v) end
+  return t
+end
+
+local function parse_headers(head)
+  local t = {}
+  for k, v in head:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
+    k = k:lower()
+    if t[k] == nil then t[k] = (v:gsub("[ \t]+$", "")) end
+  end
+  return t
+end
+
+-- Compare without stopping at the first difference.
+local function same_secret(a, b)
+  if type(a) ~= "string" or type(b) ~= "string" then return false end
+  local diff = #a == #b and 0 or 1
+  for i = 1, #b do
+    diff = diff + ((a:byte((i - 1) % #a + 1) or 0) ~= b:byte(i) and 1 or 0)
+  end
+  return diff == 0
+end
+
+local function authorized(req, cfg)
+  if req.unix or req.path == "/health" then return true end
+  local token = cfg and cfg.admin and cfg.admin.token
+  if not token then return true end -- loopback only: config.lua refuses otherwise
+  local given = (req.headers["authorization"] or ""):match("^[Bb]earer%s+(%S+)")
+  return same_secret(token, given)
+end
+
+-- The JSON body of a request, or nil and an error answer.
+function M.json_body(req)
+  if not req.body or req.body == "" then
+    return nil, { M.err(req, 400, "FERRY-7004", "a JSON body is required") }
+  end
+  local v, e = cjson.decode(req.body)
+  if type(v) ~= "table" then
+    return nil, { M.err(req, 400, "FERRY-7004", "malformed JSON body: " .. tostring(e or
+      "expected an object")) }
+  end
+  return v
+end
+
+local function find(method, path)
+  local h = routes[method .. " " .. path]
+  if h then return h end
+  for _, p in ipairs(prefixes) do
+    if p.method == method and path:sub(1, #p.prefix) == p.prefix and #path > #p.prefix then
+      return p.handler, path:sub(#p.prefix + 1)
+    end
+  end
+  for key in pairs(routes) do
+    if key:match("^%S+ (.*)$") == path then return nil, nil, true end
+  end
+  return nil
+end
+
+local function encode(status, body, headers)
+  local ctype = headers and headers["Content-Type"] or nil
+  if type(body) == "table" then
+    local s = cjson.encode(body)
+    body = s and s:gsub("\\/", "/") or '{"error":"FERRY-7001"}'
+    ctype = ctype or "application/json"
+  elseif body == nil then
+    body = ""
+  end
+  local extra = {}
+  for k, v in pairs(headers or {}) do
+    if k ~= "Content-Type" then
+      -- No header splitting, whatever a handler puts there.
+      extra[#extra + 1] = k .. ": " .. tostring(v):gsub("[\r\n]", " ") .. "\r\n"
+    end
+  end
+  return status, ctype or "text/plain; charset=utf-8", tostring(body), concat(extra)
+end
+
+-- ar: struct ferry_admin_req *; rt: the runtime module.
+function M.handle(ar, rt)
+  local target = ffi_string(ar.target, ar.target_len)
+  local path, query = target:match("^([^?]*)%??(.*)$")
+  local req = {
+    method = ffi_string(ar.method, ar.method_len),
+    path = path,
+    query = parse_query(query ~= "" and query or nil),
+    headers = parse_headers(ffi_string(ar.head, ar.head_len)),
+    body = ar.body ~= nil and ffi_string(ar.body, ar.body_len) or nil,
+    peer = ffi_string(ar.peer),
+    listener = ffi_string(ar.listener),
+    cid = ffi_string(ar.cid),
+    unix = ar.unix_socket ~= 0,
+  }
+  local cur = rt.active()
+  if not authorized(req, cur and cur.cfg) then
+    local s, b, h = M.err(req, 401, "FERRY-7005", "a valid bearer token is required")
+    h["WWW-Authenticate"] = 'Bearer realm="ferry"'
+    return encode(s, b, h)
+  end
+  local method = req.method == "HEAD" and "GET" or req.method
+  local handler, rest, other_method = find(method, path)
+  if not handler then
+    if other_method then
+      return encode(M.err(req, 405, "FERRY-7006", "method " .. req.method ..
+        " not allowed on " .. path))
+    end
+    return encode(M.err(req, 404, "FERRY-7007", "no such admin endpoint: " .. path))
+  end
+  req.rest = rest
+  local ok, status, body, headers = pcall(handler, req, rt)
+  if not ok then
+    C.ferry_log(3, "FERRY-7001", "admin " .. req.method .. " " .. path .. " failed: " ..
+      tostring(status))
+    return encode(M.err(req, 500, "FERRY-7001", "the admin handler failed; see the log"))
+  end
+  return encode(status, body, headers)
+end
+
+return M

@@ -1,0 +1,695 @@
+-- inventory.lua: the live proxy inventory.
+--
+-- Proxies added at runtime (console proxy.add, POST /api/v1/proxies) live
+-- in an overlay that the runtime merges into the config's pools on every
+-- load, reload and change (merge), so a reload never drops them.  The
+-- overlay is written to the store (store { path = ... }, ferry.store)
+-- before a change is acknowledged, and read back from it at start; with
+-- no store configured it lives in memory only.  Enabled/disabled state
+-- is kept the same way: in the overlay row of a runtime proxy, or in an
+-- "override" row (pool NULL) for a proxy the config declares.
+--
+-- Identity: a proxy's key is its id, else its URL (as the core's).  A
+-- runtime proxy cannot take the key of a proxy the config declares; a
+-- proxy the config declares cannot be removed here (only disabled).
+-- Errors come back as nil, { status, code, message }: the HTTP handlers
+-- answer them as they are, the console prints the message.
+local ffi = require("ffi")
+local bit = require("bit")
+local cjson = require("cjson.safe")
+local cdef = require("ferry.cdef")
+local url = require("ferry.url")
+local store = require("ferry.store")
+local health = require("ferry.health")
+
+local C = ffi.C
+local band = bit.band
+local format, concat = string.format, table.concat
+local pairs, ipairs, type, tostring, tonumber = pairs, ipairs, type, tostring, tonumber
+local floor = math.floor
+
+local M = {}
+
+M.MAX_ID = 64
+M.MAX_REGION = 64
+M.MAX_URL = 2048
+
+local entries = {}   -- the overlay, oldest first: { key, url, pool, opts, enabled, px }
+local by_key = {}    -- key -> entry
+local overrides = {} -- key -> false: a proxy of the config disabled at runtime
+local store_path = nil -- the open store's path; nil: changes live in memory only
+local by_cid = {}    -- C id -> { cid, key, label, display, pools, config, entry } (running config)
+local warned = {}    -- keys already logged as waiting for their pool
+
+local function fail(status, code, message)
+  return nil, { status = status, code = code, message = message }
+end
+
+local function bad(message) return fail(400, "FERRY-7501", message) end
+
+local function log(level, code, msg)
+  C.ferry_log(level, code, msg)
+end
+
+---------------------------------------------------------------------------
+-- Fields of a proxy entry, checked one by one.
+
+local NAME = "^[%w_.:-]+$"
+
+local function check_id(v)
+  if type(v) ~= "string" then return "id: expected a string" end
+  if #v == 0 or #v > M.MAX_ID or not v:match(NAME) then
+    return format("id: 1 to %d letters, digits, _ . : -", M.MAX_ID)
+  end
+  if v:match("^%d+$") then return "id: must not be all digits (numbers are ferry's own ids)" end
+end
+
+local function check_region(v)
+  if type(v) ~= "string" then return "region: expected a string" end
+  if #v == 0 or #v > M.MAX_REGION or v:find("%c") then
+    return format("region: 1 to %d printable characters", M.MAX_REGION)
+  end
+end
+
+local function check_weight(v)
+  if type(v) ~= "number" or v % 1 ~= 0 or v < 1 or v > 1000 then
+    return "weight: expected an integer from 1 to 1000"
+  end
+end
+
+-- The proxy as apply.build_pools wants it (config.lua's shape), marked
+-- as a runtime one; or nil and a message naming the field.
+function M.parse_proxy(u, opts)
+  opts = opts or {}
+  if type(u) ~= "string" then return nil, "url: expected a string" end
+  if #u > M.MAX_URL then return nil, format("url: longer than %d bytes", M.MAX_URL) end
+  local px, err = url.parse(u)
+  if not px then return nil, "url: " .. err end
+  for _, k in ipairs { "id", "weight", "region" } do
+    local v = opts[k]
+    if v ~= nil then
+      local e = (k == "id" and check_id or k == "weight" and check_weight or check_region)(v)
+      if e then return nil, e end
+    end
+  end
+  px.url, px.id, px.weight, px.region = u, opts.id, opts.weight or 1, opts.region
+  px.display = url.display(px)
+  px.runtime = true
+  return px
+end
+
+local ADD_FIELDS = { pool = true, url = true, id = true, weight = true, region = true }
+local OPT_FIELDS = { id = true, weight = true, region = true }
+
+local function sorted_keys(t)
+  local ks = {}
+  for k in pairs(t) do ks[#ks + 1] = tostring(k) end
+  table.sort(ks)
+  return ks
+end
+
+-- JSON null means "not given".
+local function present(v)
+  if v == cjson.null then return nil end
+  return v
+end
+
+-- A POST /api/v1/proxies body or the console's (pool, url, opts), field
+-- by field.  Returns { pool, url, opts } or nil, err.
+function M.check_fields(t, allowed)
+  allowed = allowed or ADD_FIELDS
+  for _, k in ipairs(sorted_keys(t)) do
+    if not allowed[k] then
+      return bad(format('unknown field "%s" (known: %s)', k, concat(sorted_keys(allowed), ", ")))
+    end
+  end
+  local f = { pool = present(t.pool), url = present(t.url), opts = {} }
+  for k in pairs(OPT_FIELDS) do f.opts[k] = present(t[k]) end
+  return f
+end
+
+---------------------------------------------------------------------------
+-- The overlay and the store.
+
+local function disabled(key)
+  local e = by_key[key]
+  if e then return e.enabled == false end
+  return overrides[key] == false
+end
+
+local function make_entry(row)
+  local e = { key = row.key, url = row.url, pool = row.pool, opts = row.opts or {},
+              enabled = row.enabled ~= false }
+  local px, err = M.parse_proxy(row.url, e.opts)
+  e.px, e.invalid = px, err
+  return e
+end
+
+-- Replace the overlay with the store's rows.
+local function load_rows(rows)
+  entries, by_key, overrides = {}, {}, {}
+  for _, row in ipairs(rows) do
+    if row.pool == nil then
+      if row.enabled == false then overrides[row.key] = false end
+    else
+      local e = make_entry(row)
+      if e.invalid then
+        -- Never dropped: the row stays in the store, the proxy waits.
+        log(2, "FERRY-0122", format('store: a stored proxy of pool "%s" is not valid and ' ..
+          "is left out: %s", tostring(row.pool), e.invalid))
+      end
+      entries[#entries + 1] = e
+      by_key[e.key] = e
+    end
+  end
+end
+
+local function resolve_path(cfg, p)
+  if p:sub(1, 1) == "/" then return p end
+  return (cfg.dir or ".") .. "/" .. p
+end
+
+local function store_of(cfg)
+  local s = cfg.store
+  if not s or type(s.path) ~= "string" or s.path == "" then return nil end
+  return resolve_path(cfg, s.path)
+end
+
+local function open_and_read(path)
+  local ok, err = store.open(path)
+  if not ok then return nil, "store: " .. tostring(err) end
+  local rows, rerr = store.proxies()
+  if not rows then return nil, "store: " .. tostring(rerr) end
+  return rows
+end
+
+-- At start (runtime.load): open the config's store and read its proxies
+-- into the overlay.  A store that cannot be opened or read refuses the
+-- start (never a silent fresh inventory).
+function M.open_store(cfg)
+  local path = store_of(cfg)
+  if not path then
+    store_path = nil
+    return true
+  end
+  local rows, err = open_and_read(path)
+  if not rows then return nil, err end
+  load_rows(rows)
+  store_path = path
+  local n, o = #entries, 0
+  for _ in pairs(overrides) do o = o + 1 end
+  log(1, "FERRY-0120", format("store %s: %d runtime %s, %d disabled config %s", path, n,
+    n == 1 and "proxy" or "proxies", o, o == 1 and "proxy" or "proxies"))
+  return true
+end
+
+-- On reload: follow a changed store path.  Returns an undo function
+-- (for a reload that fails later) or nil, err.
+function M.reload_store(cfg)
+  local path = store_of(cfg)
+  if path == store_path then return function() end end
+  local old_path = store_path
+  local old = { entries, by_key, overrides }
+  local function undo()
+    entries, by_key, overrides = old[1], old[2], old[3]
+    store_path = old_path
+    if old_path then store.open(old_path) else store.close() end
+  end
+  if not path then
+    store.close()
+    store_path = nil
+    log(2, "FERRY-0120", "store: the config has no store any more; runtime changes now " ..
+      "live in memory only")
+    return undo
+  end
+  local rows, err = open_and_read(path)
+  if not rows then
+    if old_path then store.open(old_path) end
+    return nil, err
+  end
+  load_rows(rows)
+  store_path = path
+  log(1, "FERRY-0120", format("store %s: %d runtime proxies", path, #entries))
+  return undo
+end
+
+function M.store_path()
+  return store_path
+end
+
+-- After the first apply: saved health as the starting point.
+function M.load_health()
+  if not store_path then return 0 end
+  local n, err = store.load_health()
+  if not n then
+    log(2, "FERRY-0122", "store: saved health not restored: " .. tostring(err))
+    return nil, err
+  end
+  return n
+end
+
+-- At stop: save the health of every proxy, close the store.
+function M.stop()
+  if not store_path then return true end
+  local n, err = store.save_health()
+  if not n then
+    log(3, "FERRY-0123", "store: saving health failed: " .. tostring(err))
+  else
+    log(1, "FERRY-0121", format("store %s: health of %d proxies saved", store_path, n))
+  end
+  store.close()
+  store_path = nil
+  return n ~= nil, err
+end
+
+---------------------------------------------------------------------------
+-- Merging into a config, and what the running config holds.
+
+-- Put the overlay's proxies into their pools of cfg.  The config's own
+-- lists are kept aside (pc.base_proxies) so merging again is idempotent.
+function M.merge(cfg)
+  local keys = {}
+  for name, pc in pairs(cfg.pools) do
+    pc.base_proxies = pc.base_proxies or pc.proxies
+    local list, seen = {}, {}
+    for i, px in ipairs(pc.base_proxies) do
+      list[i] = px
+      seen[px.id or px.url] = true
+    end
+    pc.proxies, keys[name] = list, seen
+  end
+  for _, e in ipairs(entries) do
+    local pc = e.px and cfg.pools[e.pool]
+    e.active = false
+    if pc and not keys[e.pool][e.key] then
+      pc.proxies[#pc.proxies + 1] = e.px
+      e.active = true
+      warned[e.key] = nil
+    elseif e.px and not warned[e.key] then
+      warned[e.key] = true
+      log(2, "FERRY-0122", format('runtime proxy %s: %s; it waits (proxy.remove drops it)',
+        e.px.display, pc and ('pool "' .. e.pool .. '" declares it in the config now')
+        or ('pool "' .. e.pool .. '" is not in the config')))
+    end
+  end
+end
+
+-- After a commit: map the running proxies back to their keys, and give
+-- the core the disabled flags the overlay remembers.
+function M.committed(run)
+  local cfg = run.cfg
+  local map = {}
+  for _, name in ipairs(cfg.pool_order) do
+    for _, px in ipairs(cfg.pools[name].proxies) do
+      local cid = px.cid
+      if cid and run.proxies[cid] then
+        local key = px.id or px.url
+        local info = map[cid]
+        if not info then
+          info = { cid = cid, key = key, label = px.id or tostring(cid), display = px.display,
+                   pools = {} }
+          map[cid] = info
+        end
+        info.pools[#info.pools + 1] = name
+        if px.runtime then info.entry = by_key[key] else info.config = true end
+      end
+    end
+  end
+  by_cid = map
+  for cid, info in pairs(map) do
+    if disabled(info.key) then C.ferry_proxy_set_flag(run.proxies[cid], cdef.PROXY_DISABLED, 1) end
+  end
+end
+
+-- What the running config knows of proxy id cid (nil if not running).
+function M.info(cid)
+  return by_cid[cid]
+end
+
+-- Runtime proxies that are not running: their pool is gone, the config
+-- declares them itself now, or their stored URL is not valid.
+function M.waiting()
+  local out = {}
+  for _, e in ipairs(entries) do
+    if not e.active then
+      out[#out + 1] = { name = e.opts.id, pool = e.pool,
+                        url = e.px and e.px.display or "(invalid URL)",
+                        why = e.invalid and ("invalid: " .. e.invalid) or "pool not running it" }
+    end
+  end
+  return out
+end
+
+function M.count()
+  return #entries
+end
+
+---------------------------------------------------------------------------
+-- Finding a proxy by what an operator types: its number, or its id.
+
+function M.resolve(cur, ref)
+  if cur == nil then return fail(503, "FERRY-7506", "no config is running") end
+  local cid
+  if type(ref) == "number" then
+    cid = ref
+  elseif type(ref) == "string" and ref:match("^%d+$") and #ref < 10 then
+    cid = tonumber(ref)
+  elseif type(ref) == "string" then
+    for id, info in pairs(by_cid) do
+      if info.label == ref then cid = id break end
+    end
+  else
+    return bad("id: expected a proxy number or name, got a " .. type(ref))
+  end
+  if cid and by_cid[cid] and cur.proxies[cid] then return cid, cur.proxies[cid] end
+  local shown = type(ref) == "string" and ref:sub(1, 64) or tostring(ref)
+  return fail(404, "FERRY-7503", format('no proxy "%s" (proxy.list() shows ids and names)', shown))
+end
+
+-- A waiting runtime proxy by id or display URL (so it can be removed).
+local function find_waiting(ref)
+  if type(ref) ~= "string" then return nil end
+  local hit
+  for _, e in ipairs(entries) do
+    if not e.active and (e.opts.id == ref or (e.px and e.px.display == ref)) then
+      if hit then return nil end -- ambiguous
+      hit = e
+    end
+  end
+  return hit
+end
+
+---------------------------------------------------------------------------
+-- Records: one proxy of one pool, as the console and the API show it.
+
+local DOWN, DISABLED, REMOVED = cdef.PROXY_DOWN, cdef.PROXY_DISABLED, cdef.PROXY_REMOVED
+
+function M.state(flags)
+  if band(flags, REMOVED) ~= 0 then return "removed" end
+  if band(flags, DISABLED) ~= 0 then return "disabled" end
+  if band(flags, DOWN) ~= 0 then return "down" end
+  return "up"
+end
+
+local function round1(x)
+  return floor(x * 10 + 0.5) / 10
+end
+
+function M.record(p, pool, now)
+  local c = p.c
+  local flags = tonumber(c.flags)
+  return {
+    id = p.id, name = p.label, pool = pool.name, url = p.display, region = p.region,
+    weight = p.weight, state = M.state(flags), enabled = band(flags, DISABLED) == 0,
+    up = band(flags, DOWN) == 0,
+    score = floor(health.score(c, pool.latency_ceiling, now or C.ferry_now()) + 0.5),
+    active = tonumber(c.active), requests = tonumber(c.requests),
+    successes = tonumber(c.successes), failures = tonumber(c.failures),
+    latency_ms = round1(tonumber(c.latency_ewma_ms)),
+    source = p.runtime and "runtime" or "config",
+  }
+end
+
+-- Records of the named pools (all, in config order, when names is nil).
+function M.records(cur, names)
+  local out = {}
+  if not cur then return out end
+  local now = C.ferry_now()
+  for _, name in ipairs(names or cur.cfg.pool_order) do
+    local pool = cur.pools[name]
+    if pool then
+      for _, p in ipairs(pool.proxies) do out[#out + 1] = M.record(p, pool, now) end
+    end
+  end
+  return out
+end
+
+---------------------------------------------------------------------------
+-- Changes.  rt: the runtime module (rt.active(), rt.recommit()).
+-- via: who asked ("console", "API"), for the log line.
+
+local function persisted_note()
+  if store_path then return "saved to the store" end
+  return "no store configured: the change lives in memory only and is lost at restart"
+end
+M.persisted_note = persisted_note
+
+local function store_failed(err)
+  return fail(503, "FERRY-7505", "the store refused the write; nothing was changed: " ..
+    tostring(err))
+end
+
+local function owner_of(cur, key)
+  for _, name in ipairs(cur.cfg.pool_order) do
+    for _, px in ipairs(cur.cfg.pools[name].base_proxies or cur.cfg.pools[name].proxies) do
+      if (px.id or px.url) == key then return name end
+    end
+  end
+end
+
+-- f: { pool, url, opts = { id, weight, region } }.
+function M.add(rt, f, via)
+  local cur = rt.active()
+  if not cur then return fail(503, "FERRY-7506", "no config is running") end
+  if f.pool == nil then return bad("pool: required") end
+  if type(f.pool) ~= "string" then return bad("pool: expected a string") end
+  if f.url == nil then return bad("url: required") end
+  local px, perr = M.parse_proxy(f.url, f.opts)
+  if not px then return bad(perr) end
+  local pool = cur.pools[f.pool]
+  if not pool then
+    return fail(404, "FERRY-7502", format('no pool "%s" (pool.list() shows the pools)',
+      f.pool:sub(1, 64)))
+  end
+  local key = px.id or px.url
+  local what = px.id and ('id "' .. px.id .. '"') or px.display
+  local e = by_key[key]
+  if e then
+    return fail(409, "FERRY-7504", format('%s is already in the inventory (pool "%s")', what,
+      e.pool))
+  end
+  local owner = owner_of(cur, key)
+  if owner then
+    return fail(409, "FERRY-7504", format('%s is declared in the config (pool "%s")', what, owner))
+  end
+  if px.id then
+    for _, info in pairs(by_cid) do
+      if info.label == px.id then
+        return fail(409, "FERRY-7504", format('id "%s" is taken by another proxy', px.id))
+      end
+    end
+  end
+  local opts = { id = px.id, weight = f.opts.weight, region = px.region }
+  if store_path then
+    local ok, err = store.put(key, f.url, f.pool, opts, true)
+    if not ok then return store_failed(err) end
+  end
+  e = { key = key, url = f.url, pool = f.pool, opts = opts, enabled = true, px = px }
+  overrides[key] = nil
+  entries[#entries + 1] = e
+  by_key[key] = e
+  local ok, err = rt.recommit()
+  if not ok or not px.cid then
+    entries[#entries] = nil
+    by_key[key] = nil
+    if store_path then store.delete(key) end
+    rt.recommit()
+    return fail(500, "FERRY-7506", "the pool could not take the proxy; nothing was changed: " ..
+      tostring(err))
+  end
+  local c = rt.active().proxies[px.cid]
+  -- The same key may come back after a removal: it starts enabled.
+  C.ferry_proxy_set_flag(c, DISABLED, 0)
+  C.ferry_proxy_set_flag(c, REMOVED, 0)
+  log(1, "FERRY-0124", format('proxy %d (%s) added to pool "%s" by the %s; %s', px.cid,
+    px.display, f.pool, via or "console", store_path and "saved" or "memory only"))
+  return { id = px.cid, name = px.id or tostring(px.cid), pool = f.pool, url = px.display,
+           weight = px.weight, region = px.region, persisted = store_path ~= nil,
+           note = persisted_note() }
+end
+
+local function remove_entry(rt, e, via, cid)
+  if store_path then
+    local ok, err = store.delete(e.key)
+    if not ok then return store_failed(err) end
+  end
+  local at
+  for i, x in ipairs(entries) do
+    if x == e then at = i end
+  end
+  table.remove(entries, at)
+  by_key[e.key] = nil
+  if e.active then
+    local ok, err = rt.recommit()
+    if not ok then
+      table.insert(entries, at, e)
+      by_key[e.key] = e
+      if store_path then store.put(e.key, e.url, e.pool, e.opts, e.enabled) end
+      rt.recommit()
+      return fail(500, "FERRY-7506", "the pool could not drop the proxy; nothing was changed: " ..
+        tostring(err))
+    end
+  end
+  local shown = e.px and e.px.display or "(invalid URL)"
+  log(1, "FERRY-0124", format('proxy %s (%s) removed from pool "%s" by the %s', tostring(cid or
+    e.opts.id or "-"), shown, e.pool, via or "console"))
+  return { id = cid, name = e.opts.id or (cid and tostring(cid)), pool = e.pool, url = shown,
+           persisted = store_path ~= nil, note = persisted_note() }
+end
+
+function M.remove(rt, ref, via)
+  local cur = rt.active()
+  local cid, err = M.resolve(cur, ref)
+  if not cid then
+    local w = find_waiting(ref)
+    if w then return remove_entry(rt, w, via, nil) end
+    return nil, err
+  end
+  local info = by_cid[cid]
+  if not info.entry then
+    return fail(409, "FERRY-7504", format('proxy %d is declared in the config file (%s); ' ..
+      "remove it there and reload, or disable it", cid, cur.cfg.file))
+  end
+  return remove_entry(rt, info.entry, via, cid)
+end
+
+function M.set_enabled(rt, ref, on, via)
+  local cur = rt.active()
+  local cid, c = M.resolve(cur, ref)
+  if not cid then return nil, c end
+  local info = by_cid[cid]
+  local key, e = info.key, info.entry
+  local was = band(tonumber(c.flags), DISABLED) == 0
+  if store_path then
+    local ok, err
+    if e then
+      ok, err = store.set_enabled(key, on)
+    elseif on then
+      ok, err = store.delete(key)
+    else
+      ok, err = store.put(key, info.display, nil, { config = true }, false)
+    end
+    if not ok then return store_failed(err) end
+  end
+  if e then
+    e.enabled = on
+  else
+    overrides[key] = (not on) and false or nil
+  end
+  C.ferry_proxy_set_flag(c, DISABLED, on and 0 or 1)
+  if was ~= on then
+    log(1, "FERRY-0124", format("proxy %d (%s) %s by the %s", cid, info.display,
+      on and "enabled" or "disabled", via or "console"))
+  end
+  return { id = cid, name = info.label, url = info.display, pools = info.pools,
+           enabled = on, changed = was ~= on, persisted = store_path ~= nil,
+           note = persisted_note() }
+end
+
+---------------------------------------------------------------------------
+-- The HTTP API: GET/POST /api/v1/proxies, GET/DELETE /api/v1/proxies/<id>,
+-- POST /api/v1/proxies/<id>/enable|disable.
+
+local admin = require("ferry.admin")
+
+local function answer_err(req, e)
+  return admin.err(req, e.status, e.code, e.message)
+end
+
+local function json_array(list)
+  local parts = {}
+  for i, v in ipairs(list) do parts[i] = cjson.encode(v) end
+  return "[" .. concat(parts, ",") .. "]"
+end
+
+local JSON = { ["Content-Type"] = "application/json" }
+
+local function uint(s)
+  if s == nil then return nil end
+  if not s:match("^%d+$") or #s > 9 then return false end
+  return tonumber(s)
+end
+
+admin.route("GET", "/api/v1/proxies", function(req, rt)
+  local cur = rt.active()
+  local names
+  local q = req.query
+  for k in pairs(q) do
+    if k ~= "pool" and k ~= "limit" and k ~= "offset" then
+      return admin.err(req, 400, "FERRY-7501", format('unknown query parameter "%s"', k:sub(1, 64)))
+    end
+  end
+  if q.pool then
+    if not (cur and cur.pools[q.pool]) then
+      return admin.err(req, 404, "FERRY-7502", format('no pool "%s"', q.pool:sub(1, 64)))
+    end
+    names = { q.pool }
+  end
+  local limit, offset = uint(q.limit), uint(q.offset)
+  if limit == false then return admin.err(req, 400, "FERRY-7501", "limit: expected a number") end
+  if offset == false then return admin.err(req, 400, "FERRY-7501", "offset: expected a number") end
+  local all = M.records(cur, names)
+  offset = offset or 0
+  local page = {}
+  for i = offset + 1, math.min(#all, offset + (limit or #all)) do page[#page + 1] = all[i] end
+  local body = format('{"total":%d,"offset":%d,"store":%s,"proxies":%s,"waiting":%s}', #all,
+    offset, cjson.encode(store_path or cjson.null), json_array(page), json_array(M.waiting()))
+  return 200, (body:gsub("\\/", "/")), JSON
+end)
+
+admin.route("POST", "/api/v1/proxies", function(req, rt)
+  local body, answer = admin.json_body(req)
+  if not body then return answer[1], answer[2], answer[3] end
+  if body[1] ~= nil then return admin.err(req, 400, "FERRY-7004", "expected a JSON object") end
+  local f, err = M.check_fields(body)
+  if not f then return answer_err(req, err) end
+  local res
+  res, err = M.add(rt, f, "API")
+  if not res then return answer_err(req, err) end
+  return 201, res, { Location = "/api/v1/proxies/" .. res.id }
+end)
+
+local function one(req, rt)
+  local cur = rt.active()
+  local cid, err = M.resolve(cur, req.rest)
+  if not cid then return answer_err(req, err) end
+  local info = by_cid[cid]
+  local out = {}
+  for _, name in ipairs(info.pools) do
+    local pool = cur.pools[name]
+    out[#out + 1] = M.record(pool.by_id[cid], pool)
+  end
+  return 200, { id = cid, name = info.label, url = info.display, pools = out }
+end
+
+admin.route_prefix("GET", "/api/v1/proxies/", one)
+
+admin.route_prefix("DELETE", "/api/v1/proxies/", function(req, rt)
+  if req.rest:find("/", 1, true) then
+    return admin.err(req, 404, "FERRY-7007", "no such admin endpoint: " .. req.path)
+  end
+  local res, err = M.remove(rt, req.rest, "API")
+  if not res then return answer_err(req, err) end
+  return 200, { removed = res.id or res.name, pool = res.pool, url = res.url,
+                persisted = res.persisted }
+end)
+
+admin.route_prefix("POST", "/api/v1/proxies/", function(req, rt)
+  local ref, action = req.rest:match("^([^/]+)/(%a+)$")
+  if not ref or (action ~= "enable" and action ~= "disable") then
+    return admin.err(req, 404, "FERRY-7007", "no such admin endpoint: " .. req.path ..
+      " (POST /api/v1/proxies/<id>/enable or /disable)")
+  end
+  local res, err = M.set_enabled(rt, ref, action == "enable", "API")
+  if not res then return answer_err(req, err) end
+  return 200, { id = res.id, name = res.name, url = res.url, enabled = res.enabled,
+                changed = res.changed, persisted = res.persisted }
+end)
+
+-- For specs: forget the overlay (the store is not touched).
+function M._reset()
+  entries, by_key, overrides, by_cid, warned = {}, {}, {}, {}, {}
+  store_path = nil
+end
+
+return M

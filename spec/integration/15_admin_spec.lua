@@ -1,0 +1,257 @@
+-- The admin plane's transport: the HTTP admin listener and the console's
+-- unix socket, bearer tokens, /health while serving and draining, bad
+-- requests, and the structured log files (reopened on SIGUSR1).
+local procs = require("procs")
+local cjson = require("cjson.safe")
+
+local TOKEN = "spec-token-0123456789"
+
+-- curl against the admin plane; returns status, body, headers.
+local function admin(args)
+  local flags = args.flags or ""
+  if args.token then flags = flags .. " -H " .. procs.quote("Authorization: Bearer " .. args.token) end
+  if args.unix then flags = flags .. " --unix-socket " .. procs.quote(args.unix) end
+  if args.method then flags = flags .. " -X " .. args.method end
+  if args.data then flags = flags .. " --data-binary " .. procs.quote(args.data) end
+  return procs.curl { url = args.url, flags = flags, max_time = args.max_time }
+end
+
+local function run(args)
+  local out = procs.tmp .. "/admin-cli-" .. math.random(1, 1e9)
+  local ok, _, code = os.execute(procs.quote(procs.bin) .. " " .. args .. " >" .. out .. " 2>&1")
+  local text = procs.read_file(out)
+  os.remove(out)
+  if type(ok) == "number" then code = ok / 256 end
+  return code, text
+end
+
+local function sh(cmd)
+  local p = io.popen(cmd)
+  local s = p:read("*a")
+  p:close()
+  return s
+end
+
+describe("admin plane", function()
+  local origin, ferry
+  local O, P, A = procs.free_port(), procs.free_port(), procs.free_port()
+  local sock = procs.tmp .. "/admin-" .. A .. ".sock"
+  local base = "http://127.0.0.1:" .. A
+
+  setup(function()
+    origin = procs.origin(O)
+    ferry = procs.ferry(string.format([[
+listen { name = "proxy", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d", socket = %q, token = %q }
+route(function() return "direct" end)
+]], P, A, sock, TOKEN), { P, A })
+  end)
+
+  teardown(function()
+    procs.stop_ferry(ferry)
+    procs.stop(origin)
+  end)
+
+  it("answers /health with 200 and JSON, without a token", function()
+    local status, body, headers = admin { url = base .. "/health" }
+    assert.equal(200, status)
+    assert.equal("ok", cjson.decode(body).status)
+    assert.matches("Content%-Type: application/json", headers)
+    assert.matches("X%-Request%-Id: %x+", headers)
+  end)
+
+  it("needs the bearer token for everything else over TCP", function()
+    local status, body, headers = admin { url = base .. "/api/v1/proxies" }
+    assert.equal(401, status)
+    assert.equal("FERRY-7005", cjson.decode(body).error)
+    assert.matches('WWW%-Authenticate: Bearer realm="ferry"', headers)
+    status, body = admin { url = base .. "/api/v1/proxies", token = "wrong-token-000000" }
+    assert.equal(401, status)
+    assert.equal("FERRY-7005", cjson.decode(body).error)
+    assert.is_nil(body:find(TOKEN, 1, true))
+  end)
+
+  it("answers 404 for an unknown path and 405 for a wrong method, with codes", function()
+    local status, body = admin { url = base .. "/nope", token = TOKEN }
+    assert.equal(404, status)
+    assert.equal("FERRY-7007", cjson.decode(body).error)
+    status, body = admin { url = base .. "/health", token = TOKEN, method = "DELETE" }
+    assert.equal(405, status)
+    assert.equal("FERRY-7006", cjson.decode(body).error)
+  end)
+
+  it("creates the console socket with mode 0600 and trusts it without a token", function()
+    assert.equal("600", sh("stat -c %a " .. procs.quote(sock)):match("%d+"))
+    local status, body = admin { url = "http://ferry/api/v1/reload", unix = sock, method = "POST" }
+    assert.equal(200, status)
+    assert.equal("reloaded", cjson.decode(body).status)
+    local found
+    for _, l in ipairs(procs.log_lines(ferry)) do
+      if l.code == "FERRY-0101" then found = l end
+    end
+    assert.is_table(found)
+  end)
+
+  it("refuses a body over the limit (413) and a chunked body (411), and goes on", function()
+    local big = string.rep("x", 20000)
+    local status, body = admin { url = base .. "/api/v1/reload", token = TOKEN, method = "POST",
+      data = big }
+    assert.equal(413, status)
+    assert.equal("FERRY-7003", cjson.decode(body).error)
+    status, body = admin { url = base .. "/api/v1/reload", token = TOKEN, method = "POST",
+      data = "{}", flags = "-H 'Transfer-Encoding: chunked'" }
+    assert.equal(411, status)
+    assert.equal("FERRY-7002", cjson.decode(body).error)
+    assert.equal(200, (admin { url = base .. "/health" }))
+  end)
+
+  it("serves several requests on one keep-alive connection", function()
+    local out = sh("curl -s -o /dev/null -o /dev/null -w '%{num_connects} %{http_code}\\n' " ..
+      base .. "/health " .. base .. "/health")
+    local first, second = out:match("^(%d+) 200\n(%d+) 200\n$")
+    assert.equal("1", first)
+    assert.equal("0", second) -- the second request reused the connection
+  end)
+
+  it("every log line is one JSON object", function()
+    for _, l in ipairs(procs.log_lines(ferry)) do
+      assert.is_nil(l.unparsed, l.unparsed)
+      assert.is_string(l.time)
+      assert.is_string(l.level)
+      assert.is_string(l.code)
+    end
+  end)
+end)
+
+describe("admin config", function()
+  local function check(text)
+    local cfg = procs.write_file(procs.tmp .. "/admin-check-" .. math.random(1, 1e9) .. ".lua",
+      text)
+    return run("check -c " .. cfg)
+  end
+
+  it("refuses a non-loopback admin address without a token", function()
+    local code, out = check('admin { addr = "0.0.0.0:9090" }\n')
+    assert.equal(1, code)
+    assert.matches(":1: admin: refusing an admin listener on 0%.0%.0%.0 without a token", out)
+  end)
+
+  it("refuses a short token and an admin block with neither addr nor socket", function()
+    local code, out = check('admin { addr = "127.0.0.1:9090", token = "short" }\n')
+    assert.equal(1, code)
+    assert.matches("token: at least 8 characters", out)
+    code, out = check('admin { token = "long-enough-token" }\n')
+    assert.equal(1, code)
+    assert.matches("give addr", out)
+  end)
+
+  it("refuses to start when another process serves the console socket", function()
+    local A = procs.free_port()
+    local sock = procs.tmp .. "/admin-busy-" .. A .. ".sock"
+    local first = procs.ferry(string.format('listen { addr = "127.0.0.1:%d" }\nadmin { socket = %q }\n',
+      A, sock), { A })
+    local B = procs.free_port()
+    local cfg = procs.write_file(procs.tmp .. "/admin-busy2-" .. B .. ".lua",
+      string.format('listen { addr = "127.0.0.1:%d" }\nadmin { socket = %q }\n', B, sock))
+    local code, out = run("-c " .. cfg)
+    assert.equal(1, code)
+    assert.matches("another process is listening on this socket", out)
+    procs.stop_ferry(first)
+    -- The first one removed its socket on the way out.
+    assert.is_nil(io.open(sock, "r"))
+  end)
+
+  it("replaces a stale socket file left by a killed daemon", function()
+    local A = procs.free_port()
+    local sock = procs.tmp .. "/admin-stale-" .. A .. ".sock"
+    local text = string.format('listen { addr = "127.0.0.1:%d" }\nadmin { socket = %q }\n', A, sock)
+    local first = procs.ferry(text, { A })
+    procs.stop(first, "KILL")
+    assert.equal("socket", sh("stat -c %F " .. procs.quote(sock)):match("socket"))
+    local second = procs.ferry(text, { A })
+    local status = admin { url = "http://ferry/health", unix = sock }
+    assert.equal(200, status)
+    procs.stop_ferry(second)
+  end)
+end)
+
+describe("draining", function()
+  it("answers /health with 503 while in-flight requests finish, then exits 0", function()
+    local O, P, A = procs.free_port(), procs.free_port(), procs.free_port()
+    local origin = procs.origin(O)
+    local ferry = procs.ferry(string.format([[
+listen { name = "proxy", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
+route(function() return "direct" end)
+]], P, A), { P, A })
+    local out = procs.tmp .. "/drain-" .. P
+    os.execute(string.format("curl -s -o %s -w '%%{http_code}' -x http://127.0.0.1:%d " ..
+      "http://127.0.0.1:%d/slow/1.5 > %s.code 2>&1 &", out, P, O, out))
+    procs.sleep(0.4)
+    procs.signal(ferry, "TERM")
+    procs.sleep(0.2)
+    local status, body = admin { url = "http://127.0.0.1:" .. A .. "/health" }
+    assert.equal(503, status)
+    assert.equal("draining", cjson.decode(body).status)
+    -- It exits by itself once the request is done (a second TERM would
+    -- cut the drain short).
+    for _ = 1, 100 do
+      if not procs.alive(ferry) then break end
+      procs.sleep(0.05)
+    end
+    assert.is_false(procs.alive(ferry))
+    procs.stop_ferry(ferry)
+    procs.sleep(0.1)
+    assert.equal("200", procs.read_file(out .. ".code"))
+    procs.stop(origin)
+  end)
+end)
+
+describe("log files", function()
+  it("writes events and access lines to their files and reopens them on SIGUSR1", function()
+    local O, P, S = procs.free_port(), procs.free_port(), procs.free_port()
+    local origin = procs.origin(O)
+    local socks = procs.microsocks(S, "alice", "pw-never-logged-42")
+    local events = procs.tmp .. "/events-" .. P .. ".log"
+    local access = procs.tmp .. "/access-" .. P .. ".log"
+    local ferry = procs.ferry(string.format([[
+listen { name = "proxy", addr = "127.0.0.1:%d" }
+log { file = %q, access_file = %q }
+pool "p" { proxies = { "socks5://alice:pw-never-logged-42@127.0.0.1:%d" } }
+exchange "ex" { hosts = { "127.0.0.1" }, pool = "p" }
+]], P, events, access, S), { P })
+    local url = "http://127.0.0.1:" .. O .. "/"
+    assert.equal(200, (procs.curl { proxy = "http://127.0.0.1:" .. P, url = url }))
+    os.rename(access, access .. ".1")
+    os.rename(events, events .. ".1")
+    procs.signal(ferry, "USR1")
+    procs.sleep(0.2)
+    assert.equal(200, (procs.curl { proxy = "http://127.0.0.1:" .. P, url = url }))
+    procs.stop_ferry(ferry)
+    local function lines(path)
+      local t = {}
+      for line in procs.read_file(path):gmatch("[^\n]+") do
+        local v = cjson.decode(line)
+        assert.is_table(v, "not JSON: " .. line)
+        t[#t + 1] = v
+      end
+      return t
+    end
+    local old_access, new_access = lines(access .. ".1"), lines(access)
+    assert.equal(1, #old_access)
+    assert.equal(1, #new_access)
+    assert.equal("access", new_access[1].msg)
+    assert.equal("p", new_access[1].pool)
+    assert.equal("ex", new_access[1].exchange)
+    assert.equal("socks5://127.0.0.1:" .. S, new_access[1].proxy)
+    local started = lines(events .. ".1")
+    assert.equal("FERRY-0001", started[1].code)
+    local stopped = lines(events)
+    assert.equal("FERRY-0005", stopped[#stopped].code)
+    for _, path in ipairs { access, access .. ".1", events, events .. ".1", ferry.log } do
+      assert.is_nil(procs.read_file(path):find("pw-never-logged-42", 1, true), path)
+    end
+    procs.stop(socks)
+    procs.stop(origin)
+  end)
+end)

@@ -95,7 +95,7 @@ struct answer {
 static const char *const commands[] = {
     "proxy.list", "proxy.health", "proxy.add", "proxy.remove", "proxy.enable",
     "proxy.disable", "pool.list", "pool.stats", "exchange.list", "reload",
-    "stats", "help",
+    "stats", "help", "reset",
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -19,6 +19,10 @@
 admin { addr = "127.0.0.1:9090", socket = "/tmp/ferry-broker.sock",
         token = env("FERRY_TOKEN", "change-me-please") }
 
+-- A lease counts as an active use of its proxy for ttl seconds, or until
+-- its feedback comes.
+broker { ttl = 300 }
+
 listen { name = "node-eu", addr = "127.0.0.1:8181" }
 listen { name = "node-us", addr = "127.0.0.1:8182" }
 

@@ -31,9 +31,10 @@ local type, pairs, ipairs, tostring, tonumber, setmetatable =
 local floor, huge, format, sort = math.floor, math.huge, string.format, table.sort
 
 local M = {
-  TTL = 300,              -- seconds a lease lasts without feedback
+  TTL = 300,              -- seconds a lease lasts without feedback (broker { ttl })
   MAX_LEASES = 100000,    -- leases held at once; the oldest ends early beyond
   URL_CACHE_MAX = 10000,  -- handed-out URL -> proxy id, reset when full
+  EXPIRE_STEP = 1000,     -- leases ended per expiry call at most
 }
 
 -- The seed's words for a pool's all_down policy.
@@ -303,11 +304,15 @@ function Leases:next_due()
   return self.rx[self.head % self.max + 1]
 end
 
--- End every lease whose time is up.
-function Leases:expire(now)
+-- End the leases whose time is up, at most `limit` (EXPIRE_STEP) per
+-- call: this runs inside a dispatch, under its instruction budget.  What
+-- is left is due at once, and the next call goes on with it.
+function Leases:expire(now, limit)
   now = now or self.now()
-  while self.n > 0 and self.rx[self.head % self.max + 1] <= now do
+  limit = limit or M.EXPIRE_STEP
+  while self.n > 0 and limit > 0 and self.rx[self.head % self.max + 1] <= now do
     if self:pop() then self.expired = self.expired + 1 end
+    limit = limit - 1
   end
   if self.on_due then self.on_due(self:next_due()) end
 end
@@ -356,11 +361,15 @@ end
 local rt_ref -- the runtime, once a request came
 local leases
 
+-- Once per 10 s at most, with the count so far.
+local evict_logged_at = -huge
+
 local function log_evict(n)
-  if n == 1 or n % 1000 == 0 then
-    C.ferry_log(2, "FERRY-7108", format("broker: %d leases held, the maximum: the oldest " ..
-      "lease ended before its TTL (%d so far)", M.MAX_LEASES, n))
-  end
+  local now = C.ferry_now()
+  if now - evict_logged_at < 10 then return end
+  evict_logged_at = now
+  C.ferry_log(2, "FERRY-7108", format("broker: %d leases held, the maximum: the oldest " ..
+    "lease ended before its TTL (%d so far)", M.MAX_LEASES, n))
 end
 
 local function reap(now)
@@ -499,6 +508,12 @@ local function fake_request(req, q, e)
   }
 end
 
+-- Lease TTL: broker { ttl = ... } of the running config, else TTL.
+local function ttl_of(cur)
+  local b = cur and cur.cfg and cur.cfg.broker
+  return b and b.ttl or M.TTL
+end
+
 function M.request(req, rt)
   rt_ref = rt
   local q, status, code, field, msg = M.validate_request(req.body)
@@ -511,7 +526,7 @@ function M.request(req, rt)
       format('no exchange "%s" in the running config', q.exchange_id))
   end
   if e.pool == "direct" then
-    return 200, { proxy_url = NULL, strategy = "direct", ttl_seconds = M.TTL,
+    return 200, { proxy_url = NULL, strategy = "direct", ttl_seconds = ttl_of(cur),
                   fallback_policy = M.FALLBACK.direct,
                   metadata = { proxy_id = NULL, region = NULL, health_score = NULL,
                                pool = "direct" } }
@@ -541,13 +556,14 @@ function M.request(req, rt)
     return fail(req, 500, "FERRY-7107", nil, "the proxy's URL could not be formed")
   end
   remember(u, p.id)
+  local ttl = ttl_of(cur)
   L:expire()
-  L:grant(p.id, e.id, q.client_id, M.TTL)
+  L:grant(p.id, e.id, q.client_id, ttl)
   local now = C.ferry_now()
   return 200, {
     proxy_url = u,
     strategy = pool.strategy and pool.strategy.name or "unknown",
-    ttl_seconds = M.TTL,
+    ttl_seconds = ttl,
     fallback_policy = M.FALLBACK[pool.all_down] or pool.all_down,
     metadata = {
       proxy_id = p.label or tostring(p.id),

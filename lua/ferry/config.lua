@@ -430,6 +430,15 @@ local function evaluate(chunk, file)
     cfg.store = t
   end
 
+  -- The proxy broker of the admin plane (docs/broker.md).
+  function env.broker(t)
+    local where = at("broker")
+    if type(t) ~= "table" then fail(where, "expected a table, got a %s", type(t)) end
+    if cfg.broker then fail(where, "broker is declared twice") end
+    check_fields(where, t, { ttl = true })
+    cfg.broker = { ttl = want_number(where, "ttl", t.ttl, 1, 86400, true) or 300 }
+  end
+
   function env.plugins(t)
     local where = at("plugins")
     if type(t) ~= "table" then fail(where, "expected a list of directories") end

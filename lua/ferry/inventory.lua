@@ -177,9 +177,9 @@ end
 
 local function open_and_read(path)
   local ok, err = store.open(path)
-  if not ok then return nil, "store: " .. tostring(err) end
+  if not ok then return nil, tostring(err) end
   local rows, rerr = store.proxies()
-  if not rows then return nil, "store: " .. tostring(rerr) end
+  if not rows then return nil, tostring(rerr) end
   return rows
 end
 
@@ -229,7 +229,8 @@ function M.reload_store(cfg)
   end
   load_rows(rows)
   store_path = path
-  log(1, "FERRY-0120", format("store %s: %d runtime proxies", path, #entries))
+  log(1, "FERRY-0120", format("store %s: %d runtime %s", path, #entries,
+    #entries == 1 and "proxy" or "proxies"))
   return undo
 end
 
@@ -316,8 +317,14 @@ function M.committed(run)
     end
   end
   by_cid = map
+  -- The overlay is the one source of the operator's flag (also after a
+  -- reload switched stores): set where it differs.
   for cid, info in pairs(map) do
-    if disabled(info.key) then C.ferry_proxy_set_flag(run.proxies[cid], cdef.PROXY_DISABLED, 1) end
+    local c = run.proxies[cid]
+    local off = disabled(info.key)
+    if off ~= (band(tonumber(c.flags), cdef.PROXY_DISABLED) ~= 0) then
+      C.ferry_proxy_set_flag(c, cdef.PROXY_DISABLED, off and 1 or 0)
+    end
   end
 end
 
@@ -497,10 +504,6 @@ function M.add(rt, f, via)
     return fail(500, "FERRY-7506", "the pool could not take the proxy; nothing was changed: " ..
       tostring(err))
   end
-  local c = rt.active().proxies[px.cid]
-  -- The same key may come back after a removal: it starts enabled.
-  C.ferry_proxy_set_flag(c, DISABLED, 0)
-  C.ferry_proxy_set_flag(c, REMOVED, 0)
   log(1, "FERRY-0124", format('proxy %d (%s) added to pool "%s" by the %s; %s', px.cid,
     px.display, f.pool, via or "console", store_path and "saved" or "memory only"))
   return { id = px.cid, name = px.id or tostring(px.cid), pool = f.pool, url = px.display,
@@ -574,7 +577,7 @@ function M.set_enabled(rt, ref, on, via)
   if e then
     e.enabled = on
   else
-    overrides[key] = (not on) and false or nil
+    if on then overrides[key] = nil else overrides[key] = false end
   end
   C.ferry_proxy_set_flag(c, DISABLED, on and 0 or 1)
   if was ~= on then

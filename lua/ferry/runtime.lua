@@ -392,6 +392,13 @@ function M.dispatch(ud)
   -- A half-open breaker lets a bounded number of trials through.
   local x = pool:pair(p, req.exid)
   if x ~= nil and x.breaker == cdef.BREAKER_HALF_OPEN then C.ferry_breaker_trial(x) end
+  if cur.cfg.log.level == "debug" then
+    -- The selection event: at debug only, it would double the log volume.
+    C.ferry_log(0, "FERRY-0201", "pool \"" .. name .. "\"" .. (req.exchange and
+      (", exchange \"" .. req.exchange .. "\"") or "") .. ": selected proxy " ..
+      (p.display and p.display:gsub("//[^@/]*@", "//") or tostring(p.id)) .. " (attempt " ..
+      tostring(req.attempt + 1) .. ")")
+  end
   return p.id
 end
 

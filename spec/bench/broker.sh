@@ -20,7 +20,7 @@ if [ -z "${W:-}" ]; then
     echo "port $1 did not open" >&2; return 1; }
 fi
 
-P_BA=18095
+P_BA=18097  # metrics.sh has 18095-18096
 B_TOKEN=bench-broker-token-0123
 B_SECS=$(( (DUR < 10 ? DUR : 10) / 2 )); [ "$B_SECS" -ge 1 ] || B_SECS=1
 

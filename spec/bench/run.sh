@@ -196,4 +196,5 @@ echo "targets: requests/s >= 4x squid ($(ratio "$R_FERRY" "$R_SQUID")x), tunnel 
   "($(ratio "$T_FERRY" "$T_SQUID")x), setups >= tinyproxy ($(ratio "$C_FERRY" "$C_TINY")x)," \
   "idle RSS < 10240 KiB (${FERRY_IDLE_RSS})"
 echo
+. "$ROOT/spec/bench/metrics.sh"
 . "$ROOT/spec/bench/broker.sh"

@@ -112,8 +112,8 @@ pool "%s" { strategy = "round_robin", retries = 0, all_down = "fail",
   end)
 
   teardown(function()
-    procs.stop_ferry(ferry)
-    for _, p in ipairs { origin, s1, s2 } do procs.stop(p) end
+    if ferry then procs.stop_ferry(ferry) end
+    for _, p in pairs { origin, s1, s2 } do procs.stop(p) end
   end)
 
   -- Failures (500s) and successes through the pool: every one is served
@@ -221,8 +221,8 @@ exchange "E" { hosts = { "127.0.0.1" }, pool = "raises", script = %q }
   end)
 
   teardown(function()
-    procs.stop_ferry(ferry)
-    for _, p in ipairs { origin, s1, s2 } do procs.stop(p) end
+    if ferry then procs.stop_ferry(ferry) end
+    for _, p in pairs { origin, s1, s2 } do procs.stop(p) end
   end)
 
   -- Every request is served, by the fallback round robin (both proxies of
@@ -292,8 +292,8 @@ route(function() return "p" end)
   end)
 
   teardown(function()
-    procs.stop_ferry(ferry)
-    for _, p in ipairs { origin, s1 } do procs.stop(p) end
+    if ferry then procs.stop_ferry(ferry) end
+    for _, p in pairs { origin, s1 } do procs.stop(p) end
   end)
 
   local function tries_of_dead()
@@ -381,8 +381,8 @@ route(function() return "p" end)
   end)
 
   teardown(function()
-    procs.stop_ferry(ferry)
-    for _, p in ipairs { origin, live, hung } do procs.stop(p) end
+    if ferry then procs.stop_ferry(ferry) end
+    for _, p in pairs { origin, live, hung } do procs.stop(p) end
   end)
 
   it("times the probe out and takes the proxy down", function()
@@ -469,8 +469,8 @@ route(function(req) return req.listener end)
   end)
 
   teardown(function()
-    procs.stop_ferry(ferry)
-    for _, p in ipairs { origin, live, rst } do procs.stop(p) end
+    if ferry then procs.stop_ferry(ferry) end
+    for _, p in pairs { origin, live, rst } do procs.stop(p) end
   end)
 
   it("fails each request over to a working proxy and marks the resetter down", function()

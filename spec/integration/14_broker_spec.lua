@@ -310,3 +310,47 @@ exchange "plain" { hosts = { "plain.test" }, pool = "direct" }
     end)
   end)
 end)
+
+describe("broker leases with a short TTL", function()
+  local ferry
+  local A, F, D1, D2 = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
+
+  local function active_of(id)
+    local out = {}
+    http.request { url = "http://127.0.0.1:" .. A .. "/metrics",
+      headers = { Authorization = "Bearer " .. TOKEN }, sink = ltn12.sink.table(out) }
+    return tonumber(table.concat(out):match('ferry_proxy_active_connections{proxy="' .. id ..
+      '",pool="lc"} (%d+)'))
+  end
+
+  setup(function()
+    ferry = procs.ferry(string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d", token = "%s" }
+broker { ttl = 1 }
+pool "lc" { strategy = "least_conn", proxies = {
+  { url = "socks5://127.0.0.1:%d", id = "t1" }, { url = "socks5://127.0.0.1:%d", id = "t2" } } }
+exchange "okx" { hosts = { "okx.test" }, pool = "lc" }
+]], F, A, TOKEN, D1, D2), { F, A })
+  end)
+
+  teardown(function() procs.stop_ferry(ferry) end)
+
+  it("ends leases at their TTL without feedback", function()
+    local leased = {}
+    for i = 1, 4 do
+      local code, res = post(A, "/api/v1/proxy/request",
+        { exchange_id = "okx", connection_type = "tcp", client_id = "k" .. i })
+      assert.equal(200, code)
+      assert.equal(1, res.ttl_seconds)
+      leased[res.metadata.proxy_id] = (leased[res.metadata.proxy_id] or 0) + 1
+    end
+    assert.same({ t1 = 2, t2 = 2 }, leased) -- least_conn spreads the leases
+    assert.equal(2, active_of("t1"))
+    procs.sleep(1.3)
+    -- Nothing else happened: the first admin request (or dispatch) after
+    -- the TTL ends them.
+    assert.equal(0, active_of("t1"))
+    assert.equal(0, active_of("t2"))
+  end)
+end)

@@ -258,6 +258,20 @@ describe("broker leases", function()
     assert.equal(0, L.n)
   end)
 
+  it("ends a backlog a bounded step at a time, due again at once", function()
+    local L = fresh(5000)
+    for i = 1, 2500 do L:grant(i, 1, nil, 10) end
+    clock = 1010
+    L:expire(nil, 1000)
+    assert.equal(1500, L.n)
+    assert.equal(1010, dues[#dues]) -- the rest is due now
+    L:expire(nil, 1000)
+    L:expire(nil, 1000)
+    assert.equal(0, L.n)
+    assert.is_false(dues[#dues])
+    assert.equal(2500, L.expired)
+  end)
+
   it("keeps no per-key state once a key has no lease", function()
     local L = fresh()
     for i = 1, 50 do L:grant(i % 5, 1, "c" .. i, 10) end
@@ -267,5 +281,33 @@ describe("broker leases", function()
     assert.is_nil(next(L.live))
     assert.is_nil(next(L.credit))
     for id = 0, 4 do assert.equal(0, held[id]) end
+  end)
+end)
+
+describe("broker { ttl } in the config", function()
+  local config = require("ferry.config")
+  local function load(src) return config.load_string(src, "cfg.lua") end
+  local base = 'pool "p" { proxies = { "http://127.0.0.1:1" } }\n'
+
+  it("is optional and sets the lease TTL", function()
+    assert.is_nil(assert(load(base)).broker)
+    assert.equal(30, assert(load(base .. "broker { ttl = 30 }")).broker.ttl)
+    assert.equal(300, assert(load(base .. "broker { }")).broker.ttl)
+  end)
+
+  it("refuses bad values and unknown fields with file:line", function()
+    for src, msg in pairs {
+      ["broker { ttl = 0 }"] = "ttl must be between 1 and 86400",
+      ["broker { ttl = 1.5 }"] = "ttl must be a whole number",
+      ["broker { ttl = \"5\" }"] = "ttl must be a number",
+      ["broker { tll = 5 }"] = "tll",
+      ["broker(5)"] = "expected a table",
+      ["broker { } broker { }"] = "declared twice",
+    } do
+      local cfg, err = load(base .. src)
+      assert.is_nil(cfg, src)
+      assert.matches("cfg.lua:2:", err, 1, true)
+      assert.matches(msg, err, 1, true)
+    end
   end)
 end)

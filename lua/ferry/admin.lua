@@ -49,14 +49,7 @@ local function parse_query(q)
   return t
 end
 
-local function parse_headers(head)
-  local t = {}
-  for k, v in head:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
-    k = k:lower()
-    if t[k] == nil then t[k] = (v:gsub("[ \t]+$", "")) end
-  end
-  return t
-end
+local parse_headers = require("ferry.headers").parse
 
 -- Compare without stopping at the first difference.
 local function same_secret(a, b)

@@ -151,15 +151,7 @@ local function lstr(p, n)
   return ffi_string(p, n)
 end
 
--- Request header fields by lower-case name (the first of repeats).
-local function parse_headers(head)
-  local t = {}
-  for k, v in head:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
-    k = k:lower()
-    if t[k] == nil then t[k] = (v:gsub("[ \t]+$", "")) end
-  end
-  return t
-end
+local parse_headers = require("ferry.headers").parse
 
 local readers = {
   host = function(r) return ffi_string(r.host, r.host_len) end,

@@ -1,0 +1,493 @@
+-- console_cmds.lua: the commands of the console environment.
+--
+-- proxy.list/health/add/remove/enable/disable, pool.list/stats,
+-- exchange.list, reload and stats, over the running config (rt.active())
+-- and the live inventory.  What they return is plain data marked to print
+-- as aligned tables (console_fmt.view); misuse and refusals raise a
+-- message without a position.  begin(rt) and finish() bracket each
+-- console line: the commands read the line's runtime from here (not
+-- their own upvalues) so a function kept in a variable still acts for the
+-- line that calls it; a line makes at most MAX_CHANGES inventory changes
+-- (reload() counts as one).
+local ffi = require("ffi")
+local bit = require("bit")
+local cdef = require("ferry.cdef")
+local inventory = require("ferry.inventory")
+local health = require("ferry.health")
+local fmt = require("ferry.console_fmt")
+
+local C = ffi.C
+local band = bit.band
+local format, concat = string.format, table.concat
+local pairs, ipairs, type, tostring, tonumber, error = pairs, ipairs, type, tostring, tonumber,
+  error
+local floor = math.floor
+local as_view = fmt.view
+
+local M = {
+  MAX_CHANGES = 100,         -- proxy.add/remove/enable/disable per line
+}
+
+---------------------------------------------------------------------------
+-- State of the line being evaluated.
+
+local cur_rt, changes
+
+function M.begin(rt)
+  cur_rt, changes = rt, 0
+end
+
+function M.finish()
+  cur_rt = nil
+end
+
+local function fail(msg) error(msg, 0) end
+
+local function active()
+  local cur = cur_rt and cur_rt.active()
+  if not cur then fail("no config is running") end
+  return cur
+end
+
+local function count_change()
+  changes = changes + 1
+  if changes > M.MAX_CHANGES then
+    fail(format("at most %d inventory changes per console line", M.MAX_CHANGES))
+  end
+end
+
+---------------------------------------------------------------------------
+-- Commands.
+
+local DOWN, DISABLED, REMOVED = cdef.PROXY_DOWN, cdef.PROXY_DISABLED, cdef.PROXY_REMOVED
+local BREAKERS = { [0] = "closed", "open", "half-open" }
+local PROBES = { [0] = "none", "tcp", "http", "connect" }
+
+local function ms(v)
+  if v == nil or v <= 0 then return nil end
+  return floor(v * 10 + 0.5) / 10
+end
+
+local function ago(t, now)
+  if t == nil or t <= 0 then return nil end
+  return format("%.0fs ago", now - t)
+end
+
+local function pct(part, whole)
+  if not whole or whole == 0 then return nil end
+  return floor(part * 1000 / whole + 0.5) / 10
+end
+
+local PROXY_COLUMNS = {
+  { "id", "ID", right = true }, { "name", "NAME" }, { "pool", "POOL" }, { "url", "URL" },
+  { "region", "REGION" }, { "weight", "W", right = true }, { "state", "STATE" },
+  { "score", "SCORE", right = true }, { "active", "ACTIVE", right = true },
+  { "requests", "REQUESTS", right = true }, { "failures", "FAILURES", right = true },
+  { "latency_ms", "LAT_MS", right = true, fmt = function(v) return ms(v) end },
+  { "source", "SOURCE" },
+}
+
+local function copy_columns(extra)
+  local t = {}
+  for i, c in ipairs(PROXY_COLUMNS) do t[i] = c end
+  for _, c in ipairs(extra or {}) do t[#t + 1] = c end
+  return t
+end
+
+local EXCHANGE_COLUMNS = copy_columns {
+  { "breaker", "BREAKER" }, { "banned_s", "BANNED_S", right = true },
+  { "ex_requests", "EX_REQ", right = true }, { "ex_failures", "EX_FAIL", right = true },
+}
+
+local function name_arg(v, what, cmd)
+  if type(v) ~= "string" then
+    fail(format("%s: expected a %s name (a string), got a %s", cmd, what, type(v)))
+  end
+  return v
+end
+
+local function waiting_footer()
+  local w = inventory.waiting()
+  if #w == 0 then return nil end
+  local lines = { format("%d runtime %s waiting (pool missing, or declared by the config):",
+    #w, #w == 1 and "proxy" or "proxies") }
+  for i, e in ipairs(w) do
+    if i > 10 then
+      lines[#lines + 1] = format("  ... %d more", #w - 10)
+      break
+    end
+    lines[#lines + 1] = format('  %s  pool "%s"  %s%s', e.url, e.pool, e.why,
+      e.name and ("  id " .. e.name) or "")
+  end
+  return lines
+end
+
+local proxy, pool, exchange = {}, {}, {}
+M.proxy, M.pool, M.exchange = proxy, pool, exchange
+
+function proxy.list(name)
+  local cur = active()
+  local names, ex
+  if name == nil then
+    names = cur.cfg.pool_order
+  else
+    name_arg(name, "pool or exchange", "proxy.list")
+    local e = cur.exchanges[name]
+    if cur.pools[name] then
+      names = { name }
+      if e and e.pool == name then ex = e end
+    elseif e then
+      if e.pool == "direct" or not cur.pools[e.pool] then
+        fail(format('exchange "%s" has no pool of proxies (it goes %s)', name, e.pool))
+      end
+      names, ex = { e.pool }, e
+    else
+      fail(format('no pool or exchange "%s" (pool.list() and exchange.list() show them)',
+        name:sub(1, 64)))
+    end
+  end
+  local rows = inventory.records(cur, names)
+  if ex then
+    local now = C.ferry_now()
+    local p = cur.pools[names[1]]
+    for _, r in ipairs(rows) do
+      local x = p:pair(p.by_id[r.id], ex.id)
+      if x ~= nil then
+        r.breaker = BREAKERS[tonumber(x.breaker)] or tostring(x.breaker)
+        local left = x.banned_until - now
+        r.banned_s = left > 0 and floor(left + 0.5) or nil
+        r.ex_requests, r.ex_failures = tonumber(x.requests), tonumber(x.failures)
+      end
+    end
+  end
+  local hint = name == nil and 'use proxy.list("pool")' or "the API pages them: GET " ..
+    "/api/v1/proxies?pool=" .. names[1] .. "&offset=200"
+  return as_view(rows, {
+    kind = "table", columns = ex and EXCHANGE_COLUMNS or PROXY_COLUMNS, hint = hint,
+    title = ex and format('exchange "%s", pool "%s"', ex.name, names[1]) or nil,
+    empty = "(no proxies)", footer = name == nil and waiting_footer() or nil,
+  })
+end
+
+local HEALTH_COLUMNS = {
+  { "id", "ID", right = true }, { "name", "NAME" }, { "url", "URL" }, { "state", "STATE" },
+  { "score", "SCORE", right = true }, { "health", "HEALTH" },
+  { "consecutive_failures", "FAILS_IN_ROW", right = true }, { "probe", "PROBE" },
+  { "probes_ok", "PROBES_OK", right = true }, { "probes_failed", "PROBES_FAILED", right = true },
+  { "probe_ms", "PROBE_MS", right = true }, { "last_probe", "LAST_PROBE" },
+  { "down_for", "DOWN_FOR" },
+}
+
+local function health_record(cur, cid, c, now)
+  local info = inventory.info(cid)
+  local first = cur.pools[info.pools[1]]
+  local flags = tonumber(c.flags)
+  local down_since = tonumber(c.down_since)
+  local kinds = {}
+  for i, k in ipairs(cdef.FAIL_KINDS) do
+    local v = tonumber(c.fail_kind[i - 1])
+    if v > 0 then kinds[#kinds + 1] = k .. "=" .. v end
+  end
+  return {
+    id = cid, name = info.label, url = info.display, pools = info.pools,
+    state = inventory.state(flags), enabled = band(flags, DISABLED) == 0,
+    up = band(flags, DOWN) == 0,
+    score = floor(health.score(c, first and first.latency_ceiling or 1000, now) + 0.5),
+    health = format("%d/%d", tonumber(c.health), tonumber(c.rise) + tonumber(c.fall) - 1),
+    rise = tonumber(c.rise), fall = tonumber(c.fall),
+    consecutive_failures = tonumber(c.consecutive_failures),
+    requests = tonumber(c.requests), successes = tonumber(c.successes),
+    failures = tonumber(c.failures), failure_kinds = #kinds > 0 and concat(kinds, " ") or nil,
+    active = tonumber(c.active), latency_ms = ms(tonumber(c.latency_ewma_ms)),
+    last_success = ago(tonumber(c.last_success_at), now),
+    last_failure = ago(tonumber(c.last_failure_at), now),
+    probe = PROBES[tonumber(c.probe_kind)] or tostring(c.probe_kind),
+    probes_ok = tonumber(c.probes_ok), probes_failed = tonumber(c.probes_failed),
+    probe_ms = ms(tonumber(c.probe_latency_ms)), last_probe = ago(tonumber(c.last_probe_at), now),
+    downs = tonumber(c.downs),
+    down_for = band(flags, DOWN) ~= 0 and down_since > 0 and format("%.0fs", now - down_since)
+      or nil,
+    retry_in = tonumber(c.retry_at) > now and format("%.0fs", tonumber(c.retry_at) - now) or nil,
+    source = info.entry and "runtime" or "config",
+  }
+end
+
+local HEALTH_FIELDS = {
+  { "id", "id" }, { "name", "name" }, { "url", "url" },
+  { "pools", "pools", fmt = function(v) return concat(v, ", ") end },
+  { "source", "source" }, { "state", "state" }, { "score", "score" },
+  { "health", "health (counter/max)" }, { "rise", "rise" }, { "fall", "fall" },
+  { "consecutive_failures", "failures in a row" }, { "active", "active" },
+  { "requests", "requests" }, { "successes", "successes" }, { "failures", "failures" },
+  { "failure_kinds", "failures by kind", optional = true },
+  { "latency_ms", "latency (ms, EWMA)" }, { "last_success", "last success" },
+  { "last_failure", "last failure" }, { "probe", "probe" }, { "probes_ok", "probes ok" },
+  { "probes_failed", "probes failed" }, { "probe_ms", "probe latency (ms)" },
+  { "last_probe", "last probe" }, { "downs", "times down" },
+  { "down_for", "down for", optional = true }, { "retry_in", "retry in", optional = true },
+}
+
+local PAIR_COLUMNS = {
+  { "exchange", "EXCHANGE" }, { "breaker", "BREAKER" }, { "opens", "OPENS", right = true },
+  { "banned_s", "BANNED_S", right = true }, { "bans", "BANS", right = true },
+  { "requests", "REQUESTS", right = true }, { "failures", "FAILURES", right = true },
+  { "latency_ms", "LAT_MS", right = true },
+}
+
+function proxy.health(id)
+  local cur = active()
+  local now = C.ferry_now()
+  if id == nil then
+    local rows, seen = {}, {}
+    for _, name in ipairs(cur.cfg.pool_order) do
+      for _, p in ipairs(cur.pools[name].proxies) do
+        if not seen[p.id] then
+          seen[p.id] = true
+          rows[#rows + 1] = health_record(cur, p.id, p.c, now)
+        end
+      end
+    end
+    return as_view(rows, { kind = "table", columns = HEALTH_COLUMNS, empty = "(no proxies)",
+                           hint = "proxy.health(id) shows one" })
+  end
+  local cid, c = inventory.resolve(cur, id)
+  if not cid then fail(c.message) end
+  local rec = health_record(cur, cid, c, now)
+  local pairs_rows = {}
+  for _, ename in ipairs(cur.cfg.exchanges) do
+    local e = cur.exchanges[ename.name]
+    local p = e and cur.pools[e.pool]
+    if p and p.by_id[cid] then
+      local x = p:pair(p.by_id[cid], e.id)
+      if x ~= nil then
+        local left = x.banned_until - now
+        pairs_rows[#pairs_rows + 1] = {
+          exchange = e.name, breaker = BREAKERS[tonumber(x.breaker)],
+          opens = tonumber(x.opens), banned_s = left > 0 and floor(left + 0.5) or nil,
+          bans = tonumber(x.bans_total), requests = tonumber(x.requests),
+          failures = tonumber(x.failures), latency_ms = ms(tonumber(x.latency_ewma_ms)),
+        }
+      end
+    end
+  end
+  if #pairs_rows > 0 then
+    rec.exchanges = as_view(pairs_rows, { kind = "table", columns = PAIR_COLUMNS })
+  end
+  return as_view(rec, { kind = "record", fields = HEALTH_FIELDS, after = { "exchanges" } })
+end
+
+local function change_message(text, rec)
+  return as_view(rec, { kind = "message", text = text .. "; " .. rec.note })
+end
+
+local function check(res, err)
+  if not res then fail(err.message) end
+  return res
+end
+
+function proxy.add(pool_name, u, opts)
+  count_change()
+  if opts ~= nil and type(opts) ~= "table" then
+    fail("proxy.add: opts must be a table { id = ..., weight = ..., region = ... }")
+  end
+  local f = check(inventory.check_fields(opts or {}, { id = true, weight = true, region = true }))
+  f.pool, f.url = pool_name, u
+  if type(u) ~= "string" then fail("proxy.add: url must be a string") end
+  local res = check(inventory.add(cur_rt, f, "console"))
+  return change_message(format('added proxy %d (%s) to pool "%s"', res.id, res.url, res.pool),
+    res)
+end
+
+function proxy.remove(id)
+  count_change()
+  local res = check(inventory.remove(cur_rt, id, "console"))
+  return change_message(format('removed proxy %s (%s) from pool "%s"',
+    tostring(res.id or res.name), res.url, res.pool), res)
+end
+
+local function toggle(id, on)
+  count_change()
+  local res = check(inventory.set_enabled(cur_rt, id, on, "console"))
+  local word = on and "enabled" or "disabled"
+  return change_message(format("%s proxy %d (%s)%s", word, res.id, res.url,
+    res.changed and "" or (" (it already was " .. word .. ")")), res)
+end
+
+function proxy.enable(id) return toggle(id, true) end
+function proxy.disable(id) return toggle(id, false) end
+
+-- Add one proxy (its cdata c) to the totals s: up, down or disabled, and
+-- its counters.
+local function tally(s, c)
+  local flags = tonumber(c.flags)
+  if band(flags, DISABLED + REMOVED) ~= 0 then
+    s.disabled = s.disabled + 1
+  elseif band(flags, DOWN) ~= 0 then
+    s.down = s.down + 1
+  else
+    s.up = s.up + 1
+  end
+  s.active = s.active + tonumber(c.active)
+  s.requests = s.requests + tonumber(c.requests)
+  s.successes = s.successes + tonumber(c.successes)
+  s.failures = s.failures + tonumber(c.failures)
+end
+
+local function pool_summary(cur, p)
+  local s = { name = p.name, strategy = p.strategy and p.strategy.name,
+              proxies = #p.proxies, up = 0, down = 0, disabled = 0, runtime = 0, active = 0,
+              requests = 0, successes = 0, failures = 0, all_down = p.all_down,
+              retries = p.retries, panic = p.panic,
+              breaker = p.breaker and p.breaker.plugin.name or "none" }
+  local pc = cur.cfg.pools[p.name]
+  s.check = pc and pc.health and pc.health.check or "none"
+  local lat_sum, lat_n = 0, 0
+  local kinds = {}
+  for _, x in ipairs(p.proxies) do
+    local c = x.c
+    tally(s, c)
+    if x.runtime then s.runtime = s.runtime + 1 end
+    local l = tonumber(c.latency_ewma_ms)
+    if l > 0 then lat_sum, lat_n = lat_sum + l, lat_n + 1 end
+    for i = 1, #cdef.FAIL_KINDS do kinds[i] = (kinds[i] or 0) + tonumber(c.fail_kind[i - 1]) end
+  end
+  s.failure_pct = pct(s.failures, s.successes + s.failures)
+  s.latency_ms = lat_n > 0 and ms(lat_sum / lat_n) or nil
+  local parts = {}
+  for i, k in ipairs(cdef.FAIL_KINDS) do
+    if kinds[i] > 0 then parts[#parts + 1] = k .. "=" .. kinds[i] end
+  end
+  s.failure_kinds = #parts > 0 and concat(parts, " ") or nil
+  local ex = {}
+  for _, e in ipairs(cur.cfg.exchanges) do
+    if e.pool == p.name then ex[#ex + 1] = e.name end
+  end
+  s.exchanges = ex
+  return s
+end
+
+local POOL_COLUMNS = {
+  { "name", "NAME" }, { "strategy", "STRATEGY" }, { "proxies", "PROXIES", right = true },
+  { "up", "UP", right = true }, { "down", "DOWN", right = true },
+  { "disabled", "OFF", right = true }, { "runtime", "RUNTIME", right = true },
+  { "active", "ACTIVE", right = true }, { "requests", "REQUESTS", right = true },
+  { "failure_pct", "FAIL_%", right = true }, { "breaker", "BREAKER" }, { "check", "CHECK" },
+  { "all_down", "ALL_DOWN" }, { "exchanges", "EXCHANGES" },
+}
+
+function pool.list()
+  local cur = active()
+  local rows = {}
+  for _, name in ipairs(cur.cfg.pool_order) do
+    rows[#rows + 1] = pool_summary(cur, cur.pools[name])
+  end
+  return as_view(rows, { kind = "table", columns = POOL_COLUMNS, empty = "(no pools)",
+                         hint = "pool.stats(name) shows one" })
+end
+
+local POOL_FIELDS = {
+  { "name", "pool" }, { "strategy", "strategy" }, { "breaker", "breaker" },
+  { "check", "health check" }, { "all_down", "all_down" }, { "panic", "panic (%)" },
+  { "retries", "retries" }, { "proxies", "proxies" }, { "up", "up" }, { "down", "down" },
+  { "disabled", "disabled or removed" }, { "runtime", "added at runtime" },
+  { "active", "active" }, { "requests", "requests" }, { "successes", "successes" },
+  { "failures", "failures" }, { "failure_pct", "failure rate (%)" },
+  { "failure_kinds", "failures by kind", optional = true },
+  { "latency_ms", "mean latency (ms)" },
+  { "exchanges", "exchanges", fmt = function(v) return #v > 0 and concat(v, ", ") or "-" end },
+}
+
+local WORST_COLUMNS = {
+  { "id", "ID", right = true }, { "name", "NAME" }, { "url", "URL" }, { "state", "STATE" },
+  { "score", "SCORE", right = true }, { "requests", "REQUESTS", right = true },
+  { "failures", "FAILURES", right = true },
+}
+
+function pool.stats(name)
+  local cur = active()
+  name_arg(name, "pool", "pool.stats")
+  local p = cur.pools[name]
+  if not p then fail(format('no pool "%s" (pool.list() shows the pools)', name:sub(1, 64))) end
+  local s = pool_summary(cur, p)
+  -- The five proxies with the lowest score.
+  local recs = inventory.records(cur, { name })
+  table.sort(recs, function(a, b)
+    if a.score ~= b.score then return a.score < b.score end
+    return a.id < b.id
+  end)
+  local worst = {}
+  for i = 1, math.min(5, #recs) do worst[i] = recs[i] end
+  if #worst > 0 then
+    s.worst = as_view(worst, { kind = "table", columns = WORST_COLUMNS,
+                               title = "lowest scores:" })
+  end
+  return as_view(s, { kind = "record", fields = POOL_FIELDS, after = { "worst" } })
+end
+
+local EXCHANGE_LIST_COLUMNS = {
+  { "name", "NAME" }, { "pool", "POOL" }, { "hosts", "HOSTS" }, { "script", "SCRIPT" },
+  { "ban_status", "BAN_STATUS" }, { "banned", "BANNED_NOW", right = true },
+  { "open", "OPEN_BREAKERS", right = true },
+}
+
+function exchange.list()
+  local cur = active()
+  local now = C.ferry_now()
+  local rows = {}
+  for _, ec in ipairs(cur.cfg.exchanges) do
+    local e = cur.exchanges[ec.name]
+    local r = { name = ec.name, pool = e.pool, hosts = ec.hosts,
+                script = ec.script and ec.script:match("[^/]*$") or nil,
+                ban_status = e.ban and e.ban.status or nil, banned = 0, open = 0 }
+    local p = cur.pools[e.pool]
+    for _, x in ipairs(p and p.proxies or {}) do
+      local st = p:pair(x, e.id)
+      if st ~= nil then
+        if st.banned_until > now then r.banned = r.banned + 1 end
+        if st.breaker ~= cdef.BREAKER_CLOSED then r.open = r.open + 1 end
+      end
+    end
+    rows[#rows + 1] = r
+  end
+  return as_view(rows, { kind = "table", columns = EXCHANGE_LIST_COLUMNS,
+                         empty = "(no exchanges)", hint = "proxy.list(name) shows one" })
+end
+
+function M.reload()
+  count_change()
+  local ok, err = cur_rt.reload_now()
+  if not ok then fail("reload refused, the running config stays: " .. tostring(err)) end
+  return as_view({ reloaded = true }, { kind = "message",
+    text = "reloaded " .. tostring(active().cfg.file) })
+end
+
+local STATS_FIELDS = {
+  { "config", "config" }, { "store", "store" }, { "pools", "pools" },
+  { "exchanges", "exchanges" }, { "proxies", "proxies" }, { "up", "up" }, { "down", "down" },
+  { "disabled", "disabled" }, { "runtime", "added at runtime" },
+  { "waiting", "runtime, waiting", optional = true }, { "active", "active" },
+  { "requests", "requests" }, { "successes", "successes" }, { "failures", "failures" },
+  { "failure_pct", "failure rate (%)" }, { "sticky", "sticky pins" },
+  { "probes", "probes in flight" }, { "draining", "draining" },
+}
+
+function M.stats()
+  local cur = active()
+  local s = { config = cur.cfg.file, pools = #cur.cfg.pool_order,
+              exchanges = #cur.cfg.exchanges, proxies = 0, up = 0, down = 0, disabled = 0,
+              runtime = 0, active = 0, requests = 0, successes = 0, failures = 0,
+              sticky = tonumber(C.ferry_sticky_count()), probes = tonumber(C.ferry_probe_inflight()),
+              draining = C.ferry_draining() ~= 0,
+              store = inventory.store_path() or "none (runtime changes live in memory only)" }
+  for _, c in pairs(cur.proxies) do
+    s.proxies = s.proxies + 1
+    tally(s, c)
+  end
+  s.runtime = inventory.count()
+  local w = #inventory.waiting()
+  s.waiting = w > 0 and w or nil
+  s.failure_pct = pct(s.failures, s.successes + s.failures)
+  return as_view(s, { kind = "record", fields = STATS_FIELDS })
+end
+
+return M

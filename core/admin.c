@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define ADMIN_IDLE_SECS 30.0
+
 static const char *reason_of(int status)
 {
     switch (status) {
@@ -94,7 +96,9 @@ static void answer(struct conn *c, int status, const char *ctype, char *body, si
     c->admin_len = blen;
     c->admin_off = 0;
     c->state = CS_ADMIN_OUT;
-    conn_arm(c, timeouts.idle); /* a slow reader gets idle time, not head time */
+    /* A slow reader gets idle time, not head time; a reader that stopped
+     * does not hold a large answer for long. */
+    conn_arm(c, timeouts.idle < ADMIN_IDLE_SECS ? timeouts.idle : ADMIN_IDLE_SECS);
     admin_pump(c);
 }
 
@@ -114,14 +118,11 @@ static void answer_error(struct conn *c, int status, const char *code, const cha
     answer(c, status, "application/json", body, (size_t)n, extra);
 }
 
+/* c->path was copied from the head before the request left cin. */
 static void log_admin(struct conn *c, size_t body_len)
 {
     struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
-    char path[sizeof(c->path)];
-    size_t n = c->req.url.len < sizeof(path) - 1 ? c->req.url.len : sizeof(path) - 1;
-    memcpy(path, buf_head(&c->cin) + c->req.url.off, n);
-    path[n] = '\0';
-    log_access(&ctx, c->client, c->method, "admin", 0, path, c->status,
+    log_access(&ctx, c->client, c->method, "admin", 0, c->path, c->status,
                (unsigned long long)(c->head_len + body_len), c->bytes_out,
                (loop_now() - c->t_start) * 1000.0, 0, c->status >= 400 ? "FERRY-7000" : NULL);
 }
@@ -129,6 +130,9 @@ static void log_admin(struct conn *c, size_t body_len)
 void admin_on_head(struct conn *c)
 {
     const char *base = buf_head(&c->cin);
+    size_t plen = c->req.url.len < sizeof(c->path) - 1 ? c->req.url.len : sizeof(c->path) - 1;
+    memcpy(c->path, base + c->req.url.off, plen);
+    c->path[plen] = '\0';
     int chunked = (c->req.parser.flags & F_CHUNKED) != 0;
     uint64_t clen = c->req.has_body && !chunked ? c->req.parser.content_length : 0;
     c->admin_keep = c->req.keep_alive && !c->client_eof;

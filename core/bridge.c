@@ -19,7 +19,7 @@
 #define HOOK_STEP 1000              /* ... every this many instructions */
 /* Admin requests (metrics of 10 000 proxies, console lines) may run far
  * longer than a routing hook, but a runaway console line still ends. */
-#define ADMIN_BUDGET_STEPS 200000
+#define ADMIN_BUDGET_STEPS 50000
 
 static lua_State *L;
 static int ref_dispatch = LUA_NOREF;

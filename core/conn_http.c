@@ -219,6 +219,8 @@ static void take_session(struct conn *c, const char *base)
 static void reset_request(struct conn *c)
 {
     c->session[0] = '\0';
+    c->pool = 0;
+    c->exchange = 0;
     conn_clear_header_edits(c);
     c->fwd = 0;
     c->head_len = 0;

@@ -308,6 +308,8 @@ int ferry_listener_add_user(int listener, const char *user,
 /* An admin listener on a unix socket, created with mode 0600; a stale
  * socket file is replaced, a live one refused.  Index or -1. */
 int ferry_listen_unix(const char *name, const char *path, const char **err);
+/* Reload: 1 if the listener serves the admin plane. */
+int ferry_listener_is_admin(int listener);
 /* Reload: the open unix listener at path, or -1. */
 int ferry_listener_find_unix(const char *path);
 /* Reload: the open listener bound to host:port, or -1. */

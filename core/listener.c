@@ -22,6 +22,7 @@
 
 #define ACCEPT_BATCH 64
 #define CONN_LIMIT 20000
+#define ADMIN_CONN_LIMIT 64
 
 static struct listener *listeners[LISTENER_MAX];
 static int nlisteners;
@@ -75,7 +76,8 @@ static void on_accept(struct ev_loop *lp, ev_io *w, int revents)
             }
             return;
         }
-        if (conn_count() >= CONN_LIMIT) {
+        /* Admin answers can be large (metrics): few admin connections at once. */
+        if (conn_count() >= CONN_LIMIT || (l->admin && l->conns >= ADMIN_CONN_LIMIT)) {
             reject_overloaded(fd);
             continue;
         }
@@ -202,12 +204,13 @@ int ferry_listen(const char *name, const char *host, int port, const char *proto
 /* Whether something answers on the unix socket at path. */
 static int unix_socket_alive(const struct sockaddr_un *sun)
 {
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1) {
         return 0;
     }
-    /* A local connect answers at once: refused when nobody listens. */
-    int alive = connect(fd, (const struct sockaddr *)sun, sizeof(*sun)) == 0;
+    /* A local connect answers at once: refused when nobody listens, and
+     * EAGAIN (never a wait) when someone does but its backlog is full. */
+    int alive = connect(fd, (const struct sockaddr *)sun, sizeof(*sun)) == 0 || errno == EAGAIN;
     close(fd);
     return alive;
 }
@@ -268,6 +271,12 @@ int ferry_listen_unix(const char *name, const char *path, const char **err)
     l->admin = 1;
     log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on unix:%s (admin)", name, path);
     return slot;
+}
+
+int ferry_listener_is_admin(int idx)
+{
+    struct listener *l = listener_get(idx);
+    return l != NULL && l->admin;
 }
 
 int ferry_listener_find_unix(const char *path)

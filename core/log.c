@@ -183,6 +183,11 @@ static void put_str(struct line *l, const char *key, const char *val)
     if (val == NULL) {
         return;
     }
+    /* Room for the key, its quotes, at least one escaped character and
+     * the closing quote and brace; a field that does not fit is left out. */
+    if (l->n + strlen(key) + 16 >= sizeof(l->b)) {
+        return;
+    }
     put_raw(l, ",\"");
     put_raw(l, key);
     put_raw(l, "\":\"");

@@ -650,7 +650,8 @@ int ferry_store_save_health(const char **err)
     int saved = 0;
     for (uint32_t id = 1; id <= n; id++) {
         const struct proxy *p = proxy_by_id(id);
-        if (p == NULL || p->key == NULL) {
+        /* A removed proxy's row went with it (delete_proxy): not back. */
+        if (p == NULL || p->key == NULL || (p->pub.flags & FERRY_PROXY_REMOVED)) {
             continue;
         }
         double lat = isfinite(p->pub.latency_ewma_ms) && p->pub.latency_ewma_ms > 0

@@ -61,9 +61,22 @@ local function same_secret(a, b)
   return diff == 0
 end
 
-local function authorized(req, cfg)
+local LOOPBACK_HOST = { ["127.0.0.1"] = true, ["localhost"] = true, ["[::1]"] = true }
+
+-- Requests a web page could make: any Origin (browsers send one on every
+-- cross-site POST, even "no-cors"), and, without a token, a Host other
+-- than loopback (a DNS-rebound name pointing at 127.0.0.1).  The admin
+-- plane is for programs and operators, never for pages.
+local function from_browser(req, token)
+  if req.unix then return false end
+  if req.headers["origin"] ~= nil then return true end
+  if token then return false end
+  local host = (req.headers["host"] or ""):lower():gsub(":%d+$", "")
+  return not LOOPBACK_HOST[host]
+end
+
+local function authorized(req, token)
   if req.unix or req.path == "/health" then return true end
-  local token = cfg and cfg.admin and cfg.admin.token
   if not token then return true end -- loopback only: config.lua refuses otherwise
   local given = (req.headers["authorization"] or ""):match("^[Bb]earer%s+(%S+)")
   return same_secret(token, given)
@@ -131,7 +144,11 @@ function M.handle(ar, rt)
     unix = ar.unix_socket ~= 0,
   }
   local cur = rt.active()
-  if not authorized(req, cur and cur.cfg) then
+  local token = cur and cur.cfg.admin and cur.cfg.admin.token
+  if from_browser(req, token) then
+    return encode(M.err(req, 403, "FERRY-7008", "admin requests from web pages are refused"))
+  end
+  if not authorized(req, token) then
     local s, b, h = M.err(req, 401, "FERRY-7005", "a valid bearer token is required")
     h["WWW-Authenticate"] = 'Bearer realm="ferry"'
     return encode(s, b, h)

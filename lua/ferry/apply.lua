@@ -142,10 +142,13 @@ local function errbuf()
   return ffi.new("const char *[1]")
 end
 
--- Listeners: keep those whose address stays, open new ones, close the
--- rest.  Opening comes first so a failed bind changes nothing.
-local function reconcile_listeners(cfg, old_idx)
-  local kept, opened, idx_of = {}, {}, {}
+-- Listeners, in two steps so a config refused half-way changes nothing
+-- that matters.  open_listeners keeps those whose address (and kind:
+-- proxy or admin) stays and opens new ones; a failed bind closes what it
+-- opened.  finish_listeners, once the rest of the config is built, sets
+-- names and users on the kept ones and closes the ones that left.
+local function open_listeners(cfg, old_idx)
+  local plan = { kept = {}, opened = {}, idx_of = {} }
   for _, l in ipairs(cfg.listeners) do
     local idx
     if l.path then
@@ -153,8 +156,14 @@ local function reconcile_listeners(cfg, old_idx)
     else
       idx = C.ferry_listener_find(l.host, l.port)
     end
+    local admin = l.protocol == "admin" and 1 or 0
+    if idx >= 0 and old_idx and C.ferry_listener_is_admin(idx) ~= admin then
+      -- Same address, other kind: the old one must go before the new binds.
+      C.ferry_listener_close(idx)
+      idx = -1
+    end
     if idx >= 0 and old_idx then
-      kept[#kept + 1] = { idx = idx, l = l }
+      plan.kept[#plan.kept + 1] = { idx = idx, l = l }
     else
       local err = errbuf()
       if l.path then
@@ -163,38 +172,50 @@ local function reconcile_listeners(cfg, old_idx)
         idx = C.ferry_listen(l.name, l.host, l.port, l.protocol, l.open and 1 or 0, err)
       end
       if idx < 0 then
-        for _, o in ipairs(opened) do C.ferry_listener_close(o) end
+        for _, o in ipairs(plan.opened) do C.ferry_listener_close(o) end
         local where = l.path and ("unix:" .. l.path) or (l.host .. ":" .. l.port)
         return nil, format('%s:%d: %s "%s": cannot listen on %s: %s', cfg.file,
           l.line or 0, l.protocol == "admin" and "admin" or "listen", l.name, where,
           ffi_string(err[0]))
       end
-      opened[#opened + 1] = idx
+      plan.opened[#plan.opened + 1] = idx
     end
-    idx_of[l] = idx
+    plan.idx_of[l] = idx
   end
-  for _, k in ipairs(kept) do
+  return plan
+end
+
+local function abandon_listeners(plan)
+  for _, o in ipairs(plan.opened) do C.ferry_listener_close(o) end
+end
+
+local function finish_listeners(cfg, plan, old_idx)
+  for _, k in ipairs(plan.kept) do
     C.ferry_listener_reset(k.idx, k.l.name, k.l.open and 1 or 0)
   end
   for _, l in ipairs(cfg.listeners) do
     local err = errbuf()
     for _, u in ipairs(l.users or {}) do
-      if C.ferry_listener_add_user(idx_of[l], u.user, u.pass, err) ~= 0 then
-        return nil, format('%s:%d: listen "%s": %s', cfg.file, l.line or 0, l.name,
-          ffi_string(err[0]))
+      -- config.lua checked the bounds: only memory can fail here.
+      if C.ferry_listener_add_user(plan.idx_of[l], u.user, u.pass, err) ~= 0 then
+        C.ferry_log(3, "FERRY-0104", format('%s:%d: listen "%s": %s; closing it rather ' ..
+          'than serving it without its users', cfg.file, l.line or 0, l.name,
+          ffi_string(err[0])))
+        C.ferry_listener_close(plan.idx_of[l])
+        break
       end
     end
   end
   -- Listeners of the old config that the new one does not have.
   if old_idx then
     local keep = {}
-    for _, idx in pairs(idx_of) do keep[idx] = true end
+    for _, idx in pairs(plan.idx_of) do keep[idx] = true end
     for idx in pairs(old_idx) do
       if not keep[idx] then C.ferry_listener_close(idx) end
     end
   end
   local now_idx = {}
-  for _, idx in pairs(idx_of) do now_idx[idx] = true end
+  for _, idx in pairs(plan.idx_of) do now_idx[idx] = true end
   return now_idx
 end
 
@@ -293,10 +314,14 @@ function M.commit(prep, old)
     return nil, format("%s: log: cannot open %s: %s", cfg.file,
       tostring(cfg.log.file or cfg.log.access_file), ffi_string(ferr[0]))
   end
-  local listeners, lerr = reconcile_listeners(cfg, old and old.listeners)
-  if not listeners then return nil, lerr end
+  local plan, lerr = open_listeners(cfg, old and old.listeners)
+  if not plan then return nil, lerr end
   local pools, by_index, seen = build_pools(prep)
-  if not pools then return nil, by_index end
+  if not pools then
+    abandon_listeners(plan)
+    return nil, by_index
+  end
+  local listeners = finish_listeners(cfg, plan, old and old.listeners)
   if old then
     -- Proxies that left the config take no new work; their tunnels and
     -- requests in flight finish, and their probes stop.

@@ -155,6 +155,7 @@ int ferry_listener_add_user(int listener, const char *user, const char *pass, co
 int ferry_listener_find(const char *host, int port);
 int ferry_listen_unix(const char *name, const char *path, const char **err);
 int ferry_listener_find_unix(const char *path);
+int ferry_listener_is_admin(int listener);
 int ferry_listener_reset(int listener, const char *name, int open);
 int ferry_listener_close(int listener);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,

@@ -354,6 +354,9 @@ local function evaluate(chunk, file)
     if type(t) ~= "table" then fail(where, "expected a table, got a %s", type(t)) end
     local l = { line = caller_line(file) }
     l.name = want(where, "name", t.name, "string") or ("listen" .. (#cfg.listeners + 1))
+    if not l.name:match("^[%w_.-]+$") or #l.name > 64 then
+      fail(where, "name must be 1 to 64 letters, digits, _ . -")
+    end
     where = at(string.format('listen "%s"', l.name))
     check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true })
     if names.listen[l.name] then fail(where, "a listener with this name already exists") end
@@ -379,6 +382,9 @@ local function evaluate(chunk, file)
         if type(user) ~= "string" or user == "" or type(pass) ~= "string" then
           fail(where, 'users[%d]: expected "user:pass" or { user = ..., pass = ... }', i)
         end
+        -- The core's bounds: checked here so a reload never fails half-way.
+        if #user + #pass + 1 >= 512 then fail(where, "users[%d]: user:pass over 511 bytes", i) end
+        if i > 256 then fail(where, "at most 256 users per listener") end
         l.users[#l.users + 1] = { user = user, pass = pass }
       end
     end
@@ -450,11 +456,13 @@ local function evaluate(chunk, file)
 
   function env.pool(name)
     local where = at("pool")
-    if type(name) ~= "string" or not name:match("^[%w_.-]+$") then
-      fail(where, "pool name must be a string of letters, digits, _ . -")
+    if type(name) ~= "string" or not name:match("^[%w_.-]+$") or #name > 64 then
+      fail(where, "pool name must be 1 to 64 letters, digits, _ . -")
     end
     where = at(string.format('pool "%s"', name))
     if name == "direct" then fail(where, '"direct" is reserved for going without a proxy') end
+    -- Metric labels use these for requests without a pool and for overflow.
+    if name == "none" or name == "other" then fail(where, '"%s" is reserved', name) end
     if cfg.pools[name] then fail(where, "a pool with this name already exists") end
     local line = caller_line(file)
     return function(t)
@@ -499,7 +507,9 @@ local function evaluate(chunk, file)
 
   function env.exchange(name)
     local where = at("exchange")
-    if type(name) ~= "string" or name == "" then fail(where, "exchange name must be a string") end
+    if type(name) ~= "string" or not name:match("^[%w_.-]+$") or #name > 64 then
+      fail(where, "exchange name must be 1 to 64 letters, digits, _ . -")
+    end
     where = at(string.format('exchange "%s"', name))
     if names.exchange[name] then fail(where, "an exchange with this name already exists") end
     names.exchange[name] = true

@@ -118,6 +118,29 @@ end
 local safe_string = copy(string)
 safe_string.rep = bounded_rep
 safe_string.dump = nil
+-- Lua patterns can backtrack exponentially inside C, where the instruction
+-- budget cannot stop them: a console line searches plain text only.  The
+-- console's own code (formatting, commands) keeps its patterns, so the
+-- guard looks at who calls: the line itself, or C (pcall, table.sort)
+-- on its behalf.
+local getinfo = debug.getinfo
+local function line_calls()
+  local info = getinfo(3, "S")
+  return info == nil or info.source == "=console" or info.source == "=[C]"
+end
+local find = string.find
+safe_string.find = function(s, p, init, plain)
+  return find(s, p, init, plain or line_calls())
+end
+for _, name in ipairs { "match", "gmatch", "gsub" } do
+  local f = string[name]
+  safe_string[name] = function(...)
+    if line_calls() then
+      error("patterns are not available in the console (string.find searches plain text)", 2)
+    end
+    return f(...)
+  end
+end
 
 local function console_print(...)
   local n = select("#", ...)

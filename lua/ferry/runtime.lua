@@ -551,6 +551,9 @@ end
 -- reload() of the console and POST /api/v1/reload: the SIGHUP path, from
 -- inside the runtime (the core's own reload would re-enter Lua).
 function M.reload_now()
+  if C.ferry_draining() ~= 0 then
+    return nil, "ferry is stopping: no reload while draining"
+  end
   local path = ffi_string(C.ferry_config_path())
   local t0 = os.clock()
   local ok, err = M.reload(path)

@@ -123,6 +123,88 @@ route(function() return "direct" end)
   end)
 end)
 
+describe("admin plane without a token", function()
+  local ferry
+  local P, A = procs.free_port(), procs.free_port()
+  local base = "http://127.0.0.1:" .. A
+  local socket = require("socket")
+
+  setup(function()
+    ferry = procs.ferry(string.format([[
+listen { name = "proxy", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
+]], P, A), { P, A })
+  end)
+
+  teardown(function() procs.stop_ferry(ferry) end)
+
+  it("refuses what a web page could send: an Origin, or a rebound Host name", function()
+    local status, body = admin { url = base .. "/api/v1/reload", method = "POST",
+      flags = "-H 'Origin: http://evil.example'" }
+    assert.equal(403, status)
+    assert.equal("FERRY-7008", cjson.decode(body).error)
+    status, body = admin { url = base .. "/api/v1/proxies",
+      flags = "-H 'Host: rebound.evil.example:" .. A .. "'" }
+    assert.equal(403, status)
+    assert.equal("FERRY-7008", cjson.decode(body).error)
+    -- Loopback names are what local programs send.
+    assert.equal(200, (admin { url = "http://localhost:" .. A .. "/api/v1/proxies" }))
+    assert.equal(200, (admin { url = base .. "/api/v1/proxies" }))
+  end)
+
+  it("answers pipelined requests in order, each with its own path in the log", function()
+    local c = socket.tcp()
+    c:settimeout(5)
+    assert(c:connect("127.0.0.1", A))
+    local long = "/nope/" .. string.rep("x", 500)
+    c:send("GET " .. long .. " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" ..
+      "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    local statuses = {}
+    for _ = 1, 2 do
+      local line = assert(c:receive("*l"))
+      statuses[#statuses + 1] = tonumber(line:match("^HTTP/1%.1 (%d+)"))
+      local len
+      repeat
+        local h = assert(c:receive("*l"))
+        len = len or tonumber(h:match("^Content%-Length: (%d+)"))
+      until h == ""
+      assert(c:receive(len))
+    end
+    c:close()
+    assert.same({ 404, 200 }, statuses)
+    -- Log lines are flushed when the loop goes idle: wait for them.
+    local paths
+    for _ = 1, 50 do
+      paths = {}
+      for _, l in ipairs(procs.log_lines(ferry)) do
+        if l.msg == "access" and l.listener == "admin" then paths[#paths + 1] = l.path end
+      end
+      if paths[#paths] == "/health" then break end
+      procs.sleep(0.02)
+    end
+    assert.equal(long, paths[#paths - 1])
+    assert.equal("/health", paths[#paths])
+  end)
+
+  it("a reload that turns the admin address into a proxy listener changes its kind", function()
+    local O = procs.free_port()
+    local origin = procs.origin(O)
+    procs.write_file(ferry.config, string.format([[
+listen { name = "proxy", addr = "127.0.0.1:%d" }
+listen { name = "was_admin", addr = "127.0.0.1:%d" }
+]], P, A))
+    procs.signal(ferry, "HUP")
+    local status
+    for _ = 1, 50 do
+      status = procs.curl { proxy = base, url = "http://127.0.0.1:" .. O .. "/" }
+      if status == 200 then break end
+      procs.sleep(0.05)
+    end
+    assert.equal(200, status)
+    procs.stop(origin)
+  end)
+end)
+
 describe("admin config", function()
   local function check(text)
     local cfg = procs.write_file(procs.tmp .. "/admin-check-" .. math.random(1, 1e9) .. ".lua",

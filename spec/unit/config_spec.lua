@@ -103,6 +103,19 @@ route(function(req) return "direct" end)
   it("checks proxy headers", function()
     assert.matches('header "X%-A" must not contain CR',
       err_of('pool "a" { proxies = { { url = "http://h:1", headers = { ["X-A"] = "v\\r\\nX: y" } } } }'))
+    -- Names become metric labels and log fields: bounded, and two are reserved.
+    assert.matches('"none" is reserved', err_of('pool "none" { proxies = { "http://h:1" } }'))
+    assert.matches('"other" is reserved', err_of('pool "other" { proxies = { "http://h:1" } }'))
+    assert.matches("1 to 64 letters", err_of('pool "' .. string.rep("p", 65) .. '" {}'))
+    assert.matches("1 to 64 letters", err_of('listen { name = "' .. string.rep("l", 65) .. '" }'))
+    assert.matches("1 to 64 letters", err_of('exchange "a b" { hosts = { "h" }, pool = "direct" }'))
+    -- The core's bounds on inbound users, checked before a reload starts.
+    assert.matches("over 511 bytes",
+      err_of('listen { users = { "u:' .. string.rep("p", 600) .. '" } }'))
+    local many = {}
+    for i = 1, 257 do many[i] = '"u' .. i .. ':p"' end
+    assert.matches("at most 256 users",
+      err_of('listen { users = { ' .. table.concat(many, ", ") .. ' } }'))
     -- An id travels in X-Ferry-Proxy, logs and metric labels: no header splitting.
     assert.matches('id: 1 to 64 letters',
       err_of('pool "a" { proxies = { { url = "http://h:1", id = "a\\r\\nSet-Cookie: x" } } }'))

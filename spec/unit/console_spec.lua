@@ -234,6 +234,24 @@ describe("console runaway lines", function()
     assert.equal("2\n", ok_eval("1 + 1", rt))
     assert.equal("xx", ("x"):rep(2))
   end)
+
+  it("gives a line no Lua patterns, which could backtrack in C beyond the budget", function()
+    local rt = two_pools()
+    -- Exponential as a pattern; as plain text it is simply not found.
+    local t0 = os.clock()
+    assert.equal("nil\n", ok_eval('("a"):rep(40):find(("a?"):rep(40) .. ("a"):rep(40))', rt))
+    assert.is_true(os.clock() - t0 < 1)
+    assert.equal("2\t2\n", ok_eval('("x.y"):find(".", 1)', rt))
+    -- Called directly: an error; through pcall: pcall's false and the message.
+    for _, line in ipairs { 'string.match("ab", "a")', '("ab"):gsub("a", "b")' } do
+      assert.matches("patterns are not available", err_eval(line, rt))
+    end
+    for _, line in ipairs { 'pcall(string.gmatch, "ab", ".")', 'pcall(string.match, "a", "a")' } do
+      assert.matches("^false\t.*patterns are not available", ok_eval(line, rt))
+    end
+    -- The console's own formatting still uses patterns behind the line.
+    assert.matches("one", ok_eval('proxy.list("p")', rt))
+  end)
 end)
 
 describe("console commands", function()

@@ -23,7 +23,7 @@ local poolmod = require("ferry.pool")
 plugins.set_builtin("plugins")
 
 local STRATEGIES = { "round_robin", "random", "weighted_random", "least_conn", "least_errors",
-                     "health_score", "latency", "hash" }
+                     "health_score", "latency", "hash", "sticky" }
 local SIZES = { 10, 100, 10000 }
 local BUDGET = tonumber(arg and arg[1]) or 0.3 -- seconds of selections per cell
 

@@ -257,6 +257,43 @@ describe("admin config", function()
   end)
 end)
 
+describe("store at start", function()
+  local function start_with_store(db)
+    local P = procs.free_port()
+    local cfg = procs.write_file(procs.tmp .. "/store-start-" .. P .. ".lua", string.format(
+      'listen { addr = "127.0.0.1:%d" }\nstore { path = %q }\n', P, db))
+    return run("-c " .. cfg)
+  end
+
+  it("refuses a corrupt store file with a clear error and leaves it as it was", function()
+    local db = procs.tmp .. "/corrupt-" .. math.random(1, 1e9) .. ".db"
+    local garbage = string.rep("not a database, ", 300)
+    procs.write_file(db, garbage)
+    local code, out = start_with_store(db)
+    assert.equal(1, code)
+    assert.matches(db:gsub("%p", "%%%0"), out)
+    assert.equal(garbage, procs.read_file(db)) -- never silently recreated
+  end)
+
+  it("refuses a store another process holds locked", function()
+    local db = procs.tmp .. "/locked-" .. math.random(1, 1e9) .. ".db"
+    -- A valid store first (a ferry creates it), then a writer that keeps
+    -- it locked for a while.
+    local P = procs.free_port()
+    local first = procs.ferry(string.format(
+      'listen { addr = "127.0.0.1:%d" }\nstore { path = %q }\n', P, db), { P })
+    procs.stop_ferry(first)
+    assert.is_string(procs.read_file(db):match("^SQLite format 3"))
+    local holder = procs.spawn("sqlite3", "sqlite3 " .. procs.quote(db) ..
+      " 'BEGIN EXCLUSIVE;' '.shell sleep 3' 'COMMIT;'")
+    procs.sleep(0.4)
+    local code, out = start_with_store(db)
+    procs.stop(holder)
+    assert.equal(1, code)
+    assert.matches("locked", out)
+  end)
+end)
+
 describe("draining", function()
   it("answers /health with 503 while in-flight requests finish, then exits 0", function()
     local O, P, A = procs.free_port(), procs.free_port(), procs.free_port()

@@ -363,9 +363,10 @@ void ferry_metrics_count_reload(int ok);
  * requests with a new label set past it are counted under "other". */
 void ferry_metrics_set_limit(uint32_t max_series);
 /* The Prometheus text (0.0.4) of everything C counts, and of the n
- * members' per-proxy, per-pool and per-(proxy, exchange) families.  The
- * buffer belongs to C and stays valid until the next call; *len: bytes. */
+ * members' per-proxy, per-pool and per-(proxy, exchange) families, then
+ * extra (families Lua keeps, or NULL).  The buffer belongs to C and
+ * stays valid until the next call; *len: bytes. */
 const char *ferry_metrics_text(const struct ferry_metrics_member *members, uint32_t n,
-                               size_t *len);
+                               const char *extra, size_t *len);
 
 #endif

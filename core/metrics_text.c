@@ -570,13 +570,17 @@ static void render_proxies(struct text *t, const struct ferry_metrics_member *m,
     free(px.off);
 }
 
-const char *ferry_metrics_text(const struct ferry_metrics_member *m, uint32_t n, size_t *len)
+const char *ferry_metrics_text(const struct ferry_metrics_member *m, uint32_t n,
+                               const char *extra, size_t *len)
 {
     out.n = out.line = 0;
     out.full = 0;
     render_core(&out);
     if (m != NULL && n > 0) {
         render_proxies(&out, m, n);
+    }
+    if (extra != NULL) {
+        puts_(&out, extra);
     }
     if (out.full && !truncated_logged) {
         truncated_logged = 1;

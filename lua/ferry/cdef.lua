@@ -177,7 +177,7 @@ void ferry_metrics_count_request(const char *listener, int pool, uint32_t exchan
 void ferry_metrics_count_reload(int ok);
 void ferry_metrics_set_limit(uint32_t max_series);
 const char *ferry_metrics_text(const struct ferry_metrics_member *members, uint32_t n,
-                               size_t *len);
+                               const char *extra, size_t *len);
 ]]
 end
 

@@ -39,6 +39,25 @@ local function pool_list(cur)
   return list
 end
 
+-- The broker's leases live in Lua (broker.lua): a few lines of their own.
+local function broker_text()
+  local ok, broker = pcall(require, "ferry.broker")
+  if not ok or not broker.stats then return "" end
+  local st = broker.stats()
+  return table.concat({
+    "# HELP ferry_broker_leases Proxy leases the broker holds now (each an active use).",
+    "# TYPE ferry_broker_leases gauge",
+    "ferry_broker_leases " .. st.leases,
+    "# HELP ferry_broker_lease_events_total Leases granted, and how they ended.",
+    "# TYPE ferry_broker_lease_events_total counter",
+    'ferry_broker_lease_events_total{event="granted"} ' .. st.granted,
+    'ferry_broker_lease_events_total{event="released"} ' .. st.released,
+    'ferry_broker_lease_events_total{event="expired"} ' .. st.expired,
+    'ferry_broker_lease_events_total{event="evicted"} ' .. st.evicted,
+    "",
+  }, "\n")
+end
+
 function M.render(rt)
   local cur = rt and rt.active and rt.active()
   local pools = pool_list(cur)
@@ -66,7 +85,7 @@ function M.render(rt)
       end
     end
   end
-  local text = C.ferry_metrics_text(members, i, len)
+  local text = C.ferry_metrics_text(members, i, broker_text(), len)
   return ffi.string(text, len[0])
 end
 

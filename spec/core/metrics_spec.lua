@@ -26,7 +26,7 @@ core.log_init(core.open("/dev/null", 1, 0))
 local len = ffi.new("size_t[1]")
 
 local function text(members, n)
-  local p = core.ferry_metrics_text(members, n or 0, len)
+  local p = core.ferry_metrics_text(members, n or 0, nil, len)
   return ffi.string(p, len[0])
 end
 
@@ -180,7 +180,7 @@ for i = 0, 4999 do -- 1000 pools x 5 status classes
   core.ferry_metrics_count_request("l", i % 1000, 0, nil, 100 * (1 + math.floor(i / 1000)), -1)
 end
 local len = ffi.new("size_t[1]")
-local t = ffi.string(core.ferry_metrics_text(nil, 0, len), len[0])
+local t = ffi.string(core.ferry_metrics_text(nil, 0, nil, len), len[0])
 local n = 0
 for _ in t:gmatch("\nferry_requests_total{") do n = n + 1 end
 io.stdout:write("\n", n, " ", t:match("\nferry_metrics_overflow_total (%d+)\n"))

@@ -218,18 +218,29 @@ exchange "plain" { hosts = { "plain.test" }, pool = "direct" }
     end)
   end)
 
-  -- ferry_proxy_active_connections of a proxy, from /metrics.
-  local function active_of(id)
+  local function metrics_text()
     local out = {}
     http.request { url = "http://127.0.0.1:" .. A .. "/metrics",
       headers = { Authorization = "Bearer " .. TOKEN }, sink = ltn12.sink.table(out) }
-    local v = table.concat(out):match('ferry_proxy_active_connections{proxy="' .. id ..
+    return table.concat(out)
+  end
+
+  -- ferry_proxy_active_connections of a proxy, from /metrics.
+  local function active_of(id)
+    local v = metrics_text():match('ferry_proxy_active_connections{proxy="' .. id ..
       '",pool="lc"} (%d+)')
     return tonumber(v)
   end
 
+  local function lease_metric(pattern)
+    return tonumber(metrics_text():match(pattern))
+  end
+
   describe("leases", function()
     it("count as active uses until feedback ends them", function()
+      local held0 = lease_metric("\nferry_broker_leases (%d+)")
+      local granted0 = lease_metric('ferry_broker_lease_events_total{event="granted"} (%d+)')
+      local released0 = lease_metric('ferry_broker_lease_events_total{event="released"} (%d+)')
       local _, a = request { exchange_id = "okx", connection_type = "http", client_id = "A" }
       local _, b = request { exchange_id = "okx", connection_type = "http", client_id = "B" }
       assert.equal("least_conn", a.strategy)
@@ -237,10 +248,14 @@ exchange "plain" { hosts = { "plain.test" }, pool = "direct" }
       assert.are_not.equal(a.metadata.proxy_id, b.metadata.proxy_id)
       assert.equal(1, active_of(a.metadata.proxy_id))
       assert.equal(1, active_of(b.metadata.proxy_id))
+      assert.equal(held0 + 2, lease_metric("\nferry_broker_leases (%d+)"))
+      assert.equal(granted0 + 2, lease_metric('ferry_broker_lease_events_total{event="granted"} (%d+)'))
       local _, res = feedback { proxy_url = a.proxy_url, exchange_id = "okx", success = true,
         client_id = "A" }
       assert.is_true(res.lease_ended)
       assert.equal(0, active_of(a.metadata.proxy_id))
+      assert.equal(released0 + 1,
+        lease_metric('ferry_broker_lease_events_total{event="released"} (%d+)'))
       local _, c = request { exchange_id = "okx", connection_type = "http", client_id = "C" }
       assert.equal(a.metadata.proxy_id, c.metadata.proxy_id)
       -- A URL without credentials comes back as such.

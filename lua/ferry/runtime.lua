@@ -330,8 +330,11 @@ local function pick(pool, req, e)
   if policy == "any" then
     p = select_relaxed(pool, req, e)
     if p then
-      log_once("all-down:" .. pool.name, 2, "FERRY-6007", "pool \"" .. pool.name ..
-        "\": no healthy proxy, all_down = any: using one anyway")
+      -- Per (pool, exchange): a pool shared by exchanges reports each one.
+      local ex = e and e.name
+      log_once("all-down:" .. pool.name .. ":" .. (ex or ""), 2, "FERRY-6007", "pool \"" ..
+        pool.name .. "\"" .. (ex and (", exchange \"" .. ex .. "\"") or "") ..
+        ": no healthy proxy, all_down = any: using one anyway")
     end
     return p
   end

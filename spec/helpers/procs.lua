@@ -98,6 +98,30 @@ function M.wait_port(port, timeout)
   return false
 end
 
+-- Poll fn() every `step` seconds (0.02) until it returns a truthy value
+-- or `timeout` seconds (5) pass; returns that value, or nil at the deadline.
+function M.wait_for(fn, timeout, step)
+  local deadline = socket.gettime() + (timeout or 5)
+  repeat
+    local v = fn()
+    if v then return v end
+    socket.sleep(step or 0.02)
+  until socket.gettime() > deadline
+  return nil
+end
+
+-- One sample of GET /metrics on a loopback admin listener without a
+-- token: the value of `name{labels}` (labels exactly as rendered, e.g.
+-- 'result="ok"'; nil for a sample without labels), or nil when absent.
+function M.metric(admin_port, name, labels)
+  local status, body = M.curl { url = "http://127.0.0.1:" .. admin_port .. "/metrics",
+    max_time = 5 }
+  if status ~= 200 then return nil end
+  local key = name .. (labels and ("{" .. labels .. "}") or "")
+  local v = ("\n" .. body):match("\n" .. key:gsub("%p", "%%%0") .. " (%S+)\n")
+  return v and tonumber(v)
+end
+
 function M.signal(proc, sig)
   os.execute("kill -" .. sig .. " " .. proc.pid .. " 2>/dev/null")
 end
@@ -165,6 +189,29 @@ function M.log_lines(proc)
     out[#out + 1] = cjson.decode(line) or { unparsed = line }
   end
   return out
+end
+
+-- A sqlite3 process holding the database `db` locked ("BEGIN <mode>",
+-- IMMEDIATE or EXCLUSIVE) for `secs` seconds; returns once the lock is
+-- taken (it touches a file then).  Stop it early with M.stop.
+function M.sqlite_lock(db, mode, secs)
+  local ready = string.format("%s/sqlite-ready-%d", M.tmp, math.random(1, 1e9))
+  local proc = M.spawn("sqlite3", "sqlite3 -bail " .. sh_quote(db) .. " " ..
+    sh_quote("BEGIN " .. mode .. ";") .. " " .. sh_quote(".shell touch " .. ready) .. " " ..
+    sh_quote(".shell sleep " .. secs) .. " 'COMMIT;'")
+  local locked = M.wait_for(function()
+    local f = io.open(ready, "r")
+    if f then f:close() end
+    return f ~= nil or not M.alive(proc)
+  end, 10)
+  local held = io.open(ready, "r")
+  if held then held:close() os.remove(ready) end
+  if not (locked and held) then
+    local log = M.read_file(proc.log)
+    M.stop(proc)
+    error("sqlite3 did not lock " .. db .. ":\n" .. log)
+  end
+  return proc
 end
 
 function M.microsocks(port, user, pass)

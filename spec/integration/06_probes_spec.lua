@@ -14,16 +14,17 @@ local function via(port) return "http://127.0.0.1:" .. port end
 -- A TCP server for probes to hit, in its own LuaJIT process:
 --   hang:  accept and never answer (keeps the connection until the peer closes)
 --   close: accept and close at once
--- It keeps "accepts open max_open" in OUT, rewritten after every event.
+-- It keeps "accepts open max_open" in OUT, then on a second line the time
+-- of every accept, rewritten after every event.
 local STUB = [[
 local socket = require("socket")
 local port, mode, out = tonumber(arg[1]), arg[2], arg[3]
 local server = assert(socket.bind("127.0.0.1", port))
 server:settimeout(0)
-local open, nopen, accepts, max_open = {}, 0, 0, 0
+local open, nopen, accepts, max_open, times = {}, 0, 0, 0, {}
 local function report()
   local f = assert(io.open(out .. ".tmp", "w"))
-  f:write(string.format("%d %d %d\n", accepts, nopen, max_open))
+  f:write(string.format("%d %d %d\n%s\n", accepts, nopen, max_open, table.concat(times, " ")))
   f:close()
   os.rename(out .. ".tmp", out)
 end
@@ -48,6 +49,7 @@ while true do
     local c = server:accept()
     if not c then break end
     accepts = accepts + 1
+    times[accepts] = string.format("%.4f", socket.gettime())
     if mode == "close" then
       c:close()
     else
@@ -75,10 +77,23 @@ local function stub(port, mode)
   return proc
 end
 
--- accepts, open now, most open at once.
+-- accepts, open now, most open at once, and the time of each accept.
 local function stub_stats(proc)
-  local a, o, m = procs.read_file(proc.out):match("(%d+) (%d+) (%d+)")
-  return tonumber(a) or 0, tonumber(o) or 0, tonumber(m) or 0
+  local text = procs.read_file(proc.out)
+  local a, o, m = text:match("^(%d+) (%d+) (%d+)")
+  local times = {}
+  for t in (text:match("\n([^\n]*)") or ""):gmatch("%S+") do times[#times + 1] = tonumber(t) end
+  return tonumber(a) or 0, tonumber(o) or 0, tonumber(m) or 0, times
+end
+
+-- Wait (up to `timeout` s) until the stub has accepted at least n; returns
+-- what stub_stats returns then.
+local function wait_accepts(proc, n, timeout)
+  local deadline = socket.gettime() + timeout
+  while (stub_stats(proc)) < n and socket.gettime() < deadline do
+    socket.sleep(0.02)
+  end
+  return stub_stats(proc)
 end
 
 -- tinyproxy with Basic credentials (BasicAuth), for http probes with auth.
@@ -139,6 +154,79 @@ local function get(port, url)
   return status, headers and headers["x-ferry-proxy"], socket.gettime() - t0
 end
 
+-- GET /metrics of the admin listener on `port`.
+local function scrape(port)
+  local body = {}
+  local _, status = http.request {
+    url = "http://127.0.0.1:" .. port .. "/metrics", sink = ltn12.sink.table(body),
+    create = function()
+      local s = socket.tcp()
+      s:settimeout(5)
+      return s
+    end,
+  }
+  assert.equal(200, status)
+  return table.concat(body)
+end
+
+local function escape_pattern(s)
+  return (s:gsub("%p", "%%%0"))
+end
+
+-- One sample of a scrape, or nil.
+local function sample(text, name, labels)
+  local v = text:match("\n" .. escape_pattern(name .. "{" .. labels .. "}") .. " (%S+)\n")
+  return v and tonumber(v)
+end
+
+-- Probes of proxy `label` in `pool` that ended with `result` ("ok", "failed").
+local function probes(text, label, pool, result)
+  return sample(text, "ferry_proxy_probes_total",
+    string.format('proxy="%s",pool="%s",result="%s"', label, pool, result))
+end
+
+local function proxy_up(text, label, pool)
+  return sample(text, "ferry_proxy_up", string.format('proxy="%s",pool="%s"', label, pool))
+end
+
+-- Scrape until pred(text) holds or `timeout` s pass; returns the last scrape.
+local function scrape_until(port, timeout, pred)
+  local deadline = socket.gettime() + timeout
+  local t = scrape(port)
+  while not pred(t) and socket.gettime() < deadline do
+    socket.sleep(0.02)
+    t = scrape(port)
+  end
+  return t
+end
+
+-- Every proxy of `list` ({ label, pool } pairs) passed at least `more`
+-- probes beyond `before` (a scrape), polled up to `timeout` s; asserts it
+-- and that none failed a probe or went down, and returns the last scrape.
+local function assert_probes_pass(port, list, before, more, timeout, ferry)
+  local function grown(t)
+    for _, m in ipairs(list) do
+      if (probes(t, m[1], m[2], "ok") or 0) < (probes(before, m[1], m[2], "ok") or 0) + more then
+        return false
+      end
+    end
+    return true
+  end
+  local t = scrape_until(port, timeout, grown)
+  for _, m in ipairs(list) do
+    local label, pool = m[1], m[2]
+    local ok0, ok1 = probes(before, label, pool, "ok"), probes(t, label, pool, "ok")
+    assert.is_number(ok1, label .. ": no probe series in /metrics")
+    assert.is_true(ok1 >= (ok0 or 0) + more,
+      string.format("%s: %s passing probes, then %s", label, tostring(ok0), tostring(ok1)))
+    assert.equal(0, probes(t, label, pool, "failed"), label .. " failed a probe")
+    assert.equal(1, proxy_up(t, label, pool), label .. " is not up")
+    assert.is_nil(events(ferry, "FERRY-6001", label)[1], label .. " went down:\n" ..
+      procs.read_file(ferry.log))
+  end
+  return t
+end
+
 -- Stop processes together (each stop waits for the reaper): signal all,
 -- then wait for each; ferry last, with its sanitizer check.
 local function stop_together(list, ferry)
@@ -172,25 +260,27 @@ describe("probes", function()
 
   describe("tcp check with no traffic", function()
     local s2, ferry
-    local S2, F = procs.free_port(), procs.free_port()
+    local S2, F, A = procs.free_port(), procs.free_port(), procs.free_port()
 
     setup(function()
       s2 = procs.microsocks(S2)
       ferry = procs.ferry(string.format([[
 listen { addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
 pool "p" { strategy = "round_robin", retries = 0, proxies = {
     { url = "socks5://127.0.0.1:%d", id = "one" }, { url = "socks5://127.0.0.1:%d", id = "two" } },
   health = { check = "tcp", interval = 0.3, timeout = 0.2, rise = 2, fall = 1 } }
 route(function() return "p" end)
-]], F, S1, S2), { F })
+]], F, A, S1, S2), { F, A })
     end)
 
     teardown(function()
       stop_together({ s2 }, ferry)
     end)
 
-    it("takes a killed proxy out of rotation within about one interval", function()
-      socket.sleep(0.4)
+    it("takes a killed proxy out of rotation by its probes alone, with no traffic", function()
+      -- Both are probed, and pass.
+      assert_probes_pass(A, { { "one", "p" }, { "two", "p" } }, "", 2, 5, ferry)
       local seen = {}
       for _ = 1, 4 do
         local status, px = get(F, base .. "/")
@@ -199,13 +289,18 @@ route(function() return "p" end)
       end
       assert.is_true(seen.one and seen.two)
 
+      local before = scrape(A)
       procs.stop(s2)
-      local ev, took = wait_event(ferry, "FERRY-6001", "two", 2)
+      -- No request is sent until it is down: only a probe can find out.
+      local ev = wait_event(ferry, "FERRY-6001", "two", 5)
       assert.is_table(ev, "no FERRY-6001 for the killed proxy:\n" .. procs.read_file(ferry.log))
-      -- interval 0.3 (+10 % jitter) + the probe itself, and polling slack.
-      assert.is_true(took < 0.9, "took " .. took)
+      assert.matches("probe connect refused", ev.msg)
       assert.equal("socks5://127.0.0.1:" .. S2, ev.proxy)
       assert.equal("warn", ev.level)
+      local t = scrape(A)
+      assert.is_true(probes(t, "two", "p", "failed") > probes(before, "two", "p", "failed"))
+      assert.equal(0, proxy_up(t, "two", "p"))
+      assert.equal(1, proxy_up(t, "one", "p"))
       assert.is_nil(events(ferry, "FERRY-6001", "one")[1])
 
       -- retries = 0: a request sent to the dead proxy would fail.
@@ -216,13 +311,20 @@ route(function() return "p" end)
       end
     end)
 
-    it("brings it back after rise passing probes once it is restarted", function()
+    it("brings it back after `rise` passing probes once it is restarted", function()
+      local before = scrape(A)
+      assert.equal(0, proxy_up(before, "two", "p"))
       s2 = procs.microsocks(S2)
-      local ev, took = wait_event(ferry, "FERRY-6002", "two", 8)
+      local ev = wait_event(ferry, "FERRY-6002", "two", 10)
       assert.is_table(ev, "no FERRY-6002 for the restarted proxy:\n" .. procs.read_file(ferry.log))
-      -- rise = 2: at least one more interval (-10 % jitter) after the first pass.
-      assert.is_true(took >= 0.25, "up after only " .. took .. " s")
+      assert.matches("probe passed", ev.msg)
       assert.equal("info", ev.level)
+      -- rise = 2: up only once two probes passed since the restart (none
+      -- passed while it was dead).
+      local t = scrape(A)
+      assert.equal(1, proxy_up(t, "two", "p"))
+      local ok0, ok1 = probes(before, "two", "p", "ok"), probes(t, "two", "p", "ok")
+      assert.is_true(ok1 >= ok0 + 2, "up after " .. (ok1 - ok0) .. " passing probe(s)")
       local seen = {}
       for _ = 1, 4 do
         local status, px = get(F, base .. "/")
@@ -233,10 +335,13 @@ route(function() return "p" end)
     end)
   end)
 
-  describe("timeouts, backoff and the concurrency bound", function()
-    local stopped, hang, hang2, ferry
+  describe("timeouts and the concurrency bound", function()
+    local stopped, hang, hang2, ferry, started_at
     local STOPPED, HANG, HANG2 = procs.free_port(), procs.free_port(), procs.free_port()
-    local F_LIVE, F_HANG = procs.free_port(), procs.free_port()
+    local F_LIVE, F_HANG, A = procs.free_port(), procs.free_port(), procs.free_port()
+    -- The hanging proxy's probe timeout: long enough that a loop blocked
+    -- by the probe would hold a request for about that long.
+    local HANG_TIMEOUT = 1.5
 
     setup(function()
       stopped = procs.microsocks(STOPPED)
@@ -247,22 +352,22 @@ route(function() return "p" end)
       for i = 1, 12 do
         many[i] = string.format('{ url = "socks5://127.0.0.1:%d", id = "b%d" }', HANG2, i)
       end
+      started_at = socket.gettime()
       ferry = procs.ferry(string.format([[
 listen { name = "live", addr = "127.0.0.1:%d" }
 listen { name = "hang", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
 pool "live" { retries = 0, proxies = { { url = "socks5://127.0.0.1:%d", id = "live" } } }
 pool "hang" { retries = 0, proxies = { { url = "socks5://127.0.0.1:%d", id = "stopped" } },
-  health = { check = "connect", target = "127.0.0.1:%d", interval = 0.5, timeout = 0.3, fall = 1 } }
+  health = { check = "connect", target = "127.0.0.1:%d", interval = %s, timeout = %s, fall = 1 } }
 pool "slowcheck" { proxies = { { url = "socks5://127.0.0.1:%d", id = "slowcheck" } },
   health = { check = "http", url = "http://127.0.0.1:%d/", interval = 0.5, timeout = 0.3, fall = 1 } }
-pool "closer" { proxies = { { url = "socks5://127.0.0.1:%d", id = "closer" } },
-  health = { check = "connect", target = "127.0.0.1:%d", interval = 0.1, timeout = 0.1, fall = 1 } }
 pool "bounded" { proxies = { %s },
   health = { check = "connect", target = "127.0.0.1:%d", interval = 0.3, timeout = 0.25,
              fall = 1, concurrency = 3 } }
 route(function(req) return req.listener end)
-]], F_LIVE, F_HANG, S1, STOPPED, O, S1, HANG, CLOSE, O, table.concat(many, ", "), O),
-        { F_LIVE, F_HANG })
+]], F_LIVE, F_HANG, A, S1, STOPPED, O, HANG_TIMEOUT, HANG_TIMEOUT, S1, HANG,
+        table.concat(many, ", "), O), { F_LIVE, F_HANG, A })
     end)
 
     teardown(function()
@@ -270,40 +375,39 @@ route(function(req) return req.listener end)
     end)
 
     it("fails a probe of a hanging proxy by timeout while requests flow", function()
-      local worst, n = 0, 0
-      local t_end = socket.gettime() + 1.5
-      while socket.gettime() < t_end do
+      -- Requests go on until two more probes of the hanging proxy timed
+      -- out: the second started after the first requests, so requests
+      -- flowed through the whole of its hang.
+      local f0 = probes(scrape(A), "stopped", "hang", "failed")
+      assert.is_number(f0)
+      local worst, n, failed = 0, 0, f0
+      local deadline = socket.gettime() + 20
+      while failed < f0 + 2 and socket.gettime() < deadline do
         local status, px, took = get(F_LIVE, base .. "/")
         assert.equal(200, status)
         assert.equal("live", px)
         if took > worst then worst = took end
         n = n + 1
+        failed = probes(scrape(A), "stopped", "hang", "failed")
+        socket.sleep(0.01)
       end
-      local ev = wait_event(ferry, "FERRY-6001", "stopped", 2)
+      assert.is_true(failed >= f0 + 2, (failed - f0) .. " probes of the hanging proxy ended")
+      local ev = wait_event(ferry, "FERRY-6001", "stopped", 5)
       assert.is_table(ev, procs.read_file(ferry.log))
       assert.matches("timed out", ev.msg)
-      -- Probes in flight (up to the bound, all hanging) never hold up the loop.
-      assert.is_true(n >= 20, "only " .. n .. " requests")
-      assert.is_true(worst < 0.25, "slowest request " .. worst .. " s")
+      -- Probes in flight (up to the bound, all hanging) never hold up the
+      -- loop: a loop that waited on the probe would hold a request for up
+      -- to the probe's timeout; a working one answers in milliseconds.
+      assert.is_true(n >= 2, "only " .. n .. " requests")
+      assert.is_true(worst < HANG_TIMEOUT / 3, "slowest request " .. worst .. " s")
       -- The hanging pool now has no healthy proxy; its traffic is the
       -- all-down policy's business, not the prober's.
     end)
 
     it("fails an http check whose target never answers, by timeout", function()
-      local ev = wait_event(ferry, "FERRY-6001", "slowcheck", 2)
+      local ev = wait_event(ferry, "FERRY-6001", "slowcheck", 5)
       assert.is_table(ev, procs.read_file(ferry.log))
       assert.matches("timed out", ev.msg)
-    end)
-
-    it("backs off while a proxy keeps failing", function()
-      -- interval 0.1, fall 1: without backoff ~10 probes a second; with it
-      -- the waits double (0.1, 0.2, 0.4, 0.8, 1.6 = 16x cap) after each failure.
-      local a0 = stub_stats(closer)
-      socket.sleep(3)
-      local a1 = stub_stats(closer)
-      local probes = a1 - a0
-      assert.is_table(events(ferry, "FERRY-6001", "closer")[1], procs.read_file(ferry.log))
-      assert.is_true(probes >= 1 and probes <= 6, probes .. " probes in 3 s")
     end)
 
     it("keeps at most `concurrency` probes in flight and defers the rest", function()
@@ -314,15 +418,52 @@ route(function(req) return req.listener end)
       local accepts, _, max_open = stub_stats(hang2)
       assert.is_true(accepts >= 12, accepts .. " probes")
       assert.is_true(max_open <= 3, max_open .. " probes in flight at once")
-      -- FERRY-6010, at most once per 10 s.
+      -- FERRY-6010, at most once per 10 s of ferry's life.
       local warned = count(ferry, "FERRY-6010")
-      assert.is_true(warned >= 1 and warned <= 2, warned .. " FERRY-6010 lines")
+      local most = 1 + math.floor((socket.gettime() - started_at) / 10)
+      assert.is_true(warned >= 1 and warned <= most,
+        warned .. " FERRY-6010 lines, at most " .. most .. " allowed")
+    end)
+  end)
+
+  describe("backoff", function()
+    local ferry, a0
+    local F = procs.free_port()
+
+    setup(function()
+      a0 = stub_stats(closer) -- every later accept is a probe of this ferry
+      ferry = procs.ferry(string.format([[
+listen { addr = "127.0.0.1:%d" }
+pool "closer" { proxies = { { url = "socks5://127.0.0.1:%d", id = "closer" } },
+  health = { check = "connect", target = "127.0.0.1:%d", interval = 0.1, timeout = 0.1, fall = 1 } }
+route(function() return "closer" end)
+]], F, CLOSE, O), { F })
+    end)
+
+    teardown(function()
+      stop_together({}, ferry)
+    end)
+
+    it("backs off while a proxy keeps failing", function()
+      -- The closer fails every probe.  interval 0.1, fall 1: the waits
+      -- double after each failure past the first (0.1, 0.2, 0.4, 0.8,
+      -- then 1.6 = the 16x cap); without backoff they would stay 0.1.
+      local ev = wait_event(ferry, "FERRY-6001", "closer", 5)
+      assert.is_table(ev, procs.read_file(ferry.log))
+      assert.matches("probe", ev.msg)
+      local a, _, _, times = wait_accepts(closer, a0 + 6, 10)
+      assert.is_true(a >= a0 + 6, (a - a0) .. " probes")
+      local g = {}
+      for i = 1, 5 do g[i] = times[a0 + i + 1] - times[a0 + i] end
+      local gaps = string.format("gaps %.3f %.3f %.3f %.3f %.3f", g[1], g[2], g[3], g[4], g[5])
+      assert.is_true(g[1] < g[3] and g[3] < g[5], gaps)
+      assert.is_true(g[5] > 4 * g[1], gaps)
     end)
   end)
 
   describe("http check", function()
     local ferry
-    local F = procs.free_port()
+    local F, A = procs.free_port(), procs.free_port()
 
     setup(function()
       local function pool(name, path, expect)
@@ -335,10 +476,11 @@ pool "%s" { retries = 0, proxies = {
       end
       ferry = procs.ferry(string.format([[
 listen { addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
 route(function() return "ok204" end)
-]], F) .. pool("ok204", "/status/204", "{ 200, 204 }") .. pool("bad500", "/status/500", nil)
+]], F, A) .. pool("ok204", "/status/204", "{ 200, 204 }") .. pool("bad500", "/status/500", nil)
         .. pool("deflt", "/status/302", nil) .. pool("only500", "/status/500", "{ 500 }")
-        .. pool("not200", "/status/204", "{ 200 }"), { F })
+        .. pool("not200", "/status/204", "{ 200 }"), { F, A })
     end)
 
     teardown(function()
@@ -356,23 +498,25 @@ route(function() return "ok204" end)
     end)
 
     it("keeps proxies whose check answers an expected status (default: 2xx, 3xx)", function()
-      socket.sleep(1)
-      for _, label in ipairs { "s-ok204", "t-ok204", "s-deflt", "t-deflt", "s-only500",
-                               "t-only500" } do
-        assert.is_nil(events(ferry, "FERRY-6001", label)[1], label .. " went down:\n" ..
-          procs.read_file(ferry.log))
+      -- Each is probed, twice more from now, and every probe passes.
+      local good = {}
+      for _, pool in ipairs { "ok204", "deflt", "only500" } do
+        good[#good + 1] = { "s-" .. pool, pool }
+        good[#good + 1] = { "t-" .. pool, pool }
       end
+      assert_probes_pass(A, good, scrape(A), 2, 5, ferry)
       for _ = 1, 4 do assert.equal(200, (get(F, base .. "/"))) end
     end)
   end)
 
   describe("connect check and credentials", function()
     local ferry
-    local F, DEAD = procs.free_port(), procs.free_port()
+    local F, DEAD, A = procs.free_port(), procs.free_port(), procs.free_port()
 
     setup(function()
       ferry = procs.ferry(string.format([[
 listen { addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
 local function check(t) t.interval, t.timeout, t.rise, t.fall = 0.2, 0.2, 1, 1 return t end
 pool "up" { proxies = {
     { url = "socks5://127.0.0.1:%d", id = "s-up" }, { url = "http://127.0.0.1:%d", id = "t-up" } },
@@ -393,7 +537,7 @@ pool "authhttp" { proxies = {
     { url = "http://probe-user:wrong-pw@127.0.0.1:%d", id = "th-bad" } },
   health = check { check = "http", url = "http://127.0.0.1:%d/status/204" } }
 route(function() return "up" end)
-]], F, S1, T, O, S1, T, DEAD, SA, SA, SA, TA, TA, O, SA, TA, TA, O), { F })
+]], F, A, S1, T, O, S1, T, DEAD, SA, SA, SA, TA, TA, O, SA, TA, TA, O), { F, A })
     end)
 
     teardown(function()
@@ -419,11 +563,11 @@ route(function() return "up" end)
       assert.is_truthy(th:find("auth failed", 1, true) or th:find("status 401", 1, true), th)
       local tb = events(ferry, "FERRY-6001", "t-bad")[1].msg
       assert.is_truthy(tb:find("auth failed", 1, true) or tb:find("answered 401", 1, true), tb)
-      socket.sleep(0.5)
-      for _, label in ipairs { "s-up", "t-up", "s-good", "t-good", "sh-good", "th-good" } do
-        assert.is_nil(events(ferry, "FERRY-6001", label)[1], label .. " went down:\n" ..
-          procs.read_file(ferry.log))
-      end
+      -- The right credentials pass: each is probed, twice more from now,
+      -- and every probe passes.
+      assert_probes_pass(A, { { "s-up", "up" }, { "t-up", "up" }, { "s-good", "auth" },
+        { "t-good", "auth" }, { "sh-good", "authhttp" }, { "th-good", "authhttp" } },
+        scrape(A), 2, 5, ferry)
       local log = procs.read_file(ferry.log)
       assert.is_nil(log:find("s3cret", 1, true))
       assert.is_nil(log:find("wrong-pw", 1, true))
@@ -463,13 +607,18 @@ route(function() return "p" end)
     end
 
     it("keeps one schedule per proxy across reloads", function()
-      socket.sleep(0.5)
-      for _ = 1, 5 do reloads(1) end
       local a0 = stub_stats(closer)
-      socket.sleep(2)
-      local probes = stub_stats(closer) - a0
-      -- interval 0.2 +- 10 %: about 10 probes in 2 s; duplicates would double it.
-      assert.is_true(probes >= 7 and probes <= 13, probes .. " probes in 2 s")
+      assert.is_true(wait_accepts(closer, a0 + 2, 5) >= a0 + 2, "no probes before the reloads")
+      for _ = 1, 5 do reloads(1) end
+      local a1 = stub_stats(closer)
+      local a, _, _, times = wait_accepts(closer, a1 + 11, 10)
+      assert.is_true(a >= a1 + 11, (a - a1) .. " probes after the reloads")
+      -- One schedule waits at least the interval less its jitter (0.18 s)
+      -- from one probe to the next; a late timer only adds to it.  Each
+      -- duplicate schedule would add probes of its own, halving the mean
+      -- gap at least.
+      local mean = (times[a1 + 11] - times[a1 + 1]) / 10
+      assert.is_true(mean > 0.14, string.format("a probe every %.3f s", mean))
     end)
 
     it("stops probing when the check is removed", function()

@@ -3,33 +3,59 @@
 -- one origin by name: "127.0.0.1" is exchange A, "localhost" exchange B.
 local procs = require("procs")
 local cjson = require("cjson")
+local socket = require("socket")
 
 local function via(port) return "http://127.0.0.1:" .. port end
 
--- Access lines written since `from` (an index into the log lines).
-local function access_since(proc, from)
-  procs.sleep(0.15)
+-- Log lines of `code`, in order.
+local function lines_with(proc, code)
   local out = {}
-  local lines = procs.log_lines(proc)
-  for i = from + 1, #lines do
-    if lines[i].code == "FERRY-0200" then out[#out + 1] = lines[i] end
+  for _, l in ipairs(procs.log_lines(proc)) do
+    if l.code == code then out[#out + 1] = l end
   end
-  return out, #lines
+  return out
 end
 
-local function count_code(proc, code)
-  procs.sleep(0.1)
-  local n = 0
-  for _, l in ipairs(procs.log_lines(proc)) do
-    if l.code == code then n = n + 1 end
+-- Access lines written since `from` (an index into the log lines).  With
+-- n, polls (up to 5 s) until at least n of them arrived: ferry flushes
+-- its log after the loop turn that answered, so a line may land just
+-- after the client saw its response.
+local function access_since(proc, from, n)
+  local deadline = socket.gettime() + 5
+  while true do
+    local out = {}
+    local lines = procs.log_lines(proc)
+    for i = from + 1, #lines do
+      if lines[i].code == "FERRY-0200" then out[#out + 1] = lines[i] end
+    end
+    if #out >= (n or 0) or socket.gettime() > deadline then return out, #lines end
+    procs.sleep(0.02)
   end
-  return n
+end
+
+-- How many lines of `code` the log holds once it holds at least n
+-- (polled up to 5 s); without n, how many it holds now.
+local function count_code(proc, code, n)
+  local deadline = socket.gettime() + 5
+  while true do
+    local got = #lines_with(proc, code)
+    if got >= (n or 0) or socket.gettime() > deadline then return got end
+    procs.sleep(0.02)
+  end
 end
 
 local function first_with(proc, code)
-  for _, l in ipairs(procs.log_lines(proc)) do
-    if l.code == code then return l end
-  end
+  return lines_with(proc, code)[1]
+end
+
+local function last_with(proc, code)
+  local all = lines_with(proc, code)
+  return all[#all]
+end
+
+-- A Lua pattern matching s literally.
+local function lit(s)
+  return (s:gsub("%p", "%%%0"))
 end
 
 describe("exchanges", function()
@@ -77,28 +103,35 @@ exchange "B" { hosts = { "localhost" }, pool = "shared", script = "%s" }
     local _, mark = access_since(ferry, 0)
     local status = procs.curl { proxy = via(F), url = "http://127.0.0.1:" .. O .. "/status/429" }
     assert.equal(429, status) -- the client still gets the exchange's answer
-    local lines = access_since(ferry, mark)
-    local banned = lines[#lines].proxy
-    assert.is_truthy(banned == P1 or banned == P2)
+    local lines = access_since(ferry, mark, 1)
+    assert.equal(1, #lines)
+    local banned = lines[1].proxy
+    assert.is_truthy(banned == P1 or banned == P2, tostring(banned))
+    assert.equal(1, count_code(ferry, "FERRY-6006", 1))
     local ban = first_with(ferry, "FERRY-6006")
-    assert.is_table(ban)
     assert.equal(banned, ban.proxy)
+    assert.equal("A", ban.exchange)
     assert.matches("exchange A", ban.msg)
 
     local _, m2 = access_since(ferry, 0)
     for _ = 1, 6 do
       assert.equal(200, (procs.curl { proxy = via(F), url = "http://127.0.0.1:" .. O .. "/" }))
     end
-    for _, l in ipairs((access_since(ferry, m2))) do
+    local on_a = access_since(ferry, m2, 6)
+    assert.equal(6, #on_a)
+    for _, l in ipairs(on_a) do
       assert.are_not.equal(banned, l.proxy)
+      assert.is_truthy(l.proxy == P1 or l.proxy == P2, tostring(l.proxy))
     end
     -- Exchange B still uses both proxies.
     local _, m3 = access_since(ferry, 0)
     for _ = 1, 6 do
       assert.equal(200, (procs.curl { proxy = via(F), url = "http://localhost:" .. O .. "/" }))
     end
+    local on_b = access_since(ferry, m3, 6)
+    assert.equal(6, #on_b)
     local seen = {}
-    for _, l in ipairs((access_since(ferry, m3))) do seen[l.proxy] = true end
+    for _, l in ipairs(on_b) do seen[l.proxy] = true end
     assert.is_true(seen[P1] and seen[P2])
   end)
 
@@ -108,16 +141,46 @@ exchange "B" { hosts = { "localhost" }, pool = "shared", script = "%s" }
       url = "http://127.0.0.1:" .. O .. "/say/200/IP%20banned%20for%20abuse" }
     assert.equal(200, status)
     assert.equal("IP banned for abuse", body)
-    assert.equal(before + 1, count_code(ferry, "FERRY-6006"))
+    assert.equal(before + 1, count_code(ferry, "FERRY-6006", before + 1))
+    local ban = last_with(ferry, "FERRY-6006")
+    assert.equal("A", ban.exchange)
+    assert.matches(lit('body marker "IP banned"'), ban.msg)
   end)
 
-  it("with both proxies banned on A, A gets a 503 while B keeps working", function()
-    -- all_down defaults to "any": banned proxies are used rather than
-    -- nothing, so the exchange still answers (with a warning logged).
+  it("with both proxies banned on A, A still answers through one (all_down = any), B too",
+    function()
+    -- Both proxies are banned on A now, each once: the status rule's
+    -- ban took one out of A's rotation, so the body marker hit the other.
+    local bans = lines_with(ferry, "FERRY-6006")
+    assert.equal(2, #bans)
+    for _, l in ipairs(bans) do
+      assert.equal("A", l.exchange)
+      assert.matches("exchange A", l.msg)
+      assert.is_truthy(l.proxy == P1 or l.proxy == P2, tostring(l.proxy))
+    end
+    assert.are_not.equal(bans[1].proxy, bans[2].proxy)
+
+    -- all_down defaults to "any": a banned proxy is used rather than
+    -- nothing, so the exchange still answers, and the pool says so once.
+    local before = count_code(ferry, "FERRY-6007")
+    local _, mark = access_since(ferry, 0)
     local status = procs.curl { proxy = via(F), url = "http://127.0.0.1:" .. O .. "/" }
     assert.equal(200, status)
-    assert.is_true(count_code(ferry, "FERRY-6007") >= 1)
+    assert.equal(before + 1, count_code(ferry, "FERRY-6007", before + 1))
+    local warn = last_with(ferry, "FERRY-6007")
+    assert.matches(lit('pool "shared"'), warn.msg)
+    assert.matches(lit("all_down = any"), warn.msg)
+    local on_a = access_since(ferry, mark, 1)
+    assert.equal(1, #on_a)
+    assert.is_truthy(on_a[1].proxy == P1 or on_a[1].proxy == P2, tostring(on_a[1].proxy))
+
+    -- B bans nothing: its request goes through a proxy as usual.
+    local _, m2 = access_since(ferry, 0)
     assert.equal(200, (procs.curl { proxy = via(F), url = "http://localhost:" .. O .. "/" }))
+    local on_b = access_since(ferry, m2, 1)
+    assert.equal(1, #on_b)
+    assert.is_truthy(on_b[1].proxy == P1 or on_b[1].proxy == P2, tostring(on_b[1].proxy))
+    assert.equal(2, count_code(ferry, "FERRY-6006")) -- no ban on either side
   end)
 
   it("on_request adds and drops headers sent upstream", function()
@@ -138,6 +201,7 @@ exchange "B" { hosts = { "localhost" }, pool = "shared", script = "%s" }
   it("a raising on_request is logged with its code and the request still goes through", function()
     local status = procs.curl { proxy = via(F), url = "http://localhost:" .. O .. "/raise" }
     assert.equal(404, status) -- the origin's answer: served despite the hook
+    assert.equal(1, count_code(ferry, "FERRY-4008", 1))
     local l = first_with(ferry, "FERRY-4008")
     assert.is_table(l)
     assert.matches("on_request exploded", l.msg)
@@ -146,11 +210,9 @@ exchange "B" { hosts = { "localhost" }, pool = "shared", script = "%s" }
   it("on_response bans with the exchange's Retry-After, for that exchange only", function()
     local before = count_code(ferry, "FERRY-6006")
     assert.equal(418, (procs.curl { proxy = via(F), url = "http://localhost:" .. O .. "/status/418" }))
-    assert.equal(before + 1, count_code(ferry, "FERRY-6006"))
-    local last
-    for _, l in ipairs(procs.log_lines(ferry)) do
-      if l.code == "FERRY-6006" then last = l end
-    end
+    assert.equal(before + 1, count_code(ferry, "FERRY-6006", before + 1))
+    local last = last_with(ferry, "FERRY-6006")
+    assert.equal("B", last.exchange)
     assert.matches("exchange B", last.msg)
     assert.matches("for 30 s", last.msg)
   end)
@@ -159,6 +221,7 @@ exchange "B" { hosts = { "localhost" }, pool = "shared", script = "%s" }
     local status = procs.curl { proxy = via(F),
       url = "http://localhost:" .. O .. "/say/200/garbage%20verdict" }
     assert.equal(200, status)
+    assert.equal(1, count_code(ferry, "FERRY-4010", 1))
     local l = first_with(ferry, "FERRY-4010")
     assert.is_table(l)
     assert.matches("banned!", l.msg)
@@ -193,7 +256,7 @@ route(function() return "one" end)
     assert.equal(200, (procs.curl { proxy = via(F), url = url .. "/" })) -- one failure: closed
     assert.equal(500, (procs.curl { proxy = via(F), url = url .. "/status/500" }))
     assert.equal(500, (procs.curl { proxy = via(F), url = url .. "/status/500" }))
-    assert.equal(1, count_code(ferry, "FERRY-6003"))
+    assert.equal(1, count_code(ferry, "FERRY-6003", 1))
     -- Open: the only proxy is never selected; all_down = "fail" answers 503.
     local status, body = procs.curl { proxy = via(F), url = url .. "/" }
     assert.equal(503, status)
@@ -201,8 +264,8 @@ route(function() return "one" end)
     procs.sleep(1.1)
     -- Cooldown over: one trial goes through and, succeeding, closes it.
     assert.equal(200, (procs.curl { proxy = via(F), url = url .. "/" }))
-    assert.equal(1, count_code(ferry, "FERRY-6004"))
-    assert.equal(1, count_code(ferry, "FERRY-6005"))
+    assert.equal(1, count_code(ferry, "FERRY-6004", 1))
+    assert.equal(1, count_code(ferry, "FERRY-6005", 1))
     assert.equal(200, (procs.curl { proxy = via(F), url = url .. "/" }))
   end)
 
@@ -212,12 +275,8 @@ route(function() return "one" end)
     assert.equal(500, (procs.curl { proxy = via(F), url = url .. "/status/500" }))
     procs.sleep(1.1)
     assert.equal(500, (procs.curl { proxy = via(F), url = url .. "/status/500" })) -- the trial
-    local opens = {}
-    for _, l in ipairs(procs.log_lines(ferry)) do
-      if l.code == "FERRY-6003" then opens[#opens + 1] = l.msg end
-    end
-    assert.equal(3, #opens)
-    assert.matches("for 2%.0 s", opens[3])
+    assert.equal(3, count_code(ferry, "FERRY-6003", 3))
+    assert.matches("for 2%.0 s", last_with(ferry, "FERRY-6003").msg)
     procs.sleep(1.1)
     assert.equal(503, (procs.curl { proxy = via(F), url = url .. "/" })) -- still open
     procs.sleep(1.0)

@@ -8,8 +8,8 @@ local ltn12 = require("ltn12")
 
 local function via(port) return "http://127.0.0.1:" .. port end
 
+-- How many lines of each code the log holds now.
 local function codes(proc)
-  procs.sleep(0.15)
   local t = {}
   for _, l in ipairs(procs.log_lines(proc)) do
     if l.code then
@@ -60,12 +60,13 @@ route(function(req) return "p" end)
     procs.write_file(cfg_path, text)
     local before = codes(ferry)
     procs.signal(ferry, "HUP")
-    for _ = 1, 50 do
+    local deadline = socket.gettime() + 10
+    repeat
       local now = codes(ferry)
       if (now["FERRY-0101"] or 0) > (before["FERRY-0101"] or 0) then return "ok" end
       if (now["FERRY-0102"] or 0) > (before["FERRY-0102"] or 0) then return "failed" end
-      procs.sleep(0.05)
-    end
+      procs.sleep(0.02)
+    until socket.gettime() > deadline
     return "timeout"
   end
 
@@ -143,21 +144,92 @@ route(function(req) if req.path == "/" then return "p" end return "q" end)
     assert.equal("ok", reload_with(config()))
   end)
 
-  it("loses no request while reloading many times under a request loop", function()
+  it("loses no request while reloading many times under concurrent client loops", function()
     local alt = config():gsub('strategy = "round_robin"', 'strategy = "random"')
-    local failures, total = 0, 0
-    for round = 1, 20 do
-      procs.write_file(cfg_path, round % 2 == 0 and config() or alt)
-      procs.signal(ferry, "HUP")
-      for _ = 1, 10 do
-        total = total + 1
-        local status = get(F, base .. "/")
-        if status ~= 200 then failures = failures + 1 end
-      end
+    -- Client loops in the background, each a bounded shell loop of curl
+    -- writing one status a line, until the stop file appears.  One asks
+    -- for /slow/0.2, so some request is nearly always in flight at a HUP.
+    local tag = procs.tmp .. "/reload-loop-" .. F .. "-" .. math.random(1, 1e9)
+    local script = procs.write_file(tag .. ".sh", [=[
+proxy=$1 url=$2 stop=$3 out=$4
+end_at=$(( $(date +%s) + 60 ))
+i=0
+while [ ! -e "$stop" ] && [ "$i" -lt 5000 ] && [ "$(date +%s)" -lt "$end_at" ]; do
+  code=$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -x "$proxy" "$url")
+  echo "$code" >> "$out"
+  i=$((i + 1))
+done
+]=])
+    local stop = tag .. ".stop"
+    local clients = {}
+    for i, path in ipairs { "/", "/bytes/2000", "/slow/0.2" } do
+      local out = tag .. "-" .. i .. ".out"
+      clients[i] = { out = out, path = path, proc = procs.spawn("reload-client",
+        "sh " .. procs.quote(script) .. " " .. procs.quote(via(F)) .. " " ..
+        procs.quote(base .. path) .. " " .. procs.quote(stop) .. " " .. procs.quote(out)) }
     end
-    assert.equal(200, total)
-    assert.equal(0, failures)
-    assert.is_true((codes(ferry)["FERRY-0101"] or 0) >= 20)
+    local function statuses(c)
+      local t = {}
+      for line in procs.read_file(c.out):gmatch("[^\n]+") do t[#t + 1] = line end
+      return t
+    end
+    -- Every loop has finished one more request than `seen` (polled, 10 s).
+    local function progress(seen)
+      local deadline = socket.gettime() + 10
+      repeat
+        local all = true
+        for i, c in ipairs(clients) do
+          if #statuses(c) <= (seen[i] or 0) then all = false end
+        end
+        if all then break end
+        procs.sleep(0.01)
+      until socket.gettime() > deadline
+      local now = {}
+      for i, c in ipairs(clients) do
+        now[i] = #statuses(c)
+        assert.is_true(now[i] > (seen[i] or 0), c.path .. ": no request completed")
+      end
+      return now
+    end
+
+    local ok, err = pcall(function()
+      local seen = progress({})
+      local base_ok = codes(ferry)["FERRY-0101"] or 0
+      local base_failed = codes(ferry)["FERRY-0102"] or 0
+      for round = 1, 20 do
+        procs.write_file(cfg_path, round % 2 == 0 and config() or alt)
+        procs.signal(ferry, "HUP")
+        local deadline = socket.gettime() + 10
+        while (codes(ferry)["FERRY-0101"] or 0) < base_ok + round and socket.gettime() < deadline do
+          procs.sleep(0.01)
+        end
+        assert.equal(base_ok + round, codes(ferry)["FERRY-0101"] or 0, "reload " .. round)
+        -- Traffic goes on between two reloads.
+        seen = progress(seen)
+      end
+      assert.equal(base_failed, codes(ferry)["FERRY-0102"] or 0)
+    end)
+    procs.write_file(stop, "")
+    for _, c in ipairs(clients) do
+      local deadline = socket.gettime() + 10
+      while procs.alive(c.proc) and socket.gettime() < deadline do procs.sleep(0.02) end
+      procs.stop(c.proc)
+    end
+    assert(ok, err)
+
+    local total, failures = 0, {}
+    for _, c in ipairs(clients) do
+      local st = statuses(c)
+      assert.is_true(#st >= 21, c.path .. ": only " .. #st .. " requests")
+      for _, code in ipairs(st) do
+        total = total + 1
+        if code ~= "200" then failures[#failures + 1] = c.path .. " " .. code end
+      end
+      os.remove(c.out)
+    end
+    os.remove(script) os.remove(stop)
+    assert.equal(0, #failures, table.concat(failures, ", "))
+    assert.is_true(total >= 63, total .. " requests")
   end)
 
   it("never cuts a tunnel in flight, even when its proxy leaves the config", function()
@@ -192,6 +264,10 @@ route(function(req) return "p" end)
 ]], F, S1, dead)
     assert.equal("ok", reload_with(text))
     for _ = 1, 4 do assert.equal(200, (get(F, base .. "/"))) end
+    local deadline = socket.gettime() + 5
+    while (codes(ferry)["FERRY-6001"] or 0) < 1 and socket.gettime() < deadline do
+      procs.sleep(0.02)
+    end
     local downs = codes(ferry)["FERRY-6001"] or 0
     assert.is_true(downs >= 1)
     assert.equal("ok", reload_with(text .. "-- touched\n"))

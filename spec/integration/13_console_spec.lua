@@ -297,17 +297,18 @@ route(function(req) return "p" end)
   end)
 
   it("answers an error and changes nothing when the store cannot be written", function()
-    -- Another process holds the database's write lock for a second.
-    local holder = procs.spawn("sqlite3", "sqlite3 " .. q(db) ..
-      " 'BEGIN IMMEDIATE;' '.shell sleep 1.5' 'COMMIT;'")
-    procs.sleep(0.3)
+    -- Another process holds the database's write lock (until stopped).
+    local holder = procs.sqlite_lock(db, "IMMEDIATE", 10)
+    finally(function() procs.stop(holder) end)
     local code, body = api("POST", "/api/v1/proxies", '{"pool":"spare","url":"socks5://127.0.0.1:1"}')
     assert.equal(503, code)
     assert.matches("nothing was changed", body)
     local rc, _, err = console('proxy.disable("added")')
     assert.equal(1, rc)
     assert.matches("locked", err)
+    local still_held = procs.alive(holder)
     procs.stop(holder)
+    assert.is_true(still_held, "the lock was released before the console tried it")
     assert.is_nil(ok('proxy.list("spare")'):find("127.0.0.1:1 ", 1, true))
     assert.matches("added%s+p%s+%S+%s+eu%s+1%s+up", ok('proxy.list("p")'))
   end)
@@ -337,7 +338,8 @@ listen { name = "main", addr = "127.0.0.1:%d" }
 admin  { socket = "%s" }
 pool "p" { proxies = { "socks5://127.0.0.1:%d" } }
 ]], F, sock, S), { F })
-    procs.sleep(0.1)
+    assert(procs.wait_for(function() return sh("test -S " .. q(sock)) == 0 end),
+      "no console socket:\n" .. procs.read_file(ferry.log))
   end)
 
   teardown(function()

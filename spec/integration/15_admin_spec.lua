@@ -16,9 +16,12 @@ local function admin(args)
   return procs.curl { url = args.url, flags = flags, max_time = args.max_time }
 end
 
+-- bin/ferry in the foreground, under `timeout 20` so that a ferry that
+-- wrongly starts serving cannot hang the suite (its status is then 124).
 local function run(args)
   local out = procs.tmp .. "/admin-cli-" .. math.random(1, 1e9)
-  local ok, _, code = os.execute(procs.quote(procs.bin) .. " " .. args .. " >" .. out .. " 2>&1")
+  local ok, _, code = os.execute("timeout 20 " .. procs.quote(procs.bin) .. " " .. args .. " >" ..
+    out .. " 2>&1")
   local text = procs.read_file(out)
   os.remove(out)
   if type(ok) == "number" then code = ok / 256 end
@@ -114,7 +117,10 @@ route(function() return "direct" end)
   end)
 
   it("every log line is one JSON object", function()
-    for _, l in ipairs(procs.log_lines(ferry)) do
+    local lines = procs.log_lines(ferry)
+    -- Listeners, start, a reload and the admin requests above were logged.
+    assert.is_true(#lines > 5, "only " .. #lines .. " log lines:\n" .. procs.read_file(ferry.log))
+    for _, l in ipairs(lines) do
       assert.is_nil(l.unparsed, l.unparsed)
       assert.is_string(l.time)
       assert.is_string(l.level)
@@ -284,11 +290,12 @@ describe("store at start", function()
       'listen { addr = "127.0.0.1:%d" }\nstore { path = %q }\n', P, db), { P })
     procs.stop_ferry(first)
     assert.is_string(procs.read_file(db):match("^SQLite format 3"))
-    local holder = procs.spawn("sqlite3", "sqlite3 " .. procs.quote(db) ..
-      " 'BEGIN EXCLUSIVE;' '.shell sleep 3' 'COMMIT;'")
-    procs.sleep(0.4)
+    local holder = procs.sqlite_lock(db, "EXCLUSIVE", 10)
+    finally(function() procs.stop(holder) end)
     local code, out = start_with_store(db)
+    local still_held = procs.alive(holder)
     procs.stop(holder)
+    assert.is_true(still_held, "the lock was released before ferry tried it")
     assert.equal(1, code)
     assert.matches("locked", out)
   end)
@@ -298,31 +305,62 @@ describe("draining", function()
   it("answers /health with 503 while in-flight requests finish, then exits 0", function()
     local O, P, A = procs.free_port(), procs.free_port(), procs.free_port()
     local origin = procs.origin(O)
-    local ferry = procs.ferry(string.format([[
+    local cfg = procs.write_file(string.format("%s/drain-%d.lua", procs.tmp, P), string.format([[
 listen { name = "proxy", addr = "127.0.0.1:%d" }
 admin { addr = "127.0.0.1:%d" }
 route(function() return "direct" end)
-]], P, A), { P, A })
+]], P, A))
+    -- sh starts ferry in the background, says its PID, waits for it and
+    -- writes its exit status: signals go to ferry itself, not to sh.
+    local pidfile, codefile = cfg .. ".pid", cfg .. ".status"
+    local shell = procs.spawn("ferry-sh", "sh -c " .. procs.quote(string.format(
+      "%s -c %s & echo $! > %s; wait $!; echo $? > %s", procs.quote(procs.bin), procs.quote(cfg),
+      procs.quote(pidfile), procs.quote(codefile))))
+    local pid = procs.wait_for(function() return tonumber(procs.read_file(pidfile):match("%d+")) end)
+    assert.is_number(pid, procs.read_file(shell.log))
+    local ferry = { name = "ferry", pid = pid, log = shell.log }
+    finally(function()
+      procs.stop(ferry)
+      procs.stop(shell)
+      procs.stop(origin)
+    end)
+    for _, port in ipairs { P, A } do
+      assert.is_true(procs.wait_port(port, procs.asan and 15 or 5), procs.read_file(shell.log))
+    end
+    local function open_conns() return procs.metric(A, "ferry_connections_open") end
+    -- The scrape's own connection is the only one open.
+    assert.equal(1, procs.wait_for(function() return open_conns() == 1 and 1 end))
     local out = procs.tmp .. "/drain-" .. P
     os.execute(string.format("curl -s -o %s -w '%%{http_code}' -x http://127.0.0.1:%d " ..
-      "http://127.0.0.1:%d/slow/1.5 > %s.code 2>&1 &", out, P, O, out))
-    procs.sleep(0.4)
+      "http://127.0.0.1:%d/slow/2 > %s.code 2>&1 &", out, P, O, out))
+    -- The slow request is in flight: a second connection besides the scrape.
+    assert.equal(2, procs.wait_for(function() return open_conns() == 2 and 2 end, 1.5),
+      "the slow request never reached ferry")
     procs.signal(ferry, "TERM")
-    procs.sleep(0.2)
-    local status, body = admin { url = "http://127.0.0.1:" .. A .. "/health" }
+    local status, body
+    procs.wait_for(function()
+      status, body = admin { url = "http://127.0.0.1:" .. A .. "/health" }
+      return status ~= 200
+    end, 1.5)
     assert.equal(503, status)
     assert.equal("draining", cjson.decode(body).status)
     -- It exits by itself once the request is done (a second TERM would
-    -- cut the drain short).
-    for _ = 1, 100 do
-      if not procs.alive(ferry) then break end
-      procs.sleep(0.05)
-    end
+    -- cut the drain short), with status 0.
+    local code = procs.wait_for(function() return procs.read_file(codefile):match("^(%d+)\n") end,
+      10)
+    assert.equal("0", code, procs.read_file(shell.log))
     assert.is_false(procs.alive(ferry))
-    procs.stop_ferry(ferry)
-    procs.sleep(0.1)
-    assert.equal("200", procs.read_file(out .. ".code"))
-    procs.stop(origin)
+    ferry.stopped = true
+    assert.is_nil(procs.sanitizer_report(ferry))
+    assert.equal("200", procs.wait_for(function()
+      return procs.read_file(out .. ".code"):match("^%d+$")
+    end))
+    local lines = procs.log_lines(ferry)
+    local codes = {}
+    for _, l in ipairs(lines) do codes[l.code or "?"] = (codes[l.code or "?"] or 0) + 1 end
+    assert.equal(1, codes["FERRY-0003"]) -- draining
+    assert.is_nil(codes["FERRY-0004"])  -- not cut short by the drain timeout
+    assert.equal("FERRY-0005", lines[#lines].code, procs.read_file(shell.log))
   end)
 end)
 
@@ -344,7 +382,12 @@ exchange "ex" { hosts = { "127.0.0.1" }, pool = "p" }
     os.rename(access, access .. ".1")
     os.rename(events, events .. ".1")
     procs.signal(ferry, "USR1")
-    procs.sleep(0.2)
+    -- Reopening creates the files again under their names.
+    assert.is_true(procs.wait_for(function()
+      local f = io.open(access, "r")
+      if f then f:close() end
+      return f ~= nil
+    end), "access log not reopened")
     assert.equal(200, (procs.curl { proxy = "http://127.0.0.1:" .. P, url = url }))
     procs.stop_ferry(ferry)
     local function lines(path)

@@ -75,10 +75,15 @@ describe("header edits from on_request", function()
   end)
 
   it("refuses header injection and bad names", function()
-    assert.has_error(function() exchange.header_edits({ add = { ["X-A"] = "a\r\nEvil: 1" } }) end)
-    assert.has_error(function() exchange.header_edits({ add = { ["Bad Name"] = "a" } }) end)
-    assert.has_error(function() exchange.header_edits({ drop = { "a:b" } }) end)
-    assert.has_error(function() exchange.header_edits("X-A: 1") end)
+    assert.error_matches(function()
+      exchange.header_edits({ add = { ["X-A"] = "a\r\nEvil: 1" } })
+    end, "headers.add: value of X-A has control characters", 1, true)
+    assert.error_matches(function() exchange.header_edits({ add = { ["Bad Name"] = "a" } }) end,
+      'headers.add: "Bad Name" is not a header name', 1, true)
+    assert.error_matches(function() exchange.header_edits({ drop = { "a:b" } }) end,
+      'headers.drop: "a:b" is not a header name', 1, true)
+    assert.error_matches(function() exchange.header_edits("X-A: 1") end,
+      "headers must be a table { add = {...}, drop = {...} }", 1, true)
   end)
 end)
 
@@ -107,9 +112,11 @@ describe("ban rules", function()
     local v, s = exchange.verdict({ ban = 30 })
     assert.equal("ban", v)
     assert.equal(30, s)
-    assert.has_error(function() exchange.verdict("banned") end)
-    assert.has_error(function() exchange.verdict({ ban = -1 }) end)
-    assert.has_error(function() exchange.verdict(42) end)
+    local refused = 'on_response must return nil, "ok", "failure" or { ban = seconds }, got '
+    assert.error_matches(function() exchange.verdict("banned") end, refused .. '"banned"', 1, true)
+    assert.error_matches(function() exchange.verdict({ ban = -1 }) end, refused .. "a table", 1,
+      true)
+    assert.error_matches(function() exchange.verdict(42) end, refused .. "a number", 1, true)
   end)
 
   it("reads response headers case-insensitively", function()

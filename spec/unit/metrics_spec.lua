@@ -159,7 +159,9 @@ describe("metrics.render", function()
     assert.equal("rc=0\n", promtool(metrics.render(rt)))
   end)
 
-  it("renders 10 000 proxies quickly, without Lua garbage per proxy", function()
+  -- How fast a render is belongs to the benchmark (spec/bench/metrics.sh
+  -- times a scrape), not to a timed check here; this one counts garbage.
+  it("renders 10 000 proxies without Lua garbage per proxy", function()
     local list = {}
     for i = 1, 10000 do
       list[i] = { id = 910000 + i, label = "px-" .. i,
@@ -169,12 +171,11 @@ describe("metrics.render", function()
     metrics.render(big) -- the array and the C buffer grow once
     collectgarbage()
     collectgarbage("stop")
-    local kb0, t0 = collectgarbage("count"), os.clock()
+    local kb0 = collectgarbage("count")
     local t = metrics.render(big)
-    local secs, kb = os.clock() - t0, collectgarbage("count") - kb0
+    local kb = collectgarbage("count") - kb0
     collectgarbage("restart")
     assert.equal(10000, select(2, t:gsub("\nferry_proxy_up{", "")))
-    assert.is_true(secs < 0.5, secs .. " s")
     -- The text itself, plus a little: no table or string per proxy.
     assert.is_true(kb - #t / 1024 < 256, (kb - #t / 1024) .. " KiB beyond the text")
   end)

@@ -11,7 +11,7 @@ local made = {}
 local function tmpdir()
   local d = os.tmpname()
   os.remove(d)
-  assert(os.execute("mkdir -p " .. d .. "/strategies " .. d .. "/breakers"))
+  assert.equal(0, os.execute("mkdir -p " .. d .. "/strategies " .. d .. "/breakers"))
   made[#made + 1] = d
   return d
 end
@@ -62,7 +62,7 @@ describe("plugins", function()
 
     it("does not take a directory named like a plugin for one", function()
       local d = tmpdir()
-      assert(os.execute("mkdir " .. d .. "/strategies/dir.lua"))
+      assert.equal(0, os.execute("mkdir " .. d .. "/strategies/dir.lua"))
       assert.is_nil(plugins.find("strategies", "dir", { d }))
     end)
   end)
@@ -268,7 +268,7 @@ describe("plugins", function()
       write(d .. "/strategies/random.lua", "return {}")
       write(d .. "/strategies/notes.txt", "")
       write(d .. "/strategies/bad-name.lua", "return {}")
-      assert(os.execute("mkdir " .. d .. "/strategies/sub.lua"))
+      assert.equal(0, os.execute("mkdir " .. d .. "/strategies/sub.lua"))
       local names = plugins.list("strategies", { d, "plugins", "/nonexistent/dir" })
       assert.same({ "alpha", "hash", "health_score", "latency", "least_conn", "least_errors",
                     "random", "round_robin", "sticky", "weighted_random", "zeta" }, names)

@@ -145,8 +145,8 @@ static void family(struct text *t, const char *name, const char *type, const cha
     eol(t);
 }
 
-/* name{labels} value: labels is the inside of the braces, or NULL. */
-static void sample_u64(struct text *t, const char *name, const char *labels, uint64_t v)
+/* "name{labels} " before a value: labels is the inside of the braces, or NULL. */
+static void sample_head(struct text *t, const char *name, const char *labels)
 {
     puts_(t, name);
     if (labels != NULL) {
@@ -155,19 +155,18 @@ static void sample_u64(struct text *t, const char *name, const char *labels, uin
         puts_(t, "}");
     }
     puts_(t, " ");
+}
+
+static void sample_u64(struct text *t, const char *name, const char *labels, uint64_t v)
+{
+    sample_head(t, name, labels);
     put_u64(t, v);
     eol(t);
 }
 
 static void sample_f64(struct text *t, const char *name, const char *labels, double v)
 {
-    puts_(t, name);
-    if (labels != NULL) {
-        puts_(t, "{");
-        puts_(t, labels);
-        puts_(t, "}");
-    }
-    puts_(t, " ");
+    sample_head(t, name, labels);
     put_f64(t, v);
     eol(t);
 }

@@ -514,6 +514,12 @@ local function ttl_of(cur)
   return b and b.ttl or M.TTL
 end
 
+-- The 404 of a request or feedback naming an exchange the config lacks.
+local function unknown_exchange(req, name)
+  return fail(req, 404, "FERRY-7104", "exchange_id",
+    format('no exchange "%s" in the running config', name))
+end
+
 function M.request(req, rt)
   rt_ref = rt
   local q, status, code, field, msg = M.validate_request(req.body)
@@ -521,10 +527,7 @@ function M.request(req, rt)
   local L = the_leases()
   local cur = rt.active()
   local e = cur and cur.exchanges[q.exchange_id]
-  if not e then
-    return fail(req, 404, "FERRY-7104", "exchange_id",
-      format('no exchange "%s" in the running config', q.exchange_id))
-  end
+  if not e then return unknown_exchange(req, q.exchange_id) end
   if e.pool == "direct" then
     return 200, { proxy_url = NULL, strategy = "direct", ttl_seconds = ttl_of(cur),
                   fallback_policy = M.FALLBACK.direct,
@@ -583,10 +586,7 @@ function M.feedback(req, rt)
   local L = the_leases()
   local cur = rt.active()
   local e = cur and cur.exchanges[f.exchange_id]
-  if not e then
-    return fail(req, 404, "FERRY-7104", "exchange_id",
-      format('no exchange "%s" in the running config', f.exchange_id))
-  end
+  if not e then return unknown_exchange(req, f.exchange_id) end
   local pool = cur.pools[e.pool]
   local p = pool and find_proxy(pool, f.proxy_url)
   if not p then

@@ -69,7 +69,6 @@ function M.render(rt)
   local i = 0
   for _, pool in ipairs(pools) do
     local index = pool.index or -1
-    if index > 0 then C.ferry_set_pool_name(index, pool.name) end
     local now = pool.now and pool.now() or os.time()
     local ceiling = pool.latency_ceiling or 1000
     for _, p in ipairs(pool.proxies or {}) do

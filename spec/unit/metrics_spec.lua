@@ -6,8 +6,9 @@
 -- scrape that stays fast and allocates nothing per proxy in Lua.
 -- The text itself is rendered by the core, so build/libferry.so is loaded.
 local ffi = require("ffi")
+local prom = require("prom")
 require("ferry.cdef")
-local core = ffi.load("./build/libferry.so", true) -- luacheck: ignore 211 (kept loaded)
+local core = ffi.load("./build/libferry.so", true)
 local metrics = require("ferry.metrics")
 local health = require("ferry.health")
 
@@ -26,13 +27,12 @@ local function fake_rt(pools)
   for _, p in ipairs(pools) do
     cfg.pools[p.name] = { name = p.name, index = p.index, latency_ceiling = p.ceiling or 1000,
       now = function() return NOW end, proxies = p.proxies }
+    core.ferry_set_pool_name(p.index, p.name) -- as apply.lua does when it makes a pool
   end
   return { active = function() return cfg end }
 end
 
-local function escape_pattern(s)
-  return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
-end
+local escape_pattern, promtool = prom.escape_pattern, prom.promtool
 
 local function value(t, name, labels)
   local v = t:match("\n" .. escape_pattern(name .. "{" .. labels .. "}") .. " (%S+)\n")
@@ -65,17 +65,6 @@ local function check_structure(t)
   return declared
 end
 
-local function promtool(t)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(t)
-  f:close()
-  local p = io.popen("promtool check metrics < " .. path .. " 2>&1; echo rc=$?")
-  local out = p:read("*a")
-  p:close()
-  os.remove(path)
-  return out
-end
 
 describe("metrics.render", function()
   local rt, a, b, c

@@ -6,6 +6,7 @@
 -- The counters are process-wide and never reset, so every spec uses its
 -- own label values and compares before and after.
 local ffi = require("ffi")
+local prom = require("prom")
 require("ferry.cdef")
 
 ffi.cdef[[
@@ -30,9 +31,7 @@ local function text(members, n)
   return ffi.string(p, len[0])
 end
 
-local function escape_pattern(s)
-  return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
-end
+local escape_pattern, promtool = prom.escape_pattern, prom.promtool
 
 -- The value of the sample `name{labels}` (labels exactly as rendered), or nil.
 local function value(t, name, labels)
@@ -52,17 +51,6 @@ local function count_series(t, name)
   return n
 end
 
-local function promtool(t)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(t)
-  f:close()
-  local p = io.popen("promtool check metrics < " .. path .. " 2>&1; echo rc=$?")
-  local out = p:read("*a")
-  p:close()
-  os.remove(path)
-  return out
-end
 
 describe("struct ferry_metrics_member", function()
   it("has the same size and field offsets in C and in the cdef", function()

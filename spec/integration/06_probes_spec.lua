@@ -169,9 +169,7 @@ local function scrape(port)
   return table.concat(body)
 end
 
-local function escape_pattern(s)
-  return (s:gsub("%p", "%%%0"))
-end
+local escape_pattern = require("prom").escape_pattern
 
 -- One sample of a scrape, or nil.
 local function sample(text, name, labels)

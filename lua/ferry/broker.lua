@@ -188,16 +188,8 @@ end
 -- The body of req as an object, or nil and the error (status, code,
 -- field, message) to answer with.
 local function decode(body)
-  if type(body) ~= "string" or body == "" then
-    return nil, 400, "FERRY-7004", nil, "a JSON body is required"
-  end
-  if not body:match("^%s*{") then
-    return nil, 400, "FERRY-7004", nil, "the body must be a JSON object"
-  end
-  local v, err = cjson.decode(body)
-  if type(v) ~= "table" then
-    return nil, 400, "FERRY-7004", nil, "malformed JSON body: " .. tostring(err)
-  end
+  local v, why = admin.decode_object(body)
+  if not v then return nil, 400, "FERRY-7004", nil, why end
   return v
 end
 

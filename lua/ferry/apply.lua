@@ -147,6 +147,10 @@ end
 -- proxy or admin) stays and opens new ones; a failed bind closes what it
 -- opened.  finish_listeners, once the rest of the config is built, sets
 -- names and users on the kept ones and closes the ones that left.
+local function abandon_listeners(plan)
+  for _, o in ipairs(plan.opened) do C.ferry_listener_close(o) end
+end
+
 local function open_listeners(cfg, old_idx)
   local plan = { kept = {}, opened = {}, idx_of = {} }
   for _, l in ipairs(cfg.listeners) do
@@ -172,7 +176,7 @@ local function open_listeners(cfg, old_idx)
         idx = C.ferry_listen(l.name, l.host, l.port, l.protocol, l.open and 1 or 0, err)
       end
       if idx < 0 then
-        for _, o in ipairs(plan.opened) do C.ferry_listener_close(o) end
+        abandon_listeners(plan)
         local where = l.path and ("unix:" .. l.path) or (l.host .. ":" .. l.port)
         return nil, format('%s:%d: %s "%s": cannot listen on %s: %s', cfg.file,
           l.line or 0, l.protocol == "admin" and "admin" or "listen", l.name, where,
@@ -183,10 +187,6 @@ local function open_listeners(cfg, old_idx)
     plan.idx_of[l] = idx
   end
   return plan
-end
-
-local function abandon_listeners(plan)
-  for _, o in ipairs(plan.opened) do C.ferry_listener_close(o) end
 end
 
 local function finish_listeners(cfg, plan, old_idx)

@@ -64,6 +64,14 @@ local function log_once(key, level, code, msg)
 end
 
 -- Validate path; with apply, make it the running configuration.
+-- A committed config becomes the running one; prep is kept so a runtime
+-- inventory change can commit it again (recommit).
+local function switch_to(run, prep)
+  run.prep = prep
+  active = run
+  inventory.committed(run)
+end
+
 function M.load(path, do_apply)
   local cfg, err = config.load(path, {})
   if not cfg then return nil, err end
@@ -78,9 +86,7 @@ function M.load(path, do_apply)
   if not do_apply then return true end
   local run, cerr = apply.commit(prep, nil)
   if not run then return nil, cerr end
-  run.prep = prep
-  active = run
-  inventory.committed(run)
+  switch_to(run, prep)
   inventory.load_health()
   return true
 end
@@ -105,9 +111,7 @@ local function reload(path)
     undo()
     return nil, cerr
   end
-  run.prep = prep
-  active = run
-  inventory.committed(run)
+  switch_to(run, prep)
   return true
 end
 
@@ -120,9 +124,7 @@ function M.recommit()
   inventory.merge(cur.prep.cfg)
   local run, err = apply.commit(cur.prep, cur)
   if not run then return nil, err end
-  run.prep = cur.prep
-  active = run
-  inventory.committed(run)
+  switch_to(run, cur.prep)
   return true
 end
 

@@ -38,6 +38,7 @@ local entries = {}   -- the overlay, oldest first: { key, url, pool, opts, enabl
 local by_key = {}    -- key -> entry
 local overrides = {} -- key -> false: a proxy of the config disabled at runtime
 local store_path = nil -- the open store's path; nil: changes live in memory only
+local store_key = nil  -- its sealing key (32 bytes), or nil
 local by_cid = {}    -- C id -> { cid, key, label, display, pools, config, entry } (running config)
 local warned = {}    -- keys already logged as waiting for their pool
 
@@ -169,14 +170,15 @@ local function resolve_path(cfg, p)
   return (cfg.dir or ".") .. "/" .. p
 end
 
+-- The config's store path and sealing key (nil: none).
 local function store_of(cfg)
   local s = cfg.store
   if not s or type(s.path) ~= "string" or s.path == "" then return nil end
-  return resolve_path(cfg, s.path)
+  return resolve_path(cfg, s.path), s.key and s.key() or nil
 end
 
-local function open_and_read(path)
-  local ok, err = store.open(path)
+local function open_and_read(path, key)
+  local ok, err = store.open(path, key)
   if not ok then return nil, tostring(err) end
   local rows, rerr = store.proxies()
   if not rows then return nil, tostring(rerr) end
@@ -187,15 +189,15 @@ end
 -- into the overlay.  A store that cannot be opened or read refuses the
 -- start (never a silent fresh inventory).
 function M.open_store(cfg)
-  local path = store_of(cfg)
+  local path, key = store_of(cfg)
   if not path then
     store_path = nil
     return true
   end
-  local rows, err = open_and_read(path)
+  local rows, err = open_and_read(path, key)
   if not rows then return nil, err end
   load_rows(rows)
-  store_path = path
+  store_path, store_key = path, key
   local n, o = #entries, 0
   for _ in pairs(overrides) do o = o + 1 end
   log(1, "FERRY-0120", format("store %s: %d runtime %s, %d disabled config %s", path, n,
@@ -206,29 +208,29 @@ end
 -- On reload: follow a changed store path.  Returns an undo function
 -- (for a reload that fails later) or nil, err.
 function M.reload_store(cfg)
-  local path = store_of(cfg)
-  if path == store_path then return function() end end
-  local old_path = store_path
+  local path, key = store_of(cfg)
+  if path == store_path and key == store_key then return function() end end
+  local old_path, old_key = store_path, store_key
   local old = { entries, by_key, overrides }
   local function undo()
     entries, by_key, overrides = old[1], old[2], old[3]
-    store_path = old_path
-    if old_path then store.open(old_path) else store.close() end
+    store_path, store_key = old_path, old_key
+    if old_path then store.open(old_path, old_key) else store.close() end
   end
   if not path then
     store.close()
-    store_path = nil
+    store_path, store_key = nil, nil
     log(2, "FERRY-0120", "store: the config has no store any more; runtime changes now " ..
       "live in memory only")
     return undo
   end
-  local rows, err = open_and_read(path)
+  local rows, err = open_and_read(path, key)
   if not rows then
-    if old_path then store.open(old_path) end
+    if old_path then store.open(old_path, old_key) end
     return nil, err
   end
   load_rows(rows)
-  store_path = path
+  store_path, store_key = path, key
   log(1, "FERRY-0120", format("store %s: %d runtime %s", path, #entries,
     #entries == 1 and "proxy" or "proxies"))
   return undo
@@ -259,7 +261,7 @@ function M.stop()
     log(1, "FERRY-0121", format("store %s: health of %d proxies saved", store_path, n))
   end
   store.close()
-  store_path = nil
+  store_path, store_key = nil, nil
   return n ~= nil, err
 end
 
@@ -454,6 +456,30 @@ local function owner_of(cur, key)
   end
 end
 
+-- The proxy a parsed URL reaches, for "one entry per proxy per pool":
+-- the same scheme, host, port and user name is the same proxy whatever
+-- the password (a new password is a change, not a second proxy); another
+-- user name on the same endpoint is another proxy (providers sell
+-- sessions and regions as user names).
+function M.endpoint(px)
+  return concat({ px.scheme, px.host, tostring(px.port), px.user or "" }, "\0")
+end
+
+-- A proxy of pool `name` (the config's, or a runtime one, waiting or not)
+-- that reaches the same endpoint as px: its display form, or nil.
+local function same_endpoint(cur, name, px)
+  local want = M.endpoint(px)
+  local pc = cur.cfg.pools[name]
+  for _, q in ipairs(pc and (pc.base_proxies or pc.proxies) or {}) do
+    if M.endpoint(q) == want then return q.id or q.display, "the config" end
+  end
+  for _, e in ipairs(entries) do
+    if e.pool == name and e.px and M.endpoint(e.px) == want then
+      return e.opts.id or e.px.display, "the inventory"
+    end
+  end
+end
+
 -- f: { pool, url, opts = { id, weight, region } }.
 function M.add(rt, f, via)
   local cur = rt.active()
@@ -478,6 +504,11 @@ function M.add(rt, f, via)
   local owner = owner_of(cur, key)
   if owner then
     return fail(409, "FERRY-7504", format('%s is declared in the config (pool "%s")', what, owner))
+  end
+  local twin, where = same_endpoint(cur, f.pool, px)
+  if twin then
+    return fail(409, "FERRY-7021", format('pool "%s" already has %s (%s, in %s): one entry ' ..
+      "per scheme, host, port and user name", f.pool, px.display, twin, where))
   end
   if px.id then
     for _, info in pairs(by_cid) do
@@ -692,7 +723,7 @@ end)
 -- For specs: forget the overlay (the store is not touched).
 function M._reset()
   entries, by_key, overrides, by_cid, warned = {}, {}, {}, {}, {}
-  store_path = nil
+  store_path, store_key = nil, nil
 end
 
 return M

@@ -161,6 +161,52 @@ route(function() return "p" end)
     assert_no_secret(dump(db))
   end)
 
+  -- The log lines with code, after a reload was asked for.
+  local function logged(ferry, code)
+    local out = {}
+    for _, l in ipairs(procs.log_lines(ferry)) do
+      if l.code == code then out[#out + 1] = l end
+    end
+    return out
+  end
+
+  it("a reload seals a plaintext store, and one with another key is refused", function()
+    local F = procs.free_port()
+    local sock = string.format("%s/store-key-%d.sock", procs.tmp, F)
+    local db = string.format("%s/store-key-%d.db", procs.tmp, F)
+    populate(F, sock, db, nil)
+    local ferry = procs.ferry(config(F, sock, db, nil), { F })
+    procs.write_file(ferry.config, config(F, sock, db, string.format("key = %q", KEY_HEX)))
+    procs.signal(ferry, "HUP")
+    assert.is_true(procs.wait_for(function() return #logged(ferry, "FERRY-0101") == 1 end, 10),
+      procs.read_file(ferry.log))
+    assert.equal(1, #logged(ferry, "FERRY-0213"))
+    assert_no_secret(dump(db))
+
+    procs.write_file(ferry.config, config(F, sock, db, string.format("key = %q", OTHER_HEX)))
+    procs.signal(ferry, "HUP")
+    assert.is_true(procs.wait_for(function() return #logged(ferry, "FERRY-0102") == 1 end, 10),
+      procs.read_file(ferry.log))
+    assert.matches("FERRY-0212", logged(ferry, "FERRY-0102")[1].msg, 1, true)
+    -- The running config and its store go on: traffic, and a change
+    -- sealed with the key that is running.
+    assert.equal(200, (procs.curl { url = base, proxy = "http://127.0.0.1:" .. F }))
+    local frank = string.format("socks5://frank:%s@127.0.0.1:%d", PW_RUNTIME, S2)
+    local code, body = api(sock, "POST", "/api/v1/proxies", cjson.encode {
+      pool = "p", url = frank })
+    assert.equal(201, code, body)
+    procs.stop_ferry(ferry)
+    assert_no_secret(dump(db))
+    ferry = procs.ferry(config(F, sock, db, string.format("key = %q", KEY_HEX)), { F })
+    code, body = api(sock, "GET", "/api/v1/proxies?pool=p")
+    assert.equal(200, code, body)
+    assert.equal(3, cjson.decode(body).total, body)
+    procs.stop_ferry(ferry)
+    local text = dump(db)
+    assert_no_secret(text)
+    assert.is_nil(text:find("frank", 1, true))
+  end)
+
   it("refuses a key that is not 32 bytes, and key with key_file, at check", function()
     local F = procs.free_port()
     local db = string.format("%s/store-key-%d.db", procs.tmp, F)

@@ -23,9 +23,9 @@
 #include "health.h"
 #include "proxy.h"
 
+#include <math.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
-#include <math.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -95,12 +95,12 @@ int store_sql_fail(const char **err, const char *path, sqlite3 *h, int rc, const
     switch (rc & 0xff) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
-        return store_fail(err, "store %s: database is locked by another process (%s: %s)", path, what,
-                    msg);
+        return store_fail(err, "store %s: database is locked by another process (%s: %s)", path,
+                          what, msg);
     case SQLITE_NOTADB:
     case SQLITE_CORRUPT:
         return store_fail(err, "store %s: not a SQLite database, or corrupt (%s: %s); refusing to "
-                    "use it: restore a backup or move the file aside", path, what, msg);
+                          "use it: restore a backup or move the file aside", path, what, msg);
     case SQLITE_READONLY:
     case SQLITE_PERM:
         return store_fail(err, "store %s: read-only (%s: %s)", path, what, msg);
@@ -151,8 +151,8 @@ static int init_db(sqlite3 *h, const char *path, const struct secret_key *k,
         return store_sql_fail(err, path, h, rc, "quick_check");
     }
     if (strcmp(buf, "ok") != 0) {
-        return store_fail(err, "store %s: database is corrupt (quick_check: %s); refusing to use it: "
-                    "restore a backup or move the file aside", path, buf);
+        return store_fail(err, "store %s: database is corrupt (quick_check: %s); refusing to use "
+                          "it: restore a backup or move the file aside", path, buf);
     }
 
     rc = query_text(h, "PRAGMA journal_mode=WAL", buf, sizeof(buf));
@@ -182,7 +182,7 @@ static int init_db(sqlite3 *h, const char *path, const struct secret_key *k,
     }
     if (strncmp(buf, "0 ", 2) == 0 && strcmp(buf, "0 0") != 0) {
         store_fail(err, "store %s: a SQLite database that is not a ferry store (no meta table); "
-             "refusing to use it", path);
+                   "refusing to use it", path);
         goto rollback;
     }
     rc = sqlite3_exec(h, schema_sql, NULL, NULL, NULL);
@@ -214,8 +214,8 @@ static int init_db(sqlite3 *h, const char *path, const struct secret_key *k,
             goto rollback;
         }
         if (v > STORE_SCHEMA_VERSION) {
-            store_fail(err, "store %s: schema version %ld is newer than this ferry knows (%d)", path,
-                 v, STORE_SCHEMA_VERSION);
+            store_fail(err, "store %s: schema version %ld is newer than this ferry knows (%d)",
+                       path, v, STORE_SCHEMA_VERSION);
             goto rollback;
         }
         /* 1 -> 2 is sealing, below; other migrations go here. */

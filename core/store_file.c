@@ -49,7 +49,7 @@ int store_make_parents(const char *path, const char **err)
     } else if (access(dir, W_OK | X_OK) != 0) {
         int e = errno;
         rc = store_fail(err, "store %s: directory %s is read-only (%s); the store writes its WAL "
-                  "files next to the database", path, dir, strerror(e));
+                        "files next to the database", path, dir, strerror(e));
     }
     free(dir);
     return rc;

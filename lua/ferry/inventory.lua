@@ -99,6 +99,15 @@ function M.parse_proxy(u, opts)
   return px
 end
 
+-- The proxy a parsed URL reaches, for "one entry per proxy per pool":
+-- the same scheme, host, port and user name is the same proxy whatever
+-- the password (a new password is a change, not a second proxy); another
+-- user name on the same endpoint is another proxy (providers sell
+-- sessions and regions as user names).
+function M.endpoint(px)
+  return concat({ px.scheme, px.host, tostring(px.port), px.user or "" }, "\0")
+end
+
 local ADD_FIELDS = { pool = true, url = true, id = true, weight = true, region = true }
 local OPT_FIELDS = { id = true, weight = true, region = true }
 
@@ -214,8 +223,16 @@ function M.reload_store(cfg)
   local old = { entries, by_key, overrides }
   local function undo()
     entries, by_key, overrides = old[1], old[2], old[3]
+    if not old_path then
+      store.close()
+    elseif not store.open(old_path, old_key) then
+      -- The same file, sealed with the new key while it opened: it
+      -- cannot go back to the old key, so the new one stays in use.
+      log(2, "FERRY-0213", format("store %s: stays open with the key of the refused reload " ..
+        "(it sealed the store)", store_path))
+      return
+    end
     store_path, store_key = old_path, old_key
-    if old_path then store.open(old_path, old_key) else store.close() end
   end
   if not path then
     store.close()
@@ -270,6 +287,9 @@ end
 
 -- Put the overlay's proxies into their pools of cfg.  The config's own
 -- lists are kept aside (pc.base_proxies) so merging again is idempotent.
+-- A pool takes one entry per proxy (M.endpoint): a runtime proxy whose
+-- key or endpoint the pool has already (the config declares it now, or
+-- a store written before that rule holds it twice) waits.
 function M.merge(cfg)
   local keys = {}
   for name, pc in pairs(cfg.pools) do
@@ -277,22 +297,24 @@ function M.merge(cfg)
     local list, seen = {}, {}
     for i, px in ipairs(pc.base_proxies) do
       list[i] = px
-      seen[px.id or px.url] = true
+      seen[px.id or px.url] = "the config declares it now"
+      seen[M.endpoint(px)] = "the config declares the same proxy now"
     end
     pc.proxies, keys[name] = list, seen
   end
   for _, e in ipairs(entries) do
     local pc = e.px and cfg.pools[e.pool]
+    local taken = pc and (keys[e.pool][e.key] or keys[e.pool][M.endpoint(e.px)])
     e.active = false
-    if pc and not keys[e.pool][e.key] then
+    if pc and not taken then
       pc.proxies[#pc.proxies + 1] = e.px
+      keys[e.pool][M.endpoint(e.px)] = "the pool has the same proxy under another name"
       e.active = true
       warned[e.key] = nil
     elseif e.px and not warned[e.key] then
       warned[e.key] = true
-      log(2, "FERRY-0122", format('runtime proxy %s: %s; it waits (proxy.remove drops it)',
-        e.px.display, pc and ('pool "' .. e.pool .. '" declares it in the config now')
-        or ('pool "' .. e.pool .. '" is not in the config')))
+      log(2, "FERRY-0122", format('runtime proxy %s of pool "%s": %s; it waits (proxy.remove ' ..
+        "drops it)", e.px.display, e.pool, pc and taken or "the pool is not in the config"))
     end
   end
 end
@@ -454,15 +476,6 @@ local function owner_of(cur, key)
       if (px.id or px.url) == key then return name end
     end
   end
-end
-
--- The proxy a parsed URL reaches, for "one entry per proxy per pool":
--- the same scheme, host, port and user name is the same proxy whatever
--- the password (a new password is a change, not a second proxy); another
--- user name on the same endpoint is another proxy (providers sell
--- sessions and regions as user names).
-function M.endpoint(px)
-  return concat({ px.scheme, px.host, tostring(px.port), px.user or "" }, "\0")
 end
 
 -- A proxy of pool `name` (the config's, or a runtime one, waiting or not)

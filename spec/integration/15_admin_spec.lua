@@ -428,17 +428,22 @@ describe("admin plane with scoped tokens", function()
   local BROKER = "broker-only-token-0123"
   local READER = "metrics-and-read-token-0123"
 
-  setup(function()
-    ferry = procs.ferry(string.format([[
+  -- extra: more proxies of pool "p", as Lua text.
+  local function config(extra)
+    return string.format([[
 listen { name = "proxy", addr = "127.0.0.1:%d" }
 admin { addr = "127.0.0.1:%d", socket = %q, token = %q, tokens = {
   { token = %q, scope = { "broker" } },
   { token = %q, scope = { "metrics", "inventory:read" } },
 } }
-pool "p" { proxies = { { url = "socks5://carol:pw1@127.0.0.1:%d", id = "cfg" } } }
+pool "p" { proxies = { { url = "socks5://carol:pw1@127.0.0.1:%d", id = "cfg" }, %s } }
 exchange "ex" { hosts = { "example.invalid" }, pool = "p" }
 route(function() return "p" end)
-]], P, A, sock, FULL, BROKER, READER, S), { P, A })
+]], P, A, sock, FULL, BROKER, READER, S, extra or "")
+  end
+
+  setup(function()
+    ferry = procs.ferry(config(), { P, A })
   end)
 
   teardown(function() procs.stop_ferry(ferry) end)
@@ -546,5 +551,16 @@ route(function() return "p" end)
     assert.matches('already has socks5://***@127.0.0.1:' .. S, text, 1, true)
     local _, list = call(READER, "GET", "/api/v1/proxies?pool=p")
     assert.equal(3, list.total)
+    -- When the config comes to declare dave's proxy (another id, another
+    -- password), the runtime entry waits instead of doubling it.
+    procs.write_file(ferry.config, config(string.format(
+      '{ url = "socks5://dave:newpw@127.0.0.1:%d", id = "cfg-dave" }', S)))
+    status, body = call(FULL, "POST", "/api/v1/reload")
+    assert.equal(200, status, tostring(body))
+    _, list = call(READER, "GET", "/api/v1/proxies?pool=p")
+    assert.equal(3, list.total)
+    assert.equal(1, #list.waiting)
+    assert.equal("d1", list.waiting[1].name)
+    assert.equal("socks5://***@127.0.0.1:" .. S, list.waiting[1].url)
   end)
 end)

@@ -334,53 +334,6 @@ local function parse_proxy(where, i, entry)
   return p
 end
 
--- What an Authorization header can carry after "Bearer " (RFC 9110
--- §11.2 token68): a token with other characters could never be sent.
-local TOKEN68 = "^[%w%-%._~%+/]+=*$"
-
--- admin { token, tokens }: every token with its scope set, the old single
--- token as a full "admin" one (ferry.scopes).  Refuses unknown scopes,
--- short or malformed tokens, and the same token twice.
-local function admin_tokens(where, t)
-  local scopes = require("ferry.scopes")
-  local out, seen = {}, {}
-  local function add(field, token, min, granted)
-    if type(token) ~= "string" then fail(where, "%s must be a string, got a %s", field, type(token)) end
-    if #token < min then fail(where, "%s: at least %d characters", field, min) end
-    if not token:match(TOKEN68) then
-      fail(where, "%s: only letters, digits and - . _ ~ + / (then = padding) can be sent " ..
-        "as a bearer token", field)
-    end
-    if seen[token] then fail(where, "%s: the same token as %s", field, seen[token]) end
-    seen[token] = field
-    out[#out + 1] = { token = token, scopes = granted }
-  end
-  if t.token ~= nil then add("token", t.token, 8, { admin = true }) end
-  if t.tokens == nil then return out end
-  local n = list_of(where, "tokens", t.tokens)
-  if n > 64 then fail(where, "tokens: at most 64 tokens, got %d", n) end
-  for i = 1, n do
-    local field = string.format("tokens[%d]", i)
-    local e = t.tokens[i]
-    check_fields(where .. ": " .. field, e, { token = true, scope = true })
-    if e.scope == nil then fail(where, "%s: scope is required (e.g. { \"broker\" })", field) end
-    local granted = {}
-    for j = 1, list_of(where, field .. ".scope", e.scope) do
-      local s = e.scope[j]
-      if not scopes.NAMES[s] then
-        local known = {}
-        for k in pairs(scopes.NAMES) do known[#known + 1] = k end
-        table.sort(known)
-        fail(where, '%s.scope[%d]: unknown scope "%s" (known: %s)', field, j, tostring(s),
-          table.concat(known, ", "))
-      end
-      granted[s] = true
-    end
-    add(field .. ".token", e.token, 16, granted)
-  end
-  return out
-end
-
 -- Run the config chunk and collect what its statements declare.
 local function evaluate(chunk, file)
   local dir = file:match("^(.*)/[^/]*$") or "."
@@ -453,7 +406,8 @@ local function evaluate(chunk, file)
     if t.addr == nil and t.socket == nil then
       fail(where, "give addr (HTTP), socket (console) or both")
     end
-    local tokens = admin_tokens(where, t)
+    local tokens, why = require("ferry.scopes").tokens(t)
+    if not tokens then fail(where, "%s", why) end
     local line = caller_line(file)
     if t.addr then
       local host, port = url.parse_hostport(t.addr)
@@ -479,24 +433,9 @@ local function evaluate(chunk, file)
     local where = at("store")
     check_fields(where, t, { path = true, key = true, key_file = true })
     want(where, "path", t.path, "string")
-    want(where, "key", t.key, "string")
-    want(where, "key_file", t.key_file, "string")
-    local s = { path = t.path }
-    if t.key ~= nil or t.key_file ~= nil then
-      if t.key ~= nil and t.key_file ~= nil then fail(where, "give key or key_file, not both") end
-      if t.path == nil then fail(where, "a key needs a path") end
-      local store_key = require("ferry.store_key")
-      local raw, why
-      if t.key ~= nil then
-        raw, why = store_key.decode(t.key)
-      else
-        s.key_file = resolve_path(dir, t.key_file)
-        raw, why = store_key.read_file(s.key_file)
-      end
-      if not raw then fail(where, "%s: %s", t.key and "key" or "key_file", why) end
-      -- A function: nothing that prints the config table shows the key.
-      s.key = function() return raw end
-    end
+    local s, why = require("ferry.store_key").from_config(t, function(p)
+      return resolve_path(dir, p) end)
+    if not s then fail(where, "%s", why) end
     cfg.store = s
   end
 

@@ -8,7 +8,8 @@
 --   key_file the same text (a trailing newline is fine), or exactly 32 raw bytes
 --            (head -c 32 /dev/urandom)
 --
--- Messages never quote the key.
+-- Messages never quote the key.  from_config checks store { ... } as a
+-- whole for config.lua.
 local byte, char, concat = string.byte, string.char, table.concat
 
 local M = {}
@@ -67,6 +68,32 @@ function M.read_file(path)
     return nil, (why:gsub("^not a 32%-byte key; want ", "not 32 raw bytes, nor "))
   end
   return raw
+end
+
+-- store { path, key, key_file }: the config's store table, or nil and a
+-- message for `store: ...`.  The key is kept as a function returning its
+-- bytes, so nothing that prints the config table shows it.  resolve: a
+-- key_file path relative to the config file.
+function M.from_config(t, resolve)
+  for _, k in ipairs { "key", "key_file" } do
+    if t[k] ~= nil and type(t[k]) ~= "string" then
+      return nil, k .. " must be a string, got a " .. type(t[k])
+    end
+  end
+  local s = { path = t.path }
+  if t.key == nil and t.key_file == nil then return s end
+  if t.key ~= nil and t.key_file ~= nil then return nil, "give key or key_file, not both" end
+  if t.path == nil then return nil, "a key needs a path" end
+  local raw, why
+  if t.key ~= nil then
+    raw, why = M.decode(t.key)
+  else
+    s.key_file = resolve(t.key_file)
+    raw, why = M.read_file(s.key_file)
+  end
+  if not raw then return nil, (t.key and "key: " or "key_file: ") .. why end
+  s.key = function() return raw end
+  return s
 end
 
 return M

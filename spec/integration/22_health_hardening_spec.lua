@@ -1,0 +1,154 @@
+-- Health and access hardening (issue 8, part 8):
+--  * a proxy that real traffic took down for timeouts is not brought back
+--    by a bare tcp probe: a SIGSTOPped proxy still accepts TCP (the
+--    kernel completes the handshake), so its tcp probes must get an
+--    answer in its protocol (HTTP, SOCKS5) before it is up again;
+--  * failed inbound Basic auth is throttled per client address, counted,
+--    and logged once per window instead of once per guess.
+-- Every process is started here and stopped by PID; a stopped proxy is
+-- always continued (procs.stop sends CONT first).
+local procs = require("procs")
+local socket = require("socket")
+local escape_pattern = require("prom").escape_pattern
+
+-- GET /metrics of the admin listener on `port`.
+local function scrape(port)
+  local status, body = procs.curl { url = "http://127.0.0.1:" .. port .. "/metrics", max_time = 5 }
+  assert.equal(200, status)
+  return body
+end
+
+local function sample(text, name, labels)
+  local key = name .. (labels and ("{" .. labels .. "}") or "")
+  local v = ("\n" .. text):match("\n" .. escape_pattern(key) .. " (%S+)\n")
+  return v and tonumber(v)
+end
+
+local function probes(text, label, pool, result)
+  return sample(text, "ferry_proxy_probes_total",
+    string.format('proxy="%s",pool="%s",result="%s"', label, pool, result)) or 0
+end
+
+local function proxy_up(text, label, pool)
+  return sample(text, "ferry_proxy_up", string.format('proxy="%s",pool="%s"', label, pool))
+end
+
+-- Log lines of `code` (about proxy `label` when given).
+local function events(proc, code, label)
+  local out = {}
+  for _, l in ipairs(procs.log_lines(proc)) do
+    if l.code == code and (label == nil or (type(l.msg) == "string" and
+        l.msg:find("proxy " .. label .. " ", 1, true))) then
+      out[#out + 1] = l
+    end
+  end
+  return out
+end
+
+local function wait_event(proc, code, label, timeout)
+  return procs.wait_for(function() return events(proc, code, label)[1] end, timeout)
+end
+
+describe("health hardening", function()
+  describe("a SIGSTOPped proxy and tcp probes", function()
+    local O, T, S = procs.free_port(), procs.free_port(), procs.free_port()
+    local FH, FS, A = procs.free_port(), procs.free_port(), procs.free_port()
+    local origin, tiny, socks, ferry
+
+    setup(function()
+      origin = procs.origin(O)
+      tiny = procs.tinyproxy(T)
+      socks = procs.microsocks(S)
+      -- fall = 1: one timed-out request takes the proxy down; rise = 1:
+      -- one passing probe brings it back, so a bare tcp pass would show.
+      ferry = procs.ferry(string.format([[
+listen { name = "h", addr = "127.0.0.1:%d" }
+listen { name = "s", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
+timeouts { connect = 0.5, first_byte = 0.5 }
+pool "h" { retries = 0, proxies = { { url = "http://127.0.0.1:%d", id = "tiny" } },
+  health = { check = "tcp", interval = 0.3, timeout = 0.25, rise = 1, fall = 1 } }
+pool "s" { retries = 0, proxies = { { url = "socks5://127.0.0.1:%d", id = "socks" } },
+  health = { check = "tcp", interval = 0.3, timeout = 0.25, rise = 1, fall = 1 } }
+route(function(req) return req.listener end)
+]], FH, FS, A, T, S), { FH, FS, A })
+    end)
+
+    teardown(function()
+      for _, p in ipairs { origin, tiny, socks } do procs.stop(p) end
+      if ferry then procs.stop_ferry(ferry) end
+    end)
+
+    -- The proxy `label` (pool `pool`, listener port `F`, process `proc`):
+    -- up and serving; stopped, a request times out and takes it down;
+    -- it stays down while at least three more probes run; continued, a
+    -- probe that got a protocol answer (`answered`) brings it back.
+    local function stays_down_while_stopped(label, pool, F, proc, answered)
+      local url = "http://127.0.0.1:" .. O .. "/"
+      assert.truthy(procs.wait_for(function()
+        local t = scrape(A)
+        return probes(t, label, pool, "ok") >= 1 and proxy_up(t, label, pool) == 1
+      end, 5), "no passing probe of " .. label)
+      local status = procs.curl { url = url, proxy = "http://127.0.0.1:" .. F }
+      assert.equal(200, status)
+
+      procs.signal(proc, "STOP")
+      status = procs.curl { url = url, proxy = "http://127.0.0.1:" .. F }
+      assert.equal(504, status)
+      local down = wait_event(ferry, "FERRY-6001", label, 5)
+      assert.is_table(down, procs.read_file(ferry.log))
+      assert.matches("timeout", down.msg)
+      assert.matches("tcp probes now need an answer in its protocol", down.msg)
+
+      -- Several probe intervals while stopped: every probe fails (the
+      -- connect alone would pass), and the proxy never comes back.
+      local t0 = scrape(A)
+      local f0 = probes(t0, label, pool, "failed")
+      local timeouts0 = sample(t0, "ferry_probes_total", 'result="timeout"') or 0
+      local t
+      local deadline = socket.gettime() + 20
+      repeat
+        t = scrape(A)
+        assert.equal(0, proxy_up(t, label, pool), "up while stopped:\n" ..
+          procs.read_file(ferry.log))
+        socket.sleep(0.05)
+      until probes(t, label, pool, "failed") >= f0 + 3 or socket.gettime() > deadline
+      assert.is_true(probes(t, label, pool, "failed") >= f0 + 3,
+        (probes(t, label, pool, "failed") - f0) .. " probes failed while stopped")
+      -- They failed waiting for the answer: a connect would have passed.
+      assert.is_true(sample(t, "ferry_probes_total", 'result="timeout"') >= timeouts0 + 3,
+        "probes did not time out")
+      assert.is_nil(events(ferry, "FERRY-6002", label)[1], procs.read_file(ferry.log))
+
+      procs.signal(proc, "CONT")
+      local up = wait_event(ferry, "FERRY-6002", label, 15)
+      assert.is_table(up, procs.read_file(ferry.log))
+      assert.matches(answered, up.msg)
+      assert.equal(1, proxy_up(scrape(A), label, pool))
+      status = procs.curl { url = url, proxy = "http://127.0.0.1:" .. F }
+      assert.equal(200, status)
+    end
+
+    it("an HTTP proxy comes back only once it answers an HTTP request", function()
+      stays_down_while_stopped("tiny", "h", FH, tiny, "answered an HTTP request")
+    end)
+
+    it("a SOCKS5 proxy comes back only once it answers the greeting", function()
+      stays_down_while_stopped("socks", "s", FS, socks, "answered a SOCKS5 greeting")
+    end)
+
+    it("a proxy that was only refused comes back on a plain connect", function()
+      -- Refused is not a stopped process: the plain tcp check stays as it was.
+      procs.stop(socks)
+      local status = procs.curl { url = "http://127.0.0.1:" .. O .. "/",
+        proxy = "http://127.0.0.1:" .. FS }
+      assert.equal(502, status)
+      assert.truthy(procs.wait_for(function() return #events(ferry, "FERRY-6001", "socks") >= 2 end, 5))
+      local down = events(ferry, "FERRY-6001", "socks")[2]
+      assert.not_matches("need an answer", down.msg)
+      socks = procs.microsocks(S)
+      assert.truthy(procs.wait_for(function() return #events(ferry, "FERRY-6002", "socks") >= 2 end, 15))
+      assert.matches("probe passed$", events(ferry, "FERRY-6002", "socks")[2].msg:gsub(" %(down.*", ""))
+    end)
+  end)
+end)

@@ -151,4 +151,135 @@ route(function(req) return req.listener end)
       assert.matches("probe passed$", events(ferry, "FERRY-6002", "socks")[2].msg:gsub(" %(down.*", ""))
     end)
   end)
+
+  describe("failed inbound auth", function()
+    local mime = require("mime")
+    local O, F, A = procs.free_port(), procs.free_port(), procs.free_port()
+    local WINDOW, LIMIT, GUESSES = 3, 5, 2000
+    local origin, ferry
+    local target = "http://127.0.0.1:" .. O .. "/"
+
+    setup(function()
+      origin = procs.origin(O)
+      -- Access lines off: every line left in the log is an event line.
+      ferry = procs.ferry(string.format([[
+listen { name = "p", addr = "127.0.0.1:%d", users = { "alice:right-pw" },
+         auth_fail_limit = %d, auth_fail_window = %d }
+admin { addr = "127.0.0.1:%d" }
+log { access = false }
+route(function() return "direct" end)
+]], F, LIMIT, WINDOW, A), { F, A })
+    end)
+
+    teardown(function()
+      procs.stop(origin)
+      if ferry then procs.stop_ferry(ferry) end
+    end)
+
+    -- One request from the address `from` with user:pass; its status.
+    local function try(from, user, pass)
+      local s = socket.tcp()
+      s:settimeout(5)
+      assert(s:bind(from, 0))
+      assert(s:connect("127.0.0.1", F))
+      s:send("GET " .. target .. " HTTP/1.1\r\nHost: 127.0.0.1:" .. O ..
+        "\r\nProxy-Authorization: Basic " .. mime.b64(user .. ":" .. pass) .. "\r\n\r\n")
+      local line = s:receive("*l")
+      s:close()
+      return tonumber(line and line:match("^HTTP/1%.1 (%d+) "))
+    end
+
+    local function event_lines()
+      local n, by = 0, {}
+      for _, l in ipairs(procs.log_lines(ferry)) do
+        if l.code and l.code:match("^FERRY%-10") then
+          n = n + 1
+          by[l.code] = (by[l.code] or 0) + 1
+        end
+      end
+      return n, by
+    end
+
+    it("blocks a guessing address with 429, counts every guess, logs a few lines", function()
+      local lines0 = #procs.log_lines(ferry)
+      local t0 = socket.gettime()
+      local got = {}
+      for i = 1, GUESSES do
+        local st = try("127.0.0.1", "alice", "guess-" .. i)
+        got[st or 0] = (got[st or 0] or 0) + 1
+      end
+      local elapsed = socket.gettime() - t0
+      -- Every guess was answered: 407 until the limit, 429 while blocked.
+      assert.equal(GUESSES, (got[407] or 0) + (got[429] or 0))
+      assert.is_true((got[407] or 0) >= LIMIT)
+      assert.is_true((got[429] or 0) > GUESSES / 2, tostring(got[429]))
+      -- Another address is not held up, not even for a moment.
+      local status, body = procs.curl { url = target, proxy = "http://alice:right-pw@127.0.0.1:" .. F,
+        flags = "--interface 127.0.0.2" }
+      assert.equal(200, status)
+      assert.is_true(#body > 0)
+
+      -- The metrics count every guess.
+      local t = scrape(A)
+      assert.equal(got[407], sample(t, "ferry_auth_failures_total"))
+      assert.equal(got[429], sample(t, "ferry_auth_throttled_total"))
+      assert.is_true(sample(t, "ferry_auth_blocks_total") >= 1)
+      -- ... and so does ferry_requests_total, under the code of the 429.
+      local coded = 0
+      for labels, v in t:gmatch("\nferry_requests_total{([^}]*)} (%d+)") do
+        if labels:find('listener="p"', 1, true) and labels:find('code="FERRY-1040"', 1, true) then
+          coded = coded + tonumber(v)
+        end
+      end
+      assert.equal(got[429], coded)
+
+      -- Per address and window: the first failure, the block, and (later)
+      -- its summary; not a line per guess.
+      local windows = 1 + math.ceil(elapsed / WINDOW)
+      local n, by = event_lines()
+      assert.is_true(n <= 3 * windows, n .. " lines for " .. windows .. " window(s)")
+      assert.is_true(#procs.log_lines(ferry) - lines0 <= 3 * windows + 2)
+      assert.is_true((by["FERRY-1040"] or 0) >= 1)
+      assert.is_true((by["FERRY-1007"] or 0) >= 1)
+      -- When the block ends: a summary with the count of refused requests.
+      local summary = procs.wait_for(function()
+        for _, l in ipairs(procs.log_lines(ferry)) do
+          if l.code == "FERRY-1041" then return l end
+        end
+      end, WINDOW * 3)
+      assert.is_table(summary, procs.read_file(ferry.log))
+      assert.matches("client 127%.0%.0%.1 is no longer throttled: %d+ failed proxy " ..
+        "authentications, then %d+ requests refused with 429", summary.msg)
+      -- The guessing address works again after the window.
+      assert.truthy(procs.wait_for(function()
+        return try("127.0.0.1", "alice", "right-pw") == 200
+      end, WINDOW * 3, 0.2))
+    end)
+
+    it("refuses even the right credentials from a blocked address until the window ends", function()
+      for i = 1, LIMIT - 1 do assert.equal(407, try("127.0.0.3", "alice", "nope" .. i)) end
+      assert.equal(200, try("127.0.0.3", "alice", "right-pw")) -- under the limit: fine
+      assert.equal(407, try("127.0.0.3", "alice", "nope-last")) -- the limit: blocked now
+      assert.equal(429, try("127.0.0.3", "alice", "right-pw"))
+      assert.equal(200, try("127.0.0.4", "alice", "right-pw"))
+      assert.truthy(procs.wait_for(function()
+        return try("127.0.0.3", "alice", "right-pw") == 200
+      end, WINDOW * 3, 0.2))
+      -- No credentials at all is not a guess: never blocks, and logs one
+      -- line per address and window, not one per request.
+      local _, before = event_lines()
+      for _ = 1, LIMIT * 2 do
+        local s = socket.tcp()
+        s:settimeout(5)
+        assert(s:bind("127.0.0.5", 0))
+        assert(s:connect("127.0.0.1", F))
+        s:send("GET " .. target .. " HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert.matches("^HTTP/1%.1 407 ", s:receive("*l"))
+        s:close()
+      end
+      assert.equal(200, try("127.0.0.5", "alice", "right-pw"))
+      local _, after = event_lines()
+      assert.equal((before["FERRY-1007"] or 0) + 1, after["FERRY-1007"])
+    end)
+  end)
 end)

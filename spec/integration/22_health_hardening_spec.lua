@@ -148,7 +148,7 @@ route(function(req) return req.listener end)
       assert.not_matches("need an answer", down.msg)
       socks = procs.microsocks(S)
       assert.truthy(procs.wait_for(function() return #events(ferry, "FERRY-6002", "socks") >= 2 end, 15))
-      assert.matches("probe passed$", events(ferry, "FERRY-6002", "socks")[2].msg:gsub(" %(down.*", ""))
+      assert.matches("up: probe passed %(down", events(ferry, "FERRY-6002", "socks")[2].msg)
     end)
   end)
 

@@ -25,6 +25,7 @@
 #include "log.h"
 #include "loop.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -228,6 +229,13 @@ int authfail_missing(const struct listener *l, const char *client)
     }
     e->quiet_until = now + l->auth_fail_window;
     return 1;
+}
+
+unsigned authfail_retry_after(const char *client)
+{
+    const struct entry *e = find(client);
+    double left = e != NULL ? e->blocked_until - loop_now() : 0;
+    return left > 1 ? (unsigned)ceil(left) : 1;
 }
 
 const struct authfail_stats *authfail_stats(void)

@@ -34,6 +34,8 @@ int authfail_count(const struct listener *l, const char *client);
 /* A request from client came without credentials: never blocks; returns
  * 1 when it should have its own log line (once per address and window). */
 int authfail_missing(const struct listener *l, const char *client);
+/* Whole seconds (at least 1) until client's block ends: Retry-After. */
+unsigned authfail_retry_after(const char *client);
 const struct authfail_stats *authfail_stats(void);
 /* Forget everything and stop the sweep timer (exit, specs). */
 void authfail_reset(void);

@@ -82,13 +82,17 @@ static void fail_answer(struct conn *c, enum ferr e, int quiet)
     int bl = snprintf(body, sizeof(body),
                       "{\"error\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}\n",
                       info->code, info->message, c->cid);
+    char extra[64] = "";
+    if (e == FERR_AUTH_REQUIRED) {
+        snprintf(extra, sizeof(extra), "Proxy-Authenticate: Basic realm=\"ferry\"\r\n");
+    } else if (e == FERR_AUTH_THROTTLED) {
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", authfail_retry_after(c->client));
+    }
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                       "Content-Length: %d\r\nX-Ferry-Error: %s\r\nX-Request-Id: %s\r\n"
                       "%sConnection: close\r\n\r\n",
-                      info->status, info->reason, bl, info->code, c->cid,
-                      e == FERR_AUTH_REQUIRED ? "Proxy-Authenticate: Basic realm=\"ferry\"\r\n"
-                                              : "");
+                      info->status, info->reason, bl, info->code, c->cid, extra);
     c->bytes_out += buf_append(&c->cout, head, (size_t)hl);
     c->bytes_out += buf_append(&c->cout, body, (size_t)bl);
     c->sent_any = 1;

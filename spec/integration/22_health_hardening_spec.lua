@@ -261,6 +261,13 @@ route(function() return "direct" end)
       assert.equal(200, try("127.0.0.3", "alice", "right-pw")) -- under the limit: fine
       assert.equal(407, try("127.0.0.3", "alice", "nope-last")) -- the limit: blocked now
       assert.equal(429, try("127.0.0.3", "alice", "right-pw"))
+      -- The answer says when to come back: within one window.
+      local status, _, headers = procs.curl { url = target,
+        proxy = "http://alice:right-pw@127.0.0.1:" .. F, flags = "--interface 127.0.0.3" }
+      assert.equal(429, status)
+      assert.matches("X%-Ferry%-Error: FERRY%-1040\r\n", headers)
+      local after = tonumber(headers:match("Retry%-After: (%d+)\r\n"))
+      assert.is_true(after ~= nil and after >= 1 and after <= WINDOW, headers)
       assert.equal(200, try("127.0.0.4", "alice", "right-pw"))
       assert.truthy(procs.wait_for(function()
         return try("127.0.0.3", "alice", "right-pw") == 200

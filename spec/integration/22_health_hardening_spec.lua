@@ -266,8 +266,8 @@ route(function() return "direct" end)
         proxy = "http://alice:right-pw@127.0.0.1:" .. F, flags = "--interface 127.0.0.3" }
       assert.equal(429, status)
       assert.matches("X%-Ferry%-Error: FERRY%-1040\r\n", headers)
-      local after = tonumber(headers:match("Retry%-After: (%d+)\r\n"))
-      assert.is_true(after ~= nil and after >= 1 and after <= WINDOW, headers)
+      local retry_after = tonumber(headers:match("Retry%-After: (%d+)\r\n"))
+      assert.is_true(retry_after ~= nil and retry_after >= 1 and retry_after <= WINDOW, headers)
       assert.equal(200, try("127.0.0.4", "alice", "right-pw"))
       assert.truthy(procs.wait_for(function()
         return try("127.0.0.3", "alice", "right-pw") == 200

@@ -20,6 +20,8 @@
 #define TUNNEL_PIPE_SIZE (1024 * 1024)
 #define CONN_MAX_TRIES 8
 #define HOST_MAX_LEN 255
+/* A pump-only event fed to the client watcher (libev's custom bit). */
+#define CONN_EV_PUMP EV_CUSTOM
 
 enum conn_state {
     CS_HEAD = 0,  /* waiting for a request head (new or keep-alive) */
@@ -115,6 +117,7 @@ struct conn {
     unsigned idle_up:1;          /* ufd is an idle keep-alive upstream */
     unsigned head_started:1;     /* bytes of the next head have arrived */
     unsigned metered:1;          /* routed, outcome not counted yet (metrics.c) */
+    unsigned pump_again:1;       /* private: a CONN_EV_PUMP is fed to cio */
 
     /* Health reporting (conn_report.c). */
     uint32_t exchange;           /* exchange id of the request, 0 = none */

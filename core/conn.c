@@ -143,6 +143,26 @@ void conn_close_all(void)
     cap_live = 0;
 }
 
+/* While the request body is on its way each direction that still has
+ * bytes to move must move one within timeouts.idle: the upload while the
+ * request is not done, the response once its head is out.  The
+ * first-byte wait between the two is a fixed timer, not this. */
+double conn_exchange_idle_left(const struct conn *c)
+{
+    double now = loop_now();
+    double left = c->last_io + c->timeout - now;
+    int any = 0;
+    if (!c->req_done) {
+        left = c->last_up + timeouts.idle - now;
+        any = 1;
+    }
+    if (c->resp_head_done && !c->resp_done) {
+        double d = c->last_down + timeouts.idle - now;
+        left = any && left < d ? left : d;
+    }
+    return left;
+}
+
 void conn_arm(struct conn *c, double secs)
 {
     ev_timer_stop(loop, &c->timer);
@@ -209,7 +229,7 @@ static ssize_t flush_client(struct conn *c)
     while (!buf_empty(&c->cout)) {
         ssize_t n = buf_write_fd(&c->cout, c->cfd);
         if (n > 0) {
-            c->last_io = loop_now();
+            c->last_io = c->last_down = loop_now();
             total += n;
             continue;
         }
@@ -231,7 +251,7 @@ static ssize_t flush_upstream(struct conn *c)
     while (!buf_empty(&c->uout)) {
         ssize_t n = buf_write_fd(&c->uout, c->ufd);
         if (n > 0) {
-            c->last_io = loop_now();
+            c->last_io = c->last_up = loop_now();
             total += n;
             continue;
         }
@@ -371,7 +391,7 @@ static void read_client(struct conn *c)
     ssize_t n = buf_read_fd(&c->cin, c->cfd);
     if (n > 0) {
         c->bytes_in += (unsigned long long)n;
-        c->last_io = loop_now();
+        c->last_io = c->last_up = loop_now();
     } else if (n == 0) {
         c->client_eof = 1;
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS) {
@@ -425,8 +445,11 @@ static void on_timer(struct ev_loop *lp, ev_timer *w, int revents)
      * last_io, and the timer re-arms itself for the remainder. */
     double left = c->last_io + c->timeout - loop_now();
     int activity_based = c->state == CS_TUNNEL || c->state == CS_DRAIN ||
-                         c->state == CS_ADMIN_OUT ||
-                         (c->state == CS_EXCHANGE && c->resp_head_done);
+                         c->state == CS_ADMIN_OUT;
+    if (c->state == CS_EXCHANGE && (!c->req_done || c->resp_head_done)) {
+        activity_based = 1;
+        left = conn_exchange_idle_left(c);
+    }
     if (activity_based && left > 0.001) {
         ev_timer_set(&c->timer, left, 0.);
         ev_timer_start(loop, &c->timer);

@@ -71,6 +71,7 @@ struct conn {
     double t_attempt;            /* current attempt start */
     double deadline;             /* the request must end by then */
     double last_io;              /* for idle timeouts */
+    double last_up, last_down;   /* last request-body / response byte moved (exchange idle) */
     double timeout;              /* idle timeout of the current state */
     unsigned long long bytes_in, bytes_out;
     unsigned served;             /* requests completed on this conn */
@@ -145,6 +146,8 @@ void conn_close(struct conn *c);
 void conn_update_io(struct conn *c);
 void conn_pump(struct conn *c);
 void conn_arm(struct conn *c, double secs);
+/* Seconds until the stalled direction of an exchange runs out of idle time. */
+double conn_exchange_idle_left(const struct conn *c);
 unsigned conn_count(void);
 void conn_close_all(void);
 

@@ -5,11 +5,14 @@ A threaded HTTP/1.1 server, one thread per connection, on 127.0.0.1, with
 small socket buffers so that a few hundred KiB of body already push back
 on ferry (the stalls the matrix hunts need full buffers on both sides).
 
-  GET  /gen?n=N&framing=cl|chunked|close[&rate=BPS]
-       N deterministic bytes; X-Body-Sha256 carries their sha256.
-  POST /sink[?rate=BPS]
+  GET  /gen?n=N&framing=cl|chunked|close[&rate=BPS][&stall_after=K]
+       N deterministic bytes; X-Body-Sha256 carries their sha256.  With
+       stall_after, the body stops after K bytes and the connection
+       stays open, silent.
+  POST /sink[?rate=BPS][&delay=S]
        reads the request body (Content-Length or chunked), at most BPS
-       bytes/s when rate is set; answers {"len":N,"sha256":"..."}.
+       bytes/s when rate is set; waits S seconds, then answers
+       {"len":N,"sha256":"..."}.
   POST /echo?framing=cl|chunked|close
        streams the request body back as it arrives (framing cl needs a
        Content-Length request; a chunked one is read whole first).
@@ -172,9 +175,12 @@ def answer(conn, serial, method, target, head):
         n = int(q["n"])
         send_head(sock, "200 OK", {"X-Body-Sha256": gen_sum(n)}, framing, n, serial)
         pace = Pacer(rate)
+        stall = int(q.get("stall_after", "-1"))
         off = 0
         while off < n:
-            k = min(BUF, n - off)
+            if 0 <= stall <= off:
+                time.sleep(3600)
+            k = min(BUF, n - off, stall - off if stall > off else BUF)
             send_piece(sock, framing, gen_bytes(off, k))
             pace(k)
             off += k
@@ -184,6 +190,7 @@ def answer(conn, serial, method, target, head):
         for piece in body_pieces(conn, head, Pacer(rate)):
             h.update(piece)
             n += len(piece)
+        time.sleep(float(q.get("delay", "0")))
         body = json.dumps({"len": n, "sha256": h.hexdigest()}).encode()
         send_head(sock, "200 OK", {}, "cl", len(body), serial)
         sock.sendall(body)

@@ -74,9 +74,7 @@ describe("relay matrix", function()
   local base = "http://127.0.0.1:" .. O
 
   setup(function()
-    origin = procs.spawn("relay-origin", "python3 " .. procs.root ..
-      "/spec/helpers/relay_origin.py " .. O)
-    assert(procs.wait_port(O), "origin did not start:\n" .. procs.read_file(origin.log))
+    origin = procs.relay_origin(O)
     tiny = procs.tinyproxy(T)
     socks = procs.microsocks(S)
     node = procs.ferry(string.format([[

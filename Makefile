@@ -32,7 +32,7 @@ else
 Q := @
 endif
 
-.PHONY: all deps bench-deps run test asan lint bench clean check-config
+.PHONY: all deps bench-deps run test test-long asan lint bench clean check-config
 
 all: bin/ferry
 
@@ -96,6 +96,10 @@ check-config: bin/ferry
 # The suite under busted; the last line is "N passed, N failed".
 test: deps bin/ferry build/libferry.so
 	@FERRY_BIN=$(CURDIR)/bin/ferry spec/run.sh $(SPEC_DIRS)
+
+# Specs tagged #long (100 MB bodies, slow large transfers): minutes, not seconds.
+test-long: deps bin/ferry build/libferry.so
+	@FERRY_BIN=$(CURDIR)/bin/ferry FERRY_SPEC_TAGS=long spec/run.sh spec/integration
 
 asan: deps bin/ferry-asan build/libferry.so
 	@FERRY_BIN=$(CURDIR)/bin/ferry-asan FERRY_ASAN=1 \

@@ -260,6 +260,29 @@ static void reset_request(struct conn *c)
     c->bytes_out = 0;
 }
 
+/* The longest method token a request line may start with. */
+#define METHOD_MAX 31
+
+/* 1 when the bytes so far can still begin a request line: a method token
+ * (RFC 9110 tchar) and then a space.  A SOCKS5 greeting or a TLS
+ * ClientHello fails on its first byte, so it is answered at once rather
+ * than after timeouts.client_head. */
+static int could_be_http(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == ' ') {
+            return i > 0;
+        }
+        if (i >= METHOD_MAX ||
+            !((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 void conn_on_head(struct conn *c)
 {
     buf_consume(&c->cin, http_skip_empty_lines(buf_head(&c->cin), buf_len(&c->cin)));
@@ -269,6 +292,15 @@ void conn_on_head(struct conn *c)
     if (!c->head_started) {
         c->head_started = 1;
         conn_arm(c, timeouts.client_head);
+    }
+    if (!could_be_http(buf_head(&c->cin), buf_len(&c->cin))) {
+        reset_request(c);
+        c->t_start = loop_now();
+        c->method[0] = '\0';
+        c->req.request_id.len = 0; /* a fresh correlation id, not the last request's */
+        set_cid(c, buf_head(&c->cin));
+        conn_fail(c, FERR_NOT_HTTP);
+        return;
     }
     const char *base = buf_head(&c->cin);
     size_t hl = http_head_len(base, buf_len(&c->cin));
@@ -574,6 +606,10 @@ static int relay_request_body(struct conn *c)
         c->fwd += (size_t)n;
         if (c->req.msg_done) {
             c->req_done = 1;
+            if (!c->resp_head_done) {
+                /* First byte is counted from the end of the request. */
+                conn_arm(c, c->first_byte_timeout);
+            }
         }
     }
     if (!c->req_done && buf_room(&c->cin) == 0 && c->fwd > 0) {
@@ -624,7 +660,8 @@ static int take_response_head(struct conn *c)
             }
             c->bytes_out += buf_append(&c->cout, base, hl);
             buf_consume(&c->uin, hl);
-            c->sent_any = 1;
+            /* Not sent_any: a final answer (an error too) may still follow
+             * an interim one; replayable = 0 already stops retries. */
             c->replayable = 0;
             continue;
         }
@@ -654,6 +691,7 @@ static int take_response_head(struct conn *c)
             conn_tunnel_begin(c);
             return 1;
         }
+        c->last_down = loop_now();
         conn_arm(c, timeouts.idle);
     }
     return 0;

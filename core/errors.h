@@ -25,6 +25,9 @@ enum ferr {
     FERR_OVERLOADED,       /* a connection limit was hit */
     FERR_ALL_DOWN,         /* nothing healthy in the pool and all_down = "fail" */
     FERR_AUTH_THROTTLED,   /* the client address failed inbound auth too often (authfail.c) */
+    FERR_NOT_HTTP,         /* the first bytes cannot start an HTTP request line */
+    FERR_BODY_TIMEOUT,     /* the client stopped sending its request body */
+    FERR_UPSTREAM_STALLED, /* the upstream stopped reading the request body */
     FERR_COUNT
 };
 

@@ -16,8 +16,20 @@
 
 static unsigned long long cid_counter;
 
-/* Correlation ids: the client's X-Request-Id when it is sane, else ours. */
-static void set_cid(struct conn *c, const char *base)
+/* A fresh correlation id, given when the first byte of a head arrives so
+ * that even a head that never completes is answered and logged with one. */
+static void new_cid(struct conn *c)
+{
+    static unsigned long long seed;
+    if (seed == 0) {
+        seed = ((unsigned long long)random() << 32) ^ (unsigned long long)random() ^ 1;
+    }
+    unsigned long long v = (++cid_counter) * 0x9E3779B97F4A7C15ull ^ seed;
+    snprintf(c->cid, sizeof(c->cid), "%016llx", v);
+}
+
+/* The client's X-Request-Id replaces ours when it is sane. */
+static void take_client_cid(struct conn *c, const char *base)
 {
     struct http_span s = c->req.request_id;
     int ok = s.len > 0 && s.len < sizeof(c->cid);
@@ -29,14 +41,7 @@ static void set_cid(struct conn *c, const char *base)
     if (ok) {
         memcpy(c->cid, base + s.off, s.len);
         c->cid[s.len] = '\0';
-        return;
     }
-    static unsigned long long seed;
-    if (seed == 0) {
-        seed = ((unsigned long long)random() << 32) ^ (unsigned long long)random() ^ 1;
-    }
-    unsigned long long v = (++cid_counter) * 0x9E3779B97F4A7C15ull ^ seed;
-    snprintf(c->cid, sizeof(c->cid), "%016llx", v);
 }
 
 static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
@@ -52,7 +57,8 @@ static void log_done(struct conn *c)
 {
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
-    log_access(&ctx, c->client, c->method, c->host, c->port, c->path, c->status,
+    log_access(&ctx, c->client, c->method[0] ? c->method : "-", c->host[0] ? c->host : "-",
+               c->port, c->path[0] ? c->path : "-", c->status,
                c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
                (int)c->attempt + 1, c->code);
     metrics_request_end(c, c->code);
@@ -237,9 +243,28 @@ static void reset_request(struct conn *c)
     c->upgrade = 0;
     c->user[0] = '\0';
     c->host[0] = '\0';
+    c->port = 0;
     c->path[0] = '\0';
+    c->method[0] = '\0';
     c->bytes_in = buf_len(&c->cin);
     c->bytes_out = 0;
+}
+
+/* What the log can say of a head before (or without) parsing it: its
+ * first word as the method and its target, printable bytes only. */
+static void note_unparsed(struct conn *c, const char *base, size_t hl)
+{
+    size_t i = 0;
+    while (i < hl && i + 1 < sizeof(c->method) && http_is_tchar((unsigned char)base[i])) {
+        c->method[i] = base[i];
+        i++;
+    }
+    c->method[i] = '\0';
+    size_t t = i < hl && base[i] == ' ' ? i + 1 : hl, n = 0;
+    while (t < hl && n + 1 < sizeof(c->path) && base[t] > 0x20 && base[t] < 0x7f) {
+        c->path[n++] = base[t++];
+    }
+    c->path[n] = '\0';
 }
 
 void conn_on_head(struct conn *c)
@@ -249,27 +274,32 @@ void conn_on_head(struct conn *c)
         return;
     }
     if (!c->head_started) {
+        /* The request starts with its first byte: its id, its clock. */
         c->head_started = 1;
+        reset_request(c);
+        c->t_start = loop_now();
+        new_cid(c);
         conn_arm(c, timeouts.client_head);
     }
     const char *base = buf_head(&c->cin);
     size_t hl = http_head_len(base, buf_len(&c->cin));
     if (hl == 0) {
-        if (buf_room(&c->cin) == 0) {
-            c->cid[0] = '\0';
+        if (http_bare_cr(base, buf_len(&c->cin))) {
+            conn_fail(c, FERR_BAD_REQUEST);
+        } else if (buf_room(&c->cin) == 0) {
             conn_fail(c, FERR_HEAD_TOO_LARGE);
         } else if (c->client_eof) {
             conn_close(c); /* the client gave up mid-head */
         }
         return;
     }
-    reset_request(c);
-    c->t_start = loop_now();
     c->head_len = hl;
     int r = http_parse_request(&c->req, base, hl);
-    set_cid(c, base);
+    take_client_cid(c, base);
+    note_unparsed(c, base, hl); /* parse_target replaces the path when it can */
     if (r != HTTP_PARSE_OK) {
-        conn_fail(c, r == HTTP_PARSE_TOO_MANY ? FERR_TOO_MANY_HEADERS : FERR_BAD_REQUEST);
+        conn_fail(c, r == HTTP_PARSE_TOO_MANY ? FERR_TOO_MANY_HEADERS
+                     : r == HTTP_PARSE_FRAMING ? FERR_BAD_FRAMING : FERR_BAD_REQUEST);
         return;
     }
     snprintf(c->method, sizeof(c->method), "%s", http_method_name(c->req.method));
@@ -537,7 +567,7 @@ static int relay_request_body(struct conn *c)
         const char *p = buf_head(&c->cin) + c->fwd;
         long n = http_body(&c->req, p, avail < room ? avail : room);
         if (n < 0) {
-            conn_fail(c, FERR_BAD_REQUEST);
+            conn_fail(c, FERR_BAD_CHUNK);
             return -1;
         }
         buf_append(&c->uout, p, (size_t)n);
@@ -571,7 +601,7 @@ static int take_response_head(struct conn *c)
         const char *base = buf_head(&c->uin);
         size_t hl = http_head_len(base, buf_len(&c->uin));
         if (hl == 0) {
-            if (buf_room(&c->uin) == 0) {
+            if (buf_room(&c->uin) == 0 || http_bare_cr(base, buf_len(&c->uin))) {
                 conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
                 return -1;
             }
@@ -640,6 +670,13 @@ static int relay_response_body(struct conn *c)
     if (avail > 0 && room > 0) {
         long n = http_body(&c->resp, buf_head(&c->uin), avail < room ? avail : room);
         if (n < 0) {
+            if (buf_len(&c->cout) == c->bytes_out) {
+                /* Nothing of this response left ferry yet: take it back
+                 * and answer a clean 502 instead of a cut message. */
+                buf_consume(&c->cout, buf_len(&c->cout));
+                c->bytes_out = 0;
+                c->sent_any = 0;
+            }
             conn_fail(c, FERR_BAD_RESPONSE);
             return -1;
         }

@@ -44,6 +44,9 @@ static const struct ferr_info table[FERR_COUNT] = {
                                   "ambiguous or invalid message framing (Content-Length, Transfer-Encoding)" },
     [FERR_BAD_CHUNK]          = { "FERRY-1021", 400, "Bad Request",
                                   "malformed chunked request body" },
+    [FERR_AUTH_THROTTLED]     = { "FERRY-1040", 429, "Too Many Requests",
+                                  "too many failed proxy authentications from this address; "
+                                  "try again later" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

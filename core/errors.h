@@ -26,6 +26,7 @@ enum ferr {
     FERR_ALL_DOWN,         /* nothing healthy in the pool and all_down = "fail" */
     FERR_BAD_FRAMING,      /* Content-Length / Transfer-Encoding ambiguous or invalid */
     FERR_BAD_CHUNK,        /* malformed chunked request body */
+    FERR_AUTH_THROTTLED,   /* the client address failed inbound auth too often (authfail.c) */
     FERR_COUNT
 };
 

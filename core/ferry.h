@@ -341,6 +341,8 @@ void ferry_set_timeouts(int client_head_ms, int connect_ms,
                         int keepalive_ms, int request_ms);
 /* Log level: 0 debug, 1 info, 2 warn, 3 error; access log on/off. */
 void ferry_set_log(int level, int access);
+/* HTTP behaviour: add Via (1/0) under name (a token of at most 64 bytes). */
+void ferry_set_http(int via, const char *via_name);
 /* Write one coded event line to the log (level as above). */
 void ferry_log(int level, const char *code, const char *msg);
 /* Count a Lua hook error for metrics: 1 route, 2 strategy, 3 breaker,

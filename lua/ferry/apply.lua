@@ -349,6 +349,7 @@ function M.commit(prep, old)
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
     ms(t.keepalive), ms(t.request))
   C.ferry_set_log(LEVELS[cfg.log.level] or 1, cfg.log.access and 1 or 0)
+  C.ferry_set_http(cfg.http.via and 1 or 0, cfg.http.via_name)
 
   return { cfg = cfg, pools = pools, by_index = by_index, proxies = seen,
            exchanges = exchanges, exchange_by_id = by_id, listeners = listeners }

@@ -343,6 +343,7 @@ local function evaluate(chunk, file)
   local cfg = {
     file = file, dir = dir, listeners = {}, pools = {}, pool_order = {}, exchanges = {},
     plugin_dirs = {}, timeouts = {}, log = { level = "info", access = true },
+    http = { via = true, via_name = "ferry" },
   }
   for k, v in pairs(DEFAULT_TIMEOUTS) do cfg.timeouts[k] = v end
   local names = { listen = {}, exchange = {} }
@@ -564,6 +565,20 @@ local function evaluate(chunk, file)
     check_fields(where, t, DEFAULT_TIMEOUTS)
     for k in pairs(DEFAULT_TIMEOUTS) do
       if t[k] ~= nil then cfg.timeouts[k] = want_number(where, k, t[k], 0.001, 86400) end
+    end
+  end
+
+  function env.http(t)
+    local where = at("http")
+    check_fields(where, t, { via = true, via_name = true })
+    if t.via ~= nil then cfg.http.via = want(where, "via", t.via, "boolean") end
+    local name = want(where, "via_name", t.via_name, "string")
+    if name ~= nil then
+      -- A pseudonym is a token (RFC 9110 §7.6.3): nothing that could end the line.
+      if #name > 64 or not name:match("^[%w!#$%%&'*+.^_`|~-]+$") then
+        fail(where, "via_name must be 1 to 64 token characters (letters, digits, !#$%%&'*+.^_`|~-)")
+      end
+      cfg.http.via_name = name
     end
   end
 

@@ -65,6 +65,20 @@ route(function(req) return "direct" end)
     assert.equal(2, cfg.pools.p.retries)
   end)
 
+  it("takes http { via, via_name } and refuses a pseudonym that is not a token", function()
+    assert.same({ via = true, via_name = "ferry" }, assert(load("")).http)
+    assert.same({ via = false, via_name = "edge-1" },
+      assert(load('http { via = false, via_name = "edge-1" }')).http)
+    assert.equal('cfg.lua:1: http: via must be a boolean, got a string',
+      err_of('http { via = "on" }'))
+    assert.matches('^cfg%.lua:1: http: via_name must be 1 to 64 token characters',
+      err_of('http { via_name = "a b" }'))
+    assert.matches('via_name must be', err_of('http { via_name = "x\\r\\nX-Evil: 1" }'))
+    assert.matches('via_name must be', err_of('http { via_name = "" }'))
+    assert.matches('via_name must be', err_of('http { via_name = string.rep("a", 65) }'))
+    assert.equal('cfg.lua:1: http: unknown field "vias"', err_of('http { vias = true }'))
+  end)
+
   it("names file, line, statement and field in errors", function()
     assert.equal('cfg.lua:3: pool "x": proxies[2]: unsupported scheme "ftp" (use http or socks5)',
       err_of('\n\npool "x" { proxies = { "http://h:1", "ftp://h" } }'))

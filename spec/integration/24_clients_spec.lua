@@ -269,10 +269,10 @@ route(function(req) return req.listener end)
         local _, o = run(string.format("curl -s --max-time 20 -x %s -o /dev/null -w '%%{http_code} '"
           .. " -I %s --next -x %s -o %s -w '%%{http_code} %%{num_connects}' %s", q(proxy(path)),
           q(static .. "/resume.bin"), q(proxy(path)), q(size_path), q(static .. "/site/p1.html")))
-        assert.equal("200 200 0", o)
-        assert.equal("<html><a href=\"sub/s1.html\">s</a> page 1</html>\n",
-          procs.read_file(size_path))
+        local got = procs.read_file(size_path)
         os.remove(size_path)
+        assert.equal("200 200 0", o)
+        assert.equal("<html><a href=\"sub/s1.html\">s</a> page 1</html>\n", got)
       end)
 
       it("passes 100 Continue for an Expect upload and the final answer via " .. path, function()
@@ -299,13 +299,15 @@ route(function(req) return req.listener end)
         args[#args + 1] = "-o /dev/null " .. q(static .. "/site/p2.html")
         local rc, o = run(string.format("curl -s --max-time 30 -x %s -w '%%{http_code}:" ..
           "%%{num_connects} ' %s", q(proxy(path)), table.concat(args, " ")))
+        local sizes = {}
+        for i, out in ipairs(outs) do
+          sizes[i] = file_size(out)
+          os.remove(out)
+        end
         assert.equal(0, rc)
         -- Only the first transfer opens a connection to ferry.
         assert.equal("200:1 200:0 200:0 200:0 200:0 ", o)
-        for i, n in ipairs { 1000, 70000, 1, 250000 } do
-          assert.equal(n, file_size(outs[i]))
-          os.remove(outs[i])
-        end
+        assert.same({ 1000, 70000, 1, 250000 }, sizes)
       end)
 
       it("tunnels with -p (CONNECT) 4 MB down and 4 MB up via " .. path, function()
@@ -433,6 +435,10 @@ else:
 print(json.dumps(out))
 ]==]
     local script_path
+
+    teardown(function()
+      if script_path then os.remove(script_path) end
+    end)
 
     local function py(path, mode, b)
       script_path = script_path or procs.write_file(tmpname("client.py"), script)

@@ -11,6 +11,8 @@ extra path:
                      connection without sending `Connection: close`: legal
                      (RFC 9112 §9.6 only says SHOULD), and what tinyproxy
                      does to every client.
+  GET /big-head      answers 200 with a 20 000-byte Set-Cookie field: a
+                     response head over ferry's 16 KiB buffer.
 """
 import os
 import re
@@ -31,6 +33,11 @@ class Handler(SimpleHTTPRequestHandler):
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
             self.wfile.flush()
             self.close_connection = True
+            return
+        if self.path == "/big-head":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nSet-Cookie: big=" + b"c" * 20000 +
+                             b"\r\nContent-Length: 3\r\n\r\nok\n")
+            self.wfile.flush()
             return
         super().do_GET()
 

@@ -138,6 +138,7 @@ describe("real clients through ferry", function()
   local O, S, W = procs.free_port(), procs.free_port(), procs.free_port()
   local T, K = procs.free_port(), procs.free_port()
   local F = { direct = procs.free_port(), tiny = procs.free_port(), socks = procs.free_port() }
+  local A = procs.free_port()
   local paths = { "direct", "tiny", "socks" }
   local relay = "http://127.0.0.1:" .. O
   local static = "http://127.0.0.1:" .. S
@@ -165,9 +166,10 @@ listen { name = "tiny", addr = "127.0.0.1:%d" }
 listen { name = "socks", addr = "127.0.0.1:%d" }
 pool "tiny" { retries = 0, proxies = { "http://127.0.0.1:%d" } }
 pool "socks" { retries = 0, proxies = { "socks5://127.0.0.1:%d" } }
+admin { addr = "127.0.0.1:%d" }
 timeouts { connect = 3, first_byte = 30 }
 route(function(req) return req.listener end)
-]], F.direct, F.tiny, F.socks, T, K), { F.direct, F.tiny, F.socks })
+]], F.direct, F.tiny, F.socks, T, K, A), { F.direct, F.tiny, F.socks, A })
     tree = have("git") and make_tree(root) or {}
     for port, p in pairs(waits) do
       assert(procs.wait_port(port, 15), p.name .. " did not start:\n" .. procs.read_file(p.log))
@@ -353,6 +355,26 @@ route(function(req) return req.listener end)
         assert.equal(40, select(2, o:gsub("ok\n", "")))
       end)
     end
+  end)
+
+  describe("an origin's oversized answer", function()
+    it("is a 502 for the client and never takes the SOCKS5 proxy that carried it down",
+      function()
+      if not need("curl") then return end
+      if defect("a response head over 16 KiB from the origin counts as a 'handshake' failure "
+        .. "of the upstream proxy; 8 such answers mark a healthy microsocks down (FERRY-6001)")
+        then return end
+      for _ = 1, 8 do
+        local status, headers, out = curl("socks", static .. "/big-head")
+        os.remove(out)
+        assert.equal(502, status)
+        assert.equal("FERRY-3006", header(headers, "X-Ferry-Error"))
+      end
+      assert.equal(0, procs.metric(A, "ferry_proxy_downs_total", 'proxy="2",pool="socks"'))
+      assert.equal(0, procs.metric(A, "ferry_proxy_failures_total",
+        'proxy="2",pool="socks",kind="handshake"'))
+      assert.equal(1, procs.metric(A, "ferry_proxy_up", 'proxy="2",pool="socks"'))
+    end)
   end)
 
   describe("wget", function()

@@ -308,6 +308,10 @@ int ferry_listener_add_user(int listener, const char *user,
 /* An admin listener on a unix socket, created with mode 0600; a stale
  * socket file is replaced, a live one refused.  Index or -1. */
 int ferry_listen_unix(const char *name, const char *path, const char **err);
+/* Throttle failed inbound auth on a listener: `limit` wrong credentials
+ * from one client address within `window` seconds block the address for
+ * `window` seconds (429, FERRY-1040).  limit 1..1000000, window 0.1..86400. */
+int ferry_listener_set_auth_throttle(int listener, int limit, double window);
 /* Reload: 1 if the listener serves the admin plane. */
 int ferry_listener_is_admin(int listener);
 /* Reload: the open unix listener at path, or -1. */

@@ -153,6 +153,7 @@ int ferry_listen(const char *name, const char *host, int port, const char *proto
                  int open, const char **err);
 int ferry_listener_add_user(int listener, const char *user, const char *pass, const char **err);
 int ferry_listener_find(const char *host, int port);
+int ferry_listener_set_auth_throttle(int listener, int limit, double window);
 int ferry_listen_unix(const char *name, const char *path, const char **err);
 int ferry_listener_find_unix(const char *path);
 int ferry_listener_is_admin(int listener);

@@ -11,6 +11,9 @@ local DEFAULT_TIMEOUTS = {
 }
 local LEVELS = { debug = true, info = true, warn = true, error = true }
 local ALL_DOWN = { any = true, direct = true, fail = true }
+-- Failed inbound auth per client address: this many within the window
+-- block it for a window (core/listener.h has the same defaults).
+local AUTH_FAIL_LIMIT, AUTH_FAIL_WINDOW = 10, 60
 
 -- Errors raised by statements carry this marker so load() can tell them
 -- from errors in the user's own code.
@@ -358,7 +361,8 @@ local function evaluate(chunk, file)
       fail(where, "name must be 1 to 64 letters, digits, _ . -")
     end
     where = at(string.format('listen "%s"', l.name))
-    check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true })
+    check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true,
+                             auth_fail_limit = true, auth_fail_window = true })
     if names.listen[l.name] then fail(where, "a listener with this name already exists") end
     names.listen[l.name] = true
     local host, port = url.parse_hostport(want(where, "addr", t.addr, "string") or "127.0.0.1:8080")
@@ -369,6 +373,11 @@ local function evaluate(chunk, file)
       fail(where, 'protocol "%s" is not supported yet (use "http")', l.protocol)
     end
     l.open = want(where, "open", t.open, "boolean") or false
+    -- Throttling of wrong inbound credentials per client address (core/authfail.c).
+    l.auth_fail_limit = want_number(where, "auth_fail_limit", t.auth_fail_limit, 1, 1000000, true)
+      or AUTH_FAIL_LIMIT
+    l.auth_fail_window = want_number(where, "auth_fail_window", t.auth_fail_window, 0.1, 86400)
+      or AUTH_FAIL_WINDOW
     l.users = {}
     if t.users ~= nil then
       if type(t.users) ~= "table" then fail(where, "users must be a list") end

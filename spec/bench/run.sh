@@ -198,3 +198,6 @@ echo "targets: requests/s >= 4x squid ($(ratio "$R_FERRY" "$R_SQUID")x), tunnel 
 echo
 . "$ROOT/spec/bench/metrics.sh"
 . "$ROOT/spec/bench/broker.sh"
+echo
+# Tunnels against haproxy (TCP mode) and squid: its own processes and ports.
+"$ROOT/spec/bench/tunnel.sh"

@@ -298,3 +298,30 @@ describe("CONNECT tunnels when the pipe quota is spent", function()
     end
   end)
 end)
+
+-- Out of descriptors for pipes: a tunnel still carries every byte, through
+-- its buffers.  The limit leaves room for exactly the two sockets.
+describe("CONNECT tunnels without pipes", function()
+  local ferry, echo
+  local F, EC = procs.free_port(), procs.free_port()
+
+  setup(function()
+    echo = peer("echo", EC)
+    ferry = procs.ferry(config(F), { F })
+  end)
+
+  teardown(function()
+    procs.stop_ferry(ferry)
+    procs.stop(echo)
+  end)
+
+  it("relays through the buffers, byte-exact, when no pipe can be opened", function()
+    local open = 0
+    for _ in io.popen("ls /proc/" .. ferry.pid .. "/fd"):lines() do open = open + 1 end
+    assert(os.execute(string.format("prlimit --pid %d --nofile=%d:%d", ferry.pid, open + 2,
+      open + 2)) == 0)
+    local s = tunnel(F, EC)
+    assert.equal(0, echo_all({ s }, 1024 * 1024, { 300 }, 30))
+    assert.is_true(log_has(ferry, "FERRY-3021"), procs.read_file(ferry.log))
+  end)
+end)

@@ -17,8 +17,10 @@
 #include <sys/socket.h>
 
 #define CONN_BUF_SIZE 16384
-/* Pipe size a tunnel direction asks for; the kernel may grant less. */
-#define TUNNEL_PIPE_SIZE (256 * 1024)
+/* A tunnel pipe starts at the kernel's default size; one that fills by
+ * bytes (bulk traffic) asks to grow to this, within ferry's share of the
+ * user's pipe quota.  The kernel may grant less. */
+#define TUNNEL_PIPE_SIZE (1024 * 1024)
 #define CONN_MAX_TRIES 8
 #define HOST_MAX_LEN 255
 
@@ -46,6 +48,7 @@ struct tunnel_pipe {
     unsigned in;                 /* private: bytes sitting in the pipe */
     unsigned full:1;             /* private: a splice in found no free slot */
     unsigned none:1;             /* private: no pipe to be had: use the buffer */
+    unsigned grow_tried:1;       /* private: asked to grow once already */
 };
 
 struct conn {

@@ -12,7 +12,9 @@
  *   side stops reading until the other side takes bytes out.
  * - Pipes are sized by what the kernel grants: a per-user quota
  *   (fs.pipe-user-pages-soft) may refuse F_SETPIPE_SZ or hand out tiny
- *   pipes, and every bound here is the granted size.
+ *   pipes, and every bound here is the granted size.  A pipe starts at
+ *   the default size and grows only when it fills by bytes (bulk
+ *   traffic), and only while ferry's pipes stay within half the quota.
  * - A direction takes its pipe on its first read, from a small pool of
  *   empty pipes that ended tunnels give back, so a short tunnel costs no
  *   pipe2/fcntl/close at all.
@@ -26,13 +28,18 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Empty pipes kept for the next tunnels.  Each one counts against the
- * user's pipe quota while it waits, so the pool stays small. */
+/* Empty pipes of the default size kept for the next tunnels. */
 #define TUNNEL_POOL_MAX 32
+
+/* The kernel's default pipe: 16 slots of a page.  Smaller means the
+ * user's pipe quota is spent and the kernel hands out two slots. */
+#define TUNNEL_PIPE_DEFAULT (16 * 4096)
 
 /* How often a warning about pipes may repeat, seconds. */
 #define TUNNEL_WARN_EVERY 60.0
@@ -44,18 +51,49 @@ struct pooled_pipe {
 
 static struct pooled_pipe pool[TUNNEL_POOL_MAX];
 static unsigned npool;
+static size_t held;          /* capacity of every pipe ferry holds, pooled too */
+static size_t budget;        /* how much of that the user's quota allows, 0 = unknown */
 static double warned_small, warned_none;
 
-static void pipe_close(struct tunnel_pipe *p)
+static void warn_small(unsigned cap, const char *why)
 {
-    close(p->r);
-    close(p->w);
-    p->r = p->w = -1;
+    if (loop_now() - warned_small >= TUNNEL_WARN_EVERY) {
+        warned_small = loop_now();
+        log_event(LOG_WARN, "FERRY-3020", NULL,
+                  "tunnel pipe of %u bytes: %s (per-user pipe quota, "
+                  "fs.pipe-user-pages-soft); tunnels go on with smaller pipes", cap, why);
+    }
+}
+
+/* Pipe bytes ferry lets itself hold: half of an unprivileged user's soft
+ * quota (the rest is left to the user's other processes), no bound for
+ * root.  Read once; a wrong guess only costs a refused F_SETPIPE_SZ. */
+static size_t pipe_budget(void)
+{
+    if (budget != 0) {
+        return budget;
+    }
+    budget = SIZE_MAX;
+    if (geteuid() != 0) {
+        FILE *f = fopen("/proc/sys/fs/pipe-user-pages-soft", "r");
+        unsigned long pages = 0;
+        if (f != NULL) {
+            if (fscanf(f, "%lu", &pages) != 1) {
+                pages = 0;
+            }
+            fclose(f);
+        }
+        if (pages > 0) {
+            budget = pages / 2 * (size_t)sysconf(_SC_PAGESIZE);
+        }
+    }
+    return budget;
 }
 
 /* A pipe with its granted capacity, from the pool or new; -1 when none. */
 static int pipe_take(struct tunnel_pipe *p)
 {
+    p->grow_tried = 0;
     if (npool > 0) {
         npool--;
         p->r = pool[npool].r;
@@ -67,37 +105,55 @@ static int pipe_take(struct tunnel_pipe *p)
     if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) == -1) {
         return -1;
     }
-    /* Ask for a larger pipe (fewer wake-ups per byte); over the quota the
-     * kernel refuses (EPERM), so learn what the pipe really holds. */
-    int cap = fcntl(fds[1], F_SETPIPE_SZ, TUNNEL_PIPE_SIZE);
-    if (cap == -1) {
-        cap = fcntl(fds[1], F_GETPIPE_SZ);
-    }
-    if (cap < TUNNEL_PIPE_SIZE && loop_now() - warned_small >= TUNNEL_WARN_EVERY) {
-        warned_small = loop_now();
-        log_event(LOG_WARN, "FERRY-3020", NULL,
-                  "tunnel pipes get %d of %d bytes (per-user pipe quota, "
-                  "fs.pipe-user-pages-soft): tunnels go on with smaller pipes",
-                  cap, TUNNEL_PIPE_SIZE);
-    }
+    int cap = fcntl(fds[1], F_GETPIPE_SZ);
     if (cap <= 0) {
         close(fds[0]);
         close(fds[1]);
         return -1;
     }
+    if (cap < TUNNEL_PIPE_DEFAULT) {
+        warn_small((unsigned)cap, "the kernel hands out small pipes");
+    }
     p->r = fds[0];
     p->w = fds[1];
     p->cap = (unsigned)cap;
+    held += (size_t)cap;
     return 0;
 }
 
-/* Give an empty pipe back to the pool; close anything else. */
+/* A pipe that filled by bytes carries bulk traffic: ask once for a larger
+ * one (fewer wake-ups per byte), while ferry's pipes stay in budget. */
+static void pipe_grow(struct tunnel_pipe *p)
+{
+    p->grow_tried = 1;
+    if (p->cap >= TUNNEL_PIPE_SIZE || held + TUNNEL_PIPE_SIZE - p->cap > pipe_budget()) {
+        return;
+    }
+    int cap = fcntl(p->w, F_SETPIPE_SZ, TUNNEL_PIPE_SIZE);
+    if (cap == -1) {
+        warn_small(p->cap, "the kernel refused a larger one");
+        return;
+    }
+    held += (size_t)cap - p->cap;
+    p->cap = (unsigned)cap;
+}
+
+static void pipe_close(struct tunnel_pipe *p)
+{
+    held -= p->cap;
+    close(p->r);
+    close(p->w);
+    p->r = p->w = -1;
+}
+
+/* Give an empty pipe of the default size back to the pool; close the
+ * rest (a grown pipe would hold quota while it waits). */
 static void pipe_give(struct tunnel_pipe *p)
 {
     if (p->r < 0) {
         return;
     }
-    if (p->in == 0 && npool < TUNNEL_POOL_MAX) {
+    if (p->in == 0 && p->cap <= TUNNEL_PIPE_DEFAULT && npool < TUNNEL_POOL_MAX) {
         pool[npool].r = p->r;
         pool[npool].w = p->w;
         pool[npool].cap = p->cap;
@@ -126,6 +182,7 @@ void conn_tunnel_pool_free(void)
 {
     while (npool > 0) {
         npool--;
+        held -= pool[npool].cap;
         close(pool[npool].r);
         close(pool[npool].w);
     }
@@ -186,6 +243,9 @@ static int tunnel_read(struct conn *c, int fd, struct tunnel_pipe *p, unsigned *
             *count += (unsigned long long)n;
         }
         c->last_io = loop_now();
+        if (p->in >= p->cap && !p->grow_tried) {
+            pipe_grow(p);
+        }
     } else if (n == 0) {
         *eof = 1;
     } else if (errno == EAGAIN || errno == EWOULDBLOCK) {

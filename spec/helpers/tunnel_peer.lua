@@ -3,7 +3,8 @@
 --                every connection in small segments as fast as the
 --                connection takes them (and discards what it reads), until
 --                the peer goes away; with a third argument FILE it keeps the
---                total it has sent in FILE (rewritten at most 5 times a second)
+--                total it has sent in FILE (rewritten at most 5 times a second);
+--                a fourth, PIECE, sets the segment size (1000 bytes)
 --   echo PORT    a TCP server on 127.0.0.1 that sends every byte back; at the
 --                peer's EOF it sends what is left, then closes (a half-close
 --                in, a full close out)
@@ -62,7 +63,7 @@ server:settimeout(0)
 local conns = {}  -- sock -> { out = pending bytes, off = sent in out, eof = peer done }
 -- flood: small writes, each its own segment, as an interactive origin
 -- (or TLS records) makes them: a pipe then fills by slots long before bytes.
-local FLOOD_PIECE = 1000
+local FLOOD_PIECE = mode == "flood" and tonumber(arg[4]) or 1000
 local ECHO_MAX = 256 * 1024 -- echo: stop reading while this much waits to go back
 
 -- first: the next piece of what this connection still has to send.

@@ -47,12 +47,12 @@ end
 
 local function peer(mode, port, extra)
   if mode == "flood" then
-    extra = string.format("%s/flood-%d.status", procs.tmp, math.random(1, 1e9))
+    extra = string.format("%s/flood-%d.status %s", procs.tmp, math.random(1, 1e9), extra or "")
   end
   local proc = procs.spawn("peer-" .. mode, "luajit " .. PEER .. " " .. mode .. " " .. port ..
     (extra and (" " .. extra) or ""))
   assert(procs.wait_port(port), "tunnel peer did not start:\n" .. procs.read_file(proc.log))
-  proc.status = extra
+  proc.status = mode == "flood" and extra:match("^%S+") or nil
   return proc
 end
 
@@ -92,15 +92,23 @@ local function log_has(proc, text)
 end
 
 -- Send `n` bytes of stream `seed` on each socket and half-close; read the
--- echo to EOF checking it byte for byte.  Returns the bad count.
-local function echo_all(socks, n, seeds, secs)
+-- echo to EOF checking it byte for byte.  Returns the bad count, and what
+-- probe() returned when it was called: once, when every socket had a
+-- quarter of its echo back (every tunnel busy both ways).
+local function echo_all(socks, n, seeds, secs, probe)
   local st = {}
   for i, s in ipairs(socks) do
     s:settimeout(0)
     st[s] = { sent = 0, got = 0, seed = seeds[i] }
   end
   local deadline, left = socket.gettime() + secs, #socks
+  local probed
   while left > 0 and socket.gettime() < deadline do
+    if probe and probed == nil then
+      local busy = true
+      for _, x in pairs(st) do busy = busy and x.got >= n / 4 end
+      if busy then probed = probe() or false end
+    end
     local rd, wr = {}, {}
     for s, x in pairs(st) do
       if not x.done then rd[#rd + 1] = s end
@@ -134,7 +142,36 @@ local function echo_all(socks, n, seeds, secs)
     if not x.done or x.bad or x.got ~= n then bad = bad + 1 end
     s:close()
   end
-  return bad
+  return bad, probed
+end
+
+-- The sizes of the pipes a process holds, smallest first: each pipe is
+-- opened again through /proc and asked (F_GETPIPE_SZ).
+local ffi = require("ffi")
+ffi.cdef [[
+  int open(const char *path, int flags, ...);
+  int close(int fd);
+  int fcntl(int fd, int cmd, ...);
+]]
+local O_RDONLY_NONBLOCK, F_GETPIPE_SZ = 0x800, 1032
+
+local function pipe_sizes(pid)
+  local sizes, seen = {}, {}
+  local ls = io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null")
+  for line in ls:lines() do
+    local fd, ino = line:match(" (%d+) %-> pipe:%[(%d+)%]")
+    if fd and not seen[ino] then
+      seen[ino] = true
+      local h = ffi.C.open("/proc/" .. pid .. "/fd/" .. fd, O_RDONLY_NONBLOCK)
+      if h >= 0 then
+        sizes[#sizes + 1] = ffi.C.fcntl(h, F_GETPIPE_SZ)
+        ffi.C.close(h)
+      end
+    end
+  end
+  ls:close()
+  table.sort(sizes)
+  return sizes
 end
 
 describe("CONNECT tunnels", function()
@@ -296,6 +333,72 @@ describe("CONNECT tunnels when the pipe quota is spent", function()
       assert.is_true(reads_flood(socks[i], 256 * 1024), "tunnel " .. i)
       socks[i]:close()
     end
+  end)
+end)
+
+-- An unprivileged ferry with many bulk tunnels at once: its pipes grow
+-- only within half of the user's pipe quota, so it never spends the quota
+-- and no later pipe is cut down to two slots.
+describe("CONNECT tunnels of an unprivileged ferry", function()
+  local soft = tonumber(procs.read_file("/proc/sys/fs/pipe-user-pages-soft")) or 0
+  local root = io.popen("id -u"):read("*l") == "0"
+  local as_user = root and "setpriv --reuid=65534 --regid=65534 --clear-groups " or ""
+  local ferry, echo
+  local F, EC = procs.free_port(), procs.free_port()
+
+  setup(function()
+    echo = peer("echo", EC)
+    local cfg = procs.write_file(string.format("%s/ferry-%d.lua", procs.tmp,
+      math.random(1, 1e9)), config(F))
+    ferry = procs.spawn("ferry", as_user .. procs.quote(procs.bin) .. " -c " .. procs.quote(cfg))
+    assert(procs.wait_port(F, procs.asan and 15 or 5), "ferry did not start:\n" ..
+      procs.read_file(ferry.log))
+  end)
+
+  teardown(function()
+    procs.stop_ferry(ferry)
+    procs.stop(echo)
+  end)
+
+  it("keeps every pipe at 16 slots or more with 80 bulk tunnels", function()
+    if soft == 0 then
+      pending("fs.pipe-user-pages-soft is 0: no quota to spend")
+      return
+    end
+    local socks, seeds = {}, {}
+    for i = 1, 80 do
+      socks[i], seeds[i] = tunnel(F, EC), 400 + i
+    end
+    local bad, sizes = echo_all(socks, 4 * 1024 * 1024, seeds, 120, function()
+      return pipe_sizes(ferry.pid)
+    end)
+    assert.equal(0, bad)
+    assert.is_table(sizes)
+    assert.is_true(#sizes >= 80, "pipes seen: " .. #sizes)
+    assert.is_true(sizes[1] >= 65536, "smallest pipe: " .. sizes[1] .. " bytes")
+    assert.is_false(log_has(ferry, "FERRY-3020"), procs.read_file(ferry.log))
+  end)
+
+  it("grows the pipes of stalled bulk tunnels only within half the quota", function()
+    if soft == 0 then
+      pending("fs.pipe-user-pages-soft is 0: no quota to spend")
+      return
+    end
+    local P = procs.free_port()
+    local bulk = peer("flood", P, 60000) -- large segments: pipes fill by bytes
+    local socks = {}
+    for i = 1, 80 do socks[i] = tunnel(F, P) end
+    assert(flood_settled(bulk.status), "the flood did not fill the tunnels")
+    local sizes = pipe_sizes(ferry.pid)
+    for i = 1, 80 do socks[i]:close() end
+    procs.stop(bulk)
+    local total = 0
+    for _, v in ipairs(sizes) do total = total + v end
+    assert.is_true(sizes[1] >= 65536, "smallest pipe: " .. sizes[1] .. " bytes")
+    assert.equal(1024 * 1024, sizes[#sizes]) -- bulk pipes do grow
+    -- Half the quota for tunnels, and a few default pipes that are not.
+    assert.is_true(total <= soft * 4096 / 2 + 4 * 65536, "pipes hold " .. total .. " bytes")
+    assert.is_false(log_has(ferry, "FERRY-3020"), procs.read_file(ferry.log))
   end)
 end)
 

@@ -225,6 +225,7 @@ describe("CONNECT tunnels", function()
   it("drains what a client still sends after the origin half-closed", function()
     local P = procs.free_port()
     local first = peer("first", P, 3 * 1024 * 1024)
+    finally(function() procs.stop(first) end)
     local s = tunnel(F, P)
     s:settimeout(10)
     -- The origin's 3 MB (stream 1), then its FIN through the tunnel.
@@ -264,6 +265,10 @@ describe("CONNECT tunnels", function()
     local W = procs.free_port()
     local www = procs.spawn("http.server", "python3 -m http.server " .. W ..
       " --bind 127.0.0.1 --directory " .. procs.quote(dir))
+    finally(function()
+      procs.stop(www)
+      os.execute("rm -rf " .. procs.quote(dir))
+    end)
     assert(procs.wait_port(W, 10), "http.server did not start")
     local status, have = procs.curl { proxy = "http://127.0.0.1:" .. F,
       flags = "-p --limit-rate 256k", url = "http://127.0.0.1:" .. W .. "/blob", max_time = 30 }
@@ -386,6 +391,7 @@ describe("CONNECT tunnels of an unprivileged ferry", function()
     end
     local P = procs.free_port()
     local bulk = peer("flood", P, 60000) -- large segments: pipes fill by bytes
+    finally(function() procs.stop(bulk) end)
     local socks = {}
     for i = 1, 80 do socks[i] = tunnel(F, P) end
     assert(flood_settled(bulk.status), "the flood did not fill the tunnels")

@@ -13,40 +13,47 @@
 # CHAOS_TUNNELS silent CONNECT tunnels are held CHAOS_HOLD seconds.
 #
 # Knobs: CHAOS_SECONDS (60), CHAOS_RATE requests/s (500), CHAOS_CONNS
-# keep-alive client connections (32), CHAOS_TUNNELS (100), CHAOS_HOLD (5).
+# keep-alive client connections (64), CHAOS_TUNNELS (100), CHAOS_HOLD (5),
+# CHAOS_RETRIES of the pool (3; 0 shows what the retries save).
 #
 # ferry is pinned to CPU 0; the load, the upstreams and the origin to CPU 1.
 # Everything listens on 127.0.0.1, every wait is bounded, and every
 # process this script starts is stopped by its PID on exit.
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 2
 ROOT=$(pwd)
 W=$ROOT/spec/tmp/chaos
 DUR=${CHAOS_SECONDS:-60}
 RATE=${CHAOS_RATE:-500}
-CONNS=${CHAOS_CONNS:-32}
+CONNS=${CHAOS_CONNS:-64}
 TUNNELS=${CHAOS_TUNNELS:-100}
 HOLD=${CHAOS_HOLD:-5}
-for v in "$DUR" "$RATE" "$CONNS" "$TUNNELS" "$HOLD"; do
-  case $v in ''|*[!0-9]*) echo "chaos: CHAOS_* must be whole numbers (got '$v')" >&2; exit 2 ;; esac
-done
-[ "$DUR" -ge 10 ] && [ "$DUR" -le 3600 ] || { echo "chaos: CHAOS_SECONDS must be 10..3600" >&2; exit 2; }
-[ "$CONNS" -ge 1 ] && [ "$CONNS" -le 1000 ] || { echo "chaos: CHAOS_CONNS must be 1..1000" >&2; exit 2; }
-[ "$TUNNELS" -ge 1 ] && [ "$TUNNELS" -le 1000 ] || { echo "chaos: CHAOS_TUNNELS must be 1..1000" >&2; exit 2; }
-[ "$HOLD" -ge 1 ] && [ "$HOLD" -le 600 ] || { echo "chaos: CHAOS_HOLD must be 1..600" >&2; exit 2; }
+RETRIES=${CHAOS_RETRIES:-3}
+range() { # NAME VALUE MIN MAX
+  case $2 in ''|*[!0-9]*) echo "chaos: $1 must be a whole number (got '$2')" >&2; exit 2 ;; esac
+  if [ "$2" -lt "$3" ] || [ "$2" -gt "$4" ]; then echo "chaos: $1 must be $3..$4" >&2; exit 2; fi
+}
+range CHAOS_SECONDS "$DUR" 10 3600; range CHAOS_RATE "$RATE" 0 100000
+range CHAOS_CONNS "$CONNS" 1 1000; range CHAOS_TUNNELS "$TUNNELS" 1 1000
+range CHAOS_HOLD "$HOLD" 1 600; range CHAOS_RETRIES "$RETRIES" 0 8
 rm -rf "$W"; mkdir -p "$W/www" "$W/logs"; chmod 777 "$W" "$W/logs"
 
 PIDS=()
+# Only children of this shell are signalled: a PID that was reaped and
+# reused by another process is left alone.
+# shellcheck disable=SC2317  # also run by the EXIT trap
+ours() { [ "$(ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ')" = "$$" ]; }
+# shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done
+  local p alive
+  for p in "${PIDS[@]}"; do ours "$p" && kill -CONT "$p" && kill "$p"; done 2>/dev/null
   for _ in 1 2 3 4 5 6 7 8 9 10; do
-    local alive=0
-    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    alive=0
+    for p in "${PIDS[@]}"; do ours "$p" && kill -0 "$p" 2>/dev/null && alive=1; done
     [ "$alive" = 0 ] && break
     sleep 0.1
   done
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do ours "$p" && kill -9 "$p"; done 2>/dev/null
 }
 trap cleanup EXIT
 
@@ -96,7 +103,9 @@ CONF
 taskset -c 1 nginx -c "$W/nginx.conf" -p "$W" 2>>"$W/logs/nginx.err" & PIDS+=($!)
 
 # --- four upstreams ---
-tinyproxy_start() { # port name -> PID
+# Started in this shell (not in a $(...) subshell) so that each is a child
+# of it: $! is its PID, and cleanup can tell it is ours.
+tinyproxy_start() { # port name
   cat > "$W/$2.conf" <<CONF
 Port $1
 Listen 127.0.0.1
@@ -106,13 +115,13 @@ Allow 127.0.0.1
 DisableViaHeader Yes
 LogLevel Critical
 CONF
-  taskset -c 1 tinyproxy -d -c "$W/$2.conf" >"$W/logs/$2.log" 2>&1 & echo $!
+  taskset -c 1 tinyproxy -d -c "$W/$2.conf" >"$W/logs/$2.log" 2>&1 &
 }
-socks_start() { taskset -c 1 microsocks -i 127.0.0.1 -p "$1" >"$W/logs/$2.log" 2>&1 & echo $!; }
-PID_T1=$(tinyproxy_start "$P_T1" tiny-a); PIDS+=("$PID_T1")
-PID_S1=$(socks_start "$P_S1" socks-a); PIDS+=("$PID_S1")
-PID_T2=$(tinyproxy_start "$P_T2" tiny-b); PIDS+=("$PID_T2")
-PID_S2=$(socks_start "$P_S2" socks-b); PIDS+=("$PID_S2")
+socks_start() { taskset -c 1 microsocks -i 127.0.0.1 -p "$1" >"$W/logs/$2.log" 2>&1 & }
+tinyproxy_start "$P_T1" tiny-a; PID_T1=$!; PIDS+=("$PID_T1")
+socks_start "$P_S1" socks-a; PID_S1=$!; PIDS+=("$PID_S1")
+tinyproxy_start "$P_T2" tiny-b; PID_T2=$!; PIDS+=("$PID_T2")
+socks_start "$P_S2" socks-b; PID_S2=$!; PIDS+=("$PID_S2")
 
 # --- ferry: retries on the other proxies, a first-byte timeout short
 # enough to notice a stopped proxy, http probes (a stopped proxy still
@@ -126,7 +135,7 @@ log { level = "info", access = false }
 timeouts { connect = 1, first_byte = 1.5, request = 20 }
 pool "chaos" {
   strategy = "round_robin",
-  retries = 3,
+  retries = $RETRIES,
   timeouts = { connect = 1, first_byte = 1.5 },
   health = { check = "http", url = "http://127.0.0.1:$P_ORIGIN/body", interval = 1,
              timeout = 0.5, rise = 2, fall = 2 },
@@ -165,7 +174,7 @@ RSS_BEFORE=$(rss)
 echo "ferry chaos: 4 upstreams (tiny-a, tiny-b: tinyproxy; socks-a, socks-b: microsocks), nginx origin"
 echo "load: GET $BODY bytes (absolute form), ${RATE}/s over ${CONNS} keep-alive connections, ${DUR} s;" \
   "ferry on CPU 0, the rest on CPU 1"
-echo "ferry: round_robin, retries 3, first_byte 1.5 s, connect 1 s, http probes every 1 s (fall 2, rise 2)"
+echo "ferry: round_robin, retries $RETRIES, first_byte 1.5 s, connect 1 s, http probes every 1 s (fall 2, rise 2)"
 echo
 
 T0=$(date +%s%3N)
@@ -185,15 +194,20 @@ succ() { metric ferry_proxy_successes_total "proxy=\"$1\""; }
 # up again under load (see docs/benchmarks.md), and a stopped tinyproxy
 # might see no traffic at all.  From 50 % to 65 % of the run, socks-b is
 # the only upstream that answers.
-at 200; kill -9 "$PID_T2"; event "SIGKILL tiny-b (pid $PID_T2)"
-at 350; kill -STOP "$PID_S1"; event "SIGSTOP socks-a (pid $PID_S1)"
-at 500; kill -9 "$PID_T1"; event "SIGKILL tiny-a (pid $PID_T1)"
-at 650; kill -CONT "$PID_S1"; event "SIGCONT socks-a (pid $PID_S1)"
+signal() { # SIG PID NAME: signal a process of ours, reap it if it was killed
+  ours "$2" || { event "$3 (pid $2) is gone: not signalled"; return; }
+  kill -"$1" "$2"; event "SIG$1 $3 (pid $2)"
+  [ "$1" = KILL ] && wait "$2" 2>/dev/null
+}
+at 200; signal KILL "$PID_T2" tiny-b
+at 350; signal STOP "$PID_S1" socks-a
+at 500; signal KILL "$PID_T1" tiny-a
+at 650; signal CONT "$PID_S1" socks-a
 SUCC_RESUMED=$(succ socks-a)
 wait "$LOAD_PID"; LOAD_RC=$?
 event "load done (exit $LOAD_RC)"
 echo
-cat "$W/load.out" | grep '^progress' | sed 's/^/  /'
+grep '^progress' "$W/load.out" | sed 's/^/  /'
 echo
 
 val() { awk -v k="$1" '$1 == k { print $2; f = 1 } END { if (!f) print 0 }' "$W/load.out"; }
@@ -217,7 +231,7 @@ BY_CODE=$(echo "$M" | awk 'index($0, "ferry_requests_total{") == 1 && index($0, 
   match($0, /status_class="[^"]*"/); k = substr($0, RSTART + 14, RLENGTH - 15)
   n[c " " k] += $NF } END { for (x in n) printf "%s %s %d\n", x, "", n[x] }' | sort |
   awk '{ printf "%s%s/%s %d", (NR > 1 ? ", " : ""), $1, $2, $3 }')
-RETRIES=$(echo "$M" | awk 'index($0, "ferry_retries_total{") == 1 && index($0, "pool=\"chaos\"") { s += $NF } END { printf "%d", s }')
+RETRIED=$(echo "$M" | awk 'index($0, "ferry_retries_total{") == 1 && index($0, "pool=\"chaos\"") { s += $NF } END { printf "%d", s }')
 
 printf '%-52s %10s\n' "requests the clients sent" "$SENT"
 printf '%-52s %10s\n' "answered 200 with the right body" "$((OK - BAD_BODY))"
@@ -226,7 +240,7 @@ printf '%-52s %10s   %s\n' "client-visible errors (goal 0)" "$ERRORS" \
 awk '$1 == "code" { printf "    X-Ferry-Error %s: %s\n", $2, $3 }' "$W/load.out"
 printf '%-52s %10s\n' "ferry_requests_total{listener=\"chaos\"} (goal = sent)" "$COUNTED"
 echo "    by code/status class: ${BY_CODE:-none}"
-printf '%-52s %10s\n' "retries (ferry_retries_total{pool=\"chaos\"})" "$RETRIES"
+printf '%-52s %10s\n' "retries (ferry_retries_total{pool=\"chaos\"})" "$RETRIED"
 printf '%-52s %10s\n' "requests/s achieved" \
   "$(awk -v s="$SENT" -v t="$(val seconds)" 'BEGIN { if (t > 0) printf "%.0f", s / t }')"
 awk '$1 == "latency_ms" { printf "%-52s %10s\n", "latency ms: p50 / p99 / p99.9 / max (bucket bounds)", $3 " / " $5 " / " $7 " / " $9 }' "$W/load.out"
@@ -238,7 +252,7 @@ for id in tiny-a socks-a tiny-b socks-b; do
   [ "$id" = socks-a ] && extra=" ($((s - SUCC_RESUMED)))"
   printf '    %-8s %8s%s, up %s\n' "$id" "$s" "$extra" "${u:-?}"
 done
-echo "    ferry events: $(grep -o '"code":"FERRY-[0-9]*"' "$W/logs/ferry.log" | sort | uniq -c |
+echo "    ferry log lines by code: $(grep -o '"code":"FERRY-[0-9]*"' "$W/logs/ferry.log" | sort | uniq -c |
   awk '{ gsub(/"code":|"/, "", $2); printf "%s%s x%d", (NR > 1 ? ", " : ""), $2, $1 }')"
 echo
 
@@ -263,7 +277,9 @@ WHY=""
 [ "$SENT" -gt 0 ] || WHY="$WHY no request sent;"
 [ "$COUNTED" = "$SENT" ] || WHY="$WHY ferry counted $COUNTED outcomes for $SENT requests;"
 [ "$ANSWERED" -le "$SENT" ] || WHY="$WHY more answers ($ANSWERED) than requests;"
-[ "$TUP" = "$TUNNELS" ] && [ "$TOPEN" = "$TUNNELS" ] || WHY="$WHY tunnels up $TUP, open $TOPEN of $TUNNELS;"
+if [ "$TUP" != "$TUNNELS" ] || [ "$TOPEN" != "$TUNNELS" ]; then
+  WHY="$WHY tunnels up $TUP, open $TOPEN of $TUNNELS;"
+fi
 kill -0 "$FERRY_PID" 2>/dev/null || WHY="$WHY ferry died;"
 if [ -z "$WHY" ]; then
   echo "chaos: clean ($SENT requests, 0 errors, $COUNTED counted)"

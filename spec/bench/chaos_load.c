@@ -17,7 +17,9 @@
  * Output: "key value..." lines, read by chaos.sh.  Every loop is bounded
  * in time; only 127.0.0.1 is ever dialled.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>

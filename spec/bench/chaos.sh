@@ -233,7 +233,9 @@ BY_CODE=$(echo "$M" | awk 'index($0, "ferry_requests_total{") == 1 && index($0, 
   awk '{ printf "%s%s/%s %d", (NR > 1 ? ", " : ""), $1, $2, $3 }')
 RETRIED=$(echo "$M" | awk 'index($0, "ferry_retries_total{") == 1 && index($0, "pool=\"chaos\"") { s += $NF } END { printf "%d", s }')
 
-printf '%-52s %10s\n' "requests the clients sent" "$SENT"
+SCHED="scheduled $((RATE * DUR)); fewer when every client connection was busy"
+[ "$RATE" = 0 ] && SCHED="no rate: as fast as the connections went"
+printf '%-52s %10s   %s\n' "requests the clients sent" "$SENT" "($SCHED)"
 printf '%-52s %10s\n' "answered 200 with the right body" "$((OK - BAD_BODY))"
 printf '%-52s %10s   %s\n' "client-visible errors (goal 0)" "$ERRORS" \
   "(non-200 $NON200, lost $LOST, wrong body $BAD_BODY, connect $CONN_ERR)"

@@ -235,17 +235,17 @@ RETRIED=$(echo "$M" | awk 'index($0, "ferry_retries_total{") == 1 && index($0, "
 
 SCHED="scheduled $((RATE * DUR)); fewer when every client connection was busy"
 [ "$RATE" = 0 ] && SCHED="no rate: as fast as the connections went"
-printf '%-52s %10s   %s\n' "requests the clients sent" "$SENT" "($SCHED)"
-printf '%-52s %10s\n' "answered 200 with the right body" "$((OK - BAD_BODY))"
-printf '%-52s %10s   %s\n' "client-visible errors (goal 0)" "$ERRORS" \
+printf '%-56s %10s   %s\n' "requests the clients sent" "$SENT" "($SCHED)"
+printf '%-56s %10s\n' "answered 200 with the right body" "$((OK - BAD_BODY))"
+printf '%-56s %10s   %s\n' "client-visible errors (goal 0)" "$ERRORS" \
   "(non-200 $NON200, lost $LOST, wrong body $BAD_BODY, connect $CONN_ERR)"
 awk '$1 == "code" { printf "    X-Ferry-Error %s: %s\n", $2, $3 }' "$W/load.out"
-printf '%-52s %10s\n' "ferry_requests_total{listener=\"chaos\"} (goal = sent)" "$COUNTED"
+printf '%-56s %10s\n' "ferry_requests_total{listener=\"chaos\"} (goal = sent)" "$COUNTED"
 echo "    by code/status class: ${BY_CODE:-none}"
-printf '%-52s %10s\n' "retries (ferry_retries_total{pool=\"chaos\"})" "$RETRIED"
-printf '%-52s %10s\n' "requests/s achieved" \
+printf '%-56s %10s\n' "retries (ferry_retries_total{pool=\"chaos\"})" "$RETRIED"
+printf '%-56s %10s\n' "requests/s achieved" \
   "$(awk -v s="$SENT" -v t="$(val seconds)" 'BEGIN { if (t > 0) printf "%.0f", s / t }')"
-awk '$1 == "latency_ms" { printf "%-52s %10s\n", "latency ms: p50 / p99 / p99.9 / max (bucket bounds)", $3 " / " $5 " / " $7 " / " $9 }' "$W/load.out"
+awk '$1 == "latency_ms" { printf "%-56s %10s\n", "latency ms: p50 / p99 / p99.9 / max (bucket bounds)", $3 " / " $5 " / " $7 " / " $9 }' "$W/load.out"
 echo "    per upstream: successes (since socks-a resumed), up"
 for id in tiny-a socks-a tiny-b socks-b; do
   s=$(echo "$M" | awk -v f="proxy=\"$id\"" 'index($0, "ferry_proxy_successes_total{") == 1 && index($0, f) { s += $NF } END { printf "%d", s }')
@@ -263,14 +263,21 @@ taskset -c 1 "$W/chaos_load" tunnels "$P_IDLE" "127.0.0.1:$P_ORIGIN" "$TUNNELS" 
   "$FERRY_PID" > "$W/tunnels.out" 2>"$W/logs/tunnels.err"
 tval() { awk -v k="$1" '$1 == k { print $2; f = 1 } END { if (!f) print 0 }' "$W/tunnels.out"; }
 TUP=$(tval tunnels_up); TOPEN=$(tval tunnels_open_after)
+# Each tunnel is one outcome too, counted when it ends (at most 5 s).
+TCOUNTED=0
+for _ in $(seq 1 50); do
+  TCOUNTED=$(metric ferry_requests_total 'listener="idle"')
+  [ "$TCOUNTED" = "$TUNNELS" ] && break; sleep 0.1
+done
 RSS_END=$(rss)
-printf '%-52s %10s\n' "ferry RSS before the load, KiB" "$RSS_BEFORE"
-printf '%-52s %10s\n' "ferry RSS after the load, KiB" "$RSS_AFTER"
-printf '%-52s %10s\n' "ferry RSS after the tunnels closed, KiB" "$RSS_END"
-printf '%-52s %10s\n' "CONNECT tunnels up / still open after the hold" "$TUP / $TOPEN"
-printf '%-52s %10s\n' "ferry CPU, ${HOLD} s without tunnels, ms (%)" "$(tval idle_cpu_ms) ($(tval idle_cpu_pct))"
-printf '%-52s %10s\n' "ferry CPU, ${HOLD} s with ${TUNNELS} idle tunnels, ms (%)" "$(tval cpu_ms) ($(tval cpu_pct))"
-printf '%-52s %10s\n' "    same, in clock ticks of 1/$(tval clk_tck) s (/proc/PID/stat)" "$(tval cpu_ticks)"
+printf '%-56s %10s\n' "ferry RSS before the load, KiB" "$RSS_BEFORE"
+printf '%-56s %10s\n' "ferry RSS after the load, KiB" "$RSS_AFTER"
+printf '%-56s %10s\n' "ferry RSS after the tunnels closed, KiB" "$RSS_END"
+printf '%-56s %10s\n' "CONNECT tunnels up / still open after the hold" "$TUP / $TOPEN"
+printf '%-56s %10s\n' "ferry_requests_total{listener=\"idle\"} after they closed" "$TCOUNTED"
+printf '%-56s %10s\n' "ferry CPU, ${HOLD} s without tunnels, ms (%)" "$(tval idle_cpu_ms) ($(tval idle_cpu_pct))"
+printf '%-56s %10s\n' "ferry CPU, ${HOLD} s with ${TUNNELS} idle tunnels, ms (%)" "$(tval cpu_ms) ($(tval cpu_pct))"
+printf '%-56s %10s\n' "    same, in clock ticks of 1/$(tval clk_tck) s (/proc/PID/stat)" "$(tval cpu_ticks)"
 echo
 
 WHY=""
@@ -282,6 +289,7 @@ WHY=""
 if [ "$TUP" != "$TUNNELS" ] || [ "$TOPEN" != "$TUNNELS" ]; then
   WHY="$WHY tunnels up $TUP, open $TOPEN of $TUNNELS;"
 fi
+[ "$TCOUNTED" = "$TUNNELS" ] || WHY="$WHY ferry counted $TCOUNTED outcomes for $TUNNELS tunnels;"
 kill -0 "$FERRY_PID" 2>/dev/null || WHY="$WHY ferry died;"
 if [ -z "$WHY" ]; then
   echo "chaos: clean ($SENT requests, 0 errors, $COUNTED counted)"

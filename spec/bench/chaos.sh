@@ -177,6 +177,9 @@ echo "load: GET $BODY bytes (absolute form), ${RATE}/s over ${CONNS} keep-alive 
 echo "ferry: round_robin, retries $RETRIES, first_byte 1.5 s, connect 1 s, http probes every 1 s (fall 2, rise 2)"
 echo
 
+# ferry's CPU time in clock ticks (utime + stime of /proc/PID/stat).
+ticks() { awk '{ print $14 + $15 }' /proc/"$FERRY_PID"/stat; }
+TICKS0=$(ticks)
 T0=$(date +%s%3N)
 taskset -c 1 "$W/chaos_load" load "$P_FERRY" "http://127.0.0.1:$P_ORIGIN/body" "$CONNS" "$RATE" \
   "$DUR" 10 $BODY > "$W/load.out" 2>"$W/logs/load.err" & LOAD_PID=$!; PIDS+=("$LOAD_PID")
@@ -205,6 +208,7 @@ at 500; signal KILL "$PID_T1" tiny-a
 at 650; signal CONT "$PID_S1" socks-a
 SUCC_RESUMED=$(succ socks-a)
 wait "$LOAD_PID"; LOAD_RC=$?
+LOAD_MS=$(( $(date +%s%3N) - T0 )); TICKS1=$(ticks)
 event "load done (exit $LOAD_RC)"
 echo
 grep '^progress' "$W/load.out" | sed 's/^/  /'
@@ -245,6 +249,9 @@ echo "    by code/status class: ${BY_CODE:-none}"
 printf '%-56s %10s\n' "retries (ferry_retries_total{pool=\"chaos\"})" "$RETRIED"
 printf '%-56s %10s\n' "requests/s achieved" \
   "$(awk -v s="$SENT" -v t="$(val seconds)" 'BEGIN { if (t > 0) printf "%.0f", s / t }')"
+printf '%-56s %10s\n' "ferry CPU during the load, % of a core" \
+  "$(awk -v t=$((TICKS1 - TICKS0)) -v hz="$(getconf CLK_TCK)" -v ms="$LOAD_MS" \
+    'BEGIN { printf "%.1f", 100 * t / hz / (ms / 1000) }')"
 awk '$1 == "latency_ms" { printf "%-56s %10s\n", "latency ms: p50 / p99 / p99.9 / max (bucket bounds)", $3 " / " $5 " / " $7 " / " $9 }' "$W/load.out"
 echo "    per upstream: successes (since socks-a resumed), up"
 for id in tiny-a socks-a tiny-b socks-b; do

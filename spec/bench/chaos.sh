@@ -168,7 +168,7 @@ done
 UP0=$(metric ferry_pool_proxies_up 'pool="chaos"')
 [ "$UP0" = 4 ] || { echo "chaos: only $UP0 of 4 upstreams came up" >&2; exit 1; }
 
-rss() { awk '/^VmRSS:/ {print $2}' /proc/"$FERRY_PID"/status; }
+rss() { awk '/^VmRSS:/ {print $2}' /proc/"$FERRY_PID"/status 2>/dev/null; }
 RSS_BEFORE=$(rss)
 
 echo "ferry chaos: 4 upstreams (tiny-a, tiny-b: tinyproxy; socks-a, socks-b: microsocks), nginx origin"
@@ -178,7 +178,7 @@ echo "ferry: round_robin, retries $RETRIES, first_byte 1.5 s, connect 1 s, http 
 echo
 
 # ferry's CPU time in clock ticks (utime + stime of /proc/PID/stat).
-ticks() { awk '{ print $14 + $15 }' /proc/"$FERRY_PID"/stat; }
+ticks() { awk '{ print $14 + $15 }' /proc/"$FERRY_PID"/stat 2>/dev/null; }
 TICKS0=$(ticks)
 T0=$(date +%s%3N)
 taskset -c 1 "$W/chaos_load" load "$P_FERRY" "http://127.0.0.1:$P_ORIGIN/body" "$CONNS" "$RATE" \

@@ -249,9 +249,10 @@ echo "    by code/status class: ${BY_CODE:-none}"
 printf '%-56s %10s\n' "retries (ferry_retries_total{pool=\"chaos\"})" "$RETRIED"
 printf '%-56s %10s\n' "requests/s achieved" \
   "$(awk -v s="$SENT" -v t="$(val seconds)" 'BEGIN { if (t > 0) printf "%.0f", s / t }')"
-printf '%-56s %10s\n' "ferry CPU during the load, % of a core" \
-  "$(awk -v t=$((TICKS1 - TICKS0)) -v hz="$(getconf CLK_TCK)" -v ms="$LOAD_MS" \
-    'BEGIN { printf "%.1f", 100 * t / hz / (ms / 1000) }')"
+CPU_LOAD="n/a (ferry died)"
+[ -n "$TICKS1" ] && CPU_LOAD=$(awk -v t=$((TICKS1 - TICKS0)) -v hz="$(getconf CLK_TCK)" \
+  -v ms="$LOAD_MS" 'BEGIN { printf "%.1f", 100 * t / hz / (ms / 1000) }')
+printf '%-56s %10s\n' "ferry CPU during the load, % of a core" "$CPU_LOAD"
 awk '$1 == "latency_ms" { printf "%-56s %10s\n", "latency ms: p50 / p99 / p99.9 / max (bucket bounds)", $3 " / " $5 " / " $7 " / " $9 }' "$W/load.out"
 echo "    per upstream: successes (since socks-a resumed), up"
 for id in tiny-a socks-a tiny-b socks-b; do

@@ -47,6 +47,7 @@ struct lconn {
     int fd;
     enum cstate st;
     double t_sent;   /* when the request in flight was written */
+    double retry_at; /* after a failed connect: not before then */
     size_t wpos;     /* bytes of the request written */
     size_t rlen;     /* bytes in rbuf */
     int head_done;
@@ -148,6 +149,7 @@ static void lc_open(struct lconn *c, int port)
     if (c->fd < 0) {
         st.connect_err++;
         c->st = C_DOWN;
+        c->retry_at = now_s() + 0.1;
         return;
     }
     c->st = C_CONNECTING;
@@ -392,7 +394,7 @@ static int run_load(int argc, char **argv)
         rot = (rot + 1) % nconns; /* spread requests over the connections */
         for (int k = 0; k < nconns; k++) {
             struct lconn *c = &cs[(rot + k) % nconns];
-            if (c->st == C_DOWN && sending) {
+            if (c->st == C_DOWN && sending && t >= c->retry_at) {
                 lc_open(c, port);
             }
             if (c->st == C_BUSY && t - c->t_sent > timeout) {
@@ -426,6 +428,7 @@ static int run_load(int argc, char **argv)
                 if (err != 0) {
                     st.connect_err++;
                     lc_close(c);
+                    c->retry_at = now_s() + 0.1; /* a proxy that refuses: 10 tries/s */
                     continue;
                 }
                 c->st = C_IDLE;

@@ -14,7 +14,8 @@
 #
 # Knobs: CHAOS_SECONDS (60), CHAOS_RATE requests/s (500), CHAOS_CONNS
 # keep-alive client connections (64), CHAOS_TUNNELS (100), CHAOS_HOLD (5),
-# CHAOS_RETRIES of the pool (3; 0 shows what the retries save).
+# CHAOS_RETRIES of the pool (3; 0 shows what the retries save); FERRY_BIN
+# (bin/ferry) to run another build.
 #
 # ferry is pinned to CPU 0; the load, the upstreams and the origin to CPU 1.
 # Everything listens on 127.0.0.1, every wait is bounded, and every
@@ -29,6 +30,7 @@ CONNS=${CHAOS_CONNS:-64}
 TUNNELS=${CHAOS_TUNNELS:-100}
 HOLD=${CHAOS_HOLD:-5}
 RETRIES=${CHAOS_RETRIES:-3}
+FERRY=${FERRY_BIN:-$ROOT/bin/ferry} # another build, for an A/B run
 range() { # NAME VALUE MIN MAX
   case $2 in ''|*[!0-9]*) echo "chaos: $1 must be a whole number (got '$2')" >&2; exit 2 ;; esac
   if [ "$2" -lt "$3" ] || [ "$2" -gt "$4" ]; then echo "chaos: $1 must be $3..$4" >&2; exit 2; fi
@@ -152,7 +154,7 @@ route(function(req)
   return "chaos"
 end)
 CONF
-taskset -c 0 "$ROOT/bin/ferry" -c "$W/ferry.lua" 2>"$W/logs/ferry.log" & FERRY_PID=$!; PIDS+=("$FERRY_PID")
+taskset -c 0 "$FERRY" -c "$W/ferry.lua" 2>"$W/logs/ferry.log" & FERRY_PID=$!; PIDS+=("$FERRY_PID")
 
 for p in $P_ORIGIN $P_T1 $P_S1 $P_T2 $P_S2 $P_FERRY $P_IDLE $P_ADMIN; do wait_port "$p" || exit 1; done
 

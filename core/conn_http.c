@@ -125,7 +125,7 @@ static int parse_target(struct conn *c, const char *base)
     c->port = (u.field_set & (1 << UF_PORT)) ? u.port : 80;
     if (c->is_connect) {
         c->tpath.off = c->tpath.len = 0;
-        c->path[0] = '\0';
+        conn_set_path(c, NULL, 0);
         return 0;
     }
     /* Path and query, without the fragment (never sent on the wire). */
@@ -142,9 +142,7 @@ static int parse_target(struct conn *c, const char *base)
     }
     c->tpath.off = c->req.url.off + start;
     c->tpath.len = end - start;
-    size_t pl = c->tpath.len < sizeof(c->path) - 1 ? c->tpath.len : sizeof(c->path) - 1;
-    memcpy(c->path, base + c->tpath.off, pl);
-    c->path[pl] = '\0';
+    conn_set_path(c, base + c->tpath.off, c->tpath.len);
     return 0;
 }
 
@@ -237,7 +235,7 @@ static void reset_request(struct conn *c)
     c->upgrade = 0;
     c->user[0] = '\0';
     c->host[0] = '\0';
-    c->path[0] = '\0';
+    conn_set_path(c, NULL, 0);
     c->bytes_in = buf_len(&c->cin);
     c->bytes_out = 0;
 }
@@ -547,10 +545,12 @@ void conn_finish(struct conn *c)
     c->served++;
     c->state = CS_HEAD;
     c->cid[0] = '\0';
-    conn_arm(c, timeouts.keepalive);
-    buf_trim(&c->uin);
-    buf_trim(&c->cout);
-    buf_trim(&c->uout);
+    /* Between requests deadline is the end of the keep-alive; a kept
+     * upstream is closed sooner, after upstream_idle (conn_on_timeout). */
+    c->deadline = loop_now() + timeouts.keepalive;
+    conn_arm(c, c->idle_up && timeouts.upstream_idle < timeouts.keepalive
+                    ? timeouts.upstream_idle : timeouts.keepalive);
+    conn_idle_trim(c);
 }
 
 /* Request body: relay exactly the bytes that belong to this request. */

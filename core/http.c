@@ -1,6 +1,7 @@
 /* http.c - http-parser glue: heads with limits, bodies by framing only. */
 #include "http.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -188,12 +189,45 @@ static const http_parser_settings settings = {
     .on_message_complete = on_message_complete,
 };
 
+/* Field tables given back wait here for the next head: bounded, the
+ * rest goes back to the allocator. */
+#define FIELDS_POOL_MAX 64
+static struct http_field *fields_pool[FIELDS_POOL_MAX];
+static int nfields_pool;
+
+void http_msg_release(struct http_msg *m)
+{
+    if (m->fields != NULL) {
+        if (nfields_pool < FIELDS_POOL_MAX) {
+            fields_pool[nfields_pool++] = m->fields;
+        } else {
+            free(m->fields);
+        }
+        m->fields = NULL;
+    }
+    m->nfields = 0;
+}
+
+void http_fields_drain(void)
+{
+    while (nfields_pool > 0) {
+        free(fields_pool[--nfields_pool]);
+    }
+}
+
 static int parse_head(struct http_msg *m, enum http_parser_type type, const char *head,
                       size_t len, int skip_body)
 {
     memset(m, 0, offsetof(struct http_msg, fields));
     m->nfields = 0;
     memset(&m->url, 0, sizeof(*m) - offsetof(struct http_msg, url));
+    if (m->fields == NULL) {
+        m->fields = nfields_pool > 0 ? fields_pool[--nfields_pool]
+                                     : malloc(HTTP_MAX_FIELDS * sizeof(*m->fields));
+        if (m->fields == NULL) {
+            return HTTP_PARSE_BAD;
+        }
+    }
     http_parser_init(&m->parser, type);
     m->parser.data = m;
     m->base = head;

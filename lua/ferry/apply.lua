@@ -343,7 +343,7 @@ function M.commit(prep, old)
   end
   local t = cfg.timeouts
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
-    ms(t.keepalive), ms(t.request))
+    ms(t.keepalive), ms(t.request), ms(t.upstream_idle))
   C.ferry_set_log(LEVELS[cfg.log.level] or 1, cfg.log.access and 1 or 0)
 
   return { cfg = cfg, pools = pools, by_index = by_index, proxies = seen,

@@ -32,6 +32,7 @@ static unsigned nconns;
  * drains the reuse pools and returns free pages to the kernel: one
  * malloc_trim per burst, not per close. */
 #define TRIM_MIN_PEAK 512
+#define TRIM_MIN_BLOCKS 128 /* 2 MiB of 16 KiB buffers */
 #define TRIM_DELAY 1.0
 static unsigned peak_conns;
 static ev_timer trim_timer;
@@ -51,7 +52,7 @@ static void on_trim(struct ev_loop *lp, ev_timer *w, int revents)
 static void conn_usage_dropped(void)
 {
     int conns_fell = peak_conns >= TRIM_MIN_PEAK && nconns <= peak_conns / 16;
-    int blocks_fell = buf_blocks_peak() >= TRIM_MIN_PEAK &&
+    int blocks_fell = buf_blocks_peak() >= TRIM_MIN_BLOCKS &&
                       buf_blocks_out() <= buf_blocks_peak() / 16;
     if ((conns_fell || blocks_fell) && !ev_is_active(&trim_timer)) {
         ev_timer_init(&trim_timer, on_trim, TRIM_DELAY, 0.);

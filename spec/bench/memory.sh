@@ -73,11 +73,11 @@ stop_clients
 settle 1
 
 start_clients "$BURST_N" 65536
-peak=$(rss_kb "$F")
+peak=$(rss_kb "$F") # all connected, every answer read
 stop_clients
 settle 1
 sleep 1
 after=$(rss_kb "$F")
 echo "burst clients:      $BURST_N (64 KiB each)"
-echo "RSS peak / after:   ${peak} kB / ${after} kB"
+echo "RSS held / after:   ${peak} kB / ${after} kB"
 echo "RSS after burst:    $(( after / 1024 )) MB"

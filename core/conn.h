@@ -162,14 +162,30 @@ void conn_close_all(void);
 void conn_on_head(struct conn *c);
 int conn_exchange(struct conn *c);
 void conn_fail(struct conn *c, enum ferr e);
+/* conn_fail without the warn line: a summary line is written elsewhere. */
+void conn_fail_quiet(struct conn *c, enum ferr e);
 void conn_finish(struct conn *c);
-int conn_write_request_head(struct conn *c);
 /* Header edits of on_request for this request (copied; bounded). */
 void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, const char *drop,
                            size_t drop_len);
 void conn_clear_header_edits(struct conn *c);
+
+/* conn_head.c: every head ferry writes, rebuilt from parsed spans. */
+#define VIA_NAME_MAX 64
+int conn_write_request_head(struct conn *c);
+/* The response head for the client (base: the head in uin); -1: no room. */
+int conn_write_response_head(struct conn *c, const char *base);
+/* A 1xx interim response, rewritten like a final one; -1: no room. */
+int conn_write_interim(struct conn *c, const char *base);
 /* The 200 answer to CONNECT, with X-Ferry-Proxy when a proxy carries it. */
 void conn_write_connect_ok(struct conn *c);
+/* Ferry's own answer to OPTIONS (Allow) or TRACE (message/http echo). */
+int conn_write_local_answer(struct conn *c);
+/* Max-Forwards of the request: -1 absent, -2 not a number. */
+long conn_max_forwards(const struct conn *c, const char *base);
+/* The request target as sent upstream: pre, then len bytes at path. */
+void conn_target_path(const struct conn *c, const char *base, const char **pre,
+                      const char **path, int *len);
 
 /* admin.c */
 /* The head of a request on an admin listener is in cin. */

@@ -20,6 +20,8 @@
 #define TUNNEL_PIPE_SIZE (1024 * 1024)
 #define CONN_MAX_TRIES 8
 #define HOST_MAX_LEN 255
+/* The longest c->path kept for logs and route(), with its NUL. */
+#define CONN_PATH_MAX 512
 /* A pump-only event fed to the client watcher (libev's custom bit). */
 #define CONN_EV_PUMP EV_CUSTOM
 
@@ -57,8 +59,9 @@ struct conn {
     char host[HOST_MAX_LEN + 1];
     int port;
     char method[24];
-    char path[512];              /* path and query, truncated for logs */
-    char client[64];             /* client address text */
+    char *path;                  /* path and query, truncated for logs; "" when none
+                                  * (conn_set_path; heap only while a request runs) */
+    char client[48];             /* client address text (INET6_ADDRSTRLEN fits) */
     char user[128];              /* inbound user, if authenticated */
     char cid[40];                /* correlation id */
     struct http_span tpath;      /* path and query within the head */
@@ -92,7 +95,7 @@ struct conn {
 
     /* An upstream kept open after a keep-alive response. */
     struct proxy *idle_proxy;
-    char idle_host[HOST_MAX_LEN + 1];
+    char *idle_host;             /* heap copy of its host while kept, else NULL */
     int idle_port;
 
     /* Tunnels move bytes socket -> pipe -> socket with splice(2). */
@@ -149,6 +152,10 @@ void conn_arm(struct conn *c, double secs);
 /* Seconds until the stalled direction of an exchange runs out of idle time. */
 double conn_exchange_idle_left(const struct conn *c);
 unsigned conn_count(void);
+/* Copy up to CONN_PATH_MAX - 1 bytes of p as the request's c->path (n = 0: none). */
+void conn_set_path(struct conn *c, const char *p, size_t n);
+/* Between requests: give back every buffer and table an idle conn does not need. */
+void conn_idle_trim(struct conn *c);
 void conn_close_all(void);
 
 /* conn_http.c */
@@ -218,6 +225,7 @@ void conn_tunnel_close_pipes(struct conn *c);
 /* Global timeouts, seconds. */
 struct timeouts {
     double client_head, connect, first_byte, idle, keepalive, request;
+    double upstream_idle; /* an upstream kept open between requests */
 };
 extern struct timeouts timeouts;
 

@@ -338,7 +338,7 @@ const char *ferry_config_path(void);
 /* Global timeouts in milliseconds; 0 leaves a value unchanged. */
 void ferry_set_timeouts(int client_head_ms, int connect_ms,
                         int first_byte_ms, int idle_ms,
-                        int keepalive_ms, int request_ms);
+                        int keepalive_ms, int request_ms, int upstream_idle_ms);
 /* Log level: 0 debug, 1 info, 2 warn, 3 error; access log on/off. */
 void ferry_set_log(int level, int access);
 /* HTTP behaviour: add Via (1/0) under name (a token of at most 64 bytes). */

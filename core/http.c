@@ -10,6 +10,7 @@
  * http_head_len finds the end of the head the same way. */
 #include "http.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -382,11 +383,44 @@ static int decide_framing(struct http_msg *m, const char *b, const struct head_f
     return HTTP_PARSE_OK;
 }
 
+/* Field tables given back wait here for the next head: bounded, the
+ * rest goes back to the allocator. */
+#define FIELDS_POOL_MAX 64
+static struct http_field *fields_pool[FIELDS_POOL_MAX];
+static int nfields_pool;
+
+void http_msg_release(struct http_msg *m)
+{
+    if (m->fields != NULL) {
+        if (nfields_pool < FIELDS_POOL_MAX) {
+            fields_pool[nfields_pool++] = m->fields;
+        } else {
+            free(m->fields);
+        }
+        m->fields = NULL;
+    }
+    m->nfields = 0;
+}
+
+void http_fields_drain(void)
+{
+    while (nfields_pool > 0) {
+        free(fields_pool[--nfields_pool]);
+    }
+}
+
 static int parse_head(struct http_msg *m, const char *head, size_t len, int request,
                       int head_request)
 {
     memset(&m->url, 0, sizeof(*m) - offsetof(struct http_msg, url));
     m->nfields = 0;
+    if (m->fields == NULL) {
+        m->fields = nfields_pool > 0 ? fields_pool[--nfields_pool]
+                                     : malloc(HTTP_MAX_FIELDS * sizeof(*m->fields));
+        if (m->fields == NULL) {
+            return HTTP_PARSE_BAD;
+        }
+    }
     size_t pos = 0;
     const char *b, *e;
     if (next_line(head, len, &pos, &b, &e) < 0) {

@@ -52,8 +52,11 @@ double ferry_now(void)
 }
 
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
-                        int keepalive_ms, int request_ms)
+                        int keepalive_ms, int request_ms, int upstream_idle_ms)
 {
+    if (upstream_idle_ms > 0) {
+        timeouts.upstream_idle = upstream_idle_ms / 1000.0;
+    }
     if (client_head_ms > 0) {
         timeouts.client_head = client_head_ms / 1000.0;
     }
@@ -255,6 +258,7 @@ static int cmd_run(const char *config, int check_only)
     metrics_free_all();
     proxy_free_all();
     buf_pool_drain();
+    http_fields_drain();
     ev_loop_destroy(loop);
     return 0;
 }

@@ -347,7 +347,7 @@ function M.commit(prep, old)
   end
   local t = cfg.timeouts
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
-    ms(t.keepalive), ms(t.request))
+    ms(t.keepalive), ms(t.request), ms(t.upstream_idle))
   C.ferry_set_log(LEVELS[cfg.log.level] or 1, cfg.log.access and 1 or 0)
   C.ferry_set_http(cfg.http.via and 1 or 0, cfg.http.via_name)
 

@@ -162,7 +162,7 @@ int ferry_listener_is_admin(int listener);
 int ferry_listener_reset(int listener, const char *name, int open);
 int ferry_listener_close(int listener);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
-                        int keepalive_ms, int request_ms);
+                        int keepalive_ms, int request_ms, int upstream_idle_ms);
 int ferry_set_log_files(const char *events, const char *access, const char **err);
 void ferry_set_http(int via, const char *via_name);
 int ferry_draining(void);

@@ -8,6 +8,7 @@ local M = {}
 
 local DEFAULT_TIMEOUTS = {
   client_head = 10, connect = 5, first_byte = 30, idle = 300, keepalive = 60, request = 60,
+  upstream_idle = 30,
 }
 local LEVELS = { debug = true, info = true, warn = true, error = true }
 local ALL_DOWN = { any = true, direct = true, fail = true }

@@ -59,7 +59,7 @@ route(function(req) return "direct" end)
     assert.equal("proxy", cfg.listeners[1].name)
     assert.equal(8080, cfg.listeners[1].port)
     assert.same({ client_head = 10, connect = 5, first_byte = 30, idle = 300, keepalive = 60,
-                  request = 60 }, cfg.timeouts)
+                  request = 60, upstream_idle = 30 }, cfg.timeouts)
     assert.same({ level = "info", access = true }, cfg.log)
     assert.equal("health_score", cfg.pools.p.strategy)
     assert.equal(2, cfg.pools.p.retries)

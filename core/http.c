@@ -44,6 +44,9 @@ size_t http_head_len(const char *p, size_t n)
 
 int http_bare_cr(const char *p, size_t n)
 {
+    if (n == 0) {
+        return 0; /* an empty buffer may have no storage at all */
+    }
     const char *end = p + n;
     const char *q = p;
     while ((q = memchr(q, '\r', (size_t)(end - q))) != NULL) {

@@ -103,8 +103,8 @@ local BODIES = {
 }
 
 describe("strict framing", function()
-  local lenient, hostile, ferry
-  local L, X, F = procs.free_port(), procs.free_port(), procs.free_port()
+  local lenient, hostile, origin, ferry
+  local L, X, F, O = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
   local lenient_log = procs.tmp .. "/lenient-" .. math.random(1, 1e9) .. ".log"
   local host = "127.0.0.1:" .. L
   local marker = 0
@@ -117,6 +117,7 @@ describe("strict framing", function()
     hostile = procs.spawn("hostile", "python3 " .. procs.root .. "/spec/helpers/hostile_origin.py " ..
       X)
     assert(procs.wait_port(X), "hostile origin did not start")
+    origin = procs.origin(O)
     ferry = procs.ferry(string.format([[
 listen { name = "main", addr = "127.0.0.1:%d" }
 route(function() return "direct" end)
@@ -127,6 +128,7 @@ route(function() return "direct" end)
     procs.stop_ferry(ferry)
     procs.stop(lenient)
     procs.stop(hostile)
+    procs.stop(origin)
   end)
 
   local function fill(t)
@@ -161,6 +163,15 @@ route(function() return "direct" end)
       "5;name=\"v a\"\r\nhello\r\n0\r\nX-Sum: 5\r\n\r\n"))
     assert.matches("^HTTP/1%.1 200 ", chunked)
     assert_never_smuggled()
+  end)
+
+  it("rebuilds the upstream head from its parse: only parsed spans, CRLF, trimmed values", function()
+    local resp = raw(F, "GET http://127.0.0.1:" .. O .. "/headers HTTP/1.1\nHost: x\n" ..
+      "X-A:\t a \t b \t\nX-Empty:\nX-Utf8: caf\195\169\nConnection: close\n\n")
+    assert.matches("^HTTP/1%.1 200 ", resp)
+    local body = resp:match("\r\n\r\n(.*)$")
+    assert.equal("GET /headers HTTP/1.1\r\nHost: 127.0.0.1:" .. O .. "\r\n" ..
+      "X-A: a \t b\r\nX-Empty: \r\nX-Utf8: caf\195\169\r\nVia: 1.1 ferry\r\n\r\n", body)
   end)
 
   for _, shape in ipairs(REQUESTS) do

@@ -20,6 +20,8 @@
 #define TUNNEL_PIPE_SIZE (1024 * 1024)
 #define CONN_MAX_TRIES 8
 #define HOST_MAX_LEN 255
+/* A pump-only event fed to the client watcher (libev's custom bit). */
+#define CONN_EV_PUMP EV_CUSTOM
 
 enum conn_state {
     CS_HEAD = 0,  /* waiting for a request head (new or keep-alive) */
@@ -69,6 +71,7 @@ struct conn {
     double t_attempt;            /* current attempt start */
     double deadline;             /* the request must end by then */
     double last_io;              /* for idle timeouts */
+    double last_up, last_down;   /* last request-body / response byte moved (exchange idle) */
     double timeout;              /* idle timeout of the current state */
     unsigned long long bytes_in, bytes_out;
     unsigned served;             /* requests completed on this conn */
@@ -115,6 +118,7 @@ struct conn {
     unsigned idle_up:1;          /* ufd is an idle keep-alive upstream */
     unsigned head_started:1;     /* bytes of the next head have arrived */
     unsigned metered:1;          /* routed, outcome not counted yet (metrics.c) */
+    unsigned pump_again:1;       /* private: a CONN_EV_PUMP is fed to cio */
 
     /* Health reporting (conn_report.c). */
     uint32_t exchange;           /* exchange id of the request, 0 = none */
@@ -142,6 +146,8 @@ void conn_close(struct conn *c);
 void conn_update_io(struct conn *c);
 void conn_pump(struct conn *c);
 void conn_arm(struct conn *c, double secs);
+/* Seconds until the stalled direction of an exchange runs out of idle time. */
+double conn_exchange_idle_left(const struct conn *c);
 unsigned conn_count(void);
 void conn_close_all(void);
 

@@ -282,6 +282,29 @@ static void reset_request(struct conn *c)
     c->bytes_out = 0;
 }
 
+/* The longest method token a request line may start with. */
+#define METHOD_MAX 31
+
+/* 1 when the bytes so far can still begin a request line: a method token
+ * (RFC 9110 tchar) and then a space.  A SOCKS5 greeting or a TLS
+ * ClientHello fails on its first byte, so it is answered at once rather
+ * than after timeouts.client_head. */
+static int could_be_http(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == ' ') {
+            return i > 0;
+        }
+        if (i >= METHOD_MAX ||
+            !((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* A request ferry answers itself (OPTIONS *, Max-Forwards: 0), then
  * closes: a body the request may carry is never read. */
 static void answer_here(struct conn *c)
@@ -310,6 +333,10 @@ void conn_on_head(struct conn *c)
         c->t_start = loop_now();
         new_cid(c);
         conn_arm(c, timeouts.client_head);
+    }
+    if (!could_be_http(buf_head(&c->cin), buf_len(&c->cin))) {
+        conn_fail(c, FERR_NOT_HTTP);
+        return;
     }
     const char *base = buf_head(&c->cin);
     size_t hl = http_head_len(base, buf_len(&c->cin));
@@ -446,6 +473,10 @@ static int relay_request_body(struct conn *c)
         c->fwd += (size_t)n;
         if (c->req.msg_done) {
             c->req_done = 1;
+            if (!c->resp_head_done) {
+                /* First byte is counted from the end of the request. */
+                conn_arm(c, c->first_byte_timeout);
+            }
         }
     }
     if (!c->req_done && buf_room(&c->cin) == 0 && c->fwd > 0) {
@@ -500,9 +531,10 @@ static int take_response_head(struct conn *c)
                     }
                     return 0; /* wait for the client to take earlier bytes */
                 }
-                c->sent_any = 1;
             }
             buf_consume(&c->uin, hl);
+            /* Not sent_any: a final answer (an error too) may still follow
+             * an interim one; replayable = 0 already stops retries. */
             c->replayable = 0;
             continue;
         }
@@ -532,6 +564,7 @@ static int take_response_head(struct conn *c)
             conn_tunnel_begin(c);
             return 1;
         }
+        c->last_down = loop_now();
         conn_arm(c, timeouts.idle);
     }
     return 0;

@@ -47,6 +47,12 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_AUTH_THROTTLED]     = { "FERRY-1040", 429, "Too Many Requests",
                                   "too many failed proxy authentications from this address; "
                                   "try again later" },
+    [FERR_NOT_HTTP]           = { "FERRY-1010", 400, "Bad Request",
+                                  "not an HTTP request (another protocol on an HTTP listener?)" },
+    [FERR_BODY_TIMEOUT]       = { "FERRY-1011", 408, "Request Timeout",
+                                  "request body stalled" },
+    [FERR_UPSTREAM_STALLED]   = { "FERRY-3010", 504, "Gateway Timeout",
+                                  "upstream stopped reading the request body" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

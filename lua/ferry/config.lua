@@ -411,19 +411,18 @@ local function evaluate(chunk, file)
     local where = at("admin")
     if type(t) ~= "table" then fail(where, "expected a table, got a %s", type(t)) end
     if cfg.admin then fail(where, "admin is declared twice") end
-    check_fields(where, t, { addr = true, socket = true, token = true })
+    check_fields(where, t, { addr = true, socket = true, token = true, tokens = true })
     for _, k in ipairs { "addr", "socket", "token" } do want(where, k, t[k], "string") end
     if t.addr == nil and t.socket == nil then
       fail(where, "give addr (HTTP), socket (console) or both")
     end
-    if t.token ~= nil and #t.token < 8 then
-      fail(where, "token: at least 8 characters")
-    end
+    local tokens, why = require("ferry.scopes").tokens(t)
+    if not tokens then fail(where, "%s", why) end
     local line = caller_line(file)
     if t.addr then
       local host, port = url.parse_hostport(t.addr)
       if not host then fail(where, "addr: %s", port) end
-      if not is_loopback(host) and not t.token then
+      if not is_loopback(host) and #tokens == 0 then
         fail(where, "refusing an admin listener on %s without a token", host)
       end
       if names.listen.admin then fail(where, 'a listener named "admin" already exists') end
@@ -436,14 +435,18 @@ local function evaluate(chunk, file)
       cfg.listeners[#cfg.listeners + 1] = { name = "console", path = t.socket,
         protocol = "admin", users = {}, open = false, line = line }
     end
-    cfg.admin = { addr = t.addr, socket = t.socket, token = t.token }
+    cfg.admin = { addr = t.addr, socket = t.socket, token = t.token, tokens = tokens }
   end
 
+  -- key / key_file: seal proxy credentials in the store (ferry.store_key).
   function env.store(t)
     local where = at("store")
-    check_fields(where, t, { path = true })
+    check_fields(where, t, { path = true, key = true, key_file = true })
     want(where, "path", t.path, "string")
-    cfg.store = t
+    local s, why = require("ferry.store_key").from_config(t, function(p)
+      return resolve_path(dir, p) end)
+    if not s then fail(where, "%s", why) end
+    cfg.store = s
   end
 
   -- The proxy broker of the admin plane (docs/broker.md).

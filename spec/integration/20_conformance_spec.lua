@@ -268,7 +268,7 @@ route(function() return "direct" end)
       assert.equal("GET /origin-form: a proxy request needs an absolute URL or CONNECT", warned)
       local bad = raw(F, "\1\2\3 nonsense\r\n\r\n")
       local l2 = access_line(ferry, bad:match("\r\nX%-Request%-Id: (%x+)\r\n"))
-      assert.equal("FERRY-1010", l2.code) -- not an HTTP request line at all
+      assert.equal("FERRY-1010", l2.code)
       assert.same({ "-", "-", "-" }, { l2.method, l2.host, l2.path })
     end)
   end)

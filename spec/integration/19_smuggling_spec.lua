@@ -237,7 +237,7 @@ route(function() return "direct" end)
       assert.matches("\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX%-Sum: 5\r\n\r\n$", resp)
     end)
 
-    it("frames a response with Transfer-Encoding and Content-Length by the coding, and drops the length", function()
+    it("frames a response with Transfer-Encoding and Content-Length by the coding alone", function()
       local resp = get("/te-cl")
       assert.matches("^HTTP/1%.1 200 ", resp)
       assert.is_nil(resp:find("Content-Length", 1, true))

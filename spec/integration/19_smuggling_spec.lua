@@ -125,10 +125,11 @@ route(function() return "direct" end)
   end)
 
   teardown(function()
-    procs.stop_ferry(ferry)
+    -- Helpers first: stop_ferry raises on a sanitizer report.
     procs.stop(lenient)
     procs.stop(hostile)
     procs.stop(origin)
+    procs.stop_ferry(ferry)
   end)
 
   local function fill(t)

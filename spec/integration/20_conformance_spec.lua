@@ -50,11 +50,14 @@ route(function() return "direct" end)
   end)
 
   teardown(function()
-    procs.stop_ferry(ferry)
-    procs.stop_ferry(plain)
+    -- Helpers first: stop_ferry raises on a sanitizer report.
     procs.stop(origin)
     procs.stop(lenient)
     procs.stop(hostile)
+    procs.stop(plain)
+    procs.stop_ferry(ferry)
+    local report = procs.sanitizer_report(plain)
+    assert(report == nil, "sanitizer: " .. tostring(report))
   end)
 
   local function lenient_lines()

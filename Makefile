@@ -32,7 +32,7 @@ else
 Q := @
 endif
 
-.PHONY: all deps bench-deps run test test-long asan lint bench clean check-config
+.PHONY: all deps bench-deps run test test-long asan lint bench chaos clean check-config
 
 all: bin/ferry
 
@@ -114,6 +114,11 @@ lint: deps
 
 bench: deps bench-deps bin/ferry
 	spec/bench/run.sh
+
+# Four upstreams under load, two killed and one stopped: errors and counts
+# (CHAOS_SECONDS, default 60; exits non-zero unless clean).
+chaos: deps bench-deps bin/ferry
+	spec/bench/chaos.sh
 
 clean:
 	rm -rf build bin spec/tmp

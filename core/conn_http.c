@@ -574,7 +574,9 @@ static int take_response_head(struct conn *c)
     return 0;
 }
 
-static int relay_response_body(struct conn *c)
+/* take_back: all of cout is this response, written in this very call,
+ * so none of it has left ferry yet. */
+static int relay_response_body(struct conn *c, int take_back)
 {
     if (!c->resp.has_body) {
         c->resp_done = 1;
@@ -585,11 +587,12 @@ static int relay_response_body(struct conn *c)
     if (avail > 0 && room > 0) {
         long n = http_body(&c->resp, buf_head(&c->uin), avail < room ? avail : room);
         if (n < 0) {
-            if (buf_len(&c->cout) == c->bytes_out) {
+            if (take_back) {
                 /* Nothing of this response left ferry yet: take it back
                  * and answer a clean 502 instead of a cut message. */
-                buf_consume(&c->cout, buf_len(&c->cout));
-                c->bytes_out = 0;
+                size_t k = buf_len(&c->cout);
+                buf_consume(&c->cout, k);
+                c->bytes_out = c->bytes_out > k ? c->bytes_out - k : 0;
                 c->sent_any = 0;
             }
             conn_fail(c, FERR_BAD_RESPONSE);
@@ -617,13 +620,14 @@ int conn_exchange(struct conn *c)
     if (relay_request_body(c) < 0) {
         return -1;
     }
+    int fresh = !c->resp_head_done && buf_empty(&c->cout);
     if (!c->resp_head_done) {
         int r = take_response_head(c);
         if (r != 0 || c->closing || c->state != CS_EXCHANGE) {
             return r < 0 ? -1 : 0;
         }
     }
-    if (c->resp_head_done && !c->resp_done && relay_response_body(c) < 0) {
+    if (c->resp_head_done && !c->resp_done && relay_response_body(c, fresh) < 0) {
         return -1;
     }
     if (c->resp_done) {

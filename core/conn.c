@@ -148,7 +148,7 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
     ev_init(&c->timer, on_timer);
     c->state = CS_HEAD;
     c->path = no_path;
-    c->pipe_cu[0] = c->pipe_cu[1] = c->pipe_uc[0] = c->pipe_uc[1] = -1;
+    conn_tunnel_init(c);
     c->last_io = loop_now();
     live[nlive++] = c;
     nconns++;
@@ -219,6 +219,7 @@ void conn_close_all(void)
     free(live);
     live = NULL;
     cap_live = 0;
+    conn_tunnel_pool_free();
 }
 
 /* While the request body is on its way each direction that still has
@@ -268,15 +269,14 @@ void conn_update_io(struct conn *c)
 {
     int ce = 0, ue = 0;
     int tunnel = c->state == CS_TUNNEL;
-    int spliced = tunnel && conn_tunnel_spliced(c);
-    /* Spliced tunnels read into their pipe, bounded by its capacity. */
-    int c_room = spliced ? c->in_cu < TUNNEL_PIPE_SIZE : buf_room(&c->cin) > 0;
-    int u_room = spliced ? c->in_uc < TUNNEL_PIPE_SIZE : buf_room(&c->uin) > 0;
+    /* Tunnels read into their pipe while it has room (tunnel.c). */
+    int c_room = tunnel ? conn_tunnel_can_read_client(c) : buf_room(&c->cin) > 0;
+    int u_room = tunnel ? conn_tunnel_can_read_upstream(c) : buf_room(&c->uin) > 0;
     if (!c->client_eof && c_room) {
         ce |= EV_READ;
     }
     if (!buf_empty(&c->cout) || c->state == CS_ADMIN_OUT ||
-        (tunnel && (!buf_empty(&c->uin) || c->in_uc > 0))) {
+        (tunnel && (!buf_empty(&c->uin) || c->puc.in > 0))) {
         ce |= EV_WRITE;
     }
     if (c->ufd >= 0) {
@@ -286,7 +286,7 @@ void conn_update_io(struct conn *c)
             ue |= EV_READ;
         }
         if (c->state == CS_CONNECT || !buf_empty(&c->uout) ||
-            (tunnel && (!buf_empty(&c->cin) || c->in_cu > 0))) {
+            (tunnel && (!buf_empty(&c->cin) || c->pcu.in > 0))) {
             ue |= EV_WRITE;
         }
     }
@@ -380,8 +380,8 @@ static void pump_mark(const struct conn *c, struct pump_mark *m)
     m->uin = buf_len(&c->uin);
     m->uout = buf_len(&c->uout);
     m->fwd = c->fwd;
-    m->in_cu = c->in_cu;
-    m->in_uc = c->in_uc;
+    m->in_cu = c->pcu.in;
+    m->in_uc = c->puc.in;
     m->flags = (unsigned)c->req_done | (unsigned)c->resp_head_done << 1 |
                (unsigned)c->resp_done << 2 | (unsigned)c->shut_c << 3 |
                (unsigned)c->shut_u << 4 | (unsigned)(c->ufd >= 0) << 5;

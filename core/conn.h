@@ -17,6 +17,9 @@
 #include <sys/socket.h>
 
 #define CONN_BUF_SIZE 16384
+/* A tunnel pipe starts at the kernel's default size; one that fills by
+ * bytes (bulk traffic) asks to grow to this, within ferry's share of the
+ * user's pipe quota.  The kernel may grant less. */
 #define TUNNEL_PIPE_SIZE (1024 * 1024)
 #define CONN_MAX_TRIES 8
 #define HOST_MAX_LEN 255
@@ -41,6 +44,16 @@ struct listener;
 struct proxy;
 struct resolve_req;
 struct upstream_ops;
+
+/* One direction of a spliced tunnel (tunnel.c). */
+struct tunnel_pipe {
+    int r, w;                    /* private: pipe ends, -1 until the first read */
+    unsigned cap;                /* private: bytes the kernel granted */
+    unsigned in;                 /* private: bytes sitting in the pipe */
+    unsigned full:1;             /* private: a splice in found no free slot */
+    unsigned none:1;             /* private: no pipe to be had: use the buffer */
+    unsigned grow_tried:1;       /* private: asked to grow once already */
+};
 
 struct conn {
     struct listener *l;          /* ro: accepted here */
@@ -99,9 +112,8 @@ struct conn {
     int idle_port;
 
     /* Tunnels move bytes socket -> pipe -> socket with splice(2). */
-    int pipe_cu[2];              /* private: client to upstream, -1 when none */
-    int pipe_uc[2];              /* private: upstream to client */
-    size_t in_cu, in_uc;         /* private: bytes sitting in each pipe */
+    struct tunnel_pipe pcu;      /* private: client to upstream */
+    struct tunnel_pipe puc;      /* private: upstream to client */
 
     int refs;                    /* handlers on the stack */
     int ev_c, ev_u;              /* private: events the watchers have now */
@@ -219,8 +231,14 @@ int conn_tunnel(struct conn *c);
 /* Splice-mode reads; return 1 if the tunnel took the read event. */
 int conn_tunnel_read_client(struct conn *c);
 int conn_tunnel_read_upstream(struct conn *c);
-int conn_tunnel_spliced(const struct conn *c);
+/* Read interest of each side of a tunnel: room in its pipe or buffer. */
+int conn_tunnel_can_read_client(const struct conn *c);
+int conn_tunnel_can_read_upstream(const struct conn *c);
+/* No pipes yet (conn_new); give them back (empty ones are reused). */
+void conn_tunnel_init(struct conn *c);
 void conn_tunnel_close_pipes(struct conn *c);
+/* Close the pipes kept for reuse (at stop). */
+void conn_tunnel_pool_free(void);
 
 /* Global timeouts, seconds. */
 struct timeouts {

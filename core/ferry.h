@@ -326,6 +326,17 @@ int ferry_set_log_files(const char *events, const char *access, const char **err
 int ferry_draining(void);
 /* The config file the daemon runs (console reload()). */
 const char *ferry_config_path(void);
+/* Charge work done in C on a script's behalf (a plain find over a long
+ * string, a sort) to the instruction budget of the Lua call running now:
+ * FERRY_OK, or FERRY_ERROR once that exhausts it (raise
+ * ferry_budget_message() then).  Without a budget: always FERRY_OK. */
+int ferry_budget_charge(double instructions);
+/* The error of the budget exhausted last ("script exceeded ..."). */
+const char *ferry_budget_message(void);
+/* ferry check: whether a file ferry would open for writing (a log, the
+ * store) can be: an existing one opened read-write, a missing one's
+ * directory writable.  Creates nothing.  FERRY_OK, or FERRY_ERROR, err. */
+int ferry_path_writable(const char *path, const char **err);
 
 /* Global timeouts in milliseconds; 0 leaves a value unchanged. */
 void ferry_set_timeouts(int client_head_ms, int connect_ms,

@@ -163,6 +163,9 @@ void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, i
 int ferry_set_log_files(const char *events, const char *access, const char **err);
 int ferry_draining(void);
 const char *ferry_config_path(void);
+int ferry_budget_charge(double instructions);
+const char *ferry_budget_message(void);
+int ferry_path_writable(const char *path, const char **err);
 void ferry_set_log(int level, int access);
 void ferry_log(int level, const char *code, const char *msg);
 void ferry_count_hook_error(int kind);

@@ -83,7 +83,12 @@ function M.load(path, do_apply)
   end
   local prep, perr = apply.prepare(cfg, root)
   if not prep then return nil, perr end
-  if not do_apply then return true end
+  if not do_apply then
+    -- ferry check: what ferry run opens before it binds.
+    local ferr = require("ferry.preflight").check(cfg)
+    if ferr then return nil, ferr end
+    return true
+  end
   local run, cerr = apply.commit(prep, nil)
   if not run then return nil, cerr end
   switch_to(run, prep)

@@ -329,6 +329,15 @@ const char *ferry_budget_message(void)
     return budget_describe(cur.trip != BUDGET_OK ? cur.trip : BUDGET_STEPS, msg, sizeof(msg));
 }
 
+const char *ferry_budget_tripped(void)
+{
+    static char msg[256];
+    if (cur.mode != MODE_EVAL || cur.trip == BUDGET_OK) {
+        return NULL;
+    }
+    return budget_describe(cur.trip, msg, sizeof(msg));
+}
+
 void budget_request_stop(void)
 {
     stop_seq = stop_seq + 1;

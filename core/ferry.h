@@ -333,6 +333,8 @@ const char *ferry_config_path(void);
 int ferry_budget_charge(double instructions);
 /* The error of the budget exhausted last ("script exceeded ..."). */
 const char *ferry_budget_message(void);
+/* The error of the bound the running evaluation tripped, or NULL. */
+const char *ferry_budget_tripped(void);
 /* ferry check: whether a file ferry would open for writing (a log, the
  * store) can be: an existing one opened read-write, a missing one's
  * directory writable.  Creates nothing.  FERRY_OK, or FERRY_ERROR, err. */

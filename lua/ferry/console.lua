@@ -127,10 +127,22 @@ safe_string.dump = nil
 -- guard looks at who calls: the line itself, or C (pcall, table.sort)
 -- on its behalf.
 local getinfo = debug.getinfo
+local run -- below; the line's frame when the line tail-called
 local function line_calls()
-  local info = getinfo(3, "S")
-  return info == nil or info.source == "=console" or info.source == "=[C]"
+  local info = getinfo(3, "Sf")
+  -- A tail call (a statement line ending "return s:gsub(...)") leaves no
+  -- frame of the line: the caller seen is then run() itself.
+  return info == nil or info.source == "=console" or info.source == "=[C]" or info.func == run
 end
+-- Raise msg where the line called the function `level` frames up from
+-- here (1: the caller of line_error); "console: msg" when the line
+-- tail-called it and left no frame to name.
+local function line_error(msg, level)
+  local info = getinfo(level + 2, "S")
+  if info and info.source == "=console" then error(msg, level + 2) end
+  error("console: " .. msg, 0)
+end
+
 -- Work done in C on the line's behalf, which the instruction hook never
 -- sees, is charged to the budget before it is done (in VM instructions:
 -- memchr and memcmp go through some 16 bytes in the time of one); a
@@ -139,7 +151,7 @@ local C = ffi.C
 local CHARGE_FREE = 4096 -- work below this is not worth an FFI call
 local function charge(work)
   if work > CHARGE_FREE and C.ferry_budget_charge(work) ~= 0 then
-    error(ffi.string(C.ferry_budget_message()), 3)
+    line_error(ffi.string(C.ferry_budget_message()), 2)
   end
 end
 
@@ -175,7 +187,7 @@ for _, name in ipairs { "match", "gmatch", "gsub" } do
   local f = string[name]
   safe_string[name] = function(...)
     if line_calls() then
-      error("patterns are not available in the console (string.find searches plain text)", 2)
+      line_error("patterns are not available in the console (string.find searches plain text)", 1)
     end
     return f(...)
   end
@@ -232,7 +244,7 @@ local function pack(...)
 end
 
 -- Run the chunk and print what it returned.
-local function run(chunk)
+function run(chunk)
   local r = pack(chunk())
   if r.n > 0 then
     local parts, multiline = {}, false
@@ -277,6 +289,12 @@ function M.eval(line, rt)
   local text = concat(out, "\n")
   cmds.finish()
   out = nil
+  -- A refused allocation reaches the line's pcall as LuaJIT's bare
+  -- "not enough memory": say which bound it was.
+  local tripped = C.ferry_budget_tripped()
+  if tripped ~= nil and (ok or type(rerr) ~= "string" or not find(rerr, "[FERRY-401", 1, true)) then
+    ok, rerr = false, "console: " .. ffi.string(tripped)
+  end
   if not ok then
     local msg = type(rerr) == "string" and rerr or show(rerr)
     if text ~= "" then msg = text .. "\n" .. msg end

@@ -284,11 +284,6 @@ void budget_begin_eval(lua_State *L, const struct budget_limits *lim)
 enum budget_trip budget_end(lua_State *L)
 {
     enum budget_trip t = cur.mode == MODE_EVAL ? cur.trip : BUDGET_OK;
-    if (getenv("FERRY_BUDGET_DEBUG") != NULL && cur.mode == MODE_EVAL) {
-        fprintf(stderr, "budget: %llu kinstr, %llu KiB allocated, heap %lld KiB\n",
-                (unsigned long long)cur.steps, (unsigned long long)(cur.allocated >> 10),
-                (long long)(heap >> 10));
-    }
     lua_sethook(L, NULL, 0, 0);
     cur.mode = MODE_OFF;
     if (t != BUDGET_OK) {

@@ -21,7 +21,7 @@
 local jit = require("jit")
 local ffi = require("ffi")
 local budget = require("ferry.budget")
-local text = require("ferry.text")
+local trim = require("ferry.text").trim
 require("ferry.cdef")
 local cmds = require("ferry.console_cmds")
 local fmt = require("ferry.console_fmt")
@@ -268,7 +268,7 @@ end
 -- One console line.  Returns true, text or false, message.
 function M.eval(line, rt)
   if type(line) ~= "string" then return false, "expected a line of Lua" end
-  line = text.trim(line) -- not match("^%s*(.-)%s*$"): quadratic on blanks
+  line = trim(line) -- not match("^%s*(.-)%s*$"): quadratic on blanks
   if line == "" then return true, "" end
   if #line > M.MAX_LINE then
     return false, format("line too long (%d bytes, at most %d)", #line, M.MAX_LINE)

@@ -49,6 +49,7 @@ struct budget_call {
     uint64_t allocated_max;  /* 0 = unbounded */
     sig_atomic_t stop_seq;   /* stop_seq when the call began */
     int raised;              /* the trip's error was raised once, with its position */
+    int extended;            /* the load's bounds were added (ferry_budget_enter_load) */
     const struct budget_limits *lim;
 };
 
@@ -322,6 +323,23 @@ const char *ferry_budget_message(void)
         return msg;
     }
     return budget_describe(cur.trip != BUDGET_OK ? cur.trip : BUDGET_STEPS, msg, sizeof(msg));
+}
+
+void ferry_budget_enter_load(void)
+{
+    if (cur.mode != MODE_EVAL || cur.trip != BUDGET_OK || cur.extended ||
+        cur.lim == &budget_load) {
+        return;
+    }
+    cur.extended = 1;
+    cur.lim = &budget_load; /* a trip from now on names the load's bounds */
+    cur.steps_max += (budget_load.steps + HOOK_STEP - 1) / HOOK_STEP;
+    if (cur.heap_max != 0) {
+        cur.heap_max += (int64_t)budget_load.memory;
+    }
+    if (cur.allocated_max != 0) {
+        cur.allocated_max += budget_load.allocated;
+    }
 }
 
 const char *ferry_budget_tripped(void)

@@ -335,6 +335,9 @@ int ferry_budget_charge(double instructions);
 const char *ferry_budget_message(void);
 /* The error of the bound the running evaluation tripped, or NULL. */
 const char *ferry_budget_tripped(void);
+/* An admin request is about to apply a config (reload, an inventory
+ * change): it gets the config load's bounds on top of its own, once. */
+void ferry_budget_enter_load(void);
 /* ferry check: whether a file ferry would open for writing (a log, the
  * store) can be: an existing one opened read-write, a missing one's
  * directory writable.  Creates nothing.  FERRY_OK, or FERRY_ERROR, err. */

@@ -126,6 +126,7 @@ end
 function M.recommit()
   local cur = active
   if not cur or not cur.prep then return nil, "no config is running" end
+  C.ferry_budget_enter_load() -- an admin request: the load's bounds, once
   inventory.merge(cur.prep.cfg)
   local run, err = apply.commit(cur.prep, cur)
   if not run then return nil, err end
@@ -565,6 +566,8 @@ function M.reload_now()
     return nil, "ferry is stopping: no reload while draining"
   end
   local path = ffi_string(C.ferry_config_path())
+  -- Inside an admin request: the config load's bounds on top, once.
+  C.ferry_budget_enter_load()
   local t0 = os.clock()
   local ok, err = M.reload(path)
   if not ok then

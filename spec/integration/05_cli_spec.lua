@@ -98,7 +98,8 @@ return { name = "spin", version = "1", select = function() end,
   it("check refuses two listeners on one address, admin included", function()
     local port = procs.free_port()
     local cfg = cfg_file("twice", string.format(
-      'listen { name = "a", addr = "127.0.0.1:%d" }\nlisten { name = "b", addr = "0.0.0.0:%d", open = true }\n',
+      'listen { name = "a", addr = "127.0.0.1:%d" }\n' ..
+      'listen { name = "b", addr = "0.0.0.0:%d", open = true }\n',
       port, port))
     local code, out = run("check -c " .. cfg)
     assert.equal(1, code)
@@ -236,6 +237,28 @@ route(function() return "direct" end)
     assert.is_truthy(exited, "SIGTERM was not honoured:\n" .. log)
     assert.matches('"FERRY%-0102"[^\n]*ferry is stopping[^\n]*FERRY%-4014', log)
     assert.matches("FERRY%-0005", log)
+  end)
+
+  it("gives a reload from the console the config load's bounds, a line the admin's", function()
+    local ferry = unbounded_ferry("FERRY_ADMIN_INSTRUCTIONS=1000000")
+    local function console(expr)
+      local out = procs.tmp .. "/budget-console-" .. ferry.admin
+      local ok, _, code = os.execute(procs.quote(procs.bin) .. " console -s " ..
+        procs.quote(ferry.sock) .. " -e " .. procs.quote(expr) .. " >" .. out .. " 2>&1")
+      if type(ok) == "number" then code = ok / 256 end
+      local text = procs.read_file(out)
+      os.remove(out)
+      return code, text
+    end
+    -- 3 million instructions: over the admin bound set here, well under the load's.
+    procs.write_file(ferry.config, ferry.text .. "local n = 0\nfor i = 1, 3e6 do n = n + i end\n")
+    local code, out = console("reload()")
+    assert.equal(0, code, out)
+    assert.matches("^reloaded ", out)
+    code, out = console("local n = 0 for i = 1, 3e6 do n = n + i end")
+    assert.equal(1, code)
+    assert.matches("budget of 1000000 instructions.*FERRY%-4011", out)
+    procs.stop_ferry(ferry)
   end)
 
   it("stops a console line that still runs, then drains and exits", function()

@@ -293,7 +293,7 @@ route(function(req) return "p" end)
     local _, masked = out:gsub("x://%*%*%*@h ", "")
     assert.equal(100000, masked)
     -- The same through an error message, and a line of blanks trimmed.
-    rc, out, err = console(string.rep(" ", 7000) .. 'error(string.rep("a", 100000) .. ' ..
+    rc, _, err = console(string.rep(" ", 7000) .. 'error(string.rep("a", 100000) .. ' ..
       '" http://u:' .. PASSWORD .. '@h")' .. string.rep(" ", 7000))
     assert.equal(1, rc)
     assert.matches("^error: console:1: a+ http://%*%*%*@h\n$", err)

@@ -209,6 +209,7 @@ route(function() return "direct" end)
     local ferry = procs.spawn("ferry", "env " .. env .. " " .. procs.quote(procs.bin) .. " -c " ..
       procs.quote(cfg))
     ferry.config, ferry.text, ferry.sock, ferry.admin = cfg, text .. (extra or ""), sock, A
+    finally(function() procs.stop(ferry) end) -- also when an assertion fails first
     assert(procs.wait_port(A, procs.asan and 15 or 5), procs.read_file(ferry.log))
     return ferry
   end
@@ -267,6 +268,7 @@ route(function() return "direct" end)
     local console = procs.spawn("console", "sh -c " .. procs.quote(procs.quote(procs.bin) ..
       " console -s " .. procs.quote(ferry.sock) .. " -e 'while true do end' 2>" .. out ..
       "; echo $? >>" .. out))
+    finally(function() procs.stop(console) procs.stop(ferry) end) -- replaces unbounded_ferry's
     assert.is_truthy(wait_busy(ferry), "the line never kept the loop busy")
     procs.signal(ferry, "TERM")
     local exited = wait_exit(ferry)

@@ -149,6 +149,8 @@ void conn_close_all(void);
 void conn_on_head(struct conn *c);
 int conn_exchange(struct conn *c);
 void conn_fail(struct conn *c, enum ferr e);
+/* conn_fail without the warn line: a summary line is written elsewhere. */
+void conn_fail_quiet(struct conn *c, enum ferr e);
 void conn_finish(struct conn *c);
 int conn_write_request_head(struct conn *c);
 /* Header edits of on_request for this request (copied; bounded). */

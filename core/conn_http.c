@@ -1,5 +1,6 @@
 /* conn_http.c - plain HTTP through the proxy: request heads in,
  * rewritten heads out, bodies relayed by their framing. */
+#include "authfail.h"
 #include "conn.h"
 #include "health.h"
 #include "listener.h"
@@ -58,15 +59,18 @@ static void log_done(struct conn *c)
     metrics_request_end(c, c->code);
 }
 
-void conn_fail(struct conn *c, enum ferr e)
+/* The error answer; with `quiet`, no warn line (a summary covers it). */
+static void fail_answer(struct conn *c, enum ferr e, int quiet)
 {
     const struct ferr_info *info = ferr_info(e);
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
     c->code = info->code;
     c->status = info->status;
-    log_event(LOG_WARN, info->code, &ctx, "%s %s:%d: %s", c->method[0] ? c->method : "-",
-              c->host[0] ? c->host : "-", c->port, info->message);
+    if (!quiet) {
+        log_event(LOG_WARN, info->code, &ctx, "%s %s:%d: %s", c->method[0] ? c->method : "-",
+                  c->host[0] ? c->host : "-", c->port, info->message);
+    }
     conn_upstream_close(c);
     if (c->sent_any) {
         /* Part of a response is already out: closing is the only signal. */
@@ -78,19 +82,33 @@ void conn_fail(struct conn *c, enum ferr e)
     int bl = snprintf(body, sizeof(body),
                       "{\"error\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}\n",
                       info->code, info->message, c->cid);
+    char extra[64] = "";
+    if (e == FERR_AUTH_REQUIRED) {
+        snprintf(extra, sizeof(extra), "Proxy-Authenticate: Basic realm=\"ferry\"\r\n");
+    } else if (e == FERR_AUTH_THROTTLED) {
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", authfail_retry_after(c->client));
+    }
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                       "Content-Length: %d\r\nX-Ferry-Error: %s\r\nX-Request-Id: %s\r\n"
                       "%sConnection: close\r\n\r\n",
-                      info->status, info->reason, bl, info->code, c->cid,
-                      e == FERR_AUTH_REQUIRED ? "Proxy-Authenticate: Basic realm=\"ferry\"\r\n"
-                                              : "");
+                      info->status, info->reason, bl, info->code, c->cid, extra);
     c->bytes_out += buf_append(&c->cout, head, (size_t)hl);
     c->bytes_out += buf_append(&c->cout, body, (size_t)bl);
     c->sent_any = 1;
     log_done(c);
     c->state = CS_DRAIN;
     conn_arm(c, timeouts.idle < 30 ? timeouts.idle : 30);
+}
+
+void conn_fail(struct conn *c, enum ferr e)
+{
+    fail_answer(c, e, 0);
+}
+
+void conn_fail_quiet(struct conn *c, enum ferr e)
+{
+    fail_answer(c, e, 1);
 }
 
 /* Pull host, port and path out of the request target. */
@@ -281,6 +299,10 @@ void conn_on_head(struct conn *c)
     const char *auth = base + c->req.proxy_auth.off;
     size_t auth_len = c->req.proxy_auth.len;
     if (c->l->nusers > 0) {
+        if (authfail_blocked(c->l, c->client)) {
+            conn_fail_quiet(c, FERR_AUTH_THROTTLED);
+            return;
+        }
         const char *user = NULL;
         if (auth_len > 0) {
             user = listener_auth(c->l, auth, auth_len);
@@ -290,7 +312,15 @@ void conn_on_head(struct conn *c)
             }
         }
         if (user == NULL) {
-            conn_fail(c, FERR_AUTH_REQUIRED);
+            /* Wrong credentials count towards a block; a missing header is
+             * no guess.  Either logs once per address and window. */
+            int log_it = auth_len > 0 ? authfail_count(c->l, c->client)
+                                      : authfail_missing(c->l, c->client);
+            if (log_it) {
+                conn_fail(c, FERR_AUTH_REQUIRED);
+            } else {
+                conn_fail_quiet(c, FERR_AUTH_REQUIRED);
+            }
             return;
         }
         snprintf(c->user, sizeof(c->user), "%s", user);

@@ -40,6 +40,9 @@ static const struct ferr_info table[FERR_COUNT] = {
                                   "connection limit reached" },
     [FERR_ALL_DOWN]           = { "FERRY-2005", 503, "Service Unavailable",
                                   "no healthy proxy in the pool (all down, banned or open)" },
+    [FERR_AUTH_THROTTLED]     = { "FERRY-1040", 429, "Too Many Requests",
+                                  "too many failed proxy authentications from this address; "
+                                  "try again later" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

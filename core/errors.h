@@ -24,6 +24,7 @@ enum ferr {
     FERR_FIRST_BYTE_TIMEOUT, /* the upstream did not answer in time */
     FERR_OVERLOADED,       /* a connection limit was hit */
     FERR_ALL_DOWN,         /* nothing healthy in the pool and all_down = "fail" */
+    FERR_AUTH_THROTTLED,   /* the client address failed inbound auth too often (authfail.c) */
     FERR_COUNT
 };
 

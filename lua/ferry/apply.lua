@@ -195,6 +195,10 @@ local function finish_listeners(cfg, plan, old_idx)
   end
   for _, l in ipairs(cfg.listeners) do
     local err = errbuf()
+    if l.auth_fail_limit then
+      -- config.lua checked the bounds.
+      C.ferry_listener_set_auth_throttle(plan.idx_of[l], l.auth_fail_limit, l.auth_fail_window)
+    end
     for _, u in ipairs(l.users or {}) do
       -- config.lua checked the bounds: only memory can fail here.
       if C.ferry_listener_add_user(plan.idx_of[l], u.user, u.pass, err) ~= 0 then

@@ -91,6 +91,24 @@ route(function(req) return "direct" end)
     assert.matches("users%[1%]", err_of('listen { users = { "nocolon" } }'))
   end)
 
+  it("throttles failed inbound auth: defaults and bounds of auth_fail_limit and auth_fail_window", function()
+    local l = assert(load('listen { users = { "a:b" } }')).listeners[1]
+    assert.equal(10, l.auth_fail_limit)
+    assert.equal(60, l.auth_fail_window)
+    l = assert(load('listen { users = { "a:b" }, auth_fail_limit = 3, auth_fail_window = 0.5 }'))
+      .listeners[1]
+    assert.equal(3, l.auth_fail_limit)
+    assert.equal(0.5, l.auth_fail_window)
+    assert.matches('listen "listen1": auth_fail_limit must be between 1 and 1000000, got 0',
+      err_of('listen { auth_fail_limit = 0 }'))
+    assert.matches("auth_fail_limit must be a whole number", err_of('listen { auth_fail_limit = 2.5 }'))
+    assert.matches("auth_fail_limit must be a number", err_of('listen { auth_fail_limit = "5" }'))
+    assert.matches("auth_fail_window must be between 0.1 and 86400",
+      err_of('listen { auth_fail_window = 0 }'))
+    assert.matches("auth_fail_window must be between 0.1 and 86400",
+      err_of('listen { auth_fail_window = 1e9 }'))
+  end)
+
   it("rejects duplicates and the reserved pool name", function()
     assert.matches('cfg.lua:2: pool "a": a pool with this name already exists',
       err_of('pool "a" { proxies = { "http://h:1" } }\npool "a" { proxies = { "http://h:2" } }'))

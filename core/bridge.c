@@ -245,6 +245,7 @@ void bridge_stop(void)
 void bridge_fini(void)
 {
     if (L != NULL) {
+        budget_uninstall(L); /* LuaJIT frees its own arena only behind its own allocator */
         lua_close(L);
         L = NULL;
     }

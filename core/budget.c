@@ -254,6 +254,14 @@ void budget_install(lua_State *L, const char *root)
     read_env(&budget_admin, "ADMIN");
 }
 
+void budget_uninstall(lua_State *L)
+{
+    if (base_alloc != NULL) {
+        lua_setallocf(L, base_alloc, base_ud);
+    }
+    cur.mode = MODE_OFF;
+}
+
 void budget_begin_hook(lua_State *L, uint64_t steps)
 {
     memset(&cur, 0, sizeof(cur));

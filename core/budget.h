@@ -32,6 +32,8 @@ extern struct budget_limits budget_load, budget_admin;
  * environment.  Code loaded from root/lua/ is the runtime's own: once a
  * whole evaluation tripped, only the rest (user code) is interrupted. */
 void budget_install(lua_State *L, const char *root);
+/* Give L its own allocator back, before lua_close. */
+void budget_uninstall(lua_State *L);
 /* Per-request hooks (dispatch, result): an instruction budget only; the
  * error leaves a fresh budget to the runtime's built-in fallback. */
 void budget_begin_hook(lua_State *L, uint64_t steps);

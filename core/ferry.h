@@ -350,6 +350,9 @@ void ferry_budget_enter_load(void);
  * store) can be: an existing one opened read-write, a missing one's
  * directory writable.  Creates nothing.  FERRY_OK, or FERRY_ERROR, err. */
 int ferry_path_writable(const char *path, const char **err);
+/* ferry check: whether a unix socket could be bound at path (missing, or
+ * a stale socket, in a writable directory).  FERRY_OK, or FERRY_ERROR. */
+int ferry_socket_path_usable(const char *path, const char **err);
 
 /* Global timeouts in milliseconds; 0 leaves a value unchanged. */
 void ferry_set_timeouts(int client_head_ms, int connect_ms,

@@ -1,6 +1,6 @@
 /* preflight.c - what `ferry check` verifies about files `ferry run`
- * would open for writing (log files, the store), without creating or
- * changing any. */
+ * would open for writing (log files, the store) or bind (the console
+ * socket), without creating or changing any. */
 #include "ferry.h"
 
 #include <errno.h>
@@ -11,9 +11,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+static int dir_takes_file(const char *path, const char **err);
+
 int ferry_path_writable(const char *path, const char **err)
 {
-    static char msg[PATH_MAX + 128];
     if (path == NULL || *path == '\0') {
         *err = "empty path";
         return FERRY_ERROR;
@@ -37,7 +38,31 @@ int ferry_path_writable(const char *path, const char **err)
         *err = strerror(errno);
         return FERRY_ERROR;
     }
-    /* Missing: ferry run creates it, so its directory must take a file. */
+    return dir_takes_file(path, err);
+}
+
+int ferry_socket_path_usable(const char *path, const char **err)
+{
+    struct stat st;
+    if (path == NULL || *path == '\0') {
+        *err = "empty path";
+        return FERRY_ERROR;
+    }
+    if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+        *err = "the path exists and is not a socket";
+        return FERRY_ERROR;
+    }
+    /* A stale socket is unlinked and bound again, a missing one bound:
+     * either way its directory must take a file.  (Whether another
+     * process listens on it is found by ferry run.) */
+    return dir_takes_file(path, err);
+}
+
+/* Whether the directory of path lets ferry create path in it. */
+static int dir_takes_file(const char *path, const char **err)
+{
+    static char msg[PATH_MAX + 128];
+    struct stat st;
     char dir[PATH_MAX];
     snprintf(dir, sizeof(dir), "%s", path);
     char *slash = strrchr(dir, '/');

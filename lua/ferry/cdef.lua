@@ -171,6 +171,7 @@ const char *ferry_budget_message(void);
 const char *ferry_budget_tripped(void);
 void ferry_budget_enter_load(void);
 int ferry_path_writable(const char *path, const char **err);
+int ferry_socket_path_usable(const char *path, const char **err);
 void ferry_set_log(int level, int access);
 void ferry_log(int level, const char *code, const char *msg);
 void ferry_count_hook_error(int kind);

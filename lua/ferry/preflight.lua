@@ -1,9 +1,9 @@
 -- preflight.lua: what `ferry check` verifies besides the config itself,
 -- so that it accepts only what `ferry run` would start with: the log
--- files and the store can be opened for writing (or created).  Nothing
--- is created or changed; listeners are not bound (a port another
--- process holds is found by ferry run only).  Two listeners on one
--- address are refused by config.lua for both.
+-- files and the store can be opened for writing (or created), the
+-- console socket can be bound.  Nothing is created or changed; nothing
+-- is bound (a port or socket another process holds is found by ferry
+-- run only).  Two listeners on one address are refused by config.lua.
 local ffi = require("ffi")
 require("ferry.cdef")
 
@@ -17,6 +17,12 @@ local SQLITE_MAGIC = "SQLite format 3\0"
 local function writable(path)
   local err = ffi.new("const char *[1]")
   if C.ferry_path_writable(path, err) ~= 0 then return ffi.string(err[0]) end
+  return nil
+end
+
+local function bindable(path)
+  local err = ffi.new("const char *[1]")
+  if C.ferry_socket_path_usable(path, err) ~= 0 then return ffi.string(err[0]) end
   return nil
 end
 
@@ -40,6 +46,13 @@ function M.check(cfg)
         return format("%s:%d: log: cannot open %s: %s [FERRY-0131]", cfg.file,
           cfg.log.line or 0, path, why)
       end
+    end
+  end
+  for _, l in ipairs(cfg.listeners) do
+    local why = l.path and bindable(l.path)
+    if why then
+      return format('%s:%d: admin: cannot listen on unix:%s: %s [FERRY-0133]', cfg.file,
+        l.line or 0, l.path, why)
     end
   end
   local s = cfg.store

@@ -139,11 +139,18 @@ return { name = "spin", version = "1", select = function() end,
     code, out = check(string.format('store { path = "%s" }\n', notdb))
     assert.equal(1, code)
     assert.matches("file is not a database", out)
+    code, out = check(string.format('admin { socket = "%s" }\n', notdb))
+    assert.equal(1, code)
+    assert.matches(":2: admin: cannot listen on unix:.*the path exists and is not a socket " ..
+      "%[FERRY%-0133%]", out)
+    code, out = check(string.format('admin { socket = "%s/missing/ferry.sock" }\n', dir))
+    assert.equal(1, code)
+    assert.matches("FERRY%-0133", out)
     -- Openable paths pass, and check leaves no file behind.
     code, out = check(string.format('log { file = "%s/e.log", access_file = "%s/a.log" }\n' ..
-      'store { path = "%s/new.db" }\n', dir, dir, dir))
+      'store { path = "%s/new.db" }\nadmin { socket = "%s/new.sock" }\n', dir, dir, dir, dir))
     assert.equal(0, code, out)
-    for _, f in ipairs { "e.log", "a.log", "new.db" } do
+    for _, f in ipairs { "e.log", "a.log", "new.db", "new.sock" } do
       assert.is_nil(io.open(dir .. "/" .. f, "r"), f .. " was created")
     end
   end)

@@ -75,15 +75,19 @@ static void budget_message(enum budget_trip t, const char *msg, char *err, size_
     char what[256];
     budget_describe(t, what, sizeof(what));
     const char *oom = msg != NULL ? strstr(msg, "not enough memory") : NULL;
+    /* Where the runaway was is in the message; the runtime's stack is noise. */
+    const char *tb = msg != NULL ? strstr(msg, "\nstack traceback:") : NULL;
+    int len = tb != NULL ? (int)(tb - msg) : (int)(msg != NULL ? strlen(msg) : 0);
     if (msg == NULL) {
         snprintf(err, errlen, "%s", what);
-    } else if (oom != NULL) {
-        snprintf(err, errlen, "%.*s%s%s", (int)(oom - msg), msg, what,
+    } else if (oom != NULL && oom - msg < len) {
+        int tail = len - (int)(oom - msg) - (int)strlen("not enough memory");
+        snprintf(err, errlen, "%.*s%s%.*s", (int)(oom - msg), msg, what, tail > 0 ? tail : 0,
                  oom + strlen("not enough memory"));
     } else if (strstr(msg, "[FERRY-401") == NULL) {
-        snprintf(err, errlen, "%s: %s", msg, what);
+        snprintf(err, errlen, "%.*s: %s", len, msg, what);
     } else {
-        snprintf(err, errlen, "%s", msg);
+        snprintf(err, errlen, "%.*s", len, msg);
     }
 }
 

@@ -105,16 +105,19 @@ local function reload(path)
   if not cfg then return nil, err end
   local undo, serr = inventory.reload_store(cfg)
   if not undo then return nil, serr end
-  inventory.merge(cfg)
-  local prep, perr = apply.prepare(cfg, root)
-  if not prep then
+  -- An error raised on the way (memory a budget refused in the middle,
+  -- core/budget.c) undoes the store switch as a refusal does.
+  local ok, run, prep = pcall(function()
+    inventory.merge(cfg)
+    local p, perr = apply.prepare(cfg, root)
+    if not p then return nil, perr end
+    local r, cerr = apply.commit(p, active)
+    if not r then return nil, cerr end
+    return r, p
+  end)
+  if not ok or not run then
     undo()
-    return nil, perr
-  end
-  local run, cerr = apply.commit(prep, active)
-  if not run then
-    undo()
-    return nil, cerr
+    return nil, ok and prep or run
   end
   switch_to(run, prep)
   return true

@@ -29,6 +29,7 @@
 
 #define HOOK_STEP 1000              /* the hook runs every this many instructions */
 #define TRIP_SLACK (16u << 20)      /* heap the runtime may still use after a trip */
+#define HOOK_MEMORY (64u << 20)     /* heap a per-request hook may add (twice: allocate) */
 #define MIB (1024.0 * 1024.0)
 #define REG_MSGS "ferry.budget.messages"
 
@@ -134,7 +135,13 @@ static void trip_now(enum budget_trip t)
 
 static void *budget_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
-    if (nsize > osize && cur.mode == MODE_EVAL) {
+    if (nsize > osize && cur.mode == MODE_HOOK) {
+        /* A per-request hook: refused, and its runtime falls back. */
+        uint64_t grow = nsize - osize;
+        if (heap + (int64_t)grow > cur.heap_max || cur.allocated + grow > cur.allocated_max) {
+            return NULL;
+        }
+    } else if (nsize > osize && cur.mode == MODE_EVAL) {
         uint64_t grow = nsize - osize;
         enum budget_trip t = BUDGET_OK;
         if (cur.heap_max != 0 && heap + (int64_t)grow > cur.heap_max) {
@@ -206,9 +213,12 @@ static void request_hook(lua_State *l, lua_Debug *ar)
 {
     (void)ar;
     if (++cur.steps > cur.steps_max) {
+        char msg[128];
         cur.steps = 0; /* the fallback that catches this gets a fresh budget */
-        luaL_error(l, "script exceeded its budget of %llu instructions (runaway loop?)",
-                   (unsigned long long)(cur.steps_max * HOOK_STEP));
+        /* lua_pushfstring knows no %llu: the number is formatted here. */
+        snprintf(msg, sizeof(msg), "script exceeded its budget of %llu instructions "
+                 "(runaway loop?)", (unsigned long long)(cur.steps_max * HOOK_STEP));
+        luaL_error(l, "%s", msg);
     }
 }
 
@@ -267,6 +277,8 @@ void budget_begin_hook(lua_State *L, uint64_t steps)
     memset(&cur, 0, sizeof(cur));
     cur.mode = MODE_HOOK;
     cur.steps_max = steps / HOOK_STEP;
+    cur.heap_max = heap + HOOK_MEMORY;
+    cur.allocated_max = 2 * HOOK_MEMORY;
     lua_sethook(L, request_hook, LUA_MASKCOUNT, HOOK_STEP);
 }
 

@@ -668,6 +668,9 @@ local function evaluate(chunk, file)
     env[k] = _G[k]
   end
   env.os = { time = os.time, clock = os.clock, getenv = os.getenv }
+  -- route() runs per request under the core's budget: a loop around
+  -- pcall must not swallow the budget's error (ferry.budget).
+  env.pcall = require("ferry.budget").pcall
 
   setfenv(chunk, env)
   -- User code (route, hooks) runs interpreted so the core's instruction

@@ -320,10 +320,11 @@ function M.commit(prep, old)
   end
   local plan, lerr = open_listeners(cfg, old and old.listeners)
   if not plan then return nil, lerr end
-  local pools, by_index, seen = build_pools(prep)
-  if not pools then
+  -- Raised errors too (memory a budget refused): the new listeners go.
+  local bok, pools, by_index, seen = pcall(build_pools, prep)
+  if not bok or not pools then
     abandon_listeners(plan)
-    return nil, by_index
+    return nil, bok and by_index or tostring(pools)
   end
   local listeners = finish_listeners(cfg, plan, old and old.listeners)
   if old then

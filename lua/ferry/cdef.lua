@@ -167,6 +167,12 @@ int ferry_set_log_files(const char *events, const char *access, const char **err
 void ferry_set_http(int via, const char *via_name);
 int ferry_draining(void);
 const char *ferry_config_path(void);
+int ferry_budget_charge(double instructions);
+const char *ferry_budget_message(void);
+const char *ferry_budget_tripped(void);
+void ferry_budget_enter_load(void);
+int ferry_path_writable(const char *path, const char **err);
+int ferry_socket_path_usable(const char *path, const char **err);
 void ferry_set_log(int level, int access);
 void ferry_log(int level, const char *code, const char *msg);
 void ferry_count_hook_error(int kind);

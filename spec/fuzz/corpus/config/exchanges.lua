@@ -1,0 +1,78 @@
+-- exchanges.lua: one pool per exchange, each with its health check,
+-- breaker and ban rules, on a machine with nothing else running.
+--
+-- Three local listeners play the upstream proxy nodes (they go direct);
+-- the front listener on :8090 sends each exchange's traffic through its
+-- own pool.  Health probes, breakers and bans then act per exchange: a
+-- node banned by one exchange keeps carrying the others.
+--   bin/ferry check -c examples/exchanges.lua
+--   bin/ferry -c examples/exchanges.lua
+--   curl -x http://127.0.0.1:8090 https://api.binance.com/api/v3/time
+-- (the last needs the Internet; without it, watch the probes in the log).
+--
+-- Exchanges match destination hosts on every listener, the nodes' too:
+-- each exchange script sends what reaches a node straight out, or a
+-- request would go round the nodes forever (see exchanges/*.lua).
+
+listen { name = "front", addr = "127.0.0.1:8090" }
+listen { name = "node1", addr = "127.0.0.1:8091" }
+listen { name = "node2", addr = "127.0.0.1:8092" }
+listen { name = "node3", addr = "127.0.0.1:8093" }
+
+local nodes = {
+  { url = "http://127.0.0.1:8091", id = "node1" },
+  { url = "http://127.0.0.1:8092", id = "node2" },
+  { url = "http://127.0.0.1:8093", id = "node3", weight = 2 },
+}
+
+pool "binance" {
+  strategy = "health_score",
+  -- A tunnel through each node to a local port proves the node relays.
+  -- In production: target = "api.binance.com:443".
+  health   = { check = "connect", target = "127.0.0.1:8091", interval = 5, timeout = 2,
+               rise = 2, fall = 3 },
+  breaker  = { policy = "consecutive", failures = 5, cooldown = 30, max_cooldown = 600 },
+  all_down = "any",           -- a doubtful node beats no answer
+  proxies  = nodes,
+}
+
+-- Binance's /sapi endpoints keep one node per session (X-Ferry-Session):
+-- the exchange script sends them here.
+pool "binance_sapi" {
+  strategy    = "sticky",
+  session_ttl = 300,
+  health      = { check = "tcp", interval = 5 },
+  breaker     = { policy = "consecutive", failures = 3, cooldown = 10 },
+  proxies     = nodes,
+}
+
+pool "bybit" {
+  strategy = "least_conn",
+  health   = { check = "tcp", interval = 2, rise = 1, fall = 2 },
+  breaker  = { policy = "error_rate", window = 30, threshold = 0.5, min_requests = 20,
+               cooldown = 15, trials = 2 },
+  panic    = 50,              -- under half healthy: use them all rather than overload a few
+  proxies  = nodes,
+}
+
+pool "okx" {
+  strategy = "round_robin",
+  health   = { check = "connect", target = "127.0.0.1:8092", interval = 10 },
+  breaker  = { policy = "consecutive", failures = 3, cooldown = 60 },
+  all_down = "fail",          -- better a clear 503 than an unhealthy path
+  proxies  = nodes,
+}
+
+exchange "binance" { hosts = { "*.binance.com", "binance.com" }, pool = "binance",
+                     ban = { status = { 403, 418, 429 }, backoff = 60, max_backoff = 3600,
+                             body = { "IP banned" } },
+                     script = "exchanges/binance.lua" }
+exchange "bybit"   { hosts = { "*.bybit.com" }, pool = "bybit",
+                     ban = { status = { 403 }, backoff = 300 },
+                     script = "exchanges/bybit.lua" }
+exchange "okx"     { hosts = { "*.okx.com" }, pool = "okx",
+                     ban = { status = { 429 }, body = { "Too Many Requests" }, backoff = 30 },
+                     script = "exchanges/okx.lua" }
+
+-- Anything else, on any listener, goes direct.
+route(function() return "direct" end)

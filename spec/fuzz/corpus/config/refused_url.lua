@@ -1,0 +1,1 @@
+pool "a" { proxies = { "http://u:pa ss@h:1" } }

@@ -81,7 +81,9 @@ local function check_cfg(cfg)
     end
   end
   for k, v in pairs(cfg.timeouts) do
-    if type(v) ~= "number" or not (v > 0) or v > 86400 then finding("timeout %s = %s", k, tostring(v)) end
+    if type(v) ~= "number" or v ~= v or v <= 0 or v > 86400 then
+      finding("timeout %s = %s", k, tostring(v))
+    end
   end
 end
 

@@ -3,10 +3,46 @@
 -- The input is config text for ferry.config.load_string, and also a proxy
 -- URL for ferry.url.parse.  What the loader promises the runtime and the
 -- operator is checked; a broken promise raises "FINDING: ...".
+--
+-- The state is kept from one input to the next (fuzz_lua.c), as the
+-- daemon keeps its one state across reloads: a config must leave the
+-- libraries its sandbox shares with the runtime (string, table, math) as
+-- it found them.  They are compared, and put back, after every input.
 local config = require("ferry.config")
 local url = require("ferry.url")
 
 local format = string.format
+local pairs, tostring, type = pairs, tostring, type
+
+-- The libraries the sandbox hands to a config (config.lua's safe globals).
+local SHARED = { string = string, table = table, math = math }
+local saved = {}
+for name, lib in pairs(SHARED) do
+  local copy = {}
+  for k, v in pairs(lib) do copy[k] = v end
+  saved[name] = copy
+end
+
+-- The first change to a shared library, putting every change back.
+local function restore_shared()
+  local changed
+  for name, lib in pairs(SHARED) do
+    local copy = saved[name]
+    for k, v in pairs(lib) do
+      if copy[k] ~= v then
+        changed = changed or name .. "." .. tostring(k)
+        lib[k] = nil
+      end
+    end
+    for k, v in pairs(copy) do
+      if lib[k] ~= v then
+        changed = changed or name .. "." .. tostring(k)
+        lib[k] = v
+      end
+    end
+  end
+  return changed
+end
 
 local function finding(fmt, ...)
   error("FINDING: " .. format(fmt, ...), 0)
@@ -95,6 +131,11 @@ end
 
 return function(input)
   local ok, cfg, err = pcall(config.load_string, input, "config.lua")
+  local changed = restore_shared()
+  if changed then
+    finding("a config changed %s, which the running daemon shares (%s)", changed,
+      cfg and "config accepted" or "config refused")
+  end
   if not ok then finding("config.load_string raised: %s", tostring(cfg)) end
   if cfg then
     check_cfg(cfg)

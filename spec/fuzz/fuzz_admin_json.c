@@ -15,6 +15,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    fuzz_lua_run("fuzz_admin_json", "admin_json_driver", (const char *)data, size);
+    fuzz_lua_run("fuzz_admin_json", "admin_json_driver", 0, (const char *)data, size);
     return 0;
 }

@@ -16,7 +16,7 @@
 
 #define MEM_CAP (64u << 20)      /* bytes a state may hold */
 #define STEP 1000                /* instructions between count hooks */
-#define MAX_STEPS 20000          /* 20 M instructions per input */
+#define MAX_STEPS 2000           /* 2 M instructions per input */
 #define COV_SIZE (1u << 15)
 
 /* libFuzzer reads this section as extra coverage counters. */
@@ -99,12 +99,15 @@ static void finding(const char *who, const char *msg, const char *data, size_t n
     abort();
 }
 
-void fuzz_lua_run(const char *who, const char *driver, const char *data, size_t n)
+static lua_State *kept;      /* the state reused by drivers that allow it */
+static const char *kept_driver;
+
+static lua_State *open_state(const char *who, const char *driver, const char *data, size_t n)
 {
-    memset(&st, 0, sizeof(st));
+    st.used = 0;
     lua_State *L = lua_newstate(cap_alloc, NULL);
     if (L == NULL) {
-        return;
+        return NULL;
     }
     luaL_openlibs(L);
     luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
@@ -120,6 +123,27 @@ void fuzz_lua_run(const char *who, const char *driver, const char *data, size_t 
     if (lua_pcall(L, 1, 1, 0) != 0) {
         finding(who, lua_tostring(L, -1), data, n); /* the setup itself is broken */
     }
+    lua_setglobal(L, "fuzz_driver");
+    return L;
+}
+
+void fuzz_lua_run(const char *who, const char *driver, int fresh, const char *data, size_t n)
+{
+    st.steps = 0;
+    st.prev = 0;
+    st.out_of_memory = st.out_of_steps = 0;
+    lua_State *L = kept;
+    if (L == NULL || fresh || kept_driver != driver) {
+        if (L != NULL) {
+            lua_close(L);
+        }
+        L = kept = open_state(who, driver, data, n);
+        kept_driver = driver;
+        if (L == NULL) {
+            return;
+        }
+    }
+    lua_getglobal(L, "fuzz_driver");
     lua_sethook(L, hook, LUA_MASKCOUNT | LUA_MASKLINE, STEP);
     lua_pushlstring(L, data, n);
     int rc = lua_pcall(L, 1, 0, 0);
@@ -127,10 +151,18 @@ void fuzz_lua_run(const char *who, const char *driver, const char *data, size_t 
     if (rc != 0 && !st.out_of_memory && !st.out_of_steps) {
         const char *msg = lua_tostring(L, -1);
         char buf[2048];
-        snprintf(buf, sizeof(buf), "%s%s", msg != NULL && strncmp(msg, "FINDING: ", 9) == 0
-                                               ? "" : "an error left the code under test: ",
-                 msg != NULL ? msg : "(not a string)");
+        if (msg != NULL && strncmp(msg, "FINDING: ", 9) == 0) {
+            snprintf(buf, sizeof(buf), "%s", msg + 9);
+        } else {
+            snprintf(buf, sizeof(buf), "an error left the code under test: %s",
+                     msg != NULL ? msg : "(not a string)");
+        }
         finding(who, buf, data, n);
     }
-    lua_close(L);
+    lua_settop(L, 0);
+    if (fresh || st.out_of_memory || st.out_of_steps) {
+        /* A stopped run may have left the state half-way: start over. */
+        lua_close(L);
+        kept = NULL;
+    }
 }

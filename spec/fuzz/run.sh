@@ -7,6 +7,10 @@
 # input; its reproducer is kept as spec/tmp/fuzz/TARGET-crash-* (or
 # -timeout-*, -oom-*) and its log as spec/tmp/fuzz/TARGET.log.
 # Reproduce: build/fuzz/fuzz_TARGET spec/tmp/fuzz/TARGET-crash-...
+#
+# FUZZ_KEEP_GOING=1 does not stop at the first finding (libFuzzer's fork
+# mode ignoring crashes): every reproducer is kept, and the distinct
+# findings are listed with how many reproducers each has.
 set -u
 secs=$1
 shift
@@ -39,18 +43,30 @@ for t in "$@"; do
     dict=
     [ -f "$root/spec/fuzz/$t.dict" ] && dict="-dict=$root/spec/fuzz/$t.dict"
     log=$out/$t.log
+    keep=
+    [ "${FUZZ_KEEP_GOING:-0}" = 1 ] && keep="-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1"
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} \
     UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
         "$bin" -max_total_time="$secs" -timeout=25 -rss_limit_mb=2048 \
         -max_len="$(max_len "$t")" -print_final_stats=1 \
-        -artifact_prefix="$out/$t-" $dict "$work" >"$log" 2>&1
+        -artifact_prefix="$out/$t-" $keep $dict "$work" >"$log" 2>&1
     rc=$?
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+    [ -n "$runs" ] || runs=$(grep -o '^#[0-9]*' "$log" | tail -n 1 | tr -d '#')
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
+    ft=$(grep -o 'ft: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
     ncorpus=$(ls "$work" | wc -l)
     rm -rf "$work"
-    if [ "$rc" -eq 0 ]; then
-        echo "fuzz $t: ok, ${runs:-?} runs in ${secs} s, coverage ${cov:-?}, corpus $nseeds -> $ncorpus"
+    arts=$(ls "$out/$t"-crash-* "$out/$t"-timeout-* "$out/$t"-oom-* "$out/$t"-leak-* 2>/dev/null)
+    if [ -n "$keep" ] && [ -n "$arts" ]; then
+        echo "fuzz $t: FAILED: $(echo "$arts" | wc -l) reproducers in ${secs} s (log $log):"
+        for a in $arts; do
+            "$bin" "$a" 2>&1 | grep -a -m 1 -E 'FINDING|ERROR: (AddressSanitizer|LeakSanitizer)|runtime error|ERROR: libFuzzer: timeout' |
+                sed 's/["(].*//; s/ at pc .*//' | cut -c 1-170
+        done | sort | uniq -c | sort -rn | sed "s/^/fuzz $t:   /"
+        fail=1
+    elif [ "$rc" -eq 0 ] && [ -z "$arts" ]; then
+        echo "fuzz $t: ok, ${runs:-?} runs in ${secs} s, coverage ${cov:-?} edges ${ft:-?} features, corpus $nseeds -> $ncorpus"
     else
         what=$(grep -m 1 -E 'FINDING|ERROR: (AddressSanitizer|libFuzzer|LeakSanitizer)|runtime error' "$log")
         art=$(ls "$out/$t"-* 2>/dev/null | grep -v '\.log$' | head -n 1)

@@ -68,7 +68,7 @@ for t in "$@"; do
     elif [ "$rc" -eq 0 ] && [ -z "$arts" ]; then
         echo "fuzz $t: ok, ${runs:-?} runs in ${secs} s, coverage ${cov:-?} edges ${ft:-?} features, corpus $nseeds -> $ncorpus"
     else
-        what=$(grep -m 1 -E 'FINDING|ERROR: (AddressSanitizer|libFuzzer|LeakSanitizer)|runtime error' "$log")
+        what=$(grep -a -m 1 -E 'FINDING|ERROR: (AddressSanitizer|libFuzzer|LeakSanitizer)|runtime error' "$log")
         art=$(ls "$out/$t"-* 2>/dev/null | grep -v '\.log$' | head -n 1)
         echo "fuzz $t: FAILED after ${runs:-?} runs: ${what:-exit $rc}"
         echo "fuzz $t:   reproducer ${art:-none}, log $log"

@@ -131,8 +131,8 @@ static void check_chunked(const char *p, size_t n, struct outcome o)
             FAIL("ferry ends the chunked body at %zu, the strict reader wants more", o.used);
         }
         if (taken > i) {
-            FAIL("ferry accepts byte %zu of a chunked body (0x%02x) that the strict reader "
-                 "refuses: %s", i, (unsigned char)p[i], r.why);
+            FAIL("ferry takes a chunked-body byte the strict reader refuses: %s; byte %zu, "
+                 "0x%02x", r.why, i, (unsigned char)p[i]);
         }
         return;
     }

@@ -1,9 +1,9 @@
 # ferry - build, test, run, bench.  Quiet unless V=1.
 
 CC       ?= cc
-PKGS     := luajit libcares
+PKGS     := luajit libcares libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/luajit-2.1)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lluajit-5.1 -lcares)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lluajit-5.1 -lcares -lcrypto)
 WERROR   ?=
 OPT      ?= -O2
 CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Wshadow -Wno-unused-parameter \
@@ -22,7 +22,7 @@ SPEC_DIRS ?= spec/unit spec/core spec/integration
 
 # Debian packages: build, specs, and the upstream proxies the specs run.
 DEPS     := build-essential pkg-config luajit2 libluajit2-5.1-dev libev-dev libhttp-parser-dev \
-            libc-ares-dev libsqlite3-dev libedit-dev lua-cjson lua-busted lua-socket lua-check \
+            libc-ares-dev libsqlite3-dev libssl-dev libedit-dev lua-cjson lua-busted lua-socket lua-check \
             cppcheck microsocks tinyproxy curl prometheus python3 sqlite3 \
             clang libclang-rt-14-dev
 BENCH_DEPS := wrk nginx-light squid haproxy tinyproxy util-linux
@@ -33,7 +33,8 @@ else
 Q := @
 endif
 
-.PHONY: all deps bench-deps run test asan lint bench clean check-config fuzz fuzz-smoke fuzz-build
+.PHONY: all deps bench-deps run test test-long asan lint bench clean check-config fuzz fuzz-smoke \
+        fuzz-build
 
 all: bin/ferry
 
@@ -159,6 +160,10 @@ check-config: bin/ferry
 # The suite under busted; the last line is "N passed, N failed".
 test: deps bin/ferry build/libferry.so
 	@FERRY_BIN=$(CURDIR)/bin/ferry spec/run.sh $(SPEC_DIRS)
+
+# Specs tagged #long (100 MB bodies, slow large transfers): minutes, not seconds.
+test-long: deps bin/ferry build/libferry.so
+	@FERRY_BIN=$(CURDIR)/bin/ferry FERRY_SPEC_TAGS=long spec/run.sh spec/integration
 
 asan: deps bin/ferry-asan build/libferry.so
 	@FERRY_BIN=$(CURDIR)/bin/ferry-asan FERRY_ASAN=1 \

@@ -1,5 +1,6 @@
 /* conn_http.c - plain HTTP through the proxy: request heads in,
  * rewritten heads out, bodies relayed by their framing. */
+#include "authfail.h"
 #include "conn.h"
 #include "health.h"
 #include "listener.h"
@@ -8,7 +9,6 @@
 #include "proxy.h"
 #include "sticky.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,8 +16,20 @@
 
 static unsigned long long cid_counter;
 
-/* Correlation ids: the client's X-Request-Id when it is sane, else ours. */
-static void set_cid(struct conn *c, const char *base)
+/* A fresh correlation id, given when the first byte of a head arrives so
+ * that even a head that never completes is answered and logged with one. */
+static void new_cid(struct conn *c)
+{
+    static unsigned long long seed;
+    if (seed == 0) {
+        seed = ((unsigned long long)random() << 32) ^ (unsigned long long)random() ^ 1;
+    }
+    unsigned long long v = (++cid_counter) * 0x9E3779B97F4A7C15ull ^ seed;
+    snprintf(c->cid, sizeof(c->cid), "%016llx", v);
+}
+
+/* The client's X-Request-Id replaces ours when it is sane. */
+static void take_client_cid(struct conn *c, const char *base)
 {
     struct http_span s = c->req.request_id;
     int ok = s.len > 0 && s.len < sizeof(c->cid);
@@ -29,14 +41,7 @@ static void set_cid(struct conn *c, const char *base)
     if (ok) {
         memcpy(c->cid, base + s.off, s.len);
         c->cid[s.len] = '\0';
-        return;
     }
-    static unsigned long long seed;
-    if (seed == 0) {
-        seed = ((unsigned long long)random() << 32) ^ (unsigned long long)random() ^ 1;
-    }
-    unsigned long long v = (++cid_counter) * 0x9E3779B97F4A7C15ull ^ seed;
-    snprintf(c->cid, sizeof(c->cid), "%016llx", v);
 }
 
 static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
@@ -52,21 +57,52 @@ static void log_done(struct conn *c)
 {
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
-    log_access(&ctx, c->client, c->method, c->host, c->port, c->path, c->status,
+    log_access(&ctx, c->client, c->method[0] ? c->method : "-", c->host[0] ? c->host : "-",
+               c->port, c->path[0] ? c->path : "-", c->status,
                c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
                (int)c->attempt + 1, c->code);
     metrics_request_end(c, c->code);
 }
 
-void conn_fail(struct conn *c, enum ferr e)
+/* What the log can say of a head before (or without) parsing it: its
+ * first word as the method and its target, printable bytes only. */
+static void note_unparsed(struct conn *c, const char *base, size_t hl)
+{
+    size_t i = 0;
+    while (i < hl && i + 1 < sizeof(c->method) && http_is_tchar((unsigned char)base[i])) {
+        c->method[i] = base[i];
+        i++;
+    }
+    c->method[i] = '\0';
+    size_t t = i < hl && base[i] == ' ' ? i + 1 : hl, n = 0;
+    while (t < hl && n + 1 < sizeof(c->path) && base[t] > 0x20 && base[t] < 0x7f) {
+        c->path[n++] = base[t++];
+    }
+    c->path[n] = '\0';
+}
+
+/* The error answer; with `quiet`, no warn line (a summary covers it). */
+static void fail_answer(struct conn *c, enum ferr e, int quiet)
 {
     const struct ferr_info *info = ferr_info(e);
+    if (c->state == CS_HEAD && c->method[0] == '\0' && !buf_empty(&c->cin)) {
+        /* A head that never completed: log what arrived of it. */
+        note_unparsed(c, buf_head(&c->cin), buf_len(&c->cin));
+    }
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
     c->code = info->code;
     c->status = info->status;
-    log_event(LOG_WARN, info->code, &ctx, "%s %s:%d: %s", c->method[0] ? c->method : "-",
-              c->host[0] ? c->host : "-", c->port, info->message);
+    if (quiet) {
+        /* a summary line covers it */
+    } else if (c->host[0] != '\0') {
+        log_event(LOG_WARN, info->code, &ctx, "%s %s:%d: %s", c->method[0] ? c->method : "-",
+                  c->host, c->port, info->message);
+    } else {
+        /* Refused before a destination was known: say what the target was. */
+        log_event(LOG_WARN, info->code, &ctx, "%s %s: %s", c->method[0] ? c->method : "-",
+                  c->path[0] ? c->path : "-", info->message);
+    }
     conn_upstream_close(c);
     if (c->sent_any) {
         /* Part of a response is already out: closing is the only signal. */
@@ -78,19 +114,33 @@ void conn_fail(struct conn *c, enum ferr e)
     int bl = snprintf(body, sizeof(body),
                       "{\"error\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}\n",
                       info->code, info->message, c->cid);
+    char extra[64] = "";
+    if (e == FERR_AUTH_REQUIRED) {
+        snprintf(extra, sizeof(extra), "Proxy-Authenticate: Basic realm=\"ferry\"\r\n");
+    } else if (e == FERR_AUTH_THROTTLED) {
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", authfail_retry_after(c->client));
+    }
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                       "Content-Length: %d\r\nX-Ferry-Error: %s\r\nX-Request-Id: %s\r\n"
                       "%sConnection: close\r\n\r\n",
-                      info->status, info->reason, bl, info->code, c->cid,
-                      e == FERR_AUTH_REQUIRED ? "Proxy-Authenticate: Basic realm=\"ferry\"\r\n"
-                                              : "");
+                      info->status, info->reason, bl, info->code, c->cid, extra);
     c->bytes_out += buf_append(&c->cout, head, (size_t)hl);
     c->bytes_out += buf_append(&c->cout, body, (size_t)bl);
     c->sent_any = 1;
     log_done(c);
     c->state = CS_DRAIN;
     conn_arm(c, timeouts.idle < 30 ? timeouts.idle : 30);
+}
+
+void conn_fail(struct conn *c, enum ferr e)
+{
+    fail_answer(c, e, 0);
+}
+
+void conn_fail_quiet(struct conn *c, enum ferr e)
+{
+    fail_answer(c, e, 1);
 }
 
 /* Pull host, port and path out of the request target. */
@@ -109,8 +159,12 @@ static int parse_target(struct conn *c, const char *base)
             conn_fail(c, FERR_NOT_ABSOLUTE);
             return -1;
         }
-        if (u.field_data[UF_SCHEMA].len != 4 ||
-            strncasecmp(url + u.field_data[UF_SCHEMA].off, "http", 4) != 0) {
+        /* ws:// is http:// asking for an upgrade (aiohttp sends it so);
+         * wss:// and https:// take CONNECT. */
+        struct http_span sch = { (uint32_t)(c->req.url.off + u.field_data[UF_SCHEMA].off),
+                                 u.field_data[UF_SCHEMA].len };
+        if (!http_span_ieq(base, sch, "http") &&
+            !(http_span_ieq(base, sch, "ws") && c->req.is_upgrade)) {
             conn_fail(c, FERR_BAD_SCHEME);
             return -1;
         }
@@ -142,9 +196,10 @@ static int parse_target(struct conn *c, const char *base)
     }
     c->tpath.off = c->req.url.off + start;
     c->tpath.len = end - start;
-    size_t pl = c->tpath.len < sizeof(c->path) - 1 ? c->tpath.len : sizeof(c->path) - 1;
-    memcpy(c->path, base + c->tpath.off, pl);
-    c->path[pl] = '\0';
+    const char *pre, *path;
+    int plen;
+    conn_target_path(c, base, &pre, &path, &plen);
+    snprintf(c->path, sizeof(c->path), "%s%.*s", pre, plen, path);
     return 0;
 }
 
@@ -177,23 +232,6 @@ void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, cons
         memcpy(c->hdr_drop, drop, drop_len);
         c->hdr_drop[drop_len] = '\0';
     }
-}
-
-/* Whether on_request asked to drop this request header field. */
-static int dropped(const struct conn *c, const char *base, const struct http_field *f)
-{
-    char name[130];
-    if (c->hdr_drop == NULL || f->name.len + 3 > sizeof(name)) {
-        return 0;
-    }
-    name[0] = '\n';
-    for (uint32_t i = 0; i < f->name.len; i++) {
-        char ch = base[f->name.off + i];
-        name[i + 1] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
-    }
-    name[f->name.len + 1] = '\n';
-    name[f->name.len + 2] = '\0';
-    return strstr(c->hdr_drop, name) != NULL;
 }
 
 /* The sticky session key: the first X-Ferry-Session header, else the
@@ -237,9 +275,49 @@ static void reset_request(struct conn *c)
     c->upgrade = 0;
     c->user[0] = '\0';
     c->host[0] = '\0';
+    c->port = 0;
     c->path[0] = '\0';
+    c->method[0] = '\0';
     c->bytes_in = buf_len(&c->cin);
     c->bytes_out = 0;
+}
+
+/* The longest method token a request line may start with. */
+#define METHOD_MAX 31
+
+/* 1 when the bytes so far can still begin a request line: a method token
+ * (RFC 9110 tchar) and then a space.  A SOCKS5 greeting or a TLS
+ * ClientHello fails on its first byte, so it is answered at once rather
+ * than after timeouts.client_head. */
+static int could_be_http(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == ' ') {
+            return i > 0;
+        }
+        if (i >= METHOD_MAX ||
+            !((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* A request ferry answers itself (OPTIONS *, Max-Forwards: 0), then
+ * closes: a body the request may carry is never read. */
+static void answer_here(struct conn *c)
+{
+    if (conn_write_local_answer(c) < 0) {
+        conn_fail(c, FERR_HEAD_TOO_LARGE);
+        return;
+    }
+    c->status = 200;
+    c->sent_any = 1;
+    log_done(c);
+    c->state = CS_DRAIN;
+    conn_arm(c, timeouts.idle < 30 ? timeouts.idle : 30);
 }
 
 void conn_on_head(struct conn *c)
@@ -249,27 +327,36 @@ void conn_on_head(struct conn *c)
         return;
     }
     if (!c->head_started) {
+        /* The request starts with its first byte: its id, its clock. */
         c->head_started = 1;
+        reset_request(c);
+        c->t_start = loop_now();
+        new_cid(c);
         conn_arm(c, timeouts.client_head);
+    }
+    if (!could_be_http(buf_head(&c->cin), buf_len(&c->cin))) {
+        conn_fail(c, FERR_NOT_HTTP);
+        return;
     }
     const char *base = buf_head(&c->cin);
     size_t hl = http_head_len(base, buf_len(&c->cin));
     if (hl == 0) {
-        if (buf_room(&c->cin) == 0) {
-            c->cid[0] = '\0';
+        if (http_bare_cr(base, buf_len(&c->cin))) {
+            conn_fail(c, FERR_BAD_REQUEST);
+        } else if (buf_room(&c->cin) == 0) {
             conn_fail(c, FERR_HEAD_TOO_LARGE);
         } else if (c->client_eof) {
             conn_close(c); /* the client gave up mid-head */
         }
         return;
     }
-    reset_request(c);
-    c->t_start = loop_now();
     c->head_len = hl;
     int r = http_parse_request(&c->req, base, hl);
-    set_cid(c, base);
+    take_client_cid(c, base);
+    note_unparsed(c, base, hl); /* parse_target replaces the path when it can */
     if (r != HTTP_PARSE_OK) {
-        conn_fail(c, r == HTTP_PARSE_TOO_MANY ? FERR_TOO_MANY_HEADERS : FERR_BAD_REQUEST);
+        conn_fail(c, r == HTTP_PARSE_TOO_MANY ? FERR_TOO_MANY_HEADERS
+                     : r == HTTP_PARSE_FRAMING ? FERR_BAD_FRAMING : FERR_BAD_REQUEST);
         return;
     }
     snprintf(c->method, sizeof(c->method), "%s", http_method_name(c->req.method));
@@ -281,6 +368,10 @@ void conn_on_head(struct conn *c)
     const char *auth = base + c->req.proxy_auth.off;
     size_t auth_len = c->req.proxy_auth.len;
     if (c->l->nusers > 0) {
+        if (authfail_blocked(c->l, c->client)) {
+            conn_fail_quiet(c, FERR_AUTH_THROTTLED);
+            return;
+        }
         const char *user = NULL;
         if (auth_len > 0) {
             user = listener_auth(c->l, auth, auth_len);
@@ -290,7 +381,15 @@ void conn_on_head(struct conn *c)
             }
         }
         if (user == NULL) {
-            conn_fail(c, FERR_AUTH_REQUIRED);
+            /* Wrong credentials count towards a block; a missing header is
+             * no guess.  Either logs once per address and window. */
+            int log_it = auth_len > 0 ? authfail_count(c->l, c->client)
+                                      : authfail_missing(c->l, c->client);
+            if (log_it) {
+                conn_fail(c, FERR_AUTH_REQUIRED);
+            } else {
+                conn_fail_quiet(c, FERR_AUTH_REQUIRED);
+            }
             return;
         }
         snprintf(c->user, sizeof(c->user), "%s", user);
@@ -299,198 +398,28 @@ void conn_on_head(struct conn *c)
         listener_auth_session(c->l, auth, auth_len, c->session, sizeof(c->session));
     }
     take_session(c, base);
+    if (c->req.method == HTTP_OPTIONS && http_span_ieq(base, c->req.url, "*")) {
+        answer_here(c); /* OPTIONS * asks the proxy itself */
+        return;
+    }
     if (parse_target(c, base) < 0) {
         return;
+    }
+    if (c->req.method == HTTP_TRACE || c->req.method == HTTP_OPTIONS) {
+        long mf = conn_max_forwards(c, base);
+        if (mf == -2) {
+            conn_fail(c, FERR_BAD_REQUEST);
+            return;
+        }
+        if (mf == 0) {
+            answer_here(c); /* the last hop allowed: RFC 9110 §7.6.2 */
+            return;
+        }
     }
     c->upgrade = !c->is_connect && c->req.is_upgrade && c->req.upgrade.len > 0;
     c->deadline = c->t_start + timeouts.request;
     c->head_started = 0;
     conn_route(c);
-}
-
-/* printf into a buffer, failing cleanly when it does not fit. */
-struct out {
-    char *p;
-    size_t n, cap;
-    int overflow;
-};
-
-static void outf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void outf(struct out *o, const char *fmt, ...)
-{
-    if (o->overflow) {
-        return;
-    }
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(o->p + o->n, o->cap - o->n, fmt, ap);
-    va_end(ap);
-    if (k < 0 || (size_t)k >= o->cap - o->n) {
-        o->overflow = 1;
-        return;
-    }
-    o->n += (size_t)k;
-}
-
-static void out_bytes(struct out *o, const char *p, size_t n)
-{
-    if (o->overflow || n > o->cap - o->n) {
-        o->overflow = 1;
-        return;
-    }
-    memcpy(o->p + o->n, p, n);
-    o->n += n;
-}
-
-static void out_fields(struct out *o, const struct http_msg *m, const char *base,
-                       int skip_host)
-{
-    for (unsigned i = 0; i < m->nfields; i++) {
-        const struct http_field *f = &m->fields[i];
-        if (f->hop || (skip_host && http_span_ieq(base, f->name, "Host"))) {
-            continue;
-        }
-        /* Copied, not formatted: this loop runs for every header of every message. */
-        out_bytes(o, base + f->name.off, f->name.len);
-        out_bytes(o, ": ", 2);
-        out_bytes(o, base + f->value.off, f->value.len);
-        out_bytes(o, "\r\n", 2);
-    }
-}
-
-/* The request's fields as out_fields writes them, less those on_request drops. */
-static void out_request_fields(struct out *o, const struct conn *c, const char *base)
-{
-    if (c->hdr_drop == NULL) {
-        out_fields(o, &c->req, base, 1);
-        return;
-    }
-    for (unsigned i = 0; i < c->req.nfields; i++) {
-        const struct http_field *f = &c->req.fields[i];
-        if (f->hop || http_span_ieq(base, f->name, "Host") || dropped(c, base, f)) {
-            continue;
-        }
-        out_bytes(o, base + f->name.off, f->name.len);
-        out_bytes(o, ": ", 2);
-        out_bytes(o, base + f->value.off, f->value.len);
-        out_bytes(o, "\r\n", 2);
-    }
-}
-
-int conn_write_request_head(struct conn *c)
-{
-    const char *base = buf_head(&c->cin);
-    struct out o = { NULL, 0, 0, 0 };
-    size_t room;
-    o.p = buf_tail(&c->uout, &room);
-    o.cap = room;
-    if (o.p == NULL) {
-        return -1;
-    }
-    int absolute = c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP;
-    int v6 = strchr(c->host, ':') != NULL;
-    char hostport[HOST_MAX_LEN + 16];
-    if (c->port == 80) {
-        snprintf(hostport, sizeof(hostport), v6 ? "[%s]" : "%s", c->host);
-    } else {
-        snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%d" : "%s:%d", c->host, c->port);
-    }
-    const char *path = c->tpath.len > 0 ? base + c->tpath.off : "/";
-    int plen = c->tpath.len > 0 ? (int)c->tpath.len : 1;
-    /* An HTTP/1.0 client gets an HTTP/1.0 exchange upstream, so the
-     * response never arrives chunked to a client that cannot read it. */
-    int minor = (c->req.major == 1 && c->req.minor == 0) ? 0 : 1;
-    outf(&o, "%s %s%s%.*s HTTP/1.%d\r\nHost: %s\r\n", c->method, absolute ? "http://" : "",
-         absolute ? hostport : "", plen, path, minor, hostport);
-    out_request_fields(&o, c, base);
-    if (c->hdr_add != NULL) {
-        out_bytes(&o, c->hdr_add, c->hdr_add_len);
-    }
-    if (c->upgrade) {
-        outf(&o, "Connection: Upgrade\r\nUpgrade: %.*s\r\n", (int)c->req.upgrade.len,
-             base + c->req.upgrade.off);
-    }
-    if (absolute && c->proxy->auth_header != NULL) {
-        outf(&o, "%s", c->proxy->auth_header);
-    }
-    if (absolute && c->proxy->extra_headers != NULL) {
-        outf(&o, "%s", c->proxy->extra_headers);
-    }
-    outf(&o, "\r\n");
-    if (o.overflow) {
-        return -1;
-    }
-    buf_commit(&c->uout, o.n);
-    return 0;
-}
-
-/* The longest proxy label X-Ferry-Proxy shows; longer ones are cut. */
-#define LABEL_MAX 256
-
-/* A proxy label as a header value: bytes that could end the line or fold
- * it (controls, DEL) become '?', so no label can add a header. */
-static void header_safe(const char *label, char *out, size_t room)
-{
-    size_t n = 0;
-    for (; label != NULL && label[n] != '\0' && n + 1 < room; n++) {
-        unsigned char ch = (unsigned char)label[n];
-        out[n] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
-    }
-    out[n] = '\0';
-}
-
-static int write_response_head(struct conn *c, const char *base)
-{
-    struct out o = { NULL, 0, 0, 0 };
-    size_t room;
-    o.p = buf_tail(&c->cout, &room);
-    o.cap = room;
-    if (o.p == NULL) {
-        return -1;
-    }
-    struct http_msg *m = &c->resp;
-    /* X-Ferry-Proxy is ours to say: one from upstream goes no further. */
-    for (unsigned i = 0; i < m->nfields; i++) {
-        if (http_span_ieq(base, m->fields[i].name, "X-Ferry-Proxy")) {
-            m->fields[i].hop = 1;
-        }
-    }
-    outf(&o, "HTTP/1.1 %d %.*s\r\n", m->status, (int)m->reason.len, base + m->reason.off);
-    out_fields(&o, m, base, 0);
-    if (c->proxy != NULL) {
-        char label[LABEL_MAX];
-        header_safe(c->proxy->label, label, sizeof(label));
-        outf(&o, "X-Ferry-Proxy: %s\r\n", label);
-    }
-    if (m->status == 101) {
-        outf(&o, "Connection: Upgrade\r\nUpgrade: %.*s\r\n", (int)m->upgrade.len,
-             base + m->upgrade.off);
-    } else if (!c->keep_client) {
-        outf(&o, "Connection: close\r\n");
-    } else if (c->req.minor == 0) {
-        outf(&o, "Connection: keep-alive\r\n");
-    }
-    outf(&o, "\r\n");
-    if (o.overflow) {
-        return -1;
-    }
-    buf_commit(&c->cout, o.n);
-    c->bytes_out += o.n;
-    return 0;
-}
-
-void conn_write_connect_ok(struct conn *c)
-{
-    static const char ok[] = "HTTP/1.1 200 Connection established\r\n";
-    buf_append(&c->cout, ok, sizeof(ok) - 1);
-    if (c->proxy != NULL) {
-        char label[LABEL_MAX];
-        header_safe(c->proxy->label, label, sizeof(label));
-        buf_append(&c->cout, "X-Ferry-Proxy: ", 15);
-        buf_append(&c->cout, label, strlen(label));
-        buf_append(&c->cout, "\r\n", 2);
-    }
-    buf_append(&c->cout, "\r\n", 2);
 }
 
 void conn_finish(struct conn *c)
@@ -537,13 +466,17 @@ static int relay_request_body(struct conn *c)
         const char *p = buf_head(&c->cin) + c->fwd;
         long n = http_body(&c->req, p, avail < room ? avail : room);
         if (n < 0) {
-            conn_fail(c, FERR_BAD_REQUEST);
+            conn_fail(c, FERR_BAD_CHUNK);
             return -1;
         }
         buf_append(&c->uout, p, (size_t)n);
         c->fwd += (size_t)n;
         if (c->req.msg_done) {
             c->req_done = 1;
+            if (!c->resp_head_done) {
+                /* First byte is counted from the end of the request. */
+                conn_arm(c, c->first_byte_timeout);
+            }
         }
     }
     if (!c->req_done && buf_room(&c->cin) == 0 && c->fwd > 0) {
@@ -571,7 +504,7 @@ static int take_response_head(struct conn *c)
         const char *base = buf_head(&c->uin);
         size_t hl = http_head_len(base, buf_len(&c->uin));
         if (hl == 0) {
-            if (buf_room(&c->uin) == 0) {
+            if (buf_room(&c->uin) == 0 || http_bare_cr(base, buf_len(&c->uin))) {
                 conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
                 return -1;
             }
@@ -588,13 +521,20 @@ static int take_response_head(struct conn *c)
         }
         int st = c->resp.status;
         if (st >= 100 && st < 200 && st != 101) {
-            /* Interim responses pass through as they are. */
-            if (buf_room(&c->cout) < hl) {
-                return 0;
+            /* Interim responses are rewritten like final ones; an
+             * HTTP/1.0 client never gets one (RFC 9110 §15.2). */
+            if (c->req.minor > 0) {
+                if (conn_write_interim(c, base) < 0) {
+                    if (buf_empty(&c->cout)) {
+                        conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
+                        return -1;
+                    }
+                    return 0; /* wait for the client to take earlier bytes */
+                }
             }
-            c->bytes_out += buf_append(&c->cout, base, hl);
             buf_consume(&c->uin, hl);
-            c->sent_any = 1;
+            /* Not sent_any: a final answer (an error too) may still follow
+             * an interim one; replayable = 0 already stops retries. */
             c->replayable = 0;
             continue;
         }
@@ -603,7 +543,7 @@ static int take_response_head(struct conn *c)
             return -1;
         }
         c->keep_client = c->req.keep_alive && !http_needs_eof(&c->resp) && !c->client_eof;
-        if (write_response_head(c, base) < 0) {
+        if (conn_write_response_head(c, base) < 0) {
             if (buf_empty(&c->cout)) {
                 conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
                 return -1;
@@ -624,6 +564,7 @@ static int take_response_head(struct conn *c)
             conn_tunnel_begin(c);
             return 1;
         }
+        c->last_down = loop_now();
         conn_arm(c, timeouts.idle);
     }
     return 0;
@@ -640,6 +581,13 @@ static int relay_response_body(struct conn *c)
     if (avail > 0 && room > 0) {
         long n = http_body(&c->resp, buf_head(&c->uin), avail < room ? avail : room);
         if (n < 0) {
+            if (buf_len(&c->cout) == c->bytes_out) {
+                /* Nothing of this response left ferry yet: take it back
+                 * and answer a clean 502 instead of a cut message. */
+                buf_consume(&c->cout, buf_len(&c->cout));
+                c->bytes_out = 0;
+                c->sent_any = 0;
+            }
             conn_fail(c, FERR_BAD_RESPONSE);
             return -1;
         }

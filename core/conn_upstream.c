@@ -276,7 +276,14 @@ void conn_upstream_ready(struct conn *c)
         return;
     }
     c->state = CS_EXCHANGE;
-    conn_arm(c, min_d(c->first_byte_timeout, c->deadline - loop_now()));
+    if (c->req_done) {
+        conn_arm(c, min_d(c->first_byte_timeout, c->deadline - loop_now()));
+    } else {
+        /* The body goes first: idle-timed while it moves; the first-byte
+         * wait starts at its end (relay_request_body). */
+        c->last_up = loop_now();
+        conn_arm(c, timeouts.idle);
+    }
 }
 
 void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
@@ -342,7 +349,7 @@ void conn_upstream_event(struct conn *c, int revents)
     if (revents & EV_READ) {
         ssize_t n = buf_read_fd(&c->uin, c->ufd);
         if (n > 0) {
-            c->last_io = loop_now();
+            c->last_io = c->last_down = loop_now();
         } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS)) {
             c->upstream_eof = 1;
         }
@@ -364,6 +371,28 @@ void conn_upstream_event(struct conn *c, int revents)
     }
 }
 
+/* No request-body byte moved for timeouts.idle.  Bytes waiting in uout
+ * mean the upstream stopped reading; none, that the client stopped
+ * sending. */
+static void exchange_body_stalled(struct conn *c)
+{
+    int upstream = !buf_empty(&c->uout);
+    enum ferr e = upstream ? FERR_UPSTREAM_STALLED : FERR_BODY_TIMEOUT;
+    if (!c->resp_head_done) {
+        if (upstream) {
+            conn_attempt_failed(c, FERRY_FAIL_TIMEOUT, e);
+        } else {
+            conn_fail(c, e);
+        }
+        return;
+    }
+    /* The response has begun: closing is the only signal left. */
+    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
+    log_event(LOG_WARN, ferr_info(e)->code, &ctx, "%s", ferr_info(e)->message);
+    c->code = ferr_info(e)->code;
+    conn_close(c);
+}
+
 void conn_on_timeout(struct conn *c)
 {
     switch (c->state) {
@@ -383,7 +412,9 @@ void conn_on_timeout(struct conn *c)
         conn_route(c);
         break;
     case CS_EXCHANGE:
-        if (!c->resp_head_done) {
+        if (!c->req_done && loop_now() - c->last_up >= timeouts.idle - 0.001) {
+            exchange_body_stalled(c);
+        } else if (!c->resp_head_done) {
             conn_attempt_failed(c, FERRY_FAIL_TIMEOUT, FERR_FIRST_BYTE_TIMEOUT);
         } else {
             struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };

@@ -15,7 +15,8 @@
  * TAB completes command names.  Otherwise stdin is read line by line.
  *
  * Exit status: 0 all answered, 1 the daemon answered an error, 2 usage
- * or no answer (cannot connect, timeout, connection lost, not HTTP). */
+ * or no answer (cannot connect, a socket that is not this user's daemon,
+ * timeout, connection lost, not HTTP). */
 #include "console.h"
 #include "console_http.h"
 

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
@@ -96,6 +97,61 @@ void client_close(struct client *c)
     c->in.len = 0;
 }
 
+/* Whether uid may own the console we talk to: ourselves, or root. */
+static int trusted_uid(uid_t uid)
+{
+    return uid == geteuid() || uid == 0;
+}
+
+/* The console socket evaluates whatever Lua we send and we print what
+ * it answers, so it must be the daemon of this user: a socket someone
+ * else owns (or may replace, being group/world-writable) could collect
+ * the lines typed -- proxy credentials included -- or lie about the
+ * state.  lstat first, so a symlink is judged as itself. */
+static int socket_untrusted(struct client *c)
+{
+    struct stat st;
+    if (lstat(c->path, &st) != 0) {
+        return 0; /* connect reports the missing path in its words */
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+        snprintf(c->why_buf, sizeof(c->why_buf), "not a socket");
+    } else if (!trusted_uid(st.st_uid)) {
+        snprintf(c->why_buf, sizeof(c->why_buf),
+                 "owned by uid %lu, not by this user (uid %lu) or root",
+                 (unsigned long)st.st_uid, (unsigned long)geteuid());
+    } else if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+        snprintf(c->why_buf, sizeof(c->why_buf),
+                 "mode %04o lets other users write to it (ferry makes it 0600)",
+                 (unsigned)(st.st_mode & 07777));
+    } else {
+        return 0;
+    }
+    c->why = c->why_buf;
+    return 1;
+}
+
+/* After connect: the process that listens must run as us or as root
+ * (the path may have been swapped between lstat and connect). */
+static int peer_untrusted(struct client *c, int fd)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+        snprintf(c->why_buf, sizeof(c->why_buf), "cannot tell who listens on it: %s",
+                 strerror(errno));
+    } else if (!trusted_uid(cred.uid)) {
+        snprintf(c->why_buf, sizeof(c->why_buf),
+                 "the process listening on it (pid %ld) runs as uid %lu, not as this user "
+                 "(uid %lu) or root",
+                 (long)cred.pid, (unsigned long)cred.uid, (unsigned long)geteuid());
+    } else {
+        return 0;
+    }
+    c->why = c->why_buf;
+    return 1;
+}
+
 int client_connect(struct client *c)
 {
     struct sockaddr_un sa;
@@ -107,6 +163,9 @@ int client_connect(struct client *c)
         return IO_CONNECT;
     }
     memcpy(sa.sun_path, c->path, n);
+    if (socket_untrusted(c)) {
+        return IO_UNTRUSTED;
+    }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         c->err = errno;
@@ -122,6 +181,10 @@ int client_connect(struct client *c)
         c->err = errno == EAGAIN ? ETIMEDOUT : errno;
         close(fd);
         return IO_CONNECT;
+    }
+    if (peer_untrusted(c, fd)) {
+        close(fd);
+        return IO_UNTRUSTED;
     }
     c->fd = fd;
     c->in.len = 0;
@@ -598,6 +661,9 @@ void client_report(const struct client *c, int rc)
     case IO_TOOBIG:
         fprintf(stderr, "ferry console: %s: the answer is larger than %zu MiB\n", c->path,
                 MAX_BODY >> 20);
+        break;
+    case IO_UNTRUSTED:
+        fprintf(stderr, "ferry console: refusing %s: %s\n", c->path, c->why);
         break;
     case IO_INTR:
         fprintf(stderr, "interrupted: the answer is dropped (the line may have run)\n");

@@ -16,7 +16,8 @@ enum io_rc {
     IO_PROTO = -4,   /* not an HTTP answer we understand: client.why */
     IO_TOOBIG = -5,  /* the answer is over MAX_BODY */
     IO_ERRNO = -6,   /* another socket error: errno in client.err */
-    IO_INTR = -7     /* Ctrl-C in the interactive session */
+    IO_INTR = -7,    /* Ctrl-C in the interactive session */
+    IO_UNTRUSTED = -8 /* the socket is not the daemon's of this user: client.why */
 };
 
 /* A growable byte buffer, always NUL-terminated once allocated (not the
@@ -33,7 +34,8 @@ struct client {
     double timeout;    /* ro: seconds per line: send, wait, read */
     struct cbuf in;    /* private: bytes read and not yet consumed */
     int err;           /* ro: errno of IO_CONNECT and IO_ERRNO */
-    const char *why;   /* ro: what IO_PROTO found; the caller resets it per line */
+    const char *why;   /* ro: what IO_PROTO or IO_UNTRUSTED found; reset per line */
+    char why_buf[160]; /* private: room for an IO_UNTRUSTED reason */
 };
 
 /* One answer of the daemon: its status and its body (de-chunked). */
@@ -49,7 +51,9 @@ extern volatile sig_atomic_t client_interrupted;
 int cbuf_append(struct cbuf *b, const char *s, size_t n);
 void cbuf_free(struct cbuf *b);
 
-/* Returns IO_OK or IO_CONNECT (errno in c->err). */
+/* Returns IO_OK, IO_CONNECT (errno in c->err), or IO_UNTRUSTED (c->why)
+ * when the socket or the process behind it belongs to another user, or
+ * the socket is writable by group or others. */
 int client_connect(struct client *c);
 void client_close(struct client *c);
 

@@ -288,6 +288,7 @@ uint32_t ferry_sticky_count(void);
  * Errors name the database path.  proxies_json: a JSON array owned by C,
  * valid until the next call.  save/load_health: count (>= 0) or -1. */
 int ferry_store_open(const char *path, const char **err);
+int ferry_store_open_key(const char *path, const char *key, size_t key_len, const char **err);
 void ferry_store_close(void);
 int ferry_store_is_open(void);
 int ferry_store_put_proxy(const char *key, const char *url, const char *pool,
@@ -297,6 +298,9 @@ int ferry_store_set_enabled(const char *key, int enabled, const char **err);
 const char *ferry_store_proxies_json(const char **err);
 int ferry_store_save_health(const char **err);
 int ferry_store_load_health(const char **err);
+
+/* 1 when the two secrets are equal, else 0; in constant time (secret.c). */
+int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
 
 /* Open a listener.  protocol: "http" (forward proxy) or "admin".
  * Returns an index >= 0 or -1. */
@@ -308,6 +312,10 @@ int ferry_listener_add_user(int listener, const char *user,
 /* An admin listener on a unix socket, created with mode 0600; a stale
  * socket file is replaced, a live one refused.  Index or -1. */
 int ferry_listen_unix(const char *name, const char *path, const char **err);
+/* Throttle failed inbound auth on a listener: `limit` wrong credentials
+ * from one client address within `window` seconds block the address for
+ * `window` seconds (429, FERRY-1040).  limit 1..1000000, window 0.1..86400. */
+int ferry_listener_set_auth_throttle(int listener, int limit, double window);
 /* Reload: 1 if the listener serves the admin plane. */
 int ferry_listener_is_admin(int listener);
 /* Reload: the open unix listener at path, or -1. */
@@ -333,6 +341,8 @@ void ferry_set_timeouts(int client_head_ms, int connect_ms,
                         int keepalive_ms, int request_ms);
 /* Log level: 0 debug, 1 info, 2 warn, 3 error; access log on/off. */
 void ferry_set_log(int level, int access);
+/* HTTP behaviour: add Via (1/0) under name (a token of at most 64 bytes). */
+void ferry_set_http(int via, const char *via_name);
 /* Write one coded event line to the log (level as above). */
 void ferry_log(int level, const char *code, const char *msg);
 /* Count a Lua hook error for metrics: 1 route, 2 strategy, 3 breaker,

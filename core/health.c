@@ -8,6 +8,12 @@
  * a refused connect from real traffic marks the proxy down at once: the
  * next client must not pay for a proxy we already know is gone.
  *
+ * A connect says only that the kernel completed a handshake: a stopped
+ * (SIGSTOP) or wedged proxy still accepts.  So when real traffic takes a
+ * proxy down for timeouts, resets or garbled handshakes, a bare `tcp`
+ * probe is not enough to bring it back: until it is up, its tcp probes
+ * also ask the proxy to answer its protocol (probe.c).
+ *
  * A proxy without probes has nothing to bring it back, so while down it
  * gets a trial request after `interval`, doubling per failed trial up to
  * 16x; one success brings it up.
@@ -79,7 +85,9 @@ static void go_down(struct proxy *p, const char *why)
     p->passive_fails = 0;
     p->pub.retry_at = p->probe != NULL ? 0 : now + p->health_interval;
     struct log_ctx ctx = { .proxy = p->display };
-    log_event(LOG_WARN, "FERRY-6001", &ctx, "proxy %s down: %s", p->label, why);
+    int asks = p->needs_answer && p->probe != NULL && p->pub.probe_kind == FERRY_PROBE_TCP;
+    log_event(LOG_WARN, "FERRY-6001", &ctx, "proxy %s down: %s%s", p->label, why,
+              asks ? " (its tcp probes now need an answer in its protocol)" : "");
 }
 
 static void go_up(struct proxy *p, const char *why)
@@ -91,6 +99,7 @@ static void go_up(struct proxy *p, const char *why)
     p->pub.down_since = 0;
     p->pub.retry_at = 0;
     p->passive_fails = 0;
+    p->needs_answer = 0;
     struct log_ctx ctx = { .proxy = p->display };
     log_event(LOG_INFO, "FERRY-6002", &ctx, "proxy %s up: %s (down %.1f s)", p->label, why,
               was > 0 ? loop_now() - was : 0.0);
@@ -126,7 +135,7 @@ void health_probe_result(struct proxy *p, int ok, double latency_ms, const char 
         p->pub.probes_ok++;
         p->pub.probe_fails = 0;
         p->pub.probe_latency_ms = latency_ms;
-        step(p, 1, "probe passed");
+        step(p, 1, why != NULL ? why : "probe passed");
     } else {
         p->pub.probes_failed++;
         p->pub.probe_fails++;
@@ -171,7 +180,13 @@ void health_passive(struct proxy *p, int ok, enum ferry_fail_kind kind)
         go_down(p, "connect refused by real traffic");
         return;
     }
+    /* Failures a proxy that accepts TCP can still cause. */
+    p->needs_answer = kind == FERRY_FAIL_TIMEOUT || kind == FERRY_FAIL_RESET ||
+                      kind == FERRY_FAIL_HANDSHAKE;
     step(p, 0, fail_names[kind]);
+    if (is_up(p)) {
+        p->needs_answer = 0;
+    }
 }
 
 int ferry_health_set(struct ferry_proxy *fp, int rise, int fall, double interval)

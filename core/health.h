@@ -7,7 +7,8 @@
 
 struct proxy;
 
-/* A probe ended: ok or not, how long it took, and why it failed. */
+/* A probe ended: ok or not, how long it took, and why it failed (or, for
+ * a pass, what it proved; NULL: a plain pass). */
 void health_probe_result(struct proxy *p, int ok, double latency_ms, const char *why);
 /* Real traffic through p ended (called by proxy_success/proxy_failure). */
 void health_passive(struct proxy *p, int ok, enum ferry_fail_kind kind);

@@ -1,5 +1,7 @@
-/* listener.c - accept loop with EMFILE back-off, and inbound Basic auth. */
+/* listener.c - accept loop with EMFILE back-off, and inbound Basic auth
+ * (its throttling per client address is authfail.c's). */
 #include "listener.h"
+#include "authfail.h"
 #include "conn.h"
 #include "ferry.h"
 #include "log.h"
@@ -196,6 +198,8 @@ int ferry_listen(const char *name, const char *host, int port, const char *proto
     }
     l->open = open ? 1 : 0;
     l->admin = strcmp(protocol, "admin") == 0;
+    l->auth_fail_limit = LISTENER_AUTH_FAIL_LIMIT;
+    l->auth_fail_window = LISTENER_AUTH_FAIL_WINDOW;
     log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on %s:%d (%s)", name, host, port,
               protocol);
     return slot;
@@ -316,6 +320,17 @@ int ferry_listener_add_user(int idx, const char *user, const char *pass, const c
         return FERRY_ERROR;
     }
     l->nusers++;
+    return FERRY_OK;
+}
+
+int ferry_listener_set_auth_throttle(int idx, int limit, double window)
+{
+    struct listener *l = listener_get(idx);
+    if (l == NULL || limit < 1 || limit > 1000000 || !(window >= 0.1 && window <= 86400)) {
+        return FERRY_ERROR;
+    }
+    l->auth_fail_limit = (unsigned)limit;
+    l->auth_fail_window = window;
     return FERRY_OK;
 }
 
@@ -542,6 +557,7 @@ void listener_stop_all(void)
 void listener_close_all(void)
 {
     listener_stop_all();
+    authfail_reset();
     for (int i = 0; i < nlisteners; i++) {
         if (listeners[i] != NULL) {
             listener_free(listeners[i]);

@@ -7,6 +7,7 @@
  * and a length.  Every family has # HELP and # TYPE and all its samples
  * in one group; label values are escaped (\\, \", \n); credentials never
  * appear (proxies are named by their label, pools and exchanges by name). */
+#include "authfail.h"
 #include "conn.h"
 #include "ferry.h"
 #include "health.h"
@@ -266,6 +267,29 @@ static void render_histo(struct text *t, const char *name, int which, const char
     }
 }
 
+/* Failed inbound auth and its throttling (authfail.c). */
+static void render_authfail(struct text *t)
+{
+    const struct authfail_stats *a = authfail_stats();
+    family(t, "ferry_auth_failures_total", "counter",
+           "Requests with wrong inbound proxy credentials (answered 407).");
+    sample_u64(t, "ferry_auth_failures_total", NULL, a->failures);
+    family(t, "ferry_auth_throttled_total", "counter",
+           "Requests refused with 429 because their client address failed auth too often.");
+    sample_u64(t, "ferry_auth_throttled_total", NULL, a->throttled);
+    family(t, "ferry_auth_blocks_total", "counter",
+           "Times a client address reached auth_fail_limit and was blocked.");
+    sample_u64(t, "ferry_auth_blocks_total", NULL, a->blocks);
+    family(t, "ferry_auth_blocked_clients", "gauge", "Client addresses blocked now.");
+    sample_u64(t, "ferry_auth_blocked_clients", NULL, a->blocked);
+    family(t, "ferry_auth_tracked_clients", "gauge",
+           "Client addresses held in the bounded table of auth failures.");
+    sample_u64(t, "ferry_auth_tracked_clients", NULL, a->tracked);
+    family(t, "ferry_auth_evictions_total", "counter",
+           "Tracked client addresses forgotten because the table was full.");
+    sample_u64(t, "ferry_auth_evictions_total", NULL, a->evictions);
+}
+
 static void render_core(struct text *t)
 {
     char lbl[128];
@@ -322,6 +346,7 @@ static void render_core(struct text *t)
     sample_u64(t, "ferry_probes_in_flight", NULL, (uint64_t)ferry_probe_inflight());
     family(t, "ferry_sticky_sessions", "gauge", "Sticky session pins held now.");
     sample_u64(t, "ferry_sticky_sessions", NULL, ferry_sticky_count());
+    render_authfail(t);
 }
 
 /* Per proxy ---------------------------------------------------------- */

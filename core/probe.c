@@ -14,6 +14,14 @@
  * short random delay).  A proxy that keeps failing is probed less often:
  * the interval doubles per failure past `fall`, up to 16x.
  *
+ * A tcp check proves only that the kernel completes a handshake, which a
+ * stopped or wedged proxy still does.  So after real traffic took the
+ * proxy down for timeouts, resets or garbled handshakes (health.c sets
+ * needs_answer), its tcp probe also says hello in the proxy's protocol
+ * and passes only on an answer within the timeout: any HTTP response to
+ * `OPTIONS *` from an HTTP proxy, the method choice from a SOCKS5 one.
+ * Nothing is relayed, so no target is needed.
+ *
  * A probe that cannot even start for a local reason (no file descriptor,
  * no memory, the resolver shutting down) says nothing about the proxy:
  * it is not reported to health, only tried again later. */
@@ -52,7 +60,8 @@ enum probe_step {
     PS_RESOLVE,    /* looking up the proxy's address */
     PS_CONNECT,    /* TCP connect to the proxy */
     PS_HANDSHAKE,  /* CONNECT / SOCKS5 through the connector */
-    PS_HTTP        /* GET sent, waiting for the response head */
+    PS_HTTP,       /* GET sent, waiting for the response head */
+    PS_HELLO       /* tcp check that needs an answer: hello sent, waiting */
 };
 
 /* What a probe checks and how often: one ferry_probe_set call. */
@@ -255,11 +264,80 @@ static void handshake_done(struct probe *pr)
     queue_get(pr);
 }
 
+/* Queue the hello of a tcp check that needs an answer: a request an
+ * HTTP proxy answers itself (RFC 9110 9.3.7: OPTIONS * addresses the
+ * server, not a resource), or a SOCKS5 greeting offering what we would
+ * offer for real. */
+static void queue_hello(struct probe *pr)
+{
+    struct conn *c = pr->c;
+    const struct proxy *p = pr->p;
+    if (p->pub.scheme == FERRY_SCHEME_SOCKS5) {
+        static const char plain[] = { 5, 1, 0 }, creds[] = { 5, 2, 0, 2 };
+        if (p->user != NULL) {
+            buf_append(&c->uout, creds, sizeof(creds));
+        } else {
+            buf_append(&c->uout, plain, sizeof(plain));
+        }
+    } else {
+        char line[HOST_MAX_LEN + 128];
+        const char *lb = strchr(p->host, ':') != NULL ? "[" : "";
+        int n = snprintf(line, sizeof(line),
+                         "OPTIONS * HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: ferry-probe\r\n"
+                         "Connection: close\r\n\r\n",
+                         lb, p->host, *lb != '\0' ? "]" : "", p->port);
+        if (n < 0 || (size_t)n >= sizeof(line)) {
+            n = snprintf(line, sizeof(line), "OPTIONS * HTTP/1.1\r\nHost: proxy\r\n"
+                                             "Connection: close\r\n\r\n");
+        }
+        buf_append(&c->uout, line, (size_t)n);
+    }
+    pr->step = PS_HELLO;
+}
+
+/* What came back to the hello: enough to judge, or wait for more. */
+static void on_hello_answer(struct probe *pr)
+{
+    struct conn *c = pr->c;
+    const char *base = buf_head(&c->uin);
+    size_t len = buf_len(&c->uin);
+    if (pr->p->pub.scheme == FERRY_SCHEME_SOCKS5) {
+        if (len < 2) {
+            return;
+        }
+        if (base[0] != 5) {
+            finish(pr, 0, "probe handshake failed: the answer to a SOCKS5 greeting is not SOCKS5");
+            return;
+        }
+        finish(pr, 1, "probe passed: the proxy answered a SOCKS5 greeting");
+        return;
+    }
+    size_t hl = http_head_len(base, len);
+    if (hl == 0) {
+        if (buf_room(&c->uin) == 0) {
+            finish(pr, 0, "probe response head too large");
+        }
+        return;
+    }
+    if (http_parse_response(&c->resp, base, hl, 1) != HTTP_PARSE_OK) {
+        finish(pr, 0, "probe response is not HTTP");
+        return;
+    }
+    /* Any status: the proxy is running and speaks HTTP. */
+    finish(pr, 1, "probe passed: the proxy answered an HTTP request");
+}
+
 static void connected(struct probe *pr)
 {
     struct conn *c = pr->c;
     if (pr->conf.kind == FERRY_PROBE_TCP) {
-        finish(pr, 1, NULL);
+        /* Decided now, not at the start: real traffic may have taken the
+         * proxy down while this run was connecting. */
+        if (pr->p->needs_answer && (pr->p->pub.flags & FERRY_PROXY_DOWN)) {
+            queue_hello(pr);
+        } else {
+            finish(pr, 1, NULL);
+        }
         return;
     }
     pr->step = PS_HANDSHAKE;
@@ -335,6 +413,10 @@ static void on_exchange(struct probe *pr, int revents)
     }
     if (pr->step == PS_HTTP) {
         on_response(pr);
+        return;
+    }
+    if (pr->step == PS_HELLO) {
+        on_hello_answer(pr);
         return;
     }
     int r = c->ops->input(c);

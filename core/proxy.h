@@ -26,6 +26,9 @@ struct proxy {
     socklen_t addr_len;          /* ro */
     struct proxy *next_by_key;   /* private: hash chain of the key index */
     unsigned has_addr:1;         /* ro: host was an IP literal */
+    unsigned needs_answer:1;     /* private: real traffic took it down (timeouts, resets,
+                                  * garbled handshakes): until it is up again, a tcp probe
+                                  * passes only when the proxy answers its protocol */
 };
 
 struct proxy *proxy_by_id(uint32_t id);

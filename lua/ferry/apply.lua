@@ -195,6 +195,10 @@ local function finish_listeners(cfg, plan, old_idx)
   end
   for _, l in ipairs(cfg.listeners) do
     local err = errbuf()
+    if l.auth_fail_limit then
+      -- config.lua checked the bounds.
+      C.ferry_listener_set_auth_throttle(plan.idx_of[l], l.auth_fail_limit, l.auth_fail_window)
+    end
     for _, u in ipairs(l.users or {}) do
       -- config.lua checked the bounds: only memory can fail here.
       if C.ferry_listener_add_user(plan.idx_of[l], u.user, u.pass, err) ~= 0 then
@@ -345,6 +349,7 @@ function M.commit(prep, old)
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
     ms(t.keepalive), ms(t.request))
   C.ferry_set_log(LEVELS[cfg.log.level] or 1, cfg.log.access and 1 or 0)
+  C.ferry_set_http(cfg.http.via and 1 or 0, cfg.http.via_name)
 
   return { cfg = cfg, pools = pools, by_index = by_index, proxies = seen,
            exchanges = exchanges, exchange_by_id = by_id, listeners = listeners }

@@ -140,6 +140,7 @@ int ferry_sticky_set(const char *key, uint32_t len, uint32_t proxy_id, double tt
 void ferry_sticky_drop(const char *key, uint32_t len);
 uint32_t ferry_sticky_count(void);
 int ferry_store_open(const char *path, const char **err);
+int ferry_store_open_key(const char *path, const char *key, size_t key_len, const char **err);
 void ferry_store_close(void);
 int ferry_store_is_open(void);
 int ferry_store_put_proxy(const char *key, const char *url, const char *pool,
@@ -149,10 +150,12 @@ int ferry_store_set_enabled(const char *key, int enabled, const char **err);
 const char *ferry_store_proxies_json(const char **err);
 int ferry_store_save_health(const char **err);
 int ferry_store_load_health(const char **err);
+int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
 int ferry_listen(const char *name, const char *host, int port, const char *protocol,
                  int open, const char **err);
 int ferry_listener_add_user(int listener, const char *user, const char *pass, const char **err);
 int ferry_listener_find(const char *host, int port);
+int ferry_listener_set_auth_throttle(int listener, int limit, double window);
 int ferry_listen_unix(const char *name, const char *path, const char **err);
 int ferry_listener_find_unix(const char *path);
 int ferry_listener_is_admin(int listener);
@@ -161,6 +164,7 @@ int ferry_listener_close(int listener);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
                         int keepalive_ms, int request_ms);
 int ferry_set_log_files(const char *events, const char *access, const char **err);
+void ferry_set_http(int via, const char *via_name);
 int ferry_draining(void);
 const char *ferry_config_path(void);
 void ferry_set_log(int level, int access);

@@ -11,6 +11,9 @@ local DEFAULT_TIMEOUTS = {
 }
 local LEVELS = { debug = true, info = true, warn = true, error = true }
 local ALL_DOWN = { any = true, direct = true, fail = true }
+-- Failed inbound auth per client address: this many within the window
+-- block it for a window (core/listener.h has the same defaults).
+local AUTH_FAIL_LIMIT, AUTH_FAIL_WINDOW = 10, 60
 
 -- Errors raised by statements carry this marker so load() can tell them
 -- from errors in the user's own code.
@@ -340,6 +343,7 @@ local function evaluate(chunk, file)
   local cfg = {
     file = file, dir = dir, listeners = {}, pools = {}, pool_order = {}, exchanges = {},
     plugin_dirs = {}, timeouts = {}, log = { level = "info", access = true },
+    http = { via = true, via_name = "ferry" },
   }
   for k, v in pairs(DEFAULT_TIMEOUTS) do cfg.timeouts[k] = v end
   local names = { listen = {}, exchange = {} }
@@ -358,7 +362,8 @@ local function evaluate(chunk, file)
       fail(where, "name must be 1 to 64 letters, digits, _ . -")
     end
     where = at(string.format('listen "%s"', l.name))
-    check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true })
+    check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true,
+                             auth_fail_limit = true, auth_fail_window = true })
     if names.listen[l.name] then fail(where, "a listener with this name already exists") end
     names.listen[l.name] = true
     local host, port = url.parse_hostport(want(where, "addr", t.addr, "string") or "127.0.0.1:8080")
@@ -369,6 +374,11 @@ local function evaluate(chunk, file)
       fail(where, 'protocol "%s" is not supported yet (use "http")', l.protocol)
     end
     l.open = want(where, "open", t.open, "boolean") or false
+    -- Throttling of wrong inbound credentials per client address (core/authfail.c).
+    l.auth_fail_limit = want_number(where, "auth_fail_limit", t.auth_fail_limit, 1, 1000000, true)
+      or AUTH_FAIL_LIMIT
+    l.auth_fail_window = want_number(where, "auth_fail_window", t.auth_fail_window, 0.1, 86400)
+      or AUTH_FAIL_WINDOW
     l.users = {}
     if t.users ~= nil then
       if type(t.users) ~= "table" then fail(where, "users must be a list") end
@@ -401,19 +411,18 @@ local function evaluate(chunk, file)
     local where = at("admin")
     if type(t) ~= "table" then fail(where, "expected a table, got a %s", type(t)) end
     if cfg.admin then fail(where, "admin is declared twice") end
-    check_fields(where, t, { addr = true, socket = true, token = true })
+    check_fields(where, t, { addr = true, socket = true, token = true, tokens = true })
     for _, k in ipairs { "addr", "socket", "token" } do want(where, k, t[k], "string") end
     if t.addr == nil and t.socket == nil then
       fail(where, "give addr (HTTP), socket (console) or both")
     end
-    if t.token ~= nil and #t.token < 8 then
-      fail(where, "token: at least 8 characters")
-    end
+    local tokens, why = require("ferry.scopes").tokens(t)
+    if not tokens then fail(where, "%s", why) end
     local line = caller_line(file)
     if t.addr then
       local host, port = url.parse_hostport(t.addr)
       if not host then fail(where, "addr: %s", port) end
-      if not is_loopback(host) and not t.token then
+      if not is_loopback(host) and #tokens == 0 then
         fail(where, "refusing an admin listener on %s without a token", host)
       end
       if names.listen.admin then fail(where, 'a listener named "admin" already exists') end
@@ -426,14 +435,18 @@ local function evaluate(chunk, file)
       cfg.listeners[#cfg.listeners + 1] = { name = "console", path = t.socket,
         protocol = "admin", users = {}, open = false, line = line }
     end
-    cfg.admin = { addr = t.addr, socket = t.socket, token = t.token }
+    cfg.admin = { addr = t.addr, socket = t.socket, token = t.token, tokens = tokens }
   end
 
+  -- key / key_file: seal proxy credentials in the store (ferry.store_key).
   function env.store(t)
     local where = at("store")
-    check_fields(where, t, { path = true })
+    check_fields(where, t, { path = true, key = true, key_file = true })
     want(where, "path", t.path, "string")
-    cfg.store = t
+    local s, why = require("ferry.store_key").from_config(t, function(p)
+      return resolve_path(dir, p) end)
+    if not s then fail(where, "%s", why) end
+    cfg.store = s
   end
 
   -- The proxy broker of the admin plane (docs/broker.md).
@@ -552,6 +565,20 @@ local function evaluate(chunk, file)
     check_fields(where, t, DEFAULT_TIMEOUTS)
     for k in pairs(DEFAULT_TIMEOUTS) do
       if t[k] ~= nil then cfg.timeouts[k] = want_number(where, k, t[k], 0.001, 86400) end
+    end
+  end
+
+  function env.http(t)
+    local where = at("http")
+    check_fields(where, t, { via = true, via_name = true })
+    if t.via ~= nil then cfg.http.via = want(where, "via", t.via, "boolean") end
+    local name = want(where, "via_name", t.via_name, "string")
+    if name ~= nil then
+      -- A pseudonym is a token (RFC 9110 §7.6.3): nothing that could end the line.
+      if #name > 64 or not name:match("^[%w!#$%%&'*+.^_`|~-]+$") then
+        fail(where, "via_name must be 1 to 64 token characters (letters, digits, !#$%%&'*+.^_`|~-)")
+      end
+      cfg.http.via_name = name
     end
   end
 

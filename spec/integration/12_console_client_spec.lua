@@ -19,11 +19,12 @@ local function exit_code(ok, _, code)
   return code
 end
 
--- Start a fake daemon on a fresh socket; waits until it listens.
-local function fake(mode)
-  local path = tmpname("sock") .. ".sock"
-  local proc = procs.spawn("fake-console", "luajit " .. HELPERS .. "/fake_console.lua " ..
-    procs.quote(path) .. " " .. (mode or "keep"))
+-- Start a fake daemon on a fresh socket (at PATH if given, run under the
+-- command PREFIX if given); waits until it listens.
+local function fake(mode, path, prefix)
+  path = path or (tmpname("sock") .. ".sock")
+  local proc = procs.spawn("fake-console", (prefix or "") .. "luajit " .. HELPERS ..
+    "/fake_console.lua " .. procs.quote(path) .. " " .. (mode or "keep"))
   proc.path = path
   local deadline = os.time() + 5
   while not procs.read_file(proc.log):find("ready") do
@@ -267,6 +268,69 @@ describe("ferry console", function()
       local code, text = session(tmpname("missing") .. ".sock", history, {})
       assert.equal(2, code)
       assert.matches("cannot connect to ", text)
+    end)
+  end)
+
+  -- The console runs whatever Lua it is sent and prints what comes back,
+  -- so it talks only to a socket of this user's (or root's) daemon.
+  describe("refuses a socket that is not this user's daemon", function()
+    local is_root = (io.popen("id -u"):read("*l")) == "0"
+
+    local function refused(path, why)
+      local code, out, err = console("-s " .. procs.quote(path) .. " -e 'proxy.list()'")
+      assert.equal(2, code, err)
+      assert.equal("", out)
+      assert.matches("^ferry console: refusing " .. path:gsub("%p", "%%%0") .. ": " .. why, err)
+    end
+
+    it("a group- or world-writable socket, before sending anything", function()
+      daemon = fake()
+      assert.equal(0, (console("-s " .. procs.quote(daemon.path) .. " -e 'first()'")))
+      for _, mode in ipairs { "666", "620", "602" } do
+        os.execute("chmod " .. mode .. " " .. procs.quote(daemon.path))
+        refused(daemon.path, "mode 0" .. mode .. " lets other users write to it")
+      end
+      os.execute("chmod 600 " .. procs.quote(daemon.path))
+      local code, out = console("-s " .. procs.quote(daemon.path) .. " -e 'second()'")
+      assert.equal(0, code)
+      assert.equal("=> second()\n", out)
+      -- Nothing reached the daemon while the mode was wrong.
+      assert.same({ "first()", "second()" }, (seen(daemon)))
+    end)
+
+    it("a path that is not a socket", function()
+      local path = procs.write_file(tmpname("file"), "")
+      refused(path, "not a socket")
+      os.remove(path)
+    end)
+
+    it("a socket owned by another user", function()
+      if not is_root then
+        pending("needs root to chown a socket to another user (id -u is not 0)")
+        return
+      end
+      daemon = fake()
+      os.execute("chown nobody " .. procs.quote(daemon.path))
+      refused(daemon.path, "owned by uid %d+, not by this user %(uid 0%) or root")
+      assert.same({}, (seen(daemon)))
+      os.execute("chown root " .. procs.quote(daemon.path))
+      assert.equal(0, (console("-s " .. procs.quote(daemon.path) .. " -e 'x()'")))
+    end)
+
+    it("a root-owned socket that another user's process listens on (SO_PEERCRED)", function()
+      if not is_root or os.execute("command -v setpriv >/dev/null 2>&1") ~= 0 then
+        pending("needs root and setpriv(1) to run the fake daemon as nobody")
+        return
+      end
+      -- /tmp: nobody may create the socket there; then root takes the
+      -- file over, so only the peer's credentials can tell.
+      daemon = fake("keep", string.format("/tmp/ferry-peer-%d.sock", math.random(1, 1e9)),
+        "setpriv --reuid=nobody --regid=nogroup --clear-groups ")
+      os.execute("chown root:root " .. procs.quote(daemon.path) .. " && chmod 600 " ..
+        procs.quote(daemon.path))
+      refused(daemon.path, "the process listening on it %(pid %d+%) runs as uid %d+, not as " ..
+        "this user %(uid 0%) or root")
+      assert.same({}, (seen(daemon)))
     end)
   end)
 end)

@@ -65,6 +65,20 @@ route(function(req) return "direct" end)
     assert.equal(2, cfg.pools.p.retries)
   end)
 
+  it("takes http { via, via_name } and refuses a pseudonym that is not a token", function()
+    assert.same({ via = true, via_name = "ferry" }, assert(load("")).http)
+    assert.same({ via = false, via_name = "edge-1" },
+      assert(load('http { via = false, via_name = "edge-1" }')).http)
+    assert.equal('cfg.lua:1: http: via must be a boolean, got a string',
+      err_of('http { via = "on" }'))
+    assert.matches('^cfg%.lua:1: http: via_name must be 1 to 64 token characters',
+      err_of('http { via_name = "a b" }'))
+    assert.matches('via_name must be', err_of('http { via_name = "x\\r\\nX-Evil: 1" }'))
+    assert.matches('via_name must be', err_of('http { via_name = "" }'))
+    assert.matches('via_name must be', err_of('http { via_name = string.rep("a", 65) }'))
+    assert.equal('cfg.lua:1: http: unknown field "vias"', err_of('http { vias = true }'))
+  end)
+
   it("names file, line, statement and field in errors", function()
     assert.equal('cfg.lua:3: pool "x": proxies[2]: unsupported scheme "ftp" (use http or socks5)',
       err_of('\n\npool "x" { proxies = { "http://h:1", "ftp://h" } }'))
@@ -89,6 +103,24 @@ route(function(req) return "direct" end)
     assert.same({ { user = "alice", pass = "pw:with:colons" }, { user = "bob", pass = "x" } },
       cfg.listeners[1].users)
     assert.matches("users%[1%]", err_of('listen { users = { "nocolon" } }'))
+  end)
+
+  it("throttles failed inbound auth: defaults and bounds of auth_fail_limit and auth_fail_window", function()
+    local l = assert(load('listen { users = { "a:b" } }')).listeners[1]
+    assert.equal(10, l.auth_fail_limit)
+    assert.equal(60, l.auth_fail_window)
+    l = assert(load('listen { users = { "a:b" }, auth_fail_limit = 3, auth_fail_window = 0.5 }'))
+      .listeners[1]
+    assert.equal(3, l.auth_fail_limit)
+    assert.equal(0.5, l.auth_fail_window)
+    assert.matches('listen "listen1": auth_fail_limit must be between 1 and 1000000, got 0',
+      err_of('listen { auth_fail_limit = 0 }'))
+    assert.matches("auth_fail_limit must be a whole number", err_of('listen { auth_fail_limit = 2.5 }'))
+    assert.matches("auth_fail_limit must be a number", err_of('listen { auth_fail_limit = "5" }'))
+    assert.matches("auth_fail_window must be between 0.1 and 86400",
+      err_of('listen { auth_fail_window = 0 }'))
+    assert.matches("auth_fail_window must be between 0.1 and 86400",
+      err_of('listen { auth_fail_window = 1e9 }'))
   end)
 
   it("rejects duplicates and the reserved pool name", function()

@@ -9,6 +9,7 @@
  * call something new, the link fails naming it: add a stub here. */
 #include "shim_conn.h"
 
+#include "../../core/authfail.h"
 #include "../../core/conn.h"
 #include "../../core/health.h"
 #include "../../core/listener.h"
@@ -134,6 +135,34 @@ const char *listener_auth_session(struct listener *l, const char *value, size_t 
     (void)session;
     (void)room;
     return NULL;
+}
+
+/* The harness's listener has no users: no address is ever throttled. */
+int authfail_blocked(const struct listener *l, const char *client)
+{
+    (void)l;
+    (void)client;
+    return 0;
+}
+
+int authfail_count(const struct listener *l, const char *client)
+{
+    (void)l;
+    (void)client;
+    return 0;
+}
+
+int authfail_missing(const struct listener *l, const char *client)
+{
+    (void)l;
+    (void)client;
+    return 0;
+}
+
+unsigned authfail_retry_after(const char *client)
+{
+    (void)client;
+    return 1;
 }
 
 void log_event(int level, const char *code, const struct log_ctx *ctx, const char *fmt, ...)

@@ -77,8 +77,15 @@ static struct framing ref_framing(const struct ref_head *h)
     return f;
 }
 
+/* Content-Length: 0 and no body at all frame a request alike. */
 static int same_framing(struct framing a, struct framing b)
 {
+    if (a.kind == REF_LENGTH && a.len == 0) {
+        a.kind = REF_NONE;
+    }
+    if (b.kind == REF_LENGTH && b.len == 0) {
+        b.kind = REF_NONE;
+    }
     return a.kind == b.kind && a.len == b.len;
 }
 

@@ -123,11 +123,11 @@ fuzz-build: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 
 # Each target for FUZZ_SECONDS on a scratch copy of spec/fuzz/corpus/<target>;
 # fails on any crash, sanitizer report, differential mismatch or timeout.
-fuzz: fuzz-build
+fuzz: deps fuzz-build
 	@spec/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # The short run CI makes of every target.
-fuzz-smoke: fuzz-build
+fuzz-smoke: deps fuzz-build
 	@spec/fuzz/run.sh 10 $(FUZZ_TARGETS)
 
 -include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d) $(PIC_OBJS:.o=.d) $(wildcard build/fuzz/*.d build/fuzz/core/*.d)

@@ -25,7 +25,13 @@ void   buf_free(struct buf *b);
 void   buf_trim(struct buf *b);
 
 static inline size_t buf_len(const struct buf *b) { return b->end - b->start; }
-static inline char  *buf_head(const struct buf *b) { return b->data + b->start; }
+/* An unallocated buffer is empty; its head is a valid pointer, never
+ * NULL + 0 (undefined behaviour, reported by clang's UBSan). */
+static inline char *buf_head(const struct buf *b)
+{
+    static char none[1];
+    return b->data != NULL ? b->data + b->start : none;
+}
 static inline int    buf_empty(const struct buf *b) { return b->end == b->start; }
 /* Free space, counting what compaction would reclaim. */
 static inline size_t buf_room(const struct buf *b) { return b->cap - buf_len(b); }

@@ -130,11 +130,9 @@ static void log_admin(struct conn *c, size_t body_len)
 void admin_on_head(struct conn *c)
 {
     const char *base = buf_head(&c->cin);
-    size_t plen = c->req.url.len < sizeof(c->path) - 1 ? c->req.url.len : sizeof(c->path) - 1;
-    memcpy(c->path, base + c->req.url.off, plen);
-    c->path[plen] = '\0';
-    int chunked = (c->req.parser.flags & F_CHUNKED) != 0;
-    uint64_t clen = c->req.has_body && !chunked ? c->req.parser.content_length : 0;
+    conn_set_path(c, base + c->req.url.off, c->req.url.len);
+    int chunked = c->req.framing == HTTP_FRAME_CHUNKED;
+    uint64_t clen = c->req.framing == HTTP_FRAME_LENGTH ? c->req.content_length : 0;
     c->admin_keep = c->req.keep_alive && !c->client_eof;
     if (chunked) {
         answer_error(c, 411, "FERRY-7002", "the admin API takes bodies with a Content-Length");

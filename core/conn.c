@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,13 +17,48 @@
 
 struct timeouts timeouts = {
     .client_head = 10, .connect = 5, .first_byte = 30,
-    .idle = 300, .keepalive = 60, .request = 60,
+    .idle = 300, .keepalive = 60, .request = 60, .upstream_idle = 30,
 };
 
 /* How long a closing client may keep sending before we stop listening. */
 #define LINGER_SECS 2.0
 
 static unsigned nconns;
+
+/* After a burst the allocator keeps the freed buffers and conns as heap
+ * it does not return.  Once the connection count, or the buffer blocks
+ * in use (keep-alive clients gone idle), have fallen to a small part of
+ * their peak, a one-shot timer (so the rest of the wave settles first)
+ * drains the reuse pools and returns free pages to the kernel: one
+ * malloc_trim per burst, not per close. */
+#define TRIM_MIN_PEAK 512
+#define TRIM_MIN_BLOCKS 128 /* 2 MiB of 16 KiB buffers */
+#define TRIM_DELAY 1.0
+static unsigned peak_conns;
+static ev_timer trim_timer;
+
+static void on_trim(struct ev_loop *lp, ev_timer *w, int revents)
+{
+    (void)lp;
+    (void)w;
+    (void)revents;
+    buf_pool_drain();
+    http_fields_drain();
+    malloc_trim(0);
+    peak_conns = nconns;
+    buf_blocks_rebase();
+}
+
+static void conn_usage_dropped(void)
+{
+    int conns_fell = peak_conns >= TRIM_MIN_PEAK && nconns <= peak_conns / 16;
+    int blocks_fell = buf_blocks_peak() >= TRIM_MIN_BLOCKS &&
+                      buf_blocks_out() <= buf_blocks_peak() / 16;
+    if ((conns_fell || blocks_fell) && !ev_is_active(&trim_timer)) {
+        ev_timer_init(&trim_timer, on_trim, TRIM_DELAY, 0.);
+        ev_timer_start(loop, &trim_timer);
+    }
+}
 
 /* All live connections, so a stop can close them. */
 static struct conn **live;
@@ -31,6 +67,39 @@ static unsigned nlive, cap_live;
 unsigned conn_count(void)
 {
     return nconns;
+}
+
+/* c->path while no request names one: never freed. */
+static char no_path[1];
+
+void conn_set_path(struct conn *c, const char *p, size_t n)
+{
+    if (c->path != no_path) {
+        free(c->path);
+    }
+    c->path = no_path;
+    if (n == 0) {
+        return;
+    }
+    n = n < CONN_PATH_MAX - 1 ? n : CONN_PATH_MAX - 1;
+    char *s = malloc(n + 1);
+    if (s != NULL) { /* without memory the log shows no path; the request goes on */
+        memcpy(s, p, n);
+        s[n] = '\0';
+        c->path = s;
+    }
+}
+
+void conn_idle_trim(struct conn *c)
+{
+    http_msg_release(&c->req);
+    http_msg_release(&c->resp);
+    conn_set_path(c, NULL, 0);
+    buf_trim(&c->cin);
+    buf_trim(&c->uin);
+    buf_trim(&c->cout);
+    buf_trim(&c->uout);
+    conn_usage_dropped();
 }
 
 static void on_client(struct ev_loop *lp, ev_io *w, int revents);
@@ -78,10 +147,14 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
     ev_init(&c->uio, on_upstream);
     ev_init(&c->timer, on_timer);
     c->state = CS_HEAD;
+    c->path = no_path;
     conn_tunnel_init(c);
     c->last_io = loop_now();
     live[nlive++] = c;
     nconns++;
+    if (nconns > peak_conns) {
+        peak_conns = nconns;
+    }
     conn_arm(c, timeouts.client_head);
     c->refs++;
     conn_pump(c);
@@ -112,6 +185,9 @@ static void conn_destroy(struct conn *c)
     buf_free(&c->cout);
     buf_free(&c->uin);
     buf_free(&c->uout);
+    http_msg_release(&c->req);
+    http_msg_release(&c->resp);
+    conn_set_path(c, NULL, 0);
     for (unsigned i = 0; i < nlive; i++) {
         if (live[i] == c) {
             live[i] = live[--nlive];
@@ -119,6 +195,7 @@ static void conn_destroy(struct conn *c)
         }
     }
     nconns--;
+    conn_usage_dropped();
     listener_conn_gone(c->l);
     free(c);
 }
@@ -133,6 +210,7 @@ void conn_close(struct conn *c)
 
 void conn_close_all(void)
 {
+    ev_timer_stop(loop, &trim_timer);
     while (nlive > 0) {
         struct conn *c = live[nlive - 1];
         c->refs = 0;
@@ -142,6 +220,26 @@ void conn_close_all(void)
     live = NULL;
     cap_live = 0;
     conn_tunnel_pool_free();
+}
+
+/* While the request body is on its way each direction that still has
+ * bytes to move must move one within timeouts.idle: the upload while the
+ * request is not done, the response once its head is out.  The
+ * first-byte wait between the two is a fixed timer, not this. */
+double conn_exchange_idle_left(const struct conn *c)
+{
+    double now = loop_now();
+    double left = c->last_io + c->timeout - now;
+    int any = 0;
+    if (!c->req_done) {
+        left = c->last_up + timeouts.idle - now;
+        any = 1;
+    }
+    if (c->resp_head_done && !c->resp_done) {
+        double d = c->last_down + timeouts.idle - now;
+        left = any && left < d ? left : d;
+    }
+    return left;
 }
 
 void conn_arm(struct conn *c, double secs)
@@ -194,41 +292,53 @@ void conn_update_io(struct conn *c)
     }
     set_events(&c->cio, &c->ev_c, c->cfd, ce);
     set_events(&c->uio, &c->ev_u, c->ufd, ue);
+    if (c->pump_again) {
+        /* Stopping a watcher clears its pending events, so feed after
+         * set_events; conn_destroy's ev_io_stop drops it for good. */
+        ev_feed_event(loop, &c->cio, CONN_EV_PUMP);
+    }
 }
 
-static int flush_client(struct conn *c)
+/* Write what cout holds: bytes written (0 when the socket is full), or
+ * -1 when the client went away. */
+static ssize_t flush_client(struct conn *c)
 {
+    ssize_t total = 0;
     while (!buf_empty(&c->cout)) {
         ssize_t n = buf_write_fd(&c->cout, c->cfd);
         if (n > 0) {
-            c->last_io = loop_now();
+            c->last_io = c->last_down = loop_now();
+            total += n;
             continue;
         }
         if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            return 0;
+            break;
         }
-        return -1; /* the client went away */
+        return -1;
     }
-    return 0;
+    return total;
 }
 
-static int flush_upstream(struct conn *c)
+/* The same for uout: bytes written, or -1 on an upstream error. */
+static ssize_t flush_upstream(struct conn *c)
 {
     if (c->ufd < 0 || c->state == CS_CONNECT) {
         return 0;
     }
+    ssize_t total = 0;
     while (!buf_empty(&c->uout)) {
         ssize_t n = buf_write_fd(&c->uout, c->ufd);
         if (n > 0) {
-            c->last_io = loop_now();
+            c->last_io = c->last_up = loop_now();
+            total += n;
             continue;
         }
         if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            return 0;
+            break;
         }
         return -1;
     }
-    return 0;
+    return total;
 }
 
 /* The final response is out: stop sending, and read what the client
@@ -251,12 +361,49 @@ static void drain(struct conn *c)
     buf_consume(&c->cin, buf_len(&c->cin));
 }
 
+/* Everything a pump round can change.  A round that changes none of it
+ * and writes nothing made no progress; any other round may have made
+ * room somewhere (a flush that empties uout lets the request body move
+ * on), so the pump goes round again. */
+struct pump_mark {
+    enum conn_state state;
+    size_t cin, cout, uin, uout, fwd, in_cu, in_uc;
+    unsigned flags;
+};
+
+static void pump_mark(const struct conn *c, struct pump_mark *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->state = c->state;
+    m->cin = buf_len(&c->cin);
+    m->cout = buf_len(&c->cout);
+    m->uin = buf_len(&c->uin);
+    m->uout = buf_len(&c->uout);
+    m->fwd = c->fwd;
+    m->in_cu = c->pcu.in;
+    m->in_uc = c->puc.in;
+    m->flags = (unsigned)c->req_done | (unsigned)c->resp_head_done << 1 |
+               (unsigned)c->resp_done << 2 | (unsigned)c->shut_c << 3 |
+               (unsigned)c->shut_u << 4 | (unsigned)(c->ufd >= 0) << 5;
+}
+
+static int pump_moved(const struct pump_mark *a, const struct pump_mark *b)
+{
+    return a->state != b->state || a->cin != b->cin || a->cout != b->cout ||
+           a->uin != b->uin || a->uout != b->uout || a->fwd != b->fwd ||
+           a->in_cu != b->in_cu || a->in_uc != b->in_uc || a->flags != b->flags;
+}
+
+/* Rounds one pump may run before it yields to other connections. */
+#define PUMP_ROUNDS 8
+
 /* Move every part of the connection forward as far as it can go. */
 void conn_pump(struct conn *c)
 {
-    for (int round = 0; round < 8 && !c->closing; round++) {
-        enum conn_state before = c->state;
-        size_t cin_before = buf_len(&c->cin), uin_before = buf_len(&c->uin);
+    int moving = 0;
+    for (int round = 0; round < PUMP_ROUNDS && !c->closing; round++) {
+        struct pump_mark before, after;
+        pump_mark(c, &before);
         switch (c->state) {
         case CS_HEAD:
             conn_on_head(c);
@@ -279,11 +426,13 @@ void conn_pump(struct conn *c)
         if (c->closing) {
             return;
         }
-        if (flush_client(c) < 0) {
+        ssize_t wc = flush_client(c);
+        if (wc < 0) {
             conn_close(c);
             return;
         }
-        if (flush_upstream(c) < 0) {
+        ssize_t wu = flush_upstream(c);
+        if (wu < 0) {
             if (c->state == CS_TUNNEL) {
                 conn_close(c);
                 return;
@@ -293,20 +442,31 @@ void conn_pump(struct conn *c)
                 return;
             }
         }
-        if (c->state == before && buf_len(&c->cin) == cin_before &&
-            buf_len(&c->uin) == uin_before) {
+        pump_mark(c, &after);
+        moving = wc > 0 || wu > 0 || pump_moved(&before, &after);
+        if (!moving) {
             break;
         }
     }
-    if (!c->closing) {
-        if (c->state == CS_DRAIN) {
-            drain(c);
-            if (c->closing) {
-                return;
-            }
-        }
-        conn_update_io(c);
+    if (c->closing) {
+        return;
     }
+    if (c->state == CS_DRAIN) {
+        drain(c);
+        if (c->closing) {
+            return;
+        }
+    }
+    /* Still moving after the last round: the work may need no socket
+     * event at all (the bytes are already here), so pump again on a
+     * later loop turn instead of waiting for one that may never come. */
+    if (c->state == CS_HEAD) {
+        /* The last answer may have left only now: an idle conn keeps no buffer. */
+        buf_trim(&c->cin);
+        buf_trim(&c->cout);
+    }
+    c->pump_again = moving;
+    conn_update_io(c);
 }
 
 static void read_client(struct conn *c)
@@ -314,7 +474,7 @@ static void read_client(struct conn *c)
     ssize_t n = buf_read_fd(&c->cin, c->cfd);
     if (n > 0) {
         c->bytes_in += (unsigned long long)n;
-        c->last_io = loop_now();
+        c->last_io = c->last_up = loop_now();
     } else if (n == 0) {
         c->client_eof = 1;
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS) {
@@ -327,6 +487,9 @@ static void on_client(struct ev_loop *lp, ev_io *w, int revents)
     (void)lp;
     struct conn *c = (struct conn *)((char *)w - offsetof(struct conn, cio));
     c->refs++;
+    if (revents & CONN_EV_PUMP) {
+        c->pump_again = 0;
+    }
     if ((revents & EV_READ) && !conn_tunnel_read_client(c)) {
         read_client(c);
     }
@@ -365,8 +528,11 @@ static void on_timer(struct ev_loop *lp, ev_timer *w, int revents)
      * last_io, and the timer re-arms itself for the remainder. */
     double left = c->last_io + c->timeout - loop_now();
     int activity_based = c->state == CS_TUNNEL || c->state == CS_DRAIN ||
-                         c->state == CS_ADMIN_OUT ||
-                         (c->state == CS_EXCHANGE && c->resp_head_done);
+                         c->state == CS_ADMIN_OUT;
+    if (c->state == CS_EXCHANGE && (!c->req_done || c->resp_head_done)) {
+        activity_based = 1;
+        left = conn_exchange_idle_left(c);
+    }
     if (activity_based && left > 0.001) {
         ev_timer_set(&c->timer, left, 0.);
         ev_timer_start(loop, &c->timer);

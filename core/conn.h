@@ -23,6 +23,10 @@
 #define TUNNEL_PIPE_SIZE (1024 * 1024)
 #define CONN_MAX_TRIES 8
 #define HOST_MAX_LEN 255
+/* The longest c->path kept for logs and route(), with its NUL. */
+#define CONN_PATH_MAX 512
+/* A pump-only event fed to the client watcher (libev's custom bit). */
+#define CONN_EV_PUMP EV_CUSTOM
 
 enum conn_state {
     CS_HEAD = 0,  /* waiting for a request head (new or keep-alive) */
@@ -68,8 +72,9 @@ struct conn {
     char host[HOST_MAX_LEN + 1];
     int port;
     char method[24];
-    char path[512];              /* path and query, truncated for logs */
-    char client[64];             /* client address text */
+    char *path;                  /* path and query, truncated for logs; "" when none
+                                  * (conn_set_path; heap only while a request runs) */
+    char client[48];             /* client address text (INET6_ADDRSTRLEN fits) */
     char user[128];              /* inbound user, if authenticated */
     char cid[40];                /* correlation id */
     struct http_span tpath;      /* path and query within the head */
@@ -82,6 +87,7 @@ struct conn {
     double t_attempt;            /* current attempt start */
     double deadline;             /* the request must end by then */
     double last_io;              /* for idle timeouts */
+    double last_up, last_down;   /* last request-body / response byte moved (exchange idle) */
     double timeout;              /* idle timeout of the current state */
     unsigned long long bytes_in, bytes_out;
     unsigned served;             /* requests completed on this conn */
@@ -102,7 +108,7 @@ struct conn {
 
     /* An upstream kept open after a keep-alive response. */
     struct proxy *idle_proxy;
-    char idle_host[HOST_MAX_LEN + 1];
+    char *idle_host;             /* heap copy of its host while kept, else NULL */
     int idle_port;
 
     /* Tunnels move bytes socket -> pipe -> socket with splice(2). */
@@ -127,6 +133,7 @@ struct conn {
     unsigned idle_up:1;          /* ufd is an idle keep-alive upstream */
     unsigned head_started:1;     /* bytes of the next head have arrived */
     unsigned metered:1;          /* routed, outcome not counted yet (metrics.c) */
+    unsigned pump_again:1;       /* private: a CONN_EV_PUMP is fed to cio */
 
     /* Health reporting (conn_report.c). */
     uint32_t exchange;           /* exchange id of the request, 0 = none */
@@ -154,7 +161,13 @@ void conn_close(struct conn *c);
 void conn_update_io(struct conn *c);
 void conn_pump(struct conn *c);
 void conn_arm(struct conn *c, double secs);
+/* Seconds until the stalled direction of an exchange runs out of idle time. */
+double conn_exchange_idle_left(const struct conn *c);
 unsigned conn_count(void);
+/* Copy up to CONN_PATH_MAX - 1 bytes of p as the request's c->path (n = 0: none). */
+void conn_set_path(struct conn *c, const char *p, size_t n);
+/* Between requests: give back every buffer and table an idle conn does not need. */
+void conn_idle_trim(struct conn *c);
 void conn_close_all(void);
 
 /* conn_http.c */
@@ -164,13 +177,27 @@ void conn_fail(struct conn *c, enum ferr e);
 /* conn_fail without the warn line: a summary line is written elsewhere. */
 void conn_fail_quiet(struct conn *c, enum ferr e);
 void conn_finish(struct conn *c);
-int conn_write_request_head(struct conn *c);
 /* Header edits of on_request for this request (copied; bounded). */
 void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, const char *drop,
                            size_t drop_len);
 void conn_clear_header_edits(struct conn *c);
+
+/* conn_head.c: every head ferry writes, rebuilt from parsed spans. */
+#define VIA_NAME_MAX 64
+int conn_write_request_head(struct conn *c);
+/* The response head for the client (base: the head in uin); -1: no room. */
+int conn_write_response_head(struct conn *c, const char *base);
+/* A 1xx interim response, rewritten like a final one; -1: no room. */
+int conn_write_interim(struct conn *c, const char *base);
 /* The 200 answer to CONNECT, with X-Ferry-Proxy when a proxy carries it. */
 void conn_write_connect_ok(struct conn *c);
+/* Ferry's own answer to OPTIONS (Allow) or TRACE (message/http echo). */
+int conn_write_local_answer(struct conn *c);
+/* Max-Forwards of the request: -1 absent, -2 not a number. */
+long conn_max_forwards(const struct conn *c, const char *base);
+/* The request target as sent upstream: pre, then len bytes at path. */
+void conn_target_path(const struct conn *c, const char *base, const char **pre,
+                      const char **path, int *len);
 
 /* admin.c */
 /* The head of a request on an admin listener is in cin. */
@@ -216,6 +243,7 @@ void conn_tunnel_pool_free(void);
 /* Global timeouts, seconds. */
 struct timeouts {
     double client_head, connect, first_byte, idle, keepalive, request;
+    double upstream_idle; /* an upstream kept open between requests */
 };
 extern struct timeouts timeouts;
 

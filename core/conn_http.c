@@ -9,7 +9,6 @@
 #include "proxy.h"
 #include "sticky.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,8 +16,20 @@
 
 static unsigned long long cid_counter;
 
-/* Correlation ids: the client's X-Request-Id when it is sane, else ours. */
-static void set_cid(struct conn *c, const char *base)
+/* A fresh correlation id, given when the first byte of a head arrives so
+ * that even a head that never completes is answered and logged with one. */
+static void new_cid(struct conn *c)
+{
+    static unsigned long long seed;
+    if (seed == 0) {
+        seed = ((unsigned long long)random() << 32) ^ (unsigned long long)random() ^ 1;
+    }
+    unsigned long long v = (++cid_counter) * 0x9E3779B97F4A7C15ull ^ seed;
+    snprintf(c->cid, sizeof(c->cid), "%016llx", v);
+}
+
+/* The client's X-Request-Id replaces ours when it is sane. */
+static void take_client_cid(struct conn *c, const char *base)
 {
     struct http_span s = c->req.request_id;
     int ok = s.len > 0 && s.len < sizeof(c->cid);
@@ -30,14 +41,7 @@ static void set_cid(struct conn *c, const char *base)
     if (ok) {
         memcpy(c->cid, base + s.off, s.len);
         c->cid[s.len] = '\0';
-        return;
     }
-    static unsigned long long seed;
-    if (seed == 0) {
-        seed = ((unsigned long long)random() << 32) ^ (unsigned long long)random() ^ 1;
-    }
-    unsigned long long v = (++cid_counter) * 0x9E3779B97F4A7C15ull ^ seed;
-    snprintf(c->cid, sizeof(c->cid), "%016llx", v);
 }
 
 static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
@@ -53,23 +57,51 @@ static void log_done(struct conn *c)
 {
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
-    log_access(&ctx, c->client, c->method, c->host, c->port, c->path, c->status,
+    log_access(&ctx, c->client, c->method[0] ? c->method : "-", c->host[0] ? c->host : "-",
+               c->port, c->path[0] ? c->path : "-", c->status,
                c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
                (int)c->attempt + 1, c->code);
     metrics_request_end(c, c->code);
+}
+
+/* What the log can say of a head before (or without) parsing it: its
+ * first word as the method and its target, printable bytes only. */
+static void note_unparsed(struct conn *c, const char *base, size_t hl)
+{
+    size_t i = 0;
+    while (i < hl && i + 1 < sizeof(c->method) && http_is_tchar((unsigned char)base[i])) {
+        c->method[i] = base[i];
+        i++;
+    }
+    c->method[i] = '\0';
+    size_t t = i < hl && base[i] == ' ' ? i + 1 : hl, n = 0;
+    while (t + n < hl && n + 1 < CONN_PATH_MAX && base[t + n] > 0x20 && base[t + n] < 0x7f) {
+        n++;
+    }
+    conn_set_path(c, base + t, n);
 }
 
 /* The error answer; with `quiet`, no warn line (a summary covers it). */
 static void fail_answer(struct conn *c, enum ferr e, int quiet)
 {
     const struct ferr_info *info = ferr_info(e);
+    if (c->state == CS_HEAD && c->method[0] == '\0' && !buf_empty(&c->cin)) {
+        /* A head that never completed: log what arrived of it. */
+        note_unparsed(c, buf_head(&c->cin), buf_len(&c->cin));
+    }
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
     c->code = info->code;
     c->status = info->status;
-    if (!quiet) {
+    if (quiet) {
+        /* a summary line covers it */
+    } else if (c->host[0] != '\0') {
         log_event(LOG_WARN, info->code, &ctx, "%s %s:%d: %s", c->method[0] ? c->method : "-",
-                  c->host[0] ? c->host : "-", c->port, info->message);
+                  c->host, c->port, info->message);
+    } else {
+        /* Refused before a destination was known: say what the target was. */
+        log_event(LOG_WARN, info->code, &ctx, "%s %s: %s", c->method[0] ? c->method : "-",
+                  c->path[0] ? c->path : "-", info->message);
     }
     conn_upstream_close(c);
     if (c->sent_any) {
@@ -127,8 +159,12 @@ static int parse_target(struct conn *c, const char *base)
             conn_fail(c, FERR_NOT_ABSOLUTE);
             return -1;
         }
-        if (u.field_data[UF_SCHEMA].len != 4 ||
-            strncasecmp(url + u.field_data[UF_SCHEMA].off, "http", 4) != 0) {
+        /* ws:// is http:// asking for an upgrade (aiohttp sends it so);
+         * wss:// and https:// take CONNECT. */
+        struct http_span sch = { (uint32_t)(c->req.url.off + u.field_data[UF_SCHEMA].off),
+                                 u.field_data[UF_SCHEMA].len };
+        if (!http_span_ieq(base, sch, "http") &&
+            !(http_span_ieq(base, sch, "ws") && c->req.is_upgrade)) {
             conn_fail(c, FERR_BAD_SCHEME);
             return -1;
         }
@@ -143,7 +179,7 @@ static int parse_target(struct conn *c, const char *base)
     c->port = (u.field_set & (1 << UF_PORT)) ? u.port : 80;
     if (c->is_connect) {
         c->tpath.off = c->tpath.len = 0;
-        c->path[0] = '\0';
+        conn_set_path(c, NULL, 0);
         return 0;
     }
     /* Path and query, without the fragment (never sent on the wire). */
@@ -160,9 +196,12 @@ static int parse_target(struct conn *c, const char *base)
     }
     c->tpath.off = c->req.url.off + start;
     c->tpath.len = end - start;
-    size_t pl = c->tpath.len < sizeof(c->path) - 1 ? c->tpath.len : sizeof(c->path) - 1;
-    memcpy(c->path, base + c->tpath.off, pl);
-    c->path[pl] = '\0';
+    const char *pre, *path;
+    int plen;
+    conn_target_path(c, base, &pre, &path, &plen);
+    char shown[CONN_PATH_MAX];
+    snprintf(shown, sizeof(shown), "%s%.*s", pre, plen, path);
+    conn_set_path(c, shown, strlen(shown));
     return 0;
 }
 
@@ -195,23 +234,6 @@ void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, cons
         memcpy(c->hdr_drop, drop, drop_len);
         c->hdr_drop[drop_len] = '\0';
     }
-}
-
-/* Whether on_request asked to drop this request header field. */
-static int dropped(const struct conn *c, const char *base, const struct http_field *f)
-{
-    char name[130];
-    if (c->hdr_drop == NULL || f->name.len + 3 > sizeof(name)) {
-        return 0;
-    }
-    name[0] = '\n';
-    for (uint32_t i = 0; i < f->name.len; i++) {
-        char ch = base[f->name.off + i];
-        name[i + 1] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
-    }
-    name[f->name.len + 1] = '\n';
-    name[f->name.len + 2] = '\0';
-    return strstr(c->hdr_drop, name) != NULL;
 }
 
 /* The sticky session key: the first X-Ferry-Session header, else the
@@ -255,9 +277,49 @@ static void reset_request(struct conn *c)
     c->upgrade = 0;
     c->user[0] = '\0';
     c->host[0] = '\0';
-    c->path[0] = '\0';
+    c->port = 0;
+    conn_set_path(c, NULL, 0);
+    c->method[0] = '\0';
     c->bytes_in = buf_len(&c->cin);
     c->bytes_out = 0;
+}
+
+/* The longest method token a request line may start with. */
+#define METHOD_MAX 31
+
+/* 1 when the bytes so far can still begin a request line: a method token
+ * (RFC 9110 tchar) and then a space.  A SOCKS5 greeting or a TLS
+ * ClientHello fails on its first byte, so it is answered at once rather
+ * than after timeouts.client_head. */
+static int could_be_http(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == ' ') {
+            return i > 0;
+        }
+        if (i >= METHOD_MAX ||
+            !((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* A request ferry answers itself (OPTIONS *, Max-Forwards: 0), then
+ * closes: a body the request may carry is never read. */
+static void answer_here(struct conn *c)
+{
+    if (conn_write_local_answer(c) < 0) {
+        conn_fail(c, FERR_HEAD_TOO_LARGE);
+        return;
+    }
+    c->status = 200;
+    c->sent_any = 1;
+    log_done(c);
+    c->state = CS_DRAIN;
+    conn_arm(c, timeouts.idle < 30 ? timeouts.idle : 30);
 }
 
 void conn_on_head(struct conn *c)
@@ -267,27 +329,36 @@ void conn_on_head(struct conn *c)
         return;
     }
     if (!c->head_started) {
+        /* The request starts with its first byte: its id, its clock. */
         c->head_started = 1;
+        reset_request(c);
+        c->t_start = loop_now();
+        new_cid(c);
         conn_arm(c, timeouts.client_head);
+    }
+    if (!could_be_http(buf_head(&c->cin), buf_len(&c->cin))) {
+        conn_fail(c, FERR_NOT_HTTP);
+        return;
     }
     const char *base = buf_head(&c->cin);
     size_t hl = http_head_len(base, buf_len(&c->cin));
     if (hl == 0) {
-        if (buf_room(&c->cin) == 0) {
-            c->cid[0] = '\0';
+        if (http_bare_cr(base, buf_len(&c->cin))) {
+            conn_fail(c, FERR_BAD_REQUEST);
+        } else if (buf_room(&c->cin) == 0) {
             conn_fail(c, FERR_HEAD_TOO_LARGE);
         } else if (c->client_eof) {
             conn_close(c); /* the client gave up mid-head */
         }
         return;
     }
-    reset_request(c);
-    c->t_start = loop_now();
     c->head_len = hl;
     int r = http_parse_request(&c->req, base, hl);
-    set_cid(c, base);
+    take_client_cid(c, base);
+    note_unparsed(c, base, hl); /* parse_target replaces the path when it can */
     if (r != HTTP_PARSE_OK) {
-        conn_fail(c, r == HTTP_PARSE_TOO_MANY ? FERR_TOO_MANY_HEADERS : FERR_BAD_REQUEST);
+        conn_fail(c, r == HTTP_PARSE_TOO_MANY ? FERR_TOO_MANY_HEADERS
+                     : r == HTTP_PARSE_FRAMING ? FERR_BAD_FRAMING : FERR_BAD_REQUEST);
         return;
     }
     snprintf(c->method, sizeof(c->method), "%s", http_method_name(c->req.method));
@@ -329,198 +400,28 @@ void conn_on_head(struct conn *c)
         listener_auth_session(c->l, auth, auth_len, c->session, sizeof(c->session));
     }
     take_session(c, base);
+    if (c->req.method == HTTP_OPTIONS && http_span_ieq(base, c->req.url, "*")) {
+        answer_here(c); /* OPTIONS * asks the proxy itself */
+        return;
+    }
     if (parse_target(c, base) < 0) {
         return;
+    }
+    if (c->req.method == HTTP_TRACE || c->req.method == HTTP_OPTIONS) {
+        long mf = conn_max_forwards(c, base);
+        if (mf == -2) {
+            conn_fail(c, FERR_BAD_REQUEST);
+            return;
+        }
+        if (mf == 0) {
+            answer_here(c); /* the last hop allowed: RFC 9110 §7.6.2 */
+            return;
+        }
     }
     c->upgrade = !c->is_connect && c->req.is_upgrade && c->req.upgrade.len > 0;
     c->deadline = c->t_start + timeouts.request;
     c->head_started = 0;
     conn_route(c);
-}
-
-/* printf into a buffer, failing cleanly when it does not fit. */
-struct out {
-    char *p;
-    size_t n, cap;
-    int overflow;
-};
-
-static void outf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void outf(struct out *o, const char *fmt, ...)
-{
-    if (o->overflow) {
-        return;
-    }
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(o->p + o->n, o->cap - o->n, fmt, ap);
-    va_end(ap);
-    if (k < 0 || (size_t)k >= o->cap - o->n) {
-        o->overflow = 1;
-        return;
-    }
-    o->n += (size_t)k;
-}
-
-static void out_bytes(struct out *o, const char *p, size_t n)
-{
-    if (o->overflow || n > o->cap - o->n) {
-        o->overflow = 1;
-        return;
-    }
-    memcpy(o->p + o->n, p, n);
-    o->n += n;
-}
-
-static void out_fields(struct out *o, const struct http_msg *m, const char *base,
-                       int skip_host)
-{
-    for (unsigned i = 0; i < m->nfields; i++) {
-        const struct http_field *f = &m->fields[i];
-        if (f->hop || (skip_host && http_span_ieq(base, f->name, "Host"))) {
-            continue;
-        }
-        /* Copied, not formatted: this loop runs for every header of every message. */
-        out_bytes(o, base + f->name.off, f->name.len);
-        out_bytes(o, ": ", 2);
-        out_bytes(o, base + f->value.off, f->value.len);
-        out_bytes(o, "\r\n", 2);
-    }
-}
-
-/* The request's fields as out_fields writes them, less those on_request drops. */
-static void out_request_fields(struct out *o, const struct conn *c, const char *base)
-{
-    if (c->hdr_drop == NULL) {
-        out_fields(o, &c->req, base, 1);
-        return;
-    }
-    for (unsigned i = 0; i < c->req.nfields; i++) {
-        const struct http_field *f = &c->req.fields[i];
-        if (f->hop || http_span_ieq(base, f->name, "Host") || dropped(c, base, f)) {
-            continue;
-        }
-        out_bytes(o, base + f->name.off, f->name.len);
-        out_bytes(o, ": ", 2);
-        out_bytes(o, base + f->value.off, f->value.len);
-        out_bytes(o, "\r\n", 2);
-    }
-}
-
-int conn_write_request_head(struct conn *c)
-{
-    const char *base = buf_head(&c->cin);
-    struct out o = { NULL, 0, 0, 0 };
-    size_t room;
-    o.p = buf_tail(&c->uout, &room);
-    o.cap = room;
-    if (o.p == NULL) {
-        return -1;
-    }
-    int absolute = c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP;
-    int v6 = strchr(c->host, ':') != NULL;
-    char hostport[HOST_MAX_LEN + 16];
-    if (c->port == 80) {
-        snprintf(hostport, sizeof(hostport), v6 ? "[%s]" : "%s", c->host);
-    } else {
-        snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%d" : "%s:%d", c->host, c->port);
-    }
-    const char *path = c->tpath.len > 0 ? base + c->tpath.off : "/";
-    int plen = c->tpath.len > 0 ? (int)c->tpath.len : 1;
-    /* An HTTP/1.0 client gets an HTTP/1.0 exchange upstream, so the
-     * response never arrives chunked to a client that cannot read it. */
-    int minor = (c->req.major == 1 && c->req.minor == 0) ? 0 : 1;
-    outf(&o, "%s %s%s%.*s HTTP/1.%d\r\nHost: %s\r\n", c->method, absolute ? "http://" : "",
-         absolute ? hostport : "", plen, path, minor, hostport);
-    out_request_fields(&o, c, base);
-    if (c->hdr_add != NULL) {
-        out_bytes(&o, c->hdr_add, c->hdr_add_len);
-    }
-    if (c->upgrade) {
-        outf(&o, "Connection: Upgrade\r\nUpgrade: %.*s\r\n", (int)c->req.upgrade.len,
-             base + c->req.upgrade.off);
-    }
-    if (absolute && c->proxy->auth_header != NULL) {
-        outf(&o, "%s", c->proxy->auth_header);
-    }
-    if (absolute && c->proxy->extra_headers != NULL) {
-        outf(&o, "%s", c->proxy->extra_headers);
-    }
-    outf(&o, "\r\n");
-    if (o.overflow) {
-        return -1;
-    }
-    buf_commit(&c->uout, o.n);
-    return 0;
-}
-
-/* The longest proxy label X-Ferry-Proxy shows; longer ones are cut. */
-#define LABEL_MAX 256
-
-/* A proxy label as a header value: bytes that could end the line or fold
- * it (controls, DEL) become '?', so no label can add a header. */
-static void header_safe(const char *label, char *out, size_t room)
-{
-    size_t n = 0;
-    for (; label != NULL && label[n] != '\0' && n + 1 < room; n++) {
-        unsigned char ch = (unsigned char)label[n];
-        out[n] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
-    }
-    out[n] = '\0';
-}
-
-static int write_response_head(struct conn *c, const char *base)
-{
-    struct out o = { NULL, 0, 0, 0 };
-    size_t room;
-    o.p = buf_tail(&c->cout, &room);
-    o.cap = room;
-    if (o.p == NULL) {
-        return -1;
-    }
-    struct http_msg *m = &c->resp;
-    /* X-Ferry-Proxy is ours to say: one from upstream goes no further. */
-    for (unsigned i = 0; i < m->nfields; i++) {
-        if (http_span_ieq(base, m->fields[i].name, "X-Ferry-Proxy")) {
-            m->fields[i].hop = 1;
-        }
-    }
-    outf(&o, "HTTP/1.1 %d %.*s\r\n", m->status, (int)m->reason.len, base + m->reason.off);
-    out_fields(&o, m, base, 0);
-    if (c->proxy != NULL) {
-        char label[LABEL_MAX];
-        header_safe(c->proxy->label, label, sizeof(label));
-        outf(&o, "X-Ferry-Proxy: %s\r\n", label);
-    }
-    if (m->status == 101) {
-        outf(&o, "Connection: Upgrade\r\nUpgrade: %.*s\r\n", (int)m->upgrade.len,
-             base + m->upgrade.off);
-    } else if (!c->keep_client) {
-        outf(&o, "Connection: close\r\n");
-    } else if (c->req.minor == 0) {
-        outf(&o, "Connection: keep-alive\r\n");
-    }
-    outf(&o, "\r\n");
-    if (o.overflow) {
-        return -1;
-    }
-    buf_commit(&c->cout, o.n);
-    c->bytes_out += o.n;
-    return 0;
-}
-
-void conn_write_connect_ok(struct conn *c)
-{
-    static const char ok[] = "HTTP/1.1 200 Connection established\r\n";
-    buf_append(&c->cout, ok, sizeof(ok) - 1);
-    if (c->proxy != NULL) {
-        char label[LABEL_MAX];
-        header_safe(c->proxy->label, label, sizeof(label));
-        buf_append(&c->cout, "X-Ferry-Proxy: ", 15);
-        buf_append(&c->cout, label, strlen(label));
-        buf_append(&c->cout, "\r\n", 2);
-    }
-    buf_append(&c->cout, "\r\n", 2);
 }
 
 void conn_finish(struct conn *c)
@@ -545,10 +446,12 @@ void conn_finish(struct conn *c)
     c->served++;
     c->state = CS_HEAD;
     c->cid[0] = '\0';
-    conn_arm(c, timeouts.keepalive);
-    buf_trim(&c->uin);
-    buf_trim(&c->cout);
-    buf_trim(&c->uout);
+    /* Between requests deadline is the end of the keep-alive; a kept
+     * upstream is closed sooner, after upstream_idle (conn_on_timeout). */
+    c->deadline = loop_now() + timeouts.keepalive;
+    conn_arm(c, c->idle_up && timeouts.upstream_idle < timeouts.keepalive
+                    ? timeouts.upstream_idle : timeouts.keepalive);
+    conn_idle_trim(c);
 }
 
 /* Request body: relay exactly the bytes that belong to this request. */
@@ -567,13 +470,17 @@ static int relay_request_body(struct conn *c)
         const char *p = buf_head(&c->cin) + c->fwd;
         long n = http_body(&c->req, p, avail < room ? avail : room);
         if (n < 0) {
-            conn_fail(c, FERR_BAD_REQUEST);
+            conn_fail(c, FERR_BAD_CHUNK);
             return -1;
         }
         buf_append(&c->uout, p, (size_t)n);
         c->fwd += (size_t)n;
         if (c->req.msg_done) {
             c->req_done = 1;
+            if (!c->resp_head_done) {
+                /* First byte is counted from the end of the request. */
+                conn_arm(c, c->first_byte_timeout);
+            }
         }
     }
     if (!c->req_done && buf_room(&c->cin) == 0 && c->fwd > 0) {
@@ -601,7 +508,7 @@ static int take_response_head(struct conn *c)
         const char *base = buf_head(&c->uin);
         size_t hl = http_head_len(base, buf_len(&c->uin));
         if (hl == 0) {
-            if (buf_room(&c->uin) == 0) {
+            if (buf_room(&c->uin) == 0 || http_bare_cr(base, buf_len(&c->uin))) {
                 conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
                 return -1;
             }
@@ -618,13 +525,20 @@ static int take_response_head(struct conn *c)
         }
         int st = c->resp.status;
         if (st >= 100 && st < 200 && st != 101) {
-            /* Interim responses pass through as they are. */
-            if (buf_room(&c->cout) < hl) {
-                return 0;
+            /* Interim responses are rewritten like final ones; an
+             * HTTP/1.0 client never gets one (RFC 9110 §15.2). */
+            if (c->req.minor > 0) {
+                if (conn_write_interim(c, base) < 0) {
+                    if (buf_empty(&c->cout)) {
+                        conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
+                        return -1;
+                    }
+                    return 0; /* wait for the client to take earlier bytes */
+                }
             }
-            c->bytes_out += buf_append(&c->cout, base, hl);
             buf_consume(&c->uin, hl);
-            c->sent_any = 1;
+            /* Not sent_any: a final answer (an error too) may still follow
+             * an interim one; replayable = 0 already stops retries. */
             c->replayable = 0;
             continue;
         }
@@ -633,7 +547,7 @@ static int take_response_head(struct conn *c)
             return -1;
         }
         c->keep_client = c->req.keep_alive && !http_needs_eof(&c->resp) && !c->client_eof;
-        if (write_response_head(c, base) < 0) {
+        if (conn_write_response_head(c, base) < 0) {
             if (buf_empty(&c->cout)) {
                 conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
                 return -1;
@@ -654,12 +568,15 @@ static int take_response_head(struct conn *c)
             conn_tunnel_begin(c);
             return 1;
         }
+        c->last_down = loop_now();
         conn_arm(c, timeouts.idle);
     }
     return 0;
 }
 
-static int relay_response_body(struct conn *c)
+/* take_back: all of cout is this response, written in this very call,
+ * so none of it has left ferry yet. */
+static int relay_response_body(struct conn *c, int take_back)
 {
     if (!c->resp.has_body) {
         c->resp_done = 1;
@@ -670,6 +587,14 @@ static int relay_response_body(struct conn *c)
     if (avail > 0 && room > 0) {
         long n = http_body(&c->resp, buf_head(&c->uin), avail < room ? avail : room);
         if (n < 0) {
+            if (take_back) {
+                /* Nothing of this response left ferry yet: take it back
+                 * and answer a clean 502 instead of a cut message. */
+                size_t k = buf_len(&c->cout);
+                buf_consume(&c->cout, k);
+                c->bytes_out = c->bytes_out > k ? c->bytes_out - k : 0;
+                c->sent_any = 0;
+            }
             conn_fail(c, FERR_BAD_RESPONSE);
             return -1;
         }
@@ -695,13 +620,14 @@ int conn_exchange(struct conn *c)
     if (relay_request_body(c) < 0) {
         return -1;
     }
+    int fresh = !c->resp_head_done && buf_empty(&c->cout);
     if (!c->resp_head_done) {
         int r = take_response_head(c);
         if (r != 0 || c->closing || c->state != CS_EXCHANGE) {
             return r < 0 ? -1 : 0;
         }
     }
-    if (c->resp_head_done && !c->resp_done && relay_response_body(c) < 0) {
+    if (c->resp_head_done && !c->resp_done && relay_response_body(c, fresh) < 0) {
         return -1;
     }
     if (c->resp_done) {

@@ -42,6 +42,8 @@ void conn_upstream_close(struct conn *c)
     }
     c->counted = 0;
     c->idle_up = 0;
+    free(c->idle_host);
+    c->idle_host = NULL;
     c->upstream_eof = 0;
     c->shut_u = 0;
     buf_consume(&c->uin, buf_len(&c->uin));
@@ -50,7 +52,9 @@ void conn_upstream_close(struct conn *c)
 
 void conn_upstream_release(struct conn *c, int keep)
 {
-    if (!keep) {
+    free(c->idle_host);
+    c->idle_host = keep ? strdup(c->host) : NULL;
+    if (c->idle_host == NULL) {
         conn_upstream_close(c);
         return;
     }
@@ -60,7 +64,6 @@ void conn_upstream_release(struct conn *c, int keep)
     c->counted = 0;
     c->idle_up = 1;
     c->idle_proxy = c->proxy;
-    memcpy(c->idle_host, c->host, sizeof(c->idle_host));
     c->idle_port = c->port;
 }
 
@@ -166,7 +169,7 @@ static int reusable(struct conn *c)
     if (c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP) {
         return 1; /* an HTTP proxy takes any absolute-form request */
     }
-    return c->idle_port == c->port && strcmp(c->idle_host, c->host) == 0;
+    return c->idle_host != NULL && c->idle_port == c->port && strcmp(c->idle_host, c->host) == 0;
 }
 
 void conn_attempt(struct conn *c)
@@ -276,7 +279,14 @@ void conn_upstream_ready(struct conn *c)
         return;
     }
     c->state = CS_EXCHANGE;
-    conn_arm(c, min_d(c->first_byte_timeout, c->deadline - loop_now()));
+    if (c->req_done) {
+        conn_arm(c, min_d(c->first_byte_timeout, c->deadline - loop_now()));
+    } else {
+        /* The body goes first: idle-timed while it moves; the first-byte
+         * wait starts at its end (relay_request_body). */
+        c->last_up = loop_now();
+        conn_arm(c, timeouts.idle);
+    }
 }
 
 void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
@@ -342,7 +352,7 @@ void conn_upstream_event(struct conn *c, int revents)
     if (revents & EV_READ) {
         ssize_t n = buf_read_fd(&c->uin, c->ufd);
         if (n > 0) {
-            c->last_io = loop_now();
+            c->last_io = c->last_down = loop_now();
         } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS)) {
             c->upstream_eof = 1;
         }
@@ -364,12 +374,38 @@ void conn_upstream_event(struct conn *c, int revents)
     }
 }
 
+/* No request-body byte moved for timeouts.idle.  Bytes waiting in uout
+ * mean the upstream stopped reading; none, that the client stopped
+ * sending. */
+static void exchange_body_stalled(struct conn *c)
+{
+    int upstream = !buf_empty(&c->uout);
+    enum ferr e = upstream ? FERR_UPSTREAM_STALLED : FERR_BODY_TIMEOUT;
+    if (!c->resp_head_done) {
+        if (upstream) {
+            conn_attempt_failed(c, FERRY_FAIL_TIMEOUT, e);
+        } else {
+            conn_fail(c, e);
+        }
+        return;
+    }
+    /* The response has begun: closing is the only signal left. */
+    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
+    log_event(LOG_WARN, ferr_info(e)->code, &ctx, "%s", ferr_info(e)->message);
+    c->code = ferr_info(e)->code;
+    conn_close(c);
+}
+
 void conn_on_timeout(struct conn *c)
 {
     switch (c->state) {
     case CS_HEAD:
         if (!buf_empty(&c->cin)) {
             conn_fail(c, FERR_HEAD_TIMEOUT);
+        } else if (c->idle_up && c->deadline - loop_now() > 0.001) {
+            /* The kept upstream idled out; the client may stay till its deadline. */
+            conn_upstream_close(c);
+            conn_arm(c, c->deadline - loop_now());
         } else {
             conn_close(c); /* idle keep-alive or silent client */
         }
@@ -383,7 +419,9 @@ void conn_on_timeout(struct conn *c)
         conn_route(c);
         break;
     case CS_EXCHANGE:
-        if (!c->resp_head_done) {
+        if (!c->req_done && loop_now() - c->last_up >= timeouts.idle - 0.001) {
+            exchange_body_stalled(c);
+        } else if (!c->resp_head_done) {
             conn_attempt_failed(c, FERRY_FAIL_TIMEOUT, FERR_FIRST_BYTE_TIMEOUT);
         } else {
             struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };

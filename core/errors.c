@@ -40,9 +40,19 @@ static const struct ferr_info table[FERR_COUNT] = {
                                   "connection limit reached" },
     [FERR_ALL_DOWN]           = { "FERRY-2005", 503, "Service Unavailable",
                                   "no healthy proxy in the pool (all down, banned or open)" },
+    [FERR_BAD_FRAMING]        = { "FERRY-1020", 400, "Bad Request",
+                                  "ambiguous or invalid message framing (Content-Length, Transfer-Encoding)" },
+    [FERR_BAD_CHUNK]          = { "FERRY-1021", 400, "Bad Request",
+                                  "malformed chunked request body" },
     [FERR_AUTH_THROTTLED]     = { "FERRY-1040", 429, "Too Many Requests",
                                   "too many failed proxy authentications from this address; "
                                   "try again later" },
+    [FERR_NOT_HTTP]           = { "FERRY-1010", 400, "Bad Request",
+                                  "not an HTTP request (another protocol on an HTTP listener?)" },
+    [FERR_BODY_TIMEOUT]       = { "FERRY-1011", 408, "Request Timeout",
+                                  "request body stalled" },
+    [FERR_UPSTREAM_STALLED]   = { "FERRY-3010", 504, "Gateway Timeout",
+                                  "upstream stopped reading the request body" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

@@ -24,7 +24,12 @@ enum ferr {
     FERR_FIRST_BYTE_TIMEOUT, /* the upstream did not answer in time */
     FERR_OVERLOADED,       /* a connection limit was hit */
     FERR_ALL_DOWN,         /* nothing healthy in the pool and all_down = "fail" */
+    FERR_BAD_FRAMING,      /* Content-Length / Transfer-Encoding ambiguous or invalid */
+    FERR_BAD_CHUNK,        /* malformed chunked request body */
     FERR_AUTH_THROTTLED,   /* the client address failed inbound auth too often (authfail.c) */
+    FERR_NOT_HTTP,         /* the first bytes cannot start an HTTP request line */
+    FERR_BODY_TIMEOUT,     /* the client stopped sending its request body */
+    FERR_UPSTREAM_STALLED, /* the upstream stopped reading the request body */
     FERR_COUNT
 };
 

@@ -1,11 +1,18 @@
-/* http.c - http-parser glue: heads with limits, bodies by framing only. */
+/* http.c - HTTP/1.x heads parsed strictly (RFC 9112 §2-§6, §11.2).
+ *
+ * ferry rebuilds every head it forwards from the spans found here, so
+ * this parser decides what the next hop sees.  Anything that two
+ * reasonable parsers could read differently is refused rather than
+ * guessed at: a bare CR, whitespace before a colon or at the start of a
+ * field line (obs-fold), control characters in values, and any
+ * Content-Length / Transfer-Encoding combination that RFC 9112 §6.3 does
+ * not give one meaning.  A bare LF ending a line is accepted (§2.2), as
+ * http_head_len finds the end of the head the same way. */
 #include "http.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-/* Exported by libhttp_parser 2.9 but missing from its header. */
-int http_message_needs_eof(const http_parser *parser);
 
 size_t http_skip_empty_lines(const char *p, size_t n)
 {
@@ -36,56 +43,32 @@ size_t http_head_len(const char *p, size_t n)
     return 0;
 }
 
-static struct http_msg *msg_of(http_parser *p)
+int http_bare_cr(const char *p, size_t n)
 {
-    return (struct http_msg *)p->data;
-}
-
-static struct http_span span(struct http_msg *m, const char *at, size_t len)
-{
-    struct http_span s = { (uint32_t)(at - m->base), (uint32_t)len };
-    return s;
-}
-
-static int on_url(http_parser *p, const char *at, size_t len)
-{
-    struct http_msg *m = msg_of(p);
-    m->url = span(m, at, len);
+    if (n == 0) {
+        return 0; /* an empty buffer may have no storage at all */
+    }
+    const char *end = p + n;
+    const char *q = p;
+    while ((q = memchr(q, '\r', (size_t)(end - q))) != NULL) {
+        if (++q < end && *q != '\n') {
+            return 1;
+        }
+    }
     return 0;
 }
 
-static int on_status(http_parser *p, const char *at, size_t len)
+int http_is_tchar(unsigned char ch)
 {
-    struct http_msg *m = msg_of(p);
-    m->reason = span(m, at, len);
-    return 0;
-}
-
-static int on_header_field(http_parser *p, const char *at, size_t len)
-{
-    struct http_msg *m = msg_of(p);
-    if (m->nfields >= HTTP_MAX_FIELDS) {
-        m->too_many = 1;
+    if ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')) {
         return 1;
     }
-    struct http_field *f = &m->fields[m->nfields++];
-    memset(f, 0, sizeof(*f));
-    f->name = span(m, at, len);
-    m->last_value = 0;
-    return 0;
+    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
 }
 
-static int on_header_value(http_parser *p, const char *at, size_t len)
+int http_is_field_char(unsigned char ch)
 {
-    struct http_msg *m = msg_of(p);
-    if (m->nfields == 0 || m->last_value) {
-        /* obs-fold: RFC 9112 lets a proxy reject it; we do. */
-        m->folded = 1;
-        return 1;
-    }
-    m->fields[m->nfields - 1].value = span(m, at, len);
-    m->last_value = 1;
-    return 0;
+    return ch == '\t' || (ch >= 0x20 && ch != 0x7f);
 }
 
 int http_span_ieq(const char *base, struct http_span s, const char *lit)
@@ -94,178 +77,433 @@ int http_span_ieq(const char *base, struct http_span s, const char *lit)
     return s.len == n && strncasecmp(base + s.off, lit, n) == 0;
 }
 
-/* Headers that describe one hop and never travel further. */
+static struct http_span span_of(const char *base, const char *at, size_t len)
+{
+    struct http_span s = { (uint32_t)(at - base), (uint32_t)len };
+    return s;
+}
+
+/* One line of the head: [b, e) without its terminator; *next after it.
+ * A CR is only allowed right before the LF; any other is caught by the
+ * character checks of the line's grammar. */
+static int next_line(const char *p, size_t len, size_t *pos, const char **b, const char **e)
+{
+    const char *s = p + *pos;
+    const char *lf = memchr(s, '\n', len - *pos);
+    if (lf == NULL) {
+        return -1;
+    }
+    *b = s;
+    *e = (lf > s && lf[-1] == '\r') ? lf - 1 : lf;
+    *pos = (size_t)(lf + 1 - p);
+    return 0;
+}
+
+/* "HTTP/" DIGIT "." DIGIT, major 1 only: ferry speaks HTTP/1.x. */
+static int parse_version(struct http_msg *m, const char *v)
+{
+    if (memcmp(v, "HTTP/", 5) != 0 || v[5] != '1' || v[6] != '.' || v[7] < '0' ||
+        v[7] > '9') {
+        return -1;
+    }
+    m->major = 1;
+    m->minor = (unsigned)(v[7] - '0');
+    return 0;
+}
+
+static const char *const method_names[] = {
+#define XX(num, name, string) [num] = #string,
+    HTTP_METHOD_MAP(XX)
+#undef XX
+};
+#define METHOD_COUNT (sizeof(method_names) / sizeof(method_names[0]))
+
+/* method SP request-target SP HTTP-version */
+static int parse_request_line(struct http_msg *m, const char *base, const char *b, const char *e)
+{
+    const char *p = b;
+    while (p < e && http_is_tchar((unsigned char)*p)) {
+        p++;
+    }
+    size_t mlen = (size_t)(p - b);
+    if (mlen == 0 || p == e || *p != ' ') {
+        return -1;
+    }
+    m->method = -1;
+    for (unsigned i = 0; i < METHOD_COUNT; i++) {
+        if (method_names[i] != NULL && strlen(method_names[i]) == mlen &&
+            memcmp(method_names[i], b, mlen) == 0) {
+            m->method = (int)i;
+            break;
+        }
+    }
+    if (m->method < 0) {
+        return -1;
+    }
+    const char *t = ++p;
+    /* No space and no control (DEL included) in the target; raw UTF-8,
+     * which some clients send unencoded, passes as it always did. */
+    while (p < e && (unsigned char)*p > 0x20 && *p != 0x7f) {
+        p++;
+    }
+    if (p == t || p == e || *p != ' ' || e - (p + 1) != 8) {
+        return -1;
+    }
+    m->url = span_of(base, t, (size_t)(p - t));
+    return parse_version(m, p + 1);
+}
+
+/* HTTP-version SP 3DIGIT [ SP reason-phrase ] */
+static int parse_status_line(struct http_msg *m, const char *base, const char *b, const char *e)
+{
+    if (e - b < 12 || parse_version(m, b) < 0 || b[8] != ' ') {
+        return -1;
+    }
+    int st = 0;
+    for (int i = 9; i < 12; i++) {
+        if (b[i] < '0' || b[i] > '9') {
+            return -1;
+        }
+        st = st * 10 + (b[i] - '0');
+    }
+    if (st < 100) {
+        return -1;
+    }
+    m->status = st;
+    const char *r = b + 12;
+    if (r < e && *r++ != ' ') {
+        return -1;
+    }
+    for (const char *q = r; q < e; q++) {
+        if (!http_is_field_char((unsigned char)*q)) {
+            return -1;
+        }
+    }
+    m->reason = span_of(base, r, (size_t)(e - r));
+    return 0;
+}
+
+/* field-name ":" OWS field-value OWS, with nothing between name and colon. */
+static int parse_field(struct http_msg *m, const char *base, const char *b, const char *e)
+{
+    const char *p = b;
+    while (p < e && http_is_tchar((unsigned char)*p)) {
+        p++;
+    }
+    if (p == b || p == e || *p != ':') {
+        return HTTP_PARSE_BAD; /* incl. a leading space (obs-fold) or "Name :" */
+    }
+    if (m->nfields >= HTTP_MAX_FIELDS) {
+        return HTTP_PARSE_TOO_MANY;
+    }
+    struct http_field *f = &m->fields[m->nfields++];
+    memset(f, 0, sizeof(*f));
+    f->name = span_of(base, b, (size_t)(p - b));
+    const char *v = p + 1;
+    for (const char *q = v; q < e; q++) {
+        if (!http_is_field_char((unsigned char)*q)) {
+            return HTTP_PARSE_BAD;
+        }
+    }
+    while (v < e && (*v == ' ' || *v == '\t')) {
+        v++;
+    }
+    while (e > v && (e[-1] == ' ' || e[-1] == '\t')) {
+        e--;
+    }
+    f->value = span_of(base, v, (size_t)(e - v));
+    return HTTP_PARSE_OK;
+}
+
+/* Headers that describe one hop and never travel further.  Trailer is
+ * not one of them (RFC 9110 §6.6.2): it describes the message. */
 static const char *const hop_names[] = {
     "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization",
-    "Proxy-Authenticate", "TE", "Trailer", "Upgrade", NULL
+    "Proxy-Authenticate", "TE", "Upgrade", NULL
 };
 
-static void mark_hop_by_hop(struct http_msg *m)
+/* What framing and hop-by-hop handling learn from the fields. */
+struct head_facts {
+    struct http_span tokens[HTTP_MAX_CONN_TOKENS]; /* Connection-listed names */
+    unsigned ntok;
+    unsigned ncl, nte, nhost;
+    struct http_span cl, te;
+    unsigned close:1, keep_alive:1, upgrade:1;
+};
+
+/* Split a comma list of tokens; fn sees each.  -1 when an element is not
+ * a token: such lists are refused, not guessed at.  Empty elements are
+ * skipped when empty_ok (RFC 9110 §5.6.1), refused otherwise. */
+static int each_token(const char *b, struct http_span v, int empty_ok, void *arg,
+                      int (*fn)(void *, const char *, struct http_span))
 {
-    struct http_span tokens[HTTP_MAX_CONN_TOKENS];
-    unsigned ntok = 0;
-    const char *b = m->base;
+    uint32_t s = v.off, e = v.off + v.len;
+    if (s == e) {
+        return empty_ok ? 0 : -1;
+    }
+    while (s <= e) {
+        while (s < e && (b[s] == ' ' || b[s] == '\t')) {
+            s++;
+        }
+        uint32_t t = s;
+        while (t < e && http_is_tchar((unsigned char)b[t])) {
+            t++;
+        }
+        struct http_span tok = { s, t - s };
+        while (t < e && (b[t] == ' ' || b[t] == '\t')) {
+            t++;
+        }
+        if (t < e && b[t] != ',') {
+            return -1;
+        }
+        if (tok.len == 0 ? !empty_ok : fn(arg, b, tok) < 0) {
+            return -1;
+        }
+        s = t + 1;
+    }
+    return 0;
+}
+
+static int conn_token(void *arg, const char *b, struct http_span tok)
+{
+    struct head_facts *h = arg;
+    if (http_span_ieq(b, tok, "close")) {
+        h->close = 1;
+    } else if (http_span_ieq(b, tok, "keep-alive")) {
+        h->keep_alive = 1;
+    } else if (http_span_ieq(b, tok, "upgrade")) {
+        h->upgrade = 1;
+    }
+    if (h->ntok >= HTTP_MAX_CONN_TOKENS) {
+        return -1;
+    }
+    h->tokens[h->ntok++] = tok;
+    return 0;
+}
+
+static int take_fields(struct http_msg *m, const char *b, struct head_facts *h)
+{
     for (unsigned i = 0; i < m->nfields; i++) {
         struct http_field *f = &m->fields[i];
-        for (const char *const *h = hop_names; *h != NULL; h++) {
-            if (http_span_ieq(b, f->name, *h)) {
+        for (const char *const *n = hop_names; *n != NULL; n++) {
+            if (http_span_ieq(b, f->name, *n)) {
                 f->hop = 1;
                 break;
             }
         }
-        if (http_span_ieq(b, f->name, "Upgrade")) {
+        if (http_span_ieq(b, f->name, "Content-Length")) {
+            h->ncl++;
+            h->cl = f->value;
+        } else if (http_span_ieq(b, f->name, "Transfer-Encoding")) {
+            h->nte++;
+            h->te = f->value;
+        } else if (http_span_ieq(b, f->name, "Host")) {
+            h->nhost++;
+            m->host = f->value;
+        } else if (http_span_ieq(b, f->name, "Upgrade")) {
             m->upgrade = f->value;
         } else if (http_span_ieq(b, f->name, "X-Request-Id")) {
             m->request_id = f->value;
         } else if (http_span_ieq(b, f->name, "Proxy-Authorization")) {
             m->proxy_auth = f->value;
-        } else if (http_span_ieq(b, f->name, "Host")) {
-            m->host = f->value;
         } else if (http_span_ieq(b, f->name, "Idempotency-Key")) {
             m->idem_key = f->value;
-        }
-        if (!http_span_ieq(b, f->name, "Connection") &&
-            !http_span_ieq(b, f->name, "Proxy-Connection")) {
-            continue;
-        }
-        /* Split the comma list; every token names another hop header. */
-        uint32_t s = f->value.off, e = f->value.off + f->value.len;
-        while (s < e && ntok < HTTP_MAX_CONN_TOKENS) {
-            while (s < e && (b[s] == ' ' || b[s] == '\t' || b[s] == ',')) {
-                s++;
-            }
-            uint32_t t = s;
-            while (t < e && b[t] != ',' && b[t] != ' ' && b[t] != '\t') {
-                t++;
-            }
-            if (t > s) {
-                tokens[ntok].off = s;
-                tokens[ntok].len = t - s;
-                ntok++;
-            }
-            s = t;
+        } else if (http_span_ieq(b, f->name, "Max-Forwards")) {
+            m->max_forwards = f->value;
+        } else if ((http_span_ieq(b, f->name, "Connection") ||
+                    http_span_ieq(b, f->name, "Proxy-Connection")) &&
+                   each_token(b, f->value, 1, h, conn_token) < 0) {
+            return HTTP_PARSE_BAD;
         }
     }
     for (unsigned i = 0; i < m->nfields; i++) {
         struct http_field *f = &m->fields[i];
-        for (unsigned k = 0; k < ntok && !f->hop; k++) {
-            if (f->name.len == tokens[k].len &&
-                strncasecmp(b + f->name.off, b + tokens[k].off, f->name.len) == 0) {
-                /* Never let Connection strip the framing we rely on. */
-                if (!http_span_ieq(b, f->name, "Transfer-Encoding") &&
-                    !http_span_ieq(b, f->name, "Content-Length") &&
-                    !http_span_ieq(b, f->name, "Host")) {
-                    f->hop = 1;
-                }
+        /* Never let Connection strip the framing or the Host we rely on. */
+        if (f->hop || http_span_ieq(b, f->name, "Transfer-Encoding") ||
+            http_span_ieq(b, f->name, "Content-Length") || http_span_ieq(b, f->name, "Host")) {
+            continue;
+        }
+        for (unsigned k = 0; k < h->ntok; k++) {
+            if (f->name.len == h->tokens[k].len &&
+                strncasecmp(b + f->name.off, b + h->tokens[k].off, f->name.len) == 0) {
+                f->hop = 1;
+                break;
             }
         }
     }
+    return HTTP_PARSE_OK;
 }
 
-static int on_headers_complete(http_parser *p)
-{
-    struct http_msg *m = msg_of(p);
-    m->head_done = 1;
-    return m->skip_body ? 1 : 0;
-}
+/* Transfer codings: chunked must be the last and appear once. */
+struct codings {
+    unsigned n, chunked, chunked_last;
+};
 
-static int on_message_complete(http_parser *p)
+static int coding(void *arg, const char *b, struct http_span tok)
 {
-    struct http_msg *m = msg_of(p);
-    m->msg_done = 1;
-    /* Stop exactly at the end of this message: what follows belongs to
-     * the next one (pipelining) and must wait its turn. */
-    http_parser_pause(p, 1);
+    struct codings *c = arg;
+    c->n++;
+    c->chunked_last = http_span_ieq(b, tok, "chunked");
+    c->chunked += c->chunked_last;
     return 0;
 }
 
-static const http_parser_settings settings = {
-    .on_url = on_url,
-    .on_status = on_status,
-    .on_header_field = on_header_field,
-    .on_header_value = on_header_value,
-    .on_headers_complete = on_headers_complete,
-    .on_message_complete = on_message_complete,
-};
-
-static int parse_head(struct http_msg *m, enum http_parser_type type, const char *head,
-                      size_t len, int skip_body)
+/* RFC 9112 §6.3, with every ambiguous case refused. */
+static int decide_framing(struct http_msg *m, const char *b, const struct head_facts *h,
+                          int request, int no_body)
 {
-    memset(m, 0, offsetof(struct http_msg, fields));
+    if (h->nte > 0) {
+        struct codings c = { 0, 0, 0 };
+        /* TE on HTTP/1.0, repeated, or with chunked anywhere but once at
+         * the end: no single reading exists.  TE with Content-Length is
+         * refused in a request; in a response TE wins and the
+         * Content-Length is not forwarded (RFC 9112 §6.3, item 3). */
+        if ((request && h->ncl > 0) || m->minor == 0 || h->nte > 1 ||
+            each_token(b, h->te, 0, &c, coding) < 0 || c.chunked > 1 ||
+            (c.chunked == 1 && !c.chunked_last)) {
+            return HTTP_PARSE_FRAMING;
+        }
+        for (unsigned i = 0; i < m->nfields; i++) {
+            if (http_span_ieq(b, m->fields[i].name, "Content-Length")) {
+                m->fields[i].hop = 1;
+            }
+        }
+        if (!c.chunked && request) {
+            return HTTP_PARSE_FRAMING; /* §6.3: a request body must be chunked last */
+        }
+        m->framing = c.chunked ? HTTP_FRAME_CHUNKED : HTTP_FRAME_EOF;
+    } else if (h->ncl > 0) {
+        if (h->ncl > 1 || h->cl.len == 0 || h->cl.len > 18) {
+            return HTTP_PARSE_FRAMING;
+        }
+        uint64_t v = 0;
+        for (uint32_t i = 0; i < h->cl.len; i++) {
+            char ch = b[h->cl.off + i];
+            if (ch < '0' || ch > '9') {
+                return HTTP_PARSE_FRAMING;
+            }
+            v = v * 10 + (uint64_t)(ch - '0');
+        }
+        m->content_length = v;
+        m->framing = v > 0 ? HTTP_FRAME_LENGTH : HTTP_FRAME_NONE;
+    } else {
+        m->framing = request ? HTTP_FRAME_NONE : HTTP_FRAME_EOF;
+    }
+    if (no_body) {
+        m->framing = HTTP_FRAME_NONE;
+    }
+    return HTTP_PARSE_OK;
+}
+
+/* Field tables given back wait here for the next head: bounded, the
+ * rest goes back to the allocator. */
+#define FIELDS_POOL_MAX 64
+static struct http_field *fields_pool[FIELDS_POOL_MAX];
+static int nfields_pool;
+
+void http_msg_release(struct http_msg *m)
+{
+    if (m->fields != NULL) {
+        if (nfields_pool < FIELDS_POOL_MAX) {
+            fields_pool[nfields_pool++] = m->fields;
+        } else {
+            free(m->fields);
+        }
+        m->fields = NULL;
+    }
     m->nfields = 0;
+}
+
+void http_fields_drain(void)
+{
+    while (nfields_pool > 0) {
+        free(fields_pool[--nfields_pool]);
+    }
+}
+
+static int parse_head(struct http_msg *m, const char *head, size_t len, int request,
+                      int head_request)
+{
     memset(&m->url, 0, sizeof(*m) - offsetof(struct http_msg, url));
-    http_parser_init(&m->parser, type);
-    m->parser.data = m;
-    m->base = head;
-    m->skip_body = skip_body ? 1 : 0;
-    size_t n = http_parser_execute(&m->parser, &settings, head, len);
-    enum http_errno e = HTTP_PARSER_ERRNO(&m->parser);
-    if (m->too_many) {
-        return HTTP_PARSE_TOO_MANY;
+    m->nfields = 0;
+    if (m->fields == NULL) {
+        m->fields = nfields_pool > 0 ? fields_pool[--nfields_pool]
+                                     : malloc(HTTP_MAX_FIELDS * sizeof(*m->fields));
+        if (m->fields == NULL) {
+            return HTTP_PARSE_BAD;
+        }
     }
-    if (e == HPE_PAUSED) {
-        http_parser_pause(&m->parser, 0);
-    } else if (e != HPE_OK || m->folded) {
+    size_t pos = 0;
+    const char *b, *e;
+    if (next_line(head, len, &pos, &b, &e) < 0) {
         return HTTP_PARSE_BAD;
     }
-    /* CONNECT and upgrades stop the parser right after the head. */
-    m->is_upgrade = m->parser.upgrade ? 1 : 0;
-    if (!m->head_done || (n != len && !m->is_upgrade && !m->msg_done)) {
+    if (request ? parse_request_line(m, head, b, e) : parse_status_line(m, head, b, e)) {
         return HTTP_PARSE_BAD;
     }
-    m->status = (int)m->parser.status_code;
-    m->method = (int)m->parser.method;
-    m->major = m->parser.http_major;
-    m->minor = m->parser.http_minor;
-    m->keep_alive = http_should_keep_alive(&m->parser) ? 1 : 0;
-    m->has_body = !m->msg_done && !m->is_upgrade;
-    mark_hop_by_hop(m);
-    m->base = NULL;
+    for (;;) {
+        if (next_line(head, len, &pos, &b, &e) < 0) {
+            return HTTP_PARSE_BAD;
+        }
+        if (b == e) {
+            break;
+        }
+        int r = parse_field(m, head, b, e);
+        if (r != HTTP_PARSE_OK) {
+            return r;
+        }
+    }
+    if (pos != len) {
+        return HTTP_PARSE_BAD; /* the blank line is not where http_head_len saw it */
+    }
+    struct head_facts h;
+    memset(&h, 0, sizeof(h));
+    if (take_fields(m, head, &h) != HTTP_PARSE_OK) {
+        return HTTP_PARSE_BAD;
+    }
+    if (request && h.nhost > 1) {
+        return HTTP_PARSE_BAD; /* RFC 9112 §3.2 */
+    }
+    int no_body = request ? m->method == HTTP_CONNECT
+                          : head_request || m->status < 200 || m->status == 204 ||
+                            m->status == 304;
+    int r = decide_framing(m, head, &h, request, no_body);
+    if (r != HTTP_PARSE_OK) {
+        return r;
+    }
+    if (request) {
+        /* An upgrade request with a body is served as a plain request. */
+        m->is_upgrade = m->method == HTTP_CONNECT ||
+                        (h.upgrade && m->upgrade.len > 0 && m->framing == HTTP_FRAME_NONE);
+    } else {
+        m->is_upgrade = m->status == 101;
+    }
+    /* A response framed despite a Content-Length beside its coding is
+     * the last on its connection: the sender's framing is suspect. */
+    m->keep_alive = (m->minor >= 1 ? !h.close : h.keep_alive && !h.close) &&
+                    m->framing != HTTP_FRAME_EOF && !(h.nte > 0 && h.ncl > 0);
+    m->has_body = m->framing != HTTP_FRAME_NONE;
+    m->head_done = 1;
+    http_body_reset(m);
     return HTTP_PARSE_OK;
 }
 
 int http_parse_request(struct http_msg *m, const char *head, size_t len)
 {
-    return parse_head(m, HTTP_REQUEST, head, len, 0);
+    return parse_head(m, head, len, 1, 0);
 }
 
 int http_parse_response(struct http_msg *m, const char *head, size_t len, int head_request)
 {
-    return parse_head(m, HTTP_RESPONSE, head, len, head_request);
-}
-
-long http_body(struct http_msg *m, const char *p, size_t n)
-{
-    if (m->msg_done || n == 0) {
-        return 0;
-    }
-    size_t used = http_parser_execute(&m->parser, &settings, p, n);
-    enum http_errno e = HTTP_PARSER_ERRNO(&m->parser);
-    if (e == HPE_PAUSED) {
-        http_parser_pause(&m->parser, 0);
-    } else if (e != HPE_OK) {
-        return -1;
-    }
-    return (long)used;
-}
-
-int http_body_eof(struct http_msg *m)
-{
-    if (m->msg_done) {
-        return 1;
-    }
-    http_parser_execute(&m->parser, &settings, NULL, 0);
-    return m->msg_done;
-}
-
-int http_needs_eof(struct http_msg *m)
-{
-    return http_message_needs_eof(&m->parser);
+    return parse_head(m, head, len, 0, head_request);
 }
 
 const char *http_method_name(int method)
 {
-    return http_method_str((enum http_method)method);
+    if (method < 0 || (unsigned)method >= METHOD_COUNT || method_names[method] == NULL) {
+        return "<unknown>";
+    }
+    return method_names[method];
 }
 
 int http_method_idempotent(int method)

@@ -16,28 +16,46 @@
  *   health  (key TEXT PRIMARY KEY, up INTEGER, health_counter INTEGER,
  *            consecutive_failures INTEGER, latency_ewma_ms REAL,
  *            successes INTEGER, failures INTEGER, saved_at REAL)
+ * Schema version 2: the same tables, with values that carry credentials
+ * sealed and meta.key_check set (store_seal.c).
  */
 #include "store.h"
 #include "health.h"
 #include "proxy.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <math.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 static sqlite3 *db;       /* the open store, or NULL */
 static char *db_path;     /* its path as given to ferry_store_open */
 static char errbuf[1024]; /* the last error message */
 static char *json_out;    /* the last ferry_store_proxies_json() answer */
+static struct secret_key skey; /* derived from the store's key, when keyed */
+static int keyed;              /* the open store has a key: values are sealed */
+static unsigned char key_id[SHA256_DIGEST_LENGTH]; /* SHA-256 of that key */
+
+/* The key of the open store, or NULL. */
+static const struct secret_key *the_key(void)
+{
+    return keyed ? &skey : NULL;
+}
+
+/* Free a JSON answer that may hold credentials. */
+static void free_secret_text(char *p, size_t n)
+{
+    if (p != NULL) {
+        OPENSSL_cleanse(p, n);
+        free(p);
+    }
+}
 
 static const char *const schema_sql =
     "CREATE TABLE IF NOT EXISTS meta ("
@@ -50,9 +68,7 @@ static const char *const schema_sql =
     "  consecutive_failures INTEGER NOT NULL, latency_ewma_ms REAL NOT NULL,"
     "  successes INTEGER NOT NULL, failures INTEGER NOT NULL, saved_at REAL NOT NULL);";
 
-static int fail(const char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static int fail(const char **err, const char *fmt, ...)
+int store_fail(const char **err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -73,105 +89,23 @@ static double wall_now(void)
 
 /* An SQLite failure of `what` on the store at path, in words an operator
  * can act on. */
-static int sql_fail(const char **err, const char *path, sqlite3 *h, int rc, const char *what)
+int store_sql_fail(const char **err, const char *path, sqlite3 *h, int rc, const char *what)
 {
     const char *msg = h != NULL ? sqlite3_errmsg(h) : sqlite3_errstr(rc);
     switch (rc & 0xff) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
-        return fail(err, "store %s: database is locked by another process (%s: %s)", path, what,
-                    msg);
+        return store_fail(err, "store %s: database is locked by another process (%s: %s)", path,
+                          what, msg);
     case SQLITE_NOTADB:
     case SQLITE_CORRUPT:
-        return fail(err, "store %s: not a SQLite database, or corrupt (%s: %s); refusing to "
-                    "use it: restore a backup or move the file aside", path, what, msg);
+        return store_fail(err, "store %s: not a SQLite database, or corrupt (%s: %s); refusing to "
+                          "use it: restore a backup or move the file aside", path, what, msg);
     case SQLITE_READONLY:
     case SQLITE_PERM:
-        return fail(err, "store %s: read-only (%s: %s)", path, what, msg);
+        return store_fail(err, "store %s: read-only (%s: %s)", path, what, msg);
     default:
-        return fail(err, "store %s: %s: %s", path, what, msg);
-    }
-}
-
-/* Create the missing directories above path (mkdir -p of its dirname). */
-static int make_parents(const char *path, const char **err)
-{
-    char *dir = strdup(path);
-    if (dir == NULL) {
-        return fail(err, "store %s: out of memory", path);
-    }
-    char *slash = strrchr(dir, '/');
-    if (slash == NULL) {
-        strcpy(dir, ".");
-    } else if (slash == dir) {
-        dir[1] = '\0';
-    } else {
-        *slash = '\0';
-        for (char *p = dir + 1; ; p++) {
-            if (*p != '/' && *p != '\0') {
-                continue;
-            }
-            char was = *p;
-            *p = '\0';
-            if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-                int e = errno;
-                fail(err, "store %s: cannot create directory %s: %s", path, dir, strerror(e));
-                free(dir);
-                return FERRY_ERROR;
-            }
-            *p = was;
-            if (was == '\0') {
-                break;
-            }
-        }
-    }
-    struct stat st;
-    int rc = FERRY_OK;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        rc = fail(err, "store %s: %s is not a directory", path, dir);
-    } else if (access(dir, W_OK | X_OK) != 0) {
-        int e = errno;
-        rc = fail(err, "store %s: directory %s is read-only (%s); the store writes its WAL "
-                  "files next to the database", path, dir, strerror(e));
-    }
-    free(dir);
-    return rc;
-}
-
-/* Make sure path is a regular, writable file, created 0600 when missing. */
-static int prepare_file(const char *path, const char **err)
-{
-    struct stat st;
-    if (stat(path, &st) != 0) {
-        if (errno != ENOENT) {
-            int e = errno;
-            return fail(err, "store %s: %s", path, strerror(e));
-        }
-        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0) {
-            int e = errno;
-            return fail(err, "store %s: cannot create the file: %s", path, strerror(e));
-        }
-        close(fd);
-        return FERRY_OK;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        return fail(err, "store %s: not a regular file", path);
-    }
-    if (access(path, R_OK | W_OK) != 0) {
-        int e = errno;
-        return fail(err, "store %s: file is read-only (%s)", path, strerror(e));
-    }
-    return FERRY_OK;
-}
-
-/* The store holds proxy credentials: narrow a wider mode to owner-only,
- * once the file has proved to be our store. */
-static void narrow_mode(const char *path)
-{
-    struct stat st;
-    if (stat(path, &st) == 0 && (st.st_mode & 077) != 0) {
-        (void)chmod(path, st.st_mode & 0700);
+        return store_fail(err, "store %s: %s: %s", path, what, msg);
     }
 }
 
@@ -198,13 +132,14 @@ static int query_text(sqlite3 *h, const char *sql, char *out, size_t room)
 }
 
 /* Check, migrate and lock-test an opened handle. */
-static int init_db(sqlite3 *h, const char *path, const char **err)
+static int init_db(sqlite3 *h, const char *path, const struct secret_key *k,
+                   const char **err)
 {
     char buf[512];
     int rc;
 
     if (sqlite3_db_readonly(h, "main") == 1) {
-        return fail(err, "store %s: file is read-only", path);
+        return store_fail(err, "store %s: file is read-only", path);
     }
     sqlite3_extended_result_codes(h, 1);
     sqlite3_busy_timeout(h, STORE_BUSY_TIMEOUT_MS);
@@ -213,80 +148,84 @@ static int init_db(sqlite3 *h, const char *path, const char **err)
      * anything is written to it. */
     rc = query_text(h, "PRAGMA quick_check", buf, sizeof(buf));
     if (rc != SQLITE_OK) {
-        return sql_fail(err, path, h, rc, "quick_check");
+        return store_sql_fail(err, path, h, rc, "quick_check");
     }
     if (strcmp(buf, "ok") != 0) {
-        return fail(err, "store %s: database is corrupt (quick_check: %s); refusing to use it: "
-                    "restore a backup or move the file aside", path, buf);
+        return store_fail(err, "store %s: database is corrupt (quick_check: %s); refusing to use "
+                          "it: restore a backup or move the file aside", path, buf);
     }
 
     rc = query_text(h, "PRAGMA journal_mode=WAL", buf, sizeof(buf));
     if (rc != SQLITE_OK) {
-        return sql_fail(err, path, h, rc, "setting WAL mode");
+        return store_sql_fail(err, path, h, rc, "setting WAL mode");
     }
     if (strcmp(buf, "wal") != 0) {
-        return fail(err, "store %s: cannot use WAL mode (journal_mode is %s)", path, buf);
+        return store_fail(err, "store %s: cannot use WAL mode (journal_mode is %s)", path, buf);
     }
     rc = sqlite3_exec(h, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
-        return sql_fail(err, path, h, rc, "setting synchronous");
+        return store_sql_fail(err, path, h, rc, "setting synchronous");
     }
 
     /* Take the write lock once: a database another process holds fails
      * now, at start, not on the first write. */
     rc = sqlite3_exec(h, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
-        return sql_fail(err, path, h, rc, "taking the write lock");
+        return store_sql_fail(err, path, h, rc, "taking the write lock");
     }
     rc = query_text(h, "SELECT (SELECT count(*) FROM sqlite_master WHERE type='table' "
                     "AND name='meta') || ' ' || (SELECT count(*) FROM sqlite_master)",
                     buf, sizeof(buf));
     if (rc != SQLITE_OK) {
-        sql_fail(err, path, h, rc, "reading the schema");
+        store_sql_fail(err, path, h, rc, "reading the schema");
         goto rollback;
     }
     if (strncmp(buf, "0 ", 2) == 0 && strcmp(buf, "0 0") != 0) {
-        fail(err, "store %s: a SQLite database that is not a ferry store (no meta table); "
-             "refusing to use it", path);
+        store_fail(err, "store %s: a SQLite database that is not a ferry store (no meta table); "
+                   "refusing to use it", path);
         goto rollback;
     }
     rc = sqlite3_exec(h, schema_sql, NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
-        sql_fail(err, path, h, rc, "creating the schema");
+        store_sql_fail(err, path, h, rc, "creating the schema");
         goto rollback;
     }
     rc = query_text(h, "SELECT value FROM meta WHERE key='schema_version'", buf, sizeof(buf));
     if (rc != SQLITE_OK) {
-        sql_fail(err, path, h, rc, "reading the schema version");
+        store_sql_fail(err, path, h, rc, "reading the schema version");
         goto rollback;
     }
+    long v = STORE_SCHEMA_PLAIN;
     if (buf[0] == '\0') {
         char sql[128];
         snprintf(sql, sizeof(sql),
                  "INSERT INTO meta(key, value) VALUES('schema_version', '%d')",
-                 STORE_SCHEMA_VERSION);
+                 STORE_SCHEMA_PLAIN);
         rc = sqlite3_exec(h, sql, NULL, NULL, NULL);
         if (rc != SQLITE_OK) {
-            sql_fail(err, path, h, rc, "writing the schema version");
+            store_sql_fail(err, path, h, rc, "writing the schema version");
             goto rollback;
         }
     } else {
         char *end = NULL;
-        long v = strtol(buf, &end, 10);
+        v = strtol(buf, &end, 10);
         if (end == buf || *end != '\0' || v < 1) {
-            fail(err, "store %s: bad schema version '%s'", path, buf);
+            store_fail(err, "store %s: bad schema version '%s'", path, buf);
             goto rollback;
         }
         if (v > STORE_SCHEMA_VERSION) {
-            fail(err, "store %s: schema version %ld is newer than this ferry knows (%d)", path,
-                 v, STORE_SCHEMA_VERSION);
+            store_fail(err, "store %s: schema version %ld is newer than this ferry knows (%d)",
+                       path, v, STORE_SCHEMA_VERSION);
             goto rollback;
         }
-        /* v < STORE_SCHEMA_VERSION: migrations go here. */
+        /* 1 -> 2 is sealing, below; other migrations go here. */
+    }
+    if (store_seal_init(h, path, v, k, err) != FERRY_OK) {
+        goto rollback;
     }
     rc = sqlite3_exec(h, "COMMIT", NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
-        sql_fail(err, path, h, rc, "committing the schema");
+        store_sql_fail(err, path, h, rc, "committing the schema");
         goto rollback;
     }
     return FERRY_OK;
@@ -300,42 +239,74 @@ rollback:
 
 int ferry_store_open(const char *path, const char **err)
 {
+    return ferry_store_open_key(path, NULL, 0, err);
+}
+
+int ferry_store_open_key(const char *path, const char *key, size_t key_len, const char **err)
+{
     if (path == NULL || *path == '\0') {
-        return fail(err, "store: empty path");
+        return store_fail(err, "store: empty path");
     }
-    if (db != NULL && strcmp(db_path, path) == 0) {
+    if (key != NULL && key_len != SECRET_KEY_LEN) {
+        return store_fail(err, "FERRY-0210: store %s: the key must be %d bytes, got %zu", path,
+                          SECRET_KEY_LEN, key_len);
+    }
+    unsigned char id[SHA256_DIGEST_LENGTH] = { 0 };
+    if (key != NULL) {
+        SHA256((const unsigned char *)key, key_len, id);
+    }
+    if (db != NULL && strcmp(db_path, path) == 0 && keyed == (key != NULL) &&
+        CRYPTO_memcmp(id, key_id, sizeof(id)) == 0) {
         return FERRY_OK;
     }
-    if (make_parents(path, err) != FERRY_OK || prepare_file(path, err) != FERRY_OK) {
-        return FERRY_ERROR;
+    struct secret_key k;
+    memset(&k, 0, sizeof(k));
+    if (key != NULL && secret_key_derive(&k, (const unsigned char *)key, key_len) != 0) {
+        return store_fail(err, "FERRY-0210: store %s: cannot derive keys (libcrypto)", path);
+    }
+    if (store_make_parents(path, err) != FERRY_OK || store_prepare_file(path, err) != FERRY_OK) {
+        goto fail;
     }
     char *copy = strdup(path);
     if (copy == NULL) {
-        return fail(err, "store %s: out of memory", path);
+        store_fail(err, "store %s: out of memory", path);
+        goto fail;
     }
     sqlite3 *h = NULL;
     int rc = sqlite3_open_v2(path, &h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
-        sql_fail(err, path, h, rc, "open");
+        store_sql_fail(err, path, h, rc, "open");
         sqlite3_close(h);
         free(copy);
-        return FERRY_ERROR;
+        goto fail;
     }
-    if (init_db(h, path, err) != FERRY_OK) {
+    if (init_db(h, path, key != NULL ? &k : NULL, err) != FERRY_OK) {
         sqlite3_close(h);
         free(copy);
-        return FERRY_ERROR;
+        goto fail;
     }
-    narrow_mode(path);
+    store_narrow_mode(path);
     ferry_store_close();
     db = h;
     db_path = copy;
+    if (key != NULL) {
+        skey = k;
+        keyed = 1;
+        memcpy(key_id, id, sizeof(id));
+    }
+    secret_key_wipe(&k);
     return FERRY_OK;
+
+fail:
+    secret_key_wipe(&k);
+    return FERRY_ERROR;
 }
 
 void ferry_store_close(void)
 {
-    free(json_out);
+    if (json_out != NULL) {
+        free_secret_text(json_out, strlen(json_out));
+    }
     json_out = NULL;
     if (db != NULL) {
         sqlite3_close(db);
@@ -343,6 +314,9 @@ void ferry_store_close(void)
     }
     free(db_path);
     db_path = NULL;
+    secret_key_wipe(&skey);
+    OPENSSL_cleanse(key_id, sizeof(key_id));
+    keyed = 0;
 }
 
 int ferry_store_is_open(void)
@@ -355,14 +329,14 @@ int ferry_store_is_open(void)
 static int need_open(const char **err)
 {
     if (db == NULL) {
-        return fail(err, "store: not open");
+        return store_fail(err, "store: not open");
     }
     return FERRY_OK;
 }
 
 static int run_fail(const char **err, int rc, const char *what)
 {
-    int r = sql_fail(err, db_path, db, rc, what);
+    int r = store_sql_fail(err, db_path, db, rc, what);
     if (!sqlite3_get_autocommit(db)) {
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
     }
@@ -388,6 +362,20 @@ static int64_t clamp_i64(uint64_t v)
 
 /* Proxies ----------------------------------------------------------------- */
 
+/* Bind v as it is stored: sealed when the store has a key and v carries
+ * credentials (deterministic: for values looked up by equality). */
+static int bind_stored(sqlite3_stmt *st, int col, const char *v, int deterministic)
+{
+    char *owned = NULL;
+    const char *k = store_sealed(the_key(), v, deterministic, &owned);
+    int rc = k != NULL ? sqlite3_bind_text(st, col, k, -1, SQLITE_TRANSIENT) : SQLITE_NOMEM;
+    if (owned != NULL) {
+        OPENSSL_cleanse(owned, strlen(owned));
+        free(owned);
+    }
+    return rc;
+}
+
 int ferry_store_put_proxy(const char *key, const char *url, const char *pool,
                           const char *opts_json, int enabled, const char **err)
 {
@@ -395,7 +383,7 @@ int ferry_store_put_proxy(const char *key, const char *url, const char *pool,
         return FERRY_ERROR;
     }
     if (key == NULL || *key == '\0' || url == NULL || *url == '\0') {
-        return fail(err, "store: put_proxy needs a key and a url");
+        return store_fail(err, "store: put_proxy needs a key and a url");
     }
     const char *opts = opts_json != NULL && *opts_json != '\0' ? opts_json : "{}";
     if (begin("BEGIN IMMEDIATE", err, "put proxy") != FERRY_OK) {
@@ -415,7 +403,7 @@ int ferry_store_put_proxy(const char *key, const char *url, const char *pool,
             return run_fail(err, rc, "put proxy");
         }
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-        return fail(err, "store: put_proxy %s: opts is not valid JSON", key);
+        return store_fail(err, "store: put_proxy: opts is not valid JSON");
     }
     rc = sqlite3_prepare_v2(db,
         "INSERT INTO proxies(key, url, pool, opts, enabled, added_at)"
@@ -425,8 +413,10 @@ int ferry_store_put_proxy(const char *key, const char *url, const char *pool,
     if (rc != SQLITE_OK) {
         return run_fail(err, rc, "put proxy");
     }
-    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, url, -1, SQLITE_STATIC);
+    if (bind_stored(st, 1, key, 1) != SQLITE_OK || bind_stored(st, 2, url, 0) != SQLITE_OK) {
+        sqlite3_finalize(st);
+        return run_fail(err, SQLITE_NOMEM, "put proxy");
+    }
     if (pool != NULL) {
         sqlite3_bind_text(st, 3, pool, -1, SQLITE_STATIC);
     } else {
@@ -449,7 +439,7 @@ int ferry_store_delete_proxy(const char *key, const char **err)
         return FERRY_ERROR;
     }
     if (key == NULL || *key == '\0') {
-        return fail(err, "store: delete_proxy needs a key");
+        return store_fail(err, "store: delete_proxy needs a key");
     }
     if (begin("BEGIN IMMEDIATE", err, "delete proxy") != FERRY_OK) {
         return FERRY_ERROR;
@@ -464,8 +454,8 @@ int ferry_store_delete_proxy(const char *key, const char **err)
         if (rc != SQLITE_OK) {
             return run_fail(err, rc, "delete proxy");
         }
-        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-        rc = sqlite3_step(st);
+        rc = bind_stored(st, 1, key, 1);
+        rc = rc == SQLITE_OK ? sqlite3_step(st) : rc;
         sqlite3_finalize(st);
         if (rc != SQLITE_DONE) {
             return run_fail(err, rc, "delete proxy");
@@ -480,7 +470,7 @@ int ferry_store_set_enabled(const char *key, int enabled, const char **err)
         return FERRY_ERROR;
     }
     if (key == NULL || *key == '\0') {
-        return fail(err, "store: set_enabled needs a key");
+        return store_fail(err, "store: set_enabled needs a key");
     }
     sqlite3_stmt *st = NULL;
     /* One statement: autocommit makes it its own transaction. */
@@ -489,15 +479,17 @@ int ferry_store_set_enabled(const char *key, int enabled, const char **err)
     if (rc != SQLITE_OK) {
         return run_fail(err, rc, "set enabled");
     }
-    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    rc = bind_stored(st, 1, key, 1);
     sqlite3_bind_int(st, 2, enabled ? 1 : 0);
-    rc = sqlite3_step(st);
+    rc = rc == SQLITE_OK ? sqlite3_step(st) : rc;
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE) {
         return run_fail(err, rc, "set enabled");
     }
     if (sqlite3_changes(db) == 0) {
-        return fail(err, "store: no proxy with key %s", key);
+        /* A key with credentials is a URL: never in a message. */
+        return store_fail(err, "store: no proxy with key %s",
+                          strchr(key, '@') != NULL ? "(a URL with credentials)" : key);
     }
     return FERRY_OK;
 }
@@ -573,6 +565,23 @@ static void sb_json_string(struct sbuf *b, const unsigned char *s)
     sb_add(b, "\"", 1);
 }
 
+/* A stored text value as a JSON string, opened when sealed; -1 when it
+ * does not open (nothing is added then), -2 out of memory. */
+static int sb_stored(struct sbuf *b, const unsigned char *v)
+{
+    const char *plain = NULL;
+    char *owned = NULL;
+    int rc = store_opened(the_key(), (const char *)v, &plain, &owned);
+    if (rc == 0) {
+        sb_json_string(b, (const unsigned char *)plain);
+    }
+    if (owned != NULL) {
+        OPENSSL_cleanse(owned, strlen(owned));
+        free(owned);
+    }
+    return rc;
+}
+
 const char *ferry_store_proxies_json(const char **err)
 {
     if (need_open(err) != FERRY_OK) {
@@ -588,13 +597,16 @@ const char *ferry_store_proxies_json(const char **err)
     }
     struct sbuf b = { NULL, 0, 0, 0 };
     sb_add(&b, "[", 1);
-    int first = 1;
+    int first = 1, sealed_rc = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         sb_str(&b, first ? "{\"key\":" : ",{\"key\":");
         first = 0;
-        sb_json_string(&b, sqlite3_column_text(st, 0));
+        sealed_rc = sb_stored(&b, sqlite3_column_text(st, 0));
         sb_str(&b, ",\"url\":");
-        sb_json_string(&b, sqlite3_column_text(st, 1));
+        sealed_rc = sealed_rc != 0 ? sealed_rc : sb_stored(&b, sqlite3_column_text(st, 1));
+        if (sealed_rc != 0) {
+            break;
+        }
         sb_str(&b, ",\"pool\":");
         sb_json_string(&b, sqlite3_column_text(st, 2));
         sb_str(&b, ",\"opts\":");
@@ -612,17 +624,25 @@ const char *ferry_store_proxies_json(const char **err)
     }
     sqlite3_finalize(st);
     sb_add(&b, "]", 1);
-    if (rc != SQLITE_DONE) {
-        free(b.p);
+    if (sealed_rc == -1) {
+        free_secret_text(b.p, b.n);
+        store_fail(err, "FERRY-0212: store %s: a sealed proxy does not open with the configured "
+                   "key; nothing was read", db_path);
+        return NULL;
+    }
+    if (rc != SQLITE_DONE && sealed_rc == 0) {
+        free_secret_text(b.p, b.n);
         run_fail(err, rc, "list proxies");
         return NULL;
     }
-    if (b.oom) {
-        free(b.p);
-        fail(err, "store %s: out of memory listing proxies", db_path);
+    if (b.oom || sealed_rc != 0) {
+        free_secret_text(b.p, b.n);
+        store_fail(err, "store %s: out of memory listing proxies", db_path);
         return NULL;
     }
-    free(json_out);
+    if (json_out != NULL) {
+        free_secret_text(json_out, strlen(json_out));
+    }
     json_out = b.p;
     return json_out;
 }
@@ -656,7 +676,10 @@ int ferry_store_save_health(const char **err)
         }
         double lat = isfinite(p->pub.latency_ewma_ms) && p->pub.latency_ewma_ms > 0
             ? p->pub.latency_ewma_ms : 0;
-        sqlite3_bind_text(st, 1, p->key, -1, SQLITE_STATIC);
+        if (bind_stored(st, 1, p->key, 1) != SQLITE_OK) {
+            sqlite3_finalize(st);
+            return run_fail(err, SQLITE_NOMEM, "save health");
+        }
         sqlite3_bind_int(st, 2, (p->pub.flags & FERRY_PROXY_DOWN) ? 0 : 1);
         sqlite3_bind_int64(st, 3, p->pub.health);
         sqlite3_bind_int64(st, 4, p->pub.consecutive_failures);
@@ -703,8 +726,8 @@ int ferry_store_load_health(const char **err)
         if (p == NULL || p->key == NULL) {
             continue;
         }
-        sqlite3_bind_text(st, 1, p->key, -1, SQLITE_STATIC);
-        rc = sqlite3_step(st);
+        rc = bind_stored(st, 1, p->key, 1);
+        rc = rc == SQLITE_OK ? sqlite3_step(st) : rc;
         if (rc == SQLITE_ROW) {
             int up = sqlite3_column_int(st, 0) != 0;
             uint32_t counter = clamp_u32(sqlite3_column_int64(st, 1));

@@ -8,6 +8,8 @@
  * be NULL).  Messages that concern the file name its path.
  *
  *   int ferry_store_open(const char *path, const char **err);
+ *   int ferry_store_open_key(const char *path, const char *key, size_t key_len,
+ *                            const char **err);
  *       Open (or create) the database at path.  Creates a missing parent
  *       directory (0700) and a missing file (0600: the store holds proxy
  *       credentials; a wider mode on an existing file is narrowed).
@@ -18,8 +20,14 @@
  *       corrupt (never recreated, truncated or repaired), a read-only
  *       file or directory, a database locked by another process, a
  *       schema newer than this build knows.  If a store is already open
- *       with the same path this is a no-op; with another path the new
+ *       with the same path and key this is a no-op; otherwise the new
  *       one is opened first and replaces the old only on success.
+ *       _key: key is the operator's 32-byte key (key_len 32), or NULL
+ *       (open is open_key without a key).  With a key, values carrying
+ *       credentials are sealed (store_seal.c): plain rows are sealed
+ *       while opening, and reads open them again.  Fails with FERRY-0210
+ *       (a key that is not 32 bytes), FERRY-0211 (a sealed store and no
+ *       key) or FERRY-0212 (a sealed store and another key).
  *   void ferry_store_close(void);
  *       Close the store (checkpoints the WAL).  Harmless when closed.
  *   int ferry_store_is_open(void);
@@ -43,7 +51,9 @@
  *       {"key","url","pool","opts","enabled","added_at"} (pool may be
  *       null, opts is the stored JSON value, enabled a boolean, added_at
  *       seconds since the epoch).  The string is owned by C and valid
- *       until the next call or ferry_store_close().  NULL on failure.
+ *       until the next call or ferry_store_close().  NULL on failure,
+ *       also (FERRY-0212) when a sealed value does not open: never
+ *       ciphertext in place of a URL.
  *
  *   int ferry_store_save_health(const char **err);
  *       Save up/down, the hysteresis counter, consecutive failures,
@@ -66,9 +76,45 @@
 
 #include "ferry.h"
 
-/* The schema this build creates and understands. */
-#define STORE_SCHEMA_VERSION 1
+/* Schema versions: 1 plain, 2 the same tables with credentials sealed
+ * (store_seal.c); this build creates 1, seals to 2, understands both. */
+#define STORE_SCHEMA_PLAIN 1
+#define STORE_SCHEMA_SEALED 2
+#define STORE_SCHEMA_VERSION STORE_SCHEMA_SEALED
 /* How long a statement waits for another connection's lock. */
 #define STORE_BUSY_TIMEOUT_MS 200
+
+/* Private to store.c and store_seal.c. ----------------------------------- */
+#include "secret.h"
+
+struct sqlite3;
+
+/* Format the error into the store's message buffer, point *err at it;
+ * FERRY_ERROR. */
+int store_fail(const char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* An SQLite failure rc of `what` on the store at path, in an operator's words. */
+int store_sql_fail(const char **err, const char *path, struct sqlite3 *h, int rc,
+                   const char *what);
+
+/* store_file.c: before opening, the parents and the file itself (0, or
+ * FERRY_ERROR with *err); after opening, the mode narrowed to 0600. */
+int store_make_parents(const char *path, const char **err);
+int store_prepare_file(const char *path, const char **err);
+void store_narrow_mode(const char *path);
+
+/* In the opening transaction: check the key against the store (k NULL:
+ * no key configured) and seal what is still plain.  version: the
+ * store's schema version. */
+int store_seal_init(struct sqlite3 *h, const char *path, long version,
+                    const struct secret_key *k, const char **err);
+/* v as it is stored: sealed when k is given and v carries credentials
+ * (deterministic: for values looked up by equality).  *owned is what to
+ * free afterwards; NULL only when sealing failed (out of memory). */
+const char *store_sealed(const struct secret_key *k, const char *v, int deterministic,
+                         char **owned);
+/* A stored value as it was given: *out is v itself or opened (*owned, to
+ * free).  0, or -1 when a sealed value does not open (no key, another
+ * key, tampered with), -2 out of memory. */
+int store_opened(const struct secret_key *k, const char *v, const char **out, char **owned);
 
 #endif

@@ -5,19 +5,23 @@
 -- pools, strategies, health and breakers as its own data plane.  Two
 -- listeners of this same ferry play the upstream proxies, so it runs
 -- with nothing else.  Try:
---   export FERRY_TOKEN=change-me-please
+--   export FERRY_TOKEN=$(openssl rand -hex 16) FERRY_BROKER_TOKEN=$(openssl rand -hex 16)
 --   ferry -c examples/broker.lua
---   curl -s -H "Authorization: Bearer $FERRY_TOKEN" \
+--   curl -s -H "Authorization: Bearer $FERRY_BROKER_TOKEN" \
 --     -d '{"exchange_id":"binance","connection_type":"https","region":"us-east-1"}' \
 --     http://127.0.0.1:9090/api/v1/proxy/request
---   curl -s -H "Authorization: Bearer $FERRY_TOKEN" \
+--   curl -s -H "Authorization: Bearer $FERRY_BROKER_TOKEN" \
 --     -d '{"proxy_url":"http://127.0.0.1:8182","exchange_id":"binance","success":false,
 --          "error_details":"connect timed out"}' \
 --     http://127.0.0.1:9090/api/v1/proxy/feedback
 
--- The answers carry proxy credentials: keep the token secret.
+-- The answers carry proxy credentials: keep the tokens secret.  Broker
+-- clients get a token limited to the broker API; the full admin token
+-- (console Lua, reload, inventory changes) stays with the operator.
 admin { addr = "127.0.0.1:9090", socket = "/tmp/ferry-broker.sock",
-        token = env("FERRY_TOKEN", "change-me-please") }
+        token = env("FERRY_TOKEN", "change-me-please"),
+        tokens = { { token = env("FERRY_BROKER_TOKEN", "change-me-broker-token"),
+                     scope = { "broker" } } } }
 
 -- A lease counts as an active use of its proxy for ttl seconds, or until
 -- its feedback comes.

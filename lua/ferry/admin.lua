@@ -4,13 +4,17 @@
 -- the console's unix socket) to handle(); a handler answers
 --   status, body[, headers]
 -- where a table body is sent as JSON and a string as text/plain (or as
--- headers["Content-Type"] says).  Over TCP every path but /health needs
--- the bearer token when one is configured; the unix socket is trusted
--- (it is created 0600).  A handler that raises gets a coded 500, never
--- takes the daemon down, and is logged.
+-- headers["Content-Type"] says).  Over TCP, when tokens are configured,
+-- every endpoint needs a bearer token with the scope ferry.scopes names
+-- for it (401 FERRY-7005 without a valid token, 403 FERRY-7020 without
+-- the scope); /health needs none.  The unix socket is trusted (it is
+-- created 0600).  A handler that raises gets a coded 500, never takes
+-- the daemon down, and is logged.
 local ffi = require("ffi")
 local cjson = require("cjson.safe")
 require("ferry.cdef")
+
+local scopes = require("ferry.scopes")
 
 local C = ffi.C
 local ffi_string = ffi.string
@@ -18,17 +22,26 @@ local pairs, type, tostring, pcall, concat = pairs, type, tostring, pcall, table
 
 local M = {}
 
-local routes = {}   -- "METHOD /path" -> handler
-local prefixes = {} -- { method, prefix, handler }: paths with an id at the end
+local routes = {}   -- "METHOD /path" -> { handler, scope }
+local prefixes = {} -- { method, prefix, handler, scope }: paths with an id at the end
+
+-- The scope ferry.scopes gives an endpoint; a route without one is a bug.
+local function scope_of(key)
+  local scope = scopes.ENDPOINTS[key]
+  if not scope then error("admin route " .. key .. " has no scope in ferry.scopes", 3) end
+  return scope
+end
 
 -- handler(req, rt) -> status, body, headers
 function M.route(method, path, handler)
-  routes[method .. " " .. path] = handler
+  local key = method .. " " .. path
+  routes[key] = { handler = handler, scope = scope_of(key) }
 end
 
 -- A route for "/path/<rest>": req.rest is what follows the prefix.
 function M.route_prefix(method, prefix, handler)
-  prefixes[#prefixes + 1] = { method = method, prefix = prefix, handler = handler }
+  prefixes[#prefixes + 1] = { method = method, prefix = prefix, handler = handler,
+                              scope = scope_of(method .. " " .. prefix .. "*") }
 end
 
 -- The JSON error body every admin error uses (like the data plane's).
@@ -51,35 +64,51 @@ end
 
 local parse_headers = require("ferry.headers").parse
 
--- Compare without stopping at the first difference.
-local function same_secret(a, b)
-  if type(a) ~= "string" or type(b) ~= "string" then return false end
-  local diff = #a == #b and 0 or 1
-  for i = 1, #b do
-    diff = diff + ((a:byte((i - 1) % #a + 1) or 0) ~= b:byte(i) and 1 or 0)
-  end
-  return diff == 0
-end
-
 local LOOPBACK_HOST = { ["127.0.0.1"] = true, ["localhost"] = true, ["[::1]"] = true }
 
 -- Requests a web page could make: any Origin (browsers send one on every
 -- cross-site POST, even "no-cors"), and, without a token, a Host other
 -- than loopback (a DNS-rebound name pointing at 127.0.0.1).  The admin
 -- plane is for programs and operators, never for pages.
-local function from_browser(req, token)
+local function from_browser(req, tokens)
   if req.unix then return false end
   if req.headers["origin"] ~= nil then return true end
-  if token then return false end
+  if #tokens > 0 then return false end
   local host = (req.headers["host"] or ""):lower():gsub(":%d+$", "")
   return not LOOPBACK_HOST[host]
 end
 
-local function authorized(req, token)
-  if req.unix or req.path == "/health" then return true end
-  if not token then return true end -- loopback only: config.lua refuses otherwise
-  local given = (req.headers["authorization"] or ""):match("^[Bb]earer%s+(%S+)")
-  return same_secret(token, given)
+-- The token of an Authorization field, or nil unless it is exactly
+--   Bearer 1*SP token68 OWS
+-- (RFC 9110 §11.1: the scheme is case-insensitive; §11.2 token68).  One
+-- field only: two Authorization fields are refused, not guessed between.
+function M.bearer(head, value)
+  if value == nil then return nil end
+  local n = 0
+  for name in head:gmatch("\r\n([^:\r\n]+):") do
+    if name:lower() == "authorization" then n = n + 1 end
+  end
+  if n ~= 1 then return nil end
+  local scheme, rest = value:match("^(%a+) +(.*)$")
+  if not scheme or scheme:lower() ~= "bearer" then return nil end
+  return rest:match("^([%w%-%._~%+/]+=*)[ \t]*$")
+end
+
+-- The scopes the request's token grants: every scope on the unix socket
+-- or when no token is configured (loopback only: config.lua refuses
+-- otherwise); nil without a valid token.  Every configured token is
+-- compared, in constant time, whichever matches.
+local ALL = { admin = true }
+
+local function granted(req, tokens)
+  if req.unix or #tokens == 0 then return ALL end
+  local given = M.bearer(req.head, req.headers["authorization"])
+  if not given then return nil end
+  local found
+  for _, t in ipairs(tokens) do
+    if C.ferry_secret_equal(t.token, #t.token, given, #given) == 1 then found = t.scopes end
+  end
+  return found
 end
 
 -- A request body as a JSON object, or nil and why not (answered as
@@ -99,12 +128,14 @@ function M.json_body(req)
   return v
 end
 
+-- The route of method and path: route, rest; or nil, nil, true when the
+-- path exists for another method.
 local function find(method, path)
-  local h = routes[method .. " " .. path]
-  if h then return h end
+  local r = routes[method .. " " .. path]
+  if r then return r end
   for _, p in ipairs(prefixes) do
     if p.method == method and path:sub(1, #p.prefix) == p.prefix and #path > #p.prefix then
-      return p.handler, path:sub(#p.prefix + 1)
+      return p, path:sub(#p.prefix + 1)
     end
   end
   for key in pairs(routes) do
@@ -140,32 +171,41 @@ function M.handle(ar, rt)
     method = ffi_string(ar.method, ar.method_len),
     path = path,
     query = parse_query(query ~= "" and query or nil),
-    headers = parse_headers(ffi_string(ar.head, ar.head_len)),
+    head = ffi_string(ar.head, ar.head_len),
     body = ar.body ~= nil and ffi_string(ar.body, ar.body_len) or nil,
     peer = ffi_string(ar.peer),
     listener = ffi_string(ar.listener),
     cid = ffi_string(ar.cid),
     unix = ar.unix_socket ~= 0,
   }
+  req.headers = parse_headers(req.head)
   local cur = rt.active()
-  local token = cur and cur.cfg.admin and cur.cfg.admin.token
-  if from_browser(req, token) then
+  local tokens = cur and cur.cfg.admin and cur.cfg.admin.tokens or {}
+  if from_browser(req, tokens) then
     return encode(M.err(req, 403, "FERRY-7008", "admin requests from web pages are refused"))
   end
-  if not authorized(req, token) then
+  local method = req.method == "HEAD" and "GET" or req.method
+  local route, rest, other_method = find(method, path)
+  -- Unknown paths need a valid token too: nothing is told to strangers.
+  local needed = route and route.scope or "any"
+  local scopes_of_token = needed ~= "public" and granted(req, tokens)
+  if needed ~= "public" and not scopes_of_token then
     local s, b, h = M.err(req, 401, "FERRY-7005", "a valid bearer token is required")
     h["WWW-Authenticate"] = 'Bearer realm="ferry"'
     return encode(s, b, h)
   end
-  local method = req.method == "HEAD" and "GET" or req.method
-  local handler, rest, other_method = find(method, path)
-  if not handler then
+  if not route then
     if other_method then
       return encode(M.err(req, 405, "FERRY-7006", "method " .. req.method ..
         " not allowed on " .. path))
     end
     return encode(M.err(req, 404, "FERRY-7007", "no such admin endpoint: " .. path))
   end
+  if not scopes.allows(scopes_of_token or ALL, needed) then
+    return encode(M.err(req, 403, "FERRY-7020", string.format(
+      'this token lacks the "%s" scope that %s %s needs', needed, method, path:sub(1, 128))))
+  end
+  local handler = route.handler
   req.rest = rest
   local ok, status, body, headers = pcall(handler, req, rt)
   if not ok then

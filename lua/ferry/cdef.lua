@@ -140,6 +140,7 @@ int ferry_sticky_set(const char *key, uint32_t len, uint32_t proxy_id, double tt
 void ferry_sticky_drop(const char *key, uint32_t len);
 uint32_t ferry_sticky_count(void);
 int ferry_store_open(const char *path, const char **err);
+int ferry_store_open_key(const char *path, const char *key, size_t key_len, const char **err);
 void ferry_store_close(void);
 int ferry_store_is_open(void);
 int ferry_store_put_proxy(const char *key, const char *url, const char *pool,
@@ -149,6 +150,7 @@ int ferry_store_set_enabled(const char *key, int enabled, const char **err);
 const char *ferry_store_proxies_json(const char **err);
 int ferry_store_save_health(const char **err);
 int ferry_store_load_health(const char **err);
+int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
 int ferry_listen(const char *name, const char *host, int port, const char *protocol,
                  int open, const char **err);
 int ferry_listener_add_user(int listener, const char *user, const char *pass, const char **err);
@@ -160,10 +162,17 @@ int ferry_listener_is_admin(int listener);
 int ferry_listener_reset(int listener, const char *name, int open);
 int ferry_listener_close(int listener);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
-                        int keepalive_ms, int request_ms);
+                        int keepalive_ms, int request_ms, int upstream_idle_ms);
 int ferry_set_log_files(const char *events, const char *access, const char **err);
+void ferry_set_http(int via, const char *via_name);
 int ferry_draining(void);
 const char *ferry_config_path(void);
+int ferry_budget_charge(double instructions);
+const char *ferry_budget_message(void);
+const char *ferry_budget_tripped(void);
+void ferry_budget_enter_load(void);
+int ferry_path_writable(const char *path, const char **err);
+int ferry_socket_path_usable(const char *path, const char **err);
 void ferry_set_log(int level, int access);
 void ferry_log(int level, const char *code, const char *msg);
 void ferry_count_hook_error(int kind);

@@ -38,6 +38,7 @@ local entries = {}   -- the overlay, oldest first: { key, url, pool, opts, enabl
 local by_key = {}    -- key -> entry
 local overrides = {} -- key -> false: a proxy of the config disabled at runtime
 local store_path = nil -- the open store's path; nil: changes live in memory only
+local store_key = nil  -- its sealing key (32 bytes), or nil
 local by_cid = {}    -- C id -> { cid, key, label, display, pools, config, entry } (running config)
 local warned = {}    -- keys already logged as waiting for their pool
 
@@ -96,6 +97,15 @@ function M.parse_proxy(u, opts)
   px.display = url.display(px)
   px.runtime = true
   return px
+end
+
+-- The proxy a parsed URL reaches, for "one entry per proxy per pool":
+-- the same scheme, host, port and user name is the same proxy whatever
+-- the password (a new password is a change, not a second proxy); another
+-- user name on the same endpoint is another proxy (providers sell
+-- sessions and regions as user names).
+function M.endpoint(px)
+  return concat({ px.scheme, px.host, tostring(px.port), px.user or "" }, "\0")
 end
 
 local ADD_FIELDS = { pool = true, url = true, id = true, weight = true, region = true }
@@ -169,14 +179,15 @@ local function resolve_path(cfg, p)
   return (cfg.dir or ".") .. "/" .. p
 end
 
+-- The config's store path and sealing key (nil: none).
 local function store_of(cfg)
   local s = cfg.store
   if not s or type(s.path) ~= "string" or s.path == "" then return nil end
-  return resolve_path(cfg, s.path)
+  return resolve_path(cfg, s.path), s.key and s.key() or nil
 end
 
-local function open_and_read(path)
-  local ok, err = store.open(path)
+local function open_and_read(path, key)
+  local ok, err = store.open(path, key)
   if not ok then return nil, tostring(err) end
   local rows, rerr = store.proxies()
   if not rows then return nil, tostring(rerr) end
@@ -187,15 +198,15 @@ end
 -- into the overlay.  A store that cannot be opened or read refuses the
 -- start (never a silent fresh inventory).
 function M.open_store(cfg)
-  local path = store_of(cfg)
+  local path, key = store_of(cfg)
   if not path then
     store_path = nil
     return true
   end
-  local rows, err = open_and_read(path)
+  local rows, err = open_and_read(path, key)
   if not rows then return nil, err end
   load_rows(rows)
-  store_path = path
+  store_path, store_key = path, key
   local n, o = #entries, 0
   for _ in pairs(overrides) do o = o + 1 end
   log(1, "FERRY-0120", format("store %s: %d runtime %s, %d disabled config %s", path, n,
@@ -206,29 +217,37 @@ end
 -- On reload: follow a changed store path.  Returns an undo function
 -- (for a reload that fails later) or nil, err.
 function M.reload_store(cfg)
-  local path = store_of(cfg)
-  if path == store_path then return function() end end
-  local old_path = store_path
+  local path, key = store_of(cfg)
+  if path == store_path and key == store_key then return function() end end
+  local old_path, old_key = store_path, store_key
   local old = { entries, by_key, overrides }
   local function undo()
     entries, by_key, overrides = old[1], old[2], old[3]
-    store_path = old_path
-    if old_path then store.open(old_path) else store.close() end
+    if not old_path then
+      store.close()
+    elseif not store.open(old_path, old_key) then
+      -- The same file, sealed with the new key while it opened: it
+      -- cannot go back to the old key, so the new one stays in use.
+      log(2, "FERRY-0213", format("store %s: stays open with the key of the refused reload " ..
+        "(it sealed the store)", store_path))
+      return
+    end
+    store_path, store_key = old_path, old_key
   end
   if not path then
     store.close()
-    store_path = nil
+    store_path, store_key = nil, nil
     log(2, "FERRY-0120", "store: the config has no store any more; runtime changes now " ..
       "live in memory only")
     return undo
   end
-  local rows, err = open_and_read(path)
+  local rows, err = open_and_read(path, key)
   if not rows then
-    if old_path then store.open(old_path) end
+    if old_path then store.open(old_path, old_key) end
     return nil, err
   end
   load_rows(rows)
-  store_path = path
+  store_path, store_key = path, key
   log(1, "FERRY-0120", format("store %s: %d runtime %s", path, #entries,
     #entries == 1 and "proxy" or "proxies"))
   return undo
@@ -259,7 +278,7 @@ function M.stop()
     log(1, "FERRY-0121", format("store %s: health of %d proxies saved", store_path, n))
   end
   store.close()
-  store_path = nil
+  store_path, store_key = nil, nil
   return n ~= nil, err
 end
 
@@ -268,6 +287,9 @@ end
 
 -- Put the overlay's proxies into their pools of cfg.  The config's own
 -- lists are kept aside (pc.base_proxies) so merging again is idempotent.
+-- A pool takes one entry per proxy (M.endpoint): a runtime proxy whose
+-- key or endpoint the pool has already (the config declares it now, or
+-- a store written before that rule holds it twice) waits.
 function M.merge(cfg)
   local keys = {}
   for name, pc in pairs(cfg.pools) do
@@ -275,22 +297,24 @@ function M.merge(cfg)
     local list, seen = {}, {}
     for i, px in ipairs(pc.base_proxies) do
       list[i] = px
-      seen[px.id or px.url] = true
+      seen[px.id or px.url] = "the config declares it now"
+      seen[M.endpoint(px)] = "the config declares the same proxy now"
     end
     pc.proxies, keys[name] = list, seen
   end
   for _, e in ipairs(entries) do
     local pc = e.px and cfg.pools[e.pool]
+    local taken = pc and (keys[e.pool][e.key] or keys[e.pool][M.endpoint(e.px)])
     e.active = false
-    if pc and not keys[e.pool][e.key] then
+    if pc and not taken then
       pc.proxies[#pc.proxies + 1] = e.px
+      keys[e.pool][M.endpoint(e.px)] = "the pool has the same proxy under another name"
       e.active = true
       warned[e.key] = nil
     elseif e.px and not warned[e.key] then
       warned[e.key] = true
-      log(2, "FERRY-0122", format('runtime proxy %s: %s; it waits (proxy.remove drops it)',
-        e.px.display, pc and ('pool "' .. e.pool .. '" declares it in the config now')
-        or ('pool "' .. e.pool .. '" is not in the config')))
+      log(2, "FERRY-0122", format('runtime proxy %s of pool "%s": %s; it waits (proxy.remove ' ..
+        "drops it)", e.px.display, e.pool, pc and taken or "the pool is not in the config"))
     end
   end
 end
@@ -454,6 +478,21 @@ local function owner_of(cur, key)
   end
 end
 
+-- A proxy of pool `name` (the config's, or a runtime one, waiting or not)
+-- that reaches the same endpoint as px: its display form, or nil.
+local function same_endpoint(cur, name, px)
+  local want = M.endpoint(px)
+  local pc = cur.cfg.pools[name]
+  for _, q in ipairs(pc and (pc.base_proxies or pc.proxies) or {}) do
+    if M.endpoint(q) == want then return q.id or q.display, "the config" end
+  end
+  for _, e in ipairs(entries) do
+    if e.pool == name and e.px and M.endpoint(e.px) == want then
+      return e.opts.id or e.px.display, "the inventory"
+    end
+  end
+end
+
 -- f: { pool, url, opts = { id, weight, region } }.
 function M.add(rt, f, via)
   local cur = rt.active()
@@ -478,6 +517,11 @@ function M.add(rt, f, via)
   local owner = owner_of(cur, key)
   if owner then
     return fail(409, "FERRY-7504", format('%s is declared in the config (pool "%s")', what, owner))
+  end
+  local twin, where = same_endpoint(cur, f.pool, px)
+  if twin then
+    return fail(409, "FERRY-7021", format('pool "%s" already has %s (%s, in %s): one entry ' ..
+      "per scheme, host, port and user name", f.pool, px.display, twin, where))
   end
   if px.id then
     for _, info in pairs(by_cid) do
@@ -692,7 +736,7 @@ end)
 -- For specs: forget the overlay (the store is not touched).
 function M._reset()
   entries, by_key, overrides, by_cid, warned = {}, {}, {}, {}, {}
-  store_path = nil
+  store_path, store_key = nil, nil
 end
 
 return M

@@ -6,7 +6,9 @@
 -- nil, err with the database path in err; wrong argument types are
 -- programming errors and raise.
 --
---   store.open(path)                          -> true | nil, err
+--   store.open(path[, key])                   -> true | nil, err
+--       key: the 32-byte sealing key (ferry.store_key); with it, values
+--       carrying credentials are sealed in the file (core/store_seal.c).
 --   store.close()
 --   store.is_open()                           -> boolean
 --   store.put(key, url, pool, opts, enabled)  -> true | nil, err
@@ -47,10 +49,13 @@ local function result(rc)
   return true
 end
 
-function M.open(path)
+function M.open(path, key)
   check_string("path", path)
+  if key ~= nil and (type(key) ~= "string" or #key ~= 32) then
+    error("store: key must be a string of 32 bytes", 2)
+  end
   errp[0] = nil
-  return result(C.ferry_store_open(path, errp))
+  return result(C.ferry_store_open_key(path, key, key and #key or 0, errp))
 end
 
 function M.close()

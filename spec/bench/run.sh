@@ -199,5 +199,7 @@ echo
 . "$ROOT/spec/bench/metrics.sh"
 . "$ROOT/spec/bench/broker.sh"
 echo
+echo "memory: idle bytes per keep-alive client, RSS after a burst (spec/bench/memory.sh)"
+"$ROOT/spec/bench/memory.sh" "$ROOT/bin/ferry" || echo "memory bench failed"
 # Tunnels against haproxy (TCP mode) and squid: its own processes and ports.
 "$ROOT/spec/bench/tunnel.sh"

@@ -244,6 +244,14 @@ function M.origin(port)
   return proc
 end
 
+-- The relay origin (spec/helpers/relay_origin.py): generated bodies with
+-- checksums, upload sinks, streamed echo, pacing and stalls.
+function M.relay_origin(port)
+  local proc = M.spawn("relay-origin", "python3 " .. ROOT .. "/spec/helpers/relay_origin.py " .. port)
+  assert(M.wait_port(port), "relay origin did not start:\n" .. M.read_file(proc.log))
+  return proc
+end
+
 -- curl through a proxy; returns status, body, headers text.
 function M.curl(args)
   local hfile = string.format("%s/curl-h-%d", M.tmp, math.random(1, 1e9))

@@ -77,7 +77,8 @@ end)
   end
 
   it("answers a malformed request line with 400 FERRY-1001", function()
-    local resp = raw(F, "GARBAGE\1\2 / NOT-HTTP\r\n\r\n")
+    -- A token and a space (not FERRY-1010): the parser refuses the rest.
+    local resp = raw(F, "GARBAGE / NOT-HTTP\r\n\r\n")
     assert.matches("^HTTP/1%.1 400 ", resp)
     assert.matches("X%-Ferry%-Error: FERRY%-1001", resp)
     still_serving()

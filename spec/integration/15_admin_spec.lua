@@ -417,3 +417,150 @@ exchange "ex" { hosts = { "127.0.0.1" }, pool = "p" }
     procs.stop(origin)
   end)
 end)
+
+describe("admin plane with scoped tokens", function()
+  local socket = require("socket")
+  local ferry
+  local P, A, S = procs.free_port(), procs.free_port(), procs.free_port()
+  local sock = procs.tmp .. "/admin-scoped-" .. A .. ".sock"
+  local base = "http://127.0.0.1:" .. A
+  local FULL = "full-admin-token-1"
+  local BROKER = "broker-only-token-0123"
+  local READER = "metrics-and-read-token-0123"
+
+  -- extra: more proxies of pool "p", as Lua text.
+  local function config(extra)
+    return string.format([[
+listen { name = "proxy", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d", socket = %q, token = %q, tokens = {
+  { token = %q, scope = { "broker" } },
+  { token = %q, scope = { "metrics", "inventory:read" } },
+} }
+pool "p" { proxies = { { url = "socks5://carol:pw1@127.0.0.1:%d", id = "cfg" }, %s } }
+exchange "ex" { hosts = { "example.invalid" }, pool = "p" }
+route(function() return "p" end)
+]], P, A, sock, FULL, BROKER, READER, S, extra or "")
+  end
+
+  setup(function()
+    ferry = procs.ferry(config(), { P, A })
+  end)
+
+  teardown(function() procs.stop_ferry(ferry) end)
+
+  local function call(token, method, path, data)
+    local status, body, headers = admin { url = base .. path, token = token, method = method,
+      data = data }
+    return status, cjson.decode(body) or body, headers
+  end
+
+  it("gives each token exactly the endpoints of its scopes", function()
+    local lease = '{"exchange_id":"ex","connection_type":"http"}'
+    -- token -> { method, path, body, status }
+    local cases = {
+      { BROKER, "POST", "/api/v1/proxy/request", lease, 200 },
+      { BROKER, "GET", "/metrics", nil, 403 },
+      { BROKER, "GET", "/api/v1/proxies", nil, 403 },
+      { BROKER, "POST", "/api/v1/console", "1 + 1", 403 },
+      { BROKER, "POST", "/api/v1/reload", nil, 403 },
+      { READER, "GET", "/metrics", nil, 200 },
+      { READER, "GET", "/api/v1/proxies", nil, 200 },
+      { READER, "GET", "/api/v1/proxies/cfg", nil, 200 },
+      { READER, "POST", "/api/v1/proxies", '{"pool":"p","url":"http://127.0.0.1:9"}', 403 },
+      { READER, "POST", "/api/v1/proxies/cfg/disable", nil, 403 },
+      { READER, "DELETE", "/api/v1/proxies/cfg", nil, 403 },
+      { READER, "POST", "/api/v1/proxy/request", lease, 403 },
+      { READER, "POST", "/api/v1/console", "1 + 1", 403 },
+      { FULL, "POST", "/api/v1/proxy/request", lease, 200 },
+      { FULL, "GET", "/metrics", nil, 200 },
+      { FULL, "POST", "/api/v1/console", "1 + 1", 200 },
+      { FULL, "POST", "/api/v1/reload", nil, 200 },
+      { "not-a-configured-token", "GET", "/metrics", nil, 401 },
+      { nil, "GET", "/health", nil, 200 },
+      { nil, "GET", "/metrics", nil, 401 },
+    }
+    for _, c in ipairs(cases) do
+      local status, body, headers = call(c[1], c[2], c[3], c[4])
+      local what = string.format("%s %s with %s", c[2], c[3], tostring(c[1]))
+      assert.equal(c[5], status, what .. ": " .. tostring(body))
+      if status == 403 then
+        assert.equal("FERRY-7020", body.error, what)
+        assert.matches("X%-Ferry%-Error: FERRY%-7020", headers, what)
+      elseif status == 401 then
+        assert.equal("FERRY-7005", body.error, what)
+      end
+    end
+    -- The console socket stays trusted with everything.
+    assert.equal(200, (admin { url = "http://ferry/api/v1/console", unix = sock, method = "POST",
+      data = "1 + 1" }))
+  end)
+
+  -- One raw request with exactly these header lines; the status back.
+  local function raw(lines)
+    local c = socket.tcp()
+    c:settimeout(5)
+    assert(c:connect("127.0.0.1", A))
+    c:send("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n" .. lines .. "Connection: close\r\n\r\n")
+    local line = c:receive("*l")
+    c:close()
+    return tonumber(line and line:match("^HTTP/1%.1 (%d+)"))
+  end
+
+  it("parses Authorization strictly", function()
+    local ok = {
+      "Authorization: Bearer " .. READER .. "\r\n",
+      "Authorization: bearer " .. READER .. "\r\n",
+      "Authorization: BEARER   " .. READER .. "  \r\n",
+    }
+    for _, l in ipairs(ok) do assert.equal(200, raw(l), l) end
+    local refused = {
+      "Authorization: Bearer " .. READER .. " extra\r\n",
+      "Authorization: Bearer\t" .. READER .. "\r\n",
+      "Authorization: Bearer " .. READER .. ",\r\n",
+      "Authorization: Bearer" .. READER .. "\r\n",
+      "Authorization: Basic " .. READER .. "\r\n",
+      "Authorization: Bearer " .. READER .. "\r\nAuthorization: Bearer " .. READER .. "\r\n",
+    }
+    for _, l in ipairs(refused) do assert.equal(401, raw(l), l) end
+  end)
+
+  it("keeps one inventory entry per scheme, host, port and user in a pool", function()
+    local function add(body) return call(FULL, "POST", "/api/v1/proxies", cjson.encode(body)) end
+    local u = "socks5://dave:pw@127.0.0.1:" .. S
+    local status, body = add { pool = "p", url = u, id = "d1" }
+    assert.equal(201, status, tostring(body))
+    -- The same proxy under another id, another password, another spelling.
+    for _, again in ipairs {
+      { pool = "p", url = u, id = "d2" },
+      { pool = "p", url = "socks5://dave:other@127.0.0.1:" .. S, id = "d3" },
+      { pool = "p", url = "socks5h://dave:pw@127.0.0.1:" .. S, id = "d4" },
+      { pool = "p", url = "socks5://carol:pw2@127.0.0.1:" .. S, id = "d5" }, -- the config's
+    } do
+      status, body = add(again)
+      assert.equal(409, status, again.url)
+      assert.equal("FERRY-7021", body.error)
+      assert.is_nil(body.message:find("pw", 1, true), body.message)
+    end
+    -- Another user on the same endpoint is another proxy.
+    status, body = add { pool = "p", url = "socks5://erin:pw@127.0.0.1:" .. S, id = "e1" }
+    assert.equal(201, status, tostring(body))
+    -- The console refuses it the same way.
+    local s2, text = admin { url = "http://ferry/api/v1/console", unix = sock, method = "POST",
+      data = string.format('proxy.add("p", %q, { id = "d6" })', u) }
+    assert.equal(400, s2)
+    assert.matches('already has socks5://***@127.0.0.1:' .. S, text, 1, true)
+    local _, list = call(READER, "GET", "/api/v1/proxies?pool=p")
+    assert.equal(3, list.total)
+    -- When the config comes to declare dave's proxy (another id, another
+    -- password), the runtime entry waits instead of doubling it.
+    procs.write_file(ferry.config, config(string.format(
+      '{ url = "socks5://dave:newpw@127.0.0.1:%d", id = "cfg-dave" }', S)))
+    status, body = call(FULL, "POST", "/api/v1/reload")
+    assert.equal(200, status, tostring(body))
+    _, list = call(READER, "GET", "/api/v1/proxies?pool=p")
+    assert.equal(3, list.total)
+    assert.equal(1, #list.waiting)
+    assert.equal("d1", list.waiting[1].name)
+    assert.equal("socks5://***@127.0.0.1:" .. S, list.waiting[1].url)
+  end)
+end)

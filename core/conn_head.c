@@ -1,0 +1,374 @@
+/* conn_head.c - the heads ferry writes: requests upstream, responses and
+ * interim responses to the client, and the answers ferry gives itself
+ * (OPTIONS *, Max-Forwards: 0).
+ *
+ * Every head is rebuilt from the spans core/http.c parsed, never copied
+ * as received: no byte the parser did not accept can reach the next hop.
+ * What ferry adds or removes on the way is documented in docs/http.md. */
+#include "conn.h"
+#include "proxy.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Via (RFC 9110 §7.6.3): on by default, under this pseudonym. */
+static int via_on = 1;
+static char via_name[VIA_NAME_MAX + 1] = "ferry";
+
+void ferry_set_http(int via, const char *name)
+{
+    via_on = via != 0;
+    if (name != NULL && name[0] != '\0') {
+        snprintf(via_name, sizeof(via_name), "%s", name);
+    }
+}
+
+/* printf into a buffer, failing cleanly when it does not fit. */
+struct out {
+    char *p;
+    size_t n, cap;
+    int overflow;
+};
+
+static int out_open(struct out *o, struct buf *b)
+{
+    size_t room;
+    o->p = buf_tail(b, &room);
+    o->n = 0;
+    o->cap = room;
+    o->overflow = 0;
+    return o->p == NULL ? -1 : 0;
+}
+
+static void outf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void outf(struct out *o, const char *fmt, ...)
+{
+    if (o->overflow) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(o->p + o->n, o->cap - o->n, fmt, ap);
+    va_end(ap);
+    if (k < 0 || (size_t)k >= o->cap - o->n) {
+        o->overflow = 1;
+        return;
+    }
+    o->n += (size_t)k;
+}
+
+static void out_bytes(struct out *o, const char *p, size_t n)
+{
+    if (o->overflow || n > o->cap - o->n) {
+        o->overflow = 1;
+        return;
+    }
+    memcpy(o->p + o->n, p, n);
+    o->n += n;
+}
+
+static void out_field(struct out *o, const char *base, const struct http_field *f)
+{
+    /* Copied, not formatted: this runs for every header of every message. */
+    out_bytes(o, base + f->name.off, f->name.len);
+    out_bytes(o, ": ", 2);
+    out_bytes(o, base + f->value.off, f->value.len);
+    out_bytes(o, "\r\n", 2);
+}
+
+/* Fields ferry writes itself whatever the message carried. */
+static int ours(const char *base, const struct http_field *f)
+{
+    return (via_on && http_span_ieq(base, f->name, "Via"));
+}
+
+/* Via: the received ones as one list, then ours with the version the
+ * message arrived in. */
+static void out_via(struct out *o, const struct http_msg *m, const char *base)
+{
+    if (!via_on) {
+        return;
+    }
+    out_bytes(o, "Via: ", 5);
+    for (unsigned i = 0; i < m->nfields; i++) {
+        const struct http_field *f = &m->fields[i];
+        if (!f->hop && f->value.len > 0 && http_span_ieq(base, f->name, "Via")) {
+            out_bytes(o, base + f->value.off, f->value.len);
+            out_bytes(o, ", ", 2);
+        }
+    }
+    outf(o, "%u.%u %s\r\n", m->major, m->minor, via_name);
+}
+
+/* Whether on_request asked to drop this request header field. */
+static int dropped(const struct conn *c, const char *base, const struct http_field *f)
+{
+    char name[130];
+    if (c->hdr_drop == NULL || f->name.len + 3 > sizeof(name)) {
+        return 0;
+    }
+    name[0] = '\n';
+    for (uint32_t i = 0; i < f->name.len; i++) {
+        char ch = base[f->name.off + i];
+        name[i + 1] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    name[f->name.len + 1] = '\n';
+    name[f->name.len + 2] = '\0';
+    return strstr(c->hdr_drop, name) != NULL;
+}
+
+/* Max-Forwards counts down on TRACE and OPTIONS only (RFC 9110 §7.6.2). */
+static int counts_hops(const struct conn *c)
+{
+    return c->req.method == HTTP_TRACE || c->req.method == HTTP_OPTIONS;
+}
+
+long conn_max_forwards(const struct conn *c, const char *base)
+{
+    struct http_span v = c->req.max_forwards;
+    if (v.len == 0) {
+        return -1;
+    }
+    long n = 0;
+    for (uint32_t i = 0; i < v.len; i++) {
+        char ch = base[v.off + i];
+        if (ch < '0' || ch > '9' || i >= 9) {
+            return -2;
+        }
+        n = n * 10 + (ch - '0');
+    }
+    return n;
+}
+
+/* The request's fields as forwarded: no hop-by-hop, no Host (written
+ * first), none on_request drops, none ferry writes itself. */
+static void out_request_fields(struct out *o, const struct conn *c, const char *base)
+{
+    int hops = counts_hops(c);
+    for (unsigned i = 0; i < c->req.nfields; i++) {
+        const struct http_field *f = &c->req.fields[i];
+        /* X-Ferry-Session is ferry's (take_session), also on a replay's
+         * fresh parse. */
+        if (f->hop || http_span_ieq(base, f->name, "Host") || ours(base, f) ||
+            http_span_ieq(base, f->name, "X-Ferry-Session") ||
+            (hops && http_span_ieq(base, f->name, "Max-Forwards")) || dropped(c, base, f)) {
+            continue;
+        }
+        out_field(o, base, f);
+    }
+    long mf = hops ? conn_max_forwards(c, base) : -1;
+    if (mf > 0) {
+        outf(o, "Max-Forwards: %ld\r\n", mf - 1);
+    }
+    out_via(o, &c->req, base);
+}
+
+void conn_target_path(const struct conn *c, const char *base, const char **pre,
+                      const char **path, int *len)
+{
+    /* No path: "/" (or "*" for OPTIONS, RFC 9112 §3.2.4); a query alone
+     * gets its "/" in front (http://host?x=1 is GET /?x=1). */
+    *path = base + c->tpath.off;
+    *len = (int)c->tpath.len;
+    if (c->tpath.len == 0) {
+        *pre = c->req.method == HTTP_OPTIONS ? "*" : "/";
+    } else {
+        *pre = base[c->tpath.off] == '/' ? "" : "/";
+    }
+}
+
+int conn_write_request_head(struct conn *c)
+{
+    const char *base = buf_head(&c->cin);
+    struct out o;
+    if (out_open(&o, &c->uout) < 0) {
+        return -1;
+    }
+    int absolute = c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP;
+    int v6 = strchr(c->host, ':') != NULL;
+    char hostport[HOST_MAX_LEN + 16];
+    if (c->port == 80) {
+        snprintf(hostport, sizeof(hostport), v6 ? "[%s]" : "%s", c->host);
+    } else {
+        snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%d" : "%s:%d", c->host, c->port);
+    }
+    const char *pre, *path;
+    int plen;
+    conn_target_path(c, base, &pre, &path, &plen);
+    if (absolute && pre[0] == '*') {
+        pre = ""; /* the next proxy gets OPTIONS http://host, and sends "*" on */
+    }
+    /* An HTTP/1.0 client gets an HTTP/1.0 exchange upstream, so the
+     * response never arrives chunked to a client that cannot read it. */
+    int minor = (c->req.major == 1 && c->req.minor == 0) ? 0 : 1;
+    outf(&o, "%s %s%s%s%.*s HTTP/1.%d\r\nHost: %s\r\n", c->method, absolute ? "http://" : "",
+         absolute ? hostport : "", pre, plen, path, minor, hostport);
+    out_request_fields(&o, c, base);
+    if (c->hdr_add != NULL) {
+        out_bytes(&o, c->hdr_add, c->hdr_add_len);
+    }
+    if (c->upgrade) {
+        outf(&o, "Connection: Upgrade\r\nUpgrade: %.*s\r\n", (int)c->req.upgrade.len,
+             base + c->req.upgrade.off);
+    }
+    if (absolute && c->proxy->auth_header != NULL) {
+        outf(&o, "%s", c->proxy->auth_header);
+    }
+    if (absolute && c->proxy->extra_headers != NULL) {
+        outf(&o, "%s", c->proxy->extra_headers);
+    }
+    outf(&o, "\r\n");
+    if (o.overflow) {
+        return -1;
+    }
+    buf_commit(&c->uout, o.n);
+    return 0;
+}
+
+/* The longest proxy label X-Ferry-Proxy shows; longer ones are cut. */
+#define LABEL_MAX 256
+
+/* A proxy label as a header value: bytes that could end the line or fold
+ * it (controls, DEL) become '?', so no label can add a header. */
+static void header_safe(const char *label, char *out, size_t room)
+{
+    size_t n = 0;
+    for (; label != NULL && label[n] != '\0' && n + 1 < room; n++) {
+        unsigned char ch = (unsigned char)label[n];
+        out[n] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+    }
+    out[n] = '\0';
+}
+
+/* Status line and the response's own fields, less what ferry says itself:
+ * X-Ferry-Proxy and X-Request-Id from upstream go no further. */
+static void out_response_fields(struct out *o, const struct conn *c, const char *base)
+{
+    const struct http_msg *m = &c->resp;
+    outf(o, "HTTP/1.1 %d %.*s\r\n", m->status, (int)m->reason.len, base + m->reason.off);
+    for (unsigned i = 0; i < m->nfields; i++) {
+        const struct http_field *f = &m->fields[i];
+        if (f->hop || ours(base, f) || http_span_ieq(base, f->name, "X-Ferry-Proxy") ||
+            http_span_ieq(base, f->name, "X-Request-Id")) {
+            continue;
+        }
+        out_field(o, base, f);
+    }
+    out_via(o, m, base);
+    outf(o, "X-Request-Id: %s\r\n", c->cid);
+}
+
+int conn_write_response_head(struct conn *c, const char *base)
+{
+    struct out o;
+    if (out_open(&o, &c->cout) < 0) {
+        return -1;
+    }
+    const struct http_msg *m = &c->resp;
+    out_response_fields(&o, c, base);
+    if (c->proxy != NULL) {
+        char label[LABEL_MAX];
+        header_safe(c->proxy->label, label, sizeof(label));
+        outf(&o, "X-Ferry-Proxy: %s\r\n", label);
+    }
+    if (m->status == 101) {
+        outf(&o, "Connection: Upgrade\r\nUpgrade: %.*s\r\n", (int)m->upgrade.len,
+             base + m->upgrade.off);
+    } else if (!c->keep_client) {
+        outf(&o, "Connection: close\r\n");
+    } else if (c->req.minor == 0) {
+        outf(&o, "Connection: keep-alive\r\n");
+    }
+    outf(&o, "\r\n");
+    if (o.overflow) {
+        return -1;
+    }
+    buf_commit(&c->cout, o.n);
+    c->bytes_out += o.n;
+    return 0;
+}
+
+int conn_write_interim(struct conn *c, const char *base)
+{
+    struct out o;
+    if (out_open(&o, &c->cout) < 0) {
+        return -1;
+    }
+    out_response_fields(&o, c, base);
+    outf(&o, "\r\n");
+    if (o.overflow) {
+        return -1;
+    }
+    buf_commit(&c->cout, o.n);
+    c->bytes_out += o.n;
+    return 0;
+}
+
+void conn_write_connect_ok(struct conn *c)
+{
+    static const char ok[] = "HTTP/1.1 200 Connection established\r\n";
+    buf_append(&c->cout, ok, sizeof(ok) - 1);
+    if (c->proxy != NULL) {
+        char label[LABEL_MAX];
+        header_safe(c->proxy->label, label, sizeof(label));
+        buf_append(&c->cout, "X-Ferry-Proxy: ", 15);
+        buf_append(&c->cout, label, strlen(label));
+        buf_append(&c->cout, "\r\n", 2);
+    }
+    if (c->cid[0] != '\0') {
+        buf_append(&c->cout, "X-Request-Id: ", 14);
+        buf_append(&c->cout, c->cid, strlen(c->cid));
+        buf_append(&c->cout, "\r\n", 2);
+    }
+    buf_append(&c->cout, "\r\n", 2);
+}
+
+/* The methods a forward listener takes, for OPTIONS answered here. */
+#define ALLOW "OPTIONS, GET, HEAD, POST, PUT, PATCH, DELETE, TRACE, CONNECT"
+
+/* Fields a TRACE echo leaves out: credentials never travel back. */
+static int secret(const char *base, const struct http_field *f)
+{
+    return http_span_ieq(base, f->name, "Proxy-Authorization") ||
+           http_span_ieq(base, f->name, "Authorization") ||
+           http_span_ieq(base, f->name, "Cookie");
+}
+
+int conn_write_local_answer(struct conn *c)
+{
+    const char *base = buf_head(&c->cin);
+    struct out o;
+    if (out_open(&o, &c->cout) < 0) {
+        return -1;
+    }
+    if (c->req.method != HTTP_TRACE) {
+        outf(&o, "HTTP/1.1 200 OK\r\nAllow: " ALLOW "\r\nContent-Length: 0\r\n"
+                 "X-Request-Id: %s\r\nConnection: close\r\n\r\n", c->cid);
+    } else {
+        /* message/http: the request as ferry received (and parsed) it. */
+        /* "TRACE " target " HTTP/x.y\r\n", each field, the blank line. */
+        size_t body = 6 + c->req.url.len + 11 + 2;
+        for (unsigned i = 0; i < c->req.nfields; i++) {
+            const struct http_field *f = &c->req.fields[i];
+            body += secret(base, f) ? 0 : f->name.len + f->value.len + 4;
+        }
+        outf(&o, "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: %zu\r\n"
+                 "X-Request-Id: %s\r\nConnection: close\r\n\r\n", body, c->cid);
+        outf(&o, "TRACE %.*s HTTP/%u.%u\r\n", (int)c->req.url.len, base + c->req.url.off,
+             c->req.major, c->req.minor);
+        for (unsigned i = 0; i < c->req.nfields; i++) {
+            if (!secret(base, &c->req.fields[i])) {
+                out_field(&o, base, &c->req.fields[i]);
+            }
+        }
+        out_bytes(&o, "\r\n", 2);
+    }
+    if (o.overflow) {
+        return -1;
+    }
+    buf_commit(&c->cout, o.n);
+    c->bytes_out += o.n;
+    return 0;
+}

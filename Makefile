@@ -23,7 +23,8 @@ SPEC_DIRS ?= spec/unit spec/core spec/integration
 # Debian packages: build, specs, and the upstream proxies the specs run.
 DEPS     := build-essential pkg-config luajit2 libluajit2-5.1-dev libev-dev libhttp-parser-dev \
             libc-ares-dev libsqlite3-dev libssl-dev libedit-dev lua-cjson lua-busted lua-socket lua-check \
-            cppcheck microsocks tinyproxy curl prometheus python3 sqlite3
+            cppcheck microsocks tinyproxy curl prometheus python3 sqlite3 \
+            clang libclang-rt-14-dev
 BENCH_DEPS := wrk nginx-light squid haproxy tinyproxy util-linux
 
 ifeq ($(V),1)
@@ -32,7 +33,8 @@ else
 Q := @
 endif
 
-.PHONY: all deps bench-deps run test test-long asan lint bench clean check-config
+.PHONY: all deps bench-deps run test test-long asan lint bench chaos clean check-config fuzz \
+        fuzz-smoke fuzz-build
 
 all: bin/ferry
 
@@ -66,7 +68,69 @@ build/pic/%.o: core/%.c
 	@echo "  CC    $< (pic)"
 	$(Q)$(CC) $(CFLAGS) -fPIC -c -o $@ $<
 
--include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d) $(PIC_OBJS:.o=.d)
+# Fuzzing (spec/fuzz): libFuzzer harnesses under ASan+UBSan, built with
+# clang; the core files each harness needs are compiled again into
+# build/fuzz/core with coverage instrumentation.  No event loop, no sockets.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 180
+FUZZ_TARGETS ?= head chunked connect socks5 config admin_json
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+                -fno-omit-frame-pointer
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Wno-unused-parameter \
+                $(WERROR) $(PKG_CFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer-no-link -MMD -MP \
+                -DFUZZ_ROOT='"$(CURDIR)"'
+FUZZ_CORE    = $(patsubst %,build/fuzz/core/%.o,$(1))
+# The message parser, with its body reader once that has a file of its own.
+FUZZ_HTTP    := http $(patsubst core/%.c,%,$(wildcard core/http_body.c))
+FUZZ_CONN    := conn_http $(patsubst core/%.c,%,$(wildcard core/conn_head.c)) buf errors sticky
+FUZZ_LINK    = $(Q)$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $^
+
+build/fuzz/core/%.o: core/%.c
+	@mkdir -p build/fuzz/core
+	@echo "  CC    $< (fuzz)"
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
+
+build/fuzz/%.o: spec/fuzz/%.c
+	@mkdir -p build/fuzz
+	@echo "  CC    $< (fuzz)"
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
+
+build/fuzz/fuzz_head: build/fuzz/fuzz_head.o build/fuzz/shim_conn.o build/fuzz/ref_http.o \
+                      $(call FUZZ_CORE,$(FUZZ_CONN) $(FUZZ_HTTP))
+	@echo "  LD    $@"
+	$(FUZZ_LINK) -lhttp_parser
+
+build/fuzz/fuzz_chunked: build/fuzz/fuzz_chunked.o build/fuzz/ref_http.o \
+                         $(call FUZZ_CORE,$(FUZZ_HTTP) buf)
+	@echo "  LD    $@"
+	$(FUZZ_LINK) -lhttp_parser
+
+build/fuzz/fuzz_connect: build/fuzz/fuzz_connect.o build/fuzz/ref_http.o \
+                         $(call FUZZ_CORE,up_http $(FUZZ_HTTP) buf)
+	@echo "  LD    $@"
+	$(FUZZ_LINK) -lhttp_parser
+
+build/fuzz/fuzz_socks5: build/fuzz/fuzz_socks5.o $(call FUZZ_CORE,up_socks5 buf)
+	@echo "  LD    $@"
+	$(FUZZ_LINK)
+
+build/fuzz/fuzz_config build/fuzz/fuzz_admin_json: build/fuzz/%: build/fuzz/%.o \
+                                                   build/fuzz/fuzz_lua.o
+	@echo "  LD    $@"
+	$(FUZZ_LINK) $(PKG_LIBS) -lm -ldl
+
+fuzz-build: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+
+# Each target for FUZZ_SECONDS on a scratch copy of spec/fuzz/corpus/<target>;
+# fails on any crash, sanitizer report, differential mismatch or timeout.
+fuzz: deps fuzz-build
+	@spec/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# The short run CI makes of every target.
+fuzz-smoke: deps fuzz-build
+	@spec/fuzz/run.sh 10 $(FUZZ_TARGETS)
+
+-include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d) $(PIC_OBJS:.o=.d) $(wildcard build/fuzz/*.d build/fuzz/core/*.d)
 
 # Install whatever of DEPS is missing (needs root or sudo).
 deps:
@@ -114,6 +178,11 @@ lint: deps
 
 bench: deps bench-deps bin/ferry
 	spec/bench/run.sh
+
+# Four upstreams under load, two killed and one stopped: errors and counts
+# (CHAOS_SECONDS, default 60; exits non-zero unless clean).
+chaos: deps bench-deps bin/ferry
+	spec/bench/chaos.sh
 
 clean:
 	rm -rf build bin spec/tmp

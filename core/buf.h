@@ -16,12 +16,22 @@ struct buf {
 void   buf_init(struct buf *b, size_t cap);
 /* Give pooled blocks back to the allocator (at exit, for leak checks). */
 void   buf_pool_drain(void);
+/* Blocks buffers hold now; the most held since the last rebase. */
+size_t buf_blocks_out(void);
+size_t buf_blocks_peak(void);
+void   buf_blocks_rebase(void);
 void   buf_free(struct buf *b);
 /* Drop the allocation when empty, so idle connections stay small. */
 void   buf_trim(struct buf *b);
 
 static inline size_t buf_len(const struct buf *b) { return b->end - b->start; }
-static inline char  *buf_head(const struct buf *b) { return b->data + b->start; }
+/* An unallocated buffer is empty; its head is a valid pointer, never
+ * NULL + 0 (undefined behaviour, reported by clang's UBSan). */
+static inline char *buf_head(const struct buf *b)
+{
+    static char none[1];
+    return b->data != NULL ? b->data + b->start : none;
+}
 static inline int    buf_empty(const struct buf *b) { return b->end == b->start; }
 /* Free space, counting what compaction would reclaim. */
 static inline size_t buf_room(const struct buf *b) { return b->cap - buf_len(b); }

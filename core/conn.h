@@ -105,6 +105,7 @@ struct conn {
     enum ferry_fail_kind fail_kind; /* set by a failing connector */
     enum ferr fail_err;
     enum ferr last_err;          /* why the previous attempt failed */
+    unsigned target_fails;       /* attempts of this request the destination failed */
 
     /* An upstream kept open after a keep-alive response. */
     struct proxy *idle_proxy;
@@ -134,6 +135,9 @@ struct conn {
     unsigned head_started:1;     /* bytes of the next head have arrived */
     unsigned metered:1;          /* routed, outcome not counted yet (metrics.c) */
     unsigned pump_again:1;       /* private: a CONN_EV_PUMP is fed to cio */
+    unsigned fail_target:1;      /* set by a failing connector: the destination failed,
+                                  * not the proxy (conn_report_target) */
+    unsigned dechunk:1;          /* relay a chunked response's data to a 1.0 client */
 
     /* Health reporting (conn_report.c). */
     uint32_t exchange;           /* exchange id of the request, 0 = none */
@@ -224,6 +228,11 @@ void conn_report_head(struct conn *c, const char *head, size_t len, int status);
 void conn_report_body(struct conn *c, const char *p, size_t n, int done);
 /* The request ends: send a report still waiting, free the capture. */
 void conn_report_flush(struct conn *c);
+/* The attempt failed because of the destination, not the proxy (a SOCKS5
+ * or CONNECT refusal about the target, an origin's oversized or garbled
+ * response head): counted per proxy, never charged to its health,
+ * its (proxy, exchange) pair or the breakers. */
+void conn_report_target(struct conn *c);
 
 /* tunnel.c */
 void conn_tunnel_begin(struct conn *c);

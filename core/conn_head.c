@@ -251,8 +251,9 @@ static void out_response_fields(struct out *o, const struct conn *c, const char 
     for (unsigned i = 0; i < m->nfields; i++) {
         const struct http_field *f = &m->fields[i];
         if (f->hop || ours(base, f) || http_span_ieq(base, f->name, "X-Ferry-Proxy") ||
-            http_span_ieq(base, f->name, "X-Request-Id")) {
-            continue;
+            http_span_ieq(base, f->name, "X-Request-Id") ||
+            (c->dechunk && http_span_ieq(base, f->name, "Transfer-Encoding"))) {
+            continue; /* dechunk: the data goes out delimited by the close */
         }
         out_field(o, base, f);
     }

@@ -268,6 +268,9 @@ static void reset_request(struct conn *c)
     c->code = NULL;
     c->ntried = 0;
     c->attempt = 0;
+    c->target_fails = 0;
+    c->fail_target = 0;
+    c->dechunk = 0;
     c->retries = 0;
     c->proxy = NULL;
     c->req_done = c->resp_head_done = c->resp_done = 0;
@@ -502,14 +505,36 @@ static int relay_request_body(struct conn *c)
     return 0;
 }
 
+/* The origin's answer is oversized or not HTTP.  The connector's
+ * handshake succeeded (SOCKS5 reply, direct connect), so it is not the
+ * proxy's fault: the proxy is not charged.  An HTTP proxy in absolute
+ * form may have written a garbled answer itself: that is charged as a
+ * plain failed request (breakers see it, health does not); an oversized
+ * head never is.  No retry: the same request would get the same answer
+ * through any proxy. */
+static void origin_failed(struct conn *c, enum ferr e)
+{
+    if (e == FERR_BAD_RESPONSE && c->proxy != NULL &&
+        c->proxy->pub.scheme == FERRY_SCHEME_HTTP) {
+        conn_report(c, 0, FERRY_FAIL_HTTP5XX, 0);
+    } else {
+        conn_report_target(c);
+    }
+    conn_fail(c, e);
+}
+
 static int take_response_head(struct conn *c)
 {
     while (!c->resp_head_done) {
         const char *base = buf_head(&c->uin);
         size_t hl = http_head_len(base, buf_len(&c->uin));
         if (hl == 0) {
-            if (buf_room(&c->uin) == 0 || http_bare_cr(base, buf_len(&c->uin))) {
-                conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
+            if (buf_room(&c->uin) == 0) {
+                origin_failed(c, FERR_RESPONSE_TOO_LARGE);
+                return -1;
+            }
+            if (http_bare_cr(base, buf_len(&c->uin))) {
+                origin_failed(c, FERR_BAD_RESPONSE);
                 return -1;
             }
             if (c->upstream_eof) {
@@ -519,8 +544,10 @@ static int take_response_head(struct conn *c)
             return 0;
         }
         int is_head = c->req.method == HTTP_HEAD;
-        if (http_parse_response(&c->resp, base, hl, is_head) != HTTP_PARSE_OK) {
-            conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
+        int pr = http_parse_response(&c->resp, base, hl, is_head);
+        if (pr != HTTP_PARSE_OK) {
+            origin_failed(c, pr == HTTP_PARSE_TOO_MANY ? FERR_RESPONSE_TOO_LARGE
+                                                       : FERR_BAD_RESPONSE);
             return -1;
         }
         int st = c->resp.status;
@@ -530,7 +557,7 @@ static int take_response_head(struct conn *c)
             if (c->req.minor > 0) {
                 if (conn_write_interim(c, base) < 0) {
                     if (buf_empty(&c->cout)) {
-                        conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
+                        origin_failed(c, FERR_RESPONSE_TOO_LARGE);
                         return -1;
                     }
                     return 0; /* wait for the client to take earlier bytes */
@@ -546,10 +573,15 @@ static int take_response_head(struct conn *c)
             conn_attempt_failed(c, FERRY_FAIL_AUTH, FERR_UPSTREAM_AUTH);
             return -1;
         }
-        c->keep_client = c->req.keep_alive && !http_needs_eof(&c->resp) && !c->client_eof;
+        /* A chunked answer to an HTTP/1.0 client (an origin may send one
+         * though we asked in 1.0): the client cannot read the coding
+         * (RFC 9112 §6.1), so it gets the data, delimited by the close. */
+        c->dechunk = c->req.minor == 0 && c->resp.framing == HTTP_FRAME_CHUNKED;
+        c->keep_client = c->req.keep_alive && !http_needs_eof(&c->resp) && !c->client_eof &&
+                         !c->dechunk;
         if (conn_write_response_head(c, base) < 0) {
             if (buf_empty(&c->cout)) {
-                conn_attempt_failed(c, FERRY_FAIL_HANDSHAKE, FERR_BAD_RESPONSE);
+                origin_failed(c, FERR_RESPONSE_TOO_LARGE);
                 return -1;
             }
             return 0; /* wait for the client to take earlier bytes */
@@ -584,7 +616,29 @@ static int relay_response_body(struct conn *c, int take_back)
     }
     size_t avail = buf_len(&c->uin);
     size_t room = buf_room(&c->cout);
-    if (avail > 0 && room > 0) {
+    while (c->dechunk && avail > 0 && room > 0 && !c->resp.msg_done) {
+        /* The data of a chunked response for an HTTP/1.0 client: at most
+         * room bytes of input, so the data always fits in cout. */
+        size_t off, len;
+        const char *in = buf_head(&c->uin);
+        long n = http_body_data(&c->resp, in, avail < room ? avail : room, &off, &len);
+        if (n < 0) {
+            if (take_back) {
+                size_t k = buf_len(&c->cout);
+                buf_consume(&c->cout, k);
+                c->bytes_out = c->bytes_out > k ? c->bytes_out - k : 0;
+                c->sent_any = 0;
+            }
+            conn_fail(c, FERR_BAD_RESPONSE);
+            return -1;
+        }
+        c->bytes_out += buf_append(&c->cout, in + off, len);
+        conn_report_body(c, in + off, len, c->resp.msg_done);
+        buf_consume(&c->uin, (size_t)n);
+        avail = buf_len(&c->uin);
+        room = buf_room(&c->cout);
+    }
+    if (!c->dechunk && avail > 0 && room > 0) {
         long n = http_body(&c->resp, buf_head(&c->uin), avail < room ? avail : room);
         if (n < 0) {
             if (take_back) {

@@ -117,3 +117,13 @@ void conn_report_flush(struct conn *c)
     c->cap_head = c->cap_len = 0;
     c->report_pending = 0;
 }
+
+void conn_report_target(struct conn *c)
+{
+    if (c->proxy == NULL || !c->counted) {
+        return;
+    }
+    /* The proxy did its part: no success, no failure, only this count
+     * (ferry_proxy_target_failures_total). */
+    c->proxy->target_failures++;
+}

@@ -294,13 +294,21 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
     int before_send = c->state == CS_RESOLVE || c->state == CS_CONNECT ||
                       c->state == CS_HANDSHAKE;
     struct proxy *p = c->proxy;
-    conn_report(c, 0, kind, 0);
+    int target = c->fail_target; /* the destination failed: not charged, one retry */
+    c->fail_target = 0;
+    if (target) {
+        c->target_fails++;
+        conn_report_target(c);
+    } else {
+        conn_report(c, 0, kind, 0);
+    }
     static const char *const kinds[] = { "refused", "timeout", "handshake",
                                          "auth", "http5xx", "reset" };
     struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name,
                            .proxy = p != NULL ? p->display : NULL };
     log_event(LOG_WARN, ferr_info(e)->code, &ctx, "attempt %u to %s:%d failed: %s",
-              c->attempt + 1, c->host, c->port, kinds[kind % FERRY_FAIL_KINDS]);
+              c->attempt + 1, c->host, c->port,
+              target ? "destination" : kinds[kind % FERRY_FAIL_KINDS]);
     conn_upstream_close(c);
     int safe = before_send ||
                (c->replayable && (http_method_idempotent(c->req.method) ||
@@ -308,6 +316,7 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
     double backoff = BACKOFF_BASE * (double)(1u << (c->attempt < 6 ? c->attempt : 6));
     backoff = min_d(backoff, BACKOFF_CAP) * (0.5 + (double)random() / RAND_MAX);
     if (p == NULL || !safe || c->sent_any || (int)c->attempt >= c->retries ||
+        c->target_fails > 1 ||
         loop_now() + backoff >= c->deadline) {
         conn_fail(c, e);
         return;

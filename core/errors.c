@@ -53,6 +53,12 @@ static const struct ferr_info table[FERR_COUNT] = {
                                   "request body stalled" },
     [FERR_UPSTREAM_STALLED]   = { "FERRY-3010", 504, "Gateway Timeout",
                                   "upstream stopped reading the request body" },
+    [FERR_TARGET_REFUSED]     = { "FERRY-3030", 502, "Bad Gateway",
+                                  "the upstream proxy could not reach the destination "
+                                  "(refused, unreachable or timed out there)" },
+    [FERR_RESPONSE_TOO_LARGE] = { "FERRY-3031", 502, "Bad Gateway",
+                                  "the origin's response head is too large "
+                                  "(over 16 KiB or 100 fields)" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

@@ -30,6 +30,8 @@ enum ferr {
     FERR_NOT_HTTP,         /* the first bytes cannot start an HTTP request line */
     FERR_BODY_TIMEOUT,     /* the client stopped sending its request body */
     FERR_UPSTREAM_STALLED, /* the upstream stopped reading the request body */
+    FERR_TARGET_REFUSED,   /* the upstream proxy could not reach the destination */
+    FERR_RESPONSE_TOO_LARGE, /* the origin's response head is over the limit */
     FERR_COUNT
 };
 

@@ -203,6 +203,36 @@ long http_body(struct http_msg *m, const char *p, size_t n)
     return 0;
 }
 
+long http_body_data(struct http_msg *m, const char *p, size_t n, size_t *off, size_t *len)
+{
+    *off = *len = 0;
+    if (m->framing != HTTP_FRAME_CHUNKED) {
+        long k = http_body(m, p, n);
+        *len = k > 0 ? (size_t)k : 0;
+        return k;
+    }
+    size_t i = 0;
+    /* Framing bytes (size line, CRLF after data, trailers) one by one:
+     * there are few of them, and the strict reader checks each. */
+    while (i < n && !m->msg_done && m->body_state != CK_DATA) {
+        if (chunked(m, p + i, 1) < 0) {
+            return -1;
+        }
+        i++;
+    }
+    if (i < n && !m->msg_done && m->body_state == CK_DATA) {
+        size_t k = m->left < n - i ? (size_t)m->left : n - i;
+        *off = i;
+        *len = k;
+        i += k;
+        m->left -= k;
+        if (m->left == 0) {
+            m->body_state = CK_DATA_CR;
+        }
+    }
+    return (long)i;
+}
+
 int http_body_eof(struct http_msg *m)
 {
     if (m->framing == HTTP_FRAME_EOF) {

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "proxy.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -399,7 +400,8 @@ static int build_prefixes(struct prefixes *px, const struct ferry_metrics_member
 }
 
 enum proxy_field {
-    PF_REQUESTS, PF_SUCCESSES, PF_ACTIVE, PF_UP, PF_DISABLED, PF_SCORE, PF_LATENCY, PF_DOWNS
+    PF_REQUESTS, PF_SUCCESSES, PF_ACTIVE, PF_UP, PF_DISABLED, PF_SCORE, PF_LATENCY, PF_DOWNS,
+    PF_TARGET
 };
 
 static void per_member(struct text *t, const struct ferry_metrics_member *m, uint32_t n,
@@ -422,6 +424,11 @@ static void per_member(struct text *t, const struct ferry_metrics_member *m, uin
         case PF_SCORE: close_f64(t, m[i].score); break;
         case PF_LATENCY: close_f64(t, p->latency_ewma_ms / 1000.0); break;
         case PF_DOWNS: close_u64(t, p->downs); break;
+        case PF_TARGET: {
+            const struct proxy *rp = proxy_by_id(p->id);
+            close_u64(t, rp != NULL ? rp->target_failures : 0);
+            break;
+        }
         }
     }
 }
@@ -547,6 +554,9 @@ static void render_proxies(struct text *t, const struct ferry_metrics_member *m,
           "Connect and handshake time through the proxy, moving average (0: no sample).",
           PF_LATENCY },
         { "ferry_proxy_downs_total", "counter", "Times the proxy went down.", PF_DOWNS },
+        { "ferry_proxy_target_failures_total", "counter",
+          "Attempts the destination failed, not the proxy (refused or unreachable target, "
+          "oversized origin response head); never charged to health.", PF_TARGET },
     };
     struct prefixes px;
     if (build_prefixes(&px, m, n) != 0) {

@@ -22,6 +22,7 @@ struct proxy {
     double health_interval;      /* ro: seconds between passive-recovery trials */
     struct probe *probe;         /* private: probe.c's schedule, or NULL */
     unsigned passive_fails;      /* private: failed trials while down (backoff) */
+    uint64_t target_failures;    /* ro: attempts the destination failed (conn_report_target) */
     struct sockaddr_storage addr; /* ro: literal address, valid if has_addr */
     socklen_t addr_len;          /* ro */
     struct proxy *next_by_key;   /* private: hash chain of the key index */

@@ -55,6 +55,12 @@ static int http_input(struct conn *c)
     if (st == 407) {
         return fail(c, FERRY_FAIL_AUTH, FERR_UPSTREAM_AUTH);
     }
+    if (st == 502 || st == 504) {
+        /* Bad Gateway / Gateway Timeout to CONNECT: the proxy could not
+         * reach the destination.  Not the proxy's failure. */
+        c->fail_target = 1;
+        return fail(c, FERRY_FAIL_HTTP5XX, FERR_TARGET_REFUSED);
+    }
     if (st < 200 || st > 299) {
         return fail(c, st >= 500 ? FERRY_FAIL_HTTP5XX : FERRY_FAIL_HANDSHAKE,
                     FERR_HANDSHAKE_FAILED);

@@ -134,12 +134,17 @@ static int s5_input(struct conn *c)
             if (b[0] != 5) {
                 return fail(c, FERRY_FAIL_HANDSHAKE, FERR_HANDSHAKE_FAILED);
             }
+            if (b[1] >= 3 && b[1] <= 6) {
+                /* 3 network unreachable, 4 host unreachable, 5 refused,
+                 * 6 TTL expired: the proxy works, the destination does
+                 * not answer it.  Not the proxy's failure. */
+                c->fail_target = 1;
+                return fail(c, FERRY_FAIL_HANDSHAKE, FERR_TARGET_REFUSED);
+            }
             if (b[1] != 0) {
-                /* 1 general failure .. 8 address type: the proxy is up but
-                 * could not reach the destination or refused us. */
-                return fail(c, FERRY_FAIL_HANDSHAKE,
-                            b[1] == 4 || b[1] == 5 || b[1] == 3 ? FERR_CONNECT_FAILED
-                                                                : FERR_HANDSHAKE_FAILED);
+                /* 1 general failure, 2 not allowed, 7 command or 8 address
+                 * type not supported: the proxy refused us. */
+                return fail(c, FERRY_FAIL_HANDSHAKE, FERR_HANDSHAKE_FAILED);
             }
             size_t need;
             if (b[3] == 1) {

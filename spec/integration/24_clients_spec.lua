@@ -361,14 +361,11 @@ route(function(req) return req.listener end)
     it("is a 502 for the client and never takes the SOCKS5 proxy that carried it down",
       function()
       if not need("curl") then return end
-      if defect("a response head over 16 KiB from the origin counts as a 'handshake' failure "
-        .. "of the upstream proxy; 8 such answers mark a healthy microsocks down (FERRY-6001)")
-        then return end
       for _ = 1, 8 do
         local status, headers, out = curl("socks", static .. "/big-head")
         os.remove(out)
         assert.equal(502, status)
-        assert.equal("FERRY-3006", header(headers, "X-Ferry-Error"))
+        assert.equal("FERRY-3031", header(headers, "X-Ferry-Error"))
       end
       assert.equal(0, procs.metric(A, "ferry_proxy_downs_total", 'proxy="2",pool="socks"'))
       assert.equal(0, procs.metric(A, "ferry_proxy_failures_total",

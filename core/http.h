@@ -107,12 +107,12 @@ void http_body_reset(struct http_msg *m);
 /* Feed body bytes; returns how many belong to this message (relay
  * exactly those), or -1 on a framing error.  Sets msg_done at the end. */
 long http_body(struct http_msg *m, const char *p, size_t n);
-/* The peer closed: 1 if that legitimately ends the message. */
 /* Like http_body, for a reader that wants the data without the chunked
  * framing: consumes framing up to one run of data and that run, and
  * says where the data lies in p (off, len; len 0: none yet).  The same
  * strict checks; -1 on a framing error.  Call until p is used up. */
 long http_body_data(struct http_msg *m, const char *p, size_t n, size_t *off, size_t *len);
+/* The peer closed: 1 if that legitimately ends the message. */
 int http_body_eof(struct http_msg *m);
 /* The body runs until the connection closes (no length, not chunked). */
 int http_needs_eof(const struct http_msg *m);

@@ -7,6 +7,7 @@ ffi.cdef[[
 int http_parse_request(void *m, const char *head, size_t len);
 int http_parse_response(void *m, const char *head, size_t len, int head_request);
 long http_body(void *m, const char *p, size_t n);
+long http_body_data(void *m, const char *p, size_t n, size_t *off, size_t *len);
 int http_body_eof(void *m);
 int http_needs_eof(const void *m);
 int http_bare_cr(const char *p, size_t n);
@@ -184,5 +185,59 @@ describe("response framing", function()
     assert.equal(0, select(2, response("HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n")))
     assert.equal(-1, select(2, response("HTTP/1.1 20 OK\r\n\r\n")))
     assert.equal(-1, select(2, response("HTTP/1.1  200 OK\r\n\r\n")))
+  end)
+end)
+
+-- http_body_data: the data of a chunked body without its framing (an
+-- HTTP/1.0 client gets it so), fed in pieces the way the relay does.
+describe("chunked data without the framing", function()
+  -- Feed `body` in pieces of `step`; returns the data, bytes taken, done,
+  -- or nil, -1 on a framing error.
+  local function data_of(m, body, step)
+    local out, taken, i = {}, 0, 1
+    local off, len = ffi.new("size_t[1]"), ffi.new("size_t[1]")
+    while i <= #body do
+      local piece = body:sub(i, i + step - 1)
+      local j = 0
+      while j < #piece do
+        local n = tonumber(core.http_body_data(m, ffi.cast("const char *", piece) + j,
+          #piece - j, off, len))
+        if n < 0 then return nil, -1 end
+        if n == 0 then break end
+        out[#out + 1] = piece:sub(j + 1 + tonumber(off[0]), j + tonumber(off[0] + len[0]))
+        j = j + n
+      end
+      taken = taken + j
+      if j < #piece then break end
+      i = i + step
+    end
+    return table.concat(out), taken, core.http_body_eof(m) == 1
+  end
+
+  local RESP = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+  local good = "5;a=b\r\nhello\r\n1A\r\n" .. string.rep("z", 26) ..
+    "\r\n1\r\n!\r\n0\r\nX-Sum: 31\r\n\r\n"
+
+  for _, step in ipairs({ 1, 2, 3, 7, #good }) do
+    it("gives the data only, ending at the last CRLF, fed " .. step .. " bytes at a time",
+      function()
+      local m = ffi.new("char[?]", 65536)
+      assert.equal(0, core.http_parse_response(m, RESP, #RESP, 0))
+      local data, taken, done = data_of(m, good .. "HTTP/1.1 200 OK\r\n", step)
+      assert.equal("hello" .. string.rep("z", 26) .. "!", data)
+      assert.equal(#good, taken)
+      assert.is_true(done)
+    end)
+  end
+
+  it("refuses what http_body refuses", function()
+    for _, body in ipairs({ "5\r\nhelloXX0\r\n\r\n", "5\nhello\r\n0\r\n\r\n",
+                            "0\r\nX : a\r\n\r\n" }) do
+      for _, step in ipairs({ 1, #body }) do
+        local m = ffi.new("char[?]", 65536)
+        assert.equal(0, core.http_parse_response(m, RESP, #RESP, 0))
+        assert.equal(-1, select(2, data_of(m, body, step)))
+      end
+    end
   end)
 end)

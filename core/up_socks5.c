@@ -38,6 +38,14 @@ static int s5_start(struct conn *c)
     return UP_AGAIN;
 }
 
+/* The destination goes out as a name, not an address (send_connect). */
+static int sent_name(const struct conn *c)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    return inet_pton(AF_INET, c->host, &a4) != 1 && inet_pton(AF_INET6, c->host, &a6) != 1;
+}
+
 static void send_connect(struct conn *c)
 {
     unsigned char m[4 + 1 + HOST_MAX_LEN + 2];
@@ -134,16 +142,19 @@ static int s5_input(struct conn *c)
             if (b[0] != 5) {
                 return fail(c, FERRY_FAIL_HANDSHAKE, FERR_HANDSHAKE_FAILED);
             }
-            if (b[1] >= 3 && b[1] <= 6) {
+            if ((b[1] >= 3 && b[1] <= 6) || (b[1] == 1 && sent_name(c))) {
                 /* 3 network unreachable, 4 host unreachable, 5 refused,
                  * 6 TTL expired: the proxy works, the destination does
-                 * not answer it.  Not the proxy's failure. */
+                 * not answer it.  Not the proxy's failure.  A general
+                 * failure (1) for a name is the same: some proxies
+                 * (microsocks) say so when the name does not resolve. */
                 c->fail_target = 1;
                 return fail(c, FERRY_FAIL_HANDSHAKE, FERR_TARGET_REFUSED);
             }
             if (b[1] != 0) {
-                /* 1 general failure, 2 not allowed, 7 command or 8 address
-                 * type not supported: the proxy refused us. */
+                /* 1 general failure for an address, 2 not allowed, 7
+                 * command or 8 address type not supported: the proxy
+                 * refused us. */
                 return fail(c, FERRY_FAIL_HANDSHAKE, FERR_HANDSHAKE_FAILED);
             }
             size_t need;

@@ -131,6 +131,19 @@ end)
       assert.equal(200, status)
     end)
 
+    it("SOCKS5 REP 1 for a name that does not resolve (microsocks) is a 502 FERRY-3030, "
+      .. "never charged", function()
+      local before = target_failures("socks", { "s1", "s2" })
+      for _ = 1, 4 do
+        local status, _, headers = procs.curl { proxy = via(F_SOCKS),
+          url = "http://no-such-host.invalid/" }
+        assert.equal(502, status)
+        assert.equal("FERRY-3030", header(headers, "X-Ferry-Error"))
+      end
+      assert.equal(8, target_failures("socks", { "s1", "s2" }) - before)
+      uncharged("socks", { "s1", "s2" })
+    end)
+
     it("a CONNECT answered 502 by an HTTP proxy is a 502 FERRY-3030, never charged", function()
       for _ = 1, 6 do
         local status, _, headers = procs.curl { proxy = via(F_HTTP),

@@ -261,6 +261,7 @@ static void check_rewrite(struct conn *c, const char *base, int absolute)
         w->nlen = f->name.len;
         w->vlen = trim(base + f->value.off, f->value.len, &w->value);
     }
+    /* Counts of ferry's own fields: +1 with the value due, +100 with another. */
     unsigned k = 0, nconn = 0, nupg = 0, nauth = 0;
     const char *upg;
     size_t upg_len = trim(base + c->req.upgrade.off, c->req.upgrade.len, &upg);
@@ -292,11 +293,12 @@ static void check_rewrite(struct conn *c, const char *base, int absolute)
         FAIL("%u of the client's %u end-to-end fields written upstream", k, nw);
     }
     if (nconn != c->upgrade || nupg != c->upgrade) {
-        FAIL("Connection/Upgrade written %u/%u times for an upgrade %d", nconn, nupg, c->upgrade);
+        FAIL("Connection/Upgrade written %u/%u times (+100 per wrong value) for an upgrade %d",
+             nconn, nupg, c->upgrade);
     }
     if (nauth != (unsigned)absolute) {
-        FAIL("the proxy's Proxy-Authorization written %u times (absolute form %d)", nauth,
-             absolute);
+        FAIL("Proxy-Authorization written %u times (+100 per value not the proxy's), absolute "
+             "form %d", nauth, absolute);
     }
 
     /* And ferry itself (a ferry node upstream) reads it the same. */

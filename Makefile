@@ -33,8 +33,8 @@ else
 Q := @
 endif
 
-.PHONY: all deps bench-deps run test test-long asan lint bench clean check-config fuzz fuzz-smoke \
-        fuzz-build
+.PHONY: all deps bench-deps run test test-long asan lint bench chaos clean check-config fuzz \
+        fuzz-smoke fuzz-build
 
 all: bin/ferry
 
@@ -178,6 +178,11 @@ lint: deps
 
 bench: deps bench-deps bin/ferry
 	spec/bench/run.sh
+
+# Four upstreams under load, two killed and one stopped: errors and counts
+# (CHAOS_SECONDS, default 60; exits non-zero unless clean).
+chaos: deps bench-deps bin/ferry
+	spec/bench/chaos.sh
 
 clean:
 	rm -rf build bin spec/tmp

@@ -130,9 +130,7 @@ static void log_admin(struct conn *c, size_t body_len)
 void admin_on_head(struct conn *c)
 {
     const char *base = buf_head(&c->cin);
-    size_t plen = c->req.url.len < sizeof(c->path) - 1 ? c->req.url.len : sizeof(c->path) - 1;
-    memcpy(c->path, base + c->req.url.off, plen);
-    c->path[plen] = '\0';
+    conn_set_path(c, base + c->req.url.off, c->req.url.len);
     int chunked = c->req.framing == HTTP_FRAME_CHUNKED;
     uint64_t clen = c->req.framing == HTTP_FRAME_LENGTH ? c->req.content_length : 0;
     c->admin_keep = c->req.keep_alive && !c->client_eof;

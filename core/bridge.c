@@ -4,6 +4,7 @@
  * call its entry points; everything the runtime needs from the core
  * goes through the ferry_* FFI functions of ferry.h. */
 #include "bridge.h"
+#include "budget.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -14,29 +15,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A hook that runs longer than this many VM instructions is stopped. */
-#define HOOK_BUDGET_STEPS 1000      /* hook calls ... */
-#define HOOK_STEP 1000              /* ... every this many instructions */
-/* Admin requests (metrics of 10 000 proxies, console lines) may run far
- * longer than a routing hook, but a runaway console line still ends. */
-#define ADMIN_BUDGET_STEPS 50000
+/* A per-request hook that runs longer than this many VM instructions is
+ * stopped.  Config loads and admin requests (metrics of 10 000 proxies,
+ * console lines) run under budget_load and budget_admin (budget.c). */
+#define HOOK_BUDGET 1000000
 
 static lua_State *L;
 static int ref_dispatch = LUA_NOREF;
 static int ref_result = LUA_NOREF;
 static int ref_admin = LUA_NOREF;
-static unsigned hook_steps;
-static unsigned budget_steps = HOOK_BUDGET_STEPS; /* of the call running now */
-
-static void budget_hook(lua_State *l, lua_Debug *ar)
-{
-    (void)ar;
-    if (++hook_steps > budget_steps) {
-        hook_steps = 0; /* the fallback that catches this gets a fresh budget */
-        luaL_error(l, "script exceeded its budget of %d instructions (runaway loop?)",
-                   budget_steps * HOOK_STEP);
-    }
-}
 
 static int traceback(lua_State *l)
 {
@@ -52,6 +39,7 @@ int bridge_init(const char *root, char *err, size_t errlen)
         snprintf(err, errlen, "cannot create Lua state");
         return -1;
     }
+    budget_install(L, root);
     luaL_openlibs(L);
     lua_getglobal(L, "package");
     lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua", root, root);
@@ -79,7 +67,32 @@ int bridge_init(const char *root, char *err, size_t errlen)
     return 0;
 }
 
-/* Call runtime[fn](config, apply): true, or nil and a message. */
+/* The message of a load that a budget stopped: LuaJIT's "not enough
+ * memory" (a refused allocation) says which bound, and a message that
+ * names no bound gets it appended. */
+static void budget_message(enum budget_trip t, const char *msg, char *err, size_t errlen)
+{
+    char what[256];
+    budget_describe(t, what, sizeof(what));
+    const char *oom = msg != NULL ? strstr(msg, "not enough memory") : NULL;
+    /* Where the runaway was is in the message; the runtime's stack is noise. */
+    const char *tb = msg != NULL ? strstr(msg, "\nstack traceback:") : NULL;
+    int len = tb != NULL ? (int)(tb - msg) : (int)(msg != NULL ? strlen(msg) : 0);
+    if (msg == NULL) {
+        snprintf(err, errlen, "%s", what);
+    } else if (oom != NULL && oom - msg < len) {
+        int tail = len - (int)(oom - msg) - (int)strlen("not enough memory");
+        snprintf(err, errlen, "%.*s%s%.*s", (int)(oom - msg), msg, what, tail > 0 ? tail : 0,
+                 oom + strlen("not enough memory"));
+    } else if (strstr(msg, "[FERRY-401") == NULL) {
+        snprintf(err, errlen, "%.*s: %s", len, msg, what);
+    } else {
+        snprintf(err, errlen, "%.*s", len, msg);
+    }
+}
+
+/* Call runtime[fn](config, apply) under the load budget: true, or nil
+ * and a message. */
 static int call_load(const char *fn, const char *config, int apply, char *err, size_t errlen)
 {
     lua_pushcfunction(L, traceback);
@@ -89,13 +102,24 @@ static int call_load(const char *fn, const char *config, int apply, char *err, s
     lua_pushstring(L, config);
     lua_pushboolean(L, apply);
     int rc = 0;
+    const char *msg = NULL;
+    budget_begin_eval(L, &budget_load);
     if (lua_pcall(L, 2, 2, 1) != 0) {
-        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        msg = lua_tostring(L, -1);
         rc = -1;
     } else if (!lua_toboolean(L, -2)) {
-        const char *m = lua_tostring(L, -1);
-        snprintf(err, errlen, "%s", m != NULL ? m : "config rejected");
+        msg = lua_tostring(L, -1);
+        if (msg == NULL) {
+            msg = "config rejected";
+        }
         rc = -1;
+    }
+    enum budget_trip t = budget_end(L);
+    if (t != BUDGET_OK) {
+        budget_message(t, msg, err, errlen);
+        rc = -1;
+    } else if (rc != 0) {
+        snprintf(err, errlen, "%s", msg != NULL ? msg : "(error object is not a string)");
     }
     lua_settop(L, 0);
     return rc;
@@ -111,24 +135,26 @@ int bridge_reload(const char *config, char *err, size_t errlen)
     return call_load("reload", config, 1, err, errlen);
 }
 
-/* Run a runtime entry point on one pointer under the instruction budget.
- * Returns the lua_pcall code; the result (if any) is left on the stack. */
-static int call_budgeted_n(int ref, void *arg, int nresults, unsigned steps)
+/* Run a runtime entry point on one pointer: per request under the hook
+ * budget, or (lim) as a whole evaluation.  Returns the lua_pcall code;
+ * the result (if any) is left on the stack. */
+static int call_budgeted_n(int ref, void *arg, int nresults, const struct budget_limits *lim)
 {
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
     lua_pushlightuserdata(L, arg);
-    hook_steps = 0;
-    budget_steps = steps;
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
+    if (lim != NULL) {
+        budget_begin_eval(L, lim);
+    } else {
+        budget_begin_hook(L, HOOK_BUDGET);
+    }
     int rc = lua_pcall(L, 1, nresults, 0);
-    lua_sethook(L, NULL, 0, 0);
-    budget_steps = HOOK_BUDGET_STEPS;
+    budget_end(L);
     return rc;
 }
 
 static int call_budgeted(int ref, void *arg)
 {
-    return call_budgeted_n(ref, arg, 1, HOOK_BUDGET_STEPS);
+    return call_budgeted_n(ref, arg, 1, NULL);
 }
 
 int bridge_admin(const struct ferry_admin_req *r, struct bridge_answer *out)
@@ -137,7 +163,7 @@ int bridge_admin(const struct ferry_admin_req *r, struct bridge_answer *out)
     if (L == NULL || ref_admin == LUA_NOREF) {
         return -1;
     }
-    int rc = call_budgeted_n(ref_admin, (void *)r, 4, ADMIN_BUDGET_STEPS);
+    int rc = call_budgeted_n(ref_admin, (void *)r, 4, &budget_admin);
     if (rc != 0 || !lua_isnumber(L, -4) || !lua_isstring(L, -2)) {
         metrics_hook_error(0);
         log_event(LOG_ERROR, "FERRY-7001", NULL, "admin handler failed: %s",
@@ -223,6 +249,7 @@ void bridge_stop(void)
 void bridge_fini(void)
 {
     if (L != NULL) {
+        budget_uninstall(L); /* LuaJIT frees its own arena only behind its own allocator */
         lua_close(L);
         L = NULL;
     }

@@ -11,26 +11,46 @@
  * not cost a malloc/free (and a brk) per request.  Bounded: beyond
  * POOL_MAX blocks, memory goes back to the allocator. */
 #define POOL_BLOCK 16384
-#define POOL_MAX 512
+#define POOL_MAX 64
 
 static void *pool[POOL_MAX];
 static int npool;
 
+/* Blocks held by buffers now, and the most since buf_blocks_rebase. */
+static size_t nout, nout_peak;
+
 static char *block_get(size_t cap)
 {
-    if (cap == POOL_BLOCK && npool > 0) {
-        return pool[--npool];
+    char *p = cap == POOL_BLOCK && npool > 0 ? pool[--npool] : malloc(cap);
+    if (p != NULL && ++nout > nout_peak) {
+        nout_peak = nout;
     }
-    return malloc(cap);
+    return p;
 }
 
 static void block_put(char *p, size_t cap)
 {
+    nout--;
     if (cap == POOL_BLOCK && npool < POOL_MAX) {
         pool[npool++] = p;
         return;
     }
     free(p);
+}
+
+size_t buf_blocks_out(void)
+{
+    return nout;
+}
+
+size_t buf_blocks_peak(void)
+{
+    return nout_peak;
+}
+
+void buf_blocks_rebase(void)
+{
+    nout_peak = nout;
 }
 
 void buf_pool_drain(void)

@@ -16,6 +16,10 @@ struct buf {
 void   buf_init(struct buf *b, size_t cap);
 /* Give pooled blocks back to the allocator (at exit, for leak checks). */
 void   buf_pool_drain(void);
+/* Blocks buffers hold now; the most held since the last rebase. */
+size_t buf_blocks_out(void);
+size_t buf_blocks_peak(void);
+void   buf_blocks_rebase(void);
 void   buf_free(struct buf *b);
 /* Drop the allocation when empty, so idle connections stay small. */
 void   buf_trim(struct buf *b);

@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,13 +17,48 @@
 
 struct timeouts timeouts = {
     .client_head = 10, .connect = 5, .first_byte = 30,
-    .idle = 300, .keepalive = 60, .request = 60,
+    .idle = 300, .keepalive = 60, .request = 60, .upstream_idle = 30,
 };
 
 /* How long a closing client may keep sending before we stop listening. */
 #define LINGER_SECS 2.0
 
 static unsigned nconns;
+
+/* After a burst the allocator keeps the freed buffers and conns as heap
+ * it does not return.  Once the connection count, or the buffer blocks
+ * in use (keep-alive clients gone idle), have fallen to a small part of
+ * their peak, a one-shot timer (so the rest of the wave settles first)
+ * drains the reuse pools and returns free pages to the kernel: one
+ * malloc_trim per burst, not per close. */
+#define TRIM_MIN_PEAK 512
+#define TRIM_MIN_BLOCKS 128 /* 2 MiB of 16 KiB buffers */
+#define TRIM_DELAY 1.0
+static unsigned peak_conns;
+static ev_timer trim_timer;
+
+static void on_trim(struct ev_loop *lp, ev_timer *w, int revents)
+{
+    (void)lp;
+    (void)w;
+    (void)revents;
+    buf_pool_drain();
+    http_fields_drain();
+    malloc_trim(0);
+    peak_conns = nconns;
+    buf_blocks_rebase();
+}
+
+static void conn_usage_dropped(void)
+{
+    int conns_fell = peak_conns >= TRIM_MIN_PEAK && nconns <= peak_conns / 16;
+    int blocks_fell = buf_blocks_peak() >= TRIM_MIN_BLOCKS &&
+                      buf_blocks_out() <= buf_blocks_peak() / 16;
+    if ((conns_fell || blocks_fell) && !ev_is_active(&trim_timer)) {
+        ev_timer_init(&trim_timer, on_trim, TRIM_DELAY, 0.);
+        ev_timer_start(loop, &trim_timer);
+    }
+}
 
 /* All live connections, so a stop can close them. */
 static struct conn **live;
@@ -31,6 +67,39 @@ static unsigned nlive, cap_live;
 unsigned conn_count(void)
 {
     return nconns;
+}
+
+/* c->path while no request names one: never freed. */
+static char no_path[1];
+
+void conn_set_path(struct conn *c, const char *p, size_t n)
+{
+    if (c->path != no_path) {
+        free(c->path);
+    }
+    c->path = no_path;
+    if (n == 0) {
+        return;
+    }
+    n = n < CONN_PATH_MAX - 1 ? n : CONN_PATH_MAX - 1;
+    char *s = malloc(n + 1);
+    if (s != NULL) { /* without memory the log shows no path; the request goes on */
+        memcpy(s, p, n);
+        s[n] = '\0';
+        c->path = s;
+    }
+}
+
+void conn_idle_trim(struct conn *c)
+{
+    http_msg_release(&c->req);
+    http_msg_release(&c->resp);
+    conn_set_path(c, NULL, 0);
+    buf_trim(&c->cin);
+    buf_trim(&c->uin);
+    buf_trim(&c->cout);
+    buf_trim(&c->uout);
+    conn_usage_dropped();
 }
 
 static void on_client(struct ev_loop *lp, ev_io *w, int revents);
@@ -78,10 +147,14 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
     ev_init(&c->uio, on_upstream);
     ev_init(&c->timer, on_timer);
     c->state = CS_HEAD;
-    c->pipe_cu[0] = c->pipe_cu[1] = c->pipe_uc[0] = c->pipe_uc[1] = -1;
+    c->path = no_path;
+    conn_tunnel_init(c);
     c->last_io = loop_now();
     live[nlive++] = c;
     nconns++;
+    if (nconns > peak_conns) {
+        peak_conns = nconns;
+    }
     conn_arm(c, timeouts.client_head);
     c->refs++;
     conn_pump(c);
@@ -112,6 +185,9 @@ static void conn_destroy(struct conn *c)
     buf_free(&c->cout);
     buf_free(&c->uin);
     buf_free(&c->uout);
+    http_msg_release(&c->req);
+    http_msg_release(&c->resp);
+    conn_set_path(c, NULL, 0);
     for (unsigned i = 0; i < nlive; i++) {
         if (live[i] == c) {
             live[i] = live[--nlive];
@@ -119,6 +195,7 @@ static void conn_destroy(struct conn *c)
         }
     }
     nconns--;
+    conn_usage_dropped();
     listener_conn_gone(c->l);
     free(c);
 }
@@ -133,6 +210,7 @@ void conn_close(struct conn *c)
 
 void conn_close_all(void)
 {
+    ev_timer_stop(loop, &trim_timer);
     while (nlive > 0) {
         struct conn *c = live[nlive - 1];
         c->refs = 0;
@@ -141,6 +219,7 @@ void conn_close_all(void)
     free(live);
     live = NULL;
     cap_live = 0;
+    conn_tunnel_pool_free();
 }
 
 /* While the request body is on its way each direction that still has
@@ -190,15 +269,14 @@ void conn_update_io(struct conn *c)
 {
     int ce = 0, ue = 0;
     int tunnel = c->state == CS_TUNNEL;
-    int spliced = tunnel && conn_tunnel_spliced(c);
-    /* Spliced tunnels read into their pipe, bounded by its capacity. */
-    int c_room = spliced ? c->in_cu < TUNNEL_PIPE_SIZE : buf_room(&c->cin) > 0;
-    int u_room = spliced ? c->in_uc < TUNNEL_PIPE_SIZE : buf_room(&c->uin) > 0;
+    /* Tunnels read into their pipe while it has room (tunnel.c). */
+    int c_room = tunnel ? conn_tunnel_can_read_client(c) : buf_room(&c->cin) > 0;
+    int u_room = tunnel ? conn_tunnel_can_read_upstream(c) : buf_room(&c->uin) > 0;
     if (!c->client_eof && c_room) {
         ce |= EV_READ;
     }
     if (!buf_empty(&c->cout) || c->state == CS_ADMIN_OUT ||
-        (tunnel && (!buf_empty(&c->uin) || c->in_uc > 0))) {
+        (tunnel && (!buf_empty(&c->uin) || c->puc.in > 0))) {
         ce |= EV_WRITE;
     }
     if (c->ufd >= 0) {
@@ -208,7 +286,7 @@ void conn_update_io(struct conn *c)
             ue |= EV_READ;
         }
         if (c->state == CS_CONNECT || !buf_empty(&c->uout) ||
-            (tunnel && (!buf_empty(&c->cin) || c->in_cu > 0))) {
+            (tunnel && (!buf_empty(&c->cin) || c->pcu.in > 0))) {
             ue |= EV_WRITE;
         }
     }
@@ -302,8 +380,8 @@ static void pump_mark(const struct conn *c, struct pump_mark *m)
     m->uin = buf_len(&c->uin);
     m->uout = buf_len(&c->uout);
     m->fwd = c->fwd;
-    m->in_cu = c->in_cu;
-    m->in_uc = c->in_uc;
+    m->in_cu = c->pcu.in;
+    m->in_uc = c->puc.in;
     m->flags = (unsigned)c->req_done | (unsigned)c->resp_head_done << 1 |
                (unsigned)c->resp_done << 2 | (unsigned)c->shut_c << 3 |
                (unsigned)c->shut_u << 4 | (unsigned)(c->ufd >= 0) << 5;
@@ -382,6 +460,11 @@ void conn_pump(struct conn *c)
     /* Still moving after the last round: the work may need no socket
      * event at all (the bytes are already here), so pump again on a
      * later loop turn instead of waiting for one that may never come. */
+    if (c->state == CS_HEAD) {
+        /* The last answer may have left only now: an idle conn keeps no buffer. */
+        buf_trim(&c->cin);
+        buf_trim(&c->cout);
+    }
     c->pump_again = moving;
     conn_update_io(c);
 }

@@ -17,9 +17,14 @@
 #include <sys/socket.h>
 
 #define CONN_BUF_SIZE 16384
+/* A tunnel pipe starts at the kernel's default size; one that fills by
+ * bytes (bulk traffic) asks to grow to this, within ferry's share of the
+ * user's pipe quota.  The kernel may grant less. */
 #define TUNNEL_PIPE_SIZE (1024 * 1024)
 #define CONN_MAX_TRIES 8
 #define HOST_MAX_LEN 255
+/* The longest c->path kept for logs and route(), with its NUL. */
+#define CONN_PATH_MAX 512
 /* A pump-only event fed to the client watcher (libev's custom bit). */
 #define CONN_EV_PUMP EV_CUSTOM
 
@@ -40,6 +45,16 @@ struct proxy;
 struct resolve_req;
 struct upstream_ops;
 
+/* One direction of a spliced tunnel (tunnel.c). */
+struct tunnel_pipe {
+    int r, w;                    /* private: pipe ends, -1 until the first read */
+    unsigned cap;                /* private: bytes the kernel granted */
+    unsigned in;                 /* private: bytes sitting in the pipe */
+    unsigned full:1;             /* private: a splice in found no free slot */
+    unsigned none:1;             /* private: no pipe to be had: use the buffer */
+    unsigned grow_tried:1;       /* private: asked to grow once already */
+};
+
 struct conn {
     struct listener *l;          /* ro: accepted here */
     int cfd;                     /* ro: client socket */
@@ -57,8 +72,9 @@ struct conn {
     char host[HOST_MAX_LEN + 1];
     int port;
     char method[24];
-    char path[512];              /* path and query, truncated for logs */
-    char client[64];             /* client address text */
+    char *path;                  /* path and query, truncated for logs; "" when none
+                                  * (conn_set_path; heap only while a request runs) */
+    char client[48];             /* client address text (INET6_ADDRSTRLEN fits) */
     char user[128];              /* inbound user, if authenticated */
     char cid[40];                /* correlation id */
     struct http_span tpath;      /* path and query within the head */
@@ -92,13 +108,12 @@ struct conn {
 
     /* An upstream kept open after a keep-alive response. */
     struct proxy *idle_proxy;
-    char idle_host[HOST_MAX_LEN + 1];
+    char *idle_host;             /* heap copy of its host while kept, else NULL */
     int idle_port;
 
     /* Tunnels move bytes socket -> pipe -> socket with splice(2). */
-    int pipe_cu[2];              /* private: client to upstream, -1 when none */
-    int pipe_uc[2];              /* private: upstream to client */
-    size_t in_cu, in_uc;         /* private: bytes sitting in each pipe */
+    struct tunnel_pipe pcu;      /* private: client to upstream */
+    struct tunnel_pipe puc;      /* private: upstream to client */
 
     int refs;                    /* handlers on the stack */
     int ev_c, ev_u;              /* private: events the watchers have now */
@@ -149,6 +164,10 @@ void conn_arm(struct conn *c, double secs);
 /* Seconds until the stalled direction of an exchange runs out of idle time. */
 double conn_exchange_idle_left(const struct conn *c);
 unsigned conn_count(void);
+/* Copy up to CONN_PATH_MAX - 1 bytes of p as the request's c->path (n = 0: none). */
+void conn_set_path(struct conn *c, const char *p, size_t n);
+/* Between requests: give back every buffer and table an idle conn does not need. */
+void conn_idle_trim(struct conn *c);
 void conn_close_all(void);
 
 /* conn_http.c */
@@ -212,12 +231,19 @@ int conn_tunnel(struct conn *c);
 /* Splice-mode reads; return 1 if the tunnel took the read event. */
 int conn_tunnel_read_client(struct conn *c);
 int conn_tunnel_read_upstream(struct conn *c);
-int conn_tunnel_spliced(const struct conn *c);
+/* Read interest of each side of a tunnel: room in its pipe or buffer. */
+int conn_tunnel_can_read_client(const struct conn *c);
+int conn_tunnel_can_read_upstream(const struct conn *c);
+/* No pipes yet (conn_new); give them back (empty ones are reused). */
+void conn_tunnel_init(struct conn *c);
 void conn_tunnel_close_pipes(struct conn *c);
+/* Close the pipes kept for reuse (at stop). */
+void conn_tunnel_pool_free(void);
 
 /* Global timeouts, seconds. */
 struct timeouts {
     double client_head, connect, first_byte, idle, keepalive, request;
+    double upstream_idle; /* an upstream kept open between requests */
 };
 extern struct timeouts timeouts;
 

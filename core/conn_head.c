@@ -198,7 +198,7 @@ int conn_write_request_head(struct conn *c)
     int plen;
     conn_target_path(c, base, &pre, &path, &plen);
     if (absolute && pre[0] == '*') {
-        pre = "/"; /* a proxy takes OPTIONS http://host as "OPTIONS *" to host */
+        pre = ""; /* the next proxy gets OPTIONS http://host, and sends "*" on */
     }
     /* An HTTP/1.0 client gets an HTTP/1.0 exchange upstream, so the
      * response never arrives chunked to a client that cannot read it. */

@@ -75,10 +75,10 @@ static void note_unparsed(struct conn *c, const char *base, size_t hl)
     }
     c->method[i] = '\0';
     size_t t = i < hl && base[i] == ' ' ? i + 1 : hl, n = 0;
-    while (t < hl && n + 1 < sizeof(c->path) && base[t] > 0x20 && base[t] < 0x7f) {
-        c->path[n++] = base[t++];
+    while (t + n < hl && n + 1 < CONN_PATH_MAX && base[t + n] > 0x20 && base[t + n] < 0x7f) {
+        n++;
     }
-    c->path[n] = '\0';
+    conn_set_path(c, base + t, n);
 }
 
 /* The error answer; with `quiet`, no warn line (a summary covers it). */
@@ -179,7 +179,7 @@ static int parse_target(struct conn *c, const char *base)
     c->port = (u.field_set & (1 << UF_PORT)) ? u.port : 80;
     if (c->is_connect) {
         c->tpath.off = c->tpath.len = 0;
-        c->path[0] = '\0';
+        conn_set_path(c, NULL, 0);
         return 0;
     }
     /* Path and query, without the fragment (never sent on the wire). */
@@ -199,7 +199,9 @@ static int parse_target(struct conn *c, const char *base)
     const char *pre, *path;
     int plen;
     conn_target_path(c, base, &pre, &path, &plen);
-    snprintf(c->path, sizeof(c->path), "%s%.*s", pre, plen, path);
+    char shown[CONN_PATH_MAX];
+    snprintf(shown, sizeof(shown), "%s%.*s", pre, plen, path);
+    conn_set_path(c, shown, strlen(shown));
     return 0;
 }
 
@@ -276,7 +278,7 @@ static void reset_request(struct conn *c)
     c->user[0] = '\0';
     c->host[0] = '\0';
     c->port = 0;
-    c->path[0] = '\0';
+    conn_set_path(c, NULL, 0);
     c->method[0] = '\0';
     c->bytes_in = buf_len(&c->cin);
     c->bytes_out = 0;
@@ -444,10 +446,12 @@ void conn_finish(struct conn *c)
     c->served++;
     c->state = CS_HEAD;
     c->cid[0] = '\0';
-    conn_arm(c, timeouts.keepalive);
-    buf_trim(&c->uin);
-    buf_trim(&c->cout);
-    buf_trim(&c->uout);
+    /* Between requests deadline is the end of the keep-alive; a kept
+     * upstream is closed sooner, after upstream_idle (conn_on_timeout). */
+    c->deadline = loop_now() + timeouts.keepalive;
+    conn_arm(c, c->idle_up && timeouts.upstream_idle < timeouts.keepalive
+                    ? timeouts.upstream_idle : timeouts.keepalive);
+    conn_idle_trim(c);
 }
 
 /* Request body: relay exactly the bytes that belong to this request. */
@@ -570,7 +574,9 @@ static int take_response_head(struct conn *c)
     return 0;
 }
 
-static int relay_response_body(struct conn *c)
+/* take_back: all of cout is this response, written in this very call,
+ * so none of it has left ferry yet. */
+static int relay_response_body(struct conn *c, int take_back)
 {
     if (!c->resp.has_body) {
         c->resp_done = 1;
@@ -581,11 +587,12 @@ static int relay_response_body(struct conn *c)
     if (avail > 0 && room > 0) {
         long n = http_body(&c->resp, buf_head(&c->uin), avail < room ? avail : room);
         if (n < 0) {
-            if (buf_len(&c->cout) == c->bytes_out) {
+            if (take_back) {
                 /* Nothing of this response left ferry yet: take it back
                  * and answer a clean 502 instead of a cut message. */
-                buf_consume(&c->cout, buf_len(&c->cout));
-                c->bytes_out = 0;
+                size_t k = buf_len(&c->cout);
+                buf_consume(&c->cout, k);
+                c->bytes_out = c->bytes_out > k ? c->bytes_out - k : 0;
                 c->sent_any = 0;
             }
             conn_fail(c, FERR_BAD_RESPONSE);
@@ -613,13 +620,14 @@ int conn_exchange(struct conn *c)
     if (relay_request_body(c) < 0) {
         return -1;
     }
+    int fresh = !c->resp_head_done && buf_empty(&c->cout);
     if (!c->resp_head_done) {
         int r = take_response_head(c);
         if (r != 0 || c->closing || c->state != CS_EXCHANGE) {
             return r < 0 ? -1 : 0;
         }
     }
-    if (c->resp_head_done && !c->resp_done && relay_response_body(c) < 0) {
+    if (c->resp_head_done && !c->resp_done && relay_response_body(c, fresh) < 0) {
         return -1;
     }
     if (c->resp_done) {

@@ -42,6 +42,8 @@ void conn_upstream_close(struct conn *c)
     }
     c->counted = 0;
     c->idle_up = 0;
+    free(c->idle_host);
+    c->idle_host = NULL;
     c->upstream_eof = 0;
     c->shut_u = 0;
     buf_consume(&c->uin, buf_len(&c->uin));
@@ -50,7 +52,9 @@ void conn_upstream_close(struct conn *c)
 
 void conn_upstream_release(struct conn *c, int keep)
 {
-    if (!keep) {
+    free(c->idle_host);
+    c->idle_host = keep ? strdup(c->host) : NULL;
+    if (c->idle_host == NULL) {
         conn_upstream_close(c);
         return;
     }
@@ -60,7 +64,6 @@ void conn_upstream_release(struct conn *c, int keep)
     c->counted = 0;
     c->idle_up = 1;
     c->idle_proxy = c->proxy;
-    memcpy(c->idle_host, c->host, sizeof(c->idle_host));
     c->idle_port = c->port;
 }
 
@@ -166,7 +169,7 @@ static int reusable(struct conn *c)
     if (c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP) {
         return 1; /* an HTTP proxy takes any absolute-form request */
     }
-    return c->idle_port == c->port && strcmp(c->idle_host, c->host) == 0;
+    return c->idle_host != NULL && c->idle_port == c->port && strcmp(c->idle_host, c->host) == 0;
 }
 
 void conn_attempt(struct conn *c)
@@ -399,6 +402,10 @@ void conn_on_timeout(struct conn *c)
     case CS_HEAD:
         if (!buf_empty(&c->cin)) {
             conn_fail(c, FERR_HEAD_TIMEOUT);
+        } else if (c->idle_up && c->deadline - loop_now() > 0.001) {
+            /* The kept upstream idled out; the client may stay till its deadline. */
+            conn_upstream_close(c);
+            conn_arm(c, c->deadline - loop_now());
         } else {
             conn_close(c); /* idle keep-alive or silent client */
         }

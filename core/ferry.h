@@ -334,11 +334,30 @@ int ferry_set_log_files(const char *events, const char *access, const char **err
 int ferry_draining(void);
 /* The config file the daemon runs (console reload()). */
 const char *ferry_config_path(void);
+/* Charge work done in C on a script's behalf (a plain find over a long
+ * string, a sort) to the instruction budget of the Lua call running now:
+ * FERRY_OK, or FERRY_ERROR once that exhausts it (raise
+ * ferry_budget_message() then).  Without a budget: always FERRY_OK. */
+int ferry_budget_charge(double instructions);
+/* The error of the budget exhausted last ("script exceeded ..."). */
+const char *ferry_budget_message(void);
+/* The error of the bound the running evaluation tripped, or NULL. */
+const char *ferry_budget_tripped(void);
+/* An admin request is about to apply a config (reload, an inventory
+ * change): it gets the config load's bounds on top of its own, once. */
+void ferry_budget_enter_load(void);
+/* ferry check: whether a file ferry would open for writing (a log, the
+ * store) can be: an existing one opened read-write, a missing one's
+ * directory writable.  Creates nothing.  FERRY_OK, or FERRY_ERROR, err. */
+int ferry_path_writable(const char *path, const char **err);
+/* ferry check: whether a unix socket could be bound at path (missing, or
+ * a stale socket, in a writable directory).  FERRY_OK, or FERRY_ERROR. */
+int ferry_socket_path_usable(const char *path, const char **err);
 
 /* Global timeouts in milliseconds; 0 leaves a value unchanged. */
 void ferry_set_timeouts(int client_head_ms, int connect_ms,
                         int first_byte_ms, int idle_ms,
-                        int keepalive_ms, int request_ms);
+                        int keepalive_ms, int request_ms, int upstream_idle_ms);
 /* Log level: 0 debug, 1 info, 2 warn, 3 error; access log on/off. */
 void ferry_set_log(int level, int access);
 /* HTTP behaviour: add Via (1/0) under name (a token of at most 64 bytes). */

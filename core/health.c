@@ -27,6 +27,7 @@
 #include "proxy.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -437,9 +438,14 @@ static void pair_event(int level, const char *code, const struct ferry_pxstate *
     struct proxy *p = proxy_by_id(x->proxy_id);
     struct log_ctx ctx = { .proxy = p != NULL ? p->display : NULL,
                            .exchange = health_exchange_name(x->exchange) };
-    log_event(level, code, &ctx, "proxy %s, exchange %s: %s%s%.1f%s",
-              p != NULL ? p->label : "?", health_exchange_name(x->exchange), what,
-              seconds > 0 ? " for " : "", seconds > 0 ? seconds : 0.0, seconds > 0 ? " s" : "");
+    /* A duration only when there is one: "breaker open for 30.0 s", but
+     * "breaker half-open", not "breaker half-open0.0". */
+    char dur[64] = "";
+    if (seconds > 0) {
+        snprintf(dur, sizeof(dur), " for %.1f s", seconds);
+    }
+    log_event(level, code, &ctx, "proxy %s, exchange %s: %s%s", p != NULL ? p->label : "?",
+              health_exchange_name(x->exchange), what, dur);
 }
 
 int ferry_breaker_open(struct ferry_pxstate *x, double seconds)

@@ -10,6 +10,7 @@
  * http_head_len finds the end of the head the same way. */
 #include "http.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -44,6 +45,9 @@ size_t http_head_len(const char *p, size_t n)
 
 int http_bare_cr(const char *p, size_t n)
 {
+    if (n == 0) {
+        return 0; /* an empty buffer may have no storage at all */
+    }
     const char *end = p + n;
     const char *q = p;
     while ((q = memchr(q, '\r', (size_t)(end - q))) != NULL) {
@@ -137,8 +141,9 @@ static int parse_request_line(struct http_msg *m, const char *base, const char *
         return -1;
     }
     const char *t = ++p;
-    /* The target is visible ASCII only: no space, no control, no obs-text. */
-    while (p < e && *p > 0x20 && *p < 0x7f) {
+    /* No space and no control (DEL included) in the target; raw UTF-8,
+     * which some clients send unencoded, passes as it always did. */
+    while (p < e && (unsigned char)*p > 0x20 && *p != 0x7f) {
         p++;
     }
     if (p == t || p == e || *p != ' ' || e - (p + 1) != 8) {
@@ -349,11 +354,19 @@ static int decide_framing(struct http_msg *m, const char *b, const struct head_f
 {
     if (h->nte > 0) {
         struct codings c = { 0, 0, 0 };
-        /* TE with Content-Length, on HTTP/1.0, repeated, or with chunked
-         * anywhere but once at the end: no single reading exists. */
-        if (h->ncl > 0 || m->minor == 0 || h->nte > 1 || each_token(b, h->te, 0, &c, coding) < 0 ||
-            c.chunked > 1 || (c.chunked == 1 && !c.chunked_last)) {
+        /* TE on HTTP/1.0, repeated, or with chunked anywhere but once at
+         * the end: no single reading exists.  TE with Content-Length is
+         * refused in a request; in a response TE wins and the
+         * Content-Length is not forwarded (RFC 9112 §6.3, item 3). */
+        if ((request && h->ncl > 0) || m->minor == 0 || h->nte > 1 ||
+            each_token(b, h->te, 0, &c, coding) < 0 || c.chunked > 1 ||
+            (c.chunked == 1 && !c.chunked_last)) {
             return HTTP_PARSE_FRAMING;
+        }
+        for (unsigned i = 0; i < m->nfields; i++) {
+            if (http_span_ieq(b, m->fields[i].name, "Content-Length")) {
+                m->fields[i].hop = 1;
+            }
         }
         if (!c.chunked && request) {
             return HTTP_PARSE_FRAMING; /* §6.3: a request body must be chunked last */
@@ -382,11 +395,44 @@ static int decide_framing(struct http_msg *m, const char *b, const struct head_f
     return HTTP_PARSE_OK;
 }
 
+/* Field tables given back wait here for the next head: bounded, the
+ * rest goes back to the allocator. */
+#define FIELDS_POOL_MAX 64
+static struct http_field *fields_pool[FIELDS_POOL_MAX];
+static int nfields_pool;
+
+void http_msg_release(struct http_msg *m)
+{
+    if (m->fields != NULL) {
+        if (nfields_pool < FIELDS_POOL_MAX) {
+            fields_pool[nfields_pool++] = m->fields;
+        } else {
+            free(m->fields);
+        }
+        m->fields = NULL;
+    }
+    m->nfields = 0;
+}
+
+void http_fields_drain(void)
+{
+    while (nfields_pool > 0) {
+        free(fields_pool[--nfields_pool]);
+    }
+}
+
 static int parse_head(struct http_msg *m, const char *head, size_t len, int request,
                       int head_request)
 {
     memset(&m->url, 0, sizeof(*m) - offsetof(struct http_msg, url));
     m->nfields = 0;
+    if (m->fields == NULL) {
+        m->fields = nfields_pool > 0 ? fields_pool[--nfields_pool]
+                                     : malloc(HTTP_MAX_FIELDS * sizeof(*m->fields));
+        if (m->fields == NULL) {
+            return HTTP_PARSE_BAD;
+        }
+    }
     size_t pos = 0;
     const char *b, *e;
     if (next_line(head, len, &pos, &b, &e) < 0) {
@@ -432,8 +478,10 @@ static int parse_head(struct http_msg *m, const char *head, size_t len, int requ
     } else {
         m->is_upgrade = m->status == 101;
     }
+    /* A response framed despite a Content-Length beside its coding is
+     * the last on its connection: the sender's framing is suspect. */
     m->keep_alive = (m->minor >= 1 ? !h.close : h.keep_alive && !h.close) &&
-                    m->framing != HTTP_FRAME_EOF;
+                    m->framing != HTTP_FRAME_EOF && !(h.nte > 0 && h.ncl > 0);
     m->has_body = m->framing != HTTP_FRAME_NONE;
     m->head_done = 1;
     http_body_reset(m);

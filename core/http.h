@@ -46,7 +46,9 @@ enum http_framing {
 
 /* One parsed message head plus the state that tracks its body. */
 struct http_msg {
-    struct http_field fields[HTTP_MAX_FIELDS]; /* ro */
+    /* ro: HTTP_MAX_FIELDS entries, taken when a head is parsed and given
+     * back by http_msg_release, so an idle connection holds no table. */
+    struct http_field *fields;
     unsigned nfields;                 /* ro */
     struct http_span url;             /* ro: request target */
     struct http_span reason;          /* ro: response reason phrase */
@@ -93,6 +95,10 @@ enum http_parse_result {
 
 /* Parse the head at head (len bytes, as http_head_len measured it). */
 int http_parse_request(struct http_msg *m, const char *head, size_t len);
+/* Give back the field table (the spans and flags stay; nfields is 0). */
+void http_msg_release(struct http_msg *m);
+/* Free the tables kept for reuse (after a burst, and at exit). */
+void http_fields_drain(void);
 /* head_request: the request was HEAD, so the response has no body. */
 int http_parse_response(struct http_msg *m, const char *head, size_t len, int head_request);
 

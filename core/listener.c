@@ -83,10 +83,6 @@ static void on_accept(struct ev_loop *lp, ev_io *w, int revents)
             reject_overloaded(fd);
             continue;
         }
-        if (l->path == NULL) {
-            int one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        }
         if (conn_new(l, fd, (struct sockaddr *)&ss) == NULL) {
             close(fd);
         }
@@ -187,6 +183,9 @@ int ferry_listen(const char *name, const char *host, int port, const char *proto
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* Accepted sockets inherit TCP_NODELAY from the listening socket on
+     * Linux: one call here instead of one per connection. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&ss, sl) == -1 || listen(fd, 1024) == -1) {
         *err = strerror(errno);
         close(fd);

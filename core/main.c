@@ -1,5 +1,6 @@
 /* main.c - command line, signals, and the loop. */
 #include "bridge.h"
+#include "budget.h"
 #include "buf.h"
 #include "conn.h"
 #include "console.h"
@@ -52,8 +53,11 @@ double ferry_now(void)
 }
 
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
-                        int keepalive_ms, int request_ms)
+                        int keepalive_ms, int request_ms, int upstream_idle_ms)
 {
+    if (upstream_idle_ms > 0) {
+        timeouts.upstream_idle = upstream_idle_ms / 1000.0;
+    }
     if (client_head_ms > 0) {
         timeouts.client_head = client_head_ms / 1000.0;
     }
@@ -182,6 +186,26 @@ static void on_hup(struct ev_loop *l, ev_signal *w, int revents)
               (ev_time() - t0) * 1000.0);
 }
 
+/* SIGTERM/SIGINT as they arrive, even while Lua keeps the loop busy: a
+ * long evaluation (a reload, a console line) reads the stop through its
+ * budget hook and ends; libev then runs on_stop as usual. */
+static void on_stop_signal(int signum)
+{
+    budget_request_stop();
+    ev_feed_signal(signum);
+}
+
+static void catch_stop_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
+
 static void on_usr1(struct ev_loop *l, ev_signal *w, int revents)
 {
     (void)l;
@@ -236,6 +260,7 @@ static int cmd_run(const char *config, int check_only)
     ev_signal_start(loop, &sig_int);
     ev_signal_start(loop, &sig_hup);
     ev_signal_start(loop, &sig_usr1);
+    catch_stop_signals(); /* after libev installed its own handlers */
     ev_prepare_init(&flush_watch, on_flush);
     ev_prepare_start(loop, &flush_watch);
     log_event(LOG_INFO, "FERRY-0002", NULL, "ferry %s running (pid %d, config %s)",
@@ -255,6 +280,7 @@ static int cmd_run(const char *config, int check_only)
     metrics_free_all();
     proxy_free_all();
     buf_pool_drain();
+    http_fields_drain();
     ev_loop_destroy(loop);
     return 0;
 }

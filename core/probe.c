@@ -170,6 +170,7 @@ static void release(struct probe *pr)
         }
         buf_consume(&c->uin, buf_len(&c->uin));
         buf_consume(&c->uout, buf_len(&c->uout));
+        http_msg_release(&c->resp);
     }
     if (pr->step != PS_IDLE) {
         pr->step = PS_IDLE;

@@ -320,10 +320,11 @@ function M.commit(prep, old)
   end
   local plan, lerr = open_listeners(cfg, old and old.listeners)
   if not plan then return nil, lerr end
-  local pools, by_index, seen = build_pools(prep)
-  if not pools then
+  -- Raised errors too (memory a budget refused): the new listeners go.
+  local bok, pools, by_index, seen = pcall(build_pools, prep)
+  if not bok or not pools then
     abandon_listeners(plan)
-    return nil, by_index
+    return nil, bok and by_index or tostring(pools)
   end
   local listeners = finish_listeners(cfg, plan, old and old.listeners)
   if old then
@@ -347,7 +348,7 @@ function M.commit(prep, old)
   end
   local t = cfg.timeouts
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
-    ms(t.keepalive), ms(t.request))
+    ms(t.keepalive), ms(t.request), ms(t.upstream_idle))
   C.ferry_set_log(LEVELS[cfg.log.level] or 1, cfg.log.access and 1 or 0)
   C.ferry_set_http(cfg.http.via and 1 or 0, cfg.http.via_name)
 

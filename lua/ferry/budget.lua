@@ -1,6 +1,6 @@
 -- budget.lua: pcall, xpcall and coroutine.resume for user code (plugins
 -- from user directories, exchange scripts) that never swallow the core's
--- instruction-budget error.  The core (core/bridge.c) stops a runaway
+-- budget errors.  The core (core/budget.c) stops a runaway
 -- hook by raising that error from its count hook; a script that loops
 -- around its own pcall would catch it and loop on with a fresh budget,
 -- hanging the event loop.  These versions pass it on, so it reaches the
@@ -12,11 +12,14 @@ local resume = coroutine.resume
 
 local M = {}
 
--- The text of bridge.c's budget error.
+-- The text of the core's budget errors (core/budget.c): instructions,
+-- memory, bytes allocated; and the stop a SIGTERM asks for.
 M.MARK = "script exceeded its budget of"
+M.STOP_MARK = "script stopped: ferry is stopping"
 
 local function is_budget(e)
-  return type(e) == "string" and find(e, M.MARK, 1, true) ~= nil
+  return type(e) == "string" and (find(e, M.MARK, 1, true) ~= nil or
+    find(e, M.STOP_MARK, 1, true) ~= nil)
 end
 M.is_budget = is_budget
 

@@ -162,11 +162,17 @@ int ferry_listener_is_admin(int listener);
 int ferry_listener_reset(int listener, const char *name, int open);
 int ferry_listener_close(int listener);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
-                        int keepalive_ms, int request_ms);
+                        int keepalive_ms, int request_ms, int upstream_idle_ms);
 int ferry_set_log_files(const char *events, const char *access, const char **err);
 void ferry_set_http(int via, const char *via_name);
 int ferry_draining(void);
 const char *ferry_config_path(void);
+int ferry_budget_charge(double instructions);
+const char *ferry_budget_message(void);
+const char *ferry_budget_tripped(void);
+void ferry_budget_enter_load(void);
+int ferry_path_writable(const char *path, const char **err);
+int ferry_socket_path_usable(const char *path, const char **err);
 void ferry_set_log(int level, int access);
 void ferry_log(int level, const char *code, const char *msg);
 void ferry_count_hook_error(int kind);

@@ -8,6 +8,7 @@ local M = {}
 
 local DEFAULT_TIMEOUTS = {
   client_head = 10, connect = 5, first_byte = 30, idle = 300, keepalive = 60, request = 60,
+  upstream_idle = 30,
 }
 local LEVELS = { debug = true, info = true, warn = true, error = true }
 local ALL_DOWN = { any = true, direct = true, fail = true }
@@ -18,6 +19,8 @@ local AUTH_FAIL_LIMIT, AUTH_FAIL_WINDOW = 10, 60
 -- Errors raised by statements carry this marker so load() can tell them
 -- from errors in the user's own code.
 local ConfigError = {}
+-- Any other error, with the config line it was raised at (evaluate).
+local Raised = {}
 
 local function fail(where, fmt, ...)
   error(setmetatable({ msg = where .. ": " .. string.format(fmt, ...) }, ConfigError), 0)
@@ -337,6 +340,75 @@ local function parse_proxy(where, i, entry)
   return p
 end
 
+-- The innermost line of `file` on the stack of an error being raised
+-- (called from the error handler), or nil.
+local function raised_line(file)
+  for level = 3, 40 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    if info.source == "@" .. file and (info.currentline or 0) > 0 then
+      return info.currentline
+    end
+  end
+  return nil
+end
+
+-- "file:line: message" of an error the config's own code raised: a
+-- string that names no place gets the line it was raised at (or just
+-- the file), any other value says what it is.  Never ":0:".
+local function error_message(file, err, line)
+  local where = line and string.format("%s:%d: ", file, line) or (file .. ": ")
+  if type(err) == "string" then
+    -- Anchored and without nested repetition: linear in the message.
+    if err:find("^[^:\n]+:%d+: ") then return err end
+    return where .. err
+  end
+  if type(err) == "number" then return where .. tostring(err) end
+  local mt = getmetatable(err)
+  if type(mt) == "table" and mt.__tostring then
+    local ok, s = pcall(tostring, err)
+    if ok and type(s) == "string" then return where .. s end
+  end
+  return string.format("%serror object is not a string (%s)", where, type(err))
+end
+
+-- Wildcard addresses: a bind there takes the port on every address.
+local WILDCARD = { ["0.0.0.0"] = true, ["::"] = true, ["*"] = true, [""] = true }
+
+local function same_host(a, b)
+  if a == "localhost" then a = "127.0.0.1" end
+  if b == "localhost" then b = "127.0.0.1" end
+  return a == b or WILDCARD[a] or WILDCARD[b]
+end
+
+local function listener_desc(l)
+  if l.line == 0 then
+    return string.format("the default proxy listener (%s:%d, as no listen is declared)",
+      l.host, l.port)
+  end
+  return string.format('%s "%s" (line %d)', l.protocol == "admin" and "admin" or "listen",
+    l.name, l.line)
+end
+
+-- Two listeners (proxy or admin) on one address: ferry run would fail
+-- to bind the second, so the config is refused here, for ferry check too.
+local function check_addresses(file, listeners)
+  for j = 2, #listeners do
+    local b = listeners[j]
+    for i = 1, j - 1 do
+      local a = listeners[i]
+      if a.port and b.port and a.port == b.port and same_host(a.host, b.host) then
+        local first, second = a, b
+        if (a.line or 0) > (b.line or 0) then first, second = b, a end
+        return string.format('%s:%d: %s "%s": address %s:%d is already used by %s [FERRY-0130]',
+          file, second.line or 0, second.protocol == "admin" and "admin" or "listen",
+          second.name, second.host, second.port, listener_desc(first))
+      end
+    end
+  end
+  return nil
+end
+
 -- Run the config chunk and collect what its statements declare.
 local function evaluate(chunk, file)
   local dir = file:match("^(.*)/[^/]*$") or "."
@@ -447,6 +519,7 @@ local function evaluate(chunk, file)
       return resolve_path(dir, p) end)
     if not s then fail(where, "%s", why) end
     cfg.store = s
+    cfg.store_line = caller_line(file)
   end
 
   -- The proxy broker of the admin plane (docs/broker.md).
@@ -585,6 +658,7 @@ local function evaluate(chunk, file)
   function env.log(t)
     local where = at("log")
     check_fields(where, t, { level = true, access = true, file = true, access_file = true })
+    cfg.log.line = caller_line(file)
     cfg.log.file = want(where, "file", t.file, "string") or cfg.log.file
     cfg.log.access_file = want(where, "access_file", t.access_file, "string") or
       cfg.log.access_file
@@ -610,17 +684,23 @@ local function evaluate(chunk, file)
     env[k] = _G[k]
   end
   env.os = { time = os.time, clock = os.clock, getenv = os.getenv }
+  -- route() runs per request under the core's budget: a loop around
+  -- pcall must not swallow the budget's error (ferry.budget).
+  env.pcall = require("ferry.budget").pcall
 
   setfenv(chunk, env)
   -- User code (route, hooks) runs interpreted so the core's instruction
   -- budget can stop a runaway loop: compiled traces never see hooks.
   jit.off(chunk, true)
-  local ok, err = pcall(chunk)
+  local ok, err = xpcall(chunk, function(e)
+    if getmetatable(e) == ConfigError then return e end
+    return setmetatable({ value = e, line = raised_line(file) }, Raised)
+  end)
   if not ok then
     if getmetatable(err) == ConfigError then return nil, err.msg end
-    local msg = tostring(err)
-    if not msg:match("^[^:]+:%d+:") then msg = file .. ":0: " .. msg end
-    return nil, msg
+    -- An error the handler never saw ("not enough memory") is bare.
+    if getmetatable(err) == Raised then return nil, error_message(file, err.value, err.line) end
+    return nil, error_message(file, err, nil)
   end
 
   for _, ex in ipairs(cfg.exchanges) do
@@ -636,6 +716,8 @@ local function evaluate(chunk, file)
     table.insert(cfg.listeners, 1, { name = "proxy", host = "127.0.0.1", port = 8080,
                                      protocol = "http", users = {}, open = false, line = 0 })
   end
+  local lerr = check_addresses(file, cfg.listeners)
+  if lerr then return nil, lerr end
   M.index_exchanges(cfg)
   return cfg
 end

@@ -19,7 +19,10 @@
 -- scheme://***@host:port, and any URL userinfo in the output (a line's
 -- own text echoed by an error) is masked the same way.
 local jit = require("jit")
+local ffi = require("ffi")
 local budget = require("ferry.budget")
+local trim = require("ferry.text").trim
+require("ferry.cdef")
 local cmds = require("ferry.console_cmds")
 local fmt = require("ferry.console_fmt")
 
@@ -124,19 +127,67 @@ safe_string.dump = nil
 -- guard looks at who calls: the line itself, or C (pcall, table.sort)
 -- on its behalf.
 local getinfo = debug.getinfo
+local run -- below; the line's frame when the line tail-called
 local function line_calls()
-  local info = getinfo(3, "S")
-  return info == nil or info.source == "=console" or info.source == "=[C]"
+  local info = getinfo(3, "Sf")
+  -- A tail call (a statement line ending "return s:gsub(...)") leaves no
+  -- frame of the line: the caller seen is then run() itself.
+  return info == nil or info.source == "=console" or info.source == "=[C]" or info.func == run
 end
+-- Raise msg where the line called the function `level` frames up from
+-- here (1: the caller of line_error); "console: msg" when the line
+-- tail-called it and left no frame to name.
+local function line_error(msg, level)
+  local info = getinfo(level + 2, "S")
+  if info and info.source == "=console" then error(msg, level + 2) end
+  error("console: " .. msg, 0)
+end
+
+-- Work done in C on the line's behalf, which the instruction hook never
+-- sees, is charged to the budget before it is done (in VM instructions:
+-- memchr and memcmp go through some 16 bytes in the time of one); a
+-- line that would exceed the budget gets the budget's error instead.
+local C = ffi.C
+local CHARGE_FREE = 4096 -- work below this is not worth an FFI call
+local function charge(work)
+  if work > CHARGE_FREE and C.ferry_budget_charge(work) ~= 0 then
+    line_error(ffi.string(C.ferry_budget_message()), 2)
+  end
+end
+
 local find = string.find
 safe_string.find = function(s, p, init, plain)
-  return find(s, p, init, plain or line_calls())
+  if not line_calls() then return find(s, p, init, plain) end
+  -- A plain search compares up to #p bytes at each of #s places.
+  if type(s) == "string" and type(p) == "string" then charge(#s * math.max(#p, 1) / 16) end
+  return find(s, p, init, true)
+end
+
+-- table.sort, insert and remove move or compare elements in C.
+local safe_table = copy(table)
+local sort, insert, remove = table.sort, table.insert, table.remove
+local log = math.log
+safe_table.sort = function(t, cmp)
+  local n = type(t) == "table" and #t or 0
+  if n > 1 then charge(2 * n * log(n) / log(2)) end
+  return sort(t, cmp)
+end
+safe_table.insert = function(t, ...)
+  if select("#", ...) >= 2 and type(t) == "table" then
+    local pos = tonumber((...)) or 1
+    charge(#t - pos)
+  end
+  return insert(t, ...)
+end
+safe_table.remove = function(t, pos)
+  if pos ~= nil and type(t) == "table" then charge(#t - (tonumber(pos) or 1)) end
+  return remove(t, pos)
 end
 for _, name in ipairs { "match", "gmatch", "gsub" } do
   local f = string[name]
   safe_string[name] = function(...)
     if line_calls() then
-      error("patterns are not available in the console (string.find searches plain text)", 2)
+      line_error("patterns are not available in the console (string.find searches plain text)", 1)
     end
     return f(...)
   end
@@ -153,7 +204,7 @@ local function builtins()
   local b = {
     proxy = copy(cmds.proxy), pool = copy(cmds.pool), exchange = copy(cmds.exchange),
     reload = cmds.reload, stats = cmds.stats, help = help, reset = reset,
-    string = copy(safe_string), table = copy(table), math = copy(math),
+    string = copy(safe_string), table = copy(safe_table), math = copy(math),
     pairs = pairs, ipairs = ipairs, next = next, select = select, tostring = tostring,
     tonumber = tonumber, type = type, unpack = unpack, error = error, assert = assert,
     pcall = budget.pcall, print = console_print,
@@ -193,7 +244,7 @@ local function pack(...)
 end
 
 -- Run the chunk and print what it returned.
-local function run(chunk)
+function run(chunk)
   local r = pack(chunk())
   if r.n > 0 then
     local parts, multiline = {}, false
@@ -217,7 +268,7 @@ end
 -- One console line.  Returns true, text or false, message.
 function M.eval(line, rt)
   if type(line) ~= "string" then return false, "expected a line of Lua" end
-  line = line:match("^%s*(.-)%s*$")
+  line = trim(line) -- not match("^%s*(.-)%s*$"): quadratic on blanks
   if line == "" then return true, "" end
   if #line > M.MAX_LINE then
     return false, format("line too long (%d bytes, at most %d)", #line, M.MAX_LINE)
@@ -238,6 +289,12 @@ function M.eval(line, rt)
   local text = concat(out, "\n")
   cmds.finish()
   out = nil
+  -- A refused allocation reaches the line's pcall as LuaJIT's bare
+  -- "not enough memory": say which bound it was.
+  local tripped = C.ferry_budget_tripped()
+  if tripped ~= nil and (ok or type(rerr) ~= "string" or not find(rerr, "[FERRY-401", 1, true)) then
+    ok, rerr = false, "console: " .. ffi.string(tripped)
+  end
   if not ok then
     local msg = type(rerr) == "string" and rerr or show(rerr)
     if text ~= "" then msg = text .. "\n" .. msg end

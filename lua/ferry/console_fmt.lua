@@ -8,7 +8,10 @@
 -- were left out, a cell at most MAX_CELL characters, a plain table at
 -- most MAX_ITEMS entries and three levels.  mask(s) hides URL userinfo:
 -- scheme://user:pass@host -> scheme://***@host.
+local text = require("ferry.text")
+
 local format, concat, rep = string.format, table.concat, string.rep
+local rtrim = text.rtrim
 local pairs, ipairs, type, tostring, setmetatable = pairs, ipairs, type, tostring, setmetatable
 local huge = math.huge
 
@@ -18,11 +21,9 @@ local M = {
   MAX_ITEMS = 50,            -- entries shown per plain Lua table
 }
 
--- scheme://user:pass@host -> scheme://***@host, wherever it appears.
-local function mask(s)
-  return (s:gsub("(%a[%w+.-]*://)[^%s/@\"'`]*@", "%1***@"))
-end
-M.mask = mask
+-- scheme://user:pass@host -> scheme://***@host, wherever it appears
+-- (linear in the output: text.lua).
+M.mask = text.mask
 
 ---------------------------------------------------------------------------
 -- Views: what a command returns is plain data (a list of records, or a
@@ -101,7 +102,7 @@ local function render_table(rows, spec)
       local pad = rep(" ", widths[j] - #s)
       parts[j] = col.right and (pad .. s) or (s .. pad)
     end
-    lines[#lines + 1] = (concat(parts, "  "):gsub("%s+$", ""))
+    lines[#lines + 1] = rtrim(concat(parts, "  "))
   end
   if spec.title then lines[#lines + 1] = spec.title end
   put(head)
@@ -130,7 +131,7 @@ local function render_record(rec, spec)
     if f.fmt then v = f.fmt(v, rec) end
     if v ~= nil or not f.optional then
       local s = type(v) == "string" and v:gsub("%c", "?") or cell(v)
-      lines[#lines + 1] = (f[2] .. rep(" ", width - #f[2]) .. "  " .. s):gsub("%s+$", "")
+      lines[#lines + 1] = rtrim(f[2] .. rep(" ", width - #f[2]) .. "  " .. s)
     end
   end
   for _, k in ipairs(spec.after or {}) do

@@ -62,7 +62,10 @@ admin.route("POST", "/api/v1/console", function(req, rt)
   local console = require("ferry.console")
   local ok, text = console.eval(req.body or "", rt)
   if not ok then
-    return admin.err(req, 400, "FERRY-7301", text)
+    -- A line a budget stopped carries its own code (FERRY-4011..4014).
+    local at = text:find("[FERRY-401", 1, true)
+    local code = at and text:sub(at + 1, at + 10) or "FERRY-7301"
+    return admin.err(req, 400, code, text)
   end
   return 200, text, { ["Content-Type"] = "text/plain; charset=utf-8" }
 end)

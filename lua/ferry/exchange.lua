@@ -11,6 +11,7 @@ local type, pairs, ipairs, tostring, tonumber, pcall, setfenv, loadfile =
   type, pairs, ipairs, tostring, tonumber, pcall, setfenv, loadfile
 local format, concat, lower, find = string.format, table.concat, string.lower, string.find
 local budget = require("ferry.budget")
+local rtrim = require("ferry.text").rtrim
 
 local M = {}
 
@@ -108,7 +109,7 @@ local function header_reader(head)
       cache = {}
       for k, v in head:gmatch("\r?\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
         k = lower(k)
-        if cache[k] == nil then cache[k] = v:gsub("[ \t]+$", "") end
+        if cache[k] == nil then cache[k] = rtrim(v, true) end
       end
     end
     return cache[lower(name)]

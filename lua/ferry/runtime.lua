@@ -83,7 +83,12 @@ function M.load(path, do_apply)
   end
   local prep, perr = apply.prepare(cfg, root)
   if not prep then return nil, perr end
-  if not do_apply then return true end
+  if not do_apply then
+    -- ferry check: what ferry run opens before it binds.
+    local ferr = require("ferry.preflight").check(cfg)
+    if ferr then return nil, ferr end
+    return true
+  end
   local run, cerr = apply.commit(prep, nil)
   if not run then return nil, cerr end
   switch_to(run, prep)
@@ -100,16 +105,19 @@ local function reload(path)
   if not cfg then return nil, err end
   local undo, serr = inventory.reload_store(cfg)
   if not undo then return nil, serr end
-  inventory.merge(cfg)
-  local prep, perr = apply.prepare(cfg, root)
-  if not prep then
+  -- An error raised on the way (memory a budget refused in the middle,
+  -- core/budget.c) undoes the store switch as a refusal does.
+  local ok, run, prep = pcall(function()
+    inventory.merge(cfg)
+    local p, perr = apply.prepare(cfg, root)
+    if not p then return nil, perr end
+    local r, cerr = apply.commit(p, active)
+    if not r then return nil, cerr end
+    return r, p
+  end)
+  if not ok or not run then
     undo()
-    return nil, perr
-  end
-  local run, cerr = apply.commit(prep, active)
-  if not run then
-    undo()
-    return nil, cerr
+    return nil, ok and prep or run
   end
   switch_to(run, prep)
   return true
@@ -121,6 +129,7 @@ end
 function M.recommit()
   local cur = active
   if not cur or not cur.prep then return nil, "no config is running" end
+  C.ferry_budget_enter_load() -- an admin request: the load's bounds, once
   inventory.merge(cur.prep.cfg)
   local run, err = apply.commit(cur.prep, cur)
   if not run then return nil, err end
@@ -560,6 +569,8 @@ function M.reload_now()
     return nil, "ferry is stopping: no reload while draining"
   end
   local path = ffi_string(C.ferry_config_path())
+  -- Inside an admin request: the config load's bounds on top, once.
+  C.ferry_budget_enter_load()
   local t0 = os.clock()
   local ok, err = M.reload(path)
   if not ok then

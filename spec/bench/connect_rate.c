@@ -1,9 +1,15 @@
 /* connect_rate.c - how many CONNECT tunnels a proxy sets up per second.
  *
- * usage: connect_rate PROXY_PORT TARGET(host:port) CONCURRENCY SECONDS
- * Keeps CONCURRENCY connections to 127.0.0.1:PROXY_PORT busy, each
- * sending CONNECT, waiting for the 2xx answer, closing, and starting
- * over; prints "tunnels N errors N rate R/s".  Stops by itself. */
+ * usage: connect_rate PROXY_PORT TARGET(host:port) CONCURRENCY SECONDS [MODE]
+ * Keeps CONCURRENCY connections to 127.0.0.1:PROXY_PORT busy and prints
+ * "tunnels N errors N rate R/s".  Stops by itself.  MODE:
+ *   connect  (default) send CONNECT, wait for the 2xx answer, close
+ *   relay    the same, then "GET /1k HTTP/1.0" through the tunnel and
+ *            read the answer to the origin's close: setup plus relay
+ *   raw      no CONNECT: the GET straight away (a TCP-mode relay such as
+ *            haproxy "mode tcp" in front of the origin), read to close
+ *   stall    open CONCURRENCY tunnels once and hold them for SECONDS
+ *            without reading a byte: the proxy's cost of tunnels at rest */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -20,12 +26,16 @@
 struct slot {
     int fd;
     size_t got;
+    int tunneled;   /* relay: the 2xx came, the GET is sent */
     char buf[512];
 };
 
+enum mode { M_CONNECT, M_RELAY, M_RAW, M_STALL };
+
 static struct sockaddr_in proxy;
-static char request[256];
-static size_t request_len;
+static char request[256], get[256];
+static size_t request_len, get_len;
+static enum mode mode;
 
 static double now(void)
 {
@@ -37,6 +47,7 @@ static double now(void)
 static int start(int ep, struct slot *s)
 {
     s->got = 0;
+    s->tunneled = 0;
     s->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (s->fd == -1) {
         return -1;
@@ -54,8 +65,9 @@ static int start(int ep, struct slot *s)
 
 int main(int argc, char **argv)
 {
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s PROXY_PORT TARGET CONCURRENCY SECONDS\n", argv[0]);
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: %s PROXY_PORT TARGET CONCURRENCY SECONDS [connect|relay|raw|stall]\n",
+                argv[0]);
         return 2;
     }
     proxy.sin_family = AF_INET;
@@ -63,6 +75,14 @@ int main(int argc, char **argv)
     inet_pton(AF_INET, "127.0.0.1", &proxy.sin_addr);
     request_len = (size_t)snprintf(request, sizeof(request),
                                    "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", argv[2], argv[2]);
+    get_len = (size_t)snprintf(get, sizeof(get), "GET /1k HTTP/1.0\r\nHost: %s\r\n\r\n", argv[2]);
+    const char *m = argc > 5 ? argv[5] : "connect";
+    mode = strcmp(m, "relay") == 0 ? M_RELAY : strcmp(m, "raw") == 0 ? M_RAW
+         : strcmp(m, "stall") == 0 ? M_STALL : M_CONNECT;
+    if (mode == M_RAW) {
+        memcpy(request, get, get_len + 1);
+        request_len = get_len;
+    }
     int conc = atoi(argv[3]);
     double secs = atof(argv[4]);
     if (conc < 1 || conc > 1000 || secs <= 0 || secs > 120) {
@@ -93,17 +113,34 @@ int main(int argc, char **argv)
                 }
             } else if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
                 ssize_t r = read(s->fd, s->buf + s->got, sizeof(s->buf) - 1 - s->got);
-                if (r <= 0) {
+                if (r == 0 && (s->tunneled || mode == M_RAW) && s->got > 0) {
+                    /* The origin's answer, read to its close. */
+                    done = strncmp(s->buf, "HTTP/1.1 200", 12) == 0;
+                    failed = !done;
+                } else if (r <= 0) {
                     failed = 1;
+                } else if (s->tunneled || mode == M_RAW) {
+                    /* Keep the first bytes (the status line), count the rest. */
+                    s->got += (size_t)r;
+                    if (s->got > 64) {
+                        s->got = 64;
+                    }
                 } else {
                     s->got += (size_t)r;
                     s->buf[s->got] = '\0';
                     if (strstr(s->buf, "\r\n\r\n") != NULL) {
-                        if (strncmp(s->buf, "HTTP/1.1 2", 10) == 0 ||
-                            strncmp(s->buf, "HTTP/1.0 2", 10) == 0) {
-                            done = 1;
-                        } else {
+                        if (strncmp(s->buf, "HTTP/1.1 2", 10) != 0 &&
+                            strncmp(s->buf, "HTTP/1.0 2", 10) != 0) {
                             failed = 1;
+                        } else if (mode == M_STALL) {
+                            ok++; /* hold it: never read again */
+                            epoll_ctl(ep, EPOLL_CTL_DEL, s->fd, NULL);
+                        } else if (mode == M_RELAY) {
+                            s->tunneled = 1;
+                            s->got = 0;
+                            failed = write(s->fd, get, get_len) != (ssize_t)get_len;
+                        } else {
+                            done = 1;
                         }
                     } else if (s->got >= sizeof(s->buf) - 1) {
                         failed = 1;

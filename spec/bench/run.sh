@@ -198,3 +198,8 @@ echo "targets: requests/s >= 4x squid ($(ratio "$R_FERRY" "$R_SQUID")x), tunnel 
 echo
 . "$ROOT/spec/bench/metrics.sh"
 . "$ROOT/spec/bench/broker.sh"
+echo
+echo "memory: idle bytes per keep-alive client, RSS after a burst (spec/bench/memory.sh)"
+"$ROOT/spec/bench/memory.sh" "$ROOT/bin/ferry" || echo "memory bench failed"
+# Tunnels against haproxy (TCP mode) and squid: its own processes and ports.
+"$ROOT/spec/bench/tunnel.sh"

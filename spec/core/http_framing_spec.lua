@@ -138,6 +138,9 @@ describe("request heads and their framing", function()
     assert.equal(-1, select(2, request("GET http://h/ HTTP/2.0\r\n\r\n")))
     assert.equal(-1, select(2, request("GET http://h/ HTTP/1.10\r\n\r\n")))
     assert.equal(0, select(2, request("M-SEARCH * HTTP/1.1\r\n\r\n")))
+    assert.equal(0, select(2, request("GET http://h/caf\195\169 HTTP/1.1\r\n\r\n")))
+    assert.equal(-1, select(2, request("GET http://h/a\127b HTTP/1.1\r\n\r\n")))
+    assert.equal(-1, select(2, request("GET http://h/a\tb HTTP/1.1\r\n\r\n")))
   end)
 
   it("finds a bare CR before the head completes", function()
@@ -160,9 +163,11 @@ describe("response framing", function()
     assert.equal(1, core.http_body_eof(m))
   end)
 
-  it("refuses Transfer-Encoding with Content-Length, and on HTTP/1.0", function()
-    assert.equal(-3, select(2, response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" ..
-      "Content-Length: 3\r\n\r\n")))
+  it("lets Transfer-Encoding win over Content-Length, and refuses it on HTTP/1.0", function()
+    local m, r = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" ..
+      "Content-Length: 3\r\n\r\n")
+    assert.equal(0, r)
+    assert.equal(5, tonumber(core.http_body(m, "0\r\n\r\nabc", 8)))
     assert.equal(-3, select(2, response("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")))
   end)
 

@@ -266,6 +266,10 @@ route(function() return "one" end)
     assert.equal(200, (procs.curl { proxy = via(F), url = url .. "/" }))
     assert.equal(1, count_code(ferry, "FERRY-6004", 1))
     assert.equal(1, count_code(ferry, "FERRY-6005", 1))
+    -- No duration where there is none (it used to read "half-open0.0").
+    assert.matches(": breaker half%-open$", last_with(ferry, "FERRY-6004").msg)
+    assert.matches(": breaker closed$", last_with(ferry, "FERRY-6005").msg)
+    assert.matches(": breaker open for 1%.0 s$", last_with(ferry, "FERRY-6003").msg)
     assert.equal(200, (procs.curl { proxy = via(F), url = url .. "/" }))
   end)
 

@@ -60,7 +60,8 @@ route(function(req) return "p" end)
     procs.write_file(cfg_path, text)
     local before = codes(ferry)
     procs.signal(ferry, "HUP")
-    local deadline = socket.gettime() + 10
+    -- A runaway reload runs to its bound first (slower under ASAN).
+    local deadline = socket.gettime() + (procs.asan and 60 or 20)
     repeat
       local now = codes(ferry)
       if (now["FERRY-0101"] or 0) > (before["FERRY-0101"] or 0) then return "ok" end
@@ -108,6 +109,51 @@ route(function(req) return "p" end)
       'exchange "e" { hosts = { "example.invalid" }, pool = "p", script = "%s" }\n', script))
     assert.equal("failed", reload_with(text))
     assert.matches("broken%-ex", last_with(ferry, "FERRY-0102").msg)
+    assert.equal(200, (get(F, base .. "/")))
+  end)
+
+  -- A reload whose Lua runs away is refused with a coded error naming
+  -- the bound; the running config goes on serving.
+  local function refused(text, pattern)
+    assert.equal("failed", reload_with(text))
+    local msg = last_with(ferry, "FERRY-0102").msg
+    assert.matches(pattern, msg)
+    assert.equal(200, (get(F, base .. "/")))
+    return msg
+  end
+
+  it("refuses a config that loops forever, naming its line", function()
+    local msg = refused(config("local n = 0\nwhile true do n = n + 1 end\n"),
+      "budget of %d+ instructions.*FERRY%-4011")
+    assert.matches(cfg_path:gsub("%p", "%%%0") .. ":6: ", msg)
+    -- A loop that catches the budget's error with pcall is stopped too.
+    refused(config("while true do pcall(function() while true do end end) end\n"), "FERRY%-4011")
+  end)
+
+  it("refuses a plugin whose init or file loops, and an exchange script that loops", function()
+    local dir = procs.tmp .. "/spin-plugins-" .. F
+    os.execute("mkdir -p " .. procs.quote(dir .. "/strategies"))
+    procs.write_file(dir .. "/strategies/spin_init.lua", [[
+return { name = "spin_init", version = "1", select = function() return nil end,
+  init = function() while true do end end }
+]])
+    procs.write_file(dir .. "/strategies/spin_file.lua", "while true do end\n")
+    local plug = string.format("plugins { %q }\n", dir)
+    refused(plug .. config():gsub('"round_robin"', '"spin_init"'), 'spin_init.*FERRY%-4011')
+    refused(plug .. config():gsub('"round_robin"', '"spin_file"'), 'spin_file%.lua.*FERRY%-4011')
+    local script = procs.write_file(dir .. "/spin-ex.lua", "local t = {}\nwhile true do end\n")
+    refused(config(string.format(
+      'exchange "e" { hosts = { "example.invalid" }, pool = "p", script = "%s" }\n', script)),
+      "spin%-ex%.lua:2: .*FERRY%-4011")
+  end)
+
+  it("refuses a config that allocates without bound: one huge string, tables, copying", function()
+    refused(config('local s = string.rep("x", 2^30)\n'), "budget of %d+ MiB of memory.*FERRY%-4012")
+    refused(config("local t = {}\nfor i = 1, 1e9 do t[i] = { i } end\n"), "FERRY%-4012")
+    refused(config('local s = ""\nfor i = 1, 1e6 do s = s .. string.rep("x", 1000) end\n'),
+      "budget of %d+ MiB allocated.*FERRY%-4013")
+    -- and then a good config is taken as before
+    assert.equal("ok", reload_with(config()))
     assert.equal(200, (get(F, base .. "/")))
   end)
 

@@ -279,6 +279,51 @@ exchange "E" { hosts = { "127.0.0.1" }, pool = "raises", script = %q }
   end)
 end)
 
+-- route() runs in the config's sandbox, whose pcall (as plugins' and
+-- scripts') passes the budget's error on.
+describe("a route that allocates without bound, or loops around pcall", function()
+  local origin, ferry
+  local O, F = procs.free_port(), procs.free_port()
+  local base = "http://127.0.0.1:" .. O
+
+  setup(function()
+    origin = procs.origin(O)
+    ferry = procs.ferry(string.format([[
+listen { addr = "127.0.0.1:%d" }
+route(function(req)
+  if req.path == "/huge" then local s = string.rep("x", 2^29) return "direct" end
+  if req.path == "/grow" then local t = {} for i = 1, 1e7 do t[i] = { i } end return "direct" end
+  if req.path == "/catch" then
+    while true do pcall(function() local t = {} while true do t[#t + 1] = {} end end) end
+  end
+  if req.path == "/spin" then while true do pcall(function() while true do end end) end end
+  return "direct"
+end)
+]], F), { F })
+  end)
+
+  teardown(function()
+    if ferry then procs.stop_ferry(ferry) end
+    procs.stop(origin)
+  end)
+
+  it("is refused its memory per request: the request fails coded, the daemon stays small", function()
+    for _, path in ipairs { "/huge", "/grow", "/catch", "/spin" } do
+      local status, _, _, took = get(F, base .. path)
+      assert.equal(503, status, path)
+      assert.is_true(took < BLOCKED, path .. " took " .. took .. " s")
+    end
+    assert.matches("not enough memory", assert(wait_line(ferry, "FERRY-4002", nil, 5)).msg)
+    local status, body = get(F, base .. "/")
+    assert.equal(200, status)
+    assert.equal("hello from origin\n", body)
+    -- 512 MiB asked for, 64 MiB of heap allowed per call.
+    local rss = tonumber(procs.read_file("/proc/" .. ferry.pid .. "/status"):match("VmRSS:%s*(%d+)"))
+    assert.is_true(rss < 256 * 1024, "VmRSS " .. tostring(rss) .. " kB")
+    assert.is_true(procs.alive(ferry))
+  end)
+end)
+
 describe("passive detection without probes", function()
   local origin, s1, ferry
   local O, S1, DEAD, F = procs.free_port(), procs.free_port(), procs.free_port(),

@@ -247,6 +247,101 @@ route(function(req) return "p" end)
     assert.matches("\nproxies%s+%d", ok("stats()"))
   end)
 
+  -- A request through ferry slower than this means the loop was blocked
+  -- (a working ferry answers in milliseconds, also under ASAN).
+  local BLOCKED = 1
+
+  -- Run `expr` with `ferry console -e` in the background and, until it
+  -- answers (bounded), send requests through the proxy; returns the
+  -- console's exit status, stdout, stderr and the slowest request.
+  local function console_while_serving(expr, max_time)
+    local base_out = string.format("%s/console-bg-%d", procs.tmp, math.random(1, 1e9))
+    local proc = procs.spawn("console", "sh -c " .. q(q(procs.bin) .. " console -s " .. q(sock) ..
+      " -e " .. q(expr) .. " >" .. base_out .. ".out 2>" .. base_out .. ".err; echo $? >" ..
+      base_out .. ".rc"))
+    local worst, n = 0, 0
+    local deadline = socket.gettime() + 30
+    while procs.alive(proc) and socket.gettime() < deadline do
+      local t0 = socket.gettime()
+      local code = procs.curl { url = base .. "/", proxy = "http://127.0.0.1:" .. F,
+        max_time = max_time or 5 }
+      local took = socket.gettime() - t0
+      if code ~= 200 then took = math.huge end
+      if took > worst then worst = took end
+      n = n + 1
+    end
+    procs.stop(proc)
+    local rc = tonumber(procs.read_file(base_out .. ".rc"))
+    local out, err = procs.read_file(base_out .. ".out"), procs.read_file(base_out .. ".err")
+    for _, ext in ipairs { ".out", ".err", ".rc" } do os.remove(base_out .. ext) end
+    seen[#seen + 1], seen[#seen + 2] = out, err
+    return rc, out, err, worst, n
+  end
+
+  it("masks a 1 MiB answer in linear time, without blocking the loop", function()
+    -- Letters only: what the old masking pattern backtracked on for hours
+    -- (just under the 1 MiB output cap).
+    local rc, out, err, worst, n = console_while_serving('string.rep("ab", 524000)')
+    assert.equal(0, rc, err)
+    assert.equal(1048001, #out)
+    assert.equal(string.rep("ab", 524000) .. "\n", out)
+    assert.is_true(n >= 1)
+    assert.is_true(worst < BLOCKED, "slowest request " .. worst .. " s")
+    -- Many URLs with userinfo in one answer: each masked.
+    rc, out, err = console_while_serving('string.rep("x://u:p@h ", 100000)')
+    assert.equal(0, rc, err)
+    assert.is_nil(out:find("u:p@", 1, true))
+    local _, masked = out:gsub("x://%*%*%*@h ", "")
+    assert.equal(100000, masked)
+    -- The same through an error message, and a line of blanks trimmed.
+    rc, _, err = console(string.rep(" ", 7000) .. 'error(string.rep("a", 100000) .. ' ..
+      '" http://u:' .. PASSWORD .. '@h")' .. string.rep(" ", 7000))
+    assert.equal(1, rc)
+    assert.matches("^error: console:1: a+ http://%*%*%*@h\n$", err)
+  end)
+
+  it("stops a line that grows memory or copies a growing string; memory stays bounded", function()
+    -- The loop is busy while the line copies its 128 MiB (it used to be 8 s
+    -- and 830 MB); a request waits that long at most, then is served.
+    local bound = procs.asan and 60 or 5
+    local rc, _, err, worst = console_while_serving(
+      'local s = "" for i = 1, 1e6 do s = s .. string.rep("x", 1000) end', bound)
+    assert.equal(1, rc)
+    assert.matches("budget of %d+ MiB allocated.*FERRY%-4013", err)
+    assert.is_true(worst < bound, "slowest request " .. worst .. " s")
+    rc, _, err = console("local t = {} for i = 1, 1e9 do t[i] = { i } end")
+    assert.equal(1, rc)
+    assert.matches("budget of %d+ MiB of memory.*FERRY%-4012", err)
+    -- A pcall in the line does not swallow it.
+    rc, _, err = console("while true do pcall(function() local t = {} while true do " ..
+      "t[#t + 1] = {} end end) end")
+    assert.equal(1, rc)
+    assert.matches("FERRY%-401[12]", err)
+    local code, body = api("POST", "/api/v1/console", "local t = {} for i = 1, 1e9 do t[i] = {} end")
+    assert.equal(400, code)
+    assert.equal("FERRY-4012", cjson.decode(body).error)
+    -- It used to reach 830 MB; the admin bound is 64 MiB of heap.
+    local rss = tonumber(procs.read_file("/proc/" .. ferry.pid .. "/status"):match("VmRSS:%s*(%d+)"))
+    assert.is_true(rss < 256 * 1024, "VmRSS " .. tostring(rss) .. " kB")
+    assert.equal("2\n", ok("1 + 1"))
+    assert.equal(200, get())
+  end)
+
+  it("charges C work done for a line: a long plain find, inserts at the front", function()
+    local rc, _, err = console('local s = string.rep("a", 1e6) return s:find(string.rep("a", 5e5) .. "b")')
+    assert.equal(1, rc)
+    assert.matches("instructions.*FERRY%-4011", err)
+    rc, _, err = console("local t = {} for i = 1, 1e6 do table.insert(t, 1, i) end")
+    assert.equal(1, rc)
+    assert.matches("FERRY%-4011", err)
+    -- Small work is not refused.
+    assert.equal("3\t3\n", ok('("abc"):find("c", 1, true)'))
+    -- A statement line that tail-calls a pattern function is refused too.
+    rc, _, err = console('return ("abc"):gsub("%a", "x")')
+    assert.equal(1, rc)
+    assert.matches("patterns are not available", err)
+  end)
+
   it("serves the inventory API: list, add, delete, enable, disable, validation", function()
     local code, body = api("GET", "/api/v1/proxies")
     assert.equal(200, code)

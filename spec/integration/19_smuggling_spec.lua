@@ -103,8 +103,8 @@ local BODIES = {
 }
 
 describe("strict framing", function()
-  local lenient, hostile, ferry
-  local L, X, F = procs.free_port(), procs.free_port(), procs.free_port()
+  local lenient, hostile, origin, ferry
+  local L, X, F, O = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
   local lenient_log = procs.tmp .. "/lenient-" .. math.random(1, 1e9) .. ".log"
   local host = "127.0.0.1:" .. L
   local marker = 0
@@ -117,6 +117,7 @@ describe("strict framing", function()
     hostile = procs.spawn("hostile", "python3 " .. procs.root .. "/spec/helpers/hostile_origin.py " ..
       X)
     assert(procs.wait_port(X), "hostile origin did not start")
+    origin = procs.origin(O)
     ferry = procs.ferry(string.format([[
 listen { name = "main", addr = "127.0.0.1:%d" }
 route(function() return "direct" end)
@@ -124,9 +125,11 @@ route(function() return "direct" end)
   end)
 
   teardown(function()
-    procs.stop_ferry(ferry)
+    -- Helpers first: stop_ferry raises on a sanitizer report.
     procs.stop(lenient)
     procs.stop(hostile)
+    procs.stop(origin)
+    procs.stop_ferry(ferry)
   end)
 
   local function fill(t)
@@ -163,6 +166,15 @@ route(function() return "direct" end)
     assert_never_smuggled()
   end)
 
+  it("rebuilds the upstream head from its parse: only parsed spans, CRLF, trimmed values", function()
+    local resp = raw(F, "GET http://127.0.0.1:" .. O .. "/headers HTTP/1.1\nHost: x\n" ..
+      "X-A:\t a \t b \t\nX-Empty:\nX-Utf8: caf\195\169\nConnection: close\n\n")
+    assert.matches("^HTTP/1%.1 200 ", resp)
+    local body = resp:match("\r\n\r\n(.*)$")
+    assert.equal("GET /headers HTTP/1.1\r\nHost: 127.0.0.1:" .. O .. "\r\n" ..
+      "X-A: a \t b\r\nX-Empty: \r\nX-Utf8: caf\195\169\r\nVia: 1.1 ferry\r\n\r\n", body)
+  end)
+
   for _, shape in ipairs(REQUESTS) do
     it("refuses " .. shape[1] .. " with 400 and the origin never runs a hidden request", function()
       local since = log_size()
@@ -192,7 +204,7 @@ route(function() return "direct" end)
     end
 
     for _, path in ipairs({ "/bare-cr", "/bare-cr-end", "/space-colon", "/obs-fold-first",
-                            "/ctl-value", "/te-cl", "/cl-cl", "/cl-sign", "/te-10",
+                            "/ctl-value", "/cl-cl", "/cl-sign", "/te-10",
                             "/status-bad" }) do
       it("answers 502 FERRY-3006 to a response head with " .. path:sub(2), function()
         local resp = get(path)
@@ -224,6 +236,13 @@ route(function() return "direct" end)
       local resp = get("/chunked-good")
       assert.matches("^HTTP/1%.1 200 ", resp)
       assert.matches("\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX%-Sum: 5\r\n\r\n$", resp)
+    end)
+
+    it("frames a response with Transfer-Encoding and Content-Length by the coding alone", function()
+      local resp = get("/te-cl")
+      assert.matches("^HTTP/1%.1 200 ", resp)
+      assert.is_nil(resp:find("Content-Length", 1, true))
+      assert.matches("\r\n\r\n5\r\nhello\r\n0\r\n\r\n$", resp)
     end)
 
     it("reads a body whose last coding is not chunked until the origin closes", function()

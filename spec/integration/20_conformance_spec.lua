@@ -19,7 +19,7 @@ end
 describe("HTTP conformance", function()
   local origin, lenient, hostile, ferry, plain
   local O, L, X = procs.free_port(), procs.free_port(), procs.free_port()
-  local F, P = procs.free_port(), procs.free_port()
+  local F, P, C = procs.free_port(), procs.free_port(), procs.free_port()
   local lenient_log = procs.tmp .. "/lenient-" .. math.random(1, 1e9) .. ".log"
   local base = "http://127.0.0.1:" .. O
   local lbase = "http://127.0.0.1:" .. L
@@ -38,8 +38,10 @@ describe("HTTP conformance", function()
 timeouts { client_head = 1 }
 http { via_name = "edge-1" }
 listen { name = "main", addr = "127.0.0.1:%d" }
-route(function() return "direct" end)
-]], F), { F })
+listen { name = "chain", addr = "127.0.0.1:%d" }
+pool "self" { proxies = { "http://127.0.0.1:%d" } }
+route(function(req) if req.listener == "chain" then return "self" end return "direct" end)
+]], F, C, F), { F, C })
     plain = procs.ferry(string.format([[
 http { via = false }
 listen { name = "plain", addr = "127.0.0.1:%d" }
@@ -48,11 +50,14 @@ route(function() return "direct" end)
   end)
 
   teardown(function()
-    procs.stop_ferry(ferry)
-    procs.stop_ferry(plain)
+    -- Helpers first: stop_ferry raises on a sanitizer report.
     procs.stop(origin)
     procs.stop(lenient)
     procs.stop(hostile)
+    procs.stop(plain)
+    procs.stop_ferry(ferry)
+    local report = procs.sanitizer_report(plain)
+    assert(report == nil, "sanitizer: " .. tostring(report))
   end)
 
   local function lenient_lines()
@@ -174,6 +179,13 @@ route(function() return "direct" end)
       assert.matches("TRACE /t via=1%.1 edge%-1 mf=0 ", trace)
     end)
 
+    it("keeps OPTIONS http://host without a path through an upstream proxy", function()
+      local resp = raw(C, "OPTIONS " .. lbase .. " HTTP/1.1\r\nHost: x\r\nMax-Forwards: 5\r\n" ..
+        "Connection: close\r\n\r\n")
+      assert.matches("^HTTP/1%.1 200 ", resp)
+      assert.matches("OPTIONS %* via=1%.1 edge%-1, 1%.1 edge%-1 mf=3 ", resp)
+    end)
+
     it("leaves Max-Forwards alone on other methods", function()
       local resp = raw(F, "GET " .. lbase .. "/g HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n" ..
         "Connection: close\r\n\r\n")
@@ -268,7 +280,7 @@ route(function() return "direct" end)
       assert.equal("GET /origin-form: a proxy request needs an absolute URL or CONNECT", warned)
       local bad = raw(F, "\1\2\3 nonsense\r\n\r\n")
       local l2 = access_line(ferry, bad:match("\r\nX%-Request%-Id: (%x+)\r\n"))
-      assert.equal("FERRY-1001", l2.code)
+      assert.equal("FERRY-1010", l2.code)
       assert.same({ "-", "-", "-" }, { l2.method, l2.host, l2.path })
     end)
   end)

@@ -50,3 +50,22 @@ describe("budget-safe coroutine.resume", function()
     assert.is_function(co.wrap)
   end)
 end)
+
+describe("budget errors", function()
+  it("are the instruction, memory, allocation and stop errors of the core", function()
+    for _, msg in ipairs {
+      "console:1: script exceeded its budget of 50000000 instructions (runaway loop?) [FERRY-4011]",
+      "x.lua: script exceeded its budget of 64 MiB of memory (FERRY_ADMIN_MEMORY_MB) [FERRY-4012]",
+      "x.lua: script exceeded its budget of 128 MiB allocated (a string built piece by piece? " ..
+        "FERRY_ADMIN_MEMORY_MB) [FERRY-4013]",
+      "x.lua:2: script stopped: ferry is stopping (SIGTERM or SIGINT) [FERRY-4014]",
+    } do
+      assert.is_true(budget.is_budget(msg), msg)
+      local ok, err = pcall(budget.pcall, error, msg, 0)
+      assert.is_false(ok)
+      assert.equal(msg, err)
+    end
+    assert.is_false(budget.is_budget("not enough memory"))
+    assert.is_false(budget.is_budget({}))
+  end)
+end)

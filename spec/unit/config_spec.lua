@@ -59,7 +59,7 @@ route(function(req) return "direct" end)
     assert.equal("proxy", cfg.listeners[1].name)
     assert.equal(8080, cfg.listeners[1].port)
     assert.same({ client_head = 10, connect = 5, first_byte = 30, idle = 300, keepalive = 60,
-                  request = 60 }, cfg.timeouts)
+                  request = 60, upstream_idle = 30 }, cfg.timeouts)
     assert.same({ level = "info", access = true }, cfg.log)
     assert.equal("health_score", cfg.pools.p.strategy)
     assert.equal(2, cfg.pools.p.retries)
@@ -191,6 +191,31 @@ exchange "fut"  { hosts = { "*.fapi.binance.com", "API.Example.com" }, pool = "d
       err_of('route("direct")'))
     assert.matches("route is already set",
       err_of('route(function() end)\nroute(function() end)'))
+  end)
+
+  it("reports an error that is not a string, or names no place, at the line raising it", function()
+    assert.equal("cfg.lua:3: error object is not a string (table)",
+      err_of('listen { addr = "127.0.0.1:1" }\n\nerror({})'))
+    assert.equal("cfg.lua:1: error object is not a string (nil)",
+      err_of('local function f() error() end\nf()'))
+    assert.equal("cfg.lua:2: no place", err_of('local x = 1\nerror("no place", 0)'))
+    assert.equal("cfg.lua:1: 42", err_of("error(42, 0)"))
+    assert.equal("cfg.lua:9: as given", err_of('\nerror("cfg.lua:9: as given", 0)'))
+  end)
+
+  it("refuses two listeners on one address, the admin's and the default one's too", function()
+    assert.equal('cfg.lua:2: listen "b": address 127.0.0.1:81 is already used by listen "a" ' ..
+      "(line 1) [FERRY-0130]", err_of('listen { name = "a", addr = "127.0.0.1:81" }\n' ..
+      'listen { name = "b", addr = "127.0.0.1:81" }'))
+    assert.matches('address 0%.0%.0%.0:81 is already used by listen "a"',
+      err_of('listen { name = "a", addr = "localhost:81" }\n' ..
+      'listen { name = "b", addr = "0.0.0.0:81", open = true }'))
+    assert.matches('^cfg%.lua:2: admin "admin": address 127%.0%.0%.1:81',
+      err_of('listen { name = "a", addr = "127.0.0.1:81" }\nadmin { addr = "127.0.0.1:81" }'))
+    assert.matches("the default proxy listener", err_of('admin { addr = "127.0.0.1:8080" }'))
+    -- Other ports, or other hosts, are fine.
+    assert.is_table(load('listen { name = "a", addr = "127.0.0.1:81" }\n' ..
+      'listen { name = "b", addr = "127.0.0.2:81" }\nadmin { addr = "127.0.0.1:82" }'))
   end)
 
   it("keeps the sandbox closed", function()

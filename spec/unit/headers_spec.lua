@@ -1,0 +1,10 @@
+local headers = require("ferry.headers")
+
+describe("headers.parse", function()
+  it("reads CRLF and bare-LF lines alike, as the core's parser does", function()
+    local crlf = headers.parse("GET / HTTP/1.1\r\nHost: h\r\nX-A: 1 \r\nx-a: 2\r\n\r\n")
+    local lf = headers.parse("GET / HTTP/1.1\nHost: h\nX-A: 1 \nx-a: 2\n\n")
+    assert.same({ host = "h", ["x-a"] = "1" }, crlf)
+    assert.same(crlf, lf)
+  end)
+end)

@@ -381,6 +381,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     buf_init(&c->uin, CONN_BUF_SIZE);
     buf_init(&c->uout, CONN_BUF_SIZE);
     snprintf(c->client, sizeof(c->client), "127.0.0.1");
+    conn_set_path(c, NULL, 0);
     buf_append(&c->cin, data + 1, size - 1);
 
     conn_on_head(c);
@@ -389,6 +390,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     conn_clear_header_edits(c);
+    conn_idle_trim(c);
+    http_msg_release(&out_msg);
     buf_free(&c->cin);
     buf_free(&c->cout);
     buf_free(&c->uin);

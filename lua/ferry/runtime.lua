@@ -18,6 +18,7 @@ local inventory = require("ferry.inventory")
 
 local C = ffi.C
 local ffi_string = ffi.string
+local find = string.find
 local pcall, type, tostring, tonumber, setmetatable, rawget, rawset =
   pcall, type, tostring, tonumber, setmetatable, rawget, rawset
 
@@ -54,6 +55,9 @@ local function log_once(key, level, code, msg)
   if last and now - last < LOG_WINDOW then
     suppressed[key] = (suppressed[key] or 0) + 1
     return
+  end
+  if find(msg, "not enough memory", 1, true) then
+    msg = msg .. " (a hook may add at most 64 MiB of Lua heap per call, core/budget.c)"
   end
   local hidden = suppressed[key]
   if hidden and hidden > 0 then

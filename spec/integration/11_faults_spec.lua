@@ -313,7 +313,8 @@ end)
       assert.equal(503, status, path)
       assert.is_true(took < BLOCKED, path .. " took " .. took .. " s")
     end
-    assert.matches("not enough memory", assert(wait_line(ferry, "FERRY-4002", nil, 5)).msg)
+    assert.matches("not enough memory %(a hook may add at most 64 MiB",
+      assert(wait_line(ferry, "FERRY-4002", nil, 5)).msg)
     local status, body = get(F, base .. "/")
     assert.equal(200, status)
     assert.equal("hello from origin\n", body)

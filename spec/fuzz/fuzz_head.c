@@ -47,27 +47,16 @@ struct framing {
     unsigned long long len;
 };
 
-/* The framing ferry read.  Until the strict parser of issue 8 (branch
- * framing: http_msg.framing) is everywhere, http-parser's flags are read
- * where it is not; HTTP_TRAILER_MAX comes with the strict parser. */
+/* The framing ferry read. */
 static struct framing ferry_framing(const struct http_msg *m)
 {
     struct framing f = { REF_NONE, 0 };
-#ifdef HTTP_TRAILER_MAX
     if (m->framing == HTTP_FRAME_CHUNKED) {
         f.kind = REF_CHUNKED;
     } else if (m->framing == HTTP_FRAME_LENGTH) {
         f.kind = REF_LENGTH;
         f.len = m->content_length;
     }
-#else
-    if (m->parser.flags & F_CHUNKED) {
-        f.kind = REF_CHUNKED;
-    } else if (m->parser.flags & F_CONTENTLENGTH) {
-        f.kind = REF_LENGTH;
-        f.len = m->parser.content_length;
-    }
-#endif
     return f;
 }
 

@@ -4,7 +4,8 @@
 Every answer says keep-alive (no Connection: close); the path decides what
 follows it:
   GET  /ok?i=N                 "ok-N"; the connection stays open
-  GET  /close-after?i=N        "closed-N", then the origin closes at once
+  GET  /close-after?i=N&linger=S  "closed-N", then the origin closes S seconds
+                               later (0: at once)
   GET  /drop-next?i=N          "armed-N"; the next request on that connection
                                is read and not answered: the origin closes
   POST /echo                   the request body back; the connection stays open
@@ -54,6 +55,7 @@ def serve(conn):
                 answer(conn, ("ok-%s" % q.get("i", "")).encode())
             elif u.path == "/close-after":
                 answer(conn, ("closed-%s" % q.get("i", "")).encode())
+                time.sleep(float(q.get("linger", "0")))
                 return
             elif u.path == "/drop-next":
                 answer(conn, ("armed-%s" % q.get("i", "")).encode())

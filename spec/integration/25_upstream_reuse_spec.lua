@@ -98,14 +98,15 @@ end)
 
   it("drops a kept connection closed before reuse, so a POST goes out fresh", function()
     local c = client(P_DIRECT)
-    exchange(c, "GET", base .. "/close-after?i=1")
+    exchange(c, "GET", base .. "/close-after?i=1&linger=0.3")
     local status, body = response(c)
     assert.equal(200, status)
     assert.equal("closed-1", body)
-    -- Ferry sleeps while the origin's close and the POST reach its sockets:
-    -- it wakes with both pending and must not send the POST into the dead one.
+    -- Ferry sleeps while the origin's close (0.3 s after its answer) and
+    -- the POST reach its sockets: it wakes with both pending and must not
+    -- send the POST into the dead connection.
     procs.signal(ferry, "STOP")
-    procs.sleep(0.3)
+    procs.sleep(0.6)
     exchange(c, "POST", base .. "/echo", "payload-1")
     procs.sleep(0.2)
     procs.signal(ferry, "CONT")

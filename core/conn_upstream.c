@@ -189,6 +189,8 @@ static int reusable(struct conn *c)
     return idle_alive(c->ufd);
 }
 
+static void attempt_start(struct conn *c);
+
 /* An attempt on a kept upstream failed before its first response byte:
  * the upstream most likely closed the idle connection while the request
  * was on its way (a keep-alive answer without a keep-alive peer).  That
@@ -197,8 +199,6 @@ static int reusable(struct conn *c)
  * proxy marked tried.  Only when the request may be sent twice: it is
  * still whole in cin, and it is idempotent (or carries Idempotency-Key) or
  * none of its bytes reached the socket.  1: the fresh attempt is on. */
-static void attempt_start(struct conn *c);
-
 static int reuse_replay(struct conn *c, enum ferr e)
 {
     if (!c->reused || e != FERR_UPSTREAM_RESET || c->sent_any || !c->replayable) {

@@ -25,6 +25,8 @@
 #define HOST_MAX_LEN 255
 /* The longest c->path kept for logs and route(), with its NUL. */
 #define CONN_PATH_MAX 512
+/* Priority of a connection's socket watchers, above its timer's (conn_new). */
+#define CONN_IO_PRIORITY 1
 /* A pump-only event fed to the client watcher (libev's custom bit). */
 #define CONN_EV_PUMP EV_CUSTOM
 
@@ -134,6 +136,10 @@ struct conn {
     unsigned head_started:1;     /* bytes of the next head have arrived */
     unsigned metered:1;          /* routed, outcome not counted yet (metrics.c) */
     unsigned pump_again:1;       /* private: a CONN_EV_PUMP is fed to cio */
+    unsigned reused:1;           /* this attempt runs on a kept upstream that has
+                                  * not answered a byte yet (conn_upstream.c) */
+    unsigned wrote_up:1;         /* bytes of this attempt reached the upstream socket */
+    unsigned replay_head:1;      /* the head must be parsed again before it is resent */
 
     /* Health reporting (conn_report.c). */
     uint32_t exchange;           /* exchange id of the request, 0 = none */

@@ -23,7 +23,8 @@ SPEC_DIRS ?= spec/unit spec/core spec/integration
 # Debian packages: build, specs, and the upstream proxies the specs run.
 DEPS     := build-essential pkg-config luajit2 libluajit2-5.1-dev libev-dev libhttp-parser-dev \
             libc-ares-dev libsqlite3-dev libssl-dev libedit-dev lua-cjson lua-busted lua-socket lua-check \
-            cppcheck microsocks tinyproxy curl prometheus python3 sqlite3 \
+            cppcheck microsocks tinyproxy curl prometheus python3 sqlite3 wget git nodejs \
+            python3-requests util-linux \
             clang libclang-rt-14-dev
 BENCH_DEPS := wrk nginx-light squid haproxy tinyproxy util-linux
 

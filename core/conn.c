@@ -146,6 +146,18 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
     ev_io_init(&c->cio, on_client, fd, 0);
     ev_init(&c->uio, on_upstream);
     ev_init(&c->timer, on_timer);
+    /* libev runs the watchers pending in one loop iteration by priority
+     * (the same priority in no set order).  After a late iteration (a
+     * stalled process, a long callback) the expired timer and the readable
+     * sockets are pending together: I/O first, so a response already in
+     * the socket is read before its first-byte timeout is declared (the
+     * read re-arms or stops the timer, which drops its pending event).
+     * A poll that reports nothing runs the timer alone: conn_on_timeout
+     * reads the upstream before it declares a first-byte timeout.  Only
+     * the order within one iteration changes; listeners, probes and other
+     * timers keep the default priority. */
+    ev_set_priority(&c->cio, CONN_IO_PRIORITY);
+    ev_set_priority(&c->uio, CONN_IO_PRIORITY);
     c->state = CS_HEAD;
     c->path = no_path;
     conn_tunnel_init(c);
@@ -330,6 +342,7 @@ static ssize_t flush_upstream(struct conn *c)
         ssize_t n = buf_write_fd(&c->uout, c->ufd);
         if (n > 0) {
             c->last_io = c->last_up = loop_now();
+            c->wrote_up = 1;
             total += n;
             continue;
         }

@@ -25,6 +25,8 @@
 #define HOST_MAX_LEN 255
 /* The longest c->path kept for logs and route(), with its NUL. */
 #define CONN_PATH_MAX 512
+/* Priority of a connection's socket watchers, above its timer's (conn_new). */
+#define CONN_IO_PRIORITY 1
 /* A pump-only event fed to the client watcher (libev's custom bit). */
 #define CONN_EV_PUMP EV_CUSTOM
 
@@ -138,6 +140,10 @@ struct conn {
     unsigned fail_target:1;      /* set by a failing connector: the destination failed,
                                   * not the proxy (conn_report_target) */
     unsigned dechunk:1;          /* relay a chunked response's data to a 1.0 client */
+    unsigned reused:1;           /* this attempt runs on a kept upstream that has
+                                  * not answered a byte yet (conn_upstream.c) */
+    unsigned wrote_up:1;         /* bytes of this attempt reached the upstream socket */
+    unsigned replay_head:1;      /* the head must be parsed again before it is resent */
 
     /* Health reporting (conn_report.c). */
     uint32_t exchange;           /* exchange id of the request, 0 = none */

@@ -276,6 +276,7 @@ static void reset_request(struct conn *c)
     c->req_done = c->resp_head_done = c->resp_done = 0;
     c->sent_any = 0;
     c->replayable = 1;
+    c->replay_head = 0;
     c->keep_client = 0;
     c->upgrade = 0;
     c->user[0] = '\0';

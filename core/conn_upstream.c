@@ -161,28 +161,85 @@ static void on_resolved(void *arg, int status, const struct sockaddr *sa, sockle
     }
 }
 
+/* A kept upstream is alive when nothing waits on it: an upstream that
+ * hung up (or spoke unasked) since its last answer may not have been
+ * seen yet when the client's next request comes in the same loop
+ * iteration.  Asking the socket costs one syscall and saves a request
+ * sent into a closed connection. */
+static int idle_alive(int fd)
+{
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 static int reusable(struct conn *c)
 {
     if (!c->idle_up || c->is_connect || c->upgrade || c->idle_proxy != c->proxy) {
         return 0;
     }
-    if (c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP) {
-        return 1; /* an HTTP proxy takes any absolute-form request */
+    if (c->proxy == NULL || c->proxy->pub.scheme != FERRY_SCHEME_HTTP) {
+        /* An HTTP proxy takes any absolute-form request; other hops are
+         * bound to one destination. */
+        if (c->idle_host == NULL || c->idle_port != c->port ||
+            strcmp(c->idle_host, c->host) != 0) {
+            return 0;
+        }
     }
-    return c->idle_host != NULL && c->idle_port == c->port && strcmp(c->idle_host, c->host) == 0;
+    return idle_alive(c->ufd);
+}
+
+static void attempt_start(struct conn *c);
+
+/* An attempt on a kept upstream failed before its first response byte:
+ * the upstream most likely closed the idle connection while the request
+ * was on its way (a keep-alive answer without a keep-alive peer).  That
+ * says nothing about the proxy's health, so the same hop is tried again,
+ * once, on a fresh connection: no failure is charged, no retry spent, no
+ * proxy marked tried.  Only when the request may be sent twice: it is
+ * still whole in cin, and it is idempotent (or carries Idempotency-Key) or
+ * none of its bytes reached the socket.  1: the fresh attempt is on. */
+static int reuse_replay(struct conn *c, enum ferr e)
+{
+    if (!c->reused || e != FERR_UPSTREAM_RESET || c->sent_any || !c->replayable) {
+        return 0;
+    }
+    int idempotent = http_method_idempotent(c->req.method) || c->req.idem_key.len > 0;
+    if (!idempotent && c->wrote_up) {
+        return 0; /* the upstream may have acted on it */
+    }
+    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name,
+                           .proxy = c->proxy != NULL ? c->proxy->display : NULL };
+    log_event(LOG_INFO, "FERRY-3015", &ctx, "kept upstream for %s:%d closed before answering; "
+              "sending again on a fresh connection", c->host, c->port);
+    metrics_reuse_retry(c->pool);
+    conn_upstream_close(c);
+    c->fwd = 0;
+    c->req_done = 0;
+    c->replay_head = 1;
+    attempt_start(c);
+    return 1;
 }
 
 void conn_attempt(struct conn *c)
 {
-    c->t_attempt = loop_now();
-    c->hs_state = 0;
     if (c->proxy != NULL && c->ntried < CONN_MAX_TRIES) {
         c->tried[c->ntried++] = c->proxy->pub.id;
     }
+    attempt_start(c);
+}
+
+static void attempt_start(struct conn *c)
+{
+    c->t_attempt = loop_now();
+    c->hs_state = 0;
+    c->reused = 0;
+    c->wrote_up = 0;
     c->ops = c->proxy == NULL ? &up_direct
            : c->proxy->pub.scheme == FERRY_SCHEME_HTTP ? &up_http : &up_socks5;
     if (c->ufd >= 0 && reusable(c)) {
         c->idle_up = 0;
+        c->reused = 1;
         if (c->proxy != NULL) {
             proxy_attempt_begin(c->proxy);
             c->counted = 1;
@@ -267,7 +324,7 @@ void conn_upstream_ready(struct conn *c)
         conn_tunnel_begin(c);
         return;
     }
-    if (c->attempt > 0) {
+    if (c->attempt > 0 || c->replay_head) {
         /* A replay: parse the head again to restart body framing. */
         http_parse_request(&c->req, buf_head(&c->cin), c->head_len);
     }
@@ -291,6 +348,9 @@ void conn_upstream_ready(struct conn *c)
 
 void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
 {
+    if (reuse_replay(c, e)) {
+        return;
+    }
     int before_send = c->state == CS_RESOLVE || c->state == CS_CONNECT ||
                       c->state == CS_HANDSHAKE;
     struct proxy *p = c->proxy;
@@ -362,6 +422,7 @@ void conn_upstream_event(struct conn *c, int revents)
         ssize_t n = buf_read_fd(&c->uin, c->ufd);
         if (n > 0) {
             c->last_io = c->last_down = loop_now();
+            c->reused = 0; /* the kept upstream answered: it was alive */
         } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS)) {
             c->upstream_eof = 1;
         }
@@ -405,6 +466,22 @@ static void exchange_body_stalled(struct conn *c)
     conn_close(c);
 }
 
+/* The first-byte timer ran out: read what the upstream socket holds
+ * first.  A late loop can find the timer expired while the answer sits
+ * unread: the I/O priority (conn_new) orders the two when one poll
+ * reports both, but a poll that reports no event at all (epoll_wait
+ * fails with EINTR after the process was stopped and continued) runs
+ * the timer alone.  1: bytes or the upstream's end arrived. */
+static int answer_waiting(struct conn *c)
+{
+    if (c->ufd < 0 || c->upstream_eof || buf_room(&c->uin) == 0) {
+        return 0;
+    }
+    size_t had = buf_len(&c->uin);
+    conn_upstream_event(c, EV_READ);
+    return buf_len(&c->uin) != had || c->upstream_eof;
+}
+
 void conn_on_timeout(struct conn *c)
 {
     switch (c->state) {
@@ -430,6 +507,9 @@ void conn_on_timeout(struct conn *c)
     case CS_EXCHANGE:
         if (!c->req_done && loop_now() - c->last_up >= timeouts.idle - 0.001) {
             exchange_body_stalled(c);
+        } else if (!c->resp_head_done && answer_waiting(c)) {
+            /* The answer began in time; the rest of its head gets the idle time. */
+            conn_arm(c, min_d(timeouts.idle, c->deadline - loop_now()));
         } else if (!c->resp_head_done) {
             conn_attempt_failed(c, FERRY_FAIL_TIMEOUT, FERR_FIRST_BYTE_TIMEOUT);
         } else {

@@ -277,6 +277,14 @@ void metrics_retry(int pool)
     }
 }
 
+void metrics_reuse_retry(int pool)
+{
+    struct metrics_pool *ps = stats_of(pool);
+    if (ps != NULL) {
+        ps->reuse_retries++;
+    }
+}
+
 void ferry_metrics_count_reload(int ok)
 {
     if (ok) {

@@ -27,6 +27,9 @@ void metrics_conn_closed(struct conn *c);
 void metrics_upstream_ready(struct conn *c);
 /* A failed attempt is retried (pool index as in ferry_req.pool). */
 void metrics_retry(int pool);
+/* A kept upstream closed before answering: the request goes out again on a
+ * fresh connection (conn_upstream.c). */
+void metrics_reuse_retry(int pool);
 /* A Lua hook failed: 0 the runtime itself, 1 route, 2 strategy, 3 breaker,
  * 4 exchange hooks (runtime.lua's HOOK_*). */
 void metrics_hook_error(int kind);
@@ -58,6 +61,7 @@ struct metrics_histo {
 /* What one pool index has seen. */
 struct metrics_pool {
     uint64_t retries;             /* ro */
+    uint64_t reuse_retries;       /* ro: requests sent again after a kept upstream closed */
     struct metrics_histo connect; /* ro: resolve + connect + handshake of fresh upstreams */
     struct metrics_histo request; /* ro: request head to response end (tunnels: to up) */
 };

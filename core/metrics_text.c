@@ -316,6 +316,15 @@ static void render_core(struct text *t)
             close_u64(t, metrics.pools[s]->retries);
         }
     }
+    family(t, "ferry_upstream_reuse_retries_total", "counter",
+           "Requests sent again on a fresh connection after a kept upstream connection "
+           "closed before answering, by pool.");
+    for (unsigned s = 0; s < METRICS_POOL_SLOTS; s++) {
+        if (metrics.pools[s] != NULL && metrics.pools[s]->reuse_retries > 0) {
+            open1(t, "ferry_upstream_reuse_retries_total", "pool", metrics_pool_label(s, lbl));
+            close_u64(t, metrics.pools[s]->reuse_retries);
+        }
+    }
     render_histo(t, "ferry_connect_duration_seconds", 0,
                  "Time to reach the upstream (resolve, connect, proxy handshake) of fresh "
                  "upstream connections, by pool.");

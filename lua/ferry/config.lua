@@ -670,6 +670,9 @@ local function evaluate(chunk, file)
   end
 
   function env.env(name, default)
+    if type(name) ~= "string" then
+      fail(at("env"), "expected the name of an environment variable, got a %s", type(name))
+    end
     local v = os.getenv(name)
     if v == nil then
       if default ~= nil then return default end
@@ -681,7 +684,13 @@ local function evaluate(chunk, file)
   -- Safe globals only: a config describes, it does not act.
   for _, k in ipairs { "string", "table", "math", "pairs", "ipairs", "tostring", "tonumber",
                        "type", "select", "error", "assert", "pcall", "unpack", "next", "print" } do
-    env[k] = _G[k]
+    local v = _G[k]
+    if type(v) == "table" then -- a copy: a config must not change the daemon's libraries
+      local copy = {}
+      for name, f in pairs(v) do copy[name] = f end
+      v = copy
+    end
+    env[k] = v
   end
   env.os = { time = os.time, clock = os.clock, getenv = os.getenv }
   -- route() runs per request under the core's budget: a loop around
@@ -757,12 +766,14 @@ local function normalize_syntax_error(msg, file)
   -- loadfile reports "FILE:LINE: ..."; loadstring reports [string "..."]:LINE.
   local line, rest = msg:match("^%[string \"[^\"]*\"%]:(%d+): (.*)$")
   if line then return string.format("%s:%s: %s", file, line, rest) end
+  -- Errors without a line (a binary chunk refused) are reported at line 0.
+  if not msg:match("^[^:]+:%d+:") then return string.format("%s:0: %s", file, msg) end
   return msg
 end
 
 function M.load(path, opts)
   local _ = opts
-  local chunk, err = loadfile(path)
+  local chunk, err = loadfile(path, "t") -- text only: LuaJIT does not verify bytecode
   if not chunk then
     return nil, normalize_syntax_error(err or (path .. ":0: cannot read"), path)
   end
@@ -772,7 +783,7 @@ end
 function M.load_string(src, chunkname, opts)
   local _ = opts
   chunkname = chunkname or "config.lua"
-  local chunk, err = loadstring(src, "@" .. chunkname)
+  local chunk, err = load(src, "@" .. chunkname, "t")
   if not chunk then return nil, normalize_syntax_error(err, chunkname) end
   return evaluate(chunk, chunkname)
 end

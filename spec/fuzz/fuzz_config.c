@@ -5,7 +5,8 @@
  * harmless, and its state replaced).
  *
  * The checks live in config_driver.lua: load_string never raises; a
- * refused config has a "config.lua:LINE: " message; an accepted one keeps
+ * refused config has a "config.lua:LINE: " message; bytecode is refused
+ * (LuaJIT does not verify it); an accepted one keeps
  * the promises the runtime relies on (listeners, ports, pool names, proxy
  * URLs and their log-safe display, header values that cannot split a
  * head, exchanges naming declared pools); and no config, accepted or

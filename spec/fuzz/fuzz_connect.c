@@ -70,6 +70,7 @@ static struct conn *new_conn(void)
 
 static void free_conn(struct conn *c)
 {
+    http_msg_release(&c->resp);
     buf_free(&c->cin);
     buf_free(&c->cout);
     buf_free(&c->uin);

@@ -19,9 +19,11 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct ev_loop *loop;
-struct timeouts timeouts = { 10, 5, 30, 300, 60, 60 };
+struct timeouts timeouts = { .client_head = 10, .connect = 5, .first_byte = 30, .idle = 300,
+                             .keepalive = 60, .request = 60 };
 struct shim_state shim;
 
 ev_tstamp ev_now(struct ev_loop *l)
@@ -34,6 +36,33 @@ void conn_route(struct conn *c)
 {
     (void)c;
     shim.routed++;
+}
+
+/* conn.c's path storage, as conn.c keeps it: "" when none, else heap. */
+static char no_path[1];
+
+void conn_set_path(struct conn *c, const char *p, size_t n)
+{
+    if (c->path != no_path) {
+        free(c->path);
+    }
+    c->path = no_path;
+    if (n == 0) {
+        return;
+    }
+    char *s = malloc(n + 1);
+    if (s != NULL) {
+        memcpy(s, p, n);
+        s[n] = '\0';
+        c->path = s;
+    }
+}
+
+void conn_idle_trim(struct conn *c)
+{
+    http_msg_release(&c->req);
+    http_msg_release(&c->resp);
+    conn_set_path(c, NULL, 0);
 }
 
 void conn_close(struct conn *c)

@@ -7,7 +7,7 @@
 -- hundred KiB already fill ferry's buffers on both sides: a pump that
 -- stops while bytes are waiting hangs here (curl's --max-time turns the
 -- hang into a failed status).  Cases tagged #long (100 MB, slow large
--- bodies) run with `make test-long`.
+-- bodies, a git clone) run with `make test-long`.
 local procs = require("procs")
 local socket = require("socket")
 
@@ -288,5 +288,32 @@ route(function(req) return req.listener end)
           upload(path, 30 * MB, "chunked", "--max-time 60 --limit-rate 10M")
         end)
     end
+
+    -- git's dumb HTTP protocol over python's http.server: the info files,
+    -- then one ~30 MB pack, all through ferry.
+    it("clones a 30 MB git repository through ferry", function()
+      local dir = string.format("%s/relay-git-%d", procs.tmp, math.random(1, 1e9))
+      local G = procs.free_port()
+      local q = procs.quote
+      assert.equal(0, os.execute(table.concat({
+        "set -e", "mkdir -p " .. q(dir .. "/src"), "cd " .. q(dir .. "/src"),
+        "git init -q .", "for i in 1 2 3; do head -c 10000000 /dev/urandom > blob$i; done",
+        "git add . && git -c user.name=spec -c user.email=spec@invalid commit -q -m blobs",
+        "cd .. && git clone -q --bare src repo.git && cd repo.git && git gc -q",
+        "git update-server-info" }, "; ")))
+      local server = procs.spawn("git-http", "python3 -m http.server --bind 127.0.0.1 " .. G ..
+        " --directory " .. q(dir))
+      assert(procs.wait_port(G), "http.server did not start")
+      local ok = os.execute("timeout 120 git -c http.proxy=" .. q(proxy("direct")) .. " clone -q " ..
+        q("http://127.0.0.1:" .. G .. "/repo.git") .. " " .. q(dir .. "/out") .. " 2>&1")
+      procs.stop(server)
+      local p = io.popen("cd " .. q(dir) .. " && cat src/blob1 src/blob2 src/blob3 | sha256sum;" ..
+        " cat out/blob1 out/blob2 out/blob3 | sha256sum")
+      local want, got = p:read("*l"), p:read("*l")
+      p:close()
+      os.execute("rm -rf " .. q(dir))
+      assert.equal(0, ok)
+      assert.equal(want, got)
+    end)
   end)
 end)

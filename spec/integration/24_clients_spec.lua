@@ -84,15 +84,6 @@ local function defect(reason)
   return false
 end
 
--- tinyproxy closes its client connection after every answer without
--- sending `Connection: close`; ferry then sends the client's next request
--- on that closed connection and answers 502 FERRY-3005 (defect D1 of the
--- client trial: no retry on a reused connection that the peer closed).
--- Specs whose client reuses its connection are pending on that path.
-local function reuse_defect(path)
-  return path == "tiny" and defect("keep-alive through tinyproxy: ferry reuses the upstream " ..
-    "connection tinyproxy closed after its answer and returns 502 FERRY-3005 (no retry)")
-end
 
 local function need(bin)
   if not have(bin) then
@@ -260,7 +251,6 @@ route(function(req) return req.listener end)
       it("answers HEAD with the length and no body, then serves the next request, via "
         .. path, function()
         if not need("curl") then return end
-        if reuse_defect(path) then return end
         local status, headers, out = curl(path, static .. "/resume.bin", "-I")
         assert.equal(200, status)
         assert.equal(tostring(3 * MB + 17), header(headers, "Content-Length"))
@@ -291,7 +281,6 @@ route(function(req) return req.listener end)
       it("keeps the client connection alive across several URLs in one curl via " .. path,
         function()
         if not need("curl") then return end
-        if reuse_defect(path) then return end
         local outs, args = {}, {}
         for i, n in ipairs { 1000, 70000, 1, 250000 } do
           outs[i] = tmpname("ka")
@@ -342,8 +331,6 @@ route(function(req) return req.listener end)
       it("serves every keep-alive request when the origin closes after each answer "
         .. "without Connection: close, via " .. path, function()
         if not need("curl") then return end
-        if defect("a request sent on a reused upstream connection that the peer has just "
-          .. "closed gets 502 FERRY-3005 instead of a retry on a new connection") then return end
         local urls = {}
         for i = 1, 40 do urls[i] = q(static .. "/close-after") end
         local _, o = run(string.format("curl -s --max-time 30 -x %s -w '%%{http_code}\\n' %s",
@@ -378,7 +365,6 @@ route(function(req) return req.listener end)
     for _, path in ipairs(paths) do
       it("mirrors a small site recursively via " .. path, function()
         if not need("wget") then return end
-        if reuse_defect(path) then return end
         local dir = tmpname("wget")
         local rc, o = run(string.format("mkdir -p %s && cd %s && http_proxy=%s timeout 60 wget "
           .. "-q -r -l 3 -e robots=off -nH %s", q(dir), q(dir), q(proxy(path)),
@@ -485,7 +471,6 @@ print(json.dumps(out))
           pending("python3 requests is not installed")
           return
         end
-        if reuse_defect(path) then return end
         local b = body(2 * MB)
         local r = py(path, "requests", b)
         assert.same({ { 200, 1, true }, { 200, 200000, true }, { 200, 65536, true } }, r.gets)
@@ -511,7 +496,6 @@ print(json.dumps(out))
     for _, path in ipairs(paths) do
       it("GETs three times on one keep-alive socket, byte-exact, via " .. path, function()
         if not need("node") then return end
-        if reuse_defect(path) then return end
         local r = node(path, "get", relay .. "/gen?n=300000&framing=chunked")
         assert.equal(1, r.sockets)
         assert.equal(3, #r.results)
@@ -565,7 +549,6 @@ print(json.dumps(out))
     for _, path in ipairs(paths) do
       it("clones a ~30 MB repository over dumb HTTP via " .. path, function()
         if not need("git") then return end
-        if reuse_defect(path) then return end
         local dir = tmpname("clone")
         local rc, o = run(string.format("timeout 90 git -c http.proxy=%s clone -q %s %s",
           q(proxy(path)), q(static .. "/repo.git"), q(dir)))

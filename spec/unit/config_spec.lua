@@ -652,4 +652,32 @@ describe("config examples/exchanges.lua", function()
     assert.same({ pool = "direct" }, bybit.on_request({ listener = "node2" }))
     assert.is_nil(bybit.on_request({ listener = "front" }))
   end)
+
+  -- Found by make fuzz (spec/fuzz/corpus/config).
+  it("refuses a precompiled config: LuaJIT does not verify bytecode", function()
+    local bc = string.dump(loadstring('listen { addr = "127.0.0.1:18080" }'))
+    local err = err_of(bc)
+    assert.matches("^cfg%.lua:0: ", err)
+    assert.matches("^cfg%.lua:0: ", err_of("\27LJ\2\0"))
+  end)
+
+  it("gives a config its own string, table and math: the daemon's stay as they were", function()
+    local gsub, insert, floor = string.gsub, table.insert, math.floor
+    assert(load([[
+string.gsub = function() return "x", 0 end
+table.insert = nil
+math.floor = nil
+listen { addr = "127.0.0.1:18080" }
+]]))
+    assert.equal(gsub, string.gsub)
+    assert.equal(insert, table.insert)
+    assert.equal(floor, math.floor)
+    assert.matches("^cfg%.lua:3: ", err_of('string.format = nil\nlisten { addr = "127.0.0.1:18080" }\n' ..
+      'exchange "e" { hosts = { "x.com" }, pool = "nope" }\n'))
+  end)
+
+  it("names the config's line when env() is not given a name", function()
+    assert.matches('^cfg%.lua:2: env: expected the name of an environment variable, got a table',
+      err_of('listen { addr = "127.0.0.1:18080" }\nlocal x = env({})\n'))
+  end)
 end)

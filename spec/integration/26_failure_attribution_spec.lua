@@ -7,8 +7,6 @@
 local procs = require("procs")
 local socket = require("socket")
 
-local ROOT = procs.bin:gsub("/bin/ferry$", "")
-
 describe("failure attribution", function()
   local origin, s1, s2, ferry
   local O, S1, S2, DEAD = procs.free_port(), procs.free_port(), procs.free_port(),
@@ -19,7 +17,7 @@ describe("failure attribution", function()
 
   setup(function()
     origin = procs.spawn("attrib-origin",
-      "python3 " .. ROOT .. "/spec/helpers/attrib_origin.py " .. O)
+      "python3 " .. procs.quote(procs.root .. "/spec/helpers/attrib_origin.py") .. " " .. O)
     assert(procs.wait_port(O), "attrib origin did not start")
     s1 = procs.microsocks(S1)
     s2 = procs.microsocks(S2)

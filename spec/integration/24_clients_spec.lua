@@ -7,9 +7,6 @@
 -- spec/helpers/static_origin.py (a static tree with Range: wget, git's dumb
 -- protocol) and spec/helpers/ws_origin.py (WebSocket echo).  A client
 -- binary that is missing makes its specs pending, never passing.
---
--- Specs of known ferry defects are pending with the defect named; run them
--- for real with FERRY_SPEC_DEFECTS=1.
 local procs = require("procs")
 local cjson = require("cjson.safe")
 
@@ -73,17 +70,6 @@ local function statuses(headers)
   for code in headers:gmatch("HTTP/1%.%d (%d%d%d)") do out[#out + 1] = tonumber(code) end
   return out
 end
-
--- A spec that a known ferry defect makes fail: pending with the defect
--- named, unless FERRY_SPEC_DEFECTS=1 asks to run it.
-local function defect(reason)
-  if os.getenv("FERRY_SPEC_DEFECTS") ~= "1" then
-    pending("defect: " .. reason)
-    return true
-  end
-  return false
-end
-
 
 local function need(bin)
   if not have(bin) then

@@ -241,6 +241,20 @@ static int cmd_run(const char *config, int check_only)
         fprintf(stderr, "ferry: cannot load the runtime from %s/lua: %s\n", root, err);
         return 1;
     }
+    if (!check_only) {
+        /* Before the load opens the listeners: a HUP or USR1 sent as soon
+         * as a port answers must wait for the loop, not kill the process
+         * by its default action.  Callbacks run only inside ev_run. */
+        ev_signal_init(&sig_term, on_stop, SIGTERM);
+        ev_signal_init(&sig_int, on_stop, SIGINT);
+        ev_signal_init(&sig_hup, on_hup, SIGHUP);
+        ev_signal_init(&sig_usr1, on_usr1, SIGUSR1);
+        ev_signal_start(loop, &sig_term);
+        ev_signal_start(loop, &sig_int);
+        ev_signal_start(loop, &sig_hup);
+        ev_signal_start(loop, &sig_usr1);
+        catch_stop_signals(); /* after libev installed its own handlers */
+    }
     if (bridge_load(config, !check_only, err, sizeof(err)) != 0) {
         log_flush();
         fprintf(stderr, "%s\n", err);
@@ -252,15 +266,6 @@ static int cmd_run(const char *config, int check_only)
         bridge_fini();
         return 0;
     }
-    ev_signal_init(&sig_term, on_stop, SIGTERM);
-    ev_signal_init(&sig_int, on_stop, SIGINT);
-    ev_signal_init(&sig_hup, on_hup, SIGHUP);
-    ev_signal_init(&sig_usr1, on_usr1, SIGUSR1);
-    ev_signal_start(loop, &sig_term);
-    ev_signal_start(loop, &sig_int);
-    ev_signal_start(loop, &sig_hup);
-    ev_signal_start(loop, &sig_usr1);
-    catch_stop_signals(); /* after libev installed its own handlers */
     ev_prepare_init(&flush_watch, on_flush);
     ev_prepare_start(loop, &flush_watch);
     log_event(LOG_INFO, "FERRY-0002", NULL, "ferry %s running (pid %d, config %s)",

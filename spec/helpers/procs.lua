@@ -252,6 +252,34 @@ function M.relay_origin(port)
   return proc
 end
 
+-- sha256 of a file's bytes (hex), or nil.
+function M.sha256_file(path)
+  local p = io.popen("sha256sum " .. sh_quote(path))
+  local out = p:read("*l") or ""
+  p:close()
+  return out:match("^(%x+)")
+end
+
+-- A file's size in bytes, -1 when it cannot be opened.
+function M.file_size(path)
+  local f = io.open(path, "rb")
+  if not f then return -1 end
+  local n = f:seek("end")
+  f:close()
+  return n
+end
+
+-- The value of the last `name:` field in a header dump (curl -D keeps
+-- interim heads too, so the last one is the final response's), or nil.
+function M.last_header(headers, name)
+  local v
+  for line in headers:gmatch("[^\r\n]+") do
+    local k, val = line:match("^([^:]+):%s*(.-)%s*$")
+    if k and k:lower() == name:lower() then v = val end
+  end
+  return v
+end
+
 -- curl through a proxy; returns status, body, headers text.
 function M.curl(args)
   local hfile = string.format("%s/curl-h-%d", M.tmp, math.random(1, 1e9))

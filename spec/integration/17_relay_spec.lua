@@ -13,20 +13,9 @@ local socket = require("socket")
 
 local MB = 1024 * 1024
 
-local function sha256_file(path)
-  local p = io.popen("sha256sum " .. procs.quote(path))
-  local out = p:read("*l") or ""
-  p:close()
-  return out:match("^(%x+)")
-end
+local sha256_file = procs.sha256_file
 
-local function file_size(path)
-  local f = io.open(path, "rb")
-  if not f then return -1 end
-  local n = f:seek("end")
-  f:close()
-  return n
-end
+local file_size = procs.file_size
 
 -- A body file of n random bytes (made once per size) and its sha256.
 local bodies = {}
@@ -54,15 +43,7 @@ local function curl(proxy, url, flags, max_time)
   return code, headers, out
 end
 
--- The final response's header value (curl -D also keeps 100 Continue heads).
-local function header(headers, name)
-  local v
-  for line in headers:gmatch("[^\r\n]+") do
-    local k, val = line:match("^([^:]+):%s*(.-)%s*$")
-    if k and k:lower() == name:lower() then v = val end
-  end
-  return v
-end
+local header = procs.last_header
 
 describe("relay matrix", function()
   local origin, tiny, socks, node, ferry

@@ -26,18 +26,9 @@ local function have(bin)
   return run("command -v " .. bin .. " >/dev/null") == 0
 end
 
-local function sha256_file(path)
-  local _, out = run("sha256sum " .. q(path))
-  return out:match("^(%x+)")
-end
+local sha256_file = procs.sha256_file
 
-local function file_size(path)
-  local f = io.open(path, "rb")
-  if not f then return -1 end
-  local n = f:seek("end")
-  f:close()
-  return n
-end
+local file_size = procs.file_size
 
 local function tmpname(tag)
   return string.format("%s/clients-%s-%d", procs.tmp, tag, math.random(1, 1e9))
@@ -54,16 +45,7 @@ local function body(n)
   return bodies[n]
 end
 
--- The value of the last `name:` field in a header dump (curl -D keeps
--- interim heads too), or nil.
-local function header(headers, name)
-  local v
-  for line in headers:gmatch("[^\r\n]+") do
-    local k, val = line:match("^([^:]+):%s*(.-)%s*$")
-    if k and k:lower() == name:lower() then v = val end
-  end
-  return v
-end
+local header = procs.last_header
 
 local function statuses(headers)
   local out = {}

@@ -46,28 +46,9 @@ taskset -c 1 nginx -c "$W/nginx.conf" -p "$W" & PIDS+=($!)
 taskset -c 1 luajit spec/helpers/tunnel_peer.lua flood $P_FLOOD "$W/flood.status" \
   >"$W/logs/flood.log" 2>&1 & PIDS+=($!)
 
-cat > "$W/ferry.lua" <<CONF
-listen { name = "bench", addr = "127.0.0.1:$P_FERRY" }
-log { level = "warn", access = false }
-route(function(req) return "direct" end)
-CONF
-taskset -c 0 "$FERRY_BIN" -c "$W/ferry.lua" 2>"$W/logs/ferry.err" & FERRY_PID=$!; PIDS+=($FERRY_PID)
-
-cat > "$W/squid.conf" <<CONF
-http_port 127.0.0.1:$P_SQUID
-acl all_ports port 1-65535
-http_access allow all
-cache deny all
-cache_mem 8 MB
-access_log none
-cache_log $W/logs/squid-cache.log
-pid_filename $W/squid.pid
-coredump_dir $W
-cache_effective_user proxy
-shutdown_lifetime 1 seconds
-workers 1
-CONF
-taskset -c 0 squid -N -f "$W/squid.conf" & SQUID_PID=$!; PIDS+=($SQUID_PID)
+. "$ROOT/spec/bench/peers.sh"
+bench_start_ferry "$FERRY_BIN"
+bench_start_squid
 
 cat > "$W/haproxy.cfg" <<CONF
 global

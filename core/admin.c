@@ -5,7 +5,7 @@
  * a body bounded by the connection buffer) goes to the runtime's admin
  * router in Lua, and its answer comes back.  An answer larger than the
  * output buffer (metrics of a big inventory) is kept whole on the heap
- * and fed into cout as the client reads it, so the loop never waits. */
+ * and fed into cli.out as the client reads it, so the loop never waits. */
 #include "bridge.h"
 #include "conn.h"
 #include "ferry.h"
@@ -46,12 +46,12 @@ void admin_free(struct conn *c)
     c->admin_len = c->admin_off = 0;
 }
 
-/* Move what fits of the pending answer into cout; at its end the
+/* Move what fits of the pending answer into cli.out; at its end the
  * connection waits for the next request, or drains and closes. */
 void admin_pump(struct conn *c)
 {
     if (c->admin_body != NULL && c->admin_off < c->admin_len) {
-        c->admin_off += buf_append(&c->cout, c->admin_body + c->admin_off,
+        c->admin_off += buf_append(&c->cli.out, c->admin_body + c->admin_off,
                                    c->admin_len - c->admin_off);
     }
     if (c->admin_body != NULL && c->admin_off < c->admin_len) {
@@ -83,7 +83,7 @@ static void answer(struct conn *c, int status, const char *ctype, char *body, si
                      status, reason_of(status), ctype, blen, c->cid,
                      keep ? "" : "Connection: close\r\n");
     }
-    buf_append(&c->cout, head, (size_t)n);
+    buf_append(&c->cli.out, head, (size_t)n);
     c->status = status;
     c->sent_any = 1;
     c->bytes_out = (unsigned long long)n + blen;
@@ -118,7 +118,7 @@ static void answer_error(struct conn *c, int status, const char *code, const cha
     answer(c, status, "application/json", body, (size_t)n, extra);
 }
 
-/* c->path was copied from the head before the request left cin. */
+/* c->path was copied from the head before the request left cli.in. */
 static void log_admin(struct conn *c, size_t body_len)
 {
     struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
@@ -129,11 +129,11 @@ static void log_admin(struct conn *c, size_t body_len)
 
 void admin_on_head(struct conn *c)
 {
-    const char *base = buf_head(&c->cin);
+    const char *base = buf_head(&c->cli.in);
     conn_set_path(c, base + c->req.url.off, c->req.url.len);
     int chunked = c->req.framing == HTTP_FRAME_CHUNKED;
     uint64_t clen = c->req.framing == HTTP_FRAME_LENGTH ? c->req.content_length : 0;
-    c->admin_keep = c->req.keep_alive && !c->client_eof;
+    c->admin_keep = c->req.keep_alive && !c->cli.eof;
     if (chunked) {
         answer_error(c, 411, "FERRY-7002", "the admin API takes bodies with a Content-Length");
         log_admin(c, 0);
@@ -144,8 +144,8 @@ void admin_on_head(struct conn *c)
         log_admin(c, 0);
         return;
     }
-    if (buf_len(&c->cin) < c->head_len + clen) {
-        if (c->client_eof) {
+    if (buf_len(&c->cli.in) < c->head_len + clen) {
+        if (c->cli.eof) {
             conn_close(c); /* gave up mid-body */
         }
         return; /* the rest of the body is on its way */
@@ -168,7 +168,7 @@ void admin_on_head(struct conn *c)
     c->refs++; /* the router may do anything, even close listeners */
     int rc = bridge_admin(&r, &a);
     c->refs--;
-    buf_consume(&c->cin, c->head_len + (size_t)clen);
+    buf_consume(&c->cli.in, c->head_len + (size_t)clen);
     c->head_started = 0;
     if (rc != 0) {
         answer_error(c, 500, "FERRY-7001", "the admin handler failed; see the log");

@@ -95,10 +95,10 @@ void conn_idle_trim(struct conn *c)
     http_msg_release(&c->req);
     http_msg_release(&c->resp);
     conn_set_path(c, NULL, 0);
-    buf_trim(&c->cin);
-    buf_trim(&c->uin);
-    buf_trim(&c->cout);
-    buf_trim(&c->uout);
+    buf_trim(&c->cli.in);
+    buf_trim(&c->up.in);
+    buf_trim(&c->cli.out);
+    buf_trim(&c->up.out);
     conn_usage_dropped();
 }
 
@@ -136,15 +136,15 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
     }
     c->l = l;
     l->conns++;
-    c->cfd = fd;
-    c->ufd = -1;
-    buf_init(&c->cin, CONN_BUF_SIZE);
-    buf_init(&c->cout, CONN_BUF_SIZE);
-    buf_init(&c->uin, CONN_BUF_SIZE);
-    buf_init(&c->uout, CONN_BUF_SIZE);
+    c->cli.fd = fd;
+    c->up.fd = -1;
+    buf_init(&c->cli.in, CONN_BUF_SIZE);
+    buf_init(&c->cli.out, CONN_BUF_SIZE);
+    buf_init(&c->up.in, CONN_BUF_SIZE);
+    buf_init(&c->up.out, CONN_BUF_SIZE);
     addr_text(sa, c->client, sizeof(c->client));
-    ev_io_init(&c->cio, on_client, fd, 0);
-    ev_init(&c->uio, on_upstream);
+    ev_io_init(&c->cli.io, on_client, fd, 0);
+    ev_init(&c->up.io, on_upstream);
     ev_init(&c->timer, on_timer);
     /* libev runs the watchers pending in one loop iteration by priority
      * (the same priority in no set order).  After a late iteration (a
@@ -156,8 +156,8 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
      * reads the upstream before it declares a first-byte timeout.  Only
      * the order within one iteration changes; listeners, probes and other
      * timers keep the default priority. */
-    ev_set_priority(&c->cio, CONN_IO_PRIORITY);
-    ev_set_priority(&c->uio, CONN_IO_PRIORITY);
+    ev_set_priority(&c->cli.io, CONN_IO_PRIORITY);
+    ev_set_priority(&c->up.io, CONN_IO_PRIORITY);
     c->state = CS_HEAD;
     c->path = no_path;
     conn_tunnel_init(c);
@@ -180,7 +180,7 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
 static void conn_destroy(struct conn *c)
 {
     /* Watchers and pending work first, then the descriptors. */
-    ev_io_stop(loop, &c->cio);
+    ev_io_stop(loop, &c->cli.io);
     ev_timer_stop(loop, &c->timer);
     if (c->rr != NULL) {
         resolve_cancel(c->rr);
@@ -192,11 +192,11 @@ static void conn_destroy(struct conn *c)
     admin_free(c);
     conn_upstream_close(c);
     conn_tunnel_close_pipes(c);
-    close(c->cfd);
-    buf_free(&c->cin);
-    buf_free(&c->cout);
-    buf_free(&c->uin);
-    buf_free(&c->uout);
+    close(c->cli.fd);
+    buf_free(&c->cli.in);
+    buf_free(&c->cli.out);
+    buf_free(&c->up.in);
+    buf_free(&c->up.out);
     http_msg_release(&c->req);
     http_msg_release(&c->resp);
     conn_set_path(c, NULL, 0);
@@ -282,42 +282,42 @@ void conn_update_io(struct conn *c)
     int ce = 0, ue = 0;
     int tunnel = c->state == CS_TUNNEL;
     /* Tunnels read into their pipe while it has room (tunnel.c). */
-    int c_room = tunnel ? conn_tunnel_can_read_client(c) : buf_room(&c->cin) > 0;
-    int u_room = tunnel ? conn_tunnel_can_read_upstream(c) : buf_room(&c->uin) > 0;
-    if (!c->client_eof && c_room) {
+    int c_room = tunnel ? conn_tunnel_can_read_client(c) : buf_room(&c->cli.in) > 0;
+    int u_room = tunnel ? conn_tunnel_can_read_upstream(c) : buf_room(&c->up.in) > 0;
+    if (!c->cli.eof && c_room) {
         ce |= EV_READ;
     }
-    if (!buf_empty(&c->cout) || c->state == CS_ADMIN_OUT ||
-        (tunnel && (!buf_empty(&c->uin) || c->puc.in > 0))) {
+    if (!buf_empty(&c->cli.out) || c->state == CS_ADMIN_OUT ||
+        (tunnel && (!buf_empty(&c->up.in) || c->puc.in > 0))) {
         ce |= EV_WRITE;
     }
-    if (c->ufd >= 0) {
+    if (c->up.fd >= 0) {
         int reading = c->state == CS_HANDSHAKE || c->state == CS_EXCHANGE || tunnel ||
                       c->idle_up;
-        if (reading && !c->upstream_eof && u_room) {
+        if (reading && !c->up.eof && u_room) {
             ue |= EV_READ;
         }
-        if (c->state == CS_CONNECT || !buf_empty(&c->uout) ||
-            (tunnel && (!buf_empty(&c->cin) || c->pcu.in > 0))) {
+        if (c->state == CS_CONNECT || !buf_empty(&c->up.out) ||
+            (tunnel && (!buf_empty(&c->cli.in) || c->pcu.in > 0))) {
             ue |= EV_WRITE;
         }
     }
-    set_events(&c->cio, &c->ev_c, c->cfd, ce);
-    set_events(&c->uio, &c->ev_u, c->ufd, ue);
+    set_events(&c->cli.io, &c->cli.ev, c->cli.fd, ce);
+    set_events(&c->up.io, &c->up.ev, c->up.fd, ue);
     if (c->pump_again) {
         /* Stopping a watcher clears its pending events, so feed after
          * set_events; conn_destroy's ev_io_stop drops it for good. */
-        ev_feed_event(loop, &c->cio, CONN_EV_PUMP);
+        ev_feed_event(loop, &c->cli.io, CONN_EV_PUMP);
     }
 }
 
-/* Write what cout holds: bytes written (0 when the socket is full), or
+/* Write what cli.out holds: bytes written (0 when the socket is full), or
  * -1 when the client went away. */
 static ssize_t flush_client(struct conn *c)
 {
     ssize_t total = 0;
-    while (!buf_empty(&c->cout)) {
-        ssize_t n = buf_write_fd(&c->cout, c->cfd);
+    while (!buf_empty(&c->cli.out)) {
+        ssize_t n = buf_write_fd(&c->cli.out, c->cli.fd);
         if (n > 0) {
             c->last_io = c->last_down = loop_now();
             total += n;
@@ -331,15 +331,15 @@ static ssize_t flush_client(struct conn *c)
     return total;
 }
 
-/* The same for uout: bytes written, or -1 on an upstream error. */
+/* The same for up.out: bytes written, or -1 on an upstream error. */
 static ssize_t flush_upstream(struct conn *c)
 {
-    if (c->ufd < 0 || c->state == CS_CONNECT) {
+    if (c->up.fd < 0 || c->state == CS_CONNECT) {
         return 0;
     }
     ssize_t total = 0;
-    while (!buf_empty(&c->uout)) {
-        ssize_t n = buf_write_fd(&c->uout, c->ufd);
+    while (!buf_empty(&c->up.out)) {
+        ssize_t n = buf_write_fd(&c->up.out, c->up.fd);
         if (n > 0) {
             c->last_io = c->last_up = loop_now();
             c->wrote_up = 1;
@@ -359,28 +359,28 @@ static ssize_t flush_upstream(struct conn *c)
  * and destroy the response before the client has read it. */
 static void drain(struct conn *c)
 {
-    if (!buf_empty(&c->cout)) {
+    if (!buf_empty(&c->cli.out)) {
         return;
     }
-    if (!c->shut_c) {
-        shutdown(c->cfd, SHUT_WR);
-        c->shut_c = 1;
+    if (!c->cli.shut) {
+        shutdown(c->cli.fd, SHUT_WR);
+        c->cli.shut = 1;
         conn_arm(c, LINGER_SECS);
     }
-    if (c->client_eof) {
+    if (c->cli.eof) {
         conn_close(c);
         return;
     }
-    buf_consume(&c->cin, buf_len(&c->cin));
+    buf_consume(&c->cli.in, buf_len(&c->cli.in));
 }
 
 /* Everything a pump round can change.  A round that changes none of it
  * and writes nothing made no progress; any other round may have made
- * room somewhere (a flush that empties uout lets the request body move
+ * room somewhere (a flush that empties up.out lets the request body move
  * on), so the pump goes round again. */
 struct pump_mark {
     enum conn_state state;
-    size_t cin, cout, uin, uout, fwd, in_cu, in_uc;
+    size_t cli_in, cli_out, up_in, up_out, fwd, in_cu, in_uc;
     unsigned flags;
 };
 
@@ -388,22 +388,22 @@ static void pump_mark(const struct conn *c, struct pump_mark *m)
 {
     memset(m, 0, sizeof(*m));
     m->state = c->state;
-    m->cin = buf_len(&c->cin);
-    m->cout = buf_len(&c->cout);
-    m->uin = buf_len(&c->uin);
-    m->uout = buf_len(&c->uout);
+    m->cli_in = buf_len(&c->cli.in);
+    m->cli_out = buf_len(&c->cli.out);
+    m->up_in = buf_len(&c->up.in);
+    m->up_out = buf_len(&c->up.out);
     m->fwd = c->fwd;
     m->in_cu = c->pcu.in;
     m->in_uc = c->puc.in;
     m->flags = (unsigned)c->req_done | (unsigned)c->resp_head_done << 1 |
-               (unsigned)c->resp_done << 2 | (unsigned)c->shut_c << 3 |
-               (unsigned)c->shut_u << 4 | (unsigned)(c->ufd >= 0) << 5;
+               (unsigned)c->resp_done << 2 | (unsigned)c->cli.shut << 3 |
+               (unsigned)c->up.shut << 4 | (unsigned)(c->up.fd >= 0) << 5;
 }
 
 static int pump_moved(const struct pump_mark *a, const struct pump_mark *b)
 {
-    return a->state != b->state || a->cin != b->cin || a->cout != b->cout ||
-           a->uin != b->uin || a->uout != b->uout || a->fwd != b->fwd ||
+    return a->state != b->state || a->cli_in != b->cli_in || a->cli_out != b->cli_out ||
+           a->up_in != b->up_in || a->up_out != b->up_out || a->fwd != b->fwd ||
            a->in_cu != b->in_cu || a->in_uc != b->in_uc || a->flags != b->flags;
 }
 
@@ -475,8 +475,8 @@ void conn_pump(struct conn *c)
      * later loop turn instead of waiting for one that may never come. */
     if (c->state == CS_HEAD) {
         /* The last answer may have left only now: an idle conn keeps no buffer. */
-        buf_trim(&c->cin);
-        buf_trim(&c->cout);
+        buf_trim(&c->cli.in);
+        buf_trim(&c->cli.out);
     }
     c->pump_again = moving;
     conn_update_io(c);
@@ -484,21 +484,21 @@ void conn_pump(struct conn *c)
 
 static void read_client(struct conn *c)
 {
-    ssize_t n = buf_read_fd(&c->cin, c->cfd);
+    ssize_t n = buf_read_fd(&c->cli.in, c->cli.fd);
     if (n > 0) {
         c->bytes_in += (unsigned long long)n;
         c->last_io = c->last_up = loop_now();
     } else if (n == 0) {
-        c->client_eof = 1;
+        c->cli.eof = 1;
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS) {
-        c->client_eof = 1; /* reset: nothing more will come */
+        c->cli.eof = 1; /* reset: nothing more will come */
     }
 }
 
 static void on_client(struct ev_loop *lp, ev_io *w, int revents)
 {
     (void)lp;
-    struct conn *c = (struct conn *)((char *)w - offsetof(struct conn, cio));
+    struct conn *c = (struct conn *)((char *)w - offsetof(struct conn, cli.io));
     c->refs++;
     if (revents & CONN_EV_PUMP) {
         c->pump_again = 0;
@@ -507,7 +507,7 @@ static void on_client(struct ev_loop *lp, ev_io *w, int revents)
         read_client(c);
     }
     conn_pump(c);
-    if (!c->closing && c->client_eof && c->state == CS_HEAD && buf_empty(&c->cout)) {
+    if (!c->closing && c->cli.eof && c->state == CS_HEAD && buf_empty(&c->cli.out)) {
         conn_close(c); /* an idle or half-sent client left */
     }
     c->refs--;
@@ -519,7 +519,7 @@ static void on_client(struct ev_loop *lp, ev_io *w, int revents)
 static void on_upstream(struct ev_loop *lp, ev_io *w, int revents)
 {
     (void)lp;
-    struct conn *c = (struct conn *)((char *)w - offsetof(struct conn, uio));
+    struct conn *c = (struct conn *)((char *)w - offsetof(struct conn, up.io));
     c->refs++;
     conn_upstream_event(c, revents);
     if (!c->closing) {

@@ -39,7 +39,7 @@ enum conn_state {
     CS_EXCHANGE,  /* plain HTTP: request body out, response back */
     CS_TUNNEL,    /* opaque relay both ways: CONNECT or a WebSocket after 101 */
     CS_DRAIN,     /* final bytes to the client, then a lingering close */
-    CS_ADMIN_OUT  /* an admin answer larger than cout, fed in as the client reads */
+    CS_ADMIN_OUT  /* an admin answer larger than cli.out, fed in as the client reads */
 };
 
 struct listener;
@@ -57,16 +57,24 @@ struct tunnel_pipe {
     unsigned grow_tried:1;       /* private: asked to grow once already */
 };
 
+/* One socket side of a connection: the client's, or the first hop's.
+ * Each has its own watcher (and callback), buffers and end-of-stream
+ * flags; the conn ties two legs to the request in flight. */
+struct leg {
+    int fd;                      /* ro: the socket, -1 when none */
+    ev_io io;                    /* private: its watcher */
+    struct buf in, out;          /* rw: bytes read from it, bytes to write to it */
+    int ev;                      /* private: events the watcher has now */
+    unsigned eof:1;              /* the peer finished sending */
+    unsigned shut:1;             /* shutdown(fd, SHUT_WR) done */
+};
+
 struct conn {
     struct listener *l;          /* ro: accepted here */
-    int cfd;                     /* ro: client socket */
-    int ufd;                     /* ro: upstream socket, -1 when none */
-    ev_io cio;                   /* private: client watcher */
-    ev_io uio;                   /* private: upstream watcher */
+    struct leg cli;              /* the client's socket */
+    struct leg up;               /* the first hop's socket (fd -1 when none) */
     ev_timer timer;              /* private: the one timeout of the conn */
     enum conn_state state;       /* rw */
-    struct buf cin, cout;        /* rw: client in, client out */
-    struct buf uin, uout;        /* rw: upstream in, upstream out */
     struct http_msg req;         /* rw: current request head */
     struct http_msg resp;        /* rw: current response head / handshake */
 
@@ -80,7 +88,7 @@ struct conn {
     char user[128];              /* inbound user, if authenticated */
     char cid[40];                /* correlation id */
     struct http_span tpath;      /* path and query within the head */
-    size_t head_len;             /* request head bytes at cin's start */
+    size_t head_len;             /* request head bytes at cli.in's start */
     size_t fwd;                  /* request bytes already sent upstream */
     int is_connect;              /* CONNECT tunnel */
     int status;                  /* status sent to the client */
@@ -119,24 +127,19 @@ struct conn {
     struct tunnel_pipe puc;      /* private: upstream to client */
 
     int refs;                    /* handlers on the stack */
-    int ev_c, ev_u;              /* private: events the watchers have now */
     unsigned counted:1;          /* proxy_attempt_begin was called */
     unsigned closing:1;          /* free once refs drop to 0 */
-    unsigned client_eof:1;
-    unsigned upstream_eof:1;
     unsigned req_done:1;         /* request fully sent upstream */
     unsigned resp_head_done:1;
     unsigned resp_done:1;
-    unsigned replayable:1;       /* request still whole in cin: may retry */
-    unsigned sent_any:1;         /* response bytes reached cout this request */
+    unsigned replayable:1;       /* request still whole in cli.in: may retry */
+    unsigned sent_any:1;         /* response bytes reached cli.out this request */
     unsigned keep_client:1;      /* keep the client open after this response */
     unsigned upgrade:1;          /* request asks for a protocol upgrade */
-    unsigned shut_c:1;           /* shutdown(cfd, SHUT_WR) done */
-    unsigned shut_u:1;           /* shutdown(ufd, SHUT_WR) done */
-    unsigned idle_up:1;          /* ufd is an idle keep-alive upstream */
+    unsigned idle_up:1;          /* up.fd is an idle keep-alive upstream */
     unsigned head_started:1;     /* bytes of the next head have arrived */
     unsigned metered:1;          /* routed, outcome not counted yet (metrics.c) */
-    unsigned pump_again:1;       /* private: a CONN_EV_PUMP is fed to cio */
+    unsigned pump_again:1;       /* private: a CONN_EV_PUMP is fed to cli.io */
     unsigned fail_target:1;      /* set by a failing connector: the destination failed,
                                   * not the proxy (conn_report_target) */
     unsigned dechunk:1;          /* relay a chunked response's data to a 1.0 client */
@@ -195,7 +198,7 @@ void conn_clear_header_edits(struct conn *c);
 /* conn_head.c: every head ferry writes, rebuilt from parsed spans. */
 #define VIA_NAME_MAX 64
 int conn_write_request_head(struct conn *c);
-/* The response head for the client (base: the head in uin); -1: no room. */
+/* The response head for the client (base: the head in up.in); -1: no room. */
 int conn_write_response_head(struct conn *c, const char *base);
 /* A 1xx interim response, rewritten like a final one; -1: no room. */
 int conn_write_interim(struct conn *c, const char *base);
@@ -210,9 +213,9 @@ void conn_target_path(const struct conn *c, const char *base, const char **pre,
                       const char **path, int *len);
 
 /* admin.c */
-/* The head of a request on an admin listener is in cin. */
+/* The head of a request on an admin listener is in cli.in. */
 void admin_on_head(struct conn *c);
-/* Feed the rest of a large answer into cout (state CS_ADMIN_OUT). */
+/* Feed the rest of a large answer into cli.out (state CS_ADMIN_OUT). */
 void admin_pump(struct conn *c);
 void admin_free(struct conn *c);
 

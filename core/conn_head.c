@@ -181,9 +181,9 @@ void conn_target_path(const struct conn *c, const char *base, const char **pre,
 
 int conn_write_request_head(struct conn *c)
 {
-    const char *base = buf_head(&c->cin);
+    const char *base = buf_head(&c->cli.in);
     struct out o;
-    if (out_open(&o, &c->uout) < 0) {
+    if (out_open(&o, &c->up.out) < 0) {
         return -1;
     }
     int absolute = c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP;
@@ -223,7 +223,7 @@ int conn_write_request_head(struct conn *c)
     if (o.overflow) {
         return -1;
     }
-    buf_commit(&c->uout, o.n);
+    buf_commit(&c->up.out, o.n);
     return 0;
 }
 
@@ -264,7 +264,7 @@ static void out_response_fields(struct out *o, const struct conn *c, const char 
 int conn_write_response_head(struct conn *c, const char *base)
 {
     struct out o;
-    if (out_open(&o, &c->cout) < 0) {
+    if (out_open(&o, &c->cli.out) < 0) {
         return -1;
     }
     const struct http_msg *m = &c->resp;
@@ -286,7 +286,7 @@ int conn_write_response_head(struct conn *c, const char *base)
     if (o.overflow) {
         return -1;
     }
-    buf_commit(&c->cout, o.n);
+    buf_commit(&c->cli.out, o.n);
     c->bytes_out += o.n;
     return 0;
 }
@@ -294,7 +294,7 @@ int conn_write_response_head(struct conn *c, const char *base)
 int conn_write_interim(struct conn *c, const char *base)
 {
     struct out o;
-    if (out_open(&o, &c->cout) < 0) {
+    if (out_open(&o, &c->cli.out) < 0) {
         return -1;
     }
     out_response_fields(&o, c, base);
@@ -302,7 +302,7 @@ int conn_write_interim(struct conn *c, const char *base)
     if (o.overflow) {
         return -1;
     }
-    buf_commit(&c->cout, o.n);
+    buf_commit(&c->cli.out, o.n);
     c->bytes_out += o.n;
     return 0;
 }
@@ -310,20 +310,20 @@ int conn_write_interim(struct conn *c, const char *base)
 void conn_write_connect_ok(struct conn *c)
 {
     static const char ok[] = "HTTP/1.1 200 Connection established\r\n";
-    buf_append(&c->cout, ok, sizeof(ok) - 1);
+    buf_append(&c->cli.out, ok, sizeof(ok) - 1);
     if (c->proxy != NULL) {
         char label[LABEL_MAX];
         header_safe(c->proxy->label, label, sizeof(label));
-        buf_append(&c->cout, "X-Ferry-Proxy: ", 15);
-        buf_append(&c->cout, label, strlen(label));
-        buf_append(&c->cout, "\r\n", 2);
+        buf_append(&c->cli.out, "X-Ferry-Proxy: ", 15);
+        buf_append(&c->cli.out, label, strlen(label));
+        buf_append(&c->cli.out, "\r\n", 2);
     }
     if (c->cid[0] != '\0') {
-        buf_append(&c->cout, "X-Request-Id: ", 14);
-        buf_append(&c->cout, c->cid, strlen(c->cid));
-        buf_append(&c->cout, "\r\n", 2);
+        buf_append(&c->cli.out, "X-Request-Id: ", 14);
+        buf_append(&c->cli.out, c->cid, strlen(c->cid));
+        buf_append(&c->cli.out, "\r\n", 2);
     }
-    buf_append(&c->cout, "\r\n", 2);
+    buf_append(&c->cli.out, "\r\n", 2);
 }
 
 /* The methods a forward listener takes, for OPTIONS answered here. */
@@ -339,9 +339,9 @@ static int secret(const char *base, const struct http_field *f)
 
 int conn_write_local_answer(struct conn *c)
 {
-    const char *base = buf_head(&c->cin);
+    const char *base = buf_head(&c->cli.in);
     struct out o;
-    if (out_open(&o, &c->cout) < 0) {
+    if (out_open(&o, &c->cli.out) < 0) {
         return -1;
     }
     if (c->req.method != HTTP_TRACE) {
@@ -369,7 +369,7 @@ int conn_write_local_answer(struct conn *c)
     if (o.overflow) {
         return -1;
     }
-    buf_commit(&c->cout, o.n);
+    buf_commit(&c->cli.out, o.n);
     c->bytes_out += o.n;
     return 0;
 }

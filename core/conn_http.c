@@ -85,9 +85,9 @@ static void note_unparsed(struct conn *c, const char *base, size_t hl)
 static void fail_answer(struct conn *c, enum ferr e, int quiet)
 {
     const struct ferr_info *info = ferr_info(e);
-    if (c->state == CS_HEAD && c->method[0] == '\0' && !buf_empty(&c->cin)) {
+    if (c->state == CS_HEAD && c->method[0] == '\0' && !buf_empty(&c->cli.in)) {
         /* A head that never completed: log what arrived of it. */
-        note_unparsed(c, buf_head(&c->cin), buf_len(&c->cin));
+        note_unparsed(c, buf_head(&c->cli.in), buf_len(&c->cli.in));
     }
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
@@ -125,8 +125,8 @@ static void fail_answer(struct conn *c, enum ferr e, int quiet)
                       "Content-Length: %d\r\nX-Ferry-Error: %s\r\nX-Request-Id: %s\r\n"
                       "%sConnection: close\r\n\r\n",
                       info->status, info->reason, bl, info->code, c->cid, extra);
-    c->bytes_out += buf_append(&c->cout, head, (size_t)hl);
-    c->bytes_out += buf_append(&c->cout, body, (size_t)bl);
+    c->bytes_out += buf_append(&c->cli.out, head, (size_t)hl);
+    c->bytes_out += buf_append(&c->cli.out, body, (size_t)bl);
     c->sent_any = 1;
     log_done(c);
     c->state = CS_DRAIN;
@@ -284,7 +284,7 @@ static void reset_request(struct conn *c)
     c->port = 0;
     conn_set_path(c, NULL, 0);
     c->method[0] = '\0';
-    c->bytes_in = buf_len(&c->cin);
+    c->bytes_in = buf_len(&c->cli.in);
     c->bytes_out = 0;
 }
 
@@ -328,8 +328,8 @@ static void answer_here(struct conn *c)
 
 void conn_on_head(struct conn *c)
 {
-    buf_consume(&c->cin, http_skip_empty_lines(buf_head(&c->cin), buf_len(&c->cin)));
-    if (buf_empty(&c->cin)) {
+    buf_consume(&c->cli.in, http_skip_empty_lines(buf_head(&c->cli.in), buf_len(&c->cli.in)));
+    if (buf_empty(&c->cli.in)) {
         return;
     }
     if (!c->head_started) {
@@ -340,18 +340,18 @@ void conn_on_head(struct conn *c)
         new_cid(c);
         conn_arm(c, timeouts.client_head);
     }
-    if (!could_be_http(buf_head(&c->cin), buf_len(&c->cin))) {
+    if (!could_be_http(buf_head(&c->cli.in), buf_len(&c->cli.in))) {
         conn_fail(c, FERR_NOT_HTTP);
         return;
     }
-    const char *base = buf_head(&c->cin);
-    size_t hl = http_head_len(base, buf_len(&c->cin));
+    const char *base = buf_head(&c->cli.in);
+    size_t hl = http_head_len(base, buf_len(&c->cli.in));
     if (hl == 0) {
-        if (http_bare_cr(base, buf_len(&c->cin))) {
+        if (http_bare_cr(base, buf_len(&c->cli.in))) {
             conn_fail(c, FERR_BAD_REQUEST);
-        } else if (buf_room(&c->cin) == 0) {
+        } else if (buf_room(&c->cli.in) == 0) {
             conn_fail(c, FERR_HEAD_TOO_LARGE);
-        } else if (c->client_eof) {
+        } else if (c->cli.eof) {
             conn_close(c); /* the client gave up mid-head */
         }
         return;
@@ -431,8 +431,8 @@ void conn_on_head(struct conn *c)
 void conn_finish(struct conn *c)
 {
     struct proxy *p = c->proxy;
-    int keep_up = c->resp.keep_alive && c->req_done && buf_empty(&c->uin) &&
-                  !c->upstream_eof && c->ufd >= 0 &&
+    int keep_up = c->resp.keep_alive && c->req_done && buf_empty(&c->up.in) &&
+                  !c->up.eof && c->up.fd >= 0 &&
                   (p == NULL || !(p->pub.flags & FERRY_PROXY_REMOVED));
     conn_report_flush(c);
     log_done(c);
@@ -445,7 +445,7 @@ void conn_finish(struct conn *c)
         conn_arm(c, timeouts.idle < 30 ? timeouts.idle : 30);
         return;
     }
-    buf_consume(&c->cin, c->fwd);
+    buf_consume(&c->cli.in, c->fwd);
     c->fwd = 0;
     c->served++;
     c->state = CS_HEAD;
@@ -468,16 +468,16 @@ static int relay_request_body(struct conn *c)
         c->req_done = 1;
         return 0;
     }
-    size_t avail = buf_len(&c->cin) - c->fwd;
-    size_t room = buf_room(&c->uout);
+    size_t avail = buf_len(&c->cli.in) - c->fwd;
+    size_t room = buf_room(&c->up.out);
     if (avail > 0 && room > 0) {
-        const char *p = buf_head(&c->cin) + c->fwd;
+        const char *p = buf_head(&c->cli.in) + c->fwd;
         long n = http_body(&c->req, p, avail < room ? avail : room);
         if (n < 0) {
             conn_fail(c, FERR_BAD_CHUNK);
             return -1;
         }
-        buf_append(&c->uout, p, (size_t)n);
+        buf_append(&c->up.out, p, (size_t)n);
         c->fwd += (size_t)n;
         if (c->req.msg_done) {
             c->req_done = 1;
@@ -487,14 +487,14 @@ static int relay_request_body(struct conn *c)
             }
         }
     }
-    if (!c->req_done && buf_room(&c->cin) == 0 && c->fwd > 0) {
+    if (!c->req_done && buf_room(&c->cli.in) == 0 && c->fwd > 0) {
         /* The body outgrew the buffer: what was sent is gone for good,
          * so this request can no longer be replayed on another proxy. */
-        buf_consume(&c->cin, c->fwd);
+        buf_consume(&c->cli.in, c->fwd);
         c->fwd = 0;
         c->replayable = 0;
     }
-    if (!c->req_done && c->client_eof && buf_len(&c->cin) == c->fwd) {
+    if (!c->req_done && c->cli.eof && buf_len(&c->cli.in) == c->fwd) {
         struct log_ctx ctx;
         log_ctx_of(c, &ctx);
         log_event(LOG_WARN, "FERRY-1008", &ctx, "client closed mid-request body");
@@ -527,18 +527,18 @@ static void origin_failed(struct conn *c, enum ferr e)
 static int take_response_head(struct conn *c)
 {
     while (!c->resp_head_done) {
-        const char *base = buf_head(&c->uin);
-        size_t hl = http_head_len(base, buf_len(&c->uin));
+        const char *base = buf_head(&c->up.in);
+        size_t hl = http_head_len(base, buf_len(&c->up.in));
         if (hl == 0) {
-            if (buf_room(&c->uin) == 0) {
+            if (buf_room(&c->up.in) == 0) {
                 origin_failed(c, FERR_RESPONSE_TOO_LARGE);
                 return -1;
             }
-            if (http_bare_cr(base, buf_len(&c->uin))) {
+            if (http_bare_cr(base, buf_len(&c->up.in))) {
                 origin_failed(c, FERR_BAD_RESPONSE);
                 return -1;
             }
-            if (c->upstream_eof) {
+            if (c->up.eof) {
                 conn_attempt_failed(c, FERRY_FAIL_RESET, FERR_UPSTREAM_RESET);
                 return -1;
             }
@@ -557,14 +557,14 @@ static int take_response_head(struct conn *c)
              * HTTP/1.0 client never gets one (RFC 9110 §15.2). */
             if (c->req.minor > 0) {
                 if (conn_write_interim(c, base) < 0) {
-                    if (buf_empty(&c->cout)) {
+                    if (buf_empty(&c->cli.out)) {
                         origin_failed(c, FERR_RESPONSE_TOO_LARGE);
                         return -1;
                     }
                     return 0; /* wait for the client to take earlier bytes */
                 }
             }
-            buf_consume(&c->uin, hl);
+            buf_consume(&c->up.in, hl);
             /* Not sent_any: a final answer (an error too) may still follow
              * an interim one; replayable = 0 already stops retries. */
             c->replayable = 0;
@@ -578,22 +578,22 @@ static int take_response_head(struct conn *c)
          * though we asked in 1.0): the client cannot read the coding
          * (RFC 9112 §6.1), so it gets the data, delimited by the close. */
         c->dechunk = c->req.minor == 0 && c->resp.framing == HTTP_FRAME_CHUNKED;
-        c->keep_client = c->req.keep_alive && !http_needs_eof(&c->resp) && !c->client_eof &&
+        c->keep_client = c->req.keep_alive && !http_needs_eof(&c->resp) && !c->cli.eof &&
                          !c->dechunk;
         if (conn_write_response_head(c, base) < 0) {
-            if (buf_empty(&c->cout)) {
+            if (buf_empty(&c->cli.out)) {
                 origin_failed(c, FERR_RESPONSE_TOO_LARGE);
                 return -1;
             }
             return 0; /* wait for the client to take earlier bytes */
         }
-        buf_consume(&c->uin, hl);
+        buf_consume(&c->up.in, hl);
         c->resp_head_done = 1;
         c->sent_any = 1;
         c->replayable = 0;
         c->status = st;
         if (c->req_done) {
-            buf_consume(&c->cin, c->fwd);
+            buf_consume(&c->cli.in, c->fwd);
             c->fwd = 0;
         }
         conn_report_head(c, base, hl, st);
@@ -607,7 +607,7 @@ static int take_response_head(struct conn *c)
     return 0;
 }
 
-/* take_back: all of cout is this response, written in this very call,
+/* take_back: all of cli.out is this response, written in this very call,
  * so none of it has left ferry yet. */
 static int relay_response_body(struct conn *c, int take_back)
 {
@@ -615,49 +615,49 @@ static int relay_response_body(struct conn *c, int take_back)
         c->resp_done = 1;
         return 0;
     }
-    size_t avail = buf_len(&c->uin);
-    size_t room = buf_room(&c->cout);
+    size_t avail = buf_len(&c->up.in);
+    size_t room = buf_room(&c->cli.out);
     while (c->dechunk && avail > 0 && room > 0 && !c->resp.msg_done) {
         /* The data of a chunked response for an HTTP/1.0 client: at most
-         * room bytes of input, so the data always fits in cout. */
+         * room bytes of input, so the data always fits in cli.out. */
         size_t off, len;
-        const char *in = buf_head(&c->uin);
+        const char *in = buf_head(&c->up.in);
         long n = http_body_data(&c->resp, in, avail < room ? avail : room, &off, &len);
         if (n < 0) {
             if (take_back) {
-                size_t k = buf_len(&c->cout);
-                buf_consume(&c->cout, k);
+                size_t k = buf_len(&c->cli.out);
+                buf_consume(&c->cli.out, k);
                 c->bytes_out = c->bytes_out > k ? c->bytes_out - k : 0;
                 c->sent_any = 0;
             }
             conn_fail(c, FERR_BAD_RESPONSE);
             return -1;
         }
-        c->bytes_out += buf_append(&c->cout, in + off, len);
+        c->bytes_out += buf_append(&c->cli.out, in + off, len);
         conn_report_body(c, in + off, len, c->resp.msg_done);
-        buf_consume(&c->uin, (size_t)n);
-        avail = buf_len(&c->uin);
-        room = buf_room(&c->cout);
+        buf_consume(&c->up.in, (size_t)n);
+        avail = buf_len(&c->up.in);
+        room = buf_room(&c->cli.out);
     }
     if (!c->dechunk && avail > 0 && room > 0) {
-        long n = http_body(&c->resp, buf_head(&c->uin), avail < room ? avail : room);
+        long n = http_body(&c->resp, buf_head(&c->up.in), avail < room ? avail : room);
         if (n < 0) {
             if (take_back) {
                 /* Nothing of this response left ferry yet: take it back
                  * and answer a clean 502 instead of a cut message. */
-                size_t k = buf_len(&c->cout);
-                buf_consume(&c->cout, k);
+                size_t k = buf_len(&c->cli.out);
+                buf_consume(&c->cli.out, k);
                 c->bytes_out = c->bytes_out > k ? c->bytes_out - k : 0;
                 c->sent_any = 0;
             }
             conn_fail(c, FERR_BAD_RESPONSE);
             return -1;
         }
-        c->bytes_out += buf_append(&c->cout, buf_head(&c->uin), (size_t)n);
-        conn_report_body(c, buf_head(&c->uin), (size_t)n, c->resp.msg_done);
-        buf_consume(&c->uin, (size_t)n);
+        c->bytes_out += buf_append(&c->cli.out, buf_head(&c->up.in), (size_t)n);
+        conn_report_body(c, buf_head(&c->up.in), (size_t)n, c->resp.msg_done);
+        buf_consume(&c->up.in, (size_t)n);
     }
-    if (!c->resp.msg_done && c->upstream_eof && buf_empty(&c->uin)) {
+    if (!c->resp.msg_done && c->up.eof && buf_empty(&c->up.in)) {
         if (!http_body_eof(&c->resp)) {
             conn_report(c, 0, FERRY_FAIL_RESET, c->status);
             conn_fail(c, FERR_UPSTREAM_RESET); /* truncated: close the client */
@@ -675,7 +675,7 @@ int conn_exchange(struct conn *c)
     if (relay_request_body(c) < 0) {
         return -1;
     }
-    int fresh = !c->resp_head_done && buf_empty(&c->cout);
+    int fresh = !c->resp_head_done && buf_empty(&c->cli.out);
     if (!c->resp_head_done) {
         int r = take_response_head(c);
         if (r != 0 || c->closing || c->state != CS_EXCHANGE) {

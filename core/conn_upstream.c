@@ -31,11 +31,11 @@ void conn_upstream_close(struct conn *c)
         resolve_cancel(c->rr);
         c->rr = NULL;
     }
-    if (c->ufd >= 0) {
-        ev_io_stop(loop, &c->uio);
-        c->ev_u = 0;
-        close(c->ufd);
-        c->ufd = -1;
+    if (c->up.fd >= 0) {
+        ev_io_stop(loop, &c->up.io);
+        c->up.ev = 0;
+        close(c->up.fd);
+        c->up.fd = -1;
     }
     if (c->counted && c->proxy != NULL) {
         proxy_attempt_end(c->proxy);
@@ -44,10 +44,10 @@ void conn_upstream_close(struct conn *c)
     c->idle_up = 0;
     free(c->idle_host);
     c->idle_host = NULL;
-    c->upstream_eof = 0;
-    c->shut_u = 0;
-    buf_consume(&c->uin, buf_len(&c->uin));
-    buf_consume(&c->uout, buf_len(&c->uout));
+    c->up.eof = 0;
+    c->up.shut = 0;
+    buf_consume(&c->up.in, buf_len(&c->up.in));
+    buf_consume(&c->up.out, buf_len(&c->up.out));
 }
 
 void conn_upstream_release(struct conn *c, int keep)
@@ -95,7 +95,7 @@ void conn_route(struct conn *c)
         r.session = c->session;
         r.session_len = (uint32_t)strlen(c->session);
     }
-    r.head = buf_head(&c->cin);
+    r.head = buf_head(&c->cli.in);
     r.head_len = (uint32_t)c->head_len;
     r.retries = -1;
     r.pool = -1; /* until the runtime chooses one (0 = direct) */
@@ -186,7 +186,7 @@ static int reusable(struct conn *c)
             return 0;
         }
     }
-    return idle_alive(c->ufd);
+    return idle_alive(c->up.fd);
 }
 
 static void attempt_start(struct conn *c);
@@ -197,7 +197,7 @@ static void attempt_start(struct conn *c);
  * says nothing about the proxy's health, so the same hop is tried again,
  * once, on a fresh connection: no failure is charged, no retry spent, no
  * proxy marked tried.  Only when the request may be sent twice: it is
- * still whole in cin, and it is idempotent (or carries Idempotency-Key) or
+ * still whole in cli.in, and it is idempotent (or carries Idempotency-Key) or
  * none of its bytes reached the socket.  1: the fresh attempt is on. */
 static int reuse_replay(struct conn *c, enum ferr e)
 {
@@ -237,7 +237,7 @@ static void attempt_start(struct conn *c)
     c->wrote_up = 0;
     c->ops = c->proxy == NULL ? &up_direct
            : c->proxy->pub.scheme == FERRY_SCHEME_HTTP ? &up_http : &up_socks5;
-    if (c->ufd >= 0 && reusable(c)) {
+    if (c->up.fd >= 0 && reusable(c)) {
         c->idle_up = 0;
         c->reused = 1;
         if (c->proxy != NULL) {
@@ -293,8 +293,8 @@ static void connect_to(struct conn *c, const struct sockaddr *sa, socklen_t len)
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    c->ufd = fd;
-    c->ev_u = 0;
+    c->up.fd = fd;
+    c->up.ev = 0;
     if (connect(fd, sa, len) == 0) {
         connected(c);
         return;
@@ -316,7 +316,7 @@ void conn_upstream_ready(struct conn *c)
             : c->proxy->pub.latency_ewma_ms + 0.3 * (ms - c->proxy->pub.latency_ewma_ms);
     }
     if (c->is_connect) {
-        buf_consume(&c->cin, c->head_len);
+        buf_consume(&c->cli.in, c->head_len);
         conn_write_connect_ok(c);
         c->sent_any = 1;
         c->status = 200;
@@ -326,7 +326,7 @@ void conn_upstream_ready(struct conn *c)
     }
     if (c->attempt > 0 || c->replay_head) {
         /* A replay: parse the head again to restart body framing. */
-        http_parse_request(&c->req, buf_head(&c->cin), c->head_len);
+        http_parse_request(&c->req, buf_head(&c->cli.in), c->head_len);
     }
     c->fwd = c->head_len;
     c->req_done = !c->req.has_body;
@@ -398,7 +398,7 @@ void conn_upstream_event(struct conn *c, int revents)
         }
         int err = 0;
         socklen_t el = sizeof(err);
-        if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &el) == -1) {
+        if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &err, &el) == -1) {
             err = errno;
         }
         if (err == ECONNRESET) {
@@ -419,12 +419,12 @@ void conn_upstream_event(struct conn *c, int revents)
         return;
     }
     if (revents & EV_READ) {
-        ssize_t n = buf_read_fd(&c->uin, c->ufd);
+        ssize_t n = buf_read_fd(&c->up.in, c->up.fd);
         if (n > 0) {
             c->last_io = c->last_down = loop_now();
             c->reused = 0; /* the kept upstream answered: it was alive */
         } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS)) {
-            c->upstream_eof = 1;
+            c->up.eof = 1;
         }
         if (c->idle_up) {
             /* An idle upstream spoke or hung up: it is no longer reusable. */
@@ -437,19 +437,19 @@ void conn_upstream_event(struct conn *c, int revents)
                 conn_upstream_ready(c);
             } else if (r == UP_FAIL) {
                 conn_attempt_failed(c, c->fail_kind, c->fail_err);
-            } else if (c->upstream_eof) {
+            } else if (c->up.eof) {
                 conn_attempt_failed(c, FERRY_FAIL_RESET, FERR_HANDSHAKE_FAILED);
             }
         }
     }
 }
 
-/* No request-body byte moved for timeouts.idle.  Bytes waiting in uout
+/* No request-body byte moved for timeouts.idle.  Bytes waiting in up.out
  * mean the upstream stopped reading; none, that the client stopped
  * sending. */
 static void exchange_body_stalled(struct conn *c)
 {
-    int upstream = !buf_empty(&c->uout);
+    int upstream = !buf_empty(&c->up.out);
     enum ferr e = upstream ? FERR_UPSTREAM_STALLED : FERR_BODY_TIMEOUT;
     if (!c->resp_head_done) {
         if (upstream) {
@@ -474,19 +474,19 @@ static void exchange_body_stalled(struct conn *c)
  * the timer alone.  1: bytes or the upstream's end arrived. */
 static int answer_waiting(struct conn *c)
 {
-    if (c->ufd < 0 || c->upstream_eof || buf_room(&c->uin) == 0) {
+    if (c->up.fd < 0 || c->up.eof || buf_room(&c->up.in) == 0) {
         return 0;
     }
-    size_t had = buf_len(&c->uin);
+    size_t had = buf_len(&c->up.in);
     conn_upstream_event(c, EV_READ);
-    return buf_len(&c->uin) != had || c->upstream_eof;
+    return buf_len(&c->up.in) != had || c->up.eof;
 }
 
 void conn_on_timeout(struct conn *c)
 {
     switch (c->state) {
     case CS_HEAD:
-        if (!buf_empty(&c->cin)) {
+        if (!buf_empty(&c->cli.in)) {
             conn_fail(c, FERR_HEAD_TIMEOUT);
         } else if (c->idle_up && c->deadline - loop_now() > 0.001) {
             /* The kept upstream idled out; the client may stay till its deadline. */

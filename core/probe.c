@@ -164,12 +164,12 @@ static void release(struct probe *pr)
     pr->ev = 0;
     ev_timer_stop(loop, &pr->timer);
     if (c != NULL) {
-        if (c->ufd >= 0) {
-            close(c->ufd);
-            c->ufd = -1;
+        if (c->up.fd >= 0) {
+            close(c->up.fd);
+            c->up.fd = -1;
         }
-        buf_consume(&c->uin, buf_len(&c->uin));
-        buf_consume(&c->uout, buf_len(&c->uout));
+        buf_consume(&c->up.in, buf_len(&c->up.in));
+        buf_consume(&c->up.out, buf_len(&c->up.out));
         http_msg_release(&c->resp);
     }
     if (pr->step != PS_IDLE) {
@@ -242,15 +242,15 @@ static void queue_get(struct probe *pr)
     if (n < 0 || (size_t)n >= sizeof(line)) {
         n = 0; /* cannot happen: ferry_probe_set bounds host and path */
     }
-    buf_append(&c->uout, line, (size_t)n);
+    buf_append(&c->up.out, line, (size_t)n);
     if (absolute && p->auth_header != NULL) {
-        buf_append(&c->uout, p->auth_header, strlen(p->auth_header));
+        buf_append(&c->up.out, p->auth_header, strlen(p->auth_header));
     }
     if (absolute && p->extra_headers != NULL) {
-        buf_append(&c->uout, p->extra_headers, strlen(p->extra_headers));
+        buf_append(&c->up.out, p->extra_headers, strlen(p->extra_headers));
     }
     static const char tail[] = "User-Agent: ferry-probe\r\nConnection: close\r\n\r\n";
-    buf_append(&c->uout, tail, sizeof(tail) - 1);
+    buf_append(&c->up.out, tail, sizeof(tail) - 1);
     pr->step = PS_HTTP;
 }
 
@@ -261,7 +261,7 @@ static void handshake_done(struct probe *pr)
         finish(pr, 1, NULL);
         return;
     }
-    buf_consume(&pr->c->uin, buf_len(&pr->c->uin));
+    buf_consume(&pr->c->up.in, buf_len(&pr->c->up.in));
     queue_get(pr);
 }
 
@@ -276,9 +276,9 @@ static void queue_hello(struct probe *pr)
     if (p->pub.scheme == FERRY_SCHEME_SOCKS5) {
         static const char plain[] = { 5, 1, 0 }, creds[] = { 5, 2, 0, 2 };
         if (p->user != NULL) {
-            buf_append(&c->uout, creds, sizeof(creds));
+            buf_append(&c->up.out, creds, sizeof(creds));
         } else {
-            buf_append(&c->uout, plain, sizeof(plain));
+            buf_append(&c->up.out, plain, sizeof(plain));
         }
     } else {
         char line[HOST_MAX_LEN + 128];
@@ -291,7 +291,7 @@ static void queue_hello(struct probe *pr)
             n = snprintf(line, sizeof(line), "OPTIONS * HTTP/1.1\r\nHost: proxy\r\n"
                                              "Connection: close\r\n\r\n");
         }
-        buf_append(&c->uout, line, (size_t)n);
+        buf_append(&c->up.out, line, (size_t)n);
     }
     pr->step = PS_HELLO;
 }
@@ -300,8 +300,8 @@ static void queue_hello(struct probe *pr)
 static void on_hello_answer(struct probe *pr)
 {
     struct conn *c = pr->c;
-    const char *base = buf_head(&c->uin);
-    size_t len = buf_len(&c->uin);
+    const char *base = buf_head(&c->up.in);
+    size_t len = buf_len(&c->up.in);
     if (pr->p->pub.scheme == FERRY_SCHEME_SOCKS5) {
         if (len < 2) {
             return;
@@ -315,7 +315,7 @@ static void on_hello_answer(struct probe *pr)
     }
     size_t hl = http_head_len(base, len);
     if (hl == 0) {
-        if (buf_room(&c->uin) == 0) {
+        if (buf_room(&c->up.in) == 0) {
             finish(pr, 0, "probe response head too large");
         }
         return;
@@ -354,10 +354,10 @@ static void connected(struct probe *pr)
 static void on_response(struct probe *pr)
 {
     struct conn *c = pr->c;
-    const char *base = buf_head(&c->uin);
-    size_t hl = http_head_len(base, buf_len(&c->uin));
+    const char *base = buf_head(&c->up.in);
+    size_t hl = http_head_len(base, buf_len(&c->up.in));
     if (hl == 0) {
-        if (buf_room(&c->uin) == 0) {
+        if (buf_room(&c->up.in) == 0) {
             finish(pr, 0, "probe response head too large");
         }
         return;
@@ -398,8 +398,8 @@ static void handshake_failed(struct probe *pr)
 static void on_exchange(struct probe *pr, int revents)
 {
     struct conn *c = pr->c;
-    if ((revents & EV_WRITE) && !buf_empty(&c->uout)) {
-        if (buf_write_fd(&c->uout, c->ufd) == -1 && errno != EAGAIN && errno != EWOULDBLOCK) {
+    if ((revents & EV_WRITE) && !buf_empty(&c->up.out)) {
+        if (buf_write_fd(&c->up.out, c->up.fd) == -1 && errno != EAGAIN && errno != EWOULDBLOCK) {
             finish(pr, 0, "probe: the proxy closed the connection");
             return;
         }
@@ -407,7 +407,7 @@ static void on_exchange(struct probe *pr, int revents)
     if (!(revents & EV_READ)) {
         return;
     }
-    ssize_t n = buf_read_fd(&c->uin, c->ufd);
+    ssize_t n = buf_read_fd(&c->up.in, c->up.fd);
     if (n == 0 || (n == -1 && errno != EAGAIN && errno != EWOULDBLOCK)) {
         finish(pr, 0, "probe: the proxy closed the connection");
         return;
@@ -436,7 +436,7 @@ static void on_io(struct ev_loop *l, ev_io *w, int revents)
     if (pr->step == PS_CONNECT) {
         int err = 0;
         socklen_t el = sizeof(err);
-        if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &el) == -1) {
+        if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &err, &el) == -1) {
             err = errno;
         }
         if (err != 0) {
@@ -448,7 +448,7 @@ static void on_io(struct ev_loop *l, ev_io *w, int revents)
         on_exchange(pr, revents);
     }
     if (pr->step != PS_IDLE) {
-        set_io(pr, c->ufd, EV_READ | (buf_empty(&c->uout) ? 0 : EV_WRITE));
+        set_io(pr, c->up.fd, EV_READ | (buf_empty(&c->up.out) ? 0 : EV_WRITE));
     }
 }
 
@@ -468,12 +468,12 @@ static void connect_to(struct probe *pr, const struct sockaddr *sa, socklen_t le
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    c->ufd = fd;
+    c->up.fd = fd;
     pr->step = PS_CONNECT;
     if (connect(fd, sa, len) == 0) {
         connected(pr);
         if (pr->step != PS_IDLE) {
-            set_io(pr, fd, EV_READ | (buf_empty(&c->uout) ? 0 : EV_WRITE));
+            set_io(pr, fd, EV_READ | (buf_empty(&c->up.out) ? 0 : EV_WRITE));
         }
         return;
     }
@@ -516,7 +516,7 @@ static size_t request_size(const struct proxy *p, const char *host, const char *
 }
 
 /* The detached conn the connector vtables run on: only the fields they
- * use (proxy, host, port, is_connect, uin, uout, resp, hs_state,
+ * use (proxy, host, port, is_connect, up.in, up.out, resp, hs_state,
  * fail_kind, fail_err).  Made once; its buffers are reused by every run. */
 static struct conn *probe_conn(struct probe *pr)
 {
@@ -525,18 +525,18 @@ static struct conn *probe_conn(struct probe *pr)
         if (pr->c == NULL) {
             return NULL;
         }
-        buf_init(&pr->c->uin, PROBE_BUF);
-        buf_init(&pr->c->uout, PROBE_BUF);
-        pr->c->ufd = -1;
+        buf_init(&pr->c->up.in, PROBE_BUF);
+        buf_init(&pr->c->up.out, PROBE_BUF);
+        pr->c->up.fd = -1;
     }
     struct conn *c = pr->c;
     const struct probe_conf *pc = &pr->conf;
-    /* The request must fit whole: grow uout if the proxy's headers grew
+    /* The request must fit whole: grow up.out if the proxy's headers grew
      * (by a reload), which is the only time it reallocates. */
     size_t need = request_size(pr->p, pc->host, pc->path);
-    if (need > c->uout.cap) {
-        buf_free(&c->uout);
-        buf_init(&c->uout, need);
+    if (need > c->up.out.cap) {
+        buf_free(&c->up.out);
+        buf_init(&c->up.out, need);
     }
     c->proxy = pr->p;
     c->ops = pr->p->pub.scheme == FERRY_SCHEME_HTTP ? &up_http : &up_socks5;
@@ -728,8 +728,8 @@ static void probe_free(struct probe *pr)
     release(pr);
     ev_timer_stop(loop, &pr->timer);
     if (pr->c != NULL) {
-        buf_free(&pr->c->uin);
-        buf_free(&pr->c->uout);
+        buf_free(&pr->c->up.in);
+        buf_free(&pr->c->up.out);
         free(pr->c);
     }
     conf_free(&pr->conf);

@@ -1,6 +1,6 @@
 /* tunnel.c - opaque relay for CONNECT and upgraded connections.
  *
- * Bytes that arrived before the tunnel opened sit in cin / uin and go
+ * Bytes that arrived before the tunnel opened sit in cli.in / up.in and go
  * out first.  After that each direction runs socket -> pipe -> socket
  * with splice(2), so payload never enters user space; a direction that
  * cannot get a pipe carries its bytes through its buffer instead.
@@ -201,12 +201,12 @@ static int can_read(const struct tunnel_pipe *p, const struct buf *b)
 
 int conn_tunnel_can_read_client(const struct conn *c)
 {
-    return can_read(&c->pcu, &c->cin);
+    return can_read(&c->pcu, &c->cli.in);
 }
 
 int conn_tunnel_can_read_upstream(const struct conn *c)
 {
-    return can_read(&c->puc, &c->uin);
+    return can_read(&c->puc, &c->up.in);
 }
 
 void conn_tunnel_begin(struct conn *c)
@@ -263,9 +263,9 @@ static int tunnel_read(struct conn *c, int fd, struct tunnel_pipe *p, unsigned *
 int conn_tunnel_read_client(struct conn *c)
 {
     unsigned eof = 0;
-    int took = tunnel_read(c, c->cfd, &c->pcu, &eof, &c->bytes_in);
+    int took = tunnel_read(c, c->cli.fd, &c->pcu, &eof, &c->bytes_in);
     if (eof) {
-        c->client_eof = 1;
+        c->cli.eof = 1;
     }
     return took;
 }
@@ -273,9 +273,9 @@ int conn_tunnel_read_client(struct conn *c)
 int conn_tunnel_read_upstream(struct conn *c)
 {
     unsigned eof = 0;
-    int took = tunnel_read(c, c->ufd, &c->puc, &eof, NULL);
+    int took = tunnel_read(c, c->up.fd, &c->puc, &eof, NULL);
     if (eof) {
-        c->upstream_eof = 1;
+        c->up.eof = 1;
     }
     return took;
 }
@@ -333,24 +333,24 @@ static void tunnel_end(struct conn *c, const char *why)
 
 int conn_tunnel(struct conn *c)
 {
-    /* Client to upstream: earlier bytes (cin) first, then the pipe. */
-    if (buf_empty(&c->uout)) {
-        if (relay(&c->cin, c->ufd, NULL) < 0 ||
-            (buf_empty(&c->cin) && splice_out(&c->pcu, c->ufd, NULL) < 0)) {
+    /* Client to upstream: earlier bytes (cli.in) first, then the pipe. */
+    if (buf_empty(&c->up.out)) {
+        if (relay(&c->cli.in, c->up.fd, NULL) < 0 ||
+            (buf_empty(&c->cli.in) && splice_out(&c->pcu, c->up.fd, NULL) < 0)) {
             tunnel_end(c, "FERRY-3005");
             return -1;
         }
     }
-    /* Upstream to client: a queued 200 / 101 head (cout) goes first. */
-    if (buf_empty(&c->cout)) {
-        if (relay(&c->uin, c->cfd, &c->bytes_out) < 0 ||
-            (buf_empty(&c->uin) && splice_out(&c->puc, c->cfd, &c->bytes_out) < 0)) {
+    /* Upstream to client: a queued 200 / 101 head (cli.out) goes first. */
+    if (buf_empty(&c->cli.out)) {
+        if (relay(&c->up.in, c->cli.fd, &c->bytes_out) < 0 ||
+            (buf_empty(&c->up.in) && splice_out(&c->puc, c->cli.fd, &c->bytes_out) < 0)) {
             tunnel_end(c, NULL);
             return -1;
         }
     }
-    int cu_done = c->client_eof && buf_empty(&c->cin) && buf_empty(&c->uout) && c->pcu.in == 0;
-    int uc_done = c->upstream_eof && buf_empty(&c->uin) && buf_empty(&c->cout) &&
+    int cu_done = c->cli.eof && buf_empty(&c->cli.in) && buf_empty(&c->up.out) && c->pcu.in == 0;
+    int uc_done = c->up.eof && buf_empty(&c->up.in) && buf_empty(&c->cli.out) &&
                   c->puc.in == 0;
     /* Both sides read to their end: nothing is left unread, so closing
      * sends a clean FIN each way without a shutdown first. */
@@ -358,13 +358,13 @@ int conn_tunnel(struct conn *c)
         tunnel_end(c, NULL);
         return -1;
     }
-    if (cu_done && !c->shut_u) {
-        shutdown(c->ufd, SHUT_WR);
-        c->shut_u = 1;
+    if (cu_done && !c->up.shut) {
+        shutdown(c->up.fd, SHUT_WR);
+        c->up.shut = 1;
     }
-    if (uc_done && !c->shut_c) {
-        shutdown(c->cfd, SHUT_WR);
-        c->shut_c = 1;
+    if (uc_done && !c->cli.shut) {
+        shutdown(c->cli.fd, SHUT_WR);
+        c->cli.shut = 1;
     }
     return 0;
 }

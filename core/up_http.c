@@ -18,15 +18,15 @@ static int http_start(struct conn *c)
                      v6 ? "CONNECT [%s]:%d HTTP/1.1\r\nHost: [%s]:%d\r\n"
                         : "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n",
                      c->host, c->port, c->host, c->port);
-    buf_append(&c->uout, line, (size_t)n);
+    buf_append(&c->up.out, line, (size_t)n);
     struct proxy *p = c->proxy;
     if (p->auth_header != NULL) {
-        buf_append(&c->uout, p->auth_header, strlen(p->auth_header));
+        buf_append(&c->up.out, p->auth_header, strlen(p->auth_header));
     }
     if (p->extra_headers != NULL) {
-        buf_append(&c->uout, p->extra_headers, strlen(p->extra_headers));
+        buf_append(&c->up.out, p->extra_headers, strlen(p->extra_headers));
     }
-    buf_append(&c->uout, "\r\n", 2);
+    buf_append(&c->up.out, "\r\n", 2);
     return UP_AGAIN;
 }
 
@@ -39,10 +39,10 @@ static int fail(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
 
 static int http_input(struct conn *c)
 {
-    const char *base = buf_head(&c->uin);
-    size_t hl = http_head_len(base, buf_len(&c->uin));
+    const char *base = buf_head(&c->up.in);
+    size_t hl = http_head_len(base, buf_len(&c->up.in));
     if (hl == 0) {
-        if (buf_room(&c->uin) == 0) {
+        if (buf_room(&c->up.in) == 0) {
             return fail(c, FERRY_FAIL_HANDSHAKE, FERR_HANDSHAKE_FAILED);
         }
         return UP_AGAIN;
@@ -66,7 +66,7 @@ static int http_input(struct conn *c)
                     FERR_HANDSHAKE_FAILED);
     }
     /* Anything after the head already belongs to the tunnel. */
-    buf_consume(&c->uin, hl);
+    buf_consume(&c->up.in, hl);
     return UP_DONE;
 }
 

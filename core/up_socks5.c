@@ -33,7 +33,7 @@ static int s5_start(struct conn *c)
         hello[3] = 2; /* offer no-auth and user/pass */
         n = 4;
     }
-    buf_append(&c->uout, hello, n);
+    buf_append(&c->up.out, hello, n);
     c->hs_state = S5_METHOD;
     return UP_AGAIN;
 }
@@ -72,7 +72,7 @@ static void send_connect(struct conn *c)
     }
     m[n++] = (unsigned char)(c->port >> 8);
     m[n++] = (unsigned char)(c->port & 0xff);
-    buf_append(&c->uout, m, n);
+    buf_append(&c->up.out, m, n);
     c->hs_state = S5_REPLY;
 }
 
@@ -92,7 +92,7 @@ static int send_auth(struct conn *c)
     m[n++] = (unsigned char)pl;
     memcpy(m + n, p->pass, pl);
     n += pl;
-    buf_append(&c->uout, m, n);
+    buf_append(&c->up.out, m, n);
     c->hs_state = S5_AUTH;
     return UP_AGAIN;
 }
@@ -100,8 +100,8 @@ static int send_auth(struct conn *c)
 static int s5_input(struct conn *c)
 {
     for (;;) {
-        const unsigned char *b = (const unsigned char *)buf_head(&c->uin);
-        size_t have = buf_len(&c->uin);
+        const unsigned char *b = (const unsigned char *)buf_head(&c->up.in);
+        size_t have = buf_len(&c->up.in);
         switch (c->hs_state) {
         case S5_METHOD:
             if (have < 2) {
@@ -111,10 +111,10 @@ static int s5_input(struct conn *c)
                 return fail(c, FERRY_FAIL_HANDSHAKE, FERR_HANDSHAKE_FAILED);
             }
             if (b[1] == 0) {
-                buf_consume(&c->uin, 2);
+                buf_consume(&c->up.in, 2);
                 send_connect(c);
             } else if (b[1] == 2 && c->proxy->user != NULL) {
-                buf_consume(&c->uin, 2);
+                buf_consume(&c->up.in, 2);
                 if (send_auth(c) == UP_FAIL) {
                     return UP_FAIL;
                 }
@@ -132,7 +132,7 @@ static int s5_input(struct conn *c)
             if (b[0] != 1 || b[1] != 0) {
                 return fail(c, FERRY_FAIL_AUTH, FERR_UPSTREAM_AUTH);
             }
-            buf_consume(&c->uin, 2);
+            buf_consume(&c->up.in, 2);
             send_connect(c);
             break;
         case S5_REPLY: {
@@ -170,7 +170,7 @@ static int s5_input(struct conn *c)
             if (have < need) {
                 return UP_AGAIN;
             }
-            buf_consume(&c->uin, need);
+            buf_consume(&c->up.in, need);
             return UP_DONE;
         }
         default:

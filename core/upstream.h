@@ -13,9 +13,9 @@ enum up_result {
 
 struct upstream_ops {
     const char *name;
-    /* TCP is up: queue the handshake's first bytes in c->uout. */
+    /* TCP is up: queue the handshake's first bytes in c->up.out. */
     int (*start)(struct conn *c);
-    /* Bytes arrived in c->uin during the handshake: consume what is ours. */
+    /* Bytes arrived in c->up.in during the handshake: consume what is ours. */
     int (*input)(struct conn *c);
 };
 

@@ -35,7 +35,7 @@ struct outcome {
     int result;        /* enum up_result */
     int kind, err;     /* fail_kind, fail_err on UP_FAIL */
     size_t head;       /* bytes taken as the answer's head (UP_DONE) */
-    size_t left;       /* bytes left in uin for the tunnel (UP_DONE) */
+    size_t left;       /* bytes left in up.in for the tunnel (UP_DONE) */
 };
 
 static uint64_t rng;
@@ -55,11 +55,11 @@ static struct conn *new_conn(void)
     if (c == NULL) {
         abort();
     }
-    c->cfd = c->ufd = -1;
-    buf_init(&c->cin, CONN_BUF_SIZE);
-    buf_init(&c->cout, CONN_BUF_SIZE);
-    buf_init(&c->uin, CONN_BUF_SIZE);
-    buf_init(&c->uout, CONN_BUF_SIZE);
+    c->cli.fd = c->up.fd = -1;
+    buf_init(&c->cli.in, CONN_BUF_SIZE);
+    buf_init(&c->cli.out, CONN_BUF_SIZE);
+    buf_init(&c->up.in, CONN_BUF_SIZE);
+    buf_init(&c->up.out, CONN_BUF_SIZE);
     snprintf(c->host, sizeof(c->host), "example.com");
     c->port = 443;
     c->is_connect = 1;
@@ -71,18 +71,18 @@ static struct conn *new_conn(void)
 static void free_conn(struct conn *c)
 {
     http_msg_release(&c->resp);
-    buf_free(&c->cin);
-    buf_free(&c->cout);
-    buf_free(&c->uin);
-    buf_free(&c->uout);
+    buf_free(&c->cli.in);
+    buf_free(&c->cli.out);
+    buf_free(&c->up.in);
+    buf_free(&c->up.out);
     free(c);
 }
 
 static void check_request(struct conn *c)
 {
     static struct ref_head h;
-    const char *p = buf_head(&c->uout);
-    size_t n = buf_len(&c->uout);
+    const char *p = buf_head(&c->up.out);
+    size_t n = buf_len(&c->up.out);
     const char *why = ref_parse_request(&h, p, n);
     if (why != NULL || !ref_ieq(h.method, h.mlen, "CONNECT")) {
         FAIL("the CONNECT ferry writes is not one well-formed head: %s", why ? why : "method");
@@ -106,7 +106,7 @@ static struct outcome run(const char *p, size_t n, int piece, int check)
         if (k > n - pos) {
             k = n - pos; /* no input at all: input() runs once on an empty buffer */
         }
-        size_t got = k > 0 ? buf_append(&c->uin, p + pos, k) : 0;
+        size_t got = k > 0 ? buf_append(&c->up.in, p + pos, k) : 0;
         pos += got;
         o.result = up_http.input(c);
         if (got < k && o.result == UP_AGAIN) {
@@ -120,9 +120,9 @@ static struct outcome run(const char *p, size_t n, int piece, int check)
         o.kind = (int)c->fail_kind;
         o.err = (int)c->fail_err;
     } else if (o.result == UP_DONE) {
-        o.left = buf_len(&c->uin);
+        o.left = buf_len(&c->up.in);
         o.head = pos - o.left;
-        if (check && memcmp(buf_head(&c->uin), p + o.head, o.left) != 0) {
+        if (check && memcmp(buf_head(&c->up.in), p + o.head, o.left) != 0) {
             FAIL("the tunnel's first bytes are not those after the answer's head");
         }
     }

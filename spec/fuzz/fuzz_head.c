@@ -201,8 +201,8 @@ static struct want_field want[HTTP_MAX_FIELDS];
 
 static void check_rewrite(struct conn *c, const char *base, int absolute)
 {
-    const char *out = buf_head(&c->uout);
-    size_t olen = buf_len(&c->uout);
+    const char *out = buf_head(&c->up.out);
+    size_t olen = buf_len(&c->up.out);
     if (http_head_len(out, olen) != olen) {
         FAIL("the head written upstream is not exactly one head (%zu of %zu bytes)",
              http_head_len(out, olen), olen);
@@ -319,7 +319,7 @@ static void check_rewrite(struct conn *c, const char *base, int absolute)
 
 static void check_routed(struct conn *c, int absolute)
 {
-    const char *base = buf_head(&c->cin);
+    const char *base = buf_head(&c->cli.in);
     size_t hl = c->head_len;
     const char *why = ref_parse_request(&orig_ref, base, hl);
     if (why != NULL) {
@@ -364,14 +364,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     memset(&shim, 0, sizeof(shim));
     c->l = &lst;
-    c->cfd = c->ufd = -1;
-    buf_init(&c->cin, CONN_BUF_SIZE);
-    buf_init(&c->cout, CONN_BUF_SIZE);
-    buf_init(&c->uin, CONN_BUF_SIZE);
-    buf_init(&c->uout, CONN_BUF_SIZE);
+    c->cli.fd = c->up.fd = -1;
+    buf_init(&c->cli.in, CONN_BUF_SIZE);
+    buf_init(&c->cli.out, CONN_BUF_SIZE);
+    buf_init(&c->up.in, CONN_BUF_SIZE);
+    buf_init(&c->up.out, CONN_BUF_SIZE);
     snprintf(c->client, sizeof(c->client), "127.0.0.1");
     conn_set_path(c, NULL, 0);
-    buf_append(&c->cin, data + 1, size - 1);
+    buf_append(&c->cli.in, data + 1, size - 1);
 
     conn_on_head(c);
     if (shim.routed && !c->is_connect) {
@@ -381,10 +381,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     conn_clear_header_edits(c);
     conn_idle_trim(c);
     http_msg_release(&out_msg);
-    buf_free(&c->cin);
-    buf_free(&c->cout);
-    buf_free(&c->uin);
-    buf_free(&c->uout);
+    buf_free(&c->cli.in);
+    buf_free(&c->cli.out);
+    buf_free(&c->up.in);
+    buf_free(&c->up.out);
     free(c);
     return 0;
 }

@@ -120,8 +120,8 @@ static struct outcome reference(const unsigned char *b, size_t n, int creds)
 /* What ferry sent: greeting, credentials when the proxy chose them, CONNECT. */
 static void check_sent(struct conn *c, const unsigned char *ans, int creds)
 {
-    const unsigned char *s = (const unsigned char *)buf_head(&c->uout);
-    size_t n = buf_len(&c->uout), i = 0;
+    const unsigned char *s = (const unsigned char *)buf_head(&c->up.out);
+    size_t n = buf_len(&c->up.out), i = 0;
     static const unsigned char hello0[] = { 5, 1, 0 }, hello2[] = { 5, 2, 0, 2 };
     if (creds ? (n < 4 || memcmp(s, hello2, 4)) : (n < 3 || memcmp(s, hello0, 3))) {
         FAIL("a malformed greeting");
@@ -171,9 +171,9 @@ static struct outcome run(const unsigned char *p, size_t n, int piece, int creds
     if (c == NULL) {
         abort();
     }
-    c->cfd = c->ufd = -1;
-    buf_init(&c->uin, CONN_BUF_SIZE);
-    buf_init(&c->uout, CONN_BUF_SIZE);
+    c->cli.fd = c->up.fd = -1;
+    buf_init(&c->up.in, CONN_BUF_SIZE);
+    buf_init(&c->up.out, CONN_BUF_SIZE);
     memcpy(c->host, host, sizeof(host));
     c->port = 443;
     c->is_connect = 1;
@@ -186,7 +186,7 @@ static struct outcome run(const unsigned char *p, size_t n, int piece, int creds
     size_t pos = 0;
     while (pos < n && o.result == UP_AGAIN) {
         size_t k = piece == 0 ? n - pos : piece == 1 ? 1 : next_piece(n - pos);
-        size_t got = buf_append(&c->uin, p + pos, k);
+        size_t got = buf_append(&c->up.in, p + pos, k);
         pos += got;
         o.result = up_socks5.input(c);
         if (got < k) {
@@ -197,16 +197,16 @@ static struct outcome run(const unsigned char *p, size_t n, int piece, int creds
         o.kind = (int)c->fail_kind;
         o.err = (int)c->fail_err;
     } else if (o.result == UP_DONE) {
-        o.taken = pos - buf_len(&c->uin);
+        o.taken = pos - buf_len(&c->up.in);
         if (check) {
-            if (memcmp(buf_head(&c->uin), p + o.taken, buf_len(&c->uin)) != 0) {
+            if (memcmp(buf_head(&c->up.in), p + o.taken, buf_len(&c->up.in)) != 0) {
                 FAIL("the tunnel's first bytes are not those after the reply");
             }
             check_sent(c, p, creds);
         }
     }
-    buf_free(&c->uin);
-    buf_free(&c->uout);
+    buf_free(&c->up.in);
+    buf_free(&c->up.out);
     free(c);
     return o;
 }

@@ -24,9 +24,9 @@ SPEC_DIRS ?= spec/unit spec/core spec/integration
 DEPS     := build-essential pkg-config luajit2 libluajit2-5.1-dev libev-dev libhttp-parser-dev \
             libc-ares-dev libsqlite3-dev libssl-dev libedit-dev lua-cjson lua-busted lua-socket lua-check \
             cppcheck microsocks tinyproxy curl prometheus python3 sqlite3 wget git nodejs \
-            python3-requests util-linux \
+            python3-requests python3-socks stunnel4 openssl util-linux \
             clang libclang-rt-14-dev
-BENCH_DEPS := wrk nginx-light squid haproxy tinyproxy util-linux
+BENCH_DEPS := wrk nginx-light squid haproxy tinyproxy dante-server util-linux
 
 ifeq ($(V),1)
 Q :=

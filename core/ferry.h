@@ -22,7 +22,11 @@
 enum ferry_scheme {
     FERRY_SCHEME_DIRECT = 0, /* no proxy: the pseudo-pool "direct" */
     FERRY_SCHEME_HTTP   = 1, /* HTTP proxy: absolute form and CONNECT */
-    FERRY_SCHEME_SOCKS5 = 2  /* SOCKS5 proxy, destination sent as a name */
+    FERRY_SCHEME_SOCKS5 = 2, /* SOCKS5 proxy, destination sent as a name */
+    FERRY_SCHEME_HTTPS  = 3, /* HTTP proxy spoken over TLS */
+    FERRY_SCHEME_SOCKS4 = 4, /* SOCKS4 proxy: ferry resolves, sends an IPv4 address */
+    FERRY_SCHEME_SOCKS4A = 5, /* SOCKS4a proxy: destination sent as a name */
+    FERRY_SCHEMES       = 6
 };
 
 /* Why an attempt through a proxy failed; indexes ferry_proxy.fail_kind. */

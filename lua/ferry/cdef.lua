@@ -4,7 +4,9 @@ local ffi = require("ffi")
 
 if not pcall(ffi.typeof, "struct ferry_proxy") then
   ffi.cdef[[
-enum ferry_scheme { FERRY_SCHEME_DIRECT = 0, FERRY_SCHEME_HTTP = 1, FERRY_SCHEME_SOCKS5 = 2 };
+enum ferry_scheme { FERRY_SCHEME_DIRECT = 0, FERRY_SCHEME_HTTP = 1, FERRY_SCHEME_SOCKS5 = 2,
+                   FERRY_SCHEME_HTTPS = 3, FERRY_SCHEME_SOCKS4 = 4, FERRY_SCHEME_SOCKS4A = 5,
+                   FERRY_SCHEMES = 6 };
 enum ferry_fail_kind {
   FERRY_FAIL_REFUSED = 0, FERRY_FAIL_TIMEOUT = 1, FERRY_FAIL_HANDSHAKE = 2,
   FERRY_FAIL_AUTH = 3, FERRY_FAIL_HTTP5XX = 4, FERRY_FAIL_RESET = 5, FERRY_FAIL_KINDS = 6
@@ -195,7 +197,7 @@ local M = {
   PROXY_DOWN = 0x1,
   PROXY_DISABLED = 0x2,
   PROXY_REMOVED = 0x4,
-  SCHEME = { direct = 0, http = 1, socks5 = 2 },
+  SCHEME = { direct = 0, http = 1, socks5 = 2, https = 3, socks4 = 4, socks4a = 5 },
   PROBE = { none = 0, tcp = 1, http = 2, connect = 3 },
   BREAKER_CLOSED = 0, BREAKER_OPEN = 1, BREAKER_HALF_OPEN = 2,
   REQ_CAPTURE = 0x1,

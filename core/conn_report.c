@@ -26,7 +26,8 @@ static void report_now(struct conn *c, int ok, enum ferry_fail_kind kind, int st
     }
     struct ferry_pxstate *x = ferry_pxstate_get(p->pub.id, c->exchange);
     if (x != NULL) {
-        health_pair_result(x, ok, ok ? ms : -1);
+        /* A kept connection's time to the head has no setup in it: no sample. */
+        health_pair_result(x, ok, ok && !c->pooled ? ms : -1);
     }
     struct ferry_result r;
     memset(&r, 0, sizeof(r));

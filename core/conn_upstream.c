@@ -7,6 +7,7 @@
 #include "proxy.h"
 #include "resolve.h"
 #include "upstream.h"
+#include "uppool.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -37,34 +38,27 @@ void conn_upstream_close(struct conn *c)
         close(c->up.fd);
         c->up.fd = -1;
     }
+    uppool_drop(c);
     if (c->counted && c->proxy != NULL) {
         proxy_attempt_end(c->proxy);
     }
     c->counted = 0;
-    c->idle_up = 0;
-    free(c->idle_host);
-    c->idle_host = NULL;
     c->up.eof = 0;
     c->up.shut = 0;
     buf_consume(&c->up.in, buf_len(&c->up.in));
     buf_consume(&c->up.out, buf_len(&c->up.out));
 }
 
+/* The response is complete: the connection goes back to its upstream's
+ * pool (keep) or is closed.  Either way the conn holds none after. */
 void conn_upstream_release(struct conn *c, int keep)
 {
-    free(c->idle_host);
-    c->idle_host = keep ? strdup(c->host) : NULL;
-    if (c->idle_host == NULL) {
-        conn_upstream_close(c);
-        return;
-    }
     if (c->counted && c->proxy != NULL) {
         proxy_attempt_end(c->proxy);
     }
     c->counted = 0;
-    c->idle_up = 1;
-    c->idle_proxy = c->proxy;
-    c->idle_port = c->port;
+    uppool_release(c, keep && !c->is_connect && !c->upgrade);
+    conn_upstream_close(c);
 }
 
 void conn_route(struct conn *c)
@@ -161,34 +155,6 @@ static void on_resolved(void *arg, int status, const struct sockaddr *sa, sockle
     }
 }
 
-/* A kept upstream is alive when nothing waits on it: an upstream that
- * hung up (or spoke unasked) since its last answer may not have been
- * seen yet when the client's next request comes in the same loop
- * iteration.  Asking the socket costs one syscall and saves a request
- * sent into a closed connection. */
-static int idle_alive(int fd)
-{
-    char b;
-    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK);
-}
-
-static int reusable(struct conn *c)
-{
-    if (!c->idle_up || c->is_connect || c->upgrade || c->idle_proxy != c->proxy) {
-        return 0;
-    }
-    if (c->proxy == NULL || c->proxy->pub.scheme != FERRY_SCHEME_HTTP) {
-        /* An HTTP proxy takes any absolute-form request; other hops are
-         * bound to one destination. */
-        if (c->idle_host == NULL || c->idle_port != c->port ||
-            strcmp(c->idle_host, c->host) != 0) {
-            return 0;
-        }
-    }
-    return idle_alive(c->up.fd);
-}
-
 static void attempt_start(struct conn *c);
 
 /* An attempt on a kept upstream failed before its first response byte:
@@ -214,6 +180,7 @@ static int reuse_replay(struct conn *c, enum ferr e)
               "sending again on a fresh connection", c->host, c->port);
     metrics_reuse_retry(c->pool);
     conn_upstream_close(c);
+    c->fresh_only = 1;
     c->fwd = 0;
     c->req_done = 0;
     c->replay_head = 1;
@@ -229,29 +196,60 @@ void conn_attempt(struct conn *c)
     attempt_start(c);
 }
 
+static void attempt_go(struct conn *c);
+
 static void attempt_start(struct conn *c)
 {
     c->t_attempt = loop_now();
     c->hs_state = 0;
     c->reused = 0;
+    c->pooled = 0;
     c->wrote_up = 0;
     c->ops = c->proxy == NULL ? &up_direct
            : c->proxy->pub.scheme == FERRY_SCHEME_HTTP ? &up_http : &up_socks5;
-    if (c->up.fd >= 0 && reusable(c)) {
-        c->idle_up = 0;
-        c->reused = 1;
-        if (c->proxy != NULL) {
-            proxy_attempt_begin(c->proxy);
-            c->counted = 1;
-        }
-        conn_upstream_ready(c);
-        return;
-    }
+    /* Tunnels and upgrades never travel on a kept connection; a replay
+     * goes out on a fresh one. */
+    int may_reuse = !c->is_connect && !c->upgrade && !c->fresh_only;
+    c->fresh_only = 0;
     conn_upstream_close(c);
+    switch (uppool_acquire(c, may_reuse)) {
+    case UPPOOL_FULL:
+        conn_fail(c, FERR_QUEUE_FULL);
+        return;
+    case UPPOOL_WAIT:
+        c->state = CS_QUEUE;
+        conn_arm(c, min_d(uppool_queue_timeout(c->pool), c->deadline - loop_now()));
+        return;
+    case UPPOOL_GO:
+        break;
+    }
+    attempt_go(c);
+}
+
+/* A slot is held: use the kept connection that came with it, or open one. */
+static void attempt_go(struct conn *c)
+{
+    c->t_attempt = loop_now();
+    if (c->up.fd >= 0 && !uppool_alive(c->up.fd)) {
+        ev_io_stop(loop, &c->up.io);
+        c->up.ev = 0;
+        close(c->up.fd); /* hung up while handed over: the slot stays */
+        c->up.fd = -1;
+    }
     if (c->proxy != NULL) {
         proxy_attempt_begin(c->proxy);
         c->counted = 1;
     }
+    if (c->up.fd >= 0) {
+        c->reused = 1;
+        c->pooled = 1;
+        conn_upstream_ready(c);
+        return;
+    }
+    c->up.eof = 0;
+    c->up.shut = 0;
+    c->up_requests = 0;
+    uppool_opened(c);
     conn_arm(c, min_d(c->connect_timeout, c->deadline - loop_now()));
     struct sockaddr_storage ss;
     socklen_t len;
@@ -310,7 +308,7 @@ void conn_upstream_ready(struct conn *c)
 {
     metrics_upstream_ready(c);
     double ms = (loop_now() - c->t_attempt) * 1000.0;
-    if (c->proxy != NULL) {
+    if (c->proxy != NULL && !c->pooled) { /* a kept connection has no setup time */
         c->proxy->pub.latency_ewma_ms = c->proxy->pub.latency_ewma_ms <= 0
             ? (ms > 0.001 ? ms : 0.001)
             : c->proxy->pub.latency_ewma_ms + 0.3 * (ms - c->proxy->pub.latency_ewma_ms);
@@ -426,11 +424,6 @@ void conn_upstream_event(struct conn *c, int revents)
         } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS)) {
             c->up.eof = 1;
         }
-        if (c->idle_up) {
-            /* An idle upstream spoke or hung up: it is no longer reusable. */
-            conn_upstream_close(c);
-            return;
-        }
         if (c->state == CS_HANDSHAKE) {
             int r = c->ops->input(c);
             if (r == UP_DONE) {
@@ -488,10 +481,6 @@ void conn_on_timeout(struct conn *c)
     case CS_HEAD:
         if (!buf_empty(&c->cli.in)) {
             conn_fail(c, FERR_HEAD_TIMEOUT);
-        } else if (c->idle_up && c->deadline - loop_now() > 0.001) {
-            /* The kept upstream idled out; the client may stay till its deadline. */
-            conn_upstream_close(c);
-            conn_arm(c, c->deadline - loop_now());
         } else {
             conn_close(c); /* idle keep-alive or silent client */
         }
@@ -503,6 +492,13 @@ void conn_on_timeout(struct conn *c)
         break;
     case CS_BACKOFF:
         conn_route(c);
+        break;
+    case CS_QUEUE:
+        if (uppool_queue_fired(c)) {
+            attempt_go(c);
+        } else {
+            conn_fail(c, FERR_QUEUE_TIMEOUT);
+        }
         break;
     case CS_EXCHANGE:
         if (!c->req_done && loop_now() - c->last_up >= timeouts.idle - 0.001) {

@@ -59,6 +59,10 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_RESPONSE_TOO_LARGE] = { "FERRY-3031", 502, "Bad Gateway",
                                   "the origin's response head is too large "
                                   "(over 16 KiB or 100 fields)" },
+    [FERR_QUEUE_FULL]         = { "FERRY-3060", 503, "Service Unavailable",
+                                  "the upstream has all its connections busy and its queue is full" },
+    [FERR_QUEUE_TIMEOUT]      = { "FERRY-3061", 503, "Service Unavailable",
+                                  "no upstream connection became free within queue_timeout" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

@@ -182,6 +182,11 @@ int ferry_conn_stats_pool(int pool, struct ferry_conn_stats *out)
     return FERRY_OK;
 }
 
+uint32_t uppool_pool_count(void)
+{
+    return npool_stats;
+}
+
 uint64_t ferry_conn_idle_evicted(void)
 {
     return g_evicted;

@@ -51,6 +51,8 @@ void uppool_opened(struct conn *c);
 int uppool_alive(int fd);
 /* A proxy left the config: close its idle connections. */
 void uppool_proxy_removed(struct proxy *p);
+/* Pool indexes with stats: ferry_conn_stats_pool answers 0..count-1. */
+uint32_t uppool_pool_count(void);
 /* Close every idle connection (stop). */
 void uppool_free_all(void);
 

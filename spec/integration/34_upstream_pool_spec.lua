@@ -7,6 +7,7 @@
 -- and idle = 0 turns keeping off.  The origin counts TCP connections.
 local procs = require("procs")
 local socket = require("socket")
+local cjson = require("cjson")
 
 local function client(port)
   local c = socket.tcp()
@@ -151,6 +152,13 @@ route(function(req) return req.listener end)
     assert.equal(n, procs.metric(A, "ferry_proxy_connections_opened_total", lbl))
     assert.equal(100 - n, procs.metric(A, "ferry_proxy_connections_reused_total", lbl))
     assert.equal(0, procs.metric(A, "ferry_proxy_connections_active", lbl))
+    -- The inventory API shows the same counters.
+    local status, body = procs.curl { url = "http://127.0.0.1:" .. A .. "/api/v1/proxies?pool=px" }
+    assert.equal(200, status)
+    local rec = assert(cjson.decode(body)).proxies[1]
+    assert.equal("cp", rec.name)
+    assert.equal(n, rec.connections.opened)
+    assert.equal(100 - n, rec.connections.reused)
   end)
 
   it("opens one connection per client with connections.idle = 0", function()

@@ -1,4 +1,6 @@
-/* errors.c - the one table of client-facing failures and their codes. */
+/* errors.c - the one table of client-facing failures and their codes.
+ * docs/errors.md lists every code (these and the log-only ones);
+ * spec/unit/error_codes_spec.lua keeps the sources and that page in step. */
 #include "errors.h"
 
 /* Codes: 1xxx the client's fault, 2xxx policy, 3xxx upstream trouble. */

@@ -110,10 +110,8 @@ static void fail_answer(struct conn *c, enum ferr e, int quiet)
         conn_close(c);
         return;
     }
-    char body[256], head[512];
-    int bl = snprintf(body, sizeof(body),
-                      "{\"error\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}\n",
-                      info->code, info->message, c->cid);
+    char body[FERR_BODY_MAX], head[512];
+    size_t bl = ferr_body(body, sizeof(body), info->code, info->message, c->cid);
     char extra[64] = "";
     if (e == FERR_AUTH_REQUIRED) {
         snprintf(extra, sizeof(extra), "Proxy-Authenticate: Basic realm=\"ferry\"\r\n");
@@ -122,11 +120,11 @@ static void fail_answer(struct conn *c, enum ferr e, int quiet)
     }
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                      "Content-Length: %d\r\nX-Ferry-Error: %s\r\nX-Request-Id: %s\r\n"
+                      "Content-Length: %zu\r\nX-Ferry-Error: %s\r\nX-Request-Id: %s\r\n"
                       "%sConnection: close\r\n\r\n",
                       info->status, info->reason, bl, info->code, c->cid, extra);
     c->bytes_out += buf_append(&c->cli.out, head, (size_t)hl);
-    c->bytes_out += buf_append(&c->cli.out, body, (size_t)bl);
+    c->bytes_out += buf_append(&c->cli.out, body, bl);
     c->sent_any = 1;
     log_done(c);
     c->state = CS_DRAIN;

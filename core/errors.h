@@ -2,6 +2,8 @@
 #ifndef FERRY_ERRORS_H
 #define FERRY_ERRORS_H
 
+#include <stddef.h>
+
 /* Indexes into the error table (errors.c); docs/errors.md lists them. */
 enum ferr {
     FERR_BAD_REQUEST = 0,  /* malformed request line or headers */
@@ -43,5 +45,15 @@ struct ferr_info {
 };
 
 const struct ferr_info *ferr_info(enum ferr e);
+
+/* Room for any error body ferr_body writes from a table message. */
+#define FERR_BODY_MAX 512
+
+/* The one JSON body of an error answer, client or admin:
+ * {"error":code,"message":message,"request_id":cid} and a newline
+ * (no request_id when cid is NULL), strings escaped.  Writes at most
+ * cap - 1 bytes and a NUL; returns the body's length, so that
+ * Content-Length is always that number. */
+size_t ferr_body(char *dst, size_t cap, const char *code, const char *message, const char *cid);
 
 #endif

@@ -5,6 +5,7 @@
 #include "conn.h"
 #include "ferry.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "sticky.h"
 
@@ -25,6 +26,8 @@
 #define ACCEPT_BATCH 64
 #define CONN_LIMIT 20000
 #define ADMIN_CONN_LIMIT 64
+/* Seconds between two warn lines about refused connections. */
+#define OVERLOAD_WARN_WINDOW 10.0
 
 static struct listener *listeners[LISTENER_MAX];
 static int nlisteners;
@@ -41,15 +44,31 @@ int listener_count(void)
     return nlisteners;
 }
 
-static void reject_overloaded(int fd)
+/* A connection over a limit gets FERRY-2004 at once, without a conn:
+ * counted by limit, logged once per window. */
+static void reject_overloaded(const struct listener *l, int fd, int admin_limit)
 {
-    static const char resp[] =
-        "HTTP/1.1 503 Service Unavailable\r\nX-Ferry-Error: FERRY-2004\r\n"
-        "Content-Type: application/json\r\nContent-Length: 58\r\nConnection: close\r\n\r\n"
-        "{\"error\":\"FERRY-2004\",\"message\":\"connection limit reached\"}";
+    static double last_warn = -1e9;
+    const struct ferr_info *info = ferr_info(FERR_OVERLOADED);
+    metrics_overloaded(admin_limit);
+    double now = loop_now();
+    if (now - last_warn >= OVERLOAD_WARN_WINDOW) {
+        last_warn = now;
+        log_event(LOG_WARN, info->code, NULL, "listener %s: %s (%u connections%s), refusing",
+                  l->name, info->message, admin_limit ? (unsigned)l->conns : conn_count(),
+                  admin_limit ? " on this admin listener" : "");
+    }
+    char body[FERR_BODY_MAX], resp[FERR_BODY_MAX + 256];
+    size_t bl = ferr_body(body, sizeof(body), info->code, info->message, NULL);
+    int n = snprintf(resp, sizeof(resp),
+                     "HTTP/1.1 %d %s\r\nX-Ferry-Error: %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     info->status, info->reason, info->code, bl, body);
     /* Best effort: the socket is fresh, so a short write is unlikely. */
-    ssize_t n = write(fd, resp, sizeof(resp) - 1);
-    (void)n;
+    if (n > 0 && (size_t)n < sizeof(resp)) {
+        ssize_t w = write(fd, resp, (size_t)n);
+        (void)w;
+    }
     close(fd);
 }
 
@@ -79,8 +98,12 @@ static void on_accept(struct ev_loop *lp, ev_io *w, int revents)
             return;
         }
         /* Admin answers can be large (metrics): few admin connections at once. */
-        if (conn_count() >= CONN_LIMIT || (l->admin && l->conns >= ADMIN_CONN_LIMIT)) {
-            reject_overloaded(fd);
+        if (conn_count() >= CONN_LIMIT) {
+            reject_overloaded(l, fd, 0);
+            continue;
+        }
+        if (l->admin && l->conns >= ADMIN_CONN_LIMIT) {
+            reject_overloaded(l, fd, 1);
             continue;
         }
         if (conn_new(l, fd, (struct sockaddr *)&ss) == NULL) {

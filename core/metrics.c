@@ -303,6 +303,11 @@ void metrics_hook_error(int kind)
     metrics.hook_errors[kind >= 0 && kind < last ? kind : last]++;
 }
 
+void metrics_overloaded(int admin)
+{
+    metrics.overloaded[admin ? 1 : 0]++;
+}
+
 void ferry_count_hook_error(int kind)
 {
     metrics_hook_error(kind);

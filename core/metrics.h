@@ -35,6 +35,9 @@ void metrics_reuse_retry(int pool);
 void metrics_hook_error(int kind);
 /* A probe ended with a verdict: ok, or the reason it failed (probe.c). */
 void metrics_probe(int ok, const char *why);
+/* A connection was refused with FERRY-2004: admin 0 the process-wide
+ * connection limit, 1 an admin listener's own limit (listener.c). */
+void metrics_overloaded(int admin);
 /* Free what metrics allocated (exit). */
 void metrics_free_all(void);
 
@@ -93,6 +96,7 @@ struct metrics {
     double last_reload_ok_at;                    /* ro: wall clock */
     uint64_t hook_errors[METRICS_HOOK_KINDS];    /* ro: by metrics_hook_kinds */
     uint64_t probes[METRICS_PROBE_RESULTS];      /* ro: by metrics_probe_results */
+    uint64_t overloaded[2];                      /* ro: refused connections, by limit */
     const char *version;                         /* ro */
     double started_at;                           /* ro: wall clock */
 };

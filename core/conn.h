@@ -21,7 +21,6 @@
  * bytes (bulk traffic) asks to grow to this, within ferry's share of the
  * user's pipe quota.  The kernel may grant less. */
 #define TUNNEL_PIPE_SIZE (1024 * 1024)
-#define CONN_MAX_TRIES 8
 #define HOST_MAX_LEN 255
 /* The longest c->path kept for logs and route(), with its NUL. */
 #define CONN_PATH_MAX 512
@@ -107,7 +106,7 @@ struct conn {
     const struct upstream_ops *ops; /* connector of this attempt */
     int hs_state;                /* connector's private handshake step */
     struct resolve_req *rr;      /* pending lookup, cancelled on close */
-    uint32_t tried[CONN_MAX_TRIES];
+    uint32_t tried[FERRY_RETRIES_MAX]; /* proxies of the earlier attempts, for dispatch */
     unsigned ntried;
     unsigned attempt;
     int retries;

@@ -124,7 +124,7 @@ void conn_route(struct conn *c)
     }
     if (c->attempt == 0) {
         int retries = r.retries < 0 ? 2 : r.retries;
-        c->retries = retries < CONN_MAX_TRIES - 1 ? retries : CONN_MAX_TRIES - 1;
+        c->retries = retries < FERRY_RETRIES_MAX ? retries : FERRY_RETRIES_MAX;
         c->connect_timeout = r.connect_timeout_ms > 0 ? r.connect_timeout_ms / 1000.0
                                                       : timeouts.connect;
         c->first_byte_timeout = r.first_byte_timeout_ms > 0 ? r.first_byte_timeout_ms / 1000.0
@@ -223,7 +223,8 @@ static int reuse_replay(struct conn *c, enum ferr e)
 
 void conn_attempt(struct conn *c)
 {
-    if (c->proxy != NULL && c->ntried < CONN_MAX_TRIES) {
+    /* The last attempt's proxy is never needed: no dispatch follows it. */
+    if (c->proxy != NULL && c->ntried < FERRY_RETRIES_MAX) {
         c->tried[c->ntried++] = c->proxy->pub.id;
     }
     attempt_start(c);

@@ -18,6 +18,11 @@
 #define FERRY_OK     0
 #define FERRY_ERROR -1
 
+/* Retries one request may have after its first try: a pool's `retries`
+ * is 0..FERRY_RETRIES_MAX (config.lua reads the bound from the cdef), so
+ * a request makes at most FERRY_RETRIES_MAX + 1 attempts. */
+enum { FERRY_RETRIES_MAX = 8 };
+
 /* Upstream kinds a proxy can be. */
 enum ferry_scheme {
     FERRY_SCHEME_DIRECT = 0, /* no proxy: the pseudo-pool "direct" */
@@ -164,7 +169,7 @@ struct ferry_req {
     uint32_t    is_connect;  /* ro: 1 for CONNECT tunnels */
     uint32_t    attempt;     /* ro: 0 on the first try, 1.. on retries */
     uint32_t    ntried;      /* ro: how many ids are in tried[] */
-    uint32_t    tried[8];    /* ro: proxies already tried for this request */
+    uint32_t    tried[FERRY_RETRIES_MAX]; /* ro: proxies already tried for this request */
     /* written by Lua for the core: */
     int32_t     pool;        /* rw: pool index chosen (0 = direct, -1 until chosen) */
     int32_t     retries;     /* rw: retries allowed for this request */

@@ -2,7 +2,12 @@
 -- whose globals are the statements below; each statement is checked as
 -- it runs, and every error names FILE:LINE of the statement and the
 -- field at fault.  The result is a plain table the runtime applies.
+local ffi = require("ffi")
 local url = require("ferry.url")
+require("ferry.cdef")
+
+-- The core keeps room for this many retries after a first try (ferry.h).
+local RETRIES_MAX = tonumber(ffi.C.FERRY_RETRIES_MAX)
 
 local M = {}
 
@@ -557,7 +562,7 @@ local function evaluate(chunk, file)
         session_ttl = true })
       local p = { name = name, line = line }
       p.strategy = want(where, "strategy", t.strategy, "string") or "health_score"
-      p.retries = want_number(where, "retries", t.retries, 0, 8, true) or 2
+      p.retries = want_number(where, "retries", t.retries, 0, RETRIES_MAX, true) or 2
       p.all_down = want(where, "all_down", t.all_down, "string") or "any"
       if not ALL_DOWN[p.all_down] then
         fail(where, 'all_down must be "any", "direct" or "fail", got "%s"', p.all_down)

@@ -95,3 +95,45 @@ route(function() return "direct" end)
     assert.is_true(warned)
   end)
 end)
+
+describe("the retries bound", function()
+  local ferry
+  local P, A = procs.free_port(), procs.free_port()
+  local dead = {}
+
+  setup(function()
+    -- Ten proxies on ports nothing listens on: every connect is refused.
+    local urls = {}
+    for i = 1, 10 do
+      dead[i] = procs.free_port()
+      urls[i] = string.format("%q", "http://127.0.0.1:" .. dead[i])
+    end
+    ferry = procs.ferry(string.format([[
+listen { name = "proxy", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
+pool "dead" { strategy = "round_robin", retries = 8, proxies = { %s } }
+route(function() return "dead" end)
+]], P, A, table.concat(urls, ", ")), { P, A })
+  end)
+
+  teardown(function()
+    procs.stop_ferry(ferry)
+  end)
+
+  it("makes 8 retries after the first try when retries = 8", function()
+    local answer = raw(P, "GET http://127.0.0.1:9/x HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"
+      .. "Connection: close\r\n\r\n")
+    assert_error_answer(answer, 502, "FERRY-3001")
+    local attempts, last = 0, 0
+    for _, line in ipairs(procs.log_lines(ferry)) do
+      local n = type(line.msg) == "string" and tonumber(line.msg:match("^attempt (%d+) to "))
+      if n then
+        attempts = attempts + 1
+        last = math.max(last, n)
+      end
+    end
+    assert.equal(9, attempts)
+    assert.equal(9, last)
+    assert.equal(8, procs.metric(A, "ferry_retries_total", 'pool="dead"'))
+  end)
+end)

@@ -189,6 +189,10 @@ void conn_fail(struct conn *c, enum ferr e);
 /* conn_fail without the warn line: a summary line is written elsewhere. */
 void conn_fail_quiet(struct conn *c, enum ferr e);
 void conn_finish(struct conn *c);
+/* The request's access line (pool, exchange, proxy and all) and its
+ * count in the metrics, for plain requests and tunnels alike; code:
+ * its FERRY code, NULL when it went well. */
+void conn_log_done(struct conn *c, const char *code);
 /* Header edits of on_request for this request (copied; bounded). */
 void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, const char *drop,
                            size_t drop_len);

@@ -53,15 +53,20 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
     ctx->proxy = c->proxy != NULL ? c->proxy->display : NULL;
 }
 
-static void log_done(struct conn *c)
+void conn_log_done(struct conn *c, const char *code)
 {
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
     log_access(&ctx, c->client, c->method[0] ? c->method : "-", c->host[0] ? c->host : "-",
                c->port, c->path[0] ? c->path : "-", c->status,
                c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
-               (int)c->attempt + 1, c->code);
-    metrics_request_end(c, c->code);
+               (int)c->attempt + 1, code);
+    metrics_request_end(c, code);
+}
+
+static void log_done(struct conn *c)
+{
+    conn_log_done(c, c->code);
 }
 
 /* What the log can say of a head before (or without) parsing it: its

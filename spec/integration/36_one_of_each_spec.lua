@@ -137,3 +137,53 @@ route(function() return "dead" end)
     assert.equal(8, procs.metric(A, "ferry_retries_total", 'pool="dead"'))
   end)
 end)
+
+describe("access lines", function()
+  local origin, socks, ferry
+  local O, S, P = procs.free_port(), procs.free_port(), procs.free_port()
+
+  setup(function()
+    origin = procs.origin(O)
+    socks = procs.microsocks(S)
+    ferry = procs.ferry(string.format([[
+listen { name = "proxy", addr = "127.0.0.1:%d" }
+pool "socks" { proxies = { { url = "socks5://127.0.0.1:%d", id = "ms" } } }
+exchange "E" { hosts = { "127.0.0.1" }, pool = "socks" }
+]], P, S), { P })
+  end)
+
+  teardown(function()
+    procs.stop_ferry(ferry)
+    procs.stop(socks)
+    procs.stop(origin)
+  end)
+
+  local function access_line(method)
+    for _, line in ipairs(procs.log_lines(ferry)) do
+      if line.msg == "access" and line.method == method then return line end
+    end
+  end
+
+  it("gives a CONNECT the pool, exchange and proxy a plain request has", function()
+    local url = "http://127.0.0.1:" .. O .. "/"
+    local status = procs.curl { proxy = "http://127.0.0.1:" .. P, url = url }
+    assert.equal(200, status)
+    status = procs.curl { proxy = "http://127.0.0.1:" .. P, url = url, flags = "-p" }
+    assert.equal(200, status)
+    local plain, tunnel
+    assert.is_true(procs.wait_for(function()
+      plain, tunnel = access_line("GET"), access_line("CONNECT")
+      return plain ~= nil and tunnel ~= nil
+    end, 5))
+    for _, line in ipairs { plain, tunnel } do
+      assert.equal("FERRY-0200", line.code)
+      assert.equal("socks", line.pool)
+      assert.equal("E", line.exchange)
+      assert.equal("socks5://127.0.0.1:" .. S, line.proxy)
+      assert.equal("proxy", line.listener)
+      assert.is_string(line.cid)
+    end
+    assert.equal(200, tunnel.status)
+    assert.is_true(tunnel.bytes_out > 0)
+  end)
+end)

@@ -312,9 +312,7 @@ void conn_upstream_ready(struct conn *c)
     metrics_upstream_ready(c);
     double ms = (loop_now() - c->t_attempt) * 1000.0;
     if (c->proxy != NULL) {
-        c->proxy->pub.latency_ewma_ms = c->proxy->pub.latency_ewma_ms <= 0
-            ? (ms > 0.001 ? ms : 0.001)
-            : c->proxy->pub.latency_ewma_ms + 0.3 * (ms - c->proxy->pub.latency_ewma_ms);
+        ewma_latency(&c->proxy->pub.latency_ewma_ms, ms);
     }
     if (c->is_connect) {
         buf_consume(&c->cli.in, c->head_len);

@@ -4,6 +4,7 @@
 #include "authfail.h"
 #include "conn.h"
 #include "ferry.h"
+#include "inbound.h"
 #include "log.h"
 #include "proxy.h"
 #include "sticky.h"
@@ -34,6 +35,11 @@ static int nlisteners;
 struct listener *listener_get(int idx)
 {
     return idx >= 0 && idx < nlisteners ? listeners[idx] : NULL;
+}
+
+int listener_is_admin(const struct listener *l)
+{
+    return l->in == &inbound_admin;
 }
 
 int listener_count(void)
@@ -79,7 +85,7 @@ static void on_accept(struct ev_loop *lp, ev_io *w, int revents)
             return;
         }
         /* Admin answers can be large (metrics): few admin connections at once. */
-        if (conn_count() >= CONN_LIMIT || (l->admin && l->conns >= ADMIN_CONN_LIMIT)) {
+        if (conn_count() >= CONN_LIMIT || (listener_is_admin(l) && l->conns >= ADMIN_CONN_LIMIT)) {
             reject_overloaded(fd);
             continue;
         }
@@ -162,7 +168,8 @@ static struct listener *start_listener(int slot, const char *name, int fd,
 int ferry_listen(const char *name, const char *host, int port, const char *protocol, int open,
                  const char **err)
 {
-    if (strcmp(protocol, "http") != 0 && strcmp(protocol, "admin") != 0) {
+    const struct inbound_ops *in = inbound_by_name(protocol);
+    if (in == NULL) {
         *err = "unsupported listener protocol";
         return -1;
     }
@@ -196,7 +203,7 @@ int ferry_listen(const char *name, const char *host, int port, const char *proto
         return -1;
     }
     l->open = open ? 1 : 0;
-    l->admin = strcmp(protocol, "admin") == 0;
+    l->in = in;
     l->auth_fail_limit = LISTENER_AUTH_FAIL_LIMIT;
     l->auth_fail_window = LISTENER_AUTH_FAIL_WINDOW;
     log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on %s:%d (%s)", name, host, port,
@@ -271,7 +278,7 @@ int ferry_listen_unix(const char *name, const char *path, const char **err)
         unlink(path);
         return -1;
     }
-    l->admin = 1;
+    l->in = &inbound_admin;
     log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on unix:%s (admin)", name, path);
     return slot;
 }
@@ -279,7 +286,7 @@ int ferry_listen_unix(const char *name, const char *path, const char **err)
 int ferry_listener_is_admin(int idx)
 {
     struct listener *l = listener_get(idx);
-    return l != NULL && l->admin;
+    return l != NULL && listener_is_admin(l);
 }
 
 int ferry_listener_find_unix(const char *path)
@@ -479,6 +486,18 @@ int ferry_listener_reset(int idx, const char *name, int open)
     return FERRY_OK;
 }
 
+int ferry_listener_set_protocol(int idx, const char *protocol)
+{
+    struct listener *l = listener_get(idx);
+    const struct inbound_ops *in = inbound_by_name(protocol);
+    if (l == NULL || l->closed || in == NULL ||
+        (in == &inbound_admin) != listener_is_admin(l)) {
+        return FERRY_ERROR;
+    }
+    l->in = in;
+    return FERRY_OK;
+}
+
 /* Stop accepting: watchers first, then the socket. */
 static void stop_accepting(struct listener *l)
 {
@@ -527,7 +546,7 @@ void listener_conn_gone(struct listener *l)
 void listener_stop_proxying(void)
 {
     for (int i = 0; i < nlisteners; i++) {
-        if (listeners[i] != NULL && !listeners[i]->admin) {
+        if (listeners[i] != NULL && !listener_is_admin(listeners[i])) {
             stop_accepting(listeners[i]);
         }
     }
@@ -537,7 +556,7 @@ int listener_proxy_conns(void)
 {
     int n = 0;
     for (int i = 0; i < nlisteners; i++) {
-        if (listeners[i] != NULL && !listeners[i]->admin) {
+        if (listeners[i] != NULL && !listener_is_admin(listeners[i])) {
             n += listeners[i]->conns;
         }
     }

@@ -1,6 +1,7 @@
 /* conn_upstream.c - attempts: choose, resolve, connect, handshake, retry. */
 #include "bridge.h"
 #include "conn.h"
+#include "inbound.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -316,7 +317,7 @@ void conn_upstream_ready(struct conn *c)
     }
     if (c->is_connect) {
         buf_consume(&c->cli.in, c->head_len);
-        conn_write_connect_ok(c);
+        c->in->answer_ok(c);
         c->sent_any = 1;
         c->status = 200;
         conn_report(c, 1, FERRY_FAIL_KINDS, 0);

@@ -63,6 +63,20 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_RESPONSE_TOO_LARGE] = { "FERRY-3031", 502, "Bad Gateway",
                                   "the origin's response head is too large "
                                   "(over 16 KiB or 100 fields)" },
+    [FERR_SOCKS_VERSION]      = { "FERRY-1050", 400, "Bad Request",
+                                  "not a SOCKS request (an HTTP client on a SOCKS listener?)" },
+    [FERR_SOCKS_NO_METHOD]    = { "FERRY-1051", 407, "Proxy Authentication Required",
+                                  "no acceptable SOCKS5 authentication method "
+                                  "(this listener wants username/password)" },
+    [FERR_SOCKS_COMMAND]      = { "FERRY-1052", 400, "Bad Request",
+                                  "SOCKS command not supported (only CONNECT)" },
+    [FERR_SOCKS_ATYP]         = { "FERRY-1053", 400, "Bad Request",
+                                  "SOCKS address type not supported" },
+    [FERR_SOCKS_MALFORMED]    = { "FERRY-1054", 400, "Bad Request",
+                                  "malformed SOCKS message (empty or invalid name, port 0)" },
+    [FERR_SOCKS4_USERS]       = { "FERRY-1055", 407, "Proxy Authentication Required",
+                                  "SOCKS4 cannot authenticate and this listener has users; "
+                                  "use SOCKS5 with username/password" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

@@ -34,6 +34,12 @@ enum ferr {
     FERR_UPSTREAM_STALLED, /* the upstream stopped reading the request body */
     FERR_TARGET_REFUSED,   /* the upstream proxy could not reach the destination */
     FERR_RESPONSE_TOO_LARGE, /* the origin's response head is over the limit */
+    FERR_SOCKS_VERSION,    /* a SOCKS listener got another version byte (HTTP?) */
+    FERR_SOCKS_NO_METHOD,  /* no SOCKS5 auth method both sides accept */
+    FERR_SOCKS_COMMAND,    /* a SOCKS command other than CONNECT (BIND, UDP ASSOCIATE) */
+    FERR_SOCKS_ATYP,       /* a SOCKS5 address type that is not IPv4, IPv6 or a name */
+    FERR_SOCKS_MALFORMED,  /* a SOCKS message with a bad field (empty name, port 0) */
+    FERR_SOCKS4_USERS,     /* SOCKS4 on a listener with users: it has no password */
     FERR_COUNT
 };
 

@@ -311,7 +311,8 @@ int ferry_store_load_health(const char **err);
 /* 1 when the two secrets are equal, else 0; in constant time (secret.c). */
 int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
 
-/* Open a listener.  protocol: "http" (forward proxy) or "admin".
+/* Open a listener.  protocol: "http" (forward proxy), "socks5", "socks4",
+ * "mixed" (HTTP, SOCKS5 and SOCKS4 by the first byte) or "admin".
  * Returns an index >= 0 or -1. */
 int ferry_listen(const char *name, const char *host, int port,
                  const char *protocol, int open, const char **err);
@@ -333,6 +334,10 @@ int ferry_listener_find_unix(const char *path);
 int ferry_listener_find(const char *host, int port);
 /* Reload: rename, forget users, set the open flag of a kept listener. */
 int ferry_listener_reset(int listener, const char *name, int open);
+/* Reload: what a kept listener speaks to the connections still to come
+ * (a protocol name as for ferry_listen; admin and proxy kinds are not
+ * swapped in place).  FERRY_OK or FERRY_ERROR. */
+int ferry_listener_set_protocol(int listener, const char *protocol);
 /* Reload: stop accepting and close the socket; its connections finish. */
 int ferry_listener_close(int listener);
 

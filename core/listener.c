@@ -4,6 +4,7 @@
 #include "authfail.h"
 #include "conn.h"
 #include "ferry.h"
+#include "inbound.h"
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
@@ -39,6 +40,11 @@ struct listener *listener_get(int idx)
     return idx >= 0 && idx < nlisteners ? listeners[idx] : NULL;
 }
 
+int listener_is_admin(const struct listener *l)
+{
+    return l->in == &inbound_admin;
+}
+
 int listener_count(void)
 {
     return nlisteners;
@@ -57,6 +63,11 @@ static void reject_overloaded(const struct listener *l, int fd, int admin_limit)
         log_event(LOG_WARN, info->code, NULL, "listener %s: %s (%u connections%s), refusing",
                   l->name, info->message, admin_limit ? (unsigned)l->conns : conn_count(),
                   admin_limit ? " on this admin listener" : "");
+    }
+    if (l->in != &inbound_http && !listener_is_admin(l)) {
+        /* A SOCKS (or not yet sniffed) client would not read an HTTP answer. */
+        close(fd);
+        return;
     }
     char body[FERR_BODY_MAX], resp[FERR_BODY_MAX + 256];
     size_t bl = ferr_body(body, sizeof(body), info->code, info->message, NULL);
@@ -102,7 +113,7 @@ static void on_accept(struct ev_loop *lp, ev_io *w, int revents)
             reject_overloaded(l, fd, 0);
             continue;
         }
-        if (l->admin && l->conns >= ADMIN_CONN_LIMIT) {
+        if (listener_is_admin(l) && l->conns >= ADMIN_CONN_LIMIT) {
             reject_overloaded(l, fd, 1);
             continue;
         }
@@ -185,7 +196,8 @@ static struct listener *start_listener(int slot, const char *name, int fd,
 int ferry_listen(const char *name, const char *host, int port, const char *protocol, int open,
                  const char **err)
 {
-    if (strcmp(protocol, "http") != 0 && strcmp(protocol, "admin") != 0) {
+    const struct inbound_ops *in = inbound_by_name(protocol);
+    if (in == NULL) {
         *err = "unsupported listener protocol";
         return -1;
     }
@@ -219,7 +231,7 @@ int ferry_listen(const char *name, const char *host, int port, const char *proto
         return -1;
     }
     l->open = open ? 1 : 0;
-    l->admin = strcmp(protocol, "admin") == 0;
+    l->in = in;
     l->auth_fail_limit = LISTENER_AUTH_FAIL_LIMIT;
     l->auth_fail_window = LISTENER_AUTH_FAIL_WINDOW;
     log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on %s:%d (%s)", name, host, port,
@@ -294,7 +306,7 @@ int ferry_listen_unix(const char *name, const char *path, const char **err)
         unlink(path);
         return -1;
     }
-    l->admin = 1;
+    l->in = &inbound_admin;
     log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on unix:%s (admin)", name, path);
     return slot;
 }
@@ -302,7 +314,7 @@ int ferry_listen_unix(const char *name, const char *path, const char **err)
 int ferry_listener_is_admin(int idx)
 {
     struct listener *l = listener_get(idx);
-    return l != NULL && l->admin;
+    return l != NULL && listener_is_admin(l);
 }
 
 int ferry_listener_find_unix(const char *path)
@@ -502,6 +514,18 @@ int ferry_listener_reset(int idx, const char *name, int open)
     return FERRY_OK;
 }
 
+int ferry_listener_set_protocol(int idx, const char *protocol)
+{
+    struct listener *l = listener_get(idx);
+    const struct inbound_ops *in = inbound_by_name(protocol);
+    if (l == NULL || l->closed || in == NULL ||
+        (in == &inbound_admin) != listener_is_admin(l)) {
+        return FERRY_ERROR;
+    }
+    l->in = in;
+    return FERRY_OK;
+}
+
 /* Stop accepting: watchers first, then the socket. */
 static void stop_accepting(struct listener *l)
 {
@@ -550,7 +574,7 @@ void listener_conn_gone(struct listener *l)
 void listener_stop_proxying(void)
 {
     for (int i = 0; i < nlisteners; i++) {
-        if (listeners[i] != NULL && !listeners[i]->admin) {
+        if (listeners[i] != NULL && !listener_is_admin(listeners[i])) {
             stop_accepting(listeners[i]);
         }
     }
@@ -560,7 +584,7 @@ int listener_proxy_conns(void)
 {
     int n = 0;
     for (int i = 0; i < nlisteners; i++) {
-        if (listeners[i] != NULL && !listeners[i]->admin) {
+        if (listeners[i] != NULL && !listener_is_admin(listeners[i])) {
             n += listeners[i]->conns;
         }
     }

@@ -163,6 +163,7 @@ int ferry_listen_unix(const char *name, const char *path, const char **err);
 int ferry_listener_find_unix(const char *path);
 int ferry_listener_is_admin(int listener);
 int ferry_listener_reset(int listener, const char *name, int open);
+int ferry_listener_set_protocol(int listener, const char *protocol);
 int ferry_listener_close(int listener);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
                         int keepalive_ms, int request_ms, int upstream_idle_ms);

@@ -377,6 +377,9 @@ local function error_message(file, err, line)
   return string.format("%serror object is not a string (%s)", where, type(err))
 end
 
+-- What a listen block may speak (core/inbound.h has one table per name).
+local LISTEN_PROTOCOLS = { http = true, socks5 = true, socks4 = true, mixed = true }
+
 -- Wildcard addresses: a bind there takes the port on every address.
 local WILDCARD = { ["0.0.0.0"] = true, ["::"] = true, ["*"] = true, [""] = true }
 
@@ -447,8 +450,11 @@ local function evaluate(chunk, file)
     if not host then fail(where, "addr: %s", port) end
     l.host, l.port = host, port
     l.protocol = want(where, "protocol", t.protocol, "string") or "http"
-    if l.protocol ~= "http" then
-      fail(where, 'protocol "%s" is not supported yet (use "http")', l.protocol)
+    if l.protocol == "admin" then
+      fail(where, 'protocol "admin": declare the admin plane with admin { addr = ... }')
+    end
+    if not LISTEN_PROTOCOLS[l.protocol] then
+      fail(where, 'protocol "%s" is not one of "http", "socks5", "socks4", "mixed"', l.protocol)
     end
     l.open = want(where, "open", t.open, "boolean") or false
     -- Throttling of wrong inbound credentials per client address (core/authfail.c).
@@ -475,6 +481,11 @@ local function evaluate(chunk, file)
         l.users[#l.users + 1] = { user = user, pass = pass }
       end
     end
+    if l.protocol == "socks4" and #l.users > 0 then
+      fail(where, 'protocol "socks4" cannot check users (SOCKS4 has no password); ' ..
+        'use "socks5", or "mixed" to serve SOCKS5 with users and refuse SOCKS4')
+    end
+    -- One rule for every forward listener kind, HTTP or SOCKS.
     if not is_loopback(l.host) and #l.users == 0 and not l.open then
       fail(where, "refusing to listen on %s without users; set open = true to allow an " ..
         "open proxy", l.host)

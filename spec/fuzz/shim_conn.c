@@ -77,12 +77,6 @@ void conn_arm(struct conn *c, double secs)
     (void)secs;
 }
 
-void admin_on_head(struct conn *c)
-{
-    (void)c;
-    abort(); /* the harness's listener is never an admin one */
-}
-
 void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
 {
     (void)c;

@@ -59,6 +59,9 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_RESPONSE_TOO_LARGE] = { "FERRY-3031", 502, "Bad Gateway",
                                   "the origin's response head is too large "
                                   "(over 16 KiB or 100 fields)" },
+    [FERR_UPSTREAM_TLS]       = { "FERRY-3040", 502, "Bad Gateway",
+                                  "TLS with the upstream proxy failed "
+                                  "(certificate or protocol; see the log)" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

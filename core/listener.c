@@ -7,6 +7,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "sticky.h"
+#include "transport.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -390,6 +391,7 @@ static void forget_users(struct listener *l)
 static void listener_free(struct listener *l)
 {
     forget_users(l);
+    tls_ctx_free(l->tls_ctx);
     free(l->path);
     free(l->name);
     free(l);
@@ -476,6 +478,36 @@ int ferry_listener_reset(int idx, const char *name, int open)
     l->name = fresh;
     l->open = open ? 1 : 0;
     forget_users(l);
+    return FERRY_OK;
+}
+
+void *ferry_tls_server_new(const char *cert, const char *key, const char **err)
+{
+    static char why[256];
+    if (cert == NULL || key == NULL) {
+        *err = "cert and key are both required";
+        return NULL;
+    }
+    struct ssl_ctx_st *ctx = tls_server_ctx(cert, key, why, sizeof(why));
+    if (ctx == NULL) {
+        *err = why;
+    }
+    return ctx;
+}
+
+void ferry_tls_ctx_free(void *ctx)
+{
+    tls_ctx_free(ctx);
+}
+
+int ferry_listener_set_tls(int idx, void *ctx)
+{
+    struct listener *l = listener_get(idx);
+    if (l == NULL || l->closed || l->admin) {
+        return FERRY_ERROR;
+    }
+    tls_ctx_free(l->tls_ctx);
+    l->tls_ctx = ctx;
     return FERRY_OK;
 }
 

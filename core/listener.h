@@ -11,6 +11,8 @@
 #define LISTENER_AUTH_FAIL_LIMIT 10     /* defaults of auth_fail_limit ... */
 #define LISTENER_AUTH_FAIL_WINDOW 60.0  /* ... and auth_fail_window (config.lua's too) */
 
+struct ssl_ctx_st;
+
 struct listener_user {
     char *token; /* ro: base64("user:pass"), compared in constant time */
     char *name;  /* ro: user name, for routing and logs */
@@ -30,6 +32,8 @@ struct listener {
     unsigned closed:1;      /* ro: closed by a reload; freed when conns reach 0 */
     unsigned admin:1;       /* ro: serves the admin plane (admin.c), not proxying */
     char *path;             /* ro: unix socket path (unlinked at close), or NULL */
+    struct ssl_ctx_st *tls_ctx; /* ro: TLS listener's server context, or NULL (plain);
+                                 * replaced by a reload, each SSL holds its own ref */
     unsigned auth_fail_limit; /* ro: wrong credentials per window that block a client */
     double auth_fail_window;  /* ro: seconds of that window, and of the block */
 };

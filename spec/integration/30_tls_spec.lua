@@ -117,10 +117,6 @@ route(function(req) return req.listener end)
     os.execute("rm -rf " .. q(pki))
   end)
 
-  local function tls_proxy(ca)
-    return { proxy = "https://127.0.0.1:" .. FA, ca = ca or p("ca.pem") }
-  end
-
   -- curl through ferry's TLS listener into a file; status, sha256, size, headers.
   local function fetch(path, opts)
     opts = opts or {}

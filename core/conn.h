@@ -46,6 +46,7 @@ struct listener;
 struct proxy;
 struct resolve_req;
 struct upstream_ops;
+struct transport_ops;
 
 /* One direction of a spliced tunnel (tunnel.c). */
 struct tunnel_pipe {
@@ -65,6 +66,8 @@ struct leg {
     ev_io io;                    /* private: its watcher */
     struct buf in, out;          /* rw: bytes read from it, bytes to write to it */
     int ev;                      /* private: events the watcher has now */
+    const struct transport_ops *tr; /* ro: how bytes cross fd (transport.h); NULL: plain */
+    void *tls;                   /* private: transport_tls.c's state, or NULL */
     unsigned eof:1;              /* the peer finished sending */
     unsigned shut:1;             /* shutdown(fd, SHUT_WR) done */
 };

@@ -532,7 +532,7 @@ static int relay_request_body(struct conn *c)
 static void origin_failed(struct conn *c, enum ferr e)
 {
     if (e == FERR_BAD_RESPONSE && c->proxy != NULL &&
-        c->proxy->pub.scheme == FERRY_SCHEME_HTTP) {
+        proxy_speaks_http(c->proxy->pub.scheme)) {
         conn_report(c, 0, FERRY_FAIL_HTTP5XX, 0);
     } else {
         conn_report_target(c);
@@ -586,7 +586,7 @@ static int take_response_head(struct conn *c)
             c->replayable = 0;
             continue;
         }
-        if (st == 407 && c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP) {
+        if (st == 407 && c->proxy != NULL && proxy_speaks_http(c->proxy->pub.scheme)) {
             conn_attempt_failed(c, FERRY_FAIL_AUTH, FERR_UPSTREAM_AUTH);
             return -1;
         }

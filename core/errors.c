@@ -77,6 +77,9 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_SOCKS4_USERS]       = { "FERRY-1055", 407, "Proxy Authentication Required",
                                   "SOCKS4 cannot authenticate and this listener has users; "
                                   "use SOCKS5 with username/password" },
+    [FERR_UPSTREAM_TLS]       = { "FERRY-3040", 502, "Bad Gateway",
+                                  "TLS with the upstream proxy failed "
+                                  "(certificate or protocol; see the log)" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

@@ -40,6 +40,7 @@ enum ferr {
     FERR_SOCKS_ATYP,       /* a SOCKS5 address type that is not IPv4, IPv6 or a name */
     FERR_SOCKS_MALFORMED,  /* a SOCKS message with a bad field (empty name, port 0) */
     FERR_SOCKS4_USERS,     /* SOCKS4 on a listener with users: it has no password */
+    FERR_UPSTREAM_TLS,     /* TLS to an https:// proxy failed (certificate, protocol) */
     FERR_COUNT
 };
 

@@ -9,6 +9,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "sticky.h"
+#include "transport.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -425,6 +426,7 @@ static void forget_users(struct listener *l)
 static void listener_free(struct listener *l)
 {
     forget_users(l);
+    tls_ctx_free(l->tls_ctx);
     free(l->path);
     free(l->name);
     free(l);
@@ -523,6 +525,36 @@ int ferry_listener_set_protocol(int idx, const char *protocol)
         return FERRY_ERROR;
     }
     l->in = in;
+    return FERRY_OK;
+}
+
+void *ferry_tls_server_new(const char *cert, const char *key, const char **err)
+{
+    static char why[256];
+    if (cert == NULL || key == NULL) {
+        *err = "cert and key are both required";
+        return NULL;
+    }
+    struct ssl_ctx_st *ctx = tls_server_ctx(cert, key, why, sizeof(why));
+    if (ctx == NULL) {
+        *err = why;
+    }
+    return ctx;
+}
+
+void ferry_tls_ctx_free(void *ctx)
+{
+    tls_ctx_free(ctx);
+}
+
+int ferry_listener_set_tls(int idx, void *ctx)
+{
+    struct listener *l = listener_get(idx);
+    if (l == NULL || l->closed || listener_is_admin(l)) {
+        return FERRY_ERROR;
+    }
+    tls_ctx_free(l->tls_ctx);
+    l->tls_ctx = ctx;
     return FERRY_OK;
 }
 

@@ -10,7 +10,8 @@ enum ferry_scheme { FERRY_SCHEME_DIRECT = 0, FERRY_SCHEME_HTTP = 1, FERRY_SCHEME
                    FERRY_SCHEMES = 6 };
 enum ferry_fail_kind {
   FERRY_FAIL_REFUSED = 0, FERRY_FAIL_TIMEOUT = 1, FERRY_FAIL_HANDSHAKE = 2,
-  FERRY_FAIL_AUTH = 3, FERRY_FAIL_HTTP5XX = 4, FERRY_FAIL_RESET = 5, FERRY_FAIL_KINDS = 6
+  FERRY_FAIL_AUTH = 3, FERRY_FAIL_HTTP5XX = 4, FERRY_FAIL_RESET = 5, FERRY_FAIL_TLS = 6,
+  FERRY_FAIL_KINDS = 7
 };
 struct ferry_proxy {
   uint32_t id;
@@ -22,7 +23,7 @@ struct ferry_proxy {
   uint64_t requests;
   uint64_t successes;
   uint64_t failures;
-  uint64_t fail_kind[6];
+  uint64_t fail_kind[7];
   double   latency_ewma_ms;
   double   last_failure_at;
   double   last_success_at;
@@ -165,6 +166,11 @@ int ferry_listener_is_admin(int listener);
 int ferry_listener_reset(int listener, const char *name, int open);
 int ferry_listener_set_protocol(int listener, const char *protocol);
 int ferry_listener_close(int listener);
+void *ferry_tls_server_new(const char *cert, const char *key, const char **err);
+void ferry_tls_ctx_free(void *ctx);
+int ferry_listener_set_tls(int listener, void *ctx);
+int ferry_proxy_set_tls(struct ferry_proxy *p, int verify, const char *ca, const char *sni,
+                        const char **err);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
                         int keepalive_ms, int request_ms, int upstream_idle_ms);
 int ferry_set_log_files(const char *events, const char *access, const char **err);
@@ -203,7 +209,7 @@ local M = {
   PROBE = { none = 0, tcp = 1, http = 2, connect = 3 },
   BREAKER_CLOSED = 0, BREAKER_OPEN = 1, BREAKER_HALF_OPEN = 2,
   REQ_CAPTURE = 0x1,
-  FAIL_KINDS = { "refused", "timeout", "handshake", "auth", "http5xx", "reset" },
+  FAIL_KINDS = { "refused", "timeout", "handshake", "auth", "http5xx", "reset", "tls" },
 }
 
 return M

@@ -3,6 +3,7 @@
 #include "conn.h"
 #include "log.h"
 #include "proxy.h"
+#include "transport.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -201,7 +202,7 @@ double uppool_queue_timeout(int pool)
  * a SOCKS5 hop is bound to the destination it was opened for. */
 static int hop_bound(const struct proxy *p)
 {
-    return p != NULL && p->pub.scheme != FERRY_SCHEME_HTTP;
+    return p != NULL && !proxy_speaks_http(p->pub.scheme);
 }
 
 static uint32_t key_hash(const struct proxy *p, const char *host, int port)
@@ -331,10 +332,10 @@ static void idle_unlink(struct upp_idle *i)
     UPP_COUNT(e->proxy, i->pool, idle, (uint32_t)-1);
 }
 
-/* Close a leg no conn owns.  A transport with state of its own (TLS)
- * frees it here too. */
+/* Close a leg no conn owns, with its transport state (TLS). */
 static void leg_close(struct leg *g)
 {
+    leg_tr_free(g);
     if (g->fd >= 0) {
         close(g->fd);
         g->fd = -1;
@@ -433,6 +434,7 @@ static void conn_leg_close(struct conn *c)
 {
     ev_io_stop(loop, &c->up.io);
     c->up.ev = 0;
+    leg_tr_free(&c->up);
     if (c->up.fd >= 0) {
         close(c->up.fd);
         c->up.fd = -1;
@@ -559,8 +561,8 @@ void uppool_release(struct conn *c, int keep)
     struct upp_entry *e = c->upp_entry;
     const struct upp_limits *lim = limits_of(c->pool);
     unsigned served = c->up_requests + 1;
-    if (c->up.fd < 0 || e == NULL || !c->upp_slot) {
-        keep = 0;
+    if (c->up.fd < 0 || e == NULL || !c->upp_slot || leg_pending(&c->up)) {
+        keep = 0; /* leg_pending: decrypted bytes nobody asked for */
     }
     if (keep && lim->max_requests > 0 && served >= lim->max_requests) {
         keep = 0;

@@ -67,6 +67,7 @@ void conn_upstream_release(struct conn *c, int keep)
 void conn_route(struct conn *c)
 {
     c->metered = 1;
+    c->fresh_only = 0; /* only a replay, which starts its attempt itself, sets it */
     struct ferry_req r;
     memset(&r, 0, sizeof(r));
     r.host = c->host;
@@ -214,7 +215,6 @@ static void attempt_start(struct conn *c)
     /* Tunnels and upgrades never travel on a kept connection; a replay
      * goes out on a fresh one. */
     int may_reuse = !c->is_connect && !c->upgrade && !c->fresh_only;
-    c->fresh_only = 0;
     conn_upstream_close(c);
     switch (uppool_acquire(c, may_reuse)) {
     case UPPOOL_FULL:
@@ -234,6 +234,7 @@ static void attempt_start(struct conn *c)
 static void attempt_go(struct conn *c)
 {
     c->t_attempt = loop_now();
+    c->fresh_only = 0; /* kept until here: a waiter that replays takes no kept connection */
     if (c->up.fd >= 0 && !uppool_alive(c->up.fd)) {
         ev_io_stop(loop, &c->up.io);
         c->up.ev = 0;

@@ -79,6 +79,7 @@ describe("upstream pools shared across clients", function()
   local O1, O2 = procs.free_port(), procs.free_port()
   local D, PX, CAP, TQ, MR, A = procs.free_port(), procs.free_port(), procs.free_port(),
     procs.free_port(), procs.free_port(), procs.free_port()
+  local ONE = procs.free_port()
   local D_OFF, PX_OFF, A_OFF = procs.free_port(), procs.free_port(), procs.free_port()
   local base1 = "http://127.0.0.1:" .. O1
 
@@ -94,6 +95,7 @@ listen { name = "px", addr = "127.0.0.1:%d" }
 listen { name = "capped", addr = "127.0.0.1:%d" }
 listen { name = "tq", addr = "127.0.0.1:%d" }
 listen { name = "mr", addr = "127.0.0.1:%d" }
+listen { name = "one", addr = "127.0.0.1:%d" }
 admin { addr = "127.0.0.1:%d" }
 pool "px" { retries = 0, proxies = { { url = "http://127.0.0.1:%d", id = "cp" } } }
 pool "capped" { retries = 0, connections = { max = 2, queue = 5, queue_timeout = 10 },
@@ -102,8 +104,11 @@ pool "tq" { retries = 0, connections = { max = 1, queue = 5, queue_timeout = 0.3
   proxies = { { url = "http://127.0.0.1:%d", id = "tq" } } }
 pool "mr" { retries = 0, connections = { max_requests = 3 },
   proxies = { { url = "http://127.0.0.1:%d", id = "mr" } } }
+pool "one" { retries = 0, connections = { max = 1, queue = 50 },
+  proxies = { { url = "http://127.0.0.1:%d", id = "one" } } }
 route(function(req) return req.listener end)
-]], D, PX, CAP, TQ, MR, A, O1, O2, O2, O1), { D, PX, CAP, TQ, MR, A }, "ferry-pools-on")
+]], D, PX, CAP, TQ, MR, ONE, A, O1, O2, O2, O1, O2), { D, PX, CAP, TQ, MR, ONE, A },
+      "ferry-pools-on")
     off = procs.ferry(string.format([[
 listen { name = "direct", addr = "127.0.0.1:%d" }
 listen { name = "px", addr = "127.0.0.1:%d" }
@@ -198,6 +203,18 @@ route(function(req) return req.listener end)
     assert.equal(0, procs.metric(A, "ferry_upstream_queue_waiting", 'pool="capped"'))
     assert.equal(full, procs.metric(A, "ferry_proxy_queue_full_total",
       'proxy="cap",pool="capped"'))
+  end)
+
+  it("hands the one connection from request to request down the queue", function()
+    reset(O2)
+    local out = burst(ONE, 12, "http://one.test/slow?s=0.05")
+    for i, r in ipairs(out) do assert.equal(200, r.status, "request " .. i) end
+    local after = counts(O2)
+    assert.equal(1, after.accepts)
+    local lbl = 'proxy="one",pool="one"'
+    assert.equal(1, procs.metric(A, "ferry_proxy_connections_opened_total", lbl))
+    assert.equal(11, procs.metric(A, "ferry_proxy_connections_reused_total", lbl))
+    assert.equal(1, procs.metric(A, "ferry_proxy_connections_idle", lbl))
   end)
 
   it("answers 503 FERRY-3061 when no slot frees within queue_timeout", function()

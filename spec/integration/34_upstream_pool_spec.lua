@@ -88,7 +88,7 @@ describe("upstream pools shared across clients", function()
       "python3 " .. procs.root .. "/spec/helpers/count_origin.py " .. O1)
     o2 = procs.spawn("count-origin-2",
       "python3 " .. procs.root .. "/spec/helpers/count_origin.py " .. O2)
-    assert(procs.wait_port(O1) and procs.wait_port(O2), "count origins did not start")
+    assert(procs.wait_port(O1, 20) and procs.wait_port(O2, 20), "count origins did not start")
     on = procs.ferry(string.format([[
 listen { name = "direct", addr = "127.0.0.1:%d" }
 listen { name = "px", addr = "127.0.0.1:%d" }

@@ -48,8 +48,9 @@ end
 
 local function bad(message) return fail(400, "FERRY-7501", message) end
 
+-- level: "debug", "info", "warn" or "error".
 local function log(level, code, msg)
-  C.ferry_log(level, code, msg)
+  C.ferry_log(cdef.LOG[level], code, msg)
 end
 
 ---------------------------------------------------------------------------
@@ -165,7 +166,7 @@ local function load_rows(rows)
       local e = make_entry(row)
       if e.invalid then
         -- Never dropped: the row stays in the store, the proxy waits.
-        log(2, "FERRY-0122", format('store: a stored proxy of pool "%s" is not valid and ' ..
+        log("warn", "FERRY-0122", format('store: a stored proxy of pool "%s" is not valid and ' ..
           "is left out: %s", tostring(row.pool), e.invalid))
       end
       entries[#entries + 1] = e
@@ -209,7 +210,7 @@ function M.open_store(cfg)
   store_path, store_key = path, key
   local n, o = #entries, 0
   for _ in pairs(overrides) do o = o + 1 end
-  log(1, "FERRY-0120", format("store %s: %d runtime %s, %d disabled config %s", path, n,
+  log("info", "FERRY-0120", format("store %s: %d runtime %s, %d disabled config %s", path, n,
     n == 1 and "proxy" or "proxies", o, o == 1 and "proxy" or "proxies"))
   return true
 end
@@ -228,7 +229,7 @@ function M.reload_store(cfg)
     elseif not store.open(old_path, old_key) then
       -- The same file, sealed with the new key while it opened: it
       -- cannot go back to the old key, so the new one stays in use.
-      log(2, "FERRY-0213", format("store %s: stays open with the key of the refused reload " ..
+      log("warn", "FERRY-0213", format("store %s: stays open with the key of the refused reload " ..
         "(it sealed the store)", store_path))
       return
     end
@@ -237,7 +238,7 @@ function M.reload_store(cfg)
   if not path then
     store.close()
     store_path, store_key = nil, nil
-    log(2, "FERRY-0120", "store: the config has no store any more; runtime changes now " ..
+    log("warn", "FERRY-0120", "store: the config has no store any more; runtime changes now " ..
       "live in memory only")
     return undo
   end
@@ -248,7 +249,7 @@ function M.reload_store(cfg)
   end
   load_rows(rows)
   store_path, store_key = path, key
-  log(1, "FERRY-0120", format("store %s: %d runtime %s", path, #entries,
+  log("info", "FERRY-0120", format("store %s: %d runtime %s", path, #entries,
     #entries == 1 and "proxy" or "proxies"))
   return undo
 end
@@ -262,7 +263,7 @@ function M.load_health()
   if not store_path then return 0 end
   local n, err = store.load_health()
   if not n then
-    log(2, "FERRY-0122", "store: saved health not restored: " .. tostring(err))
+    log("warn", "FERRY-0122", "store: saved health not restored: " .. tostring(err))
     return nil, err
   end
   return n
@@ -273,9 +274,9 @@ function M.stop()
   if not store_path then return true end
   local n, err = store.save_health()
   if not n then
-    log(3, "FERRY-0123", "store: saving health failed: " .. tostring(err))
+    log("error", "FERRY-0123", "store: saving health failed: " .. tostring(err))
   else
-    log(1, "FERRY-0121", format("store %s: health of %d proxies saved", store_path, n))
+    log("info", "FERRY-0121", format("store %s: health of %d proxies saved", store_path, n))
   end
   store.close()
   store_path, store_key = nil, nil
@@ -313,7 +314,7 @@ function M.merge(cfg)
       warned[e.key] = nil
     elseif e.px and not warned[e.key] then
       warned[e.key] = true
-      log(2, "FERRY-0122", format('runtime proxy %s of pool "%s": %s; it waits (proxy.remove ' ..
+      log("warn", "FERRY-0122", format('runtime proxy %s of pool "%s": %s; it waits (proxy.remove ' ..
         "drops it)", e.px.display, e.pool, pc and taken or "the pool is not in the config"))
     end
   end
@@ -548,7 +549,7 @@ function M.add(rt, f, via)
     return fail(500, "FERRY-7506", "the pool could not take the proxy; nothing was changed: " ..
       tostring(err))
   end
-  log(1, "FERRY-0124", format('proxy %d (%s) added to pool "%s" by the %s; %s', px.cid,
+  log("info", "FERRY-0124", format('proxy %d (%s) added to pool "%s" by the %s; %s', px.cid,
     px.display, f.pool, via or "console", store_path and "saved" or "memory only"))
   return { id = px.cid, name = px.id or tostring(px.cid), pool = f.pool, url = px.display,
            weight = px.weight, region = px.region, persisted = store_path ~= nil,
@@ -578,7 +579,7 @@ local function remove_entry(rt, e, via, cid)
     end
   end
   local shown = e.px and e.px.display or "(invalid URL)"
-  log(1, "FERRY-0124", format('proxy %s (%s) removed from pool "%s" by the %s', tostring(cid or
+  log("info", "FERRY-0124", format('proxy %s (%s) removed from pool "%s" by the %s', tostring(cid or
     e.opts.id or "-"), shown, e.pool, via or "console"))
   return { id = cid, name = e.opts.id or (cid and tostring(cid)), pool = e.pool, url = shown,
            persisted = store_path ~= nil, note = persisted_note() }
@@ -625,7 +626,7 @@ function M.set_enabled(rt, ref, on, via)
   end
   C.ferry_proxy_set_flag(c, DISABLED, on and 0 or 1)
   if was ~= on then
-    log(1, "FERRY-0124", format("proxy %d (%s) %s by the %s", cid, info.display,
+    log("info", "FERRY-0124", format("proxy %d (%s) %s by the %s", cid, info.display,
       on and "enabled" or "disabled", via or "console"))
   end
   return { id = cid, name = info.label, url = info.display, pools = info.pools,

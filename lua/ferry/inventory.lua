@@ -18,7 +18,7 @@ local ffi = require("ffi")
 local bit = require("bit")
 local cjson = require("cjson.safe")
 local cdef = require("ferry.cdef")
-local url = require("ferry.url")
+local proxy_entry = require("ferry.proxy_entry")
 local store = require("ferry.store")
 local health = require("ferry.health")
 
@@ -30,9 +30,9 @@ local floor = math.floor
 
 local M = {}
 
-M.MAX_ID = 64
-M.MAX_REGION = 64
-M.MAX_URL = 2048
+M.MAX_ID = proxy_entry.MAX_ID
+M.MAX_REGION = proxy_entry.MAX_REGION
+M.MAX_URL = proxy_entry.MAX_URL
 
 local entries = {}   -- the overlay, oldest first: { key, url, pool, opts, enabled, px }
 local by_key = {}    -- key -> entry
@@ -54,48 +54,15 @@ local function log(level, code, msg)
 end
 
 ---------------------------------------------------------------------------
--- Fields of a proxy entry, checked one by one.
-
-local NAME = "^[%w_.:-]+$"
-
-local function check_id(v)
-  if type(v) ~= "string" then return "id: expected a string" end
-  if #v == 0 or #v > M.MAX_ID or not v:match(NAME) then
-    return format("id: 1 to %d letters, digits, _ . : -", M.MAX_ID)
-  end
-  if v:match("^%d+$") then return "id: must not be all digits (numbers are ferry's own ids)" end
-end
-
-local function check_region(v)
-  if type(v) ~= "string" then return "region: expected a string" end
-  if #v == 0 or #v > M.MAX_REGION or v:find("%c") then
-    return format("region: 1 to %d printable characters", M.MAX_REGION)
-  end
-end
-
-local function check_weight(v)
-  if type(v) ~= "number" or v % 1 ~= 0 or v < 1 or v > 1000 then
-    return "weight: expected an integer from 1 to 1000"
-  end
-end
+-- A proxy entry: checked by the validator the config uses too.
 
 -- The proxy as apply.build_pools wants it (config.lua's shape), marked
 -- as a runtime one; or nil and a message naming the field.
 function M.parse_proxy(u, opts)
   opts = opts or {}
-  if type(u) ~= "string" then return nil, "url: expected a string" end
-  if #u > M.MAX_URL then return nil, format("url: longer than %d bytes", M.MAX_URL) end
-  local px, err = url.parse(u)
-  if not px then return nil, "url: " .. err end
-  for _, k in ipairs { "id", "weight", "region" } do
-    local v = opts[k]
-    if v ~= nil then
-      local e = (k == "id" and check_id or k == "weight" and check_weight or check_region)(v)
-      if e then return nil, e end
-    end
-  end
-  px.url, px.id, px.weight, px.region = u, opts.id, opts.weight or 1, opts.region
-  px.display = url.display(px)
+  local px, err = proxy_entry.validate({ url = u, id = opts.id, weight = opts.weight,
+    region = opts.region }, proxy_entry.INVENTORY)
+  if not px then return nil, err end
   px.runtime = true
   return px
 end

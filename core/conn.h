@@ -41,11 +41,13 @@ enum conn_state {
     CS_ADMIN_OUT  /* an admin answer larger than cli.out, fed in as the client reads */
 };
 
+struct inbound_ops;
 struct listener;
 struct proxy;
 struct report_cap;
 struct resolve_req;
 struct upstream_ops;
+struct transport_ops;
 
 /* One direction of a spliced tunnel (tunnel.c). */
 struct tunnel_pipe {
@@ -65,12 +67,19 @@ struct leg {
     ev_io io;                    /* private: its watcher */
     struct buf in, out;          /* rw: bytes read from it, bytes to write to it */
     int ev;                      /* private: events the watcher has now */
+    const struct transport_ops *tr; /* ro: how bytes cross fd (transport.h); NULL: plain */
+    void *tls;                   /* private: transport_tls.c's state, or NULL */
     unsigned eof:1;              /* the peer finished sending */
     unsigned shut:1;             /* shutdown(fd, SHUT_WR) done */
 };
 
 struct conn {
     struct listener *l;          /* ro: accepted here */
+    const struct inbound_ops *in; /* rw: the client's protocol (inbound.h); mixed
+                                  * listeners replace theirs after the first byte */
+    int in_step;                 /* private: the inbound's handshake step */
+    void *in_priv;               /* private: the inbound's own state, or NULL
+                                  * (freed by its fini) */
     struct leg cli;              /* the client's socket */
     struct leg up;               /* the first hop's socket (fd -1 when none) */
     ev_timer timer;              /* private: the one timeout of the conn */
@@ -160,11 +169,6 @@ struct conn {
     char *hdr_add;               /* header lines on_request adds, or NULL */
     size_t hdr_add_len;
     char *hdr_drop;              /* "\nname\n..." on_request drops (NUL-terminated), or NULL */
-
-    /* Admin plane (admin.c). */
-    char *admin_body;            /* the rest of an admin answer, or NULL */
-    size_t admin_len, admin_off;
-    unsigned admin_keep:1;       /* keep the connection after the answer */
 };
 
 struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);
@@ -183,7 +187,15 @@ void conn_idle_trim(struct conn *c);
 void conn_close_all(void);
 
 /* conn_http.c */
+/* Parse the HTTP head at cli.in's start: 1 when c->req holds it, 0 while
+ * it is incomplete or after it was answered with an error. */
+int conn_read_head(struct conn *c);
+/* The forward proxy's input: a head, then routing (inbound_http). */
 void conn_on_head(struct conn *c);
+/* Give c a fresh correlation id. */
+void conn_new_cid(struct conn *c);
+/* Write the HTTP error answer for e to cli.out (no logging, no state). */
+void conn_write_http_error(struct conn *c, enum ferr e);
 int conn_exchange(struct conn *c);
 void conn_fail(struct conn *c, enum ferr e);
 /* conn_fail without the warn line: a summary line is written elsewhere. */
@@ -220,7 +232,6 @@ void conn_target_path(const struct conn *c, const char *base, const char **pre,
 void admin_on_head(struct conn *c);
 /* Feed the rest of a large answer into cli.out (state CS_ADMIN_OUT). */
 void admin_pump(struct conn *c);
-void admin_free(struct conn *c);
 
 /* conn_upstream.c */
 void conn_route(struct conn *c);

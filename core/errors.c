@@ -63,6 +63,25 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_RESPONSE_TOO_LARGE] = { "FERRY-3031", 502, "Bad Gateway",
                                   "the origin's response head is too large "
                                   "(over 16 KiB or 100 fields)" },
+    [FERR_SOCKS_VERSION]      = { "FERRY-1050", 400, "Bad Request",
+                                  "not a SOCKS request (an HTTP client on a SOCKS listener?)" },
+    [FERR_SOCKS_NO_METHOD]    = { "FERRY-1051", 407, "Proxy Authentication Required",
+                                  "no acceptable SOCKS5 authentication method "
+                                  "(this listener wants username/password)" },
+    [FERR_SOCKS_COMMAND]      = { "FERRY-1052", 400, "Bad Request",
+                                  "SOCKS command not supported (only CONNECT)" },
+    [FERR_SOCKS_ATYP]         = { "FERRY-1053", 400, "Bad Request",
+                                  "SOCKS address type not supported" },
+    [FERR_SOCKS_MALFORMED]    = { "FERRY-1054", 400, "Bad Request",
+                                  "malformed SOCKS message (empty or invalid name, port 0)" },
+    [FERR_SOCKS4_USERS]       = { "FERRY-1055", 407, "Proxy Authentication Required",
+                                  "SOCKS4 cannot authenticate and this listener has users; "
+                                  "use SOCKS5 with username/password" },
+    [FERR_UPSTREAM_TLS]       = { "FERRY-3040", 502, "Bad Gateway",
+                                  "TLS with the upstream proxy failed "
+                                  "(certificate or protocol; see the log)" },
+    [FERR_PLAIN_TO_TLS]       = { "FERRY-1071", 400, "Bad Request",
+                                  "this listener speaks TLS: use an https:// proxy URL" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)
@@ -131,4 +150,15 @@ size_t ferr_body(char *dst, size_t cap, const char *code, const char *message, c
     at = put(dst, cap, at, "}\n");
     dst[at] = '\0';
     return at;
+}
+
+size_t ferr_answer(char *dst, size_t cap, const struct ferr_info *info, const char *cid)
+{
+    char body[FERR_BODY_MAX];
+    size_t bl = ferr_body(body, sizeof(body), info->code, info->message, cid);
+    int n = snprintf(dst, cap,
+                     "HTTP/1.1 %d %s\r\nX-Ferry-Error: %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     info->status, info->reason, info->code, bl, body);
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }

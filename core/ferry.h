@@ -71,7 +71,8 @@ enum ferry_fail_kind {
     FERRY_FAIL_AUTH      = 3, /* the proxy rejected our credentials */
     FERRY_FAIL_HTTP5XX   = 4, /* the response through the proxy was a 5xx */
     FERRY_FAIL_RESET     = 5, /* the proxy closed or reset mid-exchange */
-    FERRY_FAIL_KINDS     = 6
+    FERRY_FAIL_TLS       = 6, /* TLS to an https:// proxy failed (certificate, protocol) */
+    FERRY_FAIL_KINDS     = 7
 };
 
 /* Bits of ferry_proxy.flags. */
@@ -344,7 +345,8 @@ int ferry_store_load_health(const char **err);
 /* 1 when the two secrets are equal, else 0; in constant time (secret.c). */
 int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
 
-/* Open a listener.  protocol: "http" (forward proxy) or "admin".
+/* Open a listener.  protocol: "http" (forward proxy), "socks5", "socks4",
+ * "mixed" (HTTP, SOCKS5 and SOCKS4 by the first byte) or "admin".
  * Returns an index >= 0 or -1. */
 int ferry_listen(const char *name, const char *host, int port,
                  const char *protocol, int open, const char **err);
@@ -366,8 +368,24 @@ int ferry_listener_find_unix(const char *path);
 int ferry_listener_find(const char *host, int port);
 /* Reload: rename, forget users, set the open flag of a kept listener. */
 int ferry_listener_reset(int listener, const char *name, int open);
+/* Reload: what a kept listener speaks to the connections still to come
+ * (a protocol name as for ferry_listen; admin and proxy kinds are not
+ * swapped in place).  FERRY_OK or FERRY_ERROR. */
+int ferry_listener_set_protocol(int listener, const char *protocol);
 /* Reload: stop accepting and close the socket; its connections finish. */
 int ferry_listener_close(int listener);
+/* TLS listeners: a server context from PEM files (TLS 1.2+, ALPN
+ * http/1.1), or NULL and *err.  Made before a reload commits, so a broken
+ * cert fails the reload and the old context stays. */
+void *ferry_tls_server_new(const char *cert, const char *key, const char **err);
+void ferry_tls_ctx_free(void *ctx);
+/* Give the listener ctx (owned from now on; NULL: plain again). */
+int ferry_listener_set_tls(int listener, void *ctx);
+/* https:// proxies: verify the certificate (against ca, a PEM file, or
+ * the system store when NULL) and its name (sni, or the proxy's host).
+ * On failure the proxy keeps its previous settings. */
+int ferry_proxy_set_tls(struct ferry_proxy *p, int verify, const char *ca, const char *sni,
+                        const char **err);
 
 /* Event and access log files (NULL or "": standard error; access NULL:
  * with the events).  Reopened by name on SIGUSR1. */

@@ -146,7 +146,7 @@ void health_probe_result(struct proxy *p, int ok, double latency_ms, const char 
 
 static const char *const fail_names[FERRY_FAIL_KINDS] = {
     "connect refused", "timeout", "handshake failed", "proxy auth failed", "5xx response",
-    "connection reset"
+    "connection reset", "TLS failed"
 };
 
 void health_passive(struct proxy *p, int ok, enum ferry_fail_kind kind)

@@ -4,10 +4,12 @@
 #include "authfail.h"
 #include "conn.h"
 #include "ferry.h"
+#include "inbound.h"
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
 #include "sticky.h"
+#include "transport.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -39,6 +41,11 @@ struct listener *listener_get(int idx)
     return idx >= 0 && idx < nlisteners ? listeners[idx] : NULL;
 }
 
+int listener_is_admin(const struct listener *l)
+{
+    return l->in == &inbound_admin;
+}
+
 int listener_count(void)
 {
     return nlisteners;
@@ -58,15 +65,16 @@ static void reject_overloaded(const struct listener *l, int fd, int admin_limit)
                   l->name, info->message, admin_limit ? (unsigned)l->conns : conn_count(),
                   admin_limit ? " on this admin listener" : "");
     }
-    char body[FERR_BODY_MAX], resp[FERR_BODY_MAX + 256];
-    size_t bl = ferr_body(body, sizeof(body), info->code, info->message, NULL);
-    int n = snprintf(resp, sizeof(resp),
-                     "HTTP/1.1 %d %s\r\nX-Ferry-Error: %s\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     info->status, info->reason, info->code, bl, body);
+    if (l->in != &inbound_http && !listener_is_admin(l)) {
+        /* A SOCKS (or not yet sniffed) client would not read an HTTP answer. */
+        close(fd);
+        return;
+    }
+    char resp[FERR_ANSWER_MAX];
+    size_t n = ferr_answer(resp, sizeof(resp), info, NULL);
     /* Best effort: the socket is fresh, so a short write is unlikely. */
-    if (n > 0 && (size_t)n < sizeof(resp)) {
-        ssize_t w = write(fd, resp, (size_t)n);
+    if (n > 0) {
+        ssize_t w = write(fd, resp, n);
         (void)w;
     }
     close(fd);
@@ -102,7 +110,7 @@ static void on_accept(struct ev_loop *lp, ev_io *w, int revents)
             reject_overloaded(l, fd, 0);
             continue;
         }
-        if (l->admin && l->conns >= ADMIN_CONN_LIMIT) {
+        if (listener_is_admin(l) && l->conns >= ADMIN_CONN_LIMIT) {
             reject_overloaded(l, fd, 1);
             continue;
         }
@@ -185,7 +193,8 @@ static struct listener *start_listener(int slot, const char *name, int fd,
 int ferry_listen(const char *name, const char *host, int port, const char *protocol, int open,
                  const char **err)
 {
-    if (strcmp(protocol, "http") != 0 && strcmp(protocol, "admin") != 0) {
+    const struct inbound_ops *in = inbound_by_name(protocol);
+    if (in == NULL) {
         *err = "unsupported listener protocol";
         return -1;
     }
@@ -219,7 +228,7 @@ int ferry_listen(const char *name, const char *host, int port, const char *proto
         return -1;
     }
     l->open = open ? 1 : 0;
-    l->admin = strcmp(protocol, "admin") == 0;
+    l->in = in;
     l->auth_fail_limit = LISTENER_AUTH_FAIL_LIMIT;
     l->auth_fail_window = LISTENER_AUTH_FAIL_WINDOW;
     log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on %s:%d (%s)", name, host, port,
@@ -294,7 +303,7 @@ int ferry_listen_unix(const char *name, const char *path, const char **err)
         unlink(path);
         return -1;
     }
-    l->admin = 1;
+    l->in = &inbound_admin;
     log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on unix:%s (admin)", name, path);
     return slot;
 }
@@ -302,7 +311,7 @@ int ferry_listen_unix(const char *name, const char *path, const char **err)
 int ferry_listener_is_admin(int idx)
 {
     struct listener *l = listener_get(idx);
-    return l != NULL && l->admin;
+    return l != NULL && listener_is_admin(l);
 }
 
 int ferry_listener_find_unix(const char *path)
@@ -413,6 +422,7 @@ static void forget_users(struct listener *l)
 static void listener_free(struct listener *l)
 {
     forget_users(l);
+    tls_ctx_free(l->tls_ctx);
     free(l->path);
     free(l->name);
     free(l);
@@ -502,6 +512,48 @@ int ferry_listener_reset(int idx, const char *name, int open)
     return FERRY_OK;
 }
 
+int ferry_listener_set_protocol(int idx, const char *protocol)
+{
+    struct listener *l = listener_get(idx);
+    const struct inbound_ops *in = inbound_by_name(protocol);
+    if (l == NULL || l->closed || in == NULL ||
+        (in == &inbound_admin) != listener_is_admin(l)) {
+        return FERRY_ERROR;
+    }
+    l->in = in;
+    return FERRY_OK;
+}
+
+void *ferry_tls_server_new(const char *cert, const char *key, const char **err)
+{
+    static char why[256];
+    if (cert == NULL || key == NULL) {
+        *err = "cert and key are both required";
+        return NULL;
+    }
+    struct ssl_ctx_st *ctx = tls_server_ctx(cert, key, why, sizeof(why));
+    if (ctx == NULL) {
+        *err = why;
+    }
+    return ctx;
+}
+
+void ferry_tls_ctx_free(void *ctx)
+{
+    tls_ctx_free(ctx);
+}
+
+int ferry_listener_set_tls(int idx, void *ctx)
+{
+    struct listener *l = listener_get(idx);
+    if (l == NULL || l->closed || listener_is_admin(l)) {
+        return FERRY_ERROR;
+    }
+    tls_ctx_free(l->tls_ctx);
+    l->tls_ctx = ctx;
+    return FERRY_OK;
+}
+
 /* Stop accepting: watchers first, then the socket. */
 static void stop_accepting(struct listener *l)
 {
@@ -550,7 +602,7 @@ void listener_conn_gone(struct listener *l)
 void listener_stop_proxying(void)
 {
     for (int i = 0; i < nlisteners; i++) {
-        if (listeners[i] != NULL && !listeners[i]->admin) {
+        if (listeners[i] != NULL && !listener_is_admin(listeners[i])) {
             stop_accepting(listeners[i]);
         }
     }
@@ -560,7 +612,7 @@ int listener_proxy_conns(void)
 {
     int n = 0;
     for (int i = 0; i < nlisteners; i++) {
-        if (listeners[i] != NULL && !listeners[i]->admin) {
+        if (listeners[i] != NULL && !listener_is_admin(listeners[i])) {
             n += listeners[i]->conns;
         }
     }

@@ -547,7 +547,8 @@ static void render_pools(struct text *t, const struct ferry_metrics_member *m, u
 static void render_proxies(struct text *t, const struct ferry_metrics_member *m, uint32_t n)
 {
     static const char *const kinds[FERRY_FAIL_KINDS] = { "refused", "timeout", "handshake",
-                                                         "auth",    "http5xx", "reset" };
+                                                         "auth",    "http5xx", "reset",
+                                                         "tls" };
     static const struct {
         const char *name, *type, *help;
         enum proxy_field f;

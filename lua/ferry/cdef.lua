@@ -17,7 +17,8 @@ enum ferry_scheme { FERRY_SCHEME_DIRECT = 0, FERRY_SCHEME_HTTP = 1, FERRY_SCHEME
                    FERRY_SCHEMES = 6 };
 enum ferry_fail_kind {
   FERRY_FAIL_REFUSED = 0, FERRY_FAIL_TIMEOUT = 1, FERRY_FAIL_HANDSHAKE = 2,
-  FERRY_FAIL_AUTH = 3, FERRY_FAIL_HTTP5XX = 4, FERRY_FAIL_RESET = 5, FERRY_FAIL_KINDS = 6
+  FERRY_FAIL_AUTH = 3, FERRY_FAIL_HTTP5XX = 4, FERRY_FAIL_RESET = 5, FERRY_FAIL_TLS = 6,
+  FERRY_FAIL_KINDS = 7
 };
 struct ferry_proxy {
   uint32_t id;
@@ -29,7 +30,7 @@ struct ferry_proxy {
   uint64_t requests;
   uint64_t successes;
   uint64_t failures;
-  uint64_t fail_kind[6];
+  uint64_t fail_kind[7];
   double   latency_ewma_ms;
   double   last_failure_at;
   double   last_success_at;
@@ -173,7 +174,13 @@ int ferry_listen_unix(const char *name, const char *path, const char **err);
 int ferry_listener_find_unix(const char *path);
 int ferry_listener_is_admin(int listener);
 int ferry_listener_reset(int listener, const char *name, int open);
+int ferry_listener_set_protocol(int listener, const char *protocol);
 int ferry_listener_close(int listener);
+void *ferry_tls_server_new(const char *cert, const char *key, const char **err);
+void ferry_tls_ctx_free(void *ctx);
+int ferry_listener_set_tls(int listener, void *ctx);
+int ferry_proxy_set_tls(struct ferry_proxy *p, int verify, const char *ca, const char *sni,
+                        const char **err);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
                         int keepalive_ms, int request_ms, int upstream_idle_ms);
 int ferry_set_log_files(const char *events, const char *access, const char **err);
@@ -231,7 +238,7 @@ local M = {
   BREAKER_HALF_OPEN = n(C.FERRY_BREAKER_HALF_OPEN),
   REQ_CAPTURE = n(C.FERRY_REQ_CAPTURE),
   -- Names of enum ferry_fail_kind, index = value + 1.
-  FAIL_KINDS = { "refused", "timeout", "handshake", "auth", "http5xx", "reset" },
+  FAIL_KINDS = { "refused", "timeout", "handshake", "auth", "http5xx", "reset", "tls" },
 }
 assert(#M.FAIL_KINDS == n(C.FERRY_FAIL_KINDS), "cdef: FAIL_KINDS out of step with ferry.h")
 

@@ -9,6 +9,7 @@ require("ferry.cdef")
 
 -- The core keeps room for this many retries after a first try (ferry.h).
 local RETRIES_MAX = tonumber(ffi.C.FERRY_RETRIES_MAX)
+local tls_opts = require("ferry.tls_opts")
 
 local M = {}
 
@@ -304,10 +305,10 @@ end
 
 -- An entry of proxies = { ... }: a URL, or a table of fields checked by
 -- the validator the inventory uses too (proxy_entry.lua).
-local function parse_proxy(where, i, entry)
+local function parse_proxy(where, i, entry, dir)
   local pw = string.format("%s: proxies[%d]", where, i)
   local p, err = proxy_entry.validate(type(entry) == "string" and { url = entry } or entry,
-    proxy_entry.CONFIG)
+    proxy_entry.CONFIG, { resolve = function(f) return resolve_path(dir, f) end })
   if not p then fail(pw, "%s", err) end
   return p
 end
@@ -343,6 +344,9 @@ local function error_message(file, err, line)
   end
   return string.format("%serror object is not a string (%s)", where, type(err))
 end
+
+-- What a listen block may speak (core/inbound.h has one table per name).
+local LISTEN_PROTOCOLS = { http = true, socks5 = true, socks4 = true, mixed = true }
 
 -- Wildcard addresses: a bind there takes the port on every address.
 local WILDCARD = { ["0.0.0.0"] = true, ["::"] = true, ["*"] = true, [""] = true }
@@ -407,15 +411,23 @@ local function evaluate(chunk, file)
     end
     where = at(string.format('listen "%s"', l.name))
     check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true,
-                             auth_fail_limit = true, auth_fail_window = true })
+                             auth_fail_limit = true, auth_fail_window = true, tls = true })
     if names.listen[l.name] then fail(where, "a listener with this name already exists") end
     names.listen[l.name] = true
     local host, port = url.parse_hostport(want(where, "addr", t.addr, "string") or "127.0.0.1:8080")
     if not host then fail(where, "addr: %s", port) end
     l.host, l.port = host, port
     l.protocol = want(where, "protocol", t.protocol, "string") or "http"
-    if l.protocol ~= "http" then
-      fail(where, 'protocol "%s" is not supported yet (use "http")', l.protocol)
+    if l.protocol == "admin" then
+      fail(where, 'protocol "admin": declare the admin plane with admin { addr = ... }')
+    end
+    if not LISTEN_PROTOCOLS[l.protocol] then
+      fail(where, 'protocol "%s" is not one of "http", "socks5", "socks4", "mixed"', l.protocol)
+    end
+    if t.tls ~= nil then
+      local tls, terr = tls_opts.listener(t.tls, function(f) return resolve_path(dir, f) end)
+      if not tls then fail(where, "%s", terr) end
+      l.tls = tls
     end
     l.open = want(where, "open", t.open, "boolean") or false
     -- Throttling of wrong inbound credentials per client address (core/authfail.c).
@@ -442,6 +454,11 @@ local function evaluate(chunk, file)
         l.users[#l.users + 1] = { user = user, pass = pass }
       end
     end
+    if l.protocol == "socks4" and #l.users > 0 then
+      fail(where, 'protocol "socks4" cannot check users (SOCKS4 has no password); ' ..
+        'use "socks5", or "mixed" to serve SOCKS5 with users and refuse SOCKS4')
+    end
+    -- One rule for every forward listener kind, HTTP or SOCKS.
     if not is_loopback(l.host) and #l.users == 0 and not l.open then
       fail(where, "refusing to listen on %s without users; set open = true to allow an " ..
         "open proxy", l.host)
@@ -552,7 +569,7 @@ local function evaluate(chunk, file)
       p.proxies = {}
       local seen = {}
       for i, entry in ipairs(t.proxies) do
-        local px = parse_proxy(where, i, entry)
+        local px = parse_proxy(where, i, entry, dir)
         local key = px.id or px.url
         if seen[key] then fail(where, "proxies[%d]: duplicate of proxies[%d]", i, seen[key]) end
         seen[key] = i

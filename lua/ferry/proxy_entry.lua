@@ -5,6 +5,7 @@
 -- with the field's name ("id: ...").  Callers say which fields they take
 -- and prefix their own context (the config: FILE:LINE: pool: proxies[i]).
 local url = require("ferry.url")
+local tls_opts = require("ferry.tls_opts")
 
 local format, type, pairs, ipairs, tostring = string.format, type, pairs, ipairs, tostring
 
@@ -15,13 +16,19 @@ M.MAX_REGION = 64
 M.MAX_URL = 2048
 M.MAX_WEIGHT = 1000
 
+-- To add a field: a rule in FIELDS, its place in ORDER, and the sets of
+-- CONFIG and INVENTORY that take it.
+
 -- An id travels in X-Ferry-Proxy, log lines and metric labels; all digits
 -- would read as ferry's own proxy numbers in the console and the API.
 local ID = "^[%w._:@/-]+$"
 local TOKEN = "^[!#$%%&'*+%-.^_`|~%w]+$"
 
--- The rules, by field.  check(v, px): v is the value given (never nil);
--- px is the entry being built: a rule may store what it derives.
+-- The rules, by field.  check(v, px, ctx): v is the value given (never
+-- nil); px is the entry being built: a rule may store what it derives;
+-- ctx is the caller's (resolve: a relative file name to a path).  A
+-- rule's absent(px, ctx), when it has one, runs when the field is not
+-- given (a default that depends on other fields).
 M.FIELDS = {
   url = { check = function(v, px)
     if type(v) ~= "string" then return "url: expected a string" end
@@ -67,13 +74,21 @@ M.FIELDS = {
     end
     px.headers = v
   end },
+  tls = {
+    check = function(v, px, ctx)
+      local t, err = tls_opts.proxy(v, px.scheme, ctx.resolve)
+      if err then return err end
+      px.tls = t
+    end,
+    absent = function(px) px.tls = tls_opts.proxy(nil, px.scheme) end,
+  },
 }
 
 -- The order fields are checked in, so that the first error is stable.
-M.ORDER = { "url", "id", "weight", "region", "headers" }
+M.ORDER = { "url", "id", "weight", "region", "headers", "tls" }
 
 -- Fields a config entry and an inventory entry take.
-M.CONFIG = { url = true, id = true, weight = true, region = true, headers = true }
+M.CONFIG = { url = true, id = true, weight = true, region = true, headers = true, tls = true }
 M.INVENTORY = { url = true, id = true, weight = true, region = true }
 
 local function known(allowed)
@@ -85,10 +100,12 @@ local function known(allowed)
 end
 
 -- spec: a table of fields (url required); allowed: M.CONFIG or
--- M.INVENTORY.  Returns the entry as apply.build_pools wants it (the
--- parsed URL's fields, url, id, weight, region, headers, display), or
--- nil and the message of the first field at fault.
-function M.validate(spec, allowed)
+-- M.INVENTORY; ctx: see FIELDS (optional).  Returns the entry as
+-- apply.build_pools wants it (the parsed URL's fields, url, id, weight,
+-- region, headers, tls, display), or nil and the message of the first
+-- field at fault.
+function M.validate(spec, allowed, ctx)
+  ctx = ctx or {}
   if type(spec) ~= "table" then
     return nil, format("expected a URL string or a table, got a %s", type(spec))
   end
@@ -100,10 +117,12 @@ function M.validate(spec, allowed)
   if spec.url == nil then return nil, "url: required" end
   local px = {}
   for _, k in ipairs(M.ORDER) do
-    local v = spec[k]
+    local v, rule = spec[k], M.FIELDS[k]
     if v ~= nil then
-      local err = M.FIELDS[k].check(v, px)
+      local err = rule.check(v, px, ctx)
       if err then return nil, err end
+    elseif rule.absent then
+      rule.absent(px, ctx)
     end
   end
   px.weight = px.weight or 1

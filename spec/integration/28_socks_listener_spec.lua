@@ -148,7 +148,7 @@ route(function(req) return pooled[req.listener] and req.listener or "direct" end
     -- -U gives the same credentials another way.
     status = curl(at("socks5", "s5u"), base .. "/", "-U alice:wonder")
     assert.equal(200, status)
-    local err
+    local _, err
     status, _, err = curl(at("socks5", "s5u", "alice:wrong"), base .. "/")
     assert.equal(0, status)
     assert.matches("rejected", err)

@@ -132,20 +132,19 @@ static void answer(struct conn *c, int status, const char *ctype, char *body, si
 /* A JSON error answer that the router did not make itself. */
 static void answer_error(struct conn *c, int status, const char *code, const char *message)
 {
-    char *body = malloc(512);
+    char *body = malloc(FERR_BODY_MAX);
     if (body == NULL) {
         conn_close(c);
         return;
     }
-    int n = snprintf(body, 512, "{\"error\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}",
-                     code, message, c->cid);
+    size_t n = ferr_body(body, FERR_BODY_MAX, code, message, c->cid);
     char extra[64];
     snprintf(extra, sizeof(extra), "X-Ferry-Error: %s\r\n", code);
     struct admin_out *o = out_of(c);
     if (o != NULL) {
         o->keep = 0;
     }
-    answer(c, status, "application/json", body, (size_t)n, extra);
+    answer(c, status, "application/json", body, n, extra);
 }
 
 /* c->path was copied from the head before the request left cli.in. */

@@ -21,7 +21,6 @@
  * bytes (bulk traffic) asks to grow to this, within ferry's share of the
  * user's pipe quota.  The kernel may grant less. */
 #define TUNNEL_PIPE_SIZE (1024 * 1024)
-#define CONN_MAX_TRIES 8
 #define HOST_MAX_LEN 255
 /* The longest c->path kept for logs and route(), with its NUL. */
 #define CONN_PATH_MAX 512
@@ -47,6 +46,7 @@ struct listener;
 struct proxy;
 struct resolve_req;
 struct upstream_ops;
+struct transport_ops;
 
 /* One direction of a spliced tunnel (tunnel.c). */
 struct tunnel_pipe {
@@ -66,6 +66,8 @@ struct leg {
     ev_io io;                    /* private: its watcher */
     struct buf in, out;          /* rw: bytes read from it, bytes to write to it */
     int ev;                      /* private: events the watcher has now */
+    const struct transport_ops *tr; /* ro: how bytes cross fd (transport.h); NULL: plain */
+    void *tls;                   /* private: transport_tls.c's state, or NULL */
     unsigned eof:1;              /* the peer finished sending */
     unsigned shut:1;             /* shutdown(fd, SHUT_WR) done */
 };
@@ -113,7 +115,7 @@ struct conn {
     const struct upstream_ops *ops; /* connector of this attempt */
     int hs_state;                /* connector's private handshake step */
     struct resolve_req *rr;      /* pending lookup, cancelled on close */
-    uint32_t tried[CONN_MAX_TRIES];
+    uint32_t tried[FERRY_RETRIES_MAX]; /* proxies of the earlier attempts, for dispatch */
     unsigned ntried;
     unsigned attempt;
     int retries;
@@ -199,6 +201,10 @@ void conn_fail(struct conn *c, enum ferr e);
 /* conn_fail without the warn line: a summary line is written elsewhere. */
 void conn_fail_quiet(struct conn *c, enum ferr e);
 void conn_finish(struct conn *c);
+/* The request's access line (pool, exchange, proxy and all) and its
+ * count in the metrics, for plain requests and tunnels alike; code:
+ * its FERRY code, NULL when it went well. */
+void conn_log_done(struct conn *c, const char *code);
 /* Header edits of on_request for this request (copied; bounded). */
 void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, const char *drop,
                            size_t drop_len);

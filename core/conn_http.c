@@ -54,15 +54,20 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
     ctx->proxy = c->proxy != NULL ? c->proxy->display : NULL;
 }
 
-static void log_done(struct conn *c)
+void conn_log_done(struct conn *c, const char *code)
 {
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
     log_access(&ctx, c->client, c->method[0] ? c->method : "-", c->host[0] ? c->host : "-",
                c->port, c->path[0] ? c->path : "-", c->status,
                c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
-               (int)c->attempt + 1, c->code);
-    metrics_request_end(c, c->code);
+               (int)c->attempt + 1, code);
+    metrics_request_end(c, code);
+}
+
+static void log_done(struct conn *c)
+{
+    conn_log_done(c, c->code);
 }
 
 /* What the log can say of a head before (or without) parsing it: its
@@ -85,10 +90,8 @@ static void note_unparsed(struct conn *c, const char *base, size_t hl)
 void conn_write_http_error(struct conn *c, enum ferr e)
 {
     const struct ferr_info *info = ferr_info(e);
-    char body[256], head[512];
-    int bl = snprintf(body, sizeof(body),
-                      "{\"error\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}\n",
-                      info->code, info->message, c->cid);
+    char body[FERR_BODY_MAX], head[512];
+    size_t bl = ferr_body(body, sizeof(body), info->code, info->message, c->cid);
     char extra[64] = "";
     if (e == FERR_AUTH_REQUIRED) {
         snprintf(extra, sizeof(extra), "Proxy-Authenticate: Basic realm=\"ferry\"\r\n");
@@ -97,11 +100,11 @@ void conn_write_http_error(struct conn *c, enum ferr e)
     }
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                      "Content-Length: %d\r\nX-Ferry-Error: %s\r\nX-Request-Id: %s\r\n"
+                      "Content-Length: %zu\r\nX-Ferry-Error: %s\r\nX-Request-Id: %s\r\n"
                       "%sConnection: close\r\n\r\n",
                       info->status, info->reason, bl, info->code, c->cid, extra);
     c->bytes_out += buf_append(&c->cli.out, head, (size_t)hl);
-    c->bytes_out += buf_append(&c->cli.out, body, (size_t)bl);
+    c->bytes_out += buf_append(&c->cli.out, body, bl);
 }
 
 /* The error answer, in the client's protocol (c->in); with `quiet`, no
@@ -529,7 +532,7 @@ static int relay_request_body(struct conn *c)
 static void origin_failed(struct conn *c, enum ferr e)
 {
     if (e == FERR_BAD_RESPONSE && c->proxy != NULL &&
-        c->proxy->pub.scheme == FERRY_SCHEME_HTTP) {
+        proxy_speaks_http(c->proxy->pub.scheme)) {
         conn_report(c, 0, FERRY_FAIL_HTTP5XX, 0);
     } else {
         conn_report_target(c);
@@ -583,7 +586,7 @@ static int take_response_head(struct conn *c)
             c->replayable = 0;
             continue;
         }
-        if (st == 407 && c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP) {
+        if (st == 407 && c->proxy != NULL && proxy_speaks_http(c->proxy->pub.scheme)) {
             conn_attempt_failed(c, FERRY_FAIL_AUTH, FERR_UPSTREAM_AUTH);
             return -1;
         }

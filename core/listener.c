@@ -6,8 +6,10 @@
 #include "ferry.h"
 #include "inbound.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "sticky.h"
+#include "transport.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -26,6 +28,8 @@
 #define ACCEPT_BATCH 64
 #define CONN_LIMIT 20000
 #define ADMIN_CONN_LIMIT 64
+/* Seconds between two warn lines about refused connections. */
+#define OVERLOAD_WARN_WINDOW 10.0
 
 static struct listener *listeners[LISTENER_MAX];
 static int nlisteners;
@@ -47,15 +51,36 @@ int listener_count(void)
     return nlisteners;
 }
 
-static void reject_overloaded(int fd)
+/* A connection over a limit gets FERRY-2004 at once, without a conn:
+ * counted by limit, logged once per window. */
+static void reject_overloaded(const struct listener *l, int fd, int admin_limit)
 {
-    static const char resp[] =
-        "HTTP/1.1 503 Service Unavailable\r\nX-Ferry-Error: FERRY-2004\r\n"
-        "Content-Type: application/json\r\nContent-Length: 58\r\nConnection: close\r\n\r\n"
-        "{\"error\":\"FERRY-2004\",\"message\":\"connection limit reached\"}";
+    static double last_warn = -1e9;
+    const struct ferr_info *info = ferr_info(FERR_OVERLOADED);
+    metrics_overloaded(admin_limit);
+    double now = loop_now();
+    if (now - last_warn >= OVERLOAD_WARN_WINDOW) {
+        last_warn = now;
+        log_event(LOG_WARN, info->code, NULL, "listener %s: %s (%u connections%s), refusing",
+                  l->name, info->message, admin_limit ? (unsigned)l->conns : conn_count(),
+                  admin_limit ? " on this admin listener" : "");
+    }
+    if (l->in != &inbound_http && !listener_is_admin(l)) {
+        /* A SOCKS (or not yet sniffed) client would not read an HTTP answer. */
+        close(fd);
+        return;
+    }
+    char body[FERR_BODY_MAX], resp[FERR_BODY_MAX + 256];
+    size_t bl = ferr_body(body, sizeof(body), info->code, info->message, NULL);
+    int n = snprintf(resp, sizeof(resp),
+                     "HTTP/1.1 %d %s\r\nX-Ferry-Error: %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     info->status, info->reason, info->code, bl, body);
     /* Best effort: the socket is fresh, so a short write is unlikely. */
-    ssize_t n = write(fd, resp, sizeof(resp) - 1);
-    (void)n;
+    if (n > 0 && (size_t)n < sizeof(resp)) {
+        ssize_t w = write(fd, resp, (size_t)n);
+        (void)w;
+    }
     close(fd);
 }
 
@@ -85,8 +110,12 @@ static void on_accept(struct ev_loop *lp, ev_io *w, int revents)
             return;
         }
         /* Admin answers can be large (metrics): few admin connections at once. */
-        if (conn_count() >= CONN_LIMIT || (listener_is_admin(l) && l->conns >= ADMIN_CONN_LIMIT)) {
-            reject_overloaded(fd);
+        if (conn_count() >= CONN_LIMIT) {
+            reject_overloaded(l, fd, 0);
+            continue;
+        }
+        if (listener_is_admin(l) && l->conns >= ADMIN_CONN_LIMIT) {
+            reject_overloaded(l, fd, 1);
             continue;
         }
         if (conn_new(l, fd, (struct sockaddr *)&ss) == NULL) {
@@ -397,6 +426,7 @@ static void forget_users(struct listener *l)
 static void listener_free(struct listener *l)
 {
     forget_users(l);
+    tls_ctx_free(l->tls_ctx);
     free(l->path);
     free(l->name);
     free(l);
@@ -495,6 +525,36 @@ int ferry_listener_set_protocol(int idx, const char *protocol)
         return FERRY_ERROR;
     }
     l->in = in;
+    return FERRY_OK;
+}
+
+void *ferry_tls_server_new(const char *cert, const char *key, const char **err)
+{
+    static char why[256];
+    if (cert == NULL || key == NULL) {
+        *err = "cert and key are both required";
+        return NULL;
+    }
+    struct ssl_ctx_st *ctx = tls_server_ctx(cert, key, why, sizeof(why));
+    if (ctx == NULL) {
+        *err = why;
+    }
+    return ctx;
+}
+
+void ferry_tls_ctx_free(void *ctx)
+{
+    tls_ctx_free(ctx);
+}
+
+int ferry_listener_set_tls(int idx, void *ctx)
+{
+    struct listener *l = listener_get(idx);
+    if (l == NULL || l->closed || listener_is_admin(l)) {
+        return FERRY_ERROR;
+    }
+    tls_ctx_free(l->tls_ctx);
+    l->tls_ctx = ctx;
     return FERRY_OK;
 }
 

@@ -12,6 +12,7 @@
 #define LISTENER_AUTH_FAIL_WINDOW 60.0  /* ... and auth_fail_window (config.lua's too) */
 
 struct inbound_ops;
+struct ssl_ctx_st;
 
 struct listener_user {
     char *token; /* ro: base64("user:pass"), compared in constant time */
@@ -33,6 +34,8 @@ struct listener {
     unsigned emfile_logged:1; /* private */
     unsigned closed:1;      /* ro: closed by a reload; freed when conns reach 0 */
     char *path;             /* ro: unix socket path (unlinked at close), or NULL */
+    struct ssl_ctx_st *tls_ctx; /* ro: TLS listener's server context, or NULL (plain);
+                                 * replaced by a reload, each SSL holds its own ref */
     unsigned auth_fail_limit; /* ro: wrong credentials per window that block a client */
     double auth_fail_window;  /* ro: seconds of that window, and of the block */
 };

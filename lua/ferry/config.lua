@@ -2,7 +2,13 @@
 -- whose globals are the statements below; each statement is checked as
 -- it runs, and every error names FILE:LINE of the statement and the
 -- field at fault.  The result is a plain table the runtime applies.
+local ffi = require("ffi")
 local url = require("ferry.url")
+require("ferry.cdef")
+
+-- The core keeps room for this many retries after a first try (ferry.h).
+local RETRIES_MAX = tonumber(ffi.C.FERRY_RETRIES_MAX)
+local tls_opts = require("ferry.tls_opts")
 
 local M = {}
 
@@ -298,7 +304,7 @@ end
 
 local TOKEN = "^[!#$%%&'*+%-.^_`|~%w]+$"
 
-local function parse_proxy(where, i, entry)
+local function parse_proxy(where, i, entry, dir)
   local pw = string.format("%s: proxies[%d]", where, i)
   local spec = entry
   if type(entry) == "string" then
@@ -306,7 +312,8 @@ local function parse_proxy(where, i, entry)
   elseif type(entry) ~= "table" then
     fail(pw, "expected a URL string or a table, got a %s", type(entry))
   end
-  check_fields(pw, spec, { url = true, weight = true, region = true, id = true, headers = true })
+  check_fields(pw, spec, { url = true, weight = true, region = true, id = true, headers = true,
+                           tls = true })
   if type(spec.url) ~= "string" then fail(pw, "url is required") end
   local p, err = url.parse(spec.url)
   if not p then fail(pw, "%s", err) end
@@ -336,6 +343,9 @@ local function parse_proxy(where, i, entry)
     end
     p.headers = spec.headers
   end
+  local tls, terr = tls_opts.proxy(spec.tls, p.scheme, function(f) return resolve_path(dir, f) end)
+  if terr then fail(pw, "%s", terr) end
+  p.tls = tls
   p.display = url.display(p)
   return p
 end
@@ -438,7 +448,7 @@ local function evaluate(chunk, file)
     end
     where = at(string.format('listen "%s"', l.name))
     check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true,
-                             auth_fail_limit = true, auth_fail_window = true })
+                             auth_fail_limit = true, auth_fail_window = true, tls = true })
     if names.listen[l.name] then fail(where, "a listener with this name already exists") end
     names.listen[l.name] = true
     local host, port = url.parse_hostport(want(where, "addr", t.addr, "string") or "127.0.0.1:8080")
@@ -450,6 +460,11 @@ local function evaluate(chunk, file)
     end
     if not LISTEN_PROTOCOLS[l.protocol] then
       fail(where, 'protocol "%s" is not one of "http", "socks5", "socks4", "mixed"', l.protocol)
+    end
+    if t.tls ~= nil then
+      local tls, terr = tls_opts.listener(t.tls, function(f) return resolve_path(dir, f) end)
+      if not tls then fail(where, "%s", terr) end
+      l.tls = tls
     end
     l.open = want(where, "open", t.open, "boolean") or false
     -- Throttling of wrong inbound credentials per client address (core/authfail.c).
@@ -568,7 +583,7 @@ local function evaluate(chunk, file)
         session_ttl = true })
       local p = { name = name, line = line }
       p.strategy = want(where, "strategy", t.strategy, "string") or "health_score"
-      p.retries = want_number(where, "retries", t.retries, 0, 8, true) or 2
+      p.retries = want_number(where, "retries", t.retries, 0, RETRIES_MAX, true) or 2
       p.all_down = want(where, "all_down", t.all_down, "string") or "any"
       if not ALL_DOWN[p.all_down] then
         fail(where, 'all_down must be "any", "direct" or "fail", got "%s"', p.all_down)
@@ -591,7 +606,7 @@ local function evaluate(chunk, file)
       p.proxies = {}
       local seen = {}
       for i, entry in ipairs(t.proxies) do
-        local px = parse_proxy(where, i, entry)
+        local px = parse_proxy(where, i, entry, dir)
         local key = px.id or px.url
         if seen[key] then fail(where, "proxies[%d]: duplicate of proxies[%d]", i, seen[key]) end
         seen[key] = i

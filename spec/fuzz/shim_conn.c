@@ -15,6 +15,7 @@
 #include "../../core/listener.h"
 #include "../../core/log.h"
 #include "../../core/metrics.h"
+#include "../../core/proxy.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -222,4 +223,11 @@ void metrics_request_end(struct conn *c, const char *code)
 {
     (void)c;
     (void)code;
+}
+
+/* The harness never routes through a proxy: no scheme speaks HTTP to one. */
+int proxy_speaks_http(uint32_t scheme)
+{
+    (void)scheme;
+    return 0;
 }

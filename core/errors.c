@@ -62,6 +62,8 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_UPSTREAM_TLS]       = { "FERRY-3040", 502, "Bad Gateway",
                                   "TLS with the upstream proxy failed "
                                   "(certificate or protocol; see the log)" },
+    [FERR_TLS_PLAIN_HTTP]     = { "FERRY-1071", 400, "Bad Request",
+                                  "this listener speaks TLS: use an https:// proxy URL" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

@@ -33,6 +33,7 @@ enum ferr {
     FERR_TARGET_REFUSED,   /* the upstream proxy could not reach the destination */
     FERR_RESPONSE_TOO_LARGE, /* the origin's response head is over the limit */
     FERR_UPSTREAM_TLS,     /* TLS to an https:// proxy failed (certificate, protocol) */
+    FERR_TLS_PLAIN_HTTP,   /* plain HTTP sent to a TLS listener */
     FERR_COUNT
 };
 

@@ -1,5 +1,6 @@
 /* conn.c - connection lifecycle: accept, watchers, the pump, deferred close. */
 #include "conn.h"
+#include "inbound.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -143,6 +144,7 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
         return NULL;
     }
     c->l = l;
+    c->in = l->in;
     l->conns++;
     c->up.fd = -1;
     buf_init(&c->cli.in, CONN_BUF_SIZE);
@@ -174,8 +176,8 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
     if (nconns > peak_conns) {
         peak_conns = nconns;
     }
-    conn_arm(c, timeouts.client_head);
     c->refs++;
+    c->in->start(c);
     conn_pump(c);
     c->refs--;
     if (c->closing) {
@@ -196,7 +198,9 @@ static void conn_destroy(struct conn *c)
     conn_report_flush(c);
     metrics_conn_closed(c);
     conn_clear_header_edits(c);
-    admin_free(c);
+    if (c->in->fini != NULL) {
+        c->in->fini(c);
+    }
     conn_upstream_close(c);
     conn_tunnel_close_pipes(c);
     leg_tr_free(&c->cli);
@@ -441,7 +445,7 @@ void conn_pump(struct conn *c)
         pump_mark(c, &before);
         switch (c->state) {
         case CS_HEAD:
-            conn_on_head(c);
+            c->in->input(c); /* a request head, or a handshake */
             break;
         case CS_EXCHANGE:
             conn_exchange(c); /* failures switch state; the flush below still runs */

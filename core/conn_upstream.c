@@ -1,6 +1,7 @@
 /* conn_upstream.c - attempts: choose, resolve, connect, handshake, retry. */
 #include "bridge.h"
 #include "conn.h"
+#include "inbound.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -126,7 +127,7 @@ void conn_route(struct conn *c)
     }
     if (c->attempt == 0) {
         int retries = r.retries < 0 ? 2 : r.retries;
-        c->retries = retries < CONN_MAX_TRIES - 1 ? retries : CONN_MAX_TRIES - 1;
+        c->retries = retries < FERRY_RETRIES_MAX ? retries : FERRY_RETRIES_MAX;
         c->connect_timeout = r.connect_timeout_ms > 0 ? r.connect_timeout_ms / 1000.0
                                                       : timeouts.connect;
         c->first_byte_timeout = r.first_byte_timeout_ms > 0 ? r.first_byte_timeout_ms / 1000.0
@@ -225,7 +226,8 @@ static int reuse_replay(struct conn *c, enum ferr e)
 
 void conn_attempt(struct conn *c)
 {
-    if (c->proxy != NULL && c->ntried < CONN_MAX_TRIES) {
+    /* The last attempt's proxy is never needed: no dispatch follows it. */
+    if (c->proxy != NULL && c->ntried < FERRY_RETRIES_MAX) {
         c->tried[c->ntried++] = c->proxy->pub.id;
     }
     attempt_start(c);
@@ -351,13 +353,11 @@ void conn_upstream_ready(struct conn *c)
     metrics_upstream_ready(c);
     double ms = (loop_now() - c->t_attempt) * 1000.0;
     if (c->proxy != NULL) {
-        c->proxy->pub.latency_ewma_ms = c->proxy->pub.latency_ewma_ms <= 0
-            ? (ms > 0.001 ? ms : 0.001)
-            : c->proxy->pub.latency_ewma_ms + 0.3 * (ms - c->proxy->pub.latency_ewma_ms);
+        ewma_latency(&c->proxy->pub.latency_ewma_ms, ms);
     }
     if (c->is_connect) {
         buf_consume(&c->cli.in, c->head_len);
-        conn_write_connect_ok(c);
+        c->in->answer_ok(c);
         c->sent_any = 1;
         c->status = 200;
         conn_report(c, 1, FERRY_FAIL_KINDS, 0);

@@ -18,6 +18,11 @@
 #define FERRY_OK     0
 #define FERRY_ERROR -1
 
+/* Retries one request may have after its first try: a pool's `retries`
+ * is 0..FERRY_RETRIES_MAX (config.lua reads the bound from the cdef), so
+ * a request makes at most FERRY_RETRIES_MAX + 1 attempts. */
+enum { FERRY_RETRIES_MAX = 8 };
+
 /* Upstream kinds a proxy can be. */
 enum ferry_scheme {
     FERRY_SCHEME_DIRECT = 0, /* no proxy: the pseudo-pool "direct" */
@@ -165,7 +170,7 @@ struct ferry_req {
     uint32_t    is_connect;  /* ro: 1 for CONNECT tunnels */
     uint32_t    attempt;     /* ro: 0 on the first try, 1.. on retries */
     uint32_t    ntried;      /* ro: how many ids are in tried[] */
-    uint32_t    tried[8];    /* ro: proxies already tried for this request */
+    uint32_t    tried[FERRY_RETRIES_MAX]; /* ro: proxies already tried for this request */
     /* written by Lua for the core: */
     int32_t     pool;        /* rw: pool index chosen (0 = direct, -1 until chosen) */
     int32_t     retries;     /* rw: retries allowed for this request */
@@ -307,7 +312,8 @@ int ferry_store_load_health(const char **err);
 /* 1 when the two secrets are equal, else 0; in constant time (secret.c). */
 int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
 
-/* Open a listener.  protocol: "http" (forward proxy) or "admin".
+/* Open a listener.  protocol: "http" (forward proxy), "socks5", "socks4",
+ * "mixed" (HTTP, SOCKS5 and SOCKS4 by the first byte) or "admin".
  * Returns an index >= 0 or -1. */
 int ferry_listen(const char *name, const char *host, int port,
                  const char *protocol, int open, const char **err);
@@ -329,6 +335,10 @@ int ferry_listener_find_unix(const char *path);
 int ferry_listener_find(const char *host, int port);
 /* Reload: rename, forget users, set the open flag of a kept listener. */
 int ferry_listener_reset(int listener, const char *name, int open);
+/* Reload: what a kept listener speaks to the connections still to come
+ * (a protocol name as for ferry_listen; admin and proxy kinds are not
+ * swapped in place).  FERRY_OK or FERRY_ERROR. */
+int ferry_listener_set_protocol(int listener, const char *protocol);
 /* Reload: stop accepting and close the socket; its connections finish. */
 int ferry_listener_close(int listener);
 /* TLS listeners: a server context from PEM files (TLS 1.2+, ALPN

@@ -19,8 +19,6 @@
 static struct proxy **proxies;
 static uint32_t nproxies, cap_proxies;
 
-/* EWMA weight of a new latency sample. */
-#define LATENCY_ALPHA 0.3
 
 /* The URL scheme of each enum ferry_scheme a proxy can have. */
 static const char *scheme_name(uint32_t scheme)
@@ -383,11 +381,7 @@ void proxy_success(struct proxy *p, double latency_ms)
     p->pub.consecutive_failures = 0;
     p->pub.last_success_at = loop_now();
     if (latency_ms >= 0) {
-        if (p->pub.latency_ewma_ms <= 0) {
-            p->pub.latency_ewma_ms = latency_ms > 0.001 ? latency_ms : 0.001;
-        } else {
-            p->pub.latency_ewma_ms += LATENCY_ALPHA * (latency_ms - p->pub.latency_ewma_ms);
-        }
+        ewma_latency(&p->pub.latency_ewma_ms, latency_ms);
     }
     health_passive(p, 1, FERRY_FAIL_KINDS);
 }

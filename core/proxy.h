@@ -2,6 +2,7 @@
 #ifndef FERRY_PROXY_H
 #define FERRY_PROXY_H
 
+#include "ewma.h" /* latency_ewma_ms moves only through ewma_latency() */
 #include "ferry.h"
 
 #include <sys/socket.h>

@@ -328,11 +328,7 @@ static int relay(struct buf *src, struct leg *to, unsigned long long *count)
 
 static void tunnel_end(struct conn *c, const char *why)
 {
-    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name, .proxy = c->proxy != NULL ? c->proxy->display : NULL };
-    log_access(&ctx, c->client, c->method, c->host, c->port, c->path, c->status,
-               c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
-               (int)c->attempt + 1, why);
-    metrics_request_end(c, why);
+    conn_log_done(c, why);
     conn_close(c);
 }
 

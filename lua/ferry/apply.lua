@@ -217,6 +217,8 @@ end
 local function finish_listeners(cfg, plan, old_idx)
   for _, k in ipairs(plan.kept) do
     C.ferry_listener_reset(k.idx, k.l.name, k.l.open and 1 or 0)
+    -- The kind stays (open_listeners reopens across it); the protocol may change.
+    if not k.l.path then C.ferry_listener_set_protocol(k.idx, k.l.protocol) end
   end
   for _, l in ipairs(cfg.listeners) do
     local err = errbuf()

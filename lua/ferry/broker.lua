@@ -37,7 +37,7 @@ local M = {
   EXPIRE_STEP = 1000,     -- leases ended per expiry call at most
 }
 
--- The seed's words for a pool's all_down policy.
+-- A pool's all_down policy as the broker's `fallback_policy` names it.
 M.FALLBACK = { any = "any_proxy", direct = "direct_connection", fail = "fail" }
 
 M.CONNECTION_TYPES = { http = true, https = true, websocket = true, tcp = true }

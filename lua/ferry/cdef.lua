@@ -4,6 +4,7 @@ local ffi = require("ffi")
 
 if not pcall(ffi.typeof, "struct ferry_proxy") then
   ffi.cdef[[
+enum { FERRY_RETRIES_MAX = 8 };
 enum ferry_scheme { FERRY_SCHEME_DIRECT = 0, FERRY_SCHEME_HTTP = 1, FERRY_SCHEME_SOCKS5 = 2,
                    FERRY_SCHEME_HTTPS = 3, FERRY_SCHEME_SOCKS4 = 4, FERRY_SCHEME_SOCKS4A = 5,
                    FERRY_SCHEMES = 6 };
@@ -96,7 +97,7 @@ struct ferry_req {
   uint32_t    is_connect;
   uint32_t    attempt;
   uint32_t    ntried;
-  uint32_t    tried[8];
+  uint32_t    tried[FERRY_RETRIES_MAX];
   int32_t     pool;
   int32_t     retries;
   int32_t     connect_timeout_ms;
@@ -163,6 +164,7 @@ int ferry_listen_unix(const char *name, const char *path, const char **err);
 int ferry_listener_find_unix(const char *path);
 int ferry_listener_is_admin(int listener);
 int ferry_listener_reset(int listener, const char *name, int open);
+int ferry_listener_set_protocol(int listener, const char *protocol);
 int ferry_listener_close(int listener);
 void *ferry_tls_server_new(const char *cert, const char *key, const char **err);
 void ferry_tls_ctx_free(void *ctx);

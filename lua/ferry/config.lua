@@ -2,7 +2,12 @@
 -- whose globals are the statements below; each statement is checked as
 -- it runs, and every error names FILE:LINE of the statement and the
 -- field at fault.  The result is a plain table the runtime applies.
+local ffi = require("ffi")
 local url = require("ferry.url")
+require("ferry.cdef")
+
+-- The core keeps room for this many retries after a first try (ferry.h).
+local RETRIES_MAX = tonumber(ffi.C.FERRY_RETRIES_MAX)
 local tls_opts = require("ferry.tls_opts")
 
 local M = {}
@@ -377,6 +382,9 @@ local function error_message(file, err, line)
   return string.format("%serror object is not a string (%s)", where, type(err))
 end
 
+-- What a listen block may speak (core/inbound.h has one table per name).
+local LISTEN_PROTOCOLS = { http = true, socks5 = true, socks4 = true, mixed = true }
+
 -- Wildcard addresses: a bind there takes the port on every address.
 local WILDCARD = { ["0.0.0.0"] = true, ["::"] = true, ["*"] = true, [""] = true }
 
@@ -447,8 +455,11 @@ local function evaluate(chunk, file)
     if not host then fail(where, "addr: %s", port) end
     l.host, l.port = host, port
     l.protocol = want(where, "protocol", t.protocol, "string") or "http"
-    if l.protocol ~= "http" then
-      fail(where, 'protocol "%s" is not supported yet (use "http")', l.protocol)
+    if l.protocol == "admin" then
+      fail(where, 'protocol "admin": declare the admin plane with admin { addr = ... }')
+    end
+    if not LISTEN_PROTOCOLS[l.protocol] then
+      fail(where, 'protocol "%s" is not one of "http", "socks5", "socks4", "mixed"', l.protocol)
     end
     if t.tls ~= nil then
       local tls, terr = tls_opts.listener(t.tls, function(f) return resolve_path(dir, f) end)
@@ -480,6 +491,11 @@ local function evaluate(chunk, file)
         l.users[#l.users + 1] = { user = user, pass = pass }
       end
     end
+    if l.protocol == "socks4" and #l.users > 0 then
+      fail(where, 'protocol "socks4" cannot check users (SOCKS4 has no password); ' ..
+        'use "socks5", or "mixed" to serve SOCKS5 with users and refuse SOCKS4')
+    end
+    -- One rule for every forward listener kind, HTTP or SOCKS.
     if not is_loopback(l.host) and #l.users == 0 and not l.open then
       fail(where, "refusing to listen on %s without users; set open = true to allow an " ..
         "open proxy", l.host)
@@ -567,7 +583,7 @@ local function evaluate(chunk, file)
         session_ttl = true })
       local p = { name = name, line = line }
       p.strategy = want(where, "strategy", t.strategy, "string") or "health_score"
-      p.retries = want_number(where, "retries", t.retries, 0, 8, true) or 2
+      p.retries = want_number(where, "retries", t.retries, 0, RETRIES_MAX, true) or 2
       p.all_down = want(where, "all_down", t.all_down, "string") or "any"
       if not ALL_DOWN[p.all_down] then
         fail(where, 'all_down must be "any", "direct" or "fail", got "%s"', p.all_down)

@@ -80,7 +80,7 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_UPSTREAM_TLS]       = { "FERRY-3040", 502, "Bad Gateway",
                                   "TLS with the upstream proxy failed "
                                   "(certificate or protocol; see the log)" },
-    [FERR_PLAIN_TO_TLS]       = { "FERRY-1071", 400, "Bad Request",
+    [FERR_TLS_PLAIN_HTTP]     = { "FERRY-1071", 400, "Bad Request",
                                   "this listener speaks TLS: use an https:// proxy URL" },
 };
 

@@ -41,7 +41,7 @@ enum ferr {
     FERR_SOCKS_MALFORMED,  /* a SOCKS message with a bad field (empty name, port 0) */
     FERR_SOCKS4_USERS,     /* SOCKS4 on a listener with users: it has no password */
     FERR_UPSTREAM_TLS,     /* TLS to an https:// proxy failed (certificate, protocol) */
-    FERR_PLAIN_TO_TLS,     /* plain HTTP sent to a TLS listener */
+    FERR_TLS_PLAIN_HTTP,   /* plain HTTP sent to a TLS listener */
     FERR_COUNT
 };
 

@@ -334,7 +334,10 @@ static void connected(struct probe *pr)
     if (pr->conf.kind == FERRY_PROBE_TCP) {
         /* Decided now, not at the start: real traffic may have taken the
          * proxy down while this run was connecting. */
-        if (pr->p->needs_answer && (pr->p->pub.flags & FERRY_PROXY_DOWN)) {
+        /* No hello to an https:// proxy: it would take plain HTTP for a
+         * bad ClientHello (the probe does no TLS). */
+        if (pr->p->needs_answer && (pr->p->pub.flags & FERRY_PROXY_DOWN) &&
+            !proxy_scheme_tls(pr->p->pub.scheme)) {
             queue_hello(pr);
         } else {
             finish(pr, PROBE_OK, NULL);

@@ -27,16 +27,6 @@ static const char *scheme_name(uint32_t scheme)
          : scheme == FERRY_SCHEME_SOCKS5 ? "socks5" : "http";
 }
 
-int proxy_speaks_http(uint32_t scheme)
-{
-    return scheme == FERRY_SCHEME_HTTP || scheme == FERRY_SCHEME_HTTPS;
-}
-
-int proxy_scheme_tls(uint32_t scheme)
-{
-    return scheme == FERRY_SCHEME_HTTPS;
-}
-
 uint32_t ferry_proxy_count(void)
 {
     return nproxies;

@@ -4,6 +4,7 @@
  * or a pointer across a reload; a proxy dropped from the config is only
  * flagged REMOVED and keeps its counters. */
 #include "proxy.h"
+#include "upstream.h"
 #include "health.h"
 #include "loop.h"
 
@@ -212,7 +213,7 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
                                     const char *extra_headers, int weight, const char **err)
 {
     if (key == NULL || host == NULL || *host == '\0' || port <= 0 || port > 65535 ||
-        (scheme != FERRY_SCHEME_HTTP && scheme != FERRY_SCHEME_SOCKS5)) {
+        scheme == FERRY_SCHEME_DIRECT || upstream_scheme((unsigned)scheme) == NULL) {
         *err = "invalid proxy arguments";
         return NULL;
     }
@@ -263,7 +264,7 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
     char *disp = malloc(dl);
     if (disp != NULL) {
         int v6 = strchr(host, ':') != NULL;
-        snprintf(disp, dl, "%s://%s%s%s:%d", scheme == FERRY_SCHEME_HTTP ? "http" : "socks5",
+        snprintf(disp, dl, "%s://%s%s%s:%d", upstream_name((unsigned)scheme),
                  v6 ? "[" : "", host, v6 ? "]" : "", port);
     }
     replace_str(&p->display, disp);
@@ -416,7 +417,7 @@ int ferry_proxy_url(const struct ferry_proxy *fp, char *out, uint32_t room)
     if (p == NULL || out == NULL || room < 16 || p->host == NULL) {
         return FERRY_ERROR;
     }
-    int n = snprintf(out, room, "%s://", p->pub.scheme == FERRY_SCHEME_HTTP ? "http" : "socks5");
+    int n = snprintf(out, room, "%s://", upstream_name(p->pub.scheme));
     size_t o = (size_t)n;
     if (p->user != NULL) {
         o = pct_encode(p->user, out, o, room);

@@ -59,6 +59,9 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_RESPONSE_TOO_LARGE] = { "FERRY-3031", 502, "Bad Gateway",
                                   "the origin's response head is too large "
                                   "(over 16 KiB or 100 fields)" },
+    [FERR_SOCKS4_NO_IPV4]     = { "FERRY-3050", 502, "Bad Gateway",
+                                  "the destination has no IPv4 address, which a SOCKS4 proxy "
+                                  "needs (use socks4a:// or socks5://)" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

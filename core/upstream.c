@@ -9,6 +9,8 @@ static const struct upstream_scheme schemes[FERRY_SCHEMES] = {
     [FERRY_SCHEME_HTTP]    = { "http", &up_http, 8080, 0, 1, 1 },
     [FERRY_SCHEME_SOCKS5]  = { "socks5", &up_socks5, 1080, 0, 0, 0 },
     [FERRY_SCHEME_HTTPS]   = { "https", &up_http, 443, 1, 1, 1 },
+    [FERRY_SCHEME_SOCKS4]  = { "socks4", &up_socks4, 1080, 0, 0, 0 },
+    [FERRY_SCHEME_SOCKS4A] = { "socks4a", &up_socks4a, 1080, 0, 0, 0 },
 };
 
 const struct upstream_scheme *upstream_scheme(unsigned scheme)

@@ -115,5 +115,7 @@ void hop_fini(struct hop *h);
 extern const struct upstream_ops up_direct;
 extern const struct upstream_ops up_http;
 extern const struct upstream_ops up_socks5;
+extern const struct upstream_ops up_socks4;
+extern const struct upstream_ops up_socks4a;
 
 #endif

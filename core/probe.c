@@ -190,12 +190,12 @@ static void release(struct probe *pr)
 }
 
 /* The run has a verdict on the proxy: report it, then wait. */
-static void finish(struct probe *pr, int ok, const char *why)
+static void finish(struct probe *pr, enum probe_result r, const char *why)
 {
     double ms = (ev_time() - pr->started) * 1000.0;
     release(pr);
-    health_probe_result(pr->p, ok, ms > 0 ? ms : 0, why);
-    metrics_probe(ok, why);
+    health_probe_result(pr->p, r == PROBE_OK, ms > 0 ? ms : 0, why);
+    metrics_probe(r);
     schedule(pr, next_delay(pr));
 }
 
@@ -262,7 +262,7 @@ static void queue_get(struct probe *pr)
 static void handshake_done(struct probe *pr)
 {
     if (pr->conf.kind == FERRY_PROBE_CONNECT) {
-        finish(pr, 1, NULL);
+        finish(pr, PROBE_OK, NULL);
         return;
     }
     buf_consume(&pr->leg.in, buf_len(&pr->leg.in));
@@ -289,15 +289,15 @@ static void on_hello_answer(struct probe *pr)
     char why[96];
     if (r == UP_DONE) {
         snprintf(why, sizeof(why), "probe passed: the proxy answered %s", h->ops->hello_what);
-        finish(pr, 1, why);
+        finish(pr, PROBE_OK, why);
     } else if (h->fail_err == FERR_HEAD_TOO_LARGE) {
-        finish(pr, 0, "probe response head too large");
+        finish(pr, PROBE_BAD_RESPONSE, "probe response head too large");
     } else if (h->fail_err == FERR_BAD_RESPONSE) {
-        finish(pr, 0, "probe response is not HTTP");
+        finish(pr, PROBE_BAD_RESPONSE, "probe response is not HTTP");
     } else {
         snprintf(why, sizeof(why), "probe handshake failed: the answer to %s is not in its protocol",
                  h->ops->hello_what);
-        finish(pr, 0, why);
+        finish(pr, PROBE_HANDSHAKE, why);
     }
 }
 
@@ -311,7 +311,7 @@ static void connected(struct probe *pr)
             h->ops->hello != NULL) {
             queue_hello(pr);
         } else {
-            finish(pr, 1, NULL);
+            finish(pr, PROBE_OK, NULL);
         }
         return;
     }
@@ -331,24 +331,23 @@ static void on_response(struct probe *pr)
     size_t hl = http_head_len(base, buf_len(in));
     if (hl == 0) {
         if (buf_room(in) == 0) {
-            finish(pr, 0, "probe response head too large");
+            finish(pr, PROBE_BAD_RESPONSE, "probe response head too large");
         }
         return;
     }
     if (http_parse_response(&pr->resp, base, hl, 1) != HTTP_PARSE_OK) {
-        finish(pr, 0, "probe response is not HTTP");
+        finish(pr, PROBE_BAD_RESPONSE, "probe response is not HTTP");
         return;
     }
     int st = pr->resp.status;
     if (status_expected(&pr->conf, st)) {
-        finish(pr, 1, NULL);
+        finish(pr, PROBE_OK, NULL);
         return;
     }
     char why[64];
-    snprintf(why, sizeof(why), st == 407 && upstream_absolute(pr->p->pub.scheme)
-                                   ? "probe: proxy auth failed (407)"
-                                   : "probe got status %d", st);
-    finish(pr, 0, why);
+    int auth = st == 407 && upstream_absolute(pr->p->pub.scheme);
+    snprintf(why, sizeof(why), auth ? "probe: proxy auth failed (407)" : "probe got status %d", st);
+    finish(pr, auth ? PROBE_AUTH : PROBE_STATUS, why);
 }
 
 /* The connector refused the handshake: say why as precisely as it can. */
@@ -357,15 +356,15 @@ static void handshake_failed(struct probe *pr)
     const struct hop *h = &pr->hop;
     char why[64];
     if (h->fail_kind == FERRY_FAIL_AUTH) {
-        finish(pr, 0, "probe: proxy auth failed");
+        finish(pr, PROBE_AUTH, "probe: proxy auth failed");
     } else if (h->fail_err == FERR_RESOLVE_FAILED) {
-        finish(pr, 0, "probe: the check's target did not resolve");
+        finish(pr, PROBE_FAILED, "probe: the check's target did not resolve");
     } else if (upstream_absolute(pr->p->pub.scheme) && pr->resp.status > 0) {
         snprintf(why, sizeof(why), "probe handshake failed: CONNECT answered %d",
                  pr->resp.status);
-        finish(pr, 0, why);
+        finish(pr, PROBE_HANDSHAKE, why);
     } else {
-        finish(pr, 0, "probe handshake failed");
+        finish(pr, PROBE_HANDSHAKE, "probe handshake failed");
     }
 }
 
@@ -375,7 +374,7 @@ static void on_exchange(struct probe *pr, int revents)
     struct leg *g = &pr->leg;
     if ((revents & EV_WRITE) && !buf_empty(&g->out)) {
         if (buf_write_fd(&g->out, g->fd) == -1 && errno != EAGAIN && errno != EWOULDBLOCK) {
-            finish(pr, 0, "probe: the proxy closed the connection");
+            finish(pr, PROBE_CLOSED, "probe: the proxy closed the connection");
             return;
         }
     }
@@ -384,7 +383,7 @@ static void on_exchange(struct probe *pr, int revents)
     }
     ssize_t n = buf_read_fd(&g->in, g->fd);
     if (n == 0 || (n == -1 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-        finish(pr, 0, "probe: the proxy closed the connection");
+        finish(pr, PROBE_CLOSED, "probe: the proxy closed the connection");
         return;
     }
     if (pr->step == PS_HTTP) {
@@ -415,7 +414,8 @@ static void on_io(struct ev_loop *l, ev_io *w, int revents)
             err = errno;
         }
         if (err != 0) {
-            finish(pr, 0, err == ECONNREFUSED ? "probe connect refused" : "probe connect failed");
+            finish(pr, err == ECONNREFUSED ? PROBE_REFUSED : PROBE_CONNECT_FAILED,
+                   err == ECONNREFUSED ? "probe connect refused" : "probe connect failed");
             return;
         }
         connected(pr);
@@ -457,7 +457,8 @@ static void connect_to(struct probe *pr, const struct sockaddr *sa, socklen_t le
     } else if (local_error(errno)) {
         abandon(pr, strerror(errno));
     } else {
-        finish(pr, 0, errno == ECONNREFUSED ? "probe connect refused" : "probe connect failed");
+        finish(pr, errno == ECONNREFUSED ? PROBE_REFUSED : PROBE_CONNECT_FAILED,
+               errno == ECONNREFUSED ? "probe connect refused" : "probe connect failed");
     }
 }
 
@@ -470,7 +471,7 @@ static void on_resolved(void *arg, int status, const struct sockaddr *sa, sockle
         return;
     }
     if (status != 0) {
-        finish(pr, 0, "probe: the proxy's host did not resolve");
+        finish(pr, PROBE_RESOLVE, "probe: the proxy's host did not resolve");
         return;
     }
     connect_to(pr, sa, len);
@@ -572,7 +573,7 @@ static void on_timer(struct ev_loop *l, ev_timer *w, int revents)
     (void)revents;
     struct probe *pr = w->data;
     if (pr->step != PS_IDLE) {
-        finish(pr, 0, "probe timed out");
+        finish(pr, PROBE_TIMEOUT, "probe timed out");
         return;
     }
     if (pr->p->pub.flags & FERRY_PROXY_REMOVED) {
@@ -653,8 +654,10 @@ static int conf_make(struct probe_conf *pc, const struct proxy *p, int kind, con
         return -1;
     }
     if (kind != FERRY_PROBE_TCP) {
-        if (upstream_scheme(p->pub.scheme) == NULL || p->pub.scheme == FERRY_SCHEME_DIRECT) {
-            *err = "http and connect checks need a proxy";
+        /* A probe has no TLS step: tcp checks only for proxies behind TLS. */
+        if (upstream_scheme(p->pub.scheme) == NULL || p->pub.scheme == FERRY_SCHEME_DIRECT ||
+            upstream_uses_tls(p->pub.scheme)) {
+            *err = "http and connect checks need an http, socks5, socks4 or socks4a proxy";
             return -1;
         }
         if (host == NULL || *host == '\0' || strlen(host) > HOST_MAX_LEN) {

@@ -10,7 +10,8 @@ local M = {}
 local DEFAULT_PORT = { http = 8080, https = 443, socks5 = 1080, socks4 = 1080, socks4a = 1080 }
 -- socks5h means "let the proxy resolve names"; ferry always sends the
 -- destination as a name, so both spellings are the same connector.
--- socks4 carries an IPv4 address (ferry resolves names); socks4a a name.
+-- https is an HTTP proxy reached over TLS.  socks4 carries an IPv4
+-- address (ferry resolves names); socks4a a name.
 local SCHEMES = {
   http = "http", https = "https", socks5 = "socks5", socks5h = "socks5",
   socks4 = "socks4", socks4a = "socks4a",

@@ -65,6 +65,16 @@ route(function(req) return "direct" end)
     assert.equal(2, cfg.pools.p.retries)
   end)
 
+  it("takes retries up to the core's bound, FERRY_RETRIES_MAX of ferry.h", function()
+    local ffi = require("ffi")
+    require("ferry.cdef")
+    assert.equal(8, tonumber(ffi.C.FERRY_RETRIES_MAX))
+    assert.equal(8, assert(load('pool "p" { retries = 8, proxies = { "http://h:1" } }')).pools.p.retries)
+    assert.equal(0, assert(load('pool "p" { retries = 0, proxies = { "http://h:1" } }')).pools.p.retries)
+    local req = ffi.new("struct ferry_req")
+    assert.equal(8, ffi.sizeof(req.tried) / ffi.sizeof("uint32_t"))
+  end)
+
   it("takes http { via, via_name } and refuses a pseudonym that is not a token", function()
     assert.same({ via = true, via_name = "ferry" }, assert(load("")).http)
     assert.same({ via = false, via_name = "edge-1" },

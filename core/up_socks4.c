@@ -39,8 +39,10 @@ static void send_request(struct hop *h, const unsigned char ip[4], const char *n
     if (ul > S4_USER_MAX) {
         ul = S4_USER_MAX; /* url.lua refuses longer ones */
     }
-    memcpy(m + n, user, ul);
-    n += ul;
+    if (ul > 0) {
+        memcpy(m + n, user, ul);
+        n += ul;
+    }
     m[n++] = 0;
     if (name != NULL) {
         size_t hl = strlen(name);

@@ -45,8 +45,8 @@ describe("socks4 and socks4a upstreams", function()
     local server = "python3 " .. procs.quote(procs.root .. "/spec/helpers/socks4_server.py")
     s4a = procs.spawn("socks4a", server .. " " .. P4A .. " relay")
     fake = procs.spawn("fake-socks4", server .. " " .. FK .. " garbage")
-    assert(procs.wait_port(P4A), "the SOCKS4a server did not start")
-    assert(procs.wait_port(FK), "the fake SOCKS4 server did not start")
+    assert(procs.wait_port(P4A, 15), "the SOCKS4a server did not start")
+    assert(procs.wait_port(FK, 15), "the fake SOCKS4 server did not start")
     ferry = procs.ferry(string.format([[
 listen { name = "s4", addr = "127.0.0.1:%d" }
 listen { name = "s4a", addr = "127.0.0.1:%d" }

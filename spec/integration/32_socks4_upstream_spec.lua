@@ -15,8 +15,8 @@ describe("socks4 and socks4a upstreams", function()
   local origin, dante, s4a, fake, ferry
   local O, D, P4A, FK, DEAD = procs.free_port(), procs.free_port(), procs.free_port(),
     procs.free_port(), procs.free_port()
-  local F4, F4A, FBAD, A = procs.free_port(), procs.free_port(), procs.free_port(),
-    procs.free_port()
+  local F4, F4A, FBAD, FRT, A = procs.free_port(), procs.free_port(), procs.free_port(),
+    procs.free_port(), procs.free_port()
   local base = "http://127.0.0.1:" .. O
 
   local function start_dante()
@@ -51,6 +51,7 @@ describe("socks4 and socks4a upstreams", function()
 listen { name = "s4", addr = "127.0.0.1:%d" }
 listen { name = "s4a", addr = "127.0.0.1:%d" }
 listen { name = "bad", addr = "127.0.0.1:%d" }
+listen { name = "rt", addr = "127.0.0.1:%d" }
 admin { addr = "127.0.0.1:%d" }
 pool "s4" { retries = 0, health = { fall = 1, rise = 1 },
   proxies = { { id = "d4", url = "socks4://ferry-spec@127.0.0.1:%d" } } }
@@ -67,8 +68,9 @@ pool "probe4a" { proxies = { { id = "p4a", url = "socks4a://127.0.0.1:%d" } },
 pool "probebad" { proxies = { { id = "pbad", url = "socks4://127.0.0.1:%d" } },
   health = { check = "connect", target = "127.0.0.1:%d", interval = 0.3, timeout = 0.3,
              rise = 1, fall = 1 } }
+pool "rt" { retries = 0, proxies = { { id = "rt0", url = "socks4://127.0.0.1:%d" } } }
 route(function(req) return req.listener end)
-]], F4, F4A, FBAD, A, D, P4A, FK, D, O, P4A, O, FK, O), { F4, F4A, FBAD, A })
+]], F4, F4A, FBAD, FRT, A, D, P4A, FK, D, O, P4A, O, FK, O, DEAD), { F4, F4A, FBAD, FRT, A })
   end)
 
   teardown(function()
@@ -177,6 +179,36 @@ route(function(req) return req.listener end)
         assert.equal("FERRY-3002", procs.last_header(headers, "X-Ferry-Error"))
       end
       assert.equal(2, m("ferry_proxy_failures_total", l) - before)
+    end)
+  end)
+
+  describe("the inventory API", function()
+    local function api(method, path, body)
+      return procs.curl { url = "http://127.0.0.1:" .. A .. path,
+        flags = "-X " .. method .. (body and (" --data-binary " .. procs.quote(body)) or "") }
+    end
+
+    it("adds socks4a and socks4 proxies at run time, and refuses a SOCKS4 password", function()
+      local status, body = api("POST", "/api/v1/proxies", string.format(
+        '{"pool":"rt","url":"socks4a://runtime-id@127.0.0.1:%d","id":"api4a"}', P4A))
+      assert.equal(201, status, body)
+      assert.matches('"url":"socks4a://%*%*%*@127%.0%.0%.1:' .. P4A .. '"', body)
+      status, body = api("POST", "/api/v1/proxies", string.format(
+        '{"pool":"rt","url":"socks4://127.0.0.1:%d","id":"api4"}', D))
+      assert.equal(201, status, body)
+      status, body = api("POST", "/api/v1/proxies",
+        '{"pool":"rt","url":"socks4://u:secret-pw@127.0.0.1:1","id":"nope"}')
+      assert.equal(400, status, body)
+      assert.matches("SOCKS4 has no password", body)
+      assert.is_nil(body:find("secret-pw", 1, true))
+      for _, id in ipairs { "rt0", "api4" } do
+        assert.equal(200, (api("POST", "/api/v1/proxies/" .. id .. "/disable")))
+      end
+      -- Only the runtime socks4a proxy is left: the name goes to it.
+      local sum = procs.curl { proxy = via(FRT), url = "http://localhost:" .. O .. "/gen?n=7" }
+      assert.equal(200, sum)
+      assert.truthy(procs.read_file(s4a.log):find("REQUEST user=runtime-id host=localhost", 1,
+        true))
     end)
   end)
 

@@ -82,6 +82,9 @@ static const struct ferr_info table[FERR_COUNT] = {
                                   "(certificate or protocol; see the log)" },
     [FERR_TLS_PLAIN_HTTP]     = { "FERRY-1071", 400, "Bad Request",
                                   "this listener speaks TLS: use an https:// proxy URL" },
+    [FERR_SOCKS4_NO_IPV4]     = { "FERRY-3050", 502, "Bad Gateway",
+                                  "the destination has no IPv4 address, which a SOCKS4 proxy "
+                                  "needs (use socks4a:// or socks5://)" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

@@ -42,6 +42,7 @@ enum ferr {
     FERR_SOCKS4_USERS,     /* SOCKS4 on a listener with users: it has no password */
     FERR_UPSTREAM_TLS,     /* TLS to an https:// proxy failed (certificate, protocol) */
     FERR_TLS_PLAIN_HTTP,   /* plain HTTP sent to a TLS listener */
+    FERR_SOCKS4_NO_IPV4,   /* a SOCKS4 proxy cannot reach a destination without IPv4 */
     FERR_COUNT
 };
 

@@ -184,3 +184,9 @@ echo "memory: idle bytes per keep-alive client, RSS after a burst (spec/bench/me
 "$ROOT/spec/bench/memory.sh" "$ROOT/bin/ferry" || echo "memory bench failed"
 # Tunnels against haproxy (TCP mode) and squid: its own processes and ports.
 "$ROOT/spec/bench/tunnel.sh"
+echo
+# SOCKS5 against dante and microsocks; chains through an upstream proxy
+# (pools on and off, https:// upstreams): their own processes and ports.
+"$ROOT/spec/bench/socks.sh"
+echo
+"$ROOT/spec/bench/chain.sh"

@@ -1,9 +1,9 @@
 # ferry - build, test, run, bench.  Quiet unless V=1.
 
 CC       ?= cc
-PKGS     := luajit libcares libcrypto
+PKGS     := luajit libcares libssl libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/luajit-2.1)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lluajit-5.1 -lcares -lcrypto)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lluajit-5.1 -lcares -lssl -lcrypto)
 WERROR   ?=
 OPT      ?= -O2
 CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Wshadow -Wno-unused-parameter \

@@ -9,6 +9,7 @@
 #include "bridge.h"
 #include "conn.h"
 #include "ferry.h"
+#include "inbound.h"
 #include "listener.h"
 #include "log.h"
 
@@ -17,6 +18,22 @@
 #include <string.h>
 
 #define ADMIN_IDLE_SECS 30.0
+
+/* The answer being written to one admin connection (c->in_priv). */
+struct admin_out {
+    char *body;         /* the rest of the answer, or NULL */
+    size_t len, off;    /* its size, and the bytes already in cli.out */
+    unsigned keep:1;    /* keep the connection after the answer */
+};
+
+/* c's answer state, made on first use; NULL without memory. */
+static struct admin_out *out_of(struct conn *c)
+{
+    if (c->in_priv == NULL) {
+        c->in_priv = calloc(1, sizeof(struct admin_out));
+    }
+    return c->in_priv;
+}
 
 static const char *reason_of(int status)
 {
@@ -39,26 +56,30 @@ static const char *reason_of(int status)
     }
 }
 
-void admin_free(struct conn *c)
+static void admin_free(struct conn *c)
 {
-    free(c->admin_body);
-    c->admin_body = NULL;
-    c->admin_len = c->admin_off = 0;
+    struct admin_out *o = c->in_priv;
+    if (o != NULL) {
+        free(o->body);
+        free(o);
+        c->in_priv = NULL;
+    }
 }
 
 /* Move what fits of the pending answer into cli.out; at its end the
  * connection waits for the next request, or drains and closes. */
 void admin_pump(struct conn *c)
 {
-    if (c->admin_body != NULL && c->admin_off < c->admin_len) {
-        c->admin_off += buf_append(&c->cli.out, c->admin_body + c->admin_off,
-                                   c->admin_len - c->admin_off);
+    struct admin_out *o = c->in_priv;
+    if (o != NULL && o->body != NULL && o->off < o->len) {
+        o->off += buf_append(&c->cli.out, o->body + o->off, o->len - o->off);
+        if (o->off < o->len) {
+            return;
+        }
     }
-    if (c->admin_body != NULL && c->admin_off < c->admin_len) {
-        return;
-    }
+    int keep = o != NULL && o->keep;
     admin_free(c);
-    c->state = c->admin_keep ? CS_HEAD : CS_DRAIN;
+    c->state = keep ? CS_HEAD : CS_DRAIN;
     if (c->state == CS_HEAD) {
         conn_arm(c, timeouts.keepalive);
     }
@@ -69,7 +90,13 @@ static void answer(struct conn *c, int status, const char *ctype, char *body, si
                    const char *extra)
 {
     char head[1024];
-    int keep = c->admin_keep;
+    struct admin_out *o = out_of(c);
+    if (o == NULL) {
+        free(body);
+        conn_close(c);
+        return;
+    }
+    int keep = o->keep;
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                      "X-Request-Id: %s\r\nCache-Control: no-store\r\n%s%s\r\n",
@@ -92,9 +119,9 @@ static void answer(struct conn *c, int status, const char *ctype, char *body, si
         body = NULL;
         blen = 0;
     }
-    c->admin_body = body;
-    c->admin_len = blen;
-    c->admin_off = 0;
+    o->body = body;
+    o->len = blen;
+    o->off = 0;
     c->state = CS_ADMIN_OUT;
     /* A slow reader gets idle time, not head time; a reader that stopped
      * does not hold a large answer for long. */
@@ -105,17 +132,19 @@ static void answer(struct conn *c, int status, const char *ctype, char *body, si
 /* A JSON error answer that the router did not make itself. */
 static void answer_error(struct conn *c, int status, const char *code, const char *message)
 {
-    char *body = malloc(512);
+    char *body = malloc(FERR_BODY_MAX);
     if (body == NULL) {
         conn_close(c);
         return;
     }
-    int n = snprintf(body, 512, "{\"error\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}",
-                     code, message, c->cid);
+    size_t n = ferr_body(body, FERR_BODY_MAX, code, message, c->cid);
     char extra[64];
     snprintf(extra, sizeof(extra), "X-Ferry-Error: %s\r\n", code);
-    c->admin_keep = 0;
-    answer(c, status, "application/json", body, (size_t)n, extra);
+    struct admin_out *o = out_of(c);
+    if (o != NULL) {
+        o->keep = 0;
+    }
+    answer(c, status, "application/json", body, n, extra);
 }
 
 /* c->path was copied from the head before the request left cli.in. */
@@ -133,7 +162,12 @@ void admin_on_head(struct conn *c)
     conn_set_path(c, base + c->req.url.off, c->req.url.len);
     int chunked = c->req.framing == HTTP_FRAME_CHUNKED;
     uint64_t clen = c->req.framing == HTTP_FRAME_LENGTH ? c->req.content_length : 0;
-    c->admin_keep = c->req.keep_alive && !c->cli.eof;
+    struct admin_out *o = out_of(c);
+    if (o == NULL) {
+        conn_close(c);
+        return;
+    }
+    o->keep = c->req.keep_alive && !c->cli.eof;
     if (chunked) {
         answer_error(c, 411, "FERRY-7002", "the admin API takes bodies with a Content-Length");
         log_admin(c, 0);
@@ -178,3 +212,26 @@ void admin_on_head(struct conn *c)
     }
     log_admin(c, (size_t)clen);
 }
+
+static void admin_start(struct conn *c)
+{
+    conn_arm(c, timeouts.client_head);
+}
+
+static void admin_input(struct conn *c)
+{
+    if (conn_read_head(c)) {
+        admin_on_head(c);
+    }
+}
+
+/* The admin plane speaks HTTP: failures before the router (a garbled
+ * head) are answered like the forward proxy's, and nothing tunnels. */
+const struct inbound_ops inbound_admin = {
+    .name = "admin",
+    .start = admin_start,
+    .input = admin_input,
+    .answer_ok = conn_write_connect_ok,
+    .answer_fail = conn_write_http_error,
+    .fini = admin_free,
+};

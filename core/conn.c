@@ -1,10 +1,12 @@
 /* conn.c - connection lifecycle: accept, watchers, the pump, deferred close. */
 #include "conn.h"
+#include "inbound.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
 #include "resolve.h"
+#include "transport.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -134,9 +136,16 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
     if (c == NULL) {
         return NULL;
     }
-    c->l = l;
-    l->conns++;
     c->cli.fd = fd;
+    /* A TLS listener's handshake runs inside the first reads, under the
+     * head timeout armed below. */
+    if (l->tls_ctx != NULL && tls_leg_accept(&c->cli, l->tls_ctx) != 0) {
+        free(c);
+        return NULL;
+    }
+    c->l = l;
+    c->in = l->in;
+    l->conns++;
     c->up.fd = -1;
     buf_init(&c->cli.in, CONN_BUF_SIZE);
     buf_init(&c->cli.out, CONN_BUF_SIZE);
@@ -167,8 +176,8 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
     if (nconns > peak_conns) {
         peak_conns = nconns;
     }
-    conn_arm(c, timeouts.client_head);
     c->refs++;
+    c->in->start(c);
     conn_pump(c);
     c->refs--;
     if (c->closing) {
@@ -189,9 +198,12 @@ static void conn_destroy(struct conn *c)
     conn_report_flush(c);
     metrics_conn_closed(c);
     conn_clear_header_edits(c);
-    admin_free(c);
+    if (c->in->fini != NULL) {
+        c->in->fini(c);
+    }
     conn_upstream_close(c);
     conn_tunnel_close_pipes(c);
+    leg_tr_free(&c->cli);
     close(c->cli.fd);
     buf_free(&c->cli.in);
     buf_free(&c->cli.out);
@@ -276,7 +288,10 @@ static void set_events(ev_io *w, int *have, int fd, int want)
     *have = want;
 }
 
-/* Interest follows from state and buffers, after every callback. */
+/* Interest follows from state and buffers, after every callback: what
+ * the conn wishes to do with each leg (read, write), turned into socket
+ * events by the leg's transport (a TLS read may have to wait for
+ * writability, a handshake for either). */
 void conn_update_io(struct conn *c)
 {
     int ce = 0, ue = 0;
@@ -302,8 +317,19 @@ void conn_update_io(struct conn *c)
             ue |= EV_WRITE;
         }
     }
+    int cw = ce, uw = ue;
+    ce = leg_events(&c->cli, cw);
+    ue = c->up.fd >= 0 ? leg_events(&c->up, uw) : 0;
     set_events(&c->cli.io, &c->cli.ev, c->cli.fd, ce);
     set_events(&c->up.io, &c->up.ev, c->up.fd, ue);
+    /* TLS may hold decrypted bytes that no socket event will announce
+     * (a read stopped by a full buffer): read them now that there is room. */
+    if ((cw & EV_READ) && leg_pending(&c->cli)) {
+        ev_feed_event(loop, &c->cli.io, EV_READ);
+    }
+    if ((uw & EV_READ) && leg_pending(&c->up)) {
+        ev_feed_event(loop, &c->up.io, EV_READ);
+    }
     if (c->pump_again) {
         /* Stopping a watcher clears its pending events, so feed after
          * set_events; conn_destroy's ev_io_stop drops it for good. */
@@ -317,7 +343,7 @@ static ssize_t flush_client(struct conn *c)
 {
     ssize_t total = 0;
     while (!buf_empty(&c->cli.out)) {
-        ssize_t n = buf_write_fd(&c->cli.out, c->cli.fd);
+        ssize_t n = leg_write(&c->cli, &c->cli.out);
         if (n > 0) {
             c->last_io = c->last_down = loop_now();
             total += n;
@@ -339,7 +365,7 @@ static ssize_t flush_upstream(struct conn *c)
     }
     ssize_t total = 0;
     while (!buf_empty(&c->up.out)) {
-        ssize_t n = buf_write_fd(&c->up.out, c->up.fd);
+        ssize_t n = leg_write(&c->up, &c->up.out);
         if (n > 0) {
             c->last_io = c->last_up = loop_now();
             c->wrote_up = 1;
@@ -363,7 +389,7 @@ static void drain(struct conn *c)
         return;
     }
     if (!c->cli.shut) {
-        shutdown(c->cli.fd, SHUT_WR);
+        leg_shutdown(&c->cli);
         c->cli.shut = 1;
         conn_arm(c, LINGER_SECS);
     }
@@ -419,7 +445,7 @@ void conn_pump(struct conn *c)
         pump_mark(c, &before);
         switch (c->state) {
         case CS_HEAD:
-            conn_on_head(c);
+            c->in->input(c); /* a request head, or a handshake */
             break;
         case CS_EXCHANGE:
             conn_exchange(c); /* failures switch state; the flush below still runs */
@@ -482,9 +508,33 @@ void conn_pump(struct conn *c)
     conn_update_io(c);
 }
 
+/* A TLS listener's handshake failed: say why in the log.  A client that
+ * spoke plain HTTP (a proxy URL with http:// for a TLS port) is told so
+ * in plain HTTP, best effort, before the close. */
+static void conn_tls_refused(struct conn *c)
+{
+    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
+    if (tls_leg_saw_http(&c->cli)) {
+        static const char resp[] =
+            "HTTP/1.1 400 Bad Request\r\nX-Ferry-Error: FERRY-1071\r\n"
+            "Content-Type: application/json\r\nContent-Length: 86\r\nConnection: close\r\n\r\n"
+            "{\"error\":\"FERRY-1071\",\"message\":\"this listener speaks TLS: use an https:// proxy URL\"}";
+        log_event(LOG_INFO, "FERRY-1071", &ctx, "client %s sent plain HTTP to a TLS listener",
+                  c->client);
+        ssize_t n = write(c->cli.fd, resp, sizeof(resp) - 1);
+        (void)n;
+        c->code = "FERRY-1071";
+        return;
+    }
+    log_event(LOG_INFO, "FERRY-1070", &ctx, "TLS handshake with client %s failed: %s",
+              c->client, tls_leg_error(&c->cli));
+    c->code = "FERRY-1070";
+}
+
 static void read_client(struct conn *c)
 {
-    ssize_t n = buf_read_fd(&c->cli.in, c->cli.fd);
+    int handshaking = tls_leg_handshaking(&c->cli);
+    ssize_t n = leg_read(&c->cli, &c->cli.in);
     if (n > 0) {
         c->bytes_in += (unsigned long long)n;
         c->last_io = c->last_up = loop_now();
@@ -492,6 +542,9 @@ static void read_client(struct conn *c)
         c->cli.eof = 1;
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS) {
         c->cli.eof = 1; /* reset: nothing more will come */
+        if (handshaking) {
+            conn_tls_refused(c);
+        }
     }
 }
 
@@ -503,7 +556,10 @@ static void on_client(struct ev_loop *lp, ev_io *w, int revents)
     if (revents & CONN_EV_PUMP) {
         c->pump_again = 0;
     }
-    if ((revents & EV_READ) && !conn_tunnel_read_client(c)) {
+    /* A TLS read may wait for writability (tls_events): try it on either. */
+    int readable = (revents & EV_READ) ||
+                   ((revents & EV_WRITE) && !leg_plain(&c->cli) && !c->cli.eof);
+    if (readable && !conn_tunnel_read_client(c)) {
         read_client(c);
     }
     conn_pump(c);

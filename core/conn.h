@@ -21,7 +21,6 @@
  * bytes (bulk traffic) asks to grow to this, within ferry's share of the
  * user's pipe quota.  The kernel may grant less. */
 #define TUNNEL_PIPE_SIZE (1024 * 1024)
-#define CONN_MAX_TRIES 8
 #define HOST_MAX_LEN 255
 /* The longest c->path kept for logs and route(), with its NUL. */
 #define CONN_PATH_MAX 512
@@ -42,10 +41,12 @@ enum conn_state {
     CS_ADMIN_OUT  /* an admin answer larger than cli.out, fed in as the client reads */
 };
 
+struct inbound_ops;
 struct listener;
 struct proxy;
 struct resolve_req;
 struct upstream_ops;
+struct transport_ops;
 
 /* One direction of a spliced tunnel (tunnel.c). */
 struct tunnel_pipe {
@@ -65,12 +66,19 @@ struct leg {
     ev_io io;                    /* private: its watcher */
     struct buf in, out;          /* rw: bytes read from it, bytes to write to it */
     int ev;                      /* private: events the watcher has now */
+    const struct transport_ops *tr; /* ro: how bytes cross fd (transport.h); NULL: plain */
+    void *tls;                   /* private: transport_tls.c's state, or NULL */
     unsigned eof:1;              /* the peer finished sending */
     unsigned shut:1;             /* shutdown(fd, SHUT_WR) done */
 };
 
 struct conn {
     struct listener *l;          /* ro: accepted here */
+    const struct inbound_ops *in; /* rw: the client's protocol (inbound.h); mixed
+                                  * listeners replace theirs after the first byte */
+    int in_step;                 /* private: the inbound's handshake step */
+    void *in_priv;               /* private: the inbound's own state, or NULL
+                                  * (freed by its fini) */
     struct leg cli;              /* the client's socket */
     struct leg up;               /* the first hop's socket (fd -1 when none) */
     ev_timer timer;              /* private: the one timeout of the conn */
@@ -107,7 +115,7 @@ struct conn {
     const struct upstream_ops *ops; /* connector of this attempt */
     int hs_state;                /* connector's private handshake step */
     struct resolve_req *rr;      /* pending lookup, cancelled on close */
-    uint32_t tried[CONN_MAX_TRIES];
+    uint32_t tried[FERRY_RETRIES_MAX]; /* proxies of the earlier attempts, for dispatch */
     unsigned ntried;
     unsigned attempt;
     int retries;
@@ -161,11 +169,6 @@ struct conn {
     char *hdr_add;               /* header lines on_request adds, or NULL */
     size_t hdr_add_len;
     char *hdr_drop;              /* "\nname\n..." on_request drops (NUL-terminated), or NULL */
-
-    /* Admin plane (admin.c). */
-    char *admin_body;            /* the rest of an admin answer, or NULL */
-    size_t admin_len, admin_off;
-    unsigned admin_keep:1;       /* keep the connection after the answer */
 };
 
 struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);
@@ -184,12 +187,24 @@ void conn_idle_trim(struct conn *c);
 void conn_close_all(void);
 
 /* conn_http.c */
+/* Parse the HTTP head at cli.in's start: 1 when c->req holds it, 0 while
+ * it is incomplete or after it was answered with an error. */
+int conn_read_head(struct conn *c);
+/* The forward proxy's input: a head, then routing (inbound_http). */
 void conn_on_head(struct conn *c);
+/* Give c a fresh correlation id. */
+void conn_new_cid(struct conn *c);
+/* Write the HTTP error answer for e to cli.out (no logging, no state). */
+void conn_write_http_error(struct conn *c, enum ferr e);
 int conn_exchange(struct conn *c);
 void conn_fail(struct conn *c, enum ferr e);
 /* conn_fail without the warn line: a summary line is written elsewhere. */
 void conn_fail_quiet(struct conn *c, enum ferr e);
 void conn_finish(struct conn *c);
+/* The request's access line (pool, exchange, proxy and all) and its
+ * count in the metrics, for plain requests and tunnels alike; code:
+ * its FERRY code, NULL when it went well. */
+void conn_log_done(struct conn *c, const char *code);
 /* Header edits of on_request for this request (copied; bounded). */
 void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, const char *drop,
                            size_t drop_len);
@@ -217,7 +232,6 @@ void conn_target_path(const struct conn *c, const char *base, const char **pre,
 void admin_on_head(struct conn *c);
 /* Feed the rest of a large answer into cli.out (state CS_ADMIN_OUT). */
 void admin_pump(struct conn *c);
-void admin_free(struct conn *c);
 
 /* conn_upstream.c */
 void conn_route(struct conn *c);

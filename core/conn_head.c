@@ -186,7 +186,7 @@ int conn_write_request_head(struct conn *c)
     if (out_open(&o, &c->up.out) < 0) {
         return -1;
     }
-    int absolute = c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP;
+    int absolute = c->proxy != NULL && proxy_speaks_http(c->proxy->pub.scheme);
     int v6 = strchr(c->host, ':') != NULL;
     char hostport[HOST_MAX_LEN + 16];
     if (c->port == 80) {

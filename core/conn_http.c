@@ -3,6 +3,7 @@
 #include "authfail.h"
 #include "conn.h"
 #include "health.h"
+#include "inbound.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -18,7 +19,7 @@ static unsigned long long cid_counter;
 
 /* A fresh correlation id, given when the first byte of a head arrives so
  * that even a head that never completes is answered and logged with one. */
-static void new_cid(struct conn *c)
+void conn_new_cid(struct conn *c)
 {
     static unsigned long long seed;
     if (seed == 0) {
@@ -53,15 +54,20 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
     ctx->proxy = c->proxy != NULL ? c->proxy->display : NULL;
 }
 
-static void log_done(struct conn *c)
+void conn_log_done(struct conn *c, const char *code)
 {
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
     log_access(&ctx, c->client, c->method[0] ? c->method : "-", c->host[0] ? c->host : "-",
                c->port, c->path[0] ? c->path : "-", c->status,
                c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
-               (int)c->attempt + 1, c->code);
-    metrics_request_end(c, c->code);
+               (int)c->attempt + 1, code);
+    metrics_request_end(c, code);
+}
+
+static void log_done(struct conn *c)
+{
+    conn_log_done(c, c->code);
 }
 
 /* What the log can say of a head before (or without) parsing it: its
@@ -81,7 +87,28 @@ static void note_unparsed(struct conn *c, const char *base, size_t hl)
     conn_set_path(c, base + t, n);
 }
 
-/* The error answer; with `quiet`, no warn line (a summary covers it). */
+void conn_write_http_error(struct conn *c, enum ferr e)
+{
+    const struct ferr_info *info = ferr_info(e);
+    char body[FERR_BODY_MAX], head[512];
+    size_t bl = ferr_body(body, sizeof(body), info->code, info->message, c->cid);
+    char extra[64] = "";
+    if (e == FERR_AUTH_REQUIRED) {
+        snprintf(extra, sizeof(extra), "Proxy-Authenticate: Basic realm=\"ferry\"\r\n");
+    } else if (e == FERR_AUTH_THROTTLED) {
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", authfail_retry_after(c->client));
+    }
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %zu\r\nX-Ferry-Error: %s\r\nX-Request-Id: %s\r\n"
+                      "%sConnection: close\r\n\r\n",
+                      info->status, info->reason, bl, info->code, c->cid, extra);
+    c->bytes_out += buf_append(&c->cli.out, head, (size_t)hl);
+    c->bytes_out += buf_append(&c->cli.out, body, bl);
+}
+
+/* The error answer, in the client's protocol (c->in); with `quiet`, no
+ * warn line (a summary covers it). */
 static void fail_answer(struct conn *c, enum ferr e, int quiet)
 {
     const struct ferr_info *info = ferr_info(e);
@@ -110,23 +137,7 @@ static void fail_answer(struct conn *c, enum ferr e, int quiet)
         conn_close(c);
         return;
     }
-    char body[256], head[512];
-    int bl = snprintf(body, sizeof(body),
-                      "{\"error\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}\n",
-                      info->code, info->message, c->cid);
-    char extra[64] = "";
-    if (e == FERR_AUTH_REQUIRED) {
-        snprintf(extra, sizeof(extra), "Proxy-Authenticate: Basic realm=\"ferry\"\r\n");
-    } else if (e == FERR_AUTH_THROTTLED) {
-        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", authfail_retry_after(c->client));
-    }
-    int hl = snprintf(head, sizeof(head),
-                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                      "Content-Length: %d\r\nX-Ferry-Error: %s\r\nX-Request-Id: %s\r\n"
-                      "%sConnection: close\r\n\r\n",
-                      info->status, info->reason, bl, info->code, c->cid, extra);
-    c->bytes_out += buf_append(&c->cli.out, head, (size_t)hl);
-    c->bytes_out += buf_append(&c->cli.out, body, (size_t)bl);
+    c->in->answer_fail(c, e);
     c->sent_any = 1;
     log_done(c);
     c->state = CS_DRAIN;
@@ -326,23 +337,23 @@ static void answer_here(struct conn *c)
     conn_arm(c, timeouts.idle < 30 ? timeouts.idle : 30);
 }
 
-void conn_on_head(struct conn *c)
+int conn_read_head(struct conn *c)
 {
     buf_consume(&c->cli.in, http_skip_empty_lines(buf_head(&c->cli.in), buf_len(&c->cli.in)));
     if (buf_empty(&c->cli.in)) {
-        return;
+        return 0;
     }
     if (!c->head_started) {
         /* The request starts with its first byte: its id, its clock. */
         c->head_started = 1;
         reset_request(c);
         c->t_start = loop_now();
-        new_cid(c);
+        conn_new_cid(c);
         conn_arm(c, timeouts.client_head);
     }
     if (!could_be_http(buf_head(&c->cli.in), buf_len(&c->cli.in))) {
         conn_fail(c, FERR_NOT_HTTP);
-        return;
+        return 0;
     }
     const char *base = buf_head(&c->cli.in);
     size_t hl = http_head_len(base, buf_len(&c->cli.in));
@@ -354,7 +365,7 @@ void conn_on_head(struct conn *c)
         } else if (c->cli.eof) {
             conn_close(c); /* the client gave up mid-head */
         }
-        return;
+        return 0;
     }
     c->head_len = hl;
     int r = http_parse_request(&c->req, base, hl);
@@ -363,13 +374,18 @@ void conn_on_head(struct conn *c)
     if (r != HTTP_PARSE_OK) {
         conn_fail(c, r == HTTP_PARSE_TOO_MANY ? FERR_TOO_MANY_HEADERS
                      : r == HTTP_PARSE_FRAMING ? FERR_BAD_FRAMING : FERR_BAD_REQUEST);
-        return;
+        return 0;
     }
     snprintf(c->method, sizeof(c->method), "%s", http_method_name(c->req.method));
-    if (c->l->admin) {
-        admin_on_head(c);
+    return 1;
+}
+
+void conn_on_head(struct conn *c)
+{
+    if (!conn_read_head(c)) {
         return;
     }
+    const char *base = buf_head(&c->cli.in);
     c->is_connect = c->req.method == HTTP_CONNECT;
     const char *auth = base + c->req.proxy_auth.off;
     size_t auth_len = c->req.proxy_auth.len;
@@ -516,7 +532,7 @@ static int relay_request_body(struct conn *c)
 static void origin_failed(struct conn *c, enum ferr e)
 {
     if (e == FERR_BAD_RESPONSE && c->proxy != NULL &&
-        c->proxy->pub.scheme == FERRY_SCHEME_HTTP) {
+        proxy_speaks_http(c->proxy->pub.scheme)) {
         conn_report(c, 0, FERRY_FAIL_HTTP5XX, 0);
     } else {
         conn_report_target(c);
@@ -570,7 +586,7 @@ static int take_response_head(struct conn *c)
             c->replayable = 0;
             continue;
         }
-        if (st == 407 && c->proxy != NULL && c->proxy->pub.scheme == FERRY_SCHEME_HTTP) {
+        if (st == 407 && c->proxy != NULL && proxy_speaks_http(c->proxy->pub.scheme)) {
             conn_attempt_failed(c, FERRY_FAIL_AUTH, FERR_UPSTREAM_AUTH);
             return -1;
         }
@@ -690,3 +706,17 @@ int conn_exchange(struct conn *c)
     }
     return 0;
 }
+
+static void http_start(struct conn *c)
+{
+    conn_arm(c, timeouts.client_head);
+}
+
+const struct inbound_ops inbound_http = {
+    .name = "http",
+    .start = http_start,
+    .input = conn_on_head,
+    .answer_ok = conn_write_connect_ok,
+    .answer_fail = conn_write_http_error,
+    .fini = NULL,
+};

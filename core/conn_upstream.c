@@ -1,11 +1,13 @@
 /* conn_upstream.c - attempts: choose, resolve, connect, handshake, retry. */
 #include "bridge.h"
 #include "conn.h"
+#include "inbound.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
 #include "resolve.h"
+#include "transport.h"
 #include "upstream.h"
 
 #include <errno.h>
@@ -34,6 +36,7 @@ void conn_upstream_close(struct conn *c)
     if (c->up.fd >= 0) {
         ev_io_stop(loop, &c->up.io);
         c->up.ev = 0;
+        leg_tr_free(&c->up);
         close(c->up.fd);
         c->up.fd = -1;
     }
@@ -124,7 +127,7 @@ void conn_route(struct conn *c)
     }
     if (c->attempt == 0) {
         int retries = r.retries < 0 ? 2 : r.retries;
-        c->retries = retries < CONN_MAX_TRIES - 1 ? retries : CONN_MAX_TRIES - 1;
+        c->retries = retries < FERRY_RETRIES_MAX ? retries : FERRY_RETRIES_MAX;
         c->connect_timeout = r.connect_timeout_ms > 0 ? r.connect_timeout_ms / 1000.0
                                                       : timeouts.connect;
         c->first_byte_timeout = r.first_byte_timeout_ms > 0 ? r.first_byte_timeout_ms / 1000.0
@@ -178,7 +181,7 @@ static int reusable(struct conn *c)
     if (!c->idle_up || c->is_connect || c->upgrade || c->idle_proxy != c->proxy) {
         return 0;
     }
-    if (c->proxy == NULL || c->proxy->pub.scheme != FERRY_SCHEME_HTTP) {
+    if (c->proxy == NULL || !proxy_speaks_http(c->proxy->pub.scheme)) {
         /* An HTTP proxy takes any absolute-form request; other hops are
          * bound to one destination. */
         if (c->idle_host == NULL || c->idle_port != c->port ||
@@ -223,7 +226,8 @@ static int reuse_replay(struct conn *c, enum ferr e)
 
 void conn_attempt(struct conn *c)
 {
-    if (c->proxy != NULL && c->ntried < CONN_MAX_TRIES) {
+    /* The last attempt's proxy is never needed: no dispatch follows it. */
+    if (c->proxy != NULL && c->ntried < FERRY_RETRIES_MAX) {
         c->tried[c->ntried++] = c->proxy->pub.id;
     }
     attempt_start(c);
@@ -236,7 +240,7 @@ static void attempt_start(struct conn *c)
     c->reused = 0;
     c->wrote_up = 0;
     c->ops = c->proxy == NULL ? &up_direct
-           : c->proxy->pub.scheme == FERRY_SCHEME_HTTP ? &up_http : &up_socks5;
+           : proxy_speaks_http(c->proxy->pub.scheme) ? &up_http : &up_socks5;
     if (c->up.fd >= 0 && reusable(c)) {
         c->idle_up = 0;
         c->reused = 1;
@@ -273,15 +277,53 @@ static void attempt_start(struct conn *c)
     }
 }
 
-static void connected(struct conn *c)
+/* The connector's handshake, once the transport under it is ready. */
+static void connector_start(struct conn *c)
 {
-    c->state = CS_HANDSHAKE;
     int r = c->ops->start(c);
     if (r == UP_DONE) {
         conn_upstream_ready(c);
     } else if (r == UP_FAIL) {
         conn_attempt_failed(c, c->fail_kind, c->fail_err);
     }
+}
+
+static void tls_failed(struct conn *c, const char *why)
+{
+    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name,
+                           .proxy = c->proxy != NULL ? c->proxy->display : NULL };
+    log_event(LOG_WARN, "FERRY-3041", &ctx, "TLS with %s failed: %s",
+              c->proxy != NULL ? c->proxy->display : c->host, why[0] ? why : "unknown error");
+    conn_attempt_failed(c, FERRY_FAIL_TLS, FERR_UPSTREAM_TLS);
+}
+
+/* One step of the TLS handshake with an https:// proxy, under the
+ * upstream watcher and the connect timer (CS_HANDSHAKE). */
+static void tls_step(struct conn *c)
+{
+    enum tr_hs r = leg_tr(&c->up)->handshake(&c->up);
+    if (r == TR_HS_DONE) {
+        connector_start(c);
+    } else if (r == TR_HS_FAIL) {
+        tls_failed(c, tls_leg_error(&c->up));
+    }
+}
+
+static void connected(struct conn *c)
+{
+    c->state = CS_HANDSHAKE;
+    struct proxy *p = c->proxy;
+    if (p == NULL || !proxy_scheme_tls(p->pub.scheme)) {
+        connector_start(c);
+        return;
+    }
+    if (p->tls_ctx == NULL ||
+        tls_leg_connect(&c->up, p->tls_ctx, p->tls_name != NULL ? p->tls_name : p->host,
+                        p->tls_verify) != 0) {
+        tls_failed(c, "cannot set up TLS (out of memory)");
+        return;
+    }
+    tls_step(c);
 }
 
 static void connect_to(struct conn *c, const struct sockaddr *sa, socklen_t len)
@@ -311,13 +353,11 @@ void conn_upstream_ready(struct conn *c)
     metrics_upstream_ready(c);
     double ms = (loop_now() - c->t_attempt) * 1000.0;
     if (c->proxy != NULL) {
-        c->proxy->pub.latency_ewma_ms = c->proxy->pub.latency_ewma_ms <= 0
-            ? (ms > 0.001 ? ms : 0.001)
-            : c->proxy->pub.latency_ewma_ms + 0.3 * (ms - c->proxy->pub.latency_ewma_ms);
+        ewma_latency(&c->proxy->pub.latency_ewma_ms, ms);
     }
     if (c->is_connect) {
         buf_consume(&c->cli.in, c->head_len);
-        conn_write_connect_ok(c);
+        c->in->answer_ok(c);
         c->sent_any = 1;
         c->status = 200;
         conn_report(c, 1, FERRY_FAIL_KINDS, 0);
@@ -362,8 +402,8 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
     } else {
         conn_report(c, 0, kind, 0);
     }
-    static const char *const kinds[] = { "refused", "timeout", "handshake",
-                                         "auth", "http5xx", "reset" };
+    static const char *const kinds[FERRY_FAIL_KINDS] = { "refused", "timeout", "handshake",
+                                                         "auth", "http5xx", "reset", "tls" };
     struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name,
                            .proxy = p != NULL ? p->display : NULL };
     log_event(LOG_WARN, ferr_info(e)->code, &ctx, "attempt %u to %s:%d failed: %s",
@@ -415,11 +455,19 @@ void conn_upstream_event(struct conn *c, int revents)
         connected(c);
         return;
     }
+    if (c->state == CS_HANDSHAKE && tls_leg_handshaking(&c->up)) {
+        tls_step(c);
+        return;
+    }
+    /* A TLS read may wait for writability (tls_events): try it on either. */
+    if ((revents & EV_WRITE) && !leg_plain(&c->up) && !c->up.eof && !c->idle_up) {
+        revents |= EV_READ;
+    }
     if ((revents & EV_READ) && conn_tunnel_read_upstream(c)) {
         return;
     }
     if (revents & EV_READ) {
-        ssize_t n = buf_read_fd(&c->up.in, c->up.fd);
+        ssize_t n = leg_read(&c->up, &c->up.in);
         if (n > 0) {
             c->last_io = c->last_down = loop_now();
             c->reused = 0; /* the kept upstream answered: it was alive */

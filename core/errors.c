@@ -1,5 +1,9 @@
-/* errors.c - the one table of client-facing failures and their codes. */
+/* errors.c - the one table of client-facing failures and their codes.
+ * docs/errors.md lists every code (these and the log-only ones);
+ * spec/unit/error_codes_spec.lua keeps the sources and that page in step. */
 #include "errors.h"
+
+#include <stdio.h>
 
 /* Codes: 1xxx the client's fault, 2xxx policy, 3xxx upstream trouble. */
 static const struct ferr_info table[FERR_COUNT] = {
@@ -59,6 +63,23 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_RESPONSE_TOO_LARGE] = { "FERRY-3031", 502, "Bad Gateway",
                                   "the origin's response head is too large "
                                   "(over 16 KiB or 100 fields)" },
+    [FERR_SOCKS_VERSION]      = { "FERRY-1050", 400, "Bad Request",
+                                  "not a SOCKS request (an HTTP client on a SOCKS listener?)" },
+    [FERR_SOCKS_NO_METHOD]    = { "FERRY-1051", 407, "Proxy Authentication Required",
+                                  "no acceptable SOCKS5 authentication method "
+                                  "(this listener wants username/password)" },
+    [FERR_SOCKS_COMMAND]      = { "FERRY-1052", 400, "Bad Request",
+                                  "SOCKS command not supported (only CONNECT)" },
+    [FERR_SOCKS_ATYP]         = { "FERRY-1053", 400, "Bad Request",
+                                  "SOCKS address type not supported" },
+    [FERR_SOCKS_MALFORMED]    = { "FERRY-1054", 400, "Bad Request",
+                                  "malformed SOCKS message (empty or invalid name, port 0)" },
+    [FERR_SOCKS4_USERS]       = { "FERRY-1055", 407, "Proxy Authentication Required",
+                                  "SOCKS4 cannot authenticate and this listener has users; "
+                                  "use SOCKS5 with username/password" },
+    [FERR_UPSTREAM_TLS]       = { "FERRY-3040", 502, "Bad Gateway",
+                                  "TLS with the upstream proxy failed "
+                                  "(certificate or protocol; see the log)" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)
@@ -67,4 +88,64 @@ const struct ferr_info *ferr_info(enum ferr e)
         e = FERR_BAD_REQUEST;
     }
     return &table[e];
+}
+
+/* A JSON string of s, quotes included, at dst[at..]; returns the new end.
+ * Stops short of cap - 1 and keeps whole escapes. */
+static size_t json_string(char *dst, size_t cap, size_t at, const char *s)
+{
+    char esc[8];
+    if (at + 1 < cap) {
+        dst[at++] = '"';
+    }
+    for (; *s != '\0'; s++) {
+        unsigned char ch = (unsigned char)*s;
+        size_t n;
+        if (ch == '"' || ch == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)ch;
+            n = 2;
+        } else if (ch < 0x20) {
+            n = (size_t)snprintf(esc, sizeof(esc), "\\u%04x", ch);
+        } else {
+            esc[0] = (char)ch;
+            n = 1;
+        }
+        if (at + n + 1 >= cap) {
+            break;
+        }
+        for (size_t i = 0; i < n; i++) {
+            dst[at++] = esc[i];
+        }
+    }
+    if (at + 1 < cap) {
+        dst[at++] = '"';
+    }
+    return at;
+}
+
+static size_t put(char *dst, size_t cap, size_t at, const char *s)
+{
+    for (; *s != '\0' && at + 1 < cap; s++) {
+        dst[at++] = *s;
+    }
+    return at;
+}
+
+size_t ferr_body(char *dst, size_t cap, const char *code, const char *message, const char *cid)
+{
+    if (cap == 0) {
+        return 0;
+    }
+    size_t at = put(dst, cap, 0, "{\"error\":");
+    at = json_string(dst, cap, at, code);
+    at = put(dst, cap, at, ",\"message\":");
+    at = json_string(dst, cap, at, message);
+    if (cid != NULL) {
+        at = put(dst, cap, at, ",\"request_id\":");
+        at = json_string(dst, cap, at, cid);
+    }
+    at = put(dst, cap, at, "}\n");
+    dst[at] = '\0';
+    return at;
 }

@@ -2,6 +2,8 @@
 #ifndef FERRY_ERRORS_H
 #define FERRY_ERRORS_H
 
+#include <stddef.h>
+
 /* Indexes into the error table (errors.c); docs/errors.md lists them. */
 enum ferr {
     FERR_BAD_REQUEST = 0,  /* malformed request line or headers */
@@ -32,6 +34,13 @@ enum ferr {
     FERR_UPSTREAM_STALLED, /* the upstream stopped reading the request body */
     FERR_TARGET_REFUSED,   /* the upstream proxy could not reach the destination */
     FERR_RESPONSE_TOO_LARGE, /* the origin's response head is over the limit */
+    FERR_SOCKS_VERSION,    /* a SOCKS listener got another version byte (HTTP?) */
+    FERR_SOCKS_NO_METHOD,  /* no SOCKS5 auth method both sides accept */
+    FERR_SOCKS_COMMAND,    /* a SOCKS command other than CONNECT (BIND, UDP ASSOCIATE) */
+    FERR_SOCKS_ATYP,       /* a SOCKS5 address type that is not IPv4, IPv6 or a name */
+    FERR_SOCKS_MALFORMED,  /* a SOCKS message with a bad field (empty name, port 0) */
+    FERR_SOCKS4_USERS,     /* SOCKS4 on a listener with users: it has no password */
+    FERR_UPSTREAM_TLS,     /* TLS to an https:// proxy failed (certificate, protocol) */
     FERR_COUNT
 };
 
@@ -43,5 +52,15 @@ struct ferr_info {
 };
 
 const struct ferr_info *ferr_info(enum ferr e);
+
+/* Room for any error body ferr_body writes from a table message. */
+#define FERR_BODY_MAX 512
+
+/* The one JSON body of an error answer, client or admin:
+ * {"error":code,"message":message,"request_id":cid} and a newline
+ * (no request_id when cid is NULL), strings escaped.  Writes at most
+ * cap - 1 bytes and a NUL; returns the body's length, so that
+ * Content-Length is always that number. */
+size_t ferr_body(char *dst, size_t cap, const char *code, const char *message, const char *cid);
 
 #endif

@@ -18,6 +18,11 @@
 #define FERRY_OK     0
 #define FERRY_ERROR -1
 
+/* Retries one request may have after its first try: a pool's `retries`
+ * is 0..FERRY_RETRIES_MAX (config.lua reads the bound from the cdef), so
+ * a request makes at most FERRY_RETRIES_MAX + 1 attempts. */
+enum { FERRY_RETRIES_MAX = 8 };
+
 /* Upstream kinds a proxy can be. */
 enum ferry_scheme {
     FERRY_SCHEME_DIRECT = 0, /* no proxy: the pseudo-pool "direct" */
@@ -37,7 +42,8 @@ enum ferry_fail_kind {
     FERRY_FAIL_AUTH      = 3, /* the proxy rejected our credentials */
     FERRY_FAIL_HTTP5XX   = 4, /* the response through the proxy was a 5xx */
     FERRY_FAIL_RESET     = 5, /* the proxy closed or reset mid-exchange */
-    FERRY_FAIL_KINDS     = 6
+    FERRY_FAIL_TLS       = 6, /* TLS to an https:// proxy failed (certificate, protocol) */
+    FERRY_FAIL_KINDS     = 7
 };
 
 /* Bits of ferry_proxy.flags. */
@@ -164,7 +170,7 @@ struct ferry_req {
     uint32_t    is_connect;  /* ro: 1 for CONNECT tunnels */
     uint32_t    attempt;     /* ro: 0 on the first try, 1.. on retries */
     uint32_t    ntried;      /* ro: how many ids are in tried[] */
-    uint32_t    tried[8];    /* ro: proxies already tried for this request */
+    uint32_t    tried[FERRY_RETRIES_MAX]; /* ro: proxies already tried for this request */
     /* written by Lua for the core: */
     int32_t     pool;        /* rw: pool index chosen (0 = direct, -1 until chosen) */
     int32_t     retries;     /* rw: retries allowed for this request */
@@ -306,7 +312,8 @@ int ferry_store_load_health(const char **err);
 /* 1 when the two secrets are equal, else 0; in constant time (secret.c). */
 int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
 
-/* Open a listener.  protocol: "http" (forward proxy) or "admin".
+/* Open a listener.  protocol: "http" (forward proxy), "socks5", "socks4",
+ * "mixed" (HTTP, SOCKS5 and SOCKS4 by the first byte) or "admin".
  * Returns an index >= 0 or -1. */
 int ferry_listen(const char *name, const char *host, int port,
                  const char *protocol, int open, const char **err);
@@ -328,8 +335,24 @@ int ferry_listener_find_unix(const char *path);
 int ferry_listener_find(const char *host, int port);
 /* Reload: rename, forget users, set the open flag of a kept listener. */
 int ferry_listener_reset(int listener, const char *name, int open);
+/* Reload: what a kept listener speaks to the connections still to come
+ * (a protocol name as for ferry_listen; admin and proxy kinds are not
+ * swapped in place).  FERRY_OK or FERRY_ERROR. */
+int ferry_listener_set_protocol(int listener, const char *protocol);
 /* Reload: stop accepting and close the socket; its connections finish. */
 int ferry_listener_close(int listener);
+/* TLS listeners: a server context from PEM files (TLS 1.2+, ALPN
+ * http/1.1), or NULL and *err.  Made before a reload commits, so a broken
+ * cert fails the reload and the old context stays. */
+void *ferry_tls_server_new(const char *cert, const char *key, const char **err);
+void ferry_tls_ctx_free(void *ctx);
+/* Give the listener ctx (owned from now on; NULL: plain again). */
+int ferry_listener_set_tls(int listener, void *ctx);
+/* https:// proxies: verify the certificate (against ca, a PEM file, or
+ * the system store when NULL) and its name (sni, or the proxy's host).
+ * On failure the proxy keeps its previous settings. */
+int ferry_proxy_set_tls(struct ferry_proxy *p, int verify, const char *ca, const char *sni,
+                        const char **err);
 
 /* Event and access log files (NULL or "": standard error; access NULL:
  * with the events).  Reopened by name on SIGUSR1. */

@@ -22,6 +22,7 @@
  * counters, a one-minute window of results, the breaker and bans.  They
  * are allocated once and never move, so Lua keeps pointers to them. */
 #include "health.h"
+#include "ewma.h"
 #include "log.h"
 #include "loop.h"
 #include "proxy.h"
@@ -36,7 +37,6 @@
 #define BACKOFF_MAX_FACTOR 16.0
 /* A half-open trial that never reported back frees its slot after this. */
 #define TRIAL_STALE_SECS 30.0
-#define LATENCY_ALPHA 0.3
 
 /* A pair's private side: the window of results, second by second. */
 struct pxstate {
@@ -146,7 +146,7 @@ void health_probe_result(struct proxy *p, int ok, double latency_ms, const char 
 
 static const char *const fail_names[FERRY_FAIL_KINDS] = {
     "connect refused", "timeout", "handshake failed", "proxy auth failed", "5xx response",
-    "connection reset"
+    "connection reset", "TLS failed"
 };
 
 void health_passive(struct proxy *p, int ok, enum ferry_fail_kind kind)
@@ -376,9 +376,7 @@ void health_pair_result(struct ferry_pxstate *fx, int ok, double latency_ms)
         x->pub.consecutive_failures = 0;
         x->pub.last_success_at = now;
         if (latency_ms >= 0) {
-            x->pub.latency_ewma_ms = x->pub.latency_ewma_ms <= 0
-                ? fmax(latency_ms, 0.001)
-                : x->pub.latency_ewma_ms + LATENCY_ALPHA * (latency_ms - x->pub.latency_ewma_ms);
+            ewma_latency(&x->pub.latency_ewma_ms, latency_ms);
         }
     } else {
         x->pub.failures++;

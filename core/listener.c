@@ -4,9 +4,12 @@
 #include "authfail.h"
 #include "conn.h"
 #include "ferry.h"
+#include "inbound.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "sticky.h"
+#include "transport.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -25,6 +28,8 @@
 #define ACCEPT_BATCH 64
 #define CONN_LIMIT 20000
 #define ADMIN_CONN_LIMIT 64
+/* Seconds between two warn lines about refused connections. */
+#define OVERLOAD_WARN_WINDOW 10.0
 
 static struct listener *listeners[LISTENER_MAX];
 static int nlisteners;
@@ -36,20 +41,46 @@ struct listener *listener_get(int idx)
     return idx >= 0 && idx < nlisteners ? listeners[idx] : NULL;
 }
 
+int listener_is_admin(const struct listener *l)
+{
+    return l->in == &inbound_admin;
+}
+
 int listener_count(void)
 {
     return nlisteners;
 }
 
-static void reject_overloaded(int fd)
+/* A connection over a limit gets FERRY-2004 at once, without a conn:
+ * counted by limit, logged once per window. */
+static void reject_overloaded(const struct listener *l, int fd, int admin_limit)
 {
-    static const char resp[] =
-        "HTTP/1.1 503 Service Unavailable\r\nX-Ferry-Error: FERRY-2004\r\n"
-        "Content-Type: application/json\r\nContent-Length: 58\r\nConnection: close\r\n\r\n"
-        "{\"error\":\"FERRY-2004\",\"message\":\"connection limit reached\"}";
+    static double last_warn = -1e9;
+    const struct ferr_info *info = ferr_info(FERR_OVERLOADED);
+    metrics_overloaded(admin_limit);
+    double now = loop_now();
+    if (now - last_warn >= OVERLOAD_WARN_WINDOW) {
+        last_warn = now;
+        log_event(LOG_WARN, info->code, NULL, "listener %s: %s (%u connections%s), refusing",
+                  l->name, info->message, admin_limit ? (unsigned)l->conns : conn_count(),
+                  admin_limit ? " on this admin listener" : "");
+    }
+    if (l->in != &inbound_http && !listener_is_admin(l)) {
+        /* A SOCKS (or not yet sniffed) client would not read an HTTP answer. */
+        close(fd);
+        return;
+    }
+    char body[FERR_BODY_MAX], resp[FERR_BODY_MAX + 256];
+    size_t bl = ferr_body(body, sizeof(body), info->code, info->message, NULL);
+    int n = snprintf(resp, sizeof(resp),
+                     "HTTP/1.1 %d %s\r\nX-Ferry-Error: %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     info->status, info->reason, info->code, bl, body);
     /* Best effort: the socket is fresh, so a short write is unlikely. */
-    ssize_t n = write(fd, resp, sizeof(resp) - 1);
-    (void)n;
+    if (n > 0 && (size_t)n < sizeof(resp)) {
+        ssize_t w = write(fd, resp, (size_t)n);
+        (void)w;
+    }
     close(fd);
 }
 
@@ -79,8 +110,12 @@ static void on_accept(struct ev_loop *lp, ev_io *w, int revents)
             return;
         }
         /* Admin answers can be large (metrics): few admin connections at once. */
-        if (conn_count() >= CONN_LIMIT || (l->admin && l->conns >= ADMIN_CONN_LIMIT)) {
-            reject_overloaded(fd);
+        if (conn_count() >= CONN_LIMIT) {
+            reject_overloaded(l, fd, 0);
+            continue;
+        }
+        if (listener_is_admin(l) && l->conns >= ADMIN_CONN_LIMIT) {
+            reject_overloaded(l, fd, 1);
             continue;
         }
         if (conn_new(l, fd, (struct sockaddr *)&ss) == NULL) {
@@ -162,7 +197,8 @@ static struct listener *start_listener(int slot, const char *name, int fd,
 int ferry_listen(const char *name, const char *host, int port, const char *protocol, int open,
                  const char **err)
 {
-    if (strcmp(protocol, "http") != 0 && strcmp(protocol, "admin") != 0) {
+    const struct inbound_ops *in = inbound_by_name(protocol);
+    if (in == NULL) {
         *err = "unsupported listener protocol";
         return -1;
     }
@@ -196,7 +232,7 @@ int ferry_listen(const char *name, const char *host, int port, const char *proto
         return -1;
     }
     l->open = open ? 1 : 0;
-    l->admin = strcmp(protocol, "admin") == 0;
+    l->in = in;
     l->auth_fail_limit = LISTENER_AUTH_FAIL_LIMIT;
     l->auth_fail_window = LISTENER_AUTH_FAIL_WINDOW;
     log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on %s:%d (%s)", name, host, port,
@@ -271,7 +307,7 @@ int ferry_listen_unix(const char *name, const char *path, const char **err)
         unlink(path);
         return -1;
     }
-    l->admin = 1;
+    l->in = &inbound_admin;
     log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on unix:%s (admin)", name, path);
     return slot;
 }
@@ -279,7 +315,7 @@ int ferry_listen_unix(const char *name, const char *path, const char **err)
 int ferry_listener_is_admin(int idx)
 {
     struct listener *l = listener_get(idx);
-    return l != NULL && l->admin;
+    return l != NULL && listener_is_admin(l);
 }
 
 int ferry_listener_find_unix(const char *path)
@@ -390,6 +426,7 @@ static void forget_users(struct listener *l)
 static void listener_free(struct listener *l)
 {
     forget_users(l);
+    tls_ctx_free(l->tls_ctx);
     free(l->path);
     free(l->name);
     free(l);
@@ -479,6 +516,48 @@ int ferry_listener_reset(int idx, const char *name, int open)
     return FERRY_OK;
 }
 
+int ferry_listener_set_protocol(int idx, const char *protocol)
+{
+    struct listener *l = listener_get(idx);
+    const struct inbound_ops *in = inbound_by_name(protocol);
+    if (l == NULL || l->closed || in == NULL ||
+        (in == &inbound_admin) != listener_is_admin(l)) {
+        return FERRY_ERROR;
+    }
+    l->in = in;
+    return FERRY_OK;
+}
+
+void *ferry_tls_server_new(const char *cert, const char *key, const char **err)
+{
+    static char why[256];
+    if (cert == NULL || key == NULL) {
+        *err = "cert and key are both required";
+        return NULL;
+    }
+    struct ssl_ctx_st *ctx = tls_server_ctx(cert, key, why, sizeof(why));
+    if (ctx == NULL) {
+        *err = why;
+    }
+    return ctx;
+}
+
+void ferry_tls_ctx_free(void *ctx)
+{
+    tls_ctx_free(ctx);
+}
+
+int ferry_listener_set_tls(int idx, void *ctx)
+{
+    struct listener *l = listener_get(idx);
+    if (l == NULL || l->closed || listener_is_admin(l)) {
+        return FERRY_ERROR;
+    }
+    tls_ctx_free(l->tls_ctx);
+    l->tls_ctx = ctx;
+    return FERRY_OK;
+}
+
 /* Stop accepting: watchers first, then the socket. */
 static void stop_accepting(struct listener *l)
 {
@@ -527,7 +606,7 @@ void listener_conn_gone(struct listener *l)
 void listener_stop_proxying(void)
 {
     for (int i = 0; i < nlisteners; i++) {
-        if (listeners[i] != NULL && !listeners[i]->admin) {
+        if (listeners[i] != NULL && !listener_is_admin(listeners[i])) {
             stop_accepting(listeners[i]);
         }
     }
@@ -537,7 +616,7 @@ int listener_proxy_conns(void)
 {
     int n = 0;
     for (int i = 0; i < nlisteners; i++) {
-        if (listeners[i] != NULL && !listeners[i]->admin) {
+        if (listeners[i] != NULL && !listener_is_admin(listeners[i])) {
             n += listeners[i]->conns;
         }
     }

@@ -11,6 +11,9 @@
 #define LISTENER_AUTH_FAIL_LIMIT 10     /* defaults of auth_fail_limit ... */
 #define LISTENER_AUTH_FAIL_WINDOW 60.0  /* ... and auth_fail_window (config.lua's too) */
 
+struct inbound_ops;
+struct ssl_ctx_st;
+
 struct listener_user {
     char *token; /* ro: base64("user:pass"), compared in constant time */
     char *name;  /* ro: user name, for routing and logs */
@@ -21,6 +24,8 @@ struct listener {
     int fd;                 /* ro: -1 once closed */
     struct sockaddr_storage addr; /* ro: bound address, for reload matching */
     int conns;              /* ro: connections that point at this struct */
+    const struct inbound_ops *in; /* ro: what it speaks (inbound.h); a reload may
+                                  * change it for the connections still to come */
     ev_io io;               /* private */
     ev_timer retry;         /* private: re-enables accept after EMFILE */
     struct listener_user users[LISTENER_MAX_USERS]; /* ro */
@@ -28,13 +33,16 @@ struct listener {
     unsigned open:1;        /* ro: allowed to be an open proxy */
     unsigned emfile_logged:1; /* private */
     unsigned closed:1;      /* ro: closed by a reload; freed when conns reach 0 */
-    unsigned admin:1;       /* ro: serves the admin plane (admin.c), not proxying */
     char *path;             /* ro: unix socket path (unlinked at close), or NULL */
+    struct ssl_ctx_st *tls_ctx; /* ro: TLS listener's server context, or NULL (plain);
+                                 * replaced by a reload, each SSL holds its own ref */
     unsigned auth_fail_limit; /* ro: wrong credentials per window that block a client */
     double auth_fail_window;  /* ro: seconds of that window, and of the block */
 };
 
 struct listener *listener_get(int idx);
+/* 1 when l serves the admin plane (admin.c), not proxying. */
+int listener_is_admin(const struct listener *l);
 int listener_count(void);
 /* Match a Proxy-Authorization value; returns the user name or NULL. */
 const char *listener_auth(struct listener *l, const char *value, size_t len);

@@ -32,9 +32,14 @@ const char *const metrics_bound_text[METRICS_BUCKETS] = { "0.005", "0.01", "0.02
                                                           "2.5",   "5",    "10" };
 const char *const metrics_hook_kinds[METRICS_HOOK_KINDS] = { "runtime", "route", "strategy",
                                                              "breaker", "exchange", "other" };
+/* Indexed by enum probe_result (probe.h). */
 const char *const metrics_probe_results[METRICS_PROBE_RESULTS] = {
-    "ok", "timeout", "refused", "connect_failed", "resolve", "handshake",
-    "auth", "status", "bad_response", "closed", "failed"
+    [PROBE_OK] = "ok",           [PROBE_TIMEOUT] = "timeout",
+    [PROBE_REFUSED] = "refused", [PROBE_CONNECT_FAILED] = "connect_failed",
+    [PROBE_RESOLVE] = "resolve", [PROBE_HANDSHAKE] = "handshake",
+    [PROBE_AUTH] = "auth",       [PROBE_STATUS] = "status",
+    [PROBE_BAD_RESPONSE] = "bad_response", [PROBE_CLOSED] = "closed",
+    [PROBE_FAILED] = "failed",
 };
 const char *const metrics_classes[METRICS_CLASSES] = { "none", "1xx", "2xx", "3xx",
                                                        "4xx",  "5xx", "other" };
@@ -303,36 +308,19 @@ void metrics_hook_error(int kind)
     metrics.hook_errors[kind >= 0 && kind < last ? kind : last]++;
 }
 
+void metrics_overloaded(int admin)
+{
+    metrics.overloaded[admin ? 1 : 0]++;
+}
+
 void ferry_count_hook_error(int kind)
 {
     metrics_hook_error(kind);
 }
 
-/* The probe's reason (probe.c's messages) as a short label. */
-static unsigned probe_result(const char *why)
+void metrics_probe(enum probe_result r)
 {
-    static const struct {
-        const char *needle;
-        unsigned result;
-    } map[] = {
-        { "timed out", 1 }, { "refused", 2 },  { "connect failed", 3 }, { "resolve", 4 },
-        { "auth", 6 },      { "status", 7 },   { "not HTTP", 8 },       { "too large", 8 },
-        { "handshake", 5 }, { "closed", 9 },
-    };
-    if (why == NULL) {
-        return METRICS_PROBE_RESULTS - 1;
-    }
-    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
-        if (strstr(why, map[i].needle) != NULL) {
-            return map[i].result;
-        }
-    }
-    return METRICS_PROBE_RESULTS - 1;
-}
-
-void metrics_probe(int ok, const char *why)
-{
-    metrics.probes[ok ? 0 : probe_result(why)]++;
+    metrics.probes[(unsigned)r < METRICS_PROBE_RESULTS ? r : PROBE_FAILED]++;
 }
 
 void metrics_free_all(void)

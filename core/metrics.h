@@ -7,6 +7,8 @@
 #ifndef FERRY_METRICS_H
 #define FERRY_METRICS_H
 
+#include "probe.h"
+
 #include <stdint.h>
 
 struct conn;
@@ -33,8 +35,11 @@ void metrics_reuse_retry(int pool);
 /* A Lua hook failed: 0 the runtime itself, 1 route, 2 strategy, 3 breaker,
  * 4 exchange hooks (runtime.lua's HOOK_*). */
 void metrics_hook_error(int kind);
-/* A probe ended with a verdict: ok, or the reason it failed (probe.c). */
-void metrics_probe(int ok, const char *why);
+/* A probe ended with a verdict: PROBE_OK, or why it failed (probe.h). */
+void metrics_probe(enum probe_result r);
+/* A connection was refused with FERRY-2004: admin 0 the process-wide
+ * connection limit, 1 an admin listener's own limit (listener.c). */
+void metrics_overloaded(int admin);
 /* Free what metrics allocated (exit). */
 void metrics_free_all(void);
 
@@ -48,7 +53,7 @@ void metrics_free_all(void);
 #define METRICS_POOL_SLOTS (METRICS_POOL_MAX + 2)
 #define METRICS_BUCKETS 11
 #define METRICS_HOOK_KINDS 6
-#define METRICS_PROBE_RESULTS 11
+#define METRICS_PROBE_RESULTS PROBE_RESULTS
 #define METRICS_CLASSES 7
 
 /* A duration histogram: per-bucket (not cumulative) counts, +Inf implied. */
@@ -93,6 +98,7 @@ struct metrics {
     double last_reload_ok_at;                    /* ro: wall clock */
     uint64_t hook_errors[METRICS_HOOK_KINDS];    /* ro: by metrics_hook_kinds */
     uint64_t probes[METRICS_PROBE_RESULTS];      /* ro: by metrics_probe_results */
+    uint64_t overloaded[2];                      /* ro: refused connections, by limit */
     const char *version;                         /* ro */
     double started_at;                           /* ro: wall clock */
 };

@@ -227,6 +227,12 @@ static void render_requests(struct text *t)
                    "status_class=\"other\"",
                    metrics.other);
     }
+    family(t, "ferry_connections_refused_total", "counter",
+           "Connections refused with FERRY-2004 at accept, by the limit that was reached: "
+           "the process-wide connection limit or an admin listener's own.");
+    sample_u64(t, "ferry_connections_refused_total", "limit=\"connections\"",
+               metrics.overloaded[0]);
+    sample_u64(t, "ferry_connections_refused_total", "limit=\"admin\"", metrics.overloaded[1]);
     family(t, "ferry_metrics_overflow_total", "counter",
            "Requests counted under the \"other\" label set because ferry_requests_total "
            "reached its series limit.");
@@ -541,7 +547,8 @@ static void render_pools(struct text *t, const struct ferry_metrics_member *m, u
 static void render_proxies(struct text *t, const struct ferry_metrics_member *m, uint32_t n)
 {
     static const char *const kinds[FERRY_FAIL_KINDS] = { "refused", "timeout", "handshake",
-                                                         "auth",    "http5xx", "reset" };
+                                                         "auth",    "http5xx", "reset",
+                                                         "tls" };
     static const struct {
         const char *name, *type, *help;
         enum proxy_field f;

@@ -186,12 +186,12 @@ static void release(struct probe *pr)
 }
 
 /* The run has a verdict on the proxy: report it, then wait. */
-static void finish(struct probe *pr, int ok, const char *why)
+static void finish(struct probe *pr, enum probe_result r, const char *why)
 {
     double ms = (ev_time() - pr->started) * 1000.0;
     release(pr);
-    health_probe_result(pr->p, ok, ms > 0 ? ms : 0, why);
-    metrics_probe(ok, why);
+    health_probe_result(pr->p, r == PROBE_OK, ms > 0 ? ms : 0, why);
+    metrics_probe(r);
     schedule(pr, next_delay(pr));
 }
 
@@ -258,7 +258,7 @@ static void queue_get(struct probe *pr)
 static void handshake_done(struct probe *pr)
 {
     if (pr->conf.kind == FERRY_PROBE_CONNECT) {
-        finish(pr, 1, NULL);
+        finish(pr, PROBE_OK, NULL);
         return;
     }
     buf_consume(&pr->c->up.in, buf_len(&pr->c->up.in));
@@ -307,25 +307,25 @@ static void on_hello_answer(struct probe *pr)
             return;
         }
         if (base[0] != 5) {
-            finish(pr, 0, "probe handshake failed: the answer to a SOCKS5 greeting is not SOCKS5");
+            finish(pr, PROBE_HANDSHAKE, "probe handshake failed: the answer to a SOCKS5 greeting is not SOCKS5");
             return;
         }
-        finish(pr, 1, "probe passed: the proxy answered a SOCKS5 greeting");
+        finish(pr, PROBE_OK, "probe passed: the proxy answered a SOCKS5 greeting");
         return;
     }
     size_t hl = http_head_len(base, len);
     if (hl == 0) {
         if (buf_room(&c->up.in) == 0) {
-            finish(pr, 0, "probe response head too large");
+            finish(pr, PROBE_BAD_RESPONSE, "probe response head too large");
         }
         return;
     }
     if (http_parse_response(&c->resp, base, hl, 1) != HTTP_PARSE_OK) {
-        finish(pr, 0, "probe response is not HTTP");
+        finish(pr, PROBE_BAD_RESPONSE, "probe response is not HTTP");
         return;
     }
     /* Any status: the proxy is running and speaks HTTP. */
-    finish(pr, 1, "probe passed: the proxy answered an HTTP request");
+    finish(pr, PROBE_OK, "probe passed: the proxy answered an HTTP request");
 }
 
 static void connected(struct probe *pr)
@@ -337,7 +337,7 @@ static void connected(struct probe *pr)
         if (pr->p->needs_answer && (pr->p->pub.flags & FERRY_PROXY_DOWN)) {
             queue_hello(pr);
         } else {
-            finish(pr, 1, NULL);
+            finish(pr, PROBE_OK, NULL);
         }
         return;
     }
@@ -347,7 +347,7 @@ static void connected(struct probe *pr)
     if (r == UP_DONE) {
         handshake_done(pr);
     } else if (r == UP_FAIL) {
-        finish(pr, 0, "probe handshake failed");
+        finish(pr, PROBE_HANDSHAKE, "probe handshake failed");
     }
 }
 
@@ -358,24 +358,23 @@ static void on_response(struct probe *pr)
     size_t hl = http_head_len(base, buf_len(&c->up.in));
     if (hl == 0) {
         if (buf_room(&c->up.in) == 0) {
-            finish(pr, 0, "probe response head too large");
+            finish(pr, PROBE_BAD_RESPONSE, "probe response head too large");
         }
         return;
     }
     if (http_parse_response(&c->resp, base, hl, 1) != HTTP_PARSE_OK) {
-        finish(pr, 0, "probe response is not HTTP");
+        finish(pr, PROBE_BAD_RESPONSE, "probe response is not HTTP");
         return;
     }
     int st = c->resp.status;
     if (status_expected(&pr->conf, st)) {
-        finish(pr, 1, NULL);
+        finish(pr, PROBE_OK, NULL);
         return;
     }
     char why[64];
-    snprintf(why, sizeof(why), st == 407 && pr->p->pub.scheme == FERRY_SCHEME_HTTP
-                                   ? "probe: proxy auth failed (407)"
-                                   : "probe got status %d", st);
-    finish(pr, 0, why);
+    int auth = st == 407 && pr->p->pub.scheme == FERRY_SCHEME_HTTP;
+    snprintf(why, sizeof(why), auth ? "probe: proxy auth failed (407)" : "probe got status %d", st);
+    finish(pr, auth ? PROBE_AUTH : PROBE_STATUS, why);
 }
 
 /* The connector refused the handshake: say why as precisely as it can. */
@@ -384,13 +383,13 @@ static void handshake_failed(struct probe *pr)
     const struct conn *c = pr->c;
     char why[64];
     if (c->fail_kind == FERRY_FAIL_AUTH) {
-        finish(pr, 0, "probe: proxy auth failed");
+        finish(pr, PROBE_AUTH, "probe: proxy auth failed");
     } else if (pr->p->pub.scheme == FERRY_SCHEME_HTTP && c->resp.status > 0) {
         snprintf(why, sizeof(why), "probe handshake failed: CONNECT answered %d",
                  c->resp.status);
-        finish(pr, 0, why);
+        finish(pr, PROBE_HANDSHAKE, why);
     } else {
-        finish(pr, 0, "probe handshake failed");
+        finish(pr, PROBE_HANDSHAKE, "probe handshake failed");
     }
 }
 
@@ -400,7 +399,7 @@ static void on_exchange(struct probe *pr, int revents)
     struct conn *c = pr->c;
     if ((revents & EV_WRITE) && !buf_empty(&c->up.out)) {
         if (buf_write_fd(&c->up.out, c->up.fd) == -1 && errno != EAGAIN && errno != EWOULDBLOCK) {
-            finish(pr, 0, "probe: the proxy closed the connection");
+            finish(pr, PROBE_CLOSED, "probe: the proxy closed the connection");
             return;
         }
     }
@@ -409,7 +408,7 @@ static void on_exchange(struct probe *pr, int revents)
     }
     ssize_t n = buf_read_fd(&c->up.in, c->up.fd);
     if (n == 0 || (n == -1 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-        finish(pr, 0, "probe: the proxy closed the connection");
+        finish(pr, PROBE_CLOSED, "probe: the proxy closed the connection");
         return;
     }
     if (pr->step == PS_HTTP) {
@@ -440,7 +439,8 @@ static void on_io(struct ev_loop *l, ev_io *w, int revents)
             err = errno;
         }
         if (err != 0) {
-            finish(pr, 0, err == ECONNREFUSED ? "probe connect refused" : "probe connect failed");
+            finish(pr, err == ECONNREFUSED ? PROBE_REFUSED : PROBE_CONNECT_FAILED,
+                   err == ECONNREFUSED ? "probe connect refused" : "probe connect failed");
             return;
         }
         connected(pr);
@@ -482,7 +482,8 @@ static void connect_to(struct probe *pr, const struct sockaddr *sa, socklen_t le
     } else if (local_error(errno)) {
         abandon(pr, strerror(errno));
     } else {
-        finish(pr, 0, errno == ECONNREFUSED ? "probe connect refused" : "probe connect failed");
+        finish(pr, errno == ECONNREFUSED ? PROBE_REFUSED : PROBE_CONNECT_FAILED,
+               errno == ECONNREFUSED ? "probe connect refused" : "probe connect failed");
     }
 }
 
@@ -495,7 +496,7 @@ static void on_resolved(void *arg, int status, const struct sockaddr *sa, sockle
         return;
     }
     if (status != 0) {
-        finish(pr, 0, "probe: the proxy's host did not resolve");
+        finish(pr, PROBE_RESOLVE, "probe: the proxy's host did not resolve");
         return;
     }
     connect_to(pr, sa, len);
@@ -585,7 +586,7 @@ static void on_timer(struct ev_loop *l, ev_timer *w, int revents)
     (void)revents;
     struct probe *pr = w->data;
     if (pr->step != PS_IDLE) {
-        finish(pr, 0, "probe timed out");
+        finish(pr, PROBE_TIMEOUT, "probe timed out");
         return;
     }
     if (pr->p->pub.flags & FERRY_PROXY_REMOVED) {

@@ -6,6 +6,7 @@
 #include "proxy.h"
 #include "health.h"
 #include "loop.h"
+#include "transport.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -18,8 +19,23 @@
 static struct proxy **proxies;
 static uint32_t nproxies, cap_proxies;
 
-/* EWMA weight of a new latency sample. */
-#define LATENCY_ALPHA 0.3
+
+/* The URL scheme of each enum ferry_scheme a proxy can have. */
+static const char *scheme_name(uint32_t scheme)
+{
+    return scheme == FERRY_SCHEME_HTTPS ? "https"
+         : scheme == FERRY_SCHEME_SOCKS5 ? "socks5" : "http";
+}
+
+int proxy_speaks_http(uint32_t scheme)
+{
+    return scheme == FERRY_SCHEME_HTTP || scheme == FERRY_SCHEME_HTTPS;
+}
+
+int proxy_scheme_tls(uint32_t scheme)
+{
+    return scheme == FERRY_SCHEME_HTTPS;
+}
 
 uint32_t ferry_proxy_count(void)
 {
@@ -212,7 +228,8 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
                                     const char *extra_headers, int weight, const char **err)
 {
     if (key == NULL || host == NULL || *host == '\0' || port <= 0 || port > 65535 ||
-        (scheme != FERRY_SCHEME_HTTP && scheme != FERRY_SCHEME_SOCKS5)) {
+        (scheme != FERRY_SCHEME_HTTP && scheme != FERRY_SCHEME_SOCKS5 &&
+         scheme != FERRY_SCHEME_HTTPS)) {
         *err = "invalid proxy arguments";
         return NULL;
     }
@@ -263,7 +280,7 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
     char *disp = malloc(dl);
     if (disp != NULL) {
         int v6 = strchr(host, ':') != NULL;
-        snprintf(disp, dl, "%s://%s%s%s:%d", scheme == FERRY_SCHEME_HTTP ? "http" : "socks5",
+        snprintf(disp, dl, "%s://%s%s%s:%d", scheme_name((uint32_t)scheme),
                  v6 ? "[" : "", host, v6 ? "]" : "", port);
     }
     replace_str(&p->display, disp);
@@ -278,11 +295,42 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
     }
     p->has_addr = 0;
     set_literal_addr(p);
+    if (proxy_scheme_tls(p->pub.scheme) && p->tls_ctx == NULL &&
+        ferry_proxy_set_tls(&p->pub, 1, NULL, NULL, err) != FERRY_OK) {
+        return NULL; /* the system store would not load */
+    }
     if (p->host == NULL || p->display == NULL) {
         *err = "out of memory";
         return NULL;
     }
     return &p->pub;
+}
+
+int ferry_proxy_set_tls(struct ferry_proxy *fp, int verify, const char *ca, const char *sni,
+                        const char **err)
+{
+    static char why[256];
+    struct proxy *p = (struct proxy *)fp;
+    if (p == NULL) {
+        *err = "no such proxy";
+        return FERRY_ERROR;
+    }
+    struct ssl_ctx_st *ctx = tls_client_ctx(verify, ca != NULL && *ca ? ca : NULL, why,
+                                            sizeof(why));
+    char *name = sni != NULL && *sni ? strdup(sni) : NULL;
+    if (ctx == NULL || (sni != NULL && *sni && name == NULL)) {
+        tls_ctx_free(ctx);
+        free(name);
+        *err = ctx == NULL ? why : "out of memory";
+        return FERRY_ERROR;
+    }
+    /* Attempts in flight keep their SSL, which holds the old context. */
+    tls_ctx_free(p->tls_ctx);
+    p->tls_ctx = ctx;
+    free(p->tls_name);
+    p->tls_name = name;
+    p->tls_verify = verify ? 1 : 0;
+    return FERRY_OK;
 }
 
 int ferry_proxy_set_label(struct ferry_proxy *fp, const char *label)
@@ -343,11 +391,7 @@ void proxy_success(struct proxy *p, double latency_ms)
     p->pub.consecutive_failures = 0;
     p->pub.last_success_at = loop_now();
     if (latency_ms >= 0) {
-        if (p->pub.latency_ewma_ms <= 0) {
-            p->pub.latency_ewma_ms = latency_ms > 0.001 ? latency_ms : 0.001;
-        } else {
-            p->pub.latency_ewma_ms += LATENCY_ALPHA * (latency_ms - p->pub.latency_ewma_ms);
-        }
+        ewma_latency(&p->pub.latency_ewma_ms, latency_ms);
     }
     health_passive(p, 1, FERRY_FAIL_KINDS);
 }
@@ -375,6 +419,8 @@ void proxy_free_all(void)
         free(p->extra_headers);
         free(p->display);
         free(p->label);
+        free(p->tls_name);
+        tls_ctx_free(p->tls_ctx);
         free(p);
     }
     free(proxies);
@@ -416,7 +462,7 @@ int ferry_proxy_url(const struct ferry_proxy *fp, char *out, uint32_t room)
     if (p == NULL || out == NULL || room < 16 || p->host == NULL) {
         return FERRY_ERROR;
     }
-    int n = snprintf(out, room, "%s://", p->pub.scheme == FERRY_SCHEME_HTTP ? "http" : "socks5");
+    int n = snprintf(out, room, "%s://", scheme_name(p->pub.scheme));
     size_t o = (size_t)n;
     if (p->user != NULL) {
         o = pct_encode(p->user, out, o, room);

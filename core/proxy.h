@@ -2,6 +2,7 @@
 #ifndef FERRY_PROXY_H
 #define FERRY_PROXY_H
 
+#include "ewma.h" /* latency_ewma_ms moves only through ewma_latency() */
 #include "ferry.h"
 
 #include <sys/socket.h>
@@ -25,14 +26,23 @@ struct proxy {
     uint64_t target_failures;    /* ro: attempts the destination failed (conn_report_target) */
     struct sockaddr_storage addr; /* ro: literal address, valid if has_addr */
     socklen_t addr_len;          /* ro */
+    struct ssl_ctx_st *tls_ctx;  /* ro: https:// proxies: client context, or NULL */
+    char *tls_name;              /* ro: name for SNI and the certificate check; NULL: host */
     struct proxy *next_by_key;   /* private: hash chain of the key index */
     unsigned has_addr:1;         /* ro: host was an IP literal */
+    unsigned tls_verify:1;       /* ro: check the proxy's certificate and name */
     unsigned needs_answer:1;     /* private: real traffic took it down (timeouts, resets,
                                   * garbled handshakes): until it is up again, a tcp probe
                                   * passes only when the proxy answers its protocol */
 };
 
+struct ssl_ctx_st;
+
 struct proxy *proxy_by_id(uint32_t id);
+/* 1 when the proxy speaks HTTP (CONNECT, absolute form): http and https. */
+int proxy_speaks_http(uint32_t scheme);
+/* 1 when a proxy of this scheme is reached over TLS (https://). */
+int proxy_scheme_tls(uint32_t scheme);
 void proxy_attempt_begin(struct proxy *p);
 void proxy_attempt_end(struct proxy *p);
 void proxy_success(struct proxy *p, double latency_ms);

@@ -3,7 +3,8 @@
  * Bytes that arrived before the tunnel opened sit in cli.in / up.in and go
  * out first.  After that each direction runs socket -> pipe -> socket
  * with splice(2), so payload never enters user space; a direction that
- * cannot get a pipe carries its bytes through its buffer instead.
+ * cannot get a pipe carries its bytes through its buffer instead, and
+ * so does a tunnel with a TLS leg (its bytes must pass through OpenSSL).
  *
  * A tunnel at rest must cost nothing:
  * - A direction is read only while its pipe has room.  A pipe fills by
@@ -25,6 +26,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "transport.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -212,6 +214,9 @@ int conn_tunnel_can_read_upstream(const struct conn *c)
 void conn_tunnel_begin(struct conn *c)
 {
     c->state = CS_TUNNEL;
+    if (!leg_plain(&c->cli) || !leg_plain(&c->up)) {
+        c->pcu.none = c->puc.none = 1; /* splice only between plain sockets */
+    }
     conn_arm(c, timeouts.idle);
 }
 
@@ -302,11 +307,11 @@ static int splice_out(struct tunnel_pipe *p, int fd, unsigned long long *count)
     return 0;
 }
 
-/* Write src to fd: 0 ok or would block, -1 on a dead peer. */
-static int relay(struct buf *src, int fd, unsigned long long *count)
+/* Write src to a leg: 0 ok or would block, -1 on a dead peer. */
+static int relay(struct buf *src, struct leg *to, unsigned long long *count)
 {
     while (!buf_empty(src)) {
-        ssize_t n = buf_write_fd(src, fd);
+        ssize_t n = leg_write(to, src);
         if (n > 0) {
             if (count != NULL) {
                 *count += (unsigned long long)n;
@@ -323,11 +328,7 @@ static int relay(struct buf *src, int fd, unsigned long long *count)
 
 static void tunnel_end(struct conn *c, const char *why)
 {
-    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name, .proxy = c->proxy != NULL ? c->proxy->display : NULL };
-    log_access(&ctx, c->client, c->method, c->host, c->port, c->path, c->status,
-               c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
-               (int)c->attempt + 1, why);
-    metrics_request_end(c, why);
+    conn_log_done(c, why);
     conn_close(c);
 }
 
@@ -335,7 +336,7 @@ int conn_tunnel(struct conn *c)
 {
     /* Client to upstream: earlier bytes (cli.in) first, then the pipe. */
     if (buf_empty(&c->up.out)) {
-        if (relay(&c->cli.in, c->up.fd, NULL) < 0 ||
+        if (relay(&c->cli.in, &c->up, NULL) < 0 ||
             (buf_empty(&c->cli.in) && splice_out(&c->pcu, c->up.fd, NULL) < 0)) {
             tunnel_end(c, "FERRY-3005");
             return -1;
@@ -343,7 +344,7 @@ int conn_tunnel(struct conn *c)
     }
     /* Upstream to client: a queued 200 / 101 head (cli.out) goes first. */
     if (buf_empty(&c->cli.out)) {
-        if (relay(&c->up.in, c->cli.fd, &c->bytes_out) < 0 ||
+        if (relay(&c->up.in, &c->cli, &c->bytes_out) < 0 ||
             (buf_empty(&c->up.in) && splice_out(&c->puc, c->cli.fd, &c->bytes_out) < 0)) {
             tunnel_end(c, NULL);
             return -1;
@@ -359,11 +360,11 @@ int conn_tunnel(struct conn *c)
         return -1;
     }
     if (cu_done && !c->up.shut) {
-        shutdown(c->up.fd, SHUT_WR);
+        leg_shutdown(&c->up);
         c->up.shut = 1;
     }
     if (uc_done && !c->cli.shut) {
-        shutdown(c->cli.fd, SHUT_WR);
+        leg_shutdown(&c->cli);
         c->cli.shut = 1;
     }
     return 0;

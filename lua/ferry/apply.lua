@@ -149,10 +149,35 @@ end
 -- names and users on the kept ones and closes the ones that left.
 local function abandon_listeners(plan)
   for _, o in ipairs(plan.opened) do C.ferry_listener_close(o) end
+  for l, ctx in pairs(plan.tls) do
+    C.ferry_tls_ctx_free(ctx)
+    plan.tls[l] = nil
+  end
+end
+
+-- TLS contexts of the new config's listeners, loaded before anything
+-- changes: a cert that does not load fails the reload, and the running
+-- listeners keep the contexts they have.
+local function load_tls(cfg, plan)
+  for _, l in ipairs(cfg.listeners) do
+    if l.tls then
+      local err = errbuf()
+      local ctx = C.ferry_tls_server_new(l.tls.cert, l.tls.key, err)
+      if ctx == nil then
+        abandon_listeners(plan)
+        return nil, format('%s:%d: listen "%s": tls: %s [FERRY-0150]', cfg.file, l.line or 0,
+          l.name, ffi_string(err[0]))
+      end
+      plan.tls[l] = ctx
+    end
+  end
+  return true
 end
 
 local function open_listeners(cfg, old_idx)
-  local plan = { kept = {}, opened = {}, idx_of = {} }
+  local plan = { kept = {}, opened = {}, idx_of = {}, tls = {} }
+  local tok, terr = load_tls(cfg, plan)
+  if not tok then return nil, terr end
   for _, l in ipairs(cfg.listeners) do
     local idx
     if l.path then
@@ -192,9 +217,19 @@ end
 local function finish_listeners(cfg, plan, old_idx)
   for _, k in ipairs(plan.kept) do
     C.ferry_listener_reset(k.idx, k.l.name, k.l.open and 1 or 0)
+    -- The kind stays (open_listeners reopens across it); the protocol may change.
+    if not k.l.path then C.ferry_listener_set_protocol(k.idx, k.l.protocol) end
   end
   for _, l in ipairs(cfg.listeners) do
     local err = errbuf()
+    if not l.path and l.protocol ~= "admin" then
+      -- The listener owns its context from here; none makes it plain.
+      local ctx = plan.tls[l]
+      plan.tls[l] = nil
+      if C.ferry_listener_set_tls(plan.idx_of[l], ctx) ~= 0 and ctx ~= nil then
+        C.ferry_tls_ctx_free(ctx)
+      end
+    end
     if l.auth_fail_limit then
       -- config.lua checked the bounds.
       C.ferry_listener_set_auth_throttle(plan.idx_of[l], l.auth_fail_limit, l.auth_fail_window)
@@ -262,6 +297,11 @@ local function build_pools(prep)
           ffi_string(err[0]))
       end
       C.ferry_proxy_set_label(c, px.id)
+      if px.tls and C.ferry_proxy_set_tls(c, px.tls.verify and 1 or 0, px.tls.ca, px.tls.sni,
+          err) ~= 0 then
+        return nil, format('%s:%d: pool "%s": proxies[%d]: tls: %s [FERRY-0151]', cfg.file,
+          pc.line, name, i, ffi_string(err[0]))
+      end
       local ok, herr = set_health(c, pc.health, err)
       if not ok then
         return nil, format('%s:%d: pool "%s": health: %s', cfg.file, pc.line, name, herr)

@@ -37,14 +37,14 @@ local M = {
   EXPIRE_STEP = 1000,     -- leases ended per expiry call at most
 }
 
--- The seed's words for a pool's all_down policy.
+-- A pool's all_down policy as the broker's `fallback_policy` names it.
 M.FALLBACK = { any = "any_proxy", direct = "direct_connection", fail = "fail" }
 
 M.CONNECTION_TYPES = { http = true, https = true, websocket = true, tcp = true }
 local CONNECTION_LIST = '"http", "https", "websocket" or "tcp"'
 
 M.FAIL_KINDS = { refused = true, timeout = true, handshake = true, auth = true,
-                 http5xx = true, reset = true }
+                 http5xx = true, reset = true, tls = true }
 
 ---------------------------------------------------------------------------
 -- Validation: field by field, each failure naming its field.
@@ -85,7 +85,7 @@ local ERROR_DETAILS = {
   order = { "kind", "status", "message" },
   fields = {
     kind = { types = { string = true }, null = true, enum = M.FAIL_KINDS,
-             enum_text = '"refused", "timeout", "handshake", "auth", "http5xx" or "reset"' },
+             enum_text = '"refused", "timeout", "handshake", "auth", "http5xx", "reset" or "tls"' },
     status = { types = { number = true }, null = true, check = function(v)
       if v % 1 ~= 0 or v < 100 or v > 599 then return "must be an HTTP status, 100 to 599" end
     end },

@@ -4,12 +4,14 @@ local ffi = require("ffi")
 
 if not pcall(ffi.typeof, "struct ferry_proxy") then
   ffi.cdef[[
+enum { FERRY_RETRIES_MAX = 8 };
 enum ferry_scheme { FERRY_SCHEME_DIRECT = 0, FERRY_SCHEME_HTTP = 1, FERRY_SCHEME_SOCKS5 = 2,
                    FERRY_SCHEME_HTTPS = 3, FERRY_SCHEME_SOCKS4 = 4, FERRY_SCHEME_SOCKS4A = 5,
                    FERRY_SCHEMES = 6 };
 enum ferry_fail_kind {
   FERRY_FAIL_REFUSED = 0, FERRY_FAIL_TIMEOUT = 1, FERRY_FAIL_HANDSHAKE = 2,
-  FERRY_FAIL_AUTH = 3, FERRY_FAIL_HTTP5XX = 4, FERRY_FAIL_RESET = 5, FERRY_FAIL_KINDS = 6
+  FERRY_FAIL_AUTH = 3, FERRY_FAIL_HTTP5XX = 4, FERRY_FAIL_RESET = 5, FERRY_FAIL_TLS = 6,
+  FERRY_FAIL_KINDS = 7
 };
 struct ferry_proxy {
   uint32_t id;
@@ -21,7 +23,7 @@ struct ferry_proxy {
   uint64_t requests;
   uint64_t successes;
   uint64_t failures;
-  uint64_t fail_kind[6];
+  uint64_t fail_kind[7];
   double   latency_ewma_ms;
   double   last_failure_at;
   double   last_success_at;
@@ -95,7 +97,7 @@ struct ferry_req {
   uint32_t    is_connect;
   uint32_t    attempt;
   uint32_t    ntried;
-  uint32_t    tried[8];
+  uint32_t    tried[FERRY_RETRIES_MAX];
   int32_t     pool;
   int32_t     retries;
   int32_t     connect_timeout_ms;
@@ -162,7 +164,13 @@ int ferry_listen_unix(const char *name, const char *path, const char **err);
 int ferry_listener_find_unix(const char *path);
 int ferry_listener_is_admin(int listener);
 int ferry_listener_reset(int listener, const char *name, int open);
+int ferry_listener_set_protocol(int listener, const char *protocol);
 int ferry_listener_close(int listener);
+void *ferry_tls_server_new(const char *cert, const char *key, const char **err);
+void ferry_tls_ctx_free(void *ctx);
+int ferry_listener_set_tls(int listener, void *ctx);
+int ferry_proxy_set_tls(struct ferry_proxy *p, int verify, const char *ca, const char *sni,
+                        const char **err);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
                         int keepalive_ms, int request_ms, int upstream_idle_ms);
 int ferry_set_log_files(const char *events, const char *access, const char **err);
@@ -201,7 +209,7 @@ local M = {
   PROBE = { none = 0, tcp = 1, http = 2, connect = 3 },
   BREAKER_CLOSED = 0, BREAKER_OPEN = 1, BREAKER_HALF_OPEN = 2,
   REQ_CAPTURE = 0x1,
-  FAIL_KINDS = { "refused", "timeout", "handshake", "auth", "http5xx", "reset" },
+  FAIL_KINDS = { "refused", "timeout", "handshake", "auth", "http5xx", "reset", "tls" },
 }
 
 return M

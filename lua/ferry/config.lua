@@ -2,7 +2,13 @@
 -- whose globals are the statements below; each statement is checked as
 -- it runs, and every error names FILE:LINE of the statement and the
 -- field at fault.  The result is a plain table the runtime applies.
+local ffi = require("ffi")
 local url = require("ferry.url")
+require("ferry.cdef")
+
+-- The core keeps room for this many retries after a first try (ferry.h).
+local RETRIES_MAX = tonumber(ffi.C.FERRY_RETRIES_MAX)
+local tls_opts = require("ferry.tls_opts")
 
 local M = {}
 
@@ -298,7 +304,7 @@ end
 
 local TOKEN = "^[!#$%%&'*+%-.^_`|~%w]+$"
 
-local function parse_proxy(where, i, entry)
+local function parse_proxy(where, i, entry, dir)
   local pw = string.format("%s: proxies[%d]", where, i)
   local spec = entry
   if type(entry) == "string" then
@@ -306,7 +312,8 @@ local function parse_proxy(where, i, entry)
   elseif type(entry) ~= "table" then
     fail(pw, "expected a URL string or a table, got a %s", type(entry))
   end
-  check_fields(pw, spec, { url = true, weight = true, region = true, id = true, headers = true })
+  check_fields(pw, spec, { url = true, weight = true, region = true, id = true, headers = true,
+                           tls = true })
   if type(spec.url) ~= "string" then fail(pw, "url is required") end
   local p, err = url.parse(spec.url)
   if not p then fail(pw, "%s", err) end
@@ -336,6 +343,9 @@ local function parse_proxy(where, i, entry)
     end
     p.headers = spec.headers
   end
+  local tls, terr = tls_opts.proxy(spec.tls, p.scheme, function(f) return resolve_path(dir, f) end)
+  if terr then fail(pw, "%s", terr) end
+  p.tls = tls
   p.display = url.display(p)
   return p
 end
@@ -371,6 +381,9 @@ local function error_message(file, err, line)
   end
   return string.format("%serror object is not a string (%s)", where, type(err))
 end
+
+-- What a listen block may speak (core/inbound.h has one table per name).
+local LISTEN_PROTOCOLS = { http = true, socks5 = true, socks4 = true, mixed = true }
 
 -- Wildcard addresses: a bind there takes the port on every address.
 local WILDCARD = { ["0.0.0.0"] = true, ["::"] = true, ["*"] = true, [""] = true }
@@ -435,15 +448,23 @@ local function evaluate(chunk, file)
     end
     where = at(string.format('listen "%s"', l.name))
     check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true,
-                             auth_fail_limit = true, auth_fail_window = true })
+                             auth_fail_limit = true, auth_fail_window = true, tls = true })
     if names.listen[l.name] then fail(where, "a listener with this name already exists") end
     names.listen[l.name] = true
     local host, port = url.parse_hostport(want(where, "addr", t.addr, "string") or "127.0.0.1:8080")
     if not host then fail(where, "addr: %s", port) end
     l.host, l.port = host, port
     l.protocol = want(where, "protocol", t.protocol, "string") or "http"
-    if l.protocol ~= "http" then
-      fail(where, 'protocol "%s" is not supported yet (use "http")', l.protocol)
+    if l.protocol == "admin" then
+      fail(where, 'protocol "admin": declare the admin plane with admin { addr = ... }')
+    end
+    if not LISTEN_PROTOCOLS[l.protocol] then
+      fail(where, 'protocol "%s" is not one of "http", "socks5", "socks4", "mixed"', l.protocol)
+    end
+    if t.tls ~= nil then
+      local tls, terr = tls_opts.listener(t.tls, function(f) return resolve_path(dir, f) end)
+      if not tls then fail(where, "%s", terr) end
+      l.tls = tls
     end
     l.open = want(where, "open", t.open, "boolean") or false
     -- Throttling of wrong inbound credentials per client address (core/authfail.c).
@@ -470,6 +491,11 @@ local function evaluate(chunk, file)
         l.users[#l.users + 1] = { user = user, pass = pass }
       end
     end
+    if l.protocol == "socks4" and #l.users > 0 then
+      fail(where, 'protocol "socks4" cannot check users (SOCKS4 has no password); ' ..
+        'use "socks5", or "mixed" to serve SOCKS5 with users and refuse SOCKS4')
+    end
+    -- One rule for every forward listener kind, HTTP or SOCKS.
     if not is_loopback(l.host) and #l.users == 0 and not l.open then
       fail(where, "refusing to listen on %s without users; set open = true to allow an " ..
         "open proxy", l.host)
@@ -557,7 +583,7 @@ local function evaluate(chunk, file)
         session_ttl = true })
       local p = { name = name, line = line }
       p.strategy = want(where, "strategy", t.strategy, "string") or "health_score"
-      p.retries = want_number(where, "retries", t.retries, 0, 8, true) or 2
+      p.retries = want_number(where, "retries", t.retries, 0, RETRIES_MAX, true) or 2
       p.all_down = want(where, "all_down", t.all_down, "string") or "any"
       if not ALL_DOWN[p.all_down] then
         fail(where, 'all_down must be "any", "direct" or "fail", got "%s"', p.all_down)
@@ -580,7 +606,7 @@ local function evaluate(chunk, file)
       p.proxies = {}
       local seen = {}
       for i, entry in ipairs(t.proxies) do
-        local px = parse_proxy(where, i, entry)
+        local px = parse_proxy(where, i, entry, dir)
         local key = px.id or px.url
         if seen[key] then fail(where, "proxies[%d]: duplicate of proxies[%d]", i, seen[key]) end
         seen[key] = i

@@ -7,10 +7,11 @@ local format, char = string.format, string.char
 
 local M = {}
 
-local DEFAULT_PORT = { http = 8080, socks5 = 1080 }
+local DEFAULT_PORT = { http = 8080, socks5 = 1080, https = 443 }
 -- socks5h means "let the proxy resolve names"; ferry always sends the
 -- destination as a name, so both spellings are the same connector.
-local SCHEMES = { http = "http", socks5 = "socks5", socks5h = "socks5" }
+-- https is an HTTP proxy reached over TLS.
+local SCHEMES = { http = "http", socks5 = "socks5", socks5h = "socks5", https = "https" }
 
 -- RFC 1929 carries user name and password with a one-byte length.
 local SOCKS5_CRED_MAX = 255
@@ -144,7 +145,7 @@ function M.parse(s)
   end
   local canon = SCHEMES[scheme:lower()]
   if not canon then
-    return nil, format('unsupported scheme "%s" (use http or socks5)', scheme)
+    return nil, format('unsupported scheme "%s" (use http, https or socks5)', scheme)
   end
   local authority, tail = rest:match("^([^/?#]*)(.*)$")
   if tail ~= "" and tail ~= "/" then
@@ -166,7 +167,7 @@ function M.parse(s)
     if u == "" then return nil, "empty user name in credentials" end
     -- The core hands credentials to C as NUL-terminated strings.
     if u:find("%z") or p:find("%z") then return nil, "credentials must not contain NUL" end
-    if canon == "http" and u:find(":", 1, true) then
+    if (canon == "http" or canon == "https") and u:find(":", 1, true) then
       return nil, 'user name must not contain ":" (HTTP Basic auth cannot carry it)'
     end
     if canon == "socks5" and (#u > SOCKS5_CRED_MAX or #p > SOCKS5_CRED_MAX) then

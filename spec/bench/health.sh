@@ -67,7 +67,7 @@ printf '%-44s %12s\n' "death to exclusion" "ms"
 printf '%-44s %12s\n' "passive, under load (10 conns)" "$PASSIVE_MS"
 printf '%-44s %12s\n' "probes only, tcp every 1 s, fall 1" "$PROBE_MS"
 echo "  requests failed while the proxy died (passive run): ${NON2XX:-0} (they are retried on the other proxy)"
-echo "  seed target: < 1000 ms"
+echo "  target: < 1000 ms"
 echo
 
 # 3. Request rate, direct to nginx, with and without 1000 probed proxies.

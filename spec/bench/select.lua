@@ -90,4 +90,4 @@ for _, name in ipairs(STRATEGIES) do
   end
   io.write("\n")
 end
-print(string.format("worst: %.3f us per selection (seed asks < 1000 us at 100+ proxies)", worst))
+print(string.format("worst: %.3f us per selection (target: < 1000 us at 100+ proxies)", worst))

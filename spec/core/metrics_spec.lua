@@ -15,7 +15,7 @@ struct ev_loop *ev_default_loop(unsigned int flags);
 extern struct ev_loop *loop;
 void log_init(int fd);
 int open(const char *path, int flags, int mode);
-void metrics_probe(int ok, const char *why);
+void metrics_probe(int result); /* enum probe_result of core/probe.h */
 void metrics_hook_error(int kind);
 ]]
 
@@ -218,20 +218,18 @@ describe("C-owned counters", function()
     assert.equal(get(t0, "runtime") + 1, get(t, "runtime"))
   end)
 
-  it("counts probe results by the reason a probe failed", function()
+  it("counts probe results by the result probe.c passes", function()
     local t0 = text()
     local function get(t, r) return value(t, "ferry_probes_total", 'result="' .. r .. '"') end
-    core.metrics_probe(1, nil)
-    core.metrics_probe(0, "probe timed out")
-    core.metrics_probe(0, "probe connect refused")
-    core.metrics_probe(0, "probe got status 503")
-    core.metrics_probe(0, "probe: proxy auth failed (407)")
-    core.metrics_probe(0, "probe handshake failed: CONNECT answered 403")
-    core.metrics_probe(0, "probe: the proxy's host did not resolve")
-    core.metrics_probe(0, "something new")
+    -- enum probe_result: the labels in its order; past its end: "failed".
+    local labels = { "ok", "timeout", "refused", "connect_failed", "resolve", "handshake", "auth",
+                     "status", "bad_response", "closed", "failed" }
+    for i = 0, #labels - 2 do core.metrics_probe(i) end
+    core.metrics_probe(99)
+    core.metrics_probe(1)
     local t = text()
-    for r, d in pairs({ ok = 1, timeout = 1, refused = 1, status = 1, auth = 1, handshake = 1,
-                        resolve = 1, failed = 1, closed = 0, bad_response = 0 }) do
+    for r, d in pairs({ ok = 1, timeout = 2, refused = 1, connect_failed = 1, status = 1, auth = 1,
+                        handshake = 1, resolve = 1, failed = 1, closed = 1, bad_response = 1 }) do
       assert.equal(get(t0, r) + d, get(t, r), r)
     end
   end)

@@ -22,6 +22,7 @@
  *    host and port ferry routed to.
  * CR or LF inside a written name or value fails the strict reading. */
 #include "../../core/conn.h"
+#include "../../core/inbound.h"
 #include "../../core/listener.h"
 #include "../../core/proxy.h"
 #include "ref_http.h"
@@ -39,7 +40,7 @@
         abort();                                                                             \
     } while (0)
 
-static struct listener lst = { .name = "fuzz", .fd = -1 };
+static struct listener lst = { .name = "fuzz", .fd = -1, .in = &inbound_http };
 static struct proxy http_proxy;
 
 struct framing {
@@ -364,6 +365,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     memset(&shim, 0, sizeof(shim));
     c->l = &lst;
+    c->in = &inbound_http;
     c->cli.fd = c->up.fd = -1;
     buf_init(&c->cli.in, CONN_BUF_SIZE);
     buf_init(&c->cli.out, CONN_BUF_SIZE);

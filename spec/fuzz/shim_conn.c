@@ -15,6 +15,7 @@
 #include "../../core/listener.h"
 #include "../../core/log.h"
 #include "../../core/metrics.h"
+#include "../../core/proxy.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -75,12 +76,6 @@ void conn_arm(struct conn *c, double secs)
 {
     (void)c;
     (void)secs;
-}
-
-void admin_on_head(struct conn *c)
-{
-    (void)c;
-    abort(); /* the harness's listener is never an admin one */
 }
 
 void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
@@ -228,4 +223,11 @@ void metrics_request_end(struct conn *c, const char *code)
 {
     (void)c;
     (void)code;
+}
+
+/* The harness never routes through a proxy: no scheme speaks HTTP to one. */
+int proxy_speaks_http(uint32_t scheme)
+{
+    (void)scheme;
+    return 0;
 }

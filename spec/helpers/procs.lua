@@ -237,6 +237,27 @@ function M.tinyproxy(port)
   return proc
 end
 
+-- stunnel4 in the foreground, one TLS-terminating service per entry of
+-- services ({ accept = port, connect = port, cert = file, key = file }),
+-- all in one process; waits for every accept port.
+function M.stunnel(services)
+  local lines = { "foreground = yes", "pid =", "debug = 3" }
+  for i, sv in ipairs(services) do
+    lines[#lines + 1] = "[s" .. i .. "]"
+    lines[#lines + 1] = "accept = 127.0.0.1:" .. sv.accept
+    lines[#lines + 1] = "connect = 127.0.0.1:" .. sv.connect
+    lines[#lines + 1] = "cert = " .. sv.cert
+    lines[#lines + 1] = "key = " .. sv.key
+  end
+  local conf = M.write_file(string.format("%s/stunnel-%d.conf", M.tmp, math.random(1, 1e9)),
+    table.concat(lines, "\n") .. "\n")
+  local proc = M.spawn("stunnel", "stunnel4 " .. sh_quote(conf))
+  for _, sv in ipairs(services) do
+    assert(M.wait_port(sv.accept), "stunnel did not start:\n" .. M.read_file(proc.log))
+  end
+  return proc
+end
+
 -- The spec origin: a real HTTP server in its own LuaJIT process.
 function M.origin(port)
   local proc = M.spawn("origin", "luajit " .. ROOT .. "/spec/helpers/origin.lua " .. port)

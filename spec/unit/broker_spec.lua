@@ -15,7 +15,7 @@ end
 describe("broker request validation", function()
   local v = broker.validate_request
 
-  it("accepts the seed's request, field for field", function()
+  it("accepts a documented lease request, field for field", function()
     local q = v(enc {
       exchange_id = "binance", connection_type = "websocket", region = "us-east-1",
       client_id = "cryptofeed-instance-123",
@@ -109,7 +109,7 @@ describe("broker feedback validation", function()
     return enc(t)
   end
 
-  it("accepts the seed's feedback, field for field", function()
+  it("accepts a documented feedback report, field for field", function()
     local f = v(enc(base))
     assert.equal(base.proxy_url, f.proxy_url)
     assert.is_true(f.success)

@@ -65,6 +65,16 @@ route(function(req) return "direct" end)
     assert.equal(2, cfg.pools.p.retries)
   end)
 
+  it("takes retries up to the core's bound, FERRY_RETRIES_MAX of ferry.h", function()
+    local ffi = require("ffi")
+    require("ferry.cdef")
+    assert.equal(8, tonumber(ffi.C.FERRY_RETRIES_MAX))
+    assert.equal(8, assert(load('pool "p" { retries = 8, proxies = { "http://h:1" } }')).pools.p.retries)
+    assert.equal(0, assert(load('pool "p" { retries = 0, proxies = { "http://h:1" } }')).pools.p.retries)
+    local req = ffi.new("struct ferry_req")
+    assert.equal(8, ffi.sizeof(req.tried) / ffi.sizeof("uint32_t"))
+  end)
+
   it("takes http { via, via_name } and refuses a pseudonym that is not a token", function()
     assert.same({ via = true, via_name = "ferry" }, assert(load("")).http)
     assert.same({ via = false, via_name = "edge-1" },
@@ -80,7 +90,7 @@ route(function(req) return "direct" end)
   end)
 
   it("names file, line, statement and field in errors", function()
-    assert.equal('cfg.lua:3: pool "x": proxies[2]: unsupported scheme "ftp" (use http or socks5)',
+    assert.equal('cfg.lua:3: pool "x": proxies[2]: unsupported scheme "ftp" (use http, https or socks5)',
       err_of('\n\npool "x" { proxies = { "http://h:1", "ftp://h" } }'))
     assert.equal('cfg.lua:1: listen "proxy": unknown field "adress"',
       err_of('listen { name = "proxy", adress = "x" }'))

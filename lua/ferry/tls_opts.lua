@@ -1,0 +1,76 @@
+-- tls_opts.lua: the `tls` tables of listeners (cert, key) and of
+-- https:// proxies (verify, ca, sni), checked in one place for the
+-- config and the inventory API.  Files are checked for readability
+-- here; the core loads them (core/transport_tls.c) and reports what it
+-- cannot parse.
+local type, pairs, tostring = type, pairs, tostring
+local format = string.format
+local url = require("ferry.url")
+
+local M = {}
+
+local LISTENER_FIELDS = { cert = true, key = true }
+local PROXY_FIELDS = { verify = true, ca = true, sni = true }
+
+local function unreadable(path)
+  local f, err = io.open(path, "r")
+  if not f then return ((err or path):gsub("^.-: ", "")) end
+  local _, rerr = f:read(0)
+  f:close()
+  if rerr then return (rerr:gsub("^.-: ", "")) end
+  return nil
+end
+
+local function unknown(t, allowed)
+  for k in pairs(t) do
+    if not allowed[k] then return format('tls: unknown field "%s"', tostring(k)) end
+  end
+  return nil
+end
+
+-- A readable file named by field; resolve turns a relative path into one.
+local function file(t, field, resolve, required)
+  local v = t[field]
+  if v == nil then
+    if required then return nil, format("tls: %s is required", field) end
+    return nil
+  end
+  if type(v) ~= "string" or v == "" then return nil, format("tls: %s must be a file path", field) end
+  local path = resolve and resolve(v) or v
+  local why = unreadable(path)
+  if why then return nil, format("tls: %s %s: %s", field, v, why) end
+  return path
+end
+
+-- A listener's tls = { cert = "file", key = "file" } (PEM).
+function M.listener(t, resolve)
+  if type(t) ~= "table" then return nil, "tls must be a table { cert = ..., key = ... }" end
+  local e = unknown(t, LISTENER_FIELDS)
+  if e then return nil, e end
+  local cert, cerr = file(t, "cert", resolve, true)
+  if not cert then return nil, cerr end
+  local key, kerr = file(t, "key", resolve, true)
+  if not key then return nil, kerr end
+  return { cert = cert, key = key }
+end
+
+-- An https:// proxy's tls = { verify = true, ca = "file", sni = "name" };
+-- nil t: the defaults (verify against the system store, name = host).
+function M.proxy(t, scheme, resolve)
+  if t == nil then return scheme == "https" and { verify = true } or nil end
+  if scheme ~= "https" then return nil, "tls is only for https:// proxies" end
+  if type(t) ~= "table" then return nil, "tls must be a table { verify, ca, sni }" end
+  local e = unknown(t, PROXY_FIELDS)
+  if e then return nil, e end
+  if t.verify ~= nil and type(t.verify) ~= "boolean" then
+    return nil, "tls: verify must be true or false"
+  end
+  local ca, cerr = file(t, "ca", resolve, false)
+  if cerr then return nil, cerr end
+  if t.sni ~= nil and (type(t.sni) ~= "string" or url.host_kind(t.sni) ~= "name") then
+    return nil, "tls: sni must be a host name"
+  end
+  return { verify = t.verify ~= false, ca = ca, sni = t.sni }
+end
+
+return M

@@ -161,22 +161,29 @@ get() {
     "$(per_cpu "$n" "$(cpu_secs $((t1 - t0 + c1 - c0)))")" \
     "$(echo "$out" | awk '/Non-2xx/ {print $NF} END {}' | grep . || echo 0)"
 }
-# The front's upstream-pool counters, when this build exports any.
-pool_counters() {
-  curl -s --max-time 5 "http://127.0.0.1:$P_ADMIN/metrics" |
-    grep -E '^ferry_[a-z_]*(opened|reused)[a-z_]*' | grep -F "$1" |
-    sed -E 's/^ferry_([a-z_]*)\{.*\} /\1=/' | tr '\n' ' '
+# pool_counts POOL -> "opened reused": the front's upstream-connection
+# counters of that pool, or "- -" when this build exports none.
+pool_counts() {
+  curl -s --max-time 5 "http://127.0.0.1:$P_ADMIN/metrics" | awk -v pool="pool=\"$1\"" '
+    index($0, pool) && /^ferry_upstream_connections_opened_total/ { o = $NF }
+    index($0, pool) && /^ferry_upstream_connections_reused_total/ { r = $NF }
+    END { print (o == "" ? "-" : o), (r == "" ? "-" : r) }'
 }
+# A pool's counters appear once it has used a connection: absent before is 0.
+delta() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-") a = 0;
+  if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/) print b - a; else print "-" }'; }
 
 echo "upstream chains: front proxy, upstream and stunnel on CPU 0; load and origin on CPU 1; ${DUR}s per run"
 [ -n "$SKIP_OFF" ] && echo "ferry pools off ($POOL_OFF): skipped: $SKIP_OFF"
 for client in keepalive close; do
+  read -r O0_ON U0_ON < <(pool_counts on)
   read -r R_ON P_ON_ C_ON X_ON < <(get "$FRONT_PID" $P_ON "$UP_PID" $client)
-  K_ON=$(pool_counters 'pool="on"')
+  read -r O1_ON U1_ON < <(pool_counts on)
   if [ -z "$SKIP_OFF" ]; then
+    read -r O0_OFF U0_OFF < <(pool_counts off)
     read -r R_OFF P_OFF_ C_OFF X_OFF < <(get "$FRONT_PID" $P_OFF "$UP_PID" $client)
-    K_OFF=$(pool_counters 'pool="off"')
-  else R_OFF=- P_OFF_=- C_OFF=- X_OFF=- K_OFF=""; fi
+    read -r O1_OFF U1_OFF < <(pool_counts off)
+  else R_OFF=- P_OFF_=- C_OFF=- X_OFF=- O0_OFF=- O1_OFF=- U0_OFF=- U1_OFF=-; fi
   read -r R_SON P_SON C_SON X_SON < <(get "$SQ_ON_PID" $P_SQ_ON "$UP_PID" $client)
   read -r R_SOFF P_SOFF C_SOFF X_SOFF < <(get "$SQ_OFF_PID" $P_SQ_OFF "$UP_PID" $client)
   if [ $client = keepalive ]; then title="GET 1 KiB via upstream, keep-alive"
@@ -190,7 +197,8 @@ for client in keepalive close; do
     "$(ratio "$P_ON_" "$P_SOFF")"
   row "requests per chain CPU-second" "$C_ON" "$C_OFF" "$C_SON" "$C_SOFF"
   row "non-2xx answers" "$X_ON" "$X_OFF" "$X_SON" "$X_SOFF"
-  [ -n "$K_ON$K_OFF" ] && echo "  ferry pool counters so far: on: ${K_ON:--}; off: ${K_OFF:--}"
+  row "upstream connections opened" "$(delta "$O0_ON" "$O1_ON")" "$(delta "$O0_OFF" "$O1_OFF")"
+  row "requests on a reused connection" "$(delta "$U0_ON" "$U1_ON")" "$(delta "$U0_OFF" "$U1_OFF")"
   echo
 done
 echo "  front CPU: the proxy wrk talks to; chain: the front plus the upstream ferry"

@@ -18,7 +18,7 @@
 # "skipped: <why>" (from `ferry check`).  Work per CPU-second is the front
 # proxy's; "chain" adds the upstream's (and stunnel's).
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 ROOT=$(pwd)
 FERRY_BIN=${FERRY_BIN:-$ROOT/bin/ferry}
 W=$ROOT/spec/tmp/bench-chain
@@ -66,7 +66,7 @@ printf '%s\n' "$UP_PLAIN" "$UP_TLS" "$QUIET" "$DIRECT" > "$W/up.lua"
 if ! SKIP_UPTLS=$(ferry_accepts "$FERRY_BIN" "$W/up.lua"); then
   printf '%s\n' "$UP_PLAIN" "$QUIET" "$DIRECT" > "$W/up.lua"
 else SKIP_UPTLS=""; fi
-taskset -c 0 "$FERRY_BIN" -c "$W/up.lua" 2>"$W/logs/up.err" & UP_PID=$!; PIDS+=($UP_PID)
+taskset -c 0 "$FERRY_BIN" -c "$W/up.lua" 2>"$W/logs/up.err" & UP_PID=$!; PIDS+=("$UP_PID")
 
 cat > "$W/stunnel.conf" <<CONF
 foreground = yes
@@ -79,7 +79,7 @@ connect = 127.0.0.1:$P_UP
 cert = $W/tls.crt
 key = $W/tls.key
 CONF
-taskset -c 0 stunnel4 "$W/stunnel.conf" >/dev/null 2>&1 & STUNNEL_PID=$!; PIDS+=($STUNNEL_PID)
+taskset -c 0 stunnel4 "$W/stunnel.conf" >/dev/null 2>&1 & STUNNEL_PID=$!; PIDS+=("$STUNNEL_PID")
 
 # The front ferry: a listener per column, each routed to its own pool.
 # A pool this build refuses is left out and its column skipped.
@@ -111,7 +111,7 @@ if [ -z "$SKIP_TLSS" ]; then
 $PART_TLSF"; fi
 fi
 echo "$FRONT" > "$W/front.lua"
-taskset -c 0 "$FERRY_BIN" -c "$W/front.lua" 2>"$W/logs/front.err" & FRONT_PID=$!; PIDS+=($FRONT_PID)
+taskset -c 0 "$FERRY_BIN" -c "$W/front.lua" 2>"$W/logs/front.err" & FRONT_PID=$!; PIDS+=("$FRONT_PID")
 
 squid_conf() { # name port persistent(on|off)
   cat > "$W/squid-$1.conf" <<CONF
@@ -133,8 +133,8 @@ server_persistent_connections $3
 CONF
 }
 squid_conf on $P_SQ_ON on; squid_conf off $P_SQ_OFF off
-taskset -c 0 squid -N -f "$W/squid-on.conf" & SQ_ON_PID=$!; PIDS+=($SQ_ON_PID)
-taskset -c 0 squid -N -f "$W/squid-off.conf" & SQ_OFF_PID=$!; PIDS+=($SQ_OFF_PID)
+taskset -c 0 squid -N -f "$W/squid-on.conf" & SQ_ON_PID=$!; PIDS+=("$SQ_ON_PID")
+taskset -c 0 squid -N -f "$W/squid-off.conf" & SQ_OFF_PID=$!; PIDS+=("$SQ_OFF_PID")
 
 PORTS="$P_ORIGIN $P_UP $P_STUNNEL $P_ADMIN $P_ON $P_SQ_ON $P_SQ_OFF"
 [ -z "$SKIP_OFF" ] && PORTS="$PORTS $P_OFF"

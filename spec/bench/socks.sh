@@ -11,7 +11,7 @@
 # on CPU 1, all on 127.0.0.1; every run is bounded in time.  A ferry build
 # without the SOCKS5 listener prints "skipped" for its column.
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 ROOT=$(pwd)
 FERRY_BIN=${FERRY_BIN:-$ROOT/bin/ferry}
 W=$ROOT/spec/tmp/bench-socks
@@ -53,7 +53,7 @@ if ! SOCKS_SKIP=$(ferry_accepts "$FERRY_BIN" "$W/ferry.lua"); then
 else
   SOCKS_SKIP=""
 fi
-taskset -c 0 "$FERRY_BIN" -c "$W/ferry.lua" 2>"$W/logs/ferry.err" & FERRY_PID=$!; PIDS+=($FERRY_PID)
+taskset -c 0 "$FERRY_BIN" -c "$W/ferry.lua" 2>"$W/logs/ferry.err" & FERRY_PID=$!; PIDS+=("$FERRY_PID")
 
 DANTE_USERS=""
 [ "$(id -u)" = 0 ] && DANTE_USERS="user.privileged: root
@@ -69,8 +69,8 @@ client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }
 socks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 command: connect }
 CONF
 taskset -c 0 danted -f "$W/danted.conf" -p "$W/danted.pid" >"$W/logs/danted.out" 2>&1 &
-DANTE_PID=$!; PIDS+=($DANTE_PID)
-taskset -c 0 microsocks -i 127.0.0.1 -p $P_MICRO >/dev/null 2>&1 & MICRO_PID=$!; PIDS+=($MICRO_PID)
+DANTE_PID=$!; PIDS+=("$DANTE_PID")
+taskset -c 0 microsocks -i 127.0.0.1 -p $P_MICRO >/dev/null 2>&1 & MICRO_PID=$!; PIDS+=("$MICRO_PID")
 
 PORTS="$P_ORIGIN $P_FHTTP $P_DANTE $P_MICRO"
 [ -z "$SOCKS_SKIP" ] && PORTS="$PORTS $P_FSOCKS"

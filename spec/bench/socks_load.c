@@ -141,7 +141,7 @@ static ssize_t read_some(int fd, char *buf, size_t have, size_t cap)
 
 static int stream_handshake(int fd)
 {
-    char b[SBUF];
+    char b[SBUF] = { 0 };
     size_t n = 0;
     if (proto == P_SOCKS5) {
         if (full_write(fd, greeting, sizeof(greeting)) != 0) {

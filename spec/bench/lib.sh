@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # lib.sh: helpers sourced by socks.sh and chain.sh (the side-by-side rows
 # of make bench that start their own processes).  Needs W and the PIDS
 # array of the sourcing script.

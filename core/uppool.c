@@ -4,6 +4,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "transport.h"
+#include "upstream.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -199,10 +200,10 @@ double uppool_queue_timeout(int pool)
 }
 
 /* An HTTP proxy takes any absolute-form request on a kept connection;
- * a SOCKS5 hop is bound to the destination it was opened for. */
+ * a SOCKS hop is bound to the destination it was opened for. */
 static int hop_bound(const struct proxy *p)
 {
-    return p != NULL && !proxy_speaks_http(p->pub.scheme);
+    return p != NULL && !upstream_absolute(p->pub.scheme);
 }
 
 static uint32_t key_hash(const struct proxy *p, const char *host, int port)

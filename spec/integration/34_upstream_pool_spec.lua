@@ -166,6 +166,19 @@ route(function(req) return req.listener end)
     assert.equal(100 - n, rec.connections.reused)
   end)
 
+  it("closes the idle connections of a proxy an operator disables", function()
+    local lbl = 'proxy="cp",pool="px"'
+    assert.equal(200, (once(PX, "http://h.test/ok?i=1")))
+    local idle = procs.metric(A, "ferry_proxy_connections_idle", lbl)
+    assert.is_true(idle >= 1)
+    local open = counts(O1).open
+    local admin = "http://127.0.0.1:" .. A .. "/api/v1/proxies/cp/"
+    assert.equal(200, (procs.curl { url = admin .. "disable", flags = "-X POST" }))
+    assert.equal(0, procs.metric(A, "ferry_proxy_connections_idle", lbl))
+    assert.truthy(procs.wait_for(function() return counts(O1).open == open - idle end, 10, 0.05))
+    assert.equal(200, (procs.curl { url = admin .. "enable", flags = "-X POST" }))
+  end)
+
   it("opens one connection per client with connections.idle = 0", function()
     reset(O1)
     for i = 1, 100 do

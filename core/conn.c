@@ -515,15 +515,16 @@ static void conn_tls_refused(struct conn *c)
 {
     struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
     if (tls_leg_saw_http(&c->cli)) {
-        static const char resp[] =
-            "HTTP/1.1 400 Bad Request\r\nX-Ferry-Error: FERRY-1071\r\n"
-            "Content-Type: application/json\r\nContent-Length: 86\r\nConnection: close\r\n\r\n"
-            "{\"error\":\"FERRY-1071\",\"message\":\"this listener speaks TLS: use an https:// proxy URL\"}";
-        log_event(LOG_INFO, "FERRY-1071", &ctx, "client %s sent plain HTTP to a TLS listener",
+        const struct ferr_info *info = ferr_info(FERR_PLAIN_TO_TLS);
+        char resp[FERR_ANSWER_MAX];
+        size_t n = ferr_answer(resp, sizeof(resp), info, NULL);
+        log_event(LOG_INFO, info->code, &ctx, "client %s sent plain HTTP to a TLS listener",
                   c->client);
-        ssize_t n = write(c->cli.fd, resp, sizeof(resp) - 1);
-        (void)n;
-        c->code = "FERRY-1071";
+        if (n > 0) {
+            ssize_t w = write(c->cli.fd, resp, n);
+            (void)w;
+        }
+        c->code = info->code;
         return;
     }
     log_event(LOG_INFO, "FERRY-1070", &ctx, "TLS handshake with client %s failed: %s",

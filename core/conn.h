@@ -45,6 +45,7 @@ enum conn_state {
 struct inbound_ops;
 struct listener;
 struct proxy;
+struct report_cap;
 struct resolve_req;
 struct transport_ops;
 
@@ -155,9 +156,8 @@ struct conn {
     uint32_t exchange;           /* exchange id of the request, 0 = none */
     int pool;                    /* pool index of the request, 0 = direct */
     unsigned req_flags;          /* FERRY_REQ_* set by dispatch */
-    char *cap;                   /* captured response head + body prefix, or NULL */
-    size_t cap_head, cap_len;    /* head bytes in cap, all bytes in cap */
-    unsigned report_pending:1;   /* the report waits for the body prefix */
+    struct report_cap *cap;      /* private: set only while the report waits for
+                                  * the body prefix Lua wants (conn_report.c) */
 
     /* Per-request policy from Lua and the client (conn_http.c). */
     char session[128];           /* sticky session key, "" when none */

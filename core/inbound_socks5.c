@@ -303,8 +303,7 @@ static void s5_answer_fail(struct conn *c, enum ferr e)
     case S5IN_GREETING:
         if (e == FERR_SOCKS_NO_METHOD) {
             c->bytes_out += buf_append(&c->cli.out, no_method, sizeof(no_method));
-        } else if (e == FERR_SOCKS_VERSION && !buf_empty(&c->cli.in) &&
-                   (unsigned char)buf_head(&c->cli.in)[0] >= 'A') {
+        } else if (e == FERR_SOCKS_VERSION && inbound_looks_http(c)) {
             /* Letters: an HTTP client on a SOCKS port.  Tell it in HTTP. */
             conn_write_http_error(c, e);
         }

@@ -308,7 +308,9 @@ static void connected(struct probe *pr)
         /* Decided now, not at the start: real traffic may have taken the
          * proxy down while this run was connecting. */
         if (pr->p->needs_answer && (pr->p->pub.flags & FERRY_PROXY_DOWN) &&
-            h->ops->hello != NULL) {
+            h->ops->hello != NULL &&
+            !upstream_uses_tls(pr->p->pub.scheme)) {
+        /* No plain hello to an https:// proxy: the probe does no TLS. */
             queue_hello(pr);
         } else {
             finish(pr, PROBE_OK, NULL);

@@ -74,7 +74,7 @@ build/pic/%.o: core/%.c
 # build/fuzz/core with coverage instrumentation.  No event loop, no sockets.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 180
-FUZZ_TARGETS ?= head chunked connect socks5 socks5_in config admin_json
+FUZZ_TARGETS ?= head chunked connect socks5 socks5_in socks4 config admin_json
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
                 -fno-omit-frame-pointer
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Wno-unused-parameter \
@@ -116,6 +116,10 @@ build/fuzz/fuzz_socks5: build/fuzz/fuzz_socks5.o $(call FUZZ_CORE,up_socks5 buf)
 	$(FUZZ_LINK)
 
 build/fuzz/fuzz_socks5_in: build/fuzz/fuzz_socks5_in.o $(call FUZZ_CORE,inbound_socks5 buf)
+	@echo "  LD    $@"
+	$(FUZZ_LINK)
+
+build/fuzz/fuzz_socks4: build/fuzz/fuzz_socks4.o $(call FUZZ_CORE,up_socks4 buf)
 	@echo "  LD    $@"
 	$(FUZZ_LINK)
 

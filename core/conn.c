@@ -508,27 +508,21 @@ void conn_pump(struct conn *c)
     conn_update_io(c);
 }
 
-/* A TLS listener's handshake failed: say why in the log.  A client that
- * spoke plain HTTP (a proxy URL with http:// for a TLS port) is told so
- * in plain HTTP, best effort, before the close. */
-static void conn_tls_refused(struct conn *c)
+/* A TLS listener's handshake failed.  A client that spoke plain HTTP
+ * (an http:// proxy URL for a TLS port) is answered in plain HTTP: the
+ * leg drops TLS and the usual error answer goes out.  1: answered. */
+static int conn_tls_refused(struct conn *c)
 {
-    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
     if (tls_leg_saw_http(&c->cli)) {
-        static const char resp[] =
-            "HTTP/1.1 400 Bad Request\r\nX-Ferry-Error: FERRY-1071\r\n"
-            "Content-Type: application/json\r\nContent-Length: 86\r\nConnection: close\r\n\r\n"
-            "{\"error\":\"FERRY-1071\",\"message\":\"this listener speaks TLS: use an https:// proxy URL\"}";
-        log_event(LOG_INFO, "FERRY-1071", &ctx, "client %s sent plain HTTP to a TLS listener",
-                  c->client);
-        ssize_t n = write(c->cli.fd, resp, sizeof(resp) - 1);
-        (void)n;
-        c->code = "FERRY-1071";
-        return;
+        leg_tr_free(&c->cli);
+        conn_fail(c, FERR_TLS_PLAIN_HTTP);
+        return 1;
     }
+    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
     log_event(LOG_INFO, "FERRY-1070", &ctx, "TLS handshake with client %s failed: %s",
               c->client, tls_leg_error(&c->cli));
     c->code = "FERRY-1070";
+    return 0;
 }
 
 static void read_client(struct conn *c)
@@ -541,9 +535,8 @@ static void read_client(struct conn *c)
     } else if (n == 0) {
         c->cli.eof = 1;
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS) {
-        c->cli.eof = 1; /* reset: nothing more will come */
-        if (handshaking) {
-            conn_tls_refused(c);
+        if (!handshaking || !conn_tls_refused(c)) {
+            c->cli.eof = 1; /* reset: nothing more will come */
         }
     }
 }

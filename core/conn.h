@@ -12,6 +12,7 @@
 #include "ferry.h"
 #include "http.h"
 #include "loop.h"
+#include "upstream.h"
 
 #include <stdint.h>
 #include <sys/socket.h>
@@ -44,8 +45,8 @@ enum conn_state {
 struct inbound_ops;
 struct listener;
 struct proxy;
+struct report_cap;
 struct resolve_req;
-struct upstream_ops;
 struct transport_ops;
 
 /* One direction of a spliced tunnel (tunnel.c). */
@@ -112,16 +113,13 @@ struct conn {
 
     /* Routing and attempts. */
     struct proxy *proxy;         /* NULL: direct */
-    const struct upstream_ops *ops; /* connector of this attempt */
-    int hs_state;                /* connector's private handshake step */
+    struct hop hop;              /* the connector's attempt on the up leg (hop_begin) */
     struct resolve_req *rr;      /* pending lookup, cancelled on close */
     uint32_t tried[FERRY_RETRIES_MAX]; /* proxies of the earlier attempts, for dispatch */
     unsigned ntried;
     unsigned attempt;
     int retries;
     double connect_timeout, first_byte_timeout;
-    enum ferry_fail_kind fail_kind; /* set by a failing connector */
-    enum ferr fail_err;
     enum ferr last_err;          /* why the previous attempt failed */
     unsigned target_fails;       /* attempts of this request the destination failed */
 
@@ -148,8 +146,6 @@ struct conn {
     unsigned head_started:1;     /* bytes of the next head have arrived */
     unsigned metered:1;          /* routed, outcome not counted yet (metrics.c) */
     unsigned pump_again:1;       /* private: a CONN_EV_PUMP is fed to cli.io */
-    unsigned fail_target:1;      /* set by a failing connector: the destination failed,
-                                  * not the proxy (conn_report_target) */
     unsigned dechunk:1;          /* relay a chunked response's data to a 1.0 client */
     unsigned reused:1;           /* this attempt runs on a kept upstream that has
                                   * not answered a byte yet (conn_upstream.c) */
@@ -160,9 +156,8 @@ struct conn {
     uint32_t exchange;           /* exchange id of the request, 0 = none */
     int pool;                    /* pool index of the request, 0 = direct */
     unsigned req_flags;          /* FERRY_REQ_* set by dispatch */
-    char *cap;                   /* captured response head + body prefix, or NULL */
-    size_t cap_head, cap_len;    /* head bytes in cap, all bytes in cap */
-    unsigned report_pending:1;   /* the report waits for the body prefix */
+    struct report_cap *cap;      /* private: set only while the report waits for
+                                  * the body prefix Lua wants (conn_report.c) */
 
     /* Per-request policy from Lua and the client (conn_http.c). */
     char session[128];           /* sticky session key, "" when none */

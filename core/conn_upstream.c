@@ -29,6 +29,7 @@ static double min_d(double a, double b)
 
 void conn_upstream_close(struct conn *c)
 {
+    hop_fini(&c->hop);
     if (c->rr != NULL) {
         resolve_cancel(c->rr);
         c->rr = NULL;
@@ -181,7 +182,7 @@ static int reusable(struct conn *c)
     if (!c->idle_up || c->is_connect || c->upgrade || c->idle_proxy != c->proxy) {
         return 0;
     }
-    if (c->proxy == NULL || !proxy_speaks_http(c->proxy->pub.scheme)) {
+    if (c->proxy == NULL || !upstream_absolute(c->proxy->pub.scheme)) {
         /* An HTTP proxy takes any absolute-form request; other hops are
          * bound to one destination. */
         if (c->idle_host == NULL || c->idle_port != c->port ||
@@ -233,14 +234,48 @@ void conn_attempt(struct conn *c)
     attempt_start(c);
 }
 
+/* A connector that went on by itself (its own lookup ended). */
+static void hop_woke(struct hop *h, int result)
+{
+    struct conn *c = h->owner;
+    c->refs++;
+    if (result == UP_DONE) {
+        conn_upstream_ready(c);
+    } else if (result == UP_FAIL) {
+        conn_attempt_failed(c, h->fail_kind, h->fail_err);
+    }
+    if (!c->closing) {
+        conn_pump(c);
+    }
+    c->refs--;
+    if (c->closing) {
+        conn_close(c);
+    }
+}
+
+/* The hop of this attempt: the connector of the proxy's scheme on the up leg. */
+static void hop_begin(struct conn *c)
+{
+    struct hop *h = &c->hop;
+    hop_fini(h);
+    h->leg = &c->up;
+    h->proxy = c->proxy;
+    h->host = c->host;
+    h->port = c->port;
+    h->is_connect = c->is_connect;
+    h->resp = &c->resp;
+    h->ops = upstream_for(c->proxy != NULL ? c->proxy->pub.scheme : FERRY_SCHEME_DIRECT);
+    h->wake = hop_woke;
+    h->owner = c;
+    hop_reset(h);
+}
+
 static void attempt_start(struct conn *c)
 {
     c->t_attempt = loop_now();
-    c->hs_state = 0;
     c->reused = 0;
     c->wrote_up = 0;
-    c->ops = c->proxy == NULL ? &up_direct
-           : proxy_speaks_http(c->proxy->pub.scheme) ? &up_http : &up_socks5;
+    hop_begin(c);
     if (c->up.fd >= 0 && reusable(c)) {
         c->idle_up = 0;
         c->reused = 1;
@@ -280,11 +315,11 @@ static void attempt_start(struct conn *c)
 /* The connector's handshake, once the transport under it is ready. */
 static void connector_start(struct conn *c)
 {
-    int r = c->ops->start(c);
+    int r = c->hop.ops->start(&c->hop);
     if (r == UP_DONE) {
         conn_upstream_ready(c);
     } else if (r == UP_FAIL) {
-        conn_attempt_failed(c, c->fail_kind, c->fail_err);
+        conn_attempt_failed(c, c->hop.fail_kind, c->hop.fail_err);
     }
 }
 
@@ -313,7 +348,7 @@ static void connected(struct conn *c)
 {
     c->state = CS_HANDSHAKE;
     struct proxy *p = c->proxy;
-    if (p == NULL || !proxy_scheme_tls(p->pub.scheme)) {
+    if (p == NULL || !upstream_uses_tls(p->pub.scheme)) {
         connector_start(c);
         return;
     }
@@ -394,8 +429,8 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
     int before_send = c->state == CS_RESOLVE || c->state == CS_CONNECT ||
                       c->state == CS_HANDSHAKE;
     struct proxy *p = c->proxy;
-    int target = c->fail_target; /* the destination failed: not charged, one retry */
-    c->fail_target = 0;
+    int target = c->hop.fail_target; /* the destination failed: not charged, one retry */
+    c->hop.fail_target = 0;
     if (target) {
         c->target_fails++;
         conn_report_target(c);
@@ -480,11 +515,11 @@ void conn_upstream_event(struct conn *c, int revents)
             return;
         }
         if (c->state == CS_HANDSHAKE) {
-            int r = c->ops->input(c);
+            int r = c->hop.ops->input(&c->hop);
             if (r == UP_DONE) {
                 conn_upstream_ready(c);
             } else if (r == UP_FAIL) {
-                conn_attempt_failed(c, c->fail_kind, c->fail_err);
+                conn_attempt_failed(c, c->hop.fail_kind, c->hop.fail_err);
             } else if (c->up.eof) {
                 conn_attempt_failed(c, FERRY_FAIL_RESET, FERR_HANDSHAKE_FAILED);
             }

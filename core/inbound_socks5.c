@@ -49,6 +49,7 @@ static const unsigned char rep_of[FERR_COUNT] = {
     [FERR_UPSTREAM_STALLED] = 6,
     [FERR_SOCKS_COMMAND] = 7,      /* command not supported */
     [FERR_SOCKS_ATYP] = 8,         /* address type not supported */
+    [FERR_SOCKS4_NO_IPV4] = 8,     /* the SOCKS4 hop cannot carry an IPv6 destination */
 };
 
 unsigned char inbound_socks5_rep(enum ferr e)

@@ -4,6 +4,7 @@
 -- field at fault.  The result is a plain table the runtime applies.
 local ffi = require("ffi")
 local url = require("ferry.url")
+local proxy_entry = require("ferry.proxy_entry")
 require("ferry.cdef")
 
 -- The core keeps room for this many retries after a first try (ferry.h).
@@ -302,51 +303,13 @@ local function resolve_path(dir, p)
   return dir .. "/" .. p
 end
 
-local TOKEN = "^[!#$%%&'*+%-.^_`|~%w]+$"
-
+-- An entry of proxies = { ... }: a URL, or a table of fields checked by
+-- the validator the inventory uses too (proxy_entry.lua).
 local function parse_proxy(where, i, entry, dir)
   local pw = string.format("%s: proxies[%d]", where, i)
-  local spec = entry
-  if type(entry) == "string" then
-    spec = { url = entry }
-  elseif type(entry) ~= "table" then
-    fail(pw, "expected a URL string or a table, got a %s", type(entry))
-  end
-  check_fields(pw, spec, { url = true, weight = true, region = true, id = true, headers = true,
-                           tls = true })
-  if type(spec.url) ~= "string" then fail(pw, "url is required") end
-  local p, err = url.parse(spec.url)
+  local p, err = proxy_entry.validate(type(entry) == "string" and { url = entry } or entry,
+    proxy_entry.CONFIG, { resolve = function(f) return resolve_path(dir, f) end })
   if not p then fail(pw, "%s", err) end
-  p.url = spec.url
-  p.weight = want_number(pw, "weight", spec.weight, 1, 1000, true) or 1
-  p.region = want(pw, "region", spec.region, "string")
-  p.id = want(pw, "id", spec.id, "string")
-  -- The id goes into a response header, log lines and metric labels.
-  if p.id and (p.id == "" or #p.id > 64 or not p.id:match("^[%w._:@/-]+$")) then
-    fail(pw, "id: 1 to 64 letters, digits or . _ : @ / -")
-  end
-  if p.region and not p.region:match("^[%w._-]*$") then
-    fail(pw, "region: letters, digits or . _ -")
-  end
-  if spec.headers ~= nil then
-    if type(spec.headers) ~= "table" then fail(pw, "headers must be a table") end
-    for k, v in pairs(spec.headers) do
-      if type(k) ~= "string" or not k:match(TOKEN) then
-        fail(pw, 'header name "%s" is not a valid token', tostring(k))
-      end
-      if type(v) ~= "string" and type(v) ~= "number" then
-        fail(pw, 'header "%s" must be a string', k)
-      end
-      if tostring(v):find("[\r\n%z]") then
-        fail(pw, 'header "%s" must not contain CR, LF or NUL', k)
-      end
-    end
-    p.headers = spec.headers
-  end
-  local tls, terr = tls_opts.proxy(spec.tls, p.scheme, function(f) return resolve_path(dir, f) end)
-  if terr then fail(pw, "%s", terr) end
-  p.tls = tls
-  p.display = url.display(p)
   return p
 end
 

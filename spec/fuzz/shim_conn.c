@@ -33,6 +33,12 @@ ev_tstamp ev_now(struct ev_loop *l)
     return 1000.0;
 }
 
+/* The row of upstream.c's table conn_http.c and conn_head.c ask about. */
+int upstream_absolute(unsigned scheme)
+{
+    return scheme == FERRY_SCHEME_HTTP || scheme == FERRY_SCHEME_HTTPS;
+}
+
 void conn_route(struct conn *c)
 {
     (void)c;
@@ -225,9 +231,3 @@ void metrics_request_end(struct conn *c, const char *code)
     (void)code;
 }
 
-/* As proxy.c answers: fuzz_head routes through an HTTP proxy when byte 0
- * says so, and then the head must go out in absolute form. */
-int proxy_speaks_http(uint32_t scheme)
-{
-    return scheme == FERRY_SCHEME_HTTP || scheme == FERRY_SCHEME_HTTPS;
-}

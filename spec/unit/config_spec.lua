@@ -90,7 +90,8 @@ route(function(req) return "direct" end)
   end)
 
   it("names file, line, statement and field in errors", function()
-    assert.equal('cfg.lua:3: pool "x": proxies[2]: unsupported scheme "ftp" (use http, https or socks5)',
+    assert.equal('cfg.lua:3: pool "x": proxies[2]: url: unsupported scheme "ftp" '
+      .. '(use http, https, socks5, socks4 or socks4a)',
       err_of('\n\npool "x" { proxies = { "http://h:1", "ftp://h" } }'))
     assert.equal('cfg.lua:1: listen "proxy": unknown field "adress"',
       err_of('listen { name = "proxy", adress = "x" }'))
@@ -143,7 +144,7 @@ route(function(req) return "direct" end)
   end)
 
   it("checks proxy headers", function()
-    assert.matches('header "X%-A" must not contain CR',
+    assert.matches('headers: "X%-A" must not contain CR',
       err_of('pool "a" { proxies = { { url = "http://h:1", headers = { ["X-A"] = "v\\r\\nX: y" } } } }'))
     -- Names become metric labels and log fields: bounded, and two are reserved.
     assert.matches('"none" is reserved', err_of('pool "none" { proxies = { "http://h:1" } }'))

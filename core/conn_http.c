@@ -467,11 +467,10 @@ void conn_finish(struct conn *c)
     c->served++;
     c->state = CS_HEAD;
     c->cid[0] = '\0';
-    /* Between requests deadline is the end of the keep-alive; a kept
-     * upstream is closed sooner, after upstream_idle (conn_on_timeout). */
+    /* Between requests deadline is the end of the keep-alive (the kept
+     * upstream went back to its pool: uppool.c times it out). */
     c->deadline = loop_now() + timeouts.keepalive;
-    conn_arm(c, c->idle_up && timeouts.upstream_idle < timeouts.keepalive
-                    ? timeouts.upstream_idle : timeouts.keepalive);
+    conn_arm(c, timeouts.keepalive);
     conn_idle_trim(c);
 }
 

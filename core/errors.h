@@ -34,6 +34,8 @@ enum ferr {
     FERR_UPSTREAM_STALLED, /* the upstream stopped reading the request body */
     FERR_TARGET_REFUSED,   /* the upstream proxy could not reach the destination */
     FERR_RESPONSE_TOO_LARGE, /* the origin's response head is over the limit */
+    FERR_QUEUE_FULL,       /* the upstream's connection queue is full (uppool.c) */
+    FERR_QUEUE_TIMEOUT,    /* no upstream connection slot came in queue_timeout */
     FERR_SOCKS_VERSION,    /* a SOCKS listener got another version byte (HTTP?) */
     FERR_SOCKS_NO_METHOD,  /* no SOCKS5 auth method both sides accept */
     FERR_SOCKS_COMMAND,    /* a SOCKS command other than CONNECT (BIND, UDP ASSOCIATE) */

@@ -47,6 +47,7 @@ static const unsigned char rep_of[FERR_COUNT] = {
     [FERR_FIRST_BYTE_TIMEOUT] = 6,
     [FERR_HEAD_TIMEOUT] = 6,
     [FERR_UPSTREAM_STALLED] = 6,
+    [FERR_QUEUE_TIMEOUT] = 6,     /* no upstream connection slot in time */
     [FERR_SOCKS_COMMAND] = 7,      /* command not supported */
     [FERR_SOCKS_ATYP] = 8,         /* address type not supported */
     [FERR_SOCKS4_NO_IPV4] = 8,     /* the SOCKS4 hop cannot carry an IPv6 destination */

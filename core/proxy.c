@@ -7,6 +7,7 @@
 #include "upstream.h"
 #include "health.h"
 #include "loop.h"
+#include "uppool.h"
 #include "transport.h"
 
 #include <arpa/inet.h>
@@ -349,6 +350,9 @@ int ferry_proxy_set_flag(struct ferry_proxy *fp, uint32_t flag, int on)
         fp->flags |= flag;
     } else {
         fp->flags &= ~flag;
+    }
+    if (on && (flag & (FERRY_PROXY_REMOVED | FERRY_PROXY_DISABLED))) {
+        uppool_proxy_removed((struct proxy *)fp); /* its idle connections go with it */
     }
     health_flags_changed();
     return FERRY_OK;

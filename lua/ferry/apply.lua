@@ -386,6 +386,14 @@ function M.commit(prep, old)
     e.capture = e.hooks.on_response ~= nil or (e.ban ~= nil and e.ban.body ~= nil)
     exchanges[name], by_id[e.id] = e, e
   end
+  -- Upstream connection limits: every pool, and index 0 for direct.
+  local function connections(index, c)
+    c = c or {}
+    C.ferry_pool_connections(index, c.max or -1, c.queue or -1, c.queue_timeout or 0,
+      c.idle or -1, c.idle_timeout or 0, c.max_requests or -1)
+  end
+  connections(0, cfg.direct and cfg.direct.connections)
+  for name, pool in pairs(pools) do connections(pool.index, cfg.pools[name].connections) end
   local t = cfg.timeouts
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
     ms(t.keepalive), ms(t.request), ms(t.upstream_idle))

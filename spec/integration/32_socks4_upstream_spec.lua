@@ -60,10 +60,10 @@ pool "s4a" { retries = 0, health = { fall = 1, rise = 1 },
 pool "bad" { retries = 0, health = { fall = 10, rise = 1 },
   proxies = { { id = "fake", url = "socks4://127.0.0.1:%d" } } }
 pool "probe4" { proxies = { { id = "p4", url = "socks4://127.0.0.1:%d" } },
-  health = { check = "connect", target = "127.0.0.1:%d", interval = 0.3, timeout = 0.3,
+  health = { check = "connect", target = "127.0.0.1:%d", interval = 1, timeout = 1,
              rise = 1, fall = 1 } }
 pool "probe4a" { proxies = { { id = "p4a", url = "socks4a://127.0.0.1:%d" } },
-  health = { check = "http", url = "http://localhost:%d/gen?n=10", interval = 0.3, timeout = 0.3,
+  health = { check = "http", url = "http://localhost:%d/gen?n=10", interval = 1, timeout = 1,
              rise = 1, fall = 1 } }
 pool "probebad" { proxies = { { id = "pbad", url = "socks4://127.0.0.1:%d" } },
   health = { check = "connect", target = "127.0.0.1:%d", interval = 0.3, timeout = 0.3,

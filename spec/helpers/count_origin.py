@@ -70,10 +70,11 @@ def serve(conn):
     except OSError:
         pass
     finally:
+        # Closed first: once "open" drops, the close is on its way to the peer.
+        conn.close()
         if counted:
             with lock:
                 state["open"] -= 1
-        conn.close()
 
 
 def main():

@@ -343,7 +343,8 @@ local function parse_proxy(where, i, entry, dir)
     end
     p.headers = spec.headers
   end
-  local tls, terr = tls_opts.proxy(spec.tls, p.scheme, function(f) return resolve_path(dir, f) end)
+  local tls, terr = tls_opts.proxy(spec.tls, p.scheme,
+    function(f) return resolve_path(dir, f) end)
   if terr then fail(pw, "%s", terr) end
   p.tls = tls
   p.display = url.display(p)
@@ -462,6 +463,7 @@ local function evaluate(chunk, file)
       fail(where, 'protocol "%s" is not one of "http", "socks5", "socks4", "mixed"', l.protocol)
     end
     if t.tls ~= nil then
+      if l.protocol ~= "http" then fail(where, 'tls: only for protocol = "http"') end
       local tls, terr = tls_opts.listener(t.tls, function(f) return resolve_path(dir, f) end)
       if not tls then fail(where, "%s", terr) end
       l.tls = tls

@@ -19,6 +19,7 @@ local bit = require("bit")
 local cjson = require("cjson.safe")
 local cdef = require("ferry.cdef")
 local url = require("ferry.url")
+local tls_opts = require("ferry.tls_opts")
 local store = require("ferry.store")
 local health = require("ferry.health")
 
@@ -93,7 +94,11 @@ function M.parse_proxy(u, opts)
       if e then return nil, e end
     end
   end
+  -- The same check as the config's; a ca path is taken as given.
+  local tls, terr = tls_opts.proxy(opts.tls, px.scheme)
+  if terr then return nil, terr end
   px.url, px.id, px.weight, px.region = u, opts.id, opts.weight or 1, opts.region
+  px.tls = tls
   px.display = url.display(px)
   px.runtime = true
   return px
@@ -108,8 +113,9 @@ function M.endpoint(px)
   return concat({ px.scheme, px.host, tostring(px.port), px.user or "" }, "\0")
 end
 
-local ADD_FIELDS = { pool = true, url = true, id = true, weight = true, region = true }
-local OPT_FIELDS = { id = true, weight = true, region = true }
+local ADD_FIELDS = { pool = true, url = true, id = true, weight = true, region = true,
+                     tls = true }
+local OPT_FIELDS = { id = true, weight = true, region = true, tls = true }
 
 local function sorted_keys(t)
   local ks = {}
@@ -530,7 +536,7 @@ function M.add(rt, f, via)
       end
     end
   end
-  local opts = { id = px.id, weight = f.opts.weight, region = px.region }
+  local opts = { id = px.id, weight = f.opts.weight, region = px.region, tls = f.opts.tls }
   if store_path then
     local ok, err = store.put(key, f.url, f.pool, opts, true)
     if not ok then return store_failed(err) end

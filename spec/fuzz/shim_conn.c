@@ -225,9 +225,3 @@ void metrics_request_end(struct conn *c, const char *code)
     (void)code;
 }
 
-/* The harness never routes through a proxy: no scheme speaks HTTP to one. */
-int proxy_speaks_http(uint32_t scheme)
-{
-    (void)scheme;
-    return 0;
-}

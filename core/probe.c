@@ -32,6 +32,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "resolve.h"
+#include "transport.h"
 #include "upstream.h"
 
 #include <ares.h>
@@ -59,6 +60,7 @@ enum probe_step {
     PS_IDLE = 0,   /* waiting for the schedule */
     PS_RESOLVE,    /* looking up the proxy's address */
     PS_CONNECT,    /* TCP connect to the proxy */
+    PS_TLS,        /* TLS handshake with an https:// proxy */
     PS_HANDSHAKE,  /* CONNECT / SOCKS5 through the connector */
     PS_HTTP,       /* GET sent, waiting for the response head */
     PS_HELLO       /* tcp check that needs an answer: hello sent, waiting */
@@ -165,6 +167,7 @@ static void release(struct probe *pr)
     ev_timer_stop(loop, &pr->timer);
     if (c != NULL) {
         if (c->up.fd >= 0) {
+            leg_tr_free(&c->up);
             close(c->up.fd);
             c->up.fd = -1;
         }
@@ -233,7 +236,7 @@ static void queue_get(struct probe *pr)
     char line[PROBE_PATH_MAX + 2 * HOST_MAX_LEN + 96];
     const char *lb = strchr(pc->host, ':') != NULL ? "[" : "";
     const char *rb = *lb != '\0' ? "]" : "";
-    int absolute = p->pub.scheme == FERRY_SCHEME_HTTP;
+    int absolute = proxy_speaks_http(p->pub.scheme);
     int n = absolute
         ? snprintf(line, sizeof(line), "GET http://%s%s%s:%d%s HTTP/1.1\r\nHost: %s%s%s:%d\r\n",
                    lb, pc->host, rb, pc->port, pc->path, lb, pc->host, rb, pc->port)
@@ -328,16 +331,14 @@ static void on_hello_answer(struct probe *pr)
     finish(pr, PROBE_OK, "probe passed: the proxy answered an HTTP request");
 }
 
-static void connected(struct probe *pr)
+/* TCP (and TLS, for an https:// proxy) is up: the check proper. */
+static void transport_ready(struct probe *pr)
 {
     struct conn *c = pr->c;
     if (pr->conf.kind == FERRY_PROBE_TCP) {
         /* Decided now, not at the start: real traffic may have taken the
          * proxy down while this run was connecting. */
-        /* No hello to an https:// proxy: it would take plain HTTP for a
-         * bad ClientHello (the probe does no TLS). */
-        if (pr->p->needs_answer && (pr->p->pub.flags & FERRY_PROXY_DOWN) &&
-            !proxy_scheme_tls(pr->p->pub.scheme)) {
+        if (pr->p->needs_answer && (pr->p->pub.flags & FERRY_PROXY_DOWN)) {
             queue_hello(pr);
         } else {
             finish(pr, PROBE_OK, NULL);
@@ -352,6 +353,39 @@ static void connected(struct probe *pr)
     } else if (r == UP_FAIL) {
         finish(pr, PROBE_HANDSHAKE, "probe handshake failed");
     }
+}
+
+/* One step of the TLS handshake with an https:// proxy: a tcp check of
+ * one passes only once its certificate verified, like real traffic. */
+static void tls_step(struct probe *pr)
+{
+    struct conn *c = pr->c;
+    enum tr_hs r = leg_tr(&c->up)->handshake(&c->up);
+    if (r == TR_HS_DONE) {
+        transport_ready(pr);
+    } else if (r == TR_HS_FAIL) {
+        char why[200];
+        snprintf(why, sizeof(why), "probe TLS failed: %s", tls_leg_error(&c->up));
+        finish(pr, PROBE_HANDSHAKE, why);
+    }
+}
+
+static void connected(struct probe *pr)
+{
+    struct conn *c = pr->c;
+    struct proxy *p = pr->p;
+    if (!proxy_scheme_tls(p->pub.scheme)) {
+        transport_ready(pr);
+        return;
+    }
+    if (p->tls_ctx == NULL ||
+        tls_leg_connect(&c->up, p->tls_ctx, p->tls_name != NULL ? p->tls_name : p->host,
+                        p->tls_verify) != 0) {
+        abandon(pr, "cannot set up TLS (out of memory)");
+        return;
+    }
+    pr->step = PS_TLS;
+    tls_step(pr);
 }
 
 static void on_response(struct probe *pr)
@@ -375,7 +409,7 @@ static void on_response(struct probe *pr)
         return;
     }
     char why[64];
-    int auth = st == 407 && pr->p->pub.scheme == FERRY_SCHEME_HTTP;
+    int auth = st == 407 && proxy_speaks_http(pr->p->pub.scheme);
     snprintf(why, sizeof(why), auth ? "probe: proxy auth failed (407)" : "probe got status %d", st);
     finish(pr, auth ? PROBE_AUTH : PROBE_STATUS, why);
 }
@@ -387,7 +421,7 @@ static void handshake_failed(struct probe *pr)
     char why[64];
     if (c->fail_kind == FERRY_FAIL_AUTH) {
         finish(pr, PROBE_AUTH, "probe: proxy auth failed");
-    } else if (pr->p->pub.scheme == FERRY_SCHEME_HTTP && c->resp.status > 0) {
+    } else if (proxy_speaks_http(pr->p->pub.scheme) && c->resp.status > 0) {
         snprintf(why, sizeof(why), "probe handshake failed: CONNECT answered %d",
                  c->resp.status);
         finish(pr, PROBE_HANDSHAKE, why);
@@ -400,16 +434,24 @@ static void handshake_failed(struct probe *pr)
 static void on_exchange(struct probe *pr, int revents)
 {
     struct conn *c = pr->c;
+    if (pr->step == PS_TLS) {
+        tls_step(pr);
+        return;
+    }
     if ((revents & EV_WRITE) && !buf_empty(&c->up.out)) {
-        if (buf_write_fd(&c->up.out, c->up.fd) == -1 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        if (leg_write(&c->up, &c->up.out) == -1 && errno != EAGAIN && errno != EWOULDBLOCK) {
             finish(pr, PROBE_CLOSED, "probe: the proxy closed the connection");
             return;
         }
     }
-    if (!(revents & EV_READ)) {
+    /* A TLS read may wait for writability (tls_events): try it on either. */
+    if (!(revents & EV_READ) && leg_plain(&c->up)) {
         return;
     }
-    ssize_t n = buf_read_fd(&c->up.in, c->up.fd);
+    ssize_t n = leg_read(&c->up, &c->up.in);
+    if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return;
+    }
     if (n == 0 || (n == -1 && errno != EAGAIN && errno != EWOULDBLOCK)) {
         finish(pr, PROBE_CLOSED, "probe: the proxy closed the connection");
         return;
@@ -451,7 +493,7 @@ static void on_io(struct ev_loop *l, ev_io *w, int revents)
         on_exchange(pr, revents);
     }
     if (pr->step != PS_IDLE) {
-        set_io(pr, c->up.fd, EV_READ | (buf_empty(&c->up.out) ? 0 : EV_WRITE));
+        set_io(pr, c->up.fd, leg_events(&c->up, EV_READ | (buf_empty(&c->up.out) ? 0 : EV_WRITE)));
     }
 }
 
@@ -476,7 +518,7 @@ static void connect_to(struct probe *pr, const struct sockaddr *sa, socklen_t le
     if (connect(fd, sa, len) == 0) {
         connected(pr);
         if (pr->step != PS_IDLE) {
-            set_io(pr, fd, EV_READ | (buf_empty(&c->up.out) ? 0 : EV_WRITE));
+            set_io(pr, fd, leg_events(&c->up, EV_READ | (buf_empty(&c->up.out) ? 0 : EV_WRITE)));
         }
         return;
     }
@@ -510,7 +552,7 @@ static void on_resolved(void *arg, int status, const struct sockaddr *sa, sockle
 static size_t request_size(const struct proxy *p, const char *host, const char *path)
 {
     size_t n = 160 + (path != NULL ? strlen(path) : 0) + 2 * (host != NULL ? strlen(host) : 0);
-    if (p->pub.scheme == FERRY_SCHEME_HTTP) {
+    if (proxy_speaks_http(p->pub.scheme)) {
         n += (p->auth_header != NULL ? strlen(p->auth_header) : 0) +
              (p->extra_headers != NULL ? strlen(p->extra_headers) : 0);
     } else {
@@ -543,7 +585,7 @@ static struct conn *probe_conn(struct probe *pr)
         buf_init(&c->up.out, need);
     }
     c->proxy = pr->p;
-    c->ops = pr->p->pub.scheme == FERRY_SCHEME_HTTP ? &up_http : &up_socks5;
+    c->ops = proxy_speaks_http(pr->p->pub.scheme) ? &up_http : &up_socks5;
     c->is_connect = pc->kind == FERRY_PROBE_CONNECT ||
                     (pc->kind == FERRY_PROBE_HTTP && pr->p->pub.scheme == FERRY_SCHEME_SOCKS5);
     snprintf(c->host, sizeof(c->host), "%s", pc->host != NULL ? pc->host : "");
@@ -670,7 +712,7 @@ static int conf_make(struct probe_conf *pc, const struct proxy *p, int kind, con
         return -1;
     }
     if (kind != FERRY_PROBE_TCP) {
-        if (p->pub.scheme != FERRY_SCHEME_HTTP && p->pub.scheme != FERRY_SCHEME_SOCKS5) {
+        if (!proxy_speaks_http(p->pub.scheme) && p->pub.scheme != FERRY_SCHEME_SOCKS5) {
             *err = "http and connect checks need an HTTP or SOCKS5 proxy";
             return -1;
         }

@@ -69,6 +69,7 @@ describe("TLS", function()
     procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
   local B_ST, B_FE, B_BAD, B_ADM = procs.free_port(), procs.free_port(), procs.free_port(),
     procs.free_port()
+  local B_PROBE = procs.free_port()
   local origin, tiny, stunnel, fa, fb
   local base = "http://127.0.0.1:" .. O
 
@@ -94,6 +95,7 @@ route(function() return "direct" end)
 listen { name = "st", addr = "127.0.0.1:%d" }
 listen { name = "fe", addr = "127.0.0.1:%d" }
 listen { name = "bad", addr = "127.0.0.1:%d" }
+listen { name = "probed", addr = "127.0.0.1:%d" }
 admin { addr = "127.0.0.1:%d" }
 pool "st" { retries = 0, proxies = {
   { id = "stunnel", url = "https://localhost:%d", tls = { ca = %q } } } }
@@ -104,10 +106,17 @@ pool "bad" { retries = 3, strategy = "round_robin", proxies = {
   { id = "self", url = "https://localhost:%d", tls = { ca = %q } },
   { id = "wrong", url = "https://127.0.0.1:%d", tls = { ca = %q, sni = "localhost" } },
   { id = "good", url = "https://127.0.0.1:%d", tls = { ca = %q } } } }
+pool "probed" { health = { check = "tcp", interval = 0.3, rise = 1, fall = 1 }, proxies = {
+  { id = "probe-good", url = "https://localhost:%d", tls = { ca = %q } },
+  { id = "probe-expired", url = "https://localhost:%d", tls = { ca = %q } } } }
+pool "http-probed" { health = { check = "http", url = "%s/gen?n=10&framing=cl", interval = 0.3,
+                                rise = 1, fall = 1 },
+  proxies = { { id = "probe-ferry", url = "https://127.0.0.1:%d", tls = { ca = %q } } } }
 route(function(req) return req.listener end)
-]], B_ST, B_FE, B_BAD, B_ADM, S_GOOD, p("ca.pem"), FA, p("ca.pem"), S_EXP, p("ca.pem"),
-      S_SELF, p("ca.pem"), S_WRONG, p("ca.pem"), S_GOOD, p("ca.pem")),
-      { B_ST, B_FE, B_BAD, B_ADM }, "ferry-front")
+]], B_ST, B_FE, B_BAD, B_PROBE, B_ADM, S_GOOD, p("ca.pem"), FA, p("ca.pem"), S_EXP, p("ca.pem"),
+      S_SELF, p("ca.pem"), S_WRONG, p("ca.pem"), S_GOOD, p("ca.pem"),
+      S_GOOD, p("ca.pem"), S_EXP, p("ca.pem"), base, FA, p("ca.pem")),
+      { B_ST, B_FE, B_BAD, B_PROBE, B_ADM }, "ferry-front")
   end)
 
   teardown(function()
@@ -223,6 +232,26 @@ route(function(req) return req.listener end)
       assert.truthy(log:find("certificate has expired", 1, true))
       assert.truthy(log:find("self%-signed certificate") or log:find("self signed certificate"))
       assert.truthy(log:find("hostname mismatch", 1, true))
+    end)
+
+  it("probes https:// proxies through TLS: a tcp check verifies the cert, an http check passes",
+    function()
+      local function up(id, pool)
+        return procs.metric(B_ADM, "ferry_proxy_up", string.format('proxy="%s",pool="%s"', id, pool))
+      end
+      local function probes(id, pool, result)
+        return metric_total(B_ADM, "ferry_proxy_probes_total",
+          string.format('proxy="%s",pool="%s",result="%s"', id, pool, result))
+      end
+      assert(procs.wait_for(function()
+        return up("probe-expired", "probed") == 0 and probes("probe-good", "probed", "ok") >= 2
+          and probes("probe-ferry", "http-probed", "ok") >= 2
+      end, 15), "probes did not settle:\n" .. procs.read_file(fb.log):sub(-3000))
+      assert.equal(1, up("probe-good", "probed"))
+      assert.equal(1, up("probe-ferry", "http-probed"))
+      assert.equal(0, probes("probe-good", "probed", "failed"))
+      assert.truthy(procs.read_file(fb.log):find("probe TLS failed: certificate verify failed",
+        1, true))
     end)
 
   it("keeps the old cert when a reload brings a broken one, serves a new one after SIGHUP",

@@ -131,8 +131,9 @@ route(function(req) return req.listener end)
     opts = opts or {}
     local out = string.format("%s/tls-body-%d", procs.tmp, math.random(1, 1e9))
     local hfile = out .. ".h"
-    local cmd = string.format("curl -s --max-time 20 -o %s -D %s -w '%%{http_code}' %s -x %s " ..
+    local cmd = string.format("curl -s --max-time 20 -o %s -D %s -w '%%{http_code}' %s %s -x %s " ..
       "--proxy-cacert %s %s 2>/dev/null", q(out), q(hfile), opts.tunnel and "-p" or "",
+      opts.rate and ("--limit-rate " .. opts.rate) or "",
       q(opts.proxy or ("https://127.0.0.1:" .. FA)), q(opts.ca or p("ca.pem")), q(base .. path))
     local ph = io.popen(cmd)
     local code = tonumber(ph:read("*a")) or 0
@@ -212,6 +213,40 @@ route(function(req) return req.listener end)
       assert.equal(8000000, size)
       assert.equal(procs.last_header(headers, "X-Body-Sha256"), sum)
     end
+  end)
+
+  it("relays to a slow reader on both TLS legs without losing bytes OpenSSL holds", function()
+    -- The client reads at 4 MB/s: buffers fill on every leg, and records
+    -- decrypted into a full buffer wait inside OpenSSL until room appears.
+    for _, tunnel in ipairs { false, true } do
+      local code, sum, size, headers = fetch("/gen?n=3000000&framing=cl",
+        { proxy = "http://127.0.0.1:" .. B_FE, tunnel = tunnel, rate = "4M" })
+      assert.equal(200, code)
+      assert.equal(3000000, size)
+      assert.equal(procs.last_header(headers, "X-Body-Sha256"), sum)
+      code, sum, size, headers = fetch("/gen?n=3000000&framing=cl",
+        { tunnel = tunnel, rate = "4M" })
+      assert.equal(200, code)
+      assert.equal(3000000, size)
+      assert.equal(procs.last_header(headers, "X-Body-Sha256"), sum)
+    end
+  end)
+
+  it("carries request bodies over both TLS legs (2 MB upload, sha256 at the origin)", function()
+    local file = string.format("%s/tls-up-%d", procs.tmp, math.random(1, 1e9))
+    os.execute("head -c 2000000 /dev/urandom > " .. q(file))
+    assert.equal(2000000, procs.file_size(file))
+    local want = procs.sha256_file(file)
+    for _, proxy in ipairs { "https://127.0.0.1:" .. FA, "http://127.0.0.1:" .. B_FE } do
+      local ph = io.popen(string.format("curl -s --max-time 20 -x %s --proxy-cacert %s " ..
+        "-H 'Content-Type: application/octet-stream' --data-binary @%s %s 2>/dev/null", q(proxy),
+        q(p("ca.pem")), q(file), q(base .. "/sink")))
+      local body = ph:read("*a")
+      ph:close()
+      assert.matches('"len": ?2000000', body)
+      assert.matches(want, body, 1, true)
+    end
+    os.remove(file)
   end)
 
   it("fails expired, self-signed and wrong-name certs as kind tls and uses the next proxy",

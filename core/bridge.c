@@ -165,7 +165,7 @@ int bridge_admin(const struct ferry_admin_req *r, struct bridge_answer *out)
     }
     int rc = call_budgeted_n(ref_admin, (void *)r, 4, &budget_admin);
     if (rc != 0 || !lua_isnumber(L, -4) || !lua_isstring(L, -2)) {
-        metrics_hook_error(0);
+        metrics_hook_error(FERRY_HOOK_RUNTIME);
         log_event(LOG_ERROR, "FERRY-7001", NULL, "admin handler failed: %s",
                   rc != 0 ? lua_tostring(L, -1) : "it returned something that is not an answer");
         lua_settop(L, 0);
@@ -204,7 +204,7 @@ void bridge_result(struct ferry_result *r)
         return;
     }
     if (call_budgeted(ref_result, r) != 0) {
-        metrics_hook_error(0);
+        metrics_hook_error(FERRY_HOOK_RUNTIME);
         log_event(LOG_ERROR, "FERRY-4001", NULL, "result hook failed: %s", lua_tostring(L, -1));
     }
     lua_settop(L, 0);
@@ -217,7 +217,7 @@ int64_t bridge_dispatch(struct ferry_req *r)
     if (rc != 0) {
         /* The runtime guards plugins itself; reaching here means the
          * runtime's own code failed, or a hook ran away. */
-        metrics_hook_error(0);
+        metrics_hook_error(FERRY_HOOK_RUNTIME);
         log_event(LOG_ERROR, "FERRY-4001", NULL, "dispatch failed: %s", lua_tostring(L, -1));
         id = BRIDGE_ROUTE_ERROR;
     } else if (lua_type(L, -1) != LUA_TNUMBER) {

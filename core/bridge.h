@@ -7,11 +7,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Negative answers of bridge_dispatch. */
-#define BRIDGE_NO_PROXY    (-1) /* the pool has nothing usable */
-#define BRIDGE_ROUTE_ERROR (-2) /* route failed or named nothing known */
-#define BRIDGE_DENY        (-3) /* policy said no */
-#define BRIDGE_ALL_DOWN    (-4) /* nothing healthy and the pool's all_down is "fail" */
+/* Negative answers of bridge_dispatch (enum ferry_dispatch). */
+#define BRIDGE_NO_PROXY    FERRY_DISPATCH_NO_PROXY
+#define BRIDGE_ROUTE_ERROR FERRY_DISPATCH_ROUTE_ERROR
+#define BRIDGE_DENY        FERRY_DISPATCH_DENY
+#define BRIDGE_ALL_DOWN    FERRY_DISPATCH_ALL_DOWN
 
 /* Create the Lua state and load lua/ferry/runtime.lua from root. */
 int bridge_init(const char *root, char *err, size_t errlen);

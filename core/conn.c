@@ -307,8 +307,7 @@ void conn_update_io(struct conn *c)
         ce |= EV_WRITE;
     }
     if (c->up.fd >= 0) {
-        int reading = c->state == CS_HANDSHAKE || c->state == CS_EXCHANGE || tunnel ||
-                      c->idle_up;
+        int reading = c->state == CS_HANDSHAKE || c->state == CS_EXCHANGE || tunnel;
         if (reading && !c->up.eof && u_room) {
             ue |= EV_READ;
         }

@@ -4,7 +4,9 @@
  *
  * When the exchange wants to read the response (FERRY_REQ_CAPTURE) the
  * report waits until the first CAPTURE_MAX body bytes have passed, or
- * the response ended, and hands Lua the head and that body prefix. */
+ * the response ended, and hands Lua the head and that body prefix.  The
+ * capture lives in its own allocation, made only then: a conn carries
+ * one pointer for it, NULL the rest of the time. */
 #include "bridge.h"
 #include "conn.h"
 #include "health.h"
@@ -15,7 +17,34 @@
 
 #define CAPTURE_MAX 4096
 
-static void report_now(struct conn *c, int ok, enum ferry_fail_kind kind, int status)
+/* A response head and the first bytes of its body, for Lua. */
+struct report_cap {
+    size_t head;  /* head bytes at data's start */
+    size_t len;   /* all bytes in data */
+    size_t cap;   /* room in data */
+    char data[];
+};
+
+static struct report_cap *cap_new(const char *head, size_t len, size_t room)
+{
+    struct report_cap *k = malloc(sizeof(*k) + len + room);
+    if (k != NULL) {
+        memcpy(k->data, head, len);
+        k->head = k->len = len;
+        k->cap = len + room;
+    }
+    return k;
+}
+
+static void cap_free(struct conn *c)
+{
+    free(c->cap);
+    c->cap = NULL;
+}
+
+/* Report the attempt, with k (NULL or a capture, freed here) for Lua. */
+static void report_with(struct conn *c, struct report_cap *k, int ok,
+                        enum ferry_fail_kind kind, int status)
 {
     struct proxy *p = c->proxy;
     double ms = (loop_now() - c->t_attempt) * 1000.0;
@@ -26,7 +55,8 @@ static void report_now(struct conn *c, int ok, enum ferry_fail_kind kind, int st
     }
     struct ferry_pxstate *x = ferry_pxstate_get(p->pub.id, c->exchange);
     if (x != NULL) {
-        health_pair_result(x, ok, ok ? ms : -1);
+        /* A kept connection's time to the head has no setup in it: no sample. */
+        health_pair_result(x, ok, ok && !c->pooled ? ms : -1);
     }
     struct ferry_result r;
     memset(&r, 0, sizeof(r));
@@ -39,17 +69,22 @@ static void report_now(struct conn *c, int ok, enum ferry_fail_kind kind, int st
     r.latency_ms = ms;
     r.host = c->host;
     r.host_len = (uint32_t)strlen(c->host);
-    if (c->cap != NULL) {
-        r.head = c->cap;
-        r.head_len = (uint32_t)c->cap_head;
-        r.body = c->cap + c->cap_head;
-        r.body_len = (uint32_t)(c->cap_len - c->cap_head);
+    if (k != NULL) {
+        r.head = k->data;
+        r.head_len = (uint32_t)k->head;
+        r.body = k->data + k->head;
+        r.body_len = (uint32_t)(k->len - k->head);
     }
     bridge_result(&r);
-    free(c->cap);
+    free(k);
+}
+
+/* The waiting report goes out now, with what was captured. */
+static void report_pending(struct conn *c, int ok, enum ferry_fail_kind kind, int status)
+{
+    struct report_cap *k = c->cap;
     c->cap = NULL;
-    c->cap_head = c->cap_len = 0;
-    c->report_pending = 0;
+    report_with(c, k, ok, kind, status);
 }
 
 void conn_report(struct conn *c, int ok, enum ferry_fail_kind kind, int status)
@@ -57,12 +92,12 @@ void conn_report(struct conn *c, int ok, enum ferry_fail_kind kind, int status)
     if (c->proxy == NULL || !c->counted) {
         return;
     }
-    if (c->report_pending) {
+    if (c->cap != NULL) {
         /* The response broke while its body was being captured. */
-        report_now(c, 0, kind, c->status);
+        report_pending(c, 0, kind, c->status);
         return;
     }
-    report_now(c, ok, kind, status);
+    report_with(c, NULL, ok, kind, status);
 }
 
 void conn_report_head(struct conn *c, const char *head, size_t len, int status)
@@ -71,51 +106,42 @@ void conn_report_head(struct conn *c, const char *head, size_t len, int status)
         return;
     }
     int ok = status < 500;
-    if (!(c->req_flags & FERRY_REQ_CAPTURE) || !c->resp.has_body) {
-        if (c->req_flags & FERRY_REQ_CAPTURE) {
-            c->cap = malloc(len);
-            if (c->cap != NULL) {
-                memcpy(c->cap, head, len);
-                c->cap_head = c->cap_len = len;
-            }
-        }
-        report_now(c, ok, FERRY_FAIL_HTTP5XX, status);
+    cap_free(c);
+    if (!(c->req_flags & FERRY_REQ_CAPTURE)) {
+        report_with(c, NULL, ok, FERRY_FAIL_HTTP5XX, status);
         return;
     }
-    free(c->cap);
-    c->cap = malloc(len + CAPTURE_MAX);
+    if (!c->resp.has_body) {
+        report_with(c, cap_new(head, len, 0), ok, FERRY_FAIL_HTTP5XX, status);
+        return;
+    }
+    c->cap = cap_new(head, len, CAPTURE_MAX);
     if (c->cap == NULL) {
-        report_now(c, ok, FERRY_FAIL_HTTP5XX, status);
-        return;
+        report_with(c, NULL, ok, FERRY_FAIL_HTTP5XX, status);
     }
-    memcpy(c->cap, head, len);
-    c->cap_head = c->cap_len = len;
-    c->report_pending = 1;
 }
 
 void conn_report_body(struct conn *c, const char *p, size_t n, int done)
 {
-    if (!c->report_pending) {
+    struct report_cap *k = c->cap;
+    if (k == NULL) {
         return;
     }
-    size_t room = c->cap_head + CAPTURE_MAX - c->cap_len;
+    size_t room = k->cap - k->len;
     size_t take = n < room ? n : room;
-    memcpy(c->cap + c->cap_len, p, take);
-    c->cap_len += take;
-    if (done || c->cap_len == c->cap_head + CAPTURE_MAX) {
-        report_now(c, c->status < 500, FERRY_FAIL_HTTP5XX, c->status);
+    memcpy(k->data + k->len, p, take);
+    k->len += take;
+    if (done || k->len == k->cap) {
+        report_pending(c, c->status < 500, FERRY_FAIL_HTTP5XX, c->status);
     }
 }
 
 void conn_report_flush(struct conn *c)
 {
-    if (c->report_pending && c->proxy != NULL) {
-        report_now(c, c->status < 500, FERRY_FAIL_HTTP5XX, c->status);
+    if (c->cap != NULL && c->proxy != NULL) {
+        report_pending(c, c->status < 500, FERRY_FAIL_HTTP5XX, c->status);
     }
-    free(c->cap);
-    c->cap = NULL;
-    c->cap_head = c->cap_len = 0;
-    c->report_pending = 0;
+    cap_free(c);
 }
 
 void conn_report_target(struct conn *c)

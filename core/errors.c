@@ -63,6 +63,10 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_RESPONSE_TOO_LARGE] = { "FERRY-3031", 502, "Bad Gateway",
                                   "the origin's response head is too large "
                                   "(over 16 KiB or 100 fields)" },
+    [FERR_QUEUE_FULL]         = { "FERRY-3060", 503, "Service Unavailable",
+                                  "the upstream has all its connections busy and its queue is full" },
+    [FERR_QUEUE_TIMEOUT]      = { "FERRY-3061", 503, "Service Unavailable",
+                                  "no upstream connection became free within queue_timeout" },
     [FERR_SOCKS_VERSION]      = { "FERRY-1050", 400, "Bad Request",
                                   "not a SOCKS request (an HTTP client on a SOCKS listener?)" },
     [FERR_SOCKS_NO_METHOD]    = { "FERRY-1051", 407, "Proxy Authentication Required",
@@ -82,6 +86,9 @@ static const struct ferr_info table[FERR_COUNT] = {
                                   "(certificate or protocol; see the log)" },
     [FERR_TLS_PLAIN_HTTP]     = { "FERRY-1071", 400, "Bad Request",
                                   "this listener speaks TLS: use an https:// proxy URL" },
+    [FERR_SOCKS4_NO_IPV4]     = { "FERRY-3050", 502, "Bad Gateway",
+                                  "the destination has no IPv4 address, which a SOCKS4 proxy "
+                                  "needs (use socks4a:// or socks5://)" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)
@@ -150,4 +157,15 @@ size_t ferr_body(char *dst, size_t cap, const char *code, const char *message, c
     at = put(dst, cap, at, "}\n");
     dst[at] = '\0';
     return at;
+}
+
+size_t ferr_answer(char *dst, size_t cap, const struct ferr_info *info, const char *cid)
+{
+    char body[FERR_BODY_MAX];
+    size_t bl = ferr_body(body, sizeof(body), info->code, info->message, cid);
+    int n = snprintf(dst, cap,
+                     "HTTP/1.1 %d %s\r\nX-Ferry-Error: %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     info->status, info->reason, info->code, bl, body);
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }

@@ -34,6 +34,8 @@ enum ferr {
     FERR_UPSTREAM_STALLED, /* the upstream stopped reading the request body */
     FERR_TARGET_REFUSED,   /* the upstream proxy could not reach the destination */
     FERR_RESPONSE_TOO_LARGE, /* the origin's response head is over the limit */
+    FERR_QUEUE_FULL,       /* the upstream's connection queue is full (uppool.c) */
+    FERR_QUEUE_TIMEOUT,    /* no upstream connection slot came in queue_timeout */
     FERR_SOCKS_VERSION,    /* a SOCKS listener got another version byte (HTTP?) */
     FERR_SOCKS_NO_METHOD,  /* no SOCKS5 auth method both sides accept */
     FERR_SOCKS_COMMAND,    /* a SOCKS command other than CONNECT (BIND, UDP ASSOCIATE) */
@@ -42,6 +44,7 @@ enum ferr {
     FERR_SOCKS4_USERS,     /* SOCKS4 on a listener with users: it has no password */
     FERR_UPSTREAM_TLS,     /* TLS to an https:// proxy failed (certificate, protocol) */
     FERR_TLS_PLAIN_HTTP,   /* plain HTTP sent to a TLS listener */
+    FERR_SOCKS4_NO_IPV4,   /* a SOCKS4 proxy cannot reach a destination without IPv4 */
     FERR_COUNT
 };
 
@@ -63,5 +66,15 @@ const struct ferr_info *ferr_info(enum ferr e);
  * cap - 1 bytes and a NUL; returns the body's length, so that
  * Content-Length is always that number. */
 size_t ferr_body(char *dst, size_t cap, const char *code, const char *message, const char *cid);
+
+/* Room for any answer ferr_answer writes. */
+#define FERR_ANSWER_MAX (FERR_BODY_MAX + 256)
+
+/* A whole error answer that closes the connection (status line,
+ * X-Ferry-Error, Content-Type, Content-Length, Connection: close, then
+ * ferr_body), for a socket with no request to answer on (refused at
+ * accept, plain HTTP to a TLS port).  Returns its length, or 0 when it
+ * does not fit in cap. */
+size_t ferr_answer(char *dst, size_t cap, const struct ferr_info *info, const char *cid);
 
 #endif

@@ -15,13 +15,42 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FERRY_OK     0
-#define FERRY_ERROR -1
+/* Every constant below is an enum, so that the cdef declares it too and
+ * Lua reads it from there (ffi.C.FERRY_OK) instead of repeating numbers. */
+
+/* What the functions below return. */
+enum ferry_rc { FERRY_OK = 0, FERRY_ERROR = -1 };
+
+/* Levels of ferry_set_log and ferry_log (log.h's LOG_* are these). */
+enum ferry_log_level {
+    FERRY_LOG_DEBUG = 0,
+    FERRY_LOG_INFO  = 1,
+    FERRY_LOG_WARN  = 2,
+    FERRY_LOG_ERROR = 3
+};
+
+/* What ferry_count_hook_error counts: the labels of ferry_hook_errors_total. */
+enum ferry_hook_kind {
+    FERRY_HOOK_RUNTIME  = 0, /* the runtime itself (counted by the core) */
+    FERRY_HOOK_ROUTE    = 1, /* route() */
+    FERRY_HOOK_STRATEGY = 2, /* a strategy plugin */
+    FERRY_HOOK_BREAKER  = 3, /* a breaker plugin */
+    FERRY_HOOK_EXCHANGE = 4  /* an exchange's hooks */
+};
 
 /* Retries one request may have after its first try: a pool's `retries`
  * is 0..FERRY_RETRIES_MAX (config.lua reads the bound from the cdef), so
  * a request makes at most FERRY_RETRIES_MAX + 1 attempts. */
 enum { FERRY_RETRIES_MAX = 8 };
+
+/* The runtime's answer to a dispatch: a proxy id, 0 for direct, or one
+ * of these. */
+enum ferry_dispatch {
+    FERRY_DISPATCH_NO_PROXY    = -1, /* the pool has nothing usable */
+    FERRY_DISPATCH_ROUTE_ERROR = -2, /* route failed or named nothing known */
+    FERRY_DISPATCH_DENY        = -3, /* policy said no */
+    FERRY_DISPATCH_ALL_DOWN    = -4  /* nothing healthy and the pool's all_down is "fail" */
+};
 
 /* Upstream kinds a proxy can be. */
 enum ferry_scheme {
@@ -47,9 +76,11 @@ enum ferry_fail_kind {
 };
 
 /* Bits of ferry_proxy.flags. */
-#define FERRY_PROXY_DOWN     0x1u /* marked down by health: probes or passive */
-#define FERRY_PROXY_DISABLED 0x2u /* disabled by an operator */
-#define FERRY_PROXY_REMOVED  0x4u /* gone from the config: takes no new work */
+enum ferry_proxy_flag {
+    FERRY_PROXY_DOWN     = 0x1, /* marked down by health: probes or passive */
+    FERRY_PROXY_DISABLED = 0x2, /* disabled by an operator */
+    FERRY_PROXY_REMOVED  = 0x4  /* gone from the config: takes no new work */
+};
 
 /*
  * Live state of one upstream proxy.  Owned by C, survives reloads,
@@ -207,7 +238,9 @@ struct ferry_admin_req {
 };
 
 /* Bits of ferry_req.flags. */
-#define FERRY_REQ_CAPTURE 0x1u /* keep the response head and first body bytes for Lua */
+enum ferry_req_flag {
+    FERRY_REQ_CAPTURE = 0x1 /* keep the response head and first body bytes for Lua */
+};
 
 /* The loop's idea of "now", in seconds (ev_now). */
 double ferry_now(void);
@@ -265,6 +298,31 @@ int ferry_probe_set(struct ferry_proxy *p, int kind, const char *host, int port,
 void ferry_probe_set_concurrency(int n);
 /* Probes in flight now. */
 int ferry_probe_inflight(void);
+
+/* Upstream connections (uppool.c).  Limits of a pool index (0: direct):
+ * connections per upstream (0: no cap), waiting requests, seconds a
+ * request waits, idle connections per upstream, seconds one is kept
+ * (0: timeouts.upstream_idle), requests per connection (0: no limit).
+ * A negative count or a zero time keeps the default. */
+int ferry_pool_connections(int pool, int max, int queue, double queue_timeout, int idle,
+                           double idle_timeout, int max_requests);
+/* Counters and gauges of one proxy (by id) or one pool index. */
+struct ferry_conn_stats {
+    uint64_t opened;          /* ro: connections opened */
+    uint64_t reused;          /* ro: requests sent on a kept connection */
+    uint64_t queued;          /* ro: requests that waited for a slot */
+    uint64_t queue_timeouts;  /* ro: waits that ran out (FERRY-3061) */
+    uint64_t queue_full;      /* ro: requests refused with the queue full (FERRY-3060) */
+    uint64_t retired;         /* ro: connections closed after max_requests */
+    uint32_t active;          /* ro: connections in use or being opened now */
+    uint32_t idle;            /* ro: idle connections kept now */
+    uint32_t waiting;         /* ro: requests waiting now */
+    uint32_t pad_;
+};
+int ferry_conn_stats_proxy(uint32_t id, struct ferry_conn_stats *out);
+int ferry_conn_stats_pool(int pool, struct ferry_conn_stats *out);
+/* Idle connections closed because the global idle cap was reached. */
+uint64_t ferry_conn_idle_evicted(void);
 
 /* Pool names by the stable pool index of ferry_req.pool (1..4095), for
  * logs and metrics; index 0 is "direct".  NULL when unknown. */
@@ -385,14 +443,14 @@ int ferry_socket_path_usable(const char *path, const char **err);
 void ferry_set_timeouts(int client_head_ms, int connect_ms,
                         int first_byte_ms, int idle_ms,
                         int keepalive_ms, int request_ms, int upstream_idle_ms);
-/* Log level: 0 debug, 1 info, 2 warn, 3 error; access log on/off. */
+/* Log level (enum ferry_log_level); access log on/off. */
 void ferry_set_log(int level, int access);
 /* HTTP behaviour: add Via (1/0) under name (a token of at most 64 bytes). */
 void ferry_set_http(int via, const char *via_name);
 /* Write one coded event line to the log (level as above). */
 void ferry_log(int level, const char *code, const char *msg);
-/* Count a Lua hook error for metrics: 1 route, 2 strategy, 3 breaker,
- * 4 exchange hook (0: the runtime itself, counted by the core). */
+/* Count a Lua hook error for metrics (enum ferry_hook_kind; the core
+ * counts FERRY_HOOK_RUNTIME itself). */
 void ferry_count_hook_error(int kind);
 
 /* Metrics (metrics.c, metrics_text.c).  Counters C owns: they survive

@@ -70,15 +70,11 @@ static void reject_overloaded(const struct listener *l, int fd, int admin_limit)
         close(fd);
         return;
     }
-    char body[FERR_BODY_MAX], resp[FERR_BODY_MAX + 256];
-    size_t bl = ferr_body(body, sizeof(body), info->code, info->message, NULL);
-    int n = snprintf(resp, sizeof(resp),
-                     "HTTP/1.1 %d %s\r\nX-Ferry-Error: %s\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     info->status, info->reason, info->code, bl, body);
+    char resp[FERR_ANSWER_MAX];
+    size_t n = ferr_answer(resp, sizeof(resp), info, NULL);
     /* Best effort: the socket is fresh, so a short write is unlikely. */
-    if (n > 0 && (size_t)n < sizeof(resp)) {
-        ssize_t w = write(fd, resp, (size_t)n);
+    if (n > 0) {
+        ssize_t w = write(fd, resp, n);
         (void)w;
     }
     close(fd);

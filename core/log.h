@@ -2,7 +2,15 @@
 #ifndef FERRY_LOG_H
 #define FERRY_LOG_H
 
-enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
+#include "ferry.h"
+
+/* The levels of ferry.h, under the core's short names. */
+enum log_level {
+    LOG_DEBUG = FERRY_LOG_DEBUG,
+    LOG_INFO = FERRY_LOG_INFO,
+    LOG_WARN = FERRY_LOG_WARN,
+    LOG_ERROR = FERRY_LOG_ERROR
+};
 
 /* Optional context fields of a line; NULL fields are left out. */
 struct log_ctx {

@@ -33,7 +33,7 @@ void metrics_retry(int pool);
  * fresh connection (conn_upstream.c). */
 void metrics_reuse_retry(int pool);
 /* A Lua hook failed: 0 the runtime itself, 1 route, 2 strategy, 3 breaker,
- * 4 exchange hooks (runtime.lua's HOOK_*). */
+ * 4 exchange hooks (enum ferry_hook_kind of ferry.h). */
 void metrics_hook_error(int kind);
 /* A probe ended with a verdict: PROBE_OK, or why it failed (probe.h). */
 void metrics_probe(enum probe_result r);

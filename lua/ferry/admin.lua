@@ -12,7 +12,7 @@
 -- the daemon down, and is logged.
 local ffi = require("ffi")
 local cjson = require("cjson.safe")
-require("ferry.cdef")
+local cdef = require("ferry.cdef")
 
 local scopes = require("ferry.scopes")
 
@@ -209,7 +209,7 @@ function M.handle(ar, rt)
   req.rest = rest
   local ok, status, body, headers = pcall(handler, req, rt)
   if not ok then
-    C.ferry_log(3, "FERRY-7001", "admin " .. req.method .. " " .. path .. " failed: " ..
+    C.ferry_log(cdef.LOG.error, "FERRY-7001", "admin " .. req.method .. " " .. path .. " failed: " ..
       tostring(status))
     return encode(M.err(req, 500, "FERRY-7001", "the admin handler failed; see the log"))
   end

@@ -236,8 +236,8 @@ local function finish_listeners(cfg, plan, old_idx)
     end
     for _, u in ipairs(l.users or {}) do
       -- config.lua checked the bounds: only memory can fail here.
-      if C.ferry_listener_add_user(plan.idx_of[l], u.user, u.pass, err) ~= 0 then
-        C.ferry_log(3, "FERRY-0104", format('%s:%d: listen "%s": %s; closing it rather ' ..
+      if C.ferry_listener_add_user(plan.idx_of[l], u.user, u.pass, err) ~= cdef.OK then
+        C.ferry_log(cdef.LOG.error, "FERRY-0104", format('%s:%d: listen "%s": %s; closing it rather ' ..
           'than serving it without its users', cfg.file, l.line or 0, l.name,
           ffi_string(err[0])))
         C.ferry_listener_close(plan.idx_of[l])
@@ -272,7 +272,7 @@ local function set_health(c, h, err)
   local kind = cdef.PROBE[h.check or "none"] or 0
   local interval = h.interval or 2
   if C.ferry_probe_set(c, kind, h.host, h.port or 0, h.path, expect_list(h), interval,
-      h.timeout or math.min(2, interval), err) ~= 0 then
+      h.timeout or math.min(2, interval), err) ~= cdef.OK then
     return nil, ffi_string(err[0])
   end
   C.ferry_health_set(c, h.rise or 2, h.fall or 3, interval)
@@ -345,7 +345,7 @@ local function build_pools(prep)
   return pools, by_index, proxies_seen
 end
 
-local LEVELS = { debug = 0, info = 1, warn = 2, error = 3 }
+local LEVELS = cdef.LOG
 
 -- Make prep the running config.  old: the running one, or nil at start.
 -- Returns the new running table, or nil and a message (the core is then
@@ -354,7 +354,7 @@ function M.commit(prep, old)
   local cfg = prep.cfg
   -- Log files first, so the lines about opening listeners land in them.
   local ferr = errbuf()
-  if C.ferry_set_log_files(cfg.log.file, cfg.log.access_file, ferr) ~= 0 then
+  if C.ferry_set_log_files(cfg.log.file, cfg.log.access_file, ferr) ~= cdef.OK then
     return nil, format("%s: log: cannot open %s: %s", cfg.file,
       tostring(cfg.log.file or cfg.log.access_file), ffi_string(ferr[0]))
   end
@@ -386,10 +386,18 @@ function M.commit(prep, old)
     e.capture = e.hooks.on_response ~= nil or (e.ban ~= nil and e.ban.body ~= nil)
     exchanges[name], by_id[e.id] = e, e
   end
+  -- Upstream connection limits: every pool, and index 0 for direct.
+  local function connections(index, c)
+    c = c or {}
+    C.ferry_pool_connections(index, c.max or -1, c.queue or -1, c.queue_timeout or 0,
+      c.idle or -1, c.idle_timeout or 0, c.max_requests or -1)
+  end
+  connections(0, cfg.direct and cfg.direct.connections)
+  for name, pool in pairs(pools) do connections(pool.index, cfg.pools[name].connections) end
   local t = cfg.timeouts
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
     ms(t.keepalive), ms(t.request), ms(t.upstream_idle))
-  C.ferry_set_log(LEVELS[cfg.log.level] or 1, cfg.log.access and 1 or 0)
+  C.ferry_set_log(LEVELS[cfg.log.level] or LEVELS.info, cfg.log.access and 1 or 0)
   C.ferry_set_http(cfg.http.via and 1 or 0, cfg.http.via_name)
 
   return { cfg = cfg, pools = pools, by_index = by_index, proxies = seen,

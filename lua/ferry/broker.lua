@@ -360,7 +360,7 @@ local function log_evict(n)
   local now = C.ferry_now()
   if now - evict_logged_at < 10 then return end
   evict_logged_at = now
-  C.ferry_log(2, "FERRY-7108", format("broker: %d leases held, the maximum: the oldest " ..
+  C.ferry_log(cdef.LOG.warn, "FERRY-7108", format("broker: %d leases held, the maximum: the oldest " ..
     "lease ended before its TTL (%d so far)", M.MAX_LEASES, n))
 end
 

@@ -4,6 +4,13 @@ local ffi = require("ffi")
 
 if not pcall(ffi.typeof, "struct ferry_proxy") then
   ffi.cdef[[
+enum ferry_rc { FERRY_OK = 0, FERRY_ERROR = -1 };
+enum ferry_log_level { FERRY_LOG_DEBUG = 0, FERRY_LOG_INFO = 1, FERRY_LOG_WARN = 2,
+                       FERRY_LOG_ERROR = 3 };
+enum ferry_hook_kind { FERRY_HOOK_RUNTIME = 0, FERRY_HOOK_ROUTE = 1, FERRY_HOOK_STRATEGY = 2,
+                       FERRY_HOOK_BREAKER = 3, FERRY_HOOK_EXCHANGE = 4 };
+enum ferry_dispatch { FERRY_DISPATCH_NO_PROXY = -1, FERRY_DISPATCH_ROUTE_ERROR = -2,
+                      FERRY_DISPATCH_DENY = -3, FERRY_DISPATCH_ALL_DOWN = -4 };
 enum { FERRY_RETRIES_MAX = 8 };
 enum ferry_scheme { FERRY_SCHEME_DIRECT = 0, FERRY_SCHEME_HTTP = 1, FERRY_SCHEME_SOCKS5 = 2,
                    FERRY_SCHEME_HTTPS = 3, FERRY_SCHEME_SOCKS4 = 4, FERRY_SCHEME_SOCKS4A = 5,
@@ -40,6 +47,9 @@ struct ferry_proxy {
   double   down_since;
   double   retry_at;
 };
+enum ferry_proxy_flag { FERRY_PROXY_DOWN = 0x1, FERRY_PROXY_DISABLED = 0x2,
+                       FERRY_PROXY_REMOVED = 0x4 };
+enum ferry_req_flag { FERRY_REQ_CAPTURE = 0x1 };
 enum ferry_probe_kind { FERRY_PROBE_NONE = 0, FERRY_PROBE_TCP = 1, FERRY_PROBE_HTTP = 2,
                         FERRY_PROBE_CONNECT = 3 };
 enum ferry_breaker { FERRY_BREAKER_CLOSED = 0, FERRY_BREAKER_OPEN = 1,
@@ -130,6 +140,15 @@ int ferry_probe_set(struct ferry_proxy *p, int kind, const char *host, int port,
 void ferry_probe_set_concurrency(int n);
 int ferry_probe_inflight(void);
 int ferry_set_pool_name(int index, const char *name);
+int ferry_pool_connections(int pool, int max, int queue, double queue_timeout, int idle,
+                           double idle_timeout, int max_requests);
+struct ferry_conn_stats {
+  uint64_t opened, reused, queued, queue_timeouts, queue_full, retired;
+  uint32_t active, idle, waiting, pad_;
+};
+int ferry_conn_stats_proxy(uint32_t id, struct ferry_conn_stats *out);
+int ferry_conn_stats_pool(int pool, struct ferry_conn_stats *out);
+uint64_t ferry_conn_idle_evicted(void);
 const char *ferry_pool_name(int index);
 uint32_t ferry_exchange_id(const char *name);
 struct ferry_pxstate *ferry_pxstate_get(uint32_t proxy_id, uint32_t exchange);
@@ -201,15 +220,35 @@ const char *ferry_metrics_text(const struct ferry_metrics_member *members, uint3
 ]]
 end
 
+-- The constants of ferry.h as Lua numbers, read from the declarations
+-- above: Lua never spells one of them as a literal.
+local C = ffi.C
+local function n(v) return tonumber(v) end
+
 local M = {
-  PROXY_DOWN = 0x1,
-  PROXY_DISABLED = 0x2,
-  PROXY_REMOVED = 0x4,
-  SCHEME = { direct = 0, http = 1, socks5 = 2, https = 3, socks4 = 4, socks4a = 5 },
-  PROBE = { none = 0, tcp = 1, http = 2, connect = 3 },
-  BREAKER_CLOSED = 0, BREAKER_OPEN = 1, BREAKER_HALF_OPEN = 2,
-  REQ_CAPTURE = 0x1,
+  OK = n(C.FERRY_OK), ERROR = n(C.FERRY_ERROR),
+  LOG = { debug = n(C.FERRY_LOG_DEBUG), info = n(C.FERRY_LOG_INFO), warn = n(C.FERRY_LOG_WARN),
+          error = n(C.FERRY_LOG_ERROR) },
+  HOOK = { runtime = n(C.FERRY_HOOK_RUNTIME), route = n(C.FERRY_HOOK_ROUTE),
+           strategy = n(C.FERRY_HOOK_STRATEGY), breaker = n(C.FERRY_HOOK_BREAKER),
+           exchange = n(C.FERRY_HOOK_EXCHANGE) },
+  DISPATCH = { no_proxy = n(C.FERRY_DISPATCH_NO_PROXY), route_error = n(C.FERRY_DISPATCH_ROUTE_ERROR),
+               deny = n(C.FERRY_DISPATCH_DENY), all_down = n(C.FERRY_DISPATCH_ALL_DOWN) },
+  RETRIES_MAX = n(C.FERRY_RETRIES_MAX),
+  PROXY_DOWN = n(C.FERRY_PROXY_DOWN),
+  PROXY_DISABLED = n(C.FERRY_PROXY_DISABLED),
+  PROXY_REMOVED = n(C.FERRY_PROXY_REMOVED),
+  SCHEME = { direct = n(C.FERRY_SCHEME_DIRECT), http = n(C.FERRY_SCHEME_HTTP),
+             socks5 = n(C.FERRY_SCHEME_SOCKS5), https = n(C.FERRY_SCHEME_HTTPS),
+             socks4 = n(C.FERRY_SCHEME_SOCKS4), socks4a = n(C.FERRY_SCHEME_SOCKS4A) },
+  PROBE = { none = n(C.FERRY_PROBE_NONE), tcp = n(C.FERRY_PROBE_TCP),
+            http = n(C.FERRY_PROBE_HTTP), connect = n(C.FERRY_PROBE_CONNECT) },
+  BREAKER_CLOSED = n(C.FERRY_BREAKER_CLOSED), BREAKER_OPEN = n(C.FERRY_BREAKER_OPEN),
+  BREAKER_HALF_OPEN = n(C.FERRY_BREAKER_HALF_OPEN),
+  REQ_CAPTURE = n(C.FERRY_REQ_CAPTURE),
+  -- Names of enum ferry_fail_kind, index = value + 1.
   FAIL_KINDS = { "refused", "timeout", "handshake", "auth", "http5xx", "reset", "tls" },
 }
+assert(#M.FAIL_KINDS == n(C.FERRY_FAIL_KINDS), "cdef: FAIL_KINDS out of step with ferry.h")
 
 return M

@@ -4,6 +4,7 @@
 -- field at fault.  The result is a plain table the runtime applies.
 local ffi = require("ffi")
 local url = require("ferry.url")
+local proxy_entry = require("ferry.proxy_entry")
 require("ferry.cdef")
 
 -- The core keeps room for this many retries after a first try (ferry.h).
@@ -209,6 +210,27 @@ local COOLDOWN_MAX = 86400 * 7
 -- without, absent for the default (5 failures in a row, 30 s).  Keys the
 -- core does not know are the policy's: they must be numbers or booleans,
 -- and the plugin's check() judges them when the config is applied.
+-- connections = { max, queue, queue_timeout, idle, idle_timeout, max_requests }:
+-- upstream connection slots, their wait queue and the idle connections
+-- kept (core/uppool.c has the defaults; absent fields keep them).
+local CONNECTION_FIELDS = { max = true, queue = true, queue_timeout = true, idle = true,
+  idle_timeout = true, max_requests = true }
+
+local function parse_connections(where, t)
+  if t == nil then return nil end
+  where = where .. ": connections"
+  check_fields(where, t, CONNECTION_FIELDS)
+  return {
+    max = want_number(where, "max", t.max, 0, 100000, true),
+    queue = want_number(where, "queue", t.queue, 0, 100000, true),
+    queue_timeout = want_number(where, "queue_timeout", t.queue_timeout, 0.001, 3600),
+    idle = want_number(where, "idle", t.idle, 0, 10000, true),
+    idle_timeout = want_number(where, "idle_timeout", t.idle_timeout, 0.001, 86400),
+    max_requests = want_number(where, "max_requests", t.max_requests, 0, 1e9, true),
+  }
+end
+M.parse_connections = parse_connections
+
 local function parse_breaker(where, t)
   if t == false then return nil end
   if t == nil then
@@ -302,52 +324,13 @@ local function resolve_path(dir, p)
   return dir .. "/" .. p
 end
 
-local TOKEN = "^[!#$%%&'*+%-.^_`|~%w]+$"
-
+-- An entry of proxies = { ... }: a URL, or a table of fields checked by
+-- the validator the inventory uses too (proxy_entry.lua).
 local function parse_proxy(where, i, entry, dir)
   local pw = string.format("%s: proxies[%d]", where, i)
-  local spec = entry
-  if type(entry) == "string" then
-    spec = { url = entry }
-  elseif type(entry) ~= "table" then
-    fail(pw, "expected a URL string or a table, got a %s", type(entry))
-  end
-  check_fields(pw, spec, { url = true, weight = true, region = true, id = true, headers = true,
-                           tls = true })
-  if type(spec.url) ~= "string" then fail(pw, "url is required") end
-  local p, err = url.parse(spec.url)
+  local p, err = proxy_entry.validate(type(entry) == "string" and { url = entry } or entry,
+    proxy_entry.CONFIG, { resolve = function(f) return resolve_path(dir, f) end })
   if not p then fail(pw, "%s", err) end
-  p.url = spec.url
-  p.weight = want_number(pw, "weight", spec.weight, 1, 1000, true) or 1
-  p.region = want(pw, "region", spec.region, "string")
-  p.id = want(pw, "id", spec.id, "string")
-  -- The id goes into a response header, log lines and metric labels.
-  if p.id and (p.id == "" or #p.id > 64 or not p.id:match("^[%w._:@/-]+$")) then
-    fail(pw, "id: 1 to 64 letters, digits or . _ : @ / -")
-  end
-  if p.region and not p.region:match("^[%w._-]*$") then
-    fail(pw, "region: letters, digits or . _ -")
-  end
-  if spec.headers ~= nil then
-    if type(spec.headers) ~= "table" then fail(pw, "headers must be a table") end
-    for k, v in pairs(spec.headers) do
-      if type(k) ~= "string" or not k:match(TOKEN) then
-        fail(pw, 'header name "%s" is not a valid token', tostring(k))
-      end
-      if type(v) ~= "string" and type(v) ~= "number" then
-        fail(pw, 'header "%s" must be a string', k)
-      end
-      if tostring(v):find("[\r\n%z]") then
-        fail(pw, 'header "%s" must not contain CR, LF or NUL', k)
-      end
-    end
-    p.headers = spec.headers
-  end
-  local tls, terr = tls_opts.proxy(spec.tls, p.scheme,
-    function(f) return resolve_path(dir, f) end)
-  if terr then fail(pw, "%s", terr) end
-  p.tls = tls
-  p.display = url.display(p)
   return p
 end
 
@@ -559,6 +542,15 @@ local function evaluate(chunk, file)
     cfg.broker = { ttl = want_number(where, "ttl", t.ttl, 1, 86400, true) or 300 }
   end
 
+  -- The pseudo-pool "direct" (no proxy) has no pool block: this sets
+  -- what it may configure.
+  function env.direct(t)
+    local where = at("direct")
+    check_fields(where, t, { connections = true })
+    if cfg.direct then fail(where, "direct is already set") end
+    cfg.direct = { connections = parse_connections(where, t.connections) }
+  end
+
   function env.plugins(t)
     local where = at("plugins")
     if type(t) ~= "table" then fail(where, "expected a list of directories") end
@@ -582,8 +574,9 @@ local function evaluate(chunk, file)
     return function(t)
       check_fields(where, t, { strategy = true, retries = true, proxies = true, breaker = true,
         health = true, all_down = true, panic = true, timeouts = true, latency_ceiling = true,
-        session_ttl = true })
+        session_ttl = true, connections = true })
       local p = { name = name, line = line }
+      p.connections = parse_connections(where, t.connections)
       p.strategy = want(where, "strategy", t.strategy, "string") or "health_score"
       p.retries = want_number(where, "retries", t.retries, 0, RETRIES_MAX, true) or 2
       p.all_down = want(where, "all_down", t.all_down, "string") or "any"

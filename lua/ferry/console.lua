@@ -22,7 +22,7 @@ local jit = require("jit")
 local ffi = require("ffi")
 local budget = require("ferry.budget")
 local trim = require("ferry.text").trim
-require("ferry.cdef")
+local cdef = require("ferry.cdef")
 local cmds = require("ferry.console_cmds")
 local fmt = require("ferry.console_fmt")
 
@@ -150,7 +150,7 @@ end
 local C = ffi.C
 local CHARGE_FREE = 4096 -- work below this is not worth an FFI call
 local function charge(work)
-  if work > CHARGE_FREE and C.ferry_budget_charge(work) ~= 0 then
+  if work > CHARGE_FREE and C.ferry_budget_charge(work) ~= cdef.OK then
     line_error(ffi.string(C.ferry_budget_message()), 2)
   end
 end

@@ -18,10 +18,10 @@ local ffi = require("ffi")
 local bit = require("bit")
 local cjson = require("cjson.safe")
 local cdef = require("ferry.cdef")
-local url = require("ferry.url")
-local tls_opts = require("ferry.tls_opts")
+local proxy_entry = require("ferry.proxy_entry")
 local store = require("ferry.store")
 local health = require("ferry.health")
+local connstats = require("ferry.connstats")
 
 local C = ffi.C
 local band = bit.band
@@ -31,9 +31,9 @@ local floor = math.floor
 
 local M = {}
 
-M.MAX_ID = 64
-M.MAX_REGION = 64
-M.MAX_URL = 2048
+M.MAX_ID = proxy_entry.MAX_ID
+M.MAX_REGION = proxy_entry.MAX_REGION
+M.MAX_URL = proxy_entry.MAX_URL
 
 local entries = {}   -- the overlay, oldest first: { key, url, pool, opts, enabled, px }
 local by_key = {}    -- key -> entry
@@ -49,57 +49,21 @@ end
 
 local function bad(message) return fail(400, "FERRY-7501", message) end
 
+-- level: "debug", "info", "warn" or "error".
 local function log(level, code, msg)
-  C.ferry_log(level, code, msg)
+  C.ferry_log(cdef.LOG[level], code, msg)
 end
 
 ---------------------------------------------------------------------------
--- Fields of a proxy entry, checked one by one.
-
-local NAME = "^[%w_.:-]+$"
-
-local function check_id(v)
-  if type(v) ~= "string" then return "id: expected a string" end
-  if #v == 0 or #v > M.MAX_ID or not v:match(NAME) then
-    return format("id: 1 to %d letters, digits, _ . : -", M.MAX_ID)
-  end
-  if v:match("^%d+$") then return "id: must not be all digits (numbers are ferry's own ids)" end
-end
-
-local function check_region(v)
-  if type(v) ~= "string" then return "region: expected a string" end
-  if #v == 0 or #v > M.MAX_REGION or v:find("%c") then
-    return format("region: 1 to %d printable characters", M.MAX_REGION)
-  end
-end
-
-local function check_weight(v)
-  if type(v) ~= "number" or v % 1 ~= 0 or v < 1 or v > 1000 then
-    return "weight: expected an integer from 1 to 1000"
-  end
-end
+-- A proxy entry: checked by the validator the config uses too.
 
 -- The proxy as apply.build_pools wants it (config.lua's shape), marked
 -- as a runtime one; or nil and a message naming the field.
 function M.parse_proxy(u, opts)
   opts = opts or {}
-  if type(u) ~= "string" then return nil, "url: expected a string" end
-  if #u > M.MAX_URL then return nil, format("url: longer than %d bytes", M.MAX_URL) end
-  local px, err = url.parse(u)
-  if not px then return nil, "url: " .. err end
-  for _, k in ipairs { "id", "weight", "region" } do
-    local v = opts[k]
-    if v ~= nil then
-      local e = (k == "id" and check_id or k == "weight" and check_weight or check_region)(v)
-      if e then return nil, e end
-    end
-  end
-  -- The same check as the config's; a ca path is taken as given.
-  local tls, terr = tls_opts.proxy(opts.tls, px.scheme)
-  if terr then return nil, terr end
-  px.url, px.id, px.weight, px.region = u, opts.id, opts.weight or 1, opts.region
-  px.tls = tls
-  px.display = url.display(px)
+  local px, err = proxy_entry.validate({ url = u, id = opts.id, weight = opts.weight,
+    region = opts.region, tls = opts.tls }, proxy_entry.INVENTORY)
+  if not px then return nil, err end
   px.runtime = true
   return px
 end
@@ -171,7 +135,7 @@ local function load_rows(rows)
       local e = make_entry(row)
       if e.invalid then
         -- Never dropped: the row stays in the store, the proxy waits.
-        log(2, "FERRY-0122", format('store: a stored proxy of pool "%s" is not valid and ' ..
+        log("warn", "FERRY-0122", format('store: a stored proxy of pool "%s" is not valid and ' ..
           "is left out: %s", tostring(row.pool), e.invalid))
       end
       entries[#entries + 1] = e
@@ -215,7 +179,7 @@ function M.open_store(cfg)
   store_path, store_key = path, key
   local n, o = #entries, 0
   for _ in pairs(overrides) do o = o + 1 end
-  log(1, "FERRY-0120", format("store %s: %d runtime %s, %d disabled config %s", path, n,
+  log("info", "FERRY-0120", format("store %s: %d runtime %s, %d disabled config %s", path, n,
     n == 1 and "proxy" or "proxies", o, o == 1 and "proxy" or "proxies"))
   return true
 end
@@ -234,7 +198,7 @@ function M.reload_store(cfg)
     elseif not store.open(old_path, old_key) then
       -- The same file, sealed with the new key while it opened: it
       -- cannot go back to the old key, so the new one stays in use.
-      log(2, "FERRY-0213", format("store %s: stays open with the key of the refused reload " ..
+      log("warn", "FERRY-0213", format("store %s: stays open with the key of the refused reload " ..
         "(it sealed the store)", store_path))
       return
     end
@@ -243,7 +207,7 @@ function M.reload_store(cfg)
   if not path then
     store.close()
     store_path, store_key = nil, nil
-    log(2, "FERRY-0120", "store: the config has no store any more; runtime changes now " ..
+    log("warn", "FERRY-0120", "store: the config has no store any more; runtime changes now " ..
       "live in memory only")
     return undo
   end
@@ -254,7 +218,7 @@ function M.reload_store(cfg)
   end
   load_rows(rows)
   store_path, store_key = path, key
-  log(1, "FERRY-0120", format("store %s: %d runtime %s", path, #entries,
+  log("info", "FERRY-0120", format("store %s: %d runtime %s", path, #entries,
     #entries == 1 and "proxy" or "proxies"))
   return undo
 end
@@ -268,7 +232,7 @@ function M.load_health()
   if not store_path then return 0 end
   local n, err = store.load_health()
   if not n then
-    log(2, "FERRY-0122", "store: saved health not restored: " .. tostring(err))
+    log("warn", "FERRY-0122", "store: saved health not restored: " .. tostring(err))
     return nil, err
   end
   return n
@@ -279,9 +243,9 @@ function M.stop()
   if not store_path then return true end
   local n, err = store.save_health()
   if not n then
-    log(3, "FERRY-0123", "store: saving health failed: " .. tostring(err))
+    log("error", "FERRY-0123", "store: saving health failed: " .. tostring(err))
   else
-    log(1, "FERRY-0121", format("store %s: health of %d proxies saved", store_path, n))
+    log("info", "FERRY-0121", format("store %s: health of %d proxies saved", store_path, n))
   end
   store.close()
   store_path, store_key = nil, nil
@@ -319,7 +283,7 @@ function M.merge(cfg)
       warned[e.key] = nil
     elseif e.px and not warned[e.key] then
       warned[e.key] = true
-      log(2, "FERRY-0122", format('runtime proxy %s of pool "%s": %s; it waits (proxy.remove ' ..
+      log("warn", "FERRY-0122", format('runtime proxy %s of pool "%s": %s; it waits (proxy.remove ' ..
         "drops it)", e.px.display, e.pool, pc and taken or "the pool is not in the config"))
     end
   end
@@ -444,6 +408,7 @@ function M.record(p, pool, now)
     successes = tonumber(c.successes), failures = tonumber(c.failures),
     latency_ms = round1(tonumber(c.latency_ewma_ms)),
     source = p.runtime and "runtime" or "config",
+    connections = connstats.proxy(p.id),
   }
 end
 
@@ -554,7 +519,7 @@ function M.add(rt, f, via)
     return fail(500, "FERRY-7506", "the pool could not take the proxy; nothing was changed: " ..
       tostring(err))
   end
-  log(1, "FERRY-0124", format('proxy %d (%s) added to pool "%s" by the %s; %s', px.cid,
+  log("info", "FERRY-0124", format('proxy %d (%s) added to pool "%s" by the %s; %s', px.cid,
     px.display, f.pool, via or "console", store_path and "saved" or "memory only"))
   return { id = px.cid, name = px.id or tostring(px.cid), pool = f.pool, url = px.display,
            weight = px.weight, region = px.region, persisted = store_path ~= nil,
@@ -584,7 +549,7 @@ local function remove_entry(rt, e, via, cid)
     end
   end
   local shown = e.px and e.px.display or "(invalid URL)"
-  log(1, "FERRY-0124", format('proxy %s (%s) removed from pool "%s" by the %s', tostring(cid or
+  log("info", "FERRY-0124", format('proxy %s (%s) removed from pool "%s" by the %s', tostring(cid or
     e.opts.id or "-"), shown, e.pool, via or "console"))
   return { id = cid, name = e.opts.id or (cid and tostring(cid)), pool = e.pool, url = shown,
            persisted = store_path ~= nil, note = persisted_note() }
@@ -631,7 +596,7 @@ function M.set_enabled(rt, ref, on, via)
   end
   C.ferry_proxy_set_flag(c, DISABLED, on and 0 or 1)
   if was ~= on then
-    log(1, "FERRY-0124", format("proxy %d (%s) %s by the %s", cid, info.display,
+    log("info", "FERRY-0124", format("proxy %d (%s) %s by the %s", cid, info.display,
       on and "enabled" or "disabled", via or "console"))
   end
   return { id = cid, name = info.label, url = info.display, pools = info.pools,

@@ -1,14 +1,15 @@
 -- pool.lua: the pool object strategies receive, and the built-in round
 -- robin the core falls back to when a strategy raises or returns junk.
 local bit = require("bit")
+local cdef = require("ferry.cdef")
 
 local band = bit.band
 local random = math.random
 local setmetatable = setmetatable
 
-local DOWN = 0x1          -- FERRY_PROXY_DOWN
-local OFF = 0x6           -- FERRY_PROXY_DISABLED | FERRY_PROXY_REMOVED
-local OPEN, HALF_OPEN = 1, 2 -- enum ferry_breaker
+local DOWN = cdef.PROXY_DOWN
+local OFF = bit.bor(cdef.PROXY_DISABLED, cdef.PROXY_REMOVED)
+local CLOSED, OPEN, HALF_OPEN = cdef.BREAKER_CLOSED, cdef.BREAKER_OPEN, cdef.BREAKER_HALF_OPEN
 -- A half-open trial that never reported back frees its slot after this
 -- (TRIAL_STALE_SECS in core/health.c).
 local TRIAL_STALE = 30
@@ -75,7 +76,7 @@ function Pool:eligible(p, req)
   if tried and tried[p.id] then return false end
   if self.relaxed or not self.pair_of then return true end
   local x = self:pair(p, req.exid or 0)
-  if x ~= nil and (x.breaker ~= 0 or x.banned_until ~= 0) then
+  if x ~= nil and (x.breaker ~= CLOSED or x.banned_until ~= 0) then
     return not self:pair_blocked(x, self.now())
   end
   return true

@@ -5,7 +5,7 @@
 -- is bound (a port or socket another process holds is found by ferry
 -- run only).  Two listeners on one address are refused by config.lua.
 local ffi = require("ffi")
-require("ferry.cdef")
+local cdef = require("ferry.cdef")
 
 local C = ffi.C
 local format = string.format
@@ -16,13 +16,13 @@ local SQLITE_MAGIC = "SQLite format 3\0"
 
 local function writable(path)
   local err = ffi.new("const char *[1]")
-  if C.ferry_path_writable(path, err) ~= 0 then return ffi.string(err[0]) end
+  if C.ferry_path_writable(path, err) ~= cdef.OK then return ffi.string(err[0]) end
   return nil
 end
 
 local function bindable(path)
   local err = ffi.new("const char *[1]")
-  if C.ferry_socket_path_usable(path, err) ~= 0 then return ffi.string(err[0]) end
+  if C.ferry_socket_path_usable(path, err) ~= cdef.OK then return ffi.string(err[0]) end
   return nil
 end
 

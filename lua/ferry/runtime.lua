@@ -24,11 +24,14 @@ local pcall, type, tostring, tonumber, setmetatable, rawget, rawset =
 
 local M = {}
 
--- Negative answers understood by the core (bridge.h).
-local NO_PROXY, ROUTE_ERROR, DENY, ALL_DOWN = -1, -2, -3, -4
+-- Negative answers understood by the core (enum ferry_dispatch).
+local NO_PROXY, ROUTE_ERROR, DENY, ALL_DOWN = cdef.DISPATCH.no_proxy, cdef.DISPATCH.route_error,
+  cdef.DISPATCH.deny, cdef.DISPATCH.all_down
 
--- Hook-error kinds counted by the core.
-local HOOK_ROUTE, HOOK_STRATEGY, HOOK_BREAKER, HOOK_EXCHANGE = 1, 2, 3, 4
+-- Hook-error kinds counted by the core (enum ferry_hook_kind).
+local HOOK_ROUTE, HOOK_STRATEGY, HOOK_BREAKER, HOOK_EXCHANGE = cdef.HOOK.route,
+  cdef.HOOK.strategy, cdef.HOOK.breaker, cdef.HOOK.exchange
+local DEBUG, WARN, ERROR = cdef.LOG.debug, cdef.LOG.warn, cdef.LOG.error
 
 local LOG_WINDOW = 10 -- seconds between two log lines about the same fault
 local PANIC_RECOUNT = 0.1 -- seconds a large pool's healthy count is reused
@@ -209,7 +212,7 @@ local function run_on_request(e, req, r)
   local ok, res = pcall(e.hooks.on_request, req)
   if not ok then
     C.ferry_count_hook_error(HOOK_EXCHANGE)
-    log_once("on_request:" .. e.name, 3, "FERRY-4008", "exchange \"" .. e.name ..
+    log_once("on_request:" .. e.name, ERROR, "FERRY-4008", "exchange \"" .. e.name ..
       "\": on_request failed: " .. tostring(res))
     return nil
   end
@@ -217,14 +220,14 @@ local function run_on_request(e, req, r)
   if res == false then return nil, false end
   if type(res) ~= "table" then
     C.ferry_count_hook_error(HOOK_EXCHANGE)
-    log_once("on_request-type:" .. e.name, 3, "FERRY-4008", "exchange \"" .. e.name ..
+    log_once("on_request-type:" .. e.name, ERROR, "FERRY-4008", "exchange \"" .. e.name ..
       "\": on_request returned a " .. type(res) .. ", expected nil, false or a table")
     return nil
   end
   local hok, add, drop = pcall(exchange.header_edits, res.headers)
   if not hok then
     C.ferry_count_hook_error(HOOK_EXCHANGE)
-    log_once("on_request-headers:" .. e.name, 3, "FERRY-4008", "exchange \"" .. e.name ..
+    log_once("on_request-headers:" .. e.name, ERROR, "FERRY-4008", "exchange \"" .. e.name ..
       "\": on_request: " .. tostring(add))
   else
     anchored[1], anchored[2] = add, drop
@@ -232,7 +235,7 @@ local function run_on_request(e, req, r)
     if drop then r.drop_headers, r.drop_headers_len = drop, #drop end
   end
   if res.pool ~= nil and type(res.pool) ~= "string" then
-    log_once("on_request-pool:" .. e.name, 3, "FERRY-4008", "exchange \"" .. e.name ..
+    log_once("on_request-pool:" .. e.name, ERROR, "FERRY-4008", "exchange \"" .. e.name ..
       "\": on_request returned a pool that is not a name")
     return nil
   end
@@ -260,13 +263,13 @@ local function choose_pool(cur, req, r)
   local ok, res = pcall(route, req)
   if not ok then
     C.ferry_count_hook_error(HOOK_ROUTE)
-    log_once("route", 3, "FERRY-4002", "route() failed: " .. tostring(res))
+    log_once("route", ERROR, "FERRY-4002", "route() failed: " .. tostring(res))
     return nil, ROUTE_ERROR
   end
   if res == false then return nil, DENY end
   if type(res) ~= "string" then
     C.ferry_count_hook_error(HOOK_ROUTE)
-    log_once("route-type", 3, "FERRY-4003",
+    log_once("route-type", ERROR, "FERRY-4003",
       "route() returned a " .. type(res) .. ", expected a pool name")
     return nil, ROUTE_ERROR
   end
@@ -280,13 +283,13 @@ local function checked_pick(pool, req, fn, who, code)
   local ok, p = pcall(fn, pool, req)
   if not ok then
     C.ferry_count_hook_error(HOOK_STRATEGY)
-    log_once("select:" .. who .. pool.name, 3, code, who .. " of pool \"" .. pool.name ..
+    log_once("select:" .. who .. pool.name, ERROR, code, who .. " of pool \"" .. pool.name ..
       "\" failed, using round_robin: " .. tostring(p))
     return poolmod.round_robin(pool, req)
   end
   if p ~= nil and (type(p) ~= "table" or not pool.members[p] or not pool:eligible(p, req)) then
     C.ferry_count_hook_error(HOOK_STRATEGY)
-    log_once("select-bad:" .. who .. pool.name, 3, code == "FERRY-4005" and "FERRY-4006" or code,
+    log_once("select-bad:" .. who .. pool.name, ERROR, code == "FERRY-4005" and "FERRY-4006" or code,
       who .. " of pool \"" .. pool.name .. "\" returned something that is not an eligible" ..
       " proxy of the pool, using round_robin")
     return poolmod.round_robin(pool, req)
@@ -334,7 +337,7 @@ end
 local function pick(pool, req, e)
   local now = C.ferry_now()
   if pool.panic > 0 and healthy_share(pool, now) < pool.panic then
-    log_once("panic:" .. pool.name, 2, "FERRY-6008", "pool \"" .. pool.name .. "\": only " ..
+    log_once("panic:" .. pool.name, WARN, "FERRY-6008", "pool \"" .. pool.name .. "\": only " ..
       math.floor(pool.healthy) .. " % healthy, below panic " .. pool.panic ..
       " %: ignoring health")
     return select_relaxed(pool, req, e)
@@ -347,7 +350,7 @@ local function pick(pool, req, e)
     if p then
       -- Per (pool, exchange): a pool shared by exchanges reports each one.
       local ex = e and e.name
-      log_once("all-down:" .. pool.name .. ":" .. (ex or ""), 2, "FERRY-6007", "pool \"" ..
+      log_once("all-down:" .. pool.name .. ":" .. (ex or ""), WARN, "FERRY-6007", "pool \"" ..
         pool.name .. "\"" .. (ex and (", exchange \"" .. ex .. "\"") or "") ..
         ": no healthy proxy, all_down = any: using one anyway")
     end
@@ -374,7 +377,7 @@ function M.dispatch(ud)
   end
   local pool = cur.pools[name]
   if not pool then
-    log_once("pool:" .. name, 3, "FERRY-4004", "no pool \"" .. name .. "\" (named by " ..
+    log_once("pool:" .. name, ERROR, "FERRY-4004", "no pool \"" .. name .. "\" (named by " ..
       (req.exchange and ("exchange \"" .. req.exchange .. "\"") or "route()") .. ")")
     return ROUTE_ERROR
   end
@@ -386,17 +389,17 @@ function M.dispatch(ud)
   local p, policy = pick(pool, req, e)
   if not p then
     if policy == "direct" then
-      log_once("all-down-direct:" .. name, 2, "FERRY-6007", "pool \"" .. name ..
+      log_once("all-down-direct:" .. name, WARN, "FERRY-6007", "pool \"" .. name ..
         "\": no healthy proxy, all_down = direct: going direct")
       r.pool = 0
       return 0
     end
     if policy == "fail" and req.attempt == 0 then
-      log_once("all-down-fail:" .. name, 2, "FERRY-2005", "pool \"" .. name ..
+      log_once("all-down-fail:" .. name, WARN, "FERRY-2005", "pool \"" .. name ..
         "\": no healthy proxy, all_down = fail")
       return ALL_DOWN
     end
-    log_once("empty:" .. name, 2, "FERRY-2002", "pool \"" .. name .. "\" has no usable proxy")
+    log_once("empty:" .. name, WARN, "FERRY-2002", "pool \"" .. name .. "\" has no usable proxy")
     return NO_PROXY
   end
   -- A half-open breaker lets a bounded number of trials through.
@@ -404,7 +407,7 @@ function M.dispatch(ud)
   if x ~= nil and x.breaker == cdef.BREAKER_HALF_OPEN then C.ferry_breaker_trial(x) end
   if cur.cfg.log.level == "debug" then
     -- The selection event: at debug only, it would double the log volume.
-    C.ferry_log(0, "FERRY-0201", "pool \"" .. name .. "\"" .. (req.exchange and
+    C.ferry_log(DEBUG, "FERRY-0201", "pool \"" .. name .. "\"" .. (req.exchange and
       (", exchange \"" .. req.exchange .. "\"") or "") .. ": selected proxy " ..
       (p.display and p.display:gsub("//[^@/]*@", "//") or tostring(p.id)) .. " (attempt " ..
       tostring(req.attempt + 1) .. ")")
@@ -420,7 +423,7 @@ local KIND_NAMES = cdef.FAIL_KINDS
 
 local function report_breaker(msg)
   C.ferry_count_hook_error(HOOK_BREAKER)
-  log_once("breaker:" .. msg:sub(1, 40), 3, "FERRY-4007", msg)
+  log_once("breaker:" .. msg:sub(1, 40), ERROR, "FERRY-4007", msg)
 end
 
 -- on_response of exchange e: "ok", "failure", "ban" (+ seconds) or nil.
@@ -443,7 +446,7 @@ local function run_on_response(e, r, pool, ok)
     v = verdict
   end
   C.ferry_count_hook_error(HOOK_EXCHANGE)
-  log_once("on_response:" .. e.name, 3, "FERRY-4010", "exchange \"" .. e.name ..
+  log_once("on_response:" .. e.name, ERROR, "FERRY-4010", "exchange \"" .. e.name ..
     "\": on_response failed: " .. tostring(v))
   return nil, nil, res
 end
@@ -578,10 +581,10 @@ function M.reload_now()
   local t0 = os.clock()
   local ok, err = M.reload(path)
   if not ok then
-    C.ferry_log(3, "FERRY-0102", "reload failed, keeping the running config: " .. tostring(err))
+    C.ferry_log(cdef.LOG.error, "FERRY-0102", "reload failed, keeping the running config: " .. tostring(err))
     return nil, err
   end
-  C.ferry_log(1, "FERRY-0101", string.format("reloaded %s in %.1f ms (admin)", path,
+  C.ferry_log(cdef.LOG.info, "FERRY-0101", string.format("reloaded %s in %.1f ms (admin)", path,
     (os.clock() - t0) * 1000))
   return true
 end

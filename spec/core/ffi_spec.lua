@@ -85,6 +85,52 @@ describe("C structs seen from Lua", function()
   end)
 end)
 
+describe("C constants seen from Lua", function()
+  -- Every enum constant of core/ferry.h ("FERRY_X = value") must be
+  -- declared by the cdef with the same value: Lua reads them there.
+  local names = {}
+  local f = assert(io.open("core/ferry.h"))
+  for name in f:read("*a"):gmatch("(FERRY_[%w_]+)%s*=%s*%-?[%dx]") do
+    names[#names + 1] = name
+  end
+  f:close()
+
+  it("declares each enum constant of ferry.h with the C value", function()
+    assert.is_true(#names >= 40)
+    local c_src = { '#include <stdio.h>', '#include "core/ferry.h"', 'int main(void) {' }
+    for _, name in ipairs(names) do
+      c_src[#c_src + 1] = string.format('printf("%s %%ld\\n", (long)%s);', name, name)
+    end
+    c_src[#c_src + 1] = "return 0; }"
+    local src, bin = tmpfile() .. ".c", tmpfile()
+    local out = assert(io.open(src, "w"))
+    out:write(table.concat(c_src, "\n"))
+    out:close()
+    assert.is_true(os.execute("cc -I. -o " .. bin .. " " .. src) == 0)
+    local p = io.popen(bin)
+    local checked = 0
+    for line in p:lines() do
+      local name, v = line:match("^(%S+) (%-?%d+)$")
+      local ok, lua_v = pcall(function() return tonumber(ffi.C[name]) end)
+      assert.is_true(ok, name .. " is not declared by lua/ferry/cdef.lua")
+      assert.equal(tonumber(v), lua_v, name)
+      checked = checked + 1
+    end
+    p:close()
+    os.remove(src) os.remove(bin)
+    assert.equal(#names, checked)
+  end)
+
+  it("offers them by name, so Lua spells no number of ferry.h", function()
+    local cdef = require("ferry.cdef")
+    assert.equal(0, cdef.OK)
+    assert.equal(-1, cdef.ERROR)
+    assert.same({ debug = 0, info = 1, warn = 2, error = 3 }, cdef.LOG)
+    assert.equal(tonumber(ffi.C.FERRY_FAIL_KINDS), #cdef.FAIL_KINDS)
+    assert.equal(tonumber(ffi.C.FERRY_RETRIES_MAX), cdef.RETRIES_MAX)
+  end)
+end)
+
 describe("ferry_proxy_*", function()
   local err = ffi.new("const char *[1]")
 

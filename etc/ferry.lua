@@ -4,6 +4,8 @@
 listen { name = "proxy", addr = "127.0.0.1:8080" }
 -- A listener other hosts can reach must require credentials:
 -- listen { name = "lan", addr = "10.0.0.5:8080", users = { env "FERRY_LAN_USER" } }
+-- SOCKS clients (protocol "socks5", "socks4", or "mixed" for HTTP and SOCKS on one port):
+-- listen { name = "socks", addr = "127.0.0.1:1080", protocol = "socks5" }
 
 plugins { "/etc/ferry/plugins" }
 

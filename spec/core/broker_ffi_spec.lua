@@ -43,6 +43,18 @@ describe("ferry_proxy_url", function()
     assert.equal("socks5://only@[::1]:1080", url_of(new("b-4", 2, "::1", 1080, "only", "")))
   end)
 
+  it("names every scheme of the connector table, and reads back as configured", function()
+    local cdef = require("ferry.cdef")
+    for _, u in ipairs { "https://u:pw@10.1.0.7:8443", "socks4://ident@10.1.0.8:1080",
+                         "socks4a://10.1.0.9:1081" } do
+      local p = url.parse(u)
+      local got = url_of(new("b-s-" .. p.scheme, cdef.SCHEME[p.scheme], p.host, p.port, p.user,
+        p.pass))
+      assert.equal(u, got)
+      assert.same(p, url.parse(got))
+    end
+  end)
+
   it("follows a reload that changes the credentials", function()
     new("b-5", 1, "10.1.0.5", 3128, "old", "secret1")
     local p = new("b-5", 1, "10.1.0.5", 3128, "new", "secret2")

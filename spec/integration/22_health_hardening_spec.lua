@@ -51,31 +51,37 @@ end
 
 describe("health hardening", function()
   describe("a SIGSTOPped proxy and tcp probes", function()
-    local O, T, S = procs.free_port(), procs.free_port(), procs.free_port()
-    local FH, FS, A = procs.free_port(), procs.free_port(), procs.free_port()
-    local origin, tiny, socks, ferry
+    local O, T, S, S4 = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
+    local FH, FS, F4, A = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
+    local origin, tiny, socks, socks4, ferry
 
     setup(function()
       origin = procs.origin(O)
       tiny = procs.tinyproxy(T)
       socks = procs.microsocks(S)
+      socks4 = procs.spawn("socks4", "python3 " ..
+        procs.quote(procs.root .. "/spec/helpers/socks4_server.py") .. " " .. S4 .. " relay")
+      assert(procs.wait_port(S4, 15), "the SOCKS4 server did not start")
       -- fall = 1: one timed-out request takes the proxy down; rise = 1:
       -- one passing probe brings it back, so a bare tcp pass would show.
       ferry = procs.ferry(string.format([[
 listen { name = "h", addr = "127.0.0.1:%d" }
 listen { name = "s", addr = "127.0.0.1:%d" }
+listen { name = "s4", addr = "127.0.0.1:%d" }
 admin { addr = "127.0.0.1:%d" }
 timeouts { connect = 0.5, first_byte = 0.5 }
 pool "h" { retries = 0, proxies = { { url = "http://127.0.0.1:%d", id = "tiny" } },
   health = { check = "tcp", interval = 0.3, timeout = 0.25, rise = 1, fall = 1 } }
 pool "s" { retries = 0, proxies = { { url = "socks5://127.0.0.1:%d", id = "socks" } },
   health = { check = "tcp", interval = 0.3, timeout = 0.25, rise = 1, fall = 1 } }
+pool "s4" { retries = 0, proxies = { { url = "socks4://127.0.0.1:%d", id = "socks4" } },
+  health = { check = "tcp", interval = 0.3, timeout = 0.25, rise = 1, fall = 1 } }
 route(function(req) return req.listener end)
-]], FH, FS, A, T, S), { FH, FS, A })
+]], FH, FS, F4, A, T, S, S4), { FH, FS, F4, A })
     end)
 
     teardown(function()
-      for _, p in ipairs { origin, tiny, socks } do procs.stop(p) end
+      for _, p in ipairs { origin, tiny, socks, socks4 } do if p then procs.stop(p) end end
       if ferry then procs.stop_ferry(ferry) end
     end)
 
@@ -135,6 +141,10 @@ route(function(req) return req.listener end)
 
     it("a SOCKS5 proxy comes back only once it answers the greeting", function()
       stays_down_while_stopped("socks", "s", FS, socks, "answered a SOCKS5 greeting")
+    end)
+
+    it("a SOCKS4 proxy comes back only once it answers a SOCKS4 request", function()
+      stays_down_while_stopped("socks4", "s4", F4, socks4, "answered a SOCKS4 request")
     end)
 
     it("a proxy that was only refused comes back on a plain connect", function()

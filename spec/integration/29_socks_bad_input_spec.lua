@@ -60,7 +60,7 @@ end
 describe("SOCKS bad input", function()
   local O, BH, S5, S5U, S4, H = procs.free_port(), procs.free_port(), procs.free_port(),
     procs.free_port(), procs.free_port(), procs.free_port()
-  local VIA_BH, CLOSED = procs.free_port(), procs.free_port()
+  local VIA_BH, CLOSED, S5B = procs.free_port(), procs.free_port(), procs.free_port()
   local origin, ferry, blackhole
 
   setup(function()
@@ -75,9 +75,11 @@ listen { name = "s5u", addr = "127.0.0.1:%d", protocol = "socks5", users = { "al
 listen { name = "s4", addr = "127.0.0.1:%d", protocol = "socks4" }
 listen { name = "http", addr = "127.0.0.1:%d" }
 listen { name = "bh", addr = "127.0.0.1:%d", protocol = "socks5" }
+listen { name = "s5b", addr = "127.0.0.1:%d", protocol = "socks5", users = { "alice:wonder" },
+         auth_fail_limit = 2, auth_fail_window = 60 }
 pool "bh" { retries = 0, breaker = false, proxies = { "socks5://127.0.0.1:%d" } }
 route(function(req) return req.listener == "bh" and "bh" or "direct" end)
-]], S5, S5U, S4, H, VIA_BH, BH), { S5, S5U, S4, H, VIA_BH })
+]], S5, S5U, S4, H, VIA_BH, S5B, BH), { S5, S5U, S4, H, VIA_BH, S5B })
   end)
 
   teardown(function()
@@ -250,6 +252,23 @@ route(function(req) return req.listener == "bh" and "bh" or "direct" end)
     assert.is_nil(log:find("wrong", 1, true))
   end)
 
+  it("blocks an address that guesses SOCKS5 passwords, even with the right one", function()
+    local function try(pass)
+      local c = open(S5B)
+      c:send(bytes(5, 1, 2, 1, 5) .. "alice" .. bytes(#pass) .. pass)
+      local got = take(c, 4)
+      c:close()
+      return got
+    end
+    assert.equal(bytes(5, 2, 1, 0), try("wonder"))
+    assert.equal(bytes(5, 2, 1, 1), try("guess1"))
+    assert.equal(bytes(5, 2, 1, 1), try("guess2"))
+    assert.equal(bytes(5, 2, 1, 1), try("wonder")) -- blocked now
+    assert.is_truthy(procs.wait_for(function()
+      return procs.read_file(ferry.log):find("FERRY-1040", 1, true)
+    end))
+  end)
+
   it("answers an HTTP head on a SOCKS port at once, in HTTP", function()
     for _, port in ipairs { S5, S4 } do
       local c = open(port)
@@ -300,6 +319,50 @@ route(function(req) return req.listener == "bh" and "bh" or "direct" end)
   it("keeps serving after all of it", function()
     still_serving()
     assert.is_true(procs.alive(ferry))
+  end)
+end)
+
+describe("SOCKS listener reload", function()
+  local P, O = procs.free_port(), procs.free_port()
+  local origin, ferry
+
+  setup(function()
+    origin = procs.origin(O)
+    ferry = procs.ferry(string.format([[
+listen { name = "p", addr = "127.0.0.1:%d" }
+route(function() return "direct" end)
+]], P), { P })
+  end)
+
+  teardown(function()
+    if ferry then procs.stop_ferry(ferry) end
+    procs.stop(origin)
+  end)
+
+  local function reloads()
+    local n = 0
+    for _, l in ipairs(procs.log_lines(ferry)) do
+      if l.code == "FERRY-0101" then n = n + 1 end
+    end
+    return n
+  end
+
+  it("changes a kept listener's protocol for the connections that follow", function()
+    local function via(scheme)
+      return (procs.curl { proxy = scheme .. "://127.0.0.1:" .. P,
+        url = "http://127.0.0.1:" .. O .. "/", max_time = 5 })
+    end
+    assert.equal(200, via("http"))
+    assert.equal(0, via("socks5"))
+    local before = reloads()
+    procs.write_file(ferry.config, string.format([[
+listen { name = "p", addr = "127.0.0.1:%d", protocol = "socks5" }
+route(function() return "direct" end)
+]], P))
+    procs.signal(ferry, "HUP")
+    assert.is_truthy(procs.wait_for(function() return reloads() > before end))
+    assert.equal(200, via("socks5"))
+    assert.equal(400, via("http")) -- FERRY-1050, in HTTP for the HTTP client
   end)
 end)
 

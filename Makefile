@@ -26,7 +26,7 @@ DEPS     := build-essential pkg-config luajit2 libluajit2-5.1-dev libev-dev libh
             cppcheck microsocks tinyproxy curl prometheus python3 sqlite3 wget git nodejs \
             python3-requests python3-socks stunnel4 openssl util-linux \
             clang libclang-rt-14-dev
-BENCH_DEPS := wrk nginx-light squid haproxy tinyproxy dante-server util-linux
+BENCH_DEPS := wrk nginx-light squid haproxy tinyproxy dante-server microsocks stunnel4 openssl util-linux
 
 ifeq ($(V),1)
 Q :=
@@ -74,7 +74,7 @@ build/pic/%.o: core/%.c
 # build/fuzz/core with coverage instrumentation.  No event loop, no sockets.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 180
-FUZZ_TARGETS ?= head chunked connect socks5 config admin_json
+FUZZ_TARGETS ?= head chunked connect socks5 socks5_in socks4 config admin_json
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
                 -fno-omit-frame-pointer
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Wno-unused-parameter \
@@ -112,6 +112,14 @@ build/fuzz/fuzz_connect: build/fuzz/fuzz_connect.o build/fuzz/ref_http.o \
 	$(FUZZ_LINK) -lhttp_parser
 
 build/fuzz/fuzz_socks5: build/fuzz/fuzz_socks5.o $(call FUZZ_CORE,up_socks5 buf)
+	@echo "  LD    $@"
+	$(FUZZ_LINK)
+
+build/fuzz/fuzz_socks5_in: build/fuzz/fuzz_socks5_in.o $(call FUZZ_CORE,inbound_socks5 buf)
+	@echo "  LD    $@"
+	$(FUZZ_LINK)
+
+build/fuzz/fuzz_socks4: build/fuzz/fuzz_socks4.o $(call FUZZ_CORE,up_socks4 buf)
 	@echo "  LD    $@"
 	$(FUZZ_LINK)
 
@@ -177,7 +185,7 @@ lint: deps
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
 	  --std=c11 --inline-suppr --suppress=missingIncludeSystem -D_GNU_SOURCE core
 
-bench: deps bench-deps bin/ferry
+bench: deps bench-deps bin/ferry build/libferry.so
 	spec/bench/run.sh
 
 # Four upstreams under load, two killed and one stopped: errors and counts

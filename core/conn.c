@@ -307,8 +307,7 @@ void conn_update_io(struct conn *c)
         ce |= EV_WRITE;
     }
     if (c->up.fd >= 0) {
-        int reading = c->state == CS_HANDSHAKE || c->state == CS_EXCHANGE || tunnel ||
-                      c->idle_up;
+        int reading = c->state == CS_HANDSHAKE || c->state == CS_EXCHANGE || tunnel;
         if (reading && !c->up.eof && u_room) {
             ue |= EV_READ;
         }
@@ -508,28 +507,21 @@ void conn_pump(struct conn *c)
     conn_update_io(c);
 }
 
-/* A TLS listener's handshake failed: say why in the log.  A client that
- * spoke plain HTTP (a proxy URL with http:// for a TLS port) is told so
- * in plain HTTP, best effort, before the close. */
-static void conn_tls_refused(struct conn *c)
+/* A TLS listener's handshake failed.  A client that spoke plain HTTP
+ * (an http:// proxy URL for a TLS port) is answered in plain HTTP: the
+ * leg drops TLS and the usual error answer goes out.  1: answered. */
+static int conn_tls_refused(struct conn *c)
 {
-    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
     if (tls_leg_saw_http(&c->cli)) {
-        const struct ferr_info *info = ferr_info(FERR_PLAIN_TO_TLS);
-        char resp[FERR_ANSWER_MAX];
-        size_t n = ferr_answer(resp, sizeof(resp), info, NULL);
-        log_event(LOG_INFO, info->code, &ctx, "client %s sent plain HTTP to a TLS listener",
-                  c->client);
-        if (n > 0) {
-            ssize_t w = write(c->cli.fd, resp, n);
-            (void)w;
-        }
-        c->code = info->code;
-        return;
+        leg_tr_free(&c->cli);
+        conn_fail(c, FERR_TLS_PLAIN_HTTP);
+        return 1;
     }
+    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
     log_event(LOG_INFO, "FERRY-1070", &ctx, "TLS handshake with client %s failed: %s",
               c->client, tls_leg_error(&c->cli));
     c->code = "FERRY-1070";
+    return 0;
 }
 
 static void read_client(struct conn *c)
@@ -542,9 +534,8 @@ static void read_client(struct conn *c)
     } else if (n == 0) {
         c->cli.eof = 1;
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS) {
-        c->cli.eof = 1; /* reset: nothing more will come */
-        if (handshaking) {
-            conn_tls_refused(c);
+        if (!handshaking || !conn_tls_refused(c)) {
+            c->cli.eof = 1; /* reset: nothing more will come */
         }
     }
 }

@@ -12,6 +12,7 @@
 #include "ferry.h"
 #include "http.h"
 #include "loop.h"
+#include "upstream.h"
 
 #include <stdint.h>
 #include <sys/socket.h>
@@ -35,6 +36,7 @@ enum conn_state {
     CS_CONNECT,   /* TCP connect to the first hop in progress */
     CS_HANDSHAKE, /* connector handshake: HTTP CONNECT or SOCKS5 */
     CS_BACKOFF,   /* waiting before the next attempt on another proxy */
+    CS_QUEUE,     /* waiting for a connection slot of the upstream (uppool.c) */
     CS_EXCHANGE,  /* plain HTTP: request body out, response back */
     CS_TUNNEL,    /* opaque relay both ways: CONNECT or a WebSocket after 101 */
     CS_DRAIN,     /* final bytes to the client, then a lingering close */
@@ -47,6 +49,7 @@ struct proxy;
 struct report_cap;
 struct resolve_req;
 struct upstream_ops;
+struct upp_entry;
 struct transport_ops;
 
 /* One direction of a spliced tunnel (tunnel.c). */
@@ -113,23 +116,21 @@ struct conn {
 
     /* Routing and attempts. */
     struct proxy *proxy;         /* NULL: direct */
-    const struct upstream_ops *ops; /* connector of this attempt */
-    int hs_state;                /* connector's private handshake step */
+    struct hop hop;              /* the connector's attempt on the up leg (hop_begin) */
     struct resolve_req *rr;      /* pending lookup, cancelled on close */
     uint32_t tried[FERRY_RETRIES_MAX]; /* proxies of the earlier attempts, for dispatch */
     unsigned ntried;
     unsigned attempt;
     int retries;
     double connect_timeout, first_byte_timeout;
-    enum ferry_fail_kind fail_kind; /* set by a failing connector */
-    enum ferr fail_err;
     enum ferr last_err;          /* why the previous attempt failed */
     unsigned target_fails;       /* attempts of this request the destination failed */
 
-    /* An upstream kept open after a keep-alive response. */
-    struct proxy *idle_proxy;
-    char *idle_host;             /* heap copy of its host while kept, else NULL */
-    int idle_port;
+    /* The upstream connection slot (uppool.c). */
+    struct upp_entry *upp_entry; /* private: the upstream holding the slot or the wait */
+    struct conn *upp_next;       /* private: next waiter in its queue */
+    int upp_pool;                /* private: pool index the slot or wait is counted under */
+    unsigned up_requests;        /* requests up.fd served before the current one */
 
     /* Tunnels move bytes socket -> pipe -> socket with splice(2). */
     struct tunnel_pipe pcu;      /* private: client to upstream */
@@ -145,12 +146,14 @@ struct conn {
     unsigned sent_any:1;         /* response bytes reached cli.out this request */
     unsigned keep_client:1;      /* keep the client open after this response */
     unsigned upgrade:1;          /* request asks for a protocol upgrade */
-    unsigned idle_up:1;          /* up.fd is an idle keep-alive upstream */
+    unsigned upp_slot:1;         /* private: holds a slot of upp_entry */
+    unsigned upp_queued:1;       /* private: waits in upp_entry's queue */
+    unsigned upp_granted:1;      /* private: a slot came while waiting */
+    unsigned pooled:1;           /* this attempt runs on a kept connection: no latency sample */
+    unsigned fresh_only:1;       /* the next attempt opens a fresh connection (a replay) */
     unsigned head_started:1;     /* bytes of the next head have arrived */
     unsigned metered:1;          /* routed, outcome not counted yet (metrics.c) */
     unsigned pump_again:1;       /* private: a CONN_EV_PUMP is fed to cli.io */
-    unsigned fail_target:1;      /* set by a failing connector: the destination failed,
-                                  * not the proxy (conn_report_target) */
     unsigned dechunk:1;          /* relay a chunked response's data to a 1.0 client */
     unsigned reused:1;           /* this attempt runs on a kept upstream that has
                                   * not answered a byte yet (conn_upstream.c) */

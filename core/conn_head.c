@@ -7,6 +7,7 @@
  * What ferry adds or removes on the way is documented in docs/http.md. */
 #include "conn.h"
 #include "proxy.h"
+#include "upstream.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -186,7 +187,7 @@ int conn_write_request_head(struct conn *c)
     if (out_open(&o, &c->up.out) < 0) {
         return -1;
     }
-    int absolute = c->proxy != NULL && proxy_speaks_http(c->proxy->pub.scheme);
+    int absolute = c->proxy != NULL && upstream_absolute(c->proxy->pub.scheme);
     int v6 = strchr(c->host, ':') != NULL;
     char hostport[HOST_MAX_LEN + 16];
     if (c->port == 80) {

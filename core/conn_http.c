@@ -8,6 +8,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "upstream.h"
 #include "sticky.h"
 
 #include <stdio.h>
@@ -280,7 +281,7 @@ static void reset_request(struct conn *c)
     c->ntried = 0;
     c->attempt = 0;
     c->target_fails = 0;
-    c->fail_target = 0;
+    c->hop.fail_target = 0;
     c->dechunk = 0;
     c->retries = 0;
     c->proxy = NULL;
@@ -466,11 +467,10 @@ void conn_finish(struct conn *c)
     c->served++;
     c->state = CS_HEAD;
     c->cid[0] = '\0';
-    /* Between requests deadline is the end of the keep-alive; a kept
-     * upstream is closed sooner, after upstream_idle (conn_on_timeout). */
+    /* Between requests deadline is the end of the keep-alive (the kept
+     * upstream went back to its pool: uppool.c times it out). */
     c->deadline = loop_now() + timeouts.keepalive;
-    conn_arm(c, c->idle_up && timeouts.upstream_idle < timeouts.keepalive
-                    ? timeouts.upstream_idle : timeouts.keepalive);
+    conn_arm(c, timeouts.keepalive);
     conn_idle_trim(c);
 }
 
@@ -531,8 +531,7 @@ static int relay_request_body(struct conn *c)
  * through any proxy. */
 static void origin_failed(struct conn *c, enum ferr e)
 {
-    if (e == FERR_BAD_RESPONSE && c->proxy != NULL &&
-        proxy_speaks_http(c->proxy->pub.scheme)) {
+    if (e == FERR_BAD_RESPONSE && c->proxy != NULL && upstream_absolute(c->proxy->pub.scheme)) {
         conn_report(c, 0, FERRY_FAIL_HTTP5XX, 0);
     } else {
         conn_report_target(c);
@@ -586,7 +585,7 @@ static int take_response_head(struct conn *c)
             c->replayable = 0;
             continue;
         }
-        if (st == 407 && c->proxy != NULL && proxy_speaks_http(c->proxy->pub.scheme)) {
+        if (st == 407 && c->proxy != NULL && upstream_absolute(c->proxy->pub.scheme)) {
             conn_attempt_failed(c, FERRY_FAIL_AUTH, FERR_UPSTREAM_AUTH);
             return -1;
         }

@@ -55,7 +55,8 @@ static void report_with(struct conn *c, struct report_cap *k, int ok,
     }
     struct ferry_pxstate *x = ferry_pxstate_get(p->pub.id, c->exchange);
     if (x != NULL) {
-        health_pair_result(x, ok, ok ? ms : -1);
+        /* A kept connection's time to the head has no setup in it: no sample. */
+        health_pair_result(x, ok, ok && !c->pooled ? ms : -1);
     }
     struct ferry_result r;
     memset(&r, 0, sizeof(r));

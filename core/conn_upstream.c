@@ -9,6 +9,7 @@
 #include "resolve.h"
 #include "transport.h"
 #include "upstream.h"
+#include "uppool.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -29,6 +30,7 @@ static double min_d(double a, double b)
 
 void conn_upstream_close(struct conn *c)
 {
+    hop_fini(&c->hop);
     if (c->rr != NULL) {
         resolve_cancel(c->rr);
         c->rr = NULL;
@@ -40,34 +42,27 @@ void conn_upstream_close(struct conn *c)
         close(c->up.fd);
         c->up.fd = -1;
     }
+    uppool_drop(c);
     if (c->counted && c->proxy != NULL) {
         proxy_attempt_end(c->proxy);
     }
     c->counted = 0;
-    c->idle_up = 0;
-    free(c->idle_host);
-    c->idle_host = NULL;
     c->up.eof = 0;
     c->up.shut = 0;
     buf_consume(&c->up.in, buf_len(&c->up.in));
     buf_consume(&c->up.out, buf_len(&c->up.out));
 }
 
+/* The response is complete: the connection goes back to its upstream's
+ * pool (keep) or is closed.  Either way the conn holds none after. */
 void conn_upstream_release(struct conn *c, int keep)
 {
-    free(c->idle_host);
-    c->idle_host = keep ? strdup(c->host) : NULL;
-    if (c->idle_host == NULL) {
-        conn_upstream_close(c);
-        return;
-    }
     if (c->counted && c->proxy != NULL) {
         proxy_attempt_end(c->proxy);
     }
     c->counted = 0;
-    c->idle_up = 1;
-    c->idle_proxy = c->proxy;
-    c->idle_port = c->port;
+    uppool_release(c, keep && !c->is_connect && !c->upgrade);
+    conn_upstream_close(c);
 }
 
 void conn_route(struct conn *c)
@@ -164,34 +159,6 @@ static void on_resolved(void *arg, int status, const struct sockaddr *sa, sockle
     }
 }
 
-/* A kept upstream is alive when nothing waits on it: an upstream that
- * hung up (or spoke unasked) since its last answer may not have been
- * seen yet when the client's next request comes in the same loop
- * iteration.  Asking the socket costs one syscall and saves a request
- * sent into a closed connection. */
-static int idle_alive(int fd)
-{
-    char b;
-    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK);
-}
-
-static int reusable(struct conn *c)
-{
-    if (!c->idle_up || c->is_connect || c->upgrade || c->idle_proxy != c->proxy) {
-        return 0;
-    }
-    if (c->proxy == NULL || !proxy_speaks_http(c->proxy->pub.scheme)) {
-        /* An HTTP proxy takes any absolute-form request; other hops are
-         * bound to one destination. */
-        if (c->idle_host == NULL || c->idle_port != c->port ||
-            strcmp(c->idle_host, c->host) != 0) {
-            return 0;
-        }
-    }
-    return idle_alive(c->up.fd);
-}
-
 static void attempt_start(struct conn *c);
 
 /* An attempt on a kept upstream failed before its first response byte:
@@ -217,6 +184,7 @@ static int reuse_replay(struct conn *c, enum ferr e)
               "sending again on a fresh connection", c->host, c->port);
     metrics_reuse_retry(c->pool);
     conn_upstream_close(c);
+    c->fresh_only = 1;
     c->fwd = 0;
     c->req_done = 0;
     c->replay_head = 1;
@@ -233,29 +201,95 @@ void conn_attempt(struct conn *c)
     attempt_start(c);
 }
 
+/* A connector that went on by itself (its own lookup ended). */
+static void hop_woke(struct hop *h, int result)
+{
+    struct conn *c = h->owner;
+    c->refs++;
+    if (result == UP_DONE) {
+        conn_upstream_ready(c);
+    } else if (result == UP_FAIL) {
+        conn_attempt_failed(c, h->fail_kind, h->fail_err);
+    }
+    if (!c->closing) {
+        conn_pump(c);
+    }
+    c->refs--;
+    if (c->closing) {
+        conn_close(c);
+    }
+}
+
+/* The hop of this attempt: the connector of the proxy's scheme on the up leg. */
+static void hop_begin(struct conn *c)
+{
+    struct hop *h = &c->hop;
+    hop_fini(h);
+    h->leg = &c->up;
+    h->proxy = c->proxy;
+    h->host = c->host;
+    h->port = c->port;
+    h->is_connect = c->is_connect;
+    h->resp = &c->resp;
+    h->ops = upstream_for(c->proxy != NULL ? c->proxy->pub.scheme : FERRY_SCHEME_DIRECT);
+    h->wake = hop_woke;
+    h->owner = c;
+    hop_reset(h);
+}
+
+static void attempt_go(struct conn *c);
+
 static void attempt_start(struct conn *c)
 {
     c->t_attempt = loop_now();
-    c->hs_state = 0;
     c->reused = 0;
+    c->pooled = 0;
     c->wrote_up = 0;
-    c->ops = c->proxy == NULL ? &up_direct
-           : proxy_speaks_http(c->proxy->pub.scheme) ? &up_http : &up_socks5;
-    if (c->up.fd >= 0 && reusable(c)) {
-        c->idle_up = 0;
-        c->reused = 1;
-        if (c->proxy != NULL) {
-            proxy_attempt_begin(c->proxy);
-            c->counted = 1;
-        }
-        conn_upstream_ready(c);
-        return;
-    }
+    hop_begin(c);
+    /* Tunnels and upgrades never travel on a kept connection; a replay
+     * goes out on a fresh one. */
+    int may_reuse = !c->is_connect && !c->upgrade && !c->fresh_only;
+    c->fresh_only = 0;
     conn_upstream_close(c);
+    switch (uppool_acquire(c, may_reuse)) {
+    case UPPOOL_FULL:
+        conn_fail(c, FERR_QUEUE_FULL);
+        return;
+    case UPPOOL_WAIT:
+        c->state = CS_QUEUE;
+        conn_arm(c, min_d(uppool_queue_timeout(c->pool), c->deadline - loop_now()));
+        return;
+    case UPPOOL_GO:
+        break;
+    }
+    attempt_go(c);
+}
+
+/* A slot is held: use the kept connection that came with it, or open one. */
+static void attempt_go(struct conn *c)
+{
+    c->t_attempt = loop_now();
+    if (c->up.fd >= 0 && !uppool_alive(c->up.fd)) {
+        ev_io_stop(loop, &c->up.io);
+        c->up.ev = 0;
+        leg_tr_free(&c->up);
+        close(c->up.fd); /* hung up while handed over: the slot stays */
+        c->up.fd = -1;
+    }
     if (c->proxy != NULL) {
         proxy_attempt_begin(c->proxy);
         c->counted = 1;
     }
+    if (c->up.fd >= 0) {
+        c->reused = 1;
+        c->pooled = 1;
+        conn_upstream_ready(c);
+        return;
+    }
+    c->up.eof = 0;
+    c->up.shut = 0;
+    c->up_requests = 0;
+    uppool_opened(c);
     conn_arm(c, min_d(c->connect_timeout, c->deadline - loop_now()));
     struct sockaddr_storage ss;
     socklen_t len;
@@ -280,11 +314,11 @@ static void attempt_start(struct conn *c)
 /* The connector's handshake, once the transport under it is ready. */
 static void connector_start(struct conn *c)
 {
-    int r = c->ops->start(c);
+    int r = c->hop.ops->start(&c->hop);
     if (r == UP_DONE) {
         conn_upstream_ready(c);
     } else if (r == UP_FAIL) {
-        conn_attempt_failed(c, c->fail_kind, c->fail_err);
+        conn_attempt_failed(c, c->hop.fail_kind, c->hop.fail_err);
     }
 }
 
@@ -313,7 +347,7 @@ static void connected(struct conn *c)
 {
     c->state = CS_HANDSHAKE;
     struct proxy *p = c->proxy;
-    if (p == NULL || !proxy_scheme_tls(p->pub.scheme)) {
+    if (p == NULL || !upstream_uses_tls(p->pub.scheme)) {
         connector_start(c);
         return;
     }
@@ -352,7 +386,7 @@ void conn_upstream_ready(struct conn *c)
 {
     metrics_upstream_ready(c);
     double ms = (loop_now() - c->t_attempt) * 1000.0;
-    if (c->proxy != NULL) {
+    if (c->proxy != NULL && !c->pooled) { /* a kept connection has no setup time */
         ewma_latency(&c->proxy->pub.latency_ewma_ms, ms);
     }
     if (c->is_connect) {
@@ -394,8 +428,8 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
     int before_send = c->state == CS_RESOLVE || c->state == CS_CONNECT ||
                       c->state == CS_HANDSHAKE;
     struct proxy *p = c->proxy;
-    int target = c->fail_target; /* the destination failed: not charged, one retry */
-    c->fail_target = 0;
+    int target = c->hop.fail_target; /* the destination failed: not charged, one retry */
+    c->hop.fail_target = 0;
     if (target) {
         c->target_fails++;
         conn_report_target(c);
@@ -460,7 +494,7 @@ void conn_upstream_event(struct conn *c, int revents)
         return;
     }
     /* A TLS read may wait for writability (tls_events): try it on either. */
-    if ((revents & EV_WRITE) && !leg_plain(&c->up) && !c->up.eof && !c->idle_up) {
+    if ((revents & EV_WRITE) && !leg_plain(&c->up) && !c->up.eof) {
         revents |= EV_READ;
     }
     if ((revents & EV_READ) && conn_tunnel_read_upstream(c)) {
@@ -474,17 +508,12 @@ void conn_upstream_event(struct conn *c, int revents)
         } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS)) {
             c->up.eof = 1;
         }
-        if (c->idle_up) {
-            /* An idle upstream spoke or hung up: it is no longer reusable. */
-            conn_upstream_close(c);
-            return;
-        }
         if (c->state == CS_HANDSHAKE) {
-            int r = c->ops->input(c);
+            int r = c->hop.ops->input(&c->hop);
             if (r == UP_DONE) {
                 conn_upstream_ready(c);
             } else if (r == UP_FAIL) {
-                conn_attempt_failed(c, c->fail_kind, c->fail_err);
+                conn_attempt_failed(c, c->hop.fail_kind, c->hop.fail_err);
             } else if (c->up.eof) {
                 conn_attempt_failed(c, FERRY_FAIL_RESET, FERR_HANDSHAKE_FAILED);
             }
@@ -536,10 +565,6 @@ void conn_on_timeout(struct conn *c)
     case CS_HEAD:
         if (!buf_empty(&c->cli.in)) {
             conn_fail(c, FERR_HEAD_TIMEOUT);
-        } else if (c->idle_up && c->deadline - loop_now() > 0.001) {
-            /* The kept upstream idled out; the client may stay till its deadline. */
-            conn_upstream_close(c);
-            conn_arm(c, c->deadline - loop_now());
         } else {
             conn_close(c); /* idle keep-alive or silent client */
         }
@@ -551,6 +576,13 @@ void conn_on_timeout(struct conn *c)
         break;
     case CS_BACKOFF:
         conn_route(c);
+        break;
+    case CS_QUEUE:
+        if (uppool_queue_fired(c)) {
+            attempt_go(c);
+        } else {
+            conn_fail(c, FERR_QUEUE_TIMEOUT);
+        }
         break;
     case CS_EXCHANGE:
         if (!c->req_done && loop_now() - c->last_up >= timeouts.idle - 0.001) {

@@ -63,6 +63,10 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_RESPONSE_TOO_LARGE] = { "FERRY-3031", 502, "Bad Gateway",
                                   "the origin's response head is too large "
                                   "(over 16 KiB or 100 fields)" },
+    [FERR_QUEUE_FULL]         = { "FERRY-3060", 503, "Service Unavailable",
+                                  "the upstream has all its connections busy and its queue is full" },
+    [FERR_QUEUE_TIMEOUT]      = { "FERRY-3061", 503, "Service Unavailable",
+                                  "no upstream connection became free within queue_timeout" },
     [FERR_SOCKS_VERSION]      = { "FERRY-1050", 400, "Bad Request",
                                   "not a SOCKS request (an HTTP client on a SOCKS listener?)" },
     [FERR_SOCKS_NO_METHOD]    = { "FERRY-1051", 407, "Proxy Authentication Required",
@@ -80,8 +84,11 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_UPSTREAM_TLS]       = { "FERRY-3040", 502, "Bad Gateway",
                                   "TLS with the upstream proxy failed "
                                   "(certificate or protocol; see the log)" },
-    [FERR_PLAIN_TO_TLS]       = { "FERRY-1071", 400, "Bad Request",
+    [FERR_TLS_PLAIN_HTTP]     = { "FERRY-1071", 400, "Bad Request",
                                   "this listener speaks TLS: use an https:// proxy URL" },
+    [FERR_SOCKS4_NO_IPV4]     = { "FERRY-3050", 502, "Bad Gateway",
+                                  "the destination has no IPv4 address, which a SOCKS4 proxy "
+                                  "needs (use socks4a:// or socks5://)" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

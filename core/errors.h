@@ -34,6 +34,8 @@ enum ferr {
     FERR_UPSTREAM_STALLED, /* the upstream stopped reading the request body */
     FERR_TARGET_REFUSED,   /* the upstream proxy could not reach the destination */
     FERR_RESPONSE_TOO_LARGE, /* the origin's response head is over the limit */
+    FERR_QUEUE_FULL,       /* the upstream's connection queue is full (uppool.c) */
+    FERR_QUEUE_TIMEOUT,    /* no upstream connection slot came in queue_timeout */
     FERR_SOCKS_VERSION,    /* a SOCKS listener got another version byte (HTTP?) */
     FERR_SOCKS_NO_METHOD,  /* no SOCKS5 auth method both sides accept */
     FERR_SOCKS_COMMAND,    /* a SOCKS command other than CONNECT (BIND, UDP ASSOCIATE) */
@@ -41,7 +43,8 @@ enum ferr {
     FERR_SOCKS_MALFORMED,  /* a SOCKS message with a bad field (empty name, port 0) */
     FERR_SOCKS4_USERS,     /* SOCKS4 on a listener with users: it has no password */
     FERR_UPSTREAM_TLS,     /* TLS to an https:// proxy failed (certificate, protocol) */
-    FERR_PLAIN_TO_TLS,     /* plain HTTP sent to a TLS listener */
+    FERR_TLS_PLAIN_HTTP,   /* plain HTTP sent to a TLS listener */
+    FERR_SOCKS4_NO_IPV4,   /* a SOCKS4 proxy cannot reach a destination without IPv4 */
     FERR_COUNT
 };
 

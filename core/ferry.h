@@ -299,6 +299,31 @@ void ferry_probe_set_concurrency(int n);
 /* Probes in flight now. */
 int ferry_probe_inflight(void);
 
+/* Upstream connections (uppool.c).  Limits of a pool index (0: direct):
+ * connections per upstream (0: no cap), waiting requests, seconds a
+ * request waits, idle connections per upstream, seconds one is kept
+ * (0: timeouts.upstream_idle), requests per connection (0: no limit).
+ * A negative count or a zero time keeps the default. */
+int ferry_pool_connections(int pool, int max, int queue, double queue_timeout, int idle,
+                           double idle_timeout, int max_requests);
+/* Counters and gauges of one proxy (by id) or one pool index. */
+struct ferry_conn_stats {
+    uint64_t opened;          /* ro: connections opened */
+    uint64_t reused;          /* ro: requests sent on a kept connection */
+    uint64_t queued;          /* ro: requests that waited for a slot */
+    uint64_t queue_timeouts;  /* ro: waits that ran out (FERRY-3061) */
+    uint64_t queue_full;      /* ro: requests refused with the queue full (FERRY-3060) */
+    uint64_t retired;         /* ro: connections closed after max_requests */
+    uint32_t active;          /* ro: connections in use or being opened now */
+    uint32_t idle;            /* ro: idle connections kept now */
+    uint32_t waiting;         /* ro: requests waiting now */
+    uint32_t pad_;
+};
+int ferry_conn_stats_proxy(uint32_t id, struct ferry_conn_stats *out);
+int ferry_conn_stats_pool(int pool, struct ferry_conn_stats *out);
+/* Idle connections closed because the global idle cap was reached. */
+uint64_t ferry_conn_idle_evicted(void);
+
 /* Pool names by the stable pool index of ferry_req.pool (1..4095), for
  * logs and metrics; index 0 is "direct".  NULL when unknown. */
 int ferry_set_pool_name(int index, const char *name);

@@ -43,6 +43,15 @@ void inbound_route_tunnel(struct conn *c)
     conn_route(c);
 }
 
+int inbound_looks_http(const struct conn *c)
+{
+    if (buf_empty(&c->cli.in)) {
+        return 0;
+    }
+    unsigned char b = (unsigned char)buf_head(&c->cli.in)[0];
+    return (b >= 'A' && b <= 'Z') || (b >= 'a' && b <= 'z');
+}
+
 /* mixed: the first byte tells SOCKS5 (5), SOCKS4 (4) and HTTP apart; the
  * connection then belongs to that protocol for good. */
 static void mixed_start(struct conn *c)

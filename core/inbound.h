@@ -45,6 +45,9 @@ void inbound_handshake_start(struct conn *c, const char *proto);
 /* c->host and c->port are set: route it as a CONNECT would be. */
 void inbound_route_tunnel(struct conn *c);
 
+/* 1 when cli.in starts with a letter, as an HTTP method does: a SOCKS
+ * listener then answers its version error in HTTP, for people to read. */
+int inbound_looks_http(const struct conn *c);
 /* The SOCKS5 REP code (RFC 1928 section 6) that answers failure e. */
 unsigned char inbound_socks5_rep(enum ferr e);
 

@@ -148,7 +148,7 @@ static void s4_answer_ok(struct conn *c)
 static void s4_answer_fail(struct conn *c, enum ferr e)
 {
     if (e == FERR_SOCKS_VERSION) {
-        if (!buf_empty(&c->cli.in) && (unsigned char)buf_head(&c->cli.in)[0] >= 'A') {
+        if (inbound_looks_http(c)) {
             conn_write_http_error(c, e); /* an HTTP client on a SOCKS port */
         }
         return;

@@ -47,8 +47,10 @@ static const unsigned char rep_of[FERR_COUNT] = {
     [FERR_FIRST_BYTE_TIMEOUT] = 6,
     [FERR_HEAD_TIMEOUT] = 6,
     [FERR_UPSTREAM_STALLED] = 6,
+    [FERR_QUEUE_TIMEOUT] = 6,     /* no upstream connection slot in time */
     [FERR_SOCKS_COMMAND] = 7,      /* command not supported */
     [FERR_SOCKS_ATYP] = 8,         /* address type not supported */
+    [FERR_SOCKS4_NO_IPV4] = 8,     /* the SOCKS4 hop cannot carry an IPv6 destination */
 };
 
 unsigned char inbound_socks5_rep(enum ferr e)
@@ -302,8 +304,7 @@ static void s5_answer_fail(struct conn *c, enum ferr e)
     case S5IN_GREETING:
         if (e == FERR_SOCKS_NO_METHOD) {
             c->bytes_out += buf_append(&c->cli.out, no_method, sizeof(no_method));
-        } else if (e == FERR_SOCKS_VERSION && !buf_empty(&c->cli.in) &&
-                   (unsigned char)buf_head(&c->cli.in)[0] >= 'A') {
+        } else if (e == FERR_SOCKS_VERSION && inbound_looks_http(c)) {
             /* Letters: an HTTP client on a SOCKS port.  Tell it in HTTP. */
             conn_write_http_error(c, e);
         }

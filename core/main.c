@@ -14,6 +14,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "resolve.h"
+#include "uppool.h"
 
 #include <errno.h>
 #include <libgen.h>
@@ -273,6 +274,7 @@ static int cmd_run(const char *config, int check_only)
     log_flush();
     ev_run(loop, 0);
     conn_close_all();
+    uppool_free_all();
     listener_close_all();
     bridge_stop(); /* the runtime persists what it must (last known health) */
     log_event(LOG_INFO, "FERRY-0005", NULL, "stopped");

@@ -15,8 +15,10 @@
 #include "loop.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "uppool.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -297,6 +299,80 @@ static void render_authfail(struct text *t)
     sample_u64(t, "ferry_auth_evictions_total", NULL, a->evictions);
 }
 
+/* Upstream connections (uppool.c): one row per field, per pool and per proxy. */
+struct conn_field {
+    const char *name, *type, *help;
+    size_t off;  /* in struct ferry_conn_stats */
+    int gauge;   /* a uint32_t gauge, else a uint64_t counter */
+};
+
+#define CF(name, type, help, field, gauge) \
+    { name, type, help, offsetof(struct ferry_conn_stats, field), gauge }
+static const struct conn_field conn_fields[] = {
+    CF("connections_opened_total", "counter", "Upstream connections opened", opened, 0),
+    CF("connections_reused_total", "counter", "Requests sent on a kept upstream connection",
+       reused, 0),
+    CF("connections_active", "gauge", "Upstream connections in use or being opened now",
+       active, 1),
+    CF("connections_idle", "gauge", "Idle upstream connections kept now", idle, 1),
+    CF("connections_retired_total", "counter",
+       "Upstream connections closed after connections.max_requests", retired, 0),
+    CF("queued_total", "counter", "Requests that waited for an upstream connection slot",
+       queued, 0),
+    CF("queue_waiting", "gauge", "Requests waiting for an upstream connection slot now",
+       waiting, 1),
+    CF("queue_timeouts_total", "counter",
+       "Requests whose wait for a slot ran out (503 FERRY-3061)", queue_timeouts, 0),
+    CF("queue_full_total", "counter",
+       "Requests refused because the wait queue was full (503 FERRY-3060)", queue_full, 0),
+};
+#define CONN_FIELDS (sizeof(conn_fields) / sizeof(conn_fields[0]))
+
+static uint64_t conn_value(const struct ferry_conn_stats *s, const struct conn_field *f)
+{
+    const char *p = (const char *)s + f->off;
+    if (f->gauge) {
+        uint32_t v;
+        memcpy(&v, p, sizeof(v));
+        return v;
+    }
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+static void conn_family(struct text *t, const char *prefix, const struct conn_field *f,
+                        const char *by)
+{
+    char name[96], help[192];
+    snprintf(name, sizeof(name), "%s%s", prefix, f->name);
+    snprintf(help, sizeof(help), "%s, by %s.", f->help, by);
+    family(t, name, f->type, help);
+}
+
+static void render_conn_pools(struct text *t)
+{
+    char lbl[128], name[96];
+    uint32_t n = uppool_pool_count();
+    for (size_t k = 0; k < CONN_FIELDS; k++) {
+        conn_family(t, "ferry_upstream_", &conn_fields[k], "pool");
+        snprintf(name, sizeof(name), "ferry_upstream_%s", conn_fields[k].name);
+        for (uint32_t i = 0; i < n; i++) {
+            struct ferry_conn_stats s, zero;
+            memset(&zero, 0, sizeof(zero));
+            ferry_conn_stats_pool((int)i, &s);
+            if (memcmp(&s, &zero, sizeof(s)) == 0) {
+                continue; /* never used */
+            }
+            open1(t, name, "pool", metrics_pool_label(metrics_pool_slot((int)i), lbl));
+            close_u64(t, conn_value(&s, &conn_fields[k]));
+        }
+    }
+    family(t, "ferry_upstream_idle_evicted_total", "counter",
+           "Idle upstream connections closed because the global idle cap was reached.");
+    sample_u64(t, "ferry_upstream_idle_evicted_total", NULL, ferry_conn_idle_evicted());
+}
+
 static void render_core(struct text *t)
 {
     char lbl[128];
@@ -331,6 +407,7 @@ static void render_core(struct text *t)
             close_u64(t, metrics.pools[s]->reuse_retries);
         }
     }
+    render_conn_pools(t);
     render_histo(t, "ferry_connect_duration_seconds", 0,
                  "Time to reach the upstream (resolve, connect, proxy handshake) of fresh "
                  "upstream connections, by pool.");
@@ -614,6 +691,22 @@ static void render_proxies(struct text *t, const struct ferry_metrics_member *m,
         puts_(t, prefix(&px, i));
         puts_(t, ",result=\"failed\"");
         close_u64(t, m[i].proxy->probes_failed);
+    }
+    for (size_t k = 0; k < CONN_FIELDS; k++) {
+        char name[96];
+        snprintf(name, sizeof(name), "ferry_proxy_%s", conn_fields[k].name);
+        conn_family(t, "ferry_proxy_", &conn_fields[k], "proxy");
+        for (uint32_t i = 0; i < n; i++) {
+            if (m[i].proxy == NULL) {
+                continue;
+            }
+            struct ferry_conn_stats s;
+            ferry_conn_stats_proxy(m[i].proxy->id, &s);
+            puts_(t, name);
+            puts_(t, "{");
+            puts_(t, prefix(&px, i));
+            close_u64(t, conn_value(&s, &conn_fields[k]));
+        }
     }
     render_pairs(t, m, n, &px);
     free(px.buf.p);

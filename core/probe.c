@@ -2,9 +2,8 @@
  *
  * A probe reaches the proxy like real traffic does: the same address
  * (literal or c-ares), and for http and connect checks the same
- * connector vtables (up_http, up_socks5), driven on a detached struct
- * conn that only the probe uses and keeps, buffers included, for its
- * next run.  Each probe has one ev_timer: the schedule while idle, the
+ * connector (upstream_for), driven on a bare leg and hop of the probe's
+ * own that it keeps, buffers included, for its next run.  Each probe has one ev_timer: the schedule while idle, the
  * probe's own deadline while it runs, so a probe never overlaps itself
  * and never has a second timer.
  *
@@ -18,9 +17,9 @@
  * stopped or wedged proxy still does.  So after real traffic took the
  * proxy down for timeouts, resets or garbled handshakes (health.c sets
  * needs_answer), its tcp probe also says hello in the proxy's protocol
- * and passes only on an answer within the timeout: any HTTP response to
- * `OPTIONS *` from an HTTP proxy, the method choice from a SOCKS5 one.
- * Nothing is relayed, so no target is needed.
+ * and passes only on an answer within the timeout: the connector's
+ * hello (any HTTP response to `OPTIONS *` from an HTTP proxy, the method
+ * choice from a SOCKS5 one).  Nothing is relayed, so no target is needed.
  *
  * A probe that cannot even start for a local reason (no file descriptor,
  * no memory, the resolver shutting down) says nothing about the proxy:
@@ -80,12 +79,14 @@ struct probe {
     struct probe_conf conf;      /* ro: the parameters runs use */
     struct probe_conf next;      /* private: set while a run is in flight */
     ev_timer timer;              /* private: schedule, or the running probe's deadline */
-    ev_io io;                    /* private: the probe socket */
-    struct conn *c;              /* private: detached conn, kept between runs */
+    struct leg leg;              /* private: the probe socket, its watcher and buffers
+                                  * (allocated at the first run, kept between runs) */
+    struct hop hop;              /* private: the connector's attempt on leg */
+    struct http_msg resp;        /* private: the answer's head */
     struct resolve_req *rr;      /* private: pending lookup */
     enum probe_step step;        /* private: PS_IDLE = not in flight */
     double started;              /* private: ev_time() when the run began */
-    int ev;                      /* private: events io has now */
+    unsigned has_bufs:1;         /* private: leg's buffers are allocated */
     unsigned has_next:1;         /* private: next holds parameters to apply */
 };
 
@@ -97,6 +98,7 @@ static struct probe **all;
 static unsigned nall, cap_all;
 
 static void schedule(struct probe *pr, double delay);
+static void handshake_failed(struct probe *pr);
 
 void ferry_probe_set_concurrency(int n)
 {
@@ -140,38 +142,40 @@ static void conf_free(struct probe_conf *pc)
 
 static void set_io(struct probe *pr, int fd, int events)
 {
-    if (pr->ev == events && ev_is_active(&pr->io)) {
+    struct leg *g = &pr->leg;
+    if (g->ev == events && ev_is_active(&g->io)) {
         return;
     }
-    ev_io_stop(loop, &pr->io);
-    pr->ev = events;
+    ev_io_stop(loop, &g->io);
+    g->ev = events;
     if (events != 0) {
-        ev_io_set(&pr->io, fd, events);
-        ev_io_start(loop, &pr->io);
+        ev_io_set(&g->io, fd, events);
+        ev_io_start(loop, &g->io);
     }
 }
 
-/* End a run: stop the watchers and the lookup, then close the socket.
- * The conn and its buffers stay for the next run. */
+/* End a run: stop the watchers and the lookups, then close the socket.
+ * The leg's buffers stay for the next run. */
 static void release(struct probe *pr)
 {
-    struct conn *c = pr->c;
+    struct leg *g = &pr->leg;
     if (pr->rr != NULL) {
         resolve_cancel(pr->rr);
         pr->rr = NULL;
     }
-    ev_io_stop(loop, &pr->io);
-    pr->ev = 0;
+    hop_fini(&pr->hop);
+    ev_io_stop(loop, &g->io);
+    g->ev = 0;
     ev_timer_stop(loop, &pr->timer);
-    if (c != NULL) {
-        if (c->up.fd >= 0) {
-            close(c->up.fd);
-            c->up.fd = -1;
-        }
-        buf_consume(&c->up.in, buf_len(&c->up.in));
-        buf_consume(&c->up.out, buf_len(&c->up.out));
-        http_msg_release(&c->resp);
+    if (g->fd >= 0) {
+        close(g->fd);
+        g->fd = -1;
     }
+    if (pr->has_bufs) {
+        buf_consume(&g->in, buf_len(&g->in));
+        buf_consume(&g->out, buf_len(&g->out));
+    }
+    http_msg_release(&pr->resp);
     if (pr->step != PS_IDLE) {
         pr->step = PS_IDLE;
         inflight--;
@@ -224,16 +228,16 @@ static int status_expected(const struct probe_conf *pc, int st)
 }
 
 /* Queue the GET of an http check: absolute form to an HTTP proxy (with
- * its credentials and headers), origin form inside a SOCKS5 tunnel. */
+ * its credentials and headers), origin form inside a tunnel. */
 static void queue_get(struct probe *pr)
 {
-    struct conn *c = pr->c;
+    struct buf *out = &pr->leg.out;
     struct proxy *p = pr->p;
     const struct probe_conf *pc = &pr->conf;
     char line[PROBE_PATH_MAX + 2 * HOST_MAX_LEN + 96];
     const char *lb = strchr(pc->host, ':') != NULL ? "[" : "";
     const char *rb = *lb != '\0' ? "]" : "";
-    int absolute = p->pub.scheme == FERRY_SCHEME_HTTP;
+    int absolute = upstream_absolute(p->pub.scheme);
     int n = absolute
         ? snprintf(line, sizeof(line), "GET http://%s%s%s:%d%s HTTP/1.1\r\nHost: %s%s%s:%d\r\n",
                    lb, pc->host, rb, pc->port, pc->path, lb, pc->host, rb, pc->port)
@@ -242,15 +246,15 @@ static void queue_get(struct probe *pr)
     if (n < 0 || (size_t)n >= sizeof(line)) {
         n = 0; /* cannot happen: ferry_probe_set bounds host and path */
     }
-    buf_append(&c->up.out, line, (size_t)n);
+    buf_append(out, line, (size_t)n);
     if (absolute && p->auth_header != NULL) {
-        buf_append(&c->up.out, p->auth_header, strlen(p->auth_header));
+        buf_append(out, p->auth_header, strlen(p->auth_header));
     }
     if (absolute && p->extra_headers != NULL) {
-        buf_append(&c->up.out, p->extra_headers, strlen(p->extra_headers));
+        buf_append(out, p->extra_headers, strlen(p->extra_headers));
     }
     static const char tail[] = "User-Agent: ferry-probe\r\nConnection: close\r\n\r\n";
-    buf_append(&c->up.out, tail, sizeof(tail) - 1);
+    buf_append(out, tail, sizeof(tail) - 1);
     pr->step = PS_HTTP;
 }
 
@@ -261,80 +265,52 @@ static void handshake_done(struct probe *pr)
         finish(pr, PROBE_OK, NULL);
         return;
     }
-    buf_consume(&pr->c->up.in, buf_len(&pr->c->up.in));
+    buf_consume(&pr->leg.in, buf_len(&pr->leg.in));
     queue_get(pr);
 }
 
-/* Queue the hello of a tcp check that needs an answer: a request an
- * HTTP proxy answers itself (RFC 9110 9.3.7: OPTIONS * addresses the
- * server, not a resource), or a SOCKS5 greeting offering what we would
- * offer for real. */
+/* Queue the hello of a tcp check that needs an answer: the connector's
+ * greeting, one the proxy answers in its protocol (OPTIONS * to an HTTP
+ * proxy, the method offer to a SOCKS5 one). */
 static void queue_hello(struct probe *pr)
 {
-    struct conn *c = pr->c;
-    const struct proxy *p = pr->p;
-    if (p->pub.scheme == FERRY_SCHEME_SOCKS5) {
-        static const char plain[] = { 5, 1, 0 }, creds[] = { 5, 2, 0, 2 };
-        if (p->user != NULL) {
-            buf_append(&c->up.out, creds, sizeof(creds));
-        } else {
-            buf_append(&c->up.out, plain, sizeof(plain));
-        }
-    } else {
-        char line[HOST_MAX_LEN + 128];
-        const char *lb = strchr(p->host, ':') != NULL ? "[" : "";
-        int n = snprintf(line, sizeof(line),
-                         "OPTIONS * HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: ferry-probe\r\n"
-                         "Connection: close\r\n\r\n",
-                         lb, p->host, *lb != '\0' ? "]" : "", p->port);
-        if (n < 0 || (size_t)n >= sizeof(line)) {
-            n = snprintf(line, sizeof(line), "OPTIONS * HTTP/1.1\r\nHost: proxy\r\n"
-                                             "Connection: close\r\n\r\n");
-        }
-        buf_append(&c->up.out, line, (size_t)n);
-    }
+    pr->hop.ops->hello(&pr->hop);
     pr->step = PS_HELLO;
 }
 
 /* What came back to the hello: enough to judge, or wait for more. */
 static void on_hello_answer(struct probe *pr)
 {
-    struct conn *c = pr->c;
-    const char *base = buf_head(&c->up.in);
-    size_t len = buf_len(&c->up.in);
-    if (pr->p->pub.scheme == FERRY_SCHEME_SOCKS5) {
-        if (len < 2) {
-            return;
-        }
-        if (base[0] != 5) {
-            finish(pr, PROBE_HANDSHAKE, "probe handshake failed: the answer to a SOCKS5 greeting is not SOCKS5");
-            return;
-        }
-        finish(pr, PROBE_OK, "probe passed: the proxy answered a SOCKS5 greeting");
+    const struct hop *h = &pr->hop;
+    int r = h->ops->hello_input(&pr->hop);
+    if (r == UP_AGAIN) {
         return;
     }
-    size_t hl = http_head_len(base, len);
-    if (hl == 0) {
-        if (buf_room(&c->up.in) == 0) {
-            finish(pr, PROBE_BAD_RESPONSE, "probe response head too large");
-        }
-        return;
-    }
-    if (http_parse_response(&c->resp, base, hl, 1) != HTTP_PARSE_OK) {
+    char why[96];
+    if (r == UP_DONE) {
+        snprintf(why, sizeof(why), "probe passed: the proxy answered %s", h->ops->hello_what);
+        finish(pr, PROBE_OK, why);
+    } else if (h->fail_err == FERR_HEAD_TOO_LARGE) {
+        finish(pr, PROBE_BAD_RESPONSE, "probe response head too large");
+    } else if (h->fail_err == FERR_BAD_RESPONSE) {
         finish(pr, PROBE_BAD_RESPONSE, "probe response is not HTTP");
-        return;
+    } else {
+        snprintf(why, sizeof(why), "probe handshake failed: the answer to %s is not in its protocol",
+                 h->ops->hello_what);
+        finish(pr, PROBE_HANDSHAKE, why);
     }
-    /* Any status: the proxy is running and speaks HTTP. */
-    finish(pr, PROBE_OK, "probe passed: the proxy answered an HTTP request");
 }
 
 static void connected(struct probe *pr)
 {
-    struct conn *c = pr->c;
+    struct hop *h = &pr->hop;
     if (pr->conf.kind == FERRY_PROBE_TCP) {
         /* Decided now, not at the start: real traffic may have taken the
          * proxy down while this run was connecting. */
-        if (pr->p->needs_answer && (pr->p->pub.flags & FERRY_PROXY_DOWN)) {
+        if (pr->p->needs_answer && (pr->p->pub.flags & FERRY_PROXY_DOWN) &&
+            h->ops->hello != NULL &&
+            !upstream_uses_tls(pr->p->pub.scheme)) {
+        /* No plain hello to an https:// proxy: the probe does no TLS. */
             queue_hello(pr);
         } else {
             finish(pr, PROBE_OK, NULL);
@@ -342,37 +318,36 @@ static void connected(struct probe *pr)
         return;
     }
     pr->step = PS_HANDSHAKE;
-    c->hs_state = 0;
-    int r = c->ops->start(c);
+    int r = h->ops->start(h);
     if (r == UP_DONE) {
         handshake_done(pr);
     } else if (r == UP_FAIL) {
-        finish(pr, PROBE_HANDSHAKE, "probe handshake failed");
+        handshake_failed(pr);
     }
 }
 
 static void on_response(struct probe *pr)
 {
-    struct conn *c = pr->c;
-    const char *base = buf_head(&c->up.in);
-    size_t hl = http_head_len(base, buf_len(&c->up.in));
+    struct buf *in = &pr->leg.in;
+    const char *base = buf_head(in);
+    size_t hl = http_head_len(base, buf_len(in));
     if (hl == 0) {
-        if (buf_room(&c->up.in) == 0) {
+        if (buf_room(in) == 0) {
             finish(pr, PROBE_BAD_RESPONSE, "probe response head too large");
         }
         return;
     }
-    if (http_parse_response(&c->resp, base, hl, 1) != HTTP_PARSE_OK) {
+    if (http_parse_response(&pr->resp, base, hl, 1) != HTTP_PARSE_OK) {
         finish(pr, PROBE_BAD_RESPONSE, "probe response is not HTTP");
         return;
     }
-    int st = c->resp.status;
+    int st = pr->resp.status;
     if (status_expected(&pr->conf, st)) {
         finish(pr, PROBE_OK, NULL);
         return;
     }
     char why[64];
-    int auth = st == 407 && pr->p->pub.scheme == FERRY_SCHEME_HTTP;
+    int auth = st == 407 && upstream_absolute(pr->p->pub.scheme);
     snprintf(why, sizeof(why), auth ? "probe: proxy auth failed (407)" : "probe got status %d", st);
     finish(pr, auth ? PROBE_AUTH : PROBE_STATUS, why);
 }
@@ -380,13 +355,15 @@ static void on_response(struct probe *pr)
 /* The connector refused the handshake: say why as precisely as it can. */
 static void handshake_failed(struct probe *pr)
 {
-    const struct conn *c = pr->c;
+    const struct hop *h = &pr->hop;
     char why[64];
-    if (c->fail_kind == FERRY_FAIL_AUTH) {
+    if (h->fail_kind == FERRY_FAIL_AUTH) {
         finish(pr, PROBE_AUTH, "probe: proxy auth failed");
-    } else if (pr->p->pub.scheme == FERRY_SCHEME_HTTP && c->resp.status > 0) {
+    } else if (h->fail_err == FERR_RESOLVE_FAILED) {
+        finish(pr, PROBE_FAILED, "probe: the check's target did not resolve");
+    } else if (upstream_absolute(pr->p->pub.scheme) && pr->resp.status > 0) {
         snprintf(why, sizeof(why), "probe handshake failed: CONNECT answered %d",
-                 c->resp.status);
+                 pr->resp.status);
         finish(pr, PROBE_HANDSHAKE, why);
     } else {
         finish(pr, PROBE_HANDSHAKE, "probe handshake failed");
@@ -396,9 +373,9 @@ static void handshake_failed(struct probe *pr)
 /* Readable or writable socket of a handshake or an http check. */
 static void on_exchange(struct probe *pr, int revents)
 {
-    struct conn *c = pr->c;
-    if ((revents & EV_WRITE) && !buf_empty(&c->up.out)) {
-        if (buf_write_fd(&c->up.out, c->up.fd) == -1 && errno != EAGAIN && errno != EWOULDBLOCK) {
+    struct leg *g = &pr->leg;
+    if ((revents & EV_WRITE) && !buf_empty(&g->out)) {
+        if (buf_write_fd(&g->out, g->fd) == -1 && errno != EAGAIN && errno != EWOULDBLOCK) {
             finish(pr, PROBE_CLOSED, "probe: the proxy closed the connection");
             return;
         }
@@ -406,7 +383,7 @@ static void on_exchange(struct probe *pr, int revents)
     if (!(revents & EV_READ)) {
         return;
     }
-    ssize_t n = buf_read_fd(&c->up.in, c->up.fd);
+    ssize_t n = buf_read_fd(&g->in, g->fd);
     if (n == 0 || (n == -1 && errno != EAGAIN && errno != EWOULDBLOCK)) {
         finish(pr, PROBE_CLOSED, "probe: the proxy closed the connection");
         return;
@@ -419,7 +396,7 @@ static void on_exchange(struct probe *pr, int revents)
         on_hello_answer(pr);
         return;
     }
-    int r = c->ops->input(c);
+    int r = pr->hop.ops->input(&pr->hop);
     if (r == UP_DONE) {
         handshake_done(pr);
     } else if (r == UP_FAIL) {
@@ -431,11 +408,11 @@ static void on_io(struct ev_loop *l, ev_io *w, int revents)
 {
     (void)l;
     struct probe *pr = w->data;
-    struct conn *c = pr->c;
+    struct leg *g = &pr->leg;
     if (pr->step == PS_CONNECT) {
         int err = 0;
         socklen_t el = sizeof(err);
-        if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &err, &el) == -1) {
+        if (getsockopt(g->fd, SOL_SOCKET, SO_ERROR, &err, &el) == -1) {
             err = errno;
         }
         if (err != 0) {
@@ -448,7 +425,7 @@ static void on_io(struct ev_loop *l, ev_io *w, int revents)
         on_exchange(pr, revents);
     }
     if (pr->step != PS_IDLE) {
-        set_io(pr, c->up.fd, EV_READ | (buf_empty(&c->up.out) ? 0 : EV_WRITE));
+        set_io(pr, g->fd, EV_READ | (buf_empty(&g->out) ? 0 : EV_WRITE));
     }
 }
 
@@ -460,7 +437,7 @@ static int local_error(int e)
 
 static void connect_to(struct probe *pr, const struct sockaddr *sa, socklen_t len)
 {
-    struct conn *c = pr->c;
+    struct leg *g = &pr->leg;
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1) {
         abandon(pr, strerror(errno));
@@ -468,12 +445,12 @@ static void connect_to(struct probe *pr, const struct sockaddr *sa, socklen_t le
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    c->up.fd = fd;
+    g->fd = fd;
     pr->step = PS_CONNECT;
     if (connect(fd, sa, len) == 0) {
         connected(pr);
         if (pr->step != PS_IDLE) {
-            set_io(pr, fd, EV_READ | (buf_empty(&c->up.out) ? 0 : EV_WRITE));
+            set_io(pr, fd, EV_READ | (buf_empty(&g->out) ? 0 : EV_WRITE));
         }
         return;
     }
@@ -507,56 +484,68 @@ static void on_resolved(void *arg, int status, const struct sockaddr *sa, sockle
 static size_t request_size(const struct proxy *p, const char *host, const char *path)
 {
     size_t n = 160 + (path != NULL ? strlen(path) : 0) + 2 * (host != NULL ? strlen(host) : 0);
-    if (p->pub.scheme == FERRY_SCHEME_HTTP) {
+    if (upstream_absolute(p->pub.scheme)) {
         n += (p->auth_header != NULL ? strlen(p->auth_header) : 0) +
              (p->extra_headers != NULL ? strlen(p->extra_headers) : 0);
     } else {
-        n += 3 + 255 + 255 + 4 + HOST_MAX_LEN + 2; /* SOCKS5 hello, auth, CONNECT */
+        /* SOCKS5 hello, auth, CONNECT; or a SOCKS4 request with its user id */
+        n += 3 + 255 + 255 + 4 + HOST_MAX_LEN + 2 + (p->user != NULL ? strlen(p->user) : 0);
     }
     return n < PROBE_BUF ? PROBE_BUF : n;
 }
 
-/* The detached conn the connector vtables run on: only the fields they
- * use (proxy, host, port, is_connect, up.in, up.out, resp, hs_state,
- * fail_kind, fail_err).  Made once; its buffers are reused by every run. */
-static struct conn *probe_conn(struct probe *pr)
+/* A connector woke the probe by itself (its own lookup ended). */
+static void probe_woke(struct hop *h, int result)
 {
-    if (pr->c == NULL) {
-        pr->c = calloc(1, sizeof(*pr->c));
-        if (pr->c == NULL) {
-            return NULL;
-        }
-        buf_init(&pr->c->up.in, PROBE_BUF);
-        buf_init(&pr->c->up.out, PROBE_BUF);
-        pr->c->up.fd = -1;
+    struct probe *pr = h->owner;
+    if (result == UP_DONE) {
+        handshake_done(pr);
+    } else if (result == UP_FAIL) {
+        handshake_failed(pr);
     }
-    struct conn *c = pr->c;
+    if (pr->step != PS_IDLE) {
+        set_io(pr, pr->leg.fd, EV_READ | (buf_empty(&pr->leg.out) ? 0 : EV_WRITE));
+    }
+}
+
+/* Ready the leg and the hop for a run.  The buffers are set up at the
+ * first run and reused by every later one. */
+static void probe_hop(struct probe *pr)
+{
+    struct leg *g = &pr->leg;
     const struct probe_conf *pc = &pr->conf;
-    /* The request must fit whole: grow up.out if the proxy's headers grew
+    /* The request must fit whole: grow out if the proxy's headers grew
      * (by a reload), which is the only time it reallocates. */
     size_t need = request_size(pr->p, pc->host, pc->path);
-    if (need > c->up.out.cap) {
-        buf_free(&c->up.out);
-        buf_init(&c->up.out, need);
+    if (!pr->has_bufs || need > g->out.cap) {
+        if (pr->has_bufs) {
+            buf_free(&g->out);
+        } else {
+            buf_init(&g->in, PROBE_BUF);
+        }
+        buf_init(&g->out, need);
+        pr->has_bufs = 1;
     }
-    c->proxy = pr->p;
-    c->ops = pr->p->pub.scheme == FERRY_SCHEME_HTTP ? &up_http : &up_socks5;
-    c->is_connect = pc->kind == FERRY_PROBE_CONNECT ||
-                    (pc->kind == FERRY_PROBE_HTTP && pr->p->pub.scheme == FERRY_SCHEME_SOCKS5);
-    snprintf(c->host, sizeof(c->host), "%s", pc->host != NULL ? pc->host : "");
-    c->port = pc->port;
-    c->fail_kind = FERRY_FAIL_KINDS;
-    c->resp.status = 0;
-    return c;
+    struct hop *h = &pr->hop;
+    const struct upstream_scheme *sc = upstream_scheme(pr->p->pub.scheme);
+    h->leg = g;
+    h->proxy = pr->p;
+    h->host = pc->host != NULL ? pc->host : "";
+    h->port = pc->port;
+    h->is_connect = pc->kind == FERRY_PROBE_CONNECT ||
+                    (pc->kind == FERRY_PROBE_HTTP && sc != NULL && !sc->probe_http);
+    h->resp = &pr->resp;
+    h->ops = sc != NULL ? sc->ops : &up_direct;
+    h->wake = probe_woke;
+    h->owner = pr;
+    hop_reset(h);
+    pr->resp.status = 0;
 }
 
 static void start(struct probe *pr)
 {
     struct proxy *p = pr->p;
-    if (probe_conn(pr) == NULL) {
-        abandon(pr, "out of memory");
-        return;
-    }
+    probe_hop(pr);
     inflight++;
     pr->step = PS_RESOLVE;
     pr->started = ev_time();
@@ -667,8 +656,10 @@ static int conf_make(struct probe_conf *pc, const struct proxy *p, int kind, con
         return -1;
     }
     if (kind != FERRY_PROBE_TCP) {
-        if (p->pub.scheme != FERRY_SCHEME_HTTP && p->pub.scheme != FERRY_SCHEME_SOCKS5) {
-            *err = "http and connect checks need an HTTP or SOCKS5 proxy";
+        /* A probe has no TLS step: tcp checks only for proxies behind TLS. */
+        if (upstream_scheme(p->pub.scheme) == NULL || p->pub.scheme == FERRY_SCHEME_DIRECT ||
+            upstream_uses_tls(p->pub.scheme)) {
+            *err = "http and connect checks need an http, socks5, socks4 or socks4a proxy";
             return -1;
         }
         if (host == NULL || *host == '\0' || strlen(host) > HOST_MAX_LEN) {
@@ -728,10 +719,9 @@ static void probe_free(struct probe *pr)
 {
     release(pr);
     ev_timer_stop(loop, &pr->timer);
-    if (pr->c != NULL) {
-        buf_free(&pr->c->up.in);
-        buf_free(&pr->c->up.out);
-        free(pr->c);
+    if (pr->has_bufs) {
+        buf_free(&pr->leg.in);
+        buf_free(&pr->leg.out);
     }
     conf_free(&pr->conf);
     conf_free(&pr->next);
@@ -757,8 +747,9 @@ static struct probe *probe_new(struct proxy *p)
     pr->p = p;
     ev_init(&pr->timer, on_timer);
     pr->timer.data = pr;
-    ev_init(&pr->io, on_io);
-    pr->io.data = pr;
+    pr->leg.fd = -1;
+    ev_init(&pr->leg.io, on_io);
+    pr->leg.io.data = pr;
     all[nall++] = pr;
     p->probe = pr;
     return pr;

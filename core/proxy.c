@@ -4,8 +4,10 @@
  * or a pointer across a reload; a proxy dropped from the config is only
  * flagged REMOVED and keeps its counters. */
 #include "proxy.h"
+#include "upstream.h"
 #include "health.h"
 #include "loop.h"
+#include "uppool.h"
 #include "transport.h"
 
 #include <arpa/inet.h>
@@ -18,24 +20,6 @@
 
 static struct proxy **proxies;
 static uint32_t nproxies, cap_proxies;
-
-
-/* The URL scheme of each enum ferry_scheme a proxy can have. */
-static const char *scheme_name(uint32_t scheme)
-{
-    return scheme == FERRY_SCHEME_HTTPS ? "https"
-         : scheme == FERRY_SCHEME_SOCKS5 ? "socks5" : "http";
-}
-
-int proxy_speaks_http(uint32_t scheme)
-{
-    return scheme == FERRY_SCHEME_HTTP || scheme == FERRY_SCHEME_HTTPS;
-}
-
-int proxy_scheme_tls(uint32_t scheme)
-{
-    return scheme == FERRY_SCHEME_HTTPS;
-}
 
 uint32_t ferry_proxy_count(void)
 {
@@ -228,8 +212,7 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
                                     const char *extra_headers, int weight, const char **err)
 {
     if (key == NULL || host == NULL || *host == '\0' || port <= 0 || port > 65535 ||
-        (scheme != FERRY_SCHEME_HTTP && scheme != FERRY_SCHEME_SOCKS5 &&
-         scheme != FERRY_SCHEME_HTTPS)) {
+        scheme == FERRY_SCHEME_DIRECT || upstream_scheme((unsigned)scheme) == NULL) {
         *err = "invalid proxy arguments";
         return NULL;
     }
@@ -280,7 +263,7 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
     char *disp = malloc(dl);
     if (disp != NULL) {
         int v6 = strchr(host, ':') != NULL;
-        snprintf(disp, dl, "%s://%s%s%s:%d", scheme_name((uint32_t)scheme),
+        snprintf(disp, dl, "%s://%s%s%s:%d", upstream_name((unsigned)scheme),
                  v6 ? "[" : "", host, v6 ? "]" : "", port);
     }
     replace_str(&p->display, disp);
@@ -295,7 +278,7 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
     }
     p->has_addr = 0;
     set_literal_addr(p);
-    if (proxy_scheme_tls(p->pub.scheme) && p->tls_ctx == NULL &&
+    if (upstream_uses_tls(p->pub.scheme) && p->tls_ctx == NULL &&
         ferry_proxy_set_tls(&p->pub, 1, NULL, NULL, err) != FERRY_OK) {
         return NULL; /* the system store would not load */
     }
@@ -367,6 +350,9 @@ int ferry_proxy_set_flag(struct ferry_proxy *fp, uint32_t flag, int on)
         fp->flags |= flag;
     } else {
         fp->flags &= ~flag;
+    }
+    if (on && (flag & (FERRY_PROXY_REMOVED | FERRY_PROXY_DISABLED))) {
+        uppool_proxy_removed((struct proxy *)fp); /* its idle connections go with it */
     }
     health_flags_changed();
     return FERRY_OK;
@@ -462,7 +448,7 @@ int ferry_proxy_url(const struct ferry_proxy *fp, char *out, uint32_t room)
     if (p == NULL || out == NULL || room < 16 || p->host == NULL) {
         return FERRY_ERROR;
     }
-    int n = snprintf(out, room, "%s://", scheme_name(p->pub.scheme));
+    int n = snprintf(out, room, "%s://", upstream_name(p->pub.scheme));
     size_t o = (size_t)n;
     if (p->user != NULL) {
         o = pct_encode(p->user, out, o, room);

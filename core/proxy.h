@@ -39,10 +39,6 @@ struct proxy {
 struct ssl_ctx_st;
 
 struct proxy *proxy_by_id(uint32_t id);
-/* 1 when the proxy speaks HTTP (CONNECT, absolute form): http and https. */
-int proxy_speaks_http(uint32_t scheme);
-/* 1 when a proxy of this scheme is reached over TLS (https://). */
-int proxy_scheme_tls(uint32_t scheme);
 void proxy_attempt_begin(struct proxy *p);
 void proxy_attempt_end(struct proxy *p);
 void proxy_success(struct proxy *p, double latency_ms);

@@ -156,6 +156,13 @@ static void tls_free(struct leg *lg)
 static int tls_events(const struct leg *lg, int want)
 {
     const struct tls_leg *t = lg->tls;
+    if (want == 0) {
+        return 0;
+    }
+    if (!SSL_is_init_finished(t->ssl) && SSL_want(t->ssl) != SSL_NOTHING) {
+        /* A handshake under way waits for what OpenSSL last asked for. */
+        return SSL_want(t->ssl) == SSL_WRITING ? EV_WRITE : EV_READ;
+    }
     int ev = 0;
     if (want & EV_READ) {
         ev |= t->read_wants_write ? EV_WRITE : EV_READ;

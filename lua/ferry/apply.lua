@@ -298,7 +298,7 @@ local function build_pools(prep)
       end
       C.ferry_proxy_set_label(c, px.id)
       if px.tls and C.ferry_proxy_set_tls(c, px.tls.verify and 1 or 0, px.tls.ca, px.tls.sni,
-          err) ~= 0 then
+          err) ~= cdef.OK then
         return nil, format('%s:%d: pool "%s": proxies[%d]: tls: %s [FERRY-0151]', cfg.file,
           pc.line, name, i, ffi_string(err[0]))
       end
@@ -386,6 +386,14 @@ function M.commit(prep, old)
     e.capture = e.hooks.on_response ~= nil or (e.ban ~= nil and e.ban.body ~= nil)
     exchanges[name], by_id[e.id] = e, e
   end
+  -- Upstream connection limits: every pool, and index 0 for direct.
+  local function connections(index, c)
+    c = c or {}
+    C.ferry_pool_connections(index, c.max or -1, c.queue or -1, c.queue_timeout or 0,
+      c.idle or -1, c.idle_timeout or 0, c.max_requests or -1)
+  end
+  connections(0, cfg.direct and cfg.direct.connections)
+  for name, pool in pairs(pools) do connections(pool.index, cfg.pools[name].connections) end
   local t = cfg.timeouts
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
     ms(t.keepalive), ms(t.request), ms(t.upstream_idle))

@@ -140,6 +140,15 @@ int ferry_probe_set(struct ferry_proxy *p, int kind, const char *host, int port,
 void ferry_probe_set_concurrency(int n);
 int ferry_probe_inflight(void);
 int ferry_set_pool_name(int index, const char *name);
+int ferry_pool_connections(int pool, int max, int queue, double queue_timeout, int idle,
+                           double idle_timeout, int max_requests);
+struct ferry_conn_stats {
+  uint64_t opened, reused, queued, queue_timeouts, queue_full, retired;
+  uint32_t active, idle, waiting, pad_;
+};
+int ferry_conn_stats_proxy(uint32_t id, struct ferry_conn_stats *out);
+int ferry_conn_stats_pool(int pool, struct ferry_conn_stats *out);
+uint64_t ferry_conn_idle_evicted(void);
 const char *ferry_pool_name(int index);
 uint32_t ferry_exchange_id(const char *name);
 struct ferry_pxstate *ferry_pxstate_get(uint32_t proxy_id, uint32_t exchange);

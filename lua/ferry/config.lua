@@ -210,6 +210,27 @@ local COOLDOWN_MAX = 86400 * 7
 -- without, absent for the default (5 failures in a row, 30 s).  Keys the
 -- core does not know are the policy's: they must be numbers or booleans,
 -- and the plugin's check() judges them when the config is applied.
+-- connections = { max, queue, queue_timeout, idle, idle_timeout, max_requests }:
+-- upstream connection slots, their wait queue and the idle connections
+-- kept (core/uppool.c has the defaults; absent fields keep them).
+local CONNECTION_FIELDS = { max = true, queue = true, queue_timeout = true, idle = true,
+  idle_timeout = true, max_requests = true }
+
+local function parse_connections(where, t)
+  if t == nil then return nil end
+  where = where .. ": connections"
+  check_fields(where, t, CONNECTION_FIELDS)
+  return {
+    max = want_number(where, "max", t.max, 0, 100000, true),
+    queue = want_number(where, "queue", t.queue, 0, 100000, true),
+    queue_timeout = want_number(where, "queue_timeout", t.queue_timeout, 0.001, 3600),
+    idle = want_number(where, "idle", t.idle, 0, 10000, true),
+    idle_timeout = want_number(where, "idle_timeout", t.idle_timeout, 0.001, 86400),
+    max_requests = want_number(where, "max_requests", t.max_requests, 0, 1e9, true),
+  }
+end
+M.parse_connections = parse_connections
+
 local function parse_breaker(where, t)
   if t == false then return nil end
   if t == nil then
@@ -520,6 +541,15 @@ local function evaluate(chunk, file)
     cfg.broker = { ttl = want_number(where, "ttl", t.ttl, 1, 86400, true) or 300 }
   end
 
+  -- The pseudo-pool "direct" (no proxy) has no pool block: this sets
+  -- what it may configure.
+  function env.direct(t)
+    local where = at("direct")
+    check_fields(where, t, { connections = true })
+    if cfg.direct then fail(where, "direct is already set") end
+    cfg.direct = { connections = parse_connections(where, t.connections) }
+  end
+
   function env.plugins(t)
     local where = at("plugins")
     if type(t) ~= "table" then fail(where, "expected a list of directories") end
@@ -543,8 +573,9 @@ local function evaluate(chunk, file)
     return function(t)
       check_fields(where, t, { strategy = true, retries = true, proxies = true, breaker = true,
         health = true, all_down = true, panic = true, timeouts = true, latency_ceiling = true,
-        session_ttl = true })
+        session_ttl = true, connections = true })
       local p = { name = name, line = line }
+      p.connections = parse_connections(where, t.connections)
       p.strategy = want(where, "strategy", t.strategy, "string") or "health_score"
       p.retries = want_number(where, "retries", t.retries, 0, RETRIES_MAX, true) or 2
       p.all_down = want(where, "all_down", t.all_down, "string") or "any"

@@ -14,6 +14,7 @@ local bit = require("bit")
 local cdef = require("ferry.cdef")
 local inventory = require("ferry.inventory")
 local health = require("ferry.health")
+local connstats = require("ferry.connstats")
 local fmt = require("ferry.console_fmt")
 
 local C = ffi.C
@@ -209,6 +210,7 @@ local function health_record(cur, cid, c, now)
       or nil,
     retry_in = tonumber(c.retry_at) > now and format("%.0fs", tonumber(c.retry_at) - now) or nil,
     source = info.entry and "runtime" or "config",
+    connections = connstats.proxy(cid),
   }
 end
 
@@ -225,6 +227,7 @@ local HEALTH_FIELDS = {
   { "probes_failed", "probes failed" }, { "probe_ms", "probe latency (ms)" },
   { "last_probe", "last probe" }, { "downs", "times down" },
   { "down_for", "down for", optional = true }, { "retry_in", "retry in", optional = true },
+  { "connections", "upstream connections", fmt = connstats.line },
 }
 
 local PAIR_COLUMNS = {
@@ -363,6 +366,7 @@ local function pool_summary(cur, p)
     if e.pool == p.name then ex[#ex + 1] = e.name end
   end
   s.exchanges = ex
+  s.connections = connstats.pool(p.index)
   return s
 end
 
@@ -394,6 +398,7 @@ local POOL_FIELDS = {
   { "failures", "failures" }, { "failure_pct", "failure rate (%)" },
   { "failure_kinds", "failures by kind", optional = true },
   { "latency_ms", "mean latency (ms)" },
+  { "connections", "upstream connections", fmt = connstats.line },
   { "exchanges", "exchanges", fmt = function(v) return #v > 0 and concat(v, ", ") or "-" end },
 }
 
@@ -406,6 +411,12 @@ local WORST_COLUMNS = {
 function pool.stats(name)
   local cur = active()
   name_arg(name, "pool", "pool.stats")
+  if name == "direct" then
+    -- The pseudo-pool without proxies: only its upstream connections.
+    return as_view({ name = "direct", connections = connstats.pool(0) }, { kind = "record",
+      fields = { { "name", "pool" }, { "connections", "upstream connections",
+                                       fmt = connstats.line } } })
+  end
   local p = cur.pools[name]
   if not p then fail(format('no pool "%s" (pool.list() shows the pools)', name:sub(1, 64))) end
   local s = pool_summary(cur, p)

@@ -21,6 +21,7 @@ local cdef = require("ferry.cdef")
 local proxy_entry = require("ferry.proxy_entry")
 local store = require("ferry.store")
 local health = require("ferry.health")
+local connstats = require("ferry.connstats")
 
 local C = ffi.C
 local band = bit.band
@@ -406,6 +407,7 @@ function M.record(p, pool, now)
     successes = tonumber(c.successes), failures = tonumber(c.failures),
     latency_ms = round1(tonumber(c.latency_ewma_ms)),
     source = p.runtime and "runtime" or "config",
+    connections = connstats.proxy(p.id),
   }
 end
 

@@ -7,14 +7,20 @@ local format, char = string.format, string.char
 
 local M = {}
 
-local DEFAULT_PORT = { http = 8080, socks5 = 1080, https = 443 }
+local DEFAULT_PORT = { http = 8080, https = 443, socks5 = 1080, socks4 = 1080, socks4a = 1080 }
 -- socks5h means "let the proxy resolve names"; ferry always sends the
 -- destination as a name, so both spellings are the same connector.
--- https is an HTTP proxy reached over TLS.
-local SCHEMES = { http = "http", socks5 = "socks5", socks5h = "socks5", https = "https" }
+-- https is an HTTP proxy reached over TLS.  socks4 carries an IPv4
+-- address (ferry resolves names); socks4a a name.
+local SCHEMES = {
+  http = "http", https = "https", socks5 = "socks5", socks5h = "socks5",
+  socks4 = "socks4", socks4a = "socks4a",
+}
 
--- RFC 1929 carries user name and password with a one-byte length.
+-- RFC 1929 carries user name and password with a one-byte length; ferry
+-- bounds a SOCKS4 user id the same way.
 local SOCKS5_CRED_MAX = 255
+local SOCKS4_USER_MAX = 255
 
 local function valid_ipv4(s)
   local parts = { s:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$") }
@@ -145,7 +151,8 @@ function M.parse(s)
   end
   local canon = SCHEMES[scheme:lower()]
   if not canon then
-    return nil, format('unsupported scheme "%s" (use http, https or socks5)', scheme)
+    return nil, format('unsupported scheme "%s" (use http, https, socks5, socks4 or socks4a)',
+      scheme)
   end
   local authority, tail = rest:match("^([^/?#]*)(.*)$")
   if tail ~= "" and tail ~= "/" then
@@ -172,6 +179,13 @@ function M.parse(s)
     end
     if canon == "socks5" and (#u > SOCKS5_CRED_MAX or #p > SOCKS5_CRED_MAX) then
       return nil, "SOCKS5 user name and password are limited to 255 bytes each"
+    end
+    if canon == "socks4" or canon == "socks4a" then
+      -- The user id is the only credential SOCKS4 has.
+      if userinfo:find(":", 1, true) then
+        return nil, "SOCKS4 has no password: give only a user id (socks4://user@host:port)"
+      end
+      if #u > SOCKS4_USER_MAX then return nil, "SOCKS4 user id is limited to 255 bytes" end
     end
     out.user, out.pass = u, p
   end

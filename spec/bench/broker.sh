@@ -35,7 +35,7 @@ B_SECS=$(( (DUR < 10 ? DUR : 10) / 2 )); [ "$B_SECS" -ge 1 ] || B_SECS=1
   echo "} }"
   echo "exchange \"binance\" { hosts = { \"*.binance.com\" }, pool = \"bench\" }"
 } > "$W/broker.lua"
-taskset -c 0 "$ROOT/bin/ferry" -c "$W/broker.lua" 2>"$W/logs/broker.log" & BA_PID=$!; PIDS+=("$BA_PID")
+taskset -c 0 "$FERRY_BIN" -c "$W/broker.lua" 2>"$W/logs/broker.log" & BA_PID=$!; PIDS+=("$BA_PID")
 wait_port $P_BA || return 1 2>/dev/null || exit 1
 
 # Leases only: every request a new lease (they end at their TTL; past

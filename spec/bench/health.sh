@@ -25,7 +25,7 @@ now_ms() { date -u +%s%3N; }
 
 run_ferry() { # name config-text -> PID
   echo "$2" > "$W/$1.lua"
-  taskset -c 0 "$ROOT/bin/ferry" -c "$W/$1.lua" >/dev/null 2>"$W/logs/$1.log" & echo $!
+  taskset -c 0 "$FERRY_BIN" -c "$W/$1.lua" >/dev/null 2>"$W/logs/$1.log" & echo $!
 }
 
 # 2a. Passive: traffic through both proxies, then one is killed.

@@ -13,7 +13,7 @@ P_MF=18095 P_MA=18096
   echo "} }"
   echo "route(function() return \"direct\" end)"
 } > "$W/metrics.lua"
-taskset -c 0 "$ROOT/bin/ferry" -c "$W/metrics.lua" 2>"$W/logs/metrics.log" & M_PID=$!; PIDS+=("$M_PID")
+taskset -c 0 "$FERRY_BIN" -c "$W/metrics.lua" 2>"$W/logs/metrics.log" & M_PID=$!; PIDS+=("$M_PID")
 wait_port $P_MF && wait_port $P_MA || return 1
 M_BYTES=$(curl -s "http://127.0.0.1:$P_MA/metrics" | wc -c)
 M_MS=$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$P_MA/metrics" |

@@ -7,6 +7,9 @@
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
+# The build under test (an older one for an A/B run); the scripts run.sh
+# calls read it too.
+export FERRY_BIN=${FERRY_BIN:-$ROOT/bin/ferry}
 W=$ROOT/spec/tmp/bench
 DUR=${BENCH_SECONDS:-10}
 rm -rf "$W"; mkdir -p "$W/www" "$W/logs"; chmod 777 "$W" "$W/logs"
@@ -41,7 +44,7 @@ CONF
 taskset -c 1 nginx -c "$W/nginx.conf" -p "$W" & PIDS+=($!)
 
 . "$ROOT/spec/bench/peers.sh"
-bench_start_ferry "$ROOT/bin/ferry"
+bench_start_ferry "$FERRY_BIN"
 bench_start_squid
 
 cat > "$W/tinyproxy.conf" <<CONF
@@ -181,6 +184,12 @@ echo
 . "$ROOT/spec/bench/broker.sh"
 echo
 echo "memory: idle bytes per keep-alive client, RSS after a burst (spec/bench/memory.sh)"
-"$ROOT/spec/bench/memory.sh" "$ROOT/bin/ferry" || echo "memory bench failed"
+"$ROOT/spec/bench/memory.sh" "$FERRY_BIN" || echo "memory bench failed"
 # Tunnels against haproxy (TCP mode) and squid: its own processes and ports.
 "$ROOT/spec/bench/tunnel.sh"
+echo
+# SOCKS5 against dante and microsocks; chains through an upstream proxy
+# (pools on and off, https:// upstreams): their own processes and ports.
+"$ROOT/spec/bench/socks.sh"
+echo
+"$ROOT/spec/bench/chain.sh"

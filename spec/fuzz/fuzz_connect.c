@@ -49,40 +49,45 @@ static size_t next_piece(size_t left)
     return k < left ? k : left;
 }
 
-static struct conn *new_conn(void)
+/* A bare leg and hop, as a probe drives them. */
+struct attempt {
+    struct leg g;
+    struct hop h;
+    struct http_msg resp;
+};
+
+static struct attempt *new_attempt(void)
 {
-    struct conn *c = calloc(1, sizeof(*c));
-    if (c == NULL) {
+    struct attempt *a = calloc(1, sizeof(*a));
+    if (a == NULL) {
         abort();
     }
-    c->cli.fd = c->up.fd = -1;
-    buf_init(&c->cli.in, CONN_BUF_SIZE);
-    buf_init(&c->cli.out, CONN_BUF_SIZE);
-    buf_init(&c->up.in, CONN_BUF_SIZE);
-    buf_init(&c->up.out, CONN_BUF_SIZE);
-    snprintf(c->host, sizeof(c->host), "example.com");
-    c->port = 443;
-    c->is_connect = 1;
-    c->proxy = &px;
-    c->ops = &up_http;
-    return c;
+    a->g.fd = -1;
+    buf_init(&a->g.in, CONN_BUF_SIZE);
+    buf_init(&a->g.out, CONN_BUF_SIZE);
+    a->h.leg = &a->g;
+    a->h.proxy = &px;
+    a->h.host = "example.com";
+    a->h.port = 443;
+    a->h.is_connect = 1;
+    a->h.resp = &a->resp;
+    a->h.ops = &up_http;
+    return a;
 }
 
-static void free_conn(struct conn *c)
+static void free_attempt(struct attempt *a)
 {
-    http_msg_release(&c->resp);
-    buf_free(&c->cli.in);
-    buf_free(&c->cli.out);
-    buf_free(&c->up.in);
-    buf_free(&c->up.out);
-    free(c);
+    http_msg_release(&a->resp);
+    buf_free(&a->g.in);
+    buf_free(&a->g.out);
+    free(a);
 }
 
-static void check_request(struct conn *c)
+static void check_request(struct leg *g)
 {
     static struct ref_head h;
-    const char *p = buf_head(&c->up.out);
-    size_t n = buf_len(&c->up.out);
+    const char *p = buf_head(&g->out);
+    size_t n = buf_len(&g->out);
     const char *why = ref_parse_request(&h, p, n);
     if (why != NULL || !ref_ieq(h.method, h.mlen, "CONNECT")) {
         FAIL("the CONNECT ferry writes is not one well-formed head: %s", why ? why : "method");
@@ -93,12 +98,12 @@ static void check_request(struct conn *c)
 static struct outcome run(const char *p, size_t n, int piece, int check)
 {
     struct outcome o = { UP_AGAIN, 0, 0, 0, 0 };
-    struct conn *c = new_conn();
-    if (up_http.start(c) != UP_AGAIN) {
+    struct attempt *a = new_attempt();
+    if (up_http.start(&a->h) != UP_AGAIN) {
         FAIL("up_http.start did not wait for an answer");
     }
     if (check) {
-        check_request(c);
+        check_request(&a->g);
     }
     size_t pos = 0;
     do {
@@ -106,9 +111,9 @@ static struct outcome run(const char *p, size_t n, int piece, int check)
         if (k > n - pos) {
             k = n - pos; /* no input at all: input() runs once on an empty buffer */
         }
-        size_t got = k > 0 ? buf_append(&c->up.in, p + pos, k) : 0;
+        size_t got = k > 0 ? buf_append(&a->g.in, p + pos, k) : 0;
         pos += got;
-        o.result = up_http.input(c);
+        o.result = up_http.input(&a->h);
         if (got < k && o.result == UP_AGAIN) {
             FAIL("the buffer is full, yet up_http.input waits for more");
         }
@@ -117,16 +122,16 @@ static struct outcome run(const char *p, size_t n, int piece, int check)
         }
     } while (o.result == UP_AGAIN && pos < n);
     if (o.result == UP_FAIL) {
-        o.kind = (int)c->fail_kind;
-        o.err = (int)c->fail_err;
+        o.kind = (int)a->h.fail_kind;
+        o.err = (int)a->h.fail_err;
     } else if (o.result == UP_DONE) {
-        o.left = buf_len(&c->up.in);
+        o.left = buf_len(&a->g.in);
         o.head = pos - o.left;
-        if (check && memcmp(buf_head(&c->up.in), p + o.head, o.left) != 0) {
+        if (check && memcmp(buf_head(&a->g.in), p + o.head, o.left) != 0) {
             FAIL("the tunnel's first bytes are not those after the answer's head");
         }
     }
-    free_conn(c);
+    free_attempt(a);
     return o;
 }
 

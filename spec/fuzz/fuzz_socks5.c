@@ -118,10 +118,10 @@ static struct outcome reference(const unsigned char *b, size_t n, int creds)
 }
 
 /* What ferry sent: greeting, credentials when the proxy chose them, CONNECT. */
-static void check_sent(struct conn *c, const unsigned char *ans, int creds)
+static void check_sent(struct leg *g, const unsigned char *ans, int creds)
 {
-    const unsigned char *s = (const unsigned char *)buf_head(&c->up.out);
-    size_t n = buf_len(&c->up.out), i = 0;
+    const unsigned char *s = (const unsigned char *)buf_head(&g->out);
+    size_t n = buf_len(&g->out), i = 0;
     static const unsigned char hello0[] = { 5, 1, 0 }, hello2[] = { 5, 2, 0, 2 };
     if (creds ? (n < 4 || memcmp(s, hello2, 4)) : (n < 3 || memcmp(s, hello0, 3))) {
         FAIL("a malformed greeting");
@@ -167,47 +167,49 @@ static void check_sent(struct conn *c, const unsigned char *ans, int creds)
 static struct outcome run(const unsigned char *p, size_t n, int piece, int creds, int check)
 {
     struct outcome o = { UP_AGAIN, 0, 0, 0 };
-    struct conn *c = calloc(1, sizeof(*c));
-    if (c == NULL) {
-        abort();
-    }
-    c->cli.fd = c->up.fd = -1;
-    buf_init(&c->up.in, CONN_BUF_SIZE);
-    buf_init(&c->up.out, CONN_BUF_SIZE);
-    memcpy(c->host, host, sizeof(host));
-    c->port = 443;
-    c->is_connect = 1;
+    /* A bare leg and hop, as a probe drives them. */
+    struct leg g;
+    struct hop h;
+    memset(&g, 0, sizeof(g));
+    memset(&h, 0, sizeof(h));
+    g.fd = -1;
+    buf_init(&g.in, CONN_BUF_SIZE);
+    buf_init(&g.out, CONN_BUF_SIZE);
     px.user = creds ? "fuzzuser" : NULL;
     px.pass = creds ? "fuzzpass" : NULL;
-    c->proxy = &px;
-    if (up_socks5.start(c) != UP_AGAIN) {
+    h.leg = &g;
+    h.proxy = &px;
+    h.host = host;
+    h.port = 443;
+    h.is_connect = 1;
+    h.ops = &up_socks5;
+    if (up_socks5.start(&h) != UP_AGAIN) {
         FAIL("up_socks5.start did not wait for an answer");
     }
     size_t pos = 0;
     while (pos < n && o.result == UP_AGAIN) {
         size_t k = piece == 0 ? n - pos : piece == 1 ? 1 : next_piece(n - pos);
-        size_t got = buf_append(&c->up.in, p + pos, k);
+        size_t got = buf_append(&g.in, p + pos, k);
         pos += got;
-        o.result = up_socks5.input(c);
+        o.result = up_socks5.input(&h);
         if (got < k) {
             break;
         }
     }
     if (o.result == UP_FAIL) {
-        o.kind = (int)c->fail_kind;
-        o.err = (int)c->fail_err;
+        o.kind = (int)h.fail_kind;
+        o.err = (int)h.fail_err;
     } else if (o.result == UP_DONE) {
-        o.taken = pos - buf_len(&c->up.in);
+        o.taken = pos - buf_len(&g.in);
         if (check) {
-            if (memcmp(buf_head(&c->up.in), p + o.taken, buf_len(&c->up.in)) != 0) {
+            if (memcmp(buf_head(&g.in), p + o.taken, buf_len(&g.in)) != 0) {
                 FAIL("the tunnel's first bytes are not those after the reply");
             }
-            check_sent(c, p, creds);
+            check_sent(&g, p, creds);
         }
     }
-    buf_free(&c->up.in);
-    buf_free(&c->up.out);
-    free(c);
+    buf_free(&g.in);
+    buf_free(&g.out);
     return o;
 }
 

@@ -22,7 +22,7 @@ mkdir -p "$out"
 max_len() {
     case $1 in
     head | connect) echo 20000 ;;
-    socks5) echo 1024 ;;
+    socks5 | socks5_in | socks4) echo 1024 ;;
     *) echo 8192 ;;
     esac
 }

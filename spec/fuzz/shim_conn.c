@@ -33,6 +33,12 @@ ev_tstamp ev_now(struct ev_loop *l)
     return 1000.0;
 }
 
+/* The row of upstream.c's table conn_http.c and conn_head.c ask about. */
+int upstream_absolute(unsigned scheme)
+{
+    return scheme == FERRY_SCHEME_HTTP || scheme == FERRY_SCHEME_HTTPS;
+}
+
 void conn_route(struct conn *c)
 {
     (void)c;
@@ -225,10 +231,3 @@ void metrics_request_end(struct conn *c, const char *code)
     (void)code;
 }
 
-/* The harness never routes through a proxy: no scheme speaks HTTP to one. */
-/* As proxy.c: the harnesses route through HTTP proxies, whose heads are
- * absolute-form. */
-int proxy_speaks_http(uint32_t scheme)
-{
-    return scheme == FERRY_SCHEME_HTTP || scheme == FERRY_SCHEME_HTTPS;
-}

@@ -90,7 +90,8 @@ route(function(req) return "direct" end)
   end)
 
   it("names file, line, statement and field in errors", function()
-    assert.equal('cfg.lua:3: pool "x": proxies[2]: url: unsupported scheme "ftp" (use http, https or socks5)',
+    assert.equal('cfg.lua:3: pool "x": proxies[2]: url: unsupported scheme "ftp" '
+      .. '(use http, https, socks5, socks4 or socks4a)',
       err_of('\n\npool "x" { proxies = { "http://h:1", "ftp://h" } }'))
     assert.equal('cfg.lua:1: listen "proxy": unknown field "adress"',
       err_of('listen { name = "proxy", adress = "x" }'))
@@ -140,6 +141,30 @@ route(function(req) return "direct" end)
     assert.matches("listener with this name", err_of('listen { name = "a" }\nlisten { name = "a" }'))
     assert.matches("duplicate of proxies%[1%]",
       err_of('pool "a" { proxies = { "http://h:1", "http://h:1" } }'))
+  end)
+
+  it("takes connections = { ... } on a pool and on direct, and bounds each field", function()
+    local cfg = assert(load([[
+pool "a" { proxies = { "http://h:1" },
+  connections = { max = 4, queue = 8, queue_timeout = 0.5, idle = 2, idle_timeout = 9,
+                  max_requests = 100 } }
+direct { connections = { idle = 0 } }
+]]))
+    assert.same({ max = 4, queue = 8, queue_timeout = 0.5, idle = 2, idle_timeout = 9,
+                  max_requests = 100 }, cfg.pools.a.connections)
+    assert.same({ idle = 0 }, cfg.direct.connections)
+    assert.is_nil(assert(load('pool "b" { proxies = { "http://h:1" } }')).pools.b.connections)
+    assert.matches('pool "a": connections: unknown field "maxconn"',
+      err_of('pool "a" { proxies = { "http://h:1" }, connections = { maxconn = 1 } }'))
+    assert.matches("max must be a whole number",
+      err_of('pool "a" { proxies = { "http://h:1" }, connections = { max = 1.5 } }'))
+    assert.matches("queue must be between 0 and 100000",
+      err_of('pool "a" { proxies = { "http://h:1" }, connections = { queue = -1 } }'))
+    assert.matches("queue_timeout must be between",
+      err_of('pool "a" { proxies = { "http://h:1" }, connections = { queue_timeout = 0 } }'))
+    assert.matches('direct: unknown field "proxies"', err_of('direct { proxies = {} }'))
+    assert.matches("direct is already set",
+      err_of('direct { connections = {} }\ndirect { connections = {} }'))
   end)
 
   it("checks proxy headers", function()

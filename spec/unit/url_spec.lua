@@ -16,6 +16,37 @@ describe("url.parse", function()
   it("fills default ports per scheme", function()
     assert.equal(8080, url.parse("http://proxy.example").port)
     assert.equal(1080, url.parse("socks5://proxy.example").port)
+    assert.equal(443, url.parse("https://proxy.example").port)
+    assert.equal(1080, url.parse("socks4://proxy.example").port)
+    assert.equal(1080, url.parse("socks4a://proxy.example").port)
+  end)
+
+  it("parses https, socks4 and socks4a proxies (schemes case-insensitive)", function()
+    assert.same({ scheme = "https", host = "p.example", port = 8443, user = "u", pass = "pw" },
+      url.parse("HTTPS://u:pw@p.example:8443"))
+    assert.same({ scheme = "socks4", host = "10.0.0.2", port = 1081 },
+      url.parse("socks4://10.0.0.2:1081"))
+    assert.same({ scheme = "socks4a", host = "::1", port = 1080 }, url.parse("Socks4A://[::1]"))
+  end)
+
+  it("takes a SOCKS4 user id from the user part, and refuses a password", function()
+    local p = url.parse("socks4://alice@h:1080")
+    assert.equal("alice", p.user)
+    assert.equal("", p.pass)
+    assert.equal("bob", url.parse("socks4a://bob@h").user)
+    for _, u in ipairs { "socks4://alice:secret@h:1080", "socks4a://alice:@h:1080" } do
+      local q, err = url.parse(u)
+      assert.is_nil(q)
+      assert.matches("SOCKS4 has no password", err)
+      assert.not_matches("secret", err)
+    end
+    local q, err = url.parse("socks4://" .. string.rep("u", 256) .. "@h:1")
+    assert.is_nil(q)
+    assert.matches("limited to 255 bytes", err)
+  end)
+
+  it("shows socks4 proxies like the others", function()
+    assert.equal("socks4a://***@h:1080", url.display(url.parse("socks4a://id@h")))
   end)
 
   it("percent-decodes credentials and allows an empty password", function()

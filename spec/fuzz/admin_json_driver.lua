@@ -80,9 +80,8 @@ local function check_feedback(out)
 end
 
 local function check_entry(px)
-  if px.scheme ~= "http" and px.scheme ~= "https" and px.scheme ~= "socks5" then
-    finding("entry: scheme")
-  end
+  local schemes = { http = true, https = true, socks5 = true, socks4 = true, socks4a = true }
+  if not schemes[px.scheme] then finding("entry: scheme %q", tostring(px.scheme)) end
   if type(px.host) ~= "string" or px.host == "" or px.host:find("[%s%c@/]") then
     finding("entry: host %q", tostring(px.host))
   end

@@ -177,6 +177,9 @@ route(function(req) return req.listener end)
     assert.equal("closed", err or "closed")
     assert.matches("^HTTP/1.1 400", got)
     assert.matches("FERRY%-1071", got)
+    -- The one error writer: Content-Length is the body's length.
+    local head, body = got:match("^(.-\r\n)\r\n(.*)$")
+    assert.equal(#body, tonumber(head:match("\r\nContent%-Length: (%d+)\r\n")))
   end)
 
   it("closes at once on bytes that are neither TLS nor HTTP, with a logged code", function()

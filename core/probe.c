@@ -31,6 +31,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "resolve.h"
+#include "transport.h"
 #include "upstream.h"
 
 #include <ares.h>
@@ -58,6 +59,7 @@ enum probe_step {
     PS_IDLE = 0,   /* waiting for the schedule */
     PS_RESOLVE,    /* looking up the proxy's address */
     PS_CONNECT,    /* TCP connect to the proxy */
+    PS_TLS,        /* TLS handshake with an https:// proxy */
     PS_HANDSHAKE,  /* CONNECT / SOCKS5 through the connector */
     PS_HTTP,       /* GET sent, waiting for the response head */
     PS_HELLO       /* tcp check that needs an answer: hello sent, waiting */
@@ -168,6 +170,7 @@ static void release(struct probe *pr)
     g->ev = 0;
     ev_timer_stop(loop, &pr->timer);
     if (g->fd >= 0) {
+        leg_tr_free(g);
         close(g->fd);
         g->fd = -1;
     }
@@ -301,16 +304,15 @@ static void on_hello_answer(struct probe *pr)
     }
 }
 
-static void connected(struct probe *pr)
+/* TCP (and TLS, for an https:// proxy) is up: the check proper. */
+static void transport_ready(struct probe *pr)
 {
     struct hop *h = &pr->hop;
     if (pr->conf.kind == FERRY_PROBE_TCP) {
         /* Decided now, not at the start: real traffic may have taken the
          * proxy down while this run was connecting. */
         if (pr->p->needs_answer && (pr->p->pub.flags & FERRY_PROXY_DOWN) &&
-            h->ops->hello != NULL &&
-            !upstream_uses_tls(pr->p->pub.scheme)) {
-        /* No plain hello to an https:// proxy: the probe does no TLS. */
+            h->ops->hello != NULL) {
             queue_hello(pr);
         } else {
             finish(pr, PROBE_OK, NULL);
@@ -324,6 +326,38 @@ static void connected(struct probe *pr)
     } else if (r == UP_FAIL) {
         handshake_failed(pr);
     }
+}
+
+/* One step of the TLS handshake with an https:// proxy: a tcp check of
+ * one passes only once its certificate verified, like real traffic. */
+static void tls_step(struct probe *pr)
+{
+    struct leg *g = &pr->leg;
+    enum tr_hs r = leg_tr(g)->handshake(g);
+    if (r == TR_HS_DONE) {
+        transport_ready(pr);
+    } else if (r == TR_HS_FAIL) {
+        char why[200];
+        snprintf(why, sizeof(why), "probe TLS failed: %s", tls_leg_error(g));
+        finish(pr, PROBE_HANDSHAKE, why);
+    }
+}
+
+static void connected(struct probe *pr)
+{
+    struct proxy *p = pr->p;
+    if (!upstream_uses_tls(p->pub.scheme)) {
+        transport_ready(pr);
+        return;
+    }
+    if (p->tls_ctx == NULL ||
+        tls_leg_connect(&pr->leg, p->tls_ctx, p->tls_name != NULL ? p->tls_name : p->host,
+                        p->tls_verify) != 0) {
+        abandon(pr, "cannot set up TLS (out of memory)");
+        return;
+    }
+    pr->step = PS_TLS;
+    tls_step(pr);
 }
 
 static void on_response(struct probe *pr)
@@ -374,17 +408,25 @@ static void handshake_failed(struct probe *pr)
 static void on_exchange(struct probe *pr, int revents)
 {
     struct leg *g = &pr->leg;
+    if (pr->step == PS_TLS) {
+        tls_step(pr);
+        return;
+    }
     if ((revents & EV_WRITE) && !buf_empty(&g->out)) {
-        if (buf_write_fd(&g->out, g->fd) == -1 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        if (leg_write(g, &g->out) == -1 && errno != EAGAIN && errno != EWOULDBLOCK) {
             finish(pr, PROBE_CLOSED, "probe: the proxy closed the connection");
             return;
         }
     }
-    if (!(revents & EV_READ)) {
+    /* A TLS read may wait for writability (tls_events): try it on either. */
+    if (!(revents & EV_READ) && leg_plain(g)) {
         return;
     }
-    ssize_t n = buf_read_fd(&g->in, g->fd);
-    if (n == 0 || (n == -1 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+    ssize_t n = leg_read(g, &g->in);
+    if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return;
+    }
+    if (n == 0 || n == -1) {
         finish(pr, PROBE_CLOSED, "probe: the proxy closed the connection");
         return;
     }
@@ -425,7 +467,7 @@ static void on_io(struct ev_loop *l, ev_io *w, int revents)
         on_exchange(pr, revents);
     }
     if (pr->step != PS_IDLE) {
-        set_io(pr, g->fd, EV_READ | (buf_empty(&g->out) ? 0 : EV_WRITE));
+        set_io(pr, g->fd, leg_events(g, EV_READ | (buf_empty(&g->out) ? 0 : EV_WRITE)));
     }
 }
 
@@ -450,7 +492,7 @@ static void connect_to(struct probe *pr, const struct sockaddr *sa, socklen_t le
     if (connect(fd, sa, len) == 0) {
         connected(pr);
         if (pr->step != PS_IDLE) {
-            set_io(pr, fd, EV_READ | (buf_empty(&g->out) ? 0 : EV_WRITE));
+            set_io(pr, fd, leg_events(g, EV_READ | (buf_empty(&g->out) ? 0 : EV_WRITE)));
         }
         return;
     }
@@ -656,10 +698,8 @@ static int conf_make(struct probe_conf *pc, const struct proxy *p, int kind, con
         return -1;
     }
     if (kind != FERRY_PROBE_TCP) {
-        /* A probe has no TLS step: tcp checks only for proxies behind TLS. */
-        if (upstream_scheme(p->pub.scheme) == NULL || p->pub.scheme == FERRY_SCHEME_DIRECT ||
-            upstream_uses_tls(p->pub.scheme)) {
-            *err = "http and connect checks need an http, socks5, socks4 or socks4a proxy";
+        if (upstream_scheme(p->pub.scheme) == NULL || p->pub.scheme == FERRY_SCHEME_DIRECT) {
+            *err = "http and connect checks need an http, https, socks5, socks4 or socks4a proxy";
             return -1;
         }
         if (host == NULL || *host == '\0' || strlen(host) > HOST_MAX_LEN) {

@@ -298,7 +298,7 @@ local function build_pools(prep)
       end
       C.ferry_proxy_set_label(c, px.id)
       if px.tls and C.ferry_proxy_set_tls(c, px.tls.verify and 1 or 0, px.tls.ca, px.tls.sni,
-          err) ~= 0 then
+          err) ~= cdef.OK then
         return nil, format('%s:%d: pool "%s": proxies[%d]: tls: %s [FERRY-0151]', cfg.file,
           pc.line, name, i, ffi_string(err[0]))
       end

@@ -446,6 +446,7 @@ local function evaluate(chunk, file)
       fail(where, 'protocol "%s" is not one of "http", "socks5", "socks4", "mixed"', l.protocol)
     end
     if t.tls ~= nil then
+      if l.protocol ~= "http" then fail(where, 'tls: only for protocol = "http"') end
       local tls, terr = tls_opts.listener(t.tls, function(f) return resolve_path(dir, f) end)
       if not tls then fail(where, "%s", terr) end
       l.tls = tls

@@ -62,7 +62,7 @@ end
 function M.parse_proxy(u, opts)
   opts = opts or {}
   local px, err = proxy_entry.validate({ url = u, id = opts.id, weight = opts.weight,
-    region = opts.region }, proxy_entry.INVENTORY)
+    region = opts.region, tls = opts.tls }, proxy_entry.INVENTORY)
   if not px then return nil, err end
   px.runtime = true
   return px
@@ -77,8 +77,9 @@ function M.endpoint(px)
   return concat({ px.scheme, px.host, tostring(px.port), px.user or "" }, "\0")
 end
 
-local ADD_FIELDS = { pool = true, url = true, id = true, weight = true, region = true }
-local OPT_FIELDS = { id = true, weight = true, region = true }
+local ADD_FIELDS = { pool = true, url = true, id = true, weight = true, region = true,
+                     tls = true }
+local OPT_FIELDS = { id = true, weight = true, region = true, tls = true }
 
 local function sorted_keys(t)
   local ks = {}
@@ -500,7 +501,7 @@ function M.add(rt, f, via)
       end
     end
   end
-  local opts = { id = px.id, weight = f.opts.weight, region = px.region }
+  local opts = { id = px.id, weight = f.opts.weight, region = px.region, tls = f.opts.tls }
   if store_path then
     local ok, err = store.put(key, f.url, f.pool, opts, true)
     if not ok then return store_failed(err) end

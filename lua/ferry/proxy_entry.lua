@@ -89,7 +89,7 @@ M.ORDER = { "url", "id", "weight", "region", "headers", "tls" }
 
 -- Fields a config entry and an inventory entry take.
 M.CONFIG = { url = true, id = true, weight = true, region = true, headers = true, tls = true }
-M.INVENTORY = { url = true, id = true, weight = true, region = true }
+M.INVENTORY = { url = true, id = true, weight = true, region = true, tls = true }
 
 local function known(allowed)
   local ks = {}

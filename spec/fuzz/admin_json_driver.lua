@@ -80,7 +80,8 @@ local function check_feedback(out)
 end
 
 local function check_entry(px)
-  if px.scheme ~= "http" and px.scheme ~= "socks5" then finding("entry: scheme") end
+  local schemes = { http = true, https = true, socks5 = true, socks4 = true, socks4a = true }
+  if not schemes[px.scheme] then finding("entry: scheme %q", tostring(px.scheme)) end
   if type(px.host) ~= "string" or px.host == "" or px.host:find("[%s%c@/]") then
     finding("entry: host %q", tostring(px.host))
   end
@@ -88,7 +89,7 @@ local function check_entry(px)
     finding("entry: port")
   end
   if px.id ~= nil and (type(px.id) ~= "string" or px.id:match("^%d+$") or #px.id > 64
-      or not px.id:match("^[%w_.:-]+$")) then
+      or not px.id:match("^[%w_.:@/-]+$")) then -- proxy_entry.lua's rule
     finding("entry: id %q", tostring(px.id))
   end
   if type(px.weight) ~= "number" or px.weight % 1 ~= 0 or px.weight < 1 or px.weight > 1000 then

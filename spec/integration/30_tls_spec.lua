@@ -69,6 +69,7 @@ describe("TLS", function()
     procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
   local B_ST, B_FE, B_BAD, B_ADM = procs.free_port(), procs.free_port(), procs.free_port(),
     procs.free_port()
+  local B_PROBE = procs.free_port()
   local origin, tiny, stunnel, fa, fb
   local base = "http://127.0.0.1:" .. O
 
@@ -94,6 +95,7 @@ route(function() return "direct" end)
 listen { name = "st", addr = "127.0.0.1:%d" }
 listen { name = "fe", addr = "127.0.0.1:%d" }
 listen { name = "bad", addr = "127.0.0.1:%d" }
+listen { name = "probed", addr = "127.0.0.1:%d" }
 admin { addr = "127.0.0.1:%d" }
 pool "st" { retries = 0, proxies = {
   { id = "stunnel", url = "https://localhost:%d", tls = { ca = %q } } } }
@@ -104,10 +106,17 @@ pool "bad" { retries = 3, strategy = "round_robin", proxies = {
   { id = "self", url = "https://localhost:%d", tls = { ca = %q } },
   { id = "wrong", url = "https://127.0.0.1:%d", tls = { ca = %q, sni = "localhost" } },
   { id = "good", url = "https://127.0.0.1:%d", tls = { ca = %q } } } }
+pool "probed" { health = { check = "tcp", interval = 0.3, rise = 1, fall = 1 }, proxies = {
+  { id = "probe-good", url = "https://localhost:%d", tls = { ca = %q } },
+  { id = "probe-expired", url = "https://localhost:%d", tls = { ca = %q } } } }
+pool "http-probed" { health = { check = "http", url = "%s/gen?n=10&framing=cl", interval = 0.3,
+                                rise = 1, fall = 1 },
+  proxies = { { id = "probe-ferry", url = "https://127.0.0.1:%d", tls = { ca = %q } } } }
 route(function(req) return req.listener end)
-]], B_ST, B_FE, B_BAD, B_ADM, S_GOOD, p("ca.pem"), FA, p("ca.pem"), S_EXP, p("ca.pem"),
-      S_SELF, p("ca.pem"), S_WRONG, p("ca.pem"), S_GOOD, p("ca.pem")),
-      { B_ST, B_FE, B_BAD, B_ADM }, "ferry-front")
+]], B_ST, B_FE, B_BAD, B_PROBE, B_ADM, S_GOOD, p("ca.pem"), FA, p("ca.pem"), S_EXP, p("ca.pem"),
+      S_SELF, p("ca.pem"), S_WRONG, p("ca.pem"), S_GOOD, p("ca.pem"),
+      S_GOOD, p("ca.pem"), S_EXP, p("ca.pem"), base, FA, p("ca.pem")),
+      { B_ST, B_FE, B_BAD, B_PROBE, B_ADM }, "ferry-front")
   end)
 
   teardown(function()
@@ -122,8 +131,9 @@ route(function(req) return req.listener end)
     opts = opts or {}
     local out = string.format("%s/tls-body-%d", procs.tmp, math.random(1, 1e9))
     local hfile = out .. ".h"
-    local cmd = string.format("curl -s --max-time 20 -o %s -D %s -w '%%{http_code}' %s -x %s " ..
+    local cmd = string.format("curl -s --max-time 20 -o %s -D %s -w '%%{http_code}' %s %s -x %s " ..
       "--proxy-cacert %s %s 2>/dev/null", q(out), q(hfile), opts.tunnel and "-p" or "",
+      opts.rate and ("--limit-rate " .. opts.rate) or "",
       q(opts.proxy or ("https://127.0.0.1:" .. FA)), q(opts.ca or p("ca.pem")), q(base .. path))
     local ph = io.popen(cmd)
     local code = tonumber(ph:read("*a")) or 0
@@ -167,6 +177,9 @@ route(function(req) return req.listener end)
     assert.equal("closed", err or "closed")
     assert.matches("^HTTP/1.1 400", got)
     assert.matches("FERRY%-1071", got)
+    -- The one error writer: Content-Length is the body's length.
+    local head, body = got:match("^(.-\r\n)\r\n(.*)$")
+    assert.equal(#body, tonumber(head:match("\r\nContent%-Length: (%d+)\r\n")))
   end)
 
   it("closes at once on bytes that are neither TLS nor HTTP, with a logged code", function()
@@ -205,6 +218,40 @@ route(function(req) return req.listener end)
     end
   end)
 
+  it("relays to a slow reader on both TLS legs without losing bytes OpenSSL holds", function()
+    -- The client reads at 4 MB/s: buffers fill on every leg, and records
+    -- decrypted into a full buffer wait inside OpenSSL until room appears.
+    for _, tunnel in ipairs { false, true } do
+      local code, sum, size, headers = fetch("/gen?n=3000000&framing=cl",
+        { proxy = "http://127.0.0.1:" .. B_FE, tunnel = tunnel, rate = "4M" })
+      assert.equal(200, code)
+      assert.equal(3000000, size)
+      assert.equal(procs.last_header(headers, "X-Body-Sha256"), sum)
+      code, sum, size, headers = fetch("/gen?n=3000000&framing=cl",
+        { tunnel = tunnel, rate = "4M" })
+      assert.equal(200, code)
+      assert.equal(3000000, size)
+      assert.equal(procs.last_header(headers, "X-Body-Sha256"), sum)
+    end
+  end)
+
+  it("carries request bodies over both TLS legs (2 MB upload, sha256 at the origin)", function()
+    local file = string.format("%s/tls-up-%d", procs.tmp, math.random(1, 1e9))
+    os.execute("head -c 2000000 /dev/urandom > " .. q(file))
+    assert.equal(2000000, procs.file_size(file))
+    local want = procs.sha256_file(file)
+    for _, proxy in ipairs { "https://127.0.0.1:" .. FA, "http://127.0.0.1:" .. B_FE } do
+      local ph = io.popen(string.format("curl -s --max-time 20 -x %s --proxy-cacert %s " ..
+        "-H 'Content-Type: application/octet-stream' --data-binary @%s %s 2>/dev/null", q(proxy),
+        q(p("ca.pem")), q(file), q(base .. "/sink")))
+      local body = ph:read("*a")
+      ph:close()
+      assert.matches('"len": ?2000000', body)
+      assert.matches(want, body, 1, true)
+    end
+    os.remove(file)
+  end)
+
   it("fails expired, self-signed and wrong-name certs as kind tls and uses the next proxy",
     function()
       local kinds = function(id)
@@ -223,6 +270,26 @@ route(function(req) return req.listener end)
       assert.truthy(log:find("certificate has expired", 1, true))
       assert.truthy(log:find("self%-signed certificate") or log:find("self signed certificate"))
       assert.truthy(log:find("hostname mismatch", 1, true))
+    end)
+
+  it("probes https:// proxies through TLS: a tcp check verifies the cert, an http check passes",
+    function()
+      local function up(id, pool)
+        return procs.metric(B_ADM, "ferry_proxy_up", string.format('proxy="%s",pool="%s"', id, pool))
+      end
+      local function probes(id, pool, result)
+        return metric_total(B_ADM, "ferry_proxy_probes_total",
+          string.format('proxy="%s",pool="%s",result="%s"', id, pool, result))
+      end
+      assert(procs.wait_for(function()
+        return up("probe-expired", "probed") == 0 and probes("probe-good", "probed", "ok") >= 2
+          and probes("probe-ferry", "http-probed", "ok") >= 2
+      end, 15), "probes did not settle:\n" .. procs.read_file(fb.log):sub(-3000))
+      assert.equal(1, up("probe-good", "probed"))
+      assert.equal(1, up("probe-ferry", "http-probed"))
+      assert.equal(0, probes("probe-good", "probed", "failed"))
+      assert.truthy(procs.read_file(fb.log):find("probe TLS failed: certificate verify failed",
+        1, true))
     end)
 
   it("keeps the old cert when a reload brings a broken one, serves a new one after SIGHUP",

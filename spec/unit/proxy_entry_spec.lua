@@ -95,7 +95,7 @@ describe("proxy entries", function()
       assert.is_true(proxy_entry.CONFIG[k] or proxy_entry.INVENTORY[k] or false, k)
     end
     -- headers are a config field only (the store keeps id, weight, region).
-    assert.equal('unknown field "headers" (known: url, id, weight, region)',
+    assert.equal('unknown field "headers" (known: url, id, weight, region, tls)',
       select(2, proxy_entry.validate({ url = "http://h:1", headers = {} }, proxy_entry.INVENTORY)))
     assert.matches('^headers: ', select(2, proxy_entry.validate(
       { url = "http://h:1", headers = { ["a b"] = "v" } }, proxy_entry.CONFIG)))

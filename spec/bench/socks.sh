@@ -55,13 +55,18 @@ else
 fi
 taskset -c 0 "$FERRY_BIN" -c "$W/ferry.lua" 2>"$W/logs/ferry.err" & FERRY_PID=$!; PIDS+=("$FERRY_PID")
 
+# dante binds every outgoing socket to its external address before it
+# connects, and bind() to port 0 cannot take a port held by a TIME_WAIT
+# socket of the same address: after the other runs' tens of thousands of
+# connections on 127.0.0.1 it runs out of ports.  127.0.0.2 (loopback too)
+# gives it a port space of its own.
 DANTE_USERS=""
 [ "$(id -u)" = 0 ] && DANTE_USERS="user.privileged: root
 user.unprivileged: nobody"
 cat > "$W/danted.conf" <<CONF
 logoutput: $W/logs/danted.log
 internal: 127.0.0.1 port = $P_DANTE
-external: 127.0.0.1
+external: 127.0.0.2
 socksmethod: none
 clientmethod: none
 $DANTE_USERS

@@ -238,7 +238,7 @@ static void hop_begin(struct conn *c)
     hop_reset(h);
 }
 
-static void attempt_go(struct conn *c);
+static void attempt_go(struct conn *c, int peeked);
 
 static void attempt_start(struct conn *c)
 {
@@ -262,15 +262,17 @@ static void attempt_start(struct conn *c)
     case UPPOOL_GO:
         break;
     }
-    attempt_go(c);
+    attempt_go(c, 1);
 }
 
-/* A slot is held: use the kept connection that came with it, or open one. */
-static void attempt_go(struct conn *c)
+/* A slot is held: use the kept connection that came with it, or open one.
+ * peeked: uppool_acquire has just checked the kept connection (one
+ * MSG_PEEK per reuse); one handed over through the queue is checked here. */
+static void attempt_go(struct conn *c, int peeked)
 {
     c->t_attempt = loop_now();
     c->fresh_only = 0; /* kept until here: a waiter that replays takes no kept connection */
-    if (c->up.fd >= 0 && !uppool_alive(c->up.fd)) {
+    if (c->up.fd >= 0 && !peeked && !uppool_alive(c->up.fd)) {
         ev_io_stop(loop, &c->up.io);
         c->up.ev = 0;
         leg_tr_free(&c->up);
@@ -580,7 +582,7 @@ void conn_on_timeout(struct conn *c)
         break;
     case CS_QUEUE:
         if (uppool_queue_fired(c)) {
-            attempt_go(c);
+            attempt_go(c, 0);
         } else {
             conn_fail(c, FERR_QUEUE_TIMEOUT);
         }

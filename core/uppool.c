@@ -30,7 +30,7 @@ struct upp_limits {
 };
 
 static const struct upp_limits upp_defaults = {
-    .max = 0, .queue = 256, .idle = 32, .max_requests = 1000,
+    .max = 0, .queue = 256, .idle = 256, .max_requests = 1000,
     .queue_timeout = 5.0, .idle_timeout = 0,
 };
 

@@ -40,20 +40,7 @@ gcc -O2 -o "$W/connect_rate" spec/bench/connect_rate.c || exit 1
 gcc -O2 -o "$W/socks_load" spec/bench/socks_load.c || exit 1
 make_cert || { echo "chain bench: openssl could not make a certificate"; exit 1; }
 
-cat > "$W/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $W/nginx.pid;
-error_log $W/logs/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$P_ORIGIN; root $W/www; }
-}
-CONF
-taskset -c 1 nginx -c "$W/nginx.conf" -p "$W" & PIDS+=($!)
+bench_start_origin "$P_ORIGIN"
 
 # The upstream: a ferry going direct, plain and (when this build has one)
 # a TLS listener.

@@ -27,6 +27,25 @@ cpu_ticks() {
 }
 cpu_secs() { awk -v d="$1" -v hz="$HZ" 'BEGIN { printf "%.3f", d / hz }'; }
 
+# bench_start_origin PORT: nginx serving $W/www on CPU 1, the origin every
+# side-by-side row reads from (PID added to PIDS).
+bench_start_origin() {
+  cat > "$W/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $W/nginx.pid;
+error_log $W/logs/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$1; root $W/www; }
+}
+CONF
+  taskset -c 1 nginx -c "$W/nginx.conf" -p "$W" & PIDS+=($!)
+}
+
 # Figures are numbers, or "-" for a column that was skipped.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0)
   printf "%.2f", a / b; else print "-" }'; }

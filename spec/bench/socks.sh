@@ -28,19 +28,7 @@ head -c 1024 /dev/zero | tr '\0' 'x' > "$W/www/1k"
 truncate -s "$BYTES" "$W/www/big"
 gcc -O2 -o "$W/socks_load" spec/bench/socks_load.c || exit 1
 
-cat > "$W/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $W/nginx.pid;
-error_log $W/logs/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  server { listen 127.0.0.1:$P_ORIGIN; root $W/www; }
-}
-CONF
-taskset -c 1 nginx -c "$W/nginx.conf" -p "$W" & PIDS+=($!)
+bench_start_origin "$P_ORIGIN"
 
 # ferry: one process, a SOCKS5 listener when this build has one.
 HTTP_LISTEN="listen { name = \"http\", addr = \"127.0.0.1:$P_FHTTP\" }"

@@ -290,6 +290,21 @@ function M.file_size(path)
   return n
 end
 
+-- One HTTP/1.1 response read from the LuaSocket c (Content-Length framed):
+-- status, body, head text; nil and the error when no status line comes.
+function M.read_response(c)
+  local line, err = c:receive("*l")
+  if not line then return nil, err end
+  local head, len = line .. "\n", 0
+  repeat
+    local h = assert(c:receive("*l"))
+    head = head .. h .. "\n"
+    len = tonumber(h:match("^[Cc]ontent%-[Ll]ength: *(%d+)")) or len
+  until h == ""
+  local b = len > 0 and assert(c:receive(len)) or ""
+  return tonumber(line:match("^HTTP/1%.%d (%d+)")), b, head
+end
+
 -- The value of the last `name:` field in a header dump (curl -D keeps
 -- interim heads too, so the last one is the final response's), or nil.
 function M.last_header(headers, name)

@@ -16,18 +16,7 @@ local function exchange(c, method, url, body)
   return nil
 end
 
-local function response(c)
-  local line, err = c:receive("*l")
-  if not line then return nil, err end
-  local head, len = line .. "\n", 0
-  repeat
-    local h = assert(c:receive("*l"))
-    head = head .. h .. "\n"
-    len = tonumber(h:match("^[Cc]ontent%-[Ll]ength: *(%d+)")) or len
-  until h == ""
-  local b = len > 0 and assert(c:receive(len)) or ""
-  return tonumber(line:match("^HTTP/1%.%d (%d+)")), b, head
-end
+local response = procs.read_response
 
 local function client(port)
   local c = socket.tcp()

@@ -20,19 +20,7 @@ local function send(c, url)
   assert(c:send("GET " .. url .. " HTTP/1.1\r\nHost: x\r\n\r\n"))
 end
 
--- One response on c: status, body, head text.
-local function response(c)
-  local line, err = c:receive("*l")
-  if not line then return nil, err end
-  local head, len = line .. "\n", 0
-  repeat
-    local h = assert(c:receive("*l"))
-    head = head .. h .. "\n"
-    len = tonumber(h:match("^[Cc]ontent%-[Ll]ength: *(%d+)")) or len
-  until h == ""
-  local b = len > 0 and assert(c:receive(len)) or ""
-  return tonumber(line:match("^HTTP/1%.%d (%d+)")), b, head
-end
+local response = procs.read_response
 
 -- One request on a new client connection, closed after the answer.
 local function once(port, url)

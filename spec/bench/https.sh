@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# https.sh: GET 1 KiB over TLS through a proxy, side by side: ferry's
+# blind CONNECT tunnel, ferry intercepting (exchange with intercept =
+# true, its CA from `ferry ca init`), squid ssl-bump (squid-openssl,
+# security_file_certgen, a CA of its own) and mitmproxy (mitmdump, its
+# confdir CA), in one run.  Part of make bench; runs alone as well.
+#   1. keep-alive: CONC client TLS connections, each sending GETs one
+#      after another (KEEP per connection);
+#   2. handshake-heavy: a new client TLS connection (full handshake, no
+#      resumption) per GET;
+#   3. leaf minting: a new client TLS connection per GET, each to the next
+#      of MINT_NAMES distinct host names in a cycle, more names than the
+#      proxy keeps leaf certificates for: every handshake mints one.
+# The origin is nginx with TLS on 127.0.0.1 (an ECDSA P-256 certificate
+# from a private CA made with openssl, for localhost and *.bench.localhost);
+# each intercepting proxy verifies it against that CA.  The load is
+# spec/bench/tls_load.c (the client verifies each proxy's CA).  Proxies on
+# CPU 0, load and origin on CPU 1, all on 127.0.0.1; every run is bounded
+# in time; work per proxy CPU-second counts every process of a proxy
+# (squid's certgen helpers too).  The proxies run in a mount namespace
+# whose /etc/hosts also names n1..nN.bench.localhost as 127.0.0.1 (each
+# proxy resolves the CONNECT host itself; nothing else sees that file).
+# A ferry build without interception or `ferry ca init` prints "skipped:
+# <why>" for that column.
+set -u
+cd "$(dirname "$0")/../.." || exit 1
+ROOT=$(pwd)
+FERRY_BIN=${FERRY_BIN:-$ROOT/bin/ferry}
+W=$ROOT/spec/tmp/bench-https
+DUR=${BENCH_SECONDS:-10}
+# mitmproxy does a few hundred requests a second: a short run says enough.
+MITM_DUR=${MITM_SECONDS:-5}
+CONC=${HTTPS_CONC:-50}
+KEEP=${HTTPS_KEEP:-1000}
+MINT_NAMES=${MINT_NAMES:-256}
+# ferry's leaf cache for the minting run: smaller than the name set.
+MINT_CACHE=${MINT_CACHE:-64}
+rm -rf "$W"; mkdir -p "$W/www" "$W/logs"; chmod 777 "$W" "$W/logs"
+
+P_ORIGIN=18140 P_FTUN=18141 P_FINT=18142 P_SQUID=18143 P_MITM=18144 P_FMINT=18145
+PIDS=()
+. "$ROOT/spec/bench/lib.sh"
+trap bench_cleanup EXIT
+
+head -c 1024 /dev/zero | tr '\0' 'x' > "$W/www/1k"
+gcc -O2 -Wall -Wextra -o "$W/tls_load" spec/bench/tls_load.c -lssl -lcrypto || exit 1
+
+# ---- certificates: the origin's private CA and leaf, squid's CA ----
+ec_ca() { # name subject
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=$2" -addext basicConstraints=critical,CA:TRUE \
+    -addext keyUsage=critical,keyCertSign,cRLSign \
+    -keyout "$W/$1.key" -out "$W/$1.crt" >/dev/null 2>&1
+}
+ec_ca origin-ca "bench origin CA" && ec_ca squid-ca "bench squid CA" || {
+  echo "https bench: openssl could not make the CAs"; exit 1; }
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+  -keyout "$W/origin.key" -out "$W/origin.csr" >/dev/null 2>&1 &&
+printf 'subjectAltName=DNS:localhost,DNS:*.bench.localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' \
+  > "$W/origin.ext" &&
+openssl x509 -req -in "$W/origin.csr" -CA "$W/origin-ca.crt" -CAkey "$W/origin-ca.key" \
+  -CAcreateserial -days 2 -extfile "$W/origin.ext" -out "$W/origin.crt" >/dev/null 2>&1 || {
+  echo "https bench: openssl could not make the origin certificate"; exit 1; }
+
+# ---- the hosts file the proxies see ----
+{ echo "127.0.0.1 localhost"
+  for i in $(seq 1 "$MINT_NAMES"); do echo "127.0.0.1 n$i.bench.localhost"; done; } > "$W/hosts"
+NS=1
+unshare -m sh -c "mount --bind '$W/hosts' /etc/hosts && getent hosts n1.bench.localhost" \
+  >/dev/null 2>&1 || NS=0
+# in_ns CMD...: CMD (same PID) on CPU 0, seeing $W/hosts as /etc/hosts.
+in_ns() {
+  if [ $NS = 1 ]; then
+    exec unshare -m sh -c 'mount --bind "$0" /etc/hosts && exec taskset -c 0 "$@"' "$W/hosts" "$@"
+  fi
+  exec taskset -c 0 "$@"
+}
+
+# ---- the origin: nginx with TLS on CPU 1 ----
+cat > "$W/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $W/nginx.pid;
+error_log $W/logs/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  ssl_session_tickets off;
+  ssl_session_cache off;
+  server {
+    listen 127.0.0.1:$P_ORIGIN ssl;
+    ssl_certificate $W/origin.crt;
+    ssl_certificate_key $W/origin.key;
+    root $W/www;
+  }
+}
+CONF
+taskset -c 1 nginx -c "$W/nginx.conf" -p "$W" & PIDS+=($!)
+
+# ---- the proxies, each on CPU 0 in the namespace ----
+QUIET='log { level = "warn", access = false }
+route(function(req) return "direct" end)'
+printf 'listen { name = "tun", addr = "127.0.0.1:%s" }\n%s\n' $P_FTUN "$QUIET" > "$W/ferry-tunnel.lua"
+in_ns "$FERRY_BIN" -c "$W/ferry-tunnel.lua" 2>"$W/logs/ferry-tunnel.err" & FTUN_PID=$!
+PIDS+=("$FTUN_PID")
+
+# ferry intercepting: its CA from `ferry ca init`, one exchange for the
+# origin's names.  ferry_int_conf PORT [tls-extra] writes $W/ferry-int-PORT.lua.
+FERRY_CA=$W/ferry-ca
+INT_SKIP=""
+if ! out=$("$FERRY_BIN" ca init "$FERRY_CA" 2>&1); then
+  INT_SKIP="ferry ca init: $(echo "$out" | grep -v '^\s*$' | head -1)"
+fi
+FERRY_CA_CERT=$(ls "$FERRY_CA"/*.crt "$FERRY_CA"/*cert*.pem 2>/dev/null | head -1)
+FERRY_CA_KEY=$(ls "$FERRY_CA"/*.key "$FERRY_CA"/*key*.pem 2>/dev/null | head -1)
+[ -z "$INT_SKIP" ] && { [ -z "$FERRY_CA_CERT" ] || [ -z "$FERRY_CA_KEY" ]; } &&
+  INT_SKIP="ferry ca init wrote no certificate and key in $FERRY_CA"
+ferry_int_conf() {
+  cat > "$W/ferry-int-$1.lua" <<CONF
+listen { name = "int", addr = "127.0.0.1:$1" }
+tls { ca_cert = "$FERRY_CA_CERT", ca_key = "$FERRY_CA_KEY"${2:+, $2} }
+exchange "origin" { hosts = { "localhost", "*.bench.localhost" }, pool = "direct",
+                    intercept = true, tls = { ca = "$W/origin-ca.crt" } }
+$QUIET
+CONF
+  echo "$W/ferry-int-$1.lua"
+}
+if [ -z "$INT_SKIP" ]; then
+  if INT_SKIP=$(ferry_accepts "$FERRY_BIN" "$(ferry_int_conf $P_FINT)"); then
+    INT_SKIP=""
+    in_ns "$FERRY_BIN" -c "$W/ferry-int-$P_FINT.lua" 2>"$W/logs/ferry-int.err" & FINT_PID=$!
+    PIDS+=("$FINT_PID")
+  fi
+fi
+
+# squid ssl-bump: peek at the SNI, bump; leaves minted by
+# security_file_certgen (its database fresh each run), checked against the
+# origin's CA.
+CERTGEN=/usr/lib/squid/security_file_certgen
+SQUID_SKIP=""
+if ! squid -v 2>/dev/null | grep -q -- '--with-openssl'; then
+  SQUID_SKIP="this squid has no OpenSSL (install squid-openssl)"
+elif ! "$CERTGEN" -c -s "$W/squid-ssldb" -M 16MB >"$W/logs/certgen.out" 2>&1; then
+  SQUID_SKIP="security_file_certgen could not make its database"
+else
+  chown -R proxy "$W/squid-ssldb" "$W/squid-ca.key" 2>/dev/null
+  cat > "$W/squid.conf" <<CONF
+http_port 127.0.0.1:$P_SQUID ssl-bump tls-cert=$W/squid-ca.crt tls-key=$W/squid-ca.key generate-host-certificates=on dynamic_cert_mem_cache_size=4MB
+sslcrtd_program $CERTGEN -s $W/squid-ssldb -M 16MB
+sslcrtd_children 8 startup=1 idle=1
+acl step1 at_step SslBump1
+ssl_bump peek step1
+ssl_bump bump all
+tls_outgoing_options cafile=$W/origin-ca.crt
+http_access allow all
+cache deny all
+cache_mem 8 MB
+access_log none
+cache_log $W/logs/squid-cache.log
+pid_filename $W/squid.pid
+coredump_dir $W
+cache_effective_user proxy
+shutdown_lifetime 1 seconds
+workers 1
+CONF
+  in_ns squid -N -f "$W/squid.conf" >"$W/logs/squid.out" 2>&1 & SQUID_PID=$!; PIDS+=("$SQUID_PID")
+fi
+
+# mitmproxy: mitmdump in regular mode; it makes its CA in its confdir.
+MITM_SKIP=""
+if command -v mitmdump >/dev/null; then
+  in_ns mitmdump -q --listen-host 127.0.0.1 --listen-port $P_MITM --set confdir="$W/mitm" \
+    --set ssl_verify_upstream_trusted_ca="$W/origin-ca.crt" --set flow_detail=0 \
+    >"$W/logs/mitmdump.out" 2>&1 & MITM_PID=$!; PIDS+=("$MITM_PID")
+else
+  MITM_SKIP="no mitmdump (install mitmproxy)"
+fi
+
+PORTS="$P_ORIGIN $P_FTUN"
+[ -z "$INT_SKIP" ] && PORTS="$PORTS $P_FINT"
+[ -z "$SQUID_SKIP" ] && PORTS="$PORTS $P_SQUID"
+[ -z "$MITM_SKIP" ] && PORTS="$PORTS $P_MITM"
+for p in $PORTS; do wait_port "$p" || exit 1; done
+sleep 1
+[ -z "$MITM_SKIP" ] && [ ! -s "$W/mitm/mitmproxy-ca-cert.pem" ] && MITM_SKIP="mitmdump made no CA"
+
+# tls_run PID PORT HOST CAFILE SECONDS REQS [NAMES]
+#   -> "requests/s requests-per-CPU-second errors handshakes/s"
+tls_run() {
+  local pid=$1 t0 t1 out
+  shift
+  t0=$(cpu_ticks "$pid")
+  out=$(taskset -c 1 "$W/tls_load" "$1" "$2" $P_ORIGIN "$3" "$CONC" "$4" "$5" ${6:+"$6"} \
+        2>>"$W/logs/tls_load-$1.err")
+  t1=$(cpu_ticks "$pid")
+  echo "$1 $out" >> "$W/logs/tls_load-$1.txt"
+  local n e r hs
+  read -r _ n _ e _ _ _ _ _ r _ hs <<<"$out"
+  [ -n "${n:-}" ] || { echo "- - - -"; return; }
+  echo "${r%/s} $(per_cpu "$n" "$(cpu_secs $((t1 - t0)))") $e ${hs%/s}"
+}
+
+# column PID-var SKIP CAFILE PORT SECONDS REQS [NAMES]: a run, or "- - - -".
+column() {
+  if [ -n "$2" ]; then echo "- - - -"; return; fi
+  tls_run "${!1}" "$4" "${HOST:-localhost}" "$3" "$5" "$6" ${7:+"$7"}
+}
+MITM_CA=$W/mitm/mitmproxy-ca-cert.pem
+
+echo "HTTPS: proxies on CPU 0, load (tls_load, $CONC conns) and the nginx TLS origin on CPU 1;" \
+  "${DUR}s per run, mitmproxy ${MITM_DUR}s"
+[ -n "$INT_SKIP" ] && echo "ferry intercept: skipped: $INT_SKIP"
+[ -n "$SQUID_SKIP" ] && echo "squid ssl-bump: skipped: $SQUID_SKIP"
+[ -n "$MITM_SKIP" ] && echo "mitmproxy: skipped: $MITM_SKIP"
+[ $NS = 0 ] && echo "no mount namespace for the proxies' hosts file: *.bench.localhost names unresolved"
+
+for reqs in "$KEEP" 1; do
+  read -r R_I C_I E_I _ < <(column FINT_PID "$INT_SKIP" "$FERRY_CA_CERT" $P_FINT "$DUR" "$reqs")
+  read -r R_T C_T E_T _ < <(column FTUN_PID "" "$W/origin-ca.crt" $P_FTUN "$DUR" "$reqs")
+  read -r R_S C_S E_S _ < <(column SQUID_PID "$SQUID_SKIP" "$W/squid-ca.crt" $P_SQUID "$DUR" "$reqs")
+  read -r R_M C_M E_M _ < <(column MITM_PID "$MITM_SKIP" "$MITM_CA" $P_MITM "$MITM_DUR" "$reqs")
+  out=$(taskset -c 1 "$W/tls_load" 0 localhost $P_ORIGIN "$W/origin-ca.crt" "$CONC" "$DUR" "$reqs" \
+        2>>"$W/logs/tls_load-0.err")
+  read -r _ _ _ E_N _ _ _ _ _ R_N _ <<<"$out"; R_N=${R_N%/s}
+  if [ "$reqs" = 1 ]; then title="GET 1 KiB, new TLS conn per GET"
+  else title="GET 1 KiB, keep-alive ($reqs/conn)"; fi
+  row "$title" "ferry int" "ferry tun*" "squid bump" mitmproxy "no proxy**"
+  row "requests/s" "$R_I" "$R_T" "$R_S" "$R_M" "$R_N"
+  row "requests per proxy CPU-second" "$C_I" "$C_T" "$C_S" "$C_M"
+  row "ferry int / other, per CPU-second" "$(one "$C_I")" "$(ratio "$C_I" "$C_T")" \
+    "$(ratio "$C_I" "$C_S")" "$(ratio "$C_I" "$C_M")"
+  row "ferry int / other, requests/s" "$(one "$R_I")" "$(ratio "$R_I" "$R_T")" \
+    "$(ratio "$R_I" "$R_S")" "$(ratio "$R_I" "$R_M")" "$(ratio "$R_I" "$R_N")"
+  row "errors" "$E_I" "$E_T" "$E_S" "$E_M" "$E_N"
+  echo
+  [ "$reqs" = 1 ] || { K_CI=$C_I K_CS=$C_S K_CM=$C_M; }
+done
+echo "  * blind CONNECT tunnel: the client's TLS goes to the origin, ferry relays bytes"
+echo "  ** the client straight to nginx, sharing its core: the most this setup can show"
+echo

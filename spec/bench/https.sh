@@ -35,9 +35,13 @@ KEEP=${HTTPS_KEEP:-1000}
 MINT_NAMES=${MINT_NAMES:-256}
 # ferry's leaf cache for the minting run: smaller than the name set.
 MINT_CACHE=${MINT_CACHE:-64}
+# squid's minting run takes a new name per handshake (its certgen keeps
+# every leaf in a database): more names than it can reach in a run.
+SQUID_MINT_NAMES=${SQUID_MINT_NAMES:-20000}
 rm -rf "$W"; mkdir -p "$W/www" "$W/logs"; chmod 777 "$W" "$W/logs"
 
 P_ORIGIN=18140 P_FTUN=18141 P_FINT=18142 P_SQUID=18143 P_MITM=18144 P_FMINT=18145
+P_SQMINT=18146 P_FADMIN=18147
 PIDS=()
 . "$ROOT/spec/bench/lib.sh"
 trap bench_cleanup EXIT
@@ -62,7 +66,7 @@ openssl x509 -req -in "$W/origin.csr" -CA "$W/origin-ca.crt" -CAkey "$W/origin-c
   -CAcreateserial -days 2 -extfile "$W/origin.ext" -out "$W/origin.crt" >/dev/null 2>&1 || {
   echo "https bench: openssl could not make the origin certificate"; exit 1; }
 
-# ---- the hosts file the proxies see ----
+# ---- the hosts file the proxies see (squid's minting run: its own) ----
 { echo "127.0.0.1 localhost"
   for i in $(seq 1 "$MINT_NAMES"); do echo "127.0.0.1 n$i.bench.localhost"; done; } > "$W/hosts"
 NS=1
@@ -131,6 +135,12 @@ if [ -z "$INT_SKIP" ]; then
     INT_SKIP=""
     in_ns "$FERRY_BIN" -c "$W/ferry-int-$P_FINT.lua" 2>"$W/logs/ferry-int.err" & FINT_PID=$!
     PIDS+=("$FINT_PID")
+    # The minting run's ferry: a leaf cache smaller than the name set,
+    # and /metrics to count the leaves it signed.
+    MINT_CONF=$(ferry_int_conf $P_FMINT "leaf_cache = $MINT_CACHE")
+    echo "admin { addr = \"127.0.0.1:$P_FADMIN\" }" >> "$MINT_CONF"
+    in_ns "$FERRY_BIN" -c "$MINT_CONF" 2>"$W/logs/ferry-mint.err" & FMINT_PID=$!
+    PIDS+=("$FMINT_PID")
   fi
 fi
 
@@ -141,13 +151,17 @@ CERTGEN=/usr/lib/squid/security_file_certgen
 SQUID_SKIP=""
 if ! squid -v 2>/dev/null | grep -q -- '--with-openssl'; then
   SQUID_SKIP="this squid has no OpenSSL (install squid-openssl)"
-elif ! "$CERTGEN" -c -s "$W/squid-ssldb" -M 16MB >"$W/logs/certgen.out" 2>&1; then
-  SQUID_SKIP="security_file_certgen could not make its database"
+elif [ ! -x "$CERTGEN" ]; then
+  SQUID_SKIP="no $CERTGEN"
 else
-  chown -R proxy "$W/squid-ssldb" "$W/squid-ca.key" 2>/dev/null
-  cat > "$W/squid.conf" <<CONF
-http_port 127.0.0.1:$P_SQUID ssl-bump tls-cert=$W/squid-ca.crt tls-key=$W/squid-ca.key generate-host-certificates=on dynamic_cert_mem_cache_size=4MB
-sslcrtd_program $CERTGEN -s $W/squid-ssldb -M 16MB
+  # squid_bump NAME PORT [hosts_file]: an ssl-bump squid with a certgen
+  # database of its own.
+  squid_bump() {
+    "$CERTGEN" -c -s "$W/ssldb-$1" -M 16MB >>"$W/logs/certgen.out" 2>&1
+    chown -R proxy "$W/ssldb-$1" "$W/squid-ca.key" 2>/dev/null
+    cat > "$W/squid-$1.conf" <<CONF
+http_port 127.0.0.1:$2 ssl-bump tls-cert=$W/squid-ca.crt tls-key=$W/squid-ca.key generate-host-certificates=on dynamic_cert_mem_cache_size=4MB
+sslcrtd_program $CERTGEN -s $W/ssldb-$1 -M 16MB
 sslcrtd_children 8 startup=1 idle=1
 acl step1 at_step SslBump1
 ssl_bump peek step1
@@ -157,14 +171,21 @@ http_access allow all
 cache deny all
 cache_mem 8 MB
 access_log none
-cache_log $W/logs/squid-cache.log
-pid_filename $W/squid.pid
+cache_log $W/logs/squid-$1.log
+pid_filename $W/squid-$1.pid
 coredump_dir $W
 cache_effective_user proxy
 shutdown_lifetime 1 seconds
 workers 1
+${3:+hosts_file $3}
 CONF
-  in_ns squid -N -f "$W/squid.conf" >"$W/logs/squid.out" 2>&1 & SQUID_PID=$!; PIDS+=("$SQUID_PID")
+    in_ns squid -N -f "$W/squid-$1.conf" >"$W/logs/squid-$1.out" 2>&1
+  }
+  { echo "127.0.0.1 localhost"
+    for i in $(seq 1 "$SQUID_MINT_NAMES"); do echo "127.0.0.1 s$i.bench.localhost"; done
+  } > "$W/hosts-squid"
+  squid_bump main $P_SQUID & SQUID_PID=$!; PIDS+=("$SQUID_PID")
+  squid_bump mint $P_SQMINT "$W/hosts-squid" & SQMINT_PID=$!; PIDS+=("$SQMINT_PID")
 fi
 
 # mitmproxy: mitmdump in regular mode; it makes its CA in its confdir.
@@ -178,8 +199,8 @@ else
 fi
 
 PORTS="$P_ORIGIN $P_FTUN"
-[ -z "$INT_SKIP" ] && PORTS="$PORTS $P_FINT"
-[ -z "$SQUID_SKIP" ] && PORTS="$PORTS $P_SQUID"
+[ -z "$INT_SKIP" ] && PORTS="$PORTS $P_FINT $P_FMINT"
+[ -z "$SQUID_SKIP" ] && PORTS="$PORTS $P_SQUID $P_SQMINT"
 [ -z "$MITM_SKIP" ] && PORTS="$PORTS $P_MITM"
 for p in $PORTS; do wait_port "$p" || exit 1; done
 sleep 1
@@ -239,3 +260,37 @@ done
 echo "  * blind CONNECT tunnel: the client's TLS goes to the origin, ferry relays bytes"
 echo "  ** the client straight to nginx, sharing its core: the most this setup can show"
 echo
+# ---- 3. leaf minting ----
+# mint_count: leaves ferry's minting instance has signed (its /metrics), or "-".
+mint_count() {
+  local v
+  v=$(curl -s --max-time 5 "http://127.0.0.1:$P_FADMIN/metrics" 2>/dev/null |
+      awk '/^ferry_[a-z_]*minted[a-z_]*(\{[^}]*\})? / { s += $NF } END { if (NR) printf "%.0f", s }')
+  echo "${v:--}"
+}
+M0=$( [ -z "$INT_SKIP" ] && mint_count || echo -)
+read -r _ C_I E_I H_I < <(HOST=n%d.bench.localhost column FMINT_PID "$INT_SKIP" "$FERRY_CA_CERT" \
+  $P_FMINT "$DUR" 1 "$MINT_NAMES")
+M1=$( [ -z "$INT_SKIP" ] && mint_count || echo -)
+read -r _ C_S E_S H_S < <(HOST=s%d.bench.localhost column SQMINT_PID "$SQUID_SKIP" "$W/squid-ca.crt" \
+  $P_SQMINT "$DUR" 1 "$SQUID_MINT_NAMES")
+read -r _ C_M E_M H_M < <(HOST=n%d.bench.localhost column MITM_PID "$MITM_SKIP" "$MITM_CA" \
+  $P_MITM "$MITM_DUR" 1 "$MINT_NAMES")
+row "leaf minting: a new name per conn" "ferry int" "squid bump" "mitmproxy"
+row "handshakes/s" "$H_I" "$H_S" "$H_M"
+row "handshakes per proxy CPU-second" "$C_I" "$C_S" "$C_M"
+row "ferry / other, per CPU-second" "$(one "$C_I")" "$(ratio "$C_I" "$C_S")" "$(ratio "$C_I" "$C_M")"
+row "errors" "$E_I" "$E_S" "$E_M"
+MINTED=-
+[ "$M0" != - ] && [ "$M1" != - ] && MINTED=$((M1 - M0))
+echo "  ferry: $MINT_NAMES names in a cycle, leaf cache $MINT_CACHE (leaves minted in the run: $MINTED);"
+echo "  squid: a new name per handshake ($SQUID_MINT_NAMES), certgen helpers counted;"
+echo "  mitmproxy: $MINT_NAMES names in a cycle, its certificate store keeps 100"
+echo "  (requests per CPU-second here count a GET per handshake, as in the rows above)"
+echo
+if [ -n "$INT_SKIP" ]; then
+  echo "HTTPS target: skipped (no interception in this build)"
+else
+  echo "HTTPS target: intercepted keep-alive GET >= 3x squid ssl-bump per proxy CPU-second" \
+    "($(ratio "$K_CI" "$K_CS")x; vs mitmproxy $(ratio "$K_CI" "$K_CM")x)"
+fi

@@ -115,10 +115,9 @@ INT_SKIP=""
 if ! out=$("$FERRY_BIN" ca init "$FERRY_CA" 2>&1); then
   INT_SKIP="ferry ca init: $(echo "$out" | grep -v '^\s*$' | head -1)"
 fi
-FERRY_CA_CERT=$(ls "$FERRY_CA"/*.crt "$FERRY_CA"/*cert*.pem 2>/dev/null | head -1)
-FERRY_CA_KEY=$(ls "$FERRY_CA"/*.key "$FERRY_CA"/*key*.pem 2>/dev/null | head -1)
-[ -z "$INT_SKIP" ] && { [ -z "$FERRY_CA_CERT" ] || [ -z "$FERRY_CA_KEY" ]; } &&
-  INT_SKIP="ferry ca init wrote no certificate and key in $FERRY_CA"
+FERRY_CA_CERT=$FERRY_CA/ca.crt FERRY_CA_KEY=$FERRY_CA/ca.key
+[ -z "$INT_SKIP" ] && { [ ! -s "$FERRY_CA_CERT" ] || [ ! -s "$FERRY_CA_KEY" ]; } &&
+  INT_SKIP="ferry ca init wrote no ca.crt and ca.key in $FERRY_CA"
 ferry_int_conf() {
   cat > "$W/ferry-int-$1.lua" <<CONF
 listen { name = "int", addr = "127.0.0.1:$1" }
@@ -270,7 +269,7 @@ read -r _ C_S E_S H_S < <(HOST=n%d.bench.localhost column SQUID_PID "$SQUID_SKIP
   $P_SQUID "$DUR" 1 "$MINT_NAMES")
 read -r _ C_M E_M H_M < <(HOST=n%d.bench.localhost column MITM_PID "$MITM_SKIP" "$MITM_CA" \
   $P_MITM "$MITM_DUR" 1 "$MINT_NAMES")
-row "leaf minting: a new name per conn" "ferry int" "squid bump*" "mitmproxy"
+row "leaf minting: a new name per conn" "ferry int" "squid bump" "mitmproxy"
 row "handshakes/s" "$H_I" "$H_S" "$H_M"
 row "handshakes per proxy CPU-second" "$C_I" "$C_S" "$C_M"
 row "ferry / other, per CPU-second" "$(one "$C_I")" "$(ratio "$C_I" "$C_S")" "$(ratio "$C_I" "$C_M")"
@@ -278,7 +277,7 @@ row "errors" "$E_I" "$E_S" "$E_M"
 MINTED=-
 [ "$M0" != - ] && [ "$M1" != - ] && MINTED=$((M1 - M0))
 echo "  ferry: $MINT_NAMES names in a cycle, leaf cache $MINT_CACHE (leaves minted in the run: $MINTED);"
-echo "  * squid: the same $MINT_NAMES names; it mimics the origin's certificate and keys its"
+echo "  squid: the same $MINT_NAMES names; it mimics the origin's certificate and keys its"
 echo "    leaves on that certificate, not on the name: one origin certificate, one leaf"
 echo "    (certgen database entries after the runs: $(wc -l < "$W/ssldb-main/index.txt" 2>/dev/null || echo -));"
 echo "  mitmproxy: $MINT_NAMES names in a cycle, its certificate store keeps 100"

@@ -199,6 +199,16 @@ for p in $PORTS; do wait_port "$p" || exit 1; done
 sleep 1
 [ -z "$MITM_SKIP" ] && [ ! -s "$W/mitm/mitmproxy-ca-cert.pem" ] && MITM_SKIP="mitmdump made no CA"
 
+# Warm each proxy up (mitmproxy's first connections are slow; squid and
+# ferry open their first origin connections): one unmeasured second.
+warm() { # PORT CAFILE
+  taskset -c 1 "$W/tls_load" "$1" localhost $P_ORIGIN "$2" "$CONC" 1 10 >>"$W/logs/warm.txt" 2>&1
+}
+[ -z "$INT_SKIP" ] && warm $P_FINT "$FERRY_CA_CERT"
+warm $P_FTUN "$W/origin-ca.crt"
+[ -z "$SQUID_SKIP" ] && warm $P_SQUID "$W/squid-ca.crt"
+[ -z "$MITM_SKIP" ] && warm $P_MITM "$W/mitm/mitmproxy-ca-cert.pem"
+
 # tls_run PID PORT HOST CAFILE SECONDS REQS [NAMES]
 #   -> "requests/s requests-per-CPU-second errors handshakes/s"
 tls_run() {

@@ -5,7 +5,7 @@
 # security_file_certgen, a CA of its own) and mitmproxy (mitmdump, its
 # confdir CA), in one run.  Part of make bench; runs alone as well.
 #   1. keep-alive: CONC client TLS connections, each sending GETs one
-#      after another (KEEP per connection);
+#      after another (KEEP per connection), measured once all are open;
 #   2. handshake-heavy: a new client TLS connection (full handshake, no
 #      resumption) per GET;
 #   3. leaf minting: a new client TLS connection per GET, each to the next
@@ -30,13 +30,14 @@ ROOT=$(pwd)
 FERRY_BIN=${FERRY_BIN:-$ROOT/bin/ferry}
 W=$ROOT/spec/tmp/bench-https
 DUR=${BENCH_SECONDS:-10}
-# mitmproxy does a few hundred requests a second: a short run says enough.
+# mitmproxy does a few hundred requests a second: one short run says enough.
 MITM_DUR=${MITM_SECONDS:-5}
 CONC=${HTTPS_CONC:-50}
 KEEP=${HTTPS_KEEP:-1000}
 MINT_NAMES=${MINT_NAMES:-256}
 # ferry's leaf cache for the minting run: smaller than the name set.
 MINT_CACHE=${MINT_CACHE:-64}
+ROUNDS=${HTTPS_ROUNDS:-3}
 rm -rf "$W"; mkdir -p "$W/www" "$W/logs"; chmod 777 "$W" "$W/logs"
 
 P_ORIGIN=18140 P_FTUN=18141 P_FINT=18142 P_SQUID=18143 P_MITM=18144 P_FMINT=18145
@@ -209,44 +210,81 @@ warm $P_FTUN "$W/origin-ca.crt"
 [ -z "$SQUID_SKIP" ] && warm $P_SQUID "$W/squid-ca.crt"
 [ -z "$MITM_SKIP" ] && warm $P_MITM "$W/mitm/mitmproxy-ca-cert.pem"
 
-# tls_run PID PORT HOST CAFILE SECONDS REQS [NAMES]
-#   -> "requests/s requests-per-CPU-second errors handshakes/s"
-tls_run() {
-  local pid=$1 t0 t1 out
-  shift
-  t0=$(cpu_ticks "$pid")
-  out=$(taskset -c 1 "$W/tls_load" "$1" "$2" $P_ORIGIN "$3" "$CONC" "$4" "$5" ${6:+"$6"} \
-        2>>"$W/logs/tls_load-$1.err")
-  t1=$(cpu_ticks "$pid")
-  echo "$1 $out" >> "$W/logs/tls_load-$1.txt"
-  local n e r hs
-  read -r _ n _ e _ _ _ _ _ r _ hs <<<"$out"
-  [ -n "${n:-}" ] || { echo "- - - -"; return; }
-  echo "${r%/s} $(per_cpu "$n" "$(cpu_secs $((t1 - t0)))") $e ${hs%/s}"
+# Each table's runs are interleaved: ROUNDS rounds, each running every
+# column for its share of the time, the figures summed over the rounds.  A
+# load burst from elsewhere on the machine then falls on every column
+# alike rather than on one.  mitmproxy runs once, in the first round, for
+# MITM_SECONDS: its first 50 handshakes alone take a second or two, which
+# would swallow a short run.
+# run_into KEY PID PORT HOST CAFILE SECONDS REQS [NAMES]: one tls_load
+# run, its requests, errors, handshakes, seconds and the proxy's CPU ticks
+# added to KEY's totals (a run that printed nothing marks KEY failed).
+# With NAMES, each run goes on in the name cycle past every name the run
+# before could have started (handshakes, errors, and CONC in flight), so
+# that no name comes back before NAMES others.
+declare -A T_N T_E T_H T_S T_K T_FAIL T_NEXT
+run_into() {
+  local key=$1 pid=$2 t0 t1 out n e h secs
+  shift 2
+  if [ "$5" = 1 ]; then
+    t0=$(cpu_ticks "$pid")
+    out=$(taskset -c 1 "$W/tls_load" "$1" "$2" $P_ORIGIN "$3" "$CONC" "$4" "$5" \
+          ${6:+"$6" "${T_NEXT[$key]:-1}"} 2>>"$W/logs/tls_load-$1.err")
+    t1=$(cpu_ticks "$pid")
+  else
+    # Keep-alive: measured from the moment every connection is open.
+    rm -f "$W/ready"
+    READY_FILE=$W/ready taskset -c 1 "$W/tls_load" "$1" "$2" $P_ORIGIN "$3" "$CONC" "$4" "$5" \
+      >"$W/load.out" 2>>"$W/logs/tls_load-$1.err" & local lp=$!
+    while [ ! -e "$W/ready" ] && kill -0 $lp 2>/dev/null; do sleep 0.05; done
+    t0=$(cpu_ticks "$pid")
+    wait $lp
+    t1=$(cpu_ticks "$pid")
+    out=$(cat "$W/load.out")
+  fi
+  echo "$key $out" >> "$W/logs/tls_load-$1.txt"
+  read -r _ n _ e _ h _ secs _ <<<"$out"
+  if [ -z "${n:-}" ]; then T_FAIL[$key]=1; return; fi
+  T_N[$key]=$(( ${T_N[$key]:-0} + n )); T_E[$key]=$(( ${T_E[$key]:-0} + e ))
+  T_H[$key]=$(( ${T_H[$key]:-0} + h )); T_K[$key]=$(( ${T_K[$key]:-0} + t1 - t0 ))
+  T_S[$key]=$(awk -v a="${T_S[$key]:-0}" -v b="$secs" 'BEGIN { printf "%.3f", a + b }')
+  [ -n "${6:-}" ] && T_NEXT[$key]=$(( (${T_NEXT[$key]:-1} - 1 + h + e + CONC) % $6 + 1 ))
 }
-
-# column PID-var SKIP CAFILE PORT SECONDS REQS [NAMES]: a run, or "- - - -".
-column() {
-  if [ -n "$2" ]; then echo "- - - -"; return; fi
-  tls_run "${!1}" "$4" "${HOST:-localhost}" "$3" "$5" "$6" ${7:+"$7"}
+# totals KEY -> "requests/s requests-per-CPU-second errors handshakes/s", or
+# "- - - -" for a column skipped or failed.
+totals() {
+  if [ -z "${T_N[$1]:-}" ] || [ -n "${T_FAIL[$1]:-}" ]; then echo "- - - -"; return; fi
+  awk -v n="${T_N[$1]}" -v h="${T_H[$1]}" -v s="${T_S[$1]}" -v e="${T_E[$1]}" \
+      -v c="$(cpu_secs "${T_K[$1]}")" -v pid_cpu="${2:-1}" 'BEGIN {
+    printf "%.0f %s %d %.0f\n", n / s, (pid_cpu && c > 0) ? sprintf("%.0f", n / c) : "-", e, h / s }'
 }
+# share SECONDS: one round's part of a run of SECONDS.
+share() { awk -v d="$1" -v r="$ROUNDS" 'BEGIN { v = d / r; printf "%.2f", v < 1 ? 1 : v }'; }
 MITM_CA=$W/mitm/mitmproxy-ca-cert.pem
 
 echo "HTTPS: proxies on CPU 0, load (tls_load, $CONC conns) and the nginx TLS origin on CPU 1;" \
-  "${DUR}s per run, mitmproxy ${MITM_DUR}s"
+  "${DUR}s per column and table in $ROUNDS interleaved rounds (mitmproxy: ${MITM_DUR}s, once)"
 [ -n "$INT_SKIP" ] && echo "ferry intercept: skipped: $INT_SKIP"
 [ -n "$SQUID_SKIP" ] && echo "squid ssl-bump: skipped: $SQUID_SKIP"
 [ -n "$MITM_SKIP" ] && echo "mitmproxy: skipped: $MITM_SKIP"
 [ $NS = 0 ] && echo "no mount namespace for the proxies' hosts file: *.bench.localhost names unresolved"
 
+SH=$(share "$DUR")
 for reqs in "$KEEP" 1; do
-  read -r R_I C_I E_I _ < <(column FINT_PID "$INT_SKIP" "$FERRY_CA_CERT" $P_FINT "$DUR" "$reqs")
-  read -r R_T C_T E_T _ < <(column FTUN_PID "" "$W/origin-ca.crt" $P_FTUN "$DUR" "$reqs")
-  read -r R_S C_S E_S _ < <(column SQUID_PID "$SQUID_SKIP" "$W/squid-ca.crt" $P_SQUID "$DUR" "$reqs")
-  read -r R_M C_M E_M _ < <(column MITM_PID "$MITM_SKIP" "$MITM_CA" $P_MITM "$MITM_DUR" "$reqs")
-  out=$(taskset -c 1 "$W/tls_load" 0 localhost $P_ORIGIN "$W/origin-ca.crt" "$CONC" "$DUR" "$reqs" \
-        2>>"$W/logs/tls_load-0.err")
-  read -r _ _ _ E_N _ _ _ _ _ R_N _ <<<"$out"; R_N=${R_N%/s}
+  for round in $(seq 1 "$ROUNDS"); do
+    [ -z "$INT_SKIP" ] && run_into "int$reqs" "$FINT_PID" $P_FINT localhost "$FERRY_CA_CERT" "$SH" "$reqs"
+    run_into "tun$reqs" "$FTUN_PID" $P_FTUN localhost "$W/origin-ca.crt" "$SH" "$reqs"
+    [ -z "$SQUID_SKIP" ] && run_into "squid$reqs" "$SQUID_PID" $P_SQUID localhost "$W/squid-ca.crt" "$SH" "$reqs"
+    [ -z "$MITM_SKIP" ] && [ "$round" = 1 ] &&
+      run_into "mitm$reqs" "$MITM_PID" $P_MITM localhost "$MITM_CA" "$MITM_DUR" "$reqs"
+    # No proxy: the CPU figure is nginx's, not a proxy's; only the rate is shown.
+    run_into "none$reqs" $$ 0 localhost "$W/origin-ca.crt" "$SH" "$reqs"
+  done
+  read -r R_I C_I E_I _ < <(totals "int$reqs")
+  read -r R_T C_T E_T _ < <(totals "tun$reqs")
+  read -r R_S C_S E_S _ < <(totals "squid$reqs")
+  read -r R_M C_M E_M _ < <(totals "mitm$reqs")
+  read -r R_N _ E_N _ < <(totals "none$reqs" 0)
   if [ "$reqs" = 1 ]; then title="GET 1 KiB, new TLS conn per GET"
   else title="GET 1 KiB, keep-alive ($reqs/conn)"; fi
   row "$title" "ferry int" "ferry tun*" "squid bump" mitmproxy "no proxy**"
@@ -271,14 +309,18 @@ mint_count() {
       awk '/^ferry_[a-z_]*minted[a-z_]*(\{[^}]*\})? / { s += $NF } END { if (NR) printf "%.0f", s }')
   echo "${v:--}"
 }
+NAMES_FMT=n%d.bench.localhost
 M0=$( [ -z "$INT_SKIP" ] && mint_count || echo -)
-read -r _ C_I E_I H_I < <(HOST=n%d.bench.localhost column FMINT_PID "$INT_SKIP" "$FERRY_CA_CERT" \
-  $P_FMINT "$DUR" 1 "$MINT_NAMES")
+for round in $(seq 1 "$ROUNDS"); do
+  [ -z "$INT_SKIP" ] && run_into mint_int "$FMINT_PID" $P_FMINT $NAMES_FMT "$FERRY_CA_CERT" "$SH" 1 "$MINT_NAMES"
+  [ -z "$SQUID_SKIP" ] && run_into mint_squid "$SQUID_PID" $P_SQUID $NAMES_FMT "$W/squid-ca.crt" "$SH" 1 "$MINT_NAMES"
+  [ -z "$MITM_SKIP" ] && [ "$round" = 1 ] &&
+    run_into mint_mitm "$MITM_PID" $P_MITM $NAMES_FMT "$MITM_CA" "$MITM_DUR" 1 "$MINT_NAMES"
+done
 M1=$( [ -z "$INT_SKIP" ] && mint_count || echo -)
-read -r _ C_S E_S H_S < <(HOST=n%d.bench.localhost column SQUID_PID "$SQUID_SKIP" "$W/squid-ca.crt" \
-  $P_SQUID "$DUR" 1 "$MINT_NAMES")
-read -r _ C_M E_M H_M < <(HOST=n%d.bench.localhost column MITM_PID "$MITM_SKIP" "$MITM_CA" \
-  $P_MITM "$MITM_DUR" 1 "$MINT_NAMES")
+read -r _ C_I E_I H_I < <(totals mint_int)
+read -r _ C_S E_S H_S < <(totals mint_squid)
+read -r _ C_M E_M H_M < <(totals mint_mitm)
 row "leaf minting: a new name per conn" "ferry int" "squid bump" "mitmproxy"
 row "handshakes/s" "$H_I" "$H_S" "$H_M"
 row "handshakes per proxy CPU-second" "$C_I" "$C_S" "$C_M"

@@ -3,7 +3,7 @@
  * Only 127.0.0.1 is ever dialled, and every loop ends by itself at its
  * deadline.
  *
- *   tls_load PROXY_PORT HOST ORIGIN_PORT CAFILE CONC SECONDS REQS [NAMES]
+ *   tls_load PROXY_PORT HOST ORIGIN_PORT CAFILE CONC SECONDS REQS [NAMES [FIRST]]
  *
  * CONC connections at a time for SECONDS.  Each one:
  *   1. TCP to 127.0.0.1:PROXY_PORT; "CONNECT HOST:ORIGIN_PORT", a 2xx
@@ -17,8 +17,15 @@
  *      closed and the slot starts over.  REQS 1 makes the run handshake-
  *      heavy: a new client TLS connection per request.
  * With NAMES > 0, HOST holds one "%d": connection i uses HOST with
- * (i mod NAMES) + 1 in it, a new name per connection in a cycle of NAMES
- * (the proxy mints a certificate per name unless it still caches it).
+ * (FIRST - 1 + i mod NAMES) + 1 in it (FIRST defaults to 1), a new name per
+ * connection in a cycle of NAMES (the proxy mints a certificate per name
+ * unless it still caches it); FIRST lets a later run go on where one ended.
+ *
+ * With READY_FILE set in the environment the measurement starts once all
+ * CONC connections are through their first handshake: the counters and
+ * the clock start over then and READY_FILE is created (a keep-alive run
+ * then measures requests, not the opening handshakes; the deadline moves
+ * with it, and 30 s bound the wait).
  *
  * Prints "requests N errors E handshakes H seconds S rate R/s hs H/s".
  * An error is a refused or reset connection, a non-2xx CONNECT answer, a
@@ -65,7 +72,7 @@ static struct sockaddr_in dial;
 static int use_proxy;
 static unsigned origin_port;
 static const char *host_fmt;
-static long names, next_name;
+static long names, next_name, first_name;
 static int reqs_per_conn;
 static SSL_CTX *ctx;
 static long requests, errors, handshakes, reported;
@@ -112,7 +119,7 @@ static int slot_start(int ep, struct slot *s)
     if (names > 0) {
         const char *d = strstr(host_fmt, "%d");
         snprintf(s->host, sizeof(s->host), "%.*s%ld%s", (int)(d - host_fmt), host_fmt,
-                 next_name++ % names + 1, d + 2);
+                 (first_name + next_name++) % names + 1, d + 2);
     } else {
         snprintf(s->host, sizeof(s->host), "%s", host_fmt);
     }
@@ -330,8 +337,9 @@ static int slot_event(int ep, struct slot *s, uint32_t events)
 
 int main(int argc, char **argv)
 {
-    if (argc != 8 && argc != 9) {
-        fprintf(stderr, "usage: %s PROXY_PORT HOST ORIGIN_PORT CAFILE CONC SECONDS REQS [NAMES]\n",
+    if (argc < 8 || argc > 10) {
+        fprintf(stderr,
+                "usage: %s PROXY_PORT HOST ORIGIN_PORT CAFILE CONC SECONDS REQS [NAMES [FIRST]]\n",
                 argv[0]);
         return 2;
     }
@@ -341,9 +349,10 @@ int main(int argc, char **argv)
     int conc = atoi(argv[5]);
     double secs = atof(argv[6]);
     reqs_per_conn = atoi(argv[7]);
-    names = argc == 9 ? atol(argv[8]) : 0;
+    names = argc >= 9 ? atol(argv[8]) : 0;
+    first_name = argc == 10 ? atol(argv[9]) - 1 : 0;
     if (conc < 1 || conc > MAX_CONC || secs <= 0 || secs > 120 || reqs_per_conn < 0 ||
-        names < 0 || (names > 0) != (strstr(host_fmt, "%d") != NULL) ||
+        names < 0 || (names > 0) != (strstr(host_fmt, "%d") != NULL) || first_name < 0 ||
         strlen(host_fmt) > 200) {
         fprintf(stderr, "CONC 1..%d, SECONDS 0..120, REQS >= 0; HOST has %%d when NAMES > 0\n",
                 MAX_CONC);
@@ -372,6 +381,11 @@ int main(int argc, char **argv)
         return 1;
     }
     double t0 = now(), end = t0 + secs;
+    const char *ready_file = getenv("READY_FILE");
+    int waiting = ready_file != NULL && *ready_file != '\0';
+    if (waiting) {
+        end = t0 + 30;
+    }
     for (int i = 0; i < conc; i++) {
         slots[i].fd = -1;
         if (slot_start(ep, &slots[i]) != 0) {
@@ -393,6 +407,20 @@ int main(int argc, char **argv)
                 errors++;
             }
         }
+        if (waiting && handshakes >= conc) {
+            waiting = 0;
+            requests = errors = handshakes = 0;
+            t0 = now();
+            end = t0 + secs;
+            FILE *f = fopen(ready_file, "w");
+            if (f != NULL) {
+                fclose(f);
+            }
+        }
+    }
+    if (waiting) {
+        fprintf(stderr, "tls_load: %ld of %d connections ready after 30 s\n", handshakes, conc);
+        requests = 0;
     }
     double el = now() - t0;
     printf("requests %ld errors %ld handshakes %ld seconds %.3f rate %.0f/s hs %.0f/s\n", requests,

@@ -198,6 +198,9 @@ PORTS="$P_ORIGIN $P_FTUN"
 [ -z "$MITM_SKIP" ] && PORTS="$PORTS $P_MITM"
 for p in $PORTS; do wait_port "$p" || exit 1; done
 sleep 1
+# Which process each measured PID is, and its children (logs/pids.txt).
+for p in "${PIDS[@]}"; do ps -o pid=,args= -p "$(proc_tree "$p" | paste -sd,)"; echo; done \
+  > "$W/logs/pids.txt" 2>&1
 [ -z "$MITM_SKIP" ] && [ ! -s "$W/mitm/mitmproxy-ca-cert.pem" ] && MITM_SKIP="mitmdump made no CA"
 
 # Warm each proxy up (mitmproxy's first connections are slow; squid and

@@ -114,7 +114,7 @@ PIDS+=("$FTUN_PID")
 FERRY_CA=$W/ferry-ca
 INT_SKIP=""
 if ! out=$("$FERRY_BIN" ca init "$FERRY_CA" 2>&1); then
-  INT_SKIP="ferry ca init: $(echo "$out" | grep -v '^\s*$' | head -1)"
+  INT_SKIP="no ferry ca init in this build (no interception): $(echo "$out" | grep -v "^\s*$" | head -1)"
 fi
 FERRY_CA_CERT=$FERRY_CA/ca.crt FERRY_CA_KEY=$FERRY_CA/ca.key
 [ -z "$INT_SKIP" ] && { [ ! -s "$FERRY_CA_CERT" ] || [ ! -s "$FERRY_CA_KEY" ]; } &&

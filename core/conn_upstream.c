@@ -6,6 +6,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "rate.h"
 #include "resolve.h"
 #include "transport.h"
 #include "upstream.h"
@@ -43,6 +44,7 @@ void conn_upstream_close(struct conn *c)
         c->up.fd = -1;
     }
     uppool_drop(c);
+    rate_drop(c);
     if (c->counted && c->proxy != NULL) {
         proxy_attempt_end(c->proxy);
     }
@@ -104,6 +106,11 @@ void conn_route(struct conn *c)
     c->req_flags = r.flags;
     conn_set_header_edits(c, r.add_headers, r.add_headers_len, r.drop_headers,
                           r.drop_headers_len);
+    if (id == BRIDGE_RATE) {
+        rate_wait(c, r.rate_wait); /* queued, or answered 429 */
+        return;
+    }
+    rate_routed(c);
     if (id == BRIDGE_NO_PROXY && c->attempt > 0) {
         /* Every proxy was tried: the client hears why the last one failed. */
         conn_fail(c, c->last_err);
@@ -579,6 +586,9 @@ void conn_on_timeout(struct conn *c)
         break;
     case CS_BACKOFF:
         conn_route(c);
+        break;
+    case CS_RATE:
+        rate_timer_fired(c);
         break;
     case CS_QUEUE:
         if (uppool_queue_fired(c)) {

@@ -384,7 +384,21 @@ function M.commit(prep, old)
     e.name = name
     e.pool = e.cfg.pool
     e.capture = e.hooks.on_response ~= nil or (e.ban ~= nil and e.ban.body ~= nil)
+    local rt = e.cfg.rate
+    if rt then
+      -- The buckets learn from the answers' headers: the head is needed.
+      e.capture = true
+      e.rate = { rate = rt.limit / rt.per, cap = rt.burst, limit = rt.limit, per = rt.per }
+      C.ferry_rate_set(e.id, rt.limit, rt.per, rt.burst, rt.queue, rt.queue_timeout)
+    else
+      e.rate = nil
+      C.ferry_rate_set(e.id, 0, 0, 0, 0, 0)
+    end
     exchanges[name], by_id[e.id] = e, e
+  end
+  -- An exchange gone from the config lets its waiters go on.
+  for name, e in pairs(old and old.exchanges or {}) do
+    if not exchanges[name] and e.id then C.ferry_rate_set(e.id, 0, 0, 0, 0, 0) end
   end
   -- Upstream connection limits: every pool, and index 0 for direct.
   local function connections(index, c)

@@ -308,6 +308,27 @@ local function parse_ban(where, t, has_script)
   return b
 end
 
+-- rate = { limit, per, burst, queue, queue_timeout }: the token bucket
+-- of every (proxy, exchange) pair (core/rate.c).
+local RATE_LIMIT_MAX = 1e9
+local RATE_QUEUE_MAX = 100000
+
+local function parse_rate(where, t)
+  if t == nil then return nil end
+  where = where .. ": rate"
+  if type(t) ~= "table" then fail(where, "expected a table { limit = N, per = seconds }") end
+  check_fields(where, t, { limit = true, per = true, burst = true, queue = true,
+                           queue_timeout = true })
+  if t.limit == nil then fail(where, "limit is required (tokens per `per` seconds)") end
+  local r = {}
+  r.limit = want_number(where, "limit", t.limit, 0.001, RATE_LIMIT_MAX)
+  r.per = want_number(where, "per", t.per, 0.001, 86400) or 1
+  r.burst = want_number(where, "burst", t.burst, 1, RATE_LIMIT_MAX) or r.limit
+  r.queue = want_number(where, "queue", t.queue, 0, RATE_QUEUE_MAX, true) or 256
+  r.queue_timeout = want_number(where, "queue_timeout", t.queue_timeout, 0.001, 3600) or 5
+  return r
+end
+
 -- nil, or why path cannot be read as a file.  io.open succeeds on a
 -- directory; only reading from it fails.
 local function unreadable(path)
@@ -622,7 +643,8 @@ local function evaluate(chunk, file)
     names.exchange[name] = true
     local line = caller_line(file)
     return function(t)
-      check_fields(where, t, { hosts = true, pool = true, ban = true, script = true })
+      check_fields(where, t, { hosts = true, pool = true, ban = true, script = true,
+                               rate = true })
       if type(t.hosts) ~= "table" or #t.hosts == 0 then
         fail(where, "hosts: at least one host pattern is required")
       end
@@ -636,6 +658,7 @@ local function evaluate(chunk, file)
       if type(t.pool) ~= "string" then fail(where, "pool is required") end
       local ex = { name = name, hosts = hosts, pool = t.pool, line = line, where = where }
       ex.ban = parse_ban(where, t.ban, t.script ~= nil)
+      ex.rate = parse_rate(where, t.rate)
       if t.script ~= nil then
         local script = want(where, "script", t.script, "string")
         if script == "" then fail(where, "script must be a path, got an empty string") end

@@ -27,6 +27,7 @@ local M = {}
 -- Negative answers understood by the core (enum ferry_dispatch).
 local NO_PROXY, ROUTE_ERROR, DENY, ALL_DOWN = cdef.DISPATCH.no_proxy, cdef.DISPATCH.route_error,
   cdef.DISPATCH.deny, cdef.DISPATCH.all_down
+local RATE = cdef.DISPATCH.rate
 
 -- Hook-error kinds counted by the core (enum ferry_hook_kind).
 local HOOK_ROUTE, HOOK_STRATEGY, HOOK_BREAKER, HOOK_EXCHANGE = cdef.HOOK.route,
@@ -242,6 +243,32 @@ local function run_on_request(e, req, r)
   return res.pool
 end
 
+-- Tokens request req costs on exchange e's budget: its weight hook's
+-- answer, or 1 (no hook, or a hook that failed: counted and logged once
+-- per window).  Never more than the bucket holds, so a request can
+-- always pass once a bucket is full.
+local function request_weight(e, req)
+  local w = 1
+  local hook = e.hooks.weight
+  if hook then
+    local ok, v = pcall(hook, req)
+    local why
+    if ok then
+      w, why = exchange.weight_of(v)
+    else
+      w, why = nil, "weight failed: " .. tostring(v)
+    end
+    if not w then
+      w = 1
+      C.ferry_count_hook_error(HOOK_EXCHANGE)
+      log_once("weight:" .. e.name, ERROR, "FERRY-4020", "exchange \"" .. e.name .. "\": " ..
+        why .. "; counting the request as weight 1")
+    end
+  end
+  local cap = e.rate.cap
+  return w < cap and w or cap
+end
+
 -- The pool name for req, or nil and a negative answer.
 local function choose_pool(cur, req, r)
   local cfg = cur.cfg
@@ -367,7 +394,7 @@ function M.dispatch(ud)
     if now >= due_at then due_fn(now) end
   end
   local r = ffi.cast(req_ptr, ud)
-  local req = setmetatable({ _r = r, exid = 0 }, req_mt)
+  local req = setmetatable({ _r = r, exid = 0, rate = false }, req_mt)
   anchored[1], anchored[2] = nil, nil
   local name, why = choose_pool(cur, req, r)
   if not name then return why end
@@ -386,7 +413,26 @@ function M.dispatch(ud)
   r.connect_timeout_ms = pool.connect_timeout_ms
   r.first_byte_timeout_ms = pool.first_byte_timeout_ms
   local e = req.exchange and cur.exchanges[req.exchange]
+  local rt = e and e.rate
+  if rt then
+    req.weight = request_weight(e, req)
+    req.now = C.ferry_now()
+    req.rate = rt
+  end
   local p, policy = pick(pool, req, e)
+  if not p and rt then
+    -- Is it the budget?  Then the core queues the request or answers 429.
+    local wait = pool:rate_wait(req)
+    if not wait and policy == "any" then
+      pool.relaxed = true
+      wait = pool:rate_wait(req)
+      pool.relaxed = false
+    end
+    if wait then
+      r.rate_wait = wait
+      return RATE
+    end
+  end
   if not p then
     if policy == "direct" then
       log_once("all-down-direct:" .. name, WARN, "FERRY-6007", "pool \"" .. name ..
@@ -405,6 +451,8 @@ function M.dispatch(ud)
   -- A half-open breaker lets a bounded number of trials through.
   local x = pool:pair(p, req.exid)
   if x ~= nil and x.breaker == cdef.BREAKER_HALF_OPEN then C.ferry_breaker_trial(x) end
+  -- Tokens go when the request is dispatched to p (a tunnel: once).
+  if rt and x ~= nil then C.ferry_rate_take(x, req.weight) end
   if cur.cfg.log.level == "debug" then
     -- The selection event: at debug only, it would double the log volume.
     C.ferry_log(DEBUG, "FERRY-0201", "pool \"" .. name .. "\"" .. (req.exchange and
@@ -441,8 +489,8 @@ local function run_on_response(e, r, pool, ok)
                   display = entry and entry.display or nil }
   local cok, v = pcall(e.hooks.on_response, res, proxy)
   if cok then
-    local vok, verdict, secs = pcall(exchange.verdict, v)
-    if vok then return verdict, secs, res end
+    local vok, verdict, secs, used = pcall(exchange.verdict, v)
+    if vok then return verdict, secs, res, used end
     v = verdict
   end
   C.ferry_count_hook_error(HOOK_EXCHANGE)
@@ -452,6 +500,46 @@ local function run_on_response(e, r, pool, ok)
 end
 
 local rres = {} -- the result as breaker plugins see it, reused
+
+-- An exchange's Retry-After (or reset) empties a bucket for at most this.
+local RATE_LEARN_MAX = 3600
+-- X-RateLimit-Reset values from this on are Unix times, below it seconds.
+local EPOCH_FROM = 1e9
+local RETRY_STATUS = { [429] = true, [418] = true, [503] = true }
+
+-- What the exchange's answer says about pair x's budget: Retry-After on
+-- a 429, 418 or 503 empties the bucket until then; X-RateLimit-Remaining
+-- caps the tokens, and with 0 left X-RateLimit-Reset keeps the bucket
+-- empty until the reset; on_response's { used = N } caps the tokens at
+-- limit - N.  Values that are not numbers >= 0 are ignored; waits are
+-- capped at RATE_LEARN_MAX seconds.
+local function rate_learn(e, x, r, status, used)
+  local max, untl = -1, 0
+  if used then max = math.max(0, e.rate.limit - used) end
+  if r.head ~= nil then
+    local header = exchange.header_reader(ffi_string(r.head, r.head_len))
+    local now = C.ferry_now()
+    if RETRY_STATUS[status] then
+      local ra = tonumber(header("retry-after"))
+      if ra and ra >= 0 then untl = now + math.min(ra, RATE_LEARN_MAX) end
+    end
+    local left = tonumber(header("x-ratelimit-remaining"))
+    if left and left >= 0 then
+      if max < 0 or left < max then max = left end
+      local reset = left < 1 and tonumber(header("x-ratelimit-reset"))
+      if reset and reset >= 0 then
+        if reset >= EPOCH_FROM then reset = reset - os.time() end
+        if reset > 0 then
+          local u = now + math.min(reset, RATE_LEARN_MAX)
+          if u > untl then untl = u end
+        end
+      end
+    end
+  end
+  if max >= 0 or untl > 0 then
+    C.ferry_rate_learn(x, max >= 0 and max or -1, untl)
+  end
+end
 
 -- Ban pair x for exchange e.  Bans in a row double the backoff; a ban
 -- long after the last one starts over.
@@ -486,12 +574,15 @@ function M.result(ud)
     local body = e.ban and e.ban.body and r.body ~= nil and ffi_string(r.body, r.body_len) or nil
     local reason = exchange.ban_reason(e.ban, status, body)
     if reason then verdict = "ban" end
+    local used
     if e.hooks.on_response then
-      local v, s = run_on_response(e, r, pool, ok)
+      local v, s, _, u = run_on_response(e, r, pool, ok)
       if v then
         verdict, secs, reason = v, s, v == "ban" and "on_response" or reason
       end
+      used = u
     end
+    if e.rate then rate_learn(e, x, r, status, used) end
     if verdict == "ban" then
       ban_pair(e, x, secs, reason)
       return

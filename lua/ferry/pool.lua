@@ -75,7 +75,11 @@ function Pool:eligible(p, req)
   local tried = req.tried
   if tried and tried[p.id] then return false end
   if not self.pair_of then return true end
-  local x
+  -- The pair, from the entry's cache first (pool:pair fills it).
+  local exid = req.exid or 0
+  local xs = p.x
+  local x = xs and xs[exid]
+  if x == nil then x = self:pair(p, exid) end
   -- A rate budget binds even a relaxed pool (panic, all_down = "any"):
   -- spending past it is what gets an address banned.  req.rate is the
   -- exchange's { rate = tokens per second }, req.weight the request's
@@ -83,15 +87,11 @@ function Pool:eligible(p, req)
   -- (runtime.lua); the bucket's tokens are core/rate.c's refill, read
   -- without writing.
   local rt = req.rate
-  if rt then
-    x = self:pair(p, req.exid)
-    if x ~= nil then
-      local at = x.rate_at
-      if at ~= 0 and x.rate_tokens + (req.now - at) * rt.rate < req.weight then return false end
-    end
+  if rt and x ~= nil then
+    local at = x.rate_at
+    if at ~= 0 and x.rate_tokens + (req.now - at) * rt.rate < req.weight then return false end
   end
   if self.relaxed then return true end
-  x = x or self:pair(p, req.exid or 0)
   if x ~= nil and (x.breaker ~= CLOSED or x.banned_until ~= 0) then
     return not self:pair_blocked(x, self.now())
   end

@@ -84,7 +84,7 @@ end
 
 function M.metrics_text(cur)
   local rows = {}
-  for _, ec in ipairs(cur and cur.cfg.exchanges or {}) do
+  for _, ec in ipairs(cur and cur.cfg and cur.cfg.exchanges or {}) do
     local e = cur.exchanges[ec.name]
     local s = e and e.rate and M.stats(e)
     if s then rows[#rows + 1] = { name = ec.name, s = s } end

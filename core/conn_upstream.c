@@ -130,11 +130,6 @@ void conn_route(struct conn *c)
         conn_fail(c, FERR_ROUTE_ERROR);
         return;
     }
-    if (c->origin_tls && c->proxy != NULL && upstream_uses_tls(c->proxy->pub.scheme)) {
-        /* TLS inside the proxy's TLS is not built: refused, coded. */
-        conn_fail(c, FERR_ORIGIN_TLS_PROXY);
-        return;
-    }
     if (c->attempt == 0) {
         int retries = r.retries < 0 ? 2 : r.retries;
         c->retries = retries < FERRY_RETRIES_MAX ? retries : FERRY_RETRIES_MAX;
@@ -373,20 +368,29 @@ static void origin_tls_failed(struct conn *c, const char *why)
     conn_attempt_failed(c, FERRY_FAIL_TLS, e);
 }
 
+/* The transport c->up has once its TLS session with the origin is set
+ * up: inside the proxy's TLS for an https:// proxy, else on the socket. */
+static const struct transport_ops *origin_transport(const struct conn *c)
+{
+    int nest = c->proxy != NULL && upstream_uses_tls(c->proxy->pub.scheme);
+    return nest ? &transport_tls_nest : &transport_tls;
+}
+
 /* One step of a TLS handshake under the upstream watcher and the connect
  * timer (CS_HANDSHAKE): with an https:// proxy before its connector, or
- * with the origin after it (origin_tls; never both, conn_route). */
+ * with the origin after it (origin_tls), or both in that order. */
 static void tls_step(struct conn *c)
 {
+    int origin = c->origin_tls && c->up.tr == origin_transport(c);
     enum tr_hs r = leg_tr(&c->up)->handshake(&c->up);
     if (r == TR_HS_DONE) {
-        if (c->origin_tls) {
+        if (origin) {
             conn_upstream_ready(c);
         } else {
             connector_start(c);
         }
     } else if (r == TR_HS_FAIL) {
-        if (c->origin_tls) {
+        if (origin) {
             origin_tls_failed(c, tls_leg_error(&c->up));
         } else {
             tls_failed(c, tls_leg_error(&c->up));
@@ -398,8 +402,8 @@ static void tls_step(struct conn *c)
  * failed), the caller stops here. */
 static int origin_tls_begin(struct conn *c)
 {
-    if (!c->origin_tls || c->up.tr != NULL) {
-        return 0; /* plain, or a kept connection already on TLS */
+    if (!c->origin_tls || c->up.tr == origin_transport(c)) {
+        return 0; /* plain, or a kept connection already on TLS with the origin */
     }
     c->state = CS_HANDSHAKE;
     if (!buf_empty(&c->up.in)) {

@@ -93,9 +93,7 @@ static const struct ferr_info table[FERR_COUNT] = {
                                   "the origin's TLS certificate did not verify (see the log)" },
     [FERR_ORIGIN_TLS]         = { "FERRY-3043", 502, "Bad Gateway",
                                   "the TLS handshake with the origin failed (see the log)" },
-    [FERR_ORIGIN_TLS_PROXY]   = { "FERRY-3044", 502, "Bad Gateway",
-                                  "https:// to the origin cannot go through an https:// proxy; "
-                                  "use CONNECT, or an http/socks proxy for this pool" },
+
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

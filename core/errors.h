@@ -48,7 +48,6 @@ enum ferr {
     /* TLS origination (origin_tls.c) */
     FERR_ORIGIN_VERIFY,    /* the origin's certificate did not verify */
     FERR_ORIGIN_TLS,       /* the TLS handshake with the origin failed */
-    FERR_ORIGIN_TLS_PROXY, /* origination through an https:// proxy (TLS inside TLS) */
     FERR_COUNT
 };
 

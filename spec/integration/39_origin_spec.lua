@@ -153,6 +153,20 @@ exchange "up" { hosts = { "127.0.0.1" }, pool = "direct", script = "%s", upgrade
     assert.equal("127.0.0.1:" .. O, body)
   end)
 
+  it("upgrade_tls: port 80 becomes 443, another port is kept", function()
+    -- Nothing listens on 127.0.0.1:443 here: the attempt fails there.
+    local status = get(L_DIRECT, "http://127.0.0.1/p80", "127.0.0.1")
+    assert.equal(502, status)
+    local line = procs.wait_for(function()
+      for _, l in ipairs(procs.log_lines(fa)) do
+        if l.msg == "access" and l.path == "/p80" then return l end
+      end
+    end, 5)
+    assert.is_table(line)
+    assert.equal(443, line.port)
+    assert.equal("https", line.scheme)
+  end)
+
   it("upgrade_tls: Python requests with an http proxy", function()
     local out = procs.tmp .. "/req-" .. math.random(1, 1e9)
     local cmd = string.format("python3 -c %s > %s 2>&1", q(string.format([[
@@ -224,7 +238,7 @@ print(r.text)
   for _, n in ipairs { 1024 * 1024, 8 * 1024 * 1024 } do
     it(string.format("moves %d MiB both ways intact (sha256)", n / 1048576), function()
       local want = sha_of(tls_origin.pattern(n))
-      for _, port in ipairs { L_DIRECT, L_TINY } do
+      for _, port in ipairs { L_DIRECT, L_TINY, L_TLSP } do
         local code, body = procs.curl { proxy = "http://127.0.0.1:" .. port, max_time = 60,
           flags = "--request-target " .. q("https://" .. host .. "/bytes?n=" .. n),
           url = "http://" .. host .. "/" }

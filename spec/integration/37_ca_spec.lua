@@ -180,7 +180,8 @@ describe("ferry ca", function()
     assert.equal("", out)
     assert.truthy(err:find("FERRY-1080", 1, true), err)
     -- Case and a trailing dot do not matter.
-    code, _, err = ferry("ca mint " .. q(ca) .. " api.example.com --sni API.Example.COM.")
+    code, out, err = ferry("ca mint " .. q(ca) .. " api.example.com --sni API.Example.COM.")
+    assert.truthy(out:find("BEGIN CERTIFICATE", 1, true))
     assert.equal(0, code, err)
   end)
 
@@ -222,7 +223,13 @@ describe("ferry ca", function()
   it("mint: one leaf per name, then the cache", function()
     local code, _, err = ferry("ca mint " .. q(ca) .. " api.example.com --repeat 5")
     assert.equal(0, code, err)
-    assert.truthy(err:find("minted 1, cache hits 4", 1, true), err)
+    assert.truthy(err:find("minted 1, cache hits 4, evictions 0, cached 1", 1, true), err)
+    -- A bounded LRU: with room for two, a third name evicts the least recently used.
+    code, _, err = ferry("ca mint " .. q(ca) .. " a.example b.example a.example c.example " ..
+      "a.example b.example --cache 2")
+    assert.equal(0, code, err)
+    -- a b [a hit] c (evicts b) [a hit] b (evicts c)
+    assert.truthy(err:find("minted 4, cache hits 2, evictions 2, cached 2", 1, true), err)
   end)
 
   it("mint: a leaf never outlives its CA", function()
@@ -278,6 +285,7 @@ tls { ca_cert = %q, ca_key = %q, leaf_cache = 10 }
     local code, out, err = ferry("check -c " .. q(good))
     assert.equal(0, code, err)
     assert.truthy(out:find("ok", 1, true))
+    local _
     for i, b in ipairs(bad) do
       local file = procs.write_file(dir .. "/bad" .. i .. ".lua",
         cfg(dir .. "/" .. b[1], dir .. "/" .. b[2]))

@@ -19,6 +19,7 @@ struct log_ctx {
     const char *pool;
     const char *proxy;    /* proxy id/display, never with credentials */
     const char *exchange;
+    const char *scheme;   /* "https" when ferry originated TLS to the origin, else NULL */
 };
 
 extern int log_level_min;

@@ -372,6 +372,17 @@ static void render_conn_pools(struct text *t)
     family(t, "ferry_upstream_idle_evicted_total", "counter",
            "Idle upstream connections closed because the global idle cap was reached.");
     sample_u64(t, "ferry_upstream_idle_evicted_total", NULL, ferry_conn_idle_evicted());
+    uint64_t hs, reuse, verify;
+    ferry_origin_tls_stats(&hs, &reuse, &verify);
+    family(t, "ferry_origin_tls_handshakes_total", "counter",
+           "TLS handshakes ferry made with origins (origination).");
+    sample_u64(t, "ferry_origin_tls_handshakes_total", NULL, hs);
+    family(t, "ferry_origin_tls_reused_total", "counter",
+           "Requests sent on a kept TLS connection ferry originated (no handshake).");
+    sample_u64(t, "ferry_origin_tls_reused_total", NULL, reuse);
+    family(t, "ferry_origin_tls_verify_failures_total", "counter",
+           "Origin certificates that did not verify (FERRY-3042).");
+    sample_u64(t, "ferry_origin_tls_verify_failures_total", NULL, verify);
 }
 
 /* Leaves minted by ferry's CA for intercepted clients (mint.c). */

@@ -49,7 +49,7 @@ struct ferry_proxy {
 };
 enum ferry_proxy_flag { FERRY_PROXY_DOWN = 0x1, FERRY_PROXY_DISABLED = 0x2,
                        FERRY_PROXY_REMOVED = 0x4 };
-enum ferry_req_flag { FERRY_REQ_CAPTURE = 0x1 };
+enum ferry_req_flag { FERRY_REQ_CAPTURE = 0x1, FERRY_REQ_TLS = 0x40 };
 enum ferry_probe_kind { FERRY_PROBE_NONE = 0, FERRY_PROBE_TCP = 1, FERRY_PROBE_HTTP = 2,
                         FERRY_PROBE_CONNECT = 3 };
 enum ferry_breaker { FERRY_BREAKER_CLOSED = 0, FERRY_BREAKER_OPEN = 1,
@@ -199,6 +199,10 @@ struct ferry_mint_stats {
 void ferry_mint_stats(struct ferry_mint_stats *out);
 int ferry_proxy_set_tls(struct ferry_proxy *p, int verify, const char *ca, const char *sni,
                         const char **err);
+void *ferry_origin_tls_ctx(int verify, const char *ca, const char **err);
+int ferry_exchange_set_tls(uint32_t exchange, void *ctx, int verify, const char *sni);
+void ferry_origin_tls_sweep(void);
+void ferry_origin_tls_stats(uint64_t *handshakes, uint64_t *reuses, uint64_t *verify_failures);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
                         int keepalive_ms, int request_ms, int upstream_idle_ms);
 int ferry_set_log_files(const char *events, const char *access, const char **err);
@@ -255,6 +259,7 @@ local M = {
   BREAKER_CLOSED = n(C.FERRY_BREAKER_CLOSED), BREAKER_OPEN = n(C.FERRY_BREAKER_OPEN),
   BREAKER_HALF_OPEN = n(C.FERRY_BREAKER_HALF_OPEN),
   REQ_CAPTURE = n(C.FERRY_REQ_CAPTURE),
+  REQ_TLS = n(C.FERRY_REQ_TLS),
   -- Names of enum ferry_fail_kind, index = value + 1.
   FAIL_KINDS = { "refused", "timeout", "handshake", "auth", "http5xx", "reset", "tls" },
 }

@@ -682,6 +682,16 @@ local function evaluate(chunk, file)
     end
   end
 
+  -- Ferry's CA, which mints the certificates intercepted clients see.
+  function env.tls(t)
+    local where = at("tls")
+    if cfg.tls then fail(where, "tls is declared twice") end
+    local tls, terr = tls_opts.ca(t, function(f) return resolve_path(dir, f) end)
+    if not tls then fail(where, "%s", (terr:gsub("^tls: ", ""))) end
+    tls.line = caller_line(file)
+    cfg.tls = tls
+  end
+
   function env.log(t)
     local where = at("log")
     check_fields(where, t, { level = true, access = true, file = true, access_file = true })

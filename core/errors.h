@@ -45,6 +45,11 @@ enum ferr {
     FERR_UPSTREAM_TLS,     /* TLS to an https:// proxy failed (certificate, protocol) */
     FERR_TLS_PLAIN_HTTP,   /* plain HTTP sent to a TLS listener */
     FERR_SOCKS4_NO_IPV4,   /* a SOCKS4 proxy cannot reach a destination without IPv4 */
+    /* Control headers and user name parameters (ctl.c, part 6 of HTTPS). */
+    FERR_CTL_BAD,          /* an X-Ferry-Region/-Rotate/-Pool value (or user parameter) is invalid */
+    FERR_POOL_UNKNOWN,     /* X-Ferry-Pool names no configured pool */
+    FERR_POOL_REFUSED,     /* X-Ferry-Pool on a listener that does not allow that pool */
+    FERR_NO_REGION,        /* no proxy of the X-Ferry-Region region where the request goes */
     FERR_COUNT
 };
 

@@ -101,7 +101,8 @@ static int header_key(const char *base, struct http_span name)
         return -1;
     }
     for (int i = 0; i < CTL_NKEYS; i++) {
-        if (http_span_ieq(base, name, header_names[i])) {
+        size_t n = strlen(header_names[i]);
+        if (name.len == n && strncasecmp(base + name.off, header_names[i], n) == 0) {
             return i;
         }
     }

@@ -8,6 +8,7 @@
 #define FERRY_CONN_H
 
 #include "buf.h"
+#include "ctl.h"
 #include "errors.h"
 #include "ferry.h"
 #include "http.h"
@@ -168,7 +169,8 @@ struct conn {
                                   * the body prefix Lua wants (conn_report.c) */
 
     /* Per-request policy from Lua and the client (conn_http.c). */
-    char session[128];           /* sticky session key, "" when none */
+    char session[CTL_SESSION_MAX]; /* sticky session key of the route, "" when none
+                                  * (ctl_user under ctl_hdr, set by conn_route) */
     char *hdr_add;               /* header lines on_request adds, or NULL */
     size_t hdr_add_len;
     char *hdr_drop;              /* "\nname\n..." on_request drops (NUL-terminated), or NULL */
@@ -184,6 +186,13 @@ struct conn {
      * then sends the head in origin form; kept connections are pooled by
      * (proxy, host, port, TLS). */
     unsigned origin_tls:1;  /* this request goes to its origin over TLS ferry originates (origination) */
+    /* Control parameters (ctl.c; taken in conn_http.c, used by conn_route).  ctl_user: from the user
+     * name, per request on plain HTTP, for the whole connection on SOCKS;
+     * a CONNECT's headers join it, so requests inside an intercepted
+     * tunnel inherit them.  ctl_hdr: this request's X-Ferry-* headers,
+     * which win. */
+    struct ctl ctl_user;
+    struct ctl ctl_hdr;
 };
 
 struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);

@@ -2,6 +2,7 @@
  * rewritten heads out, bodies relayed by their framing. */
 #include "authfail.h"
 #include "conn.h"
+#include "ctl.h"
 #include "health.h"
 #include "inbound.h"
 #include "listener.h"
@@ -9,7 +10,6 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "upstream.h"
-#include "sticky.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -253,29 +253,11 @@ void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, cons
     }
 }
 
-/* The sticky session key: the first X-Ferry-Session header, else the
- * -session-KEY suffix of the proxy user name.  Every X-Ferry-Session
- * field stops here: a repeated one must not reach upstream either. */
-static void take_session(struct conn *c, const char *base)
-{
-    int taken = 0;
-    for (unsigned i = 0; i < c->req.nfields; i++) {
-        struct http_field *f = &c->req.fields[i];
-        if (!http_span_ieq(base, f->name, "X-Ferry-Session")) {
-            continue;
-        }
-        f->hop = 1;
-        if (!taken && f->value.len > 0) {
-            sticky_key_copy(c->session, sizeof(c->session), base + f->value.off, f->value.len);
-        }
-        taken = 1;
-    }
-}
-
 /* A new request on this connection starts with clean per-request state. */
 static void reset_request(struct conn *c)
 {
     c->session[0] = '\0';
+    ctl_clear(&c->ctl_hdr);
     c->pool = 0;
     c->exchange = 0;
     conn_clear_header_edits(c);
@@ -383,6 +365,9 @@ int conn_read_head(struct conn *c)
         return 0;
     }
     snprintf(c->method, sizeof(c->method), "%s", http_method_name(c->req.method));
+    /* Here, on the one head path of every request (plain, or inside an
+     * intercepted tunnel): each control header stops at ferry. */
+    ctl_take_headers(&c->req, base, &c->ctl_hdr);
     return 1;
 }
 
@@ -395,6 +380,7 @@ void conn_on_head(struct conn *c)
     c->is_connect = c->req.method == HTTP_CONNECT;
     const char *auth = base + c->req.proxy_auth.off;
     size_t auth_len = c->req.proxy_auth.len;
+    ctl_clear(&c->ctl_user); /* each request's own credentials carry its parameters */
     if (c->l->nusers > 0) {
         if (authfail_blocked(c->l, c->client)) {
             conn_fail_quiet(c, FERR_AUTH_THROTTLED);
@@ -404,8 +390,7 @@ void conn_on_head(struct conn *c)
         if (auth_len > 0) {
             user = listener_auth(c->l, auth, auth_len);
             if (user == NULL) {
-                user = listener_auth_session(c->l, auth, auth_len, c->session,
-                                             sizeof(c->session));
+                user = listener_auth_ctl(c->l, auth, auth_len, &c->ctl_user);
             }
         }
         if (user == NULL) {
@@ -422,10 +407,9 @@ void conn_on_head(struct conn *c)
         }
         snprintf(c->user, sizeof(c->user), "%s", user);
     } else if (auth_len > 0) {
-        /* No users to check: a -session-KEY user name still names a session. */
-        listener_auth_session(c->l, auth, auth_len, c->session, sizeof(c->session));
+        /* No users to check: USER-key-value parameters still count. */
+        listener_auth_ctl(c->l, auth, auth_len, &c->ctl_user);
     }
-    take_session(c, base);
     if (c->req.method == HTTP_OPTIONS && http_span_ieq(base, c->req.url, "*")) {
         answer_here(c); /* OPTIONS * asks the proxy itself */
         return;

@@ -66,9 +66,30 @@ void conn_upstream_release(struct conn *c, int keep)
     conn_upstream_close(c);
 }
 
+/* The request's control parameters: its headers over its user name's.
+ * A CONNECT's headers join the connection's parameters, so requests
+ * inside an intercepted tunnel inherit them; its rotate is spent on the
+ * tunnel's own route.  -1: an invalid value, answered FERRY-1060. */
+static int route_ctl(struct conn *c, struct ctl *eff)
+{
+    *eff = c->ctl_user;
+    ctl_merge(eff, &c->ctl_hdr);
+    if (c->is_connect && c->attempt == 0) {
+        c->ctl_user = *eff;
+        c->ctl_user.rotate = c->ctl_user.rotate_set = 0;
+    }
+    memcpy(c->session, eff->session, sizeof(c->session));
+    return eff->bad ? -1 : 0;
+}
+
 void conn_route(struct conn *c)
 {
     c->metered = 1;
+    struct ctl eff;
+    if (route_ctl(c, &eff) < 0) {
+        conn_fail(c, FERR_CTL_BAD);
+        return;
+    }
     c->fresh_only = 0; /* only a replay, which starts its attempt itself, sets it */
     struct ferry_req r;
     memset(&r, 0, sizeof(r));
@@ -95,6 +116,15 @@ void conn_route(struct conn *c)
         r.session = c->session;
         r.session_len = (uint32_t)strlen(c->session);
     }
+    if (eff.region[0] != '\0') {
+        r.region = eff.region;
+        r.region_len = (uint32_t)strlen(eff.region);
+    }
+    if (eff.pool[0] != '\0') {
+        r.pool_header = eff.pool;
+        r.pool_header_len = (uint32_t)strlen(eff.pool);
+    }
+    r.rotate = eff.rotate;
     r.head = buf_head(&c->cli.in);
     r.head_len = (uint32_t)c->head_len;
     r.retries = -1;
@@ -121,7 +151,10 @@ void conn_route(struct conn *c)
     if (id < 0) {
         enum ferr e = id == BRIDGE_DENY ? FERR_DENIED
                     : id == BRIDGE_NO_PROXY ? FERR_NO_PROXY
-                    : id == BRIDGE_ALL_DOWN ? FERR_ALL_DOWN : FERR_ROUTE_ERROR;
+                    : id == BRIDGE_ALL_DOWN ? FERR_ALL_DOWN
+                    : id == FERRY_DISPATCH_POOL_REFUSED ? FERR_POOL_REFUSED
+                    : id == FERRY_DISPATCH_POOL_UNKNOWN ? FERR_POOL_UNKNOWN
+                    : id == FERRY_DISPATCH_NO_REGION ? FERR_NO_REGION : FERR_ROUTE_ERROR;
         conn_fail(c, e);
         return;
     }

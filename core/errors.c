@@ -94,6 +94,16 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_ORIGIN_TLS]         = { "FERRY-3043", 502, "Bad Gateway",
                                   "the TLS handshake with the origin failed (see the log)" },
 
+    [FERR_CTL_BAD]            = { "FERRY-1060", 400, "Bad Request",
+                                  "invalid control header or user name parameter "
+                                  "(X-Ferry-Region, X-Ferry-Rotate, X-Ferry-Pool)" },
+    [FERR_POOL_UNKNOWN]       = { "FERRY-1061", 400, "Bad Request",
+                                  "X-Ferry-Pool names no configured pool" },
+    [FERR_POOL_REFUSED]       = { "FERRY-2020", 403, "Forbidden",
+                                  "X-Ferry-Pool is not allowed on this listener for that pool" },
+    [FERR_NO_REGION]          = { "FERRY-2021", 503, "Service Unavailable",
+                                  "no proxy of the requested region (X-Ferry-Region) "
+                                  "where the request goes" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

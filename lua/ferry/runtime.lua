@@ -29,6 +29,8 @@ local M = {}
 -- Negative answers understood by the core (enum ferry_dispatch).
 local NO_PROXY, ROUTE_ERROR, DENY, ALL_DOWN = cdef.DISPATCH.no_proxy, cdef.DISPATCH.route_error,
   cdef.DISPATCH.deny, cdef.DISPATCH.all_down
+local POOL_REFUSED, POOL_UNKNOWN, NO_REGION = cdef.DISPATCH.pool_refused,
+  cdef.DISPATCH.pool_unknown, cdef.DISPATCH.no_region
 
 -- Hook-error kinds counted by the core (enum ferry_hook_kind).
 local HOOK_ROUTE, HOOK_STRATEGY, HOOK_BREAKER, HOOK_EXCHANGE = cdef.HOOK.route,
@@ -181,6 +183,8 @@ local readers = {
   client = function(r) return ffi_string(r.client, r.client_len) end,
   user = function(r) return lstr(r.user, r.user_len) end,
   session = function(r) return lstr(r.session, r.session_len) end,
+  pool_header = function(r) return lstr(r.pool_header, r.pool_header_len) end,
+  rotate = function(r) return r.rotate ~= 0 end,
   listener = function(r) return ffi_string(r.listener, r.listener_len) end,
   is_connect = function(r) return r.is_connect ~= 0 end,
   -- "https" when ferry sends the request over TLS it originates (an
@@ -369,6 +373,29 @@ local function pick(pool, req, e)
   return nil, policy
 end
 
+-- X-Ferry-Pool (or a user name's -pool-): 1 when the request's listener
+-- allows the pool it names (allow_pool_header = true: any configured
+-- pool; a list: those names, "direct" included when listed), else
+-- POOL_REFUSED or POOL_UNKNOWN.  Per config, listeners by name.
+local function pool_header_allowed(cur, req)
+  local allow = cur.pool_header_allow
+  if not allow then
+    allow = {}
+    for _, l in ipairs(cur.cfg.listeners) do
+      if l.allow_pool_header then allow[l.name] = l.allow_pool_header end
+    end
+    cur.pool_header_allow = allow
+  end
+  local a, name = allow[req.listener], req.pool_header
+  if a == true then
+    if name == "direct" then return POOL_REFUSED end
+  elseif not a or not a[name] then
+    return POOL_REFUSED
+  end
+  if name ~= "direct" and not cur.pools[name] then return POOL_UNKNOWN end
+  return 1
+end
+
 function M.dispatch(ud)
   local cur = active
   if not cur then return ROUTE_ERROR end
@@ -377,11 +404,18 @@ function M.dispatch(ud)
     if now >= due_at then due_fn(now) end
   end
   local r = ffi.cast(req_ptr, ud)
-  local req = setmetatable({ _r = r, exid = 0 }, req_mt)
+  -- region is set up front: eligibility reads it for every candidate.
+  local req = setmetatable({ _r = r, exid = 0, region = lstr(r.region, r.region_len) }, req_mt)
   anchored[1], anchored[2] = nil, nil
+  local asked = r.pool_header ~= nil and pool_header_allowed(cur, req) or nil
+  if asked and asked < 0 then return asked end
   local name, why = choose_pool(cur, req, r)
   if not name then return why end
+  if asked then name = req.pool_header end
+  local region = req.region
   if name == "direct" then
+    -- Going direct leaves every region: a region asked for is refused.
+    if region then return NO_REGION end
     r.pool = 0
     return 0
   end
@@ -395,9 +429,12 @@ function M.dispatch(ud)
   r.retries = pool.retries
   r.connect_timeout_ms = pool.connect_timeout_ms
   r.first_byte_timeout_ms = pool.first_byte_timeout_ms
+  if region and pool:region_size(region) == 0 then return NO_REGION end
   local e = req.exchange and cur.exchanges[req.exchange]
   local p, policy = pick(pool, req, e)
   if not p then
+    -- With a region asked, all_down = "direct" would leave it: "fail".
+    if policy == "direct" and region then policy = "fail" end
     if policy == "direct" then
       log_once("all-down-direct:" .. name, WARN, "FERRY-6007", "pool \"" .. name ..
         "\": no healthy proxy, all_down = direct: going direct")

@@ -45,6 +45,7 @@ enum ferr {
     FERR_UPSTREAM_TLS,     /* TLS to an https:// proxy failed (certificate, protocol) */
     FERR_TLS_PLAIN_HTTP,   /* plain HTTP sent to a TLS listener */
     FERR_SOCKS4_NO_IPV4,   /* a SOCKS4 proxy cannot reach a destination without IPv4 */
+    FERR_BAN_EXHAUSTED,    /* retry on ban: every proxy was banned, no answer was kept */
     FERR_COUNT
 };
 

@@ -178,6 +178,8 @@ struct ferry_result {
     uint32_t    body_len;
     const char *host;         /* destination host */
     uint32_t    host_len;
+    /* written by Lua for the core (retry on ban, conn_banretry.c): */
+    int32_t     banned;       /* rw: 1 when this result banned the (proxy, exchange) pair */
 };
 
 /*
@@ -217,6 +219,7 @@ struct ferry_req {
     uint32_t    add_headers_len;
     const char *drop_headers; /* rw: "\nname\nname\n" (lower case) to remove, or NULL */
     uint32_t    drop_headers_len;
+    int32_t     ban_retry;   /* rw: tries on other proxies after a ban (the exchange's ban.retry) */
 };
 
 /* One request to the admin plane (admin.c), handed to the runtime's

@@ -85,6 +85,7 @@ struct ferry_result {
   const char *head; uint32_t head_len;
   const char *body; uint32_t body_len;
   const char *host; uint32_t host_len;
+  int32_t     banned;
 };
 struct ferry_admin_req {
   const char *method;  uint32_t method_len;
@@ -118,6 +119,7 @@ struct ferry_req {
   uint32_t    flags;
   const char *add_headers;  uint32_t add_headers_len;
   const char *drop_headers; uint32_t drop_headers_len;
+  int32_t     ban_retry;
 };
 double ferry_now(void);
 struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *host, int port,

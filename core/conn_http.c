@@ -54,12 +54,16 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
     ctx->exchange = c->exchange != 0 ? health_exchange_name(c->exchange) : NULL;
     ctx->proxy = c->proxy != NULL ? c->proxy->display : NULL;
     ctx->scheme = c->origin_tls ? "https" : NULL;
+    ctx->ban = NULL;
+    ctx->ban_retries = 0;
 }
 
 void conn_log_done(struct conn *c, const char *code)
 {
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
+    ctx.ban = c->ban_note;               /* retry on ban (conn_banretry.c) */
+    ctx.ban_retries = c->ban_retried;
     log_access(&ctx, c->client, c->method[0] ? c->method : "-", c->host[0] ? c->host : "-",
                c->port, c->path[0] ? c->path : "-", c->status,
                c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
@@ -133,6 +137,7 @@ static void fail_answer(struct conn *c, enum ferr e, int quiet)
                   c->path[0] ? c->path : "-", info->message);
     }
     conn_upstream_close(c);
+    c->ban_hold = 0; /* whatever cli.out holds goes out now */
     if (c->sent_any) {
         /* Part of a response is already out: closing is the only signal. */
         log_done(c);
@@ -261,6 +266,7 @@ static void reset_request(struct conn *c)
     c->pool = 0;
     c->exchange = 0;
     conn_clear_header_edits(c);
+    conn_ban_reset(c);
     c->fwd = 0;
     c->head_len = 0;
     c->status = 0;
@@ -584,6 +590,9 @@ static int take_response_head(struct conn *c)
         c->dechunk = c->req.minor == 0 && c->resp.framing == HTTP_FRAME_CHUNKED;
         c->keep_client = c->req.keep_alive && !http_needs_eof(&c->resp) && !c->cli.eof &&
                          !c->dechunk;
+        if (conn_ban_hold_begin(c, st) < 0) {
+            return 0; /* a ban may retry it: start holding once cli.out drained */
+        }
         if (conn_write_response_head(c, base) < 0) {
             if (buf_empty(&c->cli.out)) {
                 origin_failed(c, FERR_RESPONSE_TOO_LARGE);
@@ -594,11 +603,13 @@ static int take_response_head(struct conn *c)
         buf_consume(&c->up.in, hl);
         c->resp_head_done = 1;
         c->sent_any = 1;
-        c->replayable = 0;
         c->status = st;
-        if (c->req_done) {
-            buf_consume(&c->cli.in, c->fwd);
-            c->fwd = 0;
+        if (!c->ban_hold) { /* a held response may still be replaced by a retry */
+            c->replayable = 0;
+            if (c->req_done) {
+                buf_consume(&c->cli.in, c->fwd);
+                c->fwd = 0;
+            }
         }
         conn_report_head(c, base, hl, st);
         if (st == 101 && c->upgrade) {
@@ -686,8 +697,12 @@ int conn_exchange(struct conn *c)
             return r < 0 ? -1 : 0;
         }
     }
-    if (c->resp_head_done && !c->resp_done && relay_response_body(c, fresh) < 0) {
+    /* A held response has not left ferry yet either (conn_banretry.c). */
+    if (c->resp_head_done && !c->resp_done && relay_response_body(c, fresh || c->ban_hold) < 0) {
         return -1;
+    }
+    if (conn_ban_settle(c)) {
+        return 0;
     }
     if (c->resp_done) {
         conn_finish(c);

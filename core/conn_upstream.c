@@ -143,6 +143,9 @@ void conn_route(struct conn *c)
     }
     conn_set_header_edits(c, r.add_headers, r.add_headers_len, r.drop_headers,
                           r.drop_headers_len);
+    if (id < 0 && c->attempt > 0 && conn_ban_answer_last(c)) {
+        return; /* every proxy left is banned: the last banned answer */
+    }
     if (id == BRIDGE_NO_PROXY && c->attempt > 0) {
         /* Every proxy was tried: the client hears why the last one failed. */
         conn_fail(c, c->last_err);
@@ -164,6 +167,8 @@ void conn_route(struct conn *c)
         return;
     }
     if (c->attempt == 0) {
+        c->ban_retry = (unsigned char)(r.ban_retry > 0 && r.ban_retry <= FERRY_RETRIES_MAX
+                                           ? r.ban_retry : 0);
         int retries = r.retries < 0 ? 2 : r.retries;
         c->retries = retries < FERRY_RETRIES_MAX ? retries : FERRY_RETRIES_MAX;
         c->connect_timeout = r.connect_timeout_ms > 0 ? r.connect_timeout_ms / 1000.0
@@ -564,7 +569,8 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
                                   c->req.idem_key.len > 0));
     double backoff = BACKOFF_BASE * (double)(1u << (c->attempt < 6 ? c->attempt : 6));
     backoff = min_d(backoff, BACKOFF_CAP) * (0.5 + (double)random() / RAND_MAX);
-    if (p == NULL || !safe || c->sent_any || (int)c->attempt >= c->retries ||
+    /* Tries made again after a ban do not spend the pool's retries. */
+    if (p == NULL || !safe || c->sent_any || (int)(c->attempt - c->ban_retried) >= c->retries ||
         c->target_fails > 1 ||
         loop_now() + backoff >= c->deadline) {
         conn_fail(c, e);

@@ -182,6 +182,8 @@ struct ferry_result {
     uint32_t    body_len;
     const char *host;         /* destination host */
     uint32_t    host_len;
+    /* written by Lua for the core (retry on ban, conn_banretry.c): */
+    int32_t     banned;       /* rw: 1 when this result banned the (proxy, exchange) pair */
 };
 
 /*
@@ -227,6 +229,7 @@ struct ferry_req {
     const char *pool_header; /* ro: the pool the client asks for, or NULL */
     uint32_t    pool_header_len;
     uint32_t    rotate;      /* ro: 1: re-pin the sticky session now */
+    int32_t     ban_retry;   /* rw: tries on other proxies after a ban (the exchange's ban.retry) */
 };
 
 /* One request to the admin plane (admin.c), handed to the runtime's

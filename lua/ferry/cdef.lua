@@ -87,6 +87,7 @@ struct ferry_result {
   const char *head; uint32_t head_len;
   const char *body; uint32_t body_len;
   const char *host; uint32_t host_len;
+  int32_t     banned;
 };
 struct ferry_admin_req {
   const char *method;  uint32_t method_len;
@@ -123,6 +124,7 @@ struct ferry_req {
   const char *region;       uint32_t region_len;
   const char *pool_header;  uint32_t pool_header_len;
   uint32_t    rotate;
+  int32_t     ban_retry;
 };
 double ferry_now(void);
 struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *host, int port,

@@ -271,11 +271,12 @@ end
 local BODY_PEEK = 4096
 local BACKOFF_MAX = 86400 * 7
 
--- ban = { status = {...}, body = {...}, backoff, max_backoff }.
+-- ban = { status = {...}, body = {...}, backoff, max_backoff, retry }.
 local function parse_ban(where, t, has_script)
   if t == nil then return nil end
   where = where .. ": ban"
-  check_fields(where, t, { status = true, body = true, backoff = true, max_backoff = true })
+  check_fields(where, t, { status = true, body = true, backoff = true, max_backoff = true,
+    retry = true })
   local b = {}
   b.status = int_list(where, "status", t.status, 100, 599)
   if t.body ~= nil then
@@ -305,6 +306,9 @@ local function parse_ban(where, t, has_script)
   else
     b.max_backoff = math.max(3600, b.backoff)
   end
+  -- Retry on ban: tries through other proxies when a ban hits a request
+  -- (absent: 0, no retry).
+  b.retry = want_number(where, "retry", t.retry, 0, RETRIES_MAX, true)
   return b
 end
 

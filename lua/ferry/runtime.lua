@@ -427,6 +427,8 @@ function M.dispatch(ud)
   end
   r.pool = pool.index
   r.retries = pool.retries
+  local ban = req.exchange and cur.exchanges[req.exchange].ban
+  if ban and ban.retry and ban.retry > 0 then r.ban_retry = ban.retry end
   r.connect_timeout_ms = pool.connect_timeout_ms
   r.first_byte_timeout_ms = pool.first_byte_timeout_ms
   if region and pool:region_size(region) == 0 then return NO_REGION end
@@ -500,12 +502,38 @@ end
 
 local rres = {} -- the result as breaker plugins see it, reused
 
+-- The ban's length from the banning answer's Retry-After, or nil (the
+-- doubling backoff applies).  Unusable or out-of-range values are
+-- logged once per window and exchange.
+local function retry_after_secs(e, head, max)
+  if not head then return nil end
+  local raw = exchange.header_reader(head)("retry-after")
+  if not raw then return nil end
+  local secs, why = exchange.retry_after(raw, os.time(), max)
+  if why == "unusable" then
+    log_once("retry-after:" .. e.name, WARN, "FERRY-6034", "exchange \"" .. e.name ..
+      "\": Retry-After \"" .. raw:sub(1, 64) .. "\" is not delta-seconds or an HTTP-date" ..
+      " in the future: ignored, the backoff applies")
+  elseif why == "clamped" then
+    log_once("retry-after-clamp:" .. e.name, WARN, "FERRY-3075", "exchange \"" .. e.name ..
+      "\": Retry-After \"" .. raw:sub(1, 64) .. "\" is outside 1.." .. max ..
+      " s (max_backoff): the ban lasts " .. secs .. " s")
+  end
+  return secs
+end
+
 -- Ban pair x for exchange e.  Bans in a row double the backoff; a ban
--- long after the last one starts over.
-local function ban_pair(e, x, secs, reason)
+-- long after the last one starts over.  A ban of the rule (secs nil)
+-- lasts the banning answer's Retry-After when it has a usable one.
+local function ban_pair(e, x, secs, reason, head)
   local now = C.ferry_now()
   local max = e.ban and e.ban.max_backoff or 3600
   if x.bans > 0 and now - x.banned_until > max then C.ferry_ban(x, 0, nil) end
+  local ra = not secs and retry_after_secs(e, head, max)
+  if ra then
+    C.ferry_ban(x, ra, reason .. ", Retry-After")
+    return
+  end
   C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
 end
 
@@ -540,7 +568,8 @@ function M.result(ud)
       end
     end
     if verdict == "ban" then
-      ban_pair(e, x, secs, reason)
+      ban_pair(e, x, secs, reason, r.head ~= nil and ffi_string(r.head, r.head_len) or nil)
+      r.banned = 1 -- the core may send the request again elsewhere (retry on ban)
       return
     end
   end

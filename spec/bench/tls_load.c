@@ -13,11 +13,12 @@
  *      verifying the certificate it gets against CAFILE for the name HOST;
  *      ALPN offers http/1.1 only;
  *   3. REQS times "GET /1k HTTP/1.1" (REQS 0: until the deadline), each
- *      answer a 200 read to its Content-Length; then the connection is
+ *      answer a 200 read to its Content-Length (the last GET says
+ *      "Connection: close"); then a close_notify, the connection is
  *      closed and the slot starts over.  REQS 1 makes the run handshake-
  *      heavy: a new client TLS connection per request.
  * With NAMES > 0, HOST holds one "%d": connection i uses HOST with
- * (FIRST - 1 + i mod NAMES) + 1 in it (FIRST defaults to 1), a new name per
+ * ((FIRST - 1 + i) mod NAMES) + 1 in it (FIRST defaults to 1), a new name per
  * connection in a cycle of NAMES (the proxy mints a certificate per name
  * unless it still caches it); FIRST lets a later run go on where one ended.
  *

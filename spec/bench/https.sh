@@ -47,7 +47,7 @@ PIDS=()
 trap bench_cleanup EXIT
 
 head -c 1024 /dev/zero | tr '\0' 'x' > "$W/www/1k"
-gcc -O2 -Wall -Wextra -o "$W/tls_load" spec/bench/tls_load.c -lssl -lcrypto || exit 1
+gcc -std=c11 -O2 -Wall -Wextra -Wshadow -o "$W/tls_load" spec/bench/tls_load.c -lssl -lcrypto || exit 1
 
 # ---- certificates: the origin's private CA and leaf, squid's CA ----
 ec_ca() { # name subject

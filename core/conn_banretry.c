@@ -194,6 +194,26 @@ static void ban_retry(struct conn *c)
     conn_arm(c, 0.);
 }
 
+static int ban_can_retry(const struct conn *c)
+{
+    return c->ban_retried < c->ban_retry && c->replayable && loop_now() < c->deadline;
+}
+
+int conn_ban_stalled(struct conn *c)
+{
+    if (!c->ban_hold) {
+        return 0;
+    }
+    if (!c->ban_decided) {
+        conn_report_flush(c); /* the verdict on the prefix that came */
+    }
+    if (c->ban_decided && c->ban_banned && ban_can_retry(c)) {
+        ban_retry(c);
+        return 1;
+    }
+    return 0;
+}
+
 int conn_ban_settle(struct conn *c)
 {
     if (!c->ban_hold) {
@@ -215,17 +235,27 @@ int conn_ban_settle(struct conn *c)
         ban_release(c);
         return 0;
     }
-    if (c->ban_retried < c->ban_retry && c->replayable && loop_now() < c->deadline) {
+    if (ban_can_retry(c)) {
         if (!c->resp_done && buf_room(&c->cli.out) > 0) {
-            return 0; /* read the rest, to keep it whole in case no proxy is left */
+            /* Read the rest, to keep it whole in case no proxy is left
+             * (a stalled rest: conn_ban_stalled retries at the idle timeout). */
+            return 0;
         }
         ban_retry(c);
         return 1;
     }
-    c->ban_note = c->replayable ? "exhausted" : "no_replay";
-    c->code = BAN_CODE;
     struct log_ctx ctx;
     ban_log_ctx(c, &ctx);
+    if (!c->replayable && c->ban_retried == 0) {
+        /* The body outgrew the buffer while the answer was held. */
+        c->ban_note = "no_replay";
+        log_event(LOG_INFO, "FERRY-6031", &ctx, "%s %s:%d: banned, not retried (no_replay)",
+                  c->method, c->host, c->port);
+        ban_release(c);
+        return 0;
+    }
+    c->ban_note = "exhausted";
+    c->code = BAN_CODE;
     log_event(LOG_WARN, BAN_CODE, &ctx, "%s %s:%d: banned on every try (%u), the client gets "
               "the last answer (status %d)", c->method, c->host, c->port,
               c->ban_retried + 1u, c->status);

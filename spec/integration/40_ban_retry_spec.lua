@@ -67,11 +67,12 @@ return {
     ferry = procs.ferry(string.format([[
 listen { name = "main", addr = "127.0.0.1:%d" }
 admin { addr = "127.0.0.1:%d" }
+timeouts { idle = %s }
 pool "p" { strategy = "round_robin", retries = 1, breaker = false, all_down = "%s",
   proxies = { { url = "%s", id = "a" }, { url = "%s", id = "b" }, { url = "%s", id = "c" } } }
 exchange "A" { hosts = { "127.0.0.1" }, pool = "p", script = "%s", ban = %s }
 exchange "B" { hosts = { "localhost" }, pool = "p", script = "%s" }
-]], F, A, opts.all_down or "any", URL[1], URL[2], URL[3], script, ban, script), { F, A })
+]], F, A, opts.idle or 300, opts.all_down or "any", URL[1], URL[2], URL[3], script, ban, script), { F, A })
   end
 
   local function get(path, flags, host)
@@ -283,6 +284,16 @@ exchange "B" { hosts = { "localhost" }, pool = "p", script = "%s" }
     status, body = get("/ban/127.0.0.3/429", "-X PUT --data-binary hello")
     assert.equal(200, status)
     assert.equal("ok 127.0.0.4 5", body)
+  end)
+
+  it("retries a banned answer whose body stalls, at the idle timeout", function()
+    start("{ status = { 429 }, backoff = 30, retry = 1 }", { idle = 1 })
+    local status, body, headers = get("/stall/127.0.0.2")
+    assert.equal(200, status)
+    assert.equal("ok 127.0.0.3 0", body)
+    local l = access(procs.last_header(headers, "X-Request-Id"))
+    assert.equal(1, l.ban_retries)
+    assert.equal(2, l.attempts)
   end)
 
   it("keeps the client connection across held answers", function()

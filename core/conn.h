@@ -8,6 +8,7 @@
 #define FERRY_CONN_H
 
 #include "buf.h"
+#include "ctl.h"
 #include "errors.h"
 #include "ferry.h"
 #include "http.h"
@@ -168,11 +169,30 @@ struct conn {
                                   * the body prefix Lua wants (conn_report.c) */
 
     /* Per-request policy from Lua and the client (conn_http.c). */
-    char session[128];           /* sticky session key, "" when none */
+    char session[CTL_SESSION_MAX]; /* sticky session key of the route, "" when none
+                                  * (ctl_user under ctl_hdr, set by conn_route) */
     char *hdr_add;               /* header lines on_request adds, or NULL */
     size_t hdr_add_len;
     char *hdr_drop;              /* "\nname\n..." on_request drops (NUL-terminated), or NULL */
 
+    /* TLS origination (origin_tls.c).  A caller that hands conn_route a
+     * request ferry must send over TLS (an interception of a client's
+     * tunnel) sets, before conn_route: c->host and c->port (the origin),
+     * c->origin_tls = 1, c->req parsed from the head at cli.in's start
+     * with c->head_len, c->tpath, c->method and c->path (origin form),
+     * c->is_connect = 0, c->upgrade, c->deadline.  conn_route asks the
+     * runtime (req.scheme is "https"), the attempt tunnels to host:port
+     * through the chosen proxy, runs the TLS handshake with the origin,
+     * then sends the head in origin form; kept connections are pooled by
+     * (proxy, host, port, TLS). */
+    unsigned origin_tls:1;  /* this request goes to its origin over TLS ferry originates (origination) */
+    /* Control parameters (ctl.c; taken in conn_http.c, used by conn_route).  ctl_user: from the user
+     * name, per request on plain HTTP, for the whole connection on SOCKS;
+     * a CONNECT's headers join it, so requests inside an intercepted
+     * tunnel inherit them.  ctl_hdr: this request's X-Ferry-* headers,
+     * which win. */
+    struct ctl ctl_user;
+    struct ctl ctl_hdr;
     /* Retry on ban (conn_banretry.c): a response that may be banned is
      * held in cli.out until Lua's verdict, then retried or let out. */
     struct ban_stash *ban_stash; /* private: the last banned answer, whole, or NULL */
@@ -237,6 +257,9 @@ void conn_write_connect_ok(struct conn *c);
 int conn_write_local_answer(struct conn *c);
 /* Max-Forwards of the request: -1 absent, -2 not a number. */
 long conn_max_forwards(const struct conn *c, const char *base);
+/* 1 when the request head goes to an HTTP proxy in absolute form (not
+ * inside an originated TLS session). */
+int conn_up_absolute(const struct conn *c);
 /* The request target as sent upstream: pre, then len bytes at path. */
 void conn_target_path(const struct conn *c, const char *base, const char **pre,
                       const char **path, int *len);

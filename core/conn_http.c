@@ -2,6 +2,7 @@
  * rewritten heads out, bodies relayed by their framing. */
 #include "authfail.h"
 #include "conn.h"
+#include "ctl.h"
 #include "health.h"
 #include "inbound.h"
 #include "listener.h"
@@ -9,7 +10,6 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "upstream.h"
-#include "sticky.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +53,7 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
     ctx->pool = c->pool > 0 ? ferry_pool_name(c->pool) : NULL;
     ctx->exchange = c->exchange != 0 ? health_exchange_name(c->exchange) : NULL;
     ctx->proxy = c->proxy != NULL ? c->proxy->display : NULL;
+    ctx->scheme = c->origin_tls ? "https" : NULL;
     ctx->ban = NULL;
     ctx->ban_retries = 0;
 }
@@ -165,6 +166,7 @@ static int parse_target(struct conn *c, const char *base)
 {
     struct http_parser_url u;
     http_parser_url_init(&u);
+    c->origin_tls = 0;
     const char *url = base + c->req.url.off;
     size_t ulen = c->req.url.len;
     if (http_parser_parse_url(url, ulen, c->is_connect, &u) != 0) {
@@ -177,11 +179,14 @@ static int parse_target(struct conn *c, const char *base)
             return -1;
         }
         /* ws:// is http:// asking for an upgrade (aiohttp sends it so);
-         * wss:// and https:// take CONNECT. */
+         * https:// (and wss://) is a request ferry sends over TLS it
+         * originates itself (origin_tls.c). */
         struct http_span sch = { (uint32_t)(c->req.url.off + u.field_data[UF_SCHEMA].off),
                                  u.field_data[UF_SCHEMA].len };
-        if (!http_span_ieq(base, sch, "http") &&
-            !(http_span_ieq(base, sch, "ws") && c->req.is_upgrade)) {
+        int upg = c->req.is_upgrade;
+        if (http_span_ieq(base, sch, "https") || (upg && http_span_ieq(base, sch, "wss"))) {
+            c->origin_tls = 1;
+        } else if (!http_span_ieq(base, sch, "http") && !(upg && http_span_ieq(base, sch, "ws"))) {
             conn_fail(c, FERR_BAD_SCHEME);
             return -1;
         }
@@ -193,7 +198,7 @@ static int parse_target(struct conn *c, const char *base)
     }
     memcpy(c->host, url + u.field_data[UF_HOST].off, u.field_data[UF_HOST].len);
     c->host[u.field_data[UF_HOST].len] = '\0';
-    c->port = (u.field_set & (1 << UF_PORT)) ? u.port : 80;
+    c->port = (u.field_set & (1 << UF_PORT)) ? u.port : c->origin_tls ? 443 : 80;
     if (c->is_connect) {
         c->tpath.off = c->tpath.len = 0;
         conn_set_path(c, NULL, 0);
@@ -253,29 +258,11 @@ void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, cons
     }
 }
 
-/* The sticky session key: the first X-Ferry-Session header, else the
- * -session-KEY suffix of the proxy user name.  Every X-Ferry-Session
- * field stops here: a repeated one must not reach upstream either. */
-static void take_session(struct conn *c, const char *base)
-{
-    int taken = 0;
-    for (unsigned i = 0; i < c->req.nfields; i++) {
-        struct http_field *f = &c->req.fields[i];
-        if (!http_span_ieq(base, f->name, "X-Ferry-Session")) {
-            continue;
-        }
-        f->hop = 1;
-        if (!taken && f->value.len > 0) {
-            sticky_key_copy(c->session, sizeof(c->session), base + f->value.off, f->value.len);
-        }
-        taken = 1;
-    }
-}
-
 /* A new request on this connection starts with clean per-request state. */
 static void reset_request(struct conn *c)
 {
     c->session[0] = '\0';
+    ctl_clear(&c->ctl_hdr);
     c->pool = 0;
     c->exchange = 0;
     conn_clear_header_edits(c);
@@ -384,6 +371,9 @@ int conn_read_head(struct conn *c)
         return 0;
     }
     snprintf(c->method, sizeof(c->method), "%s", http_method_name(c->req.method));
+    /* Here, on the one head path of every request (plain, or inside an
+     * intercepted tunnel): each control header stops at ferry. */
+    ctl_take_headers(&c->req, base, &c->ctl_hdr);
     return 1;
 }
 
@@ -396,6 +386,7 @@ void conn_on_head(struct conn *c)
     c->is_connect = c->req.method == HTTP_CONNECT;
     const char *auth = base + c->req.proxy_auth.off;
     size_t auth_len = c->req.proxy_auth.len;
+    ctl_clear(&c->ctl_user); /* each request's own credentials carry its parameters */
     if (c->l->nusers > 0) {
         if (authfail_blocked(c->l, c->client)) {
             conn_fail_quiet(c, FERR_AUTH_THROTTLED);
@@ -405,8 +396,7 @@ void conn_on_head(struct conn *c)
         if (auth_len > 0) {
             user = listener_auth(c->l, auth, auth_len);
             if (user == NULL) {
-                user = listener_auth_session(c->l, auth, auth_len, c->session,
-                                             sizeof(c->session));
+                user = listener_auth_ctl(c->l, auth, auth_len, &c->ctl_user);
             }
         }
         if (user == NULL) {
@@ -423,10 +413,9 @@ void conn_on_head(struct conn *c)
         }
         snprintf(c->user, sizeof(c->user), "%s", user);
     } else if (auth_len > 0) {
-        /* No users to check: a -session-KEY user name still names a session. */
-        listener_auth_session(c->l, auth, auth_len, c->session, sizeof(c->session));
+        /* No users to check: USER-key-value parameters still count. */
+        listener_auth_ctl(c->l, auth, auth_len, &c->ctl_user);
     }
-    take_session(c, base);
     if (c->req.method == HTTP_OPTIONS && http_span_ieq(base, c->req.url, "*")) {
         answer_here(c); /* OPTIONS * asks the proxy itself */
         return;
@@ -537,7 +526,7 @@ static int relay_request_body(struct conn *c)
  * through any proxy. */
 static void origin_failed(struct conn *c, enum ferr e)
 {
-    if (e == FERR_BAD_RESPONSE && c->proxy != NULL && upstream_absolute(c->proxy->pub.scheme)) {
+    if (e == FERR_BAD_RESPONSE && conn_up_absolute(c)) {
         conn_report(c, 0, FERRY_FAIL_HTTP5XX, 0);
     } else {
         conn_report_target(c);
@@ -591,7 +580,7 @@ static int take_response_head(struct conn *c)
             c->replayable = 0;
             continue;
         }
-        if (st == 407 && c->proxy != NULL && upstream_absolute(c->proxy->pub.scheme)) {
+        if (st == 407 && conn_up_absolute(c)) {
             conn_attempt_failed(c, FERRY_FAIL_AUTH, FERR_UPSTREAM_AUTH);
             return -1;
         }

@@ -49,7 +49,11 @@ enum ferry_dispatch {
     FERRY_DISPATCH_NO_PROXY    = -1, /* the pool has nothing usable */
     FERRY_DISPATCH_ROUTE_ERROR = -2, /* route failed or named nothing known */
     FERRY_DISPATCH_DENY        = -3, /* policy said no */
-    FERRY_DISPATCH_ALL_DOWN    = -4  /* nothing healthy and the pool's all_down is "fail" */
+    FERRY_DISPATCH_ALL_DOWN    = -4, /* nothing healthy and the pool's all_down is "fail" */
+    /* Control headers (ctl.c): numbered apart, other answers come before. */
+    FERRY_DISPATCH_POOL_REFUSED = -20, /* X-Ferry-Pool not allowed on the listener */
+    FERRY_DISPATCH_POOL_UNKNOWN = -21, /* X-Ferry-Pool names no pool */
+    FERRY_DISPATCH_NO_REGION    = -22  /* no proxy of the X-Ferry-Region region */
 };
 
 /* Upstream kinds a proxy can be. */
@@ -219,6 +223,12 @@ struct ferry_req {
     uint32_t    add_headers_len;
     const char *drop_headers; /* rw: "\nname\nname\n" (lower case) to remove, or NULL */
     uint32_t    drop_headers_len;
+    /* Control parameters (X-Ferry-* headers or user name parameters, ctl.c). */
+    const char *region;      /* ro: proxies of this region only, or NULL */
+    uint32_t    region_len;
+    const char *pool_header; /* ro: the pool the client asks for, or NULL */
+    uint32_t    pool_header_len;
+    uint32_t    rotate;      /* ro: 1: re-pin the sticky session now */
     int32_t     ban_retry;   /* rw: tries on other proxies after a ban (the exchange's ban.retry) */
 };
 
@@ -242,7 +252,12 @@ struct ferry_admin_req {
 
 /* Bits of ferry_req.flags. */
 enum ferry_req_flag {
-    FERRY_REQ_CAPTURE = 0x1 /* keep the response head and first body bytes for Lua */
+    FERRY_REQ_CAPTURE = 0x1, /* keep the response head and first body bytes for Lua */
+    /* In: the request goes to its origin over TLS ferry originates (an
+     * https:// target, or inside an intercepted tunnel).  Out: set by
+     * the exchange's upgrade_tls for a plain http:// request (its port
+     * 80 becomes 443).  Lua reads it as req.scheme. */
+    FERRY_REQ_TLS = 0x40
 };
 
 /* The loop's idea of "now", in seconds (ev_now). */
@@ -409,11 +424,40 @@ void *ferry_tls_server_new(const char *cert, const char *key, const char **err);
 void ferry_tls_ctx_free(void *ctx);
 /* Give the listener ctx (owned from now on; NULL: plain again). */
 int ferry_listener_set_tls(int listener, void *ctx);
+/* Ferry's CA (tls { ca_cert, ca_key, leaf_cache }; mint.c): a loaded and
+ * checked CA, or NULL and *err (starting with its FERRY code).  Loaded
+ * before a reload commits, so a broken CA fails the reload and the old
+ * one keeps minting.  Lua releases what it loads (ffi.gc); ferry_ca_use
+ * takes its own reference (NULL: no CA), dropping the leaf cache when
+ * the CA changed. */
+void *ferry_ca_load(const char *cert, const char *key, const char **err);
+void ferry_ca_release(void *ca);
+int ferry_ca_use(void *ca, int leaf_cache, const char **err);
+/* Leaf minting counters (mint.h's struct mint_stats). */
+struct ferry_mint_stats {
+    uint64_t minted, hits, evictions, refused, sni_mismatch, failed;
+    uint32_t cached, cap;
+    int ready;
+};
+void ferry_mint_stats(struct ferry_mint_stats *out);
 /* https:// proxies: verify the certificate (against ca, a PEM file, or
  * the system store when NULL) and its name (sni, or the proxy's host).
  * On failure the proxy keeps its previous settings. */
 int ferry_proxy_set_tls(struct ferry_proxy *p, int verify, const char *ca, const char *sni,
                         const char **err);
+
+/* TLS origination (origin_tls.c).  ferry_origin_tls_ctx: the client
+ * context for (verify, CA file or NULL for the system store), loaded once
+ * and kept while an exchange uses it; NULL and *err when the file does
+ * not load.  ferry_exchange_set_tls: the exchange's context (NULL: the
+ * system store, verified), verify and SNI name (NULL: the host).
+ * ferry_origin_tls_sweep: free contexts no exchange uses (after a commit).
+ * ferry_origin_tls_stats: handshakes made, kept connections reused,
+ * verification failures. */
+void *ferry_origin_tls_ctx(int verify, const char *ca, const char **err);
+int ferry_exchange_set_tls(uint32_t exchange, void *ctx, int verify, const char *sni);
+void ferry_origin_tls_sweep(void);
+void ferry_origin_tls_stats(uint64_t *handshakes, uint64_t *reuses, uint64_t *verify_failures);
 
 /* Event and access log files (NULL or "": standard error; access NULL:
  * with the events).  Reopened by name on SIGUSR1. */

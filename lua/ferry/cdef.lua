@@ -10,7 +10,9 @@ enum ferry_log_level { FERRY_LOG_DEBUG = 0, FERRY_LOG_INFO = 1, FERRY_LOG_WARN =
 enum ferry_hook_kind { FERRY_HOOK_RUNTIME = 0, FERRY_HOOK_ROUTE = 1, FERRY_HOOK_STRATEGY = 2,
                        FERRY_HOOK_BREAKER = 3, FERRY_HOOK_EXCHANGE = 4 };
 enum ferry_dispatch { FERRY_DISPATCH_NO_PROXY = -1, FERRY_DISPATCH_ROUTE_ERROR = -2,
-                      FERRY_DISPATCH_DENY = -3, FERRY_DISPATCH_ALL_DOWN = -4 };
+                      FERRY_DISPATCH_DENY = -3, FERRY_DISPATCH_ALL_DOWN = -4,
+                      FERRY_DISPATCH_POOL_REFUSED = -20, FERRY_DISPATCH_POOL_UNKNOWN = -21,
+                      FERRY_DISPATCH_NO_REGION = -22 };
 enum { FERRY_RETRIES_MAX = 8 };
 enum ferry_scheme { FERRY_SCHEME_DIRECT = 0, FERRY_SCHEME_HTTP = 1, FERRY_SCHEME_SOCKS5 = 2,
                    FERRY_SCHEME_HTTPS = 3, FERRY_SCHEME_SOCKS4 = 4, FERRY_SCHEME_SOCKS4A = 5,
@@ -49,7 +51,7 @@ struct ferry_proxy {
 };
 enum ferry_proxy_flag { FERRY_PROXY_DOWN = 0x1, FERRY_PROXY_DISABLED = 0x2,
                        FERRY_PROXY_REMOVED = 0x4 };
-enum ferry_req_flag { FERRY_REQ_CAPTURE = 0x1 };
+enum ferry_req_flag { FERRY_REQ_CAPTURE = 0x1, FERRY_REQ_TLS = 0x40 };
 enum ferry_probe_kind { FERRY_PROBE_NONE = 0, FERRY_PROBE_TCP = 1, FERRY_PROBE_HTTP = 2,
                         FERRY_PROBE_CONNECT = 3 };
 enum ferry_breaker { FERRY_BREAKER_CLOSED = 0, FERRY_BREAKER_OPEN = 1,
@@ -119,6 +121,9 @@ struct ferry_req {
   uint32_t    flags;
   const char *add_headers;  uint32_t add_headers_len;
   const char *drop_headers; uint32_t drop_headers_len;
+  const char *region;       uint32_t region_len;
+  const char *pool_header;  uint32_t pool_header_len;
+  uint32_t    rotate;
   int32_t     ban_retry;
 };
 double ferry_now(void);
@@ -190,8 +195,21 @@ int ferry_listener_close(int listener);
 void *ferry_tls_server_new(const char *cert, const char *key, const char **err);
 void ferry_tls_ctx_free(void *ctx);
 int ferry_listener_set_tls(int listener, void *ctx);
+void *ferry_ca_load(const char *cert, const char *key, const char **err);
+void ferry_ca_release(void *ca);
+int ferry_ca_use(void *ca, int leaf_cache, const char **err);
+struct ferry_mint_stats {
+    uint64_t minted, hits, evictions, refused, sni_mismatch, failed;
+    uint32_t cached, cap;
+    int ready;
+};
+void ferry_mint_stats(struct ferry_mint_stats *out);
 int ferry_proxy_set_tls(struct ferry_proxy *p, int verify, const char *ca, const char *sni,
                         const char **err);
+void *ferry_origin_tls_ctx(int verify, const char *ca, const char **err);
+int ferry_exchange_set_tls(uint32_t exchange, void *ctx, int verify, const char *sni);
+void ferry_origin_tls_sweep(void);
+void ferry_origin_tls_stats(uint64_t *handshakes, uint64_t *reuses, uint64_t *verify_failures);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
                         int keepalive_ms, int request_ms, int upstream_idle_ms);
 int ferry_set_log_files(const char *events, const char *access, const char **err);
@@ -235,7 +253,10 @@ local M = {
            strategy = n(C.FERRY_HOOK_STRATEGY), breaker = n(C.FERRY_HOOK_BREAKER),
            exchange = n(C.FERRY_HOOK_EXCHANGE) },
   DISPATCH = { no_proxy = n(C.FERRY_DISPATCH_NO_PROXY), route_error = n(C.FERRY_DISPATCH_ROUTE_ERROR),
-               deny = n(C.FERRY_DISPATCH_DENY), all_down = n(C.FERRY_DISPATCH_ALL_DOWN) },
+               deny = n(C.FERRY_DISPATCH_DENY), all_down = n(C.FERRY_DISPATCH_ALL_DOWN),
+               pool_refused = n(C.FERRY_DISPATCH_POOL_REFUSED),
+               pool_unknown = n(C.FERRY_DISPATCH_POOL_UNKNOWN),
+               no_region = n(C.FERRY_DISPATCH_NO_REGION) },
   RETRIES_MAX = n(C.FERRY_RETRIES_MAX),
   PROXY_DOWN = n(C.FERRY_PROXY_DOWN),
   PROXY_DISABLED = n(C.FERRY_PROXY_DISABLED),
@@ -248,6 +269,7 @@ local M = {
   BREAKER_CLOSED = n(C.FERRY_BREAKER_CLOSED), BREAKER_OPEN = n(C.FERRY_BREAKER_OPEN),
   BREAKER_HALF_OPEN = n(C.FERRY_BREAKER_HALF_OPEN),
   REQ_CAPTURE = n(C.FERRY_REQ_CAPTURE),
+  REQ_TLS = n(C.FERRY_REQ_TLS),
   -- Names of enum ferry_fail_kind, index = value + 1.
   FAIL_KINDS = { "refused", "timeout", "handshake", "auth", "http5xx", "reset", "tls" },
 }

@@ -436,7 +436,8 @@ local function evaluate(chunk, file)
     end
     where = at(string.format('listen "%s"', l.name))
     check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true,
-                             auth_fail_limit = true, auth_fail_window = true, tls = true })
+                             auth_fail_limit = true, auth_fail_window = true, tls = true,
+                             allow_pool_header = true })
     if names.listen[l.name] then fail(where, "a listener with this name already exists") end
     names.listen[l.name] = true
     local host, port = url.parse_hostport(want(where, "addr", t.addr, "string") or "127.0.0.1:8080")
@@ -456,6 +457,23 @@ local function evaluate(chunk, file)
       l.tls = tls
     end
     l.open = want(where, "open", t.open, "boolean") or false
+    -- X-Ferry-Pool (and a user name's -pool-): true for any configured
+    -- pool, or a list of pool names ("direct" allowed); checked against
+    -- the pools once all are declared.
+    local aph = t.allow_pool_header
+    if aph == true then
+      l.allow_pool_header = true
+    elseif type(aph) == "table" then
+      l.allow_pool_header, l.allow_pool_list = {}, {}
+      for i, n in ipairs(aph) do
+        if type(n) ~= "string" then fail(where, "allow_pool_header[%d]: expected a pool name", i) end
+        l.allow_pool_header[n] = true
+        l.allow_pool_list[i] = n
+      end
+      if #l.allow_pool_list == 0 then fail(where, "allow_pool_header: an empty list") end
+    elseif aph ~= nil and aph ~= false then
+      fail(where, "allow_pool_header: expected true, false or a list of pool names")
+    end
     -- Throttling of wrong inbound credentials per client address (core/authfail.c).
     l.auth_fail_limit = want_number(where, "auth_fail_limit", t.auth_fail_limit, 1, 1000000, true)
       or AUTH_FAIL_LIMIT
@@ -626,7 +644,8 @@ local function evaluate(chunk, file)
     names.exchange[name] = true
     local line = caller_line(file)
     return function(t)
-      check_fields(where, t, { hosts = true, pool = true, ban = true, script = true })
+      check_fields(where, t, { hosts = true, pool = true, ban = true, script = true,
+                               upgrade_tls = true, tls = true })
       if type(t.hosts) ~= "table" or #t.hosts == 0 then
         fail(where, "hosts: at least one host pattern is required")
       end
@@ -640,6 +659,11 @@ local function evaluate(chunk, file)
       if type(t.pool) ~= "string" then fail(where, "pool is required") end
       local ex = { name = name, hosts = hosts, pool = t.pool, line = line, where = where }
       ex.ban = parse_ban(where, t.ban, t.script ~= nil)
+      -- TLS origination: plain http:// requests go out over TLS, verified.
+      ex.upgrade_tls = want(where, "upgrade_tls", t.upgrade_tls, "boolean") or false
+      local otls, oerr = tls_opts.origin(t.tls, function(f) return resolve_path(dir, f) end)
+      if not otls then fail(where, "%s [FERRY-0190]", oerr) end
+      ex.tls = otls
       if t.script ~= nil then
         local script = want(where, "script", t.script, "string")
         if script == "" then fail(where, "script must be a path, got an empty string") end
@@ -678,6 +702,16 @@ local function evaluate(chunk, file)
       end
       cfg.http.via_name = name
     end
+  end
+
+  -- Ferry's CA, which mints the certificates intercepted clients see.
+  function env.tls(t)
+    local where = at("tls")
+    if cfg.tls then fail(where, "tls is declared twice") end
+    local tls, terr = tls_opts.ca(t, function(f) return resolve_path(dir, f) end)
+    if not tls then fail(where, "%s", (terr:gsub("^tls: ", ""))) end
+    tls.line = caller_line(file)
+    cfg.tls = tls
   end
 
   function env.log(t)
@@ -745,6 +779,12 @@ local function evaluate(chunk, file)
   local proxying = false
   for _, l in ipairs(cfg.listeners) do
     if l.protocol ~= "admin" then proxying = true end
+    for _, n in ipairs(l.allow_pool_list or {}) do
+      if n ~= "direct" and not cfg.pools[n] then
+        return nil, string.format('%s:%d: listen "%s": allow_pool_header: pool "%s" is not ' ..
+          'declared', file, l.line or 0, l.name, n)
+      end
+    end
   end
   if not proxying then
     table.insert(cfg.listeners, 1, { name = "proxy", host = "127.0.0.1", port = 8080,

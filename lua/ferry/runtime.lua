@@ -18,6 +18,8 @@ local inventory = require("ferry.inventory")
 
 local C = ffi.C
 local ffi_string = ffi.string
+local bor, band = require("bit").bor, require("bit").band
+local REQ_TLS = cdef.REQ_TLS
 local find = string.find
 local pcall, type, tostring, tonumber, setmetatable, rawget, rawset =
   pcall, type, tostring, tonumber, setmetatable, rawget, rawset
@@ -27,6 +29,8 @@ local M = {}
 -- Negative answers understood by the core (enum ferry_dispatch).
 local NO_PROXY, ROUTE_ERROR, DENY, ALL_DOWN = cdef.DISPATCH.no_proxy, cdef.DISPATCH.route_error,
   cdef.DISPATCH.deny, cdef.DISPATCH.all_down
+local POOL_REFUSED, POOL_UNKNOWN, NO_REGION = cdef.DISPATCH.pool_refused,
+  cdef.DISPATCH.pool_unknown, cdef.DISPATCH.no_region
 
 -- Hook-error kinds counted by the core (enum ferry_hook_kind).
 local HOOK_ROUTE, HOOK_STRATEGY, HOOK_BREAKER, HOOK_EXCHANGE = cdef.HOOK.route,
@@ -179,8 +183,16 @@ local readers = {
   client = function(r) return ffi_string(r.client, r.client_len) end,
   user = function(r) return lstr(r.user, r.user_len) end,
   session = function(r) return lstr(r.session, r.session_len) end,
+  pool_header = function(r) return lstr(r.pool_header, r.pool_header_len) end,
+  rotate = function(r) return r.rotate ~= 0 end,
   listener = function(r) return ffi_string(r.listener, r.listener_len) end,
   is_connect = function(r) return r.is_connect ~= 0 end,
+  -- "https" when ferry sends the request over TLS it originates (an
+  -- https:// target, upgrade_tls, interception); nil for CONNECT.
+  scheme = function(r)
+    if r.is_connect ~= 0 then return nil end
+    return band(r.flags, REQ_TLS) ~= 0 and "https" or "http"
+  end,
   attempt = function(r) return tonumber(r.attempt) end,
   headers = function(r)
     return parse_headers(r.head ~= nil and ffi_string(r.head, r.head_len) or "")
@@ -250,7 +262,9 @@ local function choose_pool(cur, req, r)
     local e = cur.exchanges[ex.name]
     req.exchange, req.exid = e.name, e.id
     r.exchange = e.id
-    if e.capture then r.flags = cdef.REQ_CAPTURE end
+    if e.capture then r.flags = bor(r.flags, cdef.REQ_CAPTURE) end
+    -- upgrade_tls: a plain request of this exchange goes out over TLS.
+    if e.upgrade_tls and r.is_connect == 0 then r.flags = bor(r.flags, REQ_TLS) end
     if e.hooks.on_request then
       local pool, deny = run_on_request(e, req, r)
       if deny == false then return nil, DENY end
@@ -359,6 +373,29 @@ local function pick(pool, req, e)
   return nil, policy
 end
 
+-- X-Ferry-Pool (or a user name's -pool-): 1 when the request's listener
+-- allows the pool it names (allow_pool_header = true: any configured
+-- pool; a list: those names, "direct" included when listed), else
+-- POOL_REFUSED or POOL_UNKNOWN.  Per config, listeners by name.
+local function pool_header_allowed(cur, req)
+  local allow = cur.pool_header_allow
+  if not allow then
+    allow = {}
+    for _, l in ipairs(cur.cfg.listeners) do
+      if l.allow_pool_header then allow[l.name] = l.allow_pool_header end
+    end
+    cur.pool_header_allow = allow
+  end
+  local a, name = allow[req.listener], req.pool_header
+  if a == true then
+    if name == "direct" then return POOL_REFUSED end
+  elseif not a or not a[name] then
+    return POOL_REFUSED
+  end
+  if name ~= "direct" and not cur.pools[name] then return POOL_UNKNOWN end
+  return 1
+end
+
 function M.dispatch(ud)
   local cur = active
   if not cur then return ROUTE_ERROR end
@@ -367,11 +404,18 @@ function M.dispatch(ud)
     if now >= due_at then due_fn(now) end
   end
   local r = ffi.cast(req_ptr, ud)
-  local req = setmetatable({ _r = r, exid = 0 }, req_mt)
+  -- region is set up front: eligibility reads it for every candidate.
+  local req = setmetatable({ _r = r, exid = 0, region = lstr(r.region, r.region_len) }, req_mt)
   anchored[1], anchored[2] = nil, nil
+  local asked = r.pool_header ~= nil and pool_header_allowed(cur, req) or nil
+  if asked and asked < 0 then return asked end
   local name, why = choose_pool(cur, req, r)
   if not name then return why end
+  if asked then name = req.pool_header end
+  local region = req.region
   if name == "direct" then
+    -- Going direct leaves every region: a region asked for is refused.
+    if region then return NO_REGION end
     r.pool = 0
     return 0
   end
@@ -387,9 +431,12 @@ function M.dispatch(ud)
   if ban and ban.retry and ban.retry > 0 then r.ban_retry = ban.retry end
   r.connect_timeout_ms = pool.connect_timeout_ms
   r.first_byte_timeout_ms = pool.first_byte_timeout_ms
+  if region and pool:region_size(region) == 0 then return NO_REGION end
   local e = req.exchange and cur.exchanges[req.exchange]
   local p, policy = pick(pool, req, e)
   if not p then
+    -- With a region asked, all_down = "direct" would leave it: "fail".
+    if policy == "direct" and region then policy = "fail" end
     if policy == "direct" then
       log_once("all-down-direct:" .. name, WARN, "FERRY-6007", "pool \"" .. name ..
         "\": no healthy proxy, all_down = direct: going direct")

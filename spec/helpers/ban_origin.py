@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An origin that bans by source address, for the retry-on-ban specs.
 
-Usage: ban_origin.py PORT
+Usage: ban_origin.py PORT [CERT KEY]   (with CERT and KEY: HTTPS)
 
 Proxies that bind their outgoing connections to distinct loopback
 addresses (microsocks -b 127.0.0.N) are told apart by the source address.
@@ -20,6 +20,7 @@ The "ok" answer also gives the request body's length: "ok ADDR LEN".
 Answers keep the connection open (HTTP/1.1, Content-Length).
 """
 import http.server
+import ssl
 import sys
 import threading
 import time
@@ -94,4 +95,9 @@ class Server(http.server.ThreadingHTTPServer):
 
 
 if __name__ == "__main__":
-    Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+    server = Server(("127.0.0.1", int(sys.argv[1])), Handler)
+    if len(sys.argv) >= 4:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    server.serve_forever()

@@ -329,4 +329,44 @@ exchange "B" { hosts = { "localhost" }, pool = "p", script = "%s" }
     assert.is_truthy(banned_s("a"))
     assert.is_nil(procs.metric(A, "ferry_ban_retries_total", 'pool="p"'))
   end)
+
+  -- Origination produces the same requests: a plain client asks for
+  -- https://, ferry speaks TLS to the origin through the proxies, and a
+  -- ban inside that TLS is retried the same way.
+  it("retries a ban of an https:// request ferry originates", function()
+    local tls_origin = require("tls_origin")
+    local dir = procs.tmp .. "/banretry-tls-" .. O
+    local pki = tls_origin.pki(dir, { "127.0.0.1" })
+    local TO = procs.free_port()
+    local tls = procs.spawn("ban_origin_tls", "python3 " .. ROOT ..
+      "/spec/helpers/ban_origin.py " .. TO .. " " .. pki.cert .. " " .. pki.key)
+    assert(procs.wait_port(TO, 20), "TLS ban_origin did not start")
+    if ferry then procs.stop_ferry(ferry) end
+    F, A = procs.free_port(), procs.free_port()
+    ferry = procs.ferry(string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
+pool "p" { strategy = "round_robin", retries = 1, breaker = false,
+  proxies = { { url = "%s", id = "a" }, { url = "%s", id = "b" }, { url = "%s", id = "c" } } }
+exchange "A" { hosts = { "127.0.0.1" }, pool = "p", script = "%s", tls = { ca = "%s" },
+  ban = { status = { 429 }, backoff = 30, retry = 2 } }
+]], F, A, URL[1], URL[2], URL[3], script, pki.ca), { F, A })
+    local ok, err = pcall(function()
+      local c = assert(socket.connect("127.0.0.1", F))
+      c:settimeout(15)
+      assert(c:send("GET https://127.0.0.1:" .. TO .. "/ban/127.0.0.2/429 HTTP/1.1\r\n" ..
+        "Host: 127.0.0.1:" .. TO .. "\r\nConnection: close\r\n\r\n"))
+      local status, body, headers = procs.read_response(c)
+      c:close()
+      assert.equal(200, status, tostring(body))
+      assert.equal("ok 127.0.0.3 0", body)
+      local l = access(procs.last_header(headers, "X-Request-Id"))
+      assert.equal(1, l.ban_retries)
+      assert.equal(2, l.attempts)
+      assert.equal(URL[1], lines_with("FERRY-6006")[1].proxy)
+    end)
+    procs.stop(tls)
+    os.execute("rm -rf " .. procs.quote(dir))
+    assert(ok, err)
+  end)
 end)

@@ -264,6 +264,23 @@ int conn_ban_settle(struct conn *c)
     return 0;
 }
 
+int conn_ban_no_other(struct conn *c)
+{
+    if (c->ban_retried == 0 || c->last_err != FERR_BAN_EXHAUSTED || c->proxy == NULL) {
+        return 0;
+    }
+    struct ferry_pxstate *x = ferry_pxstate_get(c->proxy->pub.id, c->exchange);
+    if (x == NULL || x->banned_until <= loop_now()) {
+        return 0;
+    }
+    /* The answer came through the proxy of the last try, not this one. */
+    c->proxy = c->ntried > 0 ? proxy_by_id(c->tried[c->ntried - 1]) : NULL;
+    if (!conn_ban_answer_last(c)) {
+        conn_fail(c, FERR_BAN_EXHAUSTED);
+    }
+    return 1;
+}
+
 int conn_ban_answer_last(struct conn *c)
 {
     struct ban_stash *s = c->ban_stash;
@@ -271,6 +288,9 @@ int conn_ban_answer_last(struct conn *c)
         return 0;
     }
     c->ban_stash = NULL;
+    /* The retry that found no proxy never went out. */
+    c->ban_retried--;
+    c->attempt--;
     c->bytes_out += buf_append(&c->cli.out, s->data, s->len);
     c->status = s->status;
     c->code = BAN_CODE;
@@ -281,7 +301,7 @@ int conn_ban_answer_last(struct conn *c)
     ban_log_ctx(c, &ctx);
     log_event(LOG_WARN, BAN_CODE, &ctx, "%s %s:%d: banned on every try (%u), no proxy left; "
               "the client gets the last answer (status %d)", c->method, c->host, c->port,
-              (unsigned)c->ban_retried, c->status);
+              c->ban_retried + 1u, c->status);
     conn_log_done(c, c->code);
     c->state = CS_DRAIN;
     conn_arm(c, timeouts.idle < 30 ? timeouts.idle : 30);

@@ -166,6 +166,9 @@ void conn_route(struct conn *c)
         conn_fail(c, FERR_ROUTE_ERROR);
         return;
     }
+    if (conn_ban_no_other(c)) {
+        return; /* a retry on ban found only banned proxies: the last answer */
+    }
     if (c->attempt == 0) {
         c->ban_retry = (unsigned char)(r.ban_retry > 0 && r.ban_retry <= FERRY_RETRIES_MAX
                                            ? r.ban_retry : 0);

@@ -187,9 +187,9 @@ exchange "B" { hosts = { "localhost" }, pool = "p", script = "%s" }
     local why = lines_with("FERRY-6034")
     assert.equal(1, #why) -- once per window and exchange
     assert.matches('Retry-After "soon"', why[1].msg, 1, true)
-    -- An HTTP-date a minute ahead.
+    -- An HTTP-date 40 s ahead (c is the one proxy left: its 429 is the answer).
     local date = os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + 40):gsub(" ", "%%20")
-    assert.equal(200, (get("/ban/127.0.0.4/429/" .. date)))
+    assert.equal(429, (get("/ban/127.0.0.4/429/" .. date)))
     s = banned_s("c")
     assert.is_true(s >= 37 and s <= 40, tostring(s))
   end)
@@ -218,8 +218,23 @@ exchange "B" { hosts = { "localhost" }, pool = "p", script = "%s" }
     assert.equal("FERRY-6030", procs.last_header(headers, "X-Ferry-Error"))
     local l = access(procs.last_header(headers, "X-Request-Id"))
     assert.equal("FERRY-6030", l.code)
-    assert.equal(3, l.ban_retries)
+    assert.equal(2, l.ban_retries)
+    assert.equal(3, l.attempts)
+    assert.equal(URL[3], l.proxy)
     assert.equal("exhausted", l.ban)
+  end)
+
+  it("does not retry through a proxy banned too (all_down = \"any\"): the last answer", function()
+    start("{ status = { 429 }, backoff = 30, retry = 5 }")
+    local status, body, headers = get("/ban/all/429")
+    assert.equal(429, status)
+    assert.equal("banned 127.0.0.4", body)
+    assert.equal("FERRY-6030", procs.last_header(headers, "X-Ferry-Error"))
+    local l = access(procs.last_header(headers, "X-Request-Id"))
+    assert.equal(2, l.ban_retries)
+    assert.equal(3, l.attempts)
+    assert.equal(URL[3], l.proxy)
+    assert.equal(3, #lines_with("FERRY-6006")) -- no fourth try hit the origin
   end)
 
   it("retries a POST only with Idempotency-Key", function()

@@ -405,6 +405,14 @@ void conn_on_head(struct conn *c)
         /* No users to check: USER-key-value parameters still count. */
         listener_auth_ctl(c->l, auth, auth_len, &c->ctl_user);
     }
+    if (c->is_connect) {
+        /* A CONNECT's control headers hold for the whole tunnel: requests
+         * inside an intercepted one inherit them (their own win).  Its
+         * rotate is for its own route only. */
+        struct ctl keep = c->ctl_hdr;
+        keep.rotate = keep.rotate_set = 0;
+        ctl_merge(&c->ctl_user, &keep);
+    }
     if (c->req.method == HTTP_OPTIONS && http_span_ieq(base, c->req.url, "*")) {
         answer_here(c); /* OPTIONS * asks the proxy itself */
         return;

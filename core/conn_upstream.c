@@ -66,17 +66,14 @@ void conn_upstream_release(struct conn *c, int keep)
 }
 
 /* The request's control parameters: its headers over its user name's.
- * A CONNECT's headers join the connection's parameters, so requests
- * inside an intercepted tunnel inherit them; its rotate is spent on the
- * tunnel's own route.  -1: an invalid value, answered FERRY-1060. */
+ * A rotate of the user name is spent by the first route that sees it:
+ * on plain HTTP every request brings its own, on SOCKS and in a tunnel
+ * it moves the pin once.  -1: an invalid value, answered FERRY-1060. */
 static int route_ctl(struct conn *c, struct ctl *eff)
 {
     *eff = c->ctl_user;
     ctl_merge(eff, &c->ctl_hdr);
-    if (c->is_connect && c->attempt == 0) {
-        c->ctl_user = *eff;
-        c->ctl_user.rotate = c->ctl_user.rotate_set = 0;
-    }
+    c->ctl_user.rotate = c->ctl_user.rotate_set = 0;
     memcpy(c->session, eff->session, sizeof(c->session));
     return eff->bad ? -1 : 0;
 }

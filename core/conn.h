@@ -175,6 +175,17 @@ struct conn {
     size_t hdr_add_len;
     char *hdr_drop;              /* "\nname\n..." on_request drops (NUL-terminated), or NULL */
 
+    /* TLS origination (origin_tls.c).  A caller that hands conn_route a
+     * request ferry must send over TLS (an interception of a client's
+     * tunnel) sets, before conn_route: c->host and c->port (the origin),
+     * c->origin_tls = 1, c->req parsed from the head at cli.in's start
+     * with c->head_len, c->tpath, c->method and c->path (origin form),
+     * c->is_connect = 0, c->upgrade, c->deadline.  conn_route asks the
+     * runtime (req.scheme is "https"), the attempt tunnels to host:port
+     * through the chosen proxy, runs the TLS handshake with the origin,
+     * then sends the head in origin form; kept connections are pooled by
+     * (proxy, host, port, TLS). */
+    unsigned origin_tls:1;  /* this request goes to its origin over TLS ferry originates (origination) */
     /* Control parameters (ctl.c; taken in conn_http.c, used by conn_route).  ctl_user: from the user
      * name, per request on plain HTTP, for the whole connection on SOCKS;
      * a CONNECT's headers join it, so requests inside an intercepted
@@ -182,6 +193,16 @@ struct conn {
      * which win. */
     struct ctl ctl_user;
     struct ctl ctl_hdr;
+    /* Retry on ban (conn_banretry.c): a response that may be banned is
+     * held in cli.out until Lua's verdict, then retried or let out. */
+    struct ban_stash *ban_stash; /* private: the last banned answer, whole, or NULL */
+    const char *ban_note;        /* why a ban was not retried (access line `ban`), or NULL */
+    const char *ban_why;         /* why this response could not be held, or NULL */
+    unsigned char ban_retry;     /* tries on other proxies a ban allows (dispatch) */
+    unsigned char ban_retried;   /* tries made so far because of a ban */
+    unsigned ban_hold:1;         /* cli.out holds this response until the verdict */
+    unsigned ban_decided:1;      /* the verdict on the held response is in */
+    unsigned ban_banned:1;       /* ... and it banned the pair */
 };
 
 struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);
@@ -236,6 +257,9 @@ void conn_write_connect_ok(struct conn *c);
 int conn_write_local_answer(struct conn *c);
 /* Max-Forwards of the request: -1 absent, -2 not a number. */
 long conn_max_forwards(const struct conn *c, const char *base);
+/* 1 when the request head goes to an HTTP proxy in absolute form (not
+ * inside an originated TLS session). */
+int conn_up_absolute(const struct conn *c);
 /* The request target as sent upstream: pre, then len bytes at path. */
 void conn_target_path(const struct conn *c, const char *base, const char **pre,
                       const char **path, int *len);
@@ -269,6 +293,22 @@ void conn_report_flush(struct conn *c);
  * response head): counted per proxy, never charged to its health,
  * its (proxy, exchange) pair or the breakers. */
 void conn_report_target(struct conn *c);
+
+/* conn_banretry.c */
+/* At a final response head: 1 when it is to be held until the ban
+ * verdict, 0 when it goes out as it comes, -1 to wait until cli.out
+ * (an earlier response) has drained. */
+int conn_ban_hold_begin(struct conn *c, int status);
+/* The report of this attempt went to Lua: record its ban verdict. */
+void conn_ban_verdict(struct conn *c, int banned);
+/* After each exchange step: act on a verdict that came in (retry on
+ * another proxy, or let the held response out).  1: the attempt was
+ * replaced by a retry, the caller stops. */
+int conn_ban_settle(struct conn *c);
+/* Dispatch found no proxy for a retry on ban: answer the last banned
+ * response when it was kept.  1 when answered. */
+int conn_ban_answer_last(struct conn *c);
+void conn_ban_reset(struct conn *c);
 
 /* tunnel.c */
 void conn_tunnel_begin(struct conn *c);

@@ -53,12 +53,17 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
     ctx->pool = c->pool > 0 ? ferry_pool_name(c->pool) : NULL;
     ctx->exchange = c->exchange != 0 ? health_exchange_name(c->exchange) : NULL;
     ctx->proxy = c->proxy != NULL ? c->proxy->display : NULL;
+    ctx->scheme = c->origin_tls ? "https" : NULL;
+    ctx->ban = NULL;
+    ctx->ban_retries = 0;
 }
 
 void conn_log_done(struct conn *c, const char *code)
 {
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
+    ctx.ban = c->ban_note;               /* retry on ban (conn_banretry.c) */
+    ctx.ban_retries = c->ban_retried;
     log_access(&ctx, c->client, c->method[0] ? c->method : "-", c->host[0] ? c->host : "-",
                c->port, c->path[0] ? c->path : "-", c->status,
                c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
@@ -132,6 +137,7 @@ static void fail_answer(struct conn *c, enum ferr e, int quiet)
                   c->path[0] ? c->path : "-", info->message);
     }
     conn_upstream_close(c);
+    c->ban_hold = 0; /* whatever cli.out holds goes out now */
     if (c->sent_any) {
         /* Part of a response is already out: closing is the only signal. */
         log_done(c);
@@ -160,6 +166,7 @@ static int parse_target(struct conn *c, const char *base)
 {
     struct http_parser_url u;
     http_parser_url_init(&u);
+    c->origin_tls = 0;
     const char *url = base + c->req.url.off;
     size_t ulen = c->req.url.len;
     if (http_parser_parse_url(url, ulen, c->is_connect, &u) != 0) {
@@ -172,11 +179,14 @@ static int parse_target(struct conn *c, const char *base)
             return -1;
         }
         /* ws:// is http:// asking for an upgrade (aiohttp sends it so);
-         * wss:// and https:// take CONNECT. */
+         * https:// (and wss://) is a request ferry sends over TLS it
+         * originates itself (origin_tls.c). */
         struct http_span sch = { (uint32_t)(c->req.url.off + u.field_data[UF_SCHEMA].off),
                                  u.field_data[UF_SCHEMA].len };
-        if (!http_span_ieq(base, sch, "http") &&
-            !(http_span_ieq(base, sch, "ws") && c->req.is_upgrade)) {
+        int upg = c->req.is_upgrade;
+        if (http_span_ieq(base, sch, "https") || (upg && http_span_ieq(base, sch, "wss"))) {
+            c->origin_tls = 1;
+        } else if (!http_span_ieq(base, sch, "http") && !(upg && http_span_ieq(base, sch, "ws"))) {
             conn_fail(c, FERR_BAD_SCHEME);
             return -1;
         }
@@ -188,7 +198,7 @@ static int parse_target(struct conn *c, const char *base)
     }
     memcpy(c->host, url + u.field_data[UF_HOST].off, u.field_data[UF_HOST].len);
     c->host[u.field_data[UF_HOST].len] = '\0';
-    c->port = (u.field_set & (1 << UF_PORT)) ? u.port : 80;
+    c->port = (u.field_set & (1 << UF_PORT)) ? u.port : c->origin_tls ? 443 : 80;
     if (c->is_connect) {
         c->tpath.off = c->tpath.len = 0;
         conn_set_path(c, NULL, 0);
@@ -256,6 +266,7 @@ static void reset_request(struct conn *c)
     c->pool = 0;
     c->exchange = 0;
     conn_clear_header_edits(c);
+    conn_ban_reset(c);
     c->fwd = 0;
     c->head_len = 0;
     c->status = 0;
@@ -523,7 +534,7 @@ static int relay_request_body(struct conn *c)
  * through any proxy. */
 static void origin_failed(struct conn *c, enum ferr e)
 {
-    if (e == FERR_BAD_RESPONSE && c->proxy != NULL && upstream_absolute(c->proxy->pub.scheme)) {
+    if (e == FERR_BAD_RESPONSE && conn_up_absolute(c)) {
         conn_report(c, 0, FERRY_FAIL_HTTP5XX, 0);
     } else {
         conn_report_target(c);
@@ -577,7 +588,7 @@ static int take_response_head(struct conn *c)
             c->replayable = 0;
             continue;
         }
-        if (st == 407 && c->proxy != NULL && upstream_absolute(c->proxy->pub.scheme)) {
+        if (st == 407 && conn_up_absolute(c)) {
             conn_attempt_failed(c, FERRY_FAIL_AUTH, FERR_UPSTREAM_AUTH);
             return -1;
         }
@@ -587,6 +598,9 @@ static int take_response_head(struct conn *c)
         c->dechunk = c->req.minor == 0 && c->resp.framing == HTTP_FRAME_CHUNKED;
         c->keep_client = c->req.keep_alive && !http_needs_eof(&c->resp) && !c->cli.eof &&
                          !c->dechunk;
+        if (conn_ban_hold_begin(c, st) < 0) {
+            return 0; /* a ban may retry it: start holding once cli.out drained */
+        }
         if (conn_write_response_head(c, base) < 0) {
             if (buf_empty(&c->cli.out)) {
                 origin_failed(c, FERR_RESPONSE_TOO_LARGE);
@@ -597,11 +611,13 @@ static int take_response_head(struct conn *c)
         buf_consume(&c->up.in, hl);
         c->resp_head_done = 1;
         c->sent_any = 1;
-        c->replayable = 0;
         c->status = st;
-        if (c->req_done) {
-            buf_consume(&c->cli.in, c->fwd);
-            c->fwd = 0;
+        if (!c->ban_hold) { /* a held response may still be replaced by a retry */
+            c->replayable = 0;
+            if (c->req_done) {
+                buf_consume(&c->cli.in, c->fwd);
+                c->fwd = 0;
+            }
         }
         conn_report_head(c, base, hl, st);
         if (st == 101 && c->upgrade) {
@@ -689,8 +705,12 @@ int conn_exchange(struct conn *c)
             return r < 0 ? -1 : 0;
         }
     }
-    if (c->resp_head_done && !c->resp_done && relay_response_body(c, fresh) < 0) {
+    /* A held response has not left ferry yet either (conn_banretry.c). */
+    if (c->resp_head_done && !c->resp_done && relay_response_body(c, fresh || c->ban_hold) < 0) {
         return -1;
+    }
+    if (conn_ban_settle(c)) {
+        return 0;
     }
     if (c->resp_done) {
         conn_finish(c);

@@ -5,6 +5,7 @@
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
+#include "origin_tls.h"
 #include "proxy.h"
 #include "resolve.h"
 #include "transport.h"
@@ -125,12 +126,23 @@ void conn_route(struct conn *c)
     r.head_len = (uint32_t)c->head_len;
     r.retries = -1;
     r.pool = -1; /* until the runtime chooses one (0 = direct) */
+    r.flags = c->origin_tls ? FERRY_REQ_TLS : 0;
     int64_t id = bridge_dispatch(&r);
     c->exchange = r.exchange;
     c->pool = r.pool;
     c->req_flags = r.flags;
+    if ((r.flags & FERRY_REQ_TLS) && !c->origin_tls && !c->is_connect && id >= 0) {
+        /* The exchange's upgrade_tls: http:// goes out as https://. */
+        c->origin_tls = 1;
+        if (c->port == 80) {
+            c->port = 443;
+        }
+    }
     conn_set_header_edits(c, r.add_headers, r.add_headers_len, r.drop_headers,
                           r.drop_headers_len);
+    if (id < 0 && c->attempt > 0 && conn_ban_answer_last(c)) {
+        return; /* every proxy left is banned: the last banned answer */
+    }
     if (id == BRIDGE_NO_PROXY && c->attempt > 0) {
         /* Every proxy was tried: the client hears why the last one failed. */
         conn_fail(c, c->last_err);
@@ -152,6 +164,8 @@ void conn_route(struct conn *c)
         return;
     }
     if (c->attempt == 0) {
+        c->ban_retry = (unsigned char)(r.ban_retry > 0 && r.ban_retry <= FERRY_RETRIES_MAX
+                                           ? r.ban_retry : 0);
         int retries = r.retries < 0 ? 2 : r.retries;
         c->retries = retries < FERRY_RETRIES_MAX ? retries : FERRY_RETRIES_MAX;
         c->connect_timeout = r.connect_timeout_ms > 0 ? r.connect_timeout_ms / 1000.0
@@ -260,7 +274,8 @@ static void hop_begin(struct conn *c)
     h->proxy = c->proxy;
     h->host = c->host;
     h->port = c->port;
-    h->is_connect = c->is_connect;
+    /* Originated TLS needs a byte stream to the origin: a tunnel. */
+    h->is_connect = c->is_connect || c->origin_tls;
     h->resp = &c->resp;
     h->ops = upstream_for(c->proxy != NULL ? c->proxy->pub.scheme : FERRY_SCHEME_DIRECT);
     h->wake = hop_woke;
@@ -364,16 +379,79 @@ static void tls_failed(struct conn *c, const char *why)
     conn_attempt_failed(c, FERRY_FAIL_TLS, FERR_UPSTREAM_TLS);
 }
 
-/* One step of the TLS handshake with an https:// proxy, under the
- * upstream watcher and the connect timer (CS_HANDSHAKE). */
+/* The TLS handshake with the origin failed.  A certificate that does not
+ * verify, or a TLS error from the other end, is the destination's doing:
+ * not charged to the proxy, retried once at most (conn_report_target).
+ * A reset or close under it is a failure of the path like any other. */
+static void origin_tls_failed(struct conn *c, const char *why)
+{
+    int kind = tls_leg_fail(&c->up);
+    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name,
+                           .proxy = c->proxy != NULL ? c->proxy->display : NULL };
+    enum ferr e = kind == TLS_FAIL_VERIFY ? FERR_ORIGIN_VERIFY : FERR_ORIGIN_TLS;
+    log_event(LOG_WARN, "FERRY-3045", &ctx,
+              "TLS with origin %s:%d failed: %s", c->host, c->port,
+              why != NULL && why[0] ? why : "unknown error");
+    if (kind == TLS_FAIL_VERIFY) {
+        origin_tls_count_verify_failure();
+    }
+    if (kind == TLS_FAIL_IO) {
+        conn_attempt_failed(c, FERRY_FAIL_RESET, e);
+        return;
+    }
+    c->hop.fail_target = 1;
+    conn_attempt_failed(c, FERRY_FAIL_TLS, e);
+}
+
+/* The transport c->up has once its TLS session with the origin is set
+ * up: inside the proxy's TLS for an https:// proxy, else on the socket. */
+static const struct transport_ops *origin_transport(const struct conn *c)
+{
+    int nest = c->proxy != NULL && upstream_uses_tls(c->proxy->pub.scheme);
+    return nest ? &transport_tls_nest : &transport_tls;
+}
+
+/* One step of a TLS handshake under the upstream watcher and the connect
+ * timer (CS_HANDSHAKE): with an https:// proxy before its connector, or
+ * with the origin after it (origin_tls), or both in that order. */
 static void tls_step(struct conn *c)
 {
+    int origin = c->origin_tls && c->up.tr == origin_transport(c);
     enum tr_hs r = leg_tr(&c->up)->handshake(&c->up);
     if (r == TR_HS_DONE) {
-        connector_start(c);
+        if (origin) {
+            conn_upstream_ready(c);
+        } else {
+            connector_start(c);
+        }
     } else if (r == TR_HS_FAIL) {
-        tls_failed(c, tls_leg_error(&c->up));
+        if (origin) {
+            origin_tls_failed(c, tls_leg_error(&c->up));
+        } else {
+            tls_failed(c, tls_leg_error(&c->up));
+        }
     }
+}
+
+/* The tunnel to the origin is up: start TLS with it.  1: started (or
+ * failed), the caller stops here. */
+static int origin_tls_begin(struct conn *c)
+{
+    if (!c->origin_tls || c->up.tr == origin_transport(c)) {
+        return 0; /* plain, or a kept connection already on TLS with the origin */
+    }
+    c->state = CS_HANDSHAKE;
+    if (!buf_empty(&c->up.in)) {
+        /* The origin spoke before our ClientHello: not a TLS server. */
+        origin_tls_failed(c, "the origin sent bytes before the TLS handshake");
+        return 1;
+    }
+    if (origin_tls_connect(c) != 0) {
+        origin_tls_failed(c, "cannot set up TLS (out of memory)");
+        return 1;
+    }
+    tls_step(c);
+    return 1;
 }
 
 static void connected(struct conn *c)
@@ -417,6 +495,12 @@ static void connect_to(struct conn *c, const struct sockaddr *sa, socklen_t len)
 
 void conn_upstream_ready(struct conn *c)
 {
+    if (origin_tls_begin(c)) {
+        return;
+    }
+    if (c->origin_tls && c->pooled) {
+        origin_tls_count_reuse();
+    }
     metrics_upstream_ready(c);
     double ms = (loop_now() - c->t_attempt) * 1000.0;
     if (c->proxy != NULL && !c->pooled) { /* a kept connection has no setup time */
@@ -482,7 +566,8 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
                                   c->req.idem_key.len > 0));
     double backoff = BACKOFF_BASE * (double)(1u << (c->attempt < 6 ? c->attempt : 6));
     backoff = min_d(backoff, BACKOFF_CAP) * (0.5 + (double)random() / RAND_MAX);
-    if (p == NULL || !safe || c->sent_any || (int)c->attempt >= c->retries ||
+    /* Tries made again after a ban do not spend the pool's retries. */
+    if (p == NULL || !safe || c->sent_any || (int)(c->attempt - c->ban_retried) >= c->retries ||
         c->target_fails > 1 ||
         loop_now() + backoff >= c->deadline) {
         conn_fail(c, e);

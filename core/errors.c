@@ -11,7 +11,7 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_NOT_ABSOLUTE]       = { "FERRY-1002", 400, "Bad Request",
                                   "a proxy request needs an absolute URL or CONNECT" },
     [FERR_BAD_SCHEME]         = { "FERRY-1003", 400, "Bad Request",
-                                  "only http:// URLs can be proxied in absolute form; use CONNECT for https" },
+                                  "only http:// and https:// URLs can be proxied in absolute form" },
     [FERR_HEAD_TOO_LARGE]     = { "FERRY-1004", 431, "Request Header Fields Too Large",
                                   "request head too large" },
     [FERR_TOO_MANY_HEADERS]   = { "FERRY-1005", 431, "Request Header Fields Too Large",
@@ -63,6 +63,8 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_RESPONSE_TOO_LARGE] = { "FERRY-3031", 502, "Bad Gateway",
                                   "the origin's response head is too large "
                                   "(over 16 KiB or 100 fields)" },
+    [FERR_BAN_EXHAUSTED]      = { "FERRY-6033", 502, "Bad Gateway",
+                                  "the exchange banned every proxy this request was tried on" },
     [FERR_QUEUE_FULL]         = { "FERRY-3060", 503, "Service Unavailable",
                                   "the upstream has all its connections busy and its queue is full" },
     [FERR_QUEUE_TIMEOUT]      = { "FERRY-3061", 503, "Service Unavailable",
@@ -89,6 +91,11 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_SOCKS4_NO_IPV4]     = { "FERRY-3050", 502, "Bad Gateway",
                                   "the destination has no IPv4 address, which a SOCKS4 proxy "
                                   "needs (use socks4a:// or socks5://)" },
+    [FERR_ORIGIN_VERIFY]      = { "FERRY-3042", 502, "Bad Gateway",
+                                  "the origin's TLS certificate did not verify (see the log)" },
+    [FERR_ORIGIN_TLS]         = { "FERRY-3043", 502, "Bad Gateway",
+                                  "the TLS handshake with the origin failed (see the log)" },
+
     [FERR_CTL_BAD]            = { "FERRY-1060", 400, "Bad Request",
                                   "invalid control header or user name parameter "
                                   "(X-Ferry-Region, X-Ferry-Rotate, X-Ferry-Pool)" },

@@ -45,11 +45,15 @@ enum ferr {
     FERR_UPSTREAM_TLS,     /* TLS to an https:// proxy failed (certificate, protocol) */
     FERR_TLS_PLAIN_HTTP,   /* plain HTTP sent to a TLS listener */
     FERR_SOCKS4_NO_IPV4,   /* a SOCKS4 proxy cannot reach a destination without IPv4 */
+    /* TLS origination (origin_tls.c) */
+    FERR_ORIGIN_VERIFY,    /* the origin's certificate did not verify */
+    FERR_ORIGIN_TLS,       /* the TLS handshake with the origin failed */
     /* Control headers and user name parameters (ctl.c, part 6 of HTTPS). */
     FERR_CTL_BAD,          /* an X-Ferry-Region/-Rotate/-Pool value (or user parameter) is invalid */
     FERR_POOL_UNKNOWN,     /* X-Ferry-Pool names no configured pool */
     FERR_POOL_REFUSED,     /* X-Ferry-Pool on a listener that does not allow that pool */
     FERR_NO_REGION,        /* no proxy of the X-Ferry-Region region where the request goes */
+    FERR_BAN_EXHAUSTED,    /* retry on ban: every proxy was banned, no answer was kept */
     FERR_COUNT
 };
 

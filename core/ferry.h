@@ -182,6 +182,8 @@ struct ferry_result {
     uint32_t    body_len;
     const char *host;         /* destination host */
     uint32_t    host_len;
+    /* written by Lua for the core (retry on ban, conn_banretry.c): */
+    int32_t     banned;       /* rw: 1 when this result banned the (proxy, exchange) pair */
 };
 
 /*
@@ -227,6 +229,7 @@ struct ferry_req {
     const char *pool_header; /* ro: the pool the client asks for, or NULL */
     uint32_t    pool_header_len;
     uint32_t    rotate;      /* ro: 1: re-pin the sticky session now */
+    int32_t     ban_retry;   /* rw: tries on other proxies after a ban (the exchange's ban.retry) */
 };
 
 /* One request to the admin plane (admin.c), handed to the runtime's
@@ -249,7 +252,12 @@ struct ferry_admin_req {
 
 /* Bits of ferry_req.flags. */
 enum ferry_req_flag {
-    FERRY_REQ_CAPTURE = 0x1 /* keep the response head and first body bytes for Lua */
+    FERRY_REQ_CAPTURE = 0x1, /* keep the response head and first body bytes for Lua */
+    /* In: the request goes to its origin over TLS ferry originates (an
+     * https:// target, or inside an intercepted tunnel).  Out: set by
+     * the exchange's upgrade_tls for a plain http:// request (its port
+     * 80 becomes 443).  Lua reads it as req.scheme. */
+    FERRY_REQ_TLS = 0x40
 };
 
 /* The loop's idea of "now", in seconds (ev_now). */
@@ -416,11 +424,40 @@ void *ferry_tls_server_new(const char *cert, const char *key, const char **err);
 void ferry_tls_ctx_free(void *ctx);
 /* Give the listener ctx (owned from now on; NULL: plain again). */
 int ferry_listener_set_tls(int listener, void *ctx);
+/* Ferry's CA (tls { ca_cert, ca_key, leaf_cache }; mint.c): a loaded and
+ * checked CA, or NULL and *err (starting with its FERRY code).  Loaded
+ * before a reload commits, so a broken CA fails the reload and the old
+ * one keeps minting.  Lua releases what it loads (ffi.gc); ferry_ca_use
+ * takes its own reference (NULL: no CA), dropping the leaf cache when
+ * the CA changed. */
+void *ferry_ca_load(const char *cert, const char *key, const char **err);
+void ferry_ca_release(void *ca);
+int ferry_ca_use(void *ca, int leaf_cache, const char **err);
+/* Leaf minting counters (mint.h's struct mint_stats). */
+struct ferry_mint_stats {
+    uint64_t minted, hits, evictions, refused, sni_mismatch, failed;
+    uint32_t cached, cap;
+    int ready;
+};
+void ferry_mint_stats(struct ferry_mint_stats *out);
 /* https:// proxies: verify the certificate (against ca, a PEM file, or
  * the system store when NULL) and its name (sni, or the proxy's host).
  * On failure the proxy keeps its previous settings. */
 int ferry_proxy_set_tls(struct ferry_proxy *p, int verify, const char *ca, const char *sni,
                         const char **err);
+
+/* TLS origination (origin_tls.c).  ferry_origin_tls_ctx: the client
+ * context for (verify, CA file or NULL for the system store), loaded once
+ * and kept while an exchange uses it; NULL and *err when the file does
+ * not load.  ferry_exchange_set_tls: the exchange's context (NULL: the
+ * system store, verified), verify and SNI name (NULL: the host).
+ * ferry_origin_tls_sweep: free contexts no exchange uses (after a commit).
+ * ferry_origin_tls_stats: handshakes made, kept connections reused,
+ * verification failures. */
+void *ferry_origin_tls_ctx(int verify, const char *ca, const char **err);
+int ferry_exchange_set_tls(uint32_t exchange, void *ctx, int verify, const char *sni);
+void ferry_origin_tls_sweep(void);
+void ferry_origin_tls_stats(uint64_t *handshakes, uint64_t *reuses, uint64_t *verify_failures);
 
 /* Event and access log files (NULL or "": standard error; access NULL:
  * with the events).  Reopened by name on SIGUSR1. */

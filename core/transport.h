@@ -46,6 +46,7 @@ struct transport_ops {
 
 extern const struct transport_ops transport_plain;
 extern const struct transport_ops transport_tls;
+extern const struct transport_ops transport_tls_nest;
 
 /* The leg's transport: tr, or plain when none is set. */
 const struct transport_ops *leg_tr(const struct leg *lg);
@@ -65,6 +66,9 @@ struct ssl_ctx_st;
 /* A server context for a TLS listener (TLS 1.2+, ALPN http/1.1); NULL
  * and *err (static text, or a copy in errbuf) on failure. */
 struct ssl_ctx_st *tls_server_ctx(const char *cert, const char *key, char *errbuf, size_t room);
+/* A server context like tls_server_ctx's without a certificate: the
+ * caller chooses one per connection (mint.c). */
+struct ssl_ctx_st *tls_server_ctx_bare(char *errbuf, size_t room);
 /* A client context for an https:// proxy: system store, or ca only. */
 struct ssl_ctx_st *tls_client_ctx(int verify, const char *ca, char *errbuf, size_t room);
 void tls_ctx_free(struct ssl_ctx_st *ctx);
@@ -74,11 +78,36 @@ void tls_ctx_free(struct ssl_ctx_st *ctx);
  * sent without SNI).  -1: out of memory. */
 int tls_leg_accept(struct leg *lg, struct ssl_ctx_st *ctx);
 int tls_leg_connect(struct leg *lg, struct ssl_ctx_st *ctx, const char *host, int verify);
+/* transport_tls_nest.c: a second TLS session inside the leg's TLS (an
+ * origin reached through an https:// proxy's tunnel).  The leg must be
+ * on transport_tls; the nest takes that state over.  -1: out of memory. */
+int tls_leg_connect_inner(struct leg *lg, struct ssl_ctx_st *ctx, const char *host, int verify);
+/* 1 while the inner handshake has not finished; its failure kind. */
+int tls_nest_handshaking(const struct leg *lg);
+int tls_nest_fail(const struct leg *lg);
+/* Free the BIO method (stop). */
+void tls_nest_cleanup(void);
 /* 1 while the leg's TLS handshake has not finished. */
 int tls_leg_handshaking(const struct leg *lg);
 /* 1 when the handshake failed because the peer sent plain HTTP. */
 int tls_leg_saw_http(const struct leg *lg);
+/* What kind of failure the leg's last TLS step had: */
+enum tls_fail {
+    TLS_FAIL_NONE = 0,
+    TLS_FAIL_VERIFY,   /* the peer's certificate did not verify */
+    TLS_FAIL_PROTOCOL, /* a TLS error or alert (not TLS, no common version...) */
+    TLS_FAIL_IO        /* the socket failed or closed during TLS */
+};
+int tls_leg_fail(const struct leg *lg);
 /* Why the leg's last TLS step failed ("" when it did not). */
 const char *tls_leg_error(const struct leg *lg);
+/* The leg's SSL object, NULL when the leg is not on TLS (mint.c sets
+ * per-connection state and callbacks on it). */
+struct ssl_st;
+struct ssl_st *tls_leg_ssl(const struct leg *lg);
+/* From a callback inside the handshake of a leg set up here: the reason
+ * tls_leg_error will give, kept over what the error queue says (the
+ * first reason set stays). */
+void tls_ssl_fail(struct ssl_st *ssl, const char *why);
 
 #endif

@@ -30,6 +30,8 @@ struct tls_leg {
     unsigned read_wants_write:1;
     unsigned write_wants_read:1;
     unsigned plain_http:1;       /* the peer spoke plain HTTP to us */
+    unsigned why_set:1;          /* why came from a callback (tls_ssl_fail): keep it */
+    unsigned fail:2;             /* enum tls_fail of the last failure */
     char why[160];               /* the last failure, for logs */
 };
 
@@ -39,7 +41,11 @@ static void note_error(struct tls_leg *t, int err)
 {
     long vr = SSL_get_verify_result(t->ssl);
     unsigned long e = ERR_peek_last_error();
-    if (vr != X509_V_OK) {
+    t->fail = TLS_FAIL_PROTOCOL;
+    if (t->why_set) {
+        /* A callback of ours failed the handshake and said why (mint.c). */
+    } else if (vr != X509_V_OK) {
+        t->fail = TLS_FAIL_VERIFY;
         snprintf(t->why, sizeof(t->why), "certificate verify failed: %s",
                  X509_verify_cert_error_string(vr));
     } else if (e != 0) {
@@ -48,6 +54,7 @@ static void note_error(struct tls_leg *t, int err)
         t->plain_http = reason == SSL_R_HTTP_REQUEST || reason == SSL_R_HTTPS_PROXY_REQUEST;
         snprintf(t->why, sizeof(t->why), "%s", r != NULL ? r : "TLS error");
     } else if (err == SSL_ERROR_SYSCALL) {
+        t->fail = TLS_FAIL_IO;
         snprintf(t->why, sizeof(t->why), "%s", errno != 0 ? strerror(errno)
                                                         : "connection closed during TLS");
     } else {
@@ -196,6 +203,15 @@ int tls_leg_saw_http(const struct leg *lg)
     return t != NULL && t->plain_http;
 }
 
+int tls_leg_fail(const struct leg *lg)
+{
+    if (lg->tr == &transport_tls_nest) {
+        return tls_nest_fail(lg);
+    }
+    const struct tls_leg *t = lg->tr == &transport_tls ? lg->tls : NULL;
+    return t != NULL ? (int)t->fail : TLS_FAIL_NONE;
+}
+
 const char *tls_leg_error(const struct leg *lg)
 {
     return leg_tr(lg)->error(lg);
@@ -203,8 +219,26 @@ const char *tls_leg_error(const struct leg *lg)
 
 int tls_leg_handshaking(const struct leg *lg)
 {
+    if (lg->tr == &transport_tls_nest) {
+        return tls_nest_handshaking(lg);
+    }
     const struct tls_leg *t = lg->tr == &transport_tls ? lg->tls : NULL;
     return t != NULL && !SSL_is_init_finished(t->ssl);
+}
+
+struct ssl_st *tls_leg_ssl(const struct leg *lg)
+{
+    const struct tls_leg *t = lg->tr == &transport_tls ? lg->tls : NULL;
+    return t != NULL ? t->ssl : NULL;
+}
+
+void tls_ssl_fail(struct ssl_st *ssl, const char *why)
+{
+    struct tls_leg *t = SSL_get_app_data(ssl);
+    if (t != NULL && !t->why_set) {
+        snprintf(t->why, sizeof(t->why), "%s", why);
+        t->why_set = 1;
+    }
 }
 
 static struct tls_leg *leg_new(struct leg *lg, SSL_CTX *ctx)
@@ -220,6 +254,7 @@ static struct tls_leg *leg_new(struct leg *lg, SSL_CTX *ctx)
         ERR_clear_error();
         return NULL;
     }
+    SSL_set_app_data(t->ssl, t); /* tls_ssl_fail finds the leg's state */
     lg->tls = t;
     lg->tr = &transport_tls;
     return t;
@@ -337,6 +372,18 @@ SSL_CTX *tls_server_ctx(const char *cert, const char *key, char *errbuf, size_t 
     }
     SSL_CTX_free(ctx);
     return NULL;
+}
+
+SSL_CTX *tls_server_ctx_bare(char *errbuf, size_t room)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL) {
+        ctx_error(errbuf, room, "TLS context", NULL);
+        return NULL;
+    }
+    ctx_common(ctx);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    return ctx;
 }
 
 SSL_CTX *tls_client_ctx(int verify, const char *ca, char *errbuf, size_t room)

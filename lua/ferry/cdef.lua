@@ -51,7 +51,7 @@ struct ferry_proxy {
 };
 enum ferry_proxy_flag { FERRY_PROXY_DOWN = 0x1, FERRY_PROXY_DISABLED = 0x2,
                        FERRY_PROXY_REMOVED = 0x4 };
-enum ferry_req_flag { FERRY_REQ_CAPTURE = 0x1 };
+enum ferry_req_flag { FERRY_REQ_CAPTURE = 0x1, FERRY_REQ_TLS = 0x40 };
 enum ferry_probe_kind { FERRY_PROBE_NONE = 0, FERRY_PROBE_TCP = 1, FERRY_PROBE_HTTP = 2,
                         FERRY_PROBE_CONNECT = 3 };
 enum ferry_breaker { FERRY_BREAKER_CLOSED = 0, FERRY_BREAKER_OPEN = 1,
@@ -87,6 +87,7 @@ struct ferry_result {
   const char *head; uint32_t head_len;
   const char *body; uint32_t body_len;
   const char *host; uint32_t host_len;
+  int32_t     banned;
 };
 struct ferry_admin_req {
   const char *method;  uint32_t method_len;
@@ -123,6 +124,7 @@ struct ferry_req {
   const char *region;       uint32_t region_len;
   const char *pool_header;  uint32_t pool_header_len;
   uint32_t    rotate;
+  int32_t     ban_retry;
 };
 double ferry_now(void);
 struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *host, int port,
@@ -193,8 +195,21 @@ int ferry_listener_close(int listener);
 void *ferry_tls_server_new(const char *cert, const char *key, const char **err);
 void ferry_tls_ctx_free(void *ctx);
 int ferry_listener_set_tls(int listener, void *ctx);
+void *ferry_ca_load(const char *cert, const char *key, const char **err);
+void ferry_ca_release(void *ca);
+int ferry_ca_use(void *ca, int leaf_cache, const char **err);
+struct ferry_mint_stats {
+    uint64_t minted, hits, evictions, refused, sni_mismatch, failed;
+    uint32_t cached, cap;
+    int ready;
+};
+void ferry_mint_stats(struct ferry_mint_stats *out);
 int ferry_proxy_set_tls(struct ferry_proxy *p, int verify, const char *ca, const char *sni,
                         const char **err);
+void *ferry_origin_tls_ctx(int verify, const char *ca, const char **err);
+int ferry_exchange_set_tls(uint32_t exchange, void *ctx, int verify, const char *sni);
+void ferry_origin_tls_sweep(void);
+void ferry_origin_tls_stats(uint64_t *handshakes, uint64_t *reuses, uint64_t *verify_failures);
 void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, int idle_ms,
                         int keepalive_ms, int request_ms, int upstream_idle_ms);
 int ferry_set_log_files(const char *events, const char *access, const char **err);
@@ -254,6 +269,7 @@ local M = {
   BREAKER_CLOSED = n(C.FERRY_BREAKER_CLOSED), BREAKER_OPEN = n(C.FERRY_BREAKER_OPEN),
   BREAKER_HALF_OPEN = n(C.FERRY_BREAKER_HALF_OPEN),
   REQ_CAPTURE = n(C.FERRY_REQ_CAPTURE),
+  REQ_TLS = n(C.FERRY_REQ_TLS),
   -- Names of enum ferry_fail_kind, index = value + 1.
   FAIL_KINDS = { "refused", "timeout", "handshake", "auth", "http5xx", "reset", "tls" },
 }

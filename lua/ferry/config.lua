@@ -271,11 +271,12 @@ end
 local BODY_PEEK = 4096
 local BACKOFF_MAX = 86400 * 7
 
--- ban = { status = {...}, body = {...}, backoff, max_backoff }.
+-- ban = { status = {...}, body = {...}, backoff, max_backoff, retry }.
 local function parse_ban(where, t, has_script)
   if t == nil then return nil end
   where = where .. ": ban"
-  check_fields(where, t, { status = true, body = true, backoff = true, max_backoff = true })
+  check_fields(where, t, { status = true, body = true, backoff = true, max_backoff = true,
+    retry = true })
   local b = {}
   b.status = int_list(where, "status", t.status, 100, 599)
   if t.body ~= nil then
@@ -305,6 +306,9 @@ local function parse_ban(where, t, has_script)
   else
     b.max_backoff = math.max(3600, b.backoff)
   end
+  -- Retry on ban: tries through other proxies when a ban hits a request
+  -- (absent: 0, no retry).
+  b.retry = want_number(where, "retry", t.retry, 0, RETRIES_MAX, true)
   return b
 end
 
@@ -640,7 +644,8 @@ local function evaluate(chunk, file)
     names.exchange[name] = true
     local line = caller_line(file)
     return function(t)
-      check_fields(where, t, { hosts = true, pool = true, ban = true, script = true })
+      check_fields(where, t, { hosts = true, pool = true, ban = true, script = true,
+                               upgrade_tls = true, tls = true })
       if type(t.hosts) ~= "table" or #t.hosts == 0 then
         fail(where, "hosts: at least one host pattern is required")
       end
@@ -654,6 +659,11 @@ local function evaluate(chunk, file)
       if type(t.pool) ~= "string" then fail(where, "pool is required") end
       local ex = { name = name, hosts = hosts, pool = t.pool, line = line, where = where }
       ex.ban = parse_ban(where, t.ban, t.script ~= nil)
+      -- TLS origination: plain http:// requests go out over TLS, verified.
+      ex.upgrade_tls = want(where, "upgrade_tls", t.upgrade_tls, "boolean") or false
+      local otls, oerr = tls_opts.origin(t.tls, function(f) return resolve_path(dir, f) end)
+      if not otls then fail(where, "%s [FERRY-0190]", oerr) end
+      ex.tls = otls
       if t.script ~= nil then
         local script = want(where, "script", t.script, "string")
         if script == "" then fail(where, "script must be a path, got an empty string") end
@@ -692,6 +702,16 @@ local function evaluate(chunk, file)
       end
       cfg.http.via_name = name
     end
+  end
+
+  -- Ferry's CA, which mints the certificates intercepted clients see.
+  function env.tls(t)
+    local where = at("tls")
+    if cfg.tls then fail(where, "tls is declared twice") end
+    local tls, terr = tls_opts.ca(t, function(f) return resolve_path(dir, f) end)
+    if not tls then fail(where, "%s", (terr:gsub("^tls: ", ""))) end
+    tls.line = caller_line(file)
+    cfg.tls = tls
   end
 
   function env.log(t)

@@ -480,7 +480,18 @@ local STATS_FIELDS = {
   { "requests", "requests" }, { "successes", "successes" }, { "failures", "failures" },
   { "failure_pct", "failure rate (%)" }, { "sticky", "sticky pins" },
   { "probes", "probes in flight" }, { "draining", "draining" },
+  { "leaves", "TLS leaves (ferry's CA)", optional = true },
 }
+
+-- Ferry's CA at work (core/mint.c), when one is loaded.
+local function leaves_line()
+  local m = ffi.new("struct ferry_mint_stats")
+  C.ferry_mint_stats(m)
+  if m.ready == 0 then return nil end
+  return string.format("%d cached of %d; minted %d, cache hits %d, evictions %d, " ..
+    "refused by clients %d", tonumber(m.cached), tonumber(m.cap), tonumber(m.minted),
+    tonumber(m.hits), tonumber(m.evictions), tonumber(m.refused))
+end
 
 function M.stats()
   local cur = active()
@@ -498,6 +509,7 @@ function M.stats()
   local w = #inventory.waiting()
   s.waiting = w > 0 and w or nil
   s.failure_pct = pct(s.failures, s.successes + s.failures)
+  s.leaves = leaves_line()
   return as_view(s, { kind = "record", fields = STATS_FIELDS })
 end
 

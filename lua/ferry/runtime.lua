@@ -18,6 +18,8 @@ local inventory = require("ferry.inventory")
 
 local C = ffi.C
 local ffi_string = ffi.string
+local bor, band = require("bit").bor, require("bit").band
+local REQ_TLS = cdef.REQ_TLS
 local find = string.find
 local pcall, type, tostring, tonumber, setmetatable, rawget, rawset =
   pcall, type, tostring, tonumber, setmetatable, rawget, rawset
@@ -185,6 +187,12 @@ local readers = {
   rotate = function(r) return r.rotate ~= 0 end,
   listener = function(r) return ffi_string(r.listener, r.listener_len) end,
   is_connect = function(r) return r.is_connect ~= 0 end,
+  -- "https" when ferry sends the request over TLS it originates (an
+  -- https:// target, upgrade_tls, interception); nil for CONNECT.
+  scheme = function(r)
+    if r.is_connect ~= 0 then return nil end
+    return band(r.flags, REQ_TLS) ~= 0 and "https" or "http"
+  end,
   attempt = function(r) return tonumber(r.attempt) end,
   headers = function(r)
     return parse_headers(r.head ~= nil and ffi_string(r.head, r.head_len) or "")
@@ -254,7 +262,9 @@ local function choose_pool(cur, req, r)
     local e = cur.exchanges[ex.name]
     req.exchange, req.exid = e.name, e.id
     r.exchange = e.id
-    if e.capture then r.flags = cdef.REQ_CAPTURE end
+    if e.capture then r.flags = bor(r.flags, cdef.REQ_CAPTURE) end
+    -- upgrade_tls: a plain request of this exchange goes out over TLS.
+    if e.upgrade_tls and r.is_connect == 0 then r.flags = bor(r.flags, REQ_TLS) end
     if e.hooks.on_request then
       local pool, deny = run_on_request(e, req, r)
       if deny == false then return nil, DENY end
@@ -417,6 +427,8 @@ function M.dispatch(ud)
   end
   r.pool = pool.index
   r.retries = pool.retries
+  local ban = req.exchange and cur.exchanges[req.exchange].ban
+  if ban and ban.retry and ban.retry > 0 then r.ban_retry = ban.retry end
   r.connect_timeout_ms = pool.connect_timeout_ms
   r.first_byte_timeout_ms = pool.first_byte_timeout_ms
   if region and pool:region_size(region) == 0 then return NO_REGION end
@@ -490,12 +502,38 @@ end
 
 local rres = {} -- the result as breaker plugins see it, reused
 
+-- The ban's length from the banning answer's Retry-After, or nil (the
+-- doubling backoff applies).  Unusable or out-of-range values are
+-- logged once per window and exchange.
+local function retry_after_secs(e, head, max)
+  if not head then return nil end
+  local raw = exchange.header_reader(head)("retry-after")
+  if not raw then return nil end
+  local secs, why = exchange.retry_after(raw, os.time(), max)
+  if why == "unusable" then
+    log_once("retry-after:" .. e.name, WARN, "FERRY-6034", "exchange \"" .. e.name ..
+      "\": Retry-After \"" .. raw:sub(1, 64) .. "\" is not delta-seconds or an HTTP-date" ..
+      " in the future: ignored, the backoff applies")
+  elseif why == "clamped" then
+    log_once("retry-after-clamp:" .. e.name, WARN, "FERRY-3075", "exchange \"" .. e.name ..
+      "\": Retry-After \"" .. raw:sub(1, 64) .. "\" is outside 1.." .. max ..
+      " s (max_backoff): the ban lasts " .. secs .. " s")
+  end
+  return secs
+end
+
 -- Ban pair x for exchange e.  Bans in a row double the backoff; a ban
--- long after the last one starts over.
-local function ban_pair(e, x, secs, reason)
+-- long after the last one starts over.  A ban of the rule (secs nil)
+-- lasts the banning answer's Retry-After when it has a usable one.
+local function ban_pair(e, x, secs, reason, head)
   local now = C.ferry_now()
   local max = e.ban and e.ban.max_backoff or 3600
   if x.bans > 0 and now - x.banned_until > max then C.ferry_ban(x, 0, nil) end
+  local ra = not secs and retry_after_secs(e, head, max)
+  if ra then
+    C.ferry_ban(x, ra, reason .. ", Retry-After")
+    return
+  end
   C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
 end
 
@@ -530,7 +568,8 @@ function M.result(ud)
       end
     end
     if verdict == "ban" then
-      ban_pair(e, x, secs, reason)
+      ban_pair(e, x, secs, reason, r.head ~= nil and ffi_string(r.head, r.head_len) or nil)
+      r.banned = 1 -- the core may send the request again elsewhere (retry on ban)
       return
     end
   end

@@ -1,5 +1,5 @@
--- tls_opts.lua: the `tls` tables of listeners (cert, key) and of
--- https:// proxies (verify, ca, sni), checked in one place for the
+-- tls_opts.lua: the `tls` tables of listeners (cert, key), of https://
+-- proxies and of exchanges' origins (verify, ca, sni), checked in one place for the
 -- config and the inventory API.  Files are checked for readability
 -- here; the core loads them (core/transport_tls.c) and reports what it
 -- cannot parse.
@@ -54,11 +54,37 @@ function M.listener(t, resolve)
   return { cert = cert, key = key }
 end
 
--- An https:// proxy's tls = { verify = true, ca = "file", sni = "name" };
--- nil t: the defaults (verify against the system store, name = host).
-function M.proxy(t, scheme, resolve)
-  if t == nil then return scheme == "https" and { verify = true } or nil end
-  if scheme ~= "https" then return nil, "tls is only for https:// proxies" end
+-- The top-level tls { ca_cert = "file", ca_key = "file", leaf_cache = N }:
+-- ferry's CA for interception (docs/https.md).  Both files are required
+-- together; the core checks that they parse, match and make a CA.
+local CA_FIELDS = { ca_cert = true, ca_key = true, leaf_cache = true }
+M.LEAF_CACHE_DEFAULT, M.LEAF_CACHE_MAX = 1000, 100000
+
+function M.ca(t, resolve)
+  if type(t) ~= "table" then return nil, "tls must be a table { ca_cert = ..., ca_key = ... }" end
+  local e = unknown(t, CA_FIELDS)
+  if e then return nil, e end
+  local lc = t.leaf_cache
+  if lc ~= nil and (type(lc) ~= "number" or lc ~= math.floor(lc) or lc < 1 or
+      lc > M.LEAF_CACHE_MAX) then
+    return nil, format("tls: leaf_cache must be an integer from 1 to %d", M.LEAF_CACHE_MAX)
+  end
+  if (t.ca_cert == nil) ~= (t.ca_key == nil) then
+    return nil, "tls: ca_cert and ca_key go together (ferry ca init DIR writes both) [FERRY-0180]"
+  end
+  local out = { leaf_cache = lc or M.LEAF_CACHE_DEFAULT }
+  if t.ca_cert == nil then return out end
+  local cert, cerr = file(t, "ca_cert", resolve, true)
+  if not cert then return nil, cerr .. " [FERRY-0180]" end
+  local key, kerr = file(t, "ca_key", resolve, true)
+  if not key then return nil, kerr .. " [FERRY-0180]" end
+  out.ca_cert, out.ca_key = cert, key
+  return out
+end
+
+-- The client side's { verify = true, ca = "file", sni = "name" }, for an
+-- https:// proxy and for an exchange's origin alike.
+local function client(t, resolve)
   if type(t) ~= "table" then return nil, "tls must be a table { verify, ca, sni }" end
   local e = unknown(t, PROXY_FIELDS)
   if e then return nil, e end
@@ -71,6 +97,22 @@ function M.proxy(t, scheme, resolve)
     return nil, "tls: sni must be a host name"
   end
   return { verify = t.verify ~= false, ca = ca, sni = t.sni }
+end
+
+-- An https:// proxy's tls; nil t: the defaults (verify against the
+-- system store, name = host).
+function M.proxy(t, scheme, resolve)
+  if t == nil then return scheme == "https" and { verify = true } or nil end
+  if scheme ~= "https" then return nil, "tls is only for https:// proxies" end
+  return client(t, resolve)
+end
+
+-- An exchange's tls, for the TLS ferry originates toward its hosts; nil
+-- t: the defaults (verify against the system store, SNI = the host
+-- unless it is an address).
+function M.origin(t, resolve)
+  if t == nil then return { verify = true } end
+  return client(t, resolve)
 end
 
 return M

@@ -125,6 +125,25 @@ void conn_report_target(struct conn *c)
     (void)c;
 }
 
+/* Retry on ban (conn_banretry.c): nothing is held in the harness. */
+int conn_ban_hold_begin(struct conn *c, int status)
+{
+    (void)c;
+    (void)status;
+    return 0;
+}
+
+int conn_ban_settle(struct conn *c)
+{
+    (void)c;
+    return 0;
+}
+
+void conn_ban_reset(struct conn *c)
+{
+    (void)c;
+}
+
 void conn_tunnel_begin(struct conn *c)
 {
     (void)c;

@@ -69,14 +69,11 @@ void conn_upstream_release(struct conn *c, int keep)
 }
 
 /* The request's control parameters: its headers over its user name's.
- * A rotate of the user name is spent by the first route that sees it:
- * on plain HTTP every request brings its own, on SOCKS and in a tunnel
- * it moves the pin once.  -1: an invalid value, answered FERRY-1060. */
+ * -1: an invalid value, answered FERRY-1060. */
 static int route_ctl(struct conn *c, struct ctl *eff)
 {
     *eff = c->ctl_user;
     ctl_merge(eff, &c->ctl_hdr);
-    c->ctl_user.rotate = c->ctl_user.rotate_set = 0;
     memcpy(c->session, eff->session, sizeof(c->session));
     return eff->bad ? -1 : 0;
 }
@@ -130,6 +127,13 @@ void conn_route(struct conn *c)
     r.pool = -1; /* until the runtime chooses one (0 = direct) */
     r.flags = c->origin_tls ? FERRY_REQ_TLS : 0;
     int64_t id = bridge_dispatch(&r);
+    if (id > 0) {
+        /* A user name's rotate is spent by the first route that chose a
+         * proxy: on plain HTTP each request brings its own; on SOCKS and
+         * in a tunnel (whose CONNECT ferry may answer itself) it moves
+         * the pin once. */
+        c->ctl_user.rotate = c->ctl_user.rotate_set = 0;
+    }
     c->exchange = r.exchange;
     c->pool = r.pool;
     c->req_flags = r.flags;

@@ -296,8 +296,8 @@ int mint_ready(void)
 int mint_leg_accept(struct leg *lg, const char *host)
 {
     char name[HOST_MAX_LEN + 1];
-    if (mint.ca == NULL || normalize(host, name, sizeof(name)) != 0) {
-        return -1;
+    if (mint.ca == NULL || !leg_plain(lg) || normalize(host, name, sizeof(name)) != 0) {
+        return -1; /* no TLS inside a TLS listener's TLS: the SSL reads the socket itself */
     }
     size_t n = strlen(name);
     struct mint_hs *hs = calloc(1, sizeof(*hs) + n + 1);

@@ -26,8 +26,10 @@ int mint_ready(void);
  * SNI rule: an SNI that differs from host (case-insensitive; a trailing
  * dot ignored) fails the handshake (alert unrecognized_name) with a
  * reason tls_leg_error() returns, starting with the FERRY code.
- * The handshake runs inside the leg's first reads (transport_tls.c).
- * -1: no CA loaded or out of memory. */
+ * The handshake runs inside the leg's first reads (transport_tls.c);
+ * the leg's input buffer must be empty (the SSL reads the socket).
+ * -1: no CA loaded or out of memory (or the leg is already on TLS: a
+ * TLS listener's client cannot be intercepted inside that TLS). */
 int mint_leg_accept(struct leg *lg, const char *host);
 
 /* 1 when the leg's handshake failed because the client refused ferry's

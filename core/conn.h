@@ -8,6 +8,7 @@
 #define FERRY_CONN_H
 
 #include "buf.h"
+#include "ctl.h"
 #include "errors.h"
 #include "ferry.h"
 #include "http.h"
@@ -168,7 +169,8 @@ struct conn {
                                   * the body prefix Lua wants (conn_report.c) */
 
     /* Per-request policy from Lua and the client (conn_http.c). */
-    char session[128];           /* sticky session key, "" when none */
+    char session[CTL_SESSION_MAX]; /* sticky session key of the route, "" when none
+                                  * (ctl_user under ctl_hdr, set by conn_route) */
     char *hdr_add;               /* header lines on_request adds, or NULL */
     size_t hdr_add_len;
     char *hdr_drop;              /* "\nname\n..." on_request drops (NUL-terminated), or NULL */
@@ -184,6 +186,23 @@ struct conn {
      * then sends the head in origin form; kept connections are pooled by
      * (proxy, host, port, TLS). */
     unsigned origin_tls:1;  /* this request goes to its origin over TLS ferry originates (origination) */
+    /* Control parameters (ctl.c; taken in conn_http.c, used by conn_route).  ctl_user: from the user
+     * name, per request on plain HTTP, for the whole connection on SOCKS;
+     * a CONNECT's headers join it, so requests inside an intercepted
+     * tunnel inherit them.  ctl_hdr: this request's X-Ferry-* headers,
+     * which win. */
+    struct ctl ctl_user;
+    struct ctl ctl_hdr;
+    /* Retry on ban (conn_banretry.c): a response that may be banned is
+     * held in cli.out until Lua's verdict, then retried or let out. */
+    struct ban_stash *ban_stash; /* private: the last banned answer, whole, or NULL */
+    const char *ban_note;        /* why a ban was not retried (access line `ban`), or NULL */
+    const char *ban_why;         /* why this response could not be held, or NULL */
+    unsigned char ban_retry;     /* tries on other proxies a ban allows (dispatch) */
+    unsigned char ban_retried;   /* tries made so far because of a ban */
+    unsigned ban_hold:1;         /* cli.out holds this response until the verdict */
+    unsigned ban_decided:1;      /* the verdict on the held response is in */
+    unsigned ban_banned:1;       /* ... and it banned the pair */
 };
 
 struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);
@@ -274,6 +293,22 @@ void conn_report_flush(struct conn *c);
  * response head): counted per proxy, never charged to its health,
  * its (proxy, exchange) pair or the breakers. */
 void conn_report_target(struct conn *c);
+
+/* conn_banretry.c */
+/* At a final response head: 1 when it is to be held until the ban
+ * verdict, 0 when it goes out as it comes, -1 to wait until cli.out
+ * (an earlier response) has drained. */
+int conn_ban_hold_begin(struct conn *c, int status);
+/* The report of this attempt went to Lua: record its ban verdict. */
+void conn_ban_verdict(struct conn *c, int banned);
+/* After each exchange step: act on a verdict that came in (retry on
+ * another proxy, or let the held response out).  1: the attempt was
+ * replaced by a retry, the caller stops. */
+int conn_ban_settle(struct conn *c);
+/* Dispatch found no proxy for a retry on ban: answer the last banned
+ * response when it was kept.  1 when answered. */
+int conn_ban_answer_last(struct conn *c);
+void conn_ban_reset(struct conn *c);
 
 /* tunnel.c */
 void conn_tunnel_begin(struct conn *c);

@@ -48,7 +48,12 @@ enum ferr {
     /* TLS origination (origin_tls.c) */
     FERR_ORIGIN_VERIFY,    /* the origin's certificate did not verify */
     FERR_ORIGIN_TLS,       /* the TLS handshake with the origin failed */
-    FERR_ORIGIN_TLS_PROXY, /* origination through an https:// proxy (TLS inside TLS) */
+    /* Control headers and user name parameters (ctl.c, part 6 of HTTPS). */
+    FERR_CTL_BAD,          /* an X-Ferry-Region/-Rotate/-Pool value (or user parameter) is invalid */
+    FERR_POOL_UNKNOWN,     /* X-Ferry-Pool names no configured pool */
+    FERR_POOL_REFUSED,     /* X-Ferry-Pool on a listener that does not allow that pool */
+    FERR_NO_REGION,        /* no proxy of the X-Ferry-Region region where the request goes */
+    FERR_BAN_EXHAUSTED,    /* retry on ban: every proxy was banned, no answer was kept */
     FERR_COUNT
 };
 

@@ -49,7 +49,11 @@ enum ferry_dispatch {
     FERRY_DISPATCH_NO_PROXY    = -1, /* the pool has nothing usable */
     FERRY_DISPATCH_ROUTE_ERROR = -2, /* route failed or named nothing known */
     FERRY_DISPATCH_DENY        = -3, /* policy said no */
-    FERRY_DISPATCH_ALL_DOWN    = -4  /* nothing healthy and the pool's all_down is "fail" */
+    FERRY_DISPATCH_ALL_DOWN    = -4, /* nothing healthy and the pool's all_down is "fail" */
+    /* Control headers (ctl.c): numbered apart, other answers come before. */
+    FERRY_DISPATCH_POOL_REFUSED = -20, /* X-Ferry-Pool not allowed on the listener */
+    FERRY_DISPATCH_POOL_UNKNOWN = -21, /* X-Ferry-Pool names no pool */
+    FERRY_DISPATCH_NO_REGION    = -22  /* no proxy of the X-Ferry-Region region */
 };
 
 /* Upstream kinds a proxy can be. */
@@ -178,6 +182,8 @@ struct ferry_result {
     uint32_t    body_len;
     const char *host;         /* destination host */
     uint32_t    host_len;
+    /* written by Lua for the core (retry on ban, conn_banretry.c): */
+    int32_t     banned;       /* rw: 1 when this result banned the (proxy, exchange) pair */
 };
 
 /*
@@ -217,6 +223,13 @@ struct ferry_req {
     uint32_t    add_headers_len;
     const char *drop_headers; /* rw: "\nname\nname\n" (lower case) to remove, or NULL */
     uint32_t    drop_headers_len;
+    /* Control parameters (X-Ferry-* headers or user name parameters, ctl.c). */
+    const char *region;      /* ro: proxies of this region only, or NULL */
+    uint32_t    region_len;
+    const char *pool_header; /* ro: the pool the client asks for, or NULL */
+    uint32_t    pool_header_len;
+    uint32_t    rotate;      /* ro: 1: re-pin the sticky session now */
+    int32_t     ban_retry;   /* rw: tries on other proxies after a ban (the exchange's ban.retry) */
 };
 
 /* One request to the admin plane (admin.c), handed to the runtime's

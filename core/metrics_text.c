@@ -447,6 +447,15 @@ static void render_core(struct text *t)
             close_u64(t, metrics.pools[s]->reuse_retries);
         }
     }
+    family(t, "ferry_ban_retries_total", "counter",
+           "Requests sent again through another proxy after an exchange banned the one "
+           "they went through (ban.retry), by pool.");
+    for (unsigned s = 0; s < METRICS_POOL_SLOTS; s++) {
+        if (metrics.pools[s] != NULL && metrics.pools[s]->ban_retries > 0) {
+            open1(t, "ferry_ban_retries_total", "pool", metrics_pool_label(s, lbl));
+            close_u64(t, metrics.pools[s]->ban_retries);
+        }
+    }
     render_conn_pools(t);
     render_histo(t, "ferry_connect_duration_seconds", 0,
                  "Time to reach the upstream (resolve, connect, proxy handshake) of fresh "

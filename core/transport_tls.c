@@ -205,6 +205,9 @@ int tls_leg_saw_http(const struct leg *lg)
 
 int tls_leg_fail(const struct leg *lg)
 {
+    if (lg->tr == &transport_tls_nest) {
+        return tls_nest_fail(lg);
+    }
     const struct tls_leg *t = lg->tr == &transport_tls ? lg->tls : NULL;
     return t != NULL ? (int)t->fail : TLS_FAIL_NONE;
 }
@@ -216,6 +219,9 @@ const char *tls_leg_error(const struct leg *lg)
 
 int tls_leg_handshaking(const struct leg *lg)
 {
+    if (lg->tr == &transport_tls_nest) {
+        return tls_nest_handshaking(lg);
+    }
     const struct tls_leg *t = lg->tr == &transport_tls ? lg->tls : NULL;
     return t != NULL && !SSL_is_init_finished(t->ssl);
 }

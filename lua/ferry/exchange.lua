@@ -138,6 +138,67 @@ function M.ban_seconds(ban, base, bans)
   return s
 end
 
+-- Retry-After (RFC 9110 10.2.3): delta-seconds or an HTTP-date.
+local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8,
+                 Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
+
+-- Days from 1970-01-01 to the proleptic Gregorian date y-m-d.
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- Seconds since the epoch of an HTTP-date in any of its three forms
+-- (IMF-fixdate, obsolete RFC 850, asctime), or nil.
+local function http_date(v)
+  local d, mon, y, hh, mm, ss = v:match("^%a%a%a, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+  if not d then
+    d, mon, y, hh, mm, ss = v:match("^%a+, (%d%d)%-(%a%a%a)%-(%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+    if y then
+      y = tonumber(y)
+      y = y < 70 and 2000 + y or 1900 + y
+    end
+  end
+  if not d then
+    mon, d, hh, mm, ss, y = v:match("^%a%a%a (%a%a%a) ([ %d]%d) (%d%d):(%d%d):(%d%d) (%d%d%d%d)$")
+  end
+  if not d then return nil end
+  local m = MONTHS[mon]
+  d, y, hh, mm, ss = tonumber((d:gsub(" ", ""))), tonumber(y), tonumber(hh), tonumber(mm),
+    tonumber(ss)
+  if not m or d < 1 or d > 31 or hh > 23 or mm > 59 or ss > 60 then return nil end
+  return days_from_civil(y, m, d) * 86400 + hh * 3600 + mm * 60 + ss
+end
+M.http_date = http_date
+
+-- The ban length a Retry-After value asks for, at wall-clock time now
+-- (seconds since the epoch), within [1, max]: secs and nil when it is
+-- usable as it is (below 1, a date already past included, means 1);
+-- max and "clamped" when it asks for more than max (10^12, an overflow);
+-- nil and "unusable" when it is neither delta-seconds nor an HTTP-date
+-- (a negative number, garbage).
+function M.retry_after(v, now, max)
+  if type(v) ~= "string" then return nil, "unusable" end
+  v = v:match("^[ \t]*(.-)[ \t]*$")
+  local secs
+  if v:match("^%d+$") then
+    secs = tonumber(v)
+  else
+    local t = #v <= 64 and http_date(v)
+    if not t then return nil, "unusable" end
+    secs = t - now
+  end
+  if secs ~= secs then return nil, "unusable" end
+  if secs > max then return max, "clamped" end
+  if secs < 1 then return math.min(1, max) end
+  return math.floor(secs)
+end
+
 -- What an on_response answer means: "ok", "failure", a ban in seconds,
 -- or nil (no opinion).  Raises on anything else.
 function M.verdict(v)

@@ -5,7 +5,7 @@ local cdef = require("ferry.cdef")
 
 local band = bit.band
 local random = math.random
-local setmetatable = setmetatable
+local ipairs, rawget, setmetatable = ipairs, rawget, setmetatable
 
 local DOWN = cdef.PROXY_DOWN
 local OFF = bit.bor(cdef.PROXY_DISABLED, cdef.PROXY_REMOVED)
@@ -56,7 +56,35 @@ function Pool:pair_blocked(x, now)
   return false
 end
 
--- Usable for this request: not disabled or removed, not tried by it yet
+-- The one region rule (X-Ferry-Region, user -region-, the broker's
+-- "region"): a proxy is in region r when its configured region is
+-- exactly r.  A proxy without a region is in none.
+local function in_region(p, region)
+  return p.region == region
+end
+M.in_region = in_region
+
+-- How many proxies of the pool are in `region`; cached per pool until
+-- its proxy list is replaced or changes length.
+function Pool:region_size(region)
+  local per, list = self.regions, self.proxies
+  if not per or per.list ~= list or per.n ~= #list then
+    per = { list = list, n = #list }
+    self.regions = per
+  end
+  local k = per[region]
+  if not k then
+    k = 0
+    for _, p in ipairs(self.proxies) do
+      if in_region(p, region) then k = k + 1 end
+    end
+    per[region] = k
+  end
+  return k
+end
+
+-- Usable for this request: in the request's region when it names one,
+-- not disabled or removed, not tried by it yet
 -- (a retry must go through a different proxy), and unless the pool is
 -- relaxed (panic, all_down = "any"): not down, not banned for the
 -- request's exchange, breaker not open.  A down proxy without probes is
@@ -72,6 +100,10 @@ function Pool:eligible(p, req)
     end
   end
   if not req then return true end
+  -- rawget: the runtime sets region before choosing; a request table
+  -- never reads it lazily here, in the hot loop.
+  local region = rawget(req, "region")
+  if region and not in_region(p, region) then return false end
   local tried = req.tried
   if tried and tried[p.id] then return false end
   if self.relaxed or not self.pair_of then return true end

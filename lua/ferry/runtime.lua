@@ -29,6 +29,8 @@ local M = {}
 -- Negative answers understood by the core (enum ferry_dispatch).
 local NO_PROXY, ROUTE_ERROR, DENY, ALL_DOWN = cdef.DISPATCH.no_proxy, cdef.DISPATCH.route_error,
   cdef.DISPATCH.deny, cdef.DISPATCH.all_down
+local POOL_REFUSED, POOL_UNKNOWN, NO_REGION = cdef.DISPATCH.pool_refused,
+  cdef.DISPATCH.pool_unknown, cdef.DISPATCH.no_region
 
 -- Hook-error kinds counted by the core (enum ferry_hook_kind).
 local HOOK_ROUTE, HOOK_STRATEGY, HOOK_BREAKER, HOOK_EXCHANGE = cdef.HOOK.route,
@@ -181,6 +183,8 @@ local readers = {
   client = function(r) return ffi_string(r.client, r.client_len) end,
   user = function(r) return lstr(r.user, r.user_len) end,
   session = function(r) return lstr(r.session, r.session_len) end,
+  pool_header = function(r) return lstr(r.pool_header, r.pool_header_len) end,
+  rotate = function(r) return r.rotate ~= 0 end,
   listener = function(r) return ffi_string(r.listener, r.listener_len) end,
   is_connect = function(r) return r.is_connect ~= 0 end,
   -- "https" when ferry sends the request over TLS it originates (an
@@ -369,6 +373,29 @@ local function pick(pool, req, e)
   return nil, policy
 end
 
+-- X-Ferry-Pool (or a user name's -pool-): 1 when the request's listener
+-- allows the pool it names (allow_pool_header = true: any configured
+-- pool; a list: those names, "direct" included when listed), else
+-- POOL_REFUSED or POOL_UNKNOWN.  Per config, listeners by name.
+local function pool_header_allowed(cur, req)
+  local allow = cur.pool_header_allow
+  if not allow then
+    allow = {}
+    for _, l in ipairs(cur.cfg.listeners) do
+      if l.allow_pool_header then allow[l.name] = l.allow_pool_header end
+    end
+    cur.pool_header_allow = allow
+  end
+  local a, name = allow[req.listener], req.pool_header
+  if a == true then
+    if name == "direct" then return POOL_REFUSED end
+  elseif not a or not a[name] then
+    return POOL_REFUSED
+  end
+  if name ~= "direct" and not cur.pools[name] then return POOL_UNKNOWN end
+  return 1
+end
+
 function M.dispatch(ud)
   local cur = active
   if not cur then return ROUTE_ERROR end
@@ -377,11 +404,18 @@ function M.dispatch(ud)
     if now >= due_at then due_fn(now) end
   end
   local r = ffi.cast(req_ptr, ud)
-  local req = setmetatable({ _r = r, exid = 0 }, req_mt)
+  -- region is set up front: eligibility reads it for every candidate.
+  local req = setmetatable({ _r = r, exid = 0, region = lstr(r.region, r.region_len) }, req_mt)
   anchored[1], anchored[2] = nil, nil
+  local asked = r.pool_header ~= nil and pool_header_allowed(cur, req) or nil
+  if asked and asked < 0 then return asked end
   local name, why = choose_pool(cur, req, r)
   if not name then return why end
+  if asked then name = req.pool_header end
+  local region = req.region
   if name == "direct" then
+    -- Going direct leaves every region: a region asked for is refused.
+    if region then return NO_REGION end
     r.pool = 0
     return 0
   end
@@ -393,11 +427,16 @@ function M.dispatch(ud)
   end
   r.pool = pool.index
   r.retries = pool.retries
+  local ban = req.exchange and cur.exchanges[req.exchange].ban
+  if ban and ban.retry and ban.retry > 0 then r.ban_retry = ban.retry end
   r.connect_timeout_ms = pool.connect_timeout_ms
   r.first_byte_timeout_ms = pool.first_byte_timeout_ms
+  if region and pool:region_size(region) == 0 then return NO_REGION end
   local e = req.exchange and cur.exchanges[req.exchange]
   local p, policy = pick(pool, req, e)
   if not p then
+    -- With a region asked, all_down = "direct" would leave it: "fail".
+    if policy == "direct" and region then policy = "fail" end
     if policy == "direct" then
       log_once("all-down-direct:" .. name, WARN, "FERRY-6007", "pool \"" .. name ..
         "\": no healthy proxy, all_down = direct: going direct")
@@ -463,12 +502,38 @@ end
 
 local rres = {} -- the result as breaker plugins see it, reused
 
+-- The ban's length from the banning answer's Retry-After, or nil (the
+-- doubling backoff applies).  Unusable or out-of-range values are
+-- logged once per window and exchange.
+local function retry_after_secs(e, head, max)
+  if not head then return nil end
+  local raw = exchange.header_reader(head)("retry-after")
+  if not raw then return nil end
+  local secs, why = exchange.retry_after(raw, os.time(), max)
+  if why == "unusable" then
+    log_once("retry-after:" .. e.name, WARN, "FERRY-6034", "exchange \"" .. e.name ..
+      "\": Retry-After \"" .. raw:sub(1, 64) .. "\" is not delta-seconds or an HTTP-date" ..
+      " in the future: ignored, the backoff applies")
+  elseif why == "clamped" then
+    log_once("retry-after-clamp:" .. e.name, WARN, "FERRY-3075", "exchange \"" .. e.name ..
+      "\": Retry-After \"" .. raw:sub(1, 64) .. "\" is outside 1.." .. max ..
+      " s (max_backoff): the ban lasts " .. secs .. " s")
+  end
+  return secs
+end
+
 -- Ban pair x for exchange e.  Bans in a row double the backoff; a ban
--- long after the last one starts over.
-local function ban_pair(e, x, secs, reason)
+-- long after the last one starts over.  A ban of the rule (secs nil)
+-- lasts the banning answer's Retry-After when it has a usable one.
+local function ban_pair(e, x, secs, reason, head)
   local now = C.ferry_now()
   local max = e.ban and e.ban.max_backoff or 3600
   if x.bans > 0 and now - x.banned_until > max then C.ferry_ban(x, 0, nil) end
+  local ra = not secs and retry_after_secs(e, head, max)
+  if ra then
+    C.ferry_ban(x, ra, reason .. ", Retry-After")
+    return
+  end
   C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
 end
 
@@ -503,7 +568,8 @@ function M.result(ud)
       end
     end
     if verdict == "ban" then
-      ban_pair(e, x, secs, reason)
+      ban_pair(e, x, secs, reason, r.head ~= nil and ffi_string(r.head, r.head_len) or nil)
+      r.banned = 1 -- the core may send the request again elsewhere (retry on ban)
       return
     end
   end

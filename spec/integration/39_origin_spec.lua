@@ -54,7 +54,8 @@ describe("TLS origination", function()
   local L_DIRECT, L_TINY, L_SOCKS, L_FERRY, L_TLSP, L_TWO, ADM = procs.free_port(),
     procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port(),
     procs.free_port(), procs.free_port()
-  local origin, other, wrong, tiny, msocks, fb, fa
+  local S = procs.free_port()
+  local origin, other, wrong, tiny, msocks, stun, fb, fa
   local host = "localhost:" .. O
 
   setup(function()
@@ -67,6 +68,8 @@ describe("TLS origination", function()
     wrong = tls_origin.start(O_WRONG, pki.wrong_cert, pki.wrong_key)
     tiny = procs.tinyproxy(T)
     msocks = procs.microsocks(M)
+    -- An https:// proxy: stunnel (the spec CA's certificate) before tinyproxy.
+    stun = procs.stunnel { { accept = S, connect = T, cert = pki.cert, key = pki.key } }
     -- A second ferry as an upstream HTTP proxy (it answers CONNECT).
     fb = procs.ferry(string.format('listen { name = "b", addr = "127.0.0.1:%d" }\n', B), { B })
     -- Each listener's requests take the pool of its name; the origin sees
@@ -89,21 +92,21 @@ admin { addr = "127.0.0.1:%d" }
 pool "tiny" { proxies = { { url = "http://127.0.0.1:%d", id = "tiny" } } }
 pool "socks" { proxies = { { url = "socks5://127.0.0.1:%d", id = "socks" } } }
 pool "ferry" { proxies = { { url = "http://127.0.0.1:%d", id = "ferry-b" } } }
-pool "tlsproxy" { proxies = { { url = "https://127.0.0.1:%d", id = "tlsp" } } }
+pool "tlsproxy" { proxies = { { url = "https://127.0.0.1:%d", id = "tlsp", tls = { ca = "%s" } } } }
 pool "two" { strategy = "round_robin", breaker = false, retries = 0,
   proxies = { { url = "http://127.0.0.1:%d", id = "t2" }, { url = "socks5://127.0.0.1:%d", id = "s2" } } }
 exchange "loc" { hosts = { "localhost" }, pool = "direct", script = "%s",
   tls = { ca = "%s" }, ban = { status = { 429 }, backoff = 60 } }
 exchange "up" { hosts = { "127.0.0.1" }, pool = "direct", script = "%s", upgrade_tls = true,
   tls = { ca = "%s" } }
-]], L_DIRECT, L_TINY, L_SOCKS, L_FERRY, L_TLSP, L_TWO, ADM, T, M, B, B, T, M, script, cafile,
+]], L_DIRECT, L_TINY, L_SOCKS, L_FERRY, L_TLSP, L_TWO, ADM, T, M, B, S, pki.ca, T, M, script, cafile,
       script, cafile), { L_DIRECT, L_TINY, L_SOCKS, L_FERRY, L_TLSP, L_TWO, ADM })
   end)
 
   teardown(function()
     if fa then procs.stop_ferry(fa) end
     if fb then procs.stop_ferry(fb) end
-    for _, p in ipairs { origin, other, wrong, tiny, msocks } do procs.stop(p) end
+    for _, p in ipairs { origin, other, wrong, stun, tiny, msocks } do procs.stop(p) end
     os.execute("rm -rf " .. q(dir))
   end)
 
@@ -116,10 +119,12 @@ exchange "up" { hosts = { "127.0.0.1" }, pool = "direct", script = "%s", upgrade
       assert.matches("^GET /head HTTP/1.1\r\n", body)
       assert.truthy(body:find("\r\nHost: " .. host .. "\r\n", 1, true), body)
       assert.truthy(body:find("\r\nX-Scheme: https", 1, true), body)
-      local access
-      for _, l in ipairs(lines_with(fa, "FERRY-0200")) do
-        if l.path == "/head" and l.listener == via[3] then access = l end
-      end
+      -- The access line may reach the log just after the answer.
+      local access = procs.wait_for(function()
+        for _, l in ipairs(lines_with(fa, "FERRY-0200")) do
+          if l.path == "/head" and l.listener == via[3] then return l end
+        end
+      end, 5)
       assert.is_table(access)
       assert.equal("https", access.scheme)
       assert.equal("localhost", access.host)
@@ -131,10 +136,11 @@ exchange "up" { hosts = { "127.0.0.1" }, pool = "direct", script = "%s", upgrade
     -- Nothing listens on 443 here: the attempt is refused there, not on 80.
     local status, _, head = get(L_DIRECT, "https://localhost/x", "localhost")
     assert.equal(502, status)
-    local failed
-    for _, l in ipairs(procs.log_lines(fa)) do
-      if l.msg == "access" and l.path == "/x" then failed = l end
-    end
+    local failed = procs.wait_for(function()
+      for _, l in ipairs(procs.log_lines(fa)) do
+        if l.msg == "access" and l.path == "/x" then return l end
+      end
+    end, 5)
     assert.is_not_nil(failed, head)
     assert.equal(443, failed.port)
     assert.equal("https", failed.scheme)
@@ -145,6 +151,20 @@ exchange "up" { hosts = { "127.0.0.1" }, pool = "direct", script = "%s", upgrade
                                       url = "http://127.0.0.1:" .. O .. "/host" }
     assert.equal(200, status)
     assert.equal("127.0.0.1:" .. O, body)
+  end)
+
+  it("upgrade_tls: port 80 becomes 443, another port is kept", function()
+    -- Nothing listens on 127.0.0.1:443 here: the attempt fails there.
+    local status = get(L_DIRECT, "http://127.0.0.1/p80", "127.0.0.1")
+    assert.equal(502, status)
+    local line = procs.wait_for(function()
+      for _, l in ipairs(procs.log_lines(fa)) do
+        if l.msg == "access" and l.path == "/p80" then return l end
+      end
+    end, 5)
+    assert.is_table(line)
+    assert.equal(443, line.port)
+    assert.equal("https", line.scheme)
   end)
 
   it("upgrade_tls: Python requests with an http proxy", function()
@@ -170,8 +190,11 @@ print(r.text)
     assert.equal(502, status)
     assert.truthy(head:find("X-Ferry-Error: FERRY-3042", 1, true), head)
     assert.truthy(body:find("FERRY-3042", 1, true))
-    local why = lines_with(fa, "FERRY-3045")
-    assert.truthy(#why > 0)
+    local why = procs.wait_for(function()
+      local w = lines_with(fa, "FERRY-3045")
+      return #w > 0 and w or nil
+    end, 5)
+    assert.is_table(why)
     assert.truthy(why[#why].msg:find("unable to get local issuer certificate", 1, true),
       why[#why].msg)
     -- The destination's fault: retried once at most, never charged to the proxy.
@@ -184,8 +207,13 @@ print(r.text)
     local status, _, head = get(L_DIRECT, "https://" .. hp .. "/ok", hp)
     assert.equal(502, status)
     assert.truthy(head:find("X-Ferry-Error: FERRY-3042", 1, true), head)
-    local why = lines_with(fa, "FERRY-3045")
-    assert.truthy(why[#why].msg:find("hostname mismatch", 1, true), why[#why].msg)
+    local why = procs.wait_for(function()
+      for _, l in ipairs(lines_with(fa, "FERRY-3045")) do
+        if l.msg:find(hp, 1, true) then return l end
+      end
+    end, 5)
+    assert.is_table(why)
+    assert.truthy(why.msg:find("hostname mismatch", 1, true), why.msg)
   end)
 
   it("verifies against the system store when no exchange names a CA", function()
@@ -195,16 +223,22 @@ print(r.text)
     assert.truthy(head:find("X-Ferry-Error: FERRY-3042", 1, true), head)
   end)
 
-  it("refuses origination through an https:// proxy with FERRY-3044", function()
-    local status, _, head = get(L_TLSP, "https://" .. host .. "/ok", host)
-    assert.equal(502, status)
-    assert.truthy(head:find("X-Ferry-Error: FERRY-3044", 1, true), head)
-  end)
+  it("runs the origin's TLS inside an https:// proxy's TLS (stunnel before tinyproxy)",
+    function()
+      for i = 1, 3 do
+        local status, body = get(L_TLSP, "https://" .. host .. "/ok?i=" .. i, host)
+        assert.equal(200, status)
+        assert.equal("ok-" .. i, body)
+      end
+      local status, body = get(L_TLSP, "https://" .. host .. "/head", host)
+      assert.equal(200, status)
+      assert.matches("^GET /head HTTP/1.1\r\n", body)
+    end)
 
   for _, n in ipairs { 1024 * 1024, 8 * 1024 * 1024 } do
     it(string.format("moves %d MiB both ways intact (sha256)", n / 1048576), function()
       local want = sha_of(tls_origin.pattern(n))
-      for _, port in ipairs { L_DIRECT, L_TINY } do
+      for _, port in ipairs { L_DIRECT, L_TINY, L_TLSP } do
         local code, body = procs.curl { proxy = "http://127.0.0.1:" .. port, max_time = 60,
           flags = "--request-target " .. q("https://" .. host .. "/bytes?n=" .. n),
           url = "http://" .. host .. "/" }
@@ -293,10 +327,15 @@ print(r.text)
       local s = get(L_TWO, "https://" .. host .. "/ok?i=" .. i, host)
       assert.equal(200, s)
     end
-    local used = {}
-    for _, l in ipairs(lines_with(fa, "FERRY-0200")) do
-      if l.listener == "two" and l.path:match("^/ok") then used[l.proxy] = true end
-    end
+    local used, n = {}, 0
+    procs.wait_for(function()
+      used, n = {}, 0
+      for _, l in ipairs(lines_with(fa, "FERRY-0200")) do
+        if l.listener == "two" and l.path:match("^/ok") then used[l.proxy], n = true, n + 1 end
+      end
+      return n >= 4
+    end, 5)
+    assert.equal(4, n)
     assert.is_nil(used[ban.proxy])
   end)
 

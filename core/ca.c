@@ -299,6 +299,30 @@ static int write_new(const char *path, mode_t mode, int excl, X509 *cert, EVP_PK
     return 0;
 }
 
+/* mkdir -p, each new directory 0700. */
+static int make_dirs(const char *dir)
+{
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof(path), "%s", dir) >= sizeof(path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = path + 1; ; p++) {
+        if (*p != '/' && *p != '\0') {
+            continue;
+        }
+        char c = *p;
+        *p = '\0';
+        if (mkdir(path, 0700) == -1 && errno != EEXIST) {
+            return -1;
+        }
+        *p = c;
+        if (c == '\0') {
+            return 0;
+        }
+    }
+}
+
 int ca_init(const struct ca_init_opts *o, char *err, size_t room)
 {
     char keypath[4096], certpath[4096];
@@ -320,7 +344,7 @@ int ca_init(const struct ca_init_opts *o, char *err, size_t room)
         snprintf(err, room, "FERRY-7602: directory name too long");
         return -1;
     }
-    if (mkdir(o->dir, 0700) == -1 && errno != EEXIST) {
+    if (make_dirs(o->dir) != 0) {
         snprintf(err, room, "FERRY-7601: cannot create directory %s: %s", o->dir,
                  strerror(errno));
         return -1;

@@ -32,7 +32,7 @@ static void ca_usage(FILE *out)
             "usage: ferry ca init DIR [--name-constraint DOMAIN]... [--days N] [--subject S]\n"
             "           writes DIR/ca.key (mode 0600, never overwritten) and DIR/ca.crt\n"
             "       ferry ca mint DIR NAME... [--sni NAME | --no-sni] [--verify CAFILE]\n"
-            "                     [--repeat N] [--cache N] [--unchecked] [--bench N]\n"
+            "                     [--repeat N] [--cache N] [--prepare] [--unchecked] [--bench N]\n"
             "           the certificate chain an intercepted client gets for the last NAME (PEM)\n");
 }
 
@@ -112,7 +112,7 @@ static int cmd_init(int argc, char **argv)
 struct mint_opts {
     const char *dir, *name, *sni, *verify;
     const char *names[CA_MINT_NAMES_MAX]; /* handshakes in this order, name the last */
-    int nnames, no_sni, repeat, cache, unchecked, bench;
+    int nnames, no_sni, repeat, cache, unchecked, bench, prepare;
 };
 
 static double clock_s(clockid_t id)
@@ -178,6 +178,9 @@ static int handshake(const struct mint_opts *o, SSL_CTX *cctx, SSL **out, char *
     lg.fd = sp[0];
     int rc = -1;
     SSL *cl = NULL;
+    if (o->prepare && mint_prepare(o->name, why, room) != 0) {
+        goto out;
+    }
     if (mint_leg_accept(&lg, o->name) != 0) {
         snprintf(why, room, "mint_leg_accept failed (no CA, or a name that does not fit)");
         goto out;
@@ -367,6 +370,8 @@ static int cmd_mint(int argc, char **argv)
                 return 2;
             }
             i++;
+        } else if (strcmp(a, "--prepare") == 0) {
+            o.prepare = 1; /* mint_prepare first, as the interception may */
         } else if (strcmp(a, "--unchecked") == 0) {
             o.unchecked = 1;
         } else if (a[0] != '-' && o.dir == NULL) {

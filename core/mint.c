@@ -318,6 +318,20 @@ int mint_leg_accept(struct leg *lg, const char *host)
     return 0;
 }
 
+int mint_prepare(const char *host, char *err, size_t room)
+{
+    char name[HOST_MAX_LEN + 1];
+    if (mint.ca == NULL) {
+        snprintf(err, room, "FERRY-1082: no CA is loaded (tls { ca_cert, ca_key })");
+        return -1;
+    }
+    if (normalize(host, name, sizeof(name)) != 0) {
+        snprintf(err, room, "FERRY-1082: cannot mint a certificate for \"%.64s\"", host);
+        return -1;
+    }
+    return leaf_get(name, err, room) != NULL ? 0 : -1;
+}
+
 int mint_client_refused(const struct leg *lg)
 {
     SSL *ssl = tls_leg_ssl(lg);

@@ -198,6 +198,11 @@ describe("ferry ca", function()
         assert.equal("", out)
         assert.truthy(err:find("FERRY-1082", 1, true), err)
         assert.truthy(err:find("name constraints", 1, true), err)
+        -- mint_prepare says so before any handshake.
+        code, out, err = ferry("ca mint " .. q(nc) .. " " .. name .. " --prepare")
+        assert.equal(1, code, name)
+        assert.equal("", out)
+        assert.truthy(err:find(name .. ": FERRY-1082: the name is outside", 1, true), err)
         -- What a client would make of it, minted without ferry's check.
         code, out, err = ferry("ca mint " .. q(nc) .. " " .. name .. " --unchecked")
         assert.equal(0, code, err)
@@ -224,6 +229,10 @@ describe("ferry ca", function()
     local code, _, err = ferry("ca mint " .. q(ca) .. " api.example.com --repeat 5")
     assert.equal(0, code, err)
     assert.truthy(err:find("minted 1, cache hits 4, evictions 0, cached 1", 1, true), err)
+    -- mint_prepare mints into the cache: the handshake after it is a hit.
+    code, _, err = ferry("ca mint " .. q(ca) .. " api.example.com --prepare")
+    assert.equal(0, code, err)
+    assert.truthy(err:find("minted 1, cache hits 1, evictions 0, cached 1", 1, true), err)
     -- A bounded LRU: with room for two, a third name evicts the least recently used.
     code, _, err = ferry("ca mint " .. q(ca) .. " a.example b.example a.example c.example " ..
       "a.example b.example --cache 2")

@@ -38,6 +38,7 @@ enum conn_state {
     CS_HANDSHAKE, /* connector handshake: HTTP CONNECT or SOCKS5 */
     CS_BACKOFF,   /* waiting before the next attempt on another proxy */
     CS_QUEUE,     /* waiting for a connection slot of the upstream (uppool.c) */
+    CS_RATE,      /* waiting for a rate-budget token of the exchange (rate.c) */
     CS_EXCHANGE,  /* plain HTTP: request body out, response back */
     CS_TUNNEL,    /* opaque relay both ways: CONNECT or a WebSocket after 101 */
     CS_DRAIN,     /* final bytes to the client, then a lingering close */
@@ -175,6 +176,12 @@ struct conn {
     size_t hdr_add_len;
     char *hdr_drop;              /* "\nname\n..." on_request drops (NUL-terminated), or NULL */
 
+    /* Rate budgets: the wait for a token of the exchange (rate.c). */
+    struct conn *rate_prev, *rate_next; /* private: the exchange's FIFO */
+    double rate_since;           /* private: when this request began waiting, 0: not yet */
+    double rate_wait;            /* private: seconds to the next token (Retry-After) */
+    unsigned rate_queued:1;      /* private: in the exchange's FIFO */
+    unsigned rate_woken:1;       /* private: its turn came: route again */
     /* TLS origination (origin_tls.c).  A caller that hands conn_route a
      * request ferry must send over TLS (an interception of a client's
      * tunnel) sets, before conn_route: c->host and c->port (the origin),

@@ -2,6 +2,7 @@
  * rewritten heads out, bodies relayed by their framing. */
 #include "authfail.h"
 #include "conn.h"
+#include "rate.h"
 #include "ctl.h"
 #include "health.h"
 #include "inbound.h"
@@ -103,6 +104,8 @@ void conn_write_http_error(struct conn *c, enum ferr e)
         snprintf(extra, sizeof(extra), "Proxy-Authenticate: Basic realm=\"ferry\"\r\n");
     } else if (e == FERR_AUTH_THROTTLED) {
         snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", authfail_retry_after(c->client));
+    } else if (e == FERR_RATE_LIMITED || e == FERR_RATE_TIMEOUT) {
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", rate_retry_after(c));
     }
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"

@@ -7,6 +7,7 @@
 #include "metrics.h"
 #include "origin_tls.h"
 #include "proxy.h"
+#include "rate.h"
 #include "resolve.h"
 #include "transport.h"
 #include "upstream.h"
@@ -44,6 +45,7 @@ void conn_upstream_close(struct conn *c)
         c->up.fd = -1;
     }
     uppool_drop(c);
+    rate_drop(c);
     if (c->counted && c->proxy != NULL) {
         proxy_attempt_end(c->proxy);
     }
@@ -143,6 +145,11 @@ void conn_route(struct conn *c)
     }
     conn_set_header_edits(c, r.add_headers, r.add_headers_len, r.drop_headers,
                           r.drop_headers_len);
+    if (id == BRIDGE_RATE) {
+        rate_wait(c, r.rate_wait); /* queued, or answered 429 */
+        return;
+    }
+    rate_routed(c);
     if (id < 0 && c->attempt > 0 && conn_ban_answer_last(c)) {
         return; /* every proxy left is banned: the last banned answer */
     }
@@ -697,6 +704,9 @@ void conn_on_timeout(struct conn *c)
         break;
     case CS_BACKOFF:
         conn_route(c);
+        break;
+    case CS_RATE:
+        rate_timer_fired(c);
         break;
     case CS_QUEUE:
         if (uppool_queue_fired(c)) {

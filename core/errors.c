@@ -91,6 +91,12 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_SOCKS4_NO_IPV4]     = { "FERRY-3050", 502, "Bad Gateway",
                                   "the destination has no IPv4 address, which a SOCKS4 proxy "
                                   "needs (use socks4a:// or socks5://)" },
+    [FERR_RATE_LIMITED]       = { "FERRY-2010", 429, "Too Many Requests",
+                                  "no proxy has rate budget left for this exchange and its "
+                                  "wait queue is full (see Retry-After)" },
+    [FERR_RATE_TIMEOUT]       = { "FERRY-2011", 429, "Too Many Requests",
+                                  "no rate budget for this exchange came within its "
+                                  "queue_timeout (see Retry-After)" },
     [FERR_ORIGIN_VERIFY]      = { "FERRY-3042", 502, "Bad Gateway",
                                   "the origin's TLS certificate did not verify (see the log)" },
     [FERR_ORIGIN_TLS]         = { "FERRY-3043", 502, "Bad Gateway",

@@ -45,6 +45,8 @@ enum ferr {
     FERR_UPSTREAM_TLS,     /* TLS to an https:// proxy failed (certificate, protocol) */
     FERR_TLS_PLAIN_HTTP,   /* plain HTTP sent to a TLS listener */
     FERR_SOCKS4_NO_IPV4,   /* a SOCKS4 proxy cannot reach a destination without IPv4 */
+    FERR_RATE_LIMITED,     /* no proxy has rate budget and the exchange's queue is full or 0 */
+    FERR_RATE_TIMEOUT,     /* no rate budget came within the exchange's queue_timeout */
     /* TLS origination (origin_tls.c) */
     FERR_ORIGIN_VERIFY,    /* the origin's certificate did not verify */
     FERR_ORIGIN_TLS,       /* the TLS handshake with the origin failed */

@@ -412,15 +412,29 @@ function M.commit(prep, old)
     e.name = name
     e.pool = e.cfg.pool
     e.capture = e.hooks.on_response ~= nil or (e.ban ~= nil and e.ban.body ~= nil)
+    local rt = e.cfg.rate
+    if rt then
+      -- The buckets learn from the answers' headers: the head is needed.
+      e.capture = true
+      e.rate = { rate = rt.limit / rt.per, cap = rt.burst, limit = rt.limit, per = rt.per }
+      C.ferry_rate_set(e.id, rt.limit, rt.per, rt.burst, rt.queue, rt.queue_timeout)
+    else
+      e.rate = nil
+      C.ferry_rate_set(e.id, 0, 0, 0, 0, 0)
+    end
     e.upgrade_tls = e.cfg.upgrade_tls
     local tls = e.cfg.tls or { verify = true }
     C.ferry_exchange_set_tls(e.id, e.tls_ctx, tls.verify and 1 or 0, tls.sni)
     exchanges[name], by_id[e.id] = e, e
   end
   -- Exchanges of the old config that left take the defaults; contexts
-  -- no exchange uses any more are freed (SSLs in flight hold their own).
+  -- no exchange uses any more are freed (SSLs in flight hold their own);
+  -- their rate waiters go on without a budget.
   for name, e in pairs(old and old.exchanges or {}) do
-    if not exchanges[name] then C.ferry_exchange_set_tls(e.id, nil, 1, nil) end
+    if not exchanges[name] then
+      C.ferry_exchange_set_tls(e.id, nil, 1, nil)
+      if e.id then C.ferry_rate_set(e.id, 0, 0, 0, 0, 0) end
+    end
   end
   C.ferry_origin_tls_sweep()
   -- Upstream connection limits: every pool, and index 0 for direct.

@@ -312,6 +312,27 @@ local function parse_ban(where, t, has_script)
   return b
 end
 
+-- rate = { limit, per, burst, queue, queue_timeout }: the token bucket
+-- of every (proxy, exchange) pair (core/rate.c).
+local RATE_LIMIT_MAX = 1e9
+local RATE_QUEUE_MAX = 100000
+
+local function parse_rate(where, t)
+  if t == nil then return nil end
+  where = where .. ": rate"
+  if type(t) ~= "table" then fail(where, "expected a table { limit = N, per = seconds }") end
+  check_fields(where, t, { limit = true, per = true, burst = true, queue = true,
+                           queue_timeout = true })
+  if t.limit == nil then fail(where, "limit is required (tokens per `per` seconds)") end
+  local r = {}
+  r.limit = want_number(where, "limit", t.limit, 0.001, RATE_LIMIT_MAX)
+  r.per = want_number(where, "per", t.per, 0.001, 86400) or 1
+  r.burst = want_number(where, "burst", t.burst, 1, RATE_LIMIT_MAX) or r.limit
+  r.queue = want_number(where, "queue", t.queue, 0, RATE_QUEUE_MAX, true) or 256
+  r.queue_timeout = want_number(where, "queue_timeout", t.queue_timeout, 0.001, 3600) or 5
+  return r
+end
+
 -- nil, or why path cannot be read as a file.  io.open succeeds on a
 -- directory; only reading from it fails.
 local function unreadable(path)
@@ -645,7 +666,7 @@ local function evaluate(chunk, file)
     local line = caller_line(file)
     return function(t)
       check_fields(where, t, { hosts = true, pool = true, ban = true, script = true,
-                               upgrade_tls = true, tls = true })
+                               upgrade_tls = true, tls = true, rate = true })
       if type(t.hosts) ~= "table" or #t.hosts == 0 then
         fail(where, "hosts: at least one host pattern is required")
       end
@@ -659,6 +680,7 @@ local function evaluate(chunk, file)
       if type(t.pool) ~= "string" then fail(where, "pool is required") end
       local ex = { name = name, hosts = hosts, pool = t.pool, line = line, where = where }
       ex.ban = parse_ban(where, t.ban, t.script ~= nil)
+      ex.rate = parse_rate(where, t.rate)
       -- TLS origination: plain http:// requests go out over TLS, verified.
       ex.upgrade_tls = want(where, "upgrade_tls", t.upgrade_tls, "boolean") or false
       local otls, oerr = tls_opts.origin(t.tls, function(f) return resolve_path(dir, f) end)

@@ -464,6 +464,25 @@ function exchange.list()
                          empty = "(no exchanges)", hint = "proxy.list(name) shows one" })
 end
 
+local RATE_COLUMNS = {
+  { "id", "ID", right = true }, { "proxy", "PROXY" }, { "tokens", "TOKENS", right = true },
+  { "capacity", "CAPACITY", right = true }, { "next_s", "NEXT_TOKEN_S", right = true },
+  { "empty_s", "EMPTY_S", right = true },
+}
+
+-- The rate budget of every (proxy, exchange) pair of exchange `name`.
+function M.rate(name)
+  local cur = active()
+  local rate = require("ferry.rate")
+  local rows, e = rate.pairs(cur, name_arg(name, "exchange", "rate"))
+  if not rows then fail(e) end
+  local s = rate.stats(e) or {}
+  return as_view(rows, { kind = "table", columns = RATE_COLUMNS, empty = "(no proxies)",
+    title = format('exchange "%s": %s per %ss, waiting %d, waited %d, rejected %d',
+      e.name, tostring(e.rate.limit), tostring(e.rate.per), s.waiting or 0, s.waited or 0,
+      s.rejected or 0) })
+end
+
 function M.reload()
   count_change()
   local ok, err = cur_rt.reload_now()

@@ -4,7 +4,8 @@
 --   on_request(req)        -> nil | false (deny) |
 --                             { pool = "name", headers = { add = {...}, drop = {...} } }
 --   select(pool, req)      -> a proxy of the pool, or nil to let the strategy choose
---   on_response(res, proxy)-> nil | "ok" | "failure" | { ban = seconds }
+--   on_response(res, proxy)-> nil | "ok" | "failure" | { ban = seconds, used = N }
+--   weight(req)            -> tokens the request costs from the rate budget (default 1)
 -- Scripts run in a sandbox without io, os.execute or require, and
 -- interpreted, so the core's instruction budget can stop a runaway loop.
 local type, pairs, ipairs, tostring, tonumber, pcall, setfenv, loadfile =
@@ -15,7 +16,7 @@ local rtrim = require("ferry.text").rtrim
 
 local M = {}
 
-local HOOKS = { on_request = true, select = true, on_response = true }
+local HOOKS = { on_request = true, select = true, on_response = true, weight = true }
 local TOKEN = "^[!#$%%&'*+%-.^_`|~%w]+$"
 
 -- Globals a script may use: pure functions only.
@@ -54,7 +55,7 @@ function M.load_script(path, name)
   end
   for k, v in pairs(hooks) do
     if not HOOKS[k] then
-      return nil, format('%s: exchange "%s": unknown hook "%s" (on_request, select, on_response)',
+      return nil, format('%s: exchange "%s": unknown hook "%s" (on_request, select, on_response, weight)',
         path, name, tostring(k))
     end
     if type(v) ~= "function" then
@@ -200,15 +201,37 @@ function M.retry_after(v, now, max)
 end
 
 -- What an on_response answer means: "ok", "failure", a ban in seconds,
--- or nil (no opinion).  Raises on anything else.
+-- or nil (no opinion); and, third, the weight the exchange says the
+-- proxy has used in its rate window ({ used = N }, rate budgets), or
+-- nil.  A table may carry ban, used or both.  Raises on anything else.
 function M.verdict(v)
   if v == nil or v == "ok" or v == "failure" then return v end
   if type(v) == "table" then
+    local used = v.used
+    if used ~= nil then
+      used = tonumber(used)
+      if not used or used ~= used or used < 0 or used == math.huge then
+        error("on_response: used must be a number >= 0, got " .. tostring(v.used))
+      end
+    end
     local secs = tonumber(v.ban)
-    if secs and secs > 0 and secs == secs then return "ban", secs end
+    if secs and secs > 0 and secs == secs then return "ban", secs, used end
+    if v.ban == nil and used then return nil, nil, used end
   end
-  error("on_response must return nil, \"ok\", \"failure\" or { ban = seconds }, got " ..
+  error("on_response must return nil, \"ok\", \"failure\" or { ban = seconds, used = N }, got " ..
     (type(v) == "string" and format("%q", v) or "a " .. type(v)))
+end
+
+-- The largest weight one request may have (a larger answer is an error).
+M.WEIGHT_MAX = 1e6
+
+-- A weight hook's answer as tokens, or nil and why it is refused.
+function M.weight_of(v)
+  if type(v) ~= "number" then return nil, "weight must return a number, got a " .. type(v) end
+  if v ~= v or v < 0 or v > M.WEIGHT_MAX then
+    return nil, "weight must return a number from 0 to " .. M.WEIGHT_MAX .. ", got " .. tostring(v)
+  end
+  return v
 end
 
 return M

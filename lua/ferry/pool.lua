@@ -106,8 +106,24 @@ function Pool:eligible(p, req)
   if region and not in_region(p, region) then return false end
   local tried = req.tried
   if tried and tried[p.id] then return false end
-  if self.relaxed or not self.pair_of then return true end
-  local x = self:pair(p, req.exid or 0)
+  if not self.pair_of then return true end
+  -- The pair, from the entry's cache first (pool:pair fills it).
+  local exid = req.exid or 0
+  local xs = p.x
+  local x = xs and xs[exid]
+  if x == nil then x = self:pair(p, exid) end
+  -- A rate budget binds even a relaxed pool (panic, all_down = "any"):
+  -- spending past it is what gets an address banned.  req.rate is the
+  -- exchange's { rate = tokens per second }, req.weight the request's
+  -- cost (at most the bucket), req.now the dispatch's clock
+  -- (runtime.lua); the bucket's tokens are core/rate.c's refill, read
+  -- without writing.
+  local rt = rawget(req, "rate")
+  if rt and x ~= nil then
+    local at = x.rate_at
+    if at ~= 0 and x.rate_tokens + (req.now - at) * rt.rate < req.weight then return false end
+  end
+  if self.relaxed then return true end
   if x ~= nil and (x.breaker ~= CLOSED or x.banned_until ~= 0) then
     return not self:pair_blocked(x, self.now())
   end
@@ -130,6 +146,32 @@ function M.new(name, proxies, opts)
     -- broken strategy cannot corrupt the thing that stands in for it.
     rr = 0,
   }, Pool)
+end
+
+-- Seconds until some proxy of the pool eligible for req (health aside
+-- when relaxed) has req.weight tokens of req.rate's budget, or nil when
+-- none is eligible even with budget.  O(n): only when no proxy has
+-- budget now (the request is about to wait or be refused).
+function Pool:rate_wait(req)
+  local rt = rawget(req, "rate")
+  req.rate = false
+  local best
+  local list, now, w, rate = self.proxies, req.now, req.weight, rt.rate
+  for i = 1, #list do
+    local p = list[i]
+    if self:eligible(p, req) then
+      local x = self:pair(p, req.exid)
+      local wait = 0
+      if x ~= nil and x.rate_at ~= 0 then
+        -- tokens(T) = rate_tokens + (T - rate_at) * rate, from rate_at on
+        wait = x.rate_at + (w - x.rate_tokens) / rate - now
+      end
+      if wait < 0 then wait = 0 end
+      if not best or wait < best then best = wait end
+    end
+  end
+  req.rate = rt
+  return best
 end
 
 -- Pools up to SCAN_MAX proxies are scanned whole by the strategies that

@@ -315,6 +315,12 @@ int conn_ban_settle(struct conn *c);
 /* Dispatch found no proxy for a retry on ban: answer the last banned
  * response when it was kept.  1 when answered. */
 int conn_ban_answer_last(struct conn *c);
+/* After the dispatch of a retry on ban: 1 when it chose a proxy that is
+ * banned for the exchange too (all_down = "any" picks one anyway), and
+ * the client was answered with the last banned answer instead. */
+int conn_ban_no_other(struct conn *c);
+/* The response went idle while held: 1 when a banned one was retried. */
+int conn_ban_stalled(struct conn *c);
 void conn_ban_reset(struct conn *c);
 
 /* tunnel.c */

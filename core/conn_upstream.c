@@ -174,6 +174,9 @@ void conn_route(struct conn *c)
         conn_fail(c, FERR_ROUTE_ERROR);
         return;
     }
+    if (conn_ban_no_other(c)) {
+        return; /* a retry on ban found only banned proxies: the last answer */
+    }
     if (c->attempt == 0) {
         c->ban_retry = (unsigned char)(r.ban_retry > 0 && r.ban_retry <= FERRY_RETRIES_MAX
                                            ? r.ban_retry : 0);
@@ -724,6 +727,8 @@ void conn_on_timeout(struct conn *c)
             conn_arm(c, min_d(timeouts.idle, c->deadline - loop_now()));
         } else if (!c->resp_head_done) {
             conn_attempt_failed(c, FERRY_FAIL_TIMEOUT, FERR_FIRST_BYTE_TIMEOUT);
+        } else if (conn_ban_stalled(c)) {
+            /* a banned answer held for the rest of its body: retried now */
         } else {
             struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
             log_event(LOG_WARN, "FERRY-3009", &ctx, "response idle timeout");

@@ -76,8 +76,10 @@ pool "okx" {
 
 exchange "binance" { hosts = { "*.binance.com", "binance.com" }, pool = "binance",
                      upgrade_tls = true, -- http:// goes out as verified https://
+                     -- A banned GET goes again through another node (retry = 2);
+                     -- a ban lasts the answer's Retry-After when it has one.
                      ban = { status = { 403, 418, 429 }, backoff = 60, max_backoff = 3600,
-                             body = { "IP banned" } },
+                             body = { "IP banned" }, retry = 2 },
                      script = "exchanges/binance.lua" }
 exchange "bybit"   { hosts = { "*.bybit.com" }, pool = "bybit",
                      ban = { status = { 403 }, backoff = 300 },

@@ -40,11 +40,13 @@ enum conn_state {
     CS_EXCHANGE,  /* plain HTTP: request body out, response back */
     CS_TUNNEL,    /* opaque relay both ways: CONNECT or a WebSocket after 101 */
     CS_DRAIN,     /* final bytes to the client, then a lingering close */
-    CS_ADMIN_OUT  /* an admin answer larger than cli.out, fed in as the client reads */
+    CS_ADMIN_OUT, /* an admin answer larger than cli.out, fed in as the client reads */
+    CS_MITM_HELLO /* intercepted CONNECT: its answer leaves, then TLS starts (intercept.c) */
 };
 
 struct inbound_ops;
 struct listener;
+struct mitm;
 struct proxy;
 struct report_cap;
 struct resolve_req;
@@ -172,6 +174,10 @@ struct conn {
     char *hdr_add;               /* header lines on_request adds, or NULL */
     size_t hdr_add_len;
     char *hdr_drop;              /* "\nname\n..." on_request drops (NUL-terminated), or NULL */
+
+    /* Interception (intercept.c): the CONNECT this session came through,
+     * NULL while the client leg is not an intercepted TLS session. */
+    struct mitm *mitm;
 };
 
 struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);
@@ -212,6 +218,8 @@ void conn_log_done(struct conn *c, const char *code);
 void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, const char *drop,
                            size_t drop_len);
 void conn_clear_header_edits(struct conn *c);
+/* The sticky session key of X-Ferry-Session (fields marked hop: never forwarded). */
+void conn_take_session(struct conn *c, const char *base);
 
 /* conn_head.c: every head ferry writes, rebuilt from parsed spans. */
 #define VIA_NAME_MAX 64

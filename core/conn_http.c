@@ -53,6 +53,7 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
     ctx->pool = c->pool > 0 ? ferry_pool_name(c->pool) : NULL;
     ctx->exchange = c->exchange != 0 ? health_exchange_name(c->exchange) : NULL;
     ctx->proxy = c->proxy != NULL ? c->proxy->display : NULL;
+    ctx->intercepted = c->mitm != NULL;
 }
 
 void conn_log_done(struct conn *c, const char *code)
@@ -138,7 +139,11 @@ static void fail_answer(struct conn *c, enum ferr e, int quiet)
         conn_close(c);
         return;
     }
-    c->in->answer_fail(c, e);
+    if (c->mitm != NULL) {
+        conn_write_http_error(c, e); /* inside an intercepted session: HTTP */
+    } else {
+        c->in->answer_fail(c, e);
+    }
     c->sent_any = 1;
     log_done(c);
     c->state = CS_DRAIN;
@@ -251,7 +256,7 @@ void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, cons
 /* The sticky session key: the first X-Ferry-Session header, else the
  * -session-KEY suffix of the proxy user name.  Every X-Ferry-Session
  * field stops here: a repeated one must not reach upstream either. */
-static void take_session(struct conn *c, const char *base)
+void conn_take_session(struct conn *c, const char *base)
 {
     int taken = 0;
     for (unsigned i = 0; i < c->req.nfields; i++) {
@@ -420,7 +425,7 @@ void conn_on_head(struct conn *c)
         /* No users to check: a -session-KEY user name still names a session. */
         listener_auth_session(c->l, auth, auth_len, c->session, sizeof(c->session));
     }
-    take_session(c, base);
+    conn_take_session(c, base);
     if (c->req.method == HTTP_OPTIONS && http_span_ieq(base, c->req.url, "*")) {
         answer_here(c); /* OPTIONS * asks the proxy itself */
         return;

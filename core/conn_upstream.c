@@ -2,6 +2,7 @@
 #include "bridge.h"
 #include "conn.h"
 #include "inbound.h"
+#include "intercept.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -98,6 +99,9 @@ void conn_route(struct conn *c)
     r.head_len = (uint32_t)c->head_len;
     r.retries = -1;
     r.pool = -1; /* until the runtime chooses one (0 = direct) */
+    if (c->is_connect && !conn_intercept_possible(c)) {
+        r.flags |= FERRY_REQ_NO_INTERCEPT;
+    }
     int64_t id = bridge_dispatch(&r);
     c->exchange = r.exchange;
     c->pool = r.pool;
@@ -114,6 +118,10 @@ void conn_route(struct conn *c)
                     : id == BRIDGE_NO_PROXY ? FERR_NO_PROXY
                     : id == BRIDGE_ALL_DOWN ? FERR_ALL_DOWN : FERR_ROUTE_ERROR;
         conn_fail(c, e);
+        return;
+    }
+    if (c->is_connect && (r.flags & FERRY_REQ_INTERCEPT)) {
+        conn_intercept_begin(c); /* ferry answers it and reads the requests inside */
         return;
     }
     c->proxy = id > 0 ? proxy_by_id((uint32_t)id) : NULL;
@@ -605,6 +613,7 @@ void conn_on_timeout(struct conn *c)
     case CS_TUNNEL:
     case CS_DRAIN:
     case CS_ADMIN_OUT:
+    case CS_MITM_HELLO:
         conn_close(c);
         break;
     }

@@ -239,7 +239,12 @@ struct ferry_admin_req {
 
 /* Bits of ferry_req.flags. */
 enum ferry_req_flag {
-    FERRY_REQ_CAPTURE = 0x1 /* keep the response head and first body bytes for Lua */
+    FERRY_REQ_CAPTURE = 0x1, /* keep the response head and first body bytes for Lua */
+    /* Interception: C sets NO_INTERCEPT before dispatch when this CONNECT
+     * cannot be intercepted (a TLS listener, an address, no CA); dispatch
+     * sets INTERCEPT for a CONNECT to an exchange with intercept = true. */
+    FERRY_REQ_INTERCEPT = 0x100,
+    FERRY_REQ_NO_INTERCEPT = 0x200
 };
 
 /* The loop's idea of "now", in seconds (ev_now). */

@@ -19,6 +19,7 @@ struct log_ctx {
     const char *pool;
     const char *proxy;    /* proxy id/display, never with credentials */
     const char *exchange;
+    int intercepted;      /* inside a CONNECT ferry intercepted: "intercepted":true */
 };
 
 extern int log_level_min;

@@ -7,6 +7,7 @@
 -- scripts) runs under pcall: a failing script falls back to a built-in
 -- choice, is counted, and is logged at most once per window.
 local ffi = require("ffi")
+local bit = require("bit")
 local cdef = require("ferry.cdef")
 local config = require("ferry.config")
 local plugins = require("ferry.plugins")
@@ -242,6 +243,9 @@ local function run_on_request(e, req, r)
   return res.pool
 end
 
+-- choose_pool's answer for a CONNECT that ferry intercepts (no pool).
+local INTERCEPTED = {}
+
 -- The pool name for req, or nil and a negative answer.
 local function choose_pool(cur, req, r)
   local cfg = cur.cfg
@@ -250,7 +254,14 @@ local function choose_pool(cur, req, r)
     local e = cur.exchanges[ex.name]
     req.exchange, req.exid = e.name, e.id
     r.exchange = e.id
-    if e.capture then r.flags = cdef.REQ_CAPTURE end
+    if e.cfg.intercept and r.is_connect ~= 0 and
+       bit.band(r.flags, cdef.REQ_NO_INTERCEPT) == 0 then
+      -- Ferry answers this CONNECT itself; each request inside is
+      -- dispatched on its own (hooks, pool, strategy), not the tunnel.
+      r.flags = bit.bor(r.flags, cdef.REQ_INTERCEPT)
+      return INTERCEPTED
+    end
+    if e.capture then r.flags = bit.bor(r.flags, cdef.REQ_CAPTURE) end
     if e.hooks.on_request then
       local pool, deny = run_on_request(e, req, r)
       if deny == false then return nil, DENY end
@@ -371,7 +382,7 @@ function M.dispatch(ud)
   anchored[1], anchored[2] = nil, nil
   local name, why = choose_pool(cur, req, r)
   if not name then return why end
-  if name == "direct" then
+  if name == "direct" or name == INTERCEPTED then
     r.pool = 0
     return 0
   end

@@ -213,6 +213,7 @@ int conn_intercept_tls_failed(struct conn *c)
         /* Plain HTTP after the 200: say so in plain HTTP, then close. */
         stats.hs_fail[INTERCEPT_HS_PLAIN_HTTP]++;
         leg_tr_free(&c->cli);
+        conn_new_cid(c);
         snprintf(c->method, sizeof(c->method), "-");
         conn_fail(c, FERR_MITM_PLAIN_HTTP);
         return 1;
@@ -306,6 +307,7 @@ void conn_intercept_input(struct conn *c)
     }
     const struct mitm *m = c->mitm;
     const char *base = buf_head(&c->cli.in);
+    stats.requests++;
     c->is_connect = 0;
     snprintf(c->host, sizeof(c->host), "%s", m->host);
     c->port = m->port;
@@ -330,7 +332,6 @@ void conn_intercept_input(struct conn *c)
     c->deadline = c->t_start + timeouts.request;
     c->head_started = 0;
     conn_intercept_origin(c);
-    stats.requests++;
     conn_route(c);
 }
 

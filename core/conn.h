@@ -178,6 +178,17 @@ struct conn {
     /* Interception (intercept.c): the CONNECT this session came through,
      * NULL while the client leg is not an intercepted TLS session. */
     struct mitm *mitm;
+    /* TLS origination (origin_tls.c).  A caller that hands conn_route a
+     * request ferry must send over TLS (an interception of a client's
+     * tunnel) sets, before conn_route: c->host and c->port (the origin),
+     * c->origin_tls = 1, c->req parsed from the head at cli.in's start
+     * with c->head_len, c->tpath, c->method and c->path (origin form),
+     * c->is_connect = 0, c->upgrade, c->deadline.  conn_route asks the
+     * runtime (req.scheme is "https"), the attempt tunnels to host:port
+     * through the chosen proxy, runs the TLS handshake with the origin,
+     * then sends the head in origin form; kept connections are pooled by
+     * (proxy, host, port, TLS). */
+    unsigned origin_tls:1;  /* this request goes to its origin over TLS ferry originates (origination) */
 };
 
 struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);
@@ -234,6 +245,9 @@ void conn_write_connect_ok(struct conn *c);
 int conn_write_local_answer(struct conn *c);
 /* Max-Forwards of the request: -1 absent, -2 not a number. */
 long conn_max_forwards(const struct conn *c, const char *base);
+/* 1 when the request head goes to an HTTP proxy in absolute form (not
+ * inside an originated TLS session). */
+int conn_up_absolute(const struct conn *c);
 /* The request target as sent upstream: pre, then len bytes at path. */
 void conn_target_path(const struct conn *c, const char *base, const char **pre,
                       const char **path, int *len);

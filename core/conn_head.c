@@ -166,6 +166,12 @@ static void out_request_fields(struct out *o, const struct conn *c, const char *
     out_via(o, &c->req, base);
 }
 
+int conn_up_absolute(const struct conn *c)
+{
+    /* An originated TLS session runs inside a tunnel: the origin reads the head. */
+    return c->proxy != NULL && upstream_absolute(c->proxy->pub.scheme) && !c->origin_tls;
+}
+
 void conn_target_path(const struct conn *c, const char *base, const char **pre,
                       const char **path, int *len)
 {
@@ -187,10 +193,10 @@ int conn_write_request_head(struct conn *c)
     if (out_open(&o, &c->up.out) < 0) {
         return -1;
     }
-    int absolute = c->proxy != NULL && upstream_absolute(c->proxy->pub.scheme);
+    int absolute = conn_up_absolute(c);
     int v6 = strchr(c->host, ':') != NULL;
     char hostport[HOST_MAX_LEN + 16];
-    if (c->port == 80) {
+    if (c->port == (c->origin_tls ? 443 : 80)) {
         snprintf(hostport, sizeof(hostport), v6 ? "[%s]" : "%s", c->host);
     } else {
         snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%d" : "%s:%d", c->host, c->port);

@@ -54,6 +54,7 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
     ctx->exchange = c->exchange != 0 ? health_exchange_name(c->exchange) : NULL;
     ctx->proxy = c->proxy != NULL ? c->proxy->display : NULL;
     ctx->intercepted = c->mitm != NULL;
+    ctx->scheme = c->origin_tls ? "https" : NULL;
 }
 
 void conn_log_done(struct conn *c, const char *code)
@@ -165,6 +166,7 @@ static int parse_target(struct conn *c, const char *base)
 {
     struct http_parser_url u;
     http_parser_url_init(&u);
+    c->origin_tls = 0;
     const char *url = base + c->req.url.off;
     size_t ulen = c->req.url.len;
     if (http_parser_parse_url(url, ulen, c->is_connect, &u) != 0) {
@@ -177,11 +179,14 @@ static int parse_target(struct conn *c, const char *base)
             return -1;
         }
         /* ws:// is http:// asking for an upgrade (aiohttp sends it so);
-         * wss:// and https:// take CONNECT. */
+         * https:// (and wss://) is a request ferry sends over TLS it
+         * originates itself (origin_tls.c). */
         struct http_span sch = { (uint32_t)(c->req.url.off + u.field_data[UF_SCHEMA].off),
                                  u.field_data[UF_SCHEMA].len };
-        if (!http_span_ieq(base, sch, "http") &&
-            !(http_span_ieq(base, sch, "ws") && c->req.is_upgrade)) {
+        int upg = c->req.is_upgrade;
+        if (http_span_ieq(base, sch, "https") || (upg && http_span_ieq(base, sch, "wss"))) {
+            c->origin_tls = 1;
+        } else if (!http_span_ieq(base, sch, "http") && !(upg && http_span_ieq(base, sch, "ws"))) {
             conn_fail(c, FERR_BAD_SCHEME);
             return -1;
         }
@@ -193,7 +198,7 @@ static int parse_target(struct conn *c, const char *base)
     }
     memcpy(c->host, url + u.field_data[UF_HOST].off, u.field_data[UF_HOST].len);
     c->host[u.field_data[UF_HOST].len] = '\0';
-    c->port = (u.field_set & (1 << UF_PORT)) ? u.port : 80;
+    c->port = (u.field_set & (1 << UF_PORT)) ? u.port : c->origin_tls ? 443 : 80;
     if (c->is_connect) {
         c->tpath.off = c->tpath.len = 0;
         conn_set_path(c, NULL, 0);
@@ -536,7 +541,7 @@ static int relay_request_body(struct conn *c)
  * through any proxy. */
 static void origin_failed(struct conn *c, enum ferr e)
 {
-    if (e == FERR_BAD_RESPONSE && c->proxy != NULL && upstream_absolute(c->proxy->pub.scheme)) {
+    if (e == FERR_BAD_RESPONSE && conn_up_absolute(c)) {
         conn_report(c, 0, FERRY_FAIL_HTTP5XX, 0);
     } else {
         conn_report_target(c);
@@ -590,7 +595,7 @@ static int take_response_head(struct conn *c)
             c->replayable = 0;
             continue;
         }
-        if (st == 407 && c->proxy != NULL && upstream_absolute(c->proxy->pub.scheme)) {
+        if (st == 407 && conn_up_absolute(c)) {
             conn_attempt_failed(c, FERRY_FAIL_AUTH, FERR_UPSTREAM_AUTH);
             return -1;
         }

@@ -6,6 +6,7 @@
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
+#include "origin_tls.h"
 #include "proxy.h"
 #include "resolve.h"
 #include "transport.h"
@@ -99,6 +100,7 @@ void conn_route(struct conn *c)
     r.head_len = (uint32_t)c->head_len;
     r.retries = -1;
     r.pool = -1; /* until the runtime chooses one (0 = direct) */
+    r.flags = c->origin_tls ? FERRY_REQ_TLS : 0;
     if (c->is_connect && !conn_intercept_possible(c)) {
         r.flags |= FERRY_REQ_NO_INTERCEPT;
     }
@@ -106,6 +108,13 @@ void conn_route(struct conn *c)
     c->exchange = r.exchange;
     c->pool = r.pool;
     c->req_flags = r.flags;
+    if ((r.flags & FERRY_REQ_TLS) && !c->origin_tls && !c->is_connect && id >= 0) {
+        /* The exchange's upgrade_tls: http:// goes out as https://. */
+        c->origin_tls = 1;
+        if (c->port == 80) {
+            c->port = 443;
+        }
+    }
     conn_set_header_edits(c, r.add_headers, r.add_headers_len, r.drop_headers,
                           r.drop_headers_len);
     if (id == BRIDGE_NO_PROXY && c->attempt > 0) {
@@ -127,6 +136,11 @@ void conn_route(struct conn *c)
     c->proxy = id > 0 ? proxy_by_id((uint32_t)id) : NULL;
     if (id > 0 && c->proxy == NULL) {
         conn_fail(c, FERR_ROUTE_ERROR);
+        return;
+    }
+    if (c->origin_tls && c->proxy != NULL && upstream_uses_tls(c->proxy->pub.scheme)) {
+        /* TLS inside the proxy's TLS is not built: refused, coded. */
+        conn_fail(c, FERR_ORIGIN_TLS_PROXY);
         return;
     }
     if (c->attempt == 0) {
@@ -238,7 +252,8 @@ static void hop_begin(struct conn *c)
     h->proxy = c->proxy;
     h->host = c->host;
     h->port = c->port;
-    h->is_connect = c->is_connect;
+    /* Originated TLS needs a byte stream to the origin: a tunnel. */
+    h->is_connect = c->is_connect || c->origin_tls;
     h->resp = &c->resp;
     h->ops = upstream_for(c->proxy != NULL ? c->proxy->pub.scheme : FERRY_SCHEME_DIRECT);
     h->wake = hop_woke;
@@ -342,16 +357,70 @@ static void tls_failed(struct conn *c, const char *why)
     conn_attempt_failed(c, FERRY_FAIL_TLS, FERR_UPSTREAM_TLS);
 }
 
-/* One step of the TLS handshake with an https:// proxy, under the
- * upstream watcher and the connect timer (CS_HANDSHAKE). */
+/* The TLS handshake with the origin failed.  A certificate that does not
+ * verify, or a TLS error from the other end, is the destination's doing:
+ * not charged to the proxy, retried once at most (conn_report_target).
+ * A reset or close under it is a failure of the path like any other. */
+static void origin_tls_failed(struct conn *c, const char *why)
+{
+    int kind = tls_leg_fail(&c->up);
+    struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name,
+                           .proxy = c->proxy != NULL ? c->proxy->display : NULL };
+    enum ferr e = kind == TLS_FAIL_VERIFY ? FERR_ORIGIN_VERIFY : FERR_ORIGIN_TLS;
+    log_event(LOG_WARN, "FERRY-3045", &ctx,
+              "TLS with origin %s:%d failed: %s", c->host, c->port,
+              why != NULL && why[0] ? why : "unknown error");
+    if (kind == TLS_FAIL_VERIFY) {
+        origin_tls_count_verify_failure();
+    }
+    if (kind == TLS_FAIL_IO) {
+        conn_attempt_failed(c, FERRY_FAIL_RESET, e);
+        return;
+    }
+    c->hop.fail_target = 1;
+    conn_attempt_failed(c, FERRY_FAIL_TLS, e);
+}
+
+/* One step of a TLS handshake under the upstream watcher and the connect
+ * timer (CS_HANDSHAKE): with an https:// proxy before its connector, or
+ * with the origin after it (origin_tls; never both, conn_route). */
 static void tls_step(struct conn *c)
 {
     enum tr_hs r = leg_tr(&c->up)->handshake(&c->up);
     if (r == TR_HS_DONE) {
-        connector_start(c);
+        if (c->origin_tls) {
+            conn_upstream_ready(c);
+        } else {
+            connector_start(c);
+        }
     } else if (r == TR_HS_FAIL) {
-        tls_failed(c, tls_leg_error(&c->up));
+        if (c->origin_tls) {
+            origin_tls_failed(c, tls_leg_error(&c->up));
+        } else {
+            tls_failed(c, tls_leg_error(&c->up));
+        }
     }
+}
+
+/* The tunnel to the origin is up: start TLS with it.  1: started (or
+ * failed), the caller stops here. */
+static int origin_tls_begin(struct conn *c)
+{
+    if (!c->origin_tls || c->up.tr != NULL) {
+        return 0; /* plain, or a kept connection already on TLS */
+    }
+    c->state = CS_HANDSHAKE;
+    if (!buf_empty(&c->up.in)) {
+        /* The origin spoke before our ClientHello: not a TLS server. */
+        origin_tls_failed(c, "the origin sent bytes before the TLS handshake");
+        return 1;
+    }
+    if (origin_tls_connect(c) != 0) {
+        origin_tls_failed(c, "cannot set up TLS (out of memory)");
+        return 1;
+    }
+    tls_step(c);
+    return 1;
 }
 
 static void connected(struct conn *c)
@@ -395,6 +464,12 @@ static void connect_to(struct conn *c, const struct sockaddr *sa, socklen_t len)
 
 void conn_upstream_ready(struct conn *c)
 {
+    if (origin_tls_begin(c)) {
+        return;
+    }
+    if (c->origin_tls && c->pooled) {
+        origin_tls_count_reuse();
+    }
     metrics_upstream_ready(c);
     double ms = (loop_now() - c->t_attempt) * 1000.0;
     if (c->proxy != NULL && !c->pooled) { /* a kept connection has no setup time */

@@ -11,7 +11,7 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_NOT_ABSOLUTE]       = { "FERRY-1002", 400, "Bad Request",
                                   "a proxy request needs an absolute URL or CONNECT" },
     [FERR_BAD_SCHEME]         = { "FERRY-1003", 400, "Bad Request",
-                                  "only http:// URLs can be proxied in absolute form; use CONNECT for https" },
+                                  "only http:// and https:// URLs can be proxied in absolute form" },
     [FERR_HEAD_TOO_LARGE]     = { "FERRY-1004", 431, "Request Header Fields Too Large",
                                   "request head too large" },
     [FERR_TOO_MANY_HEADERS]   = { "FERRY-1005", 431, "Request Header Fields Too Large",
@@ -100,6 +100,13 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_MITM_TARGET]        = { "FERRY-1088", 400, "Bad Request",
                                   "inside an intercepted tunnel a request needs an origin-form "
                                   "target (/path) or https:// to the same host" },
+    [FERR_ORIGIN_VERIFY]      = { "FERRY-3042", 502, "Bad Gateway",
+                                  "the origin's TLS certificate did not verify (see the log)" },
+    [FERR_ORIGIN_TLS]         = { "FERRY-3043", 502, "Bad Gateway",
+                                  "the TLS handshake with the origin failed (see the log)" },
+    [FERR_ORIGIN_TLS_PROXY]   = { "FERRY-3044", 502, "Bad Gateway",
+                                  "https:// to the origin cannot go through an https:// proxy; "
+                                  "use CONNECT, or an http/socks proxy for this pool" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

@@ -50,6 +50,10 @@ enum ferr {
     FERR_MITM_PLAIN_HTTP,  /* plain HTTP where TLS was due after an intercepted CONNECT */
     FERR_MITM_EARLY,       /* bytes sent before the answer to an intercepted CONNECT */
     FERR_MITM_TARGET,      /* a request target inside that is not origin-form or https */
+    /* TLS origination (origin_tls.c) */
+    FERR_ORIGIN_VERIFY,    /* the origin's certificate did not verify */
+    FERR_ORIGIN_TLS,       /* the TLS handshake with the origin failed */
+    FERR_ORIGIN_TLS_PROXY, /* origination through an https:// proxy (TLS inside TLS) */
     FERR_COUNT
 };
 

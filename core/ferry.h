@@ -244,7 +244,12 @@ enum ferry_req_flag {
      * cannot be intercepted (a TLS listener, an address, no CA); dispatch
      * sets INTERCEPT for a CONNECT to an exchange with intercept = true. */
     FERRY_REQ_INTERCEPT = 0x100,
-    FERRY_REQ_NO_INTERCEPT = 0x200
+    FERRY_REQ_NO_INTERCEPT = 0x200,
+    /* In: the request goes to its origin over TLS ferry originates (an
+     * https:// target, or inside an intercepted tunnel).  Out: set by
+     * the exchange's upgrade_tls for a plain http:// request (its port
+     * 80 becomes 443).  Lua reads it as req.scheme. */
+    FERRY_REQ_TLS = 0x40
 };
 
 /* The loop's idea of "now", in seconds (ev_now). */
@@ -416,6 +421,19 @@ int ferry_listener_set_tls(int listener, void *ctx);
  * On failure the proxy keeps its previous settings. */
 int ferry_proxy_set_tls(struct ferry_proxy *p, int verify, const char *ca, const char *sni,
                         const char **err);
+
+/* TLS origination (origin_tls.c).  ferry_origin_tls_ctx: the client
+ * context for (verify, CA file or NULL for the system store), loaded once
+ * and kept while an exchange uses it; NULL and *err when the file does
+ * not load.  ferry_exchange_set_tls: the exchange's context (NULL: the
+ * system store, verified), verify and SNI name (NULL: the host).
+ * ferry_origin_tls_sweep: free contexts no exchange uses (after a commit).
+ * ferry_origin_tls_stats: handshakes made, kept connections reused,
+ * verification failures. */
+void *ferry_origin_tls_ctx(int verify, const char *ca, const char **err);
+int ferry_exchange_set_tls(uint32_t exchange, void *ctx, int verify, const char *sni);
+void ferry_origin_tls_sweep(void);
+void ferry_origin_tls_stats(uint64_t *handshakes, uint64_t *reuses, uint64_t *verify_failures);
 
 /* Event and access log files (NULL or "": standard error; access NULL:
  * with the events).  Reopened by name on SIGUSR1. */

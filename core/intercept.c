@@ -341,5 +341,5 @@ const char *const intercept_hs_names[INTERCEPT_HS_REASONS] = {
 
 void conn_intercept_origin(struct conn *c)
 {
-    (void)c; /* c->origin_tls = 1 once TLS origination is linked */
+    c->origin_tls = 1; /* origin_tls.c: tunnel, TLS with SNI and checks, origin form */
 }

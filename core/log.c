@@ -230,6 +230,7 @@ static void line_ctx(struct line *l, const struct log_ctx *ctx)
     if (ctx->intercepted) {
         put_raw(l, ",\"intercepted\":true");
     }
+    put_str(l, "scheme", ctx->scheme);
 }
 
 static void line_end(struct line *l, struct sink *k)

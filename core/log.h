@@ -20,6 +20,7 @@ struct log_ctx {
     const char *proxy;    /* proxy id/display, never with credentials */
     const char *exchange;
     int intercepted;      /* inside a CONNECT ferry intercepted: "intercepted":true */
+    const char *scheme;   /* "https" when ferry originated TLS to the origin, else NULL */
 };
 
 extern int log_level_min;

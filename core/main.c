@@ -10,6 +10,7 @@
 #include "sticky.h"
 #include "listener.h"
 #include "log.h"
+#include "origin_tls.h"
 #include "loop.h"
 #include "metrics.h"
 #include "proxy.h"
@@ -275,6 +276,7 @@ static int cmd_run(const char *config, int check_only)
     ev_run(loop, 0);
     conn_close_all();
     uppool_free_all();
+    origin_tls_free_all();
     listener_close_all();
     bridge_stop(); /* the runtime persists what it must (last known health) */
     log_event(LOG_INFO, "FERRY-0005", NULL, "stopped");

@@ -78,6 +78,14 @@ int tls_leg_connect(struct leg *lg, struct ssl_ctx_st *ctx, const char *host, in
 int tls_leg_handshaking(const struct leg *lg);
 /* 1 when the handshake failed because the peer sent plain HTTP. */
 int tls_leg_saw_http(const struct leg *lg);
+/* What kind of failure the leg's last TLS step had: */
+enum tls_fail {
+    TLS_FAIL_NONE = 0,
+    TLS_FAIL_VERIFY,   /* the peer's certificate did not verify */
+    TLS_FAIL_PROTOCOL, /* a TLS error or alert (not TLS, no common version...) */
+    TLS_FAIL_IO        /* the socket failed or closed during TLS */
+};
+int tls_leg_fail(const struct leg *lg);
 /* Why the leg's last TLS step failed ("" when it did not). */
 const char *tls_leg_error(const struct leg *lg);
 

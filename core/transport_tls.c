@@ -30,6 +30,7 @@ struct tls_leg {
     unsigned read_wants_write:1;
     unsigned write_wants_read:1;
     unsigned plain_http:1;       /* the peer spoke plain HTTP to us */
+    unsigned fail:2;             /* enum tls_fail of the last failure */
     char why[160];               /* the last failure, for logs */
 };
 
@@ -39,7 +40,9 @@ static void note_error(struct tls_leg *t, int err)
 {
     long vr = SSL_get_verify_result(t->ssl);
     unsigned long e = ERR_peek_last_error();
+    t->fail = TLS_FAIL_PROTOCOL;
     if (vr != X509_V_OK) {
+        t->fail = TLS_FAIL_VERIFY;
         snprintf(t->why, sizeof(t->why), "certificate verify failed: %s",
                  X509_verify_cert_error_string(vr));
     } else if (e != 0) {
@@ -48,6 +51,7 @@ static void note_error(struct tls_leg *t, int err)
         t->plain_http = reason == SSL_R_HTTP_REQUEST || reason == SSL_R_HTTPS_PROXY_REQUEST;
         snprintf(t->why, sizeof(t->why), "%s", r != NULL ? r : "TLS error");
     } else if (err == SSL_ERROR_SYSCALL) {
+        t->fail = TLS_FAIL_IO;
         snprintf(t->why, sizeof(t->why), "%s", errno != 0 ? strerror(errno)
                                                         : "connection closed during TLS");
     } else {
@@ -194,6 +198,12 @@ int tls_leg_saw_http(const struct leg *lg)
 {
     const struct tls_leg *t = lg->tr == &transport_tls ? lg->tls : NULL;
     return t != NULL && t->plain_http;
+}
+
+int tls_leg_fail(const struct leg *lg)
+{
+    const struct tls_leg *t = lg->tr == &transport_tls ? lg->tls : NULL;
+    return t != NULL ? (int)t->fail : TLS_FAIL_NONE;
 }
 
 const char *tls_leg_error(const struct leg *lg)

@@ -40,8 +40,10 @@ struct upp_idle {
     struct upp_idle *prev, *next;   /* the entry's list, newest first */
     struct upp_idle *gprev, *gnext; /* every idle connection, oldest first */
     ev_timer timer;                 /* idle expiry */
-    char *host;                     /* destination of a hop bound to one (SOCKS5), else NULL */
+    char *host;                     /* destination of a hop bound to one (SOCKS5, or
+                                     * TLS ferry originated), else NULL */
     int port;
+    unsigned tls:1;                 /* a TLS session with the origin (c->origin_tls) */
     unsigned requests;              /* requests it served */
     int pool;                       /* pool index its idle gauge counts under */
 };
@@ -444,7 +446,16 @@ static void conn_leg_close(struct conn *c)
 
 static int idle_fits(const struct upp_idle *i, const struct conn *c)
 {
-    return i->host == NULL || (i->port == c->port && strcmp(i->host, c->host) == 0);
+    /* An originated TLS session speaks to one origin only, and a plain
+     * request never goes into one (nor the reverse). */
+    return i->tls == c->origin_tls &&
+           (i->host == NULL || (i->port == c->port && strcmp(i->host, c->host) == 0));
+}
+
+/* The connection c is done with is bound to its destination. */
+static int conn_bound(const struct upp_entry *e, const struct conn *c)
+{
+    return hop_bound(e->proxy) || c->origin_tls;
 }
 
 enum uppool_take uppool_acquire(struct conn *c, int may_reuse)
@@ -575,8 +586,8 @@ void uppool_release(struct conn *c, int keep)
         queue_remove(e, w);
         slot_give(c);
         slot_take(e, w);
-        if (!w->is_connect && !w->upgrade && !w->fresh_only &&
-            (!hop_bound(e->proxy) || (w->port == c->port && strcmp(w->host, c->host) == 0))) {
+        if (!w->is_connect && !w->upgrade && !w->fresh_only && w->origin_tls == c->origin_tls &&
+            (!conn_bound(e, c) || (w->port == c->port && strcmp(w->host, c->host) == 0))) {
             leg_move_in(w, &c->up);
             w->up_requests = served;
             leg_reset(c);
@@ -590,7 +601,7 @@ void uppool_release(struct conn *c, int keep)
         return;
     }
     struct upp_idle *i = keep && lim->idle > 0 ? calloc(1, sizeof(*i)) : NULL;
-    if (i != NULL && hop_bound(e->proxy) && (i->host = strdup(c->host)) == NULL) {
+    if (i != NULL && conn_bound(e, c) && (i->host = strdup(c->host)) == NULL) {
         free(i);
         i = NULL;
     }
@@ -612,6 +623,7 @@ void uppool_release(struct conn *c, int keep)
     leg_reset(c);
     i->e = e;
     i->port = c->port;
+    i->tls = c->origin_tls;
     i->requests = served;
     i->pool = c->pool;
     slot_give(c);

@@ -133,7 +133,16 @@ function M.prepare(cfg, root)
       ban.status_set = {}
       for _, st in ipairs(ban.status) do ban.status_set[st] = true end
     end
-    prep.exchanges[ex.name] = { cfg = ex, hooks = hooks or {}, ban = ban }
+    -- The origin's TLS context, loaded now: a CA file that does not
+    -- load refuses the config before anything changes.
+    local tls = ex.tls or { verify = true }
+    local terr = ffi.new("const char *[1]")
+    local tls_ctx = C.ferry_origin_tls_ctx(tls.verify and 1 or 0, tls.ca, terr)
+    if tls_ctx == nil then
+      return nil, format('%s:%d: exchange "%s": tls: %s [FERRY-0190]', cfg.file, ex.line,
+        ex.name, ffi_string(terr[0]))
+    end
+    prep.exchanges[ex.name] = { cfg = ex, hooks = hooks or {}, ban = ban, tls_ctx = tls_ctx }
   end
   return prep
 end
@@ -384,8 +393,17 @@ function M.commit(prep, old)
     e.name = name
     e.pool = e.cfg.pool
     e.capture = e.hooks.on_response ~= nil or (e.ban ~= nil and e.ban.body ~= nil)
+    e.upgrade_tls = e.cfg.upgrade_tls
+    local tls = e.cfg.tls or { verify = true }
+    C.ferry_exchange_set_tls(e.id, e.tls_ctx, tls.verify and 1 or 0, tls.sni)
     exchanges[name], by_id[e.id] = e, e
   end
+  -- Exchanges of the old config that left take the defaults; contexts
+  -- no exchange uses any more are freed (SSLs in flight hold their own).
+  for name, e in pairs(old and old.exchanges or {}) do
+    if not exchanges[name] then C.ferry_exchange_set_tls(e.id, nil, 1, nil) end
+  end
+  C.ferry_origin_tls_sweep()
   -- Upstream connection limits: every pool, and index 0 for direct.
   local function connections(index, c)
     c = c or {}

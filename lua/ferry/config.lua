@@ -623,7 +623,7 @@ local function evaluate(chunk, file)
     local line = caller_line(file)
     return function(t)
       check_fields(where, t, { hosts = true, pool = true, ban = true, script = true,
-                               intercept = true })
+                               upgrade_tls = true, tls = true, intercept = true })
       if type(t.hosts) ~= "table" or #t.hosts == 0 then
         fail(where, "hosts: at least one host pattern is required")
       end
@@ -638,6 +638,11 @@ local function evaluate(chunk, file)
       local ex = { name = name, hosts = hosts, pool = t.pool, line = line, where = where }
       ex.ban = parse_ban(where, t.ban, t.script ~= nil)
       ex.intercept = M.parse_intercept(where, t.intercept)
+      -- TLS origination: plain http:// requests go out over TLS, verified.
+      ex.upgrade_tls = want(where, "upgrade_tls", t.upgrade_tls, "boolean") or false
+      local otls, oerr = tls_opts.origin(t.tls, function(f) return resolve_path(dir, f) end)
+      if not otls then fail(where, "%s [FERRY-0190]", oerr) end
+      ex.tls = otls
       if t.script ~= nil then
         local script = want(where, "script", t.script, "string")
         if script == "" then fail(where, "script must be a path, got an empty string") end

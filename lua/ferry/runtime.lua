@@ -7,7 +7,6 @@
 -- scripts) runs under pcall: a failing script falls back to a built-in
 -- choice, is counted, and is logged at most once per window.
 local ffi = require("ffi")
-local bit = require("bit")
 local cdef = require("ferry.cdef")
 local config = require("ferry.config")
 local plugins = require("ferry.plugins")
@@ -19,6 +18,8 @@ local inventory = require("ferry.inventory")
 
 local C = ffi.C
 local ffi_string = ffi.string
+local bor, band = require("bit").bor, require("bit").band
+local REQ_TLS = cdef.REQ_TLS
 local find = string.find
 local pcall, type, tostring, tonumber, setmetatable, rawget, rawset =
   pcall, type, tostring, tonumber, setmetatable, rawget, rawset
@@ -182,6 +183,12 @@ local readers = {
   session = function(r) return lstr(r.session, r.session_len) end,
   listener = function(r) return ffi_string(r.listener, r.listener_len) end,
   is_connect = function(r) return r.is_connect ~= 0 end,
+  -- "https" when ferry sends the request over TLS it originates (an
+  -- https:// target, upgrade_tls, interception); nil for CONNECT.
+  scheme = function(r)
+    if r.is_connect ~= 0 then return nil end
+    return band(r.flags, REQ_TLS) ~= 0 and "https" or "http"
+  end,
   attempt = function(r) return tonumber(r.attempt) end,
   headers = function(r)
     return parse_headers(r.head ~= nil and ffi_string(r.head, r.head_len) or "")
@@ -255,13 +262,15 @@ local function choose_pool(cur, req, r)
     req.exchange, req.exid = e.name, e.id
     r.exchange = e.id
     if e.cfg.intercept and r.is_connect ~= 0 and
-       bit.band(r.flags, cdef.REQ_NO_INTERCEPT) == 0 then
+       band(r.flags, cdef.REQ_NO_INTERCEPT) == 0 then
       -- Ferry answers this CONNECT itself; each request inside is
       -- dispatched on its own (hooks, pool, strategy), not the tunnel.
-      r.flags = bit.bor(r.flags, cdef.REQ_INTERCEPT)
+      r.flags = bor(r.flags, cdef.REQ_INTERCEPT)
       return INTERCEPTED
     end
-    if e.capture then r.flags = bit.bor(r.flags, cdef.REQ_CAPTURE) end
+    if e.capture then r.flags = bor(r.flags, cdef.REQ_CAPTURE) end
+    -- upgrade_tls: a plain request of this exchange goes out over TLS.
+    if e.upgrade_tls and r.is_connect == 0 then r.flags = bor(r.flags, REQ_TLS) end
     if e.hooks.on_request then
       local pool, deny = run_on_request(e, req, r)
       if deny == false then return nil, DENY end

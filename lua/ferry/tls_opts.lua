@@ -1,5 +1,5 @@
--- tls_opts.lua: the `tls` tables of listeners (cert, key) and of
--- https:// proxies (verify, ca, sni), checked in one place for the
+-- tls_opts.lua: the `tls` tables of listeners (cert, key), of https://
+-- proxies and of exchanges' origins (verify, ca, sni), checked in one place for the
 -- config and the inventory API.  Files are checked for readability
 -- here; the core loads them (core/transport_tls.c) and reports what it
 -- cannot parse.
@@ -54,11 +54,9 @@ function M.listener(t, resolve)
   return { cert = cert, key = key }
 end
 
--- An https:// proxy's tls = { verify = true, ca = "file", sni = "name" };
--- nil t: the defaults (verify against the system store, name = host).
-function M.proxy(t, scheme, resolve)
-  if t == nil then return scheme == "https" and { verify = true } or nil end
-  if scheme ~= "https" then return nil, "tls is only for https:// proxies" end
+-- The client side's { verify = true, ca = "file", sni = "name" }, for an
+-- https:// proxy and for an exchange's origin alike.
+local function client(t, resolve)
   if type(t) ~= "table" then return nil, "tls must be a table { verify, ca, sni }" end
   local e = unknown(t, PROXY_FIELDS)
   if e then return nil, e end
@@ -71,6 +69,22 @@ function M.proxy(t, scheme, resolve)
     return nil, "tls: sni must be a host name"
   end
   return { verify = t.verify ~= false, ca = ca, sni = t.sni }
+end
+
+-- An https:// proxy's tls; nil t: the defaults (verify against the
+-- system store, name = host).
+function M.proxy(t, scheme, resolve)
+  if t == nil then return scheme == "https" and { verify = true } or nil end
+  if scheme ~= "https" then return nil, "tls is only for https:// proxies" end
+  return client(t, resolve)
+end
+
+-- An exchange's tls, for the TLS ferry originates toward its hosts; nil
+-- t: the defaults (verify against the system store, SNI = the host
+-- unless it is an address).
+function M.origin(t, resolve)
+  if t == nil then return { verify = true } end
+  return client(t, resolve)
 end
 
 return M

@@ -416,6 +416,22 @@ void *ferry_tls_server_new(const char *cert, const char *key, const char **err);
 void ferry_tls_ctx_free(void *ctx);
 /* Give the listener ctx (owned from now on; NULL: plain again). */
 int ferry_listener_set_tls(int listener, void *ctx);
+/* Ferry's CA (tls { ca_cert, ca_key, leaf_cache }; mint.c): a loaded and
+ * checked CA, or NULL and *err (starting with its FERRY code).  Loaded
+ * before a reload commits, so a broken CA fails the reload and the old
+ * one keeps minting.  Lua releases what it loads (ffi.gc); ferry_ca_use
+ * takes its own reference (NULL: no CA), dropping the leaf cache when
+ * the CA changed. */
+void *ferry_ca_load(const char *cert, const char *key, const char **err);
+void ferry_ca_release(void *ca);
+int ferry_ca_use(void *ca, int leaf_cache, const char **err);
+/* Leaf minting counters (mint.h's struct mint_stats). */
+struct ferry_mint_stats {
+    uint64_t minted, hits, evictions, refused, sni_mismatch, failed;
+    uint32_t cached, cap;
+    int ready;
+};
+void ferry_mint_stats(struct ferry_mint_stats *out);
 /* https:// proxies: verify the certificate (against ca, a PEM file, or
  * the system store when NULL) and its name (sni, or the proxy's host).
  * On failure the proxy keeps its previous settings. */

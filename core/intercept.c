@@ -20,6 +20,7 @@
 #include "inbound.h"
 #include "listener.h"
 #include "log.h"
+#include "mint.h"
 #include "sticky.h"
 #include "transport.h"
 
@@ -29,12 +30,6 @@
 #include <string.h>
 #include <strings.h>
 
-#if __has_include("mint.h")
-#include "mint.h"
-#define INTERCEPT_HAVE_MINT 1
-#else
-#define INTERCEPT_HAVE_MINT 0
-#endif
 
 struct mitm {
     char host[HOST_MAX_LEN + 1]; /* the CONNECT's host, lower case */
@@ -61,39 +56,6 @@ const struct intercept_stats *intercept_stats(void)
     return &stats;
 }
 
-#if !INTERCEPT_HAVE_MINT
-/* Until mint.c is linked: one certificate from the environment, for
- * development only (FERRY_INTERCEPT_DEV_CERT / _KEY). */
-static struct ssl_ctx_st *dev_ctx;
-static int dev_tried;
-
-static int mint_ready(void)
-{
-    if (!dev_tried) {
-        dev_tried = 1;
-        const char *cert = getenv("FERRY_INTERCEPT_DEV_CERT");
-        const char *key = getenv("FERRY_INTERCEPT_DEV_KEY");
-        char err[256];
-        if (cert != NULL && key != NULL) {
-            dev_ctx = tls_server_ctx(cert, key, err, sizeof(err));
-        }
-    }
-    return dev_ctx != NULL;
-}
-
-static int mint_leg_accept(struct leg *lg, const char *host)
-{
-    (void)host;
-    return mint_ready() ? tls_leg_accept(lg, dev_ctx) : -1;
-}
-
-static int mint_client_refused(const struct leg *lg)
-{
-    const char *why = tls_leg_error(lg);
-    return strstr(why, "unknown ca") != NULL || strstr(why, "bad certificate") != NULL ||
-           strstr(why, "certificate unknown") != NULL;
-}
-#endif
 
 int conn_intercept_possible(const struct conn *c)
 {
@@ -225,7 +187,7 @@ int conn_intercept_tls_failed(struct conn *c)
         note_refused(c);
         return 0;
     }
-    int sni = strstr(why, "SNI") != NULL || strstr(why, "server name") != NULL;
+    int sni = strncmp(why, "FERRY-1080", 10) == 0 || strstr(why, "SNI") != NULL;
     int garbage = strstr(why, "wrong version") != NULL || strstr(why, "packet length") != NULL ||
                   strstr(why, "unknown protocol") != NULL;
     stats.hs_fail[sni ? INTERCEPT_HS_SNI : garbage ? INTERCEPT_HS_NOT_TLS

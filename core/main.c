@@ -1,5 +1,6 @@
 /* main.c - command line, signals, and the loop. */
 #include "bridge.h"
+#include "ca.h"
 #include "budget.h"
 #include "buf.h"
 #include "conn.h"
@@ -13,6 +14,7 @@
 #include "origin_tls.h"
 #include "loop.h"
 #include "metrics.h"
+#include "mint.h"
 #include "proxy.h"
 #include "resolve.h"
 #include "uppool.h"
@@ -102,6 +104,8 @@ static void usage(FILE *out)
             "usage: ferry [run] -c FILE      run in the foreground\n"
             "       ferry check -c FILE      validate a config\n"
             "       ferry console [-s SOCKET] [-e EXPR]   the running daemon's console\n"
+            "       ferry ca init DIR [--name-constraint DOMAIN]... [--days N] [--subject S]\n"
+            "                                the CA for interception (ferry ca --help)\n"
             "       ferry version\n");
 }
 
@@ -285,6 +289,7 @@ static int cmd_run(const char *config, int check_only)
     resolve_fini();
     probe_stop_all();
     sticky_free_all();
+    mint_free_all();
     health_free_all();
     metrics_free_all();
     proxy_free_all();
@@ -305,6 +310,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "console") == 0) {
         return console_main(argc - i, argv + i);
+    }
+    if (strcmp(cmd, "ca") == 0) {
+        return ca_main(argc - i, argv + i);
     }
     for (; i < argc; i++) {
         if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc) {

@@ -65,6 +65,9 @@ struct ssl_ctx_st;
 /* A server context for a TLS listener (TLS 1.2+, ALPN http/1.1); NULL
  * and *err (static text, or a copy in errbuf) on failure. */
 struct ssl_ctx_st *tls_server_ctx(const char *cert, const char *key, char *errbuf, size_t room);
+/* A server context like tls_server_ctx's without a certificate: the
+ * caller chooses one per connection (mint.c). */
+struct ssl_ctx_st *tls_server_ctx_bare(char *errbuf, size_t room);
 /* A client context for an https:// proxy: system store, or ca only. */
 struct ssl_ctx_st *tls_client_ctx(int verify, const char *ca, char *errbuf, size_t room);
 void tls_ctx_free(struct ssl_ctx_st *ctx);
@@ -88,5 +91,13 @@ enum tls_fail {
 int tls_leg_fail(const struct leg *lg);
 /* Why the leg's last TLS step failed ("" when it did not). */
 const char *tls_leg_error(const struct leg *lg);
+/* The leg's SSL object, NULL when the leg is not on TLS (mint.c sets
+ * per-connection state and callbacks on it). */
+struct ssl_st;
+struct ssl_st *tls_leg_ssl(const struct leg *lg);
+/* From a callback inside the handshake of a leg set up here: the reason
+ * tls_leg_error will give, kept over what the error queue says (the
+ * first reason set stays). */
+void tls_ssl_fail(struct ssl_st *ssl, const char *why);
 
 #endif

@@ -31,6 +31,7 @@ struct tls_leg {
     unsigned write_wants_read:1;
     unsigned plain_http:1;       /* the peer spoke plain HTTP to us */
     unsigned fail:2;             /* enum tls_fail of the last failure */
+    unsigned why_set:1;          /* why came from a callback (tls_ssl_fail): keep it */
     char why[160];               /* the last failure, for logs */
 };
 
@@ -41,7 +42,9 @@ static void note_error(struct tls_leg *t, int err)
     long vr = SSL_get_verify_result(t->ssl);
     unsigned long e = ERR_peek_last_error();
     t->fail = TLS_FAIL_PROTOCOL;
-    if (vr != X509_V_OK) {
+    if (t->why_set) {
+        /* A callback of ours failed the handshake and said why (mint.c). */
+    } else if (vr != X509_V_OK) {
         t->fail = TLS_FAIL_VERIFY;
         snprintf(t->why, sizeof(t->why), "certificate verify failed: %s",
                  X509_verify_cert_error_string(vr));
@@ -217,6 +220,21 @@ int tls_leg_handshaking(const struct leg *lg)
     return t != NULL && !SSL_is_init_finished(t->ssl);
 }
 
+struct ssl_st *tls_leg_ssl(const struct leg *lg)
+{
+    const struct tls_leg *t = lg->tr == &transport_tls ? lg->tls : NULL;
+    return t != NULL ? t->ssl : NULL;
+}
+
+void tls_ssl_fail(struct ssl_st *ssl, const char *why)
+{
+    struct tls_leg *t = SSL_get_app_data(ssl);
+    if (t != NULL && !t->why_set) {
+        snprintf(t->why, sizeof(t->why), "%s", why);
+        t->why_set = 1;
+    }
+}
+
 static struct tls_leg *leg_new(struct leg *lg, SSL_CTX *ctx)
 {
     struct tls_leg *t = calloc(1, sizeof(*t));
@@ -230,6 +248,7 @@ static struct tls_leg *leg_new(struct leg *lg, SSL_CTX *ctx)
         ERR_clear_error();
         return NULL;
     }
+    SSL_set_app_data(t->ssl, t); /* tls_ssl_fail finds the leg's state */
     lg->tls = t;
     lg->tr = &transport_tls;
     return t;
@@ -347,6 +366,18 @@ SSL_CTX *tls_server_ctx(const char *cert, const char *key, char *errbuf, size_t 
     }
     SSL_CTX_free(ctx);
     return NULL;
+}
+
+SSL_CTX *tls_server_ctx_bare(char *errbuf, size_t room)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL) {
+        ctx_error(errbuf, room, "TLS context", NULL);
+        return NULL;
+    }
+    ctx_common(ctx);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    return ctx;
 }
 
 SSL_CTX *tls_client_ctx(int verify, const char *ca, char *errbuf, size_t room)

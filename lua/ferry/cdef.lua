@@ -189,6 +189,15 @@ int ferry_listener_close(int listener);
 void *ferry_tls_server_new(const char *cert, const char *key, const char **err);
 void ferry_tls_ctx_free(void *ctx);
 int ferry_listener_set_tls(int listener, void *ctx);
+void *ferry_ca_load(const char *cert, const char *key, const char **err);
+void ferry_ca_release(void *ca);
+int ferry_ca_use(void *ca, int leaf_cache, const char **err);
+struct ferry_mint_stats {
+    uint64_t minted, hits, evictions, refused, sni_mismatch, failed;
+    uint32_t cached, cap;
+    int ready;
+};
+void ferry_mint_stats(struct ferry_mint_stats *out);
 int ferry_proxy_set_tls(struct ferry_proxy *p, int verify, const char *ca, const char *sni,
                         const char **err);
 void *ferry_origin_tls_ctx(int verify, const char *ca, const char **err);

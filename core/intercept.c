@@ -82,6 +82,15 @@ static void ctx_of(const struct conn *c, struct log_ctx *ctx)
 
 void conn_intercept_begin(struct conn *c)
 {
+    buf_consume(&c->cli.in, c->head_len);
+    c->head_len = 0;
+    if (!buf_empty(&c->cli.in)) {
+        /* A ClientHello sent before our answer was read as plain bytes:
+         * the TLS session cannot start from the middle of cli.in.  Said
+         * in the inbound's own protocol (c->mitm is not set yet). */
+        conn_fail(c, FERR_MITM_EARLY);
+        return;
+    }
     struct mitm *m = calloc(1, sizeof(*m));
     if (m == NULL) {
         conn_fail(c, FERR_OVERLOADED);
@@ -95,14 +104,6 @@ void conn_intercept_begin(struct conn *c)
     snprintf(m->user, sizeof(m->user), "%s", c->user);
     snprintf(m->session, sizeof(m->session), "%s", c->session);
     c->mitm = m;
-    buf_consume(&c->cli.in, c->head_len);
-    c->head_len = 0;
-    if (!buf_empty(&c->cli.in)) {
-        /* A ClientHello sent before our 200 was read as plain bytes: the
-         * TLS session cannot start from the middle of cli.in. */
-        conn_fail(c, FERR_MITM_EARLY);
-        return;
-    }
     c->in->answer_ok(c);
     c->status = 200;
     stats.tunnels++;

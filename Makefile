@@ -83,7 +83,7 @@ FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Wno-unused-paramete
 FUZZ_CORE    = $(patsubst %,build/fuzz/core/%.o,$(1))
 # The message parser, with its body reader once that has a file of its own.
 FUZZ_HTTP    := http $(patsubst core/%.c,%,$(wildcard core/http_body.c))
-FUZZ_CONN    := conn_http $(patsubst core/%.c,%,$(wildcard core/conn_head.c)) buf errors sticky
+FUZZ_CONN    := conn_http $(patsubst core/%.c,%,$(wildcard core/conn_head.c)) buf errors sticky ctl
 FUZZ_LINK    = $(Q)$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $^
 
 build/fuzz/core/%.o: core/%.c
@@ -115,7 +115,7 @@ build/fuzz/fuzz_socks5: build/fuzz/fuzz_socks5.o $(call FUZZ_CORE,up_socks5 buf)
 	@echo "  LD    $@"
 	$(FUZZ_LINK)
 
-build/fuzz/fuzz_socks5_in: build/fuzz/fuzz_socks5_in.o $(call FUZZ_CORE,inbound_socks5 buf)
+build/fuzz/fuzz_socks5_in: build/fuzz/fuzz_socks5_in.o $(call FUZZ_CORE,inbound_socks5 buf ctl sticky)
 	@echo "  LD    $@"
 	$(FUZZ_LINK)
 

@@ -12,6 +12,7 @@
 #define BRIDGE_ROUTE_ERROR FERRY_DISPATCH_ROUTE_ERROR
 #define BRIDGE_DENY        FERRY_DISPATCH_DENY
 #define BRIDGE_ALL_DOWN    FERRY_DISPATCH_ALL_DOWN
+#define BRIDGE_RATE        FERRY_DISPATCH_RATE
 
 /* Create the Lua state and load lua/ferry/runtime.lua from root. */
 int bridge_init(const char *root, char *err, size_t errlen);

@@ -30,9 +30,9 @@ static void ca_usage(FILE *out)
     fprintf(out,
             "usage: ferry ca init DIR [--name-constraint DOMAIN]... [--days N] [--subject S]\n"
             "           writes DIR/ca.key (mode 0600, never overwritten) and DIR/ca.crt\n"
-            "       ferry ca mint DIR NAME [--sni NAME | --no-sni] [--verify CAFILE]\n"
-            "                     [--repeat N] [--unchecked]\n"
-            "           the certificate chain an intercepted client gets for NAME (PEM)\n");
+            "       ferry ca mint DIR NAME... [--sni NAME | --no-sni] [--verify CAFILE]\n"
+            "                     [--repeat N] [--cache N] [--unchecked]\n"
+            "           the certificate chain an intercepted client gets for the last NAME (PEM)\n");
 }
 
 static void print_done(const struct ca_init_opts *o)
@@ -106,9 +106,12 @@ static int cmd_init(int argc, char **argv)
 
 /* ferry ca mint ------------------------------------------------------- */
 
+#define CA_MINT_NAMES_MAX 64
+
 struct mint_opts {
     const char *dir, *name, *sni, *verify;
-    int no_sni, repeat, unchecked;
+    const char *names[CA_MINT_NAMES_MAX]; /* handshakes in this order, name the last */
+    int nnames, no_sni, repeat, cache, unchecked;
 };
 
 /* A client handshake against a leg set up by mint_leg_accept, both ends
@@ -193,9 +196,10 @@ static void describe(SSL *cl, const char *name)
     }
     const struct mint_stats *st = mint_stats();
     fprintf(stderr, "ferry ca mint: %s: %s, chain of %d, ALPN %.*s; minted %llu, cache hits "
-            "%llu\n", name, SSL_get_version(cl), n, alen > 0 ? (int)alen : 4,
-            alen > 0 ? (const char *)alpn : "none", (unsigned long long)st->minted,
-            (unsigned long long)st->hits);
+            "%llu, evictions %llu, cached %u\n", name, SSL_get_version(cl), n,
+            alen > 0 ? (int)alen : 4, alen > 0 ? (const char *)alpn : "none",
+            (unsigned long long)st->minted, (unsigned long long)st->hits,
+            (unsigned long long)st->evictions, st->cached);
 }
 
 /* --unchecked: the leaf as ca.c issues it, without the daemon's check of
@@ -227,7 +231,7 @@ static int mint_run(const struct mint_opts *o, struct ca *ca)
     if (o->unchecked) {
         return mint_unchecked(ca, o->name);
     }
-    if (mint_use(ca, MINT_CACHE_DEFAULT) != 0) {
+    if (mint_use(ca, o->cache) != 0) {
         fprintf(stderr, "ferry ca mint: out of memory\n");
         return 1;
     }
@@ -247,16 +251,20 @@ static int mint_run(const struct mint_opts *o, struct ca *ca)
         }
     }
     int rc = 0;
-    for (int i = 0; i < o->repeat && rc == 0; i++) {
-        char why[512];
-        SSL *cl = NULL;
-        if (handshake(o, cctx, &cl, why, sizeof(why)) != 0) {
-            fprintf(stderr, "ferry ca mint: %s: %s\n", o->name, why);
-            rc = 1;
-        } else if (i == o->repeat - 1) {
-            describe(cl, o->name);
+    struct mint_opts one = *o;
+    for (int r = 0; r < o->repeat && rc == 0; r++) {
+        for (int i = 0; i < o->nnames && rc == 0; i++) {
+            char why[512];
+            SSL *cl = NULL;
+            one.name = o->names[i];
+            if (handshake(&one, cctx, &cl, why, sizeof(why)) != 0) {
+                fprintf(stderr, "ferry ca mint: %s: %s\n", one.name, why);
+                rc = 1;
+            } else if (r == o->repeat - 1 && i == o->nnames - 1) {
+                describe(cl, one.name);
+            }
+            SSL_free(cl);
         }
-        SSL_free(cl);
     }
     SSL_CTX_free(cctx);
     return rc;
@@ -264,7 +272,10 @@ static int mint_run(const struct mint_opts *o, struct ca *ca)
 
 static int cmd_mint(int argc, char **argv)
 {
-    struct mint_opts o = { NULL, NULL, NULL, NULL, 0, 1, 0 };
+    struct mint_opts o;
+    memset(&o, 0, sizeof(o));
+    o.repeat = 1;
+    o.cache = MINT_CACHE_DEFAULT;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -283,11 +294,19 @@ static int cmd_mint(int argc, char **argv)
                 return 2;
             }
             i++;
+        } else if (strcmp(a, "--cache") == 0 && v != NULL) {
+            o.cache = atoi(v);
+            if (o.cache < 1 || o.cache > MINT_CACHE_MAX) {
+                fprintf(stderr, "ferry ca mint: --cache must be 1 to %d\n", MINT_CACHE_MAX);
+                return 2;
+            }
+            i++;
         } else if (strcmp(a, "--unchecked") == 0) {
             o.unchecked = 1;
         } else if (a[0] != '-' && o.dir == NULL) {
             o.dir = a;
-        } else if (a[0] != '-' && o.name == NULL) {
+        } else if (a[0] != '-' && o.nnames < CA_MINT_NAMES_MAX) {
+            o.names[o.nnames++] = a;
             o.name = a;
         } else {
             fprintf(stderr, "ferry ca mint: unknown or incomplete argument \"%s\"\n", a);

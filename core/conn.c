@@ -200,6 +200,7 @@ static void conn_destroy(struct conn *c)
     metrics_conn_closed(c);
     conn_clear_header_edits(c);
     conn_intercept_free(c);
+    conn_ban_reset(c);
     if (c->in->fini != NULL) {
         c->in->fini(c);
     }
@@ -305,7 +306,8 @@ void conn_update_io(struct conn *c)
     if (!c->cli.eof && c_room && c->state != CS_MITM_HELLO) {
         ce |= EV_READ;
     }
-    if (!buf_empty(&c->cli.out) || c->state == CS_ADMIN_OUT ||
+    /* A response held for a ban verdict stays in cli.out (conn_banretry.c). */
+    if ((!buf_empty(&c->cli.out) && !c->ban_hold) || c->state == CS_ADMIN_OUT ||
         (tunnel && (!buf_empty(&c->up.in) || c->puc.in > 0))) {
         ce |= EV_WRITE;
     }
@@ -344,7 +346,7 @@ void conn_update_io(struct conn *c)
 static ssize_t flush_client(struct conn *c)
 {
     ssize_t total = 0;
-    while (!buf_empty(&c->cli.out)) {
+    while (!buf_empty(&c->cli.out) && !c->ban_hold) {
         ssize_t n = leg_write(&c->cli, &c->cli.out);
         if (n > 0) {
             c->last_io = c->last_down = loop_now();

@@ -8,6 +8,7 @@
 #define FERRY_CONN_H
 
 #include "buf.h"
+#include "ctl.h"
 #include "errors.h"
 #include "ferry.h"
 #include "http.h"
@@ -37,6 +38,7 @@ enum conn_state {
     CS_HANDSHAKE, /* connector handshake: HTTP CONNECT or SOCKS5 */
     CS_BACKOFF,   /* waiting before the next attempt on another proxy */
     CS_QUEUE,     /* waiting for a connection slot of the upstream (uppool.c) */
+    CS_RATE,      /* waiting for a rate-budget token of the exchange (rate.c) */
     CS_EXCHANGE,  /* plain HTTP: request body out, response back */
     CS_TUNNEL,    /* opaque relay both ways: CONNECT or a WebSocket after 101 */
     CS_DRAIN,     /* final bytes to the client, then a lingering close */
@@ -170,7 +172,8 @@ struct conn {
                                   * the body prefix Lua wants (conn_report.c) */
 
     /* Per-request policy from Lua and the client (conn_http.c). */
-    char session[128];           /* sticky session key, "" when none */
+    char session[CTL_SESSION_MAX]; /* sticky session key of the route, "" when none
+                                  * (ctl_user under ctl_hdr, set by conn_route) */
     char *hdr_add;               /* header lines on_request adds, or NULL */
     size_t hdr_add_len;
     char *hdr_drop;              /* "\nname\n..." on_request drops (NUL-terminated), or NULL */
@@ -178,6 +181,12 @@ struct conn {
     /* Interception (intercept.c): the CONNECT this session came through,
      * NULL while the client leg is not an intercepted TLS session. */
     struct mitm *mitm;
+    /* Rate budgets: the wait for a token of the exchange (rate.c). */
+    struct conn *rate_prev, *rate_next; /* private: the exchange's FIFO */
+    double rate_since;           /* private: when this request began waiting, 0: not yet */
+    double rate_wait;            /* private: seconds to the next token (Retry-After) */
+    unsigned rate_queued:1;      /* private: in the exchange's FIFO */
+    unsigned rate_woken:1;       /* private: its turn came: route again */
     /* TLS origination (origin_tls.c).  A caller that hands conn_route a
      * request ferry must send over TLS (an interception of a client's
      * tunnel) sets, before conn_route: c->host and c->port (the origin),
@@ -189,6 +198,23 @@ struct conn {
      * then sends the head in origin form; kept connections are pooled by
      * (proxy, host, port, TLS). */
     unsigned origin_tls:1;  /* this request goes to its origin over TLS ferry originates (origination) */
+    /* Control parameters (ctl.c; taken in conn_http.c, used by conn_route).  ctl_user: from the user
+     * name, per request on plain HTTP, for the whole connection on SOCKS;
+     * a CONNECT's headers join it, so requests inside an intercepted
+     * tunnel inherit them.  ctl_hdr: this request's X-Ferry-* headers,
+     * which win. */
+    struct ctl ctl_user;
+    struct ctl ctl_hdr;
+    /* Retry on ban (conn_banretry.c): a response that may be banned is
+     * held in cli.out until Lua's verdict, then retried or let out. */
+    struct ban_stash *ban_stash; /* private: the last banned answer, whole, or NULL */
+    const char *ban_note;        /* why a ban was not retried (access line `ban`), or NULL */
+    const char *ban_why;         /* why this response could not be held, or NULL */
+    unsigned char ban_retry;     /* tries on other proxies a ban allows (dispatch) */
+    unsigned char ban_retried;   /* tries made so far because of a ban */
+    unsigned ban_hold:1;         /* cli.out holds this response until the verdict */
+    unsigned ban_decided:1;      /* the verdict on the held response is in */
+    unsigned ban_banned:1;       /* ... and it banned the pair */
 };
 
 struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);
@@ -229,8 +255,6 @@ void conn_log_done(struct conn *c, const char *code);
 void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, const char *drop,
                            size_t drop_len);
 void conn_clear_header_edits(struct conn *c);
-/* The sticky session key of X-Ferry-Session (fields marked hop: never forwarded). */
-void conn_take_session(struct conn *c, const char *base);
 
 /* conn_head.c: every head ferry writes, rebuilt from parsed spans. */
 #define VIA_NAME_MAX 64
@@ -281,6 +305,22 @@ void conn_report_flush(struct conn *c);
  * response head): counted per proxy, never charged to its health,
  * its (proxy, exchange) pair or the breakers. */
 void conn_report_target(struct conn *c);
+
+/* conn_banretry.c */
+/* At a final response head: 1 when it is to be held until the ban
+ * verdict, 0 when it goes out as it comes, -1 to wait until cli.out
+ * (an earlier response) has drained. */
+int conn_ban_hold_begin(struct conn *c, int status);
+/* The report of this attempt went to Lua: record its ban verdict. */
+void conn_ban_verdict(struct conn *c, int banned);
+/* After each exchange step: act on a verdict that came in (retry on
+ * another proxy, or let the held response out).  1: the attempt was
+ * replaced by a retry, the caller stops. */
+int conn_ban_settle(struct conn *c);
+/* Dispatch found no proxy for a retry on ban: answer the last banned
+ * response when it was kept.  1 when answered. */
+int conn_ban_answer_last(struct conn *c);
+void conn_ban_reset(struct conn *c);
 
 /* tunnel.c */
 void conn_tunnel_begin(struct conn *c);

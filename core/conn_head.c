@@ -150,10 +150,10 @@ static void out_request_fields(struct out *o, const struct conn *c, const char *
     int hops = counts_hops(c);
     for (unsigned i = 0; i < c->req.nfields; i++) {
         const struct http_field *f = &c->req.fields[i];
-        /* X-Ferry-Session is ferry's (take_session), also on a replay's
-         * fresh parse. */
+        /* Control headers are ferry's (ctl.c), also on a replay's fresh
+         * parse. */
         if (f->hop || http_span_ieq(base, f->name, "Host") || ours(base, f) ||
-            http_span_ieq(base, f->name, "X-Ferry-Session") ||
+            ctl_is_header(base, f->name) ||
             (hops && http_span_ieq(base, f->name, "Max-Forwards")) || dropped(c, base, f)) {
             continue;
         }

@@ -2,6 +2,8 @@
  * rewritten heads out, bodies relayed by their framing. */
 #include "authfail.h"
 #include "conn.h"
+#include "rate.h"
+#include "ctl.h"
 #include "health.h"
 #include "inbound.h"
 #include "listener.h"
@@ -9,7 +11,6 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "upstream.h"
-#include "sticky.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,12 +56,16 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
     ctx->proxy = c->proxy != NULL ? c->proxy->display : NULL;
     ctx->intercepted = c->mitm != NULL;
     ctx->scheme = c->origin_tls ? "https" : NULL;
+    ctx->ban = NULL;
+    ctx->ban_retries = 0;
 }
 
 void conn_log_done(struct conn *c, const char *code)
 {
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
+    ctx.ban = c->ban_note;               /* retry on ban (conn_banretry.c) */
+    ctx.ban_retries = c->ban_retried;
     log_access(&ctx, c->client, c->method[0] ? c->method : "-", c->host[0] ? c->host : "-",
                c->port, c->path[0] ? c->path : "-", c->status,
                c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
@@ -100,6 +105,8 @@ void conn_write_http_error(struct conn *c, enum ferr e)
         snprintf(extra, sizeof(extra), "Proxy-Authenticate: Basic realm=\"ferry\"\r\n");
     } else if (e == FERR_AUTH_THROTTLED) {
         snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", authfail_retry_after(c->client));
+    } else if (e == FERR_RATE_LIMITED || e == FERR_RATE_TIMEOUT) {
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", rate_retry_after(c));
     }
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
@@ -134,6 +141,7 @@ static void fail_answer(struct conn *c, enum ferr e, int quiet)
                   c->path[0] ? c->path : "-", info->message);
     }
     conn_upstream_close(c);
+    c->ban_hold = 0; /* whatever cli.out holds goes out now */
     if (c->sent_any) {
         /* Part of a response is already out: closing is the only signal. */
         log_done(c);
@@ -258,32 +266,15 @@ void conn_set_header_edits(struct conn *c, const char *add, size_t add_len, cons
     }
 }
 
-/* The sticky session key: the first X-Ferry-Session header, else the
- * -session-KEY suffix of the proxy user name.  Every X-Ferry-Session
- * field stops here: a repeated one must not reach upstream either. */
-void conn_take_session(struct conn *c, const char *base)
-{
-    int taken = 0;
-    for (unsigned i = 0; i < c->req.nfields; i++) {
-        struct http_field *f = &c->req.fields[i];
-        if (!http_span_ieq(base, f->name, "X-Ferry-Session")) {
-            continue;
-        }
-        f->hop = 1;
-        if (!taken && f->value.len > 0) {
-            sticky_key_copy(c->session, sizeof(c->session), base + f->value.off, f->value.len);
-        }
-        taken = 1;
-    }
-}
-
 /* A new request on this connection starts with clean per-request state. */
 static void reset_request(struct conn *c)
 {
     c->session[0] = '\0';
+    ctl_clear(&c->ctl_hdr);
     c->pool = 0;
     c->exchange = 0;
     conn_clear_header_edits(c);
+    conn_ban_reset(c);
     c->fwd = 0;
     c->head_len = 0;
     c->status = 0;
@@ -388,6 +379,9 @@ int conn_read_head(struct conn *c)
         return 0;
     }
     snprintf(c->method, sizeof(c->method), "%s", http_method_name(c->req.method));
+    /* Here, on the one head path of every request (plain, or inside an
+     * intercepted tunnel): each control header stops at ferry. */
+    ctl_take_headers(&c->req, base, &c->ctl_hdr);
     return 1;
 }
 
@@ -400,6 +394,7 @@ void conn_on_head(struct conn *c)
     c->is_connect = c->req.method == HTTP_CONNECT;
     const char *auth = base + c->req.proxy_auth.off;
     size_t auth_len = c->req.proxy_auth.len;
+    ctl_clear(&c->ctl_user); /* each request's own credentials carry its parameters */
     if (c->l->nusers > 0) {
         if (authfail_blocked(c->l, c->client)) {
             conn_fail_quiet(c, FERR_AUTH_THROTTLED);
@@ -409,8 +404,7 @@ void conn_on_head(struct conn *c)
         if (auth_len > 0) {
             user = listener_auth(c->l, auth, auth_len);
             if (user == NULL) {
-                user = listener_auth_session(c->l, auth, auth_len, c->session,
-                                             sizeof(c->session));
+                user = listener_auth_ctl(c->l, auth, auth_len, &c->ctl_user);
             }
         }
         if (user == NULL) {
@@ -427,10 +421,9 @@ void conn_on_head(struct conn *c)
         }
         snprintf(c->user, sizeof(c->user), "%s", user);
     } else if (auth_len > 0) {
-        /* No users to check: a -session-KEY user name still names a session. */
-        listener_auth_session(c->l, auth, auth_len, c->session, sizeof(c->session));
+        /* No users to check: USER-key-value parameters still count. */
+        listener_auth_ctl(c->l, auth, auth_len, &c->ctl_user);
     }
-    conn_take_session(c, base);
     if (c->req.method == HTTP_OPTIONS && http_span_ieq(base, c->req.url, "*")) {
         answer_here(c); /* OPTIONS * asks the proxy itself */
         return;
@@ -605,6 +598,9 @@ static int take_response_head(struct conn *c)
         c->dechunk = c->req.minor == 0 && c->resp.framing == HTTP_FRAME_CHUNKED;
         c->keep_client = c->req.keep_alive && !http_needs_eof(&c->resp) && !c->cli.eof &&
                          !c->dechunk;
+        if (conn_ban_hold_begin(c, st) < 0) {
+            return 0; /* a ban may retry it: start holding once cli.out drained */
+        }
         if (conn_write_response_head(c, base) < 0) {
             if (buf_empty(&c->cli.out)) {
                 origin_failed(c, FERR_RESPONSE_TOO_LARGE);
@@ -615,11 +611,13 @@ static int take_response_head(struct conn *c)
         buf_consume(&c->up.in, hl);
         c->resp_head_done = 1;
         c->sent_any = 1;
-        c->replayable = 0;
         c->status = st;
-        if (c->req_done) {
-            buf_consume(&c->cli.in, c->fwd);
-            c->fwd = 0;
+        if (!c->ban_hold) { /* a held response may still be replaced by a retry */
+            c->replayable = 0;
+            if (c->req_done) {
+                buf_consume(&c->cli.in, c->fwd);
+                c->fwd = 0;
+            }
         }
         conn_report_head(c, base, hl, st);
         if (st == 101 && c->upgrade) {
@@ -707,8 +705,12 @@ int conn_exchange(struct conn *c)
             return r < 0 ? -1 : 0;
         }
     }
-    if (c->resp_head_done && !c->resp_done && relay_response_body(c, fresh) < 0) {
+    /* A held response has not left ferry yet either (conn_banretry.c). */
+    if (c->resp_head_done && !c->resp_done && relay_response_body(c, fresh || c->ban_hold) < 0) {
         return -1;
+    }
+    if (conn_ban_settle(c)) {
+        return 0;
     }
     if (c->resp_done) {
         conn_finish(c);

@@ -42,9 +42,11 @@ static void cap_free(struct conn *c)
     c->cap = NULL;
 }
 
-/* Report the attempt, with k (NULL or a capture, freed here) for Lua. */
+/* Report the attempt, with k (NULL or a capture, freed here) for Lua;
+ * without one, head (NULL or the response head in up.in, hlen bytes)
+ * still lets the ban read Retry-After. */
 static void report_with(struct conn *c, struct report_cap *k, int ok,
-                        enum ferry_fail_kind kind, int status)
+                        enum ferry_fail_kind kind, int status, const char *head, size_t hlen)
 {
     struct proxy *p = c->proxy;
     double ms = (loop_now() - c->t_attempt) * 1000.0;
@@ -74,9 +76,13 @@ static void report_with(struct conn *c, struct report_cap *k, int ok,
         r.head_len = (uint32_t)k->head;
         r.body = k->data + k->head;
         r.body_len = (uint32_t)(k->len - k->head);
+    } else if (head != NULL) {
+        r.head = head;
+        r.head_len = (uint32_t)hlen;
     }
     bridge_result(&r);
     free(k);
+    conn_ban_verdict(c, r.banned);
 }
 
 /* The waiting report goes out now, with what was captured. */
@@ -84,7 +90,7 @@ static void report_pending(struct conn *c, int ok, enum ferry_fail_kind kind, in
 {
     struct report_cap *k = c->cap;
     c->cap = NULL;
-    report_with(c, k, ok, kind, status);
+    report_with(c, k, ok, kind, status, NULL, 0);
 }
 
 void conn_report(struct conn *c, int ok, enum ferry_fail_kind kind, int status)
@@ -97,7 +103,7 @@ void conn_report(struct conn *c, int ok, enum ferry_fail_kind kind, int status)
         report_pending(c, 0, kind, c->status);
         return;
     }
-    report_with(c, NULL, ok, kind, status);
+    report_with(c, NULL, ok, kind, status, NULL, 0);
 }
 
 void conn_report_head(struct conn *c, const char *head, size_t len, int status)
@@ -108,16 +114,16 @@ void conn_report_head(struct conn *c, const char *head, size_t len, int status)
     int ok = status < 500;
     cap_free(c);
     if (!(c->req_flags & FERRY_REQ_CAPTURE)) {
-        report_with(c, NULL, ok, FERRY_FAIL_HTTP5XX, status);
+        report_with(c, NULL, ok, FERRY_FAIL_HTTP5XX, status, head, len);
         return;
     }
     if (!c->resp.has_body) {
-        report_with(c, cap_new(head, len, 0), ok, FERRY_FAIL_HTTP5XX, status);
+        report_with(c, cap_new(head, len, 0), ok, FERRY_FAIL_HTTP5XX, status, head, len);
         return;
     }
     c->cap = cap_new(head, len, CAPTURE_MAX);
     if (c->cap == NULL) {
-        report_with(c, NULL, ok, FERRY_FAIL_HTTP5XX, status);
+        report_with(c, NULL, ok, FERRY_FAIL_HTTP5XX, status, head, len);
     }
 }
 

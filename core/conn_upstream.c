@@ -8,6 +8,7 @@
 #include "metrics.h"
 #include "origin_tls.h"
 #include "proxy.h"
+#include "rate.h"
 #include "resolve.h"
 #include "transport.h"
 #include "upstream.h"
@@ -45,6 +46,7 @@ void conn_upstream_close(struct conn *c)
         c->up.fd = -1;
     }
     uppool_drop(c);
+    rate_drop(c);
     if (c->counted && c->proxy != NULL) {
         proxy_attempt_end(c->proxy);
     }
@@ -67,9 +69,30 @@ void conn_upstream_release(struct conn *c, int keep)
     conn_upstream_close(c);
 }
 
+/* The request's control parameters: its headers over its user name's.
+ * A CONNECT's headers join the connection's parameters, so requests
+ * inside an intercepted tunnel inherit them; its rotate is spent on the
+ * tunnel's own route.  -1: an invalid value, answered FERRY-1060. */
+static int route_ctl(struct conn *c, struct ctl *eff)
+{
+    *eff = c->ctl_user;
+    ctl_merge(eff, &c->ctl_hdr);
+    if (c->is_connect && c->attempt == 0) {
+        c->ctl_user = *eff;
+        c->ctl_user.rotate = c->ctl_user.rotate_set = 0;
+    }
+    memcpy(c->session, eff->session, sizeof(c->session));
+    return eff->bad ? -1 : 0;
+}
+
 void conn_route(struct conn *c)
 {
     c->metered = 1;
+    struct ctl eff;
+    if (route_ctl(c, &eff) < 0) {
+        conn_fail(c, FERR_CTL_BAD);
+        return;
+    }
     c->fresh_only = 0; /* only a replay, which starts its attempt itself, sets it */
     struct ferry_req r;
     memset(&r, 0, sizeof(r));
@@ -96,6 +119,15 @@ void conn_route(struct conn *c)
         r.session = c->session;
         r.session_len = (uint32_t)strlen(c->session);
     }
+    if (eff.region[0] != '\0') {
+        r.region = eff.region;
+        r.region_len = (uint32_t)strlen(eff.region);
+    }
+    if (eff.pool[0] != '\0') {
+        r.pool_header = eff.pool;
+        r.pool_header_len = (uint32_t)strlen(eff.pool);
+    }
+    r.rotate = eff.rotate;
     r.head = buf_head(&c->cli.in);
     r.head_len = (uint32_t)c->head_len;
     r.retries = -1;
@@ -117,6 +149,14 @@ void conn_route(struct conn *c)
     }
     conn_set_header_edits(c, r.add_headers, r.add_headers_len, r.drop_headers,
                           r.drop_headers_len);
+    if (id == BRIDGE_RATE) {
+        rate_wait(c, r.rate_wait); /* queued, or answered 429 */
+        return;
+    }
+    rate_routed(c);
+    if (id < 0 && c->attempt > 0 && conn_ban_answer_last(c)) {
+        return; /* every proxy left is banned: the last banned answer */
+    }
     if (id == BRIDGE_NO_PROXY && c->attempt > 0) {
         /* Every proxy was tried: the client hears why the last one failed. */
         conn_fail(c, c->last_err);
@@ -125,7 +165,10 @@ void conn_route(struct conn *c)
     if (id < 0) {
         enum ferr e = id == BRIDGE_DENY ? FERR_DENIED
                     : id == BRIDGE_NO_PROXY ? FERR_NO_PROXY
-                    : id == BRIDGE_ALL_DOWN ? FERR_ALL_DOWN : FERR_ROUTE_ERROR;
+                    : id == BRIDGE_ALL_DOWN ? FERR_ALL_DOWN
+                    : id == FERRY_DISPATCH_POOL_REFUSED ? FERR_POOL_REFUSED
+                    : id == FERRY_DISPATCH_POOL_UNKNOWN ? FERR_POOL_UNKNOWN
+                    : id == FERRY_DISPATCH_NO_REGION ? FERR_NO_REGION : FERR_ROUTE_ERROR;
         conn_fail(c, e);
         return;
     }
@@ -138,12 +181,9 @@ void conn_route(struct conn *c)
         conn_fail(c, FERR_ROUTE_ERROR);
         return;
     }
-    if (c->origin_tls && c->proxy != NULL && upstream_uses_tls(c->proxy->pub.scheme)) {
-        /* TLS inside the proxy's TLS is not built: refused, coded. */
-        conn_fail(c, FERR_ORIGIN_TLS_PROXY);
-        return;
-    }
     if (c->attempt == 0) {
+        c->ban_retry = (unsigned char)(r.ban_retry > 0 && r.ban_retry <= FERRY_RETRIES_MAX
+                                           ? r.ban_retry : 0);
         int retries = r.retries < 0 ? 2 : r.retries;
         c->retries = retries < FERRY_RETRIES_MAX ? retries : FERRY_RETRIES_MAX;
         c->connect_timeout = r.connect_timeout_ms > 0 ? r.connect_timeout_ms / 1000.0
@@ -381,20 +421,29 @@ static void origin_tls_failed(struct conn *c, const char *why)
     conn_attempt_failed(c, FERRY_FAIL_TLS, e);
 }
 
+/* The transport c->up has once its TLS session with the origin is set
+ * up: inside the proxy's TLS for an https:// proxy, else on the socket. */
+static const struct transport_ops *origin_transport(const struct conn *c)
+{
+    int nest = c->proxy != NULL && upstream_uses_tls(c->proxy->pub.scheme);
+    return nest ? &transport_tls_nest : &transport_tls;
+}
+
 /* One step of a TLS handshake under the upstream watcher and the connect
  * timer (CS_HANDSHAKE): with an https:// proxy before its connector, or
- * with the origin after it (origin_tls; never both, conn_route). */
+ * with the origin after it (origin_tls), or both in that order. */
 static void tls_step(struct conn *c)
 {
+    int origin = c->origin_tls && c->up.tr == origin_transport(c);
     enum tr_hs r = leg_tr(&c->up)->handshake(&c->up);
     if (r == TR_HS_DONE) {
-        if (c->origin_tls) {
+        if (origin) {
             conn_upstream_ready(c);
         } else {
             connector_start(c);
         }
     } else if (r == TR_HS_FAIL) {
-        if (c->origin_tls) {
+        if (origin) {
             origin_tls_failed(c, tls_leg_error(&c->up));
         } else {
             tls_failed(c, tls_leg_error(&c->up));
@@ -406,8 +455,8 @@ static void tls_step(struct conn *c)
  * failed), the caller stops here. */
 static int origin_tls_begin(struct conn *c)
 {
-    if (!c->origin_tls || c->up.tr != NULL) {
-        return 0; /* plain, or a kept connection already on TLS */
+    if (!c->origin_tls || c->up.tr == origin_transport(c)) {
+        return 0; /* plain, or a kept connection already on TLS with the origin */
     }
     c->state = CS_HANDSHAKE;
     if (!buf_empty(&c->up.in)) {
@@ -535,7 +584,8 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
                                   c->req.idem_key.len > 0));
     double backoff = BACKOFF_BASE * (double)(1u << (c->attempt < 6 ? c->attempt : 6));
     backoff = min_d(backoff, BACKOFF_CAP) * (0.5 + (double)random() / RAND_MAX);
-    if (p == NULL || !safe || c->sent_any || (int)c->attempt >= c->retries ||
+    /* Tries made again after a ban do not spend the pool's retries. */
+    if (p == NULL || !safe || c->sent_any || (int)(c->attempt - c->ban_retried) >= c->retries ||
         c->target_fails > 1 ||
         loop_now() + backoff >= c->deadline) {
         conn_fail(c, e);
@@ -662,6 +712,9 @@ void conn_on_timeout(struct conn *c)
         break;
     case CS_BACKOFF:
         conn_route(c);
+        break;
+    case CS_RATE:
+        rate_timer_fired(c);
         break;
     case CS_QUEUE:
         if (uppool_queue_fired(c)) {

@@ -63,6 +63,8 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_RESPONSE_TOO_LARGE] = { "FERRY-3031", 502, "Bad Gateway",
                                   "the origin's response head is too large "
                                   "(over 16 KiB or 100 fields)" },
+    [FERR_BAN_EXHAUSTED]      = { "FERRY-6033", 502, "Bad Gateway",
+                                  "the exchange banned every proxy this request was tried on" },
     [FERR_QUEUE_FULL]         = { "FERRY-3060", 503, "Service Unavailable",
                                   "the upstream has all its connections busy and its queue is full" },
     [FERR_QUEUE_TIMEOUT]      = { "FERRY-3061", 503, "Service Unavailable",
@@ -100,13 +102,27 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_MITM_TARGET]        = { "FERRY-1088", 400, "Bad Request",
                                   "inside an intercepted tunnel a request needs an origin-form "
                                   "target (/path) or https:// to the same host" },
+    [FERR_RATE_LIMITED]       = { "FERRY-2010", 429, "Too Many Requests",
+                                  "no proxy has rate budget left for this exchange and its "
+                                  "wait queue is full (see Retry-After)" },
+    [FERR_RATE_TIMEOUT]       = { "FERRY-2011", 429, "Too Many Requests",
+                                  "no rate budget for this exchange came within its "
+                                  "queue_timeout (see Retry-After)" },
     [FERR_ORIGIN_VERIFY]      = { "FERRY-3042", 502, "Bad Gateway",
                                   "the origin's TLS certificate did not verify (see the log)" },
     [FERR_ORIGIN_TLS]         = { "FERRY-3043", 502, "Bad Gateway",
                                   "the TLS handshake with the origin failed (see the log)" },
-    [FERR_ORIGIN_TLS_PROXY]   = { "FERRY-3044", 502, "Bad Gateway",
-                                  "https:// to the origin cannot go through an https:// proxy; "
-                                  "use CONNECT, or an http/socks proxy for this pool" },
+
+    [FERR_CTL_BAD]            = { "FERRY-1060", 400, "Bad Request",
+                                  "invalid control header or user name parameter "
+                                  "(X-Ferry-Region, X-Ferry-Rotate, X-Ferry-Pool)" },
+    [FERR_POOL_UNKNOWN]       = { "FERRY-1061", 400, "Bad Request",
+                                  "X-Ferry-Pool names no configured pool" },
+    [FERR_POOL_REFUSED]       = { "FERRY-2020", 403, "Forbidden",
+                                  "X-Ferry-Pool is not allowed on this listener for that pool" },
+    [FERR_NO_REGION]          = { "FERRY-2021", 503, "Service Unavailable",
+                                  "no proxy of the requested region (X-Ferry-Region) "
+                                  "where the request goes" },
 };
 
 const struct ferr_info *ferr_info(enum ferr e)

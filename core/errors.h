@@ -50,10 +50,17 @@ enum ferr {
     FERR_MITM_PLAIN_HTTP,  /* plain HTTP where TLS was due after an intercepted CONNECT */
     FERR_MITM_EARLY,       /* bytes sent before the answer to an intercepted CONNECT */
     FERR_MITM_TARGET,      /* a request target inside that is not origin-form or https */
+    FERR_RATE_LIMITED,     /* no proxy has rate budget and the exchange's queue is full or 0 */
+    FERR_RATE_TIMEOUT,     /* no rate budget came within the exchange's queue_timeout */
     /* TLS origination (origin_tls.c) */
     FERR_ORIGIN_VERIFY,    /* the origin's certificate did not verify */
     FERR_ORIGIN_TLS,       /* the TLS handshake with the origin failed */
-    FERR_ORIGIN_TLS_PROXY, /* origination through an https:// proxy (TLS inside TLS) */
+    /* Control headers and user name parameters (ctl.c, part 6 of HTTPS). */
+    FERR_CTL_BAD,          /* an X-Ferry-Region/-Rotate/-Pool value (or user parameter) is invalid */
+    FERR_POOL_UNKNOWN,     /* X-Ferry-Pool names no configured pool */
+    FERR_POOL_REFUSED,     /* X-Ferry-Pool on a listener that does not allow that pool */
+    FERR_NO_REGION,        /* no proxy of the X-Ferry-Region region where the request goes */
+    FERR_BAN_EXHAUSTED,    /* retry on ban: every proxy was banned, no answer was kept */
     FERR_COUNT
 };
 

@@ -49,7 +49,12 @@ enum ferry_dispatch {
     FERRY_DISPATCH_NO_PROXY    = -1, /* the pool has nothing usable */
     FERRY_DISPATCH_ROUTE_ERROR = -2, /* route failed or named nothing known */
     FERRY_DISPATCH_DENY        = -3, /* policy said no */
-    FERRY_DISPATCH_ALL_DOWN    = -4  /* nothing healthy and the pool's all_down is "fail" */
+    FERRY_DISPATCH_ALL_DOWN    = -4, /* nothing healthy and the pool's all_down is "fail" */
+    FERRY_DISPATCH_RATE        = -5, /* rate budgets: no proxy has tokens now (ferry_req.rate_wait) */
+    /* Control headers (ctl.c): numbered apart, other answers come before. */
+    FERRY_DISPATCH_POOL_REFUSED = -20, /* X-Ferry-Pool not allowed on the listener */
+    FERRY_DISPATCH_POOL_UNKNOWN = -21, /* X-Ferry-Pool names no pool */
+    FERRY_DISPATCH_NO_REGION    = -22  /* no proxy of the X-Ferry-Region region */
 };
 
 /* Upstream kinds a proxy can be. */
@@ -158,6 +163,12 @@ struct ferry_pxstate {
     double   last_failure_at; /* ro */
     double   last_success_at; /* ro */
     double   latency_ewma_ms; /* ro: response latency, EWMA */
+    /* Rate budget of the pair (rate.c): a token bucket refilled at the
+     * exchange's limit/per.  Tokens now = rate_tokens + (now - rate_at)
+     * * rate, capped; rate_at 0: never used (full); rate_at in the
+     * future: empty until then (the exchange's Retry-After). */
+    double   rate_tokens;     /* ro */
+    double   rate_at;         /* ro */
 };
 
 /*
@@ -178,6 +189,8 @@ struct ferry_result {
     uint32_t    body_len;
     const char *host;         /* destination host */
     uint32_t    host_len;
+    /* written by Lua for the core (retry on ban, conn_banretry.c): */
+    int32_t     banned;       /* rw: 1 when this result banned the (proxy, exchange) pair */
 };
 
 /*
@@ -217,6 +230,14 @@ struct ferry_req {
     uint32_t    add_headers_len;
     const char *drop_headers; /* rw: "\nname\nname\n" (lower case) to remove, or NULL */
     uint32_t    drop_headers_len;
+    double      rate_wait;   /* rw: with FERRY_DISPATCH_RATE, seconds until a token is due */
+    /* Control parameters (X-Ferry-* headers or user name parameters, ctl.c). */
+    const char *region;      /* ro: proxies of this region only, or NULL */
+    uint32_t    region_len;
+    const char *pool_header; /* ro: the pool the client asks for, or NULL */
+    uint32_t    pool_header_len;
+    uint32_t    rotate;      /* ro: 1: re-pin the sticky session now */
+    int32_t     ban_retry;   /* rw: tries on other proxies after a ban (the exchange's ban.retry) */
 };
 
 /* One request to the admin plane (admin.c), handed to the runtime's
@@ -354,6 +375,32 @@ int ferry_breaker_close(struct ferry_pxstate *x);
 int ferry_breaker_trial(struct ferry_pxstate *x);
 /* Ban the pair for `seconds` (0 lifts the ban); counts bans in a row. */
 int ferry_ban(struct ferry_pxstate *x, double seconds, const char *reason);
+
+/* Rate budgets per (proxy, exchange) (rate.c).  ferry_rate_set: the
+ * exchange's bucket (limit tokens per `per` seconds, capacity burst, 0:
+ * limit) and its wait queue (queue requests, queue_timeout seconds);
+ * limit 0 turns budgets off for it.  Existing buckets keep their tokens.
+ * ferry_rate_take: refill, then spend weight tokens (may go below 0).
+ * ferry_rate_learn: clamp the tokens to at most max (max < 0: no clamp),
+ * and when until > now keep the bucket empty until then.
+ * ferry_rate_tokens: the tokens now (refilled, capped). */
+int ferry_rate_set(uint32_t exchange, double limit, double per, double burst, int queue,
+                   double queue_timeout);
+int ferry_rate_take(struct ferry_pxstate *x, double weight);
+int ferry_rate_learn(struct ferry_pxstate *x, double max, double until);
+double ferry_rate_tokens(const struct ferry_pxstate *x);
+/* Per exchange: requests that waited, answered 429, waiting now. */
+struct ferry_rate_stats {
+    uint64_t waited;          /* ro: requests that entered the wait queue */
+    uint64_t rejected;        /* ro: requests answered 429 (FERRY-2010, FERRY-2011) */
+    uint64_t learned;         /* ro: answers that emptied or clamped a bucket */
+    uint32_t waiting;         /* ro: requests waiting now */
+    uint32_t queue;           /* ro: the configured queue bound */
+    double   limit;           /* ro: tokens per `per` seconds, 0 = off */
+    double   per;             /* ro */
+    double   capacity;        /* ro: bucket size */
+};
+int ferry_rate_stats(uint32_t exchange, struct ferry_rate_stats *out);
 
 /* Sticky sessions (sticky.c): key -> proxy id with a TTL, bounded in
  * size (oldest entries go first when full). */

@@ -514,6 +514,7 @@ int http_method_idempotent(int method)
     case HTTP_OPTIONS:
     case HTTP_PUT:
     case HTTP_DELETE:
+    case HTTP_TRACE:
         return 1;
     default:
         return 0;

@@ -8,13 +8,13 @@
  * SOCKS4 carries a user id but no password, so it cannot be checked: on
  * a listener with users every SOCKS4 request is refused (91, FERRY-1055)
  * and only SOCKS5 with username/password gets in.  Without users the
- * user id is ignored, except that a USER-session-KEY form names a sticky
- * session as the HTTP listener's user name does. */
+ * user id is ignored, except that USER-key-value parameters (a sticky
+ * session, a region...) count as in the HTTP listener's user name. */
 #include "conn.h"
 #include "inbound.h"
 #include "listener.h"
 #include "log.h"
-#include "sticky.h"
+#include "ctl.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -50,24 +50,10 @@ static long field_len(const unsigned char *p, size_t n, size_t at)
     return avail > S4_FIELD_MAX ? -2 : -1;
 }
 
-static const char marker[] = "-session-";
-
-/* A USER-session-KEY user id names a sticky session. */
-static void take_session(struct conn *c, const unsigned char *id, size_t n)
+/* A USER-key-value... user id carries control parameters (ctl.c). */
+static void take_params(struct conn *c, const unsigned char *id, size_t n)
 {
-    const unsigned char *mark = NULL;
-    for (size_t i = 1; i + sizeof(marker) - 1 <= n; i++) {
-        if (memcmp(id + i, marker, sizeof(marker) - 1) == 0) {
-            mark = id + i;
-        }
-    }
-    if (mark != NULL) {
-        const unsigned char *key = mark + sizeof(marker) - 1;
-        size_t klen = (size_t)(id + n - key);
-        if (klen > 0) {
-            sticky_key_copy(c->session, sizeof(c->session), (const char *)key, klen);
-        }
-    }
+    ctl_user_parse((const char *)id, n, &c->ctl_user);
 }
 
 static void s4_input(struct conn *c)
@@ -128,7 +114,7 @@ static void s4_input(struct conn *c)
         conn_fail(c, FERR_SOCKS_MALFORMED);
         return;
     }
-    take_session(c, p + 8, (size_t)ulen);
+    take_params(c, p + 8, (size_t)ulen);
     buf_consume(&c->cli.in, end);
     c->in_step = S4IN_ROUTED;
     inbound_route_tunnel(c);

@@ -48,9 +48,13 @@ static const unsigned char rep_of[FERR_COUNT] = {
     [FERR_HEAD_TIMEOUT] = 6,
     [FERR_UPSTREAM_STALLED] = 6,
     [FERR_QUEUE_TIMEOUT] = 6,     /* no upstream connection slot in time */
+    [FERR_RATE_LIMITED] = 2,       /* rate budget spent: refused by policy, for now */
+    [FERR_RATE_TIMEOUT] = 2,
     [FERR_SOCKS_COMMAND] = 7,      /* command not supported */
     [FERR_SOCKS_ATYP] = 8,         /* address type not supported */
     [FERR_SOCKS4_NO_IPV4] = 8,     /* the SOCKS4 hop cannot carry an IPv6 destination */
+    [FERR_POOL_REFUSED] = 2,       /* a user name's -pool- the listener does not allow */
+    [FERR_NO_REGION] = 3,          /* no proxy of the user name's -region- */
 };
 
 unsigned char inbound_socks5_rep(enum ferr e)
@@ -81,7 +85,7 @@ static int take_greeting(struct conn *c, const unsigned char *p, size_t n)
         return 0;
     }
     /* Without users, username/password is still chosen when offered: its
-     * user name may carry a USER-session-KEY for sticky sessions. */
+     * user name may carry USER-key-value parameters (ctl.c). */
     unsigned char m = S5_NO_METHOD;
     if (offered(p + 2, p[1], S5_USERPASS)) {
         m = S5_USERPASS;
@@ -121,8 +125,8 @@ static const char *check_user(struct conn *c, const unsigned char *u, size_t ule
         user = listener_auth(c->l, basic, 6 + tl);
     }
     if (user == NULL) {
-        /* USER-session-KEY: the session, and the user without the suffix. */
-        user = listener_auth_session(c->l, basic, 6 + tl, c->session, sizeof(c->session));
+        /* USER-key-value...: the parameters, and the user without them. */
+        user = listener_auth_ctl(c->l, basic, 6 + tl, &c->ctl_user);
     }
     if (user == NULL && c->l->nusers == 0) {
         user = ""; /* nothing to check */
@@ -151,7 +155,7 @@ static int take_auth(struct conn *c, const unsigned char *p, size_t n)
     const char *user = ulen == 0 || memchr(p + 2, ':', ulen) != NULL
                        ? NULL : check_user(c, p + 2, ulen, p + 3 + ulen, plen);
     if (user == NULL) {
-        c->session[0] = '\0';
+        ctl_clear(&c->ctl_user);
         if (c->l->nusers > 0 && authfail_count(c->l, c->client) == 0) {
             conn_fail_quiet(c, FERR_AUTH_REQUIRED);
         } else {

@@ -12,16 +12,15 @@
  *
  * The CONNECT names the only host this session may talk to: a Host
  * header or an absolute target naming another one is answered 421.  The
- * session's state (host, port, the CONNECT's user and session key) lives
- * in c->mitm for the connection's life; reset_request clears the
- * per-request copies and conn_intercept_input restores them. */
+ * session's state (host, port, the CONNECT's user) lives in c->mitm for
+ * the connection's life; reset_request clears the per-request copies and
+ * conn_intercept_input restores them. */
 #include "intercept.h"
 #include "conn.h"
 #include "inbound.h"
 #include "listener.h"
 #include "log.h"
 #include "mint.h"
-#include "sticky.h"
 #include "transport.h"
 
 #include <arpa/inet.h>
@@ -35,7 +34,6 @@ struct mitm {
     char host[HOST_MAX_LEN + 1]; /* the CONNECT's host, lower case */
     int port;
     char user[128];              /* the CONNECT's authenticated user */
-    char session[128];           /* the CONNECT's session key */
 };
 
 /* Refused-certificate lines: one per host and window. */
@@ -102,7 +100,6 @@ void conn_intercept_begin(struct conn *c)
     }
     m->port = c->port;
     snprintf(m->user, sizeof(m->user), "%s", c->user);
-    snprintf(m->session, sizeof(m->session), "%s", c->session);
     c->mitm = m;
     c->in->answer_ok(c);
     c->status = 200;
@@ -275,8 +272,9 @@ void conn_intercept_input(struct conn *c)
     snprintf(c->host, sizeof(c->host), "%s", m->host);
     c->port = m->port;
     snprintf(c->user, sizeof(c->user), "%s", m->user);
-    snprintf(c->session, sizeof(c->session), "%s", m->session);
-    conn_take_session(c, base); /* X-Ferry-Session inside overrides, and never leaves */
+    /* Control parameters (sessions, region, pool) need nothing here: the
+     * CONNECT's joined c->ctl_user, which requests inside keep, and each
+     * request's own X-Ferry-* headers (conn_read_head) win over them. */
     if (take_target(c, base) < 0) {
         return;
     }

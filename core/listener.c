@@ -8,7 +8,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
-#include "sticky.h"
+#include "ctl.h"
 #include "transport.h"
 
 #include <arpa/inet.h>
@@ -428,10 +428,8 @@ static void listener_free(struct listener *l)
     free(l);
 }
 
-const char *listener_auth_session(struct listener *l, const char *value, size_t len,
-                                  char *session, size_t room)
+const char *listener_auth_ctl(struct listener *l, const char *value, size_t len, struct ctl *k)
 {
-    static const char marker[] = "-session-";
     size_t tlen;
     const char *tok = basic_token(value, len, &tlen);
     unsigned char dec[520];
@@ -443,24 +441,15 @@ const char *listener_auth_session(struct listener *l, const char *value, size_t 
     if (colon == NULL) {
         return NULL;
     }
-    /* The last marker in the user name: "alice-session-7" is alice, key 7. */
-    const unsigned char *mark = NULL;
-    for (const unsigned char *p = dec; p + sizeof(marker) - 1 <= colon; p++) {
-        if (memcmp(p, marker, sizeof(marker) - 1) == 0) {
-            mark = p;
-        }
-    }
-    if (mark == NULL || mark == dec) {
+    /* USER-key-value...: the grammar is ctl.c's, for every listener kind. */
+    struct ctl got;
+    ctl_clear(&got);
+    size_t ulen = ctl_user_parse((const char *)dec, (size_t)(colon - dec), &got);
+    if (ulen == 0) {
         return NULL;
     }
-    const unsigned char *key = mark + sizeof(marker) - 1;
-    size_t klen = (size_t)(colon - key);
-    if (klen == 0 || room < 32) {
-        return NULL;
-    }
-    /* Re-encode "user:pass" without the suffix and check it as usual. */
+    /* Re-encode "user:pass" without the parameters and check it as usual. */
     char cred[520], enc[700];
-    size_t ulen = (size_t)(mark - dec);
     size_t plen = (size_t)(dec + n - colon);
     memcpy(cred, dec, ulen);
     memcpy(cred + ulen, colon, plen);
@@ -477,7 +466,7 @@ const char *listener_auth_session(struct listener *l, const char *value, size_t 
             return NULL;
         }
     }
-    sticky_key_copy(session, room, (const char *)key, klen);
+    ctl_merge(k, &got);
     return user;
 }
 

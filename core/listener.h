@@ -11,6 +11,7 @@
 #define LISTENER_AUTH_FAIL_LIMIT 10     /* defaults of auth_fail_limit ... */
 #define LISTENER_AUTH_FAIL_WINDOW 60.0  /* ... and auth_fail_window (config.lua's too) */
 
+struct ctl;
 struct inbound_ops;
 struct ssl_ctx_st;
 
@@ -46,11 +47,11 @@ int listener_is_admin(const struct listener *l);
 int listener_count(void);
 /* Match a Proxy-Authorization value; returns the user name or NULL. */
 const char *listener_auth(struct listener *l, const char *value, size_t len);
-/* A "USER-session-KEY:pass" credential: authenticates USER (any user when
- * the listener has none) and copies KEY into session; the user name
- * ("" without users) or NULL. */
-const char *listener_auth_session(struct listener *l, const char *value, size_t len,
-                                  char *session, size_t room);
+/* A "USER-key-value...:pass" credential (ctl.c's grammar, e.g.
+ * alice-session-K-region-eu): authenticates USER (any user when the
+ * listener has none) and merges the parameters into k; the user name
+ * ("" without users) or NULL (k untouched). */
+const char *listener_auth_ctl(struct listener *l, const char *value, size_t len, struct ctl *k);
 /* A connection of l ended: a listener closed by a reload goes with its last one. */
 void listener_conn_gone(struct listener *l);
 /* Stop accepting on the data plane only (drain); admin listeners stay. */

@@ -231,6 +231,10 @@ static void line_ctx(struct line *l, const struct log_ctx *ctx)
         put_raw(l, ",\"intercepted\":true");
     }
     put_str(l, "scheme", ctx->scheme);
+    if (ctx->ban_retries > 0) {
+        put_num(l, "ban_retries", ctx->ban_retries, 0);
+    }
+    put_str(l, "ban", ctx->ban);
 }
 
 static void line_end(struct line *l, struct sink *k)

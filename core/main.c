@@ -16,6 +16,7 @@
 #include "metrics.h"
 #include "mint.h"
 #include "proxy.h"
+#include "rate.h"
 #include "resolve.h"
 #include "uppool.h"
 
@@ -280,6 +281,7 @@ static int cmd_run(const char *config, int check_only)
     ev_run(loop, 0);
     conn_close_all();
     uppool_free_all();
+    rate_free_all();
     origin_tls_free_all();
     listener_close_all();
     bridge_stop(); /* the runtime persists what it must (last known health) */

@@ -282,6 +282,14 @@ void metrics_retry(int pool)
     }
 }
 
+void metrics_ban_retry(int pool)
+{
+    struct metrics_pool *ps = stats_of(pool);
+    if (ps != NULL) {
+        ps->ban_retries++;
+    }
+}
+
 void metrics_reuse_retry(int pool)
 {
     struct metrics_pool *ps = stats_of(pool);

@@ -32,6 +32,9 @@ void metrics_retry(int pool);
 /* A kept upstream closed before answering: the request goes out again on a
  * fresh connection (conn_upstream.c). */
 void metrics_reuse_retry(int pool);
+/* A banned response was dropped and its request sent through another
+ * proxy (conn_banretry.c). */
+void metrics_ban_retry(int pool);
 /* A Lua hook failed: 0 the runtime itself, 1 route, 2 strategy, 3 breaker,
  * 4 exchange hooks (enum ferry_hook_kind of ferry.h). */
 void metrics_hook_error(int kind);
@@ -67,6 +70,7 @@ struct metrics_histo {
 struct metrics_pool {
     uint64_t retries;             /* ro */
     uint64_t reuse_retries;       /* ro: requests sent again after a kept upstream closed */
+    uint64_t ban_retries;         /* ro: requests sent again after a ban (retry on ban) */
     struct metrics_histo connect; /* ro: resolve + connect + handshake of fresh upstreams */
     struct metrics_histo request; /* ro: request head to response end (tunnels: to up) */
 };

@@ -15,6 +15,7 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "mint.h"
 #include "proxy.h"
 #include "uppool.h"
 
@@ -372,6 +373,45 @@ static void render_conn_pools(struct text *t)
     family(t, "ferry_upstream_idle_evicted_total", "counter",
            "Idle upstream connections closed because the global idle cap was reached.");
     sample_u64(t, "ferry_upstream_idle_evicted_total", NULL, ferry_conn_idle_evicted());
+    uint64_t hs, reuse, verify;
+    ferry_origin_tls_stats(&hs, &reuse, &verify);
+    family(t, "ferry_origin_tls_handshakes_total", "counter",
+           "TLS handshakes ferry made with origins (origination).");
+    sample_u64(t, "ferry_origin_tls_handshakes_total", NULL, hs);
+    family(t, "ferry_origin_tls_reused_total", "counter",
+           "Requests sent on a kept TLS connection ferry originated (no handshake).");
+    sample_u64(t, "ferry_origin_tls_reused_total", NULL, reuse);
+    family(t, "ferry_origin_tls_verify_failures_total", "counter",
+           "Origin certificates that did not verify (FERRY-3042).");
+    sample_u64(t, "ferry_origin_tls_verify_failures_total", NULL, verify);
+}
+
+/* Leaves minted by ferry's CA for intercepted clients (mint.c). */
+static void render_mint(struct text *t)
+{
+    const struct mint_stats *m = mint_stats();
+    family(t, "ferry_tls_leaves_minted_total", "counter",
+           "Leaf certificates ferry's CA minted for intercepted clients.");
+    sample_u64(t, "ferry_tls_leaves_minted_total", NULL, m->minted);
+    family(t, "ferry_tls_leaf_cache_hits_total", "counter",
+           "Intercepted handshakes served a cached leaf certificate.");
+    sample_u64(t, "ferry_tls_leaf_cache_hits_total", NULL, m->hits);
+    family(t, "ferry_tls_leaf_cache_evictions_total", "counter",
+           "Cached leaf certificates dropped because the cache reached tls.leaf_cache.");
+    sample_u64(t, "ferry_tls_leaf_cache_evictions_total", NULL, m->evictions);
+    family(t, "ferry_tls_leaf_cache_entries", "gauge", "Leaf certificates cached now.");
+    sample_u64(t, "ferry_tls_leaf_cache_entries", NULL, m->cached);
+    family(t, "ferry_tls_client_refusals_total", "counter",
+           "Intercepted handshakes the client ended refusing ferry's certificate "
+           "(FERRY-1081).");
+    sample_u64(t, "ferry_tls_client_refusals_total", NULL, m->refused);
+    family(t, "ferry_tls_sni_mismatches_total", "counter",
+           "Intercepted handshakes refused because the SNI was not the CONNECT host "
+           "(FERRY-1080).");
+    sample_u64(t, "ferry_tls_sni_mismatches_total", NULL, m->sni_mismatch);
+    family(t, "ferry_tls_mint_failures_total", "counter",
+           "Leaf certificates that could not be minted (FERRY-1082).");
+    sample_u64(t, "ferry_tls_mint_failures_total", NULL, m->failed);
 }
 
 /* Interception (intercept.c). */
@@ -427,6 +467,15 @@ static void render_core(struct text *t)
             close_u64(t, metrics.pools[s]->reuse_retries);
         }
     }
+    family(t, "ferry_ban_retries_total", "counter",
+           "Requests sent again through another proxy after an exchange banned the one "
+           "they went through (ban.retry), by pool.");
+    for (unsigned s = 0; s < METRICS_POOL_SLOTS; s++) {
+        if (metrics.pools[s] != NULL && metrics.pools[s]->ban_retries > 0) {
+            open1(t, "ferry_ban_retries_total", "pool", metrics_pool_label(s, lbl));
+            close_u64(t, metrics.pools[s]->ban_retries);
+        }
+    }
     render_conn_pools(t);
     render_intercept(t);
     render_histo(t, "ferry_connect_duration_seconds", 0,
@@ -461,6 +510,7 @@ static void render_core(struct text *t)
     family(t, "ferry_sticky_sessions", "gauge", "Sticky session pins held now.");
     sample_u64(t, "ferry_sticky_sessions", NULL, ferry_sticky_count());
     render_authfail(t);
+    render_mint(t);
 }
 
 /* Per proxy ---------------------------------------------------------- */

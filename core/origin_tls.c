@@ -148,7 +148,10 @@ int origin_tls_connect(struct conn *c)
         }
     }
     const char *name = x != NULL && x->sni != NULL ? x->sni : c->host;
-    if (tls_leg_connect(&c->up, ctx, name, verify) != 0) {
+    /* Through an https:// proxy the session runs inside the proxy's TLS. */
+    int r = c->up.tr == &transport_tls ? tls_leg_connect_inner(&c->up, ctx, name, verify)
+                                       : tls_leg_connect(&c->up, ctx, name, verify);
+    if (r != 0) {
         return -1;
     }
     n_handshakes++;
@@ -174,6 +177,7 @@ void ferry_origin_tls_stats(uint64_t *handshakes, uint64_t *reuses, uint64_t *ve
 
 void origin_tls_free_all(void)
 {
+    tls_nest_cleanup();
     for (unsigned i = 1; i <= ORIGIN_EXCHANGES_MAX; i++) {
         free(exs[i].sni);
         memset(&exs[i], 0, sizeof(exs[i]));

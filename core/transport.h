@@ -46,6 +46,7 @@ struct transport_ops {
 
 extern const struct transport_ops transport_plain;
 extern const struct transport_ops transport_tls;
+extern const struct transport_ops transport_tls_nest;
 
 /* The leg's transport: tr, or plain when none is set. */
 const struct transport_ops *leg_tr(const struct leg *lg);
@@ -77,6 +78,15 @@ void tls_ctx_free(struct ssl_ctx_st *ctx);
  * sent without SNI).  -1: out of memory. */
 int tls_leg_accept(struct leg *lg, struct ssl_ctx_st *ctx);
 int tls_leg_connect(struct leg *lg, struct ssl_ctx_st *ctx, const char *host, int verify);
+/* transport_tls_nest.c: a second TLS session inside the leg's TLS (an
+ * origin reached through an https:// proxy's tunnel).  The leg must be
+ * on transport_tls; the nest takes that state over.  -1: out of memory. */
+int tls_leg_connect_inner(struct leg *lg, struct ssl_ctx_st *ctx, const char *host, int verify);
+/* 1 while the inner handshake has not finished; its failure kind. */
+int tls_nest_handshaking(const struct leg *lg);
+int tls_nest_fail(const struct leg *lg);
+/* Free the BIO method (stop). */
+void tls_nest_cleanup(void);
 /* 1 while the leg's TLS handshake has not finished. */
 int tls_leg_handshaking(const struct leg *lg);
 /* 1 when the handshake failed because the peer sent plain HTTP. */

@@ -30,8 +30,8 @@ struct tls_leg {
     unsigned read_wants_write:1;
     unsigned write_wants_read:1;
     unsigned plain_http:1;       /* the peer spoke plain HTTP to us */
-    unsigned fail:2;             /* enum tls_fail of the last failure */
     unsigned why_set:1;          /* why came from a callback (tls_ssl_fail): keep it */
+    unsigned fail:2;             /* enum tls_fail of the last failure */
     char why[160];               /* the last failure, for logs */
 };
 
@@ -205,6 +205,9 @@ int tls_leg_saw_http(const struct leg *lg)
 
 int tls_leg_fail(const struct leg *lg)
 {
+    if (lg->tr == &transport_tls_nest) {
+        return tls_nest_fail(lg);
+    }
     const struct tls_leg *t = lg->tr == &transport_tls ? lg->tls : NULL;
     return t != NULL ? (int)t->fail : TLS_FAIL_NONE;
 }
@@ -216,6 +219,9 @@ const char *tls_leg_error(const struct leg *lg)
 
 int tls_leg_handshaking(const struct leg *lg)
 {
+    if (lg->tr == &transport_tls_nest) {
+        return tls_nest_handshaking(lg);
+    }
     const struct tls_leg *t = lg->tr == &transport_tls ? lg->tls : NULL;
     return t != NULL && !SSL_is_init_finished(t->ssl);
 }

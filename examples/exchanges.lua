@@ -8,7 +8,11 @@
 --   bin/ferry check -c examples/exchanges.lua
 --   bin/ferry -c examples/exchanges.lua
 --   curl -x http://127.0.0.1:8090 https://api.binance.com/api/v3/time
--- (the last needs the Internet; without it, watch the probes in the log).
+--   curl -x http://127.0.0.1:8090 http://api.binance.com/api/v3/time
+-- (these need the Internet; without it, watch the probes in the log).
+-- The second is plain HTTP to ferry: binance has upgrade_tls, so ferry
+-- opens and verifies the TLS session itself, and its ban rules see the
+-- real status (docs/https.md#origination).
 --
 -- Exchanges match destination hosts on every listener, the nodes' too:
 -- each exchange script sends what reaches a node straight out, or a
@@ -64,6 +68,7 @@ pool "okx" {
 }
 
 exchange "binance" { hosts = { "*.binance.com", "binance.com" }, pool = "binance",
+                     upgrade_tls = true, -- http:// goes out as verified https://
                      ban = { status = { 403, 418, 429 }, backoff = 60, max_backoff = 3600,
                              body = { "IP banned" } },
                      script = "exchanges/binance.lua" }

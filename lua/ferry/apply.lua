@@ -86,12 +86,31 @@ local function load_breaker(cfg, pc, dirs)
   return { plugin = plugin, settings = settings }
 end
 
+-- Ferry's CA (tls { ca_cert, ca_key }), loaded and checked by the core
+-- before anything changes: a CA that does not load refuses the config,
+-- and on a reload the running one keeps minting.  The handle is
+-- released when the prepared config is collected; the core holds its
+-- own reference to the CA in use.
+local function load_ca(cfg)
+  local t = cfg.tls
+  if not t or not t.ca_cert then return nil end
+  local err = ffi.new("const char *[1]")
+  local ca = C.ferry_ca_load(t.ca_cert, t.ca_key, err)
+  if ca == nil then
+    return nil, format("%s:%d: tls: %s", cfg.file, t.line or 0, ffi_string(err[0]))
+  end
+  return ffi.gc(ca, C.ferry_ca_release)
+end
+
 -- Everything that can fail, without touching the core.  Returns a
 -- prepared table or nil, "file:line: message".
 function M.prepare(cfg, root)
   plugins.reset()
   local dirs = plugin_dirs(cfg, root)
   local prep = { cfg = cfg, pools = {}, exchanges = {} }
+  local ca, caerr = load_ca(cfg)
+  if caerr then return nil, caerr end
+  prep.ca = ca
   for _, name in ipairs(cfg.pool_order) do
     local pc = cfg.pools[name]
     local strategy, perr = plugins.load("strategies", pc.strategy, dirs)
@@ -393,15 +412,29 @@ function M.commit(prep, old)
     e.name = name
     e.pool = e.cfg.pool
     e.capture = e.hooks.on_response ~= nil or (e.ban ~= nil and e.ban.body ~= nil)
+    local rt = e.cfg.rate
+    if rt then
+      -- The buckets learn from the answers' headers: the head is needed.
+      e.capture = true
+      e.rate = { rate = rt.limit / rt.per, cap = rt.burst, limit = rt.limit, per = rt.per }
+      C.ferry_rate_set(e.id, rt.limit, rt.per, rt.burst, rt.queue, rt.queue_timeout)
+    else
+      e.rate = nil
+      C.ferry_rate_set(e.id, 0, 0, 0, 0, 0)
+    end
     e.upgrade_tls = e.cfg.upgrade_tls
     local tls = e.cfg.tls or { verify = true }
     C.ferry_exchange_set_tls(e.id, e.tls_ctx, tls.verify and 1 or 0, tls.sni)
     exchanges[name], by_id[e.id] = e, e
   end
   -- Exchanges of the old config that left take the defaults; contexts
-  -- no exchange uses any more are freed (SSLs in flight hold their own).
+  -- no exchange uses any more are freed (SSLs in flight hold their own);
+  -- their rate waiters go on without a budget.
   for name, e in pairs(old and old.exchanges or {}) do
-    if not exchanges[name] then C.ferry_exchange_set_tls(e.id, nil, 1, nil) end
+    if not exchanges[name] then
+      C.ferry_exchange_set_tls(e.id, nil, 1, nil)
+      if e.id then C.ferry_rate_set(e.id, 0, 0, 0, 0, 0) end
+    end
   end
   C.ferry_origin_tls_sweep()
   -- Upstream connection limits: every pool, and index 0 for direct.
@@ -417,6 +450,13 @@ function M.commit(prep, old)
     ms(t.keepalive), ms(t.request), ms(t.upstream_idle))
   C.ferry_set_log(LEVELS[cfg.log.level] or LEVELS.info, cfg.log.access and 1 or 0)
   C.ferry_set_http(cfg.http.via and 1 or 0, cfg.http.via_name)
+  -- Ferry's CA last: nothing after it can refuse the config.  Only memory
+  -- can fail here, and then the CA that was in use stays.
+  local caerr = errbuf()
+  if C.ferry_ca_use(prep.ca, cfg.tls and cfg.tls.leaf_cache or 0, caerr) ~= cdef.OK then
+    C.ferry_log(LEVELS.error, "FERRY-0180", format("%s: tls: %s", cfg.file,
+      ffi_string(caerr[0])))
+  end
 
   return { cfg = cfg, pools = pools, by_index = by_index, proxies = seen,
            exchanges = exchanges, exchange_by_id = by_id, listeners = listeners }

@@ -451,28 +451,6 @@ local function find_proxy(pool, u)
   return idx.full[full] or (not parsed.user and idx.bare[bare]) or nil
 end
 
--- Proxies of the pool outside `region`, as a "tried" set the strategies
--- already honour; nil when every proxy is in it.  Cached per pool.
-local region_sets = setmetatable({}, { __mode = "k" })
-
-local function outside(pool, region)
-  local per = region_sets[pool]
-  if not per then
-    per = {}
-    region_sets[pool] = per
-  end
-  local r = per[region]
-  if not r or r.n ~= #pool.proxies then
-    local set, inside = {}, 0
-    for _, p in ipairs(pool.proxies) do
-      if p.region == region then inside = inside + 1 else set[p.id] = true end
-    end
-    r = { n = #pool.proxies, set = set, inside = inside }
-    per[region] = r
-  end
-  return r.inside == r.n and nil or r.set, r.inside
-end
-
 local function score(pool, p, exid, now)
   local x = pool:pair(p, exid)
   local s = health.score(x ~= nil and x or p.c, pool.latency_ceiling, now)
@@ -528,14 +506,14 @@ function M.request(req, rt)
   end
   local fake = fake_request(req, q, e)
   local pool0 = cur.pools[e.pool]
+  -- The region rule is the pool's (ferry.pool in_region), as for
+  -- X-Ferry-Region: eligibility reads fake.region.
   if q.region and pool0 then
-    local set, inside = outside(pool0, q.region)
-    if inside == 0 then
+    if pool0:region_size(q.region) == 0 then
       return fail(req, 503, "FERRY-7105", "region", format('pool "%s" has no proxy in ' ..
         'region "%s"', pool0.name, q.region), { fallback_policy = M.FALLBACK[pool0.all_down],
         pool = pool0.name, exchange_id = e.name })
     end
-    fake.tried = set
   end
   local p, pool, _, why = rt.choose(q.exchange_id, fake)
   if not p then

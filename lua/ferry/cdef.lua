@@ -10,7 +10,10 @@ enum ferry_log_level { FERRY_LOG_DEBUG = 0, FERRY_LOG_INFO = 1, FERRY_LOG_WARN =
 enum ferry_hook_kind { FERRY_HOOK_RUNTIME = 0, FERRY_HOOK_ROUTE = 1, FERRY_HOOK_STRATEGY = 2,
                        FERRY_HOOK_BREAKER = 3, FERRY_HOOK_EXCHANGE = 4 };
 enum ferry_dispatch { FERRY_DISPATCH_NO_PROXY = -1, FERRY_DISPATCH_ROUTE_ERROR = -2,
-                      FERRY_DISPATCH_DENY = -3, FERRY_DISPATCH_ALL_DOWN = -4 };
+                      FERRY_DISPATCH_DENY = -3, FERRY_DISPATCH_ALL_DOWN = -4,
+                      FERRY_DISPATCH_RATE = -5,
+                      FERRY_DISPATCH_POOL_REFUSED = -20, FERRY_DISPATCH_POOL_UNKNOWN = -21,
+                      FERRY_DISPATCH_NO_REGION = -22 };
 enum { FERRY_RETRIES_MAX = 8 };
 enum ferry_scheme { FERRY_SCHEME_DIRECT = 0, FERRY_SCHEME_HTTP = 1, FERRY_SCHEME_SOCKS5 = 2,
                    FERRY_SCHEME_HTTPS = 3, FERRY_SCHEME_SOCKS4 = 4, FERRY_SCHEME_SOCKS4A = 5,
@@ -74,6 +77,8 @@ struct ferry_pxstate {
   double   last_failure_at;
   double   last_success_at;
   double   latency_ewma_ms;
+  double   rate_tokens;
+  double   rate_at;
 };
 struct ferry_result {
   uint32_t    proxy_id;
@@ -86,6 +91,7 @@ struct ferry_result {
   const char *head; uint32_t head_len;
   const char *body; uint32_t body_len;
   const char *host; uint32_t host_len;
+  int32_t     banned;
 };
 struct ferry_admin_req {
   const char *method;  uint32_t method_len;
@@ -119,6 +125,11 @@ struct ferry_req {
   uint32_t    flags;
   const char *add_headers;  uint32_t add_headers_len;
   const char *drop_headers; uint32_t drop_headers_len;
+  double rate_wait;
+  const char *region;       uint32_t region_len;
+  const char *pool_header;  uint32_t pool_header_len;
+  uint32_t    rotate;
+  int32_t     ban_retry;
 };
 double ferry_now(void);
 struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *host, int port,
@@ -159,6 +170,22 @@ int ferry_breaker_half_open(struct ferry_pxstate *x, int trials);
 int ferry_breaker_close(struct ferry_pxstate *x);
 int ferry_breaker_trial(struct ferry_pxstate *x);
 int ferry_ban(struct ferry_pxstate *x, double seconds, const char *reason);
+int ferry_rate_set(uint32_t exchange, double limit, double per, double burst, int queue,
+                   double queue_timeout);
+int ferry_rate_take(struct ferry_pxstate *x, double weight);
+int ferry_rate_learn(struct ferry_pxstate *x, double max, double until);
+double ferry_rate_tokens(const struct ferry_pxstate *x);
+struct ferry_rate_stats {
+  uint64_t waited;
+  uint64_t rejected;
+  uint64_t learned;
+  uint32_t waiting;
+  uint32_t queue;
+  double   limit;
+  double   per;
+  double   capacity;
+};
+int ferry_rate_stats(uint32_t exchange, struct ferry_rate_stats *out);
 uint32_t ferry_sticky_get(const char *key, uint32_t len);
 int ferry_sticky_set(const char *key, uint32_t len, uint32_t proxy_id, double ttl);
 void ferry_sticky_drop(const char *key, uint32_t len);
@@ -247,7 +274,11 @@ local M = {
            strategy = n(C.FERRY_HOOK_STRATEGY), breaker = n(C.FERRY_HOOK_BREAKER),
            exchange = n(C.FERRY_HOOK_EXCHANGE) },
   DISPATCH = { no_proxy = n(C.FERRY_DISPATCH_NO_PROXY), route_error = n(C.FERRY_DISPATCH_ROUTE_ERROR),
-               deny = n(C.FERRY_DISPATCH_DENY), all_down = n(C.FERRY_DISPATCH_ALL_DOWN) },
+               deny = n(C.FERRY_DISPATCH_DENY), all_down = n(C.FERRY_DISPATCH_ALL_DOWN),
+               rate = n(C.FERRY_DISPATCH_RATE),
+               pool_refused = n(C.FERRY_DISPATCH_POOL_REFUSED),
+               pool_unknown = n(C.FERRY_DISPATCH_POOL_UNKNOWN),
+               no_region = n(C.FERRY_DISPATCH_NO_REGION) },
   RETRIES_MAX = n(C.FERRY_RETRIES_MAX),
   PROXY_DOWN = n(C.FERRY_PROXY_DOWN),
   PROXY_DISABLED = n(C.FERRY_PROXY_DISABLED),

@@ -271,11 +271,12 @@ end
 local BODY_PEEK = 4096
 local BACKOFF_MAX = 86400 * 7
 
--- ban = { status = {...}, body = {...}, backoff, max_backoff }.
+-- ban = { status = {...}, body = {...}, backoff, max_backoff, retry }.
 local function parse_ban(where, t, has_script)
   if t == nil then return nil end
   where = where .. ": ban"
-  check_fields(where, t, { status = true, body = true, backoff = true, max_backoff = true })
+  check_fields(where, t, { status = true, body = true, backoff = true, max_backoff = true,
+    retry = true })
   local b = {}
   b.status = int_list(where, "status", t.status, 100, 599)
   if t.body ~= nil then
@@ -305,7 +306,31 @@ local function parse_ban(where, t, has_script)
   else
     b.max_backoff = math.max(3600, b.backoff)
   end
+  -- Retry on ban: tries through other proxies when a ban hits a request
+  -- (absent: 0, no retry).
+  b.retry = want_number(where, "retry", t.retry, 0, RETRIES_MAX, true)
   return b
+end
+
+-- rate = { limit, per, burst, queue, queue_timeout }: the token bucket
+-- of every (proxy, exchange) pair (core/rate.c).
+local RATE_LIMIT_MAX = 1e9
+local RATE_QUEUE_MAX = 100000
+
+local function parse_rate(where, t)
+  if t == nil then return nil end
+  where = where .. ": rate"
+  if type(t) ~= "table" then fail(where, "expected a table { limit = N, per = seconds }") end
+  check_fields(where, t, { limit = true, per = true, burst = true, queue = true,
+                           queue_timeout = true })
+  if t.limit == nil then fail(where, "limit is required (tokens per `per` seconds)") end
+  local r = {}
+  r.limit = want_number(where, "limit", t.limit, 0.001, RATE_LIMIT_MAX)
+  r.per = want_number(where, "per", t.per, 0.001, 86400) or 1
+  r.burst = want_number(where, "burst", t.burst, 1, RATE_LIMIT_MAX) or r.limit
+  r.queue = want_number(where, "queue", t.queue, 0, RATE_QUEUE_MAX, true) or 256
+  r.queue_timeout = want_number(where, "queue_timeout", t.queue_timeout, 0.001, 3600) or 5
+  return r
 end
 
 -- nil, or why path cannot be read as a file.  io.open succeeds on a
@@ -432,7 +457,8 @@ local function evaluate(chunk, file)
     end
     where = at(string.format('listen "%s"', l.name))
     check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true,
-                             auth_fail_limit = true, auth_fail_window = true, tls = true })
+                             auth_fail_limit = true, auth_fail_window = true, tls = true,
+                             allow_pool_header = true })
     if names.listen[l.name] then fail(where, "a listener with this name already exists") end
     names.listen[l.name] = true
     local host, port = url.parse_hostport(want(where, "addr", t.addr, "string") or "127.0.0.1:8080")
@@ -452,6 +478,23 @@ local function evaluate(chunk, file)
       l.tls = tls
     end
     l.open = want(where, "open", t.open, "boolean") or false
+    -- X-Ferry-Pool (and a user name's -pool-): true for any configured
+    -- pool, or a list of pool names ("direct" allowed); checked against
+    -- the pools once all are declared.
+    local aph = t.allow_pool_header
+    if aph == true then
+      l.allow_pool_header = true
+    elseif type(aph) == "table" then
+      l.allow_pool_header, l.allow_pool_list = {}, {}
+      for i, n in ipairs(aph) do
+        if type(n) ~= "string" then fail(where, "allow_pool_header[%d]: expected a pool name", i) end
+        l.allow_pool_header[n] = true
+        l.allow_pool_list[i] = n
+      end
+      if #l.allow_pool_list == 0 then fail(where, "allow_pool_header: an empty list") end
+    elseif aph ~= nil and aph ~= false then
+      fail(where, "allow_pool_header: expected true, false or a list of pool names")
+    end
     -- Throttling of wrong inbound credentials per client address (core/authfail.c).
     l.auth_fail_limit = want_number(where, "auth_fail_limit", t.auth_fail_limit, 1, 1000000, true)
       or AUTH_FAIL_LIMIT
@@ -623,7 +666,8 @@ local function evaluate(chunk, file)
     local line = caller_line(file)
     return function(t)
       check_fields(where, t, { hosts = true, pool = true, ban = true, script = true,
-                               upgrade_tls = true, tls = true, intercept = true })
+                               upgrade_tls = true, tls = true, rate = true,
+                               intercept = true })
       if type(t.hosts) ~= "table" or #t.hosts == 0 then
         fail(where, "hosts: at least one host pattern is required")
       end
@@ -638,6 +682,7 @@ local function evaluate(chunk, file)
       local ex = { name = name, hosts = hosts, pool = t.pool, line = line, where = where }
       ex.ban = parse_ban(where, t.ban, t.script ~= nil)
       ex.intercept = M.parse_intercept(where, t.intercept)
+      ex.rate = parse_rate(where, t.rate)
       -- TLS origination: plain http:// requests go out over TLS, verified.
       ex.upgrade_tls = want(where, "upgrade_tls", t.upgrade_tls, "boolean") or false
       local otls, oerr = tls_opts.origin(t.tls, function(f) return resolve_path(dir, f) end)
@@ -681,6 +726,16 @@ local function evaluate(chunk, file)
       end
       cfg.http.via_name = name
     end
+  end
+
+  -- Ferry's CA, which mints the certificates intercepted clients see.
+  function env.tls(t)
+    local where = at("tls")
+    if cfg.tls then fail(where, "tls is declared twice") end
+    local tls, terr = tls_opts.ca(t, function(f) return resolve_path(dir, f) end)
+    if not tls then fail(where, "%s", (terr:gsub("^tls: ", ""))) end
+    tls.line = caller_line(file)
+    cfg.tls = tls
   end
 
   function env.log(t)
@@ -750,6 +805,12 @@ local function evaluate(chunk, file)
   local proxying = false
   for _, l in ipairs(cfg.listeners) do
     if l.protocol ~= "admin" then proxying = true end
+    for _, n in ipairs(l.allow_pool_list or {}) do
+      if n ~= "direct" and not cfg.pools[n] then
+        return nil, string.format('%s:%d: listen "%s": allow_pool_header: pool "%s" is not ' ..
+          'declared', file, l.line or 0, l.name, n)
+      end
+    end
   end
   if not proxying then
     table.insert(cfg.listeners, 1, { name = "proxy", host = "127.0.0.1", port = 8080,

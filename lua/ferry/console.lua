@@ -78,6 +78,7 @@ Commands (a line is Lua; results print as tables):
   pool.list()                   pools: strategy, size, up/down, failure rate
   pool.stats(name)              one pool's counters and its lowest-scoring proxies
   exchange.list()               exchanges: hosts, pool, bans and open breakers now
+  rate(exchange)                rate budget of each (proxy, exchange) pair: tokens now
   reload()                      reload the config file, as SIGHUP does
   stats()                       totals of the daemon, and where changes are stored
   help()                        this text
@@ -203,7 +204,7 @@ end
 local function builtins()
   local b = {
     proxy = copy(cmds.proxy), pool = copy(cmds.pool), exchange = copy(cmds.exchange),
-    reload = cmds.reload, stats = cmds.stats, help = help, reset = reset,
+    reload = cmds.reload, stats = cmds.stats, help = help, reset = reset, rate = cmds.rate,
     string = copy(safe_string), table = copy(safe_table), math = copy(math),
     pairs = pairs, ipairs = ipairs, next = next, select = select, tostring = tostring,
     tonumber = tonumber, type = type, unpack = unpack, error = error, assert = assert,

@@ -464,6 +464,25 @@ function exchange.list()
                          empty = "(no exchanges)", hint = "proxy.list(name) shows one" })
 end
 
+local RATE_COLUMNS = {
+  { "id", "ID", right = true }, { "proxy", "PROXY" }, { "tokens", "TOKENS", right = true },
+  { "capacity", "CAPACITY", right = true }, { "next_s", "NEXT_TOKEN_S", right = true },
+  { "empty_s", "EMPTY_S", right = true },
+}
+
+-- The rate budget of every (proxy, exchange) pair of exchange `name`.
+function M.rate(name)
+  local cur = active()
+  local rate = require("ferry.rate")
+  local rows, e = rate.pairs(cur, name_arg(name, "exchange", "rate"))
+  if not rows then fail(e) end
+  local s = rate.stats(e) or {}
+  return as_view(rows, { kind = "table", columns = RATE_COLUMNS, empty = "(no proxies)",
+    title = format('exchange "%s": %s per %ss, waiting %d, waited %d, rejected %d',
+      e.name, tostring(e.rate.limit), tostring(e.rate.per), s.waiting or 0, s.waited or 0,
+      s.rejected or 0) })
+end
+
 function M.reload()
   count_change()
   local ok, err = cur_rt.reload_now()
@@ -480,7 +499,18 @@ local STATS_FIELDS = {
   { "requests", "requests" }, { "successes", "successes" }, { "failures", "failures" },
   { "failure_pct", "failure rate (%)" }, { "sticky", "sticky pins" },
   { "probes", "probes in flight" }, { "draining", "draining" },
+  { "leaves", "TLS leaves (ferry's CA)", optional = true },
 }
+
+-- Ferry's CA at work (core/mint.c), when one is loaded.
+local function leaves_line()
+  local m = ffi.new("struct ferry_mint_stats")
+  C.ferry_mint_stats(m)
+  if m.ready == 0 then return nil end
+  return string.format("%d cached of %d; minted %d, cache hits %d, evictions %d, " ..
+    "refused by clients %d", tonumber(m.cached), tonumber(m.cap), tonumber(m.minted),
+    tonumber(m.hits), tonumber(m.evictions), tonumber(m.refused))
+end
 
 function M.stats()
   local cur = active()
@@ -498,6 +528,7 @@ function M.stats()
   local w = #inventory.waiting()
   s.waiting = w > 0 and w or nil
   s.failure_pct = pct(s.failures, s.successes + s.failures)
+  s.leaves = leaves_line()
   return as_view(s, { kind = "record", fields = STATS_FIELDS })
 end
 

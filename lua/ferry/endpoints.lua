@@ -6,6 +6,7 @@ local admin = require("ferry.admin")
 require("ferry.cdef")
 require("ferry.broker")
 require("ferry.inventory")
+require("ferry.rate")
 
 local C = ffi.C
 local pairs = pairs

@@ -13,6 +13,7 @@
 local ffi = require("ffi")
 require("ferry.cdef")
 local health = require("ferry.health")
+local rate = require("ferry.rate")
 
 local C = ffi.C
 local ipairs, pairs, type = ipairs, pairs, type
@@ -84,7 +85,7 @@ function M.render(rt)
       end
     end
   end
-  local text = C.ferry_metrics_text(members, i, broker_text(), len)
+  local text = C.ferry_metrics_text(members, i, broker_text() .. rate.metrics_text(cur), len)
   return ffi.string(text, len[0])
 end
 

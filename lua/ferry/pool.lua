@@ -5,7 +5,7 @@ local cdef = require("ferry.cdef")
 
 local band = bit.band
 local random = math.random
-local setmetatable = setmetatable
+local ipairs, rawget, setmetatable = ipairs, rawget, setmetatable
 
 local DOWN = cdef.PROXY_DOWN
 local OFF = bit.bor(cdef.PROXY_DISABLED, cdef.PROXY_REMOVED)
@@ -56,7 +56,35 @@ function Pool:pair_blocked(x, now)
   return false
 end
 
--- Usable for this request: not disabled or removed, not tried by it yet
+-- The one region rule (X-Ferry-Region, user -region-, the broker's
+-- "region"): a proxy is in region r when its configured region is
+-- exactly r.  A proxy without a region is in none.
+local function in_region(p, region)
+  return p.region == region
+end
+M.in_region = in_region
+
+-- How many proxies of the pool are in `region`; cached per pool until
+-- its proxy list is replaced or changes length.
+function Pool:region_size(region)
+  local per, list = self.regions, self.proxies
+  if not per or per.list ~= list or per.n ~= #list then
+    per = { list = list, n = #list }
+    self.regions = per
+  end
+  local k = per[region]
+  if not k then
+    k = 0
+    for _, p in ipairs(self.proxies) do
+      if in_region(p, region) then k = k + 1 end
+    end
+    per[region] = k
+  end
+  return k
+end
+
+-- Usable for this request: in the request's region when it names one,
+-- not disabled or removed, not tried by it yet
 -- (a retry must go through a different proxy), and unless the pool is
 -- relaxed (panic, all_down = "any"): not down, not banned for the
 -- request's exchange, breaker not open.  A down proxy without probes is
@@ -72,10 +100,30 @@ function Pool:eligible(p, req)
     end
   end
   if not req then return true end
+  -- rawget: the runtime sets region before choosing; a request table
+  -- never reads it lazily here, in the hot loop.
+  local region = rawget(req, "region")
+  if region and not in_region(p, region) then return false end
   local tried = req.tried
   if tried and tried[p.id] then return false end
-  if self.relaxed or not self.pair_of then return true end
-  local x = self:pair(p, req.exid or 0)
+  if not self.pair_of then return true end
+  -- The pair, from the entry's cache first (pool:pair fills it).
+  local exid = req.exid or 0
+  local xs = p.x
+  local x = xs and xs[exid]
+  if x == nil then x = self:pair(p, exid) end
+  -- A rate budget binds even a relaxed pool (panic, all_down = "any"):
+  -- spending past it is what gets an address banned.  req.rate is the
+  -- exchange's { rate = tokens per second }, req.weight the request's
+  -- cost (at most the bucket), req.now the dispatch's clock
+  -- (runtime.lua); the bucket's tokens are core/rate.c's refill, read
+  -- without writing.
+  local rt = rawget(req, "rate")
+  if rt and x ~= nil then
+    local at = x.rate_at
+    if at ~= 0 and x.rate_tokens + (req.now - at) * rt.rate < req.weight then return false end
+  end
+  if self.relaxed then return true end
   if x ~= nil and (x.breaker ~= CLOSED or x.banned_until ~= 0) then
     return not self:pair_blocked(x, self.now())
   end
@@ -98,6 +146,32 @@ function M.new(name, proxies, opts)
     -- broken strategy cannot corrupt the thing that stands in for it.
     rr = 0,
   }, Pool)
+end
+
+-- Seconds until some proxy of the pool eligible for req (health aside
+-- when relaxed) has req.weight tokens of req.rate's budget, or nil when
+-- none is eligible even with budget.  O(n): only when no proxy has
+-- budget now (the request is about to wait or be refused).
+function Pool:rate_wait(req)
+  local rt = rawget(req, "rate")
+  req.rate = false
+  local best
+  local list, now, w, rate = self.proxies, req.now, req.weight, rt.rate
+  for i = 1, #list do
+    local p = list[i]
+    if self:eligible(p, req) then
+      local x = self:pair(p, req.exid)
+      local wait = 0
+      if x ~= nil and x.rate_at ~= 0 then
+        -- tokens(T) = rate_tokens + (T - rate_at) * rate, from rate_at on
+        wait = x.rate_at + (w - x.rate_tokens) / rate - now
+      end
+      if wait < 0 then wait = 0 end
+      if not best or wait < best then best = wait end
+    end
+  end
+  req.rate = rt
+  return best
 end
 
 -- Pools up to SCAN_MAX proxies are scanned whole by the strategies that

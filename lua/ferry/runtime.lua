@@ -29,6 +29,9 @@ local M = {}
 -- Negative answers understood by the core (enum ferry_dispatch).
 local NO_PROXY, ROUTE_ERROR, DENY, ALL_DOWN = cdef.DISPATCH.no_proxy, cdef.DISPATCH.route_error,
   cdef.DISPATCH.deny, cdef.DISPATCH.all_down
+local RATE = cdef.DISPATCH.rate
+local POOL_REFUSED, POOL_UNKNOWN, NO_REGION = cdef.DISPATCH.pool_refused,
+  cdef.DISPATCH.pool_unknown, cdef.DISPATCH.no_region
 
 -- Hook-error kinds counted by the core (enum ferry_hook_kind).
 local HOOK_ROUTE, HOOK_STRATEGY, HOOK_BREAKER, HOOK_EXCHANGE = cdef.HOOK.route,
@@ -181,6 +184,8 @@ local readers = {
   client = function(r) return ffi_string(r.client, r.client_len) end,
   user = function(r) return lstr(r.user, r.user_len) end,
   session = function(r) return lstr(r.session, r.session_len) end,
+  pool_header = function(r) return lstr(r.pool_header, r.pool_header_len) end,
+  rotate = function(r) return r.rotate ~= 0 end,
   listener = function(r) return ffi_string(r.listener, r.listener_len) end,
   is_connect = function(r) return r.is_connect ~= 0 end,
   -- "https" when ferry sends the request over TLS it originates (an
@@ -252,6 +257,31 @@ end
 
 -- choose_pool's answer for a CONNECT that ferry intercepts (no pool).
 local INTERCEPTED = {}
+-- Tokens request req costs on exchange e's budget: its weight hook's
+-- answer, or 1 (no hook, or a hook that failed: counted and logged once
+-- per window).  Never more than the bucket holds, so a request can
+-- always pass once a bucket is full.
+local function request_weight(e, req)
+  local w = 1
+  local hook = e.hooks.weight
+  if hook then
+    local ok, v = pcall(hook, req)
+    local why
+    if ok then
+      w, why = exchange.weight_of(v)
+    else
+      w, why = nil, "weight failed: " .. tostring(v)
+    end
+    if not w then
+      w = 1
+      C.ferry_count_hook_error(HOOK_EXCHANGE)
+      log_once("weight:" .. e.name, ERROR, "FERRY-4020", "exchange \"" .. e.name .. "\": " ..
+        why .. "; counting the request as weight 1")
+    end
+  end
+  local cap = e.rate.cap
+  return w < cap and w or cap
+end
 
 -- The pool name for req, or nil and a negative answer.
 local function choose_pool(cur, req, r)
@@ -379,6 +409,29 @@ local function pick(pool, req, e)
   return nil, policy
 end
 
+-- X-Ferry-Pool (or a user name's -pool-): 1 when the request's listener
+-- allows the pool it names (allow_pool_header = true: any configured
+-- pool; a list: those names, "direct" included when listed), else
+-- POOL_REFUSED or POOL_UNKNOWN.  Per config, listeners by name.
+local function pool_header_allowed(cur, req)
+  local allow = cur.pool_header_allow
+  if not allow then
+    allow = {}
+    for _, l in ipairs(cur.cfg.listeners) do
+      if l.allow_pool_header then allow[l.name] = l.allow_pool_header end
+    end
+    cur.pool_header_allow = allow
+  end
+  local a, name = allow[req.listener], req.pool_header
+  if a == true then
+    if name == "direct" then return POOL_REFUSED end
+  elseif not a or not a[name] then
+    return POOL_REFUSED
+  end
+  if name ~= "direct" and not cur.pools[name] then return POOL_UNKNOWN end
+  return 1
+end
+
 function M.dispatch(ud)
   local cur = active
   if not cur then return ROUTE_ERROR end
@@ -387,11 +440,24 @@ function M.dispatch(ud)
     if now >= due_at then due_fn(now) end
   end
   local r = ffi.cast(req_ptr, ud)
-  local req = setmetatable({ _r = r, exid = 0 }, req_mt)
+  -- region and rate are set up front: eligibility reads them for every
+  -- candidate (rate: the exchange's budget, set once the exchange is known).
+  local req = setmetatable({ _r = r, exid = 0, region = lstr(r.region, r.region_len),
+                             rate = false }, req_mt)
   anchored[1], anchored[2] = nil, nil
+  local asked = r.pool_header ~= nil and pool_header_allowed(cur, req) or nil
+  if asked and asked < 0 then return asked end
   local name, why = choose_pool(cur, req, r)
   if not name then return why end
-  if name == "direct" or name == INTERCEPTED then
+  if name == INTERCEPTED then
+    r.pool = 0 -- no pool, no proxy: each request inside is dispatched on its own
+    return 0
+  end
+  if asked then name = req.pool_header end
+  local region = req.region
+  if name == "direct" then
+    -- Going direct leaves every region: a region asked for is refused.
+    if region then return NO_REGION end
     r.pool = 0
     return 0
   end
@@ -403,11 +469,35 @@ function M.dispatch(ud)
   end
   r.pool = pool.index
   r.retries = pool.retries
+  local ban = req.exchange and cur.exchanges[req.exchange].ban
+  if ban and ban.retry and ban.retry > 0 then r.ban_retry = ban.retry end
   r.connect_timeout_ms = pool.connect_timeout_ms
   r.first_byte_timeout_ms = pool.first_byte_timeout_ms
+  if region and pool:region_size(region) == 0 then return NO_REGION end
   local e = req.exchange and cur.exchanges[req.exchange]
+  local rt = e and e.rate
+  if rt then
+    req.weight = request_weight(e, req)
+    req.now = C.ferry_now()
+    req.rate = rt
+  end
   local p, policy = pick(pool, req, e)
+  if not p and rt then
+    -- Is it the budget?  Then the core queues the request or answers 429.
+    local wait = pool:rate_wait(req)
+    if not wait and policy == "any" then
+      pool.relaxed = true
+      wait = pool:rate_wait(req)
+      pool.relaxed = false
+    end
+    if wait then
+      r.rate_wait = wait
+      return RATE
+    end
+  end
   if not p then
+    -- With a region asked, all_down = "direct" would leave it: "fail".
+    if policy == "direct" and region then policy = "fail" end
     if policy == "direct" then
       log_once("all-down-direct:" .. name, WARN, "FERRY-6007", "pool \"" .. name ..
         "\": no healthy proxy, all_down = direct: going direct")
@@ -425,6 +515,8 @@ function M.dispatch(ud)
   -- A half-open breaker lets a bounded number of trials through.
   local x = pool:pair(p, req.exid)
   if x ~= nil and x.breaker == cdef.BREAKER_HALF_OPEN then C.ferry_breaker_trial(x) end
+  -- Tokens go when the request is dispatched to p (a tunnel: once).
+  if rt and x ~= nil then C.ferry_rate_take(x, req.weight) end
   if cur.cfg.log.level == "debug" then
     -- The selection event: at debug only, it would double the log volume.
     C.ferry_log(DEBUG, "FERRY-0201", "pool \"" .. name .. "\"" .. (req.exchange and
@@ -461,8 +553,8 @@ local function run_on_response(e, r, pool, ok)
                   display = entry and entry.display or nil }
   local cok, v = pcall(e.hooks.on_response, res, proxy)
   if cok then
-    local vok, verdict, secs = pcall(exchange.verdict, v)
-    if vok then return verdict, secs, res end
+    local vok, verdict, secs, used = pcall(exchange.verdict, v)
+    if vok then return verdict, secs, res, used end
     v = verdict
   end
   C.ferry_count_hook_error(HOOK_EXCHANGE)
@@ -473,12 +565,80 @@ end
 
 local rres = {} -- the result as breaker plugins see it, reused
 
+-- An exchange's Retry-After (or reset) empties a bucket for at most this.
+local RATE_LEARN_MAX = 3600
+-- X-RateLimit-Reset values from this on are Unix times, below it seconds.
+local EPOCH_FROM = 1e9
+local RETRY_STATUS = { [429] = true, [418] = true, [503] = true }
+
+-- What the exchange's answer says about pair x's budget: Retry-After on
+-- a 429, 418 or 503 (delta-seconds or an HTTP-date) empties the bucket
+-- until then; X-RateLimit-Remaining caps the tokens, and with 0 left
+-- X-RateLimit-Reset keeps the bucket empty until the reset;
+-- on_response's { used = N } caps the tokens at limit - N.  Values that
+-- are not numbers >= 0 are ignored; waits are capped at RATE_LEARN_MAX
+-- seconds.
+local function rate_learn(e, x, r, status, used)
+  local max, untl = -1, 0
+  if used then max = math.max(0, e.rate.limit - used) end
+  if r.head ~= nil then
+    local header = exchange.header_reader(ffi_string(r.head, r.head_len))
+    local now = C.ferry_now()
+    if RETRY_STATUS[status] then
+      -- delta-seconds or an HTTP-date, as for bans (exchange.retry_after)
+      local ra = exchange.retry_after(header("retry-after"), os.time(), RATE_LEARN_MAX)
+      if ra then untl = now + ra end
+    end
+    local left = tonumber(header("x-ratelimit-remaining"))
+    if left and left >= 0 then
+      if max < 0 or left < max then max = left end
+      local reset = left < 1 and tonumber(header("x-ratelimit-reset"))
+      if reset and reset >= 0 then
+        if reset >= EPOCH_FROM then reset = reset - os.time() end
+        if reset > 0 then
+          local u = now + math.min(reset, RATE_LEARN_MAX)
+          if u > untl then untl = u end
+        end
+      end
+    end
+  end
+  if max >= 0 or untl > 0 then
+    C.ferry_rate_learn(x, max >= 0 and max or -1, untl)
+  end
+end
+
+-- The ban's length from the banning answer's Retry-After, or nil (the
+-- doubling backoff applies).  Unusable or out-of-range values are
+-- logged once per window and exchange.
+local function retry_after_secs(e, head, max)
+  if not head then return nil end
+  local raw = exchange.header_reader(head)("retry-after")
+  if not raw then return nil end
+  local secs, why = exchange.retry_after(raw, os.time(), max)
+  if why == "unusable" then
+    log_once("retry-after:" .. e.name, WARN, "FERRY-6034", "exchange \"" .. e.name ..
+      "\": Retry-After \"" .. raw:sub(1, 64) .. "\" is not delta-seconds or an HTTP-date" ..
+      " in the future: ignored, the backoff applies")
+  elseif why == "clamped" then
+    log_once("retry-after-clamp:" .. e.name, WARN, "FERRY-3075", "exchange \"" .. e.name ..
+      "\": Retry-After \"" .. raw:sub(1, 64) .. "\" is outside 1.." .. max ..
+      " s (max_backoff): the ban lasts " .. secs .. " s")
+  end
+  return secs
+end
+
 -- Ban pair x for exchange e.  Bans in a row double the backoff; a ban
--- long after the last one starts over.
-local function ban_pair(e, x, secs, reason)
+-- long after the last one starts over.  A ban of the rule (secs nil)
+-- lasts the banning answer's Retry-After when it has a usable one.
+local function ban_pair(e, x, secs, reason, head)
   local now = C.ferry_now()
   local max = e.ban and e.ban.max_backoff or 3600
   if x.bans > 0 and now - x.banned_until > max then C.ferry_ban(x, 0, nil) end
+  local ra = not secs and retry_after_secs(e, head, max)
+  if ra then
+    C.ferry_ban(x, ra, reason .. ", Retry-After")
+    return
+  end
   C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
 end
 
@@ -506,14 +666,18 @@ function M.result(ud)
     local body = e.ban and e.ban.body and r.body ~= nil and ffi_string(r.body, r.body_len) or nil
     local reason = exchange.ban_reason(e.ban, status, body)
     if reason then verdict = "ban" end
+    local used
     if e.hooks.on_response then
-      local v, s = run_on_response(e, r, pool, ok)
+      local v, s, _, u = run_on_response(e, r, pool, ok)
       if v then
         verdict, secs, reason = v, s, v == "ban" and "on_response" or reason
       end
+      used = u
     end
+    if e.rate then rate_learn(e, x, r, status, used) end
     if verdict == "ban" then
-      ban_pair(e, x, secs, reason)
+      ban_pair(e, x, secs, reason, r.head ~= nil and ffi_string(r.head, r.head_len) or nil)
+      r.banned = 1 -- the core may send the request again elsewhere (retry on ban)
       return
     end
   end

@@ -12,7 +12,7 @@ local M = {}
 M.NAMES = {
   broker = "the broker API: lease a proxy, report feedback",
   metrics = "GET /metrics",
-  ["inventory:read"] = "read the proxy inventory (GET /api/v1/proxies...)",
+  ["inventory:read"] = "read the proxy inventory (GET /api/v1/proxies..., GET /api/v1/rate)",
   admin = "everything: the console, reload, inventory changes, and all of the above",
 }
 
@@ -31,6 +31,7 @@ M.ENDPOINTS = {
   ["DELETE /api/v1/proxies/*"] = "admin",
   ["POST /api/v1/reload"] = "admin",
   ["POST /api/v1/console"] = "admin",
+  ["GET /api/v1/rate"] = "inventory:read",
 }
 
 -- What an Authorization header can carry after "Bearer " (RFC 9110

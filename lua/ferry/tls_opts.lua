@@ -54,6 +54,34 @@ function M.listener(t, resolve)
   return { cert = cert, key = key }
 end
 
+-- The top-level tls { ca_cert = "file", ca_key = "file", leaf_cache = N }:
+-- ferry's CA for interception (docs/https.md).  Both files are required
+-- together; the core checks that they parse, match and make a CA.
+local CA_FIELDS = { ca_cert = true, ca_key = true, leaf_cache = true }
+M.LEAF_CACHE_DEFAULT, M.LEAF_CACHE_MAX = 1000, 100000
+
+function M.ca(t, resolve)
+  if type(t) ~= "table" then return nil, "tls must be a table { ca_cert = ..., ca_key = ... }" end
+  local e = unknown(t, CA_FIELDS)
+  if e then return nil, e end
+  local lc = t.leaf_cache
+  if lc ~= nil and (type(lc) ~= "number" or lc ~= math.floor(lc) or lc < 1 or
+      lc > M.LEAF_CACHE_MAX) then
+    return nil, format("tls: leaf_cache must be an integer from 1 to %d", M.LEAF_CACHE_MAX)
+  end
+  if (t.ca_cert == nil) ~= (t.ca_key == nil) then
+    return nil, "tls: ca_cert and ca_key go together (ferry ca init DIR writes both) [FERRY-0180]"
+  end
+  local out = { leaf_cache = lc or M.LEAF_CACHE_DEFAULT }
+  if t.ca_cert == nil then return out end
+  local cert, cerr = file(t, "ca_cert", resolve, true)
+  if not cert then return nil, cerr .. " [FERRY-0180]" end
+  local key, kerr = file(t, "ca_key", resolve, true)
+  if not key then return nil, kerr .. " [FERRY-0180]" end
+  out.ca_cert, out.ca_key = cert, key
+  return out
+end
+
 -- The client side's { verify = true, ca = "file", sni = "name" }, for an
 -- https:// proxy and for an exchange's origin alike.
 local function client(t, resolve)

@@ -1,11 +1,13 @@
 -- random: uniform among the eligible proxies.  A few random draws find
--- one at once in a mostly healthy pool (rejection sampling keeps the
--- choice uniform).  When they all miss, most proxies are unusable: count
+-- one at once in a mostly usable pool (rejection sampling keeps the
+-- choice uniform); 16 of them still do when a third or more of the pool
+-- is out (down, banned, or spent its rate budget), where a full count
+-- of 10 000 proxies would cost a thousand times a draw.  When they all miss, most proxies are unusable: count
 -- the eligible ones and take the k-th, which stays uniform where a scan
 -- from a random start would favour a proxy that follows a run of dead ones.
 local random = math.random
 
-local DRAWS = 4
+local DRAWS = 16
 
 return {
   name = "random",

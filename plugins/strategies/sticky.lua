@@ -5,7 +5,9 @@
 -- pool's session_ttl and are refreshed by use.  A session whose proxy
 -- went down, was banned for the exchange, opened its breaker, was
 -- disabled or removed is re-pinned to a new one (the least loaded, ties
--- rotating), and keeps that one from then on.
+-- rotating), and keeps that one from then on.  req.rotate (X-Ferry-Rotate:
+-- 1, a user name's -rotate-1) moves the pin now: to another eligible
+-- proxy when the pool has one.
 local ffi = require("ffi")
 local bit = require("bit")
 require("ferry.cdef")
@@ -71,6 +73,18 @@ return {
     local t = table_of(pool)
     local key = key_of(pool, session)
     local pinned = index_of(pool)[tonumber(t.ferry_sticky_get(key, #key))]
+    if pinned and req.rotate then
+      -- Leave the pinned proxy out of this choice, as a retry would.
+      local tried = req.tried or {}
+      local had = tried[pinned.id]
+      tried[pinned.id] = true
+      req.tried = tried
+      local p = pool:lowest(req, active)
+      tried[pinned.id] = had
+      if not p and pool:eligible(pinned, req) then p = pinned end
+      if p then t.ferry_sticky_set(key, #key, p.id, ttl) end
+      return p
+    end
     if pinned and pool:eligible(pinned, req) then
       t.ferry_sticky_set(key, #key, pinned.id, ttl)
       return pinned

@@ -1,6 +1,7 @@
 # health.sh: the health part of make bench, sourced by run.sh (which
 # provides W, ROOT, DUR, P_ORIGIN, PIDS, wait_port, rps and ratio).
-#   1. selection cost per strategy, 10 / 100 / 10 000 proxies;
+#   1. selection cost per strategy, 10 / 100 / 10 000 proxies, and with
+#      rate budgets on at 10 000 (rate_select.lua);
 #   2. time from a proxy's death to its exclusion: passive (under load)
 #      and by probes alone (no traffic);
 #   3. request rate while probes run against 1 000 proxies.
@@ -8,6 +9,9 @@ P_S1=18090 P_S2=18091 P_HF=18085 P_HP=18086 P_HN=18087
 
 echo "selection cost, us per selection (C proxies and pair states, one in ten down)"
 (cd "$ROOT" && luajit spec/bench/select.lua 0.3) || echo "select bench failed"
+echo
+echo "selection cost with rate budgets, us per request (10 000 proxies, a third without budget)"
+(cd "$ROOT" && luajit spec/bench/rate_select.lua 0.3) || echo "rate select bench failed"
 echo
 
 start_socks() { taskset -c 1 microsocks -i 127.0.0.1 -p "$1" >/dev/null 2>&1 & echo $!; }

@@ -161,13 +161,11 @@ const char *listener_auth(struct listener *l, const char *value, size_t len)
     return NULL;
 }
 
-const char *listener_auth_session(struct listener *l, const char *value, size_t len,
-                                  char *session, size_t room)
+const char *listener_auth_ctl(struct listener *l, const char *value, size_t len, struct ctl *k)
 {
     (void)value;
     (void)len;
-    (void)session;
-    (void)room;
+    (void)k;
     return l->nusers > 0 ? NULL : "";
 }
 

@@ -125,6 +125,25 @@ void conn_report_target(struct conn *c)
     (void)c;
 }
 
+/* Retry on ban (conn_banretry.c): nothing is held in the harness. */
+int conn_ban_hold_begin(struct conn *c, int status)
+{
+    (void)c;
+    (void)status;
+    return 0;
+}
+
+int conn_ban_settle(struct conn *c)
+{
+    (void)c;
+    return 0;
+}
+
+void conn_ban_reset(struct conn *c)
+{
+    (void)c;
+}
+
 void conn_tunnel_begin(struct conn *c)
 {
     (void)c;
@@ -161,14 +180,12 @@ const char *listener_auth(struct listener *l, const char *value, size_t len)
     return NULL;
 }
 
-const char *listener_auth_session(struct listener *l, const char *value, size_t len,
-                                  char *session, size_t room)
+const char *listener_auth_ctl(struct listener *l, const char *value, size_t len, struct ctl *k)
 {
     (void)l;
     (void)value;
     (void)len;
-    (void)session;
-    (void)room;
+    (void)k;
     return NULL;
 }
 

@@ -13,6 +13,7 @@
 --   GET  /status/N         an empty response with status N
 --   GET  /say/N/TEXT       status N with TEXT (%-escapes decoded) as the body
 --   GET  /ws               101 for "Upgrade: websocket", then echoes bytes
+--   GET  /peer             the connection's source address (which proxy it came through)
 -- Each response carries X-Origin-Conn: the connection's serial number.
 local socket = require("socket")
 
@@ -71,6 +72,8 @@ local function handle(st, req)
     respond(st, "200 OK", { ["X-Method"] = m }, req.body)
   elseif path == "/headers" then
     respond(st, "200 OK", {}, req.head)
+  elseif path == "/peer" then
+    respond(st, "200 OK", {}, tostring(st.peer) .. "\n")
   elseif path == "/close" then
     send_all(st, "HTTP/1.1 200 OK\r\nConnection: close\r\nX-Origin-Conn: " .. st.id ..
       "\r\n\r\nuntil the end")
@@ -166,7 +169,7 @@ while true do
         c:settimeout(0)
         c:setoption("tcp-nodelay", true)
         serial = serial + 1
-        clients[c] = { id = serial, inb = "", out = "" }
+        clients[c] = { id = serial, inb = "", out = "", peer = (c:getpeername()) }
       end
     else
       local st = clients[s]

@@ -60,7 +60,7 @@ end
 function M.start(port, cert, key)
   local proc = procs.spawn("tls-origin", "python3 " .. procs.root ..
     "/spec/helpers/tls_origin.py " .. port .. " " .. q(cert) .. " " .. q(key))
-  assert(procs.wait_port(port), "TLS origin did not start:\n" .. procs.read_file(proc.log))
+  assert(procs.wait_port(port, 20), "TLS origin did not start:\n" .. procs.read_file(proc.log))
   return proc
 end
 

@@ -112,7 +112,7 @@ describe("ban rules", function()
     local v, s = exchange.verdict({ ban = 30 })
     assert.equal("ban", v)
     assert.equal(30, s)
-    local refused = 'on_response must return nil, "ok", "failure" or { ban = seconds }, got '
+    local refused = 'on_response must return nil, "ok", "failure" or { ban = seconds, used = N }, got '
     assert.error_matches(function() exchange.verdict("banned") end, refused .. '"banned"', 1, true)
     assert.error_matches(function() exchange.verdict({ ban = -1 }) end, refused .. "a table", 1,
       true)

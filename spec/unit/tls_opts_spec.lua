@@ -70,3 +70,34 @@ route(function() return "p" end)
 ]]))
   end)
 end)
+
+describe("exchange origination settings", function()
+  it("default to upgrade_tls off and a verified system store", function()
+    local cfg = assert(config.load_string('exchange "e" { hosts = { "a.example" }, pool = "direct" }',
+      "cfg.lua"))
+    assert.is_false(cfg.exchanges[1].upgrade_tls)
+    assert.same({ verify = true }, cfg.exchanges[1].tls)
+    assert.same({ verify = true }, tls_opts.origin(nil))
+  end)
+
+  it("take upgrade_tls, verify, sni and a readable ca", function()
+    local cfg = assert(config.load_string('exchange "e" { hosts = { "a.example" }, pool = "direct",' ..
+      ' upgrade_tls = true, tls = { verify = false, sni = "b.example", ca = "/dev/null" } }',
+      "cfg.lua"))
+    assert.is_true(cfg.exchanges[1].upgrade_tls)
+    assert.same({ verify = false, sni = "b.example", ca = "/dev/null" }, cfg.exchanges[1].tls)
+  end)
+
+  it("refuse what they cannot honour, with FERRY-0190 for tls", function()
+    local function ex(fields)
+      return config_err('exchange "e" { hosts = { "a.example" }, pool = "direct", ' .. fields .. ' }')
+    end
+    assert.matches("upgrade_tls must be a boolean", ex('upgrade_tls = "yes"'))
+    local e = ex('tls = { ca = "/nonexistent/ca.pem" }')
+    assert.matches("tls: ca /nonexistent/ca.pem", e, 1, true)
+    assert.matches("FERRY-0190", e, 1, true)
+    assert.matches('unknown field "cert"', ex('tls = { cert = "x" }'), 1, true)
+    assert.matches("sni must be a host name", ex('tls = { sni = "1.2.3.4" }'), 1, true)
+    assert.matches("verify must be true or false", ex('tls = { verify = 1 }'), 1, true)
+  end)
+end)

@@ -4,7 +4,9 @@
 -- the names "localhost" and "exb", a WebSocket echo origin behind stunnel
 -- with the same certificate, tinyproxy and microsocks as a round-robin
 -- pool, and ferry with exchange "a" (localhost) intercepted through that
--- pool and exchange "b" (exb) blind and direct.
+-- pool (a 429 bans, and is retried once on the other proxy), exchange "b"
+-- (exb) blind and direct, and exchange "c" (127.0.0.1: an address, so
+-- blind) through the same pool.
 --
 -- Host names: "localhost" resolves everywhere (ferry, tinyproxy,
 -- microsocks).  "exb" is resolved by ferry alone, through HOSTALIASES (a
@@ -37,7 +39,7 @@ local function start(env, procs_started)
   env.O, env.W, env.WS = procs.free_port(), procs.free_port(), procs.free_port()
   env.T, env.M = procs.free_port(), procs.free_port()
   env.F, env.FS, env.ADM = procs.free_port(), procs.free_port(), procs.free_port()
-  env.pki = tls_origin.pki(env.dir .. "/pki", { "localhost", "exb" })
+  env.pki = tls_origin.pki(env.dir .. "/pki", { "localhost", "exb", "127.0.0.1" })
   local out, rc = M.sh(q(procs.bin) .. " ca init " .. q(env.dir .. "/ca"))
   assert(rc == 0, out)
   env.ca = env.dir .. "/ca/ca.crt"
@@ -63,8 +65,9 @@ tls { ca_cert = %q, ca_key = %q }
 pool "two" { strategy = "round_robin",
              proxies = { "http://127.0.0.1:%d", "socks5://127.0.0.1:%d" } }
 exchange "a" { hosts = { "localhost" }, pool = "two", intercept = true,
-               tls = { ca = %q }, ban = { status = { 429 }, backoff = 600 } }
+               tls = { ca = %q }, ban = { status = { 429 }, backoff = 600, retry = 1 } }
 exchange "b" { hosts = { "exb" }, pool = "direct" }
+exchange "c" { hosts = { "127.0.0.1" }, pool = "two" }
 ]], env.F, env.FS, env.ADM, env.ca, env.dir .. "/ca/ca.key", env.T, env.M, env.pki.ca))
   env.ferry = procs.spawn("ferry", "env HOSTALIASES=" .. q(aliases) .. " " .. q(procs.bin) ..
     " -c " .. q(cfg))

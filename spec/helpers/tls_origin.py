@@ -12,6 +12,8 @@ Keep-alive on every answer; ALPN http/1.1.  Paths:
   GET  /status?code=N     an empty answer with that status
   GET  /stats             "connections=C requests=R": TLS connections accepted
   GET  /peer              the address:port the TLS connection came from
+  GET  /once?code=N&key=K the first request of key K gets status N (no body), the
+                          later ones 200 "ok-once"
   GET  /ws (Upgrade)      101, then every byte read is echoed back raw
 """
 import hashlib
@@ -25,6 +27,7 @@ PORT = int(sys.argv[1])
 CERT, KEY = sys.argv[2], sys.argv[3]
 lock = threading.Lock()
 stats = {"connections": 0, "requests": 0}
+onced = set()
 PATTERN = bytes(range(256)) * 4096  # 1 MiB, repeated for larger bodies
 
 
@@ -113,6 +116,16 @@ def serve(conn):
                 with lock:
                     s = "connections=%d requests=%d" % (stats["connections"], stats["requests"])
                 answer(conn, s.encode())
+            elif u.path == "/once":
+                # The first request of a key gets the status, the later ones 200.
+                with lock:
+                    first = q.get("key", "") not in onced
+                    onced.add(q.get("key", ""))
+                if first:
+                    code = int(q.get("code", "429"))
+                    conn.sendall(("HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % code).encode())
+                else:
+                    answer(conn, b"ok-once")
             elif u.path == "/peer":
                 answer(conn, ("%s:%d" % conn.getpeername()[:2]).encode())
             elif u.path == "/ws" and "upgrade" in hdr.get("connection", "").lower():

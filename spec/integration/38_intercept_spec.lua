@@ -3,7 +3,8 @@
 -- exchange "b" blind.  Shown: the origin's answer and the path in the
 -- access line for "a", only the CONNECT for "b"; rotation per request
 -- inside one client TLS connection (the origin sees two source ports);
--- a ban on a 429 inside HTTPS; the SNI rule; plain bytes and garbage after
+-- a 429 inside HTTPS banning that proxy for that exchange only, the
+-- request retried on the other proxy; the SNI rule; plain bytes and garbage after
 -- the 200; clients that refuse ferry's certificate counted and logged once;
 -- 8 MB up and down, checksummed; the Host rule (421); a SOCKS5 listener
 -- with socks5h; intercept = true without a CA refused.  What runs, and how
@@ -84,19 +85,25 @@ describe("interception", function()
     assert.are_not.equal(lines[1].proxy, lines[2].proxy)
   end)
 
-  it("bans the proxy that got a 429 inside HTTPS, for that exchange", function()
-    local base = "--cacert " .. q(ca) .. " -x http://127.0.0.1:" .. F ..
-      " https://localhost:" .. O
-    local out, rc = curl("-o /dev/null -w '%{http_code}' " .. base .. "/status?code=429")
+  it("bans the proxy that got a 429 inside HTTPS for that exchange only, and retries", function()
+    -- The origin answers 429 to the first try only: the client sees the
+    -- retry's 200, never the 429.
+    local out, rc = curl("-w ' %{http_code}' --cacert " .. q(ca) .. " -x http://127.0.0.1:" ..
+      F .. " 'https://localhost:" .. O .. "/once?code=429&key=ban'")
     assert.are.equal(0, rc, out)
+    assert.are.equal("ok-once 200", out)
     local bans = procs.wait_for(function()
       local b = events(ferry, "FERRY-6006")
       return #b > 0 and b
     end, 5)
     assert.is_truthy(bans, "no ban logged")
-    local banned = access(ferry, function(l) return l.path == "/status?code=429" end)
-    assert.is_true(#banned >= 1)
-    local proxy = banned[1].proxy
+    assert.are.equal("a", bans[1].exchange)
+    local banned = bans[1].proxy
+    local line = access(ferry, function(l) return l.path == "/once?code=429&key=ban" end)[1]
+    assert.are.equal(200, line.status)
+    assert.are.equal(1, line.ban_retries)
+    assert.are_not.equal(banned, line.proxy)
+    -- Exchange "a" keeps off the banned proxy ...
     local urls = {}
     for i = 1, 4 do urls[i] = "https://localhost:" .. O .. "/ok?after=" .. i end
     out, rc = curl("--cacert " .. q(ca) .. " -x http://127.0.0.1:" .. F .. " " ..
@@ -104,7 +111,18 @@ describe("interception", function()
     assert.are.equal(0, rc, out)
     local after = access(ferry, function(l) return l.path and l.path:match("^/ok%?after=") end)
     assert.are.equal(4, #after)
-    for _, l in ipairs(after) do assert.are_not.equal(proxy, l.proxy) end
+    for _, l in ipairs(after) do assert.are_not.equal(banned, l.proxy) end
+    -- ... while exchange "c", on the same pool, still uses it.
+    for i = 1, 4 do
+      out, rc = curl("--cacert " .. q(pki.ca) .. " -x http://127.0.0.1:" .. F ..
+        " https://127.0.0.1:" .. O .. "/ok?c=" .. i)
+      assert.are.equal(0, rc, out)
+    end
+    local used = {}
+    for _, l in ipairs(access(ferry, function(l) return l.exchange == "c" end)) do
+      used[l.proxy] = true
+    end
+    assert.is_true(used[banned])
   end)
 
   it("refuses a client whose SNI is not the CONNECT host", function()

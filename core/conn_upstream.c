@@ -2,6 +2,7 @@
 #include "bridge.h"
 #include "conn.h"
 #include "inbound.h"
+#include "intercept.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -126,6 +127,9 @@ void conn_route(struct conn *c)
     r.retries = -1;
     r.pool = -1; /* until the runtime chooses one (0 = direct) */
     r.flags = c->origin_tls ? FERRY_REQ_TLS : 0;
+    if (c->is_connect && !conn_intercept_possible(c)) {
+        r.flags |= FERRY_REQ_NO_INTERCEPT;
+    }
     int64_t id = bridge_dispatch(&r);
     if (id > 0) {
         /* A user name's rotate is spent by the first route that chose a
@@ -167,6 +171,10 @@ void conn_route(struct conn *c)
                     : id == FERRY_DISPATCH_POOL_UNKNOWN ? FERR_POOL_UNKNOWN
                     : id == FERRY_DISPATCH_NO_REGION ? FERR_NO_REGION : FERR_ROUTE_ERROR;
         conn_fail(c, e);
+        return;
+    }
+    if (c->is_connect && (r.flags & FERRY_REQ_INTERCEPT)) {
+        conn_intercept_begin(c); /* ferry answers it and reads the requests inside */
         return;
     }
     c->proxy = id > 0 ? proxy_by_id((uint32_t)id) : NULL;
@@ -739,6 +747,7 @@ void conn_on_timeout(struct conn *c)
     case CS_TUNNEL:
     case CS_DRAIN:
     case CS_ADMIN_OUT:
+    case CS_MITM_HELLO:
         conn_close(c);
         break;
     }

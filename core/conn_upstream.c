@@ -2,6 +2,7 @@
 #include "bridge.h"
 #include "conn.h"
 #include "inbound.h"
+#include "intercept.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -69,17 +70,11 @@ void conn_upstream_release(struct conn *c, int keep)
 }
 
 /* The request's control parameters: its headers over its user name's.
- * A CONNECT's headers join the connection's parameters, so requests
- * inside an intercepted tunnel inherit them; its rotate is spent on the
- * tunnel's own route.  -1: an invalid value, answered FERRY-1060. */
+ * -1: an invalid value, answered FERRY-1060. */
 static int route_ctl(struct conn *c, struct ctl *eff)
 {
     *eff = c->ctl_user;
     ctl_merge(eff, &c->ctl_hdr);
-    if (c->is_connect && c->attempt == 0) {
-        c->ctl_user = *eff;
-        c->ctl_user.rotate = c->ctl_user.rotate_set = 0;
-    }
     memcpy(c->session, eff->session, sizeof(c->session));
     return eff->bad ? -1 : 0;
 }
@@ -132,7 +127,17 @@ void conn_route(struct conn *c)
     r.retries = -1;
     r.pool = -1; /* until the runtime chooses one (0 = direct) */
     r.flags = c->origin_tls ? FERRY_REQ_TLS : 0;
+    if (c->is_connect && !conn_intercept_possible(c)) {
+        r.flags |= FERRY_REQ_NO_INTERCEPT;
+    }
     int64_t id = bridge_dispatch(&r);
+    if (id > 0) {
+        /* A user name's rotate is spent by the first route that chose a
+         * proxy: on plain HTTP each request brings its own; on SOCKS and
+         * in a tunnel (whose CONNECT ferry may answer itself) it moves
+         * the pin once. */
+        c->ctl_user.rotate = c->ctl_user.rotate_set = 0;
+    }
     c->exchange = r.exchange;
     c->pool = r.pool;
     c->req_flags = r.flags;
@@ -166,6 +171,10 @@ void conn_route(struct conn *c)
                     : id == FERRY_DISPATCH_POOL_UNKNOWN ? FERR_POOL_UNKNOWN
                     : id == FERRY_DISPATCH_NO_REGION ? FERR_NO_REGION : FERR_ROUTE_ERROR;
         conn_fail(c, e);
+        return;
+    }
+    if (c->is_connect && (r.flags & FERRY_REQ_INTERCEPT)) {
+        conn_intercept_begin(c); /* ferry answers it and reads the requests inside */
         return;
     }
     c->proxy = id > 0 ? proxy_by_id((uint32_t)id) : NULL;
@@ -738,6 +747,7 @@ void conn_on_timeout(struct conn *c)
     case CS_TUNNEL:
     case CS_DRAIN:
     case CS_ADMIN_OUT:
+    case CS_MITM_HELLO:
         conn_close(c);
         break;
     }

@@ -16,6 +16,7 @@
 #include "../../core/log.h"
 #include "../../core/metrics.h"
 #include "../../core/proxy.h"
+#include "../../core/rate.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -214,6 +215,13 @@ int authfail_missing(const struct listener *l, const char *client)
 unsigned authfail_retry_after(const char *client)
 {
     (void)client;
+    return 1;
+}
+
+/* Rate budgets (rate.c): the harness never routes, so nothing waits. */
+unsigned rate_retry_after(const struct conn *c)
+{
+    (void)c;
     return 1;
 }
 

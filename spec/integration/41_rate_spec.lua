@@ -13,10 +13,12 @@ local N = 5 -- tokens per second per proxy of exchange "paced"
 describe("rate budgets", function()
   local origin, ferry, script
   local O, F, A = procs.free_port(), procs.free_port(), procs.free_port()
+  local S = procs.free_port()
 
   local function config(paced_limit, paced_per)
     return string.format([[
 listen { name = "main", addr = "127.0.0.1:%d" }
+listen { name = "s5", addr = "127.0.0.1:%d", protocol = "socks5" }
 admin { addr = "127.0.0.1:%d" }
 pool "two" { strategy = "round_robin", retries = 0, breaker = false,
   proxies = { { url = "http://127.0.0.1:%d", id = "a", headers = { ["X-Src"] = "a" } },
@@ -32,7 +34,7 @@ exchange "weighed" { hosts = { "weighed.test" }, pool = "one", script = "%s",
   rate = { limit = 20, per = 2000, queue = 0 } }
 exchange "learner" { hosts = { "learner.test" }, pool = "one", script = "%s",
   rate = { limit = 10, per = 1000, queue = 0 } }
-]], F, A, O, O, O, paced_limit, paced_per, script, script)
+]], F, S, A, O, O, O, paced_limit, paced_per, script, script)
   end
 
   setup(function()
@@ -54,7 +56,7 @@ return {
   end,
 }
 ]])
-    ferry = procs.ferry(config(N, 1), { F, A })
+    ferry = procs.ferry(config(N, 1), { F, S, A })
   end)
 
   teardown(function()
@@ -178,6 +180,17 @@ return {
     local line = c:receive("*l")
     c:close()
     assert.matches("^HTTP/1.1 429 ", line)
+    -- SOCKS5: REP 2 (not allowed by ruleset).
+    c = assert(socket.connect("127.0.0.1", S))
+    c:settimeout(5)
+    c:send("\5\1\0")
+    assert.equal("\5\0", c:receive(2))
+    local host = "strict.test"
+    c:send("\5\1\0\3" .. string.char(#host) .. host .. "\1\187")
+    local reply = c:receive(2)
+    c:close()
+    assert.equal(5, reply:byte(1))
+    assert.equal(2, reply:byte(2))
   end)
 
   it("a weight hook of 5 spends 5 tokens; one that fails counts 1 and is logged", function()

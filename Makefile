@@ -26,7 +26,7 @@ DEPS     := build-essential pkg-config luajit2 libluajit2-5.1-dev libev-dev libh
             cppcheck microsocks tinyproxy curl prometheus python3 sqlite3 wget git nodejs \
             python3-requests python3-socks stunnel4 openssl util-linux \
             clang libclang-rt-14-dev
-BENCH_DEPS := wrk nginx-light squid haproxy tinyproxy dante-server microsocks stunnel4 openssl util-linux
+BENCH_DEPS := wrk nginx-light squid-openssl mitmproxy haproxy tinyproxy dante-server microsocks stunnel4 openssl util-linux
 
 ifeq ($(V),1)
 Q :=
@@ -187,6 +187,7 @@ lint: deps
 
 bench: deps bench-deps bin/ferry build/libferry.so
 	spec/bench/run.sh
+	spec/bench/https.sh
 
 # Four upstreams under load, two killed and one stopped: errors and counts
 # (CHAOS_SECONDS, default 60; exits non-zero unless clean).

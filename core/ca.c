@@ -299,6 +299,30 @@ static int write_new(const char *path, mode_t mode, int excl, X509 *cert, EVP_PK
     return 0;
 }
 
+/* mkdir -p, each new directory 0700. */
+static int make_dirs(const char *dir)
+{
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof(path), "%s", dir) >= sizeof(path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = path + 1; ; p++) {
+        if (*p != '/' && *p != '\0') {
+            continue;
+        }
+        char c = *p;
+        *p = '\0';
+        if (mkdir(path, 0700) == -1 && errno != EEXIST) {
+            return -1;
+        }
+        *p = c;
+        if (c == '\0') {
+            return 0;
+        }
+    }
+}
+
 int ca_init(const struct ca_init_opts *o, char *err, size_t room)
 {
     char keypath[4096], certpath[4096];
@@ -320,7 +344,7 @@ int ca_init(const struct ca_init_opts *o, char *err, size_t room)
         snprintf(err, room, "FERRY-7602: directory name too long");
         return -1;
     }
-    if (mkdir(o->dir, 0700) == -1 && errno != EEXIST) {
+    if (make_dirs(o->dir) != 0) {
         snprintf(err, room, "FERRY-7601: cannot create directory %s: %s", o->dir,
                  strerror(errno));
         return -1;
@@ -501,7 +525,22 @@ static int add_san(X509 *x, const char *name, int critical)
     return ok ? 0 : -1;
 }
 
-X509 *ca_issue(const struct ca *ca, EVP_PKEY *key, const char *name, time_t now,
+X509 *ca_leaf_template(EVP_PKEY *key)
+{
+    /* Whole and signed (by its own key), or it could not be copied. */
+    X509 *x = X509_new();
+    if (x == NULL || X509_set_version(x, 2) != 1 || X509_set_pubkey(x, key) != 1 ||
+        ASN1_INTEGER_set(X509_get_serialNumber(x), 1) != 1 ||
+        X509_gmtime_adj(X509_getm_notBefore(x), 0) == NULL ||
+        X509_gmtime_adj(X509_getm_notAfter(x), 0) == NULL || X509_sign(x, key, EVP_sha256()) <= 0) {
+        X509_free(x);
+        ERR_clear_error();
+        return NULL;
+    }
+    return x;
+}
+
+X509 *ca_issue(const struct ca *ca, X509 *tmpl, const char *name, time_t now,
                time_t *expires, char *err, size_t room)
 {
     unsigned char ip[16];
@@ -524,12 +563,12 @@ X509 *ca_issue(const struct ca *ca, EVP_PKEY *key, const char *name, time_t now,
         until -= (time_t)day * 86400 + sec;
     }
     ASN1_TIME_free(t_until);
-    X509 *x = X509_new();
+    X509 *x = X509_dup(tmpl);
     X509_NAME *subj = X509_NAME_new();
-    int ok = x != NULL && subj != NULL && X509_set_version(x, 2) == 1 && set_serial(x) == 0 &&
+    int ok = x != NULL && subj != NULL && set_serial(x) == 0 &&
              X509_set_issuer_name(x, X509_get_subject_name(ca->cert)) == 1 &&
              ASN1_TIME_set(X509_getm_notBefore(x), now - CA_LEAF_BACKDATE) != NULL &&
-             ASN1_TIME_set(X509_getm_notAfter(x), until) != NULL && X509_set_pubkey(x, key) == 1;
+             ASN1_TIME_set(X509_getm_notAfter(x), until) != NULL;
     if (ok && with_cn) {
         ok = X509_NAME_add_entry_by_NID(subj, NID_commonName, MBSTRING_ASC,
                                         (const unsigned char *)name, -1, -1, 0) == 1;

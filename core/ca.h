@@ -46,11 +46,17 @@ void ca_unref(struct ca *ca);
 int ca_same(const struct ca *a, const struct ca *b);
 struct x509_st *ca_cert(const struct ca *ca);
 
-/* A leaf for name (a DNS name, lower case, or an IP literal), carrying
- * key's public half, valid from now - CA_LEAF_BACKDATE for CA_LEAF_SECS
- * but never past the CA's own end; *expires gets its notAfter.  NULL
- * and err on failure (a name that is neither). */
-struct x509_st *ca_issue(const struct ca *ca, struct evp_pkey_st *key, const char *name,
+/* The start of every leaf for key: a version 3 certificate carrying its
+ * public half, or NULL.  Leaves are copies of it: setting a provider's
+ * key on a certificate encodes and decodes it again (most of a mint's
+ * cost with OpenSSL 3), copying an encoded one does not. */
+struct x509_st *ca_leaf_template(struct evp_pkey_st *key);
+
+/* A leaf for name (a DNS name, lower case, or an IP literal), a copy of
+ * tmpl (its key), valid from now - CA_LEAF_BACKDATE for CA_LEAF_SECS but
+ * never past the CA's own end; *expires gets its notAfter.  NULL and
+ * err on failure (a name that is neither). */
+struct x509_st *ca_issue(const struct ca *ca, struct x509_st *tmpl, const char *name,
                          time_t now, time_t *expires, char *err, size_t room);
 
 /* 0 when the CA's name constraints (if any) allow leaf, as clients will

@@ -1,6 +1,7 @@
 /* conn.c - connection lifecycle: accept, watchers, the pump, deferred close. */
 #include "conn.h"
 #include "inbound.h"
+#include "intercept.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -198,6 +199,7 @@ static void conn_destroy(struct conn *c)
     conn_report_flush(c);
     metrics_conn_closed(c);
     conn_clear_header_edits(c);
+    conn_intercept_free(c);
     conn_ban_reset(c);
     if (c->in->fini != NULL) {
         c->in->fini(c);
@@ -300,7 +302,8 @@ void conn_update_io(struct conn *c)
     /* Tunnels read into their pipe while it has room (tunnel.c). */
     int c_room = tunnel ? conn_tunnel_can_read_client(c) : buf_room(&c->cli.in) > 0;
     int u_room = tunnel ? conn_tunnel_can_read_upstream(c) : buf_room(&c->up.in) > 0;
-    if (!c->cli.eof && c_room) {
+    /* An intercepted CONNECT reads nothing until TLS is on (intercept.c). */
+    if (!c->cli.eof && c_room && c->state != CS_MITM_HELLO) {
         ce |= EV_READ;
     }
     /* A response held for a ban verdict stays in cli.out (conn_banretry.c). */
@@ -446,7 +449,14 @@ void conn_pump(struct conn *c)
         pump_mark(c, &before);
         switch (c->state) {
         case CS_HEAD:
-            c->in->input(c); /* a request head, or a handshake */
+            if (c->mitm != NULL) {
+                conn_intercept_input(c); /* a request inside an intercepted CONNECT */
+            } else {
+                c->in->input(c); /* a request head, or a handshake */
+            }
+            break;
+        case CS_MITM_HELLO:
+            conn_intercept_pump(c);
             break;
         case CS_EXCHANGE:
             conn_exchange(c); /* failures switch state; the flush below still runs */
@@ -528,6 +538,9 @@ static int conn_tls_refused(struct conn *c)
 
 static void read_client(struct conn *c)
 {
+    if (c->state == CS_MITM_HELLO) {
+        return; /* a stale event: the bytes are TLS's, read once it is on */
+    }
     int handshaking = tls_leg_handshaking(&c->cli);
     ssize_t n = leg_read(&c->cli, &c->cli.in);
     if (n > 0) {
@@ -536,7 +549,9 @@ static void read_client(struct conn *c)
     } else if (n == 0) {
         c->cli.eof = 1;
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS) {
-        if (!handshaking || !conn_tls_refused(c)) {
+        int answered = handshaking && (c->mitm != NULL ? conn_intercept_tls_failed(c)
+                                                       : conn_tls_refused(c));
+        if (!answered) {
             c->cli.eof = 1; /* reset: nothing more will come */
         }
     }

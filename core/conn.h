@@ -42,11 +42,13 @@ enum conn_state {
     CS_EXCHANGE,  /* plain HTTP: request body out, response back */
     CS_TUNNEL,    /* opaque relay both ways: CONNECT or a WebSocket after 101 */
     CS_DRAIN,     /* final bytes to the client, then a lingering close */
-    CS_ADMIN_OUT  /* an admin answer larger than cli.out, fed in as the client reads */
+    CS_ADMIN_OUT, /* an admin answer larger than cli.out, fed in as the client reads */
+    CS_MITM_HELLO /* intercepted CONNECT: its answer leaves, then TLS starts (intercept.c) */
 };
 
 struct inbound_ops;
 struct listener;
+struct mitm;
 struct proxy;
 struct report_cap;
 struct resolve_req;
@@ -176,6 +178,9 @@ struct conn {
     size_t hdr_add_len;
     char *hdr_drop;              /* "\nname\n..." on_request drops (NUL-terminated), or NULL */
 
+    /* Interception (intercept.c): the CONNECT this session came through,
+     * NULL while the client leg is not an intercepted TLS session. */
+    struct mitm *mitm;
     /* Rate budgets: the wait for a token of the exchange (rate.c). */
     struct conn *rate_prev, *rate_next; /* private: the exchange's FIFO */
     double rate_since;           /* private: when this request began waiting, 0: not yet */
@@ -315,6 +320,12 @@ int conn_ban_settle(struct conn *c);
 /* Dispatch found no proxy for a retry on ban: answer the last banned
  * response when it was kept.  1 when answered. */
 int conn_ban_answer_last(struct conn *c);
+/* After the dispatch of a retry on ban: 1 when it chose a proxy that is
+ * banned for the exchange too (all_down = "any" picks one anyway), and
+ * the client was answered with the last banned answer instead. */
+int conn_ban_no_other(struct conn *c);
+/* The response went idle while held: 1 when a banned one was retried. */
+int conn_ban_stalled(struct conn *c);
 void conn_ban_reset(struct conn *c);
 
 /* tunnel.c */

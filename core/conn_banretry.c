@@ -194,6 +194,26 @@ static void ban_retry(struct conn *c)
     conn_arm(c, 0.);
 }
 
+static int ban_can_retry(const struct conn *c)
+{
+    return c->ban_retried < c->ban_retry && c->replayable && loop_now() < c->deadline;
+}
+
+int conn_ban_stalled(struct conn *c)
+{
+    if (!c->ban_hold) {
+        return 0;
+    }
+    if (!c->ban_decided) {
+        conn_report_flush(c); /* the verdict on the prefix that came */
+    }
+    if (c->ban_decided && c->ban_banned && ban_can_retry(c)) {
+        ban_retry(c);
+        return 1;
+    }
+    return 0;
+}
+
 int conn_ban_settle(struct conn *c)
 {
     if (!c->ban_hold) {
@@ -215,23 +235,50 @@ int conn_ban_settle(struct conn *c)
         ban_release(c);
         return 0;
     }
-    if (c->ban_retried < c->ban_retry && c->replayable && loop_now() < c->deadline) {
+    if (ban_can_retry(c)) {
         if (!c->resp_done && buf_room(&c->cli.out) > 0) {
-            return 0; /* read the rest, to keep it whole in case no proxy is left */
+            /* Read the rest, to keep it whole in case no proxy is left
+             * (a stalled rest: conn_ban_stalled retries at the idle timeout). */
+            return 0;
         }
         ban_retry(c);
         return 1;
     }
-    c->ban_note = c->replayable ? "exhausted" : "no_replay";
-    c->code = BAN_CODE;
     struct log_ctx ctx;
     ban_log_ctx(c, &ctx);
+    if (!c->replayable && c->ban_retried == 0) {
+        /* The body outgrew the buffer while the answer was held. */
+        c->ban_note = "no_replay";
+        log_event(LOG_INFO, "FERRY-6031", &ctx, "%s %s:%d: banned, not retried (no_replay)",
+                  c->method, c->host, c->port);
+        ban_release(c);
+        return 0;
+    }
+    c->ban_note = "exhausted";
+    c->code = BAN_CODE;
     log_event(LOG_WARN, BAN_CODE, &ctx, "%s %s:%d: banned on every try (%u), the client gets "
               "the last answer (status %d)", c->method, c->host, c->port,
               c->ban_retried + 1u, c->status);
     ban_mark_held(c);
     ban_release(c);
     return 0;
+}
+
+int conn_ban_no_other(struct conn *c)
+{
+    if (c->ban_retried == 0 || c->last_err != FERR_BAN_EXHAUSTED || c->proxy == NULL) {
+        return 0;
+    }
+    struct ferry_pxstate *x = ferry_pxstate_get(c->proxy->pub.id, c->exchange);
+    if (x == NULL || x->banned_until <= loop_now()) {
+        return 0;
+    }
+    /* The answer came through the proxy of the last try, not this one. */
+    c->proxy = c->ntried > 0 ? proxy_by_id(c->tried[c->ntried - 1]) : NULL;
+    if (!conn_ban_answer_last(c)) {
+        conn_fail(c, FERR_BAN_EXHAUSTED);
+    }
+    return 1;
 }
 
 int conn_ban_answer_last(struct conn *c)
@@ -241,6 +288,9 @@ int conn_ban_answer_last(struct conn *c)
         return 0;
     }
     c->ban_stash = NULL;
+    /* The retry that found no proxy never went out. */
+    c->ban_retried--;
+    c->attempt--;
     c->bytes_out += buf_append(&c->cli.out, s->data, s->len);
     c->status = s->status;
     c->code = BAN_CODE;
@@ -251,7 +301,7 @@ int conn_ban_answer_last(struct conn *c)
     ban_log_ctx(c, &ctx);
     log_event(LOG_WARN, BAN_CODE, &ctx, "%s %s:%d: banned on every try (%u), no proxy left; "
               "the client gets the last answer (status %d)", c->method, c->host, c->port,
-              (unsigned)c->ban_retried, c->status);
+              c->ban_retried + 1u, c->status);
     conn_log_done(c, c->code);
     c->state = CS_DRAIN;
     conn_arm(c, timeouts.idle < 30 ? timeouts.idle : 30);

@@ -54,6 +54,7 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
     ctx->pool = c->pool > 0 ? ferry_pool_name(c->pool) : NULL;
     ctx->exchange = c->exchange != 0 ? health_exchange_name(c->exchange) : NULL;
     ctx->proxy = c->proxy != NULL ? c->proxy->display : NULL;
+    ctx->intercepted = c->mitm != NULL;
     ctx->scheme = c->origin_tls ? "https" : NULL;
     ctx->ban = NULL;
     ctx->ban_retries = 0;
@@ -147,7 +148,11 @@ static void fail_answer(struct conn *c, enum ferr e, int quiet)
         conn_close(c);
         return;
     }
-    c->in->answer_fail(c, e);
+    if (c->mitm != NULL) {
+        conn_write_http_error(c, e); /* inside an intercepted session: HTTP */
+    } else {
+        c->in->answer_fail(c, e);
+    }
     c->sent_any = 1;
     log_done(c);
     c->state = CS_DRAIN;
@@ -418,6 +423,14 @@ void conn_on_head(struct conn *c)
     } else if (auth_len > 0) {
         /* No users to check: USER-key-value parameters still count. */
         listener_auth_ctl(c->l, auth, auth_len, &c->ctl_user);
+    }
+    if (c->is_connect) {
+        /* A CONNECT's control headers hold for the whole tunnel: requests
+         * inside an intercepted one inherit them (their own win).  Its
+         * rotate is for its own route only. */
+        struct ctl keep = c->ctl_hdr;
+        keep.rotate = keep.rotate_set = 0;
+        ctl_merge(&c->ctl_user, &keep);
     }
     if (c->req.method == HTTP_OPTIONS && http_span_ieq(base, c->req.url, "*")) {
         answer_here(c); /* OPTIONS * asks the proxy itself */

@@ -2,6 +2,7 @@
 #include "bridge.h"
 #include "conn.h"
 #include "inbound.h"
+#include "intercept.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -69,17 +70,11 @@ void conn_upstream_release(struct conn *c, int keep)
 }
 
 /* The request's control parameters: its headers over its user name's.
- * A CONNECT's headers join the connection's parameters, so requests
- * inside an intercepted tunnel inherit them; its rotate is spent on the
- * tunnel's own route.  -1: an invalid value, answered FERRY-1060. */
+ * -1: an invalid value, answered FERRY-1060. */
 static int route_ctl(struct conn *c, struct ctl *eff)
 {
     *eff = c->ctl_user;
     ctl_merge(eff, &c->ctl_hdr);
-    if (c->is_connect && c->attempt == 0) {
-        c->ctl_user = *eff;
-        c->ctl_user.rotate = c->ctl_user.rotate_set = 0;
-    }
     memcpy(c->session, eff->session, sizeof(c->session));
     return eff->bad ? -1 : 0;
 }
@@ -132,7 +127,17 @@ void conn_route(struct conn *c)
     r.retries = -1;
     r.pool = -1; /* until the runtime chooses one (0 = direct) */
     r.flags = c->origin_tls ? FERRY_REQ_TLS : 0;
+    if (c->is_connect && !conn_intercept_possible(c)) {
+        r.flags |= FERRY_REQ_NO_INTERCEPT;
+    }
     int64_t id = bridge_dispatch(&r);
+    if (id > 0) {
+        /* A user name's rotate is spent by the first route that chose a
+         * proxy: on plain HTTP each request brings its own; on SOCKS and
+         * in a tunnel (whose CONNECT ferry may answer itself) it moves
+         * the pin once. */
+        c->ctl_user.rotate = c->ctl_user.rotate_set = 0;
+    }
     c->exchange = r.exchange;
     c->pool = r.pool;
     c->req_flags = r.flags;
@@ -168,10 +173,17 @@ void conn_route(struct conn *c)
         conn_fail(c, e);
         return;
     }
+    if (c->is_connect && (r.flags & FERRY_REQ_INTERCEPT)) {
+        conn_intercept_begin(c); /* ferry answers it and reads the requests inside */
+        return;
+    }
     c->proxy = id > 0 ? proxy_by_id((uint32_t)id) : NULL;
     if (id > 0 && c->proxy == NULL) {
         conn_fail(c, FERR_ROUTE_ERROR);
         return;
+    }
+    if (conn_ban_no_other(c)) {
+        return; /* a retry on ban found only banned proxies: the last answer */
     }
     if (c->attempt == 0) {
         c->ban_retry = (unsigned char)(r.ban_retry > 0 && r.ban_retry <= FERRY_RETRIES_MAX
@@ -723,6 +735,8 @@ void conn_on_timeout(struct conn *c)
             conn_arm(c, min_d(timeouts.idle, c->deadline - loop_now()));
         } else if (!c->resp_head_done) {
             conn_attempt_failed(c, FERRY_FAIL_TIMEOUT, FERR_FIRST_BYTE_TIMEOUT);
+        } else if (conn_ban_stalled(c)) {
+            /* a banned answer held for the rest of its body: retried now */
         } else {
             struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
             log_event(LOG_WARN, "FERRY-3009", &ctx, "response idle timeout");
@@ -733,6 +747,7 @@ void conn_on_timeout(struct conn *c)
     case CS_TUNNEL:
     case CS_DRAIN:
     case CS_ADMIN_OUT:
+    case CS_MITM_HELLO:
         conn_close(c);
         break;
     }

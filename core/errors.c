@@ -91,6 +91,17 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_SOCKS4_NO_IPV4]     = { "FERRY-3050", 502, "Bad Gateway",
                                   "the destination has no IPv4 address, which a SOCKS4 proxy "
                                   "needs (use socks4a:// or socks5://)" },
+    [FERR_MITM_MISDIRECTED]   = { "FERRY-1085", 421, "Misdirected Request",
+                                  "the request names another host than the CONNECT it came "
+                                  "through (Host header or target)" },
+    [FERR_MITM_PLAIN_HTTP]    = { "FERRY-1086", 400, "Bad Request",
+                                  "this tunnel is intercepted: ferry expects TLS after the 200 "
+                                  "(use https:// through the proxy)" },
+    [FERR_MITM_EARLY]         = { "FERRY-1087", 400, "Bad Request",
+                                  "bytes arrived before the answer to an intercepted CONNECT" },
+    [FERR_MITM_TARGET]        = { "FERRY-1088", 400, "Bad Request",
+                                  "inside an intercepted tunnel a request needs an origin-form "
+                                  "target (/path) or https:// to the same host" },
     [FERR_RATE_LIMITED]       = { "FERRY-2010", 429, "Too Many Requests",
                                   "no proxy has rate budget left for this exchange and its "
                                   "wait queue is full (see Retry-After)" },

@@ -45,6 +45,11 @@ enum ferr {
     FERR_UPSTREAM_TLS,     /* TLS to an https:// proxy failed (certificate, protocol) */
     FERR_TLS_PLAIN_HTTP,   /* plain HTTP sent to a TLS listener */
     FERR_SOCKS4_NO_IPV4,   /* a SOCKS4 proxy cannot reach a destination without IPv4 */
+    /* Interception (intercept.c). */
+    FERR_MITM_MISDIRECTED, /* a request inside names another host than its CONNECT */
+    FERR_MITM_PLAIN_HTTP,  /* plain HTTP where TLS was due after an intercepted CONNECT */
+    FERR_MITM_EARLY,       /* bytes sent before the answer to an intercepted CONNECT */
+    FERR_MITM_TARGET,      /* a request target inside that is not origin-form or https */
     FERR_RATE_LIMITED,     /* no proxy has rate budget and the exchange's queue is full or 0 */
     FERR_RATE_TIMEOUT,     /* no rate budget came within the exchange's queue_timeout */
     /* TLS origination (origin_tls.c) */

@@ -262,6 +262,11 @@ struct ferry_admin_req {
 /* Bits of ferry_req.flags. */
 enum ferry_req_flag {
     FERRY_REQ_CAPTURE = 0x1, /* keep the response head and first body bytes for Lua */
+    /* Interception: C sets NO_INTERCEPT before dispatch when this CONNECT
+     * cannot be intercepted (a TLS listener, an address, no CA); dispatch
+     * sets INTERCEPT for a CONNECT to an exchange with intercept = true. */
+    FERRY_REQ_INTERCEPT = 0x100,
+    FERRY_REQ_NO_INTERCEPT = 0x200,
     /* In: the request goes to its origin over TLS ferry originates (an
      * https:// target, or inside an intercepted tunnel).  Out: set by
      * the exchange's upgrade_tls for a plain http:// request (its port

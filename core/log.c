@@ -227,6 +227,9 @@ static void line_ctx(struct line *l, const struct log_ctx *ctx)
     put_str(l, "pool", ctx->pool);
     put_str(l, "exchange", ctx->exchange);
     put_str(l, "proxy", ctx->proxy);
+    if (ctx->intercepted) {
+        put_raw(l, ",\"intercepted\":true");
+    }
     put_str(l, "scheme", ctx->scheme);
     if (ctx->ban_retries > 0) {
         put_num(l, "ban_retries", ctx->ban_retries, 0);

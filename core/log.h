@@ -19,6 +19,7 @@ struct log_ctx {
     const char *pool;
     const char *proxy;    /* proxy id/display, never with credentials */
     const char *exchange;
+    int intercepted;      /* inside a CONNECT ferry intercepted: "intercepted":true */
     const char *scheme;   /* "https" when ferry originated TLS to the origin, else NULL */
     const char *ban;      /* access lines: why a ban was not retried, or NULL */
     unsigned ban_retries; /* access lines: tries made again because of a ban */

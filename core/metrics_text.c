@@ -11,6 +11,7 @@
 #include "conn.h"
 #include "ferry.h"
 #include "health.h"
+#include "intercept.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
@@ -413,6 +414,25 @@ static void render_mint(struct text *t)
     sample_u64(t, "ferry_tls_mint_failures_total", NULL, m->failed);
 }
 
+/* Interception (intercept.c). */
+static void render_intercept(struct text *t)
+{
+    const struct intercept_stats *s = intercept_stats();
+    family(t, "ferry_intercept_tunnels_total", "counter",
+           "CONNECTs that ferry answered itself to look inside (intercept = true).");
+    sample_u64(t, "ferry_intercept_tunnels_total", NULL, s->tunnels);
+    family(t, "ferry_intercept_requests_total", "counter",
+           "Requests read inside intercepted CONNECTs.");
+    sample_u64(t, "ferry_intercept_requests_total", NULL, s->requests);
+    family(t, "ferry_intercept_handshake_failures_total", "counter",
+           "Client TLS handshakes inside intercepted CONNECTs that failed, by reason.");
+    for (int i = 0; i < INTERCEPT_HS_REASONS; i++) {
+        char lbl[48];
+        snprintf(lbl, sizeof(lbl), "reason=\"%s\"", intercept_hs_names[i]);
+        sample_u64(t, "ferry_intercept_handshake_failures_total", lbl, s->hs_fail[i]);
+    }
+}
+
 static void render_core(struct text *t)
 {
     char lbl[128];
@@ -457,6 +477,7 @@ static void render_core(struct text *t)
         }
     }
     render_conn_pools(t);
+    render_intercept(t);
     render_histo(t, "ferry_connect_duration_seconds", 0,
                  "Time to reach the upstream (resolve, connect, proxy handshake) of fresh "
                  "upstream connections, by pool.");

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <openssl/err.h>
@@ -48,6 +49,7 @@ struct mint_hs {
 static struct {
     struct ca *ca;            /* the CA in use, or NULL */
     EVP_PKEY *key;            /* the leaves' key */
+    X509 *tmpl;               /* every leaf starts as a copy of it (ca_leaf_template) */
     SSL_CTX *ctx;             /* server context of intercepted legs */
     STACK_OF(X509) *chain;    /* the CA certificate, sent after each leaf */
     struct leaf **buckets;    /* nbuckets chains */
@@ -168,7 +170,7 @@ static struct leaf *leaf_get(const char *name, char *err, size_t room)
         break;
     }
     time_t expires = 0;
-    X509 *x = ca_issue(mint.ca, mint.key, name, now, &expires, err, room);
+    X509 *x = ca_issue(mint.ca, mint.tmpl, name, now, &expires, err, room);
     if (x == NULL || ca_permits(mint.ca, x, err, room) != 0) {
         X509_free(x);
         mint.st.failed++;
@@ -294,8 +296,8 @@ int mint_ready(void)
 int mint_leg_accept(struct leg *lg, const char *host)
 {
     char name[HOST_MAX_LEN + 1];
-    if (mint.ca == NULL || normalize(host, name, sizeof(name)) != 0) {
-        return -1;
+    if (mint.ca == NULL || !leg_plain(lg) || normalize(host, name, sizeof(name)) != 0) {
+        return -1; /* no TLS inside a TLS listener's TLS: the SSL reads the socket itself */
     }
     size_t n = strlen(name);
     struct mint_hs *hs = calloc(1, sizeof(*hs) + n + 1);
@@ -314,6 +316,20 @@ int mint_leg_accept(struct leg *lg, const char *host)
         return -1;
     }
     return 0;
+}
+
+int mint_prepare(const char *host, char *err, size_t room)
+{
+    char name[HOST_MAX_LEN + 1];
+    if (mint.ca == NULL) {
+        snprintf(err, room, "FERRY-1082: no CA is loaded (tls { ca_cert, ca_key })");
+        return -1;
+    }
+    if (normalize(host, name, sizeof(name)) != 0) {
+        snprintf(err, room, "FERRY-1082: cannot mint a certificate for \"%.64s\"", host);
+        return -1;
+    }
+    return leaf_get(name, err, room) != NULL ? 0 : -1;
 }
 
 int mint_client_refused(const struct leg *lg)
@@ -351,6 +367,8 @@ static void mint_reset(void)
     mint.chain = NULL;
     SSL_CTX_free(mint.ctx); /* handshakes under way hold their own reference */
     mint.ctx = NULL;
+    X509_free(mint.tmpl);
+    mint.tmpl = NULL;
     EVP_PKEY_free(mint.key);
     mint.key = NULL;
     ca_unref(mint.ca);
@@ -405,9 +423,11 @@ int mint_use(struct ca *ca, int cap)
         return 0;
     }
     EVP_PKEY *key = ca_new_key();
-    SSL_CTX *ctx = key != NULL ? new_ctx() : NULL;
+    X509 *tmpl = key != NULL ? ca_leaf_template(key) : NULL;
+    SSL_CTX *ctx = tmpl != NULL ? new_ctx() : NULL;
     STACK_OF(X509) *chain = sk_X509_new_null();
-    if (key == NULL || ctx == NULL || chain == NULL || X509_up_ref(ca_cert(ca)) != 1) {
+    if (key == NULL || tmpl == NULL || ctx == NULL || chain == NULL ||
+        X509_up_ref(ca_cert(ca)) != 1) {
         goto fail;
     }
     if (sk_X509_push(chain, ca_cert(ca)) <= 0) {
@@ -417,6 +437,7 @@ int mint_use(struct ca *ca, int cap)
     mint_reset();
     mint.ca = ca_ref(ca);
     mint.key = key;
+    mint.tmpl = tmpl;
     mint.ctx = ctx;
     mint.chain = chain;
     mint.buckets = buckets;
@@ -427,6 +448,7 @@ fail:
     ERR_clear_error();
     sk_X509_pop_free(chain, X509_free);
     SSL_CTX_free(ctx);
+    X509_free(tmpl);
     EVP_PKEY_free(key);
     free(buckets);
     return -1;
@@ -449,6 +471,13 @@ void *ferry_ca_load(const char *cert, const char *key, const char **err)
     struct ca *ca = ca_load(cert, key, why, sizeof(why));
     if (ca == NULL) {
         *err = why;
+        return NULL;
+    }
+    struct stat st;
+    if (stat(key, &st) == 0 && (st.st_mode & 077) != 0) {
+        log_event(LOG_WARN, "FERRY-0184", NULL, "tls: ca_key %s is readable by other users "
+                  "(mode %03o): whoever reads it can impersonate sites to clients that trust "
+                  "the CA; chmod 600 it", key, (unsigned)(st.st_mode & 0777));
     }
     return ca;
 }

@@ -9,6 +9,7 @@
 #ifndef FERRY_MINT_H
 #define FERRY_MINT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct leg;
@@ -26,13 +27,23 @@ int mint_ready(void);
  * SNI rule: an SNI that differs from host (case-insensitive; a trailing
  * dot ignored) fails the handshake (alert unrecognized_name) with a
  * reason tls_leg_error() returns, starting with the FERRY code.
- * The handshake runs inside the leg's first reads (transport_tls.c).
- * -1: no CA loaded or out of memory. */
+ * The handshake runs inside the leg's first reads (transport_tls.c);
+ * the leg's input buffer must be empty (the SSL reads the socket).
+ * -1: no CA loaded or out of memory (or the leg is already on TLS: a
+ * TLS listener's client cannot be intercepted inside that TLS). */
 int mint_leg_accept(struct leg *lg, const char *host);
 
 /* 1 when the leg's handshake failed because the client refused ferry's
  * certificate (alert unknown_ca, bad_certificate, certificate_unknown...). */
 int mint_client_refused(const struct leg *lg);
+
+/* Optional, before answering the CONNECT: 0 when a leaf for host is ready
+ * (cached, or minted now into the cache, so the handshake finds it);
+ * -1 with the reason (FERRY-1082: no CA, a name that is neither a host
+ * name nor an address, outside the CA's name constraints) otherwise,
+ * when a blind tunnel or an error answer may serve the client better
+ * than a handshake bound to fail. */
+int mint_prepare(const char *host, char *err, size_t room);
 
 /* Use ca (a reference is taken; NULL: none) with a leaf cache of cap
  * entries.  The same CA as now keeps the cache (a changed cap empties

@@ -18,15 +18,22 @@
 -- each exchange script sends what reaches a node straight out, or a
 -- request would go round the nodes forever (see exchanges/*.lua).
 
-listen { name = "front", addr = "127.0.0.1:8090" }
+-- Clients may steer their own requests with control headers (or the
+-- same as user name parameters, alice-region-eu-session-K): a region
+-- (X-Ferry-Region: eu), a sticky pin moved now (X-Ferry-Rotate: 1), and
+-- on this listener a pool among the two named (X-Ferry-Pool), e.g.
+--   curl -x http://127.0.0.1:8090 -H 'X-Ferry-Region: eu' http://api.binance.com/api/v3/time
+-- (docs/https.md, Control headers).
+listen { name = "front", addr = "127.0.0.1:8090",
+         allow_pool_header = { "binance", "binance_sapi" } }
 listen { name = "node1", addr = "127.0.0.1:8091" }
 listen { name = "node2", addr = "127.0.0.1:8092" }
 listen { name = "node3", addr = "127.0.0.1:8093" }
 
 local nodes = {
-  { url = "http://127.0.0.1:8091", id = "node1" },
-  { url = "http://127.0.0.1:8092", id = "node2" },
-  { url = "http://127.0.0.1:8093", id = "node3", weight = 2 },
+  { url = "http://127.0.0.1:8091", id = "node1", region = "eu" },
+  { url = "http://127.0.0.1:8092", id = "node2", region = "eu" },
+  { url = "http://127.0.0.1:8093", id = "node3", region = "us", weight = 2 },
 }
 
 pool "binance" {
@@ -69,8 +76,10 @@ pool "okx" {
 
 exchange "binance" { hosts = { "*.binance.com", "binance.com" }, pool = "binance",
                      upgrade_tls = true, -- http:// goes out as verified https://
+                     -- A banned GET goes again through another node (retry = 2);
+                     -- a ban lasts the answer's Retry-After when it has one.
                      ban = { status = { 403, 418, 429 }, backoff = 60, max_backoff = 3600,
-                             body = { "IP banned" } },
+                             body = { "IP banned" }, retry = 2 },
                      -- 1200 weight per minute per address; the script weighs
                      -- each request and reads X-MBX-USED-WEIGHT-1M back
                      -- (docs/https.md#rate-budgets).

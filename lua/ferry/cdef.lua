@@ -52,7 +52,8 @@ struct ferry_proxy {
 };
 enum ferry_proxy_flag { FERRY_PROXY_DOWN = 0x1, FERRY_PROXY_DISABLED = 0x2,
                        FERRY_PROXY_REMOVED = 0x4 };
-enum ferry_req_flag { FERRY_REQ_CAPTURE = 0x1, FERRY_REQ_TLS = 0x40 };
+enum ferry_req_flag { FERRY_REQ_CAPTURE = 0x1, FERRY_REQ_TLS = 0x40,
+                      FERRY_REQ_INTERCEPT = 0x100, FERRY_REQ_NO_INTERCEPT = 0x200 };
 enum ferry_probe_kind { FERRY_PROBE_NONE = 0, FERRY_PROBE_TCP = 1, FERRY_PROBE_HTTP = 2,
                         FERRY_PROBE_CONNECT = 3 };
 enum ferry_breaker { FERRY_BREAKER_CLOSED = 0, FERRY_BREAKER_OPEN = 1,
@@ -290,6 +291,7 @@ local M = {
   BREAKER_CLOSED = n(C.FERRY_BREAKER_CLOSED), BREAKER_OPEN = n(C.FERRY_BREAKER_OPEN),
   BREAKER_HALF_OPEN = n(C.FERRY_BREAKER_HALF_OPEN),
   REQ_CAPTURE = n(C.FERRY_REQ_CAPTURE),
+  REQ_INTERCEPT = n(C.FERRY_REQ_INTERCEPT), REQ_NO_INTERCEPT = n(C.FERRY_REQ_NO_INTERCEPT),
   REQ_TLS = n(C.FERRY_REQ_TLS),
   -- Names of enum ferry_fail_kind, index = value + 1.
   FAIL_KINDS = { "refused", "timeout", "handshake", "auth", "http5xx", "reset", "tls" },

@@ -666,7 +666,8 @@ local function evaluate(chunk, file)
     local line = caller_line(file)
     return function(t)
       check_fields(where, t, { hosts = true, pool = true, ban = true, script = true,
-                               upgrade_tls = true, tls = true, rate = true })
+                               upgrade_tls = true, tls = true, rate = true,
+                               intercept = true })
       if type(t.hosts) ~= "table" or #t.hosts == 0 then
         fail(where, "hosts: at least one host pattern is required")
       end
@@ -680,6 +681,7 @@ local function evaluate(chunk, file)
       if type(t.pool) ~= "string" then fail(where, "pool is required") end
       local ex = { name = name, hosts = hosts, pool = t.pool, line = line, where = where }
       ex.ban = parse_ban(where, t.ban, t.script ~= nil)
+      ex.intercept = M.parse_intercept(where, t.intercept)
       ex.rate = parse_rate(where, t.rate)
       -- TLS origination: plain http:// requests go out over TLS, verified.
       ex.upgrade_tls = want(where, "upgrade_tls", t.upgrade_tls, "boolean") or false
@@ -797,6 +799,8 @@ local function evaluate(chunk, file)
     if ex.pool ~= "direct" and not cfg.pools[ex.pool] then
       return nil, string.format('%s: pool "%s" is not declared', ex.where, ex.pool)
     end
+    local ierr = M.check_intercept(cfg, ex)
+    if ierr then return nil, ierr end
   end
   local proxying = false
   for _, l in ipairs(cfg.listeners) do
@@ -816,6 +820,25 @@ local function evaluate(chunk, file)
   if lerr then return nil, lerr end
   M.index_exchanges(cfg)
   return cfg
+end
+
+-- intercept = true|false of an exchange (default false).
+function M.parse_intercept(where, v)
+  if v == nil then return false end
+  if type(v) ~= "boolean" then
+    fail(where, "intercept must be true or false, got a %s", type(v))
+  end
+  return v
+end
+
+-- Interception mints leaf certificates with ferry's CA: an exchange that
+-- intercepts needs tls { ca_cert, ca_key } in the same config.
+function M.check_intercept(cfg, ex)
+  if ex.intercept and not (cfg.tls and cfg.tls.ca_cert and cfg.tls.ca_key) then
+    return string.format("%s: FERRY-6020: intercept = true needs ferry's CA: add " ..
+      "tls { ca_cert = ..., ca_key = ... } (ferry ca init DIR writes them)", ex.where)
+  end
+  return nil
 end
 
 -- Host lookup tables: exact names, and wildcard suffixes by suffix.

@@ -255,6 +255,8 @@ local function run_on_request(e, req, r)
   return res.pool
 end
 
+-- choose_pool's answer for a CONNECT that ferry intercepts (no pool).
+local INTERCEPTED = {}
 -- Tokens request req costs on exchange e's budget: its weight hook's
 -- answer, or 1 (no hook, or a hook that failed: counted and logged once
 -- per window).  Never more than the bucket holds, so a request can
@@ -289,6 +291,13 @@ local function choose_pool(cur, req, r)
     local e = cur.exchanges[ex.name]
     req.exchange, req.exid = e.name, e.id
     r.exchange = e.id
+    if e.cfg.intercept and r.is_connect ~= 0 and
+       band(r.flags, cdef.REQ_NO_INTERCEPT) == 0 then
+      -- Ferry answers this CONNECT itself; each request inside is
+      -- dispatched on its own (hooks, pool, strategy), not the tunnel.
+      r.flags = bor(r.flags, cdef.REQ_INTERCEPT)
+      return INTERCEPTED
+    end
     if e.capture then r.flags = bor(r.flags, cdef.REQ_CAPTURE) end
     -- upgrade_tls: a plain request of this exchange goes out over TLS.
     if e.upgrade_tls and r.is_connect == 0 then r.flags = bor(r.flags, REQ_TLS) end
@@ -440,6 +449,10 @@ function M.dispatch(ud)
   if asked and asked < 0 then return asked end
   local name, why = choose_pool(cur, req, r)
   if not name then return why end
+  if name == INTERCEPTED then
+    r.pool = 0 -- no pool, no proxy: each request inside is dispatched on its own
+    return 0
+  end
   if asked then name = req.pool_header end
   local region = req.region
   if name == "direct" then

@@ -193,3 +193,6 @@ echo
 "$ROOT/spec/bench/socks.sh"
 echo
 "$ROOT/spec/bench/chain.sh"
+echo
+# Ferry's CA: leaves minted per CPU-second, handshakes from the leaf cache.
+"$ROOT/spec/bench/mint.sh"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An origin that bans by source address, for the retry-on-ban specs.
 
-Usage: ban_origin.py PORT
+Usage: ban_origin.py PORT [CERT KEY]   (with CERT and KEY: HTTPS)
 
 Proxies that bind their outgoing connections to distinct loopback
 addresses (microsocks -b 127.0.0.N) are told apart by the source address.
@@ -14,12 +14,16 @@ answered per its path:
   /marker/ADDRS           200 with body "IP banned ADDR" for ADDRS, else
                           200 "ok ADDR"
 The "ok" answer also gives the request body's length: "ok ADDR LEN".
+  /stall/ADDRS            for ADDRS: 429 with Content-Length 1000 and only
+                          10 bytes of body, then silence; else 200 "ok ADDR"
   /hits                   text: "ADDR PATH" per request so far, one a line
 Answers keep the connection open (HTTP/1.1, Content-Length).
 """
 import http.server
+import ssl
 import sys
 import threading
+import time
 import urllib.parse
 
 lock = threading.Lock()
@@ -69,6 +73,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     extra.append(("Retry-After", urllib.parse.unquote(parts[4])))
                 self.answer(int(parts[3]), "banned %s" % addr, extra)
                 return
+        if len(parts) >= 3 and parts[1] == "stall" and addr in parts[2].split(","):
+            self.wfile.write(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 1000\r\n"
+                             b"\r\n0123456789")
+            self.wfile.flush()
+            time.sleep(30)
+            self.close_connection = True
+            return
         if len(parts) >= 3 and parts[1] == "marker":
             addrs = parts[2].split(",")
             if "all" in addrs or addr in addrs:
@@ -84,4 +95,9 @@ class Server(http.server.ThreadingHTTPServer):
 
 
 if __name__ == "__main__":
-    Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+    server = Server(("127.0.0.1", int(sys.argv[1])), Handler)
+    if len(sys.argv) >= 4:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    server.serve_forever()

@@ -11,6 +11,9 @@ Keep-alive on every answer; ALPN http/1.1.  Paths:
   POST /sha               the sha256 (hex) of the request body
   GET  /status?code=N     an empty answer with that status
   GET  /stats             "connections=C requests=R": TLS connections accepted
+  GET  /peer              the address:port the TLS connection came from
+  GET  /once?code=N&key=K the first request of key K gets status N (no body), the
+                          later ones 200 "ok-once"
   GET  /ws (Upgrade)      101, then every byte read is echoed back raw
 """
 import hashlib
@@ -24,6 +27,7 @@ PORT = int(sys.argv[1])
 CERT, KEY = sys.argv[2], sys.argv[3]
 lock = threading.Lock()
 stats = {"connections": 0, "requests": 0}
+onced = set()
 PATTERN = bytes(range(256)) * 4096  # 1 MiB, repeated for larger bodies
 
 
@@ -41,12 +45,15 @@ def answer(conn, body, status="200 OK", ctype="text/plain"):
 
 def read_body(conn, data, length, chunked):
     if not chunked:
-        while len(data) < length:
+        # A bytearray grows in place: bytes += bytes copies the whole body
+        # on every read (seconds for an 8 MB upload in 16 KiB TLS records).
+        buf = bytearray(data)
+        while len(buf) < length:
             more = conn.recv(262144)
             if not more:
                 raise EOFError
-            data += more
-        return data[:length], data[length:]
+            buf += more
+        return bytes(buf[:length]), bytes(buf[length:])
     body = b""
     while True:
         while b"\r\n" not in data:
@@ -109,6 +116,18 @@ def serve(conn):
                 with lock:
                     s = "connections=%d requests=%d" % (stats["connections"], stats["requests"])
                 answer(conn, s.encode())
+            elif u.path == "/once":
+                # The first request of a key gets the status, the later ones 200.
+                with lock:
+                    first = q.get("key", "") not in onced
+                    onced.add(q.get("key", ""))
+                if first:
+                    code = int(q.get("code", "429"))
+                    conn.sendall(("HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % code).encode())
+                else:
+                    answer(conn, b"ok-once")
+            elif u.path == "/peer":
+                answer(conn, ("%s:%d" % conn.getpeername()[:2]).encode())
             elif u.path == "/ws" and "upgrade" in hdr.get("connection", "").lower():
                 conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                              b"Connection: Upgrade\r\n\r\n")

@@ -198,6 +198,11 @@ describe("ferry ca", function()
         assert.equal("", out)
         assert.truthy(err:find("FERRY-1082", 1, true), err)
         assert.truthy(err:find("name constraints", 1, true), err)
+        -- mint_prepare says so before any handshake.
+        code, out, err = ferry("ca mint " .. q(nc) .. " " .. name .. " --prepare")
+        assert.equal(1, code, name)
+        assert.equal("", out)
+        assert.truthy(err:find(name .. ": FERRY-1082: the name is outside", 1, true), err)
         -- What a client would make of it, minted without ferry's check.
         code, out, err = ferry("ca mint " .. q(nc) .. " " .. name .. " --unchecked")
         assert.equal(0, code, err)
@@ -224,12 +229,21 @@ describe("ferry ca", function()
     local code, _, err = ferry("ca mint " .. q(ca) .. " api.example.com --repeat 5")
     assert.equal(0, code, err)
     assert.truthy(err:find("minted 1, cache hits 4, evictions 0, cached 1", 1, true), err)
+    -- mint_prepare mints into the cache: the handshake after it is a hit.
+    code, _, err = ferry("ca mint " .. q(ca) .. " api.example.com --prepare")
+    assert.equal(0, code, err)
+    assert.truthy(err:find("minted 1, cache hits 1, evictions 0, cached 1", 1, true), err)
     -- A bounded LRU: with room for two, a third name evicts the least recently used.
     code, _, err = ferry("ca mint " .. q(ca) .. " a.example b.example a.example c.example " ..
       "a.example b.example --cache 2")
     assert.equal(0, code, err)
     -- a b [a hit] c (evicts b) [a hit] b (evicts c)
     assert.truthy(err:find("minted 4, cache hits 2, evictions 2, cached 2", 1, true), err)
+    -- The minting rate, names inside the constraints of a constrained CA.
+    local out
+    code, out, err = ferry("ca mint " .. q(nc) .. " example.org --bench 20")
+    assert.equal(0, code, err)
+    assert.truthy(out:match("^20 leaves minted in [%d.]+ ms: %d+ per second"), out)
   end)
 
   it("mint: a leaf never outlives its CA", function()
@@ -286,6 +300,13 @@ tls { ca_cert = %q, ca_key = %q, leaf_cache = 10 }
     assert.equal(0, code, err)
     assert.truthy(out:find("ok", 1, true))
     local _
+    -- A key others may read loads, with a warning.
+    os.execute("chmod 644 " .. q(dir .. "/a/ca.key"))
+    code, _, err = ferry("check -c " .. q(good))
+    os.execute("chmod 600 " .. q(dir .. "/a/ca.key"))
+    assert.equal(0, code, err)
+    assert.truthy(err:find("FERRY-0184", 1, true), err)
+    assert.truthy(err:find("mode 644", 1, true), err)
     for i, b in ipairs(bad) do
       local file = procs.write_file(dir .. "/bad" .. i .. ".lua",
         cfg(dir .. "/" .. b[1], dir .. "/" .. b[2]))

@@ -58,7 +58,9 @@ describe("TLS origination", function()
   local origin, other, wrong, tiny, msocks, stun, fb, fa
   local host = "localhost:" .. O
 
-  setup(function()
+  -- Whatever setup started is stopped when it fails half-way (busted
+  -- skips teardown then).
+  local function start_all()
     pki = tls_origin.pki(dir, { "localhost", "127.0.0.1" })
     -- A copy of the CA the config names, so a reload can break and mend it.
     cafile = dir .. "/exchange-ca.pem"
@@ -101,6 +103,14 @@ exchange "up" { hosts = { "127.0.0.1" }, pool = "direct", script = "%s", upgrade
   tls = { ca = "%s" } }
 ]], L_DIRECT, L_TINY, L_SOCKS, L_FERRY, L_TLSP, L_TWO, ADM, T, M, B, S, pki.ca, T, M, script, cafile,
       script, cafile), { L_DIRECT, L_TINY, L_SOCKS, L_FERRY, L_TLSP, L_TWO, ADM })
+  end
+
+  setup(function()
+    local ok, err = pcall(start_all)
+    if not ok then
+      procs.stop_all()
+      error(err, 0)
+    end
   end)
 
   teardown(function()

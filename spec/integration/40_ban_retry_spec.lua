@@ -67,11 +67,12 @@ return {
     ferry = procs.ferry(string.format([[
 listen { name = "main", addr = "127.0.0.1:%d" }
 admin { addr = "127.0.0.1:%d" }
+timeouts { idle = %s }
 pool "p" { strategy = "round_robin", retries = 1, breaker = false, all_down = "%s",
   proxies = { { url = "%s", id = "a" }, { url = "%s", id = "b" }, { url = "%s", id = "c" } } }
 exchange "A" { hosts = { "127.0.0.1" }, pool = "p", script = "%s", ban = %s }
 exchange "B" { hosts = { "localhost" }, pool = "p", script = "%s" }
-]], F, A, opts.all_down or "any", URL[1], URL[2], URL[3], script, ban, script), { F, A })
+]], F, A, opts.idle or 300, opts.all_down or "any", URL[1], URL[2], URL[3], script, ban, script), { F, A })
   end
 
   local function get(path, flags, host)
@@ -186,9 +187,9 @@ exchange "B" { hosts = { "localhost" }, pool = "p", script = "%s" }
     local why = lines_with("FERRY-6034")
     assert.equal(1, #why) -- once per window and exchange
     assert.matches('Retry-After "soon"', why[1].msg, 1, true)
-    -- An HTTP-date a minute ahead.
+    -- An HTTP-date 40 s ahead (c is the one proxy left: its 429 is the answer).
     local date = os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + 40):gsub(" ", "%%20")
-    assert.equal(200, (get("/ban/127.0.0.4/429/" .. date)))
+    assert.equal(429, (get("/ban/127.0.0.4/429/" .. date)))
     s = banned_s("c")
     assert.is_true(s >= 37 and s <= 40, tostring(s))
   end)
@@ -217,8 +218,23 @@ exchange "B" { hosts = { "localhost" }, pool = "p", script = "%s" }
     assert.equal("FERRY-6030", procs.last_header(headers, "X-Ferry-Error"))
     local l = access(procs.last_header(headers, "X-Request-Id"))
     assert.equal("FERRY-6030", l.code)
-    assert.equal(3, l.ban_retries)
+    assert.equal(2, l.ban_retries)
+    assert.equal(3, l.attempts)
+    assert.equal(URL[3], l.proxy)
     assert.equal("exhausted", l.ban)
+  end)
+
+  it("does not retry through a proxy banned too (all_down = \"any\"): the last answer", function()
+    start("{ status = { 429 }, backoff = 30, retry = 5 }")
+    local status, body, headers = get("/ban/all/429")
+    assert.equal(429, status)
+    assert.equal("banned 127.0.0.4", body)
+    assert.equal("FERRY-6030", procs.last_header(headers, "X-Ferry-Error"))
+    local l = access(procs.last_header(headers, "X-Request-Id"))
+    assert.equal(2, l.ban_retries)
+    assert.equal(3, l.attempts)
+    assert.equal(URL[3], l.proxy)
+    assert.equal(3, #lines_with("FERRY-6006")) -- no fourth try hit the origin
   end)
 
   it("retries a POST only with Idempotency-Key", function()
@@ -285,6 +301,16 @@ exchange "B" { hosts = { "localhost" }, pool = "p", script = "%s" }
     assert.equal("ok 127.0.0.4 5", body)
   end)
 
+  it("retries a banned answer whose body stalls, at the idle timeout", function()
+    start("{ status = { 429 }, backoff = 30, retry = 1 }", { idle = 1 })
+    local status, body, headers = get("/stall/127.0.0.2")
+    assert.equal(200, status)
+    assert.equal("ok 127.0.0.3 0", body)
+    local l = access(procs.last_header(headers, "X-Request-Id"))
+    assert.equal(1, l.ban_retries)
+    assert.equal(2, l.attempts)
+  end)
+
   it("keeps the client connection across held answers", function()
     start("{ status = { 429 }, backoff = 30, retry = 2 }")
     local c = assert(socket.connect("127.0.0.1", F))
@@ -317,5 +343,45 @@ exchange "B" { hosts = { "localhost" }, pool = "p", script = "%s" }
     assert.equal(1, #lines_with("FERRY-6006"))
     assert.is_truthy(banned_s("a"))
     assert.is_nil(procs.metric(A, "ferry_ban_retries_total", 'pool="p"'))
+  end)
+
+  -- Origination produces the same requests: a plain client asks for
+  -- https://, ferry speaks TLS to the origin through the proxies, and a
+  -- ban inside that TLS is retried the same way.
+  it("retries a ban of an https:// request ferry originates", function()
+    local tls_origin = require("tls_origin")
+    local dir = procs.tmp .. "/banretry-tls-" .. O
+    local pki = tls_origin.pki(dir, { "127.0.0.1" })
+    local TO = procs.free_port()
+    local tls = procs.spawn("ban_origin_tls", "python3 " .. ROOT ..
+      "/spec/helpers/ban_origin.py " .. TO .. " " .. pki.cert .. " " .. pki.key)
+    assert(procs.wait_port(TO, 20), "TLS ban_origin did not start")
+    if ferry then procs.stop_ferry(ferry) end
+    F, A = procs.free_port(), procs.free_port()
+    ferry = procs.ferry(string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
+pool "p" { strategy = "round_robin", retries = 1, breaker = false,
+  proxies = { { url = "%s", id = "a" }, { url = "%s", id = "b" }, { url = "%s", id = "c" } } }
+exchange "A" { hosts = { "127.0.0.1" }, pool = "p", script = "%s", tls = { ca = "%s" },
+  ban = { status = { 429 }, backoff = 30, retry = 2 } }
+]], F, A, URL[1], URL[2], URL[3], script, pki.ca), { F, A })
+    local ok, err = pcall(function()
+      local c = assert(socket.connect("127.0.0.1", F))
+      c:settimeout(15)
+      assert(c:send("GET https://127.0.0.1:" .. TO .. "/ban/127.0.0.2/429 HTTP/1.1\r\n" ..
+        "Host: 127.0.0.1:" .. TO .. "\r\nConnection: close\r\n\r\n"))
+      local status, body, headers = procs.read_response(c)
+      c:close()
+      assert.equal(200, status, tostring(body))
+      assert.equal("ok 127.0.0.3 0", body)
+      local l = access(procs.last_header(headers, "X-Request-Id"))
+      assert.equal(1, l.ban_retries)
+      assert.equal(2, l.attempts)
+      assert.equal(URL[1], lines_with("FERRY-6006")[1].proxy)
+    end)
+    procs.stop(tls)
+    os.execute("rm -rf " .. procs.quote(dir))
+    assert(ok, err)
   end)
 end)

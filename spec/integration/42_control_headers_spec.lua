@@ -6,8 +6,11 @@
 -- restricts the choice, an unknown one is refused with its code;
 -- X-Ferry-Rotate moves a sticky pin; X-Ferry-Pool works only where the
 -- listener allows it; none of them reaches the origin; the same
--- parameters work as Proxy-Authorization and SOCKS5 user names.
+-- parameters work as Proxy-Authorization and SOCKS5 user names, and on
+-- a request ferry originates over TLS (absolute https://, tls_origin.py).
 local procs = require("procs")
+local socket = require("socket")
+local tls_origin = require("tls_origin")
 
 -- Source address of each proxy's outgoing connections: the origin's
 -- /peer tells which proxy carried a request.  tinyproxy binds nothing
@@ -28,11 +31,15 @@ describe("control headers", function()
               procs.free_port() }
   local F, FL, FP, FA, FS, FSA = procs.free_port(), procs.free_port(), procs.free_port(),
     procs.free_port(), procs.free_port(), procs.free_port()
-  local origin, ferry
+  local origin, ferry, tls
   local ups = {}
+  local TO = procs.free_port()
+  local dir = procs.tmp .. "/ctl-" .. math.random(1, 1e9)
 
   setup(function()
     origin = procs.origin(O)
+    local pki = tls_origin.pki(dir, { "localhost" })
+    tls = tls_origin.start(TO, pki.cert, pki.key)
     local function ms(port, bind)
       local p = procs.spawn("microsocks", "microsocks -i 127.0.0.1 -p " .. port .. " -b " .. bind)
       assert(procs.wait_port(port), "microsocks did not start")
@@ -60,14 +67,17 @@ pool "mix" { strategy = "sticky", retries = 2, breaker = false, proxies = {
 pool "alt" { strategy = "round_robin", breaker = false, proxies = {
   { url = "socks5://127.0.0.1:%d", id = "ap-1", region = "ap" },
 } }
+exchange "tls" { hosts = { "localhost" }, pool = "mix", tls = { ca = "%s" } }
 route(function() return "mix" end)
-]], F, FL, FP, FA, FS, FSA, P[1], P[2], P[3], P[4], P[5]), { F, FL, FP, FA, FS, FSA })
+]], F, FL, FP, FA, FS, FSA, P[1], P[2], P[3], P[4], P[5], pki.ca), { F, FL, FP, FA, FS, FSA })
   end)
 
   teardown(function()
     if ferry then procs.stop_ferry(ferry) end
     procs.stop(origin)
+    procs.stop(tls)
     for _, p in ipairs(ups) do procs.stop(p) end
+    os.execute("rm -rf " .. procs.quote(dir))
   end)
 
   -- One request through ferry.  opts: port (listener), headers (list of
@@ -252,5 +262,27 @@ route(function() return "mix" end)
       end
       return codes["FERRY-2021"] and codes["FERRY-2020"]
     end, 5))
+  end)
+
+  it("holds on a request ferry sends over TLS itself (absolute https://)", function()
+    local seen = {}
+    for i = 1, 12 do
+      local c = socket.tcp()
+      c:settimeout(15)
+      assert(c:connect("127.0.0.1", F))
+      local host = "localhost:" .. TO
+      assert(c:send("GET https://" .. host .. "/head HTTP/1.1\r\nHost: " .. host .. "\r\n" ..
+        "X-Ferry-Region: eu\r\nX-Ferry-Session: tls-" .. i .. "\r\nX-Ferry-Rotate: 0\r\n" ..
+        "X-Ferry-Region: us\r\nConnection: close\r\n\r\n"))
+      local status, body, head = procs.read_response(c)
+      c:close()
+      assert.equal(200, status, tostring(head) .. tostring(body))
+      assert.matches("^GET /head HTTP/1.1\r\n", body)
+      assert.is_nil(body:lower():find("x-ferry-", 1, true), body)
+      local label = procs.last_header(head, "X-Ferry-Proxy")
+      assert.truthy(label == "eu-1" or label == "eu-2", head)
+      seen[label] = true
+    end
+    assert.equal(2, count_keys(seen))
   end)
 end)

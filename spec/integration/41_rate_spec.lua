@@ -30,6 +30,8 @@ exchange "paced" { hosts = { "paced.test" }, pool = "two",
 exchange "free" { hosts = { "free.test" }, pool = "two" }
 exchange "strict" { hosts = { "strict.test" }, pool = "two",
   rate = { limit = 2, per = 100, queue = 0 } }
+exchange "slow" { hosts = { "slow.test" }, pool = "one",
+  rate = { limit = 1, per = 100, queue = 4, queue_timeout = 0.5 } }
 exchange "weighed" { hosts = { "weighed.test" }, pool = "one", script = "%s",
   rate = { limit = 20, per = 2000, queue = 0 } }
 exchange "learner" { hosts = { "learner.test" }, pool = "one", script = "%s",
@@ -191,6 +193,21 @@ return {
     c:close()
     assert.equal(5, reply:byte(1))
     assert.equal(2, reply:byte(2))
+  end)
+
+  it("a request that waits queue_timeout in vain gets 429 FERRY-2011", function()
+    assert.equal(200, (procs.curl { proxy = via(), url = "http://slow.test/ok" }))
+    local t0 = socket.gettime()
+    local status, _, headers = procs.curl { proxy = via(), url = "http://slow.test/ok" }
+    assert.equal(429, status)
+    assert.equal("FERRY-2011", headers:match("X%-Ferry%-Error: (%S+)"))
+    local ra = tonumber(headers:match("Retry%-After: (%d+)"))
+    assert.is_true(ra >= 98 and ra <= 100, tostring(ra))
+    -- It waited (not refused at once): the queue's bound, at least.
+    assert.is_true(socket.gettime() - t0 >= 0.45)
+    assert.equal(1, procs.metric(A, "ferry_rate_waited_total", 'exchange="slow"'))
+    assert.equal(1, procs.metric(A, "ferry_rate_rejected_total", 'exchange="slow"'))
+    assert.equal(0, procs.metric(A, "ferry_rate_waiting", 'exchange="slow"'))
   end)
 
   it("a weight hook of 5 spends 5 tokens; one that fails counts 1 and is logged", function()

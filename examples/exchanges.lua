@@ -80,6 +80,10 @@ exchange "binance" { hosts = { "*.binance.com", "binance.com" }, pool = "binance
                      -- a ban lasts the answer's Retry-After when it has one.
                      ban = { status = { 403, 418, 429 }, backoff = 60, max_backoff = 3600,
                              body = { "IP banned" }, retry = 2 },
+                     -- 1200 weight per minute per address; the script weighs
+                     -- each request and reads X-MBX-USED-WEIGHT-1M back
+                     -- (docs/https.md#rate-budgets).
+                     rate = { limit = 1200, per = 60, queue = 256, queue_timeout = 5 },
                      script = "exchanges/binance.lua" }
 exchange "bybit"   { hosts = { "*.bybit.com" }, pool = "bybit",
                      ban = { status = { 403 }, backoff = 300 },

@@ -85,8 +85,18 @@ exchange "binance" { hosts = { "*.binance.com", "binance.com" }, pool = "binance
                      -- (docs/https.md#rate-budgets).
                      rate = { limit = 1200, per = 60, queue = 256, queue_timeout = 5 },
                      script = "exchanges/binance.lua" }
-exchange "bybit"   { hosts = { "*.bybit.com" }, pool = "bybit",
-                     ban = { status = { 403 }, backoff = 300 },
+-- Interception (docs/https.md#interception): with a CA of ferry's own,
+--   bin/ferry ca init /tmp/ferry-ca
+--   FERRY_CA=/tmp/ferry-ca bin/ferry -c examples/exchanges.lua
+--   curl --cacert /tmp/ferry-ca/ca.crt -x http://127.0.0.1:8090 https://api.bybit.com/v5/market/time
+-- ferry answers bybit's CONNECTs itself, terminates the client's TLS with
+-- a leaf its CA minted, and routes, bans and retries each request inside.
+-- Without FERRY_CA bybit's hosts stay blind tunnels.
+local ca = env("FERRY_CA", "")
+if ca ~= "" then tls { ca_cert = ca .. "/ca.crt", ca_key = ca .. "/ca.key" } end
+
+exchange "bybit"   { hosts = { "*.bybit.com" }, pool = "bybit", intercept = ca ~= "",
+                     ban = { status = { 403 }, backoff = 300, retry = 1 },
                      script = "exchanges/bybit.lua" }
 exchange "okx"     { hosts = { "*.okx.com" }, pool = "okx",
                      ban = { status = { 429 }, body = { "Too Many Requests" }, backoff = 30 },

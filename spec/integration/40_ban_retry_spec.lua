@@ -171,6 +171,9 @@ exchange "B" { hosts = { "localhost" }, pool = "p", script = "%s" }
     assert.equal(200, (get("/ban/127.0.0.2/429/5")))
     local s = banned_s("a")
     assert.is_true(s >= 4 and s <= 5, tostring(s))
+    -- /metrics says banned or not (1 / 0), not the seconds left (docs/https.md).
+    assert.equal(1, procs.metric(A, "ferry_proxy_banned", 'proxy="a",pool="p",exchange="A"'))
+    assert.equal(0, procs.metric(A, "ferry_proxy_banned", 'proxy="b",pool="p",exchange="A"'))
     -- b: 10^12 s, clamped to max_backoff (a is still banned: b goes first).
     assert.equal(200, (get("/ban/127.0.0.3/429/1000000000000")))
     s = banned_s("b")

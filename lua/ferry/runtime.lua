@@ -635,6 +635,15 @@ local function ban_pair(e, x, secs, reason, head)
   local max = e.ban and e.ban.max_backoff or 3600
   if x.bans > 0 and now - x.banned_until > max then C.ferry_ban(x, 0, nil) end
   local ra = not secs and retry_after_secs(e, head, max)
+  if x.banned_until > now and x.bans > 0 then
+    -- Banned already: this answer is to a request that was in flight when
+    -- the ban began, part of the same ban.  It may lengthen the ban to its
+    -- own length, never double it (a burst of N answers would otherwise
+    -- ban for backoff * 2^N).
+    local len = ra or exchange.ban_seconds(e.ban, secs, x.bans - 1)
+    if now + len > x.banned_until then x.banned_until = now + len end
+    return
+  end
   if ra then
     C.ferry_ban(x, ra, reason .. ", Retry-After")
     return

@@ -16,6 +16,8 @@ answered per its path:
 The "ok" answer also gives the request body's length: "ok ADDR LEN".
   /stall/ADDRS            for ADDRS: 429 with Content-Length 1000 and only
                           10 bytes of body, then silence; else 200 "ok ADDR"
+  /held/ADDRS/STATUS/N     for ADDRS: STATUS, once N requests of this path
+                          have arrived (5 s at most); else 200 "ok ADDR"
   /hits                   text: "ADDR PATH" per request so far, one a line
 Answers keep the connection open (HTTP/1.1, Content-Length).
 """
@@ -73,6 +75,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     extra.append(("Retry-After", urllib.parse.unquote(parts[4])))
                 self.answer(int(parts[3]), "banned %s" % addr, extra)
                 return
+        if len(parts) >= 5 and parts[1] == "held" and addr in parts[2].split(","):
+            # Answers only once N such requests have arrived (5 s at most),
+            # so N are in flight through the proxy when the first is banned.
+            want = int(parts[4])
+            deadline = time.time() + 5
+            while time.time() < deadline:
+                with lock:
+                    if sum(1 for h in hits if h[1] == path) >= want:
+                        break
+                time.sleep(0.01)
+            self.answer(int(parts[3]), "banned %s" % addr)
+            return
         if len(parts) >= 3 and parts[1] == "stall" and addr in parts[2].split(","):
             self.wfile.write(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 1000\r\n"
                              b"\r\n0123456789")

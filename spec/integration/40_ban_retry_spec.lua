@@ -197,6 +197,26 @@ exchange "B" { hosts = { "localhost" }, pool = "p", script = "%s" }
     assert.is_true(s >= 37 and s <= 40, tostring(s))
   end)
 
+  it("counts answers in flight when a ban began as that ban, not as bans in a row", function()
+    start("{ status = { 429 }, backoff = 30, max_backoff = 3600, retry = 2 }")
+    -- Four GETs at once: all go through a (the first proxy not banned) and
+    -- the origin answers them 429 only once all four have arrived.
+    local out = procs.tmp .. "/held-" .. O .. ".txt"
+    local one = "curl -s -o /dev/null -w '%{http_code}\\n' --max-time 20 -x http://127.0.0.1:" ..
+      F .. " http://127.0.0.1:" .. O .. "/held/127.0.0.2/429/4"
+    os.execute("(" .. one .. " & " .. one .. " & " .. one .. " & " .. one .. " & wait) > " ..
+      out .. " 2>&1")
+    local f = assert(io.open(out))
+    local codes = f:read("*a")
+    f:close()
+    assert.equal("200\n200\n200\n200\n", codes) -- each retried through b
+    assert.equal(4, procs.metric(A, "ferry_ban_retries_total", 'pool="p"'))
+    -- One ban of backoff's length, not 30 * 2^3 s.
+    local s = banned_s("a")
+    assert.is_true(s >= 28 and s <= 30, tostring(s))
+    assert.equal(1, #lines_with("FERRY-6006"))
+  end)
+
   it("answers the last 429, marked with X-Ferry-Error, when every try is banned", function()
     start("{ status = { 429 }, backoff = 30, retry = 2 }")
     local status, body, headers = get("/ban/all/429")

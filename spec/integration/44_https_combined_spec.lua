@@ -64,6 +64,13 @@ exchange "x" { %s }
     return tonumber(out:match("requests=(%d+)")), out
   end
 
+  -- The source address of the proxy an access or event line names (its URL).
+  local function ip_of(url)
+    for i, ip in ipairs { "127.0.0.2", "127.0.0.3", "127.0.0.4" } do
+      if url == "socks5://127.0.0.1:" .. P[i] then return ip end
+    end
+  end
+
   local function access(fn)
     return intercept_env.access(ferry, fn)
   end
@@ -98,23 +105,29 @@ exchange "x" { %s }
     it("restricts the proxy with X-Ferry-Region and never forwards X-Ferry-*", function()
       local plan = {}
       for i = 1, 8 do
-        plan[#plan + 1] = { conn = 0, path = "/peer?eu=" .. i,
+        plan[2 * i - 1] = { conn = 0, path = "/peer?eu=" .. i,
                             headers = { ["X-Ferry-Region"] = "eu", ["X-Ferry-Session"] = "reu" .. i } }
-        plan[#plan + 1] = { conn = 0, path = "/peer?us=" .. i,
-                            headers = { ["X-Ferry-Region"] = "us", ["X-Ferry-Session"] = "rus" .. i } }
+        plan[2 * i] = { conn = 0, path = "/peer?us=" .. i,
+                        headers = { ["X-Ferry-Region"] = "us", ["X-Ferry-Session"] = "rus" .. i } }
       end
+      -- The sticky strategy pins a new session by one cursor for the whole
+      -- pool: alternating eu and us would pin every eu session to the same
+      -- proxy.  All eu requests first, then all us ones.
+      table.sort(plan, function(a, b) return a.path < b.path end)
       plan[#plan + 1] = { conn = 0, path = "/head", headers = {
         ["X-Ferry-Region"] = "eu", ["X-Ferry-Session"] = "h", ["X-Ferry-Rotate"] = "0",
         ["X-Keep"] = "yes" } }
       local res = run(plan)
       local eu, lport = {}, res[1].lport
-      for i = 1, 16, 2 do
+      for i = 1, 8 do
         assert.equal(200, res[i].status, res[i].body)
+        assert.matches("^/peer%?eu=", plan[i].path)
         assert.is_string(EU[res[i].body:match("^([%d.]+):")], res[i].body)
         eu[res[i].body:match("^([%d.]+):")] = true
-        assert.equal(200, res[i + 1].status, res[i + 1].body)
-        assert.is_string(US[res[i + 1].body:match("^([%d.]+):")], res[i + 1].body)
+        assert.equal(200, res[i + 8].status, res[i + 8].body)
+        assert.is_string(US[res[i + 8].body:match("^([%d.]+):")], res[i + 8].body)
         assert.equal(lport, res[i].lport) -- one client TLS connection throughout
+        assert.equal(lport, res[i + 8].lport)
       end
       assert.equal(2, count_keys(eu))
       local head = res[17]
@@ -127,8 +140,7 @@ exchange "x" { %s }
       local lines = access(function(l) return l.path == "/head" end)
       assert.equal(1, #lines)
       assert.is_true(lines[1].intercepted)
-      assert.is_string(EU[({ ["eu-1"] = "127.0.0.2", ["eu-2"] = "127.0.0.3" })[lines[1].proxy]
-        or ""], tostring(lines[1].proxy))
+      assert.is_string(EU[ip_of(lines[1].proxy)], tostring(lines[1].proxy))
     end)
 
     it("answers an unknown region inside TLS with 503 FERRY-2021, the connection kept", function()
@@ -248,10 +260,14 @@ exchange "x" { %s }
       local bans = intercept_env.events(ferry, "FERRY-6006")
       assert.equal(2, #bans)
       assert.are_not.equal(bans[1].proxy, bans[2].proxy)
-      -- The next request in the same connection finds no proxy left.
-      assert.are_not.equal(200, res[2].status)
-      assert.truthy(res[2].headers["x-ferry-error"], cjson.encode(res[2]))
+      assert.equal("120", res[1].headers["retry-after"]) -- the origin's, passed on
+      for _, b in ipairs(bans) do assert.matches("for 120 s", b.msg, 1, true) end
+      -- The connection stays; the next request finds every proxy banned,
+      -- and all_down = "any" (the default) sends it through one anyway.
       assert.equal(res[1].lport, res[2].lport)
+      assert.equal(200, res[2].status, cjson.encode(res[2]))
+      assert.equal("ok-after-ban", res[2].body)
+      assert.equal(1, #intercept_env.events(ferry, "FERRY-6007"))
     end)
   end)
 
@@ -287,13 +303,15 @@ print(json.dumps(res))
       assert.equal(1, line.ban_retries)
       assert.equal("https", line.scheme)
       assert.are_not.equal(bans[1].proxy, line.proxy)
+      -- The healthy proxy out of budget is not "all down": the banned one
+      -- is not used for the rest (all_down = "any" relaxes health only).
+      assert.equal(0, #intercept_env.events(ferry, "FERRY-6007"))
       -- One proxy left, with one token of its two: one more 200, then 429s.
       local served, limited = 0, 0
       for i = 2, 5 do
         if res[i].status == 200 then
           served = served + 1
-          assert.equal(({ ["eu-1"] = "127.0.0.2", ["eu-2"] = "127.0.0.3" })[line.proxy],
-            res[i].body:match("^([%d.]+):"))
+          assert.equal(ip_of(line.proxy), res[i].body:match("^([%d.]+):"))
         else
           assert.equal(429, res[i].status, out)
           assert.equal("FERRY-2010", res[i].error)

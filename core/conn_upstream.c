@@ -44,6 +44,7 @@ void conn_upstream_close(struct conn *c)
         leg_tr_free(&c->up);
         close(c->up.fd);
         c->up.fd = -1;
+        c->up.io.fd = -1;
     }
     uppool_drop(c);
     rate_drop(c);
@@ -345,6 +346,7 @@ static void attempt_go(struct conn *c, int peeked)
         leg_tr_free(&c->up);
         close(c->up.fd); /* hung up while handed over: the slot stays */
         c->up.fd = -1;
+        c->up.io.fd = -1;
     }
     if (c->proxy != NULL) {
         proxy_attempt_begin(c->proxy);
@@ -504,6 +506,7 @@ static void connect_to(struct conn *c, const struct sockaddr *sa, socklen_t len)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->up.fd = fd;
     c->up.ev = 0;
+    c->up.io.fd = -1; /* a fresh socket: libev registers it anew */
     if (connect(fd, sa, len) == 0) {
         connected(c);
         return;

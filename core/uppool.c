@@ -418,6 +418,7 @@ static void leg_move_in(struct conn *c, const struct leg *src)
     c->up.out = out;
     c->up.io = io;
     c->up.ev = 0;
+    c->up.io.fd = src->fd; /* the same open socket: no re-registration (conn.c set_events) */
 }
 
 /* Empty c->up after its socket moved elsewhere. */
@@ -431,6 +432,7 @@ static void leg_reset(struct conn *c)
     c->up.out = out;
     c->up.io = io;
     c->up.fd = -1;
+    c->up.io.fd = -1;
 }
 
 static void conn_leg_close(struct conn *c)
@@ -441,6 +443,7 @@ static void conn_leg_close(struct conn *c)
     if (c->up.fd >= 0) {
         close(c->up.fd);
         c->up.fd = -1;
+        c->up.io.fd = -1;
     }
 }
 
@@ -615,7 +618,11 @@ void uppool_release(struct conn *c, int keep)
     memset(&i->leg.in, 0, sizeof(i->leg.in)); /* the buffers stay with the conn */
     memset(&i->leg.out, 0, sizeof(i->leg.out));
     i->leg.ev = EV_READ;
-    ev_io_init(&i->leg.io, on_idle_io, i->leg.fd, EV_READ);
+    /* The socket stays open from the conn's watcher to this one: set
+     * fd and mask without ev_io_set's forced re-registration (EEXIST). */
+    ev_init(&i->leg.io, on_idle_io);
+    i->leg.io.fd = i->leg.fd;
+    i->leg.io.events = EV_READ;
     ev_io_start(loop, &i->leg.io);
     double secs = lim->idle_timeout > 0 ? lim->idle_timeout : timeouts.upstream_idle;
     ev_timer_init(&i->timer, on_idle_timer, secs, 0.);

@@ -318,6 +318,10 @@ static void attempt_start(struct conn *c)
     /* Tunnels and upgrades never travel on a kept connection; a replay
      * goes out on a fresh one. */
     int may_reuse = !c->is_connect && !c->upgrade && !c->fresh_only;
+    if (may_reuse && c->replayable &&
+        (http_method_idempotent(c->req.method) || c->req.idem_key.len > 0)) {
+        may_reuse = UPPOOL_REUSE_REPLAYABLE; /* reuse_replay covers a dead one */
+    }
     conn_upstream_close(c);
     switch (uppool_acquire(c, may_reuse)) {
     case UPPOOL_FULL:

@@ -153,6 +153,13 @@ struct ferry_pxstate {
     uint32_t opens;           /* ro: opens since the last close (cooldown doubles) */
     uint32_t bans;            /* ro: bans in a row (backoff doubles) */
     uint32_t consecutive_failures; /* ro: reset by a success */
+    /* Rate budget of the pair (rate.c): a token bucket refilled at the
+     * exchange's limit/per.  Tokens now = rate_tokens + (now - rate_at)
+     * * rate, capped; rate_at 0: never used (full); rate_at in the
+     * future: empty until then (the exchange's Retry-After).  Next to
+     * the breaker: eligibility reads both, from one cache line. */
+    double   rate_tokens;     /* ro */
+    double   rate_at;         /* ro */
     uint64_t requests;        /* ro: results reported for the pair */
     uint64_t successes;       /* ro */
     uint64_t failures;        /* ro */
@@ -163,12 +170,6 @@ struct ferry_pxstate {
     double   last_failure_at; /* ro */
     double   last_success_at; /* ro */
     double   latency_ewma_ms; /* ro: response latency, EWMA */
-    /* Rate budget of the pair (rate.c): a token bucket refilled at the
-     * exchange's limit/per.  Tokens now = rate_tokens + (now - rate_at)
-     * * rate, capped; rate_at 0: never used (full); rate_at in the
-     * future: empty until then (the exchange's Retry-After). */
-    double   rate_tokens;     /* ro */
-    double   rate_at;         /* ro */
 };
 
 /*

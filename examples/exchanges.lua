@@ -80,9 +80,23 @@ exchange "binance" { hosts = { "*.binance.com", "binance.com" }, pool = "binance
                      -- a ban lasts the answer's Retry-After when it has one.
                      ban = { status = { 403, 418, 429 }, backoff = 60, max_backoff = 3600,
                              body = { "IP banned" }, retry = 2 },
+                     -- 1200 weight per minute per address; the script weighs
+                     -- each request and reads X-MBX-USED-WEIGHT-1M back
+                     -- (docs/https.md#rate-budgets).
+                     rate = { limit = 1200, per = 60, queue = 256, queue_timeout = 5 },
                      script = "exchanges/binance.lua" }
-exchange "bybit"   { hosts = { "*.bybit.com" }, pool = "bybit",
-                     ban = { status = { 403 }, backoff = 300 },
+-- Interception (docs/https.md#interception): with a CA of ferry's own,
+--   bin/ferry ca init /tmp/ferry-ca
+--   FERRY_CA=/tmp/ferry-ca bin/ferry -c examples/exchanges.lua
+--   curl --cacert /tmp/ferry-ca/ca.crt -x http://127.0.0.1:8090 https://api.bybit.com/v5/market/time
+-- ferry answers bybit's CONNECTs itself, terminates the client's TLS with
+-- a leaf its CA minted, and routes, bans and retries each request inside.
+-- Without FERRY_CA bybit's hosts stay blind tunnels.
+local ca = env("FERRY_CA", "")
+if ca ~= "" then tls { ca_cert = ca .. "/ca.crt", ca_key = ca .. "/ca.key" } end
+
+exchange "bybit"   { hosts = { "*.bybit.com" }, pool = "bybit", intercept = ca ~= "",
+                     ban = { status = { 403 }, backoff = 300, retry = 1 },
                      script = "exchanges/bybit.lua" }
 exchange "okx"     { hosts = { "*.okx.com" }, pool = "okx",
                      ban = { status = { 429 }, body = { "Too Many Requests" }, backoff = 30 },

@@ -67,6 +67,8 @@ struct ferry_pxstate {
   uint32_t opens;
   uint32_t bans;
   uint32_t consecutive_failures;
+  double   rate_tokens;
+  double   rate_at;
   uint64_t requests;
   uint64_t successes;
   uint64_t failures;
@@ -77,8 +79,6 @@ struct ferry_pxstate {
   double   last_failure_at;
   double   last_success_at;
   double   latency_ewma_ms;
-  double   rate_tokens;
-  double   rate_at;
 };
 struct ferry_result {
   uint32_t    proxy_id;

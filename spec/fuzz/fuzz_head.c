@@ -229,7 +229,7 @@ static void check_rewrite(struct conn *c, const char *base, int absolute)
      * unchanged; among and after them only fields ferry writes itself. */
     static char hostport[HOST_MAX_LEN + 16];
     int v6 = strchr(c->host, ':') != NULL;
-    if (c->port == 80) {
+    if (c->port == (c->origin_tls ? 443 : 80)) { /* the scheme's default port goes unsaid */
         snprintf(hostport, sizeof(hostport), v6 ? "[%s]" : "%s", c->host);
     } else {
         snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%d" : "%s:%d", c->host, c->port);
@@ -339,7 +339,10 @@ static void check_routed(struct conn *c, int absolute)
     if (conn_write_request_head(c) < 0) {
         return; /* does not fit the upstream buffer: ferry answers an error */
     }
-    check_rewrite(c, base, absolute);
+    /* An https:// target goes out in origin form inside the TLS ferry
+     * originates, even through an absolute-form proxy (its credentials
+     * went with the CONNECT). */
+    check_rewrite(c, base, absolute && !c->origin_tls);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)

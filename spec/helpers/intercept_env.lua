@@ -81,9 +81,12 @@ function M.start()
   local started = {}
   local ok, err = pcall(start, env, started)
   function env.stop()
-    if env.ferry then procs.stop_ferry(env.ferry) end
+    -- stop_ferry raises on a sanitizer report: stop the rest first.
+    local fok, ferr = true, nil
+    if env.ferry then fok, ferr = pcall(procs.stop_ferry, env.ferry) end
     for _, p in ipairs(started) do procs.stop(p) end
     os.execute("rm -rf " .. q(env.dir))
+    if not fok then error(ferr, 0) end
   end
   if not ok then
     env.stop() -- what did start must not outlive the spec

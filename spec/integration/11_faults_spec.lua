@@ -617,10 +617,10 @@ route(function(req) return req.listener end)
 end)
 
 describe("the exchanges example", function()
-  local function run(args, dir)
+  local function run(args, dir, envs)
     local out = procs.tmp .. "/cli-" .. math.random(1, 1e9)
     local ok, _, code = os.execute((dir and ("cd " .. procs.quote(dir) .. " && ") or "") ..
-      procs.quote(procs.bin) .. " " .. args .. " >" .. out .. " 2>&1")
+      (envs and (envs .. " ") or "") .. procs.quote(procs.bin) .. " " .. args .. " >" .. out .. " 2>&1")
     local text = procs.read_file(out)
     os.remove(out)
     if type(ok) == "number" then code = ok / 256 end -- LuaJIT returns the raw status
@@ -634,6 +634,22 @@ describe("the exchanges example", function()
     local code2, out2 = run("check -c " .. procs.quote(procs.root .. "/examples/exchanges.lua"),
       procs.tmp)
     assert.equal(0, code2, out2)
+  end)
+
+  it("with FERRY_CA naming a CA of ferry's own, intercepts bybit", function()
+    local ca = string.format("%s/example-ca-%d", procs.tmp, math.random(1, 1e9))
+    local code, out = run("ca init " .. procs.quote(ca))
+    assert.equal(0, code, out)
+    code, out = run("check -c examples/exchanges.lua", procs.root)
+    assert.equal(0, code, out)
+    -- With the CA the config loads it; a CA directory without the files fails.
+    code, out = run("check -c " .. procs.quote(procs.root .. "/examples/exchanges.lua"), nil,
+      "FERRY_CA=" .. procs.quote(ca))
+    assert.equal(0, code, out)
+    code, out = run("check -c " .. procs.quote(procs.root .. "/examples/exchanges.lua"), nil,
+      "FERRY_CA=" .. procs.quote(ca .. "/missing"))
+    assert.equal(1, code, out)
+    assert.matches("ca%.crt", out)
   end)
 
   -- A copy of the example, in a directory of its own, edited by `edit`.

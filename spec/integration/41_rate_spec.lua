@@ -13,10 +13,12 @@ local N = 5 -- tokens per second per proxy of exchange "paced"
 describe("rate budgets", function()
   local origin, ferry, script
   local O, F, A = procs.free_port(), procs.free_port(), procs.free_port()
+  local S = procs.free_port()
 
   local function config(paced_limit, paced_per)
     return string.format([[
 listen { name = "main", addr = "127.0.0.1:%d" }
+listen { name = "s5", addr = "127.0.0.1:%d", protocol = "socks5" }
 admin { addr = "127.0.0.1:%d" }
 pool "two" { strategy = "round_robin", retries = 0, breaker = false,
   proxies = { { url = "http://127.0.0.1:%d", id = "a", headers = { ["X-Src"] = "a" } },
@@ -28,11 +30,13 @@ exchange "paced" { hosts = { "paced.test" }, pool = "two",
 exchange "free" { hosts = { "free.test" }, pool = "two" }
 exchange "strict" { hosts = { "strict.test" }, pool = "two",
   rate = { limit = 2, per = 100, queue = 0 } }
+exchange "slow" { hosts = { "slow.test" }, pool = "one",
+  rate = { limit = 1, per = 100, queue = 4, queue_timeout = 0.5 } }
 exchange "weighed" { hosts = { "weighed.test" }, pool = "one", script = "%s",
   rate = { limit = 20, per = 2000, queue = 0 } }
 exchange "learner" { hosts = { "learner.test" }, pool = "one", script = "%s",
   rate = { limit = 10, per = 1000, queue = 0 } }
-]], F, A, O, O, O, paced_limit, paced_per, script, script)
+]], F, S, A, O, O, O, paced_limit, paced_per, script, script)
   end
 
   setup(function()
@@ -54,7 +58,7 @@ return {
   end,
 }
 ]])
-    ferry = procs.ferry(config(N, 1), { F, A })
+    ferry = procs.ferry(config(N, 1), { F, S, A })
   end)
 
   teardown(function()
@@ -178,6 +182,32 @@ return {
     local line = c:receive("*l")
     c:close()
     assert.matches("^HTTP/1.1 429 ", line)
+    -- SOCKS5: REP 2 (not allowed by ruleset).
+    c = assert(socket.connect("127.0.0.1", S))
+    c:settimeout(5)
+    c:send("\5\1\0")
+    assert.equal("\5\0", c:receive(2))
+    local host = "strict.test"
+    c:send("\5\1\0\3" .. string.char(#host) .. host .. "\1\187")
+    local reply = c:receive(2)
+    c:close()
+    assert.equal(5, reply:byte(1))
+    assert.equal(2, reply:byte(2))
+  end)
+
+  it("a request that waits queue_timeout in vain gets 429 FERRY-2011", function()
+    assert.equal(200, (procs.curl { proxy = via(), url = "http://slow.test/ok" }))
+    local t0 = socket.gettime()
+    local status, _, headers = procs.curl { proxy = via(), url = "http://slow.test/ok" }
+    assert.equal(429, status)
+    assert.equal("FERRY-2011", headers:match("X%-Ferry%-Error: (%S+)"))
+    local ra = tonumber(headers:match("Retry%-After: (%d+)"))
+    assert.is_true(ra >= 98 and ra <= 100, tostring(ra))
+    -- It waited (not refused at once): the queue's bound, at least.
+    assert.is_true(socket.gettime() - t0 >= 0.45)
+    assert.equal(1, procs.metric(A, "ferry_rate_waited_total", 'exchange="slow"'))
+    assert.equal(1, procs.metric(A, "ferry_rate_rejected_total", 'exchange="slow"'))
+    assert.equal(0, procs.metric(A, "ferry_rate_waiting", 'exchange="slow"'))
   end)
 
   it("a weight hook of 5 spends 5 tokens; one that fails counts 1 and is logged", function()

@@ -155,6 +155,7 @@ struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa)
     addr_text(sa, c->client, sizeof(c->client));
     ev_io_init(&c->cli.io, on_client, fd, 0);
     ev_init(&c->up.io, on_upstream);
+    c->up.io.fd = -1;
     ev_init(&c->timer, on_timer);
     /* libev runs the watchers pending in one loop iteration by priority
      * (the same priority in no set order).  After a late iteration (a
@@ -285,7 +286,15 @@ static void set_events(ev_io *w, int *have, int fd, int want)
     }
     ev_io_stop(loop, w);
     if (want != 0) {
-        ev_io_set(w, fd, want);
+        /* w->fd == fd: the same open socket libev knows (a leg's io.fd
+         * is reset to -1 when its socket closes or moves away; a kept
+         * socket moving in keeps its number): only the mask changes.
+         * ev_io_set would force a re-registration, an EEXIST round. */
+        if (w->fd == fd) {
+            ev_io_modify(w, want);
+        } else {
+            ev_io_set(w, fd, want);
+        }
         ev_io_start(loop, w);
     }
     *have = want;

@@ -95,7 +95,38 @@ static void note_unparsed(struct conn *c, const char *base, size_t hl)
     conn_set_path(c, base + t, n);
 }
 
+static void write_http_error(struct conn *c, enum ferr e, int keep);
+
 void conn_write_http_error(struct conn *c, enum ferr e)
+{
+    write_http_error(c, e, 0);
+}
+
+/* Inside an intercepted tunnel a refusal by policy (a spent rate budget,
+ * a control value no proxy matches) answers one request of the client's
+ * TLS connection, before anything went upstream: a bodiless request's
+ * head is all the client sent, so the connection stays for the next
+ * request instead of costing the client a new CONNECT and handshake. */
+static int keeps_session(const struct conn *c, enum ferr e)
+{
+    if (c->mitm == NULL || c->head_len == 0 || c->req.has_body || !c->req.keep_alive ||
+        c->cli.eof || c->upgrade) {
+        return 0;
+    }
+    switch (e) {
+    case FERR_RATE_LIMITED:
+    case FERR_RATE_TIMEOUT:
+    case FERR_NO_REGION:
+    case FERR_CTL_BAD:
+    case FERR_POOL_UNKNOWN:
+    case FERR_POOL_REFUSED:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static void write_http_error(struct conn *c, enum ferr e, int keep)
 {
     const struct ferr_info *info = ferr_info(e);
     char body[FERR_BODY_MAX], head[512];
@@ -111,8 +142,9 @@ void conn_write_http_error(struct conn *c, enum ferr e)
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                       "Content-Length: %zu\r\nX-Ferry-Error: %s\r\nX-Request-Id: %s\r\n"
-                      "%sConnection: close\r\n\r\n",
-                      info->status, info->reason, bl, info->code, c->cid, extra);
+                      "%s%s\r\n",
+                      info->status, info->reason, bl, info->code, c->cid, extra,
+                      keep ? "" : "Connection: close\r\n");
     c->bytes_out += buf_append(&c->cli.out, head, (size_t)hl);
     c->bytes_out += buf_append(&c->cli.out, body, bl);
 }
@@ -146,6 +178,18 @@ static void fail_answer(struct conn *c, enum ferr e, int quiet)
         /* Part of a response is already out: closing is the only signal. */
         log_done(c);
         conn_close(c);
+        return;
+    }
+    if (keeps_session(c, e)) {
+        write_http_error(c, e, 1);
+        log_done(c);
+        buf_consume(&c->cli.in, c->head_len);
+        c->fwd = 0;
+        c->served++;
+        c->state = CS_HEAD;
+        c->cid[0] = '\0';
+        c->deadline = loop_now() + timeouts.keepalive;
+        conn_arm(c, timeouts.keepalive);
         return;
     }
     if (c->mitm != NULL) {

@@ -44,6 +44,7 @@ void conn_upstream_close(struct conn *c)
         leg_tr_free(&c->up);
         close(c->up.fd);
         c->up.fd = -1;
+        c->up.io.fd = -1;
     }
     uppool_drop(c);
     rate_drop(c);
@@ -317,6 +318,10 @@ static void attempt_start(struct conn *c)
     /* Tunnels and upgrades never travel on a kept connection; a replay
      * goes out on a fresh one. */
     int may_reuse = !c->is_connect && !c->upgrade && !c->fresh_only;
+    if (may_reuse && c->replayable &&
+        (http_method_idempotent(c->req.method) || c->req.idem_key.len > 0)) {
+        may_reuse = UPPOOL_REUSE_REPLAYABLE; /* reuse_replay covers a dead one */
+    }
     conn_upstream_close(c);
     switch (uppool_acquire(c, may_reuse)) {
     case UPPOOL_FULL:
@@ -345,6 +350,7 @@ static void attempt_go(struct conn *c, int peeked)
         leg_tr_free(&c->up);
         close(c->up.fd); /* hung up while handed over: the slot stays */
         c->up.fd = -1;
+        c->up.io.fd = -1;
     }
     if (c->proxy != NULL) {
         proxy_attempt_begin(c->proxy);
@@ -504,6 +510,7 @@ static void connect_to(struct conn *c, const struct sockaddr *sa, socklen_t len)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->up.fd = fd;
     c->up.ev = 0;
+    c->up.io.fd = -1; /* a fresh socket: libev registers it anew */
     if (connect(fd, sa, len) == 0) {
         connected(c);
         return;

@@ -29,6 +29,8 @@ struct tls_leg {
     SSL *ssl;
     unsigned read_wants_write:1;
     unsigned write_wants_read:1;
+    unsigned starved:1;          /* the last read wanted socket bytes: what OpenSSL
+                                  * holds is a partial record (tls_pending) */
     unsigned plain_http:1;       /* the peer spoke plain HTTP to us */
     unsigned why_set:1;          /* why came from a callback (tls_ssl_fail): keep it */
     unsigned fail:2;             /* enum tls_fail of the last failure */
@@ -74,12 +76,14 @@ static ssize_t tls_read(struct leg *lg, void *p, size_t n)
     ERR_clear_error();
     int r = SSL_read(t->ssl, p, clamp(n));
     t->read_wants_write = 0;
+    t->starved = 0;
     if (r > 0) {
         return r;
     }
     int err = SSL_get_error(t->ssl, r);
     switch (err) {
     case SSL_ERROR_WANT_READ:
+        t->starved = 1;
         errno = EAGAIN;
         return -1;
     case SSL_ERROR_WANT_WRITE:
@@ -101,6 +105,7 @@ static ssize_t tls_write(struct leg *lg, const void *p, size_t n)
     ERR_clear_error();
     int r = SSL_write(t->ssl, p, clamp(n));
     t->write_wants_read = 0;
+    t->starved = 0; /* a write may read records (a key update) */
     if (r > 0) {
         return r;
     }
@@ -124,6 +129,7 @@ static enum tr_hs tls_handshake(struct leg *lg)
     struct tls_leg *t = lg->tls;
     ERR_clear_error();
     int r = SSL_do_handshake(t->ssl);
+    t->starved = 0;
     if (r == 1) {
         return TR_HS_DONE;
     }
@@ -180,10 +186,15 @@ static int tls_events(const struct leg *lg, int want)
     return ev;
 }
 
+/* Bytes OpenSSL holds that no socket event will announce.  With read
+ * ahead, SSL_pending misses whole records read but not yet decrypted;
+ * SSL_has_pending counts them, and a partial record too: after a read
+ * that starved (wanted the socket), what it holds waits for more bytes,
+ * which a socket event will announce (reporting it would spin). */
 static int tls_pending(const struct leg *lg)
 {
     const struct tls_leg *t = lg->tls;
-    return SSL_pending(t->ssl) > 0;
+    return SSL_pending(t->ssl) > 0 || (!t->starved && SSL_has_pending(t->ssl));
 }
 
 static const char *tls_error(const struct leg *lg)
@@ -255,6 +266,9 @@ static struct tls_leg *leg_new(struct leg *lg, SSL_CTX *ctx)
         return NULL;
     }
     SSL_set_app_data(t->ssl, t); /* tls_ssl_fail finds the leg's state */
+    /* Read a record's header and body in one read(), and whatever else
+     * arrived: half the read() calls (tls_pending reports what it holds). */
+    SSL_set_read_ahead(t->ssl, 1);
     lg->tls = t;
     lg->tr = &transport_tls;
     return t;

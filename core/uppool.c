@@ -16,6 +16,11 @@
  * while an upstream has a connection or a waiter, so the chains stay
  * short however many origins were ever seen. */
 #define UPP_BUCKETS 4096
+/* Seconds a kept connection may have been idle and still be reused
+ * without a MSG_PEEK check: its watcher reports a hang-up in the next
+ * loop iteration; within this window the retry on a reused connection
+ * covers a hang-up not yet seen. */
+#define UPP_PEEK_AFTER 1.0
 /* Pool indexes with limits of their own (ferry_set_pool_name's range). */
 #define UPP_POOLS_MAX 4096
 
@@ -46,6 +51,7 @@ struct upp_idle {
     unsigned tls:1;                 /* a TLS session with the origin (c->origin_tls) */
     unsigned requests;              /* requests it served */
     int pool;                       /* pool index its idle gauge counts under */
+    double since;                   /* loop_now() when it was kept */
 };
 
 struct upp_entry {
@@ -418,6 +424,7 @@ static void leg_move_in(struct conn *c, const struct leg *src)
     c->up.out = out;
     c->up.io = io;
     c->up.ev = 0;
+    c->up.io.fd = src->fd; /* the same open socket: no re-registration (conn.c set_events) */
 }
 
 /* Empty c->up after its socket moved elsewhere. */
@@ -431,6 +438,7 @@ static void leg_reset(struct conn *c)
     c->up.out = out;
     c->up.io = io;
     c->up.fd = -1;
+    c->up.io.fd = -1;
 }
 
 static void conn_leg_close(struct conn *c)
@@ -441,6 +449,7 @@ static void conn_leg_close(struct conn *c)
     if (c->up.fd >= 0) {
         close(c->up.fd);
         c->up.fd = -1;
+        c->up.io.fd = -1;
     }
 }
 
@@ -473,7 +482,13 @@ enum uppool_take uppool_acquire(struct conn *c, int may_reuse)
             if (!idle_fits(i, c)) {
                 continue;
             }
-            if (!uppool_alive(i->leg.fd)) {
+            /* Kept under UPP_PEEK_AFTER ago and no event seen (on_idle_io
+             * would have closed it): skip the MSG_PEEK syscall.  A hang-up
+             * in that window fails the send, which the retry on a reused
+             * connection covers (conn_upstream.c), when the request may
+             * be sent again (UPPOOL_REUSE_REPLAYABLE). */
+            if ((may_reuse != UPPOOL_REUSE_REPLAYABLE || loop_now() - i->since >= UPP_PEEK_AFTER) &&
+                !uppool_alive(i->leg.fd)) {
                 idle_close_quiet(i); /* hung up unseen: the watcher has not run yet */
                 continue;
             }
@@ -615,7 +630,11 @@ void uppool_release(struct conn *c, int keep)
     memset(&i->leg.in, 0, sizeof(i->leg.in)); /* the buffers stay with the conn */
     memset(&i->leg.out, 0, sizeof(i->leg.out));
     i->leg.ev = EV_READ;
-    ev_io_init(&i->leg.io, on_idle_io, i->leg.fd, EV_READ);
+    /* The socket stays open from the conn's watcher to this one: set
+     * fd and mask without ev_io_set's forced re-registration (EEXIST). */
+    ev_init(&i->leg.io, on_idle_io);
+    i->leg.io.fd = i->leg.fd;
+    i->leg.io.events = EV_READ;
     ev_io_start(loop, &i->leg.io);
     double secs = lim->idle_timeout > 0 ? lim->idle_timeout : timeouts.upstream_idle;
     ev_timer_init(&i->timer, on_idle_timer, secs, 0.);
@@ -626,6 +645,7 @@ void uppool_release(struct conn *c, int keep)
     i->tls = c->origin_tls;
     i->requests = served;
     i->pool = c->pool;
+    i->since = loop_now();
     slot_give(c);
     c->upp_entry = NULL;
     i->next = e->idle;

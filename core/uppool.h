@@ -30,8 +30,13 @@ enum uppool_take {
     UPPOOL_FULL      /* the queue is full: answer at once */
 };
 
+/* may_reuse of uppool_acquire: the request could be sent again on a fresh
+ * connection should the kept one turn out dead, so a connection kept
+ * moments ago is reused without a MSG_PEEK check. */
+#define UPPOOL_REUSE_REPLAYABLE 2
 /* Take a slot for the attempt c is about to make (c->proxy, c->host,
- * c->port, c->pool).  may_reuse: a kept connection may come with it. */
+ * c->port, c->pool).  may_reuse: a kept connection may come with it
+ * (nonzero; UPPOOL_REUSE_REPLAYABLE, see above). */
 enum uppool_take uppool_acquire(struct conn *c, int may_reuse);
 /* Seconds a request of this pool waits in the queue. */
 double uppool_queue_timeout(int pool);

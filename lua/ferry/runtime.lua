@@ -395,6 +395,10 @@ local function pick(pool, req, e)
   local p = select_in(pool, req, e)
   if p then return p end
   local policy = pool.all_down
+  -- A healthy proxy that only lacks rate budget is not "all down": the
+  -- request waits for that budget or gets the 429 (the caller), rather
+  -- than going out through a proxy the exchange banned or that is down.
+  if policy == "any" and req.rate and pool:rate_wait(req) then return nil, policy end
   if policy == "any" then
     p = select_relaxed(pool, req, e)
     if p then

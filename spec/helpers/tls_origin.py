@@ -9,7 +9,7 @@ Keep-alive on every answer; ALPN http/1.1.  Paths:
   GET  /bytes?n=N         N bytes of a fixed pattern (sha256 is the spec's)
   POST /echo              the request body back
   POST /sha               the sha256 (hex) of the request body
-  GET  /status?code=N     an empty answer with that status
+  GET  /status?code=N     an empty answer with that status (&ra=S: with Retry-After: S)
   GET  /stats             "connections=C requests=R": TLS connections accepted
   GET  /peer              the address:port the TLS connection came from
   GET  /once?code=N&key=K the first request of key K gets status N (no body), the
@@ -111,7 +111,9 @@ def serve(conn):
                 answer(conn, hashlib.sha256(body).hexdigest().encode())
             elif u.path == "/status":
                 code = int(q.get("code", "200"))
-                conn.sendall(("HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % code).encode())
+                ra = ("Retry-After: %s\r\n" % q["ra"]) if "ra" in q else ""
+                conn.sendall(("HTTP/1.1 %d X\r\n%sContent-Length: 0\r\n\r\n"
+                              % (code, ra)).encode())
             elif u.path == "/stats":
                 with lock:
                     s = "connections=%d requests=%d" % (stats["connections"], stats["requests"])

@@ -5,6 +5,7 @@
  * with (an RSA CA made elsewhere works); leaves are always P-256 and
  * signed with SHA-256 (no digest for Ed25519/Ed448 CA keys). */
 #include "ca.h"
+#include "transport.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -37,16 +38,6 @@ static const char *ssl_reason(void)
     const char *r = e != 0 ? ERR_reason_error_string(e) : NULL;
     ERR_clear_error();
     return r != NULL ? r : "failed";
-}
-
-/* An encrypted key would make OpenSSL ask on the terminal: refuse it. */
-static int no_password(char *buf, int size, int rwflag, void *u)
-{
-    (void)buf;
-    (void)size;
-    (void)rwflag;
-    (void)u;
-    return 0;
 }
 
 /* Names ---------------------------------------------------------------- */
@@ -406,7 +397,7 @@ struct ca *ca_load(const char *certfile, const char *keyfile, char *err, size_t 
                  errno != 0 ? strerror(errno) : ssl_reason());
         goto fail;
     }
-    ca->cert = PEM_read_bio_X509(b, NULL, no_password, NULL);
+    ca->cert = PEM_read_bio_X509(b, NULL, tls_no_password, NULL);
     BIO_free(b);
     if (ca->cert == NULL) {
         snprintf(err, room, "FERRY-0180: ca_cert %s: not a PEM certificate (%s)", certfile,
@@ -420,7 +411,7 @@ struct ca *ca_load(const char *certfile, const char *keyfile, char *err, size_t 
                  errno != 0 ? strerror(errno) : ssl_reason());
         goto fail;
     }
-    ca->key = PEM_read_bio_PrivateKey(b, NULL, no_password, NULL);
+    ca->key = PEM_read_bio_PrivateKey(b, NULL, tls_no_password, NULL);
     BIO_free(b);
     if (ca->key == NULL) {
         snprintf(err, room, "FERRY-0180: ca_key %s: not an unencrypted PEM private key (%s)",

@@ -72,6 +72,9 @@ struct ssl_ctx_st *tls_server_ctx_bare(char *errbuf, size_t room);
 /* A client context for an https:// proxy: system store, or ca only. */
 struct ssl_ctx_st *tls_client_ctx(int verify, const char *ca, char *errbuf, size_t room);
 void tls_ctx_free(struct ssl_ctx_st *ctx);
+/* The password callback of every PEM read: an encrypted key would make
+ * OpenSSL ask on the terminal, so it is refused. */
+int tls_no_password(char *buf, int size, int rwflag, void *u);
 /* Put the leg on TLS: server side (the handshake runs inside the first
  * reads), or client side with SNI / name check (host: the name the
  * certificate must carry; an IP literal is checked as an address and

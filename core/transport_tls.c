@@ -325,8 +325,7 @@ static void ctx_error(char *errbuf, size_t room, const char *what, const char *f
     ERR_clear_error();
 }
 
-/* An encrypted key would make OpenSSL ask on the terminal: refuse it. */
-static int no_password(char *buf, int size, int rwflag, void *u)
+int tls_no_password(char *buf, int size, int rwflag, void *u)
 {
     (void)buf;
     (void)size;
@@ -345,7 +344,7 @@ static void ctx_common(SSL_CTX *ctx)
      * writes, a retry from a moved pointer, and no idle 34 KiB per conn. */
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                           SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_default_passwd_cb(ctx, no_password);
+    SSL_CTX_set_default_passwd_cb(ctx, tls_no_password);
 }
 
 static const unsigned char alpn_http11[] = "\x08http/1.1";

@@ -275,6 +275,8 @@ int conn_up_absolute(const struct conn *c);
 /* The request target as sent upstream: pre, then len bytes at path. */
 void conn_target_path(const struct conn *c, const char *base, const char **pre,
                       const char **path, int *len);
+/* c->path for logs and route(): the target as sent upstream. */
+void conn_show_target(struct conn *c, const char *base);
 
 /* admin.c */
 /* The head of a request on an admin listener is in cli.in. */

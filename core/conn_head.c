@@ -186,6 +186,16 @@ void conn_target_path(const struct conn *c, const char *base, const char **pre,
     }
 }
 
+void conn_show_target(struct conn *c, const char *base)
+{
+    const char *pre, *path;
+    int plen;
+    conn_target_path(c, base, &pre, &path, &plen);
+    char shown[CONN_PATH_MAX];
+    snprintf(shown, sizeof(shown), "%s%.*s", pre, plen, path);
+    conn_set_path(c, shown, strlen(shown));
+}
+
 int conn_write_request_head(struct conn *c)
 {
     const char *base = buf_head(&c->cli.in);

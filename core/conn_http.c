@@ -73,6 +73,20 @@ void conn_log_done(struct conn *c, const char *code)
     metrics_request_end(c, code);
 }
 
+/* The request is over: drop its consumed bytes from cli.in and wait
+ * for the next head.  Between requests the deadline is the end of the
+ * keep-alive (a kept upstream went back to its pool: uppool.c times it out). */
+static void await_next_head(struct conn *c, size_t consumed)
+{
+    buf_consume(&c->cli.in, consumed);
+    c->fwd = 0;
+    c->served++;
+    c->state = CS_HEAD;
+    c->cid[0] = '\0';
+    c->deadline = loop_now() + timeouts.keepalive;
+    conn_arm(c, timeouts.keepalive);
+}
+
 static void log_done(struct conn *c)
 {
     conn_log_done(c, c->code);
@@ -183,13 +197,7 @@ static void fail_answer(struct conn *c, enum ferr e, int quiet)
     if (keeps_session(c, e)) {
         write_http_error(c, e, 1);
         log_done(c);
-        buf_consume(&c->cli.in, c->head_len);
-        c->fwd = 0;
-        c->served++;
-        c->state = CS_HEAD;
-        c->cid[0] = '\0';
-        c->deadline = loop_now() + timeouts.keepalive;
-        conn_arm(c, timeouts.keepalive);
+        await_next_head(c, c->head_len);
         return;
     }
     if (c->mitm != NULL) {
@@ -270,12 +278,7 @@ static int parse_target(struct conn *c, const char *base)
     }
     c->tpath.off = c->req.url.off + start;
     c->tpath.len = end - start;
-    const char *pre, *path;
-    int plen;
-    conn_target_path(c, base, &pre, &path, &plen);
-    char shown[CONN_PATH_MAX];
-    snprintf(shown, sizeof(shown), "%s%.*s", pre, plen, path);
-    conn_set_path(c, shown, strlen(shown));
+    conn_show_target(c, base);
     return 0;
 }
 
@@ -517,15 +520,7 @@ void conn_finish(struct conn *c)
         conn_arm(c, timeouts.idle < 30 ? timeouts.idle : 30);
         return;
     }
-    buf_consume(&c->cli.in, c->fwd);
-    c->fwd = 0;
-    c->served++;
-    c->state = CS_HEAD;
-    c->cid[0] = '\0';
-    /* Between requests deadline is the end of the keep-alive (the kept
-     * upstream went back to its pool: uppool.c times it out). */
-    c->deadline = loop_now() + timeouts.keepalive;
-    conn_arm(c, timeouts.keepalive);
+    await_next_head(c, c->fwd);
     conn_idle_trim(c);
 }
 

@@ -283,12 +283,7 @@ void conn_intercept_input(struct conn *c)
         conn_fail(c, h.len > 0 ? FERR_MITM_MISDIRECTED : FERR_BAD_REQUEST);
         return;
     }
-    const char *pre, *path;
-    int plen;
-    conn_target_path(c, base, &pre, &path, &plen);
-    char shown[CONN_PATH_MAX];
-    snprintf(shown, sizeof(shown), "%s%.*s", pre, plen, path);
-    conn_set_path(c, shown, strlen(shown));
+    conn_show_target(c, base);
     c->upgrade = c->req.is_upgrade && c->req.upgrade.len > 0;
     c->deadline = c->t_start + timeouts.request;
     c->head_started = 0;

@@ -98,9 +98,15 @@ local function check_entry(px)
   if px.region ~= nil and (type(px.region) ~= "string" or px.region:find("%c")) then
     finding("entry: region")
   end
-  if type(px.display) ~= "string" or (px.pass and px.pass ~= "" and px.display:find(px.pass, 1, true)
-      and not px.host:find(px.pass, 1, true)) then
-    finding("entry: display %q shows the password", tostring(px.display))
+  -- The whole display is fixed by scheme, host and port, so comparing it
+  -- whole catches a password or user however short (a password "5" is
+  -- inside "socks5" and must not count as shown).
+  local host = type(px.host) == "string" and px.host:find(":", 1, true) and "[" .. px.host .. "]"
+    or tostring(px.host)
+  local want = string.format("%s://%s%s:%s", tostring(px.scheme), px.user and "***@" or "", host,
+    tostring(px.port))
+  if px.display ~= want then
+    finding("entry: display %q, expected %q", tostring(px.display), want)
   end
 end
 

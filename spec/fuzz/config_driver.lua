@@ -57,9 +57,12 @@ local function check_port(what, p)
   end
 end
 
+-- The canonical schemes url.parse may return (socks5h becomes socks5).
+local SCHEMES = { http = true, https = true, socks5 = true, socks4 = true, socks4a = true }
+
 -- A parsed proxy URL as url.parse and the runtime see it.
 local function check_proxy(what, p)
-  if p.scheme ~= "http" and p.scheme ~= "socks5" then finding("%s: scheme %s", what, tostring(p.scheme)) end
+  if not SCHEMES[p.scheme] then finding("%s: scheme %s", what, tostring(p.scheme)) end
   if type(p.host) ~= "string" or p.host == "" or p.host:find("[%s%c@/]") then
     finding("%s: host %q", what, tostring(p.host))
   end
@@ -71,6 +74,9 @@ local function check_proxy(what, p)
     end
     if p.scheme == "socks5" and (#p.user > 255 or #p.pass > 255) then
       finding("%s: SOCKS5 credentials over 255 bytes", what)
+    end
+    if (p.scheme == "socks4" or p.scheme == "socks4a") and (p.pass ~= "" or #p.user > 255) then
+      finding("%s: SOCKS4 with a password or a user id over 255 bytes", what)
     end
   end
   local d = url.display(p)

@@ -8,6 +8,7 @@
 -- proxies that left the config flagged REMOVED, listeners that left it
 -- closed.  C keeps every proxy's counters, health, breakers and bans, so
 -- an unchanged proxy carries them through a reload.
+local bit = require("bit")
 local ffi = require("ffi")
 local cdef = require("ferry.cdef")
 local plugins = require("ferry.plugins")
@@ -43,6 +44,22 @@ end
 M.ms = ms
 
 -- Header lines a proxy adds to what it sends, CRLF-terminated.
+-- A pool's retry settings (config.lua's parse_retry) to the core.
+local JITTER = { none = C.FERRY_JITTER_NONE, equal = C.FERRY_JITTER_EQUAL,
+  full = C.FERRY_JITTER_FULL }
+local RETRY_ON_BITS = { ["connect-failure"] = C.FERRY_RETRY_ON_CONNECT,
+  refused = C.FERRY_RETRY_ON_REFUSED, reset = C.FERRY_RETRY_ON_RESET,
+  timeout = C.FERRY_RETRY_ON_TIMEOUT }
+local function retry_policy(index, r)
+  if not r then return end
+  local on = 0
+  for name in pairs(r.on) do on = bit.bor(on, tonumber(RETRY_ON_BITS[name])) end
+  local statuses = ffi.new("uint8_t[100]")
+  for st in pairs(r.statuses) do statuses[st - 500] = 1 end
+  C.ferry_pool_retry(index, on, statuses, r.backoff, r.max_backoff, JITTER[r.jitter],
+    r.budget or -1, r.budget_min)
+end
+
 local function header_block(headers)
   if not headers then return nil end
   local names = {}
@@ -445,6 +462,8 @@ function M.commit(prep, old)
   end
   connections(0, cfg.direct and cfg.direct.connections)
   for name, pool in pairs(pools) do connections(pool.index, cfg.pools[name].connections) end
+  -- Retry policies and budgets (core/retry.c), by pool index.
+  for name, pool in pairs(pools) do retry_policy(pool.index, cfg.pools[name].retry) end
   local t = cfg.timeouts
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
     ms(t.keepalive), ms(t.request), ms(t.upstream_idle))

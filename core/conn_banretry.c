@@ -43,6 +43,7 @@
 struct ban_stash {
     int status;
     int by_ban;   /* dropped for a ban (marked), else for its status */
+    uint32_t proxy_id; /* the member that answered it */
     size_t len;
     char data[];
 };
@@ -199,6 +200,7 @@ static void ban_stash_keep(struct conn *c, int by_ban)
     }
     s->status = c->status;
     s->by_ban = by_ban;
+    s->proxy_id = c->proxy != NULL ? c->proxy->pub.id : 0;
     if (by_ban) {
         s->len = ban_mark(s->data, buf_head(&c->cli.out), len);
     } else {
@@ -280,9 +282,9 @@ static void status_exhausted(struct conn *c, const char *why)
     c->code = "FERRY-3131";
     struct log_ctx ctx;
     ban_log_ctx(c, &ctx);
-    log_event(LOG_WARN, "FERRY-3131", &ctx, "%s %s:%d: a retried status on every try (%u), "
-              "%s; the client gets the last answer (status %d)", c->method, c->host, c->port,
-              c->attempt + 1u, why, c->status);
+    log_event(LOG_WARN, "FERRY-3131", &ctx, "%s %s:%d: retries of a status the pool retries "
+              "on ended after %u tries (%s); the client gets the last answer (status %d)",
+              c->method, c->host, c->port, c->attempt + 1u, why, c->status);
 }
 
 int conn_ban_stalled(struct conn *c)
@@ -403,6 +405,7 @@ int conn_ban_answer_last(struct conn *c)
                   "left; the client gets the last answer (status %d)", c->method, c->host,
                   c->port, c->ban_retried + 1u, c->status);
     } else {
+        c->proxy = proxy_by_id(s->proxy_id); /* the access line names who answered */
         status_exhausted(c, "no other member left");
         c->nretry_log -= c->nretry_log > 0; /* the retry that found none */
         c->retry_stop = "no_member";

@@ -78,6 +78,8 @@ static int status_can_retry(struct conn *c)
     return 0;
 }
 
+static void status_exhausted(struct conn *c, int status, const char *why);
+
 static void ban_log_ctx(struct conn *c, struct log_ctx *ctx)
 {
     memset(ctx, 0, sizeof(*ctx));
@@ -125,6 +127,9 @@ int conn_ban_hold_begin(struct conn *c, int status)
     if (st) {
         c->retry_delay = retry_backoff(c->pool, c->attempt - c->ban_retried);
         st = status_can_retry(c);
+        if (!st && !ban) {
+            status_exhausted(c, status, c->retry_stop != NULL ? c->retry_stop : "no retry");
+        }
     }
     if (!ban && !st) {
         return 0;
@@ -274,7 +279,7 @@ static int ban_can_retry(const struct conn *c)
 
 /* The client gets a retried status after all: say so once (access line
  * code FERRY-3131), when retries were made for it. */
-static void status_exhausted(struct conn *c, const char *why)
+static void status_exhausted(struct conn *c, int status, const char *why)
 {
     if (c->nretry_log == 0) {
         return;
@@ -284,7 +289,7 @@ static void status_exhausted(struct conn *c, const char *why)
     ban_log_ctx(c, &ctx);
     log_event(LOG_WARN, "FERRY-3131", &ctx, "%s %s:%d: retries of a status the pool retries "
               "on ended after %u tries (%s); the client gets the last answer (status %d)",
-              c->method, c->host, c->port, c->attempt + 1u, why, c->status);
+              c->method, c->host, c->port, c->attempt + 1u, why, status);
 }
 
 int conn_ban_stalled(struct conn *c)
@@ -341,7 +346,7 @@ int conn_ban_settle(struct conn *c)
     }
     if (!banned) {
         if (c->hold_status) {
-            status_exhausted(c, c->retry_stop != NULL ? c->retry_stop : "no retry left");
+            status_exhausted(c, c->status, c->retry_stop != NULL ? c->retry_stop : "no retry");
         }
         ban_release(c);
         return 0;
@@ -406,7 +411,7 @@ int conn_ban_answer_last(struct conn *c)
                   c->port, c->ban_retried + 1u, c->status);
     } else {
         c->proxy = proxy_by_id(s->proxy_id); /* the access line names who answered */
-        status_exhausted(c, "no other member left");
+        status_exhausted(c, c->status, "no other member left");
         c->nretry_log -= c->nretry_log > 0; /* the retry that found none */
         c->retry_stop = "no_member";
     }

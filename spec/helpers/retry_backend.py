@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""retry_backend.py PORT MODE NAME: a member for the retry specs.
+"""retry_backend.py PORT MODE NAME [PORT MODE NAME ...]: members for the
+retry specs, one per PORT, all in one process.
 
 It answers any request target (origin form as a backend, absolute form as
 an HTTP proxy that answers itself), keep-alive, and records every request
@@ -10,18 +11,16 @@ it gets.  MODE:
               resets the connection (SO_LINGER 0) without a byte
   silent      reads the request and never answers
 GET /__hits (origin form, asked directly) answers one line per request
-received so far, "SECONDS METHOD TARGET", SECONDS from the process start
-with microseconds; /__hits itself is not recorded."""
+received so far, "SECONDS METHOD TARGET", SECONDS on the system's
+monotonic clock (one clock for every member) with microseconds; /__hits
+itself is not recorded."""
 import socket
 import struct
 import sys
 import threading
 import time
 
-PORT, MODE, NAME = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-T0 = time.monotonic()
 lock = threading.Lock()
-hits = []
 
 
 def send(conn, status, body):
@@ -30,7 +29,7 @@ def send(conn, status, body):
                   % (status, len(data))).encode() + data)
 
 
-def serve(conn):
+def serve(conn, MODE, NAME, hits):
     data = b""
     try:
         while True:
@@ -59,7 +58,7 @@ def serve(conn):
                 send(conn, 200, text)
                 continue
             with lock:
-                hits.append((time.monotonic() - T0, method, target))
+                hits.append((time.monotonic(), method, target))
             if MODE == "ok":
                 send(conn, 200, NAME)
             elif MODE.startswith("status:"):
@@ -78,14 +77,24 @@ def serve(conn):
         conn.close()
 
 
-def main():
+def listen(port, mode, name):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", PORT))
+    s.bind(("127.0.0.1", port))
     s.listen(512)
+    hits = []
     while True:
         conn, _ = s.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+        threading.Thread(target=serve, args=(conn, mode, name, hits), daemon=True).start()
+
+
+def main():
+    args = sys.argv[1:]
+    for i in range(0, len(args) - 2, 3):
+        threading.Thread(target=listen, args=(int(args[i]), args[i + 1], args[i + 2]),
+                         daemon=True).start()
+    while True:
+        time.sleep(3600)
 
 
 main()

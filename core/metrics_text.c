@@ -18,6 +18,7 @@
 #include "mint.h"
 #include "proxy.h"
 #include "uppool.h"
+#include "upstream.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -587,6 +588,10 @@ static int build_prefixes(struct prefixes *px, const struct ferry_metrics_member
         put_esc(&px->buf, label != NULL ? label : "");
         puts_(&px->buf, "\",pool=\"");
         put_esc(&px->buf, pool_name(m[i].pool, tmp));
+        /* A backend of a reverse pool says so; a proxy's labels stay as they were. */
+        if (m[i].proxy != NULL && upstream_is_backend(m[i].proxy->scheme)) {
+            puts_(&px->buf, "\",role=\"backend");
+        }
         put(&px->buf, "\"", 2); /* with its NUL */
         px->buf.line = px->buf.n;
     }

@@ -346,7 +346,10 @@ local function build_pools(prep)
     local list = {}
     for i, px in ipairs(pc.proxies) do
       local err = errbuf()
-      local c = C.ferry_proxy_new(px.id or px.url, cdef.SCHEME[px.scheme] or 0, px.host,
+      -- A backend's URL may also name an HTTP proxy elsewhere: its
+      -- identity in the core says it is a backend.
+      local key = px.id or (pc.kind == "backends" and ("backend " .. px.url)) or px.url
+      local c = C.ferry_proxy_new(key, cdef.SCHEME[px.scheme] or 0, px.host,
         px.port, px.user, px.pass, header_block(px.headers), px.weight or 1, err)
       if c == nil then
         return nil, format('%s:%d: pool "%s": proxies[%d]: %s', cfg.file, pc.line, name, i,

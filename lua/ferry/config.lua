@@ -893,6 +893,9 @@ local function evaluate(chunk, file)
     env[k] = v
   end
   env.os = { time = os.time, clock = os.clock, getenv = os.getenv }
+  -- Tests for route(): exact host or "*.suffix", path prefix (ferry.match).
+  local match = require("ferry.match")
+  env.match_host, env.match_path = match.host, match.path
   -- route() runs per request under the core's budget: a loop around
   -- pcall must not swallow the budget's error (ferry.budget).
   env.pcall = require("ferry.budget").pcall

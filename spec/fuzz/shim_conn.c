@@ -271,3 +271,21 @@ void metrics_request_end(struct conn *c, const char *code)
     (void)code;
 }
 
+
+/* conn_reverse.c: the harnesses drive the forward listener only. */
+int conn_is_reverse(const struct conn *c)
+{
+    (void)c;
+    return 0;
+}
+
+enum ferr conn_reverse_err(enum ferr e)
+{
+    return e;
+}
+
+const char *conn_reverse_pool_host(int pool)
+{
+    (void)pool;
+    return NULL;
+}

@@ -82,13 +82,20 @@ M.FIELDS = {
     end,
     absent = function(px) px.tls = tls_opts.proxy(nil, px.scheme) end,
   },
+  -- A backup member serves only when no primary of its pool can
+  -- (ferry.pool, Pool:select).
+  backup = { check = function(v, px)
+    if type(v) ~= "boolean" then return "backup: expected true or false" end
+    px.backup = v or nil
+  end },
 }
 
 -- The order fields are checked in, so that the first error is stable.
-M.ORDER = { "url", "id", "weight", "region", "headers", "tls" }
+M.ORDER = { "url", "id", "weight", "region", "headers", "tls", "backup" }
 
 -- Fields a config entry and an inventory entry take.
-M.CONFIG = { url = true, id = true, weight = true, region = true, headers = true, tls = true }
+M.CONFIG = { url = true, id = true, weight = true, region = true, headers = true, tls = true,
+  backup = true }
 M.INVENTORY = { url = true, id = true, weight = true, region = true, tls = true }
 
 local function known(allowed)

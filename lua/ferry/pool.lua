@@ -295,7 +295,7 @@ function Pool:select(req, fn, arg)
     local tier = first
     if k == 2 then tier = not first end
     local tv = tier and v.backup or v.primary
-    self.tier = self.has_backup and tier or nil
+    if self.has_backup then self.tier = tier end
     self.spare = tv.spare
     req.ramp_skipped = nil
     local ok, r = pcall(fn, self, req, arg)

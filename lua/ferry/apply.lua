@@ -314,7 +314,15 @@ local function set_health(c, h, err, px)
   local kind = cdef.PROBE[h.check or "none"] or 0
   local interval = h.interval or 2
   local host, port = h.host, h.port
-  if h.backend then host, port = h.host or px.host, px.port end
+  if h.backend then
+    port = px.port
+    host = h.host
+    if not host then
+      host = px.host:find(":", 1, true) and ("[" .. px.host .. "]") or px.host
+      local default = cdef.SCHEME[px.scheme] == cdef.SCHEME.backend_tls and 443 or 80
+      if port ~= default then host = host .. ":" .. port end
+    end
+  end
   if C.ferry_probe_set(c, kind, host, port or 0, h.path, expect_list(h), interval,
       h.timeout or math.min(2, interval), err) ~= cdef.OK then
     return nil, ffi_string(err[0])

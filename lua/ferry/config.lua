@@ -162,7 +162,7 @@ end
 -- concurrency }: always returned, with defaults, so passive health has
 -- its rise/fall/interval even without a check.  Defaults are HAProxy's:
 -- a probe every 2 s, up after 2 passes, down after 3 failures.
-local function parse_health(where, t)
+local function parse_health(where, t, kind)
   local h = { interval = 2, timeout = 2, rise = 2, fall = 3 }
   if t == nil then return h end
   where = where .. ": health"
@@ -184,7 +184,7 @@ local function parse_health(where, t)
   h.concurrency = want_number(where, "concurrency", t.concurrency, 1, 10000, true)
   if t.check == "http" then
     if t.target ~= nil then fail(where, 'target is for check = "connect" (http uses url)') end
-    if t.url == nil and (t.path ~= nil or t.host ~= nil) then
+    if t.url == nil and (t.path ~= nil or t.host ~= nil or kind == "backends") then
       M.parse_backend_check(where, t, h)
     else
       if t.path ~= nil or t.host ~= nil then
@@ -261,6 +261,14 @@ function M.parse_lb(where, t, p)
     end
   end
   local h = p.health
+  if h and p.kind == "backends" and h.check == "connect" then
+    fail(where, 'health: check = "connect" tunnels through a proxy; a backend pool checks with ' ..
+      '"tcp" or "http" (path = "/health") [FERRY-0234]')
+  end
+  if h and p.kind == "backends" and h.check == "http" and not h.backend then
+    fail(where, 'health: a backend pool\'s check = "http" takes path = "/health" (and ' ..
+      'host), a GET to each backend; url is for a proxy pool [FERRY-0232]')
+  end
   if h and h.backend and (p.kind or "proxies") ~= "backends" then
     fail(where, 'health: path is for a backend pool\'s check; a proxy pool\'s check = "http" ' ..
       'takes url = "http://host/path", a GET through each proxy [FERRY-0232]')
@@ -716,7 +724,7 @@ local function evaluate(chunk, file)
       p.latency_ceiling = want_number(where, "latency_ceiling", t.latency_ceiling, 1) or 1000
       p.session_ttl = want_number(where, "session_ttl", t.session_ttl, 0.001, 86400 * 30) or 600
       p.breaker = parse_breaker(where, t.breaker)
-      p.health = parse_health(where, t.health)
+      p.health = parse_health(where, t.health, p.kind)
       if t.timeouts ~= nil then
         check_fields(where .. ": timeouts", t.timeouts, { connect = true, first_byte = true })
         p.timeouts = {

@@ -203,3 +203,76 @@ route(function(req) return req.listener end)
     assert.matches("slow start %(ramp, effective weight%)%s+ss %d+%% %(weight [%d.]+%)", out)
   end)
 end)
+
+describe("load balancing backends", function()
+  local ferry, A, R = nil, procs.free_port(), procs.free_port()
+  local M = {}
+  local names = { "bea", "beb", "bec" }
+
+  setup(function()
+    for _, n in ipairs(names) do M[n] = member(procs.free_port(), n) end
+    local function url(n) return "http://127.0.0.1:" .. M[n].port end
+    ferry = procs.ferry(string.format([[
+listen { name = "site", protocol = "reverse", addr = "127.0.0.1:%d", pool = "app" }
+admin { addr = "127.0.0.1:%d" }
+pool "app" { strategy = "round_robin", retries = 0,
+  health = { check = "http", path = "/health", expect = { 200 }, host = "health.test",
+             interval = 0.2, timeout = 0.2, rise = 1, fall = 1 },
+  backends = { { url = "%s", id = "bea" }, { url = "%s", id = "beb" },
+               { url = "%s", id = "bec", backup = true } } }
+]], R, A, url("bea"), url("beb"), url("bec")), { R, A })
+  end)
+
+  teardown(function()
+    if ferry then procs.stop_ferry(ferry) end
+    for _, n in ipairs(names) do if M[n] then procs.stop(M[n]) end end
+  end)
+
+  local function up(id)
+    return procs.metric(A, "ferry_proxy_up", 'proxy="' .. id .. '",pool="app"')
+  end
+
+  local function health(id, status)
+    control(M[id], "/_health?status=" .. status)
+    local want = status == 200 and 1 or 0
+    assert.truthy(procs.wait_for(function() return up(id) == want end, 10, 0.05),
+      id .. " never went " .. (want == 1 and "up" or "down"))
+  end
+
+  local function burst(n)
+    local c = assert(socket.connect("127.0.0.1", R))
+    c:settimeout(5)
+    local counts = {}
+    for i = 1, n do
+      assert(c:send("GET /x?i=" .. i .. " HTTP/1.1\r\nHost: site.test\r\n\r\n"))
+      local status, body = procs.read_response(c)
+      assert.equal(200, status)
+      counts[body] = (counts[body] or 0) + 1
+    end
+    c:close()
+    return counts
+  end
+
+  it("checks each backend with a GET of path: down on a 500, up again on a 200", function()
+    for _, id in ipairs(names) do
+      assert.truthy(procs.wait_for(function() return up(id) == 1 end), id .. " never up")
+    end
+    -- The probe asked the backend itself, in origin form, with the check's Host.
+    assert.matches('"host": "health.test"', control(M.bea, "/_count"))
+    local c = burst(20)
+    assert.equal(10, c.bea)
+    assert.equal(10, c.beb)
+    assert.is_nil(c.bec)
+    health("bea", 500)
+    c = burst(20)
+    assert.equal(20, c.beb)
+    health("beb", 500)
+    c = burst(20)
+    assert.equal(20, c.bec) -- the backup, while no primary is up
+    health("bea", 200)
+    c = burst(20)
+    assert.equal(20, c.bea)
+    assert.is_nil(c.bec)
+    health("beb", 200)
+  end)
+end)

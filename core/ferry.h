@@ -128,6 +128,9 @@ struct ferry_proxy {
     double   down_since;      /* ro: when it went down, 0 while up */
     double   retry_at;        /* ro: down without probes: a trial request may go
                                * through after this time (passive recovery) */
+    /* Slow start (lua/ferry/pool.lua ramps a pool's share from it). */
+    double   up_since;        /* ro: when it last came back (down -> up, re-enabled,
+                               * added after start), 0 = up since ferry started */
 };
 
 /* Active health checks (probe.c). */
@@ -177,6 +180,7 @@ struct ferry_pxstate {
     double   last_failure_at; /* ro */
     double   last_success_at; /* ro */
     double   latency_ewma_ms; /* ro: response latency, EWMA */
+    double   opened_at;       /* ro: when the breaker last opened (max_ejected's order) */
 };
 
 /*
@@ -331,6 +335,9 @@ int ferry_health_mark(struct ferry_proxy *p, int up, const char *reason);
 /* Bumped whenever any proxy's flags change (up/down, disabled, removed):
  * Lua recounts what it derives from flags only when this moves. */
 uint32_t ferry_health_epoch(void);
+/* The first config is applied: from now on a proxy that comes up, is
+ * re-enabled or is added starts its slow start (up_since). */
+void ferry_health_started(void);
 
 /* Active probes (probe.c).  One probe schedule per proxy, the last call
  * wins; kind FERRY_PROBE_NONE stops probing.  host/port: the target of

@@ -162,12 +162,13 @@ end
 -- concurrency }: always returned, with defaults, so passive health has
 -- its rise/fall/interval even without a check.  Defaults are HAProxy's:
 -- a probe every 2 s, up after 2 passes, down after 3 failures.
-local function parse_health(where, t)
+local function parse_health(where, t, kind)
   local h = { interval = 2, timeout = 2, rise = 2, fall = 3 }
   if t == nil then return h end
   where = where .. ": health"
   check_fields(where, t, { check = true, target = true, url = true, expect = true,
-    interval = true, timeout = true, rise = true, fall = true, concurrency = true })
+    interval = true, timeout = true, rise = true, fall = true, concurrency = true,
+    path = true, host = true })
   if t.check ~= nil and not CHECKS[t.check] then
     fail(where, 'check must be "tcp", "http" or "connect", got %s',
       type(t.check) == "string" and ('"' .. t.check .. '"') or ("a " .. type(t.check)))
@@ -183,7 +184,15 @@ local function parse_health(where, t)
   h.concurrency = want_number(where, "concurrency", t.concurrency, 1, 10000, true)
   if t.check == "http" then
     if t.target ~= nil then fail(where, 'target is for check = "connect" (http uses url)') end
-    h.host, h.port, h.path = parse_check_url(where, t.url)
+    if t.url == nil and (t.path ~= nil or t.host ~= nil or kind == "backends") then
+      M.parse_backend_check(where, t, h)
+    else
+      if t.path ~= nil or t.host ~= nil then
+        fail(where, "path and host are for a backend pool's check (a GET to each backend), " ..
+          "url for a proxy pool's (a GET through each proxy): not both [FERRY-0232]")
+      end
+      h.host, h.port, h.path = parse_check_url(where, t.url)
+    end
     h.expect = int_list(where, "expect", t.expect, 100, 599, PROBE_EXPECT_MAX)
   elseif t.check == "connect" then
     if t.url ~= nil then fail(where, 'url is for check = "http" (connect uses target)') end
@@ -199,7 +208,79 @@ local function parse_health(where, t)
     if t.target ~= nil then fail(where, 'target needs check = "connect"') end
   end
   if t.check ~= "http" and t.expect ~= nil then fail(where, 'expect needs check = "http"') end
+  if t.check ~= "http" and (t.path ~= nil or t.host ~= nil) then
+    fail(where, 'path and host need check = "http" [FERRY-0232]')
+  end
   return h
+end
+
+-- check = "http" of a backend pool: path = "/health" (origin form, to
+-- each backend itself), host = the Host header (default: the backend's
+-- host:port).  h.backend marks it; the pool checks its kind afterwards
+-- (check_lb).
+function M.parse_backend_check(where, t, h)
+  local path = t.path == nil and "/" or t.path
+  if type(path) ~= "string" or path:sub(1, 1) ~= "/" or #path > PROBE_PATH_MAX or
+     path:find("[%s%c]") then
+    fail(where, "path must start with / and be at most %d bytes without spaces or control " ..
+      "characters [FERRY-0232]", PROBE_PATH_MAX)
+  end
+  if t.host ~= nil and (type(t.host) ~= "string" or not t.host:match("^[%w.:%[%]-]+$") or
+     #t.host > 255) then
+    fail(where, "host must be a host name (the Host header of the check) [FERRY-0232]")
+  end
+  h.backend, h.path, h.host = true, path, t.host
+end
+
+-- Load-balancing fields of a pool: slowstart, max_ejected, backups.
+--   slowstart = seconds (0 = off): a member that comes back ramps its
+--     share of traffic over that time;
+--   max_ejected = "50%" or a count: at most that many members of a tier
+--     ejected (down, breaker open) at once.
+-- Also checks what needs the pool's kind (a backend check) and that a
+-- pool has a primary.
+function M.parse_lb(where, t, p)
+  local ss = t.slowstart
+  if ss ~= nil and (type(ss) ~= "number" or ss ~= ss or ss < 0 or ss > 3600) then
+    fail(where, "slowstart must be a number of seconds from 0 (off) to 3600 [FERRY-0230]")
+  end
+  p.slowstart = ss and ss > 0 and ss or nil
+  local me = t.max_ejected
+  if me ~= nil then
+    if type(me) == "string" then
+      local pct = me:match("^(%d+%.?%d*)%%$")
+      pct = tonumber(pct)
+      if not pct or pct > 100 then
+        fail(where, 'max_ejected must be a share like "50%%" (0 to 100 %%) or a count [FERRY-0231]')
+      end
+      p.max_ejected = { percent = pct }
+    elseif type(me) == "number" and me >= 0 and me % 1 == 0 and me <= 100000 then
+      p.max_ejected = { count = me }
+    else
+      fail(where, 'max_ejected must be a share like "50%%" (0 to 100 %%) or a count [FERRY-0231]')
+    end
+  end
+  local h = p.health
+  if h and p.kind == "backends" and h.check == "connect" then
+    fail(where, 'health: check = "connect" tunnels through a proxy; a backend pool checks with ' ..
+      '"tcp" or "http" (path = "/health") [FERRY-0234]')
+  end
+  if h and p.kind == "backends" and h.check == "http" and not h.backend then
+    fail(where, 'health: a backend pool\'s check = "http" takes path = "/health" (and ' ..
+      'host), a GET to each backend; url is for a proxy pool [FERRY-0232]')
+  end
+  if h and h.backend and (p.kind or "proxies") ~= "backends" then
+    fail(where, 'health: path is for a backend pool\'s check; a proxy pool\'s check = "http" ' ..
+      'takes url = "http://host/path", a GET through each proxy [FERRY-0232]')
+  end
+  local members = p.proxies or {}
+  local primary = false
+  for _, px in ipairs(members) do
+    if not px.backup then primary = true end
+  end
+  if #members > 0 and not primary then
+    fail(where, "every member is a backup: a pool needs at least one primary [FERRY-0233]")
+  end
 end
 
 -- Settings of every breaker, whatever its policy; the core acts on them.
@@ -624,7 +705,8 @@ local function evaluate(chunk, file)
     return function(t)
       check_fields(where, t, { strategy = true, retries = true, proxies = true, breaker = true,
         health = true, all_down = true, panic = true, timeouts = true, latency_ceiling = true,
-        session_ttl = true, connections = true, backends = true, host = true, tls = true })
+        session_ttl = true, connections = true, backends = true, host = true, tls = true,
+        slowstart = true, max_ejected = true })
       local p = { name = name, line = line }
       p.kind = M.pool_kind(where, t)
       p.connections = parse_connections(where, t.connections)
@@ -642,7 +724,7 @@ local function evaluate(chunk, file)
       p.latency_ceiling = want_number(where, "latency_ceiling", t.latency_ceiling, 1) or 1000
       p.session_ttl = want_number(where, "session_ttl", t.session_ttl, 0.001, 86400 * 30) or 600
       p.breaker = parse_breaker(where, t.breaker)
-      p.health = parse_health(where, t.health)
+      p.health = parse_health(where, t.health, p.kind)
       if t.timeouts ~= nil then
         check_fields(where .. ": timeouts", t.timeouts, { connect = true, first_byte = true })
         p.timeouts = {
@@ -652,6 +734,7 @@ local function evaluate(chunk, file)
       end
       if p.kind == "backends" then
         M.parse_backend_pool(where, t, p, function(f) return resolve_path(dir, f) end)
+        M.parse_lb(where, t, p)
         cfg.pools[name] = p
         cfg.pool_order[#cfg.pool_order + 1] = name
         return
@@ -668,6 +751,7 @@ local function evaluate(chunk, file)
         seen[key] = i
         p.proxies[i] = px
       end
+      M.parse_lb(where, t, p)
       cfg.pools[name] = p
       cfg.pool_order[#cfg.pool_order + 1] = name
     end

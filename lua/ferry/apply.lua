@@ -47,6 +47,22 @@ end
 M.ms = ms
 
 -- Header lines a proxy adds to what it sends, CRLF-terminated.
+-- A pool's retry settings (config.lua's parse_retry) to the core.
+local JITTER = { none = C.FERRY_JITTER_NONE, equal = C.FERRY_JITTER_EQUAL,
+  full = C.FERRY_JITTER_FULL }
+local RETRY_ON_BITS = { ["connect-failure"] = C.FERRY_RETRY_ON_CONNECT,
+  refused = C.FERRY_RETRY_ON_REFUSED, reset = C.FERRY_RETRY_ON_RESET,
+  timeout = C.FERRY_RETRY_ON_TIMEOUT }
+local function retry_policy(index, r)
+  if not r then return end
+  local on = 0
+  for name in pairs(r.on) do on = bit.bor(on, tonumber(RETRY_ON_BITS[name])) end
+  local statuses = ffi.new("uint8_t[100]")
+  for st in pairs(r.statuses) do statuses[st - 500] = 1 end
+  C.ferry_pool_retry(index, on, statuses, r.backoff, r.max_backoff, JITTER[r.jitter],
+    r.budget or -1, r.budget_min)
+end
+
 local function header_block(headers)
   if not headers then return nil end
   local names = {}
@@ -484,6 +500,8 @@ function M.commit(prep, old)
   for name, pool in pairs(pools) do
     connections(pool.index, cfg.pools[name].connections, pool.kind)
   end
+  -- Retry policies and budgets (core/retry.c), by pool index.
+  for name, pool in pairs(pools) do retry_policy(pool.index, cfg.pools[name].retry) end
   local t = cfg.timeouts
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
     ms(t.keepalive), ms(t.request), ms(t.upstream_idle))

@@ -158,6 +158,11 @@ int ferry_probe_set(struct ferry_proxy *p, int kind, const char *host, int port,
                     double timeout, const char **err);
 void ferry_probe_set_concurrency(int n);
 int ferry_probe_inflight(void);
+enum ferry_retry_on { FERRY_RETRY_ON_CONNECT = 0x1, FERRY_RETRY_ON_REFUSED = 0x2,
+  FERRY_RETRY_ON_RESET = 0x4, FERRY_RETRY_ON_TIMEOUT = 0x8 };
+enum ferry_retry_jitter { FERRY_JITTER_NONE = 0, FERRY_JITTER_EQUAL = 1, FERRY_JITTER_FULL = 2 };
+int ferry_pool_retry(int pool, uint32_t on, const uint8_t *statuses, double backoff,
+                     double max_backoff, int jitter, double budget, int budget_min);
 int ferry_set_pool_name(int index, const char *name);
 int ferry_pool_connections(int pool, int max, int queue, double queue_timeout, int idle,
                            double idle_timeout, int max_requests);

@@ -3,6 +3,7 @@
 #include "authfail.h"
 #include "conn.h"
 #include "rate.h"
+#include "retry.h"
 #include "ctl.h"
 #include "health.h"
 #include "inbound.h"
@@ -58,6 +59,8 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
     ctx->scheme = c->origin_tls ? "https" : NULL;
     ctx->ban = NULL;
     ctx->ban_retries = 0;
+    ctx->retry = NULL;
+    ctx->retry_stop = NULL;
 }
 
 void conn_log_done(struct conn *c, const char *code)
@@ -66,6 +69,10 @@ void conn_log_done(struct conn *c, const char *code)
     log_ctx_of(c, &ctx);
     ctx.ban = c->ban_note;               /* retry on ban (conn_banretry.c) */
     ctx.ban_retries = c->ban_retried;
+    char why[FERRY_RETRIES_MAX * 16];
+    ctx.retry = retry_log_text(c, why, sizeof(why)); /* retry.c */
+    ctx.retry_stop = c->retry_stop;
+    retry_request_end(c);
     log_access(&ctx, c->client, c->method[0] ? c->method : "-", c->host[0] ? c->host : "-",
                c->port, c->path[0] ? c->path : "-", c->status,
                c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
@@ -167,6 +174,9 @@ static void write_http_error(struct conn *c, enum ferr e, int keep)
  * warn line (a summary covers it). */
 static void fail_answer(struct conn *c, enum ferr e, int quiet)
 {
+    if (conn_is_reverse(c)) {
+        e = conn_reverse_err(e); /* backends, not proxies */
+    }
     const struct ferr_info *info = ferr_info(e);
     if (c->state == CS_HEAD && c->method[0] == '\0' && !buf_empty(&c->cli.in)) {
         /* A head that never completed: log what arrived of it. */
@@ -322,6 +332,9 @@ static void reset_request(struct conn *c)
     c->exchange = 0;
     conn_clear_header_edits(c);
     conn_ban_reset(c);
+    retry_request_end(c);
+    c->nretry_log = 0;
+    c->retry_stop = NULL;
     c->fwd = 0;
     c->head_len = 0;
     c->status = 0;
@@ -373,7 +386,7 @@ static int could_be_http(const char *p, size_t n)
 
 /* A request ferry answers itself (OPTIONS *, Max-Forwards: 0), then
  * closes: a body the request may carry is never read. */
-static void answer_here(struct conn *c)
+void conn_answer_local(struct conn *c)
 {
     if (conn_write_local_answer(c) < 0) {
         conn_fail(c, FERR_HEAD_TOO_LARGE);
@@ -480,7 +493,7 @@ void conn_on_head(struct conn *c)
         ctl_merge(&c->ctl_user, &keep);
     }
     if (c->req.method == HTTP_OPTIONS && http_span_ieq(base, c->req.url, "*")) {
-        answer_here(c); /* OPTIONS * asks the proxy itself */
+        conn_answer_local(c); /* OPTIONS * asks the proxy itself */
         return;
     }
     if (parse_target(c, base) < 0) {
@@ -493,7 +506,7 @@ void conn_on_head(struct conn *c)
             return;
         }
         if (mf == 0) {
-            answer_here(c); /* the last hop allowed: RFC 9110 §7.6.2 */
+            conn_answer_local(c); /* the last hop allowed: RFC 9110 §7.6.2 */
             return;
         }
     }

@@ -10,6 +10,7 @@
 #include "proxy.h"
 #include "rate.h"
 #include "resolve.h"
+#include "retry.h"
 #include "transport.h"
 #include "upstream.h"
 #include "uppool.h"
@@ -21,10 +22,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-/* Retry back-off: base doubles per attempt, with jitter, capped. */
-#define BACKOFF_BASE 0.01
-#define BACKOFF_CAP 0.5
 
 static double min_d(double a, double b)
 {
@@ -128,6 +125,11 @@ void conn_route(struct conn *c)
     r.retries = -1;
     r.pool = -1; /* until the runtime chooses one (0 = direct) */
     r.flags = c->origin_tls ? FERRY_REQ_TLS : 0;
+    int reverse = conn_is_reverse(c);
+    if (reverse) {
+        r.flags |= FERRY_REQ_REVERSE | (c->l->tls_ctx != NULL ? FERRY_REQ_CLIENT_TLS : 0);
+        r.site_pool = c->l->rev_pool;
+    }
     if (c->is_connect && !conn_intercept_possible(c)) {
         r.flags |= FERRY_REQ_NO_INTERCEPT;
     }
@@ -170,7 +172,9 @@ void conn_route(struct conn *c)
                     : id == BRIDGE_ALL_DOWN ? FERR_ALL_DOWN
                     : id == FERRY_DISPATCH_POOL_REFUSED ? FERR_POOL_REFUSED
                     : id == FERRY_DISPATCH_POOL_UNKNOWN ? FERR_POOL_UNKNOWN
-                    : id == FERRY_DISPATCH_NO_REGION ? FERR_NO_REGION : FERR_ROUTE_ERROR;
+                    : id == FERRY_DISPATCH_NO_REGION ? FERR_NO_REGION
+                    : id == FERRY_DISPATCH_NO_SITE ? FERR_REV_NO_SITE
+                    : id == FERRY_DISPATCH_NOT_BACKENDS ? FERR_REV_NOT_BACKENDS : FERR_ROUTE_ERROR;
         conn_fail(c, e);
         return;
     }
@@ -181,6 +185,11 @@ void conn_route(struct conn *c)
     c->proxy = id > 0 ? proxy_by_id((uint32_t)id) : NULL;
     if (id > 0 && c->proxy == NULL) {
         conn_fail(c, FERR_ROUTE_ERROR);
+        return;
+    }
+    if (reverse && (c->proxy == NULL || !upstream_is_backend(c->proxy->pub.scheme))) {
+        /* A reverse request never goes direct to its Host, nor through a proxy. */
+        conn_fail(c, FERR_REV_NOT_BACKENDS);
         return;
     }
     if (conn_ban_no_other(c)) {
@@ -195,6 +204,9 @@ void conn_route(struct conn *c)
                                                       : timeouts.connect;
         c->first_byte_timeout = r.first_byte_timeout_ms > 0 ? r.first_byte_timeout_ms / 1000.0
                                                             : timeouts.first_byte;
+    }
+    if (c->proxy != NULL && c->pool > 0) {
+        retry_request_begin(c, c->pool); /* the pool's retry budget counts it */
     }
     conn_attempt(c);
 }
@@ -540,6 +552,7 @@ void conn_upstream_ready(struct conn *c)
         c->in->answer_ok(c);
         c->sent_any = 1;
         c->status = 200;
+        retry_request_end(c); /* a tunnel is no request the retry budget weighs */
         conn_report(c, 1, FERRY_FAIL_KINDS, 0);
         conn_tunnel_begin(c);
         return;
@@ -566,6 +579,54 @@ void conn_upstream_ready(struct conn *c)
     }
 }
 
+/* The attempt failed before any response byte reached the client: 1 when
+ * the request goes again to another member after a back-off (CS_BACKOFF),
+ * 0 when it ends with this failure.  A request that never left goes
+ * again whatever its method; one that was sent only when it is still
+ * whole in cli.in and idempotent (or carries Idempotency-Key).  The
+ * pool's `on` says which failures, its retries how many, the deadline
+ * and the pool's retry budget whether one more fits. */
+static int retry_failed(struct conn *c, enum ferry_fail_kind kind, int before_send, int target)
+{
+    if (c->target_fails > 1) {
+        return 0;
+    }
+    enum retry_reason why = retry_reason_of(kind, before_send);
+    int idempotent = http_method_idempotent(c->req.method) || c->req.idem_key.len > 0;
+    unsigned spent = c->attempt - c->ban_retried; /* tries again after a ban are not counted */
+    const char *stop = NULL;
+    if (!target && !retry_on(c->pool, why, before_send)) {
+        return 0; /* not a failure the pool retries: nothing to note */
+    }
+    if (c->sent_any) {
+        stop = "responded";
+    } else if (!before_send && !c->replayable) {
+        stop = "no_replay";
+    } else if (!before_send && !idempotent) {
+        stop = "not_idempotent";
+    } else if ((int)spent >= c->retries) {
+        stop = c->retries > 0 ? "tries" : NULL;
+    }
+    double backoff = stop == NULL ? retry_backoff(c->pool, spent) : 0;
+    if (stop == NULL && loop_now() + backoff >= c->deadline) {
+        stop = "deadline";
+    }
+    if (stop != NULL) {
+        c->retry_stop = stop;
+        return 0;
+    }
+    if (!retry_budget_take(c)) {
+        return 0;
+    }
+    c->attempt++;
+    retry_note(c, why, 0);
+    c->state = CS_BACKOFF;
+    c->fwd = 0;
+    c->req_done = 0;
+    conn_arm(c, backoff);
+    return 1;
+}
+
 void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
 {
     if (reuse_replay(c, e)) {
@@ -590,25 +651,11 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
               c->attempt + 1, c->host, c->port,
               target ? "destination" : kinds[kind % FERRY_FAIL_KINDS]);
     conn_upstream_close(c);
-    int safe = before_send ||
-               (c->replayable && (http_method_idempotent(c->req.method) ||
-                                  c->req.idem_key.len > 0));
-    double backoff = BACKOFF_BASE * (double)(1u << (c->attempt < 6 ? c->attempt : 6));
-    backoff = min_d(backoff, BACKOFF_CAP) * (0.5 + (double)random() / RAND_MAX);
-    /* Tries made again after a ban do not spend the pool's retries. */
-    if (p == NULL || !safe || c->sent_any || (int)(c->attempt - c->ban_retried) >= c->retries ||
-        c->target_fails > 1 ||
-        loop_now() + backoff >= c->deadline) {
+    if (p == NULL || !retry_failed(c, kind, before_send, target)) {
         conn_fail(c, e);
         return;
     }
-    c->attempt++;
-    metrics_retry(c->pool);
     c->last_err = e;
-    c->state = CS_BACKOFF;
-    c->fwd = 0;
-    c->req_done = 0;
-    conn_arm(c, backoff);
 }
 
 void conn_upstream_event(struct conn *c, int revents)

@@ -54,7 +54,10 @@ enum ferry_dispatch {
     /* Control headers (ctl.c): numbered apart, other answers come before. */
     FERRY_DISPATCH_POOL_REFUSED = -20, /* X-Ferry-Pool not allowed on the listener */
     FERRY_DISPATCH_POOL_UNKNOWN = -21, /* X-Ferry-Pool names no pool */
-    FERRY_DISPATCH_NO_REGION    = -22  /* no proxy of the X-Ferry-Region region */
+    FERRY_DISPATCH_NO_REGION    = -22, /* no proxy of the X-Ferry-Region region */
+    /* Reverse listeners (conn_reverse.c). */
+    FERRY_DISPATCH_NO_SITE      = -30, /* no route and no listener pool for this Host: 404 */
+    FERRY_DISPATCH_NOT_BACKENDS = -31  /* the route chose "direct" or a pool of proxies */
 };
 
 /* Upstream kinds a proxy can be. */
@@ -65,7 +68,11 @@ enum ferry_scheme {
     FERRY_SCHEME_HTTPS  = 3, /* HTTP proxy spoken over TLS */
     FERRY_SCHEME_SOCKS4 = 4, /* SOCKS4 proxy: ferry resolves, sends an IPv4 address */
     FERRY_SCHEME_SOCKS4A = 5, /* SOCKS4a proxy: destination sent as a name */
-    FERRY_SCHEMES       = 6
+    /* Reverse proxy (conn_reverse.c): a backend of a pool { backends = ... },
+     * reached at its own address, requests in origin form. */
+    FERRY_SCHEME_BACKEND = 6,     /* http:// backend */
+    FERRY_SCHEME_BACKEND_TLS = 7, /* https:// backend: TLS to it, verified */
+    FERRY_SCHEMES       = 8
 };
 
 /* Why an attempt through a proxy failed; indexes ferry_proxy.fail_kind. */
@@ -121,6 +128,9 @@ struct ferry_proxy {
     double   down_since;      /* ro: when it went down, 0 while up */
     double   retry_at;        /* ro: down without probes: a trial request may go
                                * through after this time (passive recovery) */
+    /* Slow start (lua/ferry/pool.lua ramps a pool's share from it). */
+    double   up_since;        /* ro: when it last came back (down -> up, re-enabled,
+                               * added after start), 0 = up since ferry started */
 };
 
 /* Active health checks (probe.c). */
@@ -170,6 +180,7 @@ struct ferry_pxstate {
     double   last_failure_at; /* ro */
     double   last_success_at; /* ro */
     double   latency_ewma_ms; /* ro: response latency, EWMA */
+    double   opened_at;       /* ro: when the breaker last opened (max_ejected's order) */
 };
 
 /*
@@ -239,6 +250,8 @@ struct ferry_req {
     uint32_t    pool_header_len;
     uint32_t    rotate;      /* ro: 1: re-pin the sticky session now */
     int32_t     ban_retry;   /* rw: tries on other proxies after a ban (the exchange's ban.retry) */
+    /* Reverse listeners (FERRY_REQ_REVERSE): */
+    int32_t     site_pool;   /* ro: the listener's own pool index, 0 when it has none */
 };
 
 /* One request to the admin plane (admin.c), handed to the runtime's
@@ -271,7 +284,11 @@ enum ferry_req_flag {
      * https:// target, or inside an intercepted tunnel).  Out: set by
      * the exchange's upgrade_tls for a plain http:// request (its port
      * 80 becomes 443).  Lua reads it as req.scheme. */
-    FERRY_REQ_TLS = 0x40
+    FERRY_REQ_TLS = 0x40,
+    /* In: the request came to a reverse listener (origin form, backends
+     * only); CLIENT_TLS: over TLS (req.scheme "https"). */
+    FERRY_REQ_REVERSE = 0x1000,
+    FERRY_REQ_CLIENT_TLS = 0x2000
 };
 
 /* The loop's idea of "now", in seconds (ev_now). */
@@ -318,6 +335,9 @@ int ferry_health_mark(struct ferry_proxy *p, int up, const char *reason);
 /* Bumped whenever any proxy's flags change (up/down, disabled, removed):
  * Lua recounts what it derives from flags only when this moves. */
 uint32_t ferry_health_epoch(void);
+/* The first config is applied: from now on a proxy that comes up, is
+ * re-enabled or is added starts its slow start (up_since). */
+void ferry_health_started(void);
 
 /* Active probes (probe.c).  One probe schedule per proxy, the last call
  * wins; kind FERRY_PROBE_NONE stops probing.  host/port: the target of
@@ -355,6 +375,23 @@ int ferry_conn_stats_proxy(uint32_t id, struct ferry_conn_stats *out);
 int ferry_conn_stats_pool(int pool, struct ferry_conn_stats *out);
 /* Idle connections closed because the global idle cap was reached. */
 uint64_t ferry_conn_idle_evicted(void);
+
+/* Retries of a pool index (retry.c): what is retried, the back-off and the
+ * retry budget.  on: FERRY_RETRY_ON_* bits; statuses: 100 bytes, 1 where
+ * a response of status 500 + i is retried (NULL: none); backoff: seconds
+ * before the first retry, doubling up to max_backoff; jitter: enum
+ * ferry_retry_jitter; budget: percent of the pool's requests in flight
+ * that may be retries at once (< 0: no budget), never fewer than
+ * budget_min.  Kept across reloads with the pool's budget counts. */
+enum ferry_retry_on {
+    FERRY_RETRY_ON_CONNECT = 0x1, /* connect-failure: anything before the request left */
+    FERRY_RETRY_ON_REFUSED = 0x2, /* the connection was refused */
+    FERRY_RETRY_ON_RESET   = 0x4, /* closed or reset before the response head */
+    FERRY_RETRY_ON_TIMEOUT = 0x8  /* connect or first-byte timeout */
+};
+enum ferry_retry_jitter { FERRY_JITTER_NONE = 0, FERRY_JITTER_EQUAL = 1, FERRY_JITTER_FULL = 2 };
+int ferry_pool_retry(int pool, uint32_t on, const uint8_t *statuses, double backoff,
+                     double max_backoff, int jitter, double budget, int budget_min);
 
 /* Pool names by the stable pool index of ferry_req.pool (1..4095), for
  * logs and metrics; index 0 is "direct".  NULL when unknown. */
@@ -534,6 +571,19 @@ void ferry_set_timeouts(int client_head_ms, int connect_ms,
 void ferry_set_log(int level, int access);
 /* HTTP behaviour: add Via (1/0) under name (a token of at most 64 bytes). */
 void ferry_set_http(int via, const char *via_name);
+/* Reverse listeners (conn_reverse.c).  ferry_listener_set_reverse: the
+ * listener's own pool index (0: none, a Host no route takes is 404), the
+ * FERRY_FWD_* headers it adds toward backends, and whether incoming
+ * X-Forwarded-* are trusted (kept and appended to) or dropped.
+ * ferry_pool_set_host: the Host a backend pool sends (NULL: the client's). */
+enum ferry_fwd {
+    FERRY_FWD_FOR = 0x1,   /* X-Forwarded-For */
+    FERRY_FWD_PROTO = 0x2, /* X-Forwarded-Proto */
+    FERRY_FWD_HOST = 0x4,  /* X-Forwarded-Host */
+    FERRY_FWD_VIA = 0x8    /* Via, both ways (with http { via }) */
+};
+int ferry_listener_set_reverse(int listener, int pool, unsigned forwarded, int trust);
+int ferry_pool_set_host(int pool, const char *host);
 /* Write one coded event line to the log (level as above). */
 void ferry_log(int level, const char *code, const char *msg);
 /* Count a Lua hook error for metrics (enum ferry_hook_kind; the core

@@ -18,6 +18,7 @@
 #include "proxy.h"
 #include "rate.h"
 #include "resolve.h"
+#include "retry.h"
 #include "uppool.h"
 
 #include <errno.h>
@@ -281,6 +282,8 @@ static int cmd_run(const char *config, int check_only)
     ev_run(loop, 0);
     conn_close_all();
     uppool_free_all();
+    retry_free_all();
+    conn_reverse_free();
     rate_free_all();
     origin_tls_free_all();
     listener_close_all();

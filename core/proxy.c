@@ -254,6 +254,9 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
     p->port = port;
     p->pub.scheme = (uint32_t)scheme;
     p->pub.weight = weight > 0 ? (uint32_t)weight : 1;
+    if (fresh || (p->pub.flags & FERRY_PROXY_REMOVED)) {
+        health_ramp_begin(p); /* joins (again) after start: slow start */
+    }
     p->pub.flags &= ~FERRY_PROXY_REMOVED;
     replace_str(&p->user, dup_or_null(user));
     replace_str(&p->pass, p->user != NULL ? strdup(pass != NULL ? pass : "") : NULL);
@@ -263,7 +266,7 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
     char *disp = malloc(dl);
     if (disp != NULL) {
         int v6 = strchr(host, ':') != NULL;
-        snprintf(disp, dl, "%s://%s%s%s:%d", upstream_name((unsigned)scheme),
+        snprintf(disp, dl, "%s://%s%s%s:%d", upstream_url_name((unsigned)scheme),
                  v6 ? "[" : "", host, v6 ? "]" : "", port);
     }
     replace_str(&p->display, disp);
@@ -345,6 +348,9 @@ int ferry_proxy_set_flag(struct ferry_proxy *fp, uint32_t flag, int on)
 {
     if (fp == NULL) {
         return FERRY_ERROR;
+    }
+    if (!on && (flag & FERRY_PROXY_DISABLED) && (fp->flags & FERRY_PROXY_DISABLED)) {
+        health_ramp_begin((struct proxy *)fp); /* re-enabled: slow start */
     }
     if (on) {
         fp->flags |= flag;
@@ -448,7 +454,7 @@ int ferry_proxy_url(const struct ferry_proxy *fp, char *out, uint32_t room)
     if (p == NULL || out == NULL || room < 16 || p->host == NULL) {
         return FERRY_ERROR;
     }
-    int n = snprintf(out, room, "%s://", upstream_name(p->pub.scheme));
+    int n = snprintf(out, room, "%s://", upstream_url_name(p->pub.scheme));
     size_t o = (size_t)n;
     if (p->user != NULL) {
         o = pct_encode(p->user, out, o, room);

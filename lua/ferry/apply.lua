@@ -9,6 +9,7 @@
 -- closed.  C keeps every proxy's counters, health, breakers and bans, so
 -- an unchanged proxy carries them through a reload.
 local ffi = require("ffi")
+local bit = require("bit")
 local cdef = require("ferry.cdef")
 local plugins = require("ferry.plugins")
 local poolmod = require("ferry.pool")
@@ -37,12 +38,31 @@ local function index_of(name)
   return i
 end
 
+-- Backend pools' connection defaults (per backend).
+M.BACKEND_MAX, M.BACKEND_IDLE_TIMEOUT = 100, 90
+
 local function ms(seconds)
   return seconds and math.floor(seconds * 1000 + 0.5) or 0
 end
 M.ms = ms
 
 -- Header lines a proxy adds to what it sends, CRLF-terminated.
+-- A pool's retry settings (config.lua's parse_retry) to the core.
+local JITTER = { none = C.FERRY_JITTER_NONE, equal = C.FERRY_JITTER_EQUAL,
+  full = C.FERRY_JITTER_FULL }
+local RETRY_ON_BITS = { ["connect-failure"] = C.FERRY_RETRY_ON_CONNECT,
+  refused = C.FERRY_RETRY_ON_REFUSED, reset = C.FERRY_RETRY_ON_RESET,
+  timeout = C.FERRY_RETRY_ON_TIMEOUT }
+local function retry_policy(index, r)
+  if not r then return end
+  local on = 0
+  for name in pairs(r.on) do on = bit.bor(on, tonumber(RETRY_ON_BITS[name])) end
+  local statuses = ffi.new("uint8_t[100]")
+  for st in pairs(r.statuses) do statuses[st - 500] = 1 end
+  C.ferry_pool_retry(index, on, statuses, r.backoff, r.max_backoff, JITTER[r.jitter],
+    r.budget or -1, r.budget_min)
+end
+
 local function header_block(headers)
   if not headers then return nil end
   local names = {}
@@ -128,7 +148,7 @@ function M.prepare(cfg, root)
         local c = ffi.new("struct ferry_proxy")
         c.id, c.weight = i, px.weight or 1
         fake[i] = { id = i, display = px.display, weight = px.weight or 1, region = px.region,
-                    c = c, x = {} }
+                    backup = px.backup or false, c = c, x = {} }
       end
       local ok, ierr = pcall(strategy.init, poolmod.new(name, fake, { now = C.ferry_now }))
       if not ok then
@@ -258,6 +278,14 @@ local function finish_listeners(cfg, plan, old_idx)
         C.ferry_tls_ctx_free(ctx)
       end
     end
+    if l.protocol == "reverse" then
+      local fwd = 0
+      for k, on in pairs(l.forwarded) do
+        if on then fwd = bit.bor(fwd, cdef.FWD[k]) end
+      end
+      C.ferry_listener_set_reverse(plan.idx_of[l], l.pool and index_of(l.pool) or 0, fwd,
+        l.trust_forwarded and 1 or 0)
+    end
     if l.auth_fail_limit then
       -- config.lua checked the bounds.
       C.ferry_listener_set_auth_throttle(plan.idx_of[l], l.auth_fail_limit, l.auth_fail_window)
@@ -295,11 +323,23 @@ end
 
 -- Health of a proxy: rise/fall for everyone, a probe when the pool has
 -- a check.  A proxy in several pools follows the last pool declaring it.
-local function set_health(c, h, err)
+-- A backend pool's http check (h.backend) asks each backend itself:
+-- Host is the check's host, else the backend's own host and port.
+local function set_health(c, h, err, px)
   h = h or {}
   local kind = cdef.PROBE[h.check or "none"] or 0
   local interval = h.interval or 2
-  if C.ferry_probe_set(c, kind, h.host, h.port or 0, h.path, expect_list(h), interval,
+  local host, port = h.host, h.port
+  if h.backend then
+    port = px.port
+    host = h.host
+    if not host then
+      host = px.host:find(":", 1, true) and ("[" .. px.host .. "]") or px.host
+      local default = cdef.SCHEME[px.scheme] == cdef.SCHEME.backend_tls and 443 or 80
+      if port ~= default then host = host .. ":" .. port end
+    end
+  end
+  if C.ferry_probe_set(c, kind, host, port or 0, h.path, expect_list(h), interval,
       h.timeout or math.min(2, interval), err) ~= cdef.OK then
     return nil, ffi_string(err[0])
   end
@@ -315,10 +355,13 @@ local function build_pools(prep)
   for _, name in ipairs(cfg.pool_order) do
     local pp = prep.pools[name]
     local pc = pp.cfg
-    local list = {}
+    local list, has_backup = {}, nil
     for i, px in ipairs(pc.proxies) do
       local err = errbuf()
-      local c = C.ferry_proxy_new(px.id or px.url, cdef.SCHEME[px.scheme] or 0, px.host,
+      -- A backend's URL may also name an HTTP proxy elsewhere: its
+      -- identity in the core says it is a backend.
+      local key = px.id or (pc.kind == "backends" and ("backend " .. px.url)) or px.url
+      local c = C.ferry_proxy_new(key, cdef.SCHEME[px.scheme] or 0, px.host,
         px.port, px.user, px.pass, header_block(px.headers), px.weight or 1, err)
       if c == nil then
         return nil, format('%s:%d: pool "%s": proxies[%d]: %s', cfg.file, pc.line, name, i,
@@ -330,7 +373,7 @@ local function build_pools(prep)
         return nil, format('%s:%d: pool "%s": proxies[%d]: tls: %s [FERRY-0151]', cfg.file,
           pc.line, name, i, ffi_string(err[0]))
       end
-      local ok, herr = set_health(c, pc.health, err)
+      local ok, herr = set_health(c, pc.health, err, px)
       if not ok then
         return nil, format('%s:%d: pool "%s": health: %s', cfg.file, pc.line, name, herr)
       end
@@ -339,14 +382,21 @@ local function build_pools(prep)
       px.cid = id -- the inventory (ferry.inventory) finds its proxies by it
       list[i] = { id = id, display = px.display, label = px.id or tostring(id),
                   weight = px.weight or 1, region = px.region, c = c, x = {},
-                  runtime = px.runtime }
+                  runtime = px.runtime, backup = px.backup or false }
+      if px.backup then has_backup = true end
     end
     if pc.health and pc.health.concurrency and pc.health.concurrency > concurrency then
       concurrency = pc.health.concurrency
     end
     local pool = poolmod.new(name, list, { latency_ceiling = pc.latency_ceiling or 1000,
-                                           now = C.ferry_now })
+      now = C.ferry_now, slowstart = pc.slowstart, max_ejected = pc.max_ejected,
+      has_backup = has_backup, epoch = C.ferry_health_epoch })
     pool.index = index_of(name)
+    -- "proxies" or "backends" (a reverse listener's pools).
+    pool.kind = pc.kind or "proxies"
+    if C.ferry_pool_set_host(pool.index, pc.host) ~= cdef.OK then
+      return nil, format('%s:%d: pool "%s": out of memory', cfg.file, pc.line, name)
+    end
     pool.strategy = pp.strategy
     pool.breaker = pp.breaker
     pool.trials = pp.breaker and pp.breaker.settings.trials or 1
@@ -438,13 +488,20 @@ function M.commit(prep, old)
   end
   C.ferry_origin_tls_sweep()
   -- Upstream connection limits: every pool, and index 0 for direct.
-  local function connections(index, c)
+  -- Backend pools default to 100 connections per backend kept 90 s idle.
+  local function connections(index, c, kind)
     c = c or {}
-    C.ferry_pool_connections(index, c.max or -1, c.queue or -1, c.queue_timeout or 0,
-      c.idle or -1, c.idle_timeout or 0, c.max_requests or -1)
+    local backends = kind == "backends"
+    C.ferry_pool_connections(index, c.max or (backends and M.BACKEND_MAX or -1), c.queue or -1,
+      c.queue_timeout or 0, c.idle or -1,
+      c.idle_timeout or (backends and M.BACKEND_IDLE_TIMEOUT or 0), c.max_requests or -1)
   end
   connections(0, cfg.direct and cfg.direct.connections)
-  for name, pool in pairs(pools) do connections(pool.index, cfg.pools[name].connections) end
+  for name, pool in pairs(pools) do
+    connections(pool.index, cfg.pools[name].connections, pool.kind)
+  end
+  -- Retry policies and budgets (core/retry.c), by pool index.
+  for name, pool in pairs(pools) do retry_policy(pool.index, cfg.pools[name].retry) end
   local t = cfg.timeouts
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
     ms(t.keepalive), ms(t.request), ms(t.upstream_idle))

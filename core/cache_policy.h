@@ -61,6 +61,29 @@ const char *cpol_head_get(const struct cpol_head *h, const char *name, size_t *l
 /* How many lines carry the field called name. */
 unsigned cpol_head_count(const struct cpol_head *h, const char *name);
 
+/* One element of a comma-separated list (RFC 9110 5.6.1) of the form
+ * token [ "=" ( token / quoted-string ) ], as Cache-Control, Pragma and
+ * Vary use it.  A double quote anywhere starts a quoted string (a
+ * backslash escapes the next byte inside it) and commas inside it do not
+ * split the list, so an element never ends inside quotes. */
+struct cpol_elem {
+    const char *name;               /* ro: the token (name_len 0: none) */
+    size_t name_len;                /* ro */
+    const char *arg;                /* ro: the argument, inside the quotes if quoted
+                                     * (escapes left as they are) */
+    size_t arg_len;                 /* ro */
+    unsigned has_arg:1;             /* ro: "=" followed */
+    unsigned quoted:1;              /* ro: the argument was a quoted-string */
+    unsigned bad:1;                 /* ro: not of that form (no token, an unclosed
+                                     * quote, bytes before the next comma) */
+};
+/* The next non-empty element of v[*pos..n): 1 and *e (and *pos moved
+ * past it), 0 at the end of the list. */
+int cpol_list_next(const char *v, size_t n, size_t *pos, struct cpol_elem *e);
+/* delta-seconds (RFC 9111 1.2.2): 1*DIGIT, larger values are
+ * CPOL_DELTA_MAX; 0 and *d, or -1 when not digits only. */
+int cpol_delta_parse(const char *s, size_t n, double *d);
+
 /* ------------------------------------------------------------------ */
 /* HTTP-date (RFC 9110 5.6.7)                                           */
 
@@ -85,8 +108,10 @@ size_t cpol_date_format(double t, char *out);
 /* A response's directives.  Absent deltas are CPOL_ABSENT.  A directive
  * given twice with different values keeps the smaller one; a max-age or
  * s-maxage whose value is missing or invalid is 0 (the response is
- * stale at once); an invalid stale-while-revalidate / stale-if-error is
- * ignored (no stale serving).  no-cache and private with a field list
+ * stale at once); an invalid stale-while-revalidate / stale-if-error
+ * disables it (no stale serving).  Restricting directives (no-store,
+ * no-cache, private, must-revalidate, proxy-revalidate) count even when
+ * malformed; public and immutable only when well-formed.  no-cache and private with a field list
  * are read as their unqualified forms.  Unknown directives are
  * ignored. */
 struct cpol_resp_cc {
@@ -103,21 +128,29 @@ struct cpol_resp_cc {
     unsigned proxy_revalidate:1;    /* ro */
     unsigned immutable:1;           /* ro */
     unsigned no_transform:1;        /* ro */
+    unsigned swr_bad:1;             /* private: an invalid stale-while-revalidate seen */
+    unsigned sie_bad:1;             /* private: an invalid stale-if-error seen */
 };
 
 /* A request's directives.  max-stale without a value is CPOL_DELTA_MAX.
- * An invalid max-age reads as 0 (revalidate); an invalid max-stale or
- * min-fresh is ignored.  `Pragma: no-cache` sets no_cache when the
+ * An invalid max-age reads as 0 (revalidate); an invalid max-stale,
+ * min-fresh or stale-if-error is ignored (also when another line has a
+ * valid one).  Repeated: the smaller max-age / max-stale /
+ * stale-if-error, the larger min-fresh.  `Pragma: no-cache` sets no_cache when the
  * request has no Cache-Control line (cpol_req_cc_parse). */
 struct cpol_req_cc {
     double max_age;                 /* ro */
     double max_stale;               /* ro */
     double min_fresh;               /* ro */
+    double sie;                     /* ro: stale-if-error (RFC 5861 3) */
     unsigned present:1;             /* ro: some Cache-Control line was there */
     unsigned no_cache:1;            /* ro: also from Pragma: no-cache */
     unsigned no_store:1;            /* ro */
     unsigned only_if_cached:1;      /* ro */
     unsigned no_transform:1;        /* ro */
+    unsigned max_stale_bad:1;       /* private: an invalid max-stale seen */
+    unsigned min_fresh_bad:1;       /* private: an invalid min-fresh seen */
+    unsigned sie_bad:1;             /* private: an invalid stale-if-error seen */
 };
 
 /* Start empty (all deltas absent, no flag). */
@@ -138,21 +171,26 @@ void cpol_req_cc_parse(const struct cpol_head *h, struct cpol_req_cc *cc);
 struct cpol_req {
     struct cpol_req_cc cc;          /* ro */
     int method;                     /* ro: enum http_method */
-    double ims;                     /* ro: If-Modified-Since, CPOL_ABSENT if none or invalid */
+    double ims;                     /* ro: If-Modified-Since when has_ims */
     unsigned authorization:1;       /* ro: carries Authorization */
     unsigned has_inm:1;             /* ro: carries If-None-Match */
-    unsigned has_ims:1;             /* ro: carries a valid If-Modified-Since */
+    unsigned has_ims:1;             /* ro: carries one valid If-Modified-Since (a GET or a
+                                     * HEAD without If-None-Match: else it is ignored) */
 };
 
 struct cpol_resp {
     struct cpol_resp_cc cc;         /* ro */
     int status;                     /* ro */
-    double date;                    /* ro: Date, CPOL_ABSENT if none or invalid */
-    double expires;                 /* ro: Expires; an invalid one is a time in the
-                                     * past (already expired), CPOL_ABSENT if none */
-    double age;                     /* ro: Age, CPOL_ABSENT if none or invalid */
-    double last_modified;           /* ro: Last-Modified, CPOL_ABSENT if none or invalid */
-    unsigned has_etag:1;            /* ro */
+    double date;                    /* ro: Date when has_date */
+    double expires;                 /* ro: Expires when has_expires; an invalid one, or
+                                     * several lines, read as 0 (already expired) */
+    double age;                     /* ro: Age when has_age (the largest valid line) */
+    double last_modified;           /* ro: Last-Modified when has_last_modified */
+    unsigned has_date:1;            /* ro: one valid Date line */
+    unsigned has_expires:1;         /* ro: some Expires line, valid or not */
+    unsigned has_age:1;             /* ro */
+    unsigned has_last_modified:1;   /* ro: one valid Last-Modified line */
+    unsigned has_etag:1;            /* ro: a valid entity-tag */
     unsigned set_cookie:1;          /* ro: carries Set-Cookie */
     unsigned vary_star:1;           /* ro: Vary names "*" */
     unsigned explicit_fresh:1;      /* ro: Expires, max-age or s-maxage present */
@@ -194,8 +232,9 @@ struct cpol_entry {
     double lifetime;                /* ro: freshness lifetime (0: always stale) */
     double swr;                     /* ro: stale-while-revalidate window, CPOL_ABSENT */
     double sie;                     /* ro: stale-if-error window, CPOL_ABSENT */
-    double last_modified;           /* ro: CPOL_ABSENT if none */
+    double last_modified;           /* ro: when has_last_modified */
     double date;                    /* ro: Date (response_time if none) */
+    unsigned has_last_modified:1;   /* ro */
     unsigned no_cache:1;            /* ro: response no-cache: revalidate every use */
     unsigned must_revalidate:1;     /* ro: must-revalidate, proxy-revalidate or
                                      * s-maxage: never served stale */
@@ -254,9 +293,9 @@ enum cpol_serve cpol_serve(const struct cpol_entry *e, const struct cpol_req *rq
 
 /* 1 when the backend failed (connect failure, reset, timeout, or an
  * answer status cpol_status_is_failure names) and e may be served stale
- * instead: within the response's stale-if-error window or the request's
- * max-stale, and not must-revalidate.  The request's own stale-if-error
- * is not honoured. */
+ * instead: within the stale-if-error window of the response or of the
+ * request, or the request's max-stale; never when must-revalidate,
+ * proxy-revalidate, s-maxage or no-cache (either side) forbid it. */
 int cpol_stale_on_error(const struct cpol_entry *e, const struct cpol_req *rq, double now);
 /* 500, 502, 503, 504: answers that count as a backend failure. */
 int cpol_status_is_failure(int status);
@@ -330,10 +369,12 @@ long cpol_validators(const struct cpol_head *stored_resp, char *out, size_t cap)
 /* 1 for a client conditional field the cache drops when it revalidates. */
 int cpol_field_conditional(const char *name, size_t n);
 
-/* 1 when a 304 (resp304) validates the stored response: its strong or
- * weak ETag equals the stored one, or neither has an ETag (and the
- * Last-Modified, if both have one, is equal).  RFC 9111 4.3.3/4.3.4: a
- * 304 that names another representation must not update this entry. */
+/* 1 when a 304 (resp304) validates the stored response (RFC 9111
+ * 4.3.4): a strong ETag in the 304 must equal the stored one strongly,
+ * a weak one weakly; without an ETag, a Last-Modified in both must be
+ * equal; a 304 with no validator answers the validators this entry
+ * sent, and selects it.  A 304 that names another representation must
+ * not update this entry (revalidate with a plain GET instead). */
 int cpol_304_selects(const struct cpol_head *stored_resp, const struct cpol_head *resp304);
 
 /* Merge a 304 into a stored response's fields (RFC 9111 3.2, 4.3.4):
@@ -343,6 +384,9 @@ int cpol_304_selects(const struct cpol_head *stored_resp, const struct cpol_head
  * (Content-Length, Content-Encoding, Content-Range, Transfer-Encoding,
  * hop-by-hop fields: cpol_field_updatable).  Stored fields are kept in
  * their order; the status line and the final CRLF are the caller's.
+ * The stored Age is always dropped (the 304's own Age, if any, is
+ * taken): it measured the old response.  Re-run cpol_resp_parse and
+ * cpol_entry_init on the result with the revalidation's times.
  * Returns the length, -1 if it does not fit. */
 long cpol_merge_304(const struct cpol_head *stored, const struct cpol_head *resp304,
                     char *out, size_t cap);
@@ -351,7 +395,9 @@ int cpol_field_updatable(const char *name, size_t n);
 /* 1 for a field of a response that is stored with it (not hop-by-hop:
  * Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding,
  * Upgrade, Trailer, Proxy-Authenticate, Proxy-Authentication-Info are
- * not). */
+ * not; nor fields with the hop flag, which Connection named).  Age is
+ * stored (cpol_entry_init reads it) but never sent as is: answers carry
+ * cpol_age_header. */
 int cpol_field_storable(const char *name, size_t n);
 
 /* ------------------------------------------------------------------ */
@@ -365,7 +411,9 @@ int cpol_invalidates(int method, int status);
  * span (*off, *len within value) when it names a URI on host (the
  * request's Host, with an optional port; case-insensitive), either as
  * an absolute http/https URI or as an absolute path; 0 otherwise (other
- * host, relative reference, malformed).  Invalidate that path too. */
+ * host, relative reference, malformed).  Ports are not compared
+ * (invalidating more than needed is harmless); the fragment is not part
+ * of the span; *len 0 means "/".  Invalidate that path too. */
 int cpol_same_host_uri(const char *value, size_t n, const char *host, size_t host_len,
                        size_t *off, size_t *len);
 

@@ -86,12 +86,14 @@ static void lru_front(struct cache *k, struct cache_entry *e)
 /* Entries ------------------------------------------------------------ */
 
 struct cache_entry *cache_entry_new(const char *key, const char *vary, size_t vary_len,
-                                    const char *head, size_t head_len, const char *body,
-                                    size_t body_len)
+                                    const char *vkey, const char *head, size_t head_len,
+                                    const char *body, size_t body_len)
 {
-    size_t klen = strlen(key);
-    /* One allocation: the struct, then key, Vary values, head, body. */
-    size_t total = sizeof(struct cache_entry) + klen + 1 + vary_len + head_len + body_len;
+    size_t klen = strlen(key), vklen = strlen(vkey);
+    /* One allocation: the struct, then key, Vary names, secondary key,
+     * head, body. */
+    size_t total = sizeof(struct cache_entry) + klen + 1 + vary_len + vklen + 1 + head_len +
+                   body_len;
     struct cache_entry *e = malloc(total);
     if (e == NULL) {
         return NULL;
@@ -107,6 +109,9 @@ struct cache_entry *cache_entry_new(const char *key, const char *vary, size_t va
         e->vary_len = vary_len;
         p += vary_len;
     }
+    e->vkey = p;
+    memcpy(p, vkey, vklen + 1);
+    p += vklen + 1;
     e->head = p;
     memcpy(p, head, head_len);
     e->head_len = head_len;
@@ -157,29 +162,7 @@ void cache_remove(struct cache_entry *e)
     }
 }
 
-/* Whether the request's values of e's Vary names are the stored ones. */
-static int variant_matches(const struct cache_entry *e, cache_header_fn hv, void *arg)
-{
-    const char *p = e->vary, *end = e->vary + e->vary_len;
-    while (p != NULL && p < end) {
-        const char *name = p;
-        const char *val = name + strlen(name) + 1;
-        size_t vlen = strlen(val);
-        size_t have_len = 0;
-        const char *have = hv(arg, name, &have_len);
-        if (vlen == 1 && val[0] == '\1') {
-            if (have != NULL) { /* stored without this header */
-                return 0;
-            }
-        } else if (have == NULL || have_len != vlen || memcmp(have, val, vlen) != 0) {
-            return 0;
-        }
-        p = val + vlen + 1;
-    }
-    return 1;
-}
-
-struct cache_entry *cache_lookup(struct cache *k, const char *key, cache_header_fn hv,
+struct cache_entry *cache_lookup(struct cache *k, const char *key, cache_match_fn match,
                                  void *arg)
 {
     if (k == NULL || k->nbuckets == 0) {
@@ -187,7 +170,7 @@ struct cache_entry *cache_lookup(struct cache *k, const char *key, cache_header_
     }
     uint32_t h = key_hash(key);
     for (struct cache_entry *e = k->table[h & (k->nbuckets - 1)]; e != NULL; e = e->hnext) {
-        if (e->hash == h && strcmp(e->key, key) == 0 && variant_matches(e, hv, arg)) {
+        if (e->hash == h && strcmp(e->key, key) == 0 && match(arg, e)) {
             lru_unlink(k, e);
             lru_front(k, e);
             e->refs++;
@@ -238,10 +221,11 @@ static int table_grow(struct cache *k)
     return 0;
 }
 
+/* The same variant: the same secondary key (a response without Vary has
+ * the empty one, and replaces whatever variants its key had). */
 static int same_vary(const struct cache_entry *a, const struct cache_entry *b)
 {
-    return a->vary_len == b->vary_len &&
-           (a->vary_len == 0 || memcmp(a->vary, b->vary, a->vary_len) == 0);
+    return a->vkey[0] == '\0' || b->vkey[0] == '\0' || strcmp(a->vkey, b->vkey) == 0;
 }
 
 int cache_insert(struct cache *k, struct cache_entry *e)
@@ -352,6 +336,7 @@ struct cache_lock *cache_lock_take(struct cache *k, const char *key, struct conn
         return NULL;
     }
     l->owner = k;
+    l->linked = 1;
     l->filler = c;
     l->next = k->locks;
     k->locks = l;
@@ -391,7 +376,7 @@ void cache_lock_leave(struct cache_lock *l, struct conn *c)
 void cache_lock_release(struct cache_lock *l, void (*wake)(struct conn *))
 {
     struct cache *k = l->owner;
-    if (k != NULL) {
+    if (l->linked) {
         struct cache_lock **pp = &k->locks;
         while (*pp != NULL && *pp != l) {
             pp = &(*pp)->next;
@@ -408,9 +393,7 @@ void cache_lock_release(struct cache_lock *l, void (*wake)(struct conn *))
     free(l->waiters);
     free(l->key);
     free(l);
-    if (k != NULL) {
-        cache_unref(k);
-    }
+    cache_unref(k);
 }
 
 /* Caches ------------------------------------------------------------- */
@@ -476,7 +459,7 @@ static void cache_retire(struct cache *k)
     k->configured = 0;
     cache_empty(k);
     for (struct cache_lock *l = k->locks; l != NULL; l = l->next) {
-        l->owner = NULL; /* released by its filler; no new waiters find it */
+        l->linked = 0; /* released by its filler; no new waiters find it */
     }
     k->locks = NULL;
     cache_unref(k);

@@ -15,6 +15,7 @@
 #ifndef FERRY_CACHE_H
 #define FERRY_CACHE_H
 
+#include "cache_policy.h"
 #include "ferry.h"
 
 #include <stddef.h>
@@ -32,9 +33,12 @@ struct cache_entry {
     int status;                         /* ro */
     double request_time, response_time; /* ro: when the exchange that stored it ran */
     char *key;                          /* ro: NUL-terminated */
-    char *vary;                         /* ro: "name\0value\0..." of the Vary names,
-                                         * lower-case names; NULL: no Vary */
+    char *vary;                         /* ro: the Vary names, "name\0name\0...",
+                                         * lower-case; NULL: no Vary */
     size_t vary_len;
+    char *vkey;                         /* ro: the secondary key (cpol_vary_key) of
+                                         * the request that stored it, "" without Vary */
+    struct cpol_entry pol;              /* ro: what the rules need (freshness, age) */
     char *head;                         /* ro: status line and fields, CRLF each,
                                          * no framing fields, no blank line */
     size_t head_len;
@@ -47,7 +51,8 @@ struct cache_entry {
  * others wait for it (coalescing). */
 struct cache_lock {
     struct cache_lock *next;            /* private: the cache's list */
-    struct cache *owner;                /* private: NULL once the cache left */
+    struct cache *owner;                /* private: referenced until released */
+    unsigned linked:1;                  /* private: in owner's list (0 once it left) */
     char *key;                          /* private */
     struct conn *filler;                /* private: the request that fetches it */
     struct conn **waiters;              /* private */
@@ -82,21 +87,22 @@ int cache_listeners_any(void);
 void cache_ref(struct cache *k);
 void cache_unref(struct cache *k);
 
-/* The variant of key that the request's header values select, with a
- * reader's reference (cache_entry_unref), or NULL.  vary_value(name)
- * gives the request's value of a header (NULL: absent). */
-typedef const char *(*cache_header_fn)(void *arg, const char *name, size_t *len);
-struct cache_entry *cache_lookup(struct cache *k, const char *key, cache_header_fn hv,
+/* The variant of key that match accepts (the request's values of its
+ * Vary names select it), with a reader's reference (cache_entry_unref),
+ * or NULL. */
+typedef int (*cache_match_fn)(void *arg, const struct cache_entry *e);
+struct cache_entry *cache_lookup(struct cache *k, const char *key, cache_match_fn match,
                                  void *arg);
 void cache_entry_unref(struct cache_entry *e);
 /* Store e (built by cache_entry_new) under its key, replacing the variant
- * with the same Vary values; evicts to stay within size.  Takes e. */
+ * with the same secondary key; evicts to stay within size.  Takes e. */
 int cache_insert(struct cache *k, struct cache_entry *e);
-/* An entry ready to insert; NULL when it cannot be allocated.  vary:
- * "name\0value\0..." (vary_len bytes). */
+/* An entry ready to insert (pol still to fill); NULL when it cannot be
+ * allocated.  vary: "name\0name\0..." (vary_len bytes); vkey: the
+ * secondary key. */
 struct cache_entry *cache_entry_new(const char *key, const char *vary, size_t vary_len,
-                                    const char *head, size_t head_len, const char *body,
-                                    size_t body_len);
+                                    const char *vkey, const char *head, size_t head_len,
+                                    const char *body, size_t body_len);
 /* Drop every variant of key; 1 when something went. */
 int cache_invalidate(struct cache *k, const char *key);
 /* Drop the entry (a purge or a replaced variant). */

@@ -1,5 +1,6 @@
 /* conn_upstream.c - attempts: choose, resolve, connect, handshake, retry. */
 #include "bridge.h"
+#include "cache.h"
 #include "conn.h"
 #include "inbound.h"
 #include "intercept.h"
@@ -86,6 +87,11 @@ void conn_route(struct conn *c)
     struct ctl eff;
     if (route_ctl(c, &eff) < 0) {
         conn_fail(c, FERR_CTL_BAD);
+        return;
+    }
+    /* A listener's cache answers before any Lua runs. */
+    if (c->cache == NULL && c->attempt == 0 && cache_listeners_any() &&
+        conn_cache_request(c, 1)) {
         return;
     }
     c->fresh_only = 0; /* only a replay, which starts its attempt itself, sets it */
@@ -195,6 +201,10 @@ void conn_route(struct conn *c)
                                                       : timeouts.connect;
         c->first_byte_timeout = r.first_byte_timeout_ms > 0 ? r.first_byte_timeout_ms / 1000.0
                                                             : timeouts.first_byte;
+        /* The pool's cache, once route chose the pool. */
+        if (c->cache == NULL && cache_of_pool(c->pool) != NULL && conn_cache_request(c, 0)) {
+            return;
+        }
     }
     conn_attempt(c);
 }
@@ -751,10 +761,14 @@ void conn_on_timeout(struct conn *c)
             conn_close(c);
         }
         break;
+    case CS_CACHE_WAIT:
+        conn_cache_wait_fired(c);
+        break;
     case CS_TUNNEL:
     case CS_DRAIN:
     case CS_ADMIN_OUT:
     case CS_MITM_HELLO:
+    case CS_CACHE_OUT:
         conn_close(c);
         break;
     }

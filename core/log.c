@@ -235,6 +235,7 @@ static void line_ctx(struct line *l, const struct log_ctx *ctx)
         put_num(l, "ban_retries", ctx->ban_retries, 0);
     }
     put_str(l, "ban", ctx->ban);
+    put_str(l, "cache", ctx->cache);
 }
 
 static void line_end(struct line *l, struct sink *k)

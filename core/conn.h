@@ -221,6 +221,10 @@ struct conn {
      * pool or listener, NULL when none applies (no cost without a cache). */
     struct conn_cache *cache;
     const char *cache_mark;      /* X-Cache of the answer / access line `cache`, or NULL */
+    /* Reverse listeners (conn_reverse.c): the authority the request named
+     * (its Host, or an absolute target's), sent on as Host and
+     * X-Forwarded-Host; within the head at cli.in's start. */
+    struct http_span rev_host;
 };
 
 struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);
@@ -283,6 +287,21 @@ void conn_target_path(const struct conn *c, const char *base, const char **pre,
                       const char **path, int *len);
 /* c->path for logs and route(): the target as sent upstream. */
 void conn_show_target(struct conn *c, const char *base);
+
+/* conn_http.c: a request ferry answers itself (OPTIONS *, Max-Forwards: 0),
+ * then closes. */
+void conn_answer_local(struct conn *c);
+
+/* conn_reverse.c */
+/* 1 when c came to a reverse listener. */
+int conn_is_reverse(const struct conn *c);
+/* The answer a reverse client gets for failure e (its own codes where
+ * the forward one names proxies). */
+enum ferr conn_reverse_err(enum ferr e);
+/* The Host a backend pool sends instead of the client's, or NULL. */
+const char *conn_reverse_pool_host(int pool);
+/* Free the per-pool settings (stop). */
+void conn_reverse_free(void);
 
 /* admin.c */
 /* The head of a request on an admin listener is in cli.in. */

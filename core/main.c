@@ -283,6 +283,7 @@ static int cmd_run(const char *config, int check_only)
     conn_close_all();
     cache_free_all();
     uppool_free_all();
+    conn_reverse_free();
     rate_free_all();
     origin_tls_free_all();
     listener_close_all();

@@ -74,9 +74,10 @@ static struct cpol_head req_head(const struct conn *c)
     return cpol_head_of(&c->req, buf_head(&c->cli.in));
 }
 
-/* "http://host[:port]" then the target. */
+/* "http://host[:port]" then the target ("https://" on a TLS listener). */
 static char *make_key(const struct conn *c, const char *pre, const char *path, int plen)
 {
+    int tls = c->l->tls_ctx != NULL;
     char host[HOST_MAX_LEN + 1];
     size_t i = 0;
     for (; c->host[i] != '\0' && i < HOST_MAX_LEN; i++) {
@@ -86,14 +87,14 @@ static char *make_key(const struct conn *c, const char *pre, const char *path, i
     host[i] = '\0';
     int v6 = strchr(host, ':') != NULL;
     char port[16] = "";
-    if (c->port != 80) {
+    if (c->port != (tls ? 443 : 80)) {
         snprintf(port, sizeof(port), ":%d", c->port);
     }
     size_t n = strlen(host) + strlen(port) + strlen(pre) + (size_t)plen + 16;
     char *k = malloc(n);
     if (k != NULL) {
-        snprintf(k, n, "http://%s%s%s%s%s%.*s", v6 ? "[" : "", host, v6 ? "]" : "", port, pre,
-                 plen, path);
+        snprintf(k, n, "%s://%s%s%s%s%s%.*s", tls ? "https" : "http", v6 ? "[" : "", host,
+                 v6 ? "]" : "", port, pre, plen, path);
     }
     return k;
 }

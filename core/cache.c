@@ -22,6 +22,7 @@ static unsigned ncache;
 #define POOL_INDEX_MAX 4096
 static struct cache *by_pool[POOL_INDEX_MAX];
 static unsigned nlisteners;
+static int fixed_sites;
 
 static uint32_t key_hash(const char *s)
 {
@@ -40,6 +41,16 @@ struct cache *cache_of_pool(int pool)
 int cache_listeners_any(void)
 {
     return nlisteners > 0;
+}
+
+void ferry_cache_fixed_sites(int on)
+{
+    fixed_sites = on != 0;
+}
+
+int cache_fixed_sites(void)
+{
+    return fixed_sites;
 }
 
 struct cache *cache_of_listener(const char *name)

@@ -83,6 +83,8 @@ struct cache *cache_of_pool(int pool);
 struct cache *cache_of_listener(const char *name);
 /* 1 when some listener has a cache (skip the name lookup otherwise). */
 int cache_listeners_any(void);
+/* 1 when a reverse listener's own pool serves all its requests (no route()). */
+int cache_fixed_sites(void);
 
 void cache_ref(struct cache *k);
 void cache_unref(struct cache *k);

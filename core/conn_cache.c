@@ -365,6 +365,11 @@ static int decide(struct conn *c)
 int conn_cache_request(struct conn *c, int before_dispatch)
 {
     struct cache *k = before_dispatch ? cache_of_listener(c->l->name) : cache_of_pool(c->pool);
+    if (k == NULL && before_dispatch && c->l->rev_pool > 0 && cache_fixed_sites()) {
+        /* A reverse listener without route(): its pool is known already. */
+        k = cache_of_pool(c->l->rev_pool);
+        c->pool = k != NULL ? c->l->rev_pool : c->pool;
+    }
     if (k == NULL || c->cache != NULL || c->is_connect || c->origin_tls || c->mitm != NULL) {
         return 0;
     }

@@ -89,8 +89,10 @@ void conn_route(struct conn *c)
         conn_fail(c, FERR_CTL_BAD);
         return;
     }
-    /* A listener's cache answers before any Lua runs. */
-    if (c->cache == NULL && c->attempt == 0 && cache_listeners_any() &&
+    /* A listener's cache (or a reverse listener's pool's, without
+     * route()) answers before any Lua runs. */
+    if (c->cache == NULL && c->attempt == 0 &&
+        (cache_listeners_any() || (c->l->rev_pool > 0 && cache_fixed_sites())) &&
         conn_cache_request(c, 1)) {
         return;
     }

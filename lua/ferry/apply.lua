@@ -479,6 +479,7 @@ function M.commit(prep, old)
   for name, pool in pairs(pools) do cache(C.FERRY_CACHE_POOL, name, pool.index, cfg.pools[name].cache) end
   for _, l in ipairs(cfg.listeners) do cache(C.FERRY_CACHE_LISTENER, l.name, -1, l.cache) end
   C.ferry_cache_reload_end()
+  C.ferry_cache_fixed_sites(cfg.route == nil and 1 or 0)
   local t = cfg.timeouts
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
     ms(t.keepalive), ms(t.request), ms(t.upstream_idle))

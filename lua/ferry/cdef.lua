@@ -303,6 +303,9 @@ int ferry_cache_info(int i, struct ferry_cache_stats *out, const char **name, in
  * /x... of any host) in the cache named name (NULL: every cache);
  * returns how many went. */
 double ferry_cache_purge(const char *name, const char *prefix);
+/* 1 when the config has no route(): a reverse listener's own pool then
+ * serves every request, and its cache answers before any Lua runs. */
+void ferry_cache_fixed_sites(int on);
 ]]
 end
 

@@ -22,6 +22,7 @@ client sees whether an answer came from the origin again.
   /big?n=N[&chunked=1]  N bytes of a fixed pattern, max-age=300
   /bigsum?n=N           sha256 hex of /big?n=N's body
   /item/...             max-age=300; POST/PUT/DELETE answer 200 (Location: /loc/...)
+  /short                max-age=300, Content-Length 1000, 10 bytes, then the close
 """
 import hashlib
 import json
@@ -139,6 +140,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(304, headers={"ETag": '"n1"', "Cache-Control": "max-age=300"})
         k = self.count(target)
         body = ("%s %s #%d" % (self.command, target, k)).encode()
+        if p == "/short":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=300\r\n"
+                             b"Content-Length: 1000\r\n\r\n0123456789")
+            self.wfile.flush()
+            self.close_connection = True
+            return None
         if self.command in ("POST", "PUT", "DELETE", "PATCH"):
             return self.send(200, body, {"Location": "/loc" + u.path})
         h = {"Cache-Control": "max-age=300", "X-Count": str(k)}

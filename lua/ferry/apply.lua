@@ -502,6 +502,19 @@ function M.commit(prep, old)
   end
   -- Retry policies and budgets (core/retry.c), by pool index.
   for name, pool in pairs(pools) do retry_policy(pool.index, cfg.pools[name].retry) end
+  -- HTTP caches (core/cache.c): kept with their entries when the config
+  -- keeps them (a smaller size evicts), dropped when it does not.
+  C.ferry_cache_reload_begin()
+  local function cache(kind, name, index, cc)
+    if cc then
+      C.ferry_cache_set(kind, name, index, cc.size, cc.max_object, cc.ttl, cc.lock_timeout)
+    end
+  end
+  cache(C.FERRY_CACHE_POOL, "direct", 0, cfg.direct and cfg.direct.cache)
+  for name, pool in pairs(pools) do cache(C.FERRY_CACHE_POOL, name, pool.index, cfg.pools[name].cache) end
+  for _, l in ipairs(cfg.listeners) do cache(C.FERRY_CACHE_LISTENER, l.name, -1, l.cache) end
+  C.ferry_cache_reload_end()
+  C.ferry_cache_fixed_sites(cfg.route == nil and 1 or 0)
   local t = cfg.timeouts
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
     ms(t.keepalive), ms(t.request), ms(t.upstream_idle))

@@ -407,6 +407,56 @@ local function parse_retry(where, t, kind, retries)
   return r
 end
 
+-- cache = { size, max_object, ttl, lock_timeout } on a pool, `direct` or a
+-- listener: the HTTP cache (core/cache.c).  Sizes are bytes, or strings
+-- with KB / MB / GB (1024-based); the one parser is parse_size.
+local CACHE_FIELDS = { size = true, max_object = true, ttl = true, lock_timeout = true }
+local SIZE_UNITS = { [""] = 1, B = 1, K = 1024, KB = 1024, M = 1024 ^ 2, MB = 1024 ^ 2,
+  G = 1024 ^ 3, GB = 1024 ^ 3 }
+local CACHE_SIZE_MAX = 64 * 1024 ^ 3
+
+local function parse_size(where, field, v)
+  if v == nil then return nil end
+  local n, unit
+  if type(v) == "number" then
+    n, unit = v, ""
+  elseif type(v) == "string" then
+    local num, u = v:match("^%s*(%d+%.?%d*)%s*(%a*)%s*$")
+    n, unit = tonumber(num), u and u:upper()
+  end
+  if not n or not SIZE_UNITS[unit] or n ~= n then
+    fail(where, '%s: expected bytes or a size like "100MB" (KB, MB, GB), got %s [FERRY-0245]',
+      field, tostring(v))
+  end
+  n = math.floor(n * SIZE_UNITS[unit])
+  if n < 1 or n > CACHE_SIZE_MAX then
+    fail(where, "%s: between 1 byte and 64GB, got %s [FERRY-0245]", field, tostring(v))
+  end
+  return n
+end
+M.parse_size = parse_size
+
+local function parse_cache(where, t)
+  if t == nil or t == false then return nil end
+  where = where .. ": cache"
+  if type(t) ~= "table" then
+    fail(where, "expected a table like { size = \"100MB\", max_object = \"1MB\" } [FERRY-0246]")
+  end
+  check_fields(where, t, CACHE_FIELDS)
+  local c = {
+    size = parse_size(where, "size", t.size) or 100 * 1024 ^ 2,
+    max_object = parse_size(where, "max_object", t.max_object) or 1024 ^ 2,
+    ttl = want_number(where, "ttl", t.ttl, 0, 86400 * 365) or 0,
+    lock_timeout = want_number(where, "lock_timeout", t.lock_timeout, 0.001, 3600) or 5,
+  }
+  if c.max_object > c.size then
+    fail(where, "max_object (%d bytes) is larger than size (%d bytes) [FERRY-0247]",
+      c.max_object, c.size)
+  end
+  return c
+end
+M.parse_cache = parse_cache
+
 local function parse_breaker(where, t)
   if t == false then return nil end
   if t == nil then
@@ -636,7 +686,8 @@ local function evaluate(chunk, file)
     check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true,
                              auth_fail_limit = true, auth_fail_window = true, tls = true,
                              allow_pool_header = true, pool = true, forwarded = true,
-                             trust_forwarded = true })
+                             trust_forwarded = true, cache = true })
+    l.cache = parse_cache(where, t.cache)
     if names.listen[l.name] then fail(where, "a listener with this name already exists") end
     names.listen[l.name] = true
     local host, port = url.parse_hostport(want(where, "addr", t.addr, "string") or "127.0.0.1:8080")
@@ -772,9 +823,10 @@ local function evaluate(chunk, file)
   -- what it may configure.
   function env.direct(t)
     local where = at("direct")
-    check_fields(where, t, { connections = true })
+    check_fields(where, t, { connections = true, cache = true })
     if cfg.direct then fail(where, "direct is already set") end
-    cfg.direct = { connections = parse_connections(where, t.connections) }
+    cfg.direct = { connections = parse_connections(where, t.connections),
+                   cache = parse_cache(where, t.cache) }
   end
 
   function env.plugins(t)
@@ -801,10 +853,11 @@ local function evaluate(chunk, file)
       check_fields(where, t, { strategy = true, retries = true, proxies = true, breaker = true,
         health = true, all_down = true, panic = true, timeouts = true, latency_ceiling = true,
         session_ttl = true, connections = true, backends = true, host = true, tls = true,
-        slowstart = true, max_ejected = true, retry = true })
+        slowstart = true, max_ejected = true, retry = true, cache = true })
       local p = { name = name, line = line }
       p.kind = M.pool_kind(where, t)
       p.connections = parse_connections(where, t.connections)
+      p.cache = parse_cache(where, t.cache)
       p.strategy = want(where, "strategy", t.strategy, "string") or "health_score"
       p.retries = want_number(where, "retries", t.retries, 0, RETRIES_MAX, true)
       p.all_down = want(where, "all_down", t.all_down, "string") or "any"

@@ -531,6 +531,31 @@ function M.rate(name)
       s.rejected or 0) })
 end
 
+-- The HTTP caches (core/cache.c): counters, and purge by key prefix.
+local cachemod = require("ferry.cache")
+local CACHE_COLUMNS = {
+  { "name", "CACHE" }, { "kind", "KIND" }, { "entries", "ENTRIES", right = true },
+  { "bytes", "BYTES", right = true }, { "size", "SIZE", right = true },
+  { "hits", "HITS", right = true }, { "misses", "MISSES", right = true },
+  { "stale", "STALE", right = true }, { "revalidated", "REVALIDATED", right = true },
+  { "coalesced", "COALESCED", right = true }, { "evictions", "EVICTIONS", right = true },
+}
+M.cache = {}
+
+function M.cache.stats()
+  active()
+  return as_view(cachemod.stats(), { kind = "table", columns = CACHE_COLUMNS,
+    empty = "(no cache configured)" })
+end
+
+function M.cache.purge(prefix, name)
+  active()
+  local n, err = cachemod.purge(prefix, name)
+  if not n then fail("cache.purge: " .. err) end
+  return as_view({ purged = n }, { kind = "message",
+    text = format("purged %d entr%s", n, n == 1 and "y" or "ies") })
+end
+
 function M.reload()
   count_change()
   local ok, err = cur_rt.reload_now()

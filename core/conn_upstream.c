@@ -1,5 +1,6 @@
 /* conn_upstream.c - attempts: choose, resolve, connect, handshake, retry. */
 #include "bridge.h"
+#include "cache.h"
 #include "conn.h"
 #include "inbound.h"
 #include "intercept.h"
@@ -83,6 +84,13 @@ void conn_route(struct conn *c)
     struct ctl eff;
     if (route_ctl(c, &eff) < 0) {
         conn_fail(c, FERR_CTL_BAD);
+        return;
+    }
+    /* A listener's cache (or a reverse listener's pool's, without
+     * route()) answers before any Lua runs. */
+    if (c->cache == NULL && c->attempt == 0 &&
+        (cache_listeners_any() || (c->l->rev_pool > 0 && cache_fixed_sites())) &&
+        conn_cache_request(c, 1)) {
         return;
     }
     c->fresh_only = 0; /* only a replay, which starts its attempt itself, sets it */
@@ -204,6 +212,10 @@ void conn_route(struct conn *c)
                                                       : timeouts.connect;
         c->first_byte_timeout = r.first_byte_timeout_ms > 0 ? r.first_byte_timeout_ms / 1000.0
                                                             : timeouts.first_byte;
+        /* The pool's cache, once route chose the pool. */
+        if (c->cache == NULL && cache_of_pool(c->pool) != NULL && conn_cache_request(c, 0)) {
+            return;
+        }
     }
     if (c->proxy != NULL && c->pool > 0) {
         retry_request_begin(c, c->pool); /* the pool's retry budget counts it */
@@ -798,10 +810,14 @@ void conn_on_timeout(struct conn *c)
             conn_close(c);
         }
         break;
+    case CS_CACHE_WAIT:
+        conn_cache_wait_fired(c);
+        break;
     case CS_TUNNEL:
     case CS_DRAIN:
     case CS_ADMIN_OUT:
     case CS_MITM_HELLO:
+    case CS_CACHE_OUT:
         conn_close(c);
         break;
     }

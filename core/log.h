@@ -25,6 +25,7 @@ struct log_ctx {
     unsigned ban_retries; /* access lines: tries made again because of a ban */
     const char *retry;    /* access lines: why each retry was made ("refused,503"), or NULL */
     const char *retry_stop; /* access lines: why a retry was not made, or NULL */
+    const char *cache;    /* access lines: HIT, MISS, STALE, REVALIDATED, BYPASS, or NULL */
 };
 
 extern int log_level_min;

@@ -1,5 +1,6 @@
 /* main.c - command line, signals, and the loop. */
 #include "bridge.h"
+#include "cache.h"
 #include "ca.h"
 #include "budget.h"
 #include "buf.h"
@@ -281,6 +282,7 @@ static int cmd_run(const char *config, int check_only)
     log_flush();
     ev_run(loop, 0);
     conn_close_all();
+    cache_free_all();
     uppool_free_all();
     retry_free_all();
     conn_reverse_free();

@@ -15,6 +15,7 @@ local cdef = require("ferry.cdef")
 local inventory = require("ferry.inventory")
 local health = require("ferry.health")
 local connstats = require("ferry.connstats")
+local lb_stats = require("ferry.lb_stats")
 local fmt = require("ferry.console_fmt")
 
 local C = ffi.C
@@ -228,6 +229,7 @@ local function health_record(cur, cid, c, now)
     retry_in = tonumber(c.retry_at) > now and format("%.0fs", tonumber(c.retry_at) - now) or nil,
     source = info.entry and "runtime" or "config",
     connections = connstats.proxy(cid),
+    slow_start = lb_stats.proxy(cur, cid, now),
   }
 end
 
@@ -244,6 +246,7 @@ local HEALTH_FIELDS = {
   { "probes_failed", "probes failed" }, { "probe_ms", "probe latency (ms)" },
   { "last_probe", "last probe" }, { "downs", "times down" },
   { "down_for", "down for", optional = true }, { "retry_in", "retry in", optional = true },
+  { "slow_start", "slow start (ramp, effective weight)", optional = true },
   { "connections", "upstream connections", fmt = connstats.line },
 }
 
@@ -394,6 +397,7 @@ local function pool_summary(cur, p)
   s.exchanges = ex
   s.kind = p.kind or "proxies"
   s.connections = connstats.pool(p.index)
+  for k, v in pairs(lb_stats.pool(p)) do s[k] = v end
   return s
 end
 
@@ -427,6 +431,14 @@ local POOL_FIELDS = {
   { "failures", "failures" }, { "failure_pct", "failure rate (%)" },
   { "failure_kinds", "failures by kind", optional = true },
   { "latency_ms", "mean latency (ms)" },
+  { "slowstart", "slow start (s)", optional = true },
+  { "ramping", "ramping (share, effective weight)", optional = true },
+  { "max_ejected", "max_ejected", optional = true },
+  { "ejected", "ejected (down or breaker open)", optional = true },
+  { "spared", "kept eligible by max_ejected", optional = true },
+  { "backups", "backups", optional = true },
+  { "backup_serving", "backups serving", optional = true,
+    fmt = function(v) return v and "yes" or "no" end },
   { "connections", "upstream connections", fmt = connstats.line },
   { "exchanges", "exchanges", fmt = function(v) return #v > 0 and concat(v, ", ") or "-" end },
 }
@@ -535,6 +547,31 @@ function M.rate(name)
     title = format('exchange "%s": %s per %ss, waiting %d, waited %d, rejected %d',
       e.name, tostring(e.rate.limit), tostring(e.rate.per), s.waiting or 0, s.waited or 0,
       s.rejected or 0) })
+end
+
+-- The HTTP caches (core/cache.c): counters, and purge by key prefix.
+local cachemod = require("ferry.cache")
+local CACHE_COLUMNS = {
+  { "name", "CACHE" }, { "kind", "KIND" }, { "entries", "ENTRIES", right = true },
+  { "bytes", "BYTES", right = true }, { "size", "SIZE", right = true },
+  { "hits", "HITS", right = true }, { "misses", "MISSES", right = true },
+  { "stale", "STALE", right = true }, { "revalidated", "REVALIDATED", right = true },
+  { "coalesced", "COALESCED", right = true }, { "evictions", "EVICTIONS", right = true },
+}
+M.cache = {}
+
+function M.cache.stats()
+  active()
+  return as_view(cachemod.stats(), { kind = "table", columns = CACHE_COLUMNS,
+    empty = "(no cache configured)" })
+end
+
+function M.cache.purge(prefix, name)
+  active()
+  local n, err = cachemod.purge(prefix, name)
+  if not n then fail("cache.purge: " .. err) end
+  return as_view({ purged = n }, { kind = "message",
+    text = format("purged %d entr%s", n, n == 1 and "y" or "ies") })
 end
 
 function M.reload()

@@ -63,8 +63,6 @@ pool "app" { strategy = "round_robin", host = "api.internal:8080",
     assert.matches("credentials", err_of('pool "x" { backends = { "http://u:p@h:2" } }'))
     assert.matches("backup: expected true or false", err_of(
       'pool "x" { backends = { { url = "http://h:2", backup = 1 } } }'))
-    assert.matches('unknown field "backup"', err_of(
-      'pool "x" { proxies = { { url = "http://h:2", backup = true } } }'))
     assert.matches("host is for backend pools", err_of(
       'pool "x" { host = "a", proxies = { "http://h:2" } }'))
     assert.matches("host must be a host name", err_of(

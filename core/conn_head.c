@@ -208,7 +208,8 @@ static void out_request_fields(struct out *o, const struct conn *c, const char *
          * parse. */
         if (f->hop || http_span_ieq(base, f->name, "Host") || ours(via, base, f) ||
             ctl_is_header(base, f->name) ||
-            (hops && http_span_ieq(base, f->name, "Max-Forwards")) || dropped(c, base, f)) {
+            (hops && http_span_ieq(base, f->name, "Max-Forwards")) || dropped(c, base, f) ||
+            (c->cache != NULL && conn_cache_drops(c, base + f->name.off, f->name.len))) {
             continue;
         }
         unsigned k = reverse ? forwarded_kind(base, f) : 0;
@@ -221,6 +222,11 @@ static void out_request_fields(struct out *o, const struct conn *c, const char *
             }
         }
         out_field(o, base, f);
+    }
+    size_t vlen;
+    const char *validators = c->cache != NULL ? conn_cache_validators(c, &vlen) : NULL;
+    if (validators != NULL) {
+        out_bytes(o, validators, vlen); /* a revalidation of a stored response */
     }
     long mf = hops ? conn_max_forwards(c, base) : -1;
     if (mf > 0) {
@@ -360,13 +366,17 @@ static void out_response_fields(struct out *o, const struct conn *c, const char 
         const struct http_field *f = &m->fields[i];
         if (f->hop || ours(via, base, f) || http_span_ieq(base, f->name, "X-Ferry-Proxy") ||
             http_span_ieq(base, f->name, "X-Request-Id") ||
-            (c->dechunk && http_span_ieq(base, f->name, "Transfer-Encoding"))) {
+            (c->dechunk && http_span_ieq(base, f->name, "Transfer-Encoding")) ||
+            (c->cache != NULL && http_span_ieq(base, f->name, "X-Cache"))) {
             continue; /* dechunk: the data goes out delimited by the close */
         }
         out_field(o, base, f);
     }
     out_via(o, via, m, base);
     outf(o, "X-Request-Id: %s\r\n", c->cid);
+    if (c->cache != NULL && c->cache_mark != NULL && strcmp(c->cache_mark, "BYPASS") != 0) {
+        outf(o, "X-Cache: %s\r\n", c->cache_mark);
+    }
 }
 
 int conn_write_response_head(struct conn *c, const char *base)

@@ -47,6 +47,22 @@ end
 M.ms = ms
 
 -- Header lines a proxy adds to what it sends, CRLF-terminated.
+-- A pool's retry settings (config.lua's parse_retry) to the core.
+local JITTER = { none = C.FERRY_JITTER_NONE, equal = C.FERRY_JITTER_EQUAL,
+  full = C.FERRY_JITTER_FULL }
+local RETRY_ON_BITS = { ["connect-failure"] = C.FERRY_RETRY_ON_CONNECT,
+  refused = C.FERRY_RETRY_ON_REFUSED, reset = C.FERRY_RETRY_ON_RESET,
+  timeout = C.FERRY_RETRY_ON_TIMEOUT }
+local function retry_policy(index, r)
+  if not r then return end
+  local on = 0
+  for name in pairs(r.on) do on = bit.bor(on, tonumber(RETRY_ON_BITS[name])) end
+  local statuses = ffi.new("uint8_t[100]")
+  for st in pairs(r.statuses) do statuses[st - 500] = 1 end
+  C.ferry_pool_retry(index, on, statuses, r.backoff, r.max_backoff, JITTER[r.jitter],
+    r.budget or -1, r.budget_min)
+end
+
 local function header_block(headers)
   if not headers then return nil end
   local names = {}
@@ -342,7 +358,10 @@ local function build_pools(prep)
     local list, has_backup = {}, nil
     for i, px in ipairs(pc.proxies) do
       local err = errbuf()
-      local c = C.ferry_proxy_new(px.id or px.url, cdef.SCHEME[px.scheme] or 0, px.host,
+      -- A backend's URL may also name an HTTP proxy elsewhere: its
+      -- identity in the core says it is a backend.
+      local key = px.id or (pc.kind == "backends" and ("backend " .. px.url)) or px.url
+      local c = C.ferry_proxy_new(key, cdef.SCHEME[px.scheme] or 0, px.host,
         px.port, px.user, px.pass, header_block(px.headers), px.weight or 1, err)
       if c == nil then
         return nil, format('%s:%d: pool "%s": proxies[%d]: %s', cfg.file, pc.line, name, i,
@@ -481,6 +500,21 @@ function M.commit(prep, old)
   for name, pool in pairs(pools) do
     connections(pool.index, cfg.pools[name].connections, pool.kind)
   end
+  -- Retry policies and budgets (core/retry.c), by pool index.
+  for name, pool in pairs(pools) do retry_policy(pool.index, cfg.pools[name].retry) end
+  -- HTTP caches (core/cache.c): kept with their entries when the config
+  -- keeps them (a smaller size evicts), dropped when it does not.
+  C.ferry_cache_reload_begin()
+  local function cache(kind, name, index, cc)
+    if cc then
+      C.ferry_cache_set(kind, name, index, cc.size, cc.max_object, cc.ttl, cc.lock_timeout)
+    end
+  end
+  cache(C.FERRY_CACHE_POOL, "direct", 0, cfg.direct and cfg.direct.cache)
+  for name, pool in pairs(pools) do cache(C.FERRY_CACHE_POOL, name, pool.index, cfg.pools[name].cache) end
+  for _, l in ipairs(cfg.listeners) do cache(C.FERRY_CACHE_LISTENER, l.name, -1, l.cache) end
+  C.ferry_cache_reload_end()
+  C.ferry_cache_fixed_sites(cfg.route == nil and 1 or 0)
   local t = cfg.timeouts
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
     ms(t.keepalive), ms(t.request), ms(t.upstream_idle))

@@ -80,7 +80,7 @@ static char *make_key(const struct conn *c, const char *pre, const char *path, i
     int tls = c->l->tls_ctx != NULL;
     char host[HOST_MAX_LEN + 1];
     size_t i = 0;
-    for (; c->host[i] != '\0' && i < HOST_MAX_LEN; i++) {
+    for (; i < HOST_MAX_LEN && c->host[i] != '\0'; i++) {
         char ch = c->host[i];
         host[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
     }

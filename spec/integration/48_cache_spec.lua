@@ -58,10 +58,10 @@ describe("HTTP cache", function()
   local O, O2 = procs.free_port(), procs.free_port()
   local REV, FWD, SMALL, SIE, A = procs.free_port(), procs.free_port(), procs.free_port(),
     procs.free_port(), procs.free_port()
-  local org, org2, ferry
+  local org2, ferry
 
   setup(function()
-    org = origin(O)
+    origin(O)
     org2 = origin(O2)
     ferry = procs.ferry(string.format([[
 listen { name = "rev", protocol = "reverse", addr = "127.0.0.1:%d", pool = "app" }

@@ -475,14 +475,15 @@ static void invalidate(struct conn *c, const char *base)
 static char *stored_head(const struct conn *c, const char *base, size_t hl, size_t *len)
 {
     const struct http_msg *m = &c->resp;
-    size_t cap = hl + 64;
+    /* Each field may grow by ": " and CRLF around what it had. */
+    size_t cap = hl + 4 * (size_t)m->nfields + 64 + m->reason.len;
     char *h = malloc(cap);
     if (h == NULL) {
         return NULL;
     }
     size_t n = (size_t)snprintf(h, cap, "HTTP/1.1 %d %.*s\r\n", m->status, (int)m->reason.len,
                                 base + m->reason.off);
-    for (unsigned i = 0; i < m->nfields && n < cap; i++) {
+    for (unsigned i = 0; i < m->nfields; i++) {
         const struct http_field *f = &m->fields[i];
         const char *name = base + f->name.off;
         struct http_span s = f->name;
@@ -492,8 +493,15 @@ static char *stored_head(const struct conn *c, const char *base, size_t hl, size
             http_span_ieq(base, s, "X-Ferry-Proxy")) {
             continue;
         }
-        n += (size_t)snprintf(h + n, cap - n, "%.*s: %.*s\r\n", (int)s.len, name,
-                              (int)f->value.len, base + f->value.off);
+        if (n + s.len + f->value.len + 4 + 3 > cap) {
+            free(h);
+            return NULL;
+        }
+        memcpy(h + n, name, s.len);
+        memcpy(h + n + s.len, ": ", 2);
+        memcpy(h + n + s.len + 2, base + f->value.off, f->value.len);
+        memcpy(h + n + s.len + 2 + f->value.len, "\r\n", 2);
+        n += s.len + f->value.len + 4;
     }
     if (n + 3 > cap) {
         free(h);

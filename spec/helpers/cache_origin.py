@@ -7,7 +7,7 @@ client sees whether an answer came from the origin again.
   GET /count?t=TARGET   {"n": requests for TARGET, "n304": 304s sent for it}
   GET /reset            forget every count
   /fresh                max-age=300
-  /etag                 max-age=1, ETag "v1"; If-None-Match "v1" -> 304
+  /etag                 max-age=2, ETag "v1"; If-None-Match "v1" -> 304
   /lm                   max-age=1, Last-Modified; If-Modified-Since -> 304
   /vary                 max-age=300, Vary: Accept-Encoding; body names the value
   /varystar             max-age=300, Vary: *
@@ -131,7 +131,7 @@ class Handler(BaseHTTPRequestHandler):
         ims = self.headers.get("If-Modified-Since")
         if p == "/etag" and inm and '"v1"' in inm:
             self.count(target, True)
-            return self.send(304, headers={"ETag": '"v1"', "Cache-Control": "max-age=1"})
+            return self.send(304, headers={"ETag": '"v1"', "Cache-Control": "max-age=2"})
         if p == "/lm" and ims == LM:
             self.count(target, True)
             return self.send(304, headers={"Last-Modified": LM, "Cache-Control": "max-age=1"})
@@ -150,7 +150,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, body, {"Location": "/loc" + u.path})
         h = {"Cache-Control": "max-age=300", "X-Count": str(k)}
         if p == "/etag":
-            h = {"Cache-Control": "max-age=1", "ETag": '"v1"', "X-Count": str(k)}
+            h = {"Cache-Control": "max-age=2", "ETag": '"v1"', "X-Count": str(k)}
         elif p == "/lm":
             h = {"Cache-Control": "max-age=1", "Last-Modified": LM, "X-Count": str(k)}
         elif p == "/nocache":

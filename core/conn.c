@@ -7,6 +7,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "resolve.h"
+#include "retry.h"
 #include "transport.h"
 
 #include <arpa/inet.h>
@@ -199,6 +200,7 @@ static void conn_destroy(struct conn *c)
     }
     conn_report_flush(c);
     metrics_conn_closed(c);
+    retry_request_end(c);
     conn_clear_header_edits(c);
     conn_intercept_free(c);
     conn_ban_reset(c);

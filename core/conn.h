@@ -217,6 +217,18 @@ struct conn {
     unsigned ban_hold:1;         /* cli.out holds this response until the verdict */
     unsigned ban_decided:1;      /* the verdict on the held response is in */
     unsigned ban_banned:1;       /* ... and it banned the pair */
+    /* Retries with back-off and a budget (retry.c): the pool's place this
+     * request holds, why each retry was made, why one was not. */
+    int retry_pool;              /* private: pool index counted under (retry_counted) */
+    uint16_t retry_log[FERRY_RETRIES_MAX]; /* reason of each retry (enum retry_reason),
+                                  * or the status (>= 100) that was retried */
+    unsigned char nretry_log;
+    const char *retry_stop;      /* why a retry the pool's `on` asked for was not made
+                                  * (access line `retry_stop`), or NULL */
+    double retry_delay;          /* the back-off chosen for a held status retry */
+    unsigned retry_counted:1;    /* private: counted in the pool's requests in flight */
+    unsigned retry_taken:1;      /* private: holds a place in the pool's retry budget */
+    unsigned hold_status:1;      /* the held response has a status the pool retries on */
     /* HTTP cache (conn_cache.c): the request's state in the cache of its
      * pool or listener, NULL when none applies (no cost without a cache). */
     struct conn_cache *cache;

@@ -3,6 +3,7 @@
 #include "authfail.h"
 #include "conn.h"
 #include "rate.h"
+#include "retry.h"
 #include "ctl.h"
 #include "health.h"
 #include "inbound.h"
@@ -58,6 +59,8 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
     ctx->scheme = c->origin_tls ? "https" : NULL;
     ctx->ban = NULL;
     ctx->ban_retries = 0;
+    ctx->retry = NULL;
+    ctx->retry_stop = NULL;
     ctx->cache = NULL;
 }
 
@@ -68,6 +71,10 @@ void conn_log_done(struct conn *c, const char *code)
     ctx.ban = c->ban_note;               /* retry on ban (conn_banretry.c) */
     ctx.cache = c->cache_mark;           /* HTTP cache (conn_cache.c) */
     ctx.ban_retries = c->ban_retried;
+    char why[FERRY_RETRIES_MAX * 16];
+    ctx.retry = retry_log_text(c, why, sizeof(why)); /* retry.c */
+    ctx.retry_stop = c->retry_stop;
+    retry_request_end(c);
     log_access(&ctx, c->client, c->method[0] ? c->method : "-", c->host[0] ? c->host : "-",
                c->port, c->path[0] ? c->path : "-", c->status,
                c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
@@ -333,6 +340,9 @@ static void reset_request(struct conn *c)
     c->exchange = 0;
     conn_clear_header_edits(c);
     conn_ban_reset(c);
+    retry_request_end(c);
+    c->nretry_log = 0;
+    c->retry_stop = NULL;
     conn_cache_end(c);
     c->cache_mark = NULL;
     c->fwd = 0;

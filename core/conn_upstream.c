@@ -11,6 +11,7 @@
 #include "proxy.h"
 #include "rate.h"
 #include "resolve.h"
+#include "retry.h"
 #include "transport.h"
 #include "upstream.h"
 #include "uppool.h"
@@ -22,10 +23,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-/* Retry back-off: base doubles per attempt, with jitter, capped. */
-#define BACKOFF_BASE 0.01
-#define BACKOFF_CAP 0.5
 
 static double min_d(double a, double b)
 {
@@ -219,6 +216,9 @@ void conn_route(struct conn *c)
         if (c->cache == NULL && cache_of_pool(c->pool) != NULL && conn_cache_request(c, 0)) {
             return;
         }
+    }
+    if (c->proxy != NULL && c->pool > 0) {
+        retry_request_begin(c, c->pool); /* the pool's retry budget counts it */
     }
     conn_attempt(c);
 }
@@ -564,6 +564,7 @@ void conn_upstream_ready(struct conn *c)
         c->in->answer_ok(c);
         c->sent_any = 1;
         c->status = 200;
+        retry_request_end(c); /* a tunnel is no request the retry budget weighs */
         conn_report(c, 1, FERRY_FAIL_KINDS, 0);
         conn_tunnel_begin(c);
         return;
@@ -590,6 +591,54 @@ void conn_upstream_ready(struct conn *c)
     }
 }
 
+/* The attempt failed before any response byte reached the client: 1 when
+ * the request goes again to another member after a back-off (CS_BACKOFF),
+ * 0 when it ends with this failure.  A request that never left goes
+ * again whatever its method; one that was sent only when it is still
+ * whole in cli.in and idempotent (or carries Idempotency-Key).  The
+ * pool's `on` says which failures, its retries how many, the deadline
+ * and the pool's retry budget whether one more fits. */
+static int retry_failed(struct conn *c, enum ferry_fail_kind kind, int before_send, int target)
+{
+    if (c->target_fails > 1) {
+        return 0;
+    }
+    enum retry_reason why = retry_reason_of(kind, before_send);
+    int idempotent = http_method_idempotent(c->req.method) || c->req.idem_key.len > 0;
+    unsigned spent = c->attempt - c->ban_retried; /* tries again after a ban are not counted */
+    const char *stop = NULL;
+    if (!target && !retry_on(c->pool, why, before_send)) {
+        return 0; /* not a failure the pool retries: nothing to note */
+    }
+    if (c->sent_any) {
+        stop = "responded";
+    } else if (!before_send && !c->replayable) {
+        stop = "no_replay";
+    } else if (!before_send && !idempotent) {
+        stop = "not_idempotent";
+    } else if ((int)spent >= c->retries) {
+        stop = c->retries > 0 ? "tries" : NULL;
+    }
+    double backoff = stop == NULL ? retry_backoff(c->pool, spent) : 0;
+    if (stop == NULL && loop_now() + backoff >= c->deadline) {
+        stop = "deadline";
+    }
+    if (stop != NULL) {
+        c->retry_stop = stop;
+        return 0;
+    }
+    if (!retry_budget_take(c)) {
+        return 0;
+    }
+    c->attempt++;
+    retry_note(c, why, 0);
+    c->state = CS_BACKOFF;
+    c->fwd = 0;
+    c->req_done = 0;
+    conn_arm(c, backoff);
+    return 1;
+}
+
 void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
 {
     if (reuse_replay(c, e)) {
@@ -614,25 +663,11 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
               c->attempt + 1, c->host, c->port,
               target ? "destination" : kinds[kind % FERRY_FAIL_KINDS]);
     conn_upstream_close(c);
-    int safe = before_send ||
-               (c->replayable && (http_method_idempotent(c->req.method) ||
-                                  c->req.idem_key.len > 0));
-    double backoff = BACKOFF_BASE * (double)(1u << (c->attempt < 6 ? c->attempt : 6));
-    backoff = min_d(backoff, BACKOFF_CAP) * (0.5 + (double)random() / RAND_MAX);
-    /* Tries made again after a ban do not spend the pool's retries. */
-    if (p == NULL || !safe || c->sent_any || (int)(c->attempt - c->ban_retried) >= c->retries ||
-        c->target_fails > 1 ||
-        loop_now() + backoff >= c->deadline) {
+    if (p == NULL || !retry_failed(c, kind, before_send, target)) {
         conn_fail(c, e);
         return;
     }
-    c->attempt++;
-    metrics_retry(c->pool);
     c->last_err = e;
-    c->state = CS_BACKOFF;
-    c->fwd = 0;
-    c->req_done = 0;
-    conn_arm(c, backoff);
 }
 
 void conn_upstream_event(struct conn *c, int revents)

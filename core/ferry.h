@@ -128,6 +128,9 @@ struct ferry_proxy {
     double   down_since;      /* ro: when it went down, 0 while up */
     double   retry_at;        /* ro: down without probes: a trial request may go
                                * through after this time (passive recovery) */
+    /* Slow start (lua/ferry/pool.lua ramps a pool's share from it). */
+    double   up_since;        /* ro: when it last came back (down -> up, re-enabled,
+                               * added after start), 0 = up since ferry started */
 };
 
 /* Active health checks (probe.c). */
@@ -177,6 +180,7 @@ struct ferry_pxstate {
     double   last_failure_at; /* ro */
     double   last_success_at; /* ro */
     double   latency_ewma_ms; /* ro: response latency, EWMA */
+    double   opened_at;       /* ro: when the breaker last opened (max_ejected's order) */
 };
 
 /*
@@ -331,6 +335,9 @@ int ferry_health_mark(struct ferry_proxy *p, int up, const char *reason);
 /* Bumped whenever any proxy's flags change (up/down, disabled, removed):
  * Lua recounts what it derives from flags only when this moves. */
 uint32_t ferry_health_epoch(void);
+/* The first config is applied: from now on a proxy that comes up, is
+ * re-enabled or is added starts its slow start (up_since). */
+void ferry_health_started(void);
 
 /* Active probes (probe.c).  One probe schedule per proxy, the last call
  * wins; kind FERRY_PROBE_NONE stops probing.  host/port: the target of
@@ -368,6 +375,23 @@ int ferry_conn_stats_proxy(uint32_t id, struct ferry_conn_stats *out);
 int ferry_conn_stats_pool(int pool, struct ferry_conn_stats *out);
 /* Idle connections closed because the global idle cap was reached. */
 uint64_t ferry_conn_idle_evicted(void);
+
+/* Retries of a pool index (retry.c): what is retried, the back-off and the
+ * retry budget.  on: FERRY_RETRY_ON_* bits; statuses: 100 bytes, 1 where
+ * a response of status 500 + i is retried (NULL: none); backoff: seconds
+ * before the first retry, doubling up to max_backoff; jitter: enum
+ * ferry_retry_jitter; budget: percent of the pool's requests in flight
+ * that may be retries at once (< 0: no budget), never fewer than
+ * budget_min.  Kept across reloads with the pool's budget counts. */
+enum ferry_retry_on {
+    FERRY_RETRY_ON_CONNECT = 0x1, /* connect-failure: anything before the request left */
+    FERRY_RETRY_ON_REFUSED = 0x2, /* the connection was refused */
+    FERRY_RETRY_ON_RESET   = 0x4, /* closed or reset before the response head */
+    FERRY_RETRY_ON_TIMEOUT = 0x8  /* connect or first-byte timeout */
+};
+enum ferry_retry_jitter { FERRY_JITTER_NONE = 0, FERRY_JITTER_EQUAL = 1, FERRY_JITTER_FULL = 2 };
+int ferry_pool_retry(int pool, uint32_t on, const uint8_t *statuses, double backoff,
+                     double max_backoff, int jitter, double budget, int budget_min);
 
 /* Pool names by the stable pool index of ferry_req.pool (1..4095), for
  * logs and metrics; index 0 is "direct".  NULL when unknown. */

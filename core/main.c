@@ -19,6 +19,7 @@
 #include "proxy.h"
 #include "rate.h"
 #include "resolve.h"
+#include "retry.h"
 #include "uppool.h"
 
 #include <errno.h>
@@ -283,6 +284,7 @@ static int cmd_run(const char *config, int check_only)
     conn_close_all();
     cache_free_all();
     uppool_free_all();
+    retry_free_all();
     conn_reverse_free();
     rate_free_all();
     origin_tls_free_all();

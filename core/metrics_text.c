@@ -18,6 +18,7 @@
 #include "mint.h"
 #include "proxy.h"
 #include "uppool.h"
+#include "upstream.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -433,6 +434,35 @@ static void render_intercept(struct text *t)
     }
 }
 
+/* Retries by reason and the retry budget's refusals (retry.c). */
+static void render_retry(struct text *t)
+{
+    static const char *const reasons[METRICS_RETRY_REASONS] = { "refused", "connect-failure",
+                                                                "reset", "timeout", "status" };
+    char lbl[16];
+    family(t, "ferry_retry_reasons_total", "counter",
+           "Retries by pool and by what the attempt they replace met.");
+    for (unsigned s = 0; s < METRICS_POOL_SLOTS; s++) {
+        for (int i = 0; metrics.pools[s] != NULL && i < METRICS_RETRY_REASONS; i++) {
+            if (metrics.pools[s]->retry_reasons[i] > 0) {
+                open1(t, "ferry_retry_reasons_total", "pool", metrics_pool_label(s, lbl));
+                puts_(t, ",reason=\"");
+                puts_(t, reasons[i]);
+                puts_(t, "\"");
+                close_u64(t, metrics.pools[s]->retry_reasons[i]);
+            }
+        }
+    }
+    family(t, "ferry_retry_budget_exhausted_total", "counter",
+           "Retries not made because the pool's retry budget was spent (FERRY-3132), by pool.");
+    for (unsigned s = 0; s < METRICS_POOL_SLOTS; s++) {
+        if (metrics.pools[s] != NULL && metrics.pools[s]->retry_budget_exhausted > 0) {
+            open1(t, "ferry_retry_budget_exhausted_total", "pool", metrics_pool_label(s, lbl));
+            close_u64(t, metrics.pools[s]->retry_budget_exhausted);
+        }
+    }
+}
+
 /* The HTTP cache (cache.c): one series per cache, labelled by its pool
  * or listener; nothing when no cache is configured. */
 struct cache_family {
@@ -514,13 +544,15 @@ static void render_core(struct text *t)
     sample_u64(t, "ferry_connections_open", NULL, conn_count());
     render_requests(t);
     family(t, "ferry_retries_total", "counter",
-           "Failed attempts retried on another proxy, by pool.");
+           "Attempts retried on another member of the pool (failures and retried "
+           "statuses), by pool.");
     for (unsigned s = 0; s < METRICS_POOL_SLOTS; s++) {
         if (metrics.pools[s] != NULL && metrics.pools[s]->retries > 0) {
             open1(t, "ferry_retries_total", "pool", metrics_pool_label(s, lbl));
             close_u64(t, metrics.pools[s]->retries);
         }
     }
+    render_retry(t);
     family(t, "ferry_upstream_reuse_retries_total", "counter",
            "Requests sent again on a fresh connection after a kept upstream connection "
            "closed before answering, by pool.");
@@ -620,6 +652,10 @@ static int build_prefixes(struct prefixes *px, const struct ferry_metrics_member
         put_esc(&px->buf, label != NULL ? label : "");
         puts_(&px->buf, "\",pool=\"");
         put_esc(&px->buf, pool_name(m[i].pool, tmp));
+        /* A backend of a reverse pool says so; a proxy's labels stay as they were. */
+        if (m[i].proxy != NULL && upstream_is_backend(m[i].proxy->scheme)) {
+            puts_(&px->buf, "\",role=\"backend");
+        }
         put(&px->buf, "\"", 2); /* with its NUL */
         px->buf.line = px->buf.n;
     }

@@ -51,6 +51,7 @@ struct ferry_proxy {
   double   last_probe_at;
   double   down_since;
   double   retry_at;
+  double   up_since;
 };
 enum ferry_proxy_flag { FERRY_PROXY_DOWN = 0x1, FERRY_PROXY_DISABLED = 0x2,
                        FERRY_PROXY_REMOVED = 0x4 };
@@ -82,6 +83,7 @@ struct ferry_pxstate {
   double   last_failure_at;
   double   last_success_at;
   double   latency_ewma_ms;
+  double   opened_at;
 };
 struct ferry_result {
   uint32_t    proxy_id;
@@ -150,11 +152,17 @@ int ferry_proxy_report(uint32_t id, uint32_t exchange, int ok, int kind, double 
 int ferry_health_set(struct ferry_proxy *p, int rise, int fall, double interval);
 int ferry_health_mark(struct ferry_proxy *p, int up, const char *reason);
 uint32_t ferry_health_epoch(void);
+void ferry_health_started(void);
 int ferry_probe_set(struct ferry_proxy *p, int kind, const char *host, int port,
                     const char *path, const char *expect, double interval,
                     double timeout, const char **err);
 void ferry_probe_set_concurrency(int n);
 int ferry_probe_inflight(void);
+enum ferry_retry_on { FERRY_RETRY_ON_CONNECT = 0x1, FERRY_RETRY_ON_REFUSED = 0x2,
+  FERRY_RETRY_ON_RESET = 0x4, FERRY_RETRY_ON_TIMEOUT = 0x8 };
+enum ferry_retry_jitter { FERRY_JITTER_NONE = 0, FERRY_JITTER_EQUAL = 1, FERRY_JITTER_FULL = 2 };
+int ferry_pool_retry(int pool, uint32_t on, const uint8_t *statuses, double backoff,
+                     double max_backoff, int jitter, double budget, int budget_min);
 int ferry_set_pool_name(int index, const char *name);
 int ferry_pool_connections(int pool, int max, int queue, double queue_timeout, int idle,
                            double idle_timeout, int max_requests);

@@ -182,8 +182,10 @@ static int stored_parse(const struct cache_entry *e, struct http_msg *m)
 }
 
 /* Answer the request from e (the reference is taken over), marked
- * X-Cache: mark; a client's conditional gets a 304 when it matches. */
-static void serve(struct conn *c, struct cache_entry *e, const char *mark)
+ * X-Cache: mark; a client's conditional gets a 304 when it matches.
+ * upstream: an attempt was made (its proxy or backend stays on the
+ * access line). */
+static void serve(struct conn *c, struct cache_entry *e, const char *mark, int upstream)
 {
     struct conn_cache *cc = c->cache;
     double now = loop_now();
@@ -237,8 +239,8 @@ static void serve(struct conn *c, struct cache_entry *e, const char *mark)
     cc->out_off = 0;
     cc->body_off = 0;
     cc->head_only = not_modified || c->req.method == HTTP_HEAD;
-    if (!cc->before && c->up.fd < 0) {
-        c->proxy = NULL; /* chosen by dispatch, never used */
+    if (!upstream) {
+        c->proxy = NULL; /* chosen by dispatch (if it ran), never used */
     }
     c->status = not_modified ? 304 : e->status;
     c->cache_mark = mark;
@@ -319,12 +321,12 @@ static int decide(struct conn *c)
         switch (cpol_serve(&e->pol, &cc->rq, now)) {
         case CPOL_SERVE_FRESH:
             k->st.hits++;
-            serve(c, e, "HIT");
+            serve(c, e, "HIT", 0);
             return 1;
         case CPOL_SERVE_STALE:
         case CPOL_SERVE_STALE_BG: /* served stale; the next use past the window revalidates */
             k->st.stale++;
-            serve(c, e, "STALE");
+            serve(c, e, "STALE", 0);
             return 1;
         case CPOL_ONLY_IF_CACHED_FAIL:
             cache_entry_unref(e);
@@ -626,7 +628,7 @@ int conn_cache_response(struct conn *c, const char *base, size_t hl)
                 conn_upstream_release(c, keep);
                 k->st.revalidated++;
                 lock_release(cc);
-                serve(c, e, "REVALIDATED");
+                serve(c, e, "REVALIDATED", 1);
                 return 1;
             }
         } else if (cpol_status_is_failure(st) && cpol_stale_on_error(&cc->e->pol, &cc->rq, now)) {
@@ -636,7 +638,7 @@ int conn_cache_response(struct conn *c, const char *base, size_t hl)
             lock_release(cc);
             struct cache_entry *e = cc->e;
             cc->e = NULL;
-            serve(c, e, "STALE");
+            serve(c, e, "STALE", 1);
             return 1;
         }
         /* Any other answer replaces the stored one. */
@@ -760,6 +762,6 @@ int conn_cache_rescue(struct conn *c, enum ferr e)
     fill_abandon(cc);
     struct cache_entry *en = cc->e;
     cc->e = NULL;
-    serve(c, en, "STALE");
+    serve(c, en, "STALE", 1);
     return 1;
 }

@@ -215,6 +215,10 @@ struct conn {
     unsigned ban_hold:1;         /* cli.out holds this response until the verdict */
     unsigned ban_decided:1;      /* the verdict on the held response is in */
     unsigned ban_banned:1;       /* ... and it banned the pair */
+    /* Reverse listeners (conn_reverse.c): the authority the request named
+     * (its Host, or an absolute target's), sent on as Host and
+     * X-Forwarded-Host; within the head at cli.in's start. */
+    struct http_span rev_host;
 };
 
 struct conn *conn_new(struct listener *l, int fd, const struct sockaddr *sa);
@@ -277,6 +281,21 @@ void conn_target_path(const struct conn *c, const char *base, const char **pre,
                       const char **path, int *len);
 /* c->path for logs and route(): the target as sent upstream. */
 void conn_show_target(struct conn *c, const char *base);
+
+/* conn_http.c: a request ferry answers itself (OPTIONS *, Max-Forwards: 0),
+ * then closes. */
+void conn_answer_local(struct conn *c);
+
+/* conn_reverse.c */
+/* 1 when c came to a reverse listener. */
+int conn_is_reverse(const struct conn *c);
+/* The answer a reverse client gets for failure e (its own codes where
+ * the forward one names proxies). */
+enum ferr conn_reverse_err(enum ferr e);
+/* The Host a backend pool sends instead of the client's, or NULL. */
+const char *conn_reverse_pool_host(int pool);
+/* Free the per-pool settings (stop). */
+void conn_reverse_free(void);
 
 /* admin.c */
 /* The head of a request on an admin listener is in cli.in. */

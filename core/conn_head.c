@@ -6,6 +6,7 @@
  * as received: no byte the parser did not accept can reach the next hop.
  * What ferry adds or removes on the way is documented in docs/http.md. */
 #include "conn.h"
+#include "listener.h"
 #include "proxy.h"
 #include "upstream.h"
 
@@ -79,17 +80,24 @@ static void out_field(struct out *o, const char *base, const struct http_field *
     out_bytes(o, "\r\n", 2);
 }
 
-/* Fields ferry writes itself whatever the message carried. */
-static int ours(const char *base, const struct http_field *f)
+/* Whether this connection's messages get ferry's Via: http { via }, and
+ * on a reverse listener its forwarded.via too. */
+static int via_for(const struct conn *c)
 {
-    return (via_on && http_span_ieq(base, f->name, "Via"));
+    return via_on && (!conn_is_reverse(c) || (c->l->rev_fwd & FERRY_FWD_VIA));
+}
+
+/* Fields ferry writes itself whatever the message carried. */
+static int ours(int via, const char *base, const struct http_field *f)
+{
+    return (via && http_span_ieq(base, f->name, "Via"));
 }
 
 /* Via: the received ones as one list, then ours with the version the
  * message arrived in. */
-static void out_via(struct out *o, const struct http_msg *m, const char *base)
+static void out_via(struct out *o, int via, const struct http_msg *m, const char *base)
 {
-    if (!via_on) {
+    if (!via) {
         return;
     }
     out_bytes(o, "Via: ", 5);
@@ -143,19 +151,74 @@ long conn_max_forwards(const struct conn *c, const char *base)
     return n;
 }
 
+/* X-Forwarded-* of a reverse listener (bits of FERRY_FWD_*), 0 when the
+ * field is not one. */
+static unsigned forwarded_kind(const char *base, const struct http_field *f)
+{
+    if (f->name.len < 15 || (base[f->name.off] | 0x20) != 'x') {
+        return 0;
+    }
+    return http_span_ieq(base, f->name, "X-Forwarded-For") ? FERRY_FWD_FOR
+         : http_span_ieq(base, f->name, "X-Forwarded-Proto") ? FERRY_FWD_PROTO
+         : http_span_ieq(base, f->name, "X-Forwarded-Host") ? FERRY_FWD_HOST : 0;
+}
+
+/* A reverse listener's X-Forwarded-* for the backend.  Untrusted clients
+ * (the default) lose theirs and the backend gets ferry's alone: the
+ * client's address, the listener's scheme, the Host the client named.
+ * Trusted ones (trust_forwarded, e.g. behind another proxy) keep theirs:
+ * ferry appends the address to X-Forwarded-For and adds Proto and Host
+ * only where the client sent none.  seen: the kinds the request had. */
+static void out_forwarded(struct out *o, const struct conn *c, const char *base, unsigned seen)
+{
+    unsigned fwd = c->l->rev_fwd;
+    int trust = c->l->rev_trust;
+    if (fwd & FERRY_FWD_FOR) {
+        out_bytes(o, "X-Forwarded-For: ", 17);
+        for (unsigned i = 0; trust && i < c->req.nfields; i++) {
+            const struct http_field *f = &c->req.fields[i];
+            if (f->value.len > 0 && forwarded_kind(base, f) == FERRY_FWD_FOR) {
+                out_bytes(o, base + f->value.off, f->value.len);
+                out_bytes(o, ", ", 2);
+            }
+        }
+        outf(o, "%s\r\n", c->client);
+    }
+    if ((fwd & FERRY_FWD_PROTO) && !(trust && (seen & FERRY_FWD_PROTO))) {
+        outf(o, "X-Forwarded-Proto: %s\r\n", c->l->tls_ctx != NULL ? "https" : "http");
+    }
+    if ((fwd & FERRY_FWD_HOST) && c->rev_host.len > 0 && !(trust && (seen & FERRY_FWD_HOST))) {
+        out_bytes(o, "X-Forwarded-Host: ", 18);
+        out_bytes(o, base + c->rev_host.off, c->rev_host.len);
+        out_bytes(o, "\r\n", 2);
+    }
+}
+
 /* The request's fields as forwarded: no hop-by-hop, no Host (written
  * first), none on_request drops, none ferry writes itself. */
 static void out_request_fields(struct out *o, const struct conn *c, const char *base)
 {
     int hops = counts_hops(c);
+    int via = via_for(c);
+    int reverse = conn_is_reverse(c);
+    unsigned seen = 0;
     for (unsigned i = 0; i < c->req.nfields; i++) {
         const struct http_field *f = &c->req.fields[i];
         /* Control headers are ferry's (ctl.c), also on a replay's fresh
          * parse. */
-        if (f->hop || http_span_ieq(base, f->name, "Host") || ours(base, f) ||
+        if (f->hop || http_span_ieq(base, f->name, "Host") || ours(via, base, f) ||
             ctl_is_header(base, f->name) ||
             (hops && http_span_ieq(base, f->name, "Max-Forwards")) || dropped(c, base, f)) {
             continue;
+        }
+        unsigned k = reverse ? forwarded_kind(base, f) : 0;
+        if (k != 0) {
+            seen |= k;
+            /* X-Forwarded-For is rewritten whole; trusted Proto and Host pass. */
+            if (k == FERRY_FWD_FOR ? (c->l->rev_fwd & FERRY_FWD_FOR) || !c->l->rev_trust
+                                   : !c->l->rev_trust) {
+                continue;
+            }
         }
         out_field(o, base, f);
     }
@@ -163,7 +226,28 @@ static void out_request_fields(struct out *o, const struct conn *c, const char *
     if (mf > 0) {
         outf(o, "Max-Forwards: %ld\r\n", mf - 1);
     }
-    out_via(o, &c->req, base);
+    if (reverse) {
+        out_forwarded(o, c, base, seen);
+    }
+    out_via(o, via, &c->req, base);
+}
+
+/* The Host a reverse request carries to its backend: the pool's host,
+ * else the authority the client named, else the backend's own. */
+static void out_reverse_host(struct out *o, const struct conn *c, const char *base)
+{
+    const char *ph = conn_reverse_pool_host(c->pool);
+    if (ph != NULL) {
+        outf(o, "Host: %s\r\n", ph);
+    } else if (c->rev_host.len > 0) {
+        out_bytes(o, "Host: ", 6);
+        out_bytes(o, base + c->rev_host.off, c->rev_host.len);
+        out_bytes(o, "\r\n", 2);
+    } else {
+        const struct proxy *p = c->proxy;
+        int v6 = strchr(p->host, ':') != NULL;
+        outf(o, v6 ? "Host: [%s]:%d\r\n" : "Host: %s:%d\r\n", p->host, p->port);
+    }
 }
 
 int conn_up_absolute(const struct conn *c)
@@ -220,8 +304,14 @@ int conn_write_request_head(struct conn *c)
     /* An HTTP/1.0 client gets an HTTP/1.0 exchange upstream, so the
      * response never arrives chunked to a client that cannot read it. */
     int minor = (c->req.major == 1 && c->req.minor == 0) ? 0 : 1;
-    outf(&o, "%s %s%s%s%.*s HTTP/1.%d\r\nHost: %s\r\n", c->method, absolute ? "http://" : "",
-         absolute ? hostport : "", pre, plen, path, minor, hostport);
+    if (conn_is_reverse(c)) {
+        outf(&o, "%s %s%.*s HTTP/1.%d\r\n", c->method, pre, plen, path, minor);
+        out_reverse_host(&o, c, base);
+    } else {
+        outf(&o, "%s %s%s%s%.*s HTTP/1.%d\r\nHost: %s\r\n", c->method,
+             absolute ? "http://" : "", absolute ? hostport : "", pre, plen, path, minor,
+             hostport);
+    }
     out_request_fields(&o, c, base);
     if (c->hdr_add != NULL) {
         out_bytes(&o, c->hdr_add, c->hdr_add_len);
@@ -264,17 +354,18 @@ static void header_safe(const char *label, char *out, size_t room)
 static void out_response_fields(struct out *o, const struct conn *c, const char *base)
 {
     const struct http_msg *m = &c->resp;
+    int via = via_for(c);
     outf(o, "HTTP/1.1 %d %.*s\r\n", m->status, (int)m->reason.len, base + m->reason.off);
     for (unsigned i = 0; i < m->nfields; i++) {
         const struct http_field *f = &m->fields[i];
-        if (f->hop || ours(base, f) || http_span_ieq(base, f->name, "X-Ferry-Proxy") ||
+        if (f->hop || ours(via, base, f) || http_span_ieq(base, f->name, "X-Ferry-Proxy") ||
             http_span_ieq(base, f->name, "X-Request-Id") ||
             (c->dechunk && http_span_ieq(base, f->name, "Transfer-Encoding"))) {
             continue; /* dechunk: the data goes out delimited by the close */
         }
         out_field(o, base, f);
     }
-    out_via(o, m, base);
+    out_via(o, via, m, base);
     outf(o, "X-Request-Id: %s\r\n", c->cid);
 }
 
@@ -286,7 +377,7 @@ int conn_write_response_head(struct conn *c, const char *base)
     }
     const struct http_msg *m = &c->resp;
     out_response_fields(&o, c, base);
-    if (c->proxy != NULL) {
+    if (c->proxy != NULL && !conn_is_reverse(c)) { /* a site's clients never see its backends */
         char label[LABEL_MAX];
         header_safe(c->proxy->label, label, sizeof(label));
         outf(&o, "X-Ferry-Proxy: %s\r\n", label);

@@ -167,6 +167,9 @@ static void write_http_error(struct conn *c, enum ferr e, int keep)
  * warn line (a summary covers it). */
 static void fail_answer(struct conn *c, enum ferr e, int quiet)
 {
+    if (conn_is_reverse(c)) {
+        e = conn_reverse_err(e); /* backends, not proxies */
+    }
     const struct ferr_info *info = ferr_info(e);
     if (c->state == CS_HEAD && c->method[0] == '\0' && !buf_empty(&c->cli.in)) {
         /* A head that never completed: log what arrived of it. */
@@ -373,7 +376,7 @@ static int could_be_http(const char *p, size_t n)
 
 /* A request ferry answers itself (OPTIONS *, Max-Forwards: 0), then
  * closes: a body the request may carry is never read. */
-static void answer_here(struct conn *c)
+void conn_answer_local(struct conn *c)
 {
     if (conn_write_local_answer(c) < 0) {
         conn_fail(c, FERR_HEAD_TOO_LARGE);
@@ -480,7 +483,7 @@ void conn_on_head(struct conn *c)
         ctl_merge(&c->ctl_user, &keep);
     }
     if (c->req.method == HTTP_OPTIONS && http_span_ieq(base, c->req.url, "*")) {
-        answer_here(c); /* OPTIONS * asks the proxy itself */
+        conn_answer_local(c); /* OPTIONS * asks the proxy itself */
         return;
     }
     if (parse_target(c, base) < 0) {
@@ -493,7 +496,7 @@ void conn_on_head(struct conn *c)
             return;
         }
         if (mf == 0) {
-            answer_here(c); /* the last hop allowed: RFC 9110 §7.6.2 */
+            conn_answer_local(c); /* the last hop allowed: RFC 9110 §7.6.2 */
             return;
         }
     }

@@ -128,6 +128,11 @@ void conn_route(struct conn *c)
     r.retries = -1;
     r.pool = -1; /* until the runtime chooses one (0 = direct) */
     r.flags = c->origin_tls ? FERRY_REQ_TLS : 0;
+    int reverse = conn_is_reverse(c);
+    if (reverse) {
+        r.flags |= FERRY_REQ_REVERSE | (c->l->tls_ctx != NULL ? FERRY_REQ_CLIENT_TLS : 0);
+        r.site_pool = c->l->rev_pool;
+    }
     if (c->is_connect && !conn_intercept_possible(c)) {
         r.flags |= FERRY_REQ_NO_INTERCEPT;
     }
@@ -170,7 +175,9 @@ void conn_route(struct conn *c)
                     : id == BRIDGE_ALL_DOWN ? FERR_ALL_DOWN
                     : id == FERRY_DISPATCH_POOL_REFUSED ? FERR_POOL_REFUSED
                     : id == FERRY_DISPATCH_POOL_UNKNOWN ? FERR_POOL_UNKNOWN
-                    : id == FERRY_DISPATCH_NO_REGION ? FERR_NO_REGION : FERR_ROUTE_ERROR;
+                    : id == FERRY_DISPATCH_NO_REGION ? FERR_NO_REGION
+                    : id == FERRY_DISPATCH_NO_SITE ? FERR_REV_NO_SITE
+                    : id == FERRY_DISPATCH_NOT_BACKENDS ? FERR_REV_NOT_BACKENDS : FERR_ROUTE_ERROR;
         conn_fail(c, e);
         return;
     }
@@ -181,6 +188,11 @@ void conn_route(struct conn *c)
     c->proxy = id > 0 ? proxy_by_id((uint32_t)id) : NULL;
     if (id > 0 && c->proxy == NULL) {
         conn_fail(c, FERR_ROUTE_ERROR);
+        return;
+    }
+    if (reverse && (c->proxy == NULL || !upstream_is_backend(c->proxy->pub.scheme))) {
+        /* A reverse request never goes direct to its Host, nor through a proxy. */
+        conn_fail(c, FERR_REV_NOT_BACKENDS);
         return;
     }
     if (conn_ban_no_other(c)) {

@@ -113,6 +113,24 @@ static const struct ferr_info table[FERR_COUNT] = {
     [FERR_ORIGIN_TLS]         = { "FERRY-3043", 502, "Bad Gateway",
                                   "the TLS handshake with the origin failed (see the log)" },
 
+    [FERR_REV_NO_SITE]        = { "FERRY-1100", 404, "Not Found",
+                                  "no site is configured for this host" },
+    [FERR_REV_CONNECT]        = { "FERRY-1101", 405, "Method Not Allowed",
+                                  "CONNECT is not served here (this is a reverse proxy)" },
+    [FERR_REV_TARGET]         = { "FERRY-1102", 400, "Bad Request",
+                                  "the request target must be a path (origin form), an "
+                                  "http(s):// URL or * for OPTIONS" },
+    [FERR_REV_HOST]           = { "FERRY-1103", 400, "Bad Request",
+                                  "missing or invalid Host header" },
+    [FERR_REV_NOT_BACKENDS]   = { "FERRY-3100", 502, "Bad Gateway",
+                                  "the route chose a pool without backends (see the log)" },
+    [FERR_REV_NO_BACKEND]     = { "FERRY-3101", 503, "Service Unavailable",
+                                  "no backend available" },
+    [FERR_REV_ALL_DOWN]       = { "FERRY-3102", 503, "Service Unavailable",
+                                  "no healthy backend (all down or circuits open)" },
+    [FERR_REV_TLS]            = { "FERRY-3103", 502, "Bad Gateway",
+                                  "TLS with the backend failed (certificate or protocol; "
+                                  "see the log)" },
     [FERR_CTL_BAD]            = { "FERRY-1060", 400, "Bad Request",
                                   "invalid control header or user name parameter "
                                   "(X-Ferry-Region, X-Ferry-Rotate, X-Ferry-Pool)" },

@@ -61,6 +61,15 @@ enum ferr {
     FERR_POOL_REFUSED,     /* X-Ferry-Pool on a listener that does not allow that pool */
     FERR_NO_REGION,        /* no proxy of the X-Ferry-Region region where the request goes */
     FERR_BAN_EXHAUSTED,    /* retry on ban: every proxy was banned, no answer was kept */
+    /* Reverse listeners (conn_reverse.c). */
+    FERR_REV_NO_SITE,      /* no route and no listener pool for this Host: 404 */
+    FERR_REV_CONNECT,      /* CONNECT on a reverse listener */
+    FERR_REV_TARGET,       /* a target that is not origin-form, absolute http(s) or OPTIONS * */
+    FERR_REV_HOST,         /* Host missing (HTTP/1.1) or not a host[:port] */
+    FERR_REV_NOT_BACKENDS, /* the route chose "direct" or a pool of proxies */
+    FERR_REV_NO_BACKEND,   /* the backend pool has nothing usable */
+    FERR_REV_ALL_DOWN,     /* no healthy backend and all_down = "fail" */
+    FERR_REV_TLS,          /* TLS with the backend failed (certificate, protocol) */
     FERR_COUNT
 };
 

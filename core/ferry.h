@@ -54,7 +54,10 @@ enum ferry_dispatch {
     /* Control headers (ctl.c): numbered apart, other answers come before. */
     FERRY_DISPATCH_POOL_REFUSED = -20, /* X-Ferry-Pool not allowed on the listener */
     FERRY_DISPATCH_POOL_UNKNOWN = -21, /* X-Ferry-Pool names no pool */
-    FERRY_DISPATCH_NO_REGION    = -22  /* no proxy of the X-Ferry-Region region */
+    FERRY_DISPATCH_NO_REGION    = -22, /* no proxy of the X-Ferry-Region region */
+    /* Reverse listeners (conn_reverse.c). */
+    FERRY_DISPATCH_NO_SITE      = -30, /* no route and no listener pool for this Host: 404 */
+    FERRY_DISPATCH_NOT_BACKENDS = -31  /* the route chose "direct" or a pool of proxies */
 };
 
 /* Upstream kinds a proxy can be. */
@@ -65,7 +68,11 @@ enum ferry_scheme {
     FERRY_SCHEME_HTTPS  = 3, /* HTTP proxy spoken over TLS */
     FERRY_SCHEME_SOCKS4 = 4, /* SOCKS4 proxy: ferry resolves, sends an IPv4 address */
     FERRY_SCHEME_SOCKS4A = 5, /* SOCKS4a proxy: destination sent as a name */
-    FERRY_SCHEMES       = 6
+    /* Reverse proxy (conn_reverse.c): a backend of a pool { backends = ... },
+     * reached at its own address, requests in origin form. */
+    FERRY_SCHEME_BACKEND = 6,     /* http:// backend */
+    FERRY_SCHEME_BACKEND_TLS = 7, /* https:// backend: TLS to it, verified */
+    FERRY_SCHEMES       = 8
 };
 
 /* Why an attempt through a proxy failed; indexes ferry_proxy.fail_kind. */
@@ -239,6 +246,8 @@ struct ferry_req {
     uint32_t    pool_header_len;
     uint32_t    rotate;      /* ro: 1: re-pin the sticky session now */
     int32_t     ban_retry;   /* rw: tries on other proxies after a ban (the exchange's ban.retry) */
+    /* Reverse listeners (FERRY_REQ_REVERSE): */
+    int32_t     site_pool;   /* ro: the listener's own pool index, 0 when it has none */
 };
 
 /* One request to the admin plane (admin.c), handed to the runtime's
@@ -271,7 +280,11 @@ enum ferry_req_flag {
      * https:// target, or inside an intercepted tunnel).  Out: set by
      * the exchange's upgrade_tls for a plain http:// request (its port
      * 80 becomes 443).  Lua reads it as req.scheme. */
-    FERRY_REQ_TLS = 0x40
+    FERRY_REQ_TLS = 0x40,
+    /* In: the request came to a reverse listener (origin form, backends
+     * only); CLIENT_TLS: over TLS (req.scheme "https"). */
+    FERRY_REQ_REVERSE = 0x1000,
+    FERRY_REQ_CLIENT_TLS = 0x2000
 };
 
 /* The loop's idea of "now", in seconds (ev_now). */
@@ -534,6 +547,19 @@ void ferry_set_timeouts(int client_head_ms, int connect_ms,
 void ferry_set_log(int level, int access);
 /* HTTP behaviour: add Via (1/0) under name (a token of at most 64 bytes). */
 void ferry_set_http(int via, const char *via_name);
+/* Reverse listeners (conn_reverse.c).  ferry_listener_set_reverse: the
+ * listener's own pool index (0: none, a Host no route takes is 404), the
+ * FERRY_FWD_* headers it adds toward backends, and whether incoming
+ * X-Forwarded-* are trusted (kept and appended to) or dropped.
+ * ferry_pool_set_host: the Host a backend pool sends (NULL: the client's). */
+enum ferry_fwd {
+    FERRY_FWD_FOR = 0x1,   /* X-Forwarded-For */
+    FERRY_FWD_PROTO = 0x2, /* X-Forwarded-Proto */
+    FERRY_FWD_HOST = 0x4,  /* X-Forwarded-Host */
+    FERRY_FWD_VIA = 0x8    /* Via, both ways (with http { via }) */
+};
+int ferry_listener_set_reverse(int listener, int pool, unsigned forwarded, int trust);
+int ferry_pool_set_host(int pool, const char *host);
 /* Write one coded event line to the log (level as above). */
 void ferry_log(int level, const char *code, const char *msg);
 /* Count a Lua hook error for metrics (enum ferry_hook_kind; the core

@@ -9,6 +9,7 @@
 
 static const struct inbound_ops *const all[] = {
     &inbound_http, &inbound_admin, &inbound_socks5, &inbound_socks4, &inbound_mixed,
+    &inbound_reverse,
 };
 
 const struct inbound_ops *inbound_by_name(const char *name)

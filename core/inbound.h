@@ -38,6 +38,7 @@ extern const struct inbound_ops inbound_admin;  /* admin plane (admin.c) */
 extern const struct inbound_ops inbound_socks5; /* RFC 1928/1929 (inbound_socks5.c) */
 extern const struct inbound_ops inbound_socks4; /* SOCKS4 and 4a (inbound_socks4.c) */
 extern const struct inbound_ops inbound_mixed;  /* first byte picks one (inbound.c) */
+extern const struct inbound_ops inbound_reverse; /* reverse proxy (conn_reverse.c) */
 
 /* SOCKS handshakes (inbound.c): a fresh request at accept, its clock and
  * id; proto names it in logs until the request is read. */

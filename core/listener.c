@@ -65,7 +65,7 @@ static void reject_overloaded(const struct listener *l, int fd, int admin_limit)
                   l->name, info->message, admin_limit ? (unsigned)l->conns : conn_count(),
                   admin_limit ? " on this admin listener" : "");
     }
-    if (l->in != &inbound_http && !listener_is_admin(l)) {
+    if (l->in != &inbound_http && l->in != &inbound_reverse && !listener_is_admin(l)) {
         /* A SOCKS (or not yet sniffed) client would not read an HTTP answer. */
         close(fd);
         return;
@@ -231,6 +231,7 @@ int ferry_listen(const char *name, const char *host, int port, const char *proto
     l->in = in;
     l->auth_fail_limit = LISTENER_AUTH_FAIL_LIMIT;
     l->auth_fail_window = LISTENER_AUTH_FAIL_WINDOW;
+    l->rev_fwd = FERRY_FWD_FOR | FERRY_FWD_PROTO | FERRY_FWD_HOST | FERRY_FWD_VIA;
     log_event(LOG_INFO, "FERRY-0001", NULL, "listener %s on %s:%d (%s)", name, host, port,
               protocol);
     return slot;
@@ -498,6 +499,18 @@ int ferry_listener_reset(int idx, const char *name, int open)
     l->name = fresh;
     l->open = open ? 1 : 0;
     forget_users(l);
+    return FERRY_OK;
+}
+
+int ferry_listener_set_reverse(int idx, int pool, unsigned forwarded, int trust)
+{
+    struct listener *l = listener_get(idx);
+    if (l == NULL || l->closed || pool < 0) {
+        return FERRY_ERROR;
+    }
+    l->rev_pool = pool;
+    l->rev_fwd = forwarded;
+    l->rev_trust = trust ? 1 : 0;
     return FERRY_OK;
 }
 

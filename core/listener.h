@@ -39,6 +39,10 @@ struct listener {
                                  * replaced by a reload, each SSL holds its own ref */
     unsigned auth_fail_limit; /* ro: wrong credentials per window that block a client */
     double auth_fail_window;  /* ro: seconds of that window, and of the block */
+    /* Reverse listeners (conn_reverse.c, ferry_listener_set_reverse). */
+    int rev_pool;             /* ro: pool index of its own pool, 0: none (404) */
+    unsigned rev_fwd;         /* ro: FERRY_FWD_* headers added toward backends */
+    unsigned rev_trust:1;     /* ro: incoming X-Forwarded-* are kept and appended to */
 };
 
 struct listener *listener_get(int idx);

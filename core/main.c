@@ -281,6 +281,7 @@ static int cmd_run(const char *config, int check_only)
     ev_run(loop, 0);
     conn_close_all();
     uppool_free_all();
+    conn_reverse_free();
     rate_free_all();
     origin_tls_free_all();
     listener_close_all();

@@ -263,7 +263,7 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
     char *disp = malloc(dl);
     if (disp != NULL) {
         int v6 = strchr(host, ':') != NULL;
-        snprintf(disp, dl, "%s://%s%s%s:%d", upstream_name((unsigned)scheme),
+        snprintf(disp, dl, "%s://%s%s%s:%d", upstream_url_name((unsigned)scheme),
                  v6 ? "[" : "", host, v6 ? "]" : "", port);
     }
     replace_str(&p->display, disp);
@@ -448,7 +448,7 @@ int ferry_proxy_url(const struct ferry_proxy *fp, char *out, uint32_t room)
     if (p == NULL || out == NULL || room < 16 || p->host == NULL) {
         return FERRY_ERROR;
     }
-    int n = snprintf(out, room, "%s://", upstream_name(p->pub.scheme));
+    int n = snprintf(out, room, "%s://", upstream_url_name(p->pub.scheme));
     size_t o = (size_t)n;
     if (p->user != NULL) {
         o = pct_encode(p->user, out, o, room);

@@ -74,7 +74,7 @@ static int http_input(struct hop *h)
 
 /* A request the proxy answers itself (RFC 9110 9.3.7: OPTIONS * addresses
  * the server, not a resource). */
-static void http_hello(struct hop *h)
+void up_http_hello(struct hop *h)
 {
     const struct proxy *p = h->proxy;
     char line[HOST_MAX_LEN + 128];
@@ -91,7 +91,7 @@ static void http_hello(struct hop *h)
 }
 
 /* Any status: the proxy is running and speaks HTTP. */
-static int http_hello_input(struct hop *h)
+int up_http_hello_input(struct hop *h)
 {
     struct buf *in = &h->leg->in;
     const char *base = buf_head(in);
@@ -110,7 +110,7 @@ const struct upstream_ops up_http = {
     .name = "http",
     .start = http_start,
     .input = http_input,
-    .hello = http_hello,
-    .hello_input = http_hello_input,
+    .hello = up_http_hello,
+    .hello_input = up_http_hello_input,
     .hello_what = "an HTTP request",
 };

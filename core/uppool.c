@@ -207,11 +207,12 @@ double uppool_queue_timeout(int pool)
     return limits_of(pool)->queue_timeout;
 }
 
-/* An HTTP proxy takes any absolute-form request on a kept connection;
- * a SOCKS hop is bound to the destination it was opened for. */
+/* An HTTP proxy takes any absolute-form request on a kept connection,
+ * a backend any request for it; a SOCKS hop is bound to the destination
+ * it was opened for. */
 static int hop_bound(const struct proxy *p)
 {
-    return p != NULL && !upstream_absolute(p->pub.scheme);
+    return p != NULL && !upstream_shared(p->pub.scheme);
 }
 
 static uint32_t key_hash(const struct proxy *p, const char *host, int port)

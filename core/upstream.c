@@ -11,6 +11,8 @@ static const struct upstream_scheme schemes[FERRY_SCHEMES] = {
     [FERRY_SCHEME_HTTPS]   = { "https", &up_http, 443, 1, 1, 1 },
     [FERRY_SCHEME_SOCKS4]  = { "socks4", &up_socks4, 1080, 0, 0, 0 },
     [FERRY_SCHEME_SOCKS4A] = { "socks4a", &up_socks4a, 1080, 0, 0, 0 },
+    [FERRY_SCHEME_BACKEND] = { "backend", &up_backend, 80, 0, 0, 1, 1, "http" },
+    [FERRY_SCHEME_BACKEND_TLS] = { "backend_tls", &up_backend, 443, 1, 0, 1, 1, "https" },
 };
 
 const struct upstream_scheme *upstream_scheme(unsigned scheme)
@@ -40,6 +42,24 @@ int upstream_absolute(unsigned scheme)
 {
     const struct upstream_scheme *s = upstream_scheme(scheme);
     return s != NULL && s->absolute;
+}
+
+int upstream_is_backend(unsigned scheme)
+{
+    const struct upstream_scheme *s = upstream_scheme(scheme);
+    return s != NULL && s->backend;
+}
+
+int upstream_shared(unsigned scheme)
+{
+    const struct upstream_scheme *s = upstream_scheme(scheme);
+    return s != NULL && (s->absolute || s->backend);
+}
+
+const char *upstream_url_name(unsigned scheme)
+{
+    const struct upstream_scheme *s = upstream_scheme(scheme);
+    return s == NULL ? "?" : s->url != NULL ? s->url : s->name;
 }
 
 void hop_reset(struct hop *h)

@@ -85,6 +85,10 @@ struct upstream_scheme {
                                   * one connection serves any destination */
     unsigned probe_http:1;       /* http checks: a GET to the proxy itself
                                   * (else a tunnel first, then the GET) */
+    unsigned backend:1;          /* a backend (reverse proxy): the hop is the
+                                  * destination, one connection serves any request */
+    const char *url;             /* the scheme in displays when not name ("http"
+                                  * for a backend), NULL: name */
 };
 
 /* The row of a scheme, NULL when the core has no connector for it. */
@@ -98,6 +102,13 @@ const char *upstream_name(unsigned scheme);
 int upstream_uses_tls(unsigned scheme);
 /* 1 when plain requests go out in absolute form (an HTTP proxy). */
 int upstream_absolute(unsigned scheme);
+/* 1 for a backend of a reverse pool (FERRY_SCHEME_BACKEND*). */
+int upstream_is_backend(unsigned scheme);
+/* 1 when one kept connection serves any request to this hop, whatever
+ * its destination (an HTTP proxy in absolute form, a backend). */
+int upstream_shared(unsigned scheme);
+/* The scheme as displays show it: "http" for a plain backend. */
+const char *upstream_url_name(unsigned scheme);
 
 /* Connector helper: record why the attempt failed; returns UP_FAIL. */
 static inline int hop_fail(struct hop *h, enum ferry_fail_kind kind, enum ferr e)
@@ -117,5 +128,11 @@ extern const struct upstream_ops up_http;
 extern const struct upstream_ops up_socks5;
 extern const struct upstream_ops up_socks4;
 extern const struct upstream_ops up_socks4a;
+extern const struct upstream_ops up_backend;
+
+/* up_http.c: OPTIONS * to an HTTP server (a proxy or a backend), any
+ * HTTP answer passes: the hello of tcp probes that need an answer. */
+void up_http_hello(struct hop *h);
+int up_http_hello_input(struct hop *h);
 
 #endif

@@ -9,6 +9,7 @@
 -- closed.  C keeps every proxy's counters, health, breakers and bans, so
 -- an unchanged proxy carries them through a reload.
 local ffi = require("ffi")
+local bit = require("bit")
 local cdef = require("ferry.cdef")
 local plugins = require("ferry.plugins")
 local poolmod = require("ferry.pool")
@@ -36,6 +37,9 @@ local function index_of(name)
   end
   return i
 end
+
+-- Backend pools' connection defaults (per backend).
+M.BACKEND_MAX, M.BACKEND_IDLE_TIMEOUT = 100, 90
 
 local function ms(seconds)
   return seconds and math.floor(seconds * 1000 + 0.5) or 0
@@ -128,7 +132,7 @@ function M.prepare(cfg, root)
         local c = ffi.new("struct ferry_proxy")
         c.id, c.weight = i, px.weight or 1
         fake[i] = { id = i, display = px.display, weight = px.weight or 1, region = px.region,
-                    c = c, x = {} }
+                    backup = px.backup or false, c = c, x = {} }
       end
       local ok, ierr = pcall(strategy.init, poolmod.new(name, fake, { now = C.ferry_now }))
       if not ok then
@@ -258,6 +262,14 @@ local function finish_listeners(cfg, plan, old_idx)
         C.ferry_tls_ctx_free(ctx)
       end
     end
+    if l.protocol == "reverse" then
+      local fwd = 0
+      for k, on in pairs(l.forwarded) do
+        if on then fwd = bit.bor(fwd, cdef.FWD[k]) end
+      end
+      C.ferry_listener_set_reverse(plan.idx_of[l], l.pool and index_of(l.pool) or 0, fwd,
+        l.trust_forwarded and 1 or 0)
+    end
     if l.auth_fail_limit then
       -- config.lua checked the bounds.
       C.ferry_listener_set_auth_throttle(plan.idx_of[l], l.auth_fail_limit, l.auth_fail_window)
@@ -339,7 +351,7 @@ local function build_pools(prep)
       px.cid = id -- the inventory (ferry.inventory) finds its proxies by it
       list[i] = { id = id, display = px.display, label = px.id or tostring(id),
                   weight = px.weight or 1, region = px.region, c = c, x = {},
-                  runtime = px.runtime }
+                  runtime = px.runtime, backup = px.backup or false }
     end
     if pc.health and pc.health.concurrency and pc.health.concurrency > concurrency then
       concurrency = pc.health.concurrency
@@ -347,6 +359,11 @@ local function build_pools(prep)
     local pool = poolmod.new(name, list, { latency_ceiling = pc.latency_ceiling or 1000,
                                            now = C.ferry_now })
     pool.index = index_of(name)
+    -- "proxies" or "backends" (a reverse listener's pools).
+    pool.kind = pc.kind or "proxies"
+    if C.ferry_pool_set_host(pool.index, pc.host) ~= cdef.OK then
+      return nil, format('%s:%d: pool "%s": out of memory', cfg.file, pc.line, name)
+    end
     pool.strategy = pp.strategy
     pool.breaker = pp.breaker
     pool.trials = pp.breaker and pp.breaker.settings.trials or 1
@@ -438,13 +455,18 @@ function M.commit(prep, old)
   end
   C.ferry_origin_tls_sweep()
   -- Upstream connection limits: every pool, and index 0 for direct.
-  local function connections(index, c)
+  -- Backend pools default to 100 connections per backend kept 90 s idle.
+  local function connections(index, c, kind)
     c = c or {}
-    C.ferry_pool_connections(index, c.max or -1, c.queue or -1, c.queue_timeout or 0,
-      c.idle or -1, c.idle_timeout or 0, c.max_requests or -1)
+    local backends = kind == "backends"
+    C.ferry_pool_connections(index, c.max or (backends and M.BACKEND_MAX or -1), c.queue or -1,
+      c.queue_timeout or 0, c.idle or -1,
+      c.idle_timeout or (backends and M.BACKEND_IDLE_TIMEOUT or 0), c.max_requests or -1)
   end
   connections(0, cfg.direct and cfg.direct.connections)
-  for name, pool in pairs(pools) do connections(pool.index, cfg.pools[name].connections) end
+  for name, pool in pairs(pools) do
+    connections(pool.index, cfg.pools[name].connections, pool.kind)
+  end
   local t = cfg.timeouts
   C.ferry_set_timeouts(ms(t.client_head), ms(t.connect), ms(t.first_byte), ms(t.idle),
     ms(t.keepalive), ms(t.request), ms(t.upstream_idle))

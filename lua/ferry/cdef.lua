@@ -13,11 +13,13 @@ enum ferry_dispatch { FERRY_DISPATCH_NO_PROXY = -1, FERRY_DISPATCH_ROUTE_ERROR =
                       FERRY_DISPATCH_DENY = -3, FERRY_DISPATCH_ALL_DOWN = -4,
                       FERRY_DISPATCH_RATE = -5,
                       FERRY_DISPATCH_POOL_REFUSED = -20, FERRY_DISPATCH_POOL_UNKNOWN = -21,
-                      FERRY_DISPATCH_NO_REGION = -22 };
+                      FERRY_DISPATCH_NO_REGION = -22, FERRY_DISPATCH_NO_SITE = -30,
+                      FERRY_DISPATCH_NOT_BACKENDS = -31 };
 enum { FERRY_RETRIES_MAX = 8 };
 enum ferry_scheme { FERRY_SCHEME_DIRECT = 0, FERRY_SCHEME_HTTP = 1, FERRY_SCHEME_SOCKS5 = 2,
                    FERRY_SCHEME_HTTPS = 3, FERRY_SCHEME_SOCKS4 = 4, FERRY_SCHEME_SOCKS4A = 5,
-                   FERRY_SCHEMES = 6 };
+                   FERRY_SCHEME_BACKEND = 6, FERRY_SCHEME_BACKEND_TLS = 7,
+                   FERRY_SCHEMES = 8 };
 enum ferry_fail_kind {
   FERRY_FAIL_REFUSED = 0, FERRY_FAIL_TIMEOUT = 1, FERRY_FAIL_HANDSHAKE = 2,
   FERRY_FAIL_AUTH = 3, FERRY_FAIL_HTTP5XX = 4, FERRY_FAIL_RESET = 5, FERRY_FAIL_TLS = 6,
@@ -53,7 +55,8 @@ struct ferry_proxy {
 enum ferry_proxy_flag { FERRY_PROXY_DOWN = 0x1, FERRY_PROXY_DISABLED = 0x2,
                        FERRY_PROXY_REMOVED = 0x4 };
 enum ferry_req_flag { FERRY_REQ_CAPTURE = 0x1, FERRY_REQ_TLS = 0x40,
-                      FERRY_REQ_INTERCEPT = 0x100, FERRY_REQ_NO_INTERCEPT = 0x200 };
+                      FERRY_REQ_INTERCEPT = 0x100, FERRY_REQ_NO_INTERCEPT = 0x200,
+                      FERRY_REQ_REVERSE = 0x1000, FERRY_REQ_CLIENT_TLS = 0x2000 };
 enum ferry_probe_kind { FERRY_PROBE_NONE = 0, FERRY_PROBE_TCP = 1, FERRY_PROBE_HTTP = 2,
                         FERRY_PROBE_CONNECT = 3 };
 enum ferry_breaker { FERRY_BREAKER_CLOSED = 0, FERRY_BREAKER_OPEN = 1,
@@ -130,6 +133,7 @@ struct ferry_req {
   const char *pool_header;  uint32_t pool_header_len;
   uint32_t    rotate;
   int32_t     ban_retry;
+  int32_t     site_pool;
 };
 double ferry_now(void);
 struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *host, int port,
@@ -235,6 +239,10 @@ void ferry_set_timeouts(int client_head_ms, int connect_ms, int first_byte_ms, i
                         int keepalive_ms, int request_ms, int upstream_idle_ms);
 int ferry_set_log_files(const char *events, const char *access, const char **err);
 void ferry_set_http(int via, const char *via_name);
+enum ferry_fwd { FERRY_FWD_FOR = 0x1, FERRY_FWD_PROTO = 0x2, FERRY_FWD_HOST = 0x4,
+                 FERRY_FWD_VIA = 0x8 };
+int ferry_listener_set_reverse(int listener, int pool, unsigned forwarded, int trust);
+int ferry_pool_set_host(int pool, const char *host);
 int ferry_draining(void);
 const char *ferry_config_path(void);
 int ferry_budget_charge(double instructions);
@@ -278,14 +286,17 @@ local M = {
                rate = n(C.FERRY_DISPATCH_RATE),
                pool_refused = n(C.FERRY_DISPATCH_POOL_REFUSED),
                pool_unknown = n(C.FERRY_DISPATCH_POOL_UNKNOWN),
-               no_region = n(C.FERRY_DISPATCH_NO_REGION) },
+               no_region = n(C.FERRY_DISPATCH_NO_REGION),
+               no_site = n(C.FERRY_DISPATCH_NO_SITE),
+               not_backends = n(C.FERRY_DISPATCH_NOT_BACKENDS) },
   RETRIES_MAX = n(C.FERRY_RETRIES_MAX),
   PROXY_DOWN = n(C.FERRY_PROXY_DOWN),
   PROXY_DISABLED = n(C.FERRY_PROXY_DISABLED),
   PROXY_REMOVED = n(C.FERRY_PROXY_REMOVED),
   SCHEME = { direct = n(C.FERRY_SCHEME_DIRECT), http = n(C.FERRY_SCHEME_HTTP),
              socks5 = n(C.FERRY_SCHEME_SOCKS5), https = n(C.FERRY_SCHEME_HTTPS),
-             socks4 = n(C.FERRY_SCHEME_SOCKS4), socks4a = n(C.FERRY_SCHEME_SOCKS4A) },
+             socks4 = n(C.FERRY_SCHEME_SOCKS4), socks4a = n(C.FERRY_SCHEME_SOCKS4A),
+             backend = n(C.FERRY_SCHEME_BACKEND), backend_tls = n(C.FERRY_SCHEME_BACKEND_TLS) },
   PROBE = { none = n(C.FERRY_PROBE_NONE), tcp = n(C.FERRY_PROBE_TCP),
             http = n(C.FERRY_PROBE_HTTP), connect = n(C.FERRY_PROBE_CONNECT) },
   BREAKER_CLOSED = n(C.FERRY_BREAKER_CLOSED), BREAKER_OPEN = n(C.FERRY_BREAKER_OPEN),
@@ -293,6 +304,9 @@ local M = {
   REQ_CAPTURE = n(C.FERRY_REQ_CAPTURE),
   REQ_INTERCEPT = n(C.FERRY_REQ_INTERCEPT), REQ_NO_INTERCEPT = n(C.FERRY_REQ_NO_INTERCEPT),
   REQ_TLS = n(C.FERRY_REQ_TLS),
+  REQ_REVERSE = n(C.FERRY_REQ_REVERSE), REQ_CLIENT_TLS = n(C.FERRY_REQ_CLIENT_TLS),
+  FWD = { ["for"] = n(C.FERRY_FWD_FOR), proto = n(C.FERRY_FWD_PROTO), host = n(C.FERRY_FWD_HOST),
+          via = n(C.FERRY_FWD_VIA) },
   -- Names of enum ferry_fail_kind, index = value + 1.
   FAIL_KINDS = { "refused", "timeout", "handshake", "auth", "http5xx", "reset", "tls" },
 }

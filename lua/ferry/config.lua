@@ -392,7 +392,8 @@ local function error_message(file, err, line)
 end
 
 -- What a listen block may speak (core/inbound.h has one table per name).
-local LISTEN_PROTOCOLS = { http = true, socks5 = true, socks4 = true, mixed = true }
+local LISTEN_PROTOCOLS = { http = true, socks5 = true, socks4 = true, mixed = true,
+  reverse = true }
 
 -- Wildcard addresses: a bind there takes the port on every address.
 local WILDCARD = { ["0.0.0.0"] = true, ["::"] = true, ["*"] = true, [""] = true }
@@ -458,7 +459,8 @@ local function evaluate(chunk, file)
     where = at(string.format('listen "%s"', l.name))
     check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true,
                              auth_fail_limit = true, auth_fail_window = true, tls = true,
-                             allow_pool_header = true })
+                             allow_pool_header = true, pool = true, forwarded = true,
+                             trust_forwarded = true })
     if names.listen[l.name] then fail(where, "a listener with this name already exists") end
     names.listen[l.name] = true
     local host, port = url.parse_hostport(want(where, "addr", t.addr, "string") or "127.0.0.1:8080")
@@ -469,10 +471,14 @@ local function evaluate(chunk, file)
       fail(where, 'protocol "admin": declare the admin plane with admin { addr = ... }')
     end
     if not LISTEN_PROTOCOLS[l.protocol] then
-      fail(where, 'protocol "%s" is not one of "http", "socks5", "socks4", "mixed"', l.protocol)
+      fail(where, 'protocol "%s" is not one of "http", "socks5", "socks4", "mixed", "reverse"',
+        l.protocol)
     end
+    M.parse_reverse_listen(where, t, l)
     if t.tls ~= nil then
-      if l.protocol ~= "http" then fail(where, 'tls: only for protocol = "http"') end
+      if l.protocol ~= "http" and l.protocol ~= "reverse" then
+        fail(where, 'tls: only for protocol = "http" or "reverse"')
+      end
       local tls, terr = tls_opts.listener(t.tls, function(f) return resolve_path(dir, f) end)
       if not tls then fail(where, "%s", terr) end
       l.tls = tls
@@ -523,8 +529,9 @@ local function evaluate(chunk, file)
       fail(where, 'protocol "socks4" cannot check users (SOCKS4 has no password); ' ..
         'use "socks5", or "mixed" to serve SOCKS5 with users and refuse SOCKS4')
     end
-    -- One rule for every forward listener kind, HTTP or SOCKS.
-    if not is_loopback(l.host) and #l.users == 0 and not l.open then
+    -- One rule for every forward listener kind, HTTP or SOCKS (a reverse
+    -- listener only reaches its own backends).
+    if l.protocol ~= "reverse" and not is_loopback(l.host) and #l.users == 0 and not l.open then
       fail(where, "refusing to listen on %s without users; set open = true to allow an " ..
         "open proxy", l.host)
     end
@@ -617,14 +624,19 @@ local function evaluate(chunk, file)
     return function(t)
       check_fields(where, t, { strategy = true, retries = true, proxies = true, breaker = true,
         health = true, all_down = true, panic = true, timeouts = true, latency_ceiling = true,
-        session_ttl = true, connections = true })
+        session_ttl = true, connections = true, backends = true, host = true, tls = true })
       local p = { name = name, line = line }
+      p.kind = M.pool_kind(where, t)
       p.connections = parse_connections(where, t.connections)
       p.strategy = want(where, "strategy", t.strategy, "string") or "health_score"
       p.retries = want_number(where, "retries", t.retries, 0, RETRIES_MAX, true) or 2
       p.all_down = want(where, "all_down", t.all_down, "string") or "any"
       if not ALL_DOWN[p.all_down] then
         fail(where, 'all_down must be "any", "direct" or "fail", got "%s"', p.all_down)
+      end
+      if p.kind == "backends" and p.all_down == "direct" then
+        fail(where, 'all_down = "direct" is for pools of proxies: a backend pool has nowhere ' ..
+          'direct to go (use "any" or "fail")')
       end
       p.panic = want_number(where, "panic", t.panic, 0, 100) or 0
       p.latency_ceiling = want_number(where, "latency_ceiling", t.latency_ceiling, 1) or 1000
@@ -637,6 +649,12 @@ local function evaluate(chunk, file)
           connect = want_number(where, "timeouts.connect", t.timeouts.connect, 0.001),
           first_byte = want_number(where, "timeouts.first_byte", t.timeouts.first_byte, 0.001),
         }
+      end
+      if p.kind == "backends" then
+        M.parse_backend_pool(where, t, p, function(f) return resolve_path(dir, f) end)
+        cfg.pools[name] = p
+        cfg.pool_order[#cfg.pool_order + 1] = name
+        return
       end
       if type(t.proxies) ~= "table" or #t.proxies == 0 then
         fail(where, "proxies: at least one proxy is required")
@@ -805,6 +823,8 @@ local function evaluate(chunk, file)
   local proxying = false
   for _, l in ipairs(cfg.listeners) do
     if l.protocol ~= "admin" then proxying = true end
+    local rerr = M.check_reverse_listen(cfg, file, l)
+    if rerr then return nil, rerr end
     for _, n in ipairs(l.allow_pool_list or {}) do
       if n ~= "direct" and not cfg.pools[n] then
         return nil, string.format('%s:%d: listen "%s": allow_pool_header: pool "%s" is not ' ..
@@ -820,6 +840,95 @@ local function evaluate(chunk, file)
   if lerr then return nil, lerr end
   M.index_exchanges(cfg)
   return cfg
+end
+
+-- A pool is a pool of proxies (proxies = {...}) or of backends
+-- (backends = {...}), never both.
+function M.pool_kind(where, t)
+  if t.backends ~= nil and t.proxies ~= nil then
+    fail(where, "proxies and backends exclude each other: a pool holds one kind")
+  end
+  if t.backends == nil then
+    if t.host ~= nil then fail(where, "host is for backend pools (backends = {...})") end
+    if t.tls ~= nil then
+      fail(where, "tls is for backend pools; an https:// proxy takes its own tls")
+    end
+    return "proxies"
+  end
+  return "backends"
+end
+
+-- The backends of a pool: entries checked by the proxy-entry validator
+-- with backend URLs; host = "..." (the Host sent to them), tls = {...}
+-- (for the https:// ones).
+function M.parse_backend_pool(where, t, p, resolve)
+  if type(t.backends) ~= "table" or #t.backends == 0 then
+    fail(where, "backends: at least one backend is required")
+  end
+  if t.host ~= nil then
+    if type(t.host) ~= "string" or #t.host > 255 or
+       not t.host:match("^[%w.%-_~]+$") and not t.host:match("^[%w.%-_~]+:%d+$") and
+       not t.host:match("^%[[%x:.]+%]:?%d*$") then
+      fail(where, 'host must be a host name with an optional :port ("api.internal:8080")')
+    end
+    p.host = t.host
+  end
+  local ptls, terr = tls_opts.backend_pool(t.tls, resolve)
+  if terr then fail(where, "%s [FERRY-0220]", terr) end
+  p.tls = ptls
+  p.proxies = {}
+  local seen = {}
+  local ctx = { resolve = resolve, kind = "backends", pool_tls = ptls }
+  for i, entry in ipairs(t.backends) do
+    local px, err = proxy_entry.validate(type(entry) == "string" and { url = entry } or entry,
+      proxy_entry.BACKEND_CONFIG, ctx)
+    if not px then fail(string.format("%s: backends[%d]", where, i), "%s", err) end
+    local key = px.id or px.url
+    if seen[key] then fail(where, "backends[%d]: duplicate of backends[%d]", i, seen[key]) end
+    seen[key] = i
+    p.proxies[i] = px
+  end
+end
+
+-- forwarded = { ["for"], proto, host, via } (each a boolean, absent = on)
+-- and trust_forwarded of a reverse listener, and its pool.
+local FORWARDED = { ["for"] = true, proto = true, host = true, via = true }
+
+function M.parse_reverse_listen(where, t, l)
+  if l.protocol ~= "reverse" then
+    for _, k in ipairs { "pool", "forwarded", "trust_forwarded" } do
+      if t[k] ~= nil then fail(where, '%s: only for protocol = "reverse"', k) end
+    end
+    return
+  end
+  if t.users ~= nil then
+    fail(where, 'users: a reverse listener serves a site, it does not authenticate proxy users')
+  end
+  l.pool = want(where, "pool", t.pool, "string")
+  l.forwarded = { ["for"] = true, proto = true, host = true, via = true }
+  if t.forwarded ~= nil then
+    check_fields(where .. ": forwarded", t.forwarded, FORWARDED)
+    for k in pairs(FORWARDED) do
+      local v = want(where, "forwarded." .. k, t.forwarded[k], "boolean")
+      if v ~= nil then l.forwarded[k] = v end
+    end
+  end
+  l.trust_forwarded = want(where, "trust_forwarded", t.trust_forwarded, "boolean") or false
+end
+
+-- Once every pool is declared: a reverse listener's pool is a backend pool.
+function M.check_reverse_listen(cfg, file, l)
+  if l.protocol ~= "reverse" or not l.pool then return nil end
+  local p = cfg.pools[l.pool]
+  if not p then
+    return string.format('%s:%d: listen "%s": pool "%s" is not declared', file, l.line or 0,
+      l.name, l.pool)
+  end
+  if p.kind ~= "backends" then
+    return string.format('%s:%d: listen "%s": pool "%s" has proxies, a reverse listener needs ' ..
+      'a pool of backends', file, l.line or 0, l.name, l.pool)
+  end
+  return nil
 end
 
 -- intercept = true|false of an exchange (default false).

@@ -30,10 +30,16 @@ local TOKEN = "^[!#$%%&'*+%-.^_`|~%w]+$"
 -- rule's absent(px, ctx), when it has one, runs when the field is not
 -- given (a default that depends on other fields).
 M.FIELDS = {
-  url = { check = function(v, px)
+  -- ctx.kind "backends": a backend's http(s):// URL (url.parse_backend).
+  url = { check = function(v, px, ctx)
     if type(v) ~= "string" then return "url: expected a string" end
     if #v > M.MAX_URL then return format("url: longer than %d bytes", M.MAX_URL) end
-    local p, err = url.parse(v)
+    local p, err
+    if ctx.kind == "backends" then
+      p, err = url.parse_backend(v)
+    else
+      p, err = url.parse(v)
+    end
     if not p then return "url: " .. err end
     for k, x in pairs(p) do px[k] = x end
     px.url = v
@@ -74,22 +80,35 @@ M.FIELDS = {
     end
     px.headers = v
   end },
+  -- A backend kept for when every other one is down (backends only).
+  backup = { check = function(v, px)
+    if type(v) ~= "boolean" then return "backup: expected true or false" end
+    px.backup = v
+  end },
   tls = {
     check = function(v, px, ctx)
       local t, err = tls_opts.proxy(v, px.scheme, ctx.resolve)
       if err then return err end
       px.tls = t
     end,
-    absent = function(px) px.tls = tls_opts.proxy(nil, px.scheme) end,
+    -- A backend pool's tls (ctx.pool_tls) holds for its https:// backends.
+    absent = function(px, ctx)
+      px.tls = (px.scheme == "backend_tls" and ctx.pool_tls) or tls_opts.proxy(nil, px.scheme)
+    end,
   },
 }
 
 -- The order fields are checked in, so that the first error is stable.
-M.ORDER = { "url", "id", "weight", "region", "headers", "tls" }
+M.ORDER = { "url", "id", "weight", "region", "headers", "backup", "tls" }
 
 -- Fields a config entry and an inventory entry take.
 M.CONFIG = { url = true, id = true, weight = true, region = true, headers = true, tls = true }
 M.INVENTORY = { url = true, id = true, weight = true, region = true, tls = true }
+-- Backends (pool { backends = ... }): ctx.kind = "backends" with these.
+M.BACKEND_CONFIG = { url = true, id = true, weight = true, region = true, backup = true,
+  tls = true }
+M.BACKEND_INVENTORY = { url = true, id = true, weight = true, region = true, backup = true,
+  tls = true }
 
 local function known(allowed)
   local ks = {}

@@ -20,6 +20,7 @@ local C = ffi.C
 local ffi_string = ffi.string
 local bor, band = require("bit").bor, require("bit").band
 local REQ_TLS = cdef.REQ_TLS
+local REQ_REVERSE, REQ_CLIENT_TLS = cdef.REQ_REVERSE, cdef.REQ_CLIENT_TLS
 local find = string.find
 local pcall, type, tostring, tonumber, setmetatable, rawget, rawset =
   pcall, type, tostring, tonumber, setmetatable, rawget, rawset
@@ -32,6 +33,7 @@ local NO_PROXY, ROUTE_ERROR, DENY, ALL_DOWN = cdef.DISPATCH.no_proxy, cdef.DISPA
 local RATE = cdef.DISPATCH.rate
 local POOL_REFUSED, POOL_UNKNOWN, NO_REGION = cdef.DISPATCH.pool_refused,
   cdef.DISPATCH.pool_unknown, cdef.DISPATCH.no_region
+local NO_SITE, NOT_BACKENDS = cdef.DISPATCH.no_site, cdef.DISPATCH.not_backends
 
 -- Hook-error kinds counted by the core (enum ferry_hook_kind).
 local HOOK_ROUTE, HOOK_STRATEGY, HOOK_BREAKER, HOOK_EXCHANGE = cdef.HOOK.route,
@@ -190,10 +192,16 @@ local readers = {
   is_connect = function(r) return r.is_connect ~= 0 end,
   -- "https" when ferry sends the request over TLS it originates (an
   -- https:// target, upgrade_tls, interception); nil for CONNECT.
+  -- On a reverse listener: the scheme the client used (the listener's TLS).
   scheme = function(r)
     if r.is_connect ~= 0 then return nil end
+    if band(r.flags, REQ_REVERSE) ~= 0 then
+      return band(r.flags, REQ_CLIENT_TLS) ~= 0 and "https" or "http"
+    end
     return band(r.flags, REQ_TLS) ~= 0 and "https" or "http"
   end,
+  -- true on a reverse listener (origin-form requests for backend pools).
+  reverse = function(r) return band(r.flags, REQ_REVERSE) ~= 0 end,
   attempt = function(r) return tonumber(r.attempt) end,
   headers = function(r)
     return parse_headers(r.head ~= nil and ffi_string(r.head, r.head_len) or "")
@@ -326,6 +334,33 @@ local function choose_pool(cur, req, r)
   return res
 end
 
+-- The pool of a request to a reverse listener: route()'s answer when
+-- there is a route and it names one, else the listener's own pool
+-- (nil and NO_SITE without one: 404).  Exchanges are for destinations
+-- of forward traffic: a reverse request matches none.
+local function choose_site(cur, req, r)
+  local route = cur.cfg.route
+  if route then
+    local ok, res = pcall(route, req)
+    if not ok then
+      C.ferry_count_hook_error(HOOK_ROUTE)
+      log_once("route", ERROR, "FERRY-4002", "route() failed: " .. tostring(res))
+      return nil, ROUTE_ERROR
+    end
+    if res == false then return nil, DENY end
+    if type(res) == "string" then return res end
+    if res ~= nil then
+      C.ferry_count_hook_error(HOOK_ROUTE)
+      log_once("route-type", ERROR, "FERRY-4003",
+        "route() returned a " .. type(res) .. ", expected a pool name or nil")
+      return nil, ROUTE_ERROR
+    end
+  end
+  local pool = cur.by_index[tonumber(r.site_pool)]
+  if not pool then return nil, NO_SITE end
+  return pool.name
+end
+
 -- A strategy's (or a select hook's) answer: the proxy, or the fallback
 -- round robin's when it raised or answered something that is not an
 -- eligible proxy of the pool.
@@ -451,7 +486,13 @@ function M.dispatch(ud)
   anchored[1], anchored[2] = nil, nil
   local asked = r.pool_header ~= nil and pool_header_allowed(cur, req) or nil
   if asked and asked < 0 then return asked end
-  local name, why = choose_pool(cur, req, r)
+  local reverse = band(r.flags, REQ_REVERSE) ~= 0
+  local name, why
+  if reverse then
+    name, why = choose_site(cur, req, r)
+  else
+    name, why = choose_pool(cur, req, r)
+  end
   if not name then return why end
   if name == INTERCEPTED then
     r.pool = 0 -- no pool, no proxy: each request inside is dispatched on its own
@@ -459,6 +500,12 @@ function M.dispatch(ud)
   end
   if asked then name = req.pool_header end
   local region = req.region
+  if reverse and (name == "direct" or (cur.pools[name] and cur.pools[name].kind ~= "backends")) then
+    log_once("not-backends:" .. name, ERROR, "FERRY-3100", "pool \"" .. name .. "\" (named by " ..
+      (asked and "X-Ferry-Pool" or "route()") .. ") has no backends: a reverse listener's " ..
+      "requests go to backend pools only")
+    return NOT_BACKENDS
+  end
   if name == "direct" then
     -- Going direct leaves every region: a region asked for is refused.
     if region then return NO_REGION end

@@ -101,9 +101,21 @@ end
 
 -- An https:// proxy's tls; nil t: the defaults (verify against the
 -- system store, name = host).
+local TLS_SCHEMES = { https = true, backend_tls = true }
+
 function M.proxy(t, scheme, resolve)
-  if t == nil then return scheme == "https" and { verify = true } or nil end
-  if scheme ~= "https" then return nil, "tls is only for https:// proxies" end
+  if t == nil then return TLS_SCHEMES[scheme] and { verify = true } or nil end
+  if not TLS_SCHEMES[scheme] then
+    return nil, scheme == "backend" and "tls is only for https:// backends"
+      or "tls is only for https:// proxies"
+  end
+  return client(t, resolve)
+end
+
+-- A backend pool's tls { verify, ca, sni } for its https:// backends; nil
+-- t: nil (each backend's own, else the defaults).
+function M.backend_pool(t, resolve)
+  if t == nil then return nil end
   return client(t, resolve)
 end
 

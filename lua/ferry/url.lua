@@ -192,6 +192,37 @@ function M.parse(s)
   return out
 end
 
+-- A backend of a reverse pool: "http://host[:port]" or "https://host[:port]"
+-- (a trailing "/" allowed), nothing else: no credentials, no path.
+-- Returns { scheme = "backend" | "backend_tls", host, port }.
+local BACKEND_SCHEMES = { http = "backend", https = "backend_tls" }
+local BACKEND_PORT = { backend = 80, backend_tls = 443 }
+-- How displays write a backend's scheme (core/upstream.c's url column).
+local SHOWN = { backend = "http", backend_tls = "https" }
+M.BACKEND_SCHEMES = { backend = true, backend_tls = true }
+
+function M.parse_backend(s)
+  if type(s) ~= "string" then error("url.parse_backend: expected a string, got a " .. type(s), 2) end
+  if s:find("[%s%c]") then return nil, "backend URL contains whitespace or control characters" end
+  local scheme, rest = s:match("^(%a[%w+.-]*)://(.*)$")
+  if not scheme then
+    return nil, "invalid backend URL: missing scheme (want http://host:port or https://host:port)"
+  end
+  local canon = BACKEND_SCHEMES[scheme:lower()]
+  if not canon then
+    return nil, format('unsupported backend scheme "%s" (use http or https)', scheme)
+  end
+  local authority, tail = rest:match("^([^/?#]*)(.*)$")
+  if tail ~= "" and tail ~= "/" then
+    return nil, "a backend URL names host and port only (no path, query or fragment)"
+  end
+  if authority:find("@", 1, true) then return nil, "a backend URL must not carry credentials" end
+  if authority == "" then return nil, "missing host" end
+  local host, port = M.parse_hostport(authority, BACKEND_PORT[canon])
+  if not host then return nil, port end
+  return { scheme = canon, host = host, port = port }
+end
+
 -- A form safe for logs, metrics and errors: never the password, and the
 -- user only as "***" (user names of rotating proxies carry secrets too).
 function M.display(p)
@@ -201,7 +232,7 @@ function M.display(p)
   end
   local host = p.host
   if host:find(":", 1, true) then host = "[" .. host .. "]" end
-  return format("%s://%s%s:%d", p.scheme, p.user and "***@" or "", host, p.port)
+  return format("%s://%s%s:%d", SHOWN[p.scheme] or p.scheme, p.user and "***@" or "", host, p.port)
 end
 
 return M

@@ -74,7 +74,7 @@ build/pic/%.o: core/%.c
 # build/fuzz/core with coverage instrumentation.  No event loop, no sockets.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 180
-FUZZ_TARGETS ?= head chunked connect socks5 socks5_in socks4 config admin_json
+FUZZ_TARGETS ?= head chunked connect socks5 socks5_in socks4 config admin_json cache_policy
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
                 -fno-omit-frame-pointer
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Wno-unused-parameter \
@@ -127,6 +127,12 @@ build/fuzz/fuzz_config build/fuzz/fuzz_admin_json: build/fuzz/%: build/fuzz/%.o 
                                                    build/fuzz/fuzz_lua.o
 	@echo "  LD    $@"
 	$(FUZZ_LINK) $(PKG_LIBS) -lm -ldl
+
+# The cache rules are pure functions: their own files and nothing else.
+build/fuzz/fuzz_cache_policy: build/fuzz/fuzz_cache_policy.o \
+                              $(call FUZZ_CORE,cache_policy cache_policy_cond cache_policy_date)
+	@echo "  LD    $@"
+	$(FUZZ_LINK) -lm
 
 fuzz-build: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 

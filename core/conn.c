@@ -7,6 +7,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "resolve.h"
+#include "retry.h"
 #include "transport.h"
 
 #include <arpa/inet.h>
@@ -199,9 +200,11 @@ static void conn_destroy(struct conn *c)
     }
     conn_report_flush(c);
     metrics_conn_closed(c);
+    retry_request_end(c);
     conn_clear_header_edits(c);
     conn_intercept_free(c);
     conn_ban_reset(c);
+    conn_cache_end(c);
     if (c->in->fini != NULL) {
         c->in->fini(c);
     }
@@ -479,6 +482,9 @@ void conn_pump(struct conn *c)
         case CS_ADMIN_OUT:
             admin_pump(c);
             break;
+        case CS_CACHE_OUT:
+            conn_cache_pump(c); /* an answer from the HTTP cache */
+            break;
         default:
             break;
         }
@@ -615,7 +621,7 @@ static void on_timer(struct ev_loop *lp, ev_timer *w, int revents)
      * last_io, and the timer re-arms itself for the remainder. */
     double left = c->last_io + c->timeout - loop_now();
     int activity_based = c->state == CS_TUNNEL || c->state == CS_DRAIN ||
-                         c->state == CS_ADMIN_OUT;
+                         c->state == CS_ADMIN_OUT || c->state == CS_CACHE_OUT;
     if (c->state == CS_EXCHANGE && (!c->req_done || c->resp_head_done)) {
         activity_based = 1;
         left = conn_exchange_idle_left(c);

@@ -43,7 +43,9 @@ enum conn_state {
     CS_TUNNEL,    /* opaque relay both ways: CONNECT or a WebSocket after 101 */
     CS_DRAIN,     /* final bytes to the client, then a lingering close */
     CS_ADMIN_OUT, /* an admin answer larger than cli.out, fed in as the client reads */
-    CS_MITM_HELLO /* intercepted CONNECT: its answer leaves, then TLS starts (intercept.c) */
+    CS_MITM_HELLO, /* intercepted CONNECT: its answer leaves, then TLS starts (intercept.c) */
+    CS_CACHE_OUT,  /* an answer from the HTTP cache, fed into cli.out as the client reads */
+    CS_CACHE_WAIT  /* a cache miss waiting for another request's fill of the key (coalescing) */
 };
 
 struct inbound_ops;
@@ -215,6 +217,22 @@ struct conn {
     unsigned ban_hold:1;         /* cli.out holds this response until the verdict */
     unsigned ban_decided:1;      /* the verdict on the held response is in */
     unsigned ban_banned:1;       /* ... and it banned the pair */
+    /* Retries with back-off and a budget (retry.c): the pool's place this
+     * request holds, why each retry was made, why one was not. */
+    int retry_pool;              /* private: pool index counted under (retry_counted) */
+    uint16_t retry_log[FERRY_RETRIES_MAX]; /* reason of each retry (enum retry_reason),
+                                  * or the status (>= 100) that was retried */
+    unsigned char nretry_log;
+    const char *retry_stop;      /* why a retry the pool's `on` asked for was not made
+                                  * (access line `retry_stop`), or NULL */
+    double retry_delay;          /* the back-off chosen for a held status retry */
+    unsigned retry_counted:1;    /* private: counted in the pool's requests in flight */
+    unsigned retry_taken:1;      /* private: holds a place in the pool's retry budget */
+    unsigned hold_status:1;      /* the held response has a status the pool retries on */
+    /* HTTP cache (conn_cache.c): the request's state in the cache of its
+     * pool or listener, NULL when none applies (no cost without a cache). */
+    struct conn_cache *cache;
+    const char *cache_mark;      /* X-Cache of the answer / access line `cache`, or NULL */
     /* Reverse listeners (conn_reverse.c): the authority the request named
      * (its Host, or an absolute target's), sent on as Host and
      * X-Forwarded-Host; within the head at cli.in's start. */
@@ -348,6 +366,31 @@ int conn_ban_no_other(struct conn *c);
 /* The response went idle while held: 1 when a banned one was retried. */
 int conn_ban_stalled(struct conn *c);
 void conn_ban_reset(struct conn *c);
+
+/* conn_cache.c */
+/* Before dispatch (a listener's cache) or after it (the pool's): 1 when
+ * the cache took the request (answered it, or it waits for a fill). */
+int conn_cache_request(struct conn *c, int before_dispatch);
+/* A final response head is parsed in c->resp (base: up.in's head of hl
+ * bytes): 1 when the cache answers instead (a 304 refreshed the entry,
+ * stale on error), 0 to relay it (teeing the body when it is stored). */
+int conn_cache_response(struct conn *c, const char *base, size_t hl);
+/* Raw response body bytes relayed to the client (framing included). */
+void conn_cache_tee(struct conn *c, const char *p, size_t n);
+/* The response was relayed whole: store what was teed. */
+void conn_cache_complete(struct conn *c);
+/* The request failed with e before any answer: 1 when a stale entry
+ * answered instead (stale-if-error). */
+int conn_cache_rescue(struct conn *c, enum ferr e);
+/* State CS_CACHE_OUT: feed the stored answer; CS_CACHE_WAIT's timer. */
+void conn_cache_pump(struct conn *c);
+void conn_cache_wait_fired(struct conn *c);
+/* The request is over (or failed): locks, entries, fills let go. */
+void conn_cache_end(struct conn *c);
+/* For the head sent upstream on a revalidation: 1 for a client field to
+ * leave out; the validators to add (NULL when none). */
+int conn_cache_drops(const struct conn *c, const char *name, size_t len);
+const char *conn_cache_validators(const struct conn *c, size_t *len);
 
 /* tunnel.c */
 void conn_tunnel_begin(struct conn *c);

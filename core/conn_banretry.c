@@ -1,16 +1,24 @@
-/* conn_banretry.c - retry on ban.
+/* conn_banretry.c - responses held back for a retry: retry on ban, and
+ * retry on status.
  *
  * An exchange's ban rule or on_response verdict bans the (proxy,
  * exchange) pair.  With `ban.retry = N` the ban decision is also taken
- * for the request in flight: while nothing of the response has reached
- * the client, the request is idempotent (or carries Idempotency-Key) and
- * it is still whole in cli.in (c->replayable), the response is held in
- * cli.out (the client leg does not write) until Lua's verdict.  A banned
- * response is dropped, its upstream connection closed, and the request
- * goes again through another proxy (the banned one is in c->tried, and
- * the ban itself makes it ineligible for the exchange), up to N times.
- * When every try is banned the client gets the last answer with
- * X-Ferry-Error: FERRY-6030.
+ * for the request in flight; and a pool whose `retry.on` lists a status
+ * (503, 504, ...) retries a response with that status.  Either way, while
+ * nothing of the response has reached the client, the request is
+ * idempotent (or carries Idempotency-Key) and it is still whole in cli.in
+ * (c->replayable), the response is held in cli.out (the client leg does
+ * not write) until it is known whether it goes out.  A response to retry
+ * is dropped, its upstream connection closed, and the request goes again
+ * to another member (the one that answered is in c->tried; a ban also
+ * makes it ineligible for the exchange).
+ *
+ * A ban: up to N times, at once, not spending the pool's retries; when
+ * every try is banned the client gets the last answer with
+ * X-Ferry-Error: FERRY-6030.  A status: within the pool's retries, after
+ * its back-off and within its retry budget (retry.c); when no try is
+ * left the client gets the last answer as the member sent it (FERRY-3131
+ * on the access line).
  *
  * The hold is bounded by cli.out (CONN_BUF_SIZE): the verdict is taken
  * on the body prefix that fits (conn_report.c captures at most
@@ -21,6 +29,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "retry.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -29,10 +38,12 @@
 #define BAN_CODE "FERRY-6030"
 #define BAN_HEADER "X-Ferry-Error: " BAN_CODE "\r\n"
 
-/* The last banned answer, kept whole with its mark, for a retry that
- * finds no proxy left. */
+/* The last answer dropped for a retry, kept whole (a banned one with its
+ * mark), for a retry that finds no member left. */
 struct ban_stash {
     int status;
+    int by_ban;   /* dropped for a ban (marked), else for its status */
+    uint32_t proxy_id; /* the member that answered it */
     size_t len;
     char data[];
 };
@@ -41,6 +52,33 @@ static int ban_idempotent(const struct conn *c)
 {
     return http_method_idempotent(c->req.method) || c->req.idem_key.len > 0;
 }
+
+/* A ban of this request may be retried at all (the exchange's ban.retry). */
+static int ban_on(const struct conn *c)
+{
+    return c->ban_retry != 0 && c->proxy != NULL && c->exchange != 0;
+}
+
+/* A held response with a status the pool retries may be sent again now:
+ * a try left, replayable, the back-off ends before the deadline.  Else
+ * c->retry_stop says why not. */
+static int status_can_retry(struct conn *c)
+{
+    const char *stop = NULL;
+    if ((int)(c->attempt - c->ban_retried) >= c->retries) {
+        stop = c->retries > 0 ? "tries" : NULL;
+    } else if (!c->replayable) {
+        stop = "no_replay";
+    } else if (loop_now() + c->retry_delay >= c->deadline) {
+        stop = "deadline";
+    } else {
+        return 1;
+    }
+    c->retry_stop = stop;
+    return 0;
+}
+
+static void status_exhausted(struct conn *c, int status, const char *why);
 
 static void ban_log_ctx(struct conn *c, struct log_ctx *ctx)
 {
@@ -65,25 +103,45 @@ void conn_ban_reset(struct conn *c)
 int conn_ban_hold_begin(struct conn *c, int status)
 {
     c->ban_hold = c->ban_decided = c->ban_banned = 0;
+    c->hold_status = 0;
     c->ban_why = NULL;
-    if (c->ban_retry == 0 || c->proxy == NULL || c->exchange == 0) {
+    int ban = ban_on(c);
+    int st = c->proxy != NULL && retry_on_status(c->pool, status);
+    if (!ban && !st) {
         return 0;
     }
-    /* Why a ban of this response could not be retried (access line). */
+    /* Why this response could not be retried (access line). */
+    const char *why = NULL;
     if (!c->replayable) {
-        c->ban_why = "no_replay";
+        why = "no_replay";
     } else if (!ban_idempotent(c)) {
-        c->ban_why = "not_idempotent";
+        why = "not_idempotent";
     } else if (status == 101) {
-        c->ban_why = "upgrade";
+        why = "upgrade";
     }
-    if (c->ban_why != NULL) {
+    if (why != NULL) {
+        c->ban_why = ban ? why : NULL;
+        c->retry_stop = st ? why : c->retry_stop;
+        return 0;
+    }
+    if (st) {
+        c->retry_delay = retry_backoff(c->pool, c->attempt - c->ban_retried);
+        st = status_can_retry(c);
+        if (!st && !ban) {
+            status_exhausted(c, status, c->retry_stop != NULL ? c->retry_stop : "no retry");
+        }
+    }
+    if (!ban && !st) {
         return 0;
     }
     if (!buf_empty(&c->cli.out)) {
         return -1; /* the previous response is still leaving: hold from an empty cli.out */
     }
     c->ban_hold = 1;
+    c->hold_status = (unsigned)st;
+    if (!ban) {
+        c->ban_decided = 1; /* no ban can retry it: the status decided */
+    }
     return 1;
 }
 
@@ -132,8 +190,8 @@ static void ban_mark_held(struct conn *c)
     free(tmp);
 }
 
-/* Keep the held answer, marked, when it is whole. */
-static void ban_stash_keep(struct conn *c)
+/* Keep the held answer when it is whole: marked when banned. */
+static void ban_stash_keep(struct conn *c, int by_ban)
 {
     free(c->ban_stash);
     c->ban_stash = NULL;
@@ -146,7 +204,14 @@ static void ban_stash_keep(struct conn *c)
         return;
     }
     s->status = c->status;
-    s->len = ban_mark(s->data, buf_head(&c->cli.out), len);
+    s->by_ban = by_ban;
+    s->proxy_id = c->proxy != NULL ? c->proxy->pub.id : 0;
+    if (by_ban) {
+        s->len = ban_mark(s->data, buf_head(&c->cli.out), len);
+    } else {
+        memcpy(s->data, buf_head(&c->cli.out), len);
+        s->len = len;
+    }
     c->ban_stash = s;
 }
 
@@ -163,40 +228,68 @@ static void ban_release(struct conn *c)
     c->ban_stash = NULL;
 }
 
-static void ban_retry(struct conn *c)
+/* Drop the held answer and send the request again: at once after a ban,
+ * after the pool's back-off for a status. */
+static void hold_retry(struct conn *c, int by_ban)
 {
     struct log_ctx ctx;
     ban_log_ctx(c, &ctx);
-    log_event(LOG_INFO, "FERRY-6032", &ctx, "%s %s:%d: status %d banned the proxy; "
-              "sending again through another one (retry %u of %u)", c->method, c->host,
-              c->port, c->status, c->ban_retried + 1u, (unsigned)c->ban_retry);
-    ban_stash_keep(c);
+    if (by_ban) {
+        log_event(LOG_INFO, "FERRY-6032", &ctx, "%s %s:%d: status %d banned the proxy; "
+                  "sending again through another one (retry %u of %u)", c->method, c->host,
+                  c->port, c->status, c->ban_retried + 1u, (unsigned)c->ban_retry);
+    } else {
+        log_event(LOG_INFO, "FERRY-3130", &ctx, "%s %s:%d: status %d is one the pool retries "
+                  "on; sending again to another member in %.0f ms (retry %u of %d)",
+                  c->method, c->host, c->port, c->status, c->retry_delay * 1000.0,
+                  c->attempt - c->ban_retried + 1u, c->retries);
+        retry_note(c, RETRY_STATUS, c->status);
+    }
+    ban_stash_keep(c, by_ban);
     size_t k = buf_len(&c->cli.out);
     buf_consume(&c->cli.out, k);
     c->bytes_out = c->bytes_out > k ? c->bytes_out - k : 0;
     c->sent_any = 0;
     c->status = 0;
     c->ban_hold = c->ban_decided = c->ban_banned = 0;
-    c->ban_retried++;
-    metrics_ban_retry(c->pool);
+    c->hold_status = 0;
+    if (by_ban) {
+        c->ban_retried++;
+        metrics_ban_retry(c->pool);
+    }
     conn_report_flush(c);
-    /* The banned connection is closed, never pooled: its proxy is done
-     * with this exchange for now. */
+    /* The connection is closed, never pooled: a banned proxy is done with
+     * this exchange for now, a failing member gets a fresh start. */
     conn_upstream_close(c);
     c->resp_head_done = c->resp_done = 0;
     c->dechunk = 0;
     c->keep_client = 0;
     c->attempt++;
-    c->last_err = FERR_BAN_EXHAUSTED;
+    c->last_err = by_ban ? FERR_BAN_EXHAUSTED : FERR_RETRY_STATUS;
     c->fwd = 0;
     c->req_done = 0;
     c->state = CS_BACKOFF;
-    conn_arm(c, 0.);
+    conn_arm(c, by_ban ? 0. : c->retry_delay);
 }
 
 static int ban_can_retry(const struct conn *c)
 {
     return c->ban_retried < c->ban_retry && c->replayable && loop_now() < c->deadline;
+}
+
+/* The client gets a retried status after all: say so once (access line
+ * code FERRY-3131), when retries were made for it. */
+static void status_exhausted(struct conn *c, int status, const char *why)
+{
+    if (c->nretry_log == 0) {
+        return;
+    }
+    c->code = "FERRY-3131";
+    struct log_ctx ctx;
+    ban_log_ctx(c, &ctx);
+    log_event(LOG_WARN, "FERRY-3131", &ctx, "%s %s:%d: retries of a status the pool retries "
+              "on ended after %u tries (%s); the client gets the last answer (status %d)",
+              c->method, c->host, c->port, c->attempt + 1u, why, status);
 }
 
 int conn_ban_stalled(struct conn *c)
@@ -207,8 +300,12 @@ int conn_ban_stalled(struct conn *c)
     if (!c->ban_decided) {
         conn_report_flush(c); /* the verdict on the prefix that came */
     }
-    if (c->ban_decided && c->ban_banned && ban_can_retry(c)) {
-        ban_retry(c);
+    if (c->ban_decided && c->ban_banned && ban_on(c) && ban_can_retry(c)) {
+        hold_retry(c, 1);
+        return 1;
+    }
+    if (c->hold_status && status_can_retry(c) && retry_budget_take(c)) {
+        hold_retry(c, 0);
         return 1;
     }
     return 0;
@@ -231,18 +328,28 @@ int conn_ban_settle(struct conn *c)
             c->ban_decided = 1; /* no report went to Lua: no ban */
         }
     }
-    if (!c->ban_banned) {
-        ban_release(c);
-        return 0;
-    }
-    if (ban_can_retry(c)) {
+    int banned = c->ban_banned && ban_on(c);
+    int by_ban = banned && ban_can_retry(c);
+    int by_status = !by_ban && c->hold_status && status_can_retry(c);
+    if (by_ban || by_status) {
         if (!c->resp_done && buf_room(&c->cli.out) > 0) {
-            /* Read the rest, to keep it whole in case no proxy is left
+            /* Read the rest, to keep it whole in case no member is left
              * (a stalled rest: conn_ban_stalled retries at the idle timeout). */
             return 0;
         }
-        ban_retry(c);
+        if (by_status && !retry_budget_take(c)) {
+            ban_release(c); /* the budget is spent: the answer it had */
+            return 0;
+        }
+        hold_retry(c, by_ban);
         return 1;
+    }
+    if (!banned) {
+        if (c->hold_status) {
+            status_exhausted(c, c->status, c->retry_stop != NULL ? c->retry_stop : "no retry");
+        }
+        ban_release(c);
+        return 0;
     }
     struct log_ctx ctx;
     ban_log_ctx(c, &ctx);
@@ -288,20 +395,27 @@ int conn_ban_answer_last(struct conn *c)
         return 0;
     }
     c->ban_stash = NULL;
-    /* The retry that found no proxy never went out. */
-    c->ban_retried--;
+    /* The retry that found no member never went out. */
     c->attempt--;
     c->bytes_out += buf_append(&c->cli.out, s->data, s->len);
     c->status = s->status;
-    c->code = BAN_CODE;
-    c->ban_note = "exhausted";
     c->sent_any = 1;
+    if (s->by_ban) {
+        c->ban_retried--;
+        c->code = BAN_CODE;
+        c->ban_note = "exhausted";
+        struct log_ctx ctx;
+        ban_log_ctx(c, &ctx);
+        log_event(LOG_WARN, BAN_CODE, &ctx, "%s %s:%d: banned on every try (%u), no proxy "
+                  "left; the client gets the last answer (status %d)", c->method, c->host,
+                  c->port, c->ban_retried + 1u, c->status);
+    } else {
+        c->proxy = proxy_by_id(s->proxy_id); /* the access line names who answered */
+        status_exhausted(c, c->status, "no other member left");
+        c->nretry_log -= c->nretry_log > 0; /* the retry that found none */
+        c->retry_stop = "no_member";
+    }
     free(s);
-    struct log_ctx ctx;
-    ban_log_ctx(c, &ctx);
-    log_event(LOG_WARN, BAN_CODE, &ctx, "%s %s:%d: banned on every try (%u), no proxy left; "
-              "the client gets the last answer (status %d)", c->method, c->host, c->port,
-              c->ban_retried + 1u, c->status);
     conn_log_done(c, c->code);
     c->state = CS_DRAIN;
     conn_arm(c, timeouts.idle < 30 ? timeouts.idle : 30);

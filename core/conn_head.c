@@ -239,7 +239,8 @@ static void out_request_fields(struct out *o, const struct conn *c, const char *
          * parse. */
         if (f->hop || http_span_ieq(base, f->name, "Host") || ours(via, base, f) ||
             ctl_is_header(base, f->name) ||
-            (hops && http_span_ieq(base, f->name, "Max-Forwards")) || dropped(c, base, f)) {
+            (hops && http_span_ieq(base, f->name, "Max-Forwards")) || dropped(c, base, f) ||
+            (c->cache != NULL && conn_cache_drops(c, base + f->name.off, f->name.len))) {
             continue;
         }
         unsigned k = reverse ? forwarded_kind(base, f) : 0;
@@ -252,6 +253,11 @@ static void out_request_fields(struct out *o, const struct conn *c, const char *
             }
         }
         out_field(o, base, f);
+    }
+    size_t vlen;
+    const char *validators = c->cache != NULL ? conn_cache_validators(c, &vlen) : NULL;
+    if (validators != NULL) {
+        out_bytes(o, validators, vlen); /* a revalidation of a stored response */
     }
     long mf = hops ? conn_max_forwards(c, base) : -1;
     if (mf > 0) {
@@ -425,7 +431,8 @@ static void out_response_fields(struct out *o, const struct conn *c, const char 
         const struct http_field *f = &m->fields[i];
         if (f->hop || ours(via, base, f) || http_span_ieq(base, f->name, "X-Ferry-Proxy") ||
             http_span_ieq(base, f->name, "X-Request-Id") ||
-            (c->dechunk && http_span_ieq(base, f->name, "Transfer-Encoding"))) {
+            (c->dechunk && http_span_ieq(base, f->name, "Transfer-Encoding")) ||
+            (c->cache != NULL && http_span_ieq(base, f->name, "X-Cache"))) {
             continue; /* dechunk: the data goes out delimited by the close */
         }
         out_field(o, base, f);
@@ -434,6 +441,11 @@ static void out_response_fields(struct out *o, const struct conn *c, const char 
     OUT_LIT(o, "X-Request-Id: ");
     out_str(o, c->cid);
     OUT_LIT(o, "\r\n");
+    if (c->cache != NULL && c->cache_mark != NULL && strcmp(c->cache_mark, "BYPASS") != 0) {
+        OUT_LIT(o, "X-Cache: ");
+        out_str(o, c->cache_mark);
+        OUT_LIT(o, "\r\n");
+    }
 }
 
 int conn_write_response_head(struct conn *c, const char *base)

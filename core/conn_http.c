@@ -3,6 +3,7 @@
 #include "authfail.h"
 #include "conn.h"
 #include "rate.h"
+#include "retry.h"
 #include "ctl.h"
 #include "health.h"
 #include "inbound.h"
@@ -58,6 +59,9 @@ static void log_ctx_of(struct conn *c, struct log_ctx *ctx)
     ctx->scheme = c->origin_tls ? "https" : NULL;
     ctx->ban = NULL;
     ctx->ban_retries = 0;
+    ctx->retry = NULL;
+    ctx->retry_stop = NULL;
+    ctx->cache = NULL;
 }
 
 void conn_log_done(struct conn *c, const char *code)
@@ -65,7 +69,12 @@ void conn_log_done(struct conn *c, const char *code)
     struct log_ctx ctx;
     log_ctx_of(c, &ctx);
     ctx.ban = c->ban_note;               /* retry on ban (conn_banretry.c) */
+    ctx.cache = c->cache_mark;           /* HTTP cache (conn_cache.c) */
     ctx.ban_retries = c->ban_retried;
+    char why[FERRY_RETRIES_MAX * 16];
+    ctx.retry = retry_log_text(c, why, sizeof(why)); /* retry.c */
+    ctx.retry_stop = c->retry_stop;
+    retry_request_end(c);
     log_access(&ctx, c->client, c->method[0] ? c->method : "-", c->host[0] ? c->host : "-",
                c->port, c->path[0] ? c->path : "-", c->status,
                c->bytes_in, c->bytes_out, (loop_now() - c->t_start) * 1000.0,
@@ -190,6 +199,12 @@ static void fail_answer(struct conn *c, enum ferr e, int quiet)
                   c->path[0] ? c->path : "-", info->message);
     }
     conn_upstream_close(c);
+    if (c->cache != NULL) {
+        if (!c->sent_any && conn_cache_rescue(c, e)) {
+            return; /* a stale entry answers (stale-if-error) */
+        }
+        conn_cache_end(c); /* a fill this request led is over: its waiters go on */
+    }
     c->ban_hold = 0; /* whatever cli.out holds goes out now */
     if (c->sent_any) {
         /* Part of a response is already out: closing is the only signal. */
@@ -325,6 +340,11 @@ static void reset_request(struct conn *c)
     c->exchange = 0;
     conn_clear_header_edits(c);
     conn_ban_reset(c);
+    retry_request_end(c);
+    c->nretry_log = 0;
+    c->retry_stop = NULL;
+    conn_cache_end(c);
+    c->cache_mark = NULL;
     c->fwd = 0;
     c->head_len = 0;
     c->status = 0;
@@ -514,6 +534,7 @@ void conn_finish(struct conn *c)
                   (p == NULL || !(p->pub.flags & FERRY_PROXY_REMOVED));
     conn_report_flush(c);
     log_done(c);
+    conn_cache_end(c);
     conn_upstream_release(c, keep_up);
     if (!c->req_done) {
         c->keep_client = 0; /* the rest of the request body is unread */
@@ -648,6 +669,9 @@ static int take_response_head(struct conn *c)
         c->dechunk = c->req.minor == 0 && c->resp.framing == HTTP_FRAME_CHUNKED;
         c->keep_client = c->req.keep_alive && !http_needs_eof(&c->resp) && !c->cli.eof &&
                          !c->dechunk;
+        if (c->cache != NULL && conn_cache_response(c, base, hl)) {
+            return 0; /* the cache answers (refreshed by a 304, or stale on error) */
+        }
         if (conn_ban_hold_begin(c, st) < 0) {
             return 0; /* a ban may retry it: start holding once cli.out drained */
         }
@@ -727,6 +751,9 @@ static int relay_response_body(struct conn *c, int take_back)
             return -1;
         }
         c->bytes_out += buf_append(&c->cli.out, buf_head(&c->up.in), (size_t)n);
+        if (c->cache != NULL) {
+            conn_cache_tee(c, buf_head(&c->up.in), (size_t)n);
+        }
         conn_report_body(c, buf_head(&c->up.in), (size_t)n, c->resp.msg_done);
         buf_consume(&c->up.in, (size_t)n);
     }
@@ -763,6 +790,9 @@ int conn_exchange(struct conn *c)
         return 0;
     }
     if (c->resp_done) {
+        if (c->cache != NULL) {
+            conn_cache_complete(c);
+        }
         conn_finish(c);
     }
     return 0;

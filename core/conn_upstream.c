@@ -1,5 +1,6 @@
 /* conn_upstream.c - attempts: choose, resolve, connect, handshake, retry. */
 #include "bridge.h"
+#include "cache.h"
 #include "conn.h"
 #include "inbound.h"
 #include "intercept.h"
@@ -10,6 +11,7 @@
 #include "proxy.h"
 #include "rate.h"
 #include "resolve.h"
+#include "retry.h"
 #include "transport.h"
 #include "upstream.h"
 #include "uppool.h"
@@ -21,10 +23,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-/* Retry back-off: base doubles per attempt, with jitter, capped. */
-#define BACKOFF_BASE 0.01
-#define BACKOFF_CAP 0.5
 
 static double min_d(double a, double b)
 {
@@ -86,6 +84,13 @@ void conn_route(struct conn *c)
     struct ctl eff;
     if (route_ctl(c, &eff) < 0) {
         conn_fail(c, FERR_CTL_BAD);
+        return;
+    }
+    /* A listener's cache (or a reverse listener's pool's, without
+     * route()) answers before any Lua runs. */
+    if (c->cache == NULL && c->attempt == 0 &&
+        (cache_listeners_any() || (c->l->rev_pool > 0 && cache_fixed_sites())) &&
+        conn_cache_request(c, 1)) {
         return;
     }
     c->fresh_only = 0; /* only a replay, which starts its attempt itself, sets it */
@@ -207,6 +212,13 @@ void conn_route(struct conn *c)
                                                       : timeouts.connect;
         c->first_byte_timeout = r.first_byte_timeout_ms > 0 ? r.first_byte_timeout_ms / 1000.0
                                                             : timeouts.first_byte;
+        /* The pool's cache, once route chose the pool. */
+        if (c->cache == NULL && cache_of_pool(c->pool) != NULL && conn_cache_request(c, 0)) {
+            return;
+        }
+    }
+    if (c->proxy != NULL && c->pool > 0) {
+        retry_request_begin(c, c->pool); /* the pool's retry budget counts it */
     }
     conn_attempt(c);
 }
@@ -552,6 +564,7 @@ void conn_upstream_ready(struct conn *c)
         c->in->answer_ok(c);
         c->sent_any = 1;
         c->status = 200;
+        retry_request_end(c); /* a tunnel is no request the retry budget weighs */
         conn_report(c, 1, FERRY_FAIL_KINDS, 0);
         conn_tunnel_begin(c);
         return;
@@ -578,6 +591,54 @@ void conn_upstream_ready(struct conn *c)
     }
 }
 
+/* The attempt failed before any response byte reached the client: 1 when
+ * the request goes again to another member after a back-off (CS_BACKOFF),
+ * 0 when it ends with this failure.  A request that never left goes
+ * again whatever its method; one that was sent only when it is still
+ * whole in cli.in and idempotent (or carries Idempotency-Key).  The
+ * pool's `on` says which failures, its retries how many, the deadline
+ * and the pool's retry budget whether one more fits. */
+static int retry_failed(struct conn *c, enum ferry_fail_kind kind, int before_send, int target)
+{
+    if (c->target_fails > 1) {
+        return 0;
+    }
+    enum retry_reason why = retry_reason_of(kind, before_send);
+    int idempotent = http_method_idempotent(c->req.method) || c->req.idem_key.len > 0;
+    unsigned spent = c->attempt - c->ban_retried; /* tries again after a ban are not counted */
+    const char *stop = NULL;
+    if (!target && !retry_on(c->pool, why, before_send)) {
+        return 0; /* not a failure the pool retries: nothing to note */
+    }
+    if (c->sent_any) {
+        stop = "responded";
+    } else if (!before_send && !c->replayable) {
+        stop = "no_replay";
+    } else if (!before_send && !idempotent) {
+        stop = "not_idempotent";
+    } else if ((int)spent >= c->retries) {
+        stop = c->retries > 0 ? "tries" : NULL;
+    }
+    double backoff = stop == NULL ? retry_backoff(c->pool, spent) : 0;
+    if (stop == NULL && loop_now() + backoff >= c->deadline) {
+        stop = "deadline";
+    }
+    if (stop != NULL) {
+        c->retry_stop = stop;
+        return 0;
+    }
+    if (!retry_budget_take(c)) {
+        return 0;
+    }
+    c->attempt++;
+    retry_note(c, why, 0);
+    c->state = CS_BACKOFF;
+    c->fwd = 0;
+    c->req_done = 0;
+    conn_arm(c, backoff);
+    return 1;
+}
+
 void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
 {
     if (reuse_replay(c, e)) {
@@ -602,25 +663,11 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
               c->attempt + 1, c->host, c->port,
               target ? "destination" : kinds[kind % FERRY_FAIL_KINDS]);
     conn_upstream_close(c);
-    int safe = before_send ||
-               (c->replayable && (http_method_idempotent(c->req.method) ||
-                                  c->req.idem_key.len > 0));
-    double backoff = BACKOFF_BASE * (double)(1u << (c->attempt < 6 ? c->attempt : 6));
-    backoff = min_d(backoff, BACKOFF_CAP) * (0.5 + (double)random() / RAND_MAX);
-    /* Tries made again after a ban do not spend the pool's retries. */
-    if (p == NULL || !safe || c->sent_any || (int)(c->attempt - c->ban_retried) >= c->retries ||
-        c->target_fails > 1 ||
-        loop_now() + backoff >= c->deadline) {
+    if (p == NULL || !retry_failed(c, kind, before_send, target)) {
         conn_fail(c, e);
         return;
     }
-    c->attempt++;
-    metrics_retry(c->pool);
     c->last_err = e;
-    c->state = CS_BACKOFF;
-    c->fwd = 0;
-    c->req_done = 0;
-    conn_arm(c, backoff);
 }
 
 /* Room a rebuilt response head may take beyond the upstream's own (Via,
@@ -780,10 +827,14 @@ void conn_on_timeout(struct conn *c)
             conn_close(c);
         }
         break;
+    case CS_CACHE_WAIT:
+        conn_cache_wait_fired(c);
+        break;
     case CS_TUNNEL:
     case CS_DRAIN:
     case CS_ADMIN_OUT:
     case CS_MITM_HELLO:
+    case CS_CACHE_OUT:
         conn_close(c);
         break;
     }

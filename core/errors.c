@@ -65,6 +65,11 @@ static const struct ferr_info table[FERR_COUNT] = {
                                   "(over 16 KiB or 100 fields)" },
     [FERR_BAN_EXHAUSTED]      = { "FERRY-6033", 502, "Bad Gateway",
                                   "the exchange banned every proxy this request was tried on" },
+    [FERR_RETRY_STATUS]       = { "FERRY-3133", 502, "Bad Gateway",
+                                  "every member of the pool tried answered a status the pool "
+                                  "retries on, and the last answer could not be kept" },
+    [FERR_CACHE_ONLY_IF_CACHED] = { "FERRY-3140", 504, "Gateway Timeout",
+                                  "only-if-cached: the cache holds no response it may send" },
     [FERR_QUEUE_FULL]         = { "FERRY-3060", 503, "Service Unavailable",
                                   "the upstream has all its connections busy and its queue is full" },
     [FERR_QUEUE_TIMEOUT]      = { "FERRY-3061", 503, "Service Unavailable",

@@ -61,6 +61,9 @@ enum ferr {
     FERR_POOL_REFUSED,     /* X-Ferry-Pool on a listener that does not allow that pool */
     FERR_NO_REGION,        /* no proxy of the X-Ferry-Region region where the request goes */
     FERR_BAN_EXHAUSTED,    /* retry on ban: every proxy was banned, no answer was kept */
+    FERR_RETRY_STATUS,     /* every member answered a status the pool retries; none was kept */
+    /* The HTTP cache (conn_cache.c). */
+    FERR_CACHE_ONLY_IF_CACHED, /* only-if-cached and nothing stored may answer */
     /* Reverse listeners (conn_reverse.c). */
     FERR_REV_NO_SITE,      /* no route and no listener pool for this Host: 404 */
     FERR_REV_CONNECT,      /* CONNECT on a reverse listener */

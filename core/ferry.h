@@ -128,6 +128,9 @@ struct ferry_proxy {
     double   down_since;      /* ro: when it went down, 0 while up */
     double   retry_at;        /* ro: down without probes: a trial request may go
                                * through after this time (passive recovery) */
+    /* Slow start (lua/ferry/pool.lua ramps a pool's share from it). */
+    double   up_since;        /* ro: when it last came back (down -> up, re-enabled,
+                               * added after start), 0 = up since ferry started */
 };
 
 /* Active health checks (probe.c). */
@@ -177,6 +180,7 @@ struct ferry_pxstate {
     double   last_failure_at; /* ro */
     double   last_success_at; /* ro */
     double   latency_ewma_ms; /* ro: response latency, EWMA */
+    double   opened_at;       /* ro: when the breaker last opened (max_ejected's order) */
 };
 
 /*
@@ -336,6 +340,9 @@ int ferry_health_mark(struct ferry_proxy *p, int up, const char *reason);
 /* Bumped whenever any proxy's flags change (up/down, disabled, removed):
  * Lua recounts what it derives from flags only when this moves. */
 uint32_t ferry_health_epoch(void);
+/* The first config is applied: from now on a proxy that comes up, is
+ * re-enabled or is added starts its slow start (up_since). */
+void ferry_health_started(void);
 
 /* Active probes (probe.c).  One probe schedule per proxy, the last call
  * wins; kind FERRY_PROBE_NONE stops probing.  host/port: the target of
@@ -373,6 +380,23 @@ int ferry_conn_stats_proxy(uint32_t id, struct ferry_conn_stats *out);
 int ferry_conn_stats_pool(int pool, struct ferry_conn_stats *out);
 /* Idle connections closed because the global idle cap was reached. */
 uint64_t ferry_conn_idle_evicted(void);
+
+/* Retries of a pool index (retry.c): what is retried, the back-off and the
+ * retry budget.  on: FERRY_RETRY_ON_* bits; statuses: 100 bytes, 1 where
+ * a response of status 500 + i is retried (NULL: none); backoff: seconds
+ * before the first retry, doubling up to max_backoff; jitter: enum
+ * ferry_retry_jitter; budget: percent of the pool's requests in flight
+ * that may be retries at once (< 0: no budget), never fewer than
+ * budget_min.  Kept across reloads with the pool's budget counts. */
+enum ferry_retry_on {
+    FERRY_RETRY_ON_CONNECT = 0x1, /* connect-failure: anything before the request left */
+    FERRY_RETRY_ON_REFUSED = 0x2, /* the connection was refused */
+    FERRY_RETRY_ON_RESET   = 0x4, /* closed or reset before the response head */
+    FERRY_RETRY_ON_TIMEOUT = 0x8  /* connect or first-byte timeout */
+};
+enum ferry_retry_jitter { FERRY_JITTER_NONE = 0, FERRY_JITTER_EQUAL = 1, FERRY_JITTER_FULL = 2 };
+int ferry_pool_retry(int pool, uint32_t on, const uint8_t *statuses, double backoff,
+                     double max_backoff, int jitter, double budget, int budget_min);
 
 /* Pool names by the stable pool index of ferry_req.pool (1..4095), for
  * logs and metrics; index 0 is "direct".  NULL when unknown. */
@@ -600,5 +624,46 @@ void ferry_metrics_set_limit(uint32_t max_series);
  * stays valid until the next call; *len: bytes. */
 const char *ferry_metrics_text(const struct ferry_metrics_member *members, uint32_t n,
                                const char *extra, size_t *len);
+
+/* The HTTP cache (cache.c, conn_cache.c): one store per pool or listener
+ * that configures `cache = { size, max_object, ttl, lock_timeout }`. */
+enum ferry_cache_kind {
+    FERRY_CACHE_POOL = 0,
+    FERRY_CACHE_LISTENER = 1
+};
+struct ferry_cache_stats {
+    uint64_t hits;           /* ro: answered fresh from the store */
+    uint64_t misses;         /* ro: went upstream with nothing usable stored */
+    uint64_t stale;          /* ro: answered stale (stale-if-error, stale-while-revalidate) */
+    uint64_t revalidated;    /* ro: a stored entry confirmed by a 304 */
+    uint64_t coalesced;      /* ro: misses that waited for another request's fill */
+    uint64_t evictions;      /* ro: entries dropped for room */
+    uint64_t stored;         /* ro: entries stored */
+    uint64_t purged;         /* ro: entries dropped by purge or invalidation */
+    uint64_t too_large;      /* ro: responses over max_object, relayed, not stored */
+    uint64_t bypass;         /* ro: requests the cache did not take (method, no-store...) */
+    uint64_t bytes;          /* ro: bytes held now (entries, keys, heads, bodies) */
+    uint64_t entries;        /* ro: entries held now */
+    uint64_t size;           /* ro: the byte bound */
+    uint64_t max_object;     /* ro: the largest body stored */
+};
+/* A reload starts: caches set again before ferry_cache_reload_end stay
+ * (with their entries), the others are dropped. */
+void ferry_cache_reload_begin(void);
+void ferry_cache_reload_end(void);
+/* The cache of a pool (kind POOL, index: pool index) or a listener (kind
+ * LISTENER, name: the listener's); a smaller size evicts at once. */
+int ferry_cache_set(int kind, const char *name, int index, double size, double max_object,
+                    double ttl, double lock_timeout);
+/* Caches now, and one of them by position (0..): its name, kind, counters. */
+int ferry_cache_count(void);
+int ferry_cache_info(int i, struct ferry_cache_stats *out, const char **name, int *kind);
+/* Drop the entries whose key starts with prefix ("" all; "/x" the target
+ * /x... of any host) in the cache named name (NULL: every cache);
+ * returns how many went. */
+double ferry_cache_purge(const char *name, const char *prefix);
+/* 1 when the config has no route(): a reverse listener's own pool then
+ * serves every request, and its cache answers before any Lua runs. */
+void ferry_cache_fixed_sites(int on);
 
 #endif

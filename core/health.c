@@ -54,6 +54,8 @@ static struct pxstate **pairs;
 static uint32_t npairs, nbuckets;
 
 static uint32_t epoch;
+/* Set once the first config is applied: proxies up at start do not ramp. */
+static int started;
 
 uint32_t ferry_health_epoch(void)
 {
@@ -63,6 +65,16 @@ uint32_t ferry_health_epoch(void)
 void health_flags_changed(void)
 {
     epoch++;
+}
+
+void ferry_health_started(void)
+{
+    started = 1;
+}
+
+void health_ramp_begin(struct proxy *p)
+{
+    p->pub.up_since = started ? loop_now() : 0;
 }
 
 static int is_up(const struct proxy *p)
@@ -101,6 +113,7 @@ static void go_up(struct proxy *p, const char *why)
     p->pub.retry_at = 0;
     p->passive_fails = 0;
     p->needs_answer = 0;
+    health_ramp_begin(p); /* slow start: its pools ramp its share from now */
     struct log_ctx ctx = { .proxy = p->display };
     log_event(LOG_INFO, "FERRY-6002", &ctx, "proxy %s up: %s (down %.1f s)", p->label, why,
               was > 0 ? loop_now() - was : 0.0);
@@ -235,6 +248,7 @@ void health_restore(struct proxy *p, int up, uint32_t counter)
     if (up) {
         if (!is_up(p)) {
             go_up(p, "up when last saved (store)");
+            p->pub.up_since = 0; /* a starting point, not a return */
         }
         p->pub.health = counter >= p->pub.rise && counter <= full(p) ? counter : full(p);
     } else {
@@ -453,8 +467,10 @@ int ferry_breaker_open(struct ferry_pxstate *x, double seconds)
     }
     x->breaker = FERRY_BREAKER_OPEN;
     x->breaker_until = loop_now() + seconds;
+    x->opened_at = loop_now();
     x->opens++;
     x->trials = 0;
+    epoch++; /* max_ejected counts open breakers (lua/ferry/pool.lua) */
     pair_event(LOG_WARN, "FERRY-6003", x, "breaker open", seconds);
     return FERRY_OK;
 }
@@ -467,6 +483,7 @@ int ferry_breaker_half_open(struct ferry_pxstate *x, int trials)
     x->breaker = FERRY_BREAKER_HALF_OPEN;
     x->trials_max = (uint32_t)trials;
     x->trials = 0;
+    epoch++;
     pair_event(LOG_INFO, "FERRY-6004", x, "breaker half-open", 0);
     return FERRY_OK;
 }
@@ -482,6 +499,7 @@ int ferry_breaker_close(struct ferry_pxstate *x)
     x->trials = 0;
     x->breaker_until = 0;
     if (was != FERRY_BREAKER_CLOSED) {
+        epoch++;
         pair_event(LOG_INFO, "FERRY-6005", x, "breaker closed", 0);
     }
     return FERRY_OK;

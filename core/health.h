@@ -14,6 +14,9 @@ void health_probe_result(struct proxy *p, int ok, double latency_ms, const char 
 void health_passive(struct proxy *p, int ok, enum ferry_fail_kind kind);
 /* The (proxy, exchange) result of one attempt: counters and the window. */
 void health_pair_result(struct ferry_pxstate *x, int ok, double latency_ms);
+/* p starts its slow start now (came up, re-enabled, added at runtime);
+ * nothing before the first config is applied (ferry_health_started). */
+void health_ramp_begin(struct proxy *p);
 /* Some proxy's flags changed: bump ferry_health_epoch(). */
 void health_flags_changed(void);
 /* Set the starting point saved by the store: up or down (a transition is

@@ -235,6 +235,9 @@ static void line_ctx(struct line *l, const struct log_ctx *ctx)
         put_num(l, "ban_retries", ctx->ban_retries, 0);
     }
     put_str(l, "ban", ctx->ban);
+    put_str(l, "retry", ctx->retry);
+    put_str(l, "retry_stop", ctx->retry_stop);
+    put_str(l, "cache", ctx->cache);
 }
 
 static void line_end(struct line *l, struct sink *k)

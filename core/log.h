@@ -23,6 +23,9 @@ struct log_ctx {
     const char *scheme;   /* "https" when ferry originated TLS to the origin, else NULL */
     const char *ban;      /* access lines: why a ban was not retried, or NULL */
     unsigned ban_retries; /* access lines: tries made again because of a ban */
+    const char *retry;    /* access lines: why each retry was made ("refused,503"), or NULL */
+    const char *retry_stop; /* access lines: why a retry was not made, or NULL */
+    const char *cache;    /* access lines: HIT, MISS, STALE, REVALIDATED, BYPASS, or NULL */
 };
 
 extern int log_level_min;

@@ -1,5 +1,6 @@
 /* main.c - command line, signals, and the loop. */
 #include "bridge.h"
+#include "cache.h"
 #include "ca.h"
 #include "budget.h"
 #include "buf.h"
@@ -18,6 +19,7 @@
 #include "proxy.h"
 #include "rate.h"
 #include "resolve.h"
+#include "retry.h"
 #include "uppool.h"
 
 #include <errno.h>
@@ -280,7 +282,9 @@ static int cmd_run(const char *config, int check_only)
     log_flush();
     ev_run(loop, 0);
     conn_close_all();
+    cache_free_all();
     uppool_free_all();
+    retry_free_all();
     conn_reverse_free();
     rate_free_all();
     origin_tls_free_all();

@@ -274,11 +274,22 @@ void metrics_upstream_ready(struct conn *c)
     }
 }
 
-void metrics_retry(int pool)
+void metrics_retry(int pool, int why)
 {
     struct metrics_pool *ps = stats_of(pool);
     if (ps != NULL) {
         ps->retries++;
+        if (why >= 0 && why < METRICS_RETRY_REASONS) {
+            ps->retry_reasons[why]++;
+        }
+    }
+}
+
+void metrics_retry_budget_exhausted(int pool)
+{
+    struct metrics_pool *ps = stats_of(pool);
+    if (ps != NULL) {
+        ps->retry_budget_exhausted++;
     }
 }
 

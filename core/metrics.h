@@ -27,8 +27,11 @@ void metrics_conn_closed(struct conn *c);
  * connect and handshake) is observed per pool; a CONNECT's request
  * duration ends here, when its tunnel is up. */
 void metrics_upstream_ready(struct conn *c);
-/* A failed attempt is retried (pool index as in ferry_req.pool). */
-void metrics_retry(int pool);
+/* An attempt is retried (pool index as in ferry_req.pool), for why
+ * (enum retry_reason of retry.h). */
+void metrics_retry(int pool, int why);
+/* A retry the pool's retry budget refused (retry.c). */
+void metrics_retry_budget_exhausted(int pool);
 /* A kept upstream closed before answering: the request goes out again on a
  * fresh connection (conn_upstream.c). */
 void metrics_reuse_retry(int pool);
@@ -58,6 +61,7 @@ void metrics_free_all(void);
 #define METRICS_HOOK_KINDS 6
 #define METRICS_PROBE_RESULTS PROBE_RESULTS
 #define METRICS_CLASSES 7
+#define METRICS_RETRY_REASONS 5 /* enum retry_reason (retry.h) */
 
 /* A duration histogram: per-bucket (not cumulative) counts, +Inf implied. */
 struct metrics_histo {
@@ -69,6 +73,8 @@ struct metrics_histo {
 /* What one pool index has seen. */
 struct metrics_pool {
     uint64_t retries;             /* ro */
+    uint64_t retry_reasons[METRICS_RETRY_REASONS]; /* ro: retries by enum retry_reason */
+    uint64_t retry_budget_exhausted; /* ro: retries the retry budget refused */
     uint64_t reuse_retries;       /* ro: requests sent again after a kept upstream closed */
     uint64_t ban_retries;         /* ro: requests sent again after a ban (retry on ban) */
     struct metrics_histo connect; /* ro: resolve + connect + handshake of fresh upstreams */

@@ -18,6 +18,7 @@
 #include "mint.h"
 #include "proxy.h"
 #include "uppool.h"
+#include "upstream.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -433,6 +434,98 @@ static void render_intercept(struct text *t)
     }
 }
 
+/* Retries by reason and the retry budget's refusals (retry.c). */
+static void render_retry(struct text *t)
+{
+    static const char *const reasons[METRICS_RETRY_REASONS] = { "refused", "connect-failure",
+                                                                "reset", "timeout", "status" };
+    char lbl[16];
+    family(t, "ferry_retry_reasons_total", "counter",
+           "Retries by pool and by what the attempt they replace met.");
+    for (unsigned s = 0; s < METRICS_POOL_SLOTS; s++) {
+        for (int i = 0; metrics.pools[s] != NULL && i < METRICS_RETRY_REASONS; i++) {
+            if (metrics.pools[s]->retry_reasons[i] > 0) {
+                open1(t, "ferry_retry_reasons_total", "pool", metrics_pool_label(s, lbl));
+                puts_(t, ",reason=\"");
+                puts_(t, reasons[i]);
+                puts_(t, "\"");
+                close_u64(t, metrics.pools[s]->retry_reasons[i]);
+            }
+        }
+    }
+    family(t, "ferry_retry_budget_exhausted_total", "counter",
+           "Retries not made because the pool's retry budget was spent (FERRY-3132), by pool.");
+    for (unsigned s = 0; s < METRICS_POOL_SLOTS; s++) {
+        if (metrics.pools[s] != NULL && metrics.pools[s]->retry_budget_exhausted > 0) {
+            open1(t, "ferry_retry_budget_exhausted_total", "pool", metrics_pool_label(s, lbl));
+            close_u64(t, metrics.pools[s]->retry_budget_exhausted);
+        }
+    }
+}
+
+/* The HTTP cache (cache.c): one series per cache, labelled by its pool
+ * or listener; nothing when no cache is configured. */
+struct cache_family {
+    const char *name, *type, *help;
+    size_t off; /* of the value in struct ferry_cache_stats */
+};
+
+static const struct cache_family cache_families[] = {
+    { "ferry_cache_hits_total", "counter", "Requests answered fresh from the cache.",
+      offsetof(struct ferry_cache_stats, hits) },
+    { "ferry_cache_misses_total", "counter", "Cacheable requests that went to the upstream.",
+      offsetof(struct ferry_cache_stats, misses) },
+    { "ferry_cache_stale_total", "counter",
+      "Requests answered with a stale entry (stale-if-error, stale-while-revalidate, max-stale).",
+      offsetof(struct ferry_cache_stats, stale) },
+    { "ferry_cache_revalidated_total", "counter",
+      "Stale entries the upstream confirmed with a 304.",
+      offsetof(struct ferry_cache_stats, revalidated) },
+    { "ferry_cache_coalesced_total", "counter",
+      "Misses that waited for another request's fetch of the same key.",
+      offsetof(struct ferry_cache_stats, coalesced) },
+    { "ferry_cache_evictions_total", "counter",
+      "Entries dropped, least recently used first, to stay within size.",
+      offsetof(struct ferry_cache_stats, evictions) },
+    { "ferry_cache_purged_total", "counter",
+      "Entries dropped by purge or by an unsafe request's invalidation.",
+      offsetof(struct ferry_cache_stats, purged) },
+    { "ferry_cache_too_large_total", "counter",
+      "Responses over max_object: relayed whole, not stored.",
+      offsetof(struct ferry_cache_stats, too_large) },
+    { "ferry_cache_bytes", "gauge",
+      "Bytes the cache holds now (heads, bodies, keys, bookkeeping).",
+      offsetof(struct ferry_cache_stats, bytes) },
+    { "ferry_cache_entries", "gauge", "Entries the cache holds now.",
+      offsetof(struct ferry_cache_stats, entries) },
+    { "ferry_cache_size_bytes", "gauge", "The cache's byte bound (size).",
+      offsetof(struct ferry_cache_stats, size) },
+};
+
+static void render_cache(struct text *t)
+{
+    int n = ferry_cache_count();
+    if (n <= 0) {
+        return;
+    }
+    for (size_t f = 0; f < sizeof(cache_families) / sizeof(cache_families[0]); f++) {
+        const struct cache_family *cf = &cache_families[f];
+        family(t, cf->name, cf->type, cf->help);
+        for (int i = 0; i < n; i++) {
+            struct ferry_cache_stats st;
+            const char *name;
+            int kind;
+            if (ferry_cache_info(i, &st, &name, &kind) != FERRY_OK) {
+                continue;
+            }
+            uint64_t v;
+            memcpy(&v, (const char *)&st + cf->off, sizeof(v));
+            open1(t, cf->name, kind == FERRY_CACHE_LISTENER ? "listener" : "pool", name);
+            close_u64(t, v);
+        }
+    }
+}
+
 static void render_core(struct text *t)
 {
     char lbl[128];
@@ -451,13 +544,15 @@ static void render_core(struct text *t)
     sample_u64(t, "ferry_connections_open", NULL, conn_count());
     render_requests(t);
     family(t, "ferry_retries_total", "counter",
-           "Failed attempts retried on another proxy, by pool.");
+           "Attempts retried on another member of the pool (failures and retried "
+           "statuses), by pool.");
     for (unsigned s = 0; s < METRICS_POOL_SLOTS; s++) {
         if (metrics.pools[s] != NULL && metrics.pools[s]->retries > 0) {
             open1(t, "ferry_retries_total", "pool", metrics_pool_label(s, lbl));
             close_u64(t, metrics.pools[s]->retries);
         }
     }
+    render_retry(t);
     family(t, "ferry_upstream_reuse_retries_total", "counter",
            "Requests sent again on a fresh connection after a kept upstream connection "
            "closed before answering, by pool.");
@@ -478,6 +573,7 @@ static void render_core(struct text *t)
     }
     render_conn_pools(t);
     render_intercept(t);
+    render_cache(t);
     render_histo(t, "ferry_connect_duration_seconds", 0,
                  "Time to reach the upstream (resolve, connect, proxy handshake) of fresh "
                  "upstream connections, by pool.");
@@ -556,6 +652,10 @@ static int build_prefixes(struct prefixes *px, const struct ferry_metrics_member
         put_esc(&px->buf, label != NULL ? label : "");
         puts_(&px->buf, "\",pool=\"");
         put_esc(&px->buf, pool_name(m[i].pool, tmp));
+        /* A backend of a reverse pool says so; a proxy's labels stay as they were. */
+        if (m[i].proxy != NULL && upstream_is_backend(m[i].proxy->scheme)) {
+            puts_(&px->buf, "\",role=\"backend");
+        }
         put(&px->buf, "\"", 2); /* with its NUL */
         px->buf.line = px->buf.n;
     }

@@ -231,7 +231,8 @@ static int status_expected(const struct probe_conf *pc, int st)
 }
 
 /* Queue the GET of an http check: absolute form to an HTTP proxy (with
- * its credentials and headers), origin form inside a tunnel. */
+ * its credentials and headers), origin form inside a tunnel and to a
+ * backend (check = "http", path = ...). */
 static void queue_get(struct probe *pr)
 {
     struct buf *out = &pr->leg.out;
@@ -241,11 +242,18 @@ static void queue_get(struct probe *pr)
     const char *lb = strchr(pc->host, ':') != NULL ? "[" : "";
     const char *rb = *lb != '\0' ? "]" : "";
     int absolute = upstream_absolute(p->pub.scheme);
-    int n = absolute
-        ? snprintf(line, sizeof(line), "GET http://%s%s%s:%d%s HTTP/1.1\r\nHost: %s%s%s:%d\r\n",
-                   lb, pc->host, rb, pc->port, pc->path, lb, pc->host, rb, pc->port)
-        : snprintf(line, sizeof(line), "GET %s HTTP/1.1\r\nHost: %s%s%s:%d\r\n", pc->path, lb,
-                   pc->host, rb, pc->port);
+    int n;
+    if (upstream_is_backend(p->pub.scheme)) {
+        /* A backend is asked itself, in origin form; host is the whole
+         * Host value (the check's host, else the backend's host:port). */
+        n = snprintf(line, sizeof(line), "GET %s HTTP/1.1\r\nHost: %s\r\n", pc->path, pc->host);
+    } else if (absolute) {
+        n = snprintf(line, sizeof(line), "GET http://%s%s%s:%d%s HTTP/1.1\r\nHost: %s%s%s:%d\r\n",
+                     lb, pc->host, rb, pc->port, pc->path, lb, pc->host, rb, pc->port);
+    } else {
+        n = snprintf(line, sizeof(line), "GET %s HTTP/1.1\r\nHost: %s%s%s:%d\r\n", pc->path, lb,
+                     pc->host, rb, pc->port);
+    }
     if (n < 0 || (size_t)n >= sizeof(line)) {
         n = 0; /* cannot happen: ferry_probe_set bounds host and path */
     }

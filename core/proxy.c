@@ -254,6 +254,9 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
     p->port = port;
     p->pub.scheme = (uint32_t)scheme;
     p->pub.weight = weight > 0 ? (uint32_t)weight : 1;
+    if (fresh || (p->pub.flags & FERRY_PROXY_REMOVED)) {
+        health_ramp_begin(p); /* joins (again) after start: slow start */
+    }
     p->pub.flags &= ~FERRY_PROXY_REMOVED;
     replace_str(&p->user, dup_or_null(user));
     replace_str(&p->pass, p->user != NULL ? strdup(pass != NULL ? pass : "") : NULL);
@@ -345,6 +348,9 @@ int ferry_proxy_set_flag(struct ferry_proxy *fp, uint32_t flag, int on)
 {
     if (fp == NULL) {
         return FERRY_ERROR;
+    }
+    if (!on && (flag & FERRY_PROXY_DISABLED) && (fp->flags & FERRY_PROXY_DISABLED)) {
+        health_ramp_begin((struct proxy *)fp); /* re-enabled: slow start */
     }
     if (on) {
         fp->flags |= flag;

@@ -51,6 +51,7 @@ struct ferry_proxy {
   double   last_probe_at;
   double   down_since;
   double   retry_at;
+  double   up_since;
 };
 enum ferry_proxy_flag { FERRY_PROXY_DOWN = 0x1, FERRY_PROXY_DISABLED = 0x2,
                        FERRY_PROXY_REMOVED = 0x4 };
@@ -83,6 +84,7 @@ struct ferry_pxstate {
   double   last_failure_at;
   double   last_success_at;
   double   latency_ewma_ms;
+  double   opened_at;
 };
 struct ferry_result {
   uint32_t    proxy_id;
@@ -151,11 +153,17 @@ int ferry_proxy_report(uint32_t id, uint32_t exchange, int ok, int kind, double 
 int ferry_health_set(struct ferry_proxy *p, int rise, int fall, double interval);
 int ferry_health_mark(struct ferry_proxy *p, int up, const char *reason);
 uint32_t ferry_health_epoch(void);
+void ferry_health_started(void);
 int ferry_probe_set(struct ferry_proxy *p, int kind, const char *host, int port,
                     const char *path, const char *expect, double interval,
                     double timeout, const char **err);
 void ferry_probe_set_concurrency(int n);
 int ferry_probe_inflight(void);
+enum ferry_retry_on { FERRY_RETRY_ON_CONNECT = 0x1, FERRY_RETRY_ON_REFUSED = 0x2,
+  FERRY_RETRY_ON_RESET = 0x4, FERRY_RETRY_ON_TIMEOUT = 0x8 };
+enum ferry_retry_jitter { FERRY_JITTER_NONE = 0, FERRY_JITTER_EQUAL = 1, FERRY_JITTER_FULL = 2 };
+int ferry_pool_retry(int pool, uint32_t on, const uint8_t *statuses, double backoff,
+                     double max_backoff, int jitter, double budget, int budget_min);
 int ferry_set_pool_name(int index, const char *name);
 int ferry_pool_connections(int pool, int max, int queue, double queue_timeout, int idle,
                            double idle_timeout, int max_requests);
@@ -267,6 +275,46 @@ void ferry_metrics_count_reload(int ok);
 void ferry_metrics_set_limit(uint32_t max_series);
 const char *ferry_metrics_text(const struct ferry_metrics_member *members, uint32_t n,
                                const char *extra, size_t *len);
+/* The HTTP cache (cache.c, conn_cache.c): one store per pool or listener
+ * that configures `cache = { size, max_object, ttl, lock_timeout }`. */
+enum ferry_cache_kind {
+    FERRY_CACHE_POOL = 0,
+    FERRY_CACHE_LISTENER = 1
+};
+struct ferry_cache_stats {
+    uint64_t hits;           /* ro: answered fresh from the store */
+    uint64_t misses;         /* ro: went upstream with nothing usable stored */
+    uint64_t stale;          /* ro: answered stale (stale-if-error, stale-while-revalidate) */
+    uint64_t revalidated;    /* ro: a stored entry confirmed by a 304 */
+    uint64_t coalesced;      /* ro: misses that waited for another request's fill */
+    uint64_t evictions;      /* ro: entries dropped for room */
+    uint64_t stored;         /* ro: entries stored */
+    uint64_t purged;         /* ro: entries dropped by purge or invalidation */
+    uint64_t too_large;      /* ro: responses over max_object, relayed, not stored */
+    uint64_t bypass;         /* ro: requests the cache did not take (method, no-store...) */
+    uint64_t bytes;          /* ro: bytes held now (entries, keys, heads, bodies) */
+    uint64_t entries;        /* ro: entries held now */
+    uint64_t size;           /* ro: the byte bound */
+    uint64_t max_object;     /* ro: the largest body stored */
+};
+/* A reload starts: caches set again before ferry_cache_reload_end stay
+ * (with their entries), the others are dropped. */
+void ferry_cache_reload_begin(void);
+void ferry_cache_reload_end(void);
+/* The cache of a pool (kind POOL, index: pool index) or a listener (kind
+ * LISTENER, name: the listener's); a smaller size evicts at once. */
+int ferry_cache_set(int kind, const char *name, int index, double size, double max_object,
+                    double ttl, double lock_timeout);
+/* Caches now, and one of them by position (0..): its name, kind, counters. */
+int ferry_cache_count(void);
+int ferry_cache_info(int i, struct ferry_cache_stats *out, const char **name, int *kind);
+/* Drop the entries whose key starts with prefix ("" all; "/x" the target
+ * /x... of any host) in the cache named name (NULL: every cache);
+ * returns how many went. */
+double ferry_cache_purge(const char *name, const char *prefix);
+/* 1 when the config has no route(): a reverse listener's own pool then
+ * serves every request, and its cache answers before any Lua runs. */
+void ferry_cache_fixed_sites(int on);
 ]]
 end
 

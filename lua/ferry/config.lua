@@ -162,12 +162,13 @@ end
 -- concurrency }: always returned, with defaults, so passive health has
 -- its rise/fall/interval even without a check.  Defaults are HAProxy's:
 -- a probe every 2 s, up after 2 passes, down after 3 failures.
-local function parse_health(where, t)
+local function parse_health(where, t, kind)
   local h = { interval = 2, timeout = 2, rise = 2, fall = 3 }
   if t == nil then return h end
   where = where .. ": health"
   check_fields(where, t, { check = true, target = true, url = true, expect = true,
-    interval = true, timeout = true, rise = true, fall = true, concurrency = true })
+    interval = true, timeout = true, rise = true, fall = true, concurrency = true,
+    path = true, host = true })
   if t.check ~= nil and not CHECKS[t.check] then
     fail(where, 'check must be "tcp", "http" or "connect", got %s',
       type(t.check) == "string" and ('"' .. t.check .. '"') or ("a " .. type(t.check)))
@@ -183,7 +184,15 @@ local function parse_health(where, t)
   h.concurrency = want_number(where, "concurrency", t.concurrency, 1, 10000, true)
   if t.check == "http" then
     if t.target ~= nil then fail(where, 'target is for check = "connect" (http uses url)') end
-    h.host, h.port, h.path = parse_check_url(where, t.url)
+    if t.url == nil and (t.path ~= nil or t.host ~= nil or kind == "backends") then
+      M.parse_backend_check(where, t, h)
+    else
+      if t.path ~= nil or t.host ~= nil then
+        fail(where, "path and host are for a backend pool's check (a GET to each backend), " ..
+          "url for a proxy pool's (a GET through each proxy): not both [FERRY-0232]")
+      end
+      h.host, h.port, h.path = parse_check_url(where, t.url)
+    end
     h.expect = int_list(where, "expect", t.expect, 100, 599, PROBE_EXPECT_MAX)
   elseif t.check == "connect" then
     if t.url ~= nil then fail(where, 'url is for check = "http" (connect uses target)') end
@@ -199,7 +208,79 @@ local function parse_health(where, t)
     if t.target ~= nil then fail(where, 'target needs check = "connect"') end
   end
   if t.check ~= "http" and t.expect ~= nil then fail(where, 'expect needs check = "http"') end
+  if t.check ~= "http" and (t.path ~= nil or t.host ~= nil) then
+    fail(where, 'path and host need check = "http" [FERRY-0232]')
+  end
   return h
+end
+
+-- check = "http" of a backend pool: path = "/health" (origin form, to
+-- each backend itself), host = the Host header (default: the backend's
+-- host:port).  h.backend marks it; the pool checks its kind afterwards
+-- (check_lb).
+function M.parse_backend_check(where, t, h)
+  local path = t.path == nil and "/" or t.path
+  if type(path) ~= "string" or path:sub(1, 1) ~= "/" or #path > PROBE_PATH_MAX or
+     path:find("[%s%c]") then
+    fail(where, "path must start with / and be at most %d bytes without spaces or control " ..
+      "characters [FERRY-0232]", PROBE_PATH_MAX)
+  end
+  if t.host ~= nil and (type(t.host) ~= "string" or not t.host:match("^[%w.:%[%]-]+$") or
+     #t.host > 255) then
+    fail(where, "host must be a host name (the Host header of the check) [FERRY-0232]")
+  end
+  h.backend, h.path, h.host = true, path, t.host
+end
+
+-- Load-balancing fields of a pool: slowstart, max_ejected, backups.
+--   slowstart = seconds (0 = off): a member that comes back ramps its
+--     share of traffic over that time;
+--   max_ejected = "50%" or a count: at most that many members of a tier
+--     ejected (down, breaker open) at once.
+-- Also checks what needs the pool's kind (a backend check) and that a
+-- pool has a primary.
+function M.parse_lb(where, t, p)
+  local ss = t.slowstart
+  if ss ~= nil and (type(ss) ~= "number" or ss ~= ss or ss < 0 or ss > 3600) then
+    fail(where, "slowstart must be a number of seconds from 0 (off) to 3600 [FERRY-0230]")
+  end
+  p.slowstart = ss and ss > 0 and ss or nil
+  local me = t.max_ejected
+  if me ~= nil then
+    if type(me) == "string" then
+      local pct = me:match("^(%d+%.?%d*)%%$")
+      pct = tonumber(pct)
+      if not pct or pct > 100 then
+        fail(where, 'max_ejected must be a share like "50%%" (0 to 100 %%) or a count [FERRY-0231]')
+      end
+      p.max_ejected = { percent = pct }
+    elseif type(me) == "number" and me >= 0 and me % 1 == 0 and me <= 100000 then
+      p.max_ejected = { count = me }
+    else
+      fail(where, 'max_ejected must be a share like "50%%" (0 to 100 %%) or a count [FERRY-0231]')
+    end
+  end
+  local h = p.health
+  if h and p.kind == "backends" and h.check == "connect" then
+    fail(where, 'health: check = "connect" tunnels through a proxy; a backend pool checks with ' ..
+      '"tcp" or "http" (path = "/health") [FERRY-0234]')
+  end
+  if h and p.kind == "backends" and h.check == "http" and not h.backend then
+    fail(where, 'health: a backend pool\'s check = "http" takes path = "/health" (and ' ..
+      'host), a GET to each backend; url is for a proxy pool [FERRY-0232]')
+  end
+  if h and h.backend and (p.kind or "proxies") ~= "backends" then
+    fail(where, 'health: path is for a backend pool\'s check; a proxy pool\'s check = "http" ' ..
+      'takes url = "http://host/path", a GET through each proxy [FERRY-0232]')
+  end
+  local members = p.proxies or {}
+  local primary = false
+  for _, px in ipairs(members) do
+    if not px.backup then primary = true end
+  end
+  if #members > 0 and not primary then
+    fail(where, "every member is a backup: a pool needs at least one primary [FERRY-0233]")
+  end
 end
 
 -- Settings of every breaker, whatever its policy; the core acts on them.
@@ -230,6 +311,151 @@ local function parse_connections(where, t)
   }
 end
 M.parse_connections = parse_connections
+
+-- retry = { tries, backoff, max_backoff, jitter, budget, budget_min, on }:
+-- what a pool retries, how long a retry waits and how many may run at
+-- once (core/retry.c).  `retries` (retries after the first try) and
+-- `tries` (tries in all) say the same thing: one of them.  Defaults per
+-- kind of pool: proxy pools keep every failure retried 10 ms doubling
+-- up to 0.5 s with no budget; backend pools 3 tries, 100 ms doubling up
+-- to 2 s, a budget of 20 % (at least 3).
+local RETRY_FIELDS = { tries = true, backoff = true, max_backoff = true, jitter = true,
+  budget = true, budget_min = true, on = true }
+local RETRY_JITTER = { none = true, equal = true, full = true }
+-- Failure conditions `on` may name (the bits of ferry_retry_on).
+local RETRY_ON = { ["connect-failure"] = true, refused = true, reset = true, timeout = true }
+local RETRY_DEFAULTS = {
+  proxies = { backoff = 0.01, max_backoff = 0.5, budget = false, budget_min = 3 },
+  backends = { backoff = 0.1, max_backoff = 2, budget = 20, budget_min = 3 },
+}
+local RETRY_DEFAULT_ON = { "connect-failure", "reset", "timeout" }
+
+local function parse_retry_on(where, list)
+  if type(list) ~= "table" then fail(where, "on must be a list of conditions, got a %s",
+    type(list)) end
+  local on, statuses, names = {}, {}, {}
+  for i, v in ipairs(list) do
+    local name = type(v) == "number" and string.format("%d", v) or v
+    if type(name) ~= "string" then fail(where, "on[%d] must be a string, got a %s", i, type(v)) end
+    if RETRY_ON[name] then
+      on[name] = true
+    elseif name == "5xx" then
+      for st = 500, 599 do statuses[st] = true end
+    elseif name:match("^5%d%d$") then
+      statuses[tonumber(name)] = true
+    else
+      fail(where, 'on[%d]: "%s" is not connect-failure, refused, reset, timeout, a status ' ..
+        '500-599 or "5xx"', i, name)
+    end
+    names[#names + 1] = name
+  end
+  for k in pairs(list) do
+    if type(k) ~= "number" then fail(where, "on must be a list, got a field \"%s\"", tostring(k)) end
+  end
+  return on, statuses, names
+end
+
+local function parse_retry_fields(where, t, kind, retries)
+  local d = RETRY_DEFAULTS[kind] or RETRY_DEFAULTS.proxies
+  local r = { backoff = d.backoff, max_backoff = d.max_backoff, jitter = "equal",
+    budget = d.budget, budget_min = d.budget_min }
+  local on, statuses, names = parse_retry_on(where, RETRY_DEFAULT_ON)
+  local tries
+  if t == false then
+    tries = 1
+  elseif t ~= nil then
+    check_fields(where, t, RETRY_FIELDS)
+    tries = want_number(where, "tries", t.tries, 1, RETRIES_MAX + 1, true)
+    r.backoff = want_number(where, "backoff", t.backoff, 0, 60) or r.backoff
+    r.max_backoff = want_number(where, "max_backoff", t.max_backoff, 0, 300)
+      or math.max(r.max_backoff, r.backoff)
+    if r.max_backoff < r.backoff then
+      fail(where, "max_backoff (%s) must not be under backoff (%s)", tostring(r.max_backoff),
+        tostring(r.backoff))
+    end
+    r.jitter = want(where, "jitter", t.jitter, "string") or r.jitter
+    if not RETRY_JITTER[r.jitter] then
+      fail(where, 'jitter must be "equal", "full" or "none", got "%s"', r.jitter)
+    end
+    if t.budget == false then
+      r.budget = false
+    elseif t.budget ~= nil then
+      r.budget = want_number(where, "budget", t.budget, 0, 100)
+    end
+    r.budget_min = want_number(where, "budget_min", t.budget_min, 0, 100000, true) or r.budget_min
+    if t.on ~= nil then on, statuses, names = parse_retry_on(where, t.on) end
+  end
+  if tries and retries then
+    fail(where, "retries and retry.tries say the same thing (retries = tries - 1): give " ..
+      "one [FERRY-0236]")
+  end
+  r.on, r.statuses, r.on_names = on, statuses, names
+  r.tries = tries or (retries and retries + 1) or 3
+  return r
+end
+
+-- The pool's retry settings; p.retries is set from them.  Errors carry
+-- FERRY-0235 (or FERRY-0236 for retries given twice).
+local function parse_retry(where, t, kind, retries)
+  local ok, r = pcall(parse_retry_fields, where .. ": retry", t, kind, retries)
+  if not ok then
+    if getmetatable(r) == ConfigError and not r.msg:find("[FERRY-", 1, true) then
+      r.msg = r.msg .. " [FERRY-0235]"
+    end
+    error(r, 0)
+  end
+  return r
+end
+
+-- cache = { size, max_object, ttl, lock_timeout } on a pool, `direct` or a
+-- listener: the HTTP cache (core/cache.c).  Sizes are bytes, or strings
+-- with KB / MB / GB (1024-based); the one parser is parse_size.
+local CACHE_FIELDS = { size = true, max_object = true, ttl = true, lock_timeout = true }
+local SIZE_UNITS = { [""] = 1, B = 1, K = 1024, KB = 1024, M = 1024 ^ 2, MB = 1024 ^ 2,
+  G = 1024 ^ 3, GB = 1024 ^ 3 }
+local CACHE_SIZE_MAX = 64 * 1024 ^ 3
+
+local function parse_size(where, field, v)
+  if v == nil then return nil end
+  local n, unit
+  if type(v) == "number" then
+    n, unit = v, ""
+  elseif type(v) == "string" then
+    local num, u = v:match("^%s*(%d+%.?%d*)%s*(%a*)%s*$")
+    n, unit = tonumber(num), u and u:upper()
+  end
+  if not n or not SIZE_UNITS[unit] or n ~= n then
+    fail(where, '%s: expected bytes or a size like "100MB" (KB, MB, GB), got %s [FERRY-0245]',
+      field, tostring(v))
+  end
+  n = math.floor(n * SIZE_UNITS[unit])
+  if n < 1 or n > CACHE_SIZE_MAX then
+    fail(where, "%s: between 1 byte and 64GB, got %s [FERRY-0245]", field, tostring(v))
+  end
+  return n
+end
+M.parse_size = parse_size
+
+local function parse_cache(where, t)
+  if t == nil or t == false then return nil end
+  where = where .. ": cache"
+  if type(t) ~= "table" then
+    fail(where, "expected a table like { size = \"100MB\", max_object = \"1MB\" } [FERRY-0246]")
+  end
+  check_fields(where, t, CACHE_FIELDS)
+  local c = {
+    size = parse_size(where, "size", t.size) or 100 * 1024 ^ 2,
+    max_object = parse_size(where, "max_object", t.max_object) or 1024 ^ 2,
+    ttl = want_number(where, "ttl", t.ttl, 0, 86400 * 365) or 0,
+    lock_timeout = want_number(where, "lock_timeout", t.lock_timeout, 0.001, 3600) or 5,
+  }
+  if c.max_object > c.size then
+    fail(where, "max_object (%d bytes) is larger than size (%d bytes) [FERRY-0247]",
+      c.max_object, c.size)
+  end
+  return c
+end
+M.parse_cache = parse_cache
 
 local function parse_breaker(where, t)
   if t == false then return nil end
@@ -460,7 +686,8 @@ local function evaluate(chunk, file)
     check_fields(where, t, { name = true, addr = true, protocol = true, users = true, open = true,
                              auth_fail_limit = true, auth_fail_window = true, tls = true,
                              allow_pool_header = true, pool = true, forwarded = true,
-                             trust_forwarded = true })
+                             trust_forwarded = true, cache = true })
+    l.cache = parse_cache(where, t.cache)
     if names.listen[l.name] then fail(where, "a listener with this name already exists") end
     names.listen[l.name] = true
     local host, port = url.parse_hostport(want(where, "addr", t.addr, "string") or "127.0.0.1:8080")
@@ -596,9 +823,10 @@ local function evaluate(chunk, file)
   -- what it may configure.
   function env.direct(t)
     local where = at("direct")
-    check_fields(where, t, { connections = true })
+    check_fields(where, t, { connections = true, cache = true })
     if cfg.direct then fail(where, "direct is already set") end
-    cfg.direct = { connections = parse_connections(where, t.connections) }
+    cfg.direct = { connections = parse_connections(where, t.connections),
+                   cache = parse_cache(where, t.cache) }
   end
 
   function env.plugins(t)
@@ -624,12 +852,14 @@ local function evaluate(chunk, file)
     return function(t)
       check_fields(where, t, { strategy = true, retries = true, proxies = true, breaker = true,
         health = true, all_down = true, panic = true, timeouts = true, latency_ceiling = true,
-        session_ttl = true, connections = true, backends = true, host = true, tls = true })
+        session_ttl = true, connections = true, backends = true, host = true, tls = true,
+        slowstart = true, max_ejected = true, retry = true, cache = true })
       local p = { name = name, line = line }
       p.kind = M.pool_kind(where, t)
       p.connections = parse_connections(where, t.connections)
+      p.cache = parse_cache(where, t.cache)
       p.strategy = want(where, "strategy", t.strategy, "string") or "health_score"
-      p.retries = want_number(where, "retries", t.retries, 0, RETRIES_MAX, true) or 2
+      p.retries = want_number(where, "retries", t.retries, 0, RETRIES_MAX, true)
       p.all_down = want(where, "all_down", t.all_down, "string") or "any"
       if not ALL_DOWN[p.all_down] then
         fail(where, 'all_down must be "any", "direct" or "fail", got "%s"', p.all_down)
@@ -642,7 +872,7 @@ local function evaluate(chunk, file)
       p.latency_ceiling = want_number(where, "latency_ceiling", t.latency_ceiling, 1) or 1000
       p.session_ttl = want_number(where, "session_ttl", t.session_ttl, 0.001, 86400 * 30) or 600
       p.breaker = parse_breaker(where, t.breaker)
-      p.health = parse_health(where, t.health)
+      p.health = parse_health(where, t.health, p.kind)
       if t.timeouts ~= nil then
         check_fields(where .. ": timeouts", t.timeouts, { connect = true, first_byte = true })
         p.timeouts = {
@@ -650,8 +880,12 @@ local function evaluate(chunk, file)
           first_byte = want_number(where, "timeouts.first_byte", t.timeouts.first_byte, 0.001),
         }
       end
+      -- Retries after the kind of pool is known (its defaults depend on it).
+      p.retry = parse_retry(where, t.retry, p.kind or "proxies", p.retries)
+      p.retries = p.retry.tries - 1
       if p.kind == "backends" then
         M.parse_backend_pool(where, t, p, function(f) return resolve_path(dir, f) end)
+        M.parse_lb(where, t, p)
         cfg.pools[name] = p
         cfg.pool_order[#cfg.pool_order + 1] = name
         return
@@ -668,6 +902,7 @@ local function evaluate(chunk, file)
         seen[key] = i
         p.proxies[i] = px
       end
+      M.parse_lb(where, t, p)
       cfg.pools[name] = p
       cfg.pool_order[#cfg.pool_order + 1] = name
     end
@@ -794,6 +1029,9 @@ local function evaluate(chunk, file)
     env[k] = v
   end
   env.os = { time = os.time, clock = os.clock, getenv = os.getenv }
+  -- Tests for route(): exact host or "*.suffix", path prefix (ferry.match).
+  local match = require("ferry.match")
+  env.match_host, env.match_path = match.host, match.path
   -- route() runs per request under the core's budget: a loop around
   -- pcall must not swallow the budget's error (ferry.budget).
   env.pcall = require("ferry.budget").pcall

@@ -79,6 +79,9 @@ Commands (a line is Lua; results print as tables):
   pool.stats(name)              one pool's counters and its lowest-scoring proxies
   exchange.list()               exchanges: hosts, pool, bans and open breakers now
   rate(exchange)                rate budget of each (proxy, exchange) pair: tokens now
+  cache.stats()                 HTTP caches: entries, bytes, hits, misses, stale...
+  cache.purge(prefix, cache)    drop cached entries whose URL starts with prefix
+                                ("/img/": that path on any host; "": all; cache: optional)
   reload()                      reload the config file, as SIGHUP does
   stats()                       totals of the daemon, and where changes are stored
   help()                        this text
@@ -205,6 +208,7 @@ local function builtins()
   local b = {
     proxy = copy(cmds.proxy), pool = copy(cmds.pool), exchange = copy(cmds.exchange),
     reload = cmds.reload, stats = cmds.stats, help = help, reset = reset, rate = cmds.rate,
+    cache = copy(cmds.cache),
     string = copy(safe_string), table = copy(safe_table), math = copy(math),
     pairs = pairs, ipairs = ipairs, next = next, select = select, tostring = tostring,
     tonumber = tonumber, type = type, unpack = unpack, error = error, assert = assert,

@@ -15,6 +15,7 @@ local cdef = require("ferry.cdef")
 local inventory = require("ferry.inventory")
 local health = require("ferry.health")
 local connstats = require("ferry.connstats")
+local lb_stats = require("ferry.lb_stats")
 local fmt = require("ferry.console_fmt")
 
 local C = ffi.C
@@ -80,7 +81,8 @@ local function pct(part, whole)
 end
 
 local PROXY_COLUMNS = {
-  { "id", "ID", right = true }, { "name", "NAME" }, { "pool", "POOL" }, { "url", "URL" },
+  { "id", "ID", right = true }, { "name", "NAME" }, { "pool", "POOL" }, { "kind", "KIND" },
+  { "url", "URL" },
   { "region", "REGION" }, { "weight", "W", right = true }, { "state", "STATE" },
   { "score", "SCORE", right = true }, { "active", "ACTIVE", right = true },
   { "requests", "REQUESTS", right = true }, { "failures", "FAILURES", right = true },
@@ -211,6 +213,7 @@ local function health_record(cur, cid, c, now)
     retry_in = tonumber(c.retry_at) > now and format("%.0fs", tonumber(c.retry_at) - now) or nil,
     source = info.entry and "runtime" or "config",
     connections = connstats.proxy(cid),
+    slow_start = lb_stats.proxy(cur, cid, now),
   }
 end
 
@@ -227,6 +230,7 @@ local HEALTH_FIELDS = {
   { "probes_failed", "probes failed" }, { "probe_ms", "probe latency (ms)" },
   { "last_probe", "last probe" }, { "downs", "times down" },
   { "down_for", "down for", optional = true }, { "retry_in", "retry in", optional = true },
+  { "slow_start", "slow start (ramp, effective weight)", optional = true },
   { "connections", "upstream connections", fmt = connstats.line },
 }
 
@@ -288,17 +292,26 @@ local function check(res, err)
   return res
 end
 
+-- proxy.add(pool, url, opts) or proxy.add{ pool = ..., url = ..., id = ... }.
 function proxy.add(pool_name, u, opts)
   count_change()
+  if type(pool_name) == "table" and u == nil and opts == nil then
+    local t = pool_name
+    pool_name, u, opts = t.pool, t.url, {}
+    for k, v in pairs(t) do
+      if k ~= "pool" and k ~= "url" then opts[k] = v end
+    end
+  end
   if opts ~= nil and type(opts) ~= "table" then
     fail("proxy.add: opts must be a table { id = ..., weight = ..., region = ... }")
   end
-  local f = check(inventory.check_fields(opts or {}, { id = true, weight = true, region = true }))
+  local f = check(inventory.check_fields(opts or {}, { id = true, weight = true, region = true,
+    backup = true }))
   f.pool, f.url = pool_name, u
   if type(u) ~= "string" then fail("proxy.add: url must be a string") end
   local res = check(inventory.add(cur_rt, f, "console"))
-  return change_message(format('added proxy %d (%s) to pool "%s"', res.id, res.url, res.pool),
-    res)
+  return change_message(format('added %s %d (%s) to pool "%s"', res.kind or "proxy", res.id,
+    res.url, res.pool), res)
 end
 
 function proxy.remove(id)
@@ -366,12 +379,15 @@ local function pool_summary(cur, p)
     if e.pool == p.name then ex[#ex + 1] = e.name end
   end
   s.exchanges = ex
+  s.kind = p.kind or "proxies"
   s.connections = connstats.pool(p.index)
+  for k, v in pairs(lb_stats.pool(p)) do s[k] = v end
   return s
 end
 
 local POOL_COLUMNS = {
-  { "name", "NAME" }, { "strategy", "STRATEGY" }, { "proxies", "PROXIES", right = true },
+  { "name", "NAME" }, { "kind", "KIND" }, { "strategy", "STRATEGY" },
+  { "proxies", "PROXIES", right = true },
   { "up", "UP", right = true }, { "down", "DOWN", right = true },
   { "disabled", "OFF", right = true }, { "runtime", "RUNTIME", right = true },
   { "active", "ACTIVE", right = true }, { "requests", "REQUESTS", right = true },
@@ -390,7 +406,7 @@ function pool.list()
 end
 
 local POOL_FIELDS = {
-  { "name", "pool" }, { "strategy", "strategy" }, { "breaker", "breaker" },
+  { "name", "pool" }, { "kind", "kind" }, { "strategy", "strategy" }, { "breaker", "breaker" },
   { "check", "health check" }, { "all_down", "all_down" }, { "panic", "panic (%)" },
   { "retries", "retries" }, { "proxies", "proxies" }, { "up", "up" }, { "down", "down" },
   { "disabled", "disabled or removed" }, { "runtime", "added at runtime" },
@@ -398,6 +414,14 @@ local POOL_FIELDS = {
   { "failures", "failures" }, { "failure_pct", "failure rate (%)" },
   { "failure_kinds", "failures by kind", optional = true },
   { "latency_ms", "mean latency (ms)" },
+  { "slowstart", "slow start (s)", optional = true },
+  { "ramping", "ramping (share, effective weight)", optional = true },
+  { "max_ejected", "max_ejected", optional = true },
+  { "ejected", "ejected (down or breaker open)", optional = true },
+  { "spared", "kept eligible by max_ejected", optional = true },
+  { "backups", "backups", optional = true },
+  { "backup_serving", "backups serving", optional = true,
+    fmt = function(v) return v and "yes" or "no" end },
   { "connections", "upstream connections", fmt = connstats.line },
   { "exchanges", "exchanges", fmt = function(v) return #v > 0 and concat(v, ", ") or "-" end },
 }
@@ -407,6 +431,26 @@ local WORST_COLUMNS = {
   { "score", "SCORE", right = true }, { "requests", "REQUESTS", right = true },
   { "failures", "FAILURES", right = true },
 }
+
+-- A backend pool's connections, backend by backend (core/uppool.c).
+local BACKEND_CONN_COLUMNS = {
+  { "id", "ID", right = true }, { "name", "NAME" }, { "url", "URL" }, { "state", "STATE" },
+  { "active", "ACTIVE", right = true }, { "idle", "IDLE", right = true },
+  { "opened", "OPENED", right = true }, { "reused", "REUSED", right = true },
+  { "waiting", "WAITING", right = true }, { "queue_timeouts", "Q_TIMEOUTS", right = true },
+  { "queue_full", "REFUSED", right = true },
+}
+
+local function backend_rows(recs)
+  local rows = {}
+  for i, r in ipairs(recs) do
+    local cs = r.connections or {}
+    rows[i] = { id = r.id, name = r.name, url = r.url, state = r.state, active = cs.active,
+                idle = cs.idle, opened = cs.opened, reused = cs.reused, waiting = cs.waiting,
+                queue_timeouts = cs.queue_timeouts, queue_full = cs.queue_full }
+  end
+  return rows
+end
 
 function pool.stats(name)
   local cur = active()
@@ -420,6 +464,10 @@ function pool.stats(name)
   local p = cur.pools[name]
   if not p then fail(format('no pool "%s" (pool.list() shows the pools)', name:sub(1, 64))) end
   local s = pool_summary(cur, p)
+  if p.kind == "backends" then
+    s.backends = as_view(backend_rows(inventory.records(cur, { name })), { kind = "table",
+      columns = BACKEND_CONN_COLUMNS, title = "connections per backend:" })
+  end
   -- The five proxies with the lowest score.
   local recs = inventory.records(cur, { name })
   table.sort(recs, function(a, b)
@@ -432,7 +480,7 @@ function pool.stats(name)
     s.worst = as_view(worst, { kind = "table", columns = WORST_COLUMNS,
                                title = "lowest scores:" })
   end
-  return as_view(s, { kind = "record", fields = POOL_FIELDS, after = { "worst" } })
+  return as_view(s, { kind = "record", fields = POOL_FIELDS, after = { "worst", "backends" } })
 end
 
 local EXCHANGE_LIST_COLUMNS = {
@@ -481,6 +529,31 @@ function M.rate(name)
     title = format('exchange "%s": %s per %ss, waiting %d, waited %d, rejected %d',
       e.name, tostring(e.rate.limit), tostring(e.rate.per), s.waiting or 0, s.waited or 0,
       s.rejected or 0) })
+end
+
+-- The HTTP caches (core/cache.c): counters, and purge by key prefix.
+local cachemod = require("ferry.cache")
+local CACHE_COLUMNS = {
+  { "name", "CACHE" }, { "kind", "KIND" }, { "entries", "ENTRIES", right = true },
+  { "bytes", "BYTES", right = true }, { "size", "SIZE", right = true },
+  { "hits", "HITS", right = true }, { "misses", "MISSES", right = true },
+  { "stale", "STALE", right = true }, { "revalidated", "REVALIDATED", right = true },
+  { "coalesced", "COALESCED", right = true }, { "evictions", "EVICTIONS", right = true },
+}
+M.cache = {}
+
+function M.cache.stats()
+  active()
+  return as_view(cachemod.stats(), { kind = "table", columns = CACHE_COLUMNS,
+    empty = "(no cache configured)" })
+end
+
+function M.cache.purge(prefix, name)
+  active()
+  local n, err = cachemod.purge(prefix, name)
+  if not n then fail("cache.purge: " .. err) end
+  return as_view({ purged = n }, { kind = "message",
+    text = format("purged %d entr%s", n, n == 1 and "y" or "ies") })
 end
 
 function M.reload()

@@ -71,6 +71,18 @@ admin.route("POST", "/api/v1/console", function(req, rt)
   return 200, text, { ["Content-Type"] = "text/plain; charset=utf-8" }
 end)
 
+-- The HTTP caches: their counters, and purge by key prefix.
+admin.route("GET", "/api/v1/cache", function()
+  return 200, { caches = require("ferry.cache").stats() }
+end)
+
+admin.route("DELETE", "/api/v1/cache", function(req)
+  local q = req.query or {}
+  local n, err = require("ferry.cache").purge(q.prefix or "", q.cache)
+  if not n then return admin.err(req, 400, "FERRY-7700", err) end
+  return 200, { purged = n }
+end)
+
 admin.route("GET", "/metrics", function(_, rt)
   local text = require("ferry.metrics").render(rt)
   return 200, text, { ["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8" }

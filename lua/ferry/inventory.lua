@@ -58,13 +58,19 @@ end
 -- A proxy entry: checked by the validator the config uses too.
 
 -- The proxy as apply.build_pools wants it (config.lua's shape), marked
--- as a runtime one; or nil and a message naming the field.
-function M.parse_proxy(u, opts)
+-- as a runtime one; or nil and a message naming the field.  kind: the
+-- pool's ("backends": a backend's URL and fields, with the pool's tls
+-- pool_tls for https:// ones), default "proxies".
+function M.parse_proxy(u, opts, kind, pool_tls)
   opts = opts or {}
+  local backends = kind == "backends"
   local px, err = proxy_entry.validate({ url = u, id = opts.id, weight = opts.weight,
-    region = opts.region, tls = opts.tls }, proxy_entry.INVENTORY)
+    region = opts.region, tls = opts.tls, backup = opts.backup },
+    backends and proxy_entry.BACKEND_INVENTORY or proxy_entry.INVENTORY,
+    backends and { kind = "backends", pool_tls = pool_tls } or nil)
   if not px then return nil, err end
   px.runtime = true
+  px.kind = backends and "backends" or "proxies"
   return px
 end
 
@@ -78,8 +84,8 @@ function M.endpoint(px)
 end
 
 local ADD_FIELDS = { pool = true, url = true, id = true, weight = true, region = true,
-                     tls = true }
-local OPT_FIELDS = { id = true, weight = true, region = true, tls = true }
+                     tls = true, backup = true }
+local OPT_FIELDS = { id = true, weight = true, region = true, tls = true, backup = true }
 
 local function sorted_keys(t)
   local ks = {}
@@ -273,6 +279,14 @@ function M.merge(cfg)
     pc.proxies, keys[name] = list, seen
   end
   for _, e in ipairs(entries) do
+    -- A stored entry is read as its pool's kind (a backend's http:// URL
+    -- is no proxy): parsed again when the pool's kind is not the one it
+    -- was read as.
+    local want = cfg.pools[e.pool] and cfg.pools[e.pool].kind or "proxies"
+    if cfg.pools[e.pool] and (e.kind or "proxies") ~= want then
+      e.px, e.invalid = M.parse_proxy(e.url, e.opts, want, cfg.pools[e.pool].tls)
+      e.kind = want
+    end
     local pc = e.px and cfg.pools[e.pool]
     local taken = pc and (keys[e.pool][e.key] or keys[e.pool][M.endpoint(e.px)])
     e.active = false
@@ -408,6 +422,9 @@ function M.record(p, pool, now)
     successes = tonumber(c.successes), failures = tonumber(c.failures),
     latency_ms = round1(tonumber(c.latency_ewma_ms)),
     source = p.runtime and "runtime" or "config",
+    -- "backend" in a pool of backends (reverse proxy), else "proxy".
+    kind = pool.kind == "backends" and "backend" or "proxy",
+    backup = p.backup or nil,
     connections = connstats.proxy(p.id),
   }
 end
@@ -471,7 +488,9 @@ function M.add(rt, f, via)
   if f.pool == nil then return bad("pool: required") end
   if type(f.pool) ~= "string" then return bad("pool: expected a string") end
   if f.url == nil then return bad("url: required") end
-  local px, perr = M.parse_proxy(f.url, f.opts)
+  local pc = cur.cfg.pools[f.pool]
+  local kind = pc and pc.kind or "proxies"
+  local px, perr = M.parse_proxy(f.url, f.opts, kind, pc and pc.tls)
   if not px then return bad(perr) end
   local pool = cur.pools[f.pool]
   if not pool then
@@ -501,12 +520,14 @@ function M.add(rt, f, via)
       end
     end
   end
-  local opts = { id = px.id, weight = f.opts.weight, region = px.region, tls = f.opts.tls }
+  local opts = { id = px.id, weight = f.opts.weight, region = px.region, tls = f.opts.tls,
+                 backup = f.opts.backup }
   if store_path then
     local ok, err = store.put(key, f.url, f.pool, opts, true)
     if not ok then return store_failed(err) end
   end
-  e = { key = key, url = f.url, pool = f.pool, opts = opts, enabled = true, px = px }
+  e = { key = key, url = f.url, pool = f.pool, opts = opts, enabled = true, px = px,
+        kind = kind }
   overrides[key] = nil
   entries[#entries + 1] = e
   by_key[key] = e
@@ -519,10 +540,12 @@ function M.add(rt, f, via)
     return fail(500, "FERRY-7506", "the pool could not take the proxy; nothing was changed: " ..
       tostring(err))
   end
-  log("info", "FERRY-0124", format('proxy %d (%s) added to pool "%s" by the %s; %s', px.cid,
-    px.display, f.pool, via or "console", store_path and "saved" or "memory only"))
+  log("info", "FERRY-0124", format('%s %d (%s) added to pool "%s" by the %s; %s',
+    kind == "backends" and "backend" or "proxy", px.cid, px.display, f.pool, via or "console",
+    store_path and "saved" or "memory only"))
   return { id = px.cid, name = px.id or tostring(px.cid), pool = f.pool, url = px.display,
            weight = px.weight, region = px.region, persisted = store_path ~= nil,
+           kind = kind == "backends" and "backend" or "proxy", backup = px.backup,
            note = persisted_note() }
 end
 

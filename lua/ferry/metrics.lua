@@ -14,6 +14,7 @@ local ffi = require("ffi")
 require("ferry.cdef")
 local health = require("ferry.health")
 local rate = require("ferry.rate")
+local lb_stats = require("ferry.lb_stats")
 
 local C = ffi.C
 local ipairs, pairs, type = ipairs, pairs, type
@@ -85,7 +86,8 @@ function M.render(rt)
       end
     end
   end
-  local text = C.ferry_metrics_text(members, i, broker_text() .. rate.metrics_text(cur), len)
+  local text = C.ferry_metrics_text(members, i, broker_text() .. rate.metrics_text(cur) ..
+    lb_stats.metrics_text(cur), len)
   return ffi.string(text, len[0])
 end
 

@@ -3,9 +3,9 @@
 local bit = require("bit")
 local cdef = require("ferry.cdef")
 
-local band = bit.band
-local random = math.random
-local ipairs, rawget, setmetatable = ipairs, rawget, setmetatable
+local band, bxor, rshift, tobit = bit.band, bit.bxor, bit.rshift, bit.tobit
+local random, floor = math.random, math.floor
+local ipairs, rawget, setmetatable, sort = ipairs, rawget, setmetatable, table.sort
 
 local DOWN = cdef.PROXY_DOWN
 local OFF = bit.bor(cdef.PROXY_DISABLED, cdef.PROXY_REMOVED)
@@ -83,6 +83,56 @@ function Pool:region_size(region)
   return k
 end
 
+---------------------------------------------------------------------------
+-- Slow start (pool field slowstart, seconds).  A member that came back
+-- (down -> up, re-enabled, added after ferry started: core/health.c sets
+-- c.up_since) gets ramp(p) of the traffic it would get at full weight:
+-- ramp grows linearly from RAMP_MIN to 1 over slowstart seconds.  One
+-- rule for every strategy: eligibility admits a ramping member with
+-- probability ramp (Pool:eligible), the same draw for the whole request
+-- (req.ramp_seed; hash and sticky seed it with the key so that a growing,
+-- stable set of keys moves to the member).  Its effective weight,
+-- weight x ramp, is what the console and the metrics show.
+M.RAMP_MIN = 1 / 16
+
+-- The ramp of p in this pool, 0 < ramp <= 1 (1: not ramping).
+function Pool:ramp(p, now)
+  local ss = self.slowstart
+  if not ss then return 1 end
+  local since = p.c.up_since
+  if since == 0 then return 1 end
+  local t = (now or self.now()) - since
+  if t >= ss then return 1 end
+  local r = t / ss
+  if r < M.RAMP_MIN then r = M.RAMP_MIN end
+  return r
+end
+
+function Pool:effective_weight(p, now)
+  return (p.weight or 1) * self:ramp(p, now)
+end
+
+-- A 32-bit finalizer (MurmurHash3's): nearby inputs spread out.
+local function mix(h)
+  h = bxor(h, rshift(h, 16))
+  h = tobit(h * 0x45d9f3b)
+  h = bxor(h, rshift(h, 16))
+  h = tobit(h * 0x45d9f3b)
+  return bxor(h, rshift(h, 16))
+end
+M.mix = mix
+
+-- The request's draw for p in [0, 1): fixed for the request, so that
+-- every look at p (strategies look more than once) agrees.
+local function draw(req, p)
+  local seed = rawget(req, "ramp_seed")
+  if not seed then
+    seed = random(0, 0x7fffffff)
+    req.ramp_seed = seed
+  end
+  return band(mix(bxor(seed, tobit(p.id * 2654435761 % 4294967296))), 0xffffff) / 0x1000000
+end
+
 -- Usable for this request: in the request's region when it names one,
 -- not disabled or removed, not tried by it yet
 -- (a retry must go through a different proxy), and unless the pool is
@@ -96,9 +146,14 @@ function Pool:eligible(p, req)
     if band(flags, OFF) ~= 0 then return false end
     if band(flags, DOWN) ~= 0 and not self.relaxed then
       local retry = c.retry_at
-      if retry == 0 or self.now() < retry then return false end
+      if (retry == 0 or self.now() < retry) and not (self.spare and self.spare[p]) then
+        return false
+      end
     end
   end
+  -- Backups serve only when the pool's selection asks for them (Pool:select).
+  local tier = self.tier
+  if tier ~= nil and (p.backup or false) ~= tier then return false end
   if not req then return true end
   -- rawget: the runtime sets region before choosing; a request table
   -- never reads it lazily here, in the hot loop.
@@ -106,6 +161,13 @@ function Pool:eligible(p, req)
   if region and not in_region(p, region) then return false end
   local tried = req.tried
   if tried and tried[p.id] then return false end
+  if self.slowstart and not self.relaxed and c.up_since ~= 0 and not rawget(req, "ramp_off") then
+    local r = self:ramp(p)
+    if r < 1 and draw(req, p) >= r then
+      req.ramp_skipped = true
+      return false
+    end
+  end
   if not self.pair_of then return true end
   -- The pair, from the entry's cache first (pool:pair fills it).
   local exid = req.exid or 0
@@ -125,9 +187,135 @@ function Pool:eligible(p, req)
   end
   if self.relaxed then return true end
   if x ~= nil and (x.breaker ~= CLOSED or x.banned_until ~= 0) then
-    return not self:pair_blocked(x, self.now())
+    local now = self.now()
+    -- Kept eligible by max_ejected: its breaker aside, a ban still binds.
+    if self.spare and self.spare[p] then return x.banned_until <= now end
+    return not self:pair_blocked(x, now)
   end
   return true
+end
+
+---------------------------------------------------------------------------
+-- max_ejected and backups: which members a selection may use.
+--
+-- A member is *ejected* when it is down (and not due for a trial) or
+-- its breaker is open for the request's exchange; since then: its
+-- down_since, or the breaker's opened_at.  Bans, rate budgets, disabled
+-- and removed members are no ejections: they are never kept eligible.
+-- Members are in two tiers: primaries and backups (entry backup = true).
+-- max_ejected caps the ejected members of a tier at once (a count, or a
+-- share of the tier's enabled members, rounded down): past the cap, the
+-- ones ejected last are *spared*, eligible as if healthy (Envoy's
+-- max_ejection_percent).  The view is counted again when the health
+-- epoch moves (flags, breakers) or after VIEW_TTL seconds (bans, cooldowns).
+local VIEW_TTL = 1
+
+local function by_time(a, b)
+  if a.at ~= b.at then return a.at < b.at end
+  return a.p.id < b.p.id
+end
+
+-- { healthy = n, spare = { [entry] = true } | nil } of one tier.
+local function tier_view(self, backup, exid, now, cap_pct, cap_n)
+  local list = self.proxies
+  local members, healthy, ejected = 0, 0, {}
+  for i = 1, #list do
+    local p = list[i]
+    local c = p.c
+    if (p.backup or false) == backup and band(c.flags, OFF) == 0 then
+      members = members + 1
+      local at
+      if band(c.flags, DOWN) ~= 0 and not (c.retry_at ~= 0 and now >= c.retry_at) then
+        at = c.down_since
+      end
+      local x = self.pair_of and self:pair(p, exid)
+      local banned = x ~= nil and x.banned_until > now
+      if x ~= nil and x.breaker == OPEN and now < x.breaker_until then
+        if not at or x.opened_at > at then at = x.opened_at end
+      end
+      if at then
+        ejected[#ejected + 1] = { p = p, at = at }
+      elseif not banned then
+        healthy = healthy + 1
+      end
+    end
+  end
+  local v = { healthy = healthy, ejected = #ejected, members = members }
+  local cap = cap_n
+  if cap_pct then cap = floor(members * cap_pct / 100) end
+  if cap and #ejected > cap then
+    sort(ejected, by_time)
+    v.spare = {}
+    for i = cap + 1, #ejected do v.spare[ejected[i].p] = true end
+    v.spared = #ejected - cap
+  end
+  return v
+end
+
+-- The view of exchange exid's traffic, cached per exchange.
+function Pool:ejection(exid, now)
+  now = now or self.now()
+  local views = self.views
+  if not views then
+    views = {}
+    self.views = views
+  end
+  local epoch = self.epoch and self.epoch() or 0
+  local v = views[exid]
+  if v and v.epoch == epoch and now - v.at < VIEW_TTL and v.n == #self.proxies then return v end
+  local me = self.max_ejected
+  local pct, n = me and me.percent, me and me.count
+  v = { epoch = epoch, at = now, n = #self.proxies,
+        primary = tier_view(self, false, exid, now, pct, n) }
+  if self.has_backup then v.backup = tier_view(self, true, exid, now, pct, n) end
+  views[exid] = v
+  return v
+end
+
+-- The pool's choice for req with fn(pool, req, arg) (the strategy, through
+-- the runtime's checks), tiers, max_ejected and slow start applied:
+-- the primaries first, unless none is healthy and a backup is; then
+-- the other tier.  Within a tier, when slow start left every candidate
+-- out, the choice is made again without it (a ramping member alone
+-- still serves).  Returns the entry or nil.
+function Pool:select(req, fn, arg)
+  if not self.has_backup and not self.max_ejected then
+    local p = fn(self, req, arg)
+    if p or not self.slowstart or not rawget(req, "ramp_skipped") then return p end
+    req.ramp_off = true
+    p = fn(self, req, arg)
+    req.ramp_off, req.ramp_skipped = nil, nil
+    return p
+  end
+  local v = self:ejection(req.exid or 0)
+  local first = false
+  if self.has_backup and v.primary.healthy == 0 and v.backup.healthy > 0 then first = true end
+  local p
+  for k = 1, self.has_backup and 2 or 1 do
+    local tier = first
+    if k == 2 then tier = not first end
+    local tv = tier and v.backup or v.primary
+    if self.has_backup then self.tier = tier end
+    self.spare = tv.spare
+    req.ramp_skipped = nil
+    local ok, r = pcall(fn, self, req, arg)
+    if ok and not r and self.slowstart and rawget(req, "ramp_skipped") then
+      req.ramp_off = true
+      ok, r = pcall(fn, self, req, arg)
+      req.ramp_off = nil
+    end
+    self.tier, self.spare = nil, nil
+    if not ok then error(r, 0) end
+    if r then
+      p = r
+      -- What the runtime reports (log lines once in a while, metrics).
+      self.spared = tv.spared
+      if tv.spared and tv.spare[r] then self.spared_used = (self.spared_used or 0) + 1 end
+      break
+    end
+  end
+  req.ramp_skipped = nil
+  return p
 end
 
 -- name: pool name; proxies: array of { id, display, weight, region, c };
@@ -142,6 +330,13 @@ function M.new(name, proxies, opts)
     state = {},
     latency_ceiling = opts.latency_ceiling or 1000,
     now = opts.now or os.time,
+    -- Load-balancing fields (apply.lua): slowstart (seconds, nil = off),
+    -- max_ejected ({ percent } or { count }, nil = no cap), has_backup,
+    -- epoch (the core's health epoch, for Pool:ejection's cache).
+    slowstart = opts.slowstart,
+    max_ejected = opts.max_ejected,
+    has_backup = opts.has_backup,
+    epoch = opts.epoch,
     -- Cursor of the fallback round robin.  Kept outside `state` so a
     -- broken strategy cannot corrupt the thing that stands in for it.
     rr = 0,

@@ -80,7 +80,8 @@ M.FIELDS = {
     end
     px.headers = v
   end },
-  -- A backend kept for when every other one is down (backends only).
+  -- A member kept for when no primary of its pool can serve (ferry.pool,
+  -- Pool:select); proxy pools and backend pools alike.
   backup = { check = function(v, px)
     if type(v) ~= "boolean" then return "backup: expected true or false" end
     px.backup = v
@@ -96,13 +97,14 @@ M.FIELDS = {
       px.tls = (px.scheme == "backend_tls" and ctx.pool_tls) or tls_opts.proxy(nil, px.scheme)
     end,
   },
-}
+ }
 
 -- The order fields are checked in, so that the first error is stable.
 M.ORDER = { "url", "id", "weight", "region", "headers", "backup", "tls" }
 
 -- Fields a config entry and an inventory entry take.
-M.CONFIG = { url = true, id = true, weight = true, region = true, headers = true, tls = true }
+M.CONFIG = { url = true, id = true, weight = true, region = true, headers = true, tls = true,
+  backup = true }
 M.INVENTORY = { url = true, id = true, weight = true, region = true, tls = true }
 -- Backends (pool { backends = ... }): ctx.kind = "backends" with these.
 M.BACKEND_CONFIG = { url = true, id = true, weight = true, region = true, backup = true,

@@ -39,7 +39,7 @@ local NO_SITE, NOT_BACKENDS = cdef.DISPATCH.no_site, cdef.DISPATCH.not_backends
 -- Hook-error kinds counted by the core (enum ferry_hook_kind).
 local HOOK_ROUTE, HOOK_STRATEGY, HOOK_BREAKER, HOOK_EXCHANGE = cdef.HOOK.route,
   cdef.HOOK.strategy, cdef.HOOK.breaker, cdef.HOOK.exchange
-local DEBUG, WARN, ERROR = cdef.LOG.debug, cdef.LOG.warn, cdef.LOG.error
+local DEBUG, INFO, WARN, ERROR = cdef.LOG.debug, cdef.LOG.info, cdef.LOG.warn, cdef.LOG.error
 
 local LOG_WINDOW = 10 -- seconds between two log lines about the same fault
 local PANIC_RECOUNT = 0.1 -- seconds a large pool's healthy count is reused
@@ -108,6 +108,8 @@ function M.load(path, do_apply)
   if not run then return nil, cerr end
   switch_to(run, prep)
   inventory.load_health()
+  -- From now on a proxy that comes back up (or joins) starts slowly.
+  C.ferry_health_started()
   return true
 end
 
@@ -428,8 +430,25 @@ local function pick(pool, req, e)
       " %: ignoring health")
     return select_relaxed(pool, req, e)
   end
-  local p = select_in(pool, req, e)
-  if p then return p end
+  -- Tiers (backups), max_ejected and slow start: ferry.pool.
+  local p = pool:select(req, select_in, e)
+  if p then
+    if pool.has_backup then
+      local on = p.backup or false
+      if on ~= (pool.backup_serving or false) then
+        pool.backup_serving = on
+        C.ferry_log(on and WARN or INFO, on and "FERRY-3121" or "FERRY-3122", "pool \"" ..
+          pool.name .. "\": " .. (on and "no primary can serve: backups take the traffic" or
+          "a primary serves again: backups stand by"))
+      end
+    end
+    if pool.spared then
+      log_once("spared:" .. pool.name, WARN, "FERRY-3120", "pool \"" .. pool.name ..
+        "\": more members ejected than max_ejected allows: " .. pool.spared ..
+        " ejected last stay eligible")
+    end
+    return p
+  end
   local policy = pool.all_down
   -- A healthy proxy that only lacks rate budget is not "all down": the
   -- request waits for that budget or gets the 429 (the caller), rather

@@ -32,6 +32,8 @@ M.ENDPOINTS = {
   ["POST /api/v1/reload"] = "admin",
   ["POST /api/v1/console"] = "admin",
   ["GET /api/v1/rate"] = "inventory:read",
+  ["GET /api/v1/cache"] = "inventory:read",
+  ["DELETE /api/v1/cache"] = "admin",
 }
 
 -- What an Authorization header can carry after "Bearer " (RFC 9110

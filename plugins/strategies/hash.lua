@@ -6,6 +6,8 @@
 -- Larger pools: jump consistent hashing (Lamping and Veach), O(log n)
 -- with no table; an ineligible bucket is re-drawn with a salted key, so
 -- again only the destinations of that proxy move.
+-- Slow start (ferry.pool): a ramping proxy takes the share `ramp` of the
+-- destinations it would carry, always the same ones for a given ramp.
 local bit = require("bit")
 local ffi = require("ffi")
 local poolmod = require("ferry.pool")
@@ -62,6 +64,9 @@ return {
   version = "2",
   select = function(pool, req)
     local h = fnv1a(req.host .. ":" .. tostring(req.port))
+    -- Slow start admits a ramping proxy by a draw from this seed: the
+    -- same destinations each time, more of them as the ramp grows.
+    req.ramp_seed = h
     local list = pool.proxies
     local n = #list
     if n > poolmod.SCAN_MAX then

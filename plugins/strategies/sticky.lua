@@ -69,6 +69,9 @@ return {
     if not session or session == "" then
       return pool:lowest(req, active)
     end
+    -- Slow start's draw follows the session: a session admitted to a
+    -- ramping proxy stays admitted as the ramp grows.
+    req.ramp_seed = fnv(session)
     local ttl = pool.session_ttl or 600
     local t = table_of(pool)
     local key = key_of(pool, session)

@@ -174,10 +174,10 @@ describe("ferry_proxy_*", function()
   it("rejects invalid arguments with a reason", function()
     assert.is_true(core.ferry_proxy_new("bad", 1, "", 80, nil, nil, nil, 1, err) == nil)
     assert.equal("invalid proxy arguments", ffi.string(err[0]))
-    assert.is_true(core.ferry_proxy_new("bad", 7, "h", 80, nil, nil, nil, 1, err) == nil)
+    assert.is_true(core.ferry_proxy_new("bad", 9, "h", 80, nil, nil, nil, 1, err) == nil)
     -- Direct is no proxy, and FERRY_SCHEMES is past the connector table.
     assert.is_true(core.ferry_proxy_new("bad", 0, "h", 80, nil, nil, nil, 1, err) == nil)
-    assert.is_true(core.ferry_proxy_new("bad", 6, "h", 80, nil, nil, nil, 1, err) == nil)
+    assert.is_true(core.ferry_proxy_new("bad", 8, "h", 80, nil, nil, nil, 1, err) == nil)
     assert.is_true(core.ferry_proxy_new("bad", 1, "h", 70000, nil, nil, nil, 1, err) == nil)
   end)
 

@@ -14,6 +14,7 @@
 --   GET  /say/N/TEXT       status N with TEXT (%-escapes decoded) as the body
 --   GET  /ws               101 for "Upgrade: websocket", then echoes bytes
 --   GET  /peer             the connection's source address (which proxy it came through)
+--   GET  /whoami           "origin PORT": which origin answered (reverse proxy backends)
 -- Each response carries X-Origin-Conn: the connection's serial number.
 local socket = require("socket")
 
@@ -72,6 +73,8 @@ local function handle(st, req)
     respond(st, "200 OK", { ["X-Method"] = m }, req.body)
   elseif path == "/headers" then
     respond(st, "200 OK", {}, req.head)
+  elseif path == "/whoami" then
+    respond(st, "200 OK", {}, "origin " .. port .. "\n")
   elseif path == "/peer" then
     respond(st, "200 OK", {}, tostring(st.peer) .. "\n")
   elseif path == "/close" then

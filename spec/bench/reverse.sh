@@ -34,6 +34,12 @@ P_FCACHE=18165 P_HCACHE=18166 P_NCACHE=18167
 PIDS=()
 . "$ROOT/spec/bench/lib.sh"
 trap bench_cleanup EXIT
+# A port some other process holds would measure that process.
+for p in $P_B1 $P_B2 $P_FERRY $P_HAPROXY $P_NGINX $P_FCACHE $P_HCACHE $P_NCACHE; do
+  if (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null; then
+    echo "reverse bench: port $p is already in use on 127.0.0.1" >&2; exit 1
+  fi
+done
 
 head -c 1024 /dev/zero | tr '\0' 'x' > "$W/www/1k"
 head -c 65536 /dev/zero | tr '\0' 'x' > "$W/www/64k"

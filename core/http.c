@@ -225,9 +225,14 @@ static int parse_field(struct http_msg *m, const char *base, const char *b, cons
 
 /* Headers that describe one hop and never travel further.  Trailer is
  * not one of them (RFC 9110 §6.6.2): it describes the message. */
-static const char *const hop_names[] = {
-    "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization",
-    "Proxy-Authenticate", "TE", "Upgrade", NULL
+static const struct {
+    const char *name;
+    uint32_t len; /* compared first: no strlen per field and name */
+} hop_names[] = {
+#define HOP(s) { s, sizeof(s) - 1 }
+    HOP("Connection"), HOP("Keep-Alive"), HOP("Proxy-Connection"),
+    HOP("Proxy-Authorization"), HOP("Proxy-Authenticate"), HOP("TE"), HOP("Upgrade"),
+#undef HOP
 };
 
 /* What framing and hop-by-hop handling learn from the fields. */
@@ -293,8 +298,9 @@ static int take_fields(struct http_msg *m, const char *b, struct head_facts *h)
 {
     for (unsigned i = 0; i < m->nfields; i++) {
         struct http_field *f = &m->fields[i];
-        for (const char *const *n = hop_names; *n != NULL; n++) {
-            if (http_span_ieq(b, f->name, *n)) {
+        for (size_t k = 0; k < sizeof(hop_names) / sizeof(hop_names[0]); k++) {
+            if (f->name.len == hop_names[k].len &&
+                strncasecmp(b + f->name.off, hop_names[k].name, hop_names[k].len) == 0) {
                 f->hop = 1;
                 break;
             }

@@ -97,11 +97,16 @@ end)
 
   it("follows the weights", function()
     local n1, n2 = 0, 0
+    -- One keep-alive client: each request is balanced on its own.
+    local c = assert(socket.connect("127.0.0.1", F))
+    c:settimeout(5)
     for _ = 1, 200 do
-      local code, body = get(F, "/whoami", "weighted.example.com")
+      c:send("GET /whoami HTTP/1.1\r\nHost: weighted.example.com\r\n\r\n")
+      local code, body = procs.read_response(c)
       assert.equal(200, code)
       if body == "origin " .. O1 .. "\n" then n1 = n1 + 1 else n2 = n2 + 1 end
     end
+    c:close()
     -- 1:3 of 200: 50 expected for the lighter one; far from both 100 and 0.
     assert.is_true(n1 > 20 and n1 < 85, "weight 1 got " .. n1 .. " of 200")
     assert.equal(200, n1 + n2)

@@ -97,11 +97,16 @@ end)
 
   it("follows the weights", function()
     local n1, n2 = 0, 0
+    -- One keep-alive client: each request is balanced on its own.
+    local c = assert(socket.connect("127.0.0.1", F))
+    c:settimeout(5)
     for _ = 1, 200 do
-      local code, body = get(F, "/whoami", "weighted.example.com")
+      c:send("GET /whoami HTTP/1.1\r\nHost: weighted.example.com\r\n\r\n")
+      local code, body = procs.read_response(c)
       assert.equal(200, code)
       if body == "origin " .. O1 .. "\n" then n1 = n1 + 1 else n2 = n2 + 1 end
     end
+    c:close()
     -- 1:3 of 200: 50 expected for the lighter one; far from both 100 and 0.
     assert.is_true(n1 > 20 and n1 < 85, "weight 1 got " .. n1 .. " of 200")
     assert.equal(200, n1 + n2)
@@ -337,7 +342,7 @@ end)
 end)
 
 describe("reverse listener with https backends", function()
-  local O, OW, F = procs.free_port(), procs.free_port(), procs.free_port()
+  local O, OW, F, FT = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
   local dir = string.format("%s/reverse-pki-%d", procs.tmp, F)
   local good, wrong, ferry, pki
 
@@ -347,10 +352,12 @@ describe("reverse listener with https backends", function()
     wrong = tls_origin.start(OW, pki.other_cert, pki.other_key)
     ferry = procs.ferry(string.format([[
 listen { name = "site", addr = "127.0.0.1:%d", protocol = "reverse", pool = "tls" }
+listen { name = "https-site", addr = "127.0.0.1:%d", protocol = "reverse", pool = "tls",
+         tls = { cert = "%s", key = "%s" } }
 pool "tls" { tls = { ca = "%s" }, backends = { "https://localhost:%d" } }
 pool "wrong" { retries = 0, tls = { ca = "%s" }, backends = { "https://localhost:%d" } }
 route(function(req) if req.host == "wrong.example" then return "wrong" end end)
-]], F, pki.ca, O, pki.ca, OW), { F })
+]], F, FT, pki.cert, pki.key, pki.ca, O, pki.ca, OW), { F, FT })
   end)
 
   teardown(function()
@@ -370,6 +377,15 @@ route(function(req) if req.host == "wrong.example" then return "wrong" end end)
     code, body = get(F, "/stats", "shop.example")
     assert.equal(200, code)
     assert.matches("^connections=1 ", body)
+  end)
+
+  it("serves HTTPS clients on a TLS reverse listener, X-Forwarded-Proto https", function()
+    local code, body = procs.curl { url = "https://localhost:" .. FT .. "/head",
+      flags = "--cacert " .. q(pki.ca) .. " --resolve localhost:" .. FT .. ":127.0.0.1 " }
+    assert.equal(200, code)
+    assert.matches("^GET /head HTTP/1.1\r\n", body)
+    assert.matches("\r\nHost: localhost:" .. FT .. "\r\n", body, 1, true)
+    assert.matches("\r\nX-Forwarded-Proto: https\r\n", body, 1, true)
   end)
 
   it("answers 502 FERRY-3103 when the backend's certificate does not verify", function()

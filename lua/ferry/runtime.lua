@@ -21,6 +21,7 @@ local ffi_string = ffi.string
 local bor, band = require("bit").bor, require("bit").band
 local REQ_TLS = cdef.REQ_TLS
 local REQ_REVERSE, REQ_CLIENT_TLS = cdef.REQ_REVERSE, cdef.REQ_CLIENT_TLS
+local REQ_QUIET_OK = cdef.REQ_QUIET_OK
 local find = string.find
 local pcall, type, tostring, tonumber, setmetatable, rawget, rawset =
   pcall, type, tostring, tonumber, setmetatable, rawget, rawset
@@ -490,14 +491,16 @@ local function pool_header_allowed(cur, req)
   return 1
 end
 
-function M.dispatch(ud)
+function M.dispatch(_ud)
   local cur = active
   if not cur then return ROUTE_ERROR end
   if due_fn then
     local now = C.ferry_now()
     if now >= due_at then due_fn(now) end
   end
-  local r = ffi.cast(req_ptr, ud)
+  -- ud is the same pointer as ferry_bridge_arg(): casting a lightuserdata
+  -- is not compiled (NYI), casting the FFI void * is.
+  local r = ffi.cast(req_ptr, C.ferry_bridge_arg())
   -- region and rate are set up front: eligibility reads them for every
   -- candidate (rate: the exchange's budget, set once the exchange is known).
   local req = setmetatable({ _r = r, exid = 0, region = lstr(r.region, r.region_len),
@@ -508,7 +511,8 @@ function M.dispatch(ud)
   local reverse = band(r.flags, REQ_REVERSE) ~= 0
   local name, why
   if reverse then
-    name, why = choose_site(cur, req, r)
+    -- An allowed X-Ferry-Pool comes first; route() is not asked then.
+    if asked then name = req.pool_header else name, why = choose_site(cur, req, r) end
   else
     name, why = choose_pool(cur, req, r)
   end
@@ -587,6 +591,10 @@ function M.dispatch(ud)
   if x ~= nil and x.breaker == cdef.BREAKER_HALF_OPEN then C.ferry_breaker_trial(x) end
   -- Tokens go when the request is dispatched to p (a tunnel: once).
   if rt and x ~= nil then C.ferry_rate_take(x, req.weight) end
+  -- M.result would do nothing with a success of this request: the core
+  -- skips the call (anything M.result learns to do with successes must
+  -- clear pool.quiet_ok, set in apply.lua).
+  if pool.quiet_ok and not e then r.flags = bor(r.flags, REQ_QUIET_OK) end
   if cur.cfg.log.level == "debug" then
     -- The selection event: at debug only, it would double the log volume.
     C.ferry_log(DEBUG, "FERRY-0201", "pool \"" .. name .. "\"" .. (req.exchange and
@@ -730,10 +738,10 @@ local function feed_breaker(pool, x, ok, status, latency_ms, kind)
   breaker.on_result(b, x, rres, report_breaker)
 end
 
-function M.result(ud)
+function M.result(_ud)
   local cur = active
   if not cur then return end
-  local r = ffi.cast(res_ptr, ud)
+  local r = ffi.cast(res_ptr, C.ferry_bridge_arg()) -- ud, compiled (see M.dispatch)
   local ok = r.ok ~= 0
   local status = tonumber(r.status)
   local e = r.exchange ~= 0 and cur.exchange_by_id[tonumber(r.exchange)] or nil

@@ -722,7 +722,14 @@ static void pair_line(const struct ferry_pxstate *x, void *arg)
     put_esc(t, metrics_exchange_label(x->exchange));
     puts_(t, "\"");
     if (w->which == 0) {
-        close_u64(t, x->breaker);
+        /* The pool turns an open breaker half-open when it next selects
+         * the member; past its cooldown it already takes a trial, so
+         * show it half-open rather than open until traffic comes. */
+        uint32_t state = x->breaker;
+        if (state == FERRY_BREAKER_OPEN && w->now >= x->breaker_until) {
+            state = FERRY_BREAKER_HALF_OPEN;
+        }
+        close_u64(t, state);
     } else if (w->which == 1) {
         close_u64(t, x->banned_until > w->now);
     } else {

@@ -10,6 +10,7 @@
 local procs = require("procs")
 local socket = require("socket")
 local cjson = require("cjson.safe")
+local tls_origin = require("tls_origin")
 
 local q = procs.quote
 
@@ -73,7 +74,8 @@ end
 
 describe("reverse listener: a backend killed and one stopped under load", function()
   local B, procs_by = {}, {}
-  local F, A = procs.free_port(), procs.free_port()
+  local F, A, FT = procs.free_port(), procs.free_port(), procs.free_port()
+  local pki = tls_origin.pki(string.format("%s/gaps-pki-%d", procs.tmp, F), { "localhost" })
   local ferry
 
   setup(function()
@@ -85,12 +87,14 @@ describe("reverse listener: a backend killed and one stopped under load", functi
     end
     ferry = procs.ferry(string.format([[
 listen { name = "site", protocol = "reverse", addr = "127.0.0.1:%d", pool = "app" }
+listen { name = "tls-site", protocol = "reverse", addr = "127.0.0.1:%d", pool = "app",
+         tls = { cert = "%s", key = "%s" } }
 admin { addr = "127.0.0.1:%d" }
 pool "app" { strategy = "round_robin", timeouts = { first_byte = 1 },
   health = { check = "http", path = "/_health", interval = 0.5, timeout = 0.5, rise = 1, fall = 2 },
   backends = { { url = "http://127.0.0.1:%d", id = "ka" }, { url = "http://127.0.0.1:%d", id = "kb" },
                { url = "http://127.0.0.1:%d", id = "kc" } } }
-]], F, A, B.ka.port, B.kb.port, B.kc.port), { F, A })
+]], F, FT, pki.cert, pki.key, A, B.ka.port, B.kb.port, B.kc.port), { F, FT, A })
   end)
 
   teardown(function()
@@ -109,10 +113,13 @@ pool "app" { strategy = "round_robin", timeouts = { first_byte = 1 },
     for i = 1, 150 do
       if i == 30 then procs.signal(procs_by.ka, "KILL") end
       if i == 70 then procs.signal(procs_by.kb, "STOP") end
-      -- Kept client connections and new ones alike.
+      -- Kept client connections and new ones alike, plain and over TLS.
       local status, body
       if i % 4 == 0 then
         status, body = procs.curl { url = "http://127.0.0.1:" .. F .. "/x?i=" .. i, max_time = 15 }
+      elseif i % 4 == 2 then
+        status, body = procs.curl { url = "https://localhost:" .. FT .. "/x?i=" .. i, max_time = 15,
+          flags = "--cacert " .. q(pki.ca) .. " --resolve localhost:" .. FT .. ":127.0.0.1" }
       else
         local c = clients[i % 3 + 1]
         status, body = ask(c, "/x?i=" .. i)
@@ -132,10 +139,77 @@ pool "app" { strategy = "round_robin", timeouts = { first_byte = 1 },
   end)
 end)
 
+describe("reverse listener: an https backend killed and one stopped under load", function()
+  local O, P = {}, {}
+  local F, FT, A = procs.free_port(), procs.free_port(), procs.free_port()
+  local pki = tls_origin.pki(string.format("%s/gaps-pki2-%d", procs.tmp, F), { "localhost" })
+  local ferry
+
+  setup(function()
+    for _, name in ipairs { "ta", "tb", "tc" } do
+      O[name] = procs.free_port()
+      P[name] = tls_origin.start(O[name], pki.cert, pki.key)
+    end
+    ferry = procs.ferry(string.format([[
+listen { name = "site", protocol = "reverse", addr = "127.0.0.1:%d", pool = "tls" }
+listen { name = "tls-site", protocol = "reverse", addr = "127.0.0.1:%d", pool = "tls",
+         tls = { cert = "%s", key = "%s" } }
+admin { addr = "127.0.0.1:%d" }
+pool "tls" { strategy = "round_robin", timeouts = { first_byte = 1 }, tls = { ca = "%s" },
+  health = { check = "http", path = "/ok", interval = 1, timeout = 0.5, rise = 1, fall = 2 },
+  backends = { { url = "https://localhost:%d", id = "ta" }, { url = "https://localhost:%d", id = "tb" },
+               { url = "https://localhost:%d", id = "tc" } } }
+]], F, FT, pki.cert, pki.key, A, pki.ca, O.ta, O.tb, O.tc), { F, FT, A })
+  end)
+
+  teardown(function()
+    if ferry then procs.stop_ferry(ferry) end
+    for _, p in pairs(P) do procs.stop(p) end
+  end)
+
+  it("answers every GET through plain and TLS listeners (SIGKILL, SIGSTOP)", function()
+    for _, id in ipairs { "ta", "tb", "tc" } do
+      assert.truthy(procs.wait_for(function()
+        return procs.metric(A, "ferry_proxy_up", 'proxy="' .. id .. '",pool="tls",role="backend"') == 1
+      end, 10), id .. " never up")
+    end
+    local bad = {}
+    for round = 1, 30 do
+      if round == 6 then procs.signal(P.ta, "KILL") end
+      if round == 14 then procs.signal(P.tb, "STOP") end
+      -- Five requests on one kept client connection (curl reuses it).
+      local urls = {}
+      for k = 1, 5 do
+        local n = round * 10 + k
+        urls[#urls + 1] = "-o /dev/null " .. q((round % 2 == 0
+          and ("https://localhost:" .. FT) or ("http://127.0.0.1:" .. F)) .. "/ok?i=" .. n)
+      end
+      local out = sh("curl -s -S --max-time 30 --cacert " .. q(pki.ca) .. " --resolve localhost:" ..
+        FT .. ":127.0.0.1 -w '%{http_code} %{num_connects}\\n' " .. table.concat(urls, " "))
+      local codes = 0
+      for code in out:gmatch("(%d%d%d) %d+\n") do
+        codes = codes + 1
+        if code ~= "200" then bad[#bad + 1] = round .. ":" .. code end
+      end
+      if codes ~= 5 then bad[#bad + 1] = round .. ": " .. out end
+    end
+    procs.signal(P.tb, "CONT")
+    assert.same({}, bad)
+    -- The survivor served, over kept TLS connections (health probes
+    -- count at the backend too).
+    local status, stats = procs.curl { url = "https://localhost:" .. O.tc .. "/stats",
+      flags = "--cacert " .. q(pki.ca) .. " --resolve localhost:" .. O.tc .. ":127.0.0.1" }
+    assert.equal(200, status)
+    local conns, reqs = stats:match("^connections=(%d+) requests=(%d+)")
+    assert.is_true(tonumber(reqs) >= 60, stats)
+    assert.is_true(tonumber(conns) * 2 <= tonumber(reqs), stats)
+  end)
+end)
+
 describe("reverse listener: backends", function()
   local B = {}
   local F, A, L = procs.free_port(), procs.free_port(), procs.free_port()
-  local LP = procs.free_port()
+  local LP, REFUSED = procs.free_port(), procs.free_port()
   local lenient_log = string.format("%s/gaps-lenient-%d.log", procs.tmp, LP)
   local ferry, proc, lenient
 
@@ -159,13 +233,17 @@ timeouts { request = 300 }
 pool "many" { strategy = "round_robin", connections = { max = 300, queue = 4000, queue_timeout = 60 },
   backends = { { url = "%s", id = "m1" }, { url = "%s", id = "m2" } } }
 pool "lenient" { backends = { "http://127.0.0.1:%d" } }
+pool "one" { strategy = "round_robin", retries = 0,
+  backends = { "http://127.0.0.1:%d", "http://127.0.0.1:%d" } }
 route(function(req)
   if req.host == "brk.test" then return "brk" end
   if req.host == "cl.test" then return "cl" end
   if req.host == "big.test" then return "big" end
   if req.host == "many.test" then return "many" end
+  if req.host == "one.test" then return "one" end
 end)
-]], F, L, A, u("ra"), u("rb"), u("ba"), u("bb"), u("cl"), u("big"), u("m1"), u("m2"), LP),
+]], F, L, A, u("ra"), u("rb"), u("ba"), u("bb"), u("cl"), u("big"), u("m1"), u("m2"), LP,
+      REFUSED, B.big.port),
       { F, L, A })
   end)
 
@@ -233,6 +311,24 @@ end)
     c:close()
     assert.equal(0, state("ba"))
     assert.truthy(seen.ba and seen.bb)
+  end)
+
+  it("makes one try with retries = 0: a refused backend is answered 502, not retried", function()
+    local codes = {}
+    for i = 1, 2 do
+      local c = connect(F)
+      codes[#codes + 1] = ask(c, "/one?i=" .. i, "one.test")
+      c:close()
+    end
+    table.sort(codes)
+    assert.same({ 200, 502 }, codes) -- round robin: the refused one first or second
+    local line
+    for _, l in ipairs(procs.log_lines(ferry)) do
+      if l.msg == "access" and l.status == 502 and (l.path or ""):match("^/one") then line = l end
+    end
+    assert(line, "no access line for the 502")
+    assert.equal(1, line.attempts)
+    assert.is_nil(line.retry)
   end)
 
   it("never hands a longer body's extra bytes to the next request on a kept connection", function()

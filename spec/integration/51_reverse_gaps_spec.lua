@@ -233,6 +233,8 @@ timeouts { request = 300 }
 pool "many" { strategy = "round_robin", connections = { max = 300, queue = 4000, queue_timeout = 60 },
   backends = { { url = "%s", id = "m1" }, { url = "%s", id = "m2" } } }
 pool "lenient" { backends = { "http://127.0.0.1:%d" } }
+pool "fill" { backends = { "http://127.0.0.1:%d" },
+  cache = { size = "1MB", max_object = "64KB", ttl = 60 } }
 pool "one" { strategy = "round_robin", retries = 0,
   backends = { "http://127.0.0.1:%d", "http://127.0.0.1:%d" } }
 route(function(req)
@@ -241,9 +243,10 @@ route(function(req)
   if req.host == "big.test" then return "big" end
   if req.host == "many.test" then return "many" end
   if req.host == "one.test" then return "one" end
+  if req.host == "fill.test" then return "fill" end
 end)
 ]], F, L, A, u("ra"), u("rb"), u("ba"), u("bb"), u("cl"), u("big"), u("m1"), u("m2"), LP,
-      REFUSED, B.big.port),
+      B.big.port, REFUSED, B.big.port),
       { F, L, A })
   end)
 
@@ -311,6 +314,43 @@ end)
     c:close()
     assert.equal(0, state("ba"))
     assert.truthy(seen.ba and seen.bb)
+  end)
+
+  it("keeps a cache filled far past its size within its byte bound (entries, RSS)", function()
+    local function rss()
+      local kb = procs.read_file("/proc/" .. ferry.pid .. "/status"):match("VmRSS:%s*(%d+)")
+      return tonumber(kb) * 1024
+    end
+    local c = connect(F)
+    -- Warm up: buffers and pools at their working size.
+    for i = 1, 200 do
+      local status = ask(c, "/big?n=10000&w=" .. i, "fill.test")
+      assert.equal(200, status)
+    end
+    local before = rss()
+    local bound = 1024 * 1024
+    -- 3 000 distinct 10 kB answers: 30 MB through a 1 MB cache.
+    for i = 1, 3000 do
+      local status, body = ask(c, "/big?n=10000&i=" .. i, "fill.test")
+      assert.equal(200, status)
+      assert.equal(10000, #body)
+      if i % 500 == 0 then
+        local bytes = procs.metric(A, "ferry_cache_bytes", 'pool="fill"')
+        assert.is_true(bytes ~= nil and bytes <= bound, "cache bytes " .. tostring(bytes))
+      end
+    end
+    -- The most recent is stored, the first long evicted.
+    assert(c:send("GET /big?n=10000&i=3000 HTTP/1.1\r\nHost: fill.test\r\n\r\n"))
+    local _, _, h1 = procs.read_response(c)
+    assert.matches("X%-Cache: HIT", h1)
+    assert(c:send("GET /big?n=10000&i=1 HTTP/1.1\r\nHost: fill.test\r\n\r\n"))
+    local _, _, h2 = procs.read_response(c)
+    assert.matches("X%-Cache: MISS", h2)
+    c:close()
+    assert.is_true(procs.metric(A, "ferry_cache_evictions_total", 'pool="fill"') >= 2800)
+    assert.is_true(procs.metric(A, "ferry_cache_entries", 'pool="fill"') <= 105)
+    local grown = rss() - before
+    assert.is_true(grown < 24 * 1024 * 1024, "RSS grew by " .. grown)
   end)
 
   it("makes one try with retries = 0: a refused backend is answered 502, not retried", function()

@@ -126,6 +126,8 @@ def listen(port, name):
     s.listen(4096)
     while True:
         conn, _ = s.accept()
+        # Heads and bodies go in separate writes: no Nagle wait between them.
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threading.Thread(target=serve, args=(conn, port, name), daemon=True).start()
 
 

@@ -519,3 +519,33 @@ end)
     os.remove(down) os.remove(exp)
   end)
 end)
+
+describe("examples/reverse.lua", function()
+  it("runs as shipped (ports moved): balances, routes, 404s, serves /health", function()
+    local B = {}
+    local proc = backends(B, { "one", "two" })
+    local P = { ["8088"] = procs.free_port(), ["8089"] = procs.free_port(),
+                ["8090"] = procs.free_port(), ["9101"] = B.one.port, ["9102"] = B.two.port }
+    local text = procs.read_file(procs.root .. "/examples/reverse.lua")
+    assert.truthy(text:find("127.0.0.1:8088", 1, true))
+    text = text:gsub("127%.0%.0%.1:(%d%d%d%d)", function(port)
+      return "127.0.0.1:" .. (P[port] or port)
+    end):gsub("/tmp/ferry%-reverse%.sock", procs.tmp .. "/ex-reverse-" .. P["8088"] .. ".sock")
+    local ferry = procs.ferry(text, { P["8088"], P["8089"], P["8090"] })
+    local seen = {}
+    for i = 1, 4 do
+      local status, body = procs.curl { url = "http://127.0.0.1:" .. P["8088"] .. "/x?i=" .. i }
+      assert.equal(200, status)
+      seen[body] = (seen[body] or 0) + 1
+    end
+    local health = procs.curl { url = "http://127.0.0.1:" .. P["8088"] .. "/health" }
+    local strict, _, h = procs.curl { url = "http://127.0.0.1:" .. P["8089"] .. "/",
+      flags = "-H 'Host: other.example'" }
+    procs.stop_ferry(ferry)
+    procs.stop(proc)
+    assert.same({ one = 2, two = 2 }, seen)
+    assert.equal(200, health)
+    assert.equal(404, strict)
+    assert.equal("FERRY-1100", procs.last_header(h, "X-Ferry-Error"))
+  end)
+end)

@@ -12,6 +12,7 @@ one (/_...), so asking does not count.
                           connection stays open
   GET /short              Content-Length 100, 10 bytes sent, then close
   GET /garbage            bytes that are not HTTP, then close
+  GET /slow?s=S           NAME after S seconds
   GET /big?n=N            N bytes (a repeated pattern), Content-Length
   PUT|POST /sum           the body's sha256 (hex), read by Content-Length
   anything else           NAME (status per /_mode); ?cache=1 adds
@@ -21,6 +22,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from urllib.parse import parse_qs, urlsplit
 
 lock = threading.Lock()
@@ -104,6 +106,9 @@ def serve(conn, port, name):
                     piece = PATTERN[:n]
                     conn.sendall(piece)
                     n -= len(piece)
+            elif path == "/slow":
+                time.sleep(float(q["s"][0]))
+                answer(conn, name.encode())
             elif path == "/sum":
                 answer(conn, digest.hexdigest().encode())
             else:

@@ -214,7 +214,7 @@ describe("reverse listener: backends", function()
   local ferry, proc, lenient
 
   setup(function()
-    proc = backends(B, { "ra", "rb", "ba", "bb", "cl", "big", "m1", "m2" })
+    proc = backends(B, { "ra", "rb", "ba", "bb", "cl", "big", "m1", "m2", "ao" })
     lenient = procs.spawn("lenient", "python3 " .. procs.root .. "/spec/helpers/lenient_origin.py " ..
       LP .. " " .. lenient_log)
     assert(procs.wait_port(LP, 30), "lenient origin did not start")
@@ -235,6 +235,10 @@ pool "many" { strategy = "round_robin", connections = { max = 300, queue = 4000,
 pool "lenient" { backends = { "http://127.0.0.1:%d" } }
 pool "fill" { backends = { "http://127.0.0.1:%d" },
   cache = { size = "1MB", max_object = "64KB", ttl = 60 } }
+pool "queue" { retries = 0, connections = { max = 1, queue = 1, queue_timeout = 10 },
+  backends = { "http://127.0.0.1:%d" } }
+pool "allopen" { retries = 0, all_down = "fail", breaker = { policy = "consecutive", failures = 2, cooldown = 60 },
+  backends = { { url = "http://127.0.0.1:%d", id = "ao" } } }
 pool "one" { strategy = "round_robin", retries = 0,
   backends = { "http://127.0.0.1:%d", "http://127.0.0.1:%d" } }
 route(function(req)
@@ -244,9 +248,11 @@ route(function(req)
   if req.host == "many.test" then return "many" end
   if req.host == "one.test" then return "one" end
   if req.host == "fill.test" then return "fill" end
+  if req.host == "queue.test" then return "queue" end
+  if req.host == "allopen.test" then return "allopen" end
 end)
 ]], F, L, A, u("ra"), u("rb"), u("ba"), u("bb"), u("cl"), u("big"), u("m1"), u("m2"), LP,
-      B.big.port, REFUSED, B.big.port),
+      B.big.port, B.big.port, B.ao.port, REFUSED, B.big.port),
       { F, L, A })
   end)
 
@@ -351,6 +357,41 @@ end)
     assert.is_true(procs.metric(A, "ferry_cache_entries", 'pool="fill"') <= 105)
     local grown = rss() - before
     assert.is_true(grown < 24 * 1024 * 1024, "RSS grew by " .. grown)
+  end)
+
+  it("answers 503 FERRY-3060 when a backend's connections and queue are full", function()
+    local urls = {}
+    for i = 1, 3 do
+      urls[#urls + 1] = "-o /dev/null " .. q("http://127.0.0.1:" .. F .. "/slow?s=2&i=" .. i)
+    end
+    local out = sh("curl -s --no-progress-meter -Z --parallel-immediate --parallel-max 3 --max-time 30 " ..
+      "-H 'Host: queue.test' -w '%{http_code} %header{x-ferry-error}\\n' " .. table.concat(urls, " "))
+    local codes = {}
+    for line in out:gmatch("[^\r\n]+") do
+      if line:match("^%d%d%d [%w%-]*$") then codes[#codes + 1] = line end
+    end
+    table.sort(codes)
+    -- One on the connection, one waiting in the queue, the third refused.
+    assert.same({ "200 ", "200 ", "503 FERRY-3060" }, codes, out)
+  end)
+
+  -- (With the default all_down = "any" a pool whose breakers are all open
+  -- still sends to one of them: that is the policy.)
+  it("answers 503 FERRY-3102 once every backend's breaker is open (all_down = fail)", function()
+    control(B.ao, "/_mode?m=503")
+    local c = connect(F)
+    for i = 1, 2 do
+      local status = ask(c, "/ao?i=" .. i, "allopen.test")
+      assert.equal(503, status) -- the backend's own 503s
+    end
+    local before = counts(B.ao).requests
+    assert(c:send("GET /ao?i=3 HTTP/1.1\r\nHost: allopen.test\r\n\r\n"))
+    local status, _, head = procs.read_response(c)
+    c:close()
+    assert.equal(503, status)
+    assert.matches("X%-Ferry%-Error: FERRY%-3102", head)
+    assert.equal(before, counts(B.ao).requests) -- ferry answered it alone
+    control(B.ao, "/_mode?m=200")
   end)
 
   it("makes one try with retries = 0: a refused backend is answered 502, not retried", function()

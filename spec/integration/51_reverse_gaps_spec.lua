@@ -237,7 +237,8 @@ pool "fill" { backends = { "http://127.0.0.1:%d" },
   cache = { size = "1MB", max_object = "64KB", ttl = 60 } }
 pool "queue" { retries = 0, connections = { max = 1, queue = 1, queue_timeout = 10 },
   backends = { "http://127.0.0.1:%d" } }
-pool "allopen" { retries = 0, all_down = "fail", breaker = { policy = "consecutive", failures = 2, cooldown = 60 },
+pool "allopen" { retries = 0, all_down = "fail",
+  breaker = { policy = "consecutive", failures = 2, cooldown = 60 },
   backends = { { url = "http://127.0.0.1:%d", id = "ao" } } }
 pool "one" { strategy = "round_robin", retries = 0,
   backends = { "http://127.0.0.1:%d", "http://127.0.0.1:%d" } }

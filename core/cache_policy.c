@@ -103,6 +103,9 @@ int cpol_list_next(const char *v, size_t n, size_t *pos, struct cpol_elem *e)
 {
     size_t i = *pos;
     int closed;
+    if (v == NULL) {
+        return 0; /* an absent value is an empty list */
+    }
     while (i < n && (cp_ows(v[i]) || v[i] == ',')) {
         i++;
     }

@@ -395,7 +395,8 @@ int cpol_field_updatable(const char *name, size_t n);
 /* 1 for a field of a response that is stored with it (not hop-by-hop:
  * Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding,
  * Upgrade, Trailer, Proxy-Authenticate, Proxy-Authentication-Info are
- * not; nor fields with the hop flag, which Connection named).  Age is
+ * not; the caller also drops fields with http.h's hop flag, which
+ * Connection named).  Age is
  * stored (cpol_entry_init reads it) but never sent as is: answers carry
  * cpol_age_header. */
 int cpol_field_storable(const char *name, size_t n);
@@ -413,7 +414,8 @@ int cpol_invalidates(int method, int status);
  * an absolute http/https URI or as an absolute path; 0 otherwise (other
  * host, relative reference, malformed).  Ports are not compared
  * (invalidating more than needed is harmless); the fragment is not part
- * of the span; *len 0 means "/".  Invalidate that path too. */
+ * of the span; *len 0 means "/", a span starting with "?" means "/"
+ * and that query.  Invalidate that path too. */
 int cpol_same_host_uri(const char *value, size_t n, const char *host, size_t host_len,
                        size_t *off, size_t *len);
 

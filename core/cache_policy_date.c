@@ -209,6 +209,9 @@ static int cd_ws(char c)
 
 int cpol_date_parse(const char *s, size_t n, double now, double *t)
 {
+    if (s == NULL) {
+        return -1;
+    }
     struct cd_in in = { s, s + n };
     double v = 0;
     int ok = 0;

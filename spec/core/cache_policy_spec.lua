@@ -13,6 +13,11 @@ struct cpol_head { const char *base; const struct http_field *fields; unsigned n
 const char *cpol_head_get(const struct cpol_head *h, const char *name, size_t *len);
 unsigned cpol_head_count(const struct cpol_head *h, const char *name);
 int cpol_delta_parse(const char *s, size_t n, double *d);
+struct cpol_elem {
+  const char *name; size_t name_len; const char *arg; size_t arg_len;
+  unsigned has_arg:1, quoted:1, bad:1;
+};
+int cpol_list_next(const char *v, size_t n, size_t *pos, struct cpol_elem *e);
 
 int cpol_date_parse(const char *s, size_t n, double now, double *t);
 size_t cpol_date_format(double t, char *out);
@@ -1029,6 +1034,17 @@ describe("header access and numbers", function()
     assert.is_true(core.cpol_head_get(hd.h, "c", n) == nil)
   end)
 
+  it("takes an absent value (NULL, 0) as empty", function()
+    local t = ffi.new("double[1]")
+    assert.equal(-1, core.cpol_date_parse(nil, 0, NOW, t))
+    local cc = ffi.new("struct cpol_resp_cc")
+    core.cpol_resp_cc_init(cc)
+    core.cpol_resp_cc_add(cc, nil, 0)
+    assert.equal(1, cc.present)
+    assert.equal(ABSENT, cc.max_age)
+    assert.equal(0, core.cpol_etag_weak_eq(nil, 0, nil, 0))
+  end)
+
   it("reads delta-seconds strictly", function()
     local d = ffi.new("double[1]")
     assert.equal(0, core.cpol_delta_parse("0", 1, d))
@@ -1038,5 +1054,61 @@ describe("header access and numbers", function()
     assert.equal(-1, core.cpol_delta_parse("", 0, d))
     assert.equal(-1, core.cpol_delta_parse(" 1", 2, d))
     assert.equal(-1, core.cpol_delta_parse("+1", 2, d))
+  end)
+end)
+
+describe("list elements", function()
+  local function elems(v)
+    local pos, e, out = ffi.new("size_t[1]"), ffi.new("struct cpol_elem"), {}
+    while core.cpol_list_next(v, #v, pos, e) == 1 do
+      out[#out + 1] = {
+        name = ffi.string(e.name, e.name_len),
+        arg = e.has_arg == 1 and ffi.string(e.arg, e.arg_len) or nil,
+        quoted = e.quoted == 1, bad = e.bad == 1,
+      }
+    end
+    assert.equal(#v, tonumber(pos[0]))
+    return out
+  end
+
+  it("splits at commas outside quoted strings", function()
+    assert.same({
+      { name = "a", quoted = false, bad = false },
+      { name = "b", arg = "1", quoted = false, bad = false },
+      { name = "c", arg = 'x, \\"y', quoted = true, bad = false },
+      { name = "d", quoted = false, bad = false },
+    }, elems(' a ,, b=1 ,c="x, \\"y",d,'))
+  end)
+
+  it("marks malformed elements and still finds the next one", function()
+    assert.same({
+      { name = "a", arg = "1", quoted = false, bad = true },
+      { name = "", quoted = false, bad = true },
+      { name = "b", arg = "x", quoted = true, bad = true },
+      { name = "c", quoted = false, bad = false },
+    }, elems('a=1 2, =x, b="x" "y,z", c'))
+    assert.same({ { name = "a", arg = "open, b", quoted = true, bad = true } }, elems('a="open, b'))
+    assert.same({}, elems(" , ,\t"))
+  end)
+
+  it("gives the same directives for a value whole and split into lines at its commas", function()
+    for _, v in ipairs({ 'max-age=60, no-cache="a,b", s-maxage=5',
+                         'stale-if-error=5, x="q,\\",max-age=1", stale-if-error=9, public' }) do
+      local whole = resp_cc(v)
+      local parts, start, inq, i = {}, 1, false, 1
+      while i <= #v do
+        local ch = v:sub(i, i)
+        if inq and ch == "\\" then i = i + 1
+        elseif ch == '"' then inq = not inq
+        elseif ch == "," and not inq then parts[#parts + 1] = v:sub(start, i - 1); start = i + 1 end
+        i = i + 1
+      end
+      parts[#parts + 1] = v:sub(start)
+      assert.is_true(#parts >= 3)
+      local split = resp_cc(unpack(parts))
+      for _, k in ipairs({ "max_age", "s_maxage", "sie", "no_cache", "public_" }) do
+        assert.equal(whole[k], split[k], k)
+      end
+    end
   end)
 end)

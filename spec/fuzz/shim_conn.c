@@ -17,6 +17,7 @@
 #include "../../core/metrics.h"
 #include "../../core/proxy.h"
 #include "../../core/rate.h"
+#include "../../core/retry.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -145,6 +146,20 @@ void conn_ban_reset(struct conn *c)
     (void)c;
 }
 
+/* Retries (retry.c): no pool, no budget in the harness. */
+void retry_request_end(struct conn *c)
+{
+    (void)c;
+}
+
+const char *retry_log_text(const struct conn *c, char *buf, size_t cap)
+{
+    (void)c;
+    (void)buf;
+    (void)cap;
+    return NULL;
+}
+
 void conn_tunnel_begin(struct conn *c)
 {
     (void)c;
@@ -256,6 +271,24 @@ void metrics_request_end(struct conn *c, const char *code)
     (void)code;
 }
 
+
+/* conn_reverse.c: the harnesses drive the forward listener only. */
+int conn_is_reverse(const struct conn *c)
+{
+    (void)c;
+    return 0;
+}
+
+enum ferr conn_reverse_err(enum ferr e)
+{
+    return e;
+}
+
+const char *conn_reverse_pool_host(int pool)
+{
+    (void)pool;
+    return NULL;
+}
 
 /* The HTTP cache (conn_cache.c): no pool of a harness has a cache, so
  * c->cache stays NULL and none of these is reached; they only link. */

@@ -291,6 +291,10 @@ void conn_write_connect_ok(struct conn *c);
 int conn_write_local_answer(struct conn *c);
 /* Max-Forwards of the request: -1 absent, -2 not a number. */
 long conn_max_forwards(const struct conn *c, const char *base);
+/* A request head read and its target taken (forward or reverse): the
+ * Max-Forwards rule of TRACE/OPTIONS, the upgrade flag, the deadline,
+ * then routing. */
+void conn_head_route(struct conn *c, const char *base);
 /* 1 when the request head goes to an HTTP proxy in absolute form (not
  * inside an originated TLS session). */
 int conn_up_absolute(const struct conn *c);

@@ -518,6 +518,11 @@ void conn_on_head(struct conn *c)
     if (parse_target(c, base) < 0) {
         return;
     }
+    conn_head_route(c, base);
+}
+
+void conn_head_route(struct conn *c, const char *base)
+{
     if (c->req.method == HTTP_TRACE || c->req.method == HTTP_OPTIONS) {
         long mf = conn_max_forwards(c, base);
         if (mf == -2) {

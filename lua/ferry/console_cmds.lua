@@ -81,8 +81,7 @@ local function pct(part, whole)
 end
 
 local PROXY_COLUMNS = {
-  { "id", "ID", right = true }, { "name", "NAME" }, { "pool", "POOL" }, { "kind", "KIND" },
-  { "url", "URL" },
+  { "id", "ID", right = true }, { "name", "NAME" }, { "pool", "POOL" }, { "url", "URL" },
   { "region", "REGION" }, { "weight", "W", right = true }, { "state", "STATE" },
   { "score", "SCORE", right = true }, { "active", "ACTIVE", right = true },
   { "requests", "REQUESTS", right = true }, { "failures", "FAILURES", right = true },
@@ -101,6 +100,22 @@ local EXCHANGE_COLUMNS = copy_columns {
   { "breaker", "BREAKER" }, { "banned_s", "BANNED_S", right = true },
   { "ex_requests", "EX_REQ", right = true }, { "ex_failures", "EX_FAIL", right = true },
 }
+
+-- Columns with KIND after the third ("backend" or "proxy") when a row is a
+-- backend (reverse pools); tables of proxies alone keep their shape.
+local function with_kind(columns, rows, key)
+  local any = false
+  for _, r in ipairs(rows) do
+    if r.kind == key then any = true end
+  end
+  if not any then return columns end
+  local t = {}
+  for i, c in ipairs(columns) do
+    t[#t + 1] = c
+    if i == (columns == PROXY_COLUMNS and 3 or 1) then t[#t + 1] = { "kind", "KIND" } end
+  end
+  return t
+end
 
 local function name_arg(v, what, cmd)
   if type(v) ~= "string" then
@@ -166,7 +181,8 @@ function proxy.list(name)
   local hint = name == nil and 'use proxy.list("pool")' or "the API pages them: GET " ..
     "/api/v1/proxies?pool=" .. names[1] .. "&offset=200"
   return as_view(rows, {
-    kind = "table", columns = ex and EXCHANGE_COLUMNS or PROXY_COLUMNS, hint = hint,
+    kind = "table", columns = ex and EXCHANGE_COLUMNS or with_kind(PROXY_COLUMNS, rows, "backend"),
+    hint = hint,
     title = ex and format('exchange "%s", pool "%s"', ex.name, names[1]) or nil,
     empty = "(no proxies)", footer = name == nil and waiting_footer() or nil,
   })
@@ -386,8 +402,7 @@ local function pool_summary(cur, p)
 end
 
 local POOL_COLUMNS = {
-  { "name", "NAME" }, { "kind", "KIND" }, { "strategy", "STRATEGY" },
-  { "proxies", "PROXIES", right = true },
+  { "name", "NAME" }, { "strategy", "STRATEGY" }, { "proxies", "PROXIES", right = true },
   { "up", "UP", right = true }, { "down", "DOWN", right = true },
   { "disabled", "OFF", right = true }, { "runtime", "RUNTIME", right = true },
   { "active", "ACTIVE", right = true }, { "requests", "REQUESTS", right = true },
@@ -401,12 +416,14 @@ function pool.list()
   for _, name in ipairs(cur.cfg.pool_order) do
     rows[#rows + 1] = pool_summary(cur, cur.pools[name])
   end
-  return as_view(rows, { kind = "table", columns = POOL_COLUMNS, empty = "(no pools)",
+  return as_view(rows, { kind = "table", columns = with_kind(POOL_COLUMNS, rows, "backends"),
+                         empty = "(no pools)",
                          hint = "pool.stats(name) shows one" })
 end
 
 local POOL_FIELDS = {
-  { "name", "pool" }, { "kind", "kind" }, { "strategy", "strategy" }, { "breaker", "breaker" },
+  { "name", "pool" }, { "kind", "kind", optional = true }, { "strategy", "strategy" },
+  { "breaker", "breaker" },
   { "check", "health check" }, { "all_down", "all_down" }, { "panic", "panic (%)" },
   { "retries", "retries" }, { "proxies", "proxies" }, { "up", "up" }, { "down", "down" },
   { "disabled", "disabled or removed" }, { "runtime", "added at runtime" },
@@ -464,6 +481,7 @@ function pool.stats(name)
   local p = cur.pools[name]
   if not p then fail(format('no pool "%s" (pool.list() shows the pools)', name:sub(1, 64))) end
   local s = pool_summary(cur, p)
+  if p.kind ~= "backends" then s.kind = nil end -- said for backend pools only
   if p.kind == "backends" then
     s.backends = as_view(backend_rows(inventory.records(cur, { name })), { kind = "table",
       columns = BACKEND_CONN_COLUMNS, title = "connections per backend:" })

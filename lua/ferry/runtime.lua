@@ -508,7 +508,8 @@ function M.dispatch(ud)
   local reverse = band(r.flags, REQ_REVERSE) ~= 0
   local name, why
   if reverse then
-    name, why = choose_site(cur, req, r)
+    -- An allowed X-Ferry-Pool comes first; route() is not asked then.
+    if asked then name = req.pool_header else name, why = choose_site(cur, req, r) end
   else
     name, why = choose_pool(cur, req, r)
   end

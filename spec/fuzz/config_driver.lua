@@ -59,10 +59,15 @@ end
 
 -- The canonical schemes url.parse may return (socks5h becomes socks5).
 local SCHEMES = { http = true, https = true, socks5 = true, socks4 = true, socks4a = true }
+-- Backends (pool { backends = ... }) and how displays show them.
+local BACKEND_SHOWN = { backend = "http", backend_tls = "https" }
 
 -- A parsed proxy URL as url.parse and the runtime see it.
-local function check_proxy(what, p)
-  if not SCHEMES[p.scheme] then finding("%s: scheme %s", what, tostring(p.scheme)) end
+local function check_proxy(what, p, backend)
+  if not (backend and BACKEND_SHOWN or SCHEMES)[p.scheme] then
+    finding("%s: scheme %s", what, tostring(p.scheme))
+  end
+  if backend and p.user ~= nil then finding("%s: a backend with credentials", what) end
   if type(p.host) ~= "string" or p.host == "" or p.host:find("[%s%c@/]") then
     finding("%s: host %q", what, tostring(p.host))
   end
@@ -81,7 +86,8 @@ local function check_proxy(what, p)
   end
   local d = url.display(p)
   local host = p.host:find(":", 1, true) and "[" .. p.host .. "]" or p.host
-  local want = format("%s://%s%s:%d", p.scheme, p.user and "***@" or "", host, p.port)
+  local want = format("%s://%s%s:%d", BACKEND_SHOWN[p.scheme] or p.scheme,
+    p.user and "***@" or "", host, p.port)
   if d ~= want then finding("%s: display %q, expected %q", what, d, want) end
 end
 
@@ -94,7 +100,13 @@ local function check_cfg(cfg)
     if type(l.name) ~= "string" or not l.name:match(NAME) or #l.name > 64 then
       finding("%s: name %q", what, tostring(l.name))
     end
-    if l.protocol ~= "http" and l.protocol ~= "admin" then finding("%s: protocol", what) end
+    if l.protocol ~= "http" and l.protocol ~= "admin" and l.protocol ~= "reverse" then
+      finding("%s: protocol", what)
+    end
+    if l.protocol == "reverse" and l.pool ~= nil and
+        (not cfg.pools[l.pool] or cfg.pools[l.pool].kind ~= "backends") then
+      finding("%s: a reverse listener whose pool has no backends", what)
+    end
     if l.path == nil then check_port(what, l.port) end
     for _, u in ipairs(l.users) do
       if type(u.user) ~= "string" or u.user == "" or type(u.pass) ~= "string"
@@ -109,7 +121,7 @@ local function check_cfg(cfg)
     if #p.proxies == 0 then finding("pool %s without proxies", name) end
     for i, px in ipairs(p.proxies) do
       local what = format("pool %s proxy %d", name, i)
-      check_proxy(what, px)
+      check_proxy(what, px, p.kind == "backends")
       for k, v in pairs(px.headers or {}) do
         if type(k) ~= "string" or not k:match(TOKEN) or tostring(v):find("[\r\n%z]") then
           finding("%s: header %q can split the head", what, tostring(k))
@@ -153,6 +165,11 @@ return function(input)
   elseif type(err) ~= "string" or not err:match("^config%.lua:%d+: ") then
     finding("a refused config whose message names no FILE:LINE: %q", tostring(err):sub(1, 200))
   end
+
+  local b
+  ok, b = pcall(url.parse_backend, input)
+  if not ok then finding("url.parse_backend raised: %s", tostring(b)) end
+  if b then check_proxy("url.parse_backend", b, true) end
 
   local p
   ok, p, err = pcall(url.parse, input)

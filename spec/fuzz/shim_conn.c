@@ -257,6 +257,24 @@ void metrics_request_end(struct conn *c, const char *code)
 }
 
 
+/* conn_reverse.c: the harnesses drive the forward listener only. */
+int conn_is_reverse(const struct conn *c)
+{
+    (void)c;
+    return 0;
+}
+
+enum ferr conn_reverse_err(enum ferr e)
+{
+    return e;
+}
+
+const char *conn_reverse_pool_host(int pool)
+{
+    (void)pool;
+    return NULL;
+}
+
 /* The HTTP cache (conn_cache.c): no pool of a harness has a cache, so
  * c->cache stays NULL and none of these is reached; they only link. */
 int conn_cache_response(struct conn *c, const char *base, size_t hl)

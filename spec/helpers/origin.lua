@@ -14,7 +14,8 @@
 --   GET  /say/N/TEXT       status N with TEXT (%-escapes decoded) as the body
 --   GET  /ws               101 for "Upgrade: websocket", then echoes bytes
 --   GET  /peer             the connection's source address (which proxy it came through)
---   GET  /whoami           "origin PORT": which origin answered (reverse proxy backends)
+--   GET  .../whoami        "origin PORT": which origin answered (reverse proxy backends;
+--                          any path ending so, for routing by path)
 -- Each response carries X-Origin-Conn: the connection's serial number.
 local socket = require("socket")
 
@@ -73,7 +74,7 @@ local function handle(st, req)
     respond(st, "200 OK", { ["X-Method"] = m }, req.body)
   elseif path == "/headers" then
     respond(st, "200 OK", {}, req.head)
-  elseif path == "/whoami" then
+  elseif path:match("/whoami$") then
     respond(st, "200 OK", {}, "origin " .. port .. "\n")
   elseif path == "/peer" then
     respond(st, "200 OK", {}, tostring(st.peer) .. "\n")

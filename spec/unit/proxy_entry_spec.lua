@@ -92,7 +92,8 @@ describe("proxy entries", function()
       assert.is_function(proxy_entry.FIELDS[k].check, k)
     end
     for k in pairs(proxy_entry.FIELDS) do
-      assert.is_true(proxy_entry.CONFIG[k] or proxy_entry.INVENTORY[k] or false, k)
+      assert.is_true(proxy_entry.CONFIG[k] or proxy_entry.INVENTORY[k] or
+        proxy_entry.BACKEND_CONFIG[k] or false, k)
     end
     -- headers are a config field only (the store keeps id, weight, region).
     assert.equal('unknown field "headers" (known: url, id, weight, region, tls)',

@@ -129,6 +129,25 @@ local function check_cfg(cfg)
       end
     end
   end
+  -- Load balancing (ferry.pool): a ramp of positive length, a cap the
+  -- eligibility rule can count with, a primary in every pool.
+  for _, name in ipairs(cfg.pool_order) do
+    local p = cfg.pools[name]
+    local ss = p.slowstart
+    if ss ~= nil and not (type(ss) == "number" and ss > 0 and ss <= 3600) then
+      finding("pool %s: slowstart %s", name, tostring(ss))
+    end
+    local me = p.max_ejected
+    if me ~= nil and not ((type(me.percent) == "number" and me.percent >= 0 and me.percent <= 100)
+        or (type(me.count) == "number" and me.count >= 0 and me.count % 1 == 0)) then
+      finding("pool %s: max_ejected", name)
+    end
+    local primary = false
+    for _, px in ipairs(p.proxies) do
+      if not px.backup then primary = true end
+    end
+    if not primary then finding("pool %s: only backups", name) end
+  end
   for _, ex in ipairs(cfg.exchanges) do
     if ex.pool ~= "direct" and not cfg.pools[ex.pool] then
       finding("exchange %s names an undeclared pool", tostring(ex.name))

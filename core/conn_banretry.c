@@ -338,7 +338,8 @@ int conn_ban_settle(struct conn *c)
             return 0;
         }
         if (by_status && !retry_budget_take(c)) {
-            ban_release(c); /* the budget is spent: the answer it had */
+            status_exhausted(c, c->status, "retry budget spent");
+            ban_release(c); /* the answer it had */
             return 0;
         }
         hold_retry(c, by_ban);

@@ -133,7 +133,9 @@ int retry_on(int pool, enum retry_reason why, int before_send)
     }
     switch (why) {
     case RETRY_REFUSED:
-        return (on & FERRY_RETRY_ON_REFUSED) != 0;
+        return (on & (FERRY_RETRY_ON_REFUSED | FERRY_RETRY_ON_CONNECT)) != 0;
+    case RETRY_CONNECT: /* a proxy's refusal (407, a 5xx to CONNECT) after the head left */
+        return (on & FERRY_RETRY_ON_CONNECT) != 0;
     case RETRY_RESET:
         return (on & FERRY_RETRY_ON_RESET) != 0;
     case RETRY_TIMEOUT:

@@ -17,6 +17,7 @@
 #include "../../core/metrics.h"
 #include "../../core/proxy.h"
 #include "../../core/rate.h"
+#include "../../core/retry.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -143,6 +144,20 @@ int conn_ban_settle(struct conn *c)
 void conn_ban_reset(struct conn *c)
 {
     (void)c;
+}
+
+/* Retries (retry.c): no pool, no budget in the harness. */
+void retry_request_end(struct conn *c)
+{
+    (void)c;
+}
+
+const char *retry_log_text(const struct conn *c, char *buf, size_t cap)
+{
+    (void)c;
+    (void)buf;
+    (void)cap;
+    return NULL;
 }
 
 void conn_tunnel_begin(struct conn *c)

@@ -80,7 +80,7 @@ static char *make_key(const struct conn *c, const char *pre, const char *path, i
     int tls = c->l->tls_ctx != NULL;
     char host[HOST_MAX_LEN + 1];
     size_t i = 0;
-    for (; c->host[i] != '\0' && i < HOST_MAX_LEN; i++) {
+    for (; i < HOST_MAX_LEN && c->host[i] != '\0'; i++) {
         char ch = c->host[i];
         host[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
     }
@@ -182,8 +182,10 @@ static int stored_parse(const struct cache_entry *e, struct http_msg *m)
 }
 
 /* Answer the request from e (the reference is taken over), marked
- * X-Cache: mark; a client's conditional gets a 304 when it matches. */
-static void serve(struct conn *c, struct cache_entry *e, const char *mark)
+ * X-Cache: mark; a client's conditional gets a 304 when it matches.
+ * upstream: an attempt was made (its proxy or backend stays on the
+ * access line). */
+static void serve(struct conn *c, struct cache_entry *e, const char *mark, int upstream)
 {
     struct conn_cache *cc = c->cache;
     double now = loop_now();
@@ -237,8 +239,8 @@ static void serve(struct conn *c, struct cache_entry *e, const char *mark)
     cc->out_off = 0;
     cc->body_off = 0;
     cc->head_only = not_modified || c->req.method == HTTP_HEAD;
-    if (!cc->before && c->up.fd < 0) {
-        c->proxy = NULL; /* chosen by dispatch, never used */
+    if (!upstream) {
+        c->proxy = NULL; /* chosen by dispatch (if it ran), never used */
     }
     c->status = not_modified ? 304 : e->status;
     c->cache_mark = mark;
@@ -319,12 +321,12 @@ static int decide(struct conn *c)
         switch (cpol_serve(&e->pol, &cc->rq, now)) {
         case CPOL_SERVE_FRESH:
             k->st.hits++;
-            serve(c, e, "HIT");
+            serve(c, e, "HIT", 0);
             return 1;
         case CPOL_SERVE_STALE:
         case CPOL_SERVE_STALE_BG: /* served stale; the next use past the window revalidates */
             k->st.stale++;
-            serve(c, e, "STALE");
+            serve(c, e, "STALE", 0);
             return 1;
         case CPOL_ONLY_IF_CACHED_FAIL:
             cache_entry_unref(e);
@@ -475,14 +477,15 @@ static void invalidate(struct conn *c, const char *base)
 static char *stored_head(const struct conn *c, const char *base, size_t hl, size_t *len)
 {
     const struct http_msg *m = &c->resp;
-    size_t cap = hl + 64;
+    /* Each field may grow by ": " and CRLF around what it had. */
+    size_t cap = hl + 4 * (size_t)m->nfields + 64 + m->reason.len;
     char *h = malloc(cap);
     if (h == NULL) {
         return NULL;
     }
     size_t n = (size_t)snprintf(h, cap, "HTTP/1.1 %d %.*s\r\n", m->status, (int)m->reason.len,
                                 base + m->reason.off);
-    for (unsigned i = 0; i < m->nfields && n < cap; i++) {
+    for (unsigned i = 0; i < m->nfields; i++) {
         const struct http_field *f = &m->fields[i];
         const char *name = base + f->name.off;
         struct http_span s = f->name;
@@ -492,8 +495,15 @@ static char *stored_head(const struct conn *c, const char *base, size_t hl, size
             http_span_ieq(base, s, "X-Ferry-Proxy")) {
             continue;
         }
-        n += (size_t)snprintf(h + n, cap - n, "%.*s: %.*s\r\n", (int)s.len, name,
-                              (int)f->value.len, base + f->value.off);
+        if (n + s.len + f->value.len + 4 + 3 > cap) {
+            free(h);
+            return NULL;
+        }
+        memcpy(h + n, name, s.len);
+        memcpy(h + n + s.len, ": ", 2);
+        memcpy(h + n + s.len + 2, base + f->value.off, f->value.len);
+        memcpy(h + n + s.len + 2 + f->value.len, "\r\n", 2);
+        n += s.len + f->value.len + 4;
     }
     if (n + 3 > cap) {
         free(h);
@@ -618,7 +628,7 @@ int conn_cache_response(struct conn *c, const char *base, size_t hl)
                 conn_upstream_release(c, keep);
                 k->st.revalidated++;
                 lock_release(cc);
-                serve(c, e, "REVALIDATED");
+                serve(c, e, "REVALIDATED", 1);
                 return 1;
             }
         } else if (cpol_status_is_failure(st) && cpol_stale_on_error(&cc->e->pol, &cc->rq, now)) {
@@ -628,7 +638,7 @@ int conn_cache_response(struct conn *c, const char *base, size_t hl)
             lock_release(cc);
             struct cache_entry *e = cc->e;
             cc->e = NULL;
-            serve(c, e, "STALE");
+            serve(c, e, "STALE", 1);
             return 1;
         }
         /* Any other answer replaces the stored one. */
@@ -752,6 +762,6 @@ int conn_cache_rescue(struct conn *c, enum ferr e)
     fill_abandon(cc);
     struct cache_entry *en = cc->e;
     cc->e = NULL;
-    serve(c, en, "STALE");
+    serve(c, en, "STALE", 1);
     return 1;
 }

@@ -7,7 +7,7 @@ client sees whether an answer came from the origin again.
   GET /count?t=TARGET   {"n": requests for TARGET, "n304": 304s sent for it}
   GET /reset            forget every count
   /fresh                max-age=300
-  /etag                 max-age=1, ETag "v1"; If-None-Match "v1" -> 304
+  /etag                 max-age=2, ETag "v1"; If-None-Match "v1" -> 304
   /lm                   max-age=1, Last-Modified; If-Modified-Since -> 304
   /vary                 max-age=300, Vary: Accept-Encoding; body names the value
   /varystar             max-age=300, Vary: *
@@ -23,7 +23,15 @@ client sees whether an answer came from the origin again.
   /bigsum?n=N           sha256 hex of /big?n=N's body
   /item/...             max-age=300; POST/PUT/DELETE answer 200 (Location: /loc/...)
   /short                max-age=300, Content-Length 1000, 10 bytes, then the close
+  /smaxage              s-maxage=300, max-age=0
+  /expires              Expires 300 s after Date, no Cache-Control
+  /mustreval            max-age=1, must-revalidate, stale-if-error=300
+  /swr                  max-age=1, stale-while-revalidate=300
+  /aged                 max-age=300 with Age: 299
+  /failing              max-age=1, stale-if-error=300
+  /break?p=PATH         from now on PATH answers 503
 """
+import email.utils
 import hashlib
 import json
 import sys
@@ -36,6 +44,7 @@ PORT = int(sys.argv[1])
 lock = threading.Lock()
 counts = {}
 counts304 = {}
+broken = set()
 LM = "Tue, 01 Dec 2026 10:00:00 GMT"
 PATTERN = bytes(range(256)) * 4096  # 1 MiB
 
@@ -96,6 +105,10 @@ class Handler(BaseHTTPRequestHandler):
                 t = q.get("t", "")
                 body = json.dumps({"n": counts.get(t, 0), "n304": counts304.get(t, 0)})
             return self.send(200, body.encode(), {"Content-Type": "application/json"})
+        if p == "/break":
+            with lock:
+                broken.add(q.get("p", ""))
+            return self.send(200, b"broken")
         if p == "/reset":
             with lock:
                 counts.clear()
@@ -131,7 +144,7 @@ class Handler(BaseHTTPRequestHandler):
         ims = self.headers.get("If-Modified-Since")
         if p == "/etag" and inm and '"v1"' in inm:
             self.count(target, True)
-            return self.send(304, headers={"ETag": '"v1"', "Cache-Control": "max-age=1"})
+            return self.send(304, headers={"ETag": '"v1"', "Cache-Control": "max-age=2"})
         if p == "/lm" and ims == LM:
             self.count(target, True)
             return self.send(304, headers={"Last-Modified": LM, "Cache-Control": "max-age=1"})
@@ -140,6 +153,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(304, headers={"ETag": '"n1"', "Cache-Control": "max-age=300"})
         k = self.count(target)
         body = ("%s %s #%d" % (self.command, target, k)).encode()
+        with lock:
+            down = p in broken
+        if down:
+            return self.send(503, body)
         if p == "/short":
             self.wfile.write(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=300\r\n"
                              b"Content-Length: 1000\r\n\r\n0123456789")
@@ -150,7 +167,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, body, {"Location": "/loc" + u.path})
         h = {"Cache-Control": "max-age=300", "X-Count": str(k)}
         if p == "/etag":
-            h = {"Cache-Control": "max-age=1", "ETag": '"v1"', "X-Count": str(k)}
+            h = {"Cache-Control": "max-age=2", "ETag": '"v1"', "X-Count": str(k)}
         elif p == "/lm":
             h = {"Cache-Control": "max-age=1", "Last-Modified": LM, "X-Count": str(k)}
         elif p == "/nocache":
@@ -179,6 +196,19 @@ class Handler(BaseHTTPRequestHandler):
             h["Cache-Control"] = "max-age=1, stale-if-error=300"
         elif p == "/fail":
             return self.send(503, body, {"Retry-After": "1"})
+        elif p == "/smaxage":
+            h["Cache-Control"] = "s-maxage=300, max-age=0"
+        elif p == "/expires":
+            del h["Cache-Control"]
+            h["Expires"] = email.utils.formatdate(time.time() + 300, usegmt=True)
+        elif p == "/mustreval":
+            h["Cache-Control"] = "max-age=1, must-revalidate, stale-if-error=300"
+        elif p == "/swr":
+            h["Cache-Control"] = "max-age=1, stale-while-revalidate=300"
+        elif p == "/aged":
+            h["Age"] = "299"
+        elif p == "/failing":
+            h["Cache-Control"] = "max-age=1, stale-if-error=300"
         return self.send(200, body, h, chunked=p == "/chunked")
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = handle_any

@@ -58,16 +58,14 @@ describe("HTTP cache", function()
   local O, O2 = procs.free_port(), procs.free_port()
   local REV, FWD, SMALL, SIE, A = procs.free_port(), procs.free_port(), procs.free_port(),
     procs.free_port(), procs.free_port()
-  local org, org2, ferry
+  local org2, ferry
 
-  setup(function()
-    org = origin(O)
-    org2 = origin(O2)
-    ferry = procs.ferry(string.format([[
+  local function config(small)
+    return string.format([[
 listen { name = "rev", protocol = "reverse", addr = "127.0.0.1:%d", pool = "app" }
 listen { name = "fwd", addr = "127.0.0.1:%d" }
 listen { name = "small", protocol = "reverse", addr = "127.0.0.1:%d", pool = "app",
-  cache = { size = "64KB", max_object = "16KB" } }
+  cache = { size = "%s", max_object = "16KB" } }
 listen { name = "sie", protocol = "reverse", addr = "127.0.0.1:%d", pool = "gone" }
 admin { addr = "127.0.0.1:%d", token = "%s" }
 direct { cache = { size = "1MB", max_object = "64KB" } }
@@ -77,7 +75,13 @@ pool "gone" { retries = 0, backends = { "http://127.0.0.1:%d" }, cache = { size 
 route(function(req)
   if req.listener == "fwd" then return "direct" end
 end)
-]], REV, FWD, SMALL, SIE, A, TOKEN, O, O2), { REV, FWD, SMALL, SIE, A })
+]], REV, FWD, SMALL, small, SIE, A, TOKEN, O, O2)
+  end
+
+  setup(function()
+    origin(O)
+    org2 = origin(O2)
+    ferry = procs.ferry(config("64KB"), { REV, FWD, SMALL, SIE, A })
   end)
 
   teardown(function()
@@ -102,7 +106,7 @@ end)
   it("revalidates an expired entry with its ETag: a 304 refreshes it", function()
     local _, b1, x1 = get(REV, "/etag")
     assert.equal("MISS", x1)
-    socket.sleep(2.1) -- max-age=1 runs out
+    socket.sleep(3.1) -- max-age=2 runs out
     local s2, b2, x2 = get(REV, "/etag")
     assert.equal(200, s2)
     assert.equal("REVALIDATED", x2)
@@ -333,6 +337,24 @@ end)
     assert.equal("HIT", procs.last_header(h2, "X-Cache"))
     assert.equal(b1, b2)
     assert.equal(1, (seen(O, "/fresh?fwd=1")))
+  end)
+
+  it("keeps its entries across a reload; a smaller size evicts down to it", function()
+    get(REV, "/fresh?reload=1")
+    assert.equal("HIT", select(3, get(SMALL, "/big?n=10000&i=20")))
+    local before = metric(A, "ferry_cache_entries", 'listener="small"')
+    assert.is_true(before >= 4)
+    procs.write_file(ferry.config, config("24KB"))
+    procs.signal(ferry, "HUP")
+    assert.truthy(procs.wait_for(function()
+      local size = metric(A, "ferry_cache_size_bytes", 'listener="small"')
+      return size == 24 * 1024
+    end, 10), "the reload did not apply")
+    assert.is_true(metric(A, "ferry_cache_bytes", 'listener="small"') <= 24 * 1024)
+    assert.is_true(metric(A, "ferry_cache_entries", 'listener="small"') < before)
+    assert.equal("HIT", select(3, get(SMALL, "/big?n=10000&i=20"))) -- the most recent stays
+    assert.equal("HIT", select(3, get(REV, "/fresh?reload=1")))
+    assert.equal(1, (seen(O, "/fresh?reload=1")))
   end)
 
   it("writes the cache outcome on the access line", function()

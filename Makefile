@@ -26,7 +26,7 @@ DEPS     := build-essential pkg-config luajit2 libluajit2-5.1-dev libev-dev libh
             cppcheck microsocks tinyproxy curl prometheus python3 sqlite3 wget git nodejs \
             python3-requests python3-socks stunnel4 openssl util-linux \
             clang libclang-rt-14-dev
-BENCH_DEPS := wrk nginx-light squid-openssl mitmproxy haproxy tinyproxy dante-server microsocks stunnel4 openssl util-linux
+BENCH_DEPS := wrk nginx nginx-light squid-openssl mitmproxy haproxy tinyproxy dante-server microsocks stunnel4 openssl util-linux
 
 ifeq ($(V),1)
 Q :=
@@ -34,7 +34,7 @@ else
 Q := @
 endif
 
-.PHONY: all deps bench-deps run test test-long asan lint bench chaos clean check-config fuzz \
+.PHONY: all deps bench-deps run test test-long asan lint bench bench-reverse chaos clean check-config fuzz \
         fuzz-smoke fuzz-build
 
 all: bin/ferry
@@ -194,6 +194,11 @@ lint: deps
 bench: deps bench-deps bin/ferry build/libferry.so
 	spec/bench/run.sh
 	spec/bench/https.sh
+	spec/bench/reverse.sh
+
+# The reverse-proxy tables alone: ferry against haproxy and nginx.
+bench-reverse: deps bench-deps bin/ferry
+	spec/bench/reverse.sh
 
 # Four upstreams under load, two killed and one stopped: errors and counts
 # (CHAOS_SECONDS, default 60; exits non-zero unless clean).

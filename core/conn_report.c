@@ -60,6 +60,14 @@ static void report_with(struct conn *c, struct report_cap *k, int ok,
         /* A kept connection's time to the head has no setup in it: no sample. */
         health_pair_result(x, ok, ok && !c->pooled ? ms : -1);
     }
+    /* Lua would do nothing with this success (FERRY_REQ_QUIET_OK): no
+     * call, which is a good part of a request's Lua time.  A half-open
+     * breaker still hears of it (a success closes it). */
+    if (ok && k == NULL && (c->req_flags & FERRY_REQ_QUIET_OK) && x != NULL &&
+        x->breaker == FERRY_BREAKER_CLOSED) {
+        conn_ban_verdict(c, 0);
+        return;
+    }
     struct ferry_result r;
     memset(&r, 0, sizeof(r));
     r.proxy_id = p->pub.id;

@@ -670,6 +670,23 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
     c->last_err = e;
 }
 
+/* Room a rebuilt response head may take beyond the upstream's own (Via,
+ * X-Request-Id...).  The read that brings a response head leaves it free
+ * in up.in, so that the head and the body bytes read with it fit cli.out
+ * together and leave in one write: a full buffer's worth would leave the
+ * few bytes the head grew by for a write of their own. */
+#define HEAD_SLACK 1024
+
+/* At most this many bytes for the next upstream read (0: no bound). */
+static size_t head_read_max(const struct conn *c)
+{
+    size_t have = buf_len(&c->up.in);
+    if (c->state != CS_EXCHANGE || c->resp_head_done || have >= CONN_BUF_SIZE - HEAD_SLACK) {
+        return 0;
+    }
+    return CONN_BUF_SIZE - HEAD_SLACK - have;
+}
+
 void conn_upstream_event(struct conn *c, int revents)
 {
     if (c->state == CS_CONNECT) {
@@ -707,7 +724,7 @@ void conn_upstream_event(struct conn *c, int revents)
         return;
     }
     if (revents & EV_READ) {
-        ssize_t n = leg_read(&c->up, &c->up.in);
+        ssize_t n = leg_read_upto(&c->up, &c->up.in, head_read_max(c));
         if (n > 0) {
             c->last_io = c->last_down = loop_now();
             c->reused = 0; /* the kept upstream answered: it was alive */

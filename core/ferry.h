@@ -288,7 +288,12 @@ enum ferry_req_flag {
     /* In: the request came to a reverse listener (origin form, backends
      * only); CLIENT_TLS: over TLS (req.scheme "https"). */
     FERRY_REQ_REVERSE = 0x1000,
-    FERRY_REQ_CLIENT_TLS = 0x2000
+    FERRY_REQ_CLIENT_TLS = 0x2000,
+    /* Out (performance): a success on a closed breaker needs no result
+     * call, as the runtime's result() would do nothing with it (no
+     * exchange; the pool's breaker, if any, never opens on a success).
+     * C then skips bridge_result for it. */
+    FERRY_REQ_QUIET_OK = 0x40000
 };
 
 /* The loop's idea of "now", in seconds (ev_now). */

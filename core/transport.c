@@ -77,11 +77,19 @@ int leg_plain(const struct leg *lg)
 
 ssize_t leg_read(struct leg *lg, struct buf *b)
 {
+    return leg_read_upto(lg, b, 0);
+}
+
+ssize_t leg_read_upto(struct leg *lg, struct buf *b, size_t max)
+{
     size_t room;
     char *t = buf_tail(b, &room);
     if (t == NULL) {
         errno = ENOMEM;
         return -1;
+    }
+    if (max > 0 && room > max) {
+        room = max;
     }
     if (room == 0) {
         errno = ENOBUFS;

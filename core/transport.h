@@ -54,6 +54,8 @@ const struct transport_ops *leg_tr(const struct leg *lg);
 int leg_plain(const struct leg *lg);
 /* buf_read_fd / buf_write_fd through the leg's transport. */
 ssize_t leg_read(struct leg *lg, struct buf *b);
+/* leg_read taking at most max bytes (0: as many as fit). */
+ssize_t leg_read_upto(struct leg *lg, struct buf *b, size_t max);
 ssize_t leg_write(struct leg *lg, struct buf *b);
 void leg_shutdown(struct leg *lg);
 /* Free the transport state and go back to plain (the fd is not closed). */

@@ -399,6 +399,10 @@ local function build_pools(prep)
     end
     pool.strategy = pp.strategy
     pool.breaker = pp.breaker
+    -- Successes of requests without an exchange need no result call
+    -- (runtime.lua, FERRY_REQ_QUIET_OK) when no breaker or one that a
+    -- success never opens decides for the pool.
+    pool.quiet_ok = not pp.breaker or pp.breaker.plugin.ignores_successes == true
     pool.trials = pp.breaker and pp.breaker.settings.trials or 1
     pool.pair_of = C.ferry_pxstate_get
     pool.half_open = C.ferry_breaker_half_open

@@ -57,7 +57,8 @@ enum ferry_proxy_flag { FERRY_PROXY_DOWN = 0x1, FERRY_PROXY_DISABLED = 0x2,
                        FERRY_PROXY_REMOVED = 0x4 };
 enum ferry_req_flag { FERRY_REQ_CAPTURE = 0x1, FERRY_REQ_TLS = 0x40,
                       FERRY_REQ_INTERCEPT = 0x100, FERRY_REQ_NO_INTERCEPT = 0x200,
-                      FERRY_REQ_REVERSE = 0x1000, FERRY_REQ_CLIENT_TLS = 0x2000 };
+                      FERRY_REQ_REVERSE = 0x1000, FERRY_REQ_CLIENT_TLS = 0x2000,
+                      FERRY_REQ_QUIET_OK = 0x40000 };
 enum ferry_probe_kind { FERRY_PROBE_NONE = 0, FERRY_PROBE_TCP = 1, FERRY_PROBE_HTTP = 2,
                         FERRY_PROBE_CONNECT = 3 };
 enum ferry_breaker { FERRY_BREAKER_CLOSED = 0, FERRY_BREAKER_OPEN = 1,
@@ -353,6 +354,7 @@ local M = {
   REQ_INTERCEPT = n(C.FERRY_REQ_INTERCEPT), REQ_NO_INTERCEPT = n(C.FERRY_REQ_NO_INTERCEPT),
   REQ_TLS = n(C.FERRY_REQ_TLS),
   REQ_REVERSE = n(C.FERRY_REQ_REVERSE), REQ_CLIENT_TLS = n(C.FERRY_REQ_CLIENT_TLS),
+  REQ_QUIET_OK = n(C.FERRY_REQ_QUIET_OK),
   FWD = { ["for"] = n(C.FERRY_FWD_FOR), proto = n(C.FERRY_FWD_PROTO), host = n(C.FERRY_FWD_HOST),
           via = n(C.FERRY_FWD_VIA) },
   -- Names of enum ferry_fail_kind, index = value + 1.

@@ -104,6 +104,9 @@ local function check(plugin, kind, name, path)
   if plugin.defaults ~= nil and type(plugin.defaults) ~= "table" then
     return format("%s: plugin defaults must be a table", path)
   end
+  if plugin.ignores_successes ~= nil and type(plugin.ignores_successes) ~= "boolean" then
+    return format("%s: plugin ignores_successes must be a boolean", path)
+  end
   return nil
 end
 

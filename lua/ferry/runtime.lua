@@ -21,6 +21,7 @@ local ffi_string = ffi.string
 local bor, band = require("bit").bor, require("bit").band
 local REQ_TLS = cdef.REQ_TLS
 local REQ_REVERSE, REQ_CLIENT_TLS = cdef.REQ_REVERSE, cdef.REQ_CLIENT_TLS
+local REQ_QUIET_OK = cdef.REQ_QUIET_OK
 local find = string.find
 local pcall, type, tostring, tonumber, setmetatable, rawget, rawset =
   pcall, type, tostring, tonumber, setmetatable, rawget, rawset
@@ -588,6 +589,10 @@ function M.dispatch(ud)
   if x ~= nil and x.breaker == cdef.BREAKER_HALF_OPEN then C.ferry_breaker_trial(x) end
   -- Tokens go when the request is dispatched to p (a tunnel: once).
   if rt and x ~= nil then C.ferry_rate_take(x, req.weight) end
+  -- M.result would do nothing with a success of this request: the core
+  -- skips the call (anything M.result learns to do with successes must
+  -- clear pool.quiet_ok, set in apply.lua).
+  if pool.quiet_ok and not e then r.flags = bor(r.flags, REQ_QUIET_OK) end
   if cur.cfg.log.level == "debug" then
     -- The selection event: at debug only, it would double the log volume.
     C.ferry_log(DEBUG, "FERRY-0201", "pool \"" .. name .. "\"" .. (req.exchange and

@@ -10,6 +10,8 @@ return {
   name = "consecutive",
   version = "1",
   defaults = { failures = 5 },
+  -- should_open is false for every success: ferry need not ask.
+  ignores_successes = true,
   check = function(s)
     for k in pairs(s) do
       if not GENERIC[k] and k ~= "failures" then

@@ -16,6 +16,8 @@ return {
   name = "error_rate",
   version = "1",
   defaults = { window = 30, threshold = 0.5, min_requests = 20 },
+  -- should_open is false for every success: ferry need not ask.
+  ignores_successes = true,
   check = function(s)
     for k in pairs(s) do
       if not GENERIC[k] and not OWN[k] then

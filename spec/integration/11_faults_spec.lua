@@ -181,6 +181,71 @@ pool "%s" { strategy = "round_robin", retries = 0, all_down = "fail",
   end)
 end)
 
+-- Successes skip the result call (FERRY_REQ_QUIET_OK) only where the
+-- pool's breaker says a success never opens it; a half-open breaker
+-- still hears of the success that closes it.
+describe("breakers and successes", function()
+  local origin, s1, ferry
+  local O, S1 = procs.free_port(), procs.free_port()
+  local P = { onok = procs.free_port(), quiet = procs.free_port(), half = procs.free_port() }
+  local plugdir = procs.tmp .. "/quiet-plugins-" .. math.random(1, 1e9)
+  local base = "http://127.0.0.1:" .. O
+
+  setup(function()
+    mkdir(plugdir .. "/breakers")
+    -- Opens on a success: must be asked about successes.
+    procs.write_file(plugdir .. "/breakers/onok.lua", [[
+return { name = "onok", version = "1", should_open = function(s, x, r) return r.ok end }
+]])
+    -- Opens on anything, but promises successes never open it: ferry
+    -- takes the promise, so only a failure reaches it.
+    procs.write_file(plugdir .. "/breakers/quiet.lua", [[
+return { name = "quiet", version = "1", ignores_successes = true,
+  should_open = function() return true end }
+]])
+    origin = procs.origin(O)
+    s1 = procs.microsocks(S1)
+    local function pool(name, breaker)
+      return string.format([[
+listen { name = "%s", addr = "127.0.0.1:%d" }
+pool "%s" { retries = 0, all_down = "fail", breaker = %s,
+  proxies = { { url = "socks5://127.0.0.1:%d", id = "%s-1" } } }
+]], name, P[name], name, breaker, S1, name)
+    end
+    ferry = procs.ferry(table.concat({
+      string.format("plugins { %q }", plugdir),
+      pool("onok", '{ policy = "onok", cooldown = 30 }'),
+      pool("quiet", '{ policy = "quiet", cooldown = 30 }'),
+      pool("half", '{ policy = "consecutive", failures = 1, cooldown = 0.3 }'),
+      "route(function(req) return req.listener end)\n" }, "\n"), { P.onok, P.quiet, P.half })
+  end)
+
+  teardown(function()
+    if ferry then procs.stop_ferry(ferry) end
+    for _, p in pairs { origin, s1 } do procs.stop(p) end
+  end)
+
+  it("asks a breaker without ignores_successes about a success", function()
+    assert.equal(200, (get(P.onok, base .. "/")))
+    assert.equal(503, (get(P.onok, base .. "/")))
+  end)
+
+  it("does not ask one with ignores_successes = true, but asks it about a failure", function()
+    for _ = 1, 5 do assert.equal(200, (get(P.quiet, base .. "/"))) end
+    assert.equal(500, (get(P.quiet, base .. "/status/500")))
+    assert.equal(503, (get(P.quiet, base .. "/")))
+  end)
+
+  it("closes a half-open breaker on the trial's success", function()
+    assert.equal(500, (get(P.half, base .. "/status/500")))
+    assert.equal(503, (get(P.half, base .. "/")))
+    socket.sleep(0.5)
+    -- The trial, then requests through a closed breaker again.
+    for _ = 1, 4 do assert.equal(200, (get(P.half, base .. "/"))) end
+    assert.is_true(procs.alive(ferry))
+  end)
+end)
+
 describe("faulty exchange select hooks", function()
   local origin, s1, s2, ferry, script
   local O, S1, S2 = procs.free_port(), procs.free_port(), procs.free_port()

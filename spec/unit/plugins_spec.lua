@@ -229,6 +229,10 @@ describe("plugins", function()
       assert.equal(d .. "/breakers/badcheck.lua: plugin check must be a function", e1)
       local _, e2 = plugins.load("breakers", "baddefaults", { d })
       assert.equal(d .. "/breakers/baddefaults.lua: plugin defaults must be a table", e2)
+      write(d .. "/breakers/badquiet.lua", 'return { name = "badquiet", version = "1", ' ..
+        'should_open = function() end, ignores_successes = "yes" }')
+      local _, e3 = plugins.load("breakers", "badquiet", { d })
+      assert.equal(d .. "/breakers/badquiet.lua: plugin ignores_successes must be a boolean", e3)
     end)
 
     it("accepts the built-in breakers", function()
@@ -238,6 +242,10 @@ describe("plugins", function()
         assert.is_function(b.should_open)
         assert.is_function(b.check)
         assert.is_table(b.defaults)
+        -- Neither opens on a success: ferry skips asking for those.
+        assert.is_true(b.ignores_successes)
+        assert.is_false(b.should_open(b.defaults, { consecutive_failures = 1e6 },
+          { ok = true }, function() return 0, 1e6 end))
       end
     end)
 

@@ -648,7 +648,7 @@ int conn_cache_response(struct conn *c, const char *base, size_t hl)
             cache_remove(cc->e);
         }
     }
-    if (c->req.method != HTTP_GET || c->dechunk) {
+    if (c->req.method != HTTP_GET) {
         lock_release(cc);
         return 0;
     }

@@ -1,0 +1,79 @@
+-- The reverse listener and its cache as nginx / HAProxy users drive them:
+-- real clients (curl with HTTP/1.0 and keep-alive, Python requests, Node's
+-- http.Agent and fetch) against real backends (spec/helpers/cache_origin.py,
+-- spec/helpers/trial_backend.py that misbehaves on demand).  Each case is a
+-- defect found by using ferry this way, or a promise of the docs checked
+-- with a client that had not been tried.
+local procs = require("procs")
+local socket = require("socket")
+local cjson = require("cjson.safe")
+
+local function spawn_py(name, script, port, ...)
+  local args = table.concat({ ... }, " ")
+  local proc = procs.spawn(name, "python3 " .. procs.root .. "/spec/helpers/" .. script .. " " ..
+    port .. " " .. args)
+  assert(procs.wait_port(port), name .. " did not start:\n" .. procs.read_file(proc.log))
+  return proc
+end
+
+local function urlencode(s)
+  return (s:gsub("[^%w%-%._~/]", function(ch) return string.format("%%%02X", ch:byte()) end))
+end
+
+-- Requests cache_origin.py at port O saw for target t.
+local function seen(O, t)
+  local status, body = procs.curl { url = "http://127.0.0.1:" .. O .. "/count?t=" .. urlencode(t) }
+  assert.equal(200, status)
+  return assert(cjson.decode(body)).n
+end
+
+-- Raw bytes to port; everything answered until close (or 5 s).
+local function raw(port, data)
+  local c = assert(socket.connect("127.0.0.1", port))
+  c:settimeout(5)
+  c:send(data)
+  local all, _, partial = c:receive("*a")
+  c:close()
+  return all or partial or ""
+end
+
+describe("reverse listener with real clients", function()
+  local O, B1, REV, A = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
+  local blog = string.format("%s/trial-backend-%d.log", procs.tmp, B1)
+  local ferry
+
+  setup(function()
+    spawn_py("cache-origin", "cache_origin.py", O)
+    spawn_py("trial-backend", "trial_backend.py", B1, blog)
+    ferry = procs.ferry(string.format([[
+listen { name = "rev", protocol = "reverse", addr = "127.0.0.1:%d", pool = "app" }
+admin { addr = "127.0.0.1:%d" }
+pool "app" { backends = { "http://127.0.0.1:%d" },
+  cache = { size = "4MB", max_object = "1MB", ttl = 60 } }
+pool "trial" { backends = { "http://127.0.0.1:%d" },
+  cache = { size = "4MB", max_object = "1MB", ttl = 60 } }
+route(function(req)
+  if req.host == "trial.example" then return "trial" end
+end)
+]], REV, A, O, B1), { REV, A })
+  end)
+
+  teardown(function()
+    if ferry then procs.stop_ferry(ferry) end
+    procs.stop_all()
+  end)
+
+  it("stores a chunked answer it relays to an HTTP/1.0 client (then HIT)", function()
+    local t = "/big?n=30000&chunked=1&c=http10"
+    local url = "http://127.0.0.1:" .. REV .. t
+    local s1, b1, h1 = procs.curl { url = url, flags = "-0" }
+    assert.equal(200, s1)
+    assert.equal(30000, #b1)
+    assert.equal("MISS", procs.last_header(h1, "X-Cache"))
+    local s2, b2, h2 = procs.curl { url = url, flags = "-0" }
+    assert.equal(200, s2)
+    assert.equal(b1, b2)
+    assert.equal("HIT", procs.last_header(h2, "X-Cache"))
+    assert.equal(1, seen(O, t))
+  end)
+end)

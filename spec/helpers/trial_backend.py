@@ -130,6 +130,11 @@ def answer(conn, head, rest):
         # Announces 5 bytes, sends 5 plus a whole second response on the same connection.
         reply(conn, "200 OK", [("Content-Length", 5), ("Cache-Control", "max-age=60")],
               b"hello" + b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Injected: yes\r\n\r\nINJECTED")
+    elif path == "/early":
+        # A 103 Early Hints, then a cacheable 200.
+        conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
+        b = ("early count=%d\n" % count).encode()
+        reply(conn, "200 OK", [("Content-Length", len(b)), ("Cache-Control", "max-age=60")], b)
     elif path == "/garbage":
         conn.sendall(b"lol what\r\n\r\n")
         return False

@@ -76,4 +76,44 @@ end)
     assert.equal("HIT", procs.last_header(h2, "X-Cache"))
     assert.equal(1, seen(O, t))
   end)
+
+  it("answers a Range request from a stored 200 with 206 (curl -r, wget -c resume)", function()
+    local t = "/big?n=100000&c=range"
+    local url = "http://127.0.0.1:" .. REV .. t
+    local s0, full = procs.curl { url = url }
+    assert.equal(200, s0)
+    assert.equal(100000, #full)
+    local cases = {
+      { "0-99", 1, 100 }, { "100-", 101, 100000 }, { "-50", 99951, 100000 },
+      { "99990-200000", 99991, 100000 },
+    }
+    for _, cs in ipairs(cases) do
+      local s, b, h = procs.curl { url = url, flags = "-r " .. cs[1] }
+      assert.equal(206, s, cs[1])
+      assert.equal("HIT", procs.last_header(h, "X-Cache"))
+      assert.equal(full:sub(cs[2], cs[3]), b, cs[1])
+      assert.equal(string.format("bytes %d-%d/100000", cs[2] - 1, cs[3] - 1),
+        procs.last_header(h, "Content-Range"))
+    end
+    local s416, b416, h416 = procs.curl { url = url, flags = "-r 100000-" }
+    assert.equal(416, s416)
+    assert.equal("", b416)
+    assert.equal("bytes */100000", procs.last_header(h416, "Content-Range"))
+    -- A list of ranges, or an If-Range that does not match: the whole body.
+    for _, f in ipairs { "-r 0-1,5-6", "-r 0-9 -H 'If-Range: \"other\"'" } do
+      local s, b = procs.curl { url = url, flags = f }
+      assert.equal(200, s, f)
+      assert.equal(full, b, f)
+    end
+    -- wget -c resumes a partial download from the cache.
+    local file = procs.tmp .. "/range-wget-" .. REV
+    procs.write_file(file, full:sub(1, 1000))
+    local p = io.popen("wget -q -c -O " .. file .. " '" .. url .. "'; echo rc=$?")
+    local out = p:read("*a")
+    p:close()
+    assert.matches("rc=0", out)
+    assert.equal(full, procs.read_file(file))
+    os.remove(file)
+    assert.equal(1, seen(O, t))
+  end)
 end)

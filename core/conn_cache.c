@@ -101,9 +101,10 @@ static char *make_key(const struct conn *c, const char *pre, const char *path, i
     return k;
 }
 
-static void fill_free(struct cache_fill *f)
+static void fill_free(struct cache *k, struct cache_fill *f)
 {
     if (f != NULL) {
+        k->st.filling -= f->cap;
         free(f->head);
         free(f->vkey);
         free(f->body);
@@ -133,7 +134,7 @@ static void lock_release(struct conn_cache *cc)
 /* The fill is given up (too large, bad framing, not stored after all). */
 static void fill_abandon(struct conn_cache *cc)
 {
-    fill_free(cc->fill);
+    fill_free(cc->k, cc->fill);
     cc->fill = NULL;
     lock_release(cc);
 }
@@ -576,7 +577,7 @@ static void fill_begin(struct conn *c, const char *base, size_t hl, const struct
                        const struct cpol_vary *v)
 {
     struct conn_cache *cc = c->cache;
-    fill_free(cc->fill);
+    fill_free(cc->k, cc->fill);
     cc->fill = NULL;
     struct cache_fill *f = calloc(1, sizeof(*f));
     if (f == NULL) {
@@ -589,7 +590,7 @@ static void fill_begin(struct conn *c, const char *base, size_t hl, const struct
     f->head = stored_head(c, base, hl, &f->head_len);
     f->vkey = vn >= 0 ? strdup(vkey) : NULL;
     if (f->head == NULL || f->vkey == NULL) {
-        fill_free(f);
+        fill_free(cc->k, f);
         return;
     }
     for (unsigned i = 0; i < v->n; i++) {
@@ -734,6 +735,31 @@ int conn_cache_response(struct conn *c, const char *base, size_t hl)
     return 0;
 }
 
+/* The bodies of the fills under way together stay within the cache's
+ * size (each one within max_object): many concurrent misses of large
+ * objects would otherwise hold max_object each, far beyond size.  The
+ * fill that would pass it is given up (the answer is relayed whole,
+ * not stored): FERRY-3160 once per window, ferry_cache_fill_refused_total. */
+#define FILL_LOG_WINDOW 10.0
+static int fill_over_budget(struct conn_cache *cc, size_t more)
+{
+    struct cache *k = cc->k;
+    k->st.fill_refused++;
+    double now = loop_now();
+    if (k->fill_log_at > 0 && now - k->fill_log_at < FILL_LOG_WINDOW) {
+        k->fill_quiet++;
+        return -2;
+    }
+    log_event(LOG_WARN, "FERRY-3160", NULL, "cache %s: the fills under way hold %llu bytes and "
+              "%zu more would pass its size (%llu): this answer is relayed, not stored "
+              "(%llu more in the last %.0f s)", k->label, (unsigned long long)k->st.filling,
+              more, (unsigned long long)k->size, (unsigned long long)k->fill_quiet,
+              FILL_LOG_WINDOW);
+    k->fill_log_at = now;
+    k->fill_quiet = 0;
+    return -2;
+}
+
 static int fill_append(struct conn_cache *cc, const char *p, size_t n)
 {
     struct cache_fill *f = cc->fill;
@@ -746,10 +772,15 @@ static int fill_append(struct conn_cache *cc, const char *p, size_t n)
             cap *= 2;
         }
         cap = cap < cc->k->max_object ? cap : cc->k->max_object;
+        struct cache *k = cc->k;
+        if (k->st.filling - f->cap + cap > k->size) {
+            return fill_over_budget(cc, cap - f->cap);
+        }
         char *b = realloc(f->body, cap);
         if (b == NULL) {
             return -1;
         }
+        k->st.filling += cap - f->cap;
         f->body = b;
         f->cap = cap;
     }
@@ -774,8 +805,11 @@ void conn_cache_tee(struct conn *c, const char *p, size_t n)
         if (k == 0) {
             break;
         }
-        if (len > 0 && fill_append(cc, p + off, len) < 0) {
-            cc->k->st.too_large++;
+        int r = len > 0 ? fill_append(cc, p + off, len) : 0;
+        if (r < 0) {
+            if (r == -1) {
+                cc->k->st.too_large++;
+            }
             fill_abandon(cc); /* relayed whole, not stored */
             return;
         }

@@ -5,7 +5,6 @@
 -- defect found by using ferry this way, or a promise of the docs checked
 -- with a client that had not been tried.
 local procs = require("procs")
-local socket = require("socket")
 local cjson = require("cjson.safe")
 
 local function spawn_py(name, script, port, ...)
@@ -27,16 +26,6 @@ local function seen(O, t)
   return assert(cjson.decode(body)).n
 end
 
--- Raw bytes to port; everything answered until close (or 5 s).
-local function raw(port, data)
-  local c = assert(socket.connect("127.0.0.1", port))
-  c:settimeout(5)
-  c:send(data)
-  local all, _, partial = c:receive("*a")
-  c:close()
-  return all or partial or ""
-end
-
 describe("reverse listener with real clients", function()
   local O, B1, REV, A = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
   local blog = string.format("%s/trial-backend-%d.log", procs.tmp, B1)
@@ -52,10 +41,13 @@ pool "app" { backends = { "http://127.0.0.1:%d" },
   cache = { size = "4MB", max_object = "1MB", ttl = 60 } }
 pool "trial" { backends = { "http://127.0.0.1:%d" },
   cache = { size = "4MB", max_object = "1MB", ttl = 60 } }
+pool "fills" { backends = { "http://127.0.0.1:%d" },
+  cache = { size = "1MB", max_object = "400KB", ttl = 60 } }
 route(function(req)
   if req.host == "trial.example" then return "trial" end
+  if req.host == "fills.example" then return "fills" end
 end)
-]], REV, A, O, B1), { REV, A })
+]], REV, A, O, B1, O), { REV, A })
   end)
 
   teardown(function()
@@ -115,5 +107,34 @@ end)
     assert.equal(full, procs.read_file(file))
     os.remove(file)
     assert.equal(1, seen(O, t))
+  end)
+
+  it("keeps the bodies of concurrent fills within the cache's size", function()
+    -- 8 slow clients each miss a 300 KB object: 8 fills of up to 400 KB
+    -- would hold 3.2 MB for a 1 MB cache.  Every client gets its whole
+    -- answer; the fills past the bound are relayed, not stored.
+    local urls = {}
+    for i = 1, 8 do
+      urls[#urls + 1] = string.format("'http://127.0.0.1:%d/big?n=300000&fill=%d'", REV, i)
+    end
+    local dir = procs.tmp .. "/fills-" .. REV
+    os.execute("mkdir -p " .. dir)
+    local p = io.popen("cd " .. dir .. " && curl -s -Z --parallel-max 8 --limit-rate 150K " ..
+      "--max-time 60 -H 'Host: fills.example' -w '%{http_code} %{size_download}\\n' " ..
+      "--remote-name-all " .. table.concat(urls, " ") .. " 2>/dev/null")
+    local out = p:read("*a")
+    p:close()
+    local ok = select(2, out:gsub("200 300000\n", ""))
+    assert.equal(8, ok, out)
+    local _, m = procs.curl { url = "http://127.0.0.1:" .. A .. "/metrics" }
+    local refused = tonumber(m:match('ferry_cache_fill_refused_total{pool="fills"} (%d+)'))
+    local filling = tonumber(m:match('ferry_cache_filling_bytes{pool="fills"} (%d+)'))
+    local bytes = tonumber(m:match('ferry_cache_bytes{pool="fills"} (%d+)'))
+    assert.is_true(refused ~= nil and refused >= 1, m:match("ferry_cache_fill[^\n]*"))
+    assert.equal(0, filling)
+    assert.is_true(bytes <= 1048576)
+    local log = procs.read_file(ferry.log)
+    assert.matches("FERRY%-3160", log)
+    os.execute("rm -rf " .. dir)
   end)
 end)

@@ -138,6 +138,13 @@ int bridge_reload(const char *config, char *err, size_t errlen)
 /* Run a runtime entry point on one pointer: per request under the hook
  * budget, or (lim) as a whole evaluation.  Returns the lua_pcall code;
  * the result (if any) is left on the stack. */
+static void *bridge_arg;
+
+void *ferry_bridge_arg(void)
+{
+    return bridge_arg;
+}
+
 static int call_budgeted_n(int ref, void *arg, int nresults, const struct budget_limits *lim)
 {
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
@@ -147,7 +154,10 @@ static int call_budgeted_n(int ref, void *arg, int nresults, const struct budget
     } else {
         budget_begin_hook(L, HOOK_BUDGET);
     }
+    void *outer = bridge_arg; /* entry points do not nest today; if one ever does */
+    bridge_arg = arg;
     int rc = lua_pcall(L, 1, nresults, 0);
+    bridge_arg = outer;
     budget_end(L);
     return rc;
 }

@@ -320,6 +320,7 @@ void conn_update_io(struct conn *c)
     }
     /* A response held for a ban verdict stays in cli.out (conn_banretry.c). */
     if ((!buf_empty(&c->cli.out) && !c->ban_hold) || c->state == CS_ADMIN_OUT ||
+        c->state == CS_CACHE_OUT ||
         (tunnel && (!buf_empty(&c->up.in) || c->puc.in > 0))) {
         ce |= EV_WRITE;
     }

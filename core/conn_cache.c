@@ -17,7 +17,9 @@
 #include "listener.h"
 #include "log.h"
 #include "proxy.h"
+#include "transport.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -330,13 +332,29 @@ void conn_cache_pump(struct conn *c)
         }
     }
     const struct cache_entry *e = cc->e;
-    if (!cc->head_only && cc->body_off < cc->body_end) {
-        size_t k = buf_append(&c->cli.out, e->body + cc->body_off, cc->body_end - cc->body_off);
-        cc->body_off += k;
-        c->bytes_out += k;
-        if (cc->body_off < cc->body_end) {
+    while (!cc->head_only && cc->body_off < cc->body_end) {
+        const char *p = e->body + cc->body_off;
+        size_t left = cc->body_end - cc->body_off;
+        if (!buf_empty(&c->cli.out)) {
+            /* Behind the head: through the buffer, as far as it has room. */
+            size_t k = buf_append(&c->cli.out, p, left);
+            cc->body_off += k;
+            c->bytes_out += k;
             return;
         }
+        /* The rest goes from the entry to the socket, no copy. */
+        ssize_t n = leg_tr(&c->cli)->write(&c->cli, p, left);
+        if (n > 0) {
+            cc->body_off += (size_t)n;
+            c->bytes_out += (unsigned long long)n;
+            c->last_io = c->last_down = loop_now();
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return; /* the client watcher asks for writability in CS_CACHE_OUT */
+        }
+        conn_close(c); /* the client went away */
+        return;
     }
     c->resp_done = 1;
     conn_finish(c);

@@ -315,8 +315,12 @@ void conn_show_target(struct conn *c, const char *base)
     int plen;
     conn_target_path(c, base, &pre, &path, &plen);
     char shown[CONN_PATH_MAX];
-    snprintf(shown, sizeof(shown), "%s%.*s", pre, plen, path);
-    conn_set_path(c, shown, strlen(shown));
+    struct out o = { shown, 0, sizeof(shown), 0 };
+    out_str(&o, pre);
+    /* Cut as snprintf would: what fits, the log's path being bounded. */
+    size_t room = o.cap - o.n;
+    out_bytes(&o, path, (size_t)plen < room ? (size_t)plen : room);
+    conn_set_path(c, shown, o.n);
 }
 
 int conn_write_request_head(struct conn *c)

@@ -298,6 +298,11 @@ enum ferry_req_flag {
 
 /* The loop's idea of "now", in seconds (ev_now). */
 double ferry_now(void);
+/* The pointer the runtime entry point being called (dispatch, result,
+ * admin) was given, as a typed FFI value: converting the lightuserdata
+ * argument with ffi.cast is not compiled by LuaJIT (NYI), which kept
+ * each dispatch interpreted. */
+void *ferry_bridge_arg(void);
 
 /*
  * Create a proxy, or find the existing one with the same key (so a

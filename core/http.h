@@ -13,6 +13,8 @@
 #include <http_parser.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include <strings.h>
 
 #include "buf.h"
 
@@ -119,7 +121,13 @@ int http_needs_eof(const struct http_msg *m);
 
 const char *http_method_name(int method);
 int http_method_idempotent(int method);
-int http_span_ieq(const char *base, struct http_span s, const char *lit);
+/* Inline: with a literal name, strlen folds to a constant and most calls
+ * end at the length check (every field of a head meets many names). */
+static inline int http_span_ieq(const char *base, struct http_span s, const char *lit)
+{
+    size_t n = strlen(lit);
+    return s.len == n && strncasecmp(base + s.off, lit, n) == 0;
+}
 /* RFC 9110 token characters (field names, methods, codings). */
 int http_is_tchar(unsigned char ch);
 /* Characters of a field value: HTAB, SP, VCHAR, obs-text. */

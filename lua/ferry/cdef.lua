@@ -139,6 +139,7 @@ struct ferry_req {
   int32_t     site_pool;
 };
 double ferry_now(void);
+void *ferry_bridge_arg(void);
 struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *host, int port,
                                     const char *user, const char *pass,
                                     const char *extra_headers, int weight, const char **err);

@@ -491,14 +491,16 @@ local function pool_header_allowed(cur, req)
   return 1
 end
 
-function M.dispatch(ud)
+function M.dispatch(_ud)
   local cur = active
   if not cur then return ROUTE_ERROR end
   if due_fn then
     local now = C.ferry_now()
     if now >= due_at then due_fn(now) end
   end
-  local r = ffi.cast(req_ptr, ud)
+  -- ud is the same pointer as ferry_bridge_arg(): casting a lightuserdata
+  -- is not compiled (NYI), casting the FFI void * is.
+  local r = ffi.cast(req_ptr, C.ferry_bridge_arg())
   -- region and rate are set up front: eligibility reads them for every
   -- candidate (rate: the exchange's budget, set once the exchange is known).
   local req = setmetatable({ _r = r, exid = 0, region = lstr(r.region, r.region_len),
@@ -736,10 +738,10 @@ local function feed_breaker(pool, x, ok, status, latency_ms, kind)
   breaker.on_result(b, x, rres, report_breaker)
 end
 
-function M.result(ud)
+function M.result(_ud)
   local cur = active
   if not cur then return end
-  local r = ffi.cast(res_ptr, ud)
+  local r = ffi.cast(res_ptr, C.ferry_bridge_arg()) -- ud, compiled (see M.dispatch)
   local ok = r.ok ~= 0
   local status = tonumber(r.status)
   local e = r.exchange ~= 0 and cur.exchange_by_id[tonumber(r.exchange)] or nil

@@ -113,7 +113,7 @@ describe("retries", function()
           pool("status", 'retry = { on = { "reset", "503" } }', "b503", "good") ..
           pool("nostatus", "", "b503", "good") ..
           pool("post", 'retry = { on = { "503" } }', "p503", "good") ..
-          pool("backoff", 'retry = { tries = 5, backoff = 0.05, max_backoff = 2, ' ..
+          pool("backoff", 'retry = { tries = 5, backoff = 0.1, max_backoff = 2, ' ..
             'on = { "503" } }', "bk1", "bk2", "bk3", "bk4", "bk5") ..
           pool("storm", 'retry = { tries = 2, backoff = 2, max_backoff = 2, jitter = "none", ' ..
             'on = { "503" }, budget = 20, budget_min = 3 }', "st1", "st2")), { F, A })
@@ -199,7 +199,7 @@ describe("retries", function()
         table.sort(times)
         local gap = {}
         for i = 1, 4 do gap[i] = times[i + 1] - times[i] end
-        -- backoff 50 ms doubling, equal jitter: gap i in [25, 50) x 2^(i-1) ms.
+        -- backoff 100 ms doubling, equal jitter: gap i in [50, 100) x 2^(i-1) ms.
         assert.is_true(gap[3] > gap[1], "gaps " .. table.concat(gap, " "))
         assert.is_true(gap[4] > gap[2], "gaps " .. table.concat(gap, " "))
         assert.is_true(gap[4] > 2 * gap[1], "gaps " .. table.concat(gap, " "))

@@ -294,6 +294,20 @@ end)
     assert.equal("MISS", select(3, get(SMALL, "/big?n=10000&i=1")))
   end)
 
+  it("serves a stored body larger than its buffers whole (checksum), chunked or not", function()
+    for _, flag in ipairs { "", "&chunked=1" } do
+      local path = "/big?n=200000" .. flag
+      local want = select(2, procs.curl { url = "http://127.0.0.1:" .. O .. "/bigsum?n=200000" })
+      for i = 1, 3 do
+        local s, file = download("http://127.0.0.1:" .. REV .. path)
+        assert.equal(200, s, path .. " " .. i)
+        assert.equal(want, procs.sha256_file(file), path .. " " .. i)
+        os.remove(file)
+      end
+      assert.equal(1, (seen(O, path)))
+    end
+  end)
+
   it("streams an answer over max_object whole and does not store it", function()
     for _, flag in ipairs { "", "&chunked=1" } do
       local path = "/big?n=300000" .. flag

@@ -1,4 +1,4 @@
--- The reverse listener and its cache as nginx / HAProxy users drive them:
+-- The reverse listener's cache as nginx / HAProxy users drive it:
 -- real clients (curl with HTTP/1.0 and keep-alive, Python requests, Node's
 -- http.Agent and fetch) against real backends (spec/helpers/cache_origin.py,
 -- spec/helpers/trial_backend.py that misbehaves on demand).  Each case is a

@@ -275,6 +275,8 @@ static void serve(struct conn *c, struct cache_entry *e, const char *mark, int u
     c->keep_client = c->req.keep_alive && !c->cli.eof;
     n += (size_t)snprintf(h + n, cap - n, "Age: %lld\r\nX-Cache: %s\r\n",
                           (long long)cpol_age_header(&e->pol, now), mark);
+    /* As on every answer ferry relays; the stored head keeps the backend's own Via. */
+    n += conn_via_stored(c, e->head_len > 7 && e->head[7] == '0' ? 0 : 1, h + n, cap - n);
     cc->body_off = 0;
     cc->body_end = e->body_len;
     if (part == CRANGE_PART) {

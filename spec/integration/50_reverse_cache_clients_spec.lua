@@ -69,6 +69,18 @@ end)
     assert.equal(1, seen(O, t))
   end)
 
+  it("says Via on answers from the cache as on relayed ones", function()
+    local url = "http://127.0.0.1:" .. REV .. "/fresh?c=via"
+    local s1, _, h1 = procs.curl { url = url }
+    local s2, _, h2 = procs.curl { url = url }
+    assert.equal(200, s1)
+    assert.equal(200, s2)
+    assert.equal("MISS", procs.last_header(h1, "X-Cache"))
+    assert.equal("HIT", procs.last_header(h2, "X-Cache"))
+    assert.equal("1.1 ferry", procs.last_header(h1, "Via"))
+    assert.equal("1.1 ferry", procs.last_header(h2, "Via"))
+  end)
+
   it("answers a Range request from a stored 200 with 206 (curl -r, wget -c resume)", function()
     local t = "/big?n=100000&c=range"
     local url = "http://127.0.0.1:" .. REV .. t

@@ -112,6 +112,14 @@ def answer(conn, head, rest):
             left -= min(left, len(chunk))
         if method == "HEAD":
             pass
+    elif path.startswith("/drip/"):
+        # /drip/N: N bytes in 8 pieces 0.25 s apart, cacheable for 60 s (a fill held open).
+        size = int(path[6:])
+        reply(conn, "200 OK", [("Content-Length", size), ("Cache-Control", "max-age=60")], b"")
+        piece = size // 8
+        for i in range(8):
+            time.sleep(0.25)
+            conn.sendall(b"d" * (piece if i < 7 else size - 7 * piece))
     elif path == "/count":
         b = ("count=%d\n" % count).encode()
         reply(conn, "200 OK", [("Content-Length", len(b)), ("Cache-Control", "max-age=60")], b)

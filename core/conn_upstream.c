@@ -617,7 +617,10 @@ static int retry_failed(struct conn *c, enum ferry_fail_kind kind, int before_se
     } else if (!before_send && !idempotent) {
         stop = "not_idempotent";
     } else if ((int)spent >= c->retries) {
-        stop = c->retries > 0 ? "tries" : NULL;
+        if (c->retries == 0) {
+            return 0; /* a pool without retries: nothing wanted, nothing to note */
+        }
+        stop = "tries";
     }
     double backoff = stop == NULL ? retry_backoff(c->pool, spent) : 0;
     if (stop == NULL && loop_now() + backoff >= c->deadline) {

@@ -276,3 +276,56 @@ describe("breakers", function()
     assert.equal(until_, x.breaker_until)
   end)
 end)
+
+describe("slow start's up_since", function()
+  local err = ffi.new("const char *[1]")
+
+  it("is 0 before the first config is applied, then marks each return", function()
+    local p = new_proxy()
+    core.ferry_health_mark(p, 0, "spec")
+    core.ferry_health_mark(p, 1, "spec")
+    assert.equal(0, p.up_since) -- ferry is still starting
+    core.ferry_health_started()
+    assert.is_true(new_proxy().up_since > 0) -- created after: a return
+    core.ferry_health_mark(p, 0, "spec")
+    assert.equal(0, p.up_since) -- going down leaves it
+    tick(0.01)
+    core.ferry_health_mark(p, 1, "spec")
+    assert.equal(now(), p.up_since)
+  end)
+
+  it("marks a re-enabled proxy, not one enabled already", function()
+    core.ferry_health_started()
+    local p = new_proxy()
+    tick(0.01)
+    core.ferry_proxy_set_flag(p, 0x2, 0) -- was enabled: no return
+    assert.is_true(p.up_since < now())
+    core.ferry_proxy_set_flag(p, 0x2, 1)
+    tick(0.01)
+    core.ferry_proxy_set_flag(p, 0x2, 0)
+    assert.equal(now(), p.up_since)
+  end)
+
+  it("marks a removed proxy that a config brings back", function()
+    core.ferry_health_started()
+    local p = new_proxy()
+    core.ferry_proxy_set_flag(p, 0x4, 1)
+    tick(0.01)
+    local key = "http://10.9.0." .. seq .. ":3128"
+    local again = core.ferry_proxy_new(key, 1, "10.9.0." .. seq, 3128, nil, nil, nil, 1, err)
+    assert.equal(p.id, again.id)
+    assert.equal(now(), again.up_since)
+    tick(0.01)
+    core.ferry_proxy_new(key, 1, "10.9.0." .. seq, 3128, nil, nil, nil, 1, err) -- a reload
+    assert.is_true(again.up_since < now())
+  end)
+
+  it("notes when a breaker opened", function()
+    local p = new_proxy()
+    local x = core.ferry_pxstate_get(p.id, 0)
+    local epoch = core.ferry_health_epoch()
+    core.ferry_breaker_open(x, 30)
+    assert.equal(now(), x.opened_at)
+    assert.is_true(core.ferry_health_epoch() ~= epoch)
+  end)
+end)

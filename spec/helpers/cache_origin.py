@@ -30,6 +30,7 @@ client sees whether an answer came from the origin again.
   /aged                 max-age=300 with Age: 299
   /failing              max-age=1, stale-if-error=300
   /break?p=PATH         from now on PATH answers 503
+  /hang?p=PATH          from now on PATH answers after 3 seconds
 """
 import email.utils
 import hashlib
@@ -45,6 +46,7 @@ lock = threading.Lock()
 counts = {}
 counts304 = {}
 broken = set()
+hung = set()
 LM = "Tue, 01 Dec 2026 10:00:00 GMT"
 PATTERN = bytes(range(256)) * 4096  # 1 MiB
 
@@ -109,6 +111,10 @@ class Handler(BaseHTTPRequestHandler):
             with lock:
                 broken.add(q.get("p", ""))
             return self.send(200, b"broken")
+        if p == "/hang":
+            with lock:
+                hung.add(q.get("p", ""))
+            return self.send(200, b"hung")
         if p == "/reset":
             with lock:
                 counts.clear()
@@ -154,7 +160,9 @@ class Handler(BaseHTTPRequestHandler):
         k = self.count(target)
         body = ("%s %s #%d" % (self.command, target, k)).encode()
         with lock:
-            down = p in broken
+            down, slow = p in broken, p in hung
+        if slow:
+            time.sleep(3)
         if down:
             return self.send(503, body)
         if p == "/short":
@@ -207,7 +215,7 @@ class Handler(BaseHTTPRequestHandler):
             h["Cache-Control"] = "max-age=1, stale-while-revalidate=300"
         elif p == "/aged":
             h["Age"] = "299"
-        elif p == "/failing":
+        elif p in ("/failing", "/hanging"):
             h["Cache-Control"] = "max-age=1, stale-if-error=300"
         return self.send(200, body, h, chunked=p == "/chunked")
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""lb_member.py PORT NAME: a pool member for load-balancing specs.
+"""lb_member.py PORT:NAME...: pool members for load-balancing specs, one per
+PORT:NAME, all in one process (a Python start is slow on a busy machine).
 
 It answers any request target (origin form, or absolute form like an HTTP
 proxy that serves everything itself), keep-alive, so it stands in for a
@@ -16,10 +17,7 @@ import sys
 import threading
 from urllib.parse import parse_qs, urlsplit
 
-PORT = int(sys.argv[1])
-NAME = sys.argv[2].encode()
 lock = threading.Lock()
-state = {"n": 0, "health": 200, "host": ""}
 
 
 def answer(conn, status, body):
@@ -27,7 +25,7 @@ def answer(conn, status, body):
                   % (status, len(body))).encode() + body)
 
 
-def serve(conn):
+def serve(conn, NAME, state):
     data = b""
     try:
         while True:
@@ -67,14 +65,27 @@ def serve(conn):
         conn.close()
 
 
-def main():
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", PORT))
-    srv.listen(128)
+def accept_loop(srv, name):
+    state = {"n": 0, "health": 200, "host": ""}
     while True:
         conn, _ = srv.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+        threading.Thread(target=serve, args=(conn, name, state), daemon=True).start()
+
+
+def main():
+    loops = []
+    for arg in sys.argv[1:]:
+        port, name = arg.split(":", 1)
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", int(port)))
+        srv.listen(128)
+        loops.append(threading.Thread(target=accept_loop, args=(srv, name.encode()),
+                                      daemon=True))
+    for t in loops:
+        t.start()
+    for t in loops:
+        t.join()
 
 
 if __name__ == "__main__":

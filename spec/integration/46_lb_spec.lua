@@ -7,20 +7,21 @@
 local procs = require("procs")
 local socket = require("socket")
 
--- Members by name into M, started together (a Python start is slow on a
--- busy machine), then each waited for.
+-- Members by name into M, all served by one process (a Python start is
+-- slow on a busy machine); returns that process.
 local function members(M, names)
+  local args = {}
   for _, name in ipairs(names) do
-    local port = procs.free_port()
-    local proc = procs.spawn("lb-" .. name, "python3 " .. procs.root ..
-      "/spec/helpers/lb_member.py " .. port .. " " .. name)
-    proc.port, proc.name = port, name
-    M[name] = proc
+    M[name] = { port = procs.free_port(), name = name }
+    args[#args + 1] = M[name].port .. ":" .. name
   end
+  local proc = procs.spawn("lb-members", "python3 " .. procs.root ..
+    "/spec/helpers/lb_member.py " .. table.concat(args, " "))
   for _, name in ipairs(names) do
-    assert(procs.wait_port(M[name].port, 20), "member did not start:\n" ..
-      procs.read_file(M[name].log))
+    assert(procs.wait_port(M[name].port, 30), "members did not start:\n" ..
+      procs.read_file(proc.log))
   end
+  return proc
 end
 
 -- A control request straight to a member (never counted by it).
@@ -52,7 +53,7 @@ describe("load balancing", function()
   end
 
   setup(function()
-    members(M, names)
+    M.proc = members(M, names)
     local function url(n) return "http://127.0.0.1:" .. M[n].port end
     local check = [[health = { check = "http", url = "http://lb.test/health", expect = { 200 },
       interval = 0.25, timeout = 0.25, rise = 1, fall = 2 }]]
@@ -77,7 +78,7 @@ route(function(req) return req.listener end)
 
   teardown(function()
     if ferry then procs.stop_ferry(ferry) end
-    for _, n in ipairs(names) do if M[n] then procs.stop(M[n]) end end
+    if M.proc then procs.stop(M.proc) end
   end)
 
   local function metric(name, labels) return procs.metric(A, name, labels) end
@@ -227,7 +228,7 @@ describe("load balancing backends", function()
   local names = { "bea", "beb", "bec", "bed" }
 
   setup(function()
-    members(M, names)
+    M.proc = members(M, names)
     local function url(n) return "http://127.0.0.1:" .. M[n].port end
     ferry = procs.ferry(string.format([[
 listen { name = "site", protocol = "reverse", addr = "127.0.0.1:%d", pool = "app" }
@@ -244,12 +245,12 @@ pool "plain" { health = { check = "http", path = "/health", interval = 0.25, tim
 
   teardown(function()
     if ferry then procs.stop_ferry(ferry) end
-    for _, n in ipairs(names) do if M[n] then procs.stop(M[n]) end end
+    if M.proc then procs.stop(M.proc) end
   end)
 
   local function up(id)
     return procs.metric(A, "ferry_proxy_up", 'proxy="' .. id .. '",pool="' ..
-      (id == "bed" and "plain" or "app") .. '"')
+      (id == "bed" and "plain" or "app") .. '",role="backend"')
   end
 
   local function health(id, status)

@@ -308,6 +308,26 @@ end)
     end
   end)
 
+  it("sends an entry whole to a slow reader though it is purged meanwhile", function()
+    local path = "/big?n=250000&slow=1"
+    get(REV, path .. "&warm=0")
+    local _, _, x = get(REV, path .. "&warm=0")
+    assert.equal("HIT", x)
+    local file = procs.tmp .. "/cache-slow-" .. math.random(1, 1e9)
+    local reader = procs.spawn("slow-curl", "curl -s --limit-rate 100k -o " .. file ..
+      " 'http://127.0.0.1:" .. REV .. path .. "&warm=0'")
+    assert.truthy(procs.wait_for(function() return procs.file_size(file) > 0 end, 10))
+    local s, purged = procs.curl { url = "http://127.0.0.1:" .. A ..
+      "/api/v1/cache?cache=app&prefix=/big%3Fn=250000", flags = "-X DELETE -H 'Authorization: Bearer " ..
+      TOKEN .. "'" }
+    assert.equal(200, s)
+    assert.equal(1, assert(cjson.decode(purged)).purged)
+    assert.truthy(procs.wait_for(function() return not procs.alive(reader) end, 20))
+    local want = select(2, procs.curl { url = "http://127.0.0.1:" .. O .. "/bigsum?n=250000" })
+    assert.equal(want, procs.sha256_file(file))
+    os.remove(file)
+  end)
+
   it("streams an answer over max_object whole and does not store it", function()
     for _, flag in ipairs { "", "&chunked=1" } do
       local path = "/big?n=300000" .. flag

@@ -29,7 +29,7 @@ describe("HTTP cache rules", function()
     ferry = procs.ferry(string.format([[
 listen { name = "rev", protocol = "reverse", addr = "127.0.0.1:%d", pool = "app" }
 admin { addr = "127.0.0.1:%d" }
-pool "app" { retries = 0, backends = { "http://127.0.0.1:%d" },
+pool "app" { retries = 0, backends = { "http://127.0.0.1:%d" }, timeouts = { first_byte = 1 },
   cache = { size = "1MB", max_object = "64KB", ttl = 120 } }
 ]], REV, A, O), { REV, A })
   end)
@@ -103,6 +103,16 @@ pool "app" { retries = 0, backends = { "http://127.0.0.1:%d" },
       assert.equal(503, s2)
       assert.equal(2, seen(O, "/failing"))
     end)
+
+  it("answers stale when the backend times out (stale-if-error)", function()
+    local _, b1 = get(REV, "/hanging")
+    socket.sleep(2.1)
+    procs.curl { url = "http://127.0.0.1:" .. O .. "/hang?p=/hanging" }
+    local s, b2, x = get(REV, "/hanging")
+    assert.equal(200, s)
+    assert.equal("STALE", x)
+    assert.equal(b1, b2)
+  end)
 
   it("does not store a HEAD miss", function()
     get(REV, "/fresh?headonly", "-I")

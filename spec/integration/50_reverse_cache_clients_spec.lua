@@ -1,9 +1,10 @@
--- The reverse listener's cache as nginx / HAProxy users drive it:
--- real clients (curl with HTTP/1.0 and keep-alive, Python requests, Node's
--- http.Agent and fetch) against real backends (spec/helpers/cache_origin.py,
+-- The reverse listener and its cache as nginx / HAProxy users drive them:
+-- real clients (curl as an HTTP/1.0 client, with ranges and in parallel,
+-- wget -c) against real backends (spec/helpers/cache_origin.py, and
 -- spec/helpers/trial_backend.py that misbehaves on demand).  Each case is a
--- defect found by using ferry this way, or a promise of the docs checked
--- with a client that had not been tried.
+-- defect found by using ferry this way: chunked answers to HTTP/1.0 clients
+-- never stored, Range ignored on hits, no Via on hits, concurrent fills
+-- holding max_object each beyond the cache's size.
 local procs = require("procs")
 local cjson = require("cjson.safe")
 

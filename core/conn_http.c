@@ -745,6 +745,9 @@ static int relay_response_body(struct conn *c, int take_back)
             return -1;
         }
         c->bytes_out += buf_append(&c->cli.out, in + off, len);
+        if (c->cache != NULL) {
+            conn_cache_tee(c, in, (size_t)n); /* the fill reads the chunked framing itself */
+        }
         conn_report_body(c, in + off, len, c->resp.msg_done);
         buf_consume(&c->up.in, (size_t)n);
         avail = buf_len(&c->up.in);

@@ -75,6 +75,8 @@ struct cache {
     struct cache_entry *lru_head, *lru_tail; /* private */
     struct cache_lock *locks;           /* private */
     struct ferry_cache_stats st;        /* ro: counters and gauges */
+    double fill_log_at;                 /* private: last FERRY-3160 (fills over size) */
+    uint64_t fill_quiet;                /* private: fills refused since, not logged */
 };
 
 /* The cache of pool index `pool`, or NULL (the common case: one load). */

@@ -283,6 +283,10 @@ void conn_clear_header_edits(struct conn *c);
 int conn_write_request_head(struct conn *c);
 /* The response head for the client (base: the head in up.in); -1: no room. */
 int conn_write_response_head(struct conn *c, const char *base);
+/* An answer from the HTTP cache: ferry's Via for a stored response that
+ * arrived as HTTP/1.minor ("Via: 1.1 ferry\r\n" into out, cap bytes), 0
+ * when Via is off (http { via }, a reverse listener's forwarded.via). */
+size_t conn_via_stored(const struct conn *c, int minor, char *out, size_t cap);
 /* A 1xx interim response, rewritten like a final one; -1: no room. */
 int conn_write_interim(struct conn *c, const char *base);
 /* The 200 answer to CONNECT, with X-Ferry-Proxy when a proxy carries it. */
@@ -291,6 +295,10 @@ void conn_write_connect_ok(struct conn *c);
 int conn_write_local_answer(struct conn *c);
 /* Max-Forwards of the request: -1 absent, -2 not a number. */
 long conn_max_forwards(const struct conn *c, const char *base);
+/* A request head read and its target taken (forward or reverse): the
+ * Max-Forwards rule of TRACE/OPTIONS, the upgrade flag, the deadline,
+ * then routing. */
+void conn_head_route(struct conn *c, const char *base);
 /* 1 when the request head goes to an HTTP proxy in absolute form (not
  * inside an originated TLS session). */
 int conn_up_absolute(const struct conn *c);

@@ -12,6 +12,7 @@
  * core/cache_policy.c's; the store is core/cache.c. */
 #include "cache.h"
 #include "cache_policy.h"
+#include "cache_range.h"
 #include "conn.h"
 #include "listener.h"
 #include "log.h"
@@ -58,6 +59,7 @@ struct conn_cache {
     char *out;                   /* the head of an answer from the cache */
     size_t out_len, out_off;
     size_t body_off;             /* body bytes of e queued */
+    size_t body_end;             /* where the answer's body ends in e (a range: its last + 1) */
     unsigned how:2;
     unsigned before:1;           /* taken before dispatch: a resume routes */
     unsigned alone:1;            /* coalescing is over for this request */
@@ -101,9 +103,10 @@ static char *make_key(const struct conn *c, const char *pre, const char *path, i
     return k;
 }
 
-static void fill_free(struct cache_fill *f)
+static void fill_free(struct cache *k, struct cache_fill *f)
 {
     if (f != NULL) {
+        k->st.filling -= f->cap;
         free(f->head);
         free(f->vkey);
         free(f->body);
@@ -133,7 +136,7 @@ static void lock_release(struct conn_cache *cc)
 /* The fill is given up (too large, bad framing, not stored after all). */
 static void fill_abandon(struct conn_cache *cc)
 {
-    fill_free(cc->fill);
+    fill_free(cc->k, cc->fill);
     cc->fill = NULL;
     lock_release(cc);
 }
@@ -183,6 +186,35 @@ static int stored_parse(const struct cache_entry *e, struct http_msg *m)
     return http_parse_response(m, e->head, e->head_len, 0) == HTTP_PARSE_OK ? 0 : -1;
 }
 
+/* The byte range of e a GET with Range gets (cache_range.c); *first and
+ * *last are set for CRANGE_PART. */
+static enum cache_range range_of(const struct conn *c, const struct cache_entry *e,
+                                 size_t *first, size_t *last)
+{
+    struct cpol_head rh = req_head(c);
+    size_t rlen = 0, irlen = 0, elen = 0, llen = 0;
+    if (c->req.method != HTTP_GET || e->status != 200 || cpol_head_count(&rh, "Range") != 1) {
+        return CRANGE_FULL;
+    }
+    const char *range = cpol_head_get(&rh, "Range", &rlen);
+    const char *ir = cpol_head_count(&rh, "If-Range") == 1 ? cpol_head_get(&rh, "If-Range", &irlen)
+                                                            : NULL;
+    if (cpol_head_count(&rh, "If-Range") > 1) {
+        return CRANGE_FULL;
+    }
+    struct http_msg sm;
+    if (stored_parse(e, &sm) < 0) {
+        return CRANGE_FULL;
+    }
+    struct cpol_head sh = cpol_head_of(&sm, e->head);
+    const char *etag = cpol_head_get(&sh, "ETag", &elen);
+    const char *lm = cpol_head_get(&sh, "Last-Modified", &llen);
+    enum cache_range r = cache_range_pick(range, rlen, ir, irlen, etag, elen, lm, llen,
+                                          e->body_len, first, last);
+    http_msg_release(&sm);
+    return r;
+}
+
 /* Answer the request from e (the reference is taken over), marked
  * X-Cache: mark; a client's conditional gets a 304 when it matches.
  * upstream: an attempt was made (its proxy or backend stays on the
@@ -222,14 +254,42 @@ static void serve(struct conn *c, struct cache_entry *e, const char *mark, int u
         }
         http_msg_release(&sm);
     }
+    size_t first = 0, last = 0;
+    enum cache_range part = not_modified ? CRANGE_FULL : range_of(c, e, &first, &last);
     if (!not_modified) {
         memcpy(h, e->head, e->head_len - 2); /* without its blank line */
         n = e->head_len - 2;
     }
+    if (part != CRANGE_FULL) {
+        /* The stored status line gives way to 206 or 416 (a 200's head:
+         * "HTTP/1.x 200 ...\r\n" then its fields). */
+        const char *eol = memchr(h, '\n', n);
+        size_t skip = eol != NULL ? (size_t)(eol - h) + 1 : n;
+        const char *line = part == CRANGE_PART ? "HTTP/1.1 206 Partial Content\r\n"
+                                               : "HTTP/1.1 416 Range Not Satisfiable\r\n";
+        size_t ll = strlen(line);
+        memmove(h + ll, h + skip, n - skip); /* cap has 512 spare bytes: ll < skip + 512 */
+        memcpy(h, line, ll);
+        n = n - skip + ll;
+    }
     c->keep_client = c->req.keep_alive && !c->cli.eof;
     n += (size_t)snprintf(h + n, cap - n, "Age: %lld\r\nX-Cache: %s\r\n",
                           (long long)cpol_age_header(&e->pol, now), mark);
-    if (!not_modified && e->status != 204 && e->status != 304) {
+    /* As on every answer ferry relays; the stored head keeps the backend's own Via. */
+    n += conn_via_stored(c, e->head_len > 7 && e->head[7] == '0' ? 0 : 1, h + n, cap - n);
+    cc->body_off = 0;
+    cc->body_end = e->body_len;
+    if (part == CRANGE_PART) {
+        n += (size_t)snprintf(h + n, cap - n, "Content-Range: bytes %zu-%zu/%zu\r\n"
+                              "Content-Length: %zu\r\n", first, last, e->body_len,
+                              last - first + 1);
+        cc->body_off = first;
+        cc->body_end = last + 1;
+    } else if (part == CRANGE_UNSAT) {
+        n += (size_t)snprintf(h + n, cap - n, "Content-Range: bytes */%zu\r\n"
+                              "Content-Length: 0\r\n", e->body_len);
+        cc->body_end = 0;
+    } else if (!not_modified && e->status != 204 && e->status != 304) {
         n += (size_t)snprintf(h + n, cap - n, "Content-Length: %zu\r\n", e->body_len);
     }
     n += (size_t)snprintf(h + n, cap - n, "X-Request-Id: %s\r\n%s\r\n", c->cid,
@@ -239,12 +299,12 @@ static void serve(struct conn *c, struct cache_entry *e, const char *mark, int u
     cc->out = h;
     cc->out_len = n < cap ? n : cap - 1;
     cc->out_off = 0;
-    cc->body_off = 0;
-    cc->head_only = not_modified || c->req.method == HTTP_HEAD;
+    cc->head_only = not_modified || c->req.method == HTTP_HEAD || part == CRANGE_UNSAT;
     if (!upstream) {
         c->proxy = NULL; /* chosen by dispatch (if it ran), never used */
     }
-    c->status = not_modified ? 304 : e->status;
+    c->status = not_modified ? 304 : part == CRANGE_PART ? 206 : part == CRANGE_UNSAT ? 416
+                                                                                  : e->status;
     c->cache_mark = mark;
     c->code = NULL;
     c->fwd = c->head_len;
@@ -274,9 +334,9 @@ void conn_cache_pump(struct conn *c)
         }
     }
     const struct cache_entry *e = cc->e;
-    while (!cc->head_only && cc->body_off < e->body_len) {
+    while (!cc->head_only && cc->body_off < cc->body_end) {
         const char *p = e->body + cc->body_off;
-        size_t left = e->body_len - cc->body_off;
+        size_t left = cc->body_end - cc->body_off;
         if (!buf_empty(&c->cli.out)) {
             /* Behind the head: through the buffer, as far as it has room. */
             size_t k = buf_append(&c->cli.out, p, left);
@@ -537,7 +597,7 @@ static void fill_begin(struct conn *c, const char *base, size_t hl, const struct
                        const struct cpol_vary *v)
 {
     struct conn_cache *cc = c->cache;
-    fill_free(cc->fill);
+    fill_free(cc->k, cc->fill);
     cc->fill = NULL;
     struct cache_fill *f = calloc(1, sizeof(*f));
     if (f == NULL) {
@@ -550,7 +610,7 @@ static void fill_begin(struct conn *c, const char *base, size_t hl, const struct
     f->head = stored_head(c, base, hl, &f->head_len);
     f->vkey = vn >= 0 ? strdup(vkey) : NULL;
     if (f->head == NULL || f->vkey == NULL) {
-        fill_free(f);
+        fill_free(cc->k, f);
         return;
     }
     for (unsigned i = 0; i < v->n; i++) {
@@ -666,7 +726,7 @@ int conn_cache_response(struct conn *c, const char *base, size_t hl)
             cache_remove(cc->e);
         }
     }
-    if (c->req.method != HTTP_GET || c->dechunk) {
+    if (c->req.method != HTTP_GET) {
         lock_release(cc);
         return 0;
     }
@@ -695,6 +755,31 @@ int conn_cache_response(struct conn *c, const char *base, size_t hl)
     return 0;
 }
 
+/* The bodies of the fills under way together stay within the cache's
+ * size (each one within max_object): many concurrent misses of large
+ * objects would otherwise hold max_object each, far beyond size.  The
+ * fill that would pass it is given up (the answer is relayed whole,
+ * not stored): FERRY-3160 once per window, ferry_cache_fill_refused_total. */
+#define FILL_LOG_WINDOW 10.0
+static int fill_over_budget(struct conn_cache *cc, size_t more)
+{
+    struct cache *k = cc->k;
+    k->st.fill_refused++;
+    double now = loop_now();
+    if (k->fill_log_at > 0 && now - k->fill_log_at < FILL_LOG_WINDOW) {
+        k->fill_quiet++;
+        return -2;
+    }
+    log_event(LOG_WARN, "FERRY-3160", NULL, "cache %s: the fills under way hold %llu bytes and "
+              "%zu more would pass its size (%llu): this answer is relayed, not stored "
+              "(%llu more in the last %.0f s)", k->label, (unsigned long long)k->st.filling,
+              more, (unsigned long long)k->size, (unsigned long long)k->fill_quiet,
+              FILL_LOG_WINDOW);
+    k->fill_log_at = now;
+    k->fill_quiet = 0;
+    return -2;
+}
+
 static int fill_append(struct conn_cache *cc, const char *p, size_t n)
 {
     struct cache_fill *f = cc->fill;
@@ -707,10 +792,15 @@ static int fill_append(struct conn_cache *cc, const char *p, size_t n)
             cap *= 2;
         }
         cap = cap < cc->k->max_object ? cap : cc->k->max_object;
+        struct cache *k = cc->k;
+        if (k->st.filling - f->cap + cap > k->size) {
+            return fill_over_budget(cc, cap - f->cap);
+        }
         char *b = realloc(f->body, cap);
         if (b == NULL) {
             return -1;
         }
+        k->st.filling += cap - f->cap;
         f->body = b;
         f->cap = cap;
     }
@@ -735,8 +825,11 @@ void conn_cache_tee(struct conn *c, const char *p, size_t n)
         if (k == 0) {
             break;
         }
-        if (len > 0 && fill_append(cc, p + off, len) < 0) {
-            cc->k->st.too_large++;
+        int r = len > 0 ? fill_append(cc, p + off, len) : 0;
+        if (r < 0) {
+            if (r == -1) {
+                cc->k->st.too_large++;
+            }
             fill_abandon(cc); /* relayed whole, not stored */
             return;
         }

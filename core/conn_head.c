@@ -108,6 +108,15 @@ static int via_for(const struct conn *c)
     return via_on && (!conn_is_reverse(c) || (c->l->rev_fwd & FERRY_FWD_VIA));
 }
 
+size_t conn_via_stored(const struct conn *c, int minor, char *out, size_t cap)
+{
+    if (!via_for(c) || cap == 0) {
+        return 0;
+    }
+    int n = snprintf(out, cap, "Via: 1.%d %s\r\n", minor, via_name);
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
 /* Fields ferry writes itself whatever the message carried. */
 static int ours(int via, const char *base, const struct http_field *f)
 {

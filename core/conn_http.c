@@ -518,6 +518,11 @@ void conn_on_head(struct conn *c)
     if (parse_target(c, base) < 0) {
         return;
     }
+    conn_head_route(c, base);
+}
+
+void conn_head_route(struct conn *c, const char *base)
+{
     if (c->req.method == HTTP_TRACE || c->req.method == HTTP_OPTIONS) {
         long mf = conn_max_forwards(c, base);
         if (mf == -2) {
@@ -740,6 +745,9 @@ static int relay_response_body(struct conn *c, int take_back)
             return -1;
         }
         c->bytes_out += buf_append(&c->cli.out, in + off, len);
+        if (c->cache != NULL) {
+            conn_cache_tee(c, in, (size_t)n); /* the fill reads the chunked framing itself */
+        }
         conn_report_body(c, in + off, len, c->resp.msg_done);
         buf_consume(&c->up.in, (size_t)n);
         avail = buf_len(&c->up.in);

@@ -244,21 +244,7 @@ static void reverse_on_head(struct conn *c)
     if (reverse_target(c, base) < 0) {
         return;
     }
-    if (c->req.method == HTTP_TRACE || c->req.method == HTTP_OPTIONS) {
-        long mf = conn_max_forwards(c, base);
-        if (mf == -2) {
-            conn_fail(c, FERR_BAD_REQUEST);
-            return;
-        }
-        if (mf == 0) {
-            conn_answer_local(c); /* the last hop allowed: RFC 9110 §7.6.2 */
-            return;
-        }
-    }
-    c->upgrade = c->req.is_upgrade && c->req.upgrade.len > 0;
-    c->deadline = c->t_start + timeouts.request;
-    c->head_started = 0;
-    conn_route(c);
+    conn_head_route(c, base);
 }
 
 static void reverse_start(struct conn *c)

@@ -618,7 +618,7 @@ static int retry_failed(struct conn *c, enum ferry_fail_kind kind, int before_se
         stop = "not_idempotent";
     } else if ((int)spent >= c->retries) {
         if (c->retries == 0) {
-            return 0; /* one try (retries = 0): no retry was wanted, none to note */
+            return 0; /* a pool without retries: nothing wanted, nothing to note */
         }
         stop = "tries";
     }

@@ -9,7 +9,8 @@ local tonumber, type = tonumber, type
 local M = {}
 
 local FIELDS = { "hits", "misses", "stale", "revalidated", "coalesced", "evictions", "stored",
-  "purged", "too_large", "bypass", "bytes", "entries", "size", "max_object" }
+  "purged", "too_large", "bypass", "bytes", "entries", "size", "max_object",
+  "filling", "fill_refused" }
 M.FIELDS = FIELDS
 
 -- Longest purge prefix taken (a key is a URL; longer prefixes match nothing useful).

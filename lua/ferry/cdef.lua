@@ -297,6 +297,8 @@ struct ferry_cache_stats {
     uint64_t entries;        /* ro: entries held now */
     uint64_t size;           /* ro: the byte bound */
     uint64_t max_object;     /* ro: the largest body stored */
+    uint64_t filling;        /* ro: bytes the fills under way hold now (at most size) */
+    uint64_t fill_refused;   /* ro: fills given up because the fills under way held size */
 };
 /* A reload starts: caches set again before ferry_cache_reload_end stay
  * (with their entries), the others are dropped. */

@@ -18,6 +18,8 @@
  *
  * Output, one line:
  *   sent N ok N errors N secs S p50_ms X p99_ms X p999_ms X max_ms X
+ * With RATE_LOAD_LATENCIES=FILE in the environment, every latency (ms,
+ * one a line) is appended to FILE too, so runs can be pooled.
  * Every loop is bounded in time; only 127.0.0.1 is dialled.
  */
 #ifndef _GNU_SOURCE
@@ -276,6 +278,14 @@ int main(int argc, char **argv)
     }
     double took = now_s() - t0;
     qsort(g_lat, (size_t)g_ok, sizeof(double), cmp_d);
+    const char *dump = getenv("RATE_LOAD_LATENCIES");
+    FILE *df = dump != NULL ? fopen(dump, "a") : NULL;
+    for (long i = 0; df != NULL && i < g_ok; i++) {
+        fprintf(df, "%.3f\n", 1000 * g_lat[i]);
+    }
+    if (df != NULL) {
+        fclose(df);
+    }
     printf("sent %ld ok %ld errors %ld secs %.2f p50_ms %.2f p99_ms %.2f p999_ms %.2f max_ms %.2f\n",
            next, g_ok, g_err, took, pct(0.5), pct(0.99), pct(0.999),
            g_ok ? 1000 * g_lat[g_ok - 1] : 0.0);

@@ -27,6 +27,8 @@ CONC=${REV_CONC:-50}
 ROUNDS=${REV_ROUNDS:-3}
 RATE=${REV_RATE:-2000}
 LAT_DUR=${REV_LAT_SECONDS:-$DUR}
+# Which tables: any of "plain cache latency" (a latency run alone, say).
+PARTS=" ${REV_PARTS:-plain cache latency} "
 rm -rf "$W"; mkdir -p "$W/www" "$W/logs"; chmod 777 "$W" "$W/logs"
 
 P_B1=18160 P_B2=18161 P_FERRY=18162 P_HAPROXY=18163 P_NGINX=18164
@@ -332,45 +334,66 @@ table() {
   echo
 }
 
-table "GET 1 KiB, keep-alive, no cache" /1k ferry haproxy nginx
-table "GET 64 KiB, keep-alive, no cache" /64k ferry haproxy nginx
-table "GET 1 KiB, warm cache" /1k fcache hcache ncache
-table "GET 64 KiB, warm cache" /64k fcache hcache ncache
+if [[ $PARTS == *" plain "* ]]; then
+  table "GET 1 KiB, keep-alive, no cache" /1k ferry haproxy nginx
+  table "GET 64 KiB, keep-alive, no cache" /64k ferry haproxy nginx
+fi
+if [[ $PARTS == *" cache "* ]]; then
+  table "GET 1 KiB, warm cache" /1k fcache hcache ncache
+  table "GET 64 KiB, warm cache" /64k fcache hcache ncache
+fi
 echo "  columns: ferry (reverse listener, pool of 2 backends, round robin), haproxy 1 thread"
 echo "  (roundrobin, http-reuse always), nginx 1 worker (upstream keepalive); each adds"
 echo "  X-Forwarded-For.  Cache tables: ferry cache = {...}, haproxy cache, nginx proxy_cache;"
 echo "  'backend requests per request' near 0 means the cache answered."
 echo
 
-# ---- latency at a fixed rate ----
-lat() { # PORT -> "p50 p99 p999 max errors sent" or dashes
-  local out
-  out=$(taskset -c 1 "$W/rate_load" "$1" /1k "$CONC" "$RATE" "$LAT_DUR" 2>>"$W/logs/rate_load.err")
-  echo "$1 $out" >> "$W/logs/rate_load.txt"
-  echo "$out" | awk '/^sent/ { print $10, $12, $14, $16, $6, $2; ok = 1 } END { if (!ok) print "- - - - - -" }'
-}
-declare -a L50 L99 L999 LMAX LERR
-i=0
-for col in ferry haproxy nginx; do
-  if [ -n "${C_SKIP[$col]}" ]; then
-    L50[i]=- L99[i]=- L999[i]=- LMAX[i]=- LERR[i]=-
-  else
-    read -r "L50[$i]" "L99[$i]" "L999[$i]" "LMAX[$i]" "LERR[$i]" _ < <(lat "${C_PORT[$col]}")
-  fi
-  i=$((i + 1))
-done
-read -r "L50[3]" "L99[3]" "L999[3]" "LMAX[3]" "LERR[3]" _ < <(lat $P_B1)
-row "GET 1 KiB at $RATE/s, ${LAT_DUR}s, open loop" ferry haproxy nginx "no proxy*"
-row "p50, ms" "${L50[@]}"
-row "p99, ms" "${L99[@]}"
-row "p99.9, ms" "${L999[@]}"
-row "max, ms" "${LMAX[@]}"
-row "errors" "${LERR[@]}"
-echo "  * rate_load straight to backend b1; latency counts from when each request was due"
-echo
+if [[ $PARTS == *" latency "* ]]; then
+  # ---- latency at a fixed rate ----
+  # The columns run interleaved too (ROUNDS runs of LAT_DUR / ROUNDS
+  # each); every latency of a column's runs is pooled for its percentiles.
+  LSH=$(share "$LAT_DUR")
+  declare -A L_ERR L_FAIL
+  lat_run() { # KEY PORT: one run, its latencies appended to $W/lat-KEY.txt
+    local out
+    out=$(RATE_LOAD_LATENCIES="$W/lat-$1.txt" taskset -c 1 "$W/rate_load" "$2" /1k "$CONC" \
+          "$RATE" "$LSH" 2>>"$W/logs/rate_load.err")
+    echo "$1 $out" >> "$W/logs/rate_load.txt"
+    local e; e=$(echo "$out" | awk '/^sent/ { print $6 }')
+    if [ -z "$e" ]; then L_FAIL[$1]=1; return; fi
+    L_ERR[$1]=$(( ${L_ERR[$1]:-0} + e ))
+  }
+  lat_totals() { # KEY -> "p50 p99 p999 max errors" or dashes
+    if [ -n "${L_FAIL[$1]:-}" ] || [ ! -s "$W/lat-$1.txt" ]; then echo "- - - - -"; return; fi
+    sort -n "$W/lat-$1.txt" | awk -v e="${L_ERR[$1]:-0}" '{ v[NR] = $1 }
+      function at(p) { i = int(p * NR); if (i < 1) i = 1; return v[i] }
+      END { printf "%.2f %.2f %.2f %.2f %d\n", at(0.5), at(0.99), at(0.999), v[NR], e }'
+  }
+  LCOLS="ferry haproxy nginx none"
+  C_PORT[none]=$P_B1; C_SKIP[none]=""
+  for _ in $(seq 1 "$ROUNDS"); do
+    for col in $LCOLS; do
+      [ -n "${C_SKIP[$col]}" ] || lat_run "$col" "${C_PORT[$col]}"
+    done
+  done
+  declare -a L50 L99 L999 LMAX LERR
+  i=0
+  for col in $LCOLS; do
+    read -r "L50[$i]" "L99[$i]" "L999[$i]" "LMAX[$i]" "LERR[$i]" < <(lat_totals "$col")
+    i=$((i + 1))
+  done
+  row "GET 1 KiB at $RATE/s, ${LAT_DUR}s, open" ferry haproxy nginx "no proxy*"
+  row "p50, ms" "${L50[@]}"
+  row "p99, ms" "${L99[@]}"
+  row "p99.9, ms" "${L999[@]}"
+  row "max, ms" "${LMAX[@]}"
+  row "errors" "${LERR[@]}"
+  echo "  * rate_load straight to backend b1; latency counts from when each request was due"
+  echo
+fi
 
 echo "reverse targets: no cache >= 0.95x haproxy per CPU-second (1 KiB $(ratio \
-"${PERCPU[ferry/1k]}" "${PERCPU[haproxy/1k]}")x, 64 KiB $(ratio "${PERCPU[ferry/64k]}" \
-"${PERCPU[haproxy/64k]}")x); warm cache >= nginx proxy_cache per CPU-second (1 KiB $(ratio \
-"${PERCPU[fcache/1k]}" "${PERCPU[ncache/1k]}")x, 64 KiB $(ratio "${PERCPU[fcache/64k]}" \
-"${PERCPU[ncache/64k]}")x)"
+"${PERCPU[ferry/1k]:--}" "${PERCPU[haproxy/1k]:--}")x, 64 KiB $(ratio "${PERCPU[ferry/64k]:--}" \
+"${PERCPU[haproxy/64k]:--}")x); warm cache >= nginx proxy_cache per CPU-second (1 KiB $(ratio \
+"${PERCPU[fcache/1k]:--}" "${PERCPU[ncache/1k]:--}")x, 64 KiB $(ratio "${PERCPU[fcache/64k]:--}" \
+"${PERCPU[ncache/64k]:--}")x)"

@@ -124,11 +124,7 @@ def serve(conn, port, name):
         conn.close()
 
 
-def listen(port, name):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(4096)
+def listen(s, port, name):
     while True:
         conn, _ = s.accept()
         # Heads and bodies go in separate writes: no Nagle wait between them.
@@ -136,12 +132,24 @@ def listen(port, name):
         threading.Thread(target=serve, args=(conn, port, name), daemon=True).start()
 
 
-threads = []
+# Every socket bound before any serves: a port taken meanwhile by another
+# process ends this one (exit 1), and the spec starts it on other ports.
+socks = []
 for arg in sys.argv[1:]:
     p, n = arg.split(":")
-    state[int(p)] = {"accepts": 0, "requests": 0, "open": 0, "peak": 0,
-                      "mode": 200}
-    t = threading.Thread(target=listen, args=(int(p), n), daemon=True)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", int(p)))
+    except OSError as e:
+        sys.stderr.write("bind %s: %s\n" % (p, e))
+        sys.exit(1)
+    s.listen(4096)
+    state[int(p)] = {"accepts": 0, "requests": 0, "open": 0, "peak": 0, "mode": 200}
+    socks.append((s, int(p), n))
+threads = []
+for s, p, n in socks:
+    t = threading.Thread(target=listen, args=(s, p, n), daemon=True)
     t.start()
     threads.append(t)
 for t in threads:

@@ -662,9 +662,15 @@ void conn_attempt_failed(struct conn *c, enum ferry_fail_kind kind, enum ferr e)
                                                          "auth", "http5xx", "reset", "tls" };
     struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name,
                            .proxy = p != NULL ? p->display : NULL };
-    log_event(LOG_WARN, ferr_info(e)->code, &ctx, "attempt %u to %s:%d failed: %s",
-              c->attempt + 1, c->host, c->port,
-              target ? "destination" : kinds[kind % FERRY_FAIL_KINDS]);
+    const char *why = target ? "destination" : kinds[kind % FERRY_FAIL_KINDS];
+    if (p != NULL && upstream_is_backend(p->pub.scheme)) {
+        /* A backend is the destination itself; the client's Host is not. */
+        log_event(LOG_WARN, ferr_info(e)->code, &ctx, "attempt %u to backend %s failed: %s",
+                  c->attempt + 1, p->display, why);
+    } else {
+        log_event(LOG_WARN, ferr_info(e)->code, &ctx, "attempt %u to %s:%d failed: %s",
+                  c->attempt + 1, c->host, c->port, why);
+    }
     conn_upstream_close(c);
     if (p == NULL || !retry_failed(c, kind, before_send, target)) {
         conn_fail(c, e);

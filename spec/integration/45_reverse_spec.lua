@@ -232,6 +232,9 @@ end)
     local code, _, headers = get(F, "/", "dead.example.com")
     assert.equal(502, code)
     assert.equal("FERRY-3001", procs.last_header(headers, "X-Ferry-Error"))
+    -- The log names the backend tried, not the client's Host.
+    assert.truthy(procs.read_file(ferry.log):find(
+      "attempt 1 to backend http://127.0.0.1:" .. DEAD .. " failed: refused", 1, true))
     -- The refusal took the backend down at once: all_down = "fail".
     code, _, headers = get(F, "/", "dead.example.com")
     assert.equal(503, code)

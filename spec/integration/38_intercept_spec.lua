@@ -60,7 +60,13 @@ describe("interception", function()
       " https://exb:" .. O .. "/ok?i=2")
     assert.are.equal(0, rc, out)
     assert.are.equal("ok-2", out)
-    local lines = access(ferry, function(l) return l.host == "exb" end)
+    -- The tunnel's access line is written when ferry sees it close, which
+    -- may be a moment after curl exits.
+    local lines
+    procs.wait_for(function()
+      lines = access(ferry, function(l) return l.host == "exb" end)
+      return #lines >= 1
+    end)
     assert.are.equal(1, #lines)
     assert.are.equal("CONNECT", lines[1].method)
     assert.is_nil(lines[1].intercepted)

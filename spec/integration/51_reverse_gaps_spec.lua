@@ -372,8 +372,12 @@ end)
     c:close()
     assert.is_true(procs.metric(A, "ferry_cache_evictions_total", 'pool="fill"') >= 2800)
     assert.is_true(procs.metric(A, "ferry_cache_entries", 'pool="fill"') <= 105)
-    local grown = rss() - before
-    assert.is_true(grown < 24 * 1024 * 1024, "RSS grew by " .. grown)
+    -- ASan keeps freed memory in quarantine (hundreds of MB), so RSS says
+    -- nothing about ferry's bound there; the byte and entry counts above do.
+    if not procs.asan then
+      local grown = rss() - before
+      assert.is_true(grown < 24 * 1024 * 1024, "RSS grew by " .. grown)
+    end
   end)
 
   it("answers 503 FERRY-3060 when a backend's connections and queue are full", function()

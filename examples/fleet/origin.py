@@ -17,12 +17,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def answer(self, status, text):
+        # Head and body in one write: a reply split in two small writes
+        # waits out the client's delayed ACK (some 40 ms) between them.
         body = (text + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        head = "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % (
+            status, self.responses.get(status, ("",))[0], len(body))
+        self.wfile.write(head.encode() + body)
+        self.wfile.flush()
 
     def do_GET(self):
         if self.path == "/":

@@ -34,7 +34,7 @@ else
 Q := @
 endif
 
-.PHONY: all deps bench-deps run test test-long asan lint bench bench-reverse chaos clean check-config fuzz \
+.PHONY: all deps bench-deps run test test-long asan lint bench bench-reverse bench-fleet chaos clean check-config fuzz \
         fuzz-smoke fuzz-build
 
 all: bin/ferry
@@ -199,6 +199,13 @@ bench: deps bench-deps bin/ferry build/libferry.so
 # The reverse-proxy tables alone: ferry against haproxy and nginx.
 bench-reverse: deps bench-deps bin/ferry
 	spec/bench/reverse.sh
+
+# A fleet on a throwaway PostgreSQL (3 and 10 nodes): propagation of
+# inventory changes and bans, database queries per node, PostgreSQL vs
+# SQLite per CPU-second, the broker client's cached resolution.  A few
+# minutes; FLEET_CHANGES (50), FLEET_SIZES ("3 10"), FLEET_RATE (1000).
+bench-fleet: deps bench-deps bin/ferry
+	spec/bench/fleet.sh
 
 # Four upstreams under load, two killed and one stopped: errors and counts
 # (CHAOS_SECONDS, default 60; exits non-zero unless clean).

@@ -204,7 +204,7 @@ bench-reverse: deps bench-deps bin/ferry
 # inventory changes and bans, database queries per node, PostgreSQL vs
 # SQLite per CPU-second, the broker client's cached resolution.  A few
 # minutes; FLEET_CHANGES (50), FLEET_SIZES ("3 10"), FLEET_RATE (1000).
-bench-fleet: deps bench-deps bin/ferry
+bench-fleet: deps bench-deps bin/ferry build/libferry.so
 	spec/bench/fleet.sh
 
 # Four upstreams under load, two killed and one stopped: errors and counts

@@ -238,12 +238,17 @@ side_by_side() { # DB
   stop_fleet
 done
 
-# (e): the broker client's own micro-benchmark, when this build has one.
+# (e): the broker client's own micro-benchmark, when this build has one:
+# spec/bench/broker_client.sh, or spec/bench/broker_client.lua under
+# luajit; the last line of its output is the figure.
 BC_OUT=$NA
 if [ -x spec/bench/broker_client.sh ]; then
-  BC_OUT=$(spec/bench/broker_client.sh 2> "$W/logs/broker_client.err" | tail -1)
-  [ -n "$BC_OUT" ] || BC_OUT="error (see $W/logs/broker_client.err)"
+  BC_OUT=$(timeout 120 spec/bench/broker_client.sh 2> "$W/logs/broker_client.err" | tail -1)
+elif [ -f spec/bench/broker_client.lua ]; then
+  [ -f build/libferry.so ] || make -s build/libferry.so > /dev/null 2>&1
+  BC_OUT=$(timeout 120 luajit spec/bench/broker_client.lua 2> "$W/logs/broker_client.err" | tail -1)
 fi
+[ -n "$BC_OUT" ] || BC_OUT="error (see $W/logs/broker_client.err)"
 
 echo "fleet bench: nodes on CPU 0, load/origin/exit on CPU 1, PostgreSQL 15 on 127.0.0.1;"
 echo "  $CHANGES changes per figure; $(nproc) cores shared with whatever else runs"

@@ -14,6 +14,8 @@
 #include "log.h"
 #include "origin_tls.h"
 #include "loop.h"
+#include "timer.h"
+#include "pg.h"
 #include "metrics.h"
 #include "mint.h"
 #include "proxy.h"
@@ -281,6 +283,7 @@ static int cmd_run(const char *config, int check_only)
               FERRY_VERSION, (int)getpid(), config);
     log_flush();
     ev_run(loop, 0);
+    timer_stop_all(); /* no Lua callback runs once the loop is done */
     conn_close_all();
     cache_free_all();
     uppool_free_all();
@@ -290,6 +293,7 @@ static int cmd_run(const char *config, int check_only)
     origin_tls_free_all();
     listener_close_all();
     bridge_stop(); /* the runtime persists what it must (last known health) */
+    pg_stop_all(); /* after the runtime counted what it could not send */
     log_event(LOG_INFO, "FERRY-0005", NULL, "stopped");
     log_flush();
     bridge_fini();

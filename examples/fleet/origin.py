@@ -7,6 +7,7 @@ Usage: origin.py PORT
 Everything else is 404.  Keep-alive (HTTP/1.1, Content-Length).
 """
 import http.server
+import socketserver
 import sys
 
 
@@ -34,7 +35,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.answer(404, "not found")
 
 
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self):
+        # HTTPServer's own looks the host name up (getfqdn), which can
+        # take seconds; the name is not used here.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
+
+
 if __name__ == "__main__":
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    server = Server(("127.0.0.1", int(sys.argv[1])), Handler)
     server.daemon_threads = True
     server.serve_forever()

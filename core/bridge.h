@@ -36,6 +36,10 @@ struct bridge_answer {
 int bridge_admin(const struct ferry_admin_req *r, struct bridge_answer *out);
 /* A timer of ferry_timer_start expired: runtime.timer(id). */
 void bridge_timer(int32_t id);
+/* Each drain tick after SIGTERM: runtime.drain(busy), busy = proxy
+ * connections still open.  1 while the runtime asks the loop to run on
+ * (a fleet node announcing that it stops; it bounds its own wait). */
+int bridge_drain(int busy);
 /* The daemon is stopping: let the runtime persist (runtime.stop). */
 void bridge_stop(void);
 void bridge_fini(void);

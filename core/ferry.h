@@ -569,6 +569,8 @@ int ferry_set_log_files(const char *events, const char *access, const char **err
 int ferry_draining(void);
 /* The config file the daemon runs (console reload()). */
 const char *ferry_config_path(void);
+/* The version ferry was built as ("0.1.0"): what a fleet node registers. */
+const char *ferry_version_string(void);
 /* Charge work done in C on a script's behalf (a plain find over a long
  * string, a sort) to the instruction budget of the Lua call running now:
  * FERRY_OK, or FERRY_ERROR once that exhausts it (raise

@@ -260,6 +260,7 @@ int ferry_listener_set_reverse(int listener, int pool, unsigned forwarded, int t
 int ferry_pool_set_host(int pool, const char *host);
 int ferry_draining(void);
 const char *ferry_config_path(void);
+const char *ferry_version_string(void);
 int ferry_budget_charge(double instructions);
 const char *ferry_budget_message(void);
 const char *ferry_budget_tripped(void);

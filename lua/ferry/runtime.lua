@@ -86,6 +86,12 @@ local function switch_to(run, prep)
   run.prep = prep
   active = run
   inventory.committed(run)
+  -- The fleet's node list and probe division follow the running proxies;
+  -- a failure there must not undo a commit that already happened.
+  local ok, err = pcall(require("ferry.fleet_nodes").committed, run)
+  if not ok then
+    C.ferry_log(cdef.LOG.error, "FERRY-8030", "fleet nodes: " .. tostring(err))
+  end
 end
 
 function M.load(path, do_apply)
@@ -159,6 +165,12 @@ end
 -- store keeps the last known health of every proxy.
 function M.stop()
   return inventory.stop()
+end
+
+-- Each drain tick after SIGTERM (core/main.c): true holds the loop a
+-- little longer (a fleet node telling the others it stops; bounded).
+function M.drain(busy)
+  return require("ferry.fleet_nodes").drain(tonumber(busy) or 0)
 end
 
 -- Every reload (SIGHUP, console, admin API) is counted for metrics,

@@ -302,13 +302,15 @@ local function config_hash(path)
   return format("%08x%08x", a % 4294967296, b % 4294967296)
 end
 
--- The node's settings from the running config (node { ... }).
+-- The node's settings: the hub resolved node { ... } and its defaults
+-- (id: the host name; advertise: the first admin listener).
 local function node_conf(run)
+  local f = fleet()
   local n = run and run.cfg and run.cfg.node or {}
-  local ok, f = pcall(fleet)
-  local id = n.id or (ok and f.node_id and f.node_id()) or "ferry"
-  return id, n.advertise or (ok and f.advertise and f.advertise()) or "",
-    tonumber(n.heartbeat) or M.DEFAULT_HEARTBEAT
+  local id = (f.node_id and f.node_id()) or n.id or "node"
+  local advertise = (f.advertise and f.advertise()) or n.advertise or ""
+  return id, advertise, tonumber((f.heartbeat and f.heartbeat()) or n.heartbeat) or
+    M.DEFAULT_HEARTBEAT
 end
 
 -- After every commit (start, reload, runtime inventory change).

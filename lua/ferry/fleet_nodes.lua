@@ -210,6 +210,12 @@ end
 ---------------------------------------------------------------------------
 -- Heartbeat and registration.
 
+local function pg_up()
+  local f = fleet()
+  return f.state == nil or f.state() == "up"
+end
+
+
 local function hb_params()
   return { S.id, S.advertise or "", ffi.string(C.ferry_version_string()), S.hash or "",
     S.started, S.stopping ~= nil }
@@ -244,8 +250,13 @@ local function on_beat(res, err)
   changes.count("node", "out")
 end
 
+local register
+
 local function beat()
-  if not S.on or not S.started or S.stopping == "stopping" or S.stopping == "stopped" then
+  if not S.on or S.stopping == "stopping" or S.stopping == "stopped" then return end
+  if not S.started then
+    -- Not registered yet: the registration failed, retry while up.
+    if not S.registering and pg_up() then register() end
     return
   end
   local ok, err = fleet().write("node:" .. S.id, HEARTBEAT, hb_params(), on_beat)
@@ -253,9 +264,11 @@ local function beat()
     tostring(err)) end
 end
 
-local function register()
+function register()
+  S.registering = true
   local params = { S.id, S.advertise or "", ffi.string(C.ferry_version_string()), S.hash or "" }
   local ok, err = fleet().write("node:" .. S.id, REGISTER, params, function(res, rerr)
+    S.registering = false
     local row = res and res.rows and res.rows[1]
     if not row or not row.started then
       log_window("beat", "warn", "FERRY-8028", "cannot register this node: " ..
@@ -270,15 +283,17 @@ local function register()
     changes.count("node", "out")
     beat()
   end)
-  if not ok then log_window("beat", "warn", "FERRY-8028", "cannot register this node: " ..
-    tostring(err)) end
+  if not ok then
+    S.registering = false
+    log_window("beat", "warn", "FERRY-8028", "cannot register this node: " .. tostring(err))
+  end
 end
 
 -- The connection is (re)established: register the first time, else a
 -- heartbeat (which keeps started_at) brings the row and the list back.
 local function on_up()
   if not S.on then return end
-  if S.started then beat() else register() end
+  if S.started then beat() elseif not S.registering then register() end
 end
 
 local function on_node_message()
@@ -352,18 +367,13 @@ end
 -- The fleet left the config (or the node changed its id).
 function M.stop_fleet()
   if S.timer then require("ferry.timer").cancel(S.timer) end
-  S.on, S.timer, S.started, S.beat_at = false, nil, nil, nil
+  S.on, S.timer, S.started, S.beat_at, S.registering = false, nil, nil, nil, false
   S.rows, S.states, S.read_at = {}, nil, nil
   probes().nodes_changed()
 end
 
 local function mark(draining, stopped, cb)
   return fleet().write("node:" .. S.id, MARK, { S.id, draining, stopped }, cb)
-end
-
-local function pg_up()
-  local f = fleet()
-  return f.state == nil or f.state() == "up"
 end
 
 -- Each drain tick after SIGTERM (busy: proxy connections still open).

@@ -466,5 +466,8 @@ function M.metrics_text()
   return table.concat(lines, "\n") .. "\n"
 end
 
+-- GET /metrics renders these lines (ferry.metrics keeps the registry).
+require("ferry.metrics").register("fleet_nodes", M.metrics_text)
+
 M._S = S
 return M

@@ -16,6 +16,8 @@ local breaker = require("ferry.breaker")
 local exchange = require("ferry.exchange")
 local inventory = require("ferry.inventory")
 local timer = require("ferry.timer")
+local fleet = require("ferry.fleet")
+local pg = require("ferry.pg")
 
 local C = ffi.C
 local ffi_string = ffi.string
@@ -86,6 +88,9 @@ local function switch_to(run, prep)
   run.prep = prep
   active = run
   inventory.committed(run)
+  -- store { postgres }: the fleet follows the committed config (the same
+  -- conninfo keeps its connection).
+  fleet.apply(prep.cfg)
   -- The fleet's node list and probe division follow the running proxies;
   -- a failure there must not undo a commit that already happened.
   local ok, err = pcall(require("ferry.fleet_nodes").committed, run)
@@ -164,7 +169,9 @@ end
 -- Graceful stop (called by the core once the loop has drained): the
 -- store keeps the last known health of every proxy.
 function M.stop()
-  return inventory.stop()
+  local ok, err = inventory.stop()
+  fleet.stop()
+  return ok, err
 end
 
 -- Each drain tick after SIGTERM (core/main.c): true holds the loop a
@@ -875,6 +882,8 @@ end
 
 -- A timer of ferry.timer expired (core/timer.c).
 M.timer = timer.fire
+-- Something happened on the PostgreSQL connection (core/pg.c).
+M.pg_event = pg.event
 
 -- For specs and the console: the running pools.
 function M.pools()

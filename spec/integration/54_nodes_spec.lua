@@ -284,47 +284,91 @@ pool "shared" {
     assert.truthy(procs.wait_for(function() return not down_on(other) end, 10, 0.05))
   end)
 
+  local victim, survivors
+
   it("moves the probes of a node killed with SIGKILL to the survivors", function()
-    local had = 0
-    for _, id in pairs(owner) do if id == "n3" then had = had + 1 end end
-    procs.stop(nodes.n3.proc, "KILL")
-    local want = { n1 = "live", n2 = "live", n3 = "gone" }
-    assert.truthy(procs.wait_for(function() return converged({ "n1", "n2" }, want) end,
-      15, 0.1), "n3 not seen gone, or duties not re-divided")
-    local t = states(nodes.n1.admin)
-    assert.truthy(t.n3.heartbeat_age_s > 3 * HB)
-    assert.equal(0, t.n3.probes)
-    assert.equal(NPROXIES, t.n1.probes + t.n2.probes)
-    local moved = owners({ "n1", "n2" })
-    for l, id in pairs(owner) do
-      if id ~= "n3" then assert.equal(id, moved[l], l .. " moved without need") end
+    -- The node with the most duties (at least 2 of 6 over 3 nodes).
+    local count = { n1 = 0, n2 = 0, n3 = 0 }
+    for _, id in pairs(owner) do count[id] = count[id] + 1 end
+    victim = "n1"
+    for _, id in ipairs({ "n2", "n3" }) do
+      if count[id] > count[victim] then victim = id end
     end
-    assert.equal(1, code_lines(nodes.n1.proc, "FERRY-8022", "node n3"))
-    assert.truthy(code_lines(nodes.n1.proc, "FERRY-8026") >= 2)
-    owner = moved
-    assert.truthy(had >= 0)
+    assert.truthy(count[victim] >= 2)
+    survivors = {}
+    for _, id in ipairs({ "n1", "n2", "n3" }) do
+      if id ~= victim then survivors[#survivors + 1] = id end
+    end
+    procs.stop(nodes[victim].proc, "KILL")
+    local want = { [victim] = "gone", [survivors[1]] = "live", [survivors[2]] = "live" }
+    assert.truthy(procs.wait_for(function() return converged(survivors, want) end, 15, 0.1),
+      victim .. " not seen gone, or duties not re-divided")
+    local t = states(nodes[survivors[1]].admin)
+    assert.truthy(t[victim].heartbeat_age_s > 3 * HB)
+    assert.equal(0, t[victim].probes)
+    local moved = owners(survivors)
+    for l, id in pairs(owner) do
+      -- Only the victim's proxies moved; each now probed by a survivor.
+      if id ~= victim then assert.equal(id, moved[l], l .. " moved without need") end
+    end
+    for _, id in ipairs(survivors) do
+      assert.equal(1, code_lines(nodes[id].proc, "FERRY-8022", "node " .. victim))
+      assert.truthy(code_lines(nodes[id].proc, "FERRY-8026", "over 2 probing nodes") >= 1)
+    end
   end)
 
-  it("brings back a node restarted with the same id", function()
-    start_node("n3")
+  it("brings back a node restarted with the same id, with its share of the probes", function()
+    start_node(victim)
     local want = { n1 = "live", n2 = "live", n3 = "live" }
     assert.truthy(procs.wait_for(function() return converged({ "n1", "n2", "n3" }, want) end,
-      20, 0.1), "n3 did not come back")
+      20, 0.1), victim .. " did not come back")
+    for _, id in ipairs(survivors) do
+      assert.truthy(procs.wait_for(function()
+        return code_lines(nodes[id].proc, "FERRY-8023", "node " .. victim) == 1
+      end, 5))
+    end
+    -- The same division as before the kill: the same live nodes.
+    assert.same(owner, owners({ "n1", "n2", "n3" }))
+  end)
+
+  it("answers from memory, marked stale, while PostgreSQL is down", function()
+    local id = survivors[1]
+    db:stop()
     assert.truthy(procs.wait_for(function()
-      return code_lines(nodes.n1.proc, "FERRY-8023", "node n3") == 1
-    end, 5))
-    owners({ "n1", "n2", "n3" })
+      local _, body = get_json(nodes[id].admin, "/api/v1/nodes")
+      return body and body.stale == true
+    end, 10, 0.1))
+    local status, body = get_json(nodes[id].admin, "/api/v1/nodes")
+    assert.equal(200, status)
+    assert.equal(3, #body.nodes)
+    assert.truthy(body.view_age_s >= 0)
+    -- Nothing can be shared now: each node probes all its proxies.
+    assert.truthy(procs.wait_for(function()
+      return metric(scrape(nodes[id].admin), "ferry_fleet_probe_duties") == NPROXIES
+    end, 5, 0.1))
+    local text
+    status, text = console(nodes[id].admin, "node.list()")
+    assert.equal(200, status)
+    assert.truthy(text:find("stale", 1, true), text)
+    db:start()
+    local want = { n1 = "live", n2 = "live", n3 = "live" }
+    assert.truthy(procs.wait_for(function() return converged({ "n1", "n2", "n3" }, want) end,
+      30, 0.2), "no convergence after PostgreSQL came back")
+    _, body = get_json(nodes[id].admin, "/api/v1/nodes")
+    assert.is_false(body.stale)
   end)
 
   it("shows a node stopped with SIGTERM as stopped, and divides without it", function()
-    procs.stop_ferry(nodes.n2.proc)
-    assert.equal(1, code_lines(nodes.n2.proc, "FERRY-8024", "node n2"))
-    local want = { n1 = "live", n2 = "stopped", n3 = "live" }
-    assert.truthy(procs.wait_for(function() return converged({ "n1", "n3" }, want) end,
-      10, 0.1), "n2 not seen stopped")
-    assert.equal(1, code_lines(nodes.n1.proc, "FERRY-8025", "node n2"))
+    local leaving, staying = survivors[2], { survivors[1], victim }
+    procs.stop_ferry(nodes[leaving].proc)
+    assert.equal(1, code_lines(nodes[leaving].proc, "FERRY-8024", "node " .. leaving))
+    assert.equal(0, code_lines(nodes[leaving].proc, "FERRY-8029"))
+    local want = { [leaving] = "stopped", [staying[1]] = "live", [staying[2]] = "live" }
+    assert.truthy(procs.wait_for(function() return converged(staying, want) end, 10, 0.1),
+      leaving .. " not seen stopped")
+    assert.equal(1, code_lines(nodes[staying[1]].proc, "FERRY-8025", "node " .. leaving))
     local rows = db:psql("select id, stopped from ferry_nodes order by id", "nodes54")
-    assert.truthy(rows:find("n2|t", 1, true), rows)
-    owners({ "n1", "n3" })
+    assert.truthy(rows:find(leaving .. "|t", 1, true), rows)
+    owners(staying)
   end)
 end)

@@ -250,6 +250,20 @@ pool "shared" {
     local count = { n1 = 0, n2 = 0, n3 = 0 }
     for _, id in pairs(owner) do count[id] = count[id] + 1 end
     for id, n in pairs(count) do assert.equal(n, t[id].probes, id) end
+    -- The verdicts are shared: one row per proxy, written by its prober
+    -- (on the first verdict, and again with the latency every 10 beats).
+    local rows
+    local ok = procs.wait_for(function()
+      rows = db:psql("select proxy, node, up, latency_ms is not null from ferry_probes " ..
+        "order by proxy", "nodes54")
+      local n = 0
+      for proxy, node, up, lat in rows:gmatch("([^|\n]+)|([^|\n]+)|([tf])|([tf])") do
+        if owner[proxy] ~= node or up ~= "t" or lat ~= "t" then return false end
+        n = n + 1
+      end
+      return n == NPROXIES
+    end, 12, 0.2)
+    assert.truthy(ok, rows)
   end)
 
   it("shows a proxy down on a node that does not probe it", function()

@@ -56,6 +56,11 @@ const char *ferry_config_path(void)
     return config_path != NULL ? config_path : "";
 }
 
+const char *ferry_version_string(void)
+{
+    return FERRY_VERSION;
+}
+
 double ferry_now(void)
 {
     return ev_now(loop);
@@ -150,7 +155,10 @@ static void on_drain_tick(struct ev_loop *l, ev_timer *w, int revents)
     }
     /* Admin connections (a scraper's keep-alive) do not hold the drain. */
     int busy = listener_proxy_conns();
-    if (busy == 0 || ev_now(l) - started >= DRAIN_SECS) {
+    /* The runtime may hold the loop a little longer (bounded by itself
+     * and by DRAIN_SECS): a fleet node says it stops. */
+    int hold = bridge_drain(busy);
+    if ((busy == 0 && !hold) || ev_now(l) - started >= DRAIN_SECS) {
         if (busy > 0) {
             log_event(LOG_WARN, "FERRY-0004", NULL,
                       "drain timeout: closing %d connections", busy);

@@ -91,6 +91,12 @@ local function switch_to(run, prep)
   -- store { postgres }: the fleet follows the committed config (the same
   -- conninfo keeps its connection).
   fleet.apply(prep.cfg)
+  -- The fleet's node list and probe division follow the running proxies;
+  -- a failure there must not undo a commit that already happened.
+  local ok, err = pcall(require("ferry.fleet_nodes").committed, run)
+  if not ok then
+    C.ferry_log(cdef.LOG.error, "FERRY-8030", "fleet nodes: " .. tostring(err))
+  end
 end
 
 function M.load(path, do_apply)
@@ -166,6 +172,12 @@ function M.stop()
   local ok, err = inventory.stop()
   fleet.stop()
   return ok, err
+end
+
+-- Each drain tick after SIGTERM (core/main.c): true holds the loop a
+-- little longer (a fleet node telling the others it stops; bounded).
+function M.drain(busy)
+  return require("ferry.fleet_nodes").drain(tonumber(busy) or 0)
 end
 
 -- Every reload (SIGHUP, console, admin API) is counted for metrics,

@@ -216,6 +216,10 @@ const char *ferry_store_proxies_json(const char **err);
 int ferry_store_save_health(const char **err);
 int ferry_store_load_health(const char **err);
 int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
+enum { FERRY_ADMIN_WAIT_MAX = 64 };
+int ferry_admin_answer(double token, int status, const char *ctype, const char *body,
+                       size_t blen, const char *headers);
+int ferry_admin_wait_room(void);
 int ferry_listen(const char *name, const char *host, int port, const char *protocol,
                  int open, const char **err);
 int ferry_listener_add_user(int listener, const char *user, const char *pass, const char **err);

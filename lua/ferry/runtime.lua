@@ -15,6 +15,7 @@ local apply = require("ferry.apply")
 local breaker = require("ferry.breaker")
 local exchange = require("ferry.exchange")
 local inventory = require("ferry.inventory")
+local timer = require("ferry.timer")
 
 local C = ffi.C
 local ffi_string = ffi.string
@@ -859,6 +860,9 @@ function M.reload_now()
     (os.clock() - t0) * 1000))
   return true
 end
+
+-- A timer of ferry.timer expired (core/timer.c).
+M.timer = timer.fire
 
 -- For specs and the console: the running pools.
 function M.pools()

@@ -13,7 +13,7 @@
 -- The same calls on both:
 --   store.put(key, url, pool, opts, enabled[, done])   -> true | nil, err
 --   store.delete(key[, done])                          -> true | nil, err
---   store.set_enabled(key, enabled[, done])            -> true | nil, err
+--   store.set_enabled(key, enabled[, done, row])       -> true | nil, err
 --   store.save_health() / store.load_health()          -> count | nil, err
 --   store.backend()  -> "sqlite" | "pg";  store.async() -> boolean
 -- SQLite only (the file): store.open(path[, key]), close(), is_open(),
@@ -50,8 +50,9 @@ function M.delete(key, done)
   return cur.delete(key, done)
 end
 
-function M.set_enabled(key, enabled, done)
-  return cur.set_enabled(key, enabled, done)
+-- row: the entry ({ url, pool, opts }) for a backend that writes it whole.
+function M.set_enabled(key, enabled, done, row)
+  return cur.set_enabled(key, enabled, done, row)
 end
 
 function M.save_health()

@@ -267,9 +267,15 @@ void admin_wait_fired(struct conn *c)
         return;
     }
     if (!o->ready) {
+        /* Logged with the fallback's own code (X-Ferry-Error), else 7716. */
+        char code[16] = "FERRY-7716";
+        const char *at = o->wheaders != NULL ? strstr(o->wheaders, "X-Ferry-Error: FERRY-") : NULL;
+        if (at != NULL) {
+            snprintf(code, sizeof(code), "%.10s", at + strlen("X-Ferry-Error: "));
+        }
         struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
-        log_event(LOG_WARN, "FERRY-7716", &ctx, "admin %s %s: the answer waited past its "
-                  "bound; answering %d", c->method, c->path, o->wstatus);
+        log_event(LOG_WARN, code, &ctx, "admin %s %s: the answer waited past its bound; "
+                  "answering %d", c->method, c->path, o->wstatus);
     }
     char *body = o->wbody, *extra = o->wheaders;
     size_t blen = o->wlen, req_body_len = o->req_body_len;

@@ -176,6 +176,23 @@ end
 local next_token = 0
 local WAITER = {}
 
+-- ferry_admin_waits_total{result}: "answered" (the real answer went),
+-- "late" (nobody waited any more: the bound ran out, or the client
+-- left), "refused" (FERRY_ADMIN_WAIT_MAX answers waited already).
+local waits = { answered = 0, late = 0, refused = 0 }
+
+function M.count_wait(result)
+  waits[result] = (waits[result] or 0) + 1
+end
+
+function M.waits_text()
+  return "# HELP ferry_admin_waits_total Admin answers that waited for the database, by " ..
+    "outcome.\n# TYPE ferry_admin_waits_total counter\n" ..
+    string.format('ferry_admin_waits_total{result="answered"} %d\n', waits.answered) ..
+    string.format('ferry_admin_waits_total{result="late"} %d\n', waits.late) ..
+    string.format('ferry_admin_waits_total{result="refused"} %d\n', waits.refused)
+end
+
 -- How many more answers may wait now (0: answer 503 FERRY-7717).
 function M.wait_room()
   return tonumber(C.ferry_admin_wait_room())
@@ -203,7 +220,9 @@ function M.answer(w, status, body, headers)
     return true
   end
   local s, ctype, b, h = encode(status, body, headers)
-  return C.ferry_admin_answer(w.token, s, ctype, b, #b, h) == 1
+  local ok = C.ferry_admin_answer(w.token, s, ctype, b, #b, h) == 1
+  M.count_wait(ok and "answered" or "late")
+  return ok
 end
 
 -- ar: struct ferry_admin_req *; rt: the runtime module.
@@ -258,7 +277,10 @@ function M.handle(ar, rt)
   end
   if getmetatable(status) == WAITER then
     local w = status
-    if w.early then return encode(w.early[1], w.early[2], w.early[3]) end
+    if w.early then
+      M.count_wait("answered")
+      return encode(w.early[1], w.early[2], w.early[3])
+    end
     w.returned = true
     local s, ctype, b, h = encode(w.fallback[1], w.fallback[2], w.fallback[3])
     return s, ctype, b, h, w.token, w.bound

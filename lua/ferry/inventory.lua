@@ -954,6 +954,7 @@ local function persisted(req, run, answer)
     return answer(res)
   end
   if admin.wait_room() <= 0 then
+    admin.count_wait("refused")
     return admin.err(req, 503, "FERRY-7717", format("%d admin answers already wait for the " ..
       "database; nothing was changed, try again", tonumber(C.FERRY_ADMIN_WAIT_MAX)))
   end

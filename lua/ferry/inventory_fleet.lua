@@ -23,6 +23,12 @@ local format, tostring, type, ipairs = string.format, tostring, type, ipairs
 
 local M = {}
 
+-- ferry_fleet_changes_total (one family for every fleet part, rendered
+-- once whoever registers it) and the admin answers that wait.
+local metrics = require("ferry.metrics")
+metrics.register("fleet_changes", changes.text)
+metrics.register("admin_waits", require("ferry.admin").waits_text)
+
 M.RESYNC = 30 -- seconds between two full reads (store.resync)
 
 local inv = nil          -- ferry.inventory

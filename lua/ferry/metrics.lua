@@ -87,7 +87,7 @@ function M.render(rt)
     end
   end
   local text = C.ferry_metrics_text(members, i, broker_text() .. rate.metrics_text(cur) ..
-    lb_stats.metrics_text(cur), len)
+    lb_stats.metrics_text(cur) .. require("ferry.fleet_changes").text(), len)
   return ffi.string(text, len[0])
 end
 

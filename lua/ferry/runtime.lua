@@ -15,6 +15,8 @@ local apply = require("ferry.apply")
 local breaker = require("ferry.breaker")
 local exchange = require("ferry.exchange")
 local inventory = require("ferry.inventory")
+local fleet_shared = require("ferry.fleet_shared")
+local fleet_bans = require("ferry.fleet_bans")
 
 local C = ffi.C
 local ffi_string = ffi.string
@@ -85,6 +87,7 @@ local function switch_to(run, prep)
   run.prep = prep
   active = run
   inventory.committed(run)
+  fleet_shared.committed(run)
 end
 
 function M.load(path, do_apply)
@@ -719,14 +722,19 @@ local function ban_pair(e, x, secs, reason, head)
     -- own length, never double it (a burst of N answers would otherwise
     -- ban for backoff * 2^N).
     local len = ra or exchange.ban_seconds(e.ban, secs, x.bans - 1)
-    if now + len > x.banned_until then x.banned_until = now + len end
+    if now + len > x.banned_until then
+      x.banned_until = now + len
+      fleet_bans.banned(x, reason)
+    end
     return
   end
   if ra then
     C.ferry_ban(x, ra, reason .. ", Retry-After")
-    return
+  else
+    C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
   end
-  C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
+  -- The fleet learns it (fleet_bans): the exchange bans the exit IP.
+  fleet_bans.banned(x, reason)
 end
 
 -- The pool's breaker policy on one result of pair x.

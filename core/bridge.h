@@ -34,6 +34,8 @@ struct bridge_answer {
 };
 /* Answer one admin request: 0, or -1 when the runtime failed (logged). */
 int bridge_admin(const struct ferry_admin_req *r, struct bridge_answer *out);
+/* A timer of ferry_timer_start expired: runtime.timer(id). */
+void bridge_timer(int32_t id);
 /* The daemon is stopping: let the runtime persist (runtime.stop). */
 void bridge_stop(void);
 void bridge_fini(void);

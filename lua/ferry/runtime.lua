@@ -17,6 +17,7 @@ local exchange = require("ferry.exchange")
 local inventory = require("ferry.inventory")
 local fleet_shared = require("ferry.fleet_shared")
 local fleet_bans = require("ferry.fleet_bans")
+local timer = require("ferry.timer")
 
 local C = ffi.C
 local ffi_string = ffi.string
@@ -867,6 +868,9 @@ function M.reload_now()
     (os.clock() - t0) * 1000))
   return true
 end
+
+-- A timer of ferry.timer expired (core/timer.c).
+M.timer = timer.fire
 
 -- For specs and the console: the running pools.
 function M.pools()

@@ -36,6 +36,8 @@ struct bridge_answer {
 int bridge_admin(const struct ferry_admin_req *r, struct bridge_answer *out);
 /* A timer of ferry_timer_start expired: runtime.timer(id). */
 void bridge_timer(int32_t id);
+/* An event of the PostgreSQL connection (enum ferry_pg_event): runtime.pg_event(ev). */
+void bridge_pg(int ev);
 /* The daemon is stopping: let the runtime persist (runtime.stop). */
 void bridge_stop(void);
 void bridge_fini(void);

@@ -15,6 +15,7 @@
 #include "origin_tls.h"
 #include "loop.h"
 #include "timer.h"
+#include "pg.h"
 #include "metrics.h"
 #include "mint.h"
 #include "proxy.h"
@@ -292,6 +293,7 @@ static int cmd_run(const char *config, int check_only)
     origin_tls_free_all();
     listener_close_all();
     bridge_stop(); /* the runtime persists what it must (last known health) */
+    pg_stop_all(); /* after the runtime counted what it could not send */
     log_event(LOG_INFO, "FERRY-0005", NULL, "stopped");
     log_flush();
     bridge_fini();

@@ -71,9 +71,8 @@ DELETE FROM ferry_leases WHERE ctid = ANY (ARRAY (
 
 -- Seconds without a heartbeat after which a node's leases stop counting.
 function M.gone_after()
-  local run = ctx.run
-  local node = run and run.cfg and run.cfg.node
-  local hb = type(node) == "table" and tonumber(node.heartbeat) or M.HEARTBEAT
+  local fleet = ctx.fleet()
+  local hb = fleet.heartbeat and tonumber(fleet.heartbeat()) or M.HEARTBEAT
   return M.GONE_BEATS * hb
 end
 

@@ -75,6 +75,11 @@ end
 local function attach()
   if attached then return end
   attached = true
+  -- ferry_fleet_changes_total, rendered once for every fleet part.
+  local ok, metrics = pcall(require, "ferry.metrics")
+  if ok and metrics.register then
+    metrics.register("fleet_changes", require("ferry.fleet_changes").text)
+  end
   local fleet = ctx.fleet()
   fleet.on("ban", bans.apply)
   fleet.on("lease", leases.apply)

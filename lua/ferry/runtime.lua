@@ -18,6 +18,8 @@ local inventory = require("ferry.inventory")
 local fleet_shared = require("ferry.fleet_shared")
 local fleet_bans = require("ferry.fleet_bans")
 local timer = require("ferry.timer")
+local fleet = require("ferry.fleet")
+local pg = require("ferry.pg")
 
 local C = ffi.C
 local ffi_string = ffi.string
@@ -88,6 +90,9 @@ local function switch_to(run, prep)
   run.prep = prep
   active = run
   inventory.committed(run)
+  -- store { postgres }: the fleet follows the committed config (the same
+  -- conninfo keeps its connection).
+  fleet.apply(prep.cfg)
   fleet_shared.committed(run)
 end
 
@@ -161,7 +166,9 @@ end
 -- Graceful stop (called by the core once the loop has drained): the
 -- store keeps the last known health of every proxy.
 function M.stop()
-  return inventory.stop()
+  local ok, err = inventory.stop()
+  fleet.stop()
+  return ok, err
 end
 
 -- Every reload (SIGHUP, console, admin API) is counted for metrics,
@@ -871,6 +878,8 @@ end
 
 -- A timer of ferry.timer expired (core/timer.c).
 M.timer = timer.fire
+-- Something happened on the PostgreSQL connection (core/pg.c).
+M.pg_event = pg.event
 
 -- For specs and the console: the running pools.
 function M.pools()

@@ -204,6 +204,14 @@ function M.apply(m)
     changes.count(kind, "ignored")
     return "ignored"
   end
+  if kind == "breaker" and not ctx.has_breaker(e) then
+    -- Without a breaker policy nothing here would ever close it again.
+    ctx.log_once("nobreaker:" .. m.x, "debug", "FERRY-8067", format("fleet: a breaker of " ..
+      "exchange %s from node %s: its pool has no breaker on this node: ignored", m.x,
+      tostring(m.n)))
+    changes.count(kind, "ignored")
+    return "ignored"
+  end
   local pk = pkey(m.p, m.x, kind)
   if held_u[pk] and u <= held_u[pk] then
     ctx.log("debug", "FERRY-8066", format("fleet: a %s of proxy %s, exchange %s from node %s " ..

@@ -95,6 +95,13 @@ function M.exchange(name)
   return run and run.exchanges and run.exchanges[name] or nil
 end
 
+-- Whether exchange e's pool has a breaker policy on this node.
+function M.has_breaker(e)
+  local run = M.run
+  local pool = run and run.pools and run.pools[e.pool]
+  return pool ~= nil and pool.breaker ~= nil and pool.breaker ~= false
+end
+
 -- The exchange name of a node-local exchange id, or nil.
 function M.exchange_name(id)
   local run = M.run

@@ -108,13 +108,17 @@ local function world()
   ctx.set_deps { C = C, fleet = fleet, timer = timer }
   shared._reset()
   changes._reset()
-  local exchanges = { bin = { id = 1, name = "bin" }, okx = { id = 2, name = "okx" } }
+  local exchanges = { bin = { id = 1, name = "bin", pool = "p" },
+                      okx = { id = 2, name = "okx", pool = "p" },
+                      plain = { id = 3, name = "plain", pool = "nb" } }
   local run = {
     cfg = { pool_order = { "p", "site" }, pools = {
       p = { proxies = { { cid = 1, id = "px1" }, { cid = 2, url = "http://u:pw@10.0.0.2:3128" } } },
       site = { kind = "backends", proxies = { { cid = 9, url = "http://10.0.0.9:80" } } },
     } },
-    exchanges = exchanges, exchange_by_id = { [1] = exchanges.bin, [2] = exchanges.okx },
+    exchanges = exchanges,
+    exchange_by_id = { [1] = exchanges.bin, [2] = exchanges.okx, [3] = exchanges.plain },
+    pools = { p = { breaker = { settings = {} } }, nb = {} },
   }
   shared.committed(run)
   w.C, w.run = C, run
@@ -287,6 +291,13 @@ describe("fleet: breakers", function()
     assert.equal(CLOSED, x.breaker)
     assert.equal(1, w.codes("FERRY-8065"))
     assert.equal(0, #w.writes)
+  end)
+
+  it("ignores a breaker of an exchange whose pool has no breaker here", function()
+    local w = world()
+    assert.equal("ignored", bans.apply({ k = "breaker", p = "px1", x = "plain", s = 25, u = 10,
+      n = "B" }))
+    assert.equal(CLOSED, w.C.ferry_pxstate_get(1, 3).breaker)
   end)
 
   it("keeps a breaker open for this node's own network when another node closes its own", function()

@@ -549,11 +549,12 @@ int ferry_pg_state(void)
     case PGC_OFF:
         return FERRY_PG_OFF;
     case PGC_UP:
-        return FERRY_PG_UP;
+        return pg.broken ? FERRY_PG_DOWN : FERRY_PG_UP; /* broken: lost on the next turn */
     case PGC_WAIT:
         return FERRY_PG_DOWN;
     default:
-        return FERRY_PG_CONNECTING;
+        /* Attempts after a failure are still an outage. */
+        return pg.attempts > 0 ? FERRY_PG_DOWN : FERRY_PG_CONNECTING;
     }
 }
 

@@ -393,7 +393,7 @@ end
 
 function M.state()
   local s = STATE[C.ferry_pg_state()] or "off"
-  if s == "up" and not ready then return "connecting" end
+  if s == "up" and not ready then return hold_reason and "down" or "connecting" end
   return s
 end
 

@@ -254,6 +254,58 @@ route(function(req) return "direct" end)
     assert.equal(1, count(f4, "FERRY-8002"))
   end)
 
+  it("keeps the connection over a reload with the same string, closes it without one", function()
+    assert.truthy(a:wait("return require('ferry.pg').state() == 'up' or nil", 20))
+    local before = a:run("return require('ferry.pg').stats().connects")
+    local reloads = count(ferry, "FERRY-0101")
+    local text = procs.read_file(ferry.config)
+    procs.signal(ferry, "HUP")
+    assert.truthy(procs.wait_for(function() return count(ferry, "FERRY-0101") == reloads + 1 end))
+    assert.equal("up", state())
+    assert.equal(before, a:run("return require('ferry.pg').stats().connects"))
+    -- Without store.postgres: closed, the fleet off, requests served.
+    procs.write_file(ferry.config, (text:gsub("store {[^\n]*\n", "")))
+    procs.signal(ferry, "HUP")
+    assert.truthy(procs.wait_for(function() return count(ferry, "FERRY-0101") == reloads + 2 end))
+    assert.equal("off", state())
+    assert.is_false(a:run("return require('ferry.fleet').enabled()"))
+    assert.equal(200, (get(F, O)))
+    assert.truthy(procs.wait_for(function()
+      return db:psql("select count(*) from pg_stat_activity where datname = 'fleet1' and " ..
+        "backend_type = 'client backend' and client_addr is not null", "fleet1") == "0"
+    end))
+    -- And back.
+    procs.write_file(ferry.config, text)
+    procs.signal(ferry, "HUP")
+    assert.truthy(a:wait("return require('ferry.pg').state() == 'up' or nil", 10))
+  end)
+
+  it("sends what on_drain queues before the daemon stops", function()
+    local F5 = procs.free_port()
+    local e5 = agent.new()
+    local f5 = e5:ferry(string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+store { postgres = %q }
+node { id = "drainer" }
+route(function(req) return "direct" end)
+]], F5, conninfo), { F5 })
+    local ok, e = pcall(function()
+      assert.truthy(e5:wait("return require('ferry.pg').state() == 'up' or nil", 10))
+      e5:run([[
+local fleet = require("ferry.fleet")
+fleet.on_drain(function()
+  fleet.write("node:drainer", "insert into ferry_nodes (id, heartbeat_at, stopped) values " ..
+    "($1, now(), true) on conflict (id) do update set stopped = true", { fleet.node_id() })
+end)
+]])
+    end)
+    procs.stop_ferry(f5)
+    e5:cleanup()
+    assert(ok, e)
+    assert.equal("t", db:psql("select stopped from ferry_nodes where id = 'drainer'", "fleet1"))
+    assert.equal(0, count(f5, "FERRY-8014"))
+  end)
+
   it("lets two nodes migrate the same empty database at once", function()
     local ci = db:create_db("race")
     local nodes = {}

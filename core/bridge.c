@@ -302,7 +302,10 @@ int bridge_drain(int busy)
     int hold = 0;
     if (lua_isfunction(L, -1)) {
         lua_pushinteger(L, busy);
-        if (lua_pcall(L, 1, 1, 1) != 0) {
+        budget_begin_eval(L, &budget_admin);
+        int rc = lua_pcall(L, 1, 1, 1);
+        budget_end(L);
+        if (rc != 0) {
             log_event(LOG_ERROR, "FERRY-4001", NULL, "drain hook failed: %s", lua_tostring(L, -1));
         } else {
             hold = lua_toboolean(L, -1);

@@ -15,6 +15,8 @@ local apply = require("ferry.apply")
 local breaker = require("ferry.breaker")
 local exchange = require("ferry.exchange")
 local inventory = require("ferry.inventory")
+local fleet_shared = require("ferry.fleet_shared")
+local fleet_bans = require("ferry.fleet_bans")
 local timer = require("ferry.timer")
 local fleet = require("ferry.fleet")
 local pg = require("ferry.pg")
@@ -97,6 +99,7 @@ local function switch_to(run, prep)
   if not ok then
     C.ferry_log(cdef.LOG.error, "FERRY-8030", "fleet nodes: " .. tostring(err))
   end
+  fleet_shared.committed(run)
 end
 
 function M.load(path, do_apply)
@@ -176,7 +179,14 @@ end
 
 -- Each drain tick after SIGTERM (core/main.c): true holds the loop a
 -- little longer (a fleet node telling the others it stops; bounded).
+-- The first tick is the drain's start: the fleet says it is draining
+-- (queued for PostgreSQL; changes queued get a moment, core/main.c).
+local drain_begun = false
 function M.drain(busy)
+  if not drain_begun then
+    drain_begun = true
+    fleet.drain()
+  end
   return require("ferry.fleet_nodes").drain(tonumber(busy) or 0)
 end
 
@@ -739,14 +749,19 @@ local function ban_pair(e, x, secs, reason, head)
     -- own length, never double it (a burst of N answers would otherwise
     -- ban for backoff * 2^N).
     local len = ra or exchange.ban_seconds(e.ban, secs, x.bans - 1)
-    if now + len > x.banned_until then x.banned_until = now + len end
+    if now + len > x.banned_until then
+      x.banned_until = now + len
+      fleet_bans.banned(x, reason)
+    end
     return
   end
   if ra then
     C.ferry_ban(x, ra, reason .. ", Retry-After")
-    return
+  else
+    C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
   end
-  C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
+  -- The fleet learns it (fleet_bans): the exchange bans the exit IP.
+  fleet_bans.banned(x, reason)
 end
 
 -- The pool's breaker policy on one result of pair x.

@@ -13,6 +13,7 @@
 #include "listener.h"
 #include "log.h"
 #include "origin_tls.h"
+#include "hclient.h"
 #include "loop.h"
 #include "metrics.h"
 #include "mint.h"
@@ -282,6 +283,7 @@ static int cmd_run(const char *config, int check_only)
     log_flush();
     ev_run(loop, 0);
     conn_close_all();
+    hclient_free_all();
     cache_free_all();
     uppool_free_all();
     retry_free_all();

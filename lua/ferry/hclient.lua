@@ -64,9 +64,13 @@ local function parse_headers(s)
   return h
 end
 
+-- o.host, o.port and o.path (all three) skip parsing o.url.
 function M.request(o, cb)
-  local host, port, path = M.parse_url(o.url)
-  if not host then return nil, "url", port end
+  local host, port, path = o.host, o.port, o.path
+  if not (host and port and path) then
+    host, port, path = M.parse_url(o.url)
+    if not host then return nil, "url", port end
+  end
   local lines = { format("%s %s HTTP/1.1", o.method or "GET", path) }
   for k, v in pairs(o.headers or {}) do
     k, v = tostring(k), tostring(v)

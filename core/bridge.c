@@ -24,6 +24,7 @@ static lua_State *L;
 static int ref_dispatch = LUA_NOREF;
 static int ref_result = LUA_NOREF;
 static int ref_admin = LUA_NOREF;
+static int ref_timer = LUA_NOREF;
 
 static int traceback(lua_State *l)
 {
@@ -62,6 +63,8 @@ int bridge_init(const char *root, char *err, size_t errlen)
     ref_admin = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "result");
     ref_result = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "timer");
+    ref_timer = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_setglobal(L, "__ferry_runtime");
     lua_settop(L, 0);
     return 0;
@@ -216,6 +219,30 @@ void bridge_result(struct ferry_result *r)
     if (call_budgeted(ref_result, r) != 0) {
         metrics_hook_error(FERRY_HOOK_RUNTIME);
         log_event(LOG_ERROR, "FERRY-4001", NULL, "result hook failed: %s", lua_tostring(L, -1));
+    }
+    lua_settop(L, 0);
+}
+
+/* A timer's expiry: runtime.timer(id) under the admin bounds (a fleet
+ * resync may walk every proxy).  The runtime calls each callback under
+ * pcall itself; reaching the error branch means its own code failed. */
+void bridge_timer(int32_t id)
+{
+    if (L == NULL || ref_timer == LUA_NOREF) {
+        return;
+    }
+    lua_pushcfunction(L, traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref_timer);
+    lua_pushinteger(L, id);
+    budget_begin_eval(L, &budget_admin);
+    int rc = lua_pcall(L, 1, 0, 1);
+    enum budget_trip t = budget_end(L);
+    if (rc != 0 || t != BUDGET_OK) {
+        char what[256];
+        metrics_hook_error(FERRY_HOOK_RUNTIME);
+        log_event(LOG_ERROR, "FERRY-8000", NULL, "timer %d failed: %s", (int)id,
+                  t != BUDGET_OK ? budget_describe(t, what, sizeof(what))
+                                 : lua_tostring(L, -1));
     }
     lua_settop(L, 0);
 }

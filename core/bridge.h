@@ -37,6 +37,8 @@ int bridge_admin(const struct ferry_admin_req *r, struct bridge_answer *out);
 /* A core/hclient.c request ended: hand it to lua/ferry/hclient.lua. */
 struct ferry_hclient_result;
 void bridge_hclient_done(struct ferry_hclient_result *r);
+/* A timer of ferry_timer_start expired: runtime.timer(id). */
+void bridge_timer(int32_t id);
 /* The daemon is stopping: let the runtime persist (runtime.stop). */
 void bridge_stop(void);
 void bridge_fini(void);

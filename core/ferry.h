@@ -594,6 +594,13 @@ enum ferry_fwd {
 };
 int ferry_listener_set_reverse(int listener, int pool, unsigned forwarded, int trust);
 int ferry_pool_set_host(int pool, const char *host);
+/* Timers (timer.c; lua/ferry/timer.lua): fire `after` seconds from now,
+ * then every `every` seconds (0: once).  Returns the id (> 0), or
+ * FERRY_ERROR with err (1024 timers at once at most).  On expiry the
+ * runtime's timer(id) is called.  Cancelling an ended id is a no-op. */
+int32_t ferry_timer_start(double after, double every, const char **err);
+void ferry_timer_cancel(int32_t id);
+int ferry_timer_count(void);
 /* Write one coded event line to the log (level as above). */
 void ferry_log(int level, const char *code, const char *msg);
 /* Count a Lua hook error for metrics (enum ferry_hook_kind; the core

@@ -15,6 +15,7 @@
 #include "origin_tls.h"
 #include "hclient.h"
 #include "loop.h"
+#include "timer.h"
 #include "metrics.h"
 #include "mint.h"
 #include "proxy.h"
@@ -282,6 +283,7 @@ static int cmd_run(const char *config, int check_only)
               FERRY_VERSION, (int)getpid(), config);
     log_flush();
     ev_run(loop, 0);
+    timer_stop_all(); /* no Lua callback runs once the loop is done */
     conn_close_all();
     hclient_free_all();
     cache_free_all();

@@ -262,6 +262,9 @@ void ferry_budget_enter_load(void);
 int ferry_path_writable(const char *path, const char **err);
 int ferry_socket_path_usable(const char *path, const char **err);
 void ferry_set_log(int level, int access);
+int32_t ferry_timer_start(double after, double every, const char **err);
+void ferry_timer_cancel(int32_t id);
+int ferry_timer_count(void);
 void ferry_log(int level, const char *code, const char *msg);
 void ferry_count_hook_error(int kind);
 struct ferry_metrics_member {

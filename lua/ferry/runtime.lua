@@ -16,6 +16,7 @@ local breaker = require("ferry.breaker")
 local exchange = require("ferry.exchange")
 local inventory = require("ferry.inventory")
 local broker_client = require("ferry.broker_client")
+local timer = require("ferry.timer")
 
 local C = ffi.C
 local ffi_string = ffi.string
@@ -873,6 +874,9 @@ function M.reload_now()
     (os.clock() - t0) * 1000))
   return true
 end
+
+-- A timer of ferry.timer expired (core/timer.c).
+M.timer = timer.fire
 
 -- For specs and the console: the running pools.
 function M.pools()

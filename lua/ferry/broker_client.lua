@@ -185,7 +185,7 @@ end
 local states = {}     -- pool name -> state
 local timer_h = nil
 local seq = 0
-local boot = floor(C.ferry_now() * 1000) % 1000000
+local boot = os.time() % 1000000
 
 local function rid()
   seq = seq + 1

@@ -141,6 +141,22 @@ exchange "binance" { hosts = { "127.0.0.1" }, pool = "bin" }
     assert.equal(0, cmetric("ferry_broker_client_feedback_total", 'pool="bin",event="dropped"'))
   end)
 
+  it("takes feedback in batches at the broker (an array), one result per element", function()
+    local body = string.format('[{"proxy_url":"socks5://127.0.0.1:%d","exchange_id":"binance",' ..
+      '"success":true,"latency_ms":3},{"exchange_id":"binance"},' ..
+      '{"proxy_url":"socks5://127.0.0.1:1","exchange_id":"binance","success":false}]', S2)
+    local out = io.popen("curl -s -X POST -H 'Authorization: Bearer " .. TOKEN .. "' " ..
+      "-H 'Content-Type: application/json' --data '" .. body .. "' http://127.0.0.1:" .. BA ..
+      "/api/v1/proxy/feedback"):read("*a")
+    local res = require("cjson").decode(out)
+    assert.equal(1, res.accepted, out)
+    assert.equal(2, res.refused)
+    assert.is_true(res.results[1].accepted)
+    assert.equal("s2", res.results[1].proxy_id)
+    assert.equal("FERRY-7101", res.results[2].error)
+    assert.equal("FERRY-7106", res.results[3].error)
+  end)
+
   it("renews leases before their TTL ends", function()
     local before = #lines_with(client, "FERRY-8102")
     -- Two TTLs: each of the two slots renewed at least twice, never expired.
@@ -238,7 +254,7 @@ exchange "binance" { hosts = { "127.0.0.1" }, pool = "h" }
 
   teardown(function()
     if client then procs.stop_ferry(client) end
-    for _, p in ipairs(fakes) do procs.stop(p) end
+    for _, p in ipairs(fakes) do procs.stop(p, "KILL") end
     procs.stop(origin)
     procs.stop(sf)
   end)

@@ -750,6 +750,23 @@ function M.metrics_text()
       "Leases refused because their proxy URL is invalid.", inv)
 end
 
+-- The bench and specs: a pool state holding leases of `urls` (valid
+-- until now + ttl), without brokers, timers or the core.
+function M._seed(name, urls, ttl, now)
+  local conf = assert(M.parse({ endpoints = { "http://127.0.0.1:1" }, leases = #urls }, name))
+  local st = new_state(name, conf)
+  inventory = inventory or require("ferry.inventory")
+  for i, u in ipairs(urls) do
+    local px = assert(inventory.parse_proxy(u, {}, "proxies"))
+    st.slots[i] = { key = inventory.endpoint(px), px = px, url = u, expires = now + ttl,
+                    renew_at = now + ttl * conf.renew, ttl = ttl, at = now }
+  end
+  st.members = lease_members(st, now)
+  st.fallback = #st.members == 0
+  states[name] = st
+  return st
+end
+
 -- Specs: forget every state and stop the timer.
 function M._reset()
   states = {}

@@ -23,7 +23,7 @@ local hclient = require("ferry.hclient")
 local C = ffi.C
 local format, concat = string.format, table.concat
 local pairs, ipairs, type, tostring, tonumber = pairs, ipairs, type, tostring, tonumber
-local min, random, floor = math.min, math.random, math.floor
+local min, random = math.min, math.random
 
 local M = {
   TICK = 0.2,             -- seconds between two looks at every broker pool
@@ -513,8 +513,7 @@ local function flush(st, now)
   local id = rid()
   local hid, code, msg = hclient.request({ method = "POST", url = ep.url,
     path = ep.base .. "/api/v1/proxy/feedback", headers = headers_of(st, id), body = body,
-    timeout = conf.timeout, host = ep.host, port = ep.port }, function(status, _, rbody, err,
-    detail)
+    timeout = conf.timeout, host = ep.host, port = ep.port }, function(status, _, _, err, detail)
     st.sending = nil
     local t = C.ferry_now()
     local outcome, _, why = judge(status, err, detail, conf.timeout)

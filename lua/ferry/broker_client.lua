@@ -199,7 +199,7 @@ end
 
 local function new_state(name, conf)
   local st = { name = name, conf = conf, endpoints = {}, cur = 1, slots = {}, members = {},
-    fallback = true, started = true, queue = {}, qhead = 1, qtail = 0,
+    fallback = true, members_sig = "", started = true, queue = {}, qhead = 1, qtail = 0,
     fb = { queued = 0, sent = 0, dropped = 0, failed = 0 }, invalid = 0, acquired = 0,
     expired = 0, switches = 0, next_flush = 0, by_cid = {} }
   for i, e in ipairs(conf.endpoints) do st.endpoints[i] = new_endpoint(e) end
@@ -485,9 +485,14 @@ function M.outcome(pool, cid, ok, latency_ms, kind, status)
     return
   end
   local d = cjson.null
-  if not ok then
-    d = { kind = kind or "reset" }
-    if kind == "http5xx" and status and status >= 500 and status <= 599 then d.status = status end
+  local valid_status = status and status >= 100 and status <= 599
+  if kind == "ban" and valid_status then
+    -- The exchange banned the proxy: its status lets the broker apply its
+    -- own ban rules for that exchange.
+    d = { status = status }
+  elseif not ok then
+    d = { kind = kind ~= "ban" and kind or "reset" }
+    if kind == "http5xx" and valid_status and status >= 500 then d.status = status end
   end
   st.qtail = st.qtail + 1
   st.queue[st.qtail] = { proxy_url = s.url, exchange_id = st.conf.exchange,
@@ -625,7 +630,10 @@ function M.committed(run, rt)
         if s.px.cid then st.by_cid[s.px.cid] = s end
       end
       local pool = run.pools[name]
-      if pool then pool.broker_client = true end
+      if pool then
+        pool.broker_client = true
+        pool.quiet_ok = false -- every success is reported too (runtime.result)
+      end
     end
   end
   if any and not timer_h then

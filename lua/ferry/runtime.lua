@@ -773,7 +773,7 @@ function M.result(_ud)
       r.banned = 1 -- the core may send the request again elsewhere (retry on ban)
       if pool and pool.broker_client then
         broker_client.outcome(pool, tonumber(r.proxy_id), false, tonumber(r.latency_ms),
-          "http5xx", status)
+          "ban", status)
       end
       return
     end

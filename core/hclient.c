@@ -5,11 +5,15 @@
  * how an error found while starting reaches Lua from the loop rather
  * than from inside the caller.  Requests live on one list, bounded by
  * HCLIENT_MAX_INFLIGHT, and are unlinked before Lua hears of them, so a
- * callback may start another. */
+ * callback may start another.  Bytes cross the socket through a leg's
+ * transport (transport.h): plain, or TLS for https:// with the contexts
+ * ferry_hclient_tls prepared at config time. */
 #include "hclient.h"
 #include "bridge.h"
+#include "conn.h"
 #include "loop.h"
 #include "resolve.h"
+#include "transport.h"
 
 #include <ares.h>
 #include <errno.h>
@@ -22,10 +26,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+enum hstep { HS_CONNECT, HS_TLS, HS_WRITE, HS_READ };
+
 struct hreq {
     struct hreq *next;
     int64_t id;
     int fd;
+    struct leg leg;     /* fd and transport (only fd, tr and tls are used) */
+    enum hstep step;
+    int tls;            /* index in ctxs, or -1 */
+    int ev;             /* events the watcher has now */
     char *host;
     int port;
     char *out;          /* the request bytes */
@@ -48,6 +58,47 @@ struct hreq {
 static struct hreq *reqs;
 static int inflight;
 static int64_t next_id = 1;
+
+/* TLS client contexts by (verify, ca), made at config time (the CA file
+ * is read then, not on the loop's request path); freed at stop. */
+#define HCLIENT_MAX_TLS 16
+static struct {
+    int verify;
+    char *ca;
+    struct ssl_ctx_st *ctx;
+} ctxs[HCLIENT_MAX_TLS];
+static int nctx;
+static char tls_err[256];
+
+int ferry_hclient_tls(int verify, const char *ca, const char **err)
+{
+    for (int i = 0; i < nctx; i++) {
+        if (ctxs[i].verify == (verify != 0) &&
+            ((ca == NULL && ctxs[i].ca == NULL) ||
+             (ca != NULL && ctxs[i].ca != NULL && strcmp(ca, ctxs[i].ca) == 0))) {
+            return i;
+        }
+    }
+    if (nctx >= HCLIENT_MAX_TLS) {
+        *err = "too many different TLS settings (16)";
+        return -1;
+    }
+    char *copy = ca != NULL ? strdup(ca) : NULL;
+    if (ca != NULL && copy == NULL) {
+        *err = "out of memory";
+        return -1;
+    }
+    struct ssl_ctx_st *ctx = tls_client_ctx(verify, ca, tls_err, sizeof(tls_err));
+    if (ctx == NULL) {
+        free(copy);
+        *err = tls_err;
+        return -1;
+    }
+    ctxs[nctx].verify = verify != 0;
+    ctxs[nctx].ca = copy;
+    ctxs[nctx].ctx = ctx;
+    return nctx++;
+}
 
 int ferry_hclient_inflight(void)
 {
@@ -72,6 +123,7 @@ static void destroy(struct hreq *h)
         resolve_cancel(h->rr);
     }
     ev_timer_stop(loop, &h->timer);
+    leg_tr_free(&h->leg);
     if (h->fd != -1) {
         ev_io_stop(loop, &h->io);
         close(h->fd);
@@ -87,6 +139,7 @@ static void destroy(struct hreq *h)
 static void finish(struct hreq *h, const char *error, const char *detail)
 {
     unlink_req(h);
+    leg_tr_free(&h->leg);
     if (h->fd != -1) { /* nothing more may arrive while Lua runs */
         ev_io_stop(loop, &h->io);
         close(h->fd);
@@ -114,6 +167,7 @@ static void fail_later(struct hreq *h, const char *error, const char *detail)
     snprintf(h->detail, sizeof(h->detail), "%s", detail);
     if (h->fd != -1) {
         ev_io_stop(loop, &h->io);
+        h->ev = 0;
     }
     ev_timer_stop(loop, &h->timer);
     ev_timer_set(&h->timer, 0., 0.);
@@ -261,60 +315,124 @@ static int feed(struct hreq *h, const char *data, size_t n)
     return 0;
 }
 
-static void on_io(struct ev_loop *l, ev_io *w, int revents)
+static void set_io(struct hreq *h, int events)
 {
-    (void)l;
-    struct hreq *h = w->data;
-    if (revents & EV_WRITE) {
-        if (h->out_off == 0) {
-            int err = 0;
-            socklen_t len = sizeof(err);
-            if (getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
-                err = errno;
-            }
-            if (err != 0) {
-                snprintf(h->detail, sizeof(h->detail), "connect: %s", strerror(err));
-                finish(h, err == ECONNREFUSED ? "refused" : "reset", h->detail);
-                return;
-            }
-        }
-        while (h->out_off < h->out_len) {
-            ssize_t k = send(h->fd, h->out + h->out_off, h->out_len - h->out_off, MSG_NOSIGNAL);
-            if (k < 0) {
-                if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                    return;
-                }
-                if (errno == EINTR) {
-                    continue;
-                }
-                snprintf(h->detail, sizeof(h->detail), "send: %s", strerror(errno));
-                finish(h, errno == ECONNREFUSED ? "refused" : "reset", h->detail);
-                return;
-            }
-            h->out_off += (size_t)k;
-        }
-        ev_io_stop(loop, &h->io);
-        ev_io_set(&h->io, h->fd, EV_READ);
-        ev_io_start(loop, &h->io);
+    if (events == h->ev) {
         return;
     }
+    ev_io_stop(loop, &h->io);
+    ev_io_set(&h->io, h->fd, events);
+    h->ev = events;
+    if (events != 0) {
+        ev_io_start(loop, &h->io);
+    }
+}
+
+static void fail_errno(struct hreq *h, const char *what, int e)
+{
+    snprintf(h->detail, sizeof(h->detail), "%s: %s", what, strerror(e));
+    finish(h, e == ECONNREFUSED ? "refused" : "reset", h->detail);
+}
+
+static void do_read(struct hreq *h)
+{
+    const struct transport_ops *tr = leg_tr(&h->leg);
     char buf[16384];
     for (;;) {
-        ssize_t k = recv(h->fd, buf, sizeof(buf), 0);
+        ssize_t k = tr->read(&h->leg, buf, sizeof(buf));
         if (k < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                set_io(h, leg_events(&h->leg, EV_READ));
                 return;
             }
-            if (errno == EINTR) {
-                continue;
+            if (h->tls >= 0 && *tr->error(&h->leg) != '\0') {
+                snprintf(h->detail, sizeof(h->detail), "TLS: %s", tr->error(&h->leg));
+                finish(h, "reset", h->detail);
+                return;
             }
-            snprintf(h->detail, sizeof(h->detail), "recv: %s", strerror(errno));
-            finish(h, errno == ECONNREFUSED ? "refused" : "reset", h->detail);
+            fail_errno(h, "recv", errno);
             return;
         }
         if (feed(h, buf, (size_t)k) || k == 0) {
             return;
         }
+    }
+}
+
+static void do_write(struct hreq *h)
+{
+    const struct transport_ops *tr = leg_tr(&h->leg);
+    while (h->out_off < h->out_len) {
+        ssize_t k = tr->write(&h->leg, h->out + h->out_off, h->out_len - h->out_off);
+        if (k < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                set_io(h, leg_events(&h->leg, EV_WRITE));
+                return;
+            }
+            fail_errno(h, "send", errno);
+            return;
+        }
+        h->out_off += (size_t)k;
+    }
+    h->step = HS_READ;
+    do_read(h);
+}
+
+static void do_tls(struct hreq *h)
+{
+    enum tr_hs r = leg_tr(&h->leg)->handshake(&h->leg);
+    if (r == TR_HS_DONE) {
+        h->step = HS_WRITE;
+        do_write(h);
+    } else if (r == TR_HS_READ) {
+        set_io(h, EV_READ);
+    } else if (r == TR_HS_WRITE) {
+        set_io(h, EV_WRITE);
+    } else {
+        snprintf(h->detail, sizeof(h->detail), "TLS handshake failed: %s",
+                 tls_leg_error(&h->leg));
+        finish(h, "tls", h->detail);
+    }
+}
+
+static void on_io(struct ev_loop *l, ev_io *w, int revents)
+{
+    (void)l;
+    (void)revents;
+    struct hreq *h = w->data;
+    switch (h->step) {
+    case HS_CONNECT: {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
+            err = errno;
+        }
+        if (err != 0) {
+            fail_errno(h, "connect", err);
+            return;
+        }
+        if (h->tls >= 0) {
+            if (tls_leg_connect(&h->leg, ctxs[h->tls].ctx, h->host, ctxs[h->tls].verify) != 0) {
+                finish(h, "local", "cannot set up TLS (out of memory)");
+                return;
+            }
+            h->step = HS_TLS;
+            do_tls(h);
+        } else {
+            h->step = HS_WRITE;
+            do_write(h);
+        }
+        return;
+    }
+    case HS_TLS:
+        do_tls(h);
+        return;
+    case HS_WRITE:
+        do_write(h);
+        return;
+    case HS_READ:
+        do_read(h);
+        return;
     }
 }
 
@@ -329,6 +447,7 @@ static void connect_to(struct hreq *h, const struct sockaddr *sa, socklen_t len)
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     h->fd = fd;
+    h->leg.fd = fd;
     ev_io_init(&h->io, on_io, fd, EV_WRITE);
     h->io.data = h;
     if (connect(fd, sa, len) != 0 && errno != EINPROGRESS) {
@@ -337,6 +456,7 @@ static void connect_to(struct hreq *h, const struct sockaddr *sa, socklen_t len)
         fail_later(h, errno == ECONNREFUSED ? "refused" : "reset", d);
         return;
     }
+    h->ev = EV_WRITE;
     ev_io_start(loop, &h->io); /* writable: connected (or failed: SO_ERROR) */
 }
 
@@ -366,16 +486,21 @@ static void on_timer(struct ev_loop *l, ev_timer *w, int revents)
 }
 
 int64_t ferry_hclient_request(const char *host, int port, const char *head, const char *body,
-                              size_t body_len, double timeout)
+                              size_t body_len, double timeout, int tls)
 {
     if (inflight >= HCLIENT_MAX_INFLIGHT) {
         return -1;
+    }
+    if (tls >= nctx) {
+        return -2;
     }
     struct hreq *h = calloc(1, sizeof(*h));
     if (h == NULL) {
         return -2;
     }
     h->fd = -1;
+    h->leg.fd = -1;
+    h->tls = tls;
     h->port = port;
     h->host = strdup(host);
     int is_v6 = strchr(host, ':') != NULL;
@@ -438,4 +563,9 @@ void hclient_free_all(void)
         unlink_req(h);
         destroy(h);
     }
+    for (int i = 0; i < nctx; i++) {
+        tls_ctx_free(ctxs[i].ctx);
+        free(ctxs[i].ca);
+    }
+    nctx = 0;
 }

@@ -4,8 +4,9 @@
  * request, read the answer (Content-Length, chunked or until close) and
  * close.  One deadline covers the whole exchange; the body is bounded.
  * The answer goes to Lua through the bridge (lua/ferry/hclient.lua's
- * done), never from inside ferry_hclient_request.  http:// only: the
- * callers (the broker client) refuse https:// endpoints at config time. */
+ * done), never from inside ferry_hclient_request.  https:// goes through
+ * the core's TLS client (transport_tls.c), certificates verified unless
+ * the caller's context says otherwise. */
 #ifndef FERRY_HCLIENT_H
 #define FERRY_HCLIENT_H
 
@@ -24,7 +25,7 @@ struct ferry_hclient_result {
     int64_t id;
     int status;             /* the HTTP status, 0 when there was no answer */
     const char *error;      /* NULL, or "refused", "timeout", "resolve", "reset",
-                             * "garbage", "body_limit", "head_limit", "local" */
+                             * "tls", "garbage", "body_limit", "head_limit", "local" */
     const char *detail;     /* a sentence about the error (no secrets) */
     const char *headers;    /* "name: value\n" lines, names lower-case */
     size_t headers_len;
@@ -33,12 +34,18 @@ struct ferry_hclient_result {
     double elapsed_ms;
 };
 
-/* Start a request to host:port.  head: the request line and headers
+/* A TLS client context for https:// requests: verify the peer (against
+ * the PEM file ca, or the system store when NULL) or not.  Made once per
+ * setting (the CA file is read now: call it at config time); returns its
+ * index for ferry_hclient_request, or -1 with *err. */
+int ferry_hclient_tls(int verify, const char *ca, const char **err);
+/* Start a request to host:port, over TLS with context tls (-1: plain;
+ * the certificate must name host).  head: the request line and headers
  * without the final empty line (the client adds Host, Connection: close
  * and Content-Length).  Returns its id (> 0), -1 when HCLIENT_MAX_INFLIGHT
- * are in flight, -2 when memory ran out. */
+ * are in flight, -2 when memory ran out or tls is unknown. */
 int64_t ferry_hclient_request(const char *host, int port, const char *head, const char *body,
-                              size_t body_len, double timeout);
+                              size_t body_len, double timeout, int tls);
 /* Requests in flight now. */
 int ferry_hclient_inflight(void);
 /* Drop request id: its done() will not run. 1 if it was in flight. */

@@ -40,7 +40,7 @@ local CONNECTION_TYPES = { http = true, https = true, websocket = true, tcp = tr
 
 local FIELDS = { endpoints = true, token = true, exchange = true, region = true,
   connection_type = true, client_id = true, leases = true, timeout = true, renew = true,
-  feedback = true, breaker = true }
+  feedback = true, breaker = true, tls = true }
 
 local function num(v, name, lo, hi, default, code, integer)
   if v == nil then return default end
@@ -60,7 +60,8 @@ local function str(v, name, max, code)
   return v
 end
 
-function M.parse(t, pool_name)
+-- resolve(path): a CA file's path relative to the config's directory.
+function M.parse(t, pool_name, resolve)
   if type(t) ~= "table" then return nil, "broker: expected a table [FERRY-0266]" end
   for k in pairs(t) do
     if not FIELDS[k] then
@@ -76,15 +77,46 @@ function M.parse(t, pool_name)
     return nil, "broker.endpoints: at most 8 endpoints [FERRY-0260]"
   end
   local seen = {}
+  local any_tls = false
   for i, u in ipairs(t.endpoints) do
-    local host, port, path = hclient.parse_url(u)
+    local host, port, path, scheme = hclient.parse_url(u)
     if not host then
       return nil, format("broker.endpoints[%d]: %s [FERRY-0260]", i, tostring(port))
     end
     if seen[u] then return nil, format("broker.endpoints[%d]: listed twice [FERRY-0260]", i) end
     seen[u] = true
     local base = path:gsub("/+$", "")
-    b.endpoints[i] = { url = u, host = host, port = port, base = base }
+    b.endpoints[i] = { url = u, host = host, port = port, base = base, https = scheme == "https" }
+    any_tls = any_tls or scheme == "https"
+  end
+  -- tls = { verify = true, ca = "file" }: how https:// endpoints are checked.
+  local tls = t.tls
+  if tls ~= nil and type(tls) ~= "table" then
+    return nil, "broker.tls: expected a table { verify, ca } [FERRY-0268]"
+  end
+  tls = tls or {}
+  for k in pairs(tls) do
+    if k ~= "verify" and k ~= "ca" then
+      return nil, format('broker.tls: unknown field "%s" [FERRY-0268]', tostring(k))
+    end
+  end
+  if tls.verify ~= nil and type(tls.verify) ~= "boolean" then
+    return nil, "broker.tls.verify must be true or false [FERRY-0268]"
+  end
+  b.tls = { verify = tls.verify ~= false }
+  if tls.ca ~= nil then
+    if type(tls.ca) ~= "string" or tls.ca == "" then
+      return nil, "broker.tls.ca must be the path of a PEM file [FERRY-0268]"
+    end
+    b.tls.ca = resolve and resolve(tls.ca) or tls.ca
+    local f = io.open(b.tls.ca, "r")
+    if not f then
+      return nil, format("broker.tls.ca: cannot read %s [FERRY-0268]", b.tls.ca)
+    end
+    f:close()
+  end
+  if t.tls ~= nil and not any_tls then
+    return nil, "broker.tls is for https:// endpoints; none is listed [FERRY-0268]"
   end
   local err
   if t.token ~= nil then
@@ -154,7 +186,7 @@ function M.parse(t, pool_name)
   local eps = {}
   for i, e in ipairs(b.endpoints) do eps[i] = e.url end
   b.sig = concat({ concat(eps, " "), b.token or "", b.exchange, b.region or "",
-    b.connection_type, b.client_id }, "\0")
+    b.connection_type, b.client_id, tostring(b.tls.verify), b.tls.ca or "" }, "\0")
   return b
 end
 
@@ -192,9 +224,20 @@ local function rid()
   return format("ferry-%06d-%d", boot, seq)
 end
 
-local function new_endpoint(e)
-  return { url = e.url, host = e.host, port = e.port, base = e.base, state = "closed",
-           fails = 0, opens = 0, open_until = 0, outcomes = {} }
+local function new_endpoint(e, tls)
+  local ep = { url = e.url, host = e.host, port = e.port, base = e.base, state = "closed",
+               fails = 0, opens = 0, open_until = 0, outcomes = {} }
+  if e.https then
+    -- The CA file is read here, at commit, not on the way of a call.
+    local i, why = hclient.tls(tls.verify, tls.ca)
+    if not i then
+      ep.tls_error = why
+      log("error", "FERRY-8122", format("broker client: endpoint %s: TLS cannot be set up: %s",
+        e.url, tostring(why)))
+    end
+    ep.tls = i
+  end
+  return ep
 end
 
 local function new_state(name, conf)
@@ -202,7 +245,7 @@ local function new_state(name, conf)
     fallback = true, members_sig = "", started = true, queue = {}, qhead = 1, qtail = 0,
     fb = { queued = 0, sent = 0, dropped = 0, failed = 0 }, invalid = 0, acquired = 0,
     expired = 0, switches = 0, next_flush = 0, by_cid = {} }
-  for i, e in ipairs(conf.endpoints) do st.endpoints[i] = new_endpoint(e) end
+  for i, e in ipairs(conf.endpoints) do st.endpoints[i] = new_endpoint(e, conf.tls) end
   return st
 end
 
@@ -216,14 +259,16 @@ local function pick_endpoint(st, now)
   for k = 0, n - 1 do
     local i = (st.cur - 1 + k) % n + 1
     local ep = st.endpoints[i]
-    if ep.state == "closed" then return ep, i end
-    if ep.state == "open" and now >= ep.open_until then
+    local usable = not ep.tls_error -- FERRY-8122 said why at commit
+    if not usable then
+      ep.outcomes.unusable = 1
+    elseif ep.state == "closed" then return ep, i
+    elseif ep.state == "open" and now >= ep.open_until then
       ep.state = "half_open"
       log("info", "FERRY-8109", format('broker client of pool "%s": endpoint %s half-open: ' ..
         "one trial request", st.name, ep.url))
       return ep, i
-    end
-    if ep.state == "half_open" and not ep.trial then return ep, i end
+    elseif ep.state == "half_open" and not ep.trial then return ep, i end
   end
 end
 
@@ -262,6 +307,7 @@ local function judge(status, err, detail, timeout)
   if err == "timeout" then
     return "timeout", "FERRY-8106", format("no answer within %.2f s", timeout)
   end
+  if err == "tls" then return "tls", "FERRY-8122", tostring(detail or err) end
   if err then return err == "garbage" and "garbage" or "failed",
     err == "garbage" and "FERRY-8103" or "FERRY-8100", tostring(detail or err) end
   if status == 401 or status == 403 then
@@ -402,8 +448,8 @@ local function ask(st, now)
   if ep.state == "half_open" then ep.trial = true end
   local hid, code, msg = hclient.request({ method = "POST", url = ep.url,
     path = ep.base .. "/api/v1/proxy/request", headers = headers_of(st, id), body = body,
-    timeout = conf.timeout, host = ep.host, port = ep.port }, function(status, _, rbody, err,
-    detail)
+    timeout = conf.timeout, host = ep.host, port = ep.port, tls = ep.tls },
+    function(status, _, rbody, err, detail)
     st.asking = nil
     ep.trial = nil
     local t = C.ferry_now()
@@ -518,7 +564,8 @@ local function flush(st, now)
   local id = rid()
   local hid, code, msg = hclient.request({ method = "POST", url = ep.url,
     path = ep.base .. "/api/v1/proxy/feedback", headers = headers_of(st, id), body = body,
-    timeout = conf.timeout, host = ep.host, port = ep.port }, function(status, _, _, err, detail)
+    timeout = conf.timeout, host = ep.host, port = ep.port, tls = ep.tls },
+    function(status, _, _, err, detail)
     st.sending = nil
     local t = C.ferry_now()
     local outcome, _, why = judge(status, err, detail, conf.timeout)

@@ -895,7 +895,8 @@ local function evaluate(chunk, file)
       end
       if t.broker ~= nil then
         -- Proxies leased from brokers; `proxies` is the fallback (ferry.broker_client).
-        local b, berr = require("ferry.broker_client").parse(t.broker, name)
+        local b, berr = require("ferry.broker_client").parse(t.broker, name, function(f)
+          return resolve_path(dir, f) end)
         if not b then fail(where, "%s", berr) end
         p.broker = b
         if type(t.proxies) ~= "table" or #t.proxies == 0 then

@@ -306,3 +306,74 @@ exchange "binance" { hosts = { "127.0.0.1" }, pool = "h" }
     assert.is_true(socket.gettime() - t0 < 0.4)
   end)
 end)
+
+describe("broker client over https://", function()
+  local O, S2, SF = procs.free_port(), procs.free_port(), procs.free_port()
+  local BL, BA, TS = procs.free_port(), procs.free_port(), procs.free_port()
+  local CL, CA = procs.free_port(), procs.free_port()
+  local origin, s2, sf, broker, stun, client
+  local dir = procs.tmp .. "/bc-tls-" .. math.random(1e6, 9e6)
+
+  setup(function()
+    os.execute("mkdir -p " .. dir)
+    assert(os.execute(string.format("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s/k.pem " ..
+      "-out %s/c.pem -days 3 -subj '/CN=localhost' -addext " ..
+      "'subjectAltName=DNS:localhost,IP:127.0.0.1' >/dev/null 2>&1", dir, dir)) == 0)
+    origin = procs.origin(O)
+    s2 = procs.microsocks(S2)
+    sf = procs.microsocks(SF)
+    broker = procs.ferry(string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d", token = "%s" }
+broker { ttl = 30 }
+pool "main" { proxies = { { url = "socks5://127.0.0.1:%d", id = "s2" } } }
+exchange "binance" { hosts = { "127.0.0.1" }, pool = "main" }
+]], BL, BA, TOKEN, S2), { BL, BA }, "broker-tls")
+    stun = procs.stunnel { { accept = TS, connect = BA, cert = dir .. "/c.pem",
+                             key = dir .. "/k.pem" } }
+    -- "good" trusts the endpoint's certificate; "sys" checks it against the
+    -- system store, where it is unknown.
+    client = procs.ferry(string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
+pool "good" { broker = { endpoints = { "https://127.0.0.1:%d" }, token = "%s",
+  exchange = "binance", leases = 1, tls = { ca = "%s/c.pem" } },
+  proxies = { { url = "socks5://127.0.0.1:%d", id = "fb-good" } } }
+pool "sys" { broker = { endpoints = { "https://127.0.0.1:%d" }, token = "%s",
+  exchange = "binance", leases = 1, timeout = 1 },
+  proxies = { { url = "socks5://127.0.0.1:%d", id = "fb-sys" } } }
+exchange "binance" { hosts = { "127.0.0.1" }, pool = "good" }
+]], CL, CA, TS, TOKEN, dir, SF, TS, TOKEN, SF), { CL, CA }, "client-tls")
+  end)
+
+  teardown(function()
+    if client then procs.stop_ferry(client) end
+    if broker then procs.stop_ferry(broker) end
+    for _, p in ipairs { stun, origin, s2, sf } do if p then procs.stop(p) end end
+    os.execute("rm -rf " .. dir)
+  end)
+
+  it("leases over TLS from an endpoint whose certificate verifies", function()
+    assert.truthy(procs.wait_for(function()
+      return procs.metric(CA, "ferry_broker_client_leases", 'pool="good"') == 1
+    end, 10), procs.read_file(client.log))
+    local status, body = get(CL, O)
+    assert.equal(200, status, body)
+    assert.equal("socks5://127.0.0.1:" .. S2, last_proxy(client))
+    assert.truthy(procs.wait_for(function()
+      return (procs.metric(CA, "ferry_broker_client_feedback_total",
+        'pool="good",event="sent"') or 0) >= 1
+    end, 5))
+  end)
+
+  it("refuses an endpoint whose certificate does not verify", function()
+    assert.truthy(procs.wait_for(function()
+      return (procs.metric(CA, "ferry_broker_client_requests_total", string.format(
+        'pool="sys",endpoint="https://127.0.0.1:%d",outcome="tls"', TS)) or 0) >= 1
+    end, 10), procs.read_file(client.log))
+    assert.equal(0, procs.metric(CA, "ferry_broker_client_leases", 'pool="sys"'))
+    local l = lines_with(client, "FERRY-8122")[1]
+    assert.truthy(l and l.msg:find("certificate", 1, true), l and l.msg)
+    no_secret(client)
+  end)
+end)

@@ -47,6 +47,18 @@ describe("broker client config", function()
     assert.is_nil(b.token)
   end)
 
+  it("takes https:// endpoints (port 443), verified by default", function()
+    local b = assert(load([[{ endpoints = { "https://b.test", "http://c.test" } }]])).pools.bin
+      .broker
+    assert.equal(443, b.endpoints[1].port)
+    assert.is_true(b.endpoints[1].https)
+    assert.is_false(b.endpoints[2].https)
+    assert.same({ verify = true }, b.tls)
+    b = assert(load([[{ endpoints = { "https://b.test" }, tls = { verify = false } }]])).pools
+      .bin.broker
+    assert.is_false(b.tls.verify)
+  end)
+
   it("changes its signature with what a lease depends on only", function()
     local function sig(src) return assert(load(src)).pools.bin.broker.sig end
     local base = sig([[{ endpoints = { "http://b:1" }, token = "x" }]])
@@ -60,7 +72,11 @@ describe("broker client config", function()
   local refusals = {
     { [[{}]], "FERRY-0260" },
     { [[{ endpoints = {} }]], "FERRY-0260" },
-    { [[{ endpoints = { "https://b:1" } }]], "FERRY-0260" },
+    { [[{ endpoints = { "ftp://b:1" } }]], "FERRY-0260" },
+    { [[{ endpoints = { "http://b:1" }, tls = { verify = false } }]], "FERRY-0268" },
+    { [[{ endpoints = { "https://b:1" }, tls = { verify = "no" } }]], "FERRY-0268" },
+    { [[{ endpoints = { "https://b:1" }, tls = { ca = "/nonexistent/ca.pem" } }]], "FERRY-0268" },
+    { [[{ endpoints = { "https://b:1" }, tls = { sni = "x" } }]], "FERRY-0268" },
     { [[{ endpoints = { "http://u:p@b:1" } }]], "FERRY-0260" },
     { [[{ endpoints = { "http://b:1", "http://b:1" } }]], "FERRY-0260" },
     { [[{ endpoints = { "http://b:99999" } }]], "FERRY-0260" },
@@ -114,8 +130,9 @@ end)
 
 describe("hclient URL parsing", function()
   it("splits host, port and path", function()
-    assert.same({ "a.test", 9090, "/" }, { hclient.parse_url("http://a.test:9090") })
-    assert.same({ "::1", 80, "/p" }, { hclient.parse_url("http://[::1]/p") })
+    assert.same({ "a.test", 9090, "/", "http" }, { hclient.parse_url("http://a.test:9090") })
+    assert.same({ "a.test", 443, "/x", "https" }, { hclient.parse_url("https://a.test/x") })
+    assert.same({ "::1", 80, "/p", "http" }, { hclient.parse_url("http://[::1]/p") })
     assert.is_nil((hclient.parse_url("ftp://a.test")))
     assert.is_nil((hclient.parse_url("http://a b/")))
     assert.is_nil((hclient.parse_url("http://a.test/x y")))

@@ -49,6 +49,7 @@ describe("broker client", function()
   local O, S1, S2, SF = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
   local BL, BA, DEAD = procs.free_port(), procs.free_port(), procs.free_port()
   local CL, CA = procs.free_port(), procs.free_port()
+  local SOCK = procs.tmp .. "/bc-" .. math.random(1e6, 9e6) .. ".sock"
   local origin, s1, s2, sf, broker, client
 
   local broker_cfg = string.format([[
@@ -84,14 +85,14 @@ exchange "binance" { hosts = { "127.0.0.1" }, pool = "main" }
     start_broker()
     client = procs.ferry(string.format([[
 listen { name = "main", addr = "127.0.0.1:%d" }
-admin { addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d", socket = "%s" }
 pool "bin" { strategy = "round_robin",
   broker = { endpoints = { "http://127.0.0.1:%d", "http://127.0.0.1:%d" }, token = "%s",
              exchange = "binance", region = nil, leases = 2, timeout = 1,
              feedback = { interval = 0.2 }, breaker = { failures = 2, backoff = 0.2 } },
   proxies = { { url = "socks5://127.0.0.1:%d", id = "fallback" } } }
 exchange "binance" { hosts = { "127.0.0.1" }, pool = "bin" }
-]], CL, CA, DEAD, BA, TOKEN, SF), { CL, CA }, "client")
+]], CL, CA, SOCK, DEAD, BA, TOKEN, SF), { CL, CA }, "client")
   end)
 
   teardown(function()
@@ -215,6 +216,19 @@ exchange "binance" { hosts = { "127.0.0.1" }, pool = "bin" }
     assert.equal(0, cmetric("ferry_broker_client_fallback_active", 'pool="bin"'))
     assert.equal(200, (get(CL, O)))
     assert.is_not.equal("socks5://127.0.0.1:" .. SF, last_proxy(client))
+  end)
+
+  it("shows leases, endpoints and feedback on the console, without secrets", function()
+    local p = io.popen(string.format("%s console -s %s -e %s 2>&1", procs.bin, SOCK,
+      "\"broker_client.stats('bin')\""))
+    local out = p:read("*a")
+    p:close()
+    assert.truthy(out:find("leases_held", 1, true), out)
+    assert.truthy(out:find("127.0.0.1:" .. BA, 1, true), out)
+    assert.truthy(out:find("socks5://***@127.0.0.1:" .. S1, 1, true) or
+      out:find("socks5://127.0.0.1:" .. S2, 1, true), out)
+    assert.is_nil(out:find(TOKEN, 1, true))
+    assert.is_nil(out:find(PW, 1, true))
   end)
 
   it("never logs the token or a proxy password", function()

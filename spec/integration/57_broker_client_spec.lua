@@ -231,6 +231,24 @@ exchange "binance" { hosts = { "127.0.0.1" }, pool = "bin" }
     assert.is_nil(out:find(PW, 1, true))
   end)
 
+  it("drops its leases when a reload changes what they depend on", function()
+    -- region "eu": the broker has no proxy there (503, FERRY-7105).
+    local text = procs.read_file(client.config):gsub('region = nil', 'region = "eu"')
+    procs.write_file(client.config, text)
+    procs.signal(client, "HUP")
+    assert.truthy(procs.wait_for(function()
+      return #lines_with(client, "FERRY-8119") == 1
+    end, 5), procs.read_file(client.log))
+    assert.truthy(procs.wait_for(function()
+      return cmetric("ferry_broker_client_fallback_active", 'pool="bin"') == 1 and
+        (cmetric("ferry_broker_client_requests_total", string.format(
+          'pool="bin",endpoint="http://127.0.0.1:%d",outcome="no_proxy"', BA)) or 0) >= 1
+    end, 5), procs.read_file(client.log))
+    assert.truthy(lines_with(client, "FERRY-8118")[1].msg:find("gave no proxy", 1, true))
+    assert.equal(200, (get(CL, O)))
+    assert.equal("socks5://127.0.0.1:" .. SF, last_proxy(client))
+  end)
+
   it("never logs the token or a proxy password", function()
     no_secret(client)
     if broker then no_secret(broker) end

@@ -203,7 +203,7 @@ bench-reverse: deps bench-deps bin/ferry
 # A fleet on a throwaway PostgreSQL (3 and 10 nodes): propagation of
 # inventory changes and bans, database queries per node, PostgreSQL vs
 # SQLite per CPU-second, the broker client's cached resolution.  A few
-# minutes; FLEET_CHANGES (50), FLEET_SIZES ("3 10"), FLEET_RATE (1000).
+# minutes; FLEET_CHANGES (100), FLEET_SIZES ("3 10"), FLEET_RATE (1000).
 bench-fleet: deps bench-deps bin/ferry build/libferry.so
 	spec/bench/fleet.sh
 

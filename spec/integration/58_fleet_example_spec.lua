@@ -82,6 +82,16 @@ describe("examples/fleet", function()
       assert.same({ "node-a", "node-b", "node-c" },
         { seen.nodes[1].id, seen.nodes[2].id, seen.nodes[3].id })
     end
+    -- The console socket run.sh prints says the same.
+    local p = io.popen(procs.quote(procs.bin) .. " console -s " .. procs.quote(dir .. "/node-b.sock") ..
+      " -e 'node.list()' 2>&1")
+    local out = p:read("*a")
+    p:close()
+    local live = {}
+    for id, state in out:gmatch("\n(node%-%a)%s+%S+%s+%S+%s+(%a+)") do
+      if state == "live" then live[#live + 1] = id end
+    end
+    assert.same({ "node-a", "node-b", "node-c" }, live, out)
   end)
 
   it("puts a proxy added on node-a into node-c's inventory", function()

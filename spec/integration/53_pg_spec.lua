@@ -216,9 +216,10 @@ route(function(req) return "direct" end)
     local c = agent.new()
     local f3 = c:ferry(string.format([[
 listen { name = "main", addr = "127.0.0.1:%d" }
+admin { socket = %q }
 store { postgres = %q }
 route(function(req) return "direct" end)
-]], F3, db:password_conninfo("fleet1", WRONG_PW)), { F3 })
+]], F3, c.dir .. "/c.sock", db:password_conninfo("fleet1", WRONG_PW)), { F3 })
     local ok, e = pcall(function()
       assert.truthy(procs.wait_for(function() return count(f3, "FERRY-8003") == 1 end, 10))
       assert.truthy(procs.read_file(f3.log):find("password authentication failed", 1, true))
@@ -229,6 +230,13 @@ route(function(req) return "direct" end)
         ".. s.target .. ' ' .. require('ferry.metrics').render(require('ferry.runtime'))")
       assert.falsy(seen:find(WRONG_PW, 1, true))
       assert.truthy(seen:find("127.0.0.1:" .. db.port .. "/fleet1", 1, true))
+      -- The console's stats() shows the connection without credentials.
+      local p = io.popen(procs.quote(procs.bin) .. " console -s " ..
+        procs.quote(c.dir .. "/c.sock") .. " -e 'stats()' 2>&1")
+      local out = p:read("*a")
+      p:close()
+      assert.truthy(out:find("down 127.0.0.1:" .. db.port .. "/fleet1", 1, true), out)
+      assert.falsy(out:find(WRONG_PW, 1, true), out)
     end)
     procs.stop_ferry(f3)
     c:cleanup()
@@ -306,7 +314,7 @@ end)
     assert.equal(0, count(f5, "FERRY-8014"))
   end)
 
-  it("lets two nodes migrate the same empty database at once", function()
+  it("lets two nodes migrate the same empty database at once (one by host name)", function()
     local ci = db:create_db("race")
     local nodes = {}
     for i = 1, 2 do
@@ -314,7 +322,8 @@ end)
       local ag = agent.new()
       local cfg = string.format('listen { name = "main", addr = "127.0.0.1:%d" }\n' ..
         'store { postgres = %q }\nnode { id = "race-%d" }\nroute(function(req) return "direct" end)\n',
-        p, ci, i)
+        -- The second by host name: resolved without blocking (c-ares), then hostaddr.
+        p, i == 1 and ci or (ci:gsub("host=127%.0%.0%.1", "host=localhost")), i)
       nodes[i] = { a = ag, port = p, proc = ag:ferry(cfg, {}) }
     end
     local ok, e = pcall(function()

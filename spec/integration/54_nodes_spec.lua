@@ -201,6 +201,10 @@ pool "shared" {
     end
     -- Registration was logged once per node, and the others' joins.
     assert.equal(1, code_lines(nodes.n1.proc, "FERRY-8020"))
+    assert.equal(1, code_lines(nodes.n1.proc, "FERRY-8021", "node n2 joined"))
+    local text = scrape(nodes.n2.admin)
+    assert.equal(3, metric(text, 'ferry_fleet_nodes{state="live"}'))
+    assert.equal(0, metric(text, 'ferry_fleet_nodes{state="gone"}'))
   end)
 
   -- Each node's own passed probes per proxy over a window: { id = { label = delta } }.
@@ -384,5 +388,15 @@ pool "shared" {
     local rows = db:psql("select id, stopped from ferry_nodes order by id", "nodes54")
     assert.truthy(rows:find(leaving .. "|t", 1, true), rows)
     owners(staying)
+  end)
+
+  it("logs an id clash when a second process registers a live node's id", function()
+    local id = survivors[1]
+    local twin = { listen = procs.free_port(), admin = procs.free_port() }
+    twin.proc = procs.ferry(config(id, twin), { twin.listen, twin.admin }, "ferry-twin")
+    assert.truthy(procs.wait_for(function()
+      return code_lines(nodes[id].proc, "FERRY-8027", "another node registered as " .. id) >= 1
+    end, 10, 0.1), "no FERRY-8027 on " .. id)
+    procs.stop(twin.proc, "KILL")
   end)
 end)

@@ -9,7 +9,6 @@
 local procs = require("procs")
 local pg = require("pg")
 local cjson = require("cjson.safe")
-local socket = require("socket")
 
 local NPROXIES = 6
 local HB = 0.5
@@ -17,7 +16,6 @@ local HB = 0.5
 -- A TCP "proxy" for tcp probes: accepts and closes, counting accepts
 -- into a file (rewritten after each).
 local STUB = [[
-local socket = require("socket")
 local port, out = tonumber(arg[1]), arg[2]
 local server = assert(socket.bind("127.0.0.1", port))
 server:settimeout(0.2)
@@ -372,7 +370,8 @@ pool "shared" {
     local want = { n1 = "live", n2 = "live", n3 = "live" }
     assert.truthy(procs.wait_for(function() return converged({ "n1", "n2", "n3" }, want) end,
       30, 0.2), "no convergence after PostgreSQL came back")
-    _, body = get_json(nodes[id].admin, "/api/v1/nodes")
+    status, body = get_json(nodes[id].admin, "/api/v1/nodes")
+    assert.equal(200, status)
     assert.is_false(body.stale)
   end)
 

@@ -16,6 +16,7 @@ local HB = 0.5
 -- A TCP "proxy" for tcp probes: accepts and closes, counting accepts
 -- into a file (rewritten after each).
 local STUB = [[
+local socket = require("socket")
 local port, out = tonumber(arg[1]), arg[2]
 local server = assert(socket.bind("127.0.0.1", port))
 server:settimeout(0.2)

@@ -121,11 +121,18 @@ local function age_now(id, row, now)
   return (row.age or math.huge) + (now - (S.read_at or now))
 end
 
+-- This node is live in its own eyes while it runs registered (a slow
+-- heartbeat must not make it drop its probe duties), draining once
+-- stopping; the others by their rows.
 local function states_now(now)
   local st = {}
   for id, row in pairs(S.rows) do
-    st[id] = view.state({ age = age_now(id, row, now), draining = row.draining,
-                          stopped = row.stopped }, S.heartbeat)
+    if id == S.id and S.started then
+      st[id] = S.stopping and "draining" or "live"
+    else
+      st[id] = view.state({ age = age_now(id, row, now), draining = row.draining,
+                            stopped = row.stopped }, S.heartbeat)
+    end
   end
   return st
 end
@@ -439,7 +446,7 @@ function M.list()
     out[#out + 1] = {
       id = id, advertise = row.advertise, version = row.version, config_hash = row.config_hash,
       started = row.started, heartbeat_age_s = age < 1e9 and round1(age) or nil,
-      state = id == S.id and S.stopping and "draining" or st[id], self = id == S.id,
+      state = st[id], self = id == S.id,
       probes = duties[id] or 0,
     }
   end

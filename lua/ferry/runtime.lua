@@ -162,6 +162,12 @@ end
 
 -- Graceful stop (called by the core once the loop has drained): the
 -- store keeps the last known health of every proxy.
+-- A stop signal arrived: the drain begins (proxied requests finish;
+-- changes queued for PostgreSQL get a moment).
+function M.drain()
+  fleet.drain()
+end
+
 function M.stop()
   local ok, err = inventory.stop()
   fleet.stop()

@@ -55,6 +55,7 @@ store  { postgres = %q, key = %q, resync = 30 }
 node   { id = %q }
 pool "p" { strategy = "round_robin", retries = 0, all_down = "fail",
   proxies = { { url = "http://127.0.0.1:%d", id = "seed" } } }
+pool "q" { proxies = { "http://127.0.0.1:9" } }
 route(function() return "p" end)
 ]], n.port, n.admin, conninfo, KEY_HEX, n.id, T)
   end
@@ -228,6 +229,30 @@ route(function() return "p" end)
     assert.equal(want, procs.last_header(head, "X-Ferry-Error"))
     assert.equal(want, cjson.decode(procs.read_file(out)).error)
     assert.truthy(record(A.admin, "rt5"))
+
+    -- At most 64 answers wait: with 64 waiting, the next change is refused
+    -- at once.  First the three above (rt6, rt3, rt5) end their wait.
+    assert.truthy(procs.wait_for(function()
+      local _, n = procs.read_file(A.proc.log):gsub("waited past its bound", "")
+      return n >= 3
+    end, 10))
+    local cmds = {}
+    for i = 1, 64 do
+      cmds[i] = "curl -s -o /dev/null --max-time 20 -X POST --data-binary " .. q(cjson.encode {
+        pool = "q", id = "w" .. i, url = "http://127.0.0.1:" .. (21000 + i) }) .. " " ..
+        q("http://127.0.0.1:" .. A.admin .. "/api/v1/proxies") .. " &"
+    end
+    os.execute("(" .. table.concat(cmds, " ") .. " wait) >/dev/null 2>&1 &")
+    assert.truthy(procs.wait_for(function()
+      local c, b = api(A.admin, "GET", "/api/v1/proxies?pool=q")
+      return c == 200 and b.total == 65
+    end, 10), "the 64 changes did not all wait")
+    local c65, b65, r65 = api(A.admin, "POST", "/api/v1/proxies", cjson.encode { pool = "q",
+      id = "w65", url = "http://127.0.0.1:21065" })
+    assert.equal(503, c65, r65)
+    assert.equal("FERRY-7717", b65.error)
+    assert.is_nil(record(A.admin, "w65"))
+    assert.equal(1, procs.metric(A.admin, "ferry_admin_waits_total", 'result="refused"'))
 
     -- The console on B applies at once and says the change is queued.
     local text

@@ -220,6 +220,14 @@ function M.republish()
   flush()
 end
 
+-- The node stops (fleet.on_drain): its counts go to 0 at once, so the
+-- other nodes stop counting its leases before it is seen as gone.
+function M.drain()
+  local node = ctx.node()
+  ctx.fleet().write("lease-reset:" .. node, M.RESET, { node })
+  changes.count("lease", "out")
+end
+
 -- While the database is down, the other nodes' counts are the last
 -- known ones: nobody can tell which nodes are gone.
 

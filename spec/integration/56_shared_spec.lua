@@ -248,6 +248,16 @@ return {
     assert.truthy(procs.wait_for(function()
       return metric("B", "ferry_proxy_active_connections", 'proxy="b",pool="p"') == 0
     end, 5, 0.1), "a stopped node's leases still count")
+    -- A real node that stops: its counts go to 0 as it drains (A held 2 on a).
+    assert.equal(2, metric("B", "ferry_proxy_active_connections", 'proxy="a",pool="p"'))
+    procs.stop_ferry(nodes.A.proc)
+    assert.equal("0", db:psql("select held from ferry_leases where proxy = 'a' and node = 'A'",
+      "shared56"))
+    assert.truthy(procs.wait_for(function()
+      return metric("B", "ferry_proxy_active_connections", 'proxy="a",pool="p"') == 0
+    end, 3, 0.05), "a stopped node's leases still count")
+    start("A")
+    assert.truthy(pg_up("A"))
   end)
 
   it("with PostgreSQL stopped a ban applies locally, and the others converge after it returns", function()

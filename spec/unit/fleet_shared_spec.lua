@@ -73,6 +73,7 @@ local function world()
   end
   function fleet.on(kind, fn) w.handlers[kind] = fn end
   function fleet.on_up(fn) w.ups[#w.ups + 1] = fn end
+  function fleet.on_drain(fn) w.drain = fn end
   local timer = {}
   function timer.after(s, fn)
     w.timers[#w.timers + 1] = { at = w.t + s, fn = fn }
@@ -451,6 +452,15 @@ describe("fleet: wiring", function()
     assert.equal(3, #w.reads)
     for _, r in ipairs(w.reads) do r.cb({ rows = { { now = "1", leases = "[]" } } }) end
     assert.equal(1, w.codes("FERRY-8071"))
+  end)
+
+  it("sets this node's lease counts to 0 when it stops", function()
+    local w = world()
+    assert.is_function(w.drain)
+    w.drain()
+    assert.equal(1, #w.writes)
+    assert.truthy(w.writes[1].sql:find("UPDATE ferry_leases SET held = 0", 1, true))
+    assert.same({ "A" }, w.writes[1].params)
   end)
 
   it("renders ferry_fleet_changes_total once", function()

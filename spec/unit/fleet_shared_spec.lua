@@ -145,6 +145,16 @@ describe("fleet: bans", function()
     assert.equal(1, changes.get("ban", "ignored"))
   end)
 
+  it("logs a failed write once, without the credentials a proxy key may hold", function()
+    local w = world()
+    local x = w.C.ferry_pxstate_get(2, 1)
+    w.C.ferry_ban(x, 60, "r")
+    bans.banned(x, "r")
+    w.writes[1].cb(nil, "ERROR: something about (proxy)=(http://u:pw@10.0.0.2:3128) (SQLSTATE XX000)")
+    assert.equal(1, w.codes("FERRY-8069"))
+    for _, l in ipairs(w.logs) do assert.falsy(l.msg:find("pw", 1, true), l.msg) end
+  end)
+
   it("does not share a proxy of no pool, traffic without an exchange, or with the fleet off", function()
     local w = world()
     local x = w.C.ferry_pxstate_get(7, 1)

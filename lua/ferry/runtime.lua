@@ -93,7 +93,12 @@ local function switch_to(run, prep)
   -- store { postgres }: the fleet follows the committed config (the same
   -- conninfo keeps its connection).
   fleet.apply(prep.cfg)
-  fleet_shared.committed(run)
+  -- Shared bans, leases and pins follow the running proxies and
+  -- exchanges; a failure there must not undo a commit that happened.
+  local sok, serr = pcall(fleet_shared.committed, run)
+  if not sok then
+    C.ferry_log(ERROR, "FERRY-8073", "fleet shared state: " .. tostring(serr))
+  end
 end
 
 function M.load(path, do_apply)

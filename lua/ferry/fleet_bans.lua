@@ -99,7 +99,7 @@ local function write(pk, sql, params, kind, what)
   local ok, err = fleet.write("ban:" .. pk, sql, params, function(res, qerr)
     if not res then
       ctx.log_once("write:" .. kind, "warn", "FERRY-8069", format("fleet: sharing a %s failed, " ..
-        "it is published again on reconnect: %s", what, tostring(qerr)))
+        "it is published again on reconnect: %s", what, ctx.scrub(qerr)))
       return
     end
     local row = res.rows and res.rows[1]
@@ -108,7 +108,7 @@ local function write(pk, sql, params, kind, what)
   end)
   if not ok then
     ctx.log_once("write:" .. kind, "warn", "FERRY-8069", format("fleet: sharing a %s failed, " ..
-      "it is published again on reconnect: %s", what, tostring(err)))
+      "it is published again on reconnect: %s", what, ctx.scrub(err)))
     return false
   end
   changes.count(kind, "out")
@@ -272,7 +272,7 @@ function M.resync(done)
   local ok, err = fleet.read(M.ACTIVE, { ctx.node() }, function(res, qerr)
     if not res then
       ctx.log_once("resync-bans", "warn", "FERRY-8072", "fleet: reading the shared bans and " ..
-        "breakers failed: " .. tostring(qerr))
+        "breakers failed: " .. ctx.scrub(qerr))
       if done then done(nil, qerr) end
       return
     end
@@ -297,7 +297,7 @@ function M.resync(done)
   end)
   if not ok then
     ctx.log_once("resync-bans", "warn", "FERRY-8072", "fleet: reading the shared bans and " ..
-      "breakers failed: " .. tostring(err))
+      "breakers failed: " .. ctx.scrub(err))
     if done then done(nil, err) end
   end
 end

@@ -131,6 +131,12 @@ function M.log_once(key, level, code, msg)
   M.log(level, code, msg)
 end
 
+-- An error text as logs may show it: a database message may quote a
+-- value, and a proxy's key can be its URL with credentials.
+function M.scrub(msg)
+  return (tostring(msg):gsub("//[^@/%s]*@", "//"))
+end
+
 -- A number field of a message or row (JSON numbers, or the driver's text).
 function M.num(v)
   return tonumber(v)

@@ -16,7 +16,7 @@ local cjson = require("cjson.safe")
 local ctx = require("ferry.fleet_ctx")
 local changes = require("ferry.fleet_changes")
 
-local pairs, ipairs, tostring, tonumber, type = pairs, ipairs, tostring, tonumber, type
+local pairs, ipairs, tonumber, type = pairs, ipairs, tonumber, type
 
 local M = {
   FLUSH = 0.25,      -- seconds between two writes of one proxy's count, at least
@@ -113,14 +113,14 @@ local function flush()
       local ok, err = fleet.write("lease:" .. key, M.UPSERT, { key, node, h }, function(res, qerr)
         if not res then
           ctx.log_once("write:lease", "warn", "FERRY-8069", "fleet: sharing a lease count " ..
-            "failed, it is published again on reconnect: " .. tostring(qerr))
+            "failed, it is published again on reconnect: " .. ctx.scrub(qerr))
         end
       end)
       if ok then
         changes.count("lease", "out")
       else
         ctx.log_once("write:lease", "warn", "FERRY-8069", "fleet: sharing a lease count " ..
-          "failed, it is published again on reconnect: " .. tostring(err))
+          "failed, it is published again on reconnect: " .. ctx.scrub(err))
       end
     end
   end
@@ -202,7 +202,7 @@ function M.resync(done)
     local now = row and tonumber(row.now)
     if not rows or not now then
       ctx.log_once("resync-leases", "warn", "FERRY-8072", "fleet: reading the live nodes' " ..
-        "lease counts failed: " .. tostring(qerr or "unreadable answer"))
+        "lease counts failed: " .. ctx.scrub(qerr or "unreadable answer"))
       if done then done(nil) end
       return
     end
@@ -218,6 +218,14 @@ function M.republish()
   fleet.write("lease-reset:" .. node, M.RESET, { node })
   for cid in pairs(held) do dirty[cid] = true end
   flush()
+end
+
+-- The node stops (fleet.on_drain): its counts go to 0 at once, so the
+-- other nodes stop counting its leases before it is seen as gone.
+function M.drain()
+  local node = ctx.node()
+  ctx.fleet().write("lease-reset:" .. node, M.RESET, { node })
+  changes.count("lease", "out")
 end
 
 -- While the database is down, the other nodes' counts are the last

@@ -107,7 +107,7 @@ local function flush()
   local ok, err = ctx.fleet().write("pins:" .. keys[1], M.UPSERT, { text, node }, function(res, qerr)
     if not res then
       ctx.log_once("write:pin", "warn", "FERRY-8069", "fleet: sharing sticky pins failed, " ..
-        "they are published again on reconnect: " .. tostring(qerr))
+        "they are published again on reconnect: " .. ctx.scrub(qerr))
       return
     end
     for _, row in ipairs(res.rows or {}) do
@@ -120,7 +120,7 @@ local function flush()
     changes.count("pin", "out", #batch)
   else
     ctx.log_once("write:pin", "warn", "FERRY-8069", "fleet: sharing sticky pins failed, " ..
-      "they are published again on reconnect: " .. tostring(err))
+      "they are published again on reconnect: " .. ctx.scrub(err))
   end
 end
 
@@ -199,7 +199,7 @@ function M.resync(done)
   local ok, err = ctx.fleet().read(M.ACTIVE, { ctx.node() }, function(res, qerr)
     if not res then
       ctx.log_once("resync-pins", "warn", "FERRY-8072", "fleet: reading the shared sticky " ..
-        "pins failed: " .. tostring(qerr))
+        "pins failed: " .. ctx.scrub(qerr))
       if done then done(nil) end
       return
     end

@@ -84,6 +84,11 @@ local function attach()
   fleet.on("ban", bans.apply)
   fleet.on("lease", leases.apply)
   fleet.on("pin", pins.apply)
+  if fleet.on_drain then
+    fleet.on_drain(function()
+      if ctx.enabled() then leases.drain() end
+    end)
+  end
   fleet.on_up(function()
     if not ctx.enabled() then return end
     start_timers()

@@ -100,7 +100,12 @@ local function switch_to(run, prep)
   if not ok then
     C.ferry_log(cdef.LOG.error, "FERRY-8030", "fleet nodes: " .. tostring(err))
   end
-  fleet_shared.committed(run)
+  -- Shared bans, leases and pins follow the running proxies and
+  -- exchanges; a failure there must not undo a commit that happened.
+  local sok, serr = pcall(fleet_shared.committed, run)
+  if not sok then
+    C.ferry_log(ERROR, "FERRY-8073", "fleet shared state: " .. tostring(serr))
+  end
   broker_client.committed(run, M)
 end
 

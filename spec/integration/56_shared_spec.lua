@@ -15,6 +15,10 @@ local pgh = require("pg")
 local cjson = require("cjson.safe")
 
 local ROOT = os.getenv("PWD")
+-- Under ASan everything is slower: the windows (a ban's length, a
+-- breaker's cooldown) and the polling bounds grow with it.
+local K = procs.asan and 3 or 1
+local BAN_S, COOLDOWN_S = 5 * K, 4 * K
 
 describe("fleet: shared bans, breakers, pins and leases", function()
   local db, conninfo, origin
@@ -33,14 +37,14 @@ admin { addr = "127.0.0.1:%d" }
 store { postgres = %q }
 node { id = "%s", heartbeat = 1 }
 pool "p" { strategy = "least_conn", retries = 0, all_down = "fail", health = { interval = 60 },
-  breaker = { policy = "consecutive", failures = 2, cooldown = 4, max_cooldown = 4 },
+  breaker = { policy = "consecutive", failures = 2, cooldown = %d, max_cooldown = %d },
   proxies = { { url = "socks5://127.0.0.1:%d", id = "a" }, { url = "socks5://127.0.0.1:%d", id = "b" } } }
 pool "s" { strategy = "sticky", retries = 0, health = { interval = 60 },
   proxies = { { url = "socks5://127.0.0.1:%d", id = "sa" }, { url = "socks5://127.0.0.1:%d", id = "sb" } } }
 exchange "ex" { hosts = { "127.0.0.1" }, pool = "p", script = "%s",
   ban = { status = { 429 }, backoff = 30 } }
 exchange "other" { hosts = { "localhost" }, pool = "p" }
-]], n.F, n.A, conninfo, name, S[1], S[2], S[1], S[2], script)
+]], n.F, n.A, conninfo, name, COOLDOWN_S, COOLDOWN_S, S[1], S[2], S[1], S[2], script)
   end
 
   local function start(name)
@@ -81,7 +85,7 @@ exchange "other" { hosts = { "localhost" }, pool = "p" }
   local function pg_up(name)
     return procs.wait_for(function()
       return #lines(name, "FERRY-8071") > 0
-    end, 20, 0.05)
+    end, 20 * K, 0.05)
   end
 
   setup(function()
@@ -120,8 +124,8 @@ return {
 
   it("a 429 ban seen on B keeps A and C away from that proxy, for that exchange, until it ends", function()
     for _, name in ipairs(NAMES) do assert.equal("127.0.0.2", via(name)) end
-    -- B: proxy a answers 429 with Retry-After: 5.
-    local addr, status = via("B", "127.0.0.1", "/ban/127.0.0.2/429/5")
+    -- B: proxy a answers 429 with Retry-After: BAN_S.
+    local addr, status = via("B", "127.0.0.1", "/ban/127.0.0.2/429/" .. BAN_S)
     assert.equal(429, status)
     assert.equal("127.0.0.2", addr)
     assert.equal(1, #lines("B", "FERRY-8060"))
@@ -129,7 +133,7 @@ return {
       "exchange = 'ex'", "shared56"))
     -- A and C: exchange "ex" goes through b, within a second.
     for _, name in ipairs({ "A", "C" }) do
-      assert.truthy(procs.wait_for(function() return #lines(name, "FERRY-8061") > 0 end, 2, 0.02),
+      assert.truthy(procs.wait_for(function() return #lines(name, "FERRY-8061") > 0 end, 2 * K, 0.02),
         "node " .. name .. " did not receive the ban")
       assert.equal("127.0.0.3", via(name))
       assert.equal(1, metric(name, "ferry_proxy_banned", 'proxy="a",pool="p",exchange="ex"'))
@@ -138,9 +142,10 @@ return {
       for _ = 1, 4 do seen[via(name, "localhost") or "none"] = true end
       assert.truthy(seen["127.0.0.2"], "node " .. name .. " left a for exchange other too")
     end
-    -- The ban ends on A and C with its time (5 s from B's answer).
+    -- The ban ends on A and C with its time (BAN_S from B's answer).
     for _, name in ipairs({ "A", "C" }) do
-      assert.truthy(procs.wait_for(function() return via(name) == "127.0.0.2" end, 10, 0.2),
+      assert.truthy(procs.wait_for(function() return via(name) == "127.0.0.2" end, BAN_S + 5 * K,
+        0.2),
         "the ban did not end on node " .. name)
     end
     -- Nothing was echoed back: one ban row, written by B.
@@ -151,7 +156,7 @@ return {
   end)
 
   it("a breaker opened on the exchange's answers on C opens on A and B, and its close too", function()
-    -- Two 503s through a on C: its (a, ex) breaker opens for 4 s.
+    -- Two 503s through a on C: its (a, ex) breaker opens for COOLDOWN_S.
     for _ = 1, 2 do
       local addr, status = via("C", "127.0.0.1", "/ban/127.0.0.2/503")
       assert.equal(503, status)
@@ -162,18 +167,19 @@ return {
     for _, name in ipairs({ "A", "B" }) do
       assert.truthy(procs.wait_for(function()
         return metric(name, "ferry_proxy_breaker_state", 'proxy="a",pool="p",exchange="ex"') == 1
-      end, 2, 0.05), "node " .. name .. " did not open the breaker")
+      end, 2 * K, 0.05), "node " .. name .. " did not open the breaker")
       assert.equal("127.0.0.3", via(name))
       -- Only for exchange ex.
       assert.equal(0, metric(name, "ferry_proxy_breaker_state", 'proxy="a",pool="p",exchange="other"') or 0)
     end
     -- After the cooldown a trial through a on C succeeds: closed there, then on A and B.
-    assert.truthy(procs.wait_for(function() return via("C") == "127.0.0.2" end, 10, 0.2))
+    assert.truthy(procs.wait_for(function() return via("C") == "127.0.0.2" end,
+      COOLDOWN_S + 5 * K, 0.2))
     assert.equal(0, metric("C", "ferry_proxy_breaker_state", 'proxy="a",pool="p",exchange="ex"'))
     for _, name in ipairs({ "A", "B" }) do
       assert.truthy(procs.wait_for(function()
         return metric(name, "ferry_proxy_breaker_state", 'proxy="a",pool="p",exchange="ex"') == 0
-      end, 3, 0.05), "node " .. name .. " did not close the breaker")
+      end, 3 * K, 0.05), "node " .. name .. " did not close the breaker")
       assert.truthy(#lines(name, "FERRY-8065") >= 1)
     end
     assert.equal("0", db:psql("select count(*) from ferry_bans where kind = 'breaker'", "shared56"))
@@ -192,7 +198,7 @@ return {
     assert.truthy(distinct["127.0.0.2"] and distinct["127.0.0.3"])
     assert.truthy(procs.wait_for(function()
       return tonumber(db:psql("select count(*) from ferry_pins", "shared56")) >= 6
-    end, 3, 0.05))
+    end, 3 * K, 0.05))
     -- B and C, sessions asked in the reverse order: the same proxies.
     for _, name in ipairs({ "B", "C" }) do
       for i = 6, 1, -1 do
@@ -218,7 +224,7 @@ return {
     assert.same({ "a", "a", "a" }, ids)
     assert.truthy(procs.wait_for(function()
       return metric("B", "ferry_proxy_active_connections", 'proxy="a",pool="p"') == 3
-    end, 3, 0.05), "B does not count A's leases")
+    end, 3 * K, 0.05), "B does not count A's leases")
     assert.equal("3", db:psql("select held from ferry_leases where proxy = 'a' and node = 'A'",
       "shared56"))
     -- B's least_conn (exchange other) now avoids a.
@@ -229,7 +235,7 @@ return {
     assert.equal(200, status)
     assert.truthy(procs.wait_for(function()
       return metric("B", "ferry_proxy_active_connections", 'proxy="a",pool="p"') == 2
-    end, 3, 0.05))
+    end, 3 * K, 0.05))
   end)
 
   it("a node gone or stopped no longer counts its leases", function()
@@ -243,17 +249,27 @@ return {
       "shared56")
     assert.truthy(procs.wait_for(function()
       return metric("B", "ferry_proxy_active_connections", 'proxy="b",pool="p"') == 5
-    end, 5, 0.1), "a live node's leases are not counted")
+    end, 5 * K, 0.1), "a live node's leases are not counted")
     db:psql("update ferry_nodes set stopped = true where id = 'Z'", "shared56")
     assert.truthy(procs.wait_for(function()
       return metric("B", "ferry_proxy_active_connections", 'proxy="b",pool="p"') == 0
-    end, 5, 0.1), "a stopped node's leases still count")
+    end, 5 * K, 0.1), "a stopped node's leases still count")
+    -- A real node that stops: its counts go to 0 as it drains (A held 2 on a).
+    assert.equal(2, metric("B", "ferry_proxy_active_connections", 'proxy="a",pool="p"'))
+    procs.stop_ferry(nodes.A.proc)
+    assert.equal("0", db:psql("select held from ferry_leases where proxy = 'a' and node = 'A'",
+      "shared56"))
+    assert.truthy(procs.wait_for(function()
+      return metric("B", "ferry_proxy_active_connections", 'proxy="a",pool="p"') == 0
+    end, 3 * K, 0.05), "a stopped node's leases still count")
+    start("A")
+    assert.truthy(pg_up("A"))
   end)
 
   it("with PostgreSQL stopped a ban applies locally, and the others converge after it returns", function()
     db:stop()
-    -- A bans a for 12 s; its own traffic leaves a at once.
-    local _, status = via("A", "127.0.0.1", "/ban/127.0.0.2/429/12")
+    -- A bans a for 12 s (x K); its own traffic leaves a at once.
+    local _, status = via("A", "127.0.0.1", "/ban/127.0.0.2/429/" .. 12 * K)
     assert.equal(429, status)
     assert.equal("127.0.0.3", via("A"))
     -- B and C keep serving, through a (they cannot know).
@@ -261,12 +277,12 @@ return {
     assert.equal("127.0.0.2", via("C"))
     db:start()
     for _, name in ipairs({ "B", "C" }) do
-      assert.truthy(procs.wait_for(function() return via(name) == "127.0.0.3" end, 20, 0.2),
+      assert.truthy(procs.wait_for(function() return via(name) == "127.0.0.3" end, 20 * K, 0.2),
         "node " .. name .. " did not converge")
     end
     -- The row was published after the outage with the time left, not stretched by it.
     local left = tonumber(db:psql("select extract(epoch from until - clock_timestamp()) from " ..
       "ferry_bans where proxy = 'a' and exchange = 'ex' and kind = 'ban'", "shared56"))
-    assert.truthy(left and left <= 12, tostring(left))
+    assert.truthy(left and left <= 12 * K, tostring(left))
   end)
 end)

@@ -73,6 +73,7 @@ local function world()
   end
   function fleet.on(kind, fn) w.handlers[kind] = fn end
   function fleet.on_up(fn) w.ups[#w.ups + 1] = fn end
+  function fleet.on_drain(fn) w.drain = fn end
   local timer = {}
   function timer.after(s, fn)
     w.timers[#w.timers + 1] = { at = w.t + s, fn = fn }
@@ -142,6 +143,16 @@ describe("fleet: bans", function()
     wr.cb({ rows = { { u = "5000.5" } } })
     assert.equal("ignored", bans.apply({ k = "ban", p = "px1", x = "bin", s = 30, u = 5000.4, n = "B" }))
     assert.equal(1, changes.get("ban", "ignored"))
+  end)
+
+  it("logs a failed write once, without the credentials a proxy key may hold", function()
+    local w = world()
+    local x = w.C.ferry_pxstate_get(2, 1)
+    w.C.ferry_ban(x, 60, "r")
+    bans.banned(x, "r")
+    w.writes[1].cb(nil, "ERROR: something about (proxy)=(http://u:pw@10.0.0.2:3128) (SQLSTATE XX000)")
+    assert.equal(1, w.codes("FERRY-8069"))
+    for _, l in ipairs(w.logs) do assert.falsy(l.msg:find("pw", 1, true), l.msg) end
   end)
 
   it("does not share a proxy of no pool, traffic without an exchange, or with the fleet off", function()
@@ -451,6 +462,15 @@ describe("fleet: wiring", function()
     assert.equal(3, #w.reads)
     for _, r in ipairs(w.reads) do r.cb({ rows = { { now = "1", leases = "[]" } } }) end
     assert.equal(1, w.codes("FERRY-8071"))
+  end)
+
+  it("sets this node's lease counts to 0 when it stops", function()
+    local w = world()
+    assert.is_function(w.drain)
+    w.drain()
+    assert.equal(1, #w.writes)
+    assert.truthy(w.writes[1].sql:find("UPDATE ferry_leases SET held = 0", 1, true))
+    assert.same({ "A" }, w.writes[1].params)
   end)
 
   it("renders ferry_fleet_changes_total once", function()

@@ -409,3 +409,55 @@ exchange "binance" { hosts = { "127.0.0.1" }, pool = "good" }
     no_secret(client)
   end)
 end)
+
+describe("broker client feedback of a ban", function()
+  local O, S2, SF = procs.free_port(), procs.free_port(), procs.free_port()
+  local BL, BA, CL, CA = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
+  local origin, s2, sf, broker, client
+
+  setup(function()
+    origin = procs.spawn("ban-origin", "python3 " .. procs.root .. "/spec/helpers/ban_origin.py " .. O)
+    assert(procs.wait_port(O), procs.read_file(origin.log))
+    s2 = procs.microsocks(S2)
+    sf = procs.microsocks(SF)
+    broker = procs.ferry(string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d", token = "%s" }
+pool "main" { proxies = { { url = "socks5://127.0.0.1:%d", id = "s2" } } }
+exchange "binance" { hosts = { "127.0.0.1" }, pool = "main", ban = { status = { 429 } } }
+]], BL, BA, TOKEN, S2), { BL, BA }, "broker-ban")
+    client = procs.ferry(string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
+pool "bin" { retries = 0, broker = { endpoints = { "http://127.0.0.1:%d" }, token = "%s",
+  exchange = "binance", leases = 1, feedback = { interval = 0.1 } },
+  proxies = { { url = "socks5://127.0.0.1:%d", id = "fallback" } } }
+exchange "binance" { hosts = { "127.0.0.1" }, pool = "bin", ban = { status = { 429 } } }
+]], CL, CA, BA, TOKEN, SF), { CL, CA }, "client-ban")
+  end)
+
+  teardown(function()
+    if client then procs.stop_ferry(client) end
+    if broker then procs.stop_ferry(broker) end
+    for _, p in ipairs { origin, s2, sf } do procs.stop(p) end
+  end)
+
+  it("reports the exchange's ban status, and the broker bans its proxy for the exchange", function()
+    assert.truthy(procs.wait_for(function()
+      return procs.metric(CA, "ferry_broker_client_leases", 'pool="bin"') == 1
+    end, 10), procs.read_file(client.log))
+    local status = procs.curl { url = "http://127.0.0.1:" .. O .. "/ban/all/429",
+      proxy = "http://127.0.0.1:" .. CL }
+    assert.equal(429, status)
+    assert.equal("socks5://127.0.0.1:" .. S2, last_proxy(client))
+    assert.truthy(procs.wait_for(function()
+      local st, body = procs.curl { url = "http://127.0.0.1:" .. BA .. "/metrics",
+        flags = "-H 'Authorization: Bearer " .. TOKEN .. "'" }
+      if st ~= 200 then return false end
+      for line in body:gmatch("[^\n]+") do
+        if line:match("^ferry_proxy_bans_total{") and line:find('proxy="s2"', 1, true) and
+          tonumber(line:match(" (%S+)$")) >= 1 then return true end
+      end
+    end, 5), "the broker did not ban s2")
+  end)
+end)

@@ -38,9 +38,9 @@ local function no_secret(proc)
   assert.is_nil(text:find(PW, 1, true), "a proxy password is in the log of " .. proc.name)
 end
 
-local function fake(mode, port)
+local function fake(mode, port, proxy)
   local p = procs.spawn("fake-" .. mode, "python3 " .. procs.root .. "/spec/helpers/fake_broker.py " ..
-    mode .. " " .. port)
+    mode .. " " .. port .. (proxy and (" " .. proxy) or ""))
   assert(procs.wait_port(port), "fake broker did not start:\n" .. procs.read_file(p.log))
   return p
 end
@@ -259,6 +259,7 @@ describe("broker client against bad brokers", function()
   local O, SF = procs.free_port(), procs.free_port()
   local G, E, D, H, I = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port(),
     procs.free_port()
+  local K, U = procs.free_port(), procs.free_port()
   local CL, CA = procs.free_port(), procs.free_port()
   local origin, sf, client
   local fakes = {}
@@ -267,9 +268,11 @@ describe("broker client against bad brokers", function()
     origin = procs.origin(O)
     sf = procs.microsocks(SF)
     fakes = { fake("garbage", G), fake("error", E), fake("denied", D), fake("hang", H),
-              fake("invalid", I) }
+              fake("invalid", I), fake("chunked", K, "socks5://127.0.0.1:" .. SF),
+              fake("huge", U) }
     local pools = {}
-    for _, x in ipairs { { "g", G }, { "e", E }, { "d", D }, { "h", H }, { "i", I } } do
+    for _, x in ipairs { { "g", G }, { "e", E }, { "d", D }, { "h", H }, { "i", I }, { "k", K },
+                         { "u", U } } do
       pools[#pools + 1] = string.format([[
 pool "%s" { broker = { endpoints = { "http://127.0.0.1:%d" }, token = "%s", exchange = "binance",
   timeout = 0.5, breaker = { failures = 100 } },
@@ -309,6 +312,19 @@ exchange "binance" { hosts = { "127.0.0.1" }, pool = "h" }
     -- The fake saw the token (its header), the log never its value.
     assert.truthy(procs.read_file(fakes[3].log):find("auth=yes", 1, true))
     no_secret(client)
+  end)
+
+  it("reads a chunked answer, and refuses one over 1 MiB", function()
+    assert.truthy(procs.wait_for(function()
+      return (procs.metric(CA, "ferry_broker_client_leases", 'pool="k"') or 0) >= 1 and
+        (outcome("u", U, "garbage") or 0) >= 1
+    end, 10), procs.read_file(client.log))
+    local huge
+    for _, l in ipairs(lines_with(client, "FERRY-8103")) do
+      if l.msg:find("larger than 1 MiB", 1, true) then huge = l end
+    end
+    assert.truthy(huge, procs.read_file(client.log))
+    assert.equal(0, procs.metric(CA, "ferry_broker_client_leases", 'pool="u"'))
   end)
 
   it("refuses a lease whose proxy URL is invalid, without logging it", function()

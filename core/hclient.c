@@ -451,9 +451,10 @@ static void connect_to(struct hreq *h, const struct sockaddr *sa, socklen_t len)
     ev_io_init(&h->io, on_io, fd, EV_WRITE);
     h->io.data = h;
     if (connect(fd, sa, len) != 0 && errno != EINPROGRESS) {
+        int e = errno;
         char d[160];
-        snprintf(d, sizeof(d), "connect: %s", strerror(errno));
-        fail_later(h, errno == ECONNREFUSED ? "refused" : "reset", d);
+        snprintf(d, sizeof(d), "connect: %s", strerror(e));
+        fail_later(h, e == ECONNREFUSED ? "refused" : "reset", d);
         return;
     }
     h->ev = EV_WRITE;

@@ -308,8 +308,10 @@ local function judge(status, err, detail, timeout)
     return "timeout", "FERRY-8106", format("no answer within %.2f s", timeout)
   end
   if err == "tls" then return "tls", "FERRY-8122", tostring(detail or err) end
-  if err then return err == "garbage" and "garbage" or "failed",
-    err == "garbage" and "FERRY-8103" or "FERRY-8100", tostring(detail or err) end
+  if err == "garbage" or err == "body_limit" or err == "head_limit" then
+    return "garbage", "FERRY-8103", tostring(detail or err)
+  end
+  if err then return "failed", "FERRY-8100", tostring(detail or err) end
   if status == 401 or status == 403 then
     return "unauthorized", "FERRY-8104", format("answered %d: the token is refused (check " ..
       "broker.token)", status)

@@ -38,9 +38,9 @@ local function no_secret(proc)
   assert.is_nil(text:find(PW, 1, true), "a proxy password is in the log of " .. proc.name)
 end
 
-local function fake(mode, port)
+local function fake(mode, port, proxy)
   local p = procs.spawn("fake-" .. mode, "python3 " .. procs.root .. "/spec/helpers/fake_broker.py " ..
-    mode .. " " .. port)
+    mode .. " " .. port .. (proxy and (" " .. proxy) or ""))
   assert(procs.wait_port(port), "fake broker did not start:\n" .. procs.read_file(p.log))
   return p
 end
@@ -259,6 +259,7 @@ describe("broker client against bad brokers", function()
   local O, SF = procs.free_port(), procs.free_port()
   local G, E, D, H, I = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port(),
     procs.free_port()
+  local K, U = procs.free_port(), procs.free_port()
   local CL, CA = procs.free_port(), procs.free_port()
   local origin, sf, client
   local fakes = {}
@@ -267,9 +268,11 @@ describe("broker client against bad brokers", function()
     origin = procs.origin(O)
     sf = procs.microsocks(SF)
     fakes = { fake("garbage", G), fake("error", E), fake("denied", D), fake("hang", H),
-              fake("invalid", I) }
+              fake("invalid", I), fake("chunked", K, "socks5://127.0.0.1:" .. SF),
+              fake("huge", U) }
     local pools = {}
-    for _, x in ipairs { { "g", G }, { "e", E }, { "d", D }, { "h", H }, { "i", I } } do
+    for _, x in ipairs { { "g", G }, { "e", E }, { "d", D }, { "h", H }, { "i", I }, { "k", K },
+                         { "u", U } } do
       pools[#pools + 1] = string.format([[
 pool "%s" { broker = { endpoints = { "http://127.0.0.1:%d" }, token = "%s", exchange = "binance",
   timeout = 0.5, breaker = { failures = 100 } },
@@ -309,6 +312,19 @@ exchange "binance" { hosts = { "127.0.0.1" }, pool = "h" }
     -- The fake saw the token (its header), the log never its value.
     assert.truthy(procs.read_file(fakes[3].log):find("auth=yes", 1, true))
     no_secret(client)
+  end)
+
+  it("reads a chunked answer, and refuses one over 1 MiB", function()
+    assert.truthy(procs.wait_for(function()
+      return (procs.metric(CA, "ferry_broker_client_leases", 'pool="k"') or 0) >= 1 and
+        (outcome("u", U, "garbage") or 0) >= 1
+    end, 10), procs.read_file(client.log))
+    local huge
+    for _, l in ipairs(lines_with(client, "FERRY-8103")) do
+      if l.msg:find("larger than 1 MiB", 1, true) then huge = l end
+    end
+    assert.truthy(huge, procs.read_file(client.log))
+    assert.equal(0, procs.metric(CA, "ferry_broker_client_leases", 'pool="u"'))
   end)
 
   it("refuses a lease whose proxy URL is invalid, without logging it", function()
@@ -407,5 +423,57 @@ exchange "binance" { hosts = { "127.0.0.1" }, pool = "good" }
     local l = lines_with(client, "FERRY-8122")[1]
     assert.truthy(l and l.msg:find("certificate", 1, true), l and l.msg)
     no_secret(client)
+  end)
+end)
+
+describe("broker client feedback of a ban", function()
+  local O, S2, SF = procs.free_port(), procs.free_port(), procs.free_port()
+  local BL, BA, CL, CA = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
+  local origin, s2, sf, broker, client
+
+  setup(function()
+    origin = procs.spawn("ban-origin", "python3 " .. procs.root .. "/spec/helpers/ban_origin.py " .. O)
+    assert(procs.wait_port(O), procs.read_file(origin.log))
+    s2 = procs.microsocks(S2)
+    sf = procs.microsocks(SF)
+    broker = procs.ferry(string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d", token = "%s" }
+pool "main" { proxies = { { url = "socks5://127.0.0.1:%d", id = "s2" } } }
+exchange "binance" { hosts = { "127.0.0.1" }, pool = "main", ban = { status = { 429 } } }
+]], BL, BA, TOKEN, S2), { BL, BA }, "broker-ban")
+    client = procs.ferry(string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
+pool "bin" { retries = 0, broker = { endpoints = { "http://127.0.0.1:%d" }, token = "%s",
+  exchange = "binance", leases = 1, feedback = { interval = 0.1 } },
+  proxies = { { url = "socks5://127.0.0.1:%d", id = "fallback" } } }
+exchange "binance" { hosts = { "127.0.0.1" }, pool = "bin", ban = { status = { 429 } } }
+]], CL, CA, BA, TOKEN, SF), { CL, CA }, "client-ban")
+  end)
+
+  teardown(function()
+    if client then procs.stop_ferry(client) end
+    if broker then procs.stop_ferry(broker) end
+    for _, p in ipairs { origin, s2, sf } do procs.stop(p) end
+  end)
+
+  it("reports the exchange's ban status, and the broker bans its proxy for the exchange", function()
+    assert.truthy(procs.wait_for(function()
+      return procs.metric(CA, "ferry_broker_client_leases", 'pool="bin"') == 1
+    end, 10), procs.read_file(client.log))
+    local status = procs.curl { url = "http://127.0.0.1:" .. O .. "/ban/all/429",
+      proxy = "http://127.0.0.1:" .. CL }
+    assert.equal(429, status)
+    assert.equal("socks5://127.0.0.1:" .. S2, last_proxy(client))
+    assert.truthy(procs.wait_for(function()
+      local st, body = procs.curl { url = "http://127.0.0.1:" .. BA .. "/metrics",
+        flags = "-H 'Authorization: Bearer " .. TOKEN .. "'" }
+      if st ~= 200 then return false end
+      for line in body:gmatch("[^\n]+") do
+        if line:match("^ferry_proxy_bans_total{") and line:find('proxy="s2"', 1, true) and
+          tonumber(line:match(" (%S+)$")) >= 1 then return true end
+      end
+    end, 5), "the broker did not ban s2")
   end)
 end)

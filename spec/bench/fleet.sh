@@ -30,6 +30,7 @@ SECS=${FLEET_SECONDS:-10}
 DUR=${FLEET_WRK_SECONDS:-5}
 NA="n/a (not built)"
 rm -rf "$W"; mkdir -p "$W/www" "$W/logs"; chmod 755 "$W"
+LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 
 P_ORIGIN=18400 P_EXIT=18401 P_BAN=18402 P_SIDE_PG=18403 P_SIDE_SQL=18404
 P_SIDE_PG_ADMIN=18405 P_SIDE_SQL_ADMIN=18406
@@ -269,22 +270,24 @@ fi
 
 echo "fleet bench: PostgreSQL 15 and the fleet's nodes on either core; load, origin and exit"
 echo "  on CPU 1 (the nodes of the PostgreSQL/SQLite table on CPU 0); all on 127.0.0.1;"
-echo "  $CHANGES changes per figure; $(nproc) cores shared with whatever else runs"
+echo "  $CHANGES changes per figure; $(nproc) cores shared with whatever else runs (load average"
+echo "  $LOAD_START at the start, $(cut -d' ' -f1 /proc/loadavg) at the end)"
 echo
-printf '%-34s %9s %9s %9s %8s %10s %10s %11s\n' "propagation (ms)" "median" "p99" "max" "missed" \
-  "all:median" "all:p99" "change:p50"
+printf '%-26s %8s %8s %8s %7s %10s %8s %10s %6s\n' "propagation (ms)" "median" "p99" "max" "missed" \
+  "all:median" "all:p99" "change:p50" "poll"
 for kind in inventory ban; do
   for size in $SIZES; do
     v=${FIG["$kind $size"]:-$NA}
     label="$kind, $size nodes"
-    if [[ "$v" == n/a* || "$v" == error* ]]; then printf '%-34s %s\n' "$label" "$v"; continue; fi
+    if [[ "$v" == n/a* || "$v" == error* ]]; then printf '%-26s %s\n' "$label" "$v"; continue; fi
     read -r m p x missed am ap an cm cp round <<< "$v"
-    printf '%-34s %9s %9s %9s %8s %10s %10s %11s\n' "$label" "$m" "$p" "$x" "$missed" "$am" "$ap" "$cm"
+    printf '%-26s %8s %8s %8s %7s %10s %8s %10s %6.2f\n' "$label" "$m" "$p" "$x" "$missed" "$am" "$ap" \
+      "$cm" "$round"
   done
 done
 echo "  per other node (changes x nodes); all: until the last node saw it; change: node A's own"
-echo "  answer (the POST, which waits for the database; or the 429); polls to all waiting nodes"
-echo "  at once, so a figure is late by at most one poll round (${round:-?} ms)"
+echo "  answer (the POST, which waits for the database; or the 429); poll: the median poll round"
+echo "  (all waiting nodes asked at once), by which a figure may be late"
 echo
 if [ "$HAVE_PG" = 1 ] && [ -z "${Q_NA-x}" ]; then
   echo "database queries per second per node ($Q_SIZE nodes, ${SECS}s each)"

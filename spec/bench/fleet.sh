@@ -11,13 +11,17 @@
 #       rest and with FLEET_RATE req/s (open loop, rate_load.c) through
 #       node A of the 3-node fleet;
 #   (d) requests per CPU-second of a node with PostgreSQL connected and of
-#       the same node on SQLite, side by side (wrk, 50 keep-alive clients);
+#       the same node on SQLite, both loaded at once (a wrk each, 50
+#       keep-alive clients);
 #   (e) the broker client's resolution of a cached lease, in process.
 # A part whose feature this ferry build lacks prints "n/a (not built)".
 # The fleet's nodes and PostgreSQL run on either core (on 2 cores, 10
 # nodes on one would measure the queue for that core); the two nodes of
-# (d) on CPU 0; load, the origins and the exit proxy on CPU 1.  Every wait and load loop is bounded; only the PIDs
-# this script started are stopped.
+# (d) on CPU 0; load, the origins and the exit proxy on CPU 1.  Every
+# wait and load loop is bounded; only the PIDs this script started are
+# stopped.  About 2 minutes with the defaults:
+#   FLEET_CHANGES (100), FLEET_SIZES ("3 10"), FLEET_RATE (1000),
+#   FLEET_SECONDS (10, each queries window), FLEET_WRK_SECONDS (5).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 ROOT=$(pwd)

@@ -183,7 +183,7 @@ static int emit(int ev)
 static void watch(int events)
 {
     int fd = pg.conn != NULL ? PQsocket(pg.conn) : -1;
-    if (fd == pg.io_fd && events == pg.io_events) {
+    if (fd == pg.io_fd && events == pg.io_events && fd >= 0) {
         return;
     }
     ev_io_stop(loop, &pg.io);
@@ -326,7 +326,11 @@ static void connected(void)
 
 static void poll_connect(void)
 {
-    switch (PQconnectPoll(pg.conn)) {
+    PostgresPollingStatusType r = PQconnectPoll(pg.conn);
+    /* libpq may have closed the socket and opened another (the next
+     * address, SSL refused): the watcher starts afresh on every step. */
+    pg.io_fd = -1;
+    switch (r) {
     case PGRES_POLLING_READING:
         watch(EV_READ);
         break;

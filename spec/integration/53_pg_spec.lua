@@ -262,6 +262,22 @@ route(function(req) return "direct" end)
     assert.equal(1, count(f4, "FERRY-8002"))
   end)
 
+  it("tries the hosts of a list in turn (libpq changes sockets under the watcher)", function()
+    local F6 = procs.free_port()
+    local g = agent.new()
+    local f6 = g:ferry(string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+store { postgres = "host=127.0.0.1,127.0.0.1 port=%d,%d dbname=fleet1 user=postgres" }
+route(function(req) return "direct" end)
+]], F6, procs.free_port(), db.port), { F6 })
+    local ok, e = pcall(function()
+      assert.truthy(g:wait("return require('ferry.pg').state() == 'up' or nil", 10))
+    end)
+    procs.stop_ferry(f6)
+    g:cleanup()
+    assert(ok, e)
+  end)
+
   it("keeps the connection over a reload with the same string, closes it without one", function()
     assert.truthy(a:wait("return require('ferry.pg').state() == 'up' or nil", 20))
     local before = a:run("return require('ferry.pg').stats().connects")

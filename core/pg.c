@@ -79,8 +79,6 @@ struct pg {
     struct ferry_pg_stats stats;
 };
 
-static int lua_queued; /* queries waiting in the runtime's queue (ferry_pg_set_queued) */
-
 static struct pg pg = { .io_fd = -1, .timeout = 5.0, .backoff = PG_BACKOFF_MIN };
 
 /* Remove every occurrence of the password from s (in place). */
@@ -794,16 +792,6 @@ void ferry_pg_stats(struct ferry_pg_stats *out)
     out->attempts = (double)pg.attempts;
     out->down_since = pg.down_since;
     out->timeout = pg.timeout;
-}
-
-void ferry_pg_set_queued(int n)
-{
-    lua_queued = n;
-}
-
-int pg_pending(void)
-{
-    return pg.st == PGC_UP && !pg.broken && (pg.inflight || lua_queued > 0);
 }
 
 void pg_stop_all(void)

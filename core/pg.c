@@ -344,6 +344,21 @@ static void poll_connect(void)
     }
 }
 
+/* The server's notices ("relation ... already exists, skipping") would
+ * go to stderr raw: they become debug lines. */
+static void on_notice(void *arg, const PGresult *r)
+{
+    (void)arg;
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+    size_t n = strlen(msg);
+    while (n > 0 && msg[n - 1] == '\n') {
+        msg[--n] = '\0';
+    }
+    scrub(msg);
+    log_event(LOG_DEBUG, "FERRY-8015", NULL, "postgres %s: %s", pg.target, msg);
+}
+
 /* Start libpq's connect; hostaddr: the resolved address, or NULL. */
 static void connect_to(const char *hostaddr)
 {
@@ -363,6 +378,7 @@ static void connect_to(const char *hostaddr)
         lost(PQerrorMessage(pg.conn));
         return;
     }
+    PQsetNoticeReceiver(pg.conn, on_notice, NULL);
     pg.st = PGC_CONNECTING;
     arm(PG_CONNECT_TIMEOUT);
     /* PQconnectStart's first state is "write": the TCP connect. */

@@ -150,6 +150,21 @@ return results
     assert.equal(1, r.stats.coalesced)
     assert.equal(3, procs.metric(A, "ferry_pg_queue"))
     assert.equal(0, procs.metric(A, "ferry_pg_up"))
+    -- The bound (queue = 50): 47 more fit, the next 5 are dropped, one line.
+    local full = a:run([[
+local fleet = require("ferry.fleet")
+local ok, refused, err = 0, 0, nil
+for i = 1, 52 do
+  local r, e = fleet.write("node:f" .. i, "insert into ferry_nodes (id, heartbeat_at) values " ..
+    "($1, now()) on conflict (id) do nothing", { "f" .. i })
+  if r then ok = ok + 1 else refused, err = refused + 1, e end
+end
+return { ok = ok, refused = refused, err = err }
+]])
+    assert.same({ ok = 47, refused = 5, err = "the postgres queue is full" }, full)
+    assert.equal(5, procs.metric(A, "ferry_pg_dropped_total"))
+    assert.equal(50, procs.metric(A, "ferry_pg_queue"))
+    assert.truthy(procs.wait_for(function() return count(ferry, "FERRY-8006") == 1 end))
     procs.sleep(1.5) -- a few reconnect attempts
     assert.equal(1, count(ferry, "FERRY-8004"))
     assert.equal(0, count(ferry, "FERRY-8003"))
@@ -160,6 +175,9 @@ return results
     assert.truthy(a:wait("return require('ferry.pg').state() == 'up' or nil", 15))
     assert.truthy(procs.wait_for(function()
       return db:psql("select count(*) from ferry_nodes where id like 'q%'", "fleet1") == "3"
+    end, 5))
+    assert.truthy(procs.wait_for(function()
+      return db:psql("select count(*) from ferry_nodes where id like 'f%'", "fleet1") == "47"
     end, 5))
     assert.equal("later:1", db:psql("select advertise from ferry_nodes where id = 'q3'", "fleet1"))
     assert.equal(0, procs.metric(A, "ferry_pg_queue"))

@@ -69,6 +69,12 @@ require("ferry.fleet").read("select 1 + $1::int as x, $2::text as n", { 41, requ
     assert.is_nil(a:run("return agent.r.rows[1].n"))
     assert.equal(1, procs.metric(A, "ferry_pg_up"))
     assert.equal(1, count(ferry, "FERRY-8011"))
+    -- One session, named for the DBA, with the statement timeout set.
+    assert.equal("1", db:psql("select count(*) from pg_stat_activity where datname = 'fleet1' " ..
+      "and application_name = 'ferry'", "fleet1"))
+    a:run([[require("ferry.fleet").read("show statement_timeout", {},
+      function(res) agent.st = res.rows[1].statement_timeout end)]])
+    assert.equal("1s", a:wait("return agent.st"))
   end)
 
   it("writes through fleet.write, with the NOTIFY in the same statement", function()

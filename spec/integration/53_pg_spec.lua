@@ -197,19 +197,28 @@ return { ok = ok, refused = refused, err = err }
   it("resets a connection whose server stopped answering, and serves meanwhile", function()
     assert.truthy(a:wait("return require('ferry.pg').state() == 'up' or nil", 10))
     db:sigstop()
+    -- A write goes out first (in flight when the server froze), a read waits behind it.
     a:run([[
-agent.frozen = nil
-require("ferry.fleet").read("select 1", {}, function(_, err) agent.frozen = err or "ok" end)
+local fleet = require("ferry.fleet")
+agent.frozen, agent.frozen_w = nil, nil
+fleet.write("node:frozen", "insert into ferry_nodes (id, heartbeat_at) values ($1, now()) " ..
+  "on conflict (id) do nothing", { "frozen" }, function(res, err) agent.frozen_w = err or "ok" end)
+fleet.read("select 1", {}, function(_, err) agent.frozen = err or "ok" end)
 ]])
     for _ = 1, 3 do
       assert.equal(200, (get(F, O)))
     end
     -- No answer for 3 s (twice the statement timeout, plus 1 s): reset.
     local err = a:wait("return agent.frozen", 10)
-    db:sigcont()
     assert.truthy(err:find("lost", 1, true))
     assert.equal(1, count(ferry, "FERRY-8007", "does not answer"))
+    assert.is_nil(a:run("return agent.frozen_w"))
+    assert.truthy(a:run("return require('ferry.pg').stats().requeued") >= 1)
+    db:sigcont()
     assert.truthy(a:wait("return require('ferry.pg').state() == 'up' or nil", 20))
+    -- The write in flight was sent again on the new session.
+    assert.equal("ok", a:wait("return agent.frozen_w", 10))
+    assert.equal("1", db:psql("select count(*) from ferry_nodes where id = 'frozen'", "fleet1"))
   end)
 
   it("refuses a schema newer than this ferry and keeps serving", function()

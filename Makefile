@@ -1,9 +1,9 @@
 # ferry - build, test, run, bench.  Quiet unless V=1.
 
 CC       ?= cc
-PKGS     := luajit libcares libssl libcrypto
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/luajit-2.1)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lluajit-5.1 -lcares -lssl -lcrypto)
+PKGS     := luajit libcares libssl libcrypto libpq
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/luajit-2.1 -I/usr/include/postgresql)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lluajit-5.1 -lcares -lssl -lcrypto -lpq)
 WERROR   ?=
 OPT      ?= -O2
 CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Wshadow -Wno-unused-parameter \
@@ -25,7 +25,7 @@ DEPS     := build-essential pkg-config luajit2 libluajit2-5.1-dev libev-dev libh
             libc-ares-dev libsqlite3-dev libssl-dev libedit-dev lua-cjson lua-busted lua-socket lua-check \
             cppcheck microsocks tinyproxy curl prometheus python3 sqlite3 wget git nodejs \
             python3-requests python3-socks stunnel4 openssl util-linux \
-            clang libclang-rt-14-dev
+            clang libclang-rt-14-dev postgresql-15 libpq-dev
 BENCH_DEPS := wrk nginx nginx-light squid-openssl mitmproxy haproxy tinyproxy dante-server microsocks stunnel4 openssl util-linux
 
 ifeq ($(V),1)

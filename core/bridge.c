@@ -25,6 +25,7 @@ static int ref_dispatch = LUA_NOREF;
 static int ref_result = LUA_NOREF;
 static int ref_admin = LUA_NOREF;
 static int ref_timer = LUA_NOREF;
+static int ref_pg = LUA_NOREF;
 
 static int traceback(lua_State *l)
 {
@@ -65,6 +66,8 @@ int bridge_init(const char *root, char *err, size_t errlen)
     ref_result = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "timer");
     ref_timer = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "pg_event");
+    ref_pg = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_setglobal(L, "__ferry_runtime");
     lua_settop(L, 0);
     return 0;
@@ -223,28 +226,40 @@ void bridge_result(struct ferry_result *r)
     lua_settop(L, 0);
 }
 
-/* A timer's expiry: runtime.timer(id) under the admin bounds (a fleet
- * resync may walk every proxy).  The runtime calls each callback under
- * pcall itself; reaching the error branch means its own code failed. */
-void bridge_timer(int32_t id)
+/* An event of the loop for the runtime: ref(n) under the admin bounds
+ * (a fleet resync may walk every proxy).  The runtime calls each user
+ * callback under pcall itself; reaching the error branch means its own
+ * code failed.  Never nested in another call of the runtime: the core
+ * calls it only from watchers. */
+static void call_event(int ref, lua_Integer n, const char *code, const char *what_failed)
 {
-    if (L == NULL || ref_timer == LUA_NOREF) {
+    if (L == NULL || ref == LUA_NOREF) {
         return;
     }
     lua_pushcfunction(L, traceback);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref_timer);
-    lua_pushinteger(L, id);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_pushinteger(L, n);
     budget_begin_eval(L, &budget_admin);
     int rc = lua_pcall(L, 1, 0, 1);
     enum budget_trip t = budget_end(L);
     if (rc != 0 || t != BUDGET_OK) {
         char what[256];
         metrics_hook_error(FERRY_HOOK_RUNTIME);
-        log_event(LOG_ERROR, "FERRY-8000", NULL, "timer %d failed: %s", (int)id,
+        log_event(LOG_ERROR, code, NULL, "%s %d failed: %s", what_failed, (int)n,
                   t != BUDGET_OK ? budget_describe(t, what, sizeof(what))
                                  : lua_tostring(L, -1));
     }
     lua_settop(L, 0);
+}
+
+void bridge_timer(int32_t id)
+{
+    call_event(ref_timer, id, "FERRY-8000", "timer");
+}
+
+void bridge_pg(int ev)
+{
+    call_event(ref_pg, ev, "FERRY-8008", "postgres event");
 }
 
 int64_t bridge_dispatch(struct ferry_req *r)
@@ -294,6 +309,26 @@ void bridge_hclient_done(struct ferry_hclient_result *r)
         metrics_hook_error(FERRY_HOOK_RUNTIME);
         log_event(LOG_ERROR, "FERRY-8101", NULL, "http client callback failed: %s",
                   lua_tostring(L, -1));
+    }
+    lua_settop(L, 0);
+}
+
+void bridge_drain(void)
+{
+    if (L == NULL) {
+        return;
+    }
+    lua_pushcfunction(L, traceback);
+    lua_getglobal(L, "__ferry_runtime");
+    lua_getfield(L, -1, "drain");
+    lua_remove(L, -2);
+    if (lua_isfunction(L, -1)) {
+        budget_begin_eval(L, &budget_admin);
+        int rc = lua_pcall(L, 0, 0, 1);
+        budget_end(L);
+        if (rc != 0) {
+            log_event(LOG_ERROR, "FERRY-4001", NULL, "drain hook failed: %s", lua_tostring(L, -1));
+        }
     }
     lua_settop(L, 0);
 }

@@ -39,6 +39,10 @@ struct ferry_hclient_result;
 void bridge_hclient_done(struct ferry_hclient_result *r);
 /* A timer of ferry_timer_start expired: runtime.timer(id). */
 void bridge_timer(int32_t id);
+/* An event of the PostgreSQL connection (enum ferry_pg_event): runtime.pg_event(ev). */
+void bridge_pg(int ev);
+/* A stop signal arrived and the drain begins (runtime.drain). */
+void bridge_drain(void);
 /* The daemon is stopping: let the runtime persist (runtime.stop). */
 void bridge_stop(void);
 void bridge_fini(void);

@@ -601,6 +601,68 @@ int ferry_pool_set_host(int pool, const char *host);
 int32_t ferry_timer_start(double after, double every, const char **err);
 void ferry_timer_cancel(int32_t id);
 int ferry_timer_count(void);
+/* The PostgreSQL connection of a fleet node (pg.c; lua/ferry/pg.lua
+ * keeps the queue).  Events reach the runtime as runtime.pg_event(ev);
+ * during one, the getters below read its details. */
+enum ferry_pg_state {
+    FERRY_PG_OFF = 0,        /* not configured */
+    FERRY_PG_CONNECTING = 1, /* connecting, or setting the session up */
+    FERRY_PG_UP = 2,         /* ready for a query */
+    FERRY_PG_DOWN = 3        /* lost or refused: retrying with back-off */
+};
+enum ferry_pg_event {
+    FERRY_PG_EV_UP = 1,      /* the session is ready (again) */
+    FERRY_PG_EV_DOWN = 2,    /* a ready session was lost (the query in flight with it) */
+    FERRY_PG_EV_RESULT = 3,  /* the query in flight ended */
+    FERRY_PG_EV_NOTIFY = 4   /* a notification (channel, payload) */
+};
+enum ferry_pg_result {
+    FERRY_PG_RES_NONE = 0,   /* no result */
+    FERRY_PG_RES_OK = 1,     /* a command without rows */
+    FERRY_PG_RES_ROWS = 2,   /* rows (maybe none) */
+    FERRY_PG_RES_ERROR = 3   /* the server's error (ferry_pg_result_error) */
+};
+struct ferry_pg_stats {
+    uint64_t connects;   /* ro: sessions set up */
+    uint64_t reconnects; /* ro: sessions set up after a loss or a failed attempt */
+    uint64_t queries;    /* ro: queries sent */
+    uint64_t errors;     /* ro: queries that failed, and sessions lost */
+    uint64_t notifies;   /* ro: notifications received */
+    double   up_since;   /* ro: ferry_now() when the session came up */
+    double   down_since; /* ro: when the outage began, 0 when up */
+    double   attempts;   /* ro: failed attempts in this outage */
+    double   timeout;    /* ro: statement_timeout, seconds */
+    int32_t  state;      /* ro: enum ferry_pg_state */
+    int32_t  inflight;   /* ro: 1 while a query is in flight */
+};
+/* 0, or FERRY_ERROR with err when conninfo does not parse (nothing shown of it). */
+int ferry_pg_check(const char *conninfo, const char **err);
+/* Connect to conninfo (the same string again: nothing changes; NULL or
+ * "": close).  timeout > 0: statement_timeout in seconds from the next
+ * session. */
+int ferry_pg_configure(const char *conninfo, double timeout, const char **err);
+int ferry_pg_state(void);
+/* Send a query (up, nothing in flight): params are text or NULL. */
+int ferry_pg_send(const char *sql, int nparams, const char *const *values, const char **err);
+int ferry_pg_busy(void);
+/* host:port/dbname of the conninfo; the last connection error (no password). */
+const char *ferry_pg_target(void);
+const char *ferry_pg_error(void);
+/* The result of a RESULT event. */
+int ferry_pg_result_status(void);
+const char *ferry_pg_result_error(void);
+const char *ferry_pg_result_sqlstate(void);
+int ferry_pg_nrows(void);
+int ferry_pg_nfields(void);
+const char *ferry_pg_fname(int col);
+const char *ferry_pg_value(int row, int col, int *len);
+double ferry_pg_affected(void);
+/* The notification of a NOTIFY event. */
+const char *ferry_pg_notify_channel(void);
+const char *ferry_pg_notify_payload(void);
+void ferry_pg_stats(struct ferry_pg_stats *out);
+/* The runtime's queue length, so a drain can wait (briefly) for it. */
+void ferry_pg_set_queued(int n);
 /* Write one coded event line to the log (level as above). */
 void ferry_log(int level, const char *code, const char *msg);
 /* Count a Lua hook error for metrics (enum ferry_hook_kind; the core

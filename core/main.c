@@ -16,6 +16,7 @@
 #include "hclient.h"
 #include "loop.h"
 #include "timer.h"
+#include "pg.h"
 #include "metrics.h"
 #include "mint.h"
 #include "proxy.h"
@@ -37,6 +38,7 @@
 
 #define FERRY_VERSION "0.1.0"
 #define DRAIN_SECS 10.0
+#define PG_FLUSH_SECS 1.0 /* the drain waits at most this long for queued changes */
 
 struct ev_loop *loop;
 
@@ -148,9 +150,12 @@ static void on_drain_tick(struct ev_loop *l, ev_timer *w, int revents)
     if (started == 0) {
         started = ev_now(l);
     }
-    /* Admin connections (a scraper's keep-alive) do not hold the drain. */
+    /* Admin connections (a scraper's keep-alive) do not hold the drain.
+     * Changes queued for PostgreSQL get up to PG_FLUSH_SECS of it. */
     int busy = listener_proxy_conns();
-    if (busy == 0 || ev_now(l) - started >= DRAIN_SECS) {
+    double spent = ev_now(l) - started;
+    int flushing = pg_pending() && spent < PG_FLUSH_SECS;
+    if ((busy == 0 && !flushing) || spent >= DRAIN_SECS) {
         if (busy > 0) {
             log_event(LOG_WARN, "FERRY-0004", NULL,
                       "drain timeout: closing %d connections", busy);
@@ -171,6 +176,7 @@ static void on_stop(struct ev_loop *l, ev_signal *w, int revents)
     log_event(LOG_INFO, "FERRY-0003", NULL, "signal %d: stop accepting, draining", w->signum);
     /* The admin plane stays up while draining, so /health can say 503. */
     listener_stop_proxying();
+    bridge_drain(); /* the fleet says it is draining (queued for PostgreSQL) */
     ev_timer_init(&drain_timer, on_drain_tick, 0., 0.1);
     ev_timer_start(l, &drain_timer);
 }
@@ -294,6 +300,7 @@ static int cmd_run(const char *config, int check_only)
     origin_tls_free_all();
     listener_close_all();
     bridge_stop(); /* the runtime persists what it must (last known health) */
+    pg_stop_all(); /* after the runtime counted what it could not send */
     log_event(LOG_INFO, "FERRY-0005", NULL, "stopped");
     log_flush();
     bridge_fini();

@@ -265,6 +265,44 @@ void ferry_set_log(int level, int access);
 int32_t ferry_timer_start(double after, double every, const char **err);
 void ferry_timer_cancel(int32_t id);
 int ferry_timer_count(void);
+enum ferry_pg_state { FERRY_PG_OFF = 0, FERRY_PG_CONNECTING = 1, FERRY_PG_UP = 2,
+                      FERRY_PG_DOWN = 3 };
+enum ferry_pg_event { FERRY_PG_EV_UP = 1, FERRY_PG_EV_DOWN = 2, FERRY_PG_EV_RESULT = 3,
+                      FERRY_PG_EV_NOTIFY = 4 };
+enum ferry_pg_result { FERRY_PG_RES_NONE = 0, FERRY_PG_RES_OK = 1, FERRY_PG_RES_ROWS = 2,
+                       FERRY_PG_RES_ERROR = 3 };
+struct ferry_pg_stats {
+  uint64_t connects;
+  uint64_t reconnects;
+  uint64_t queries;
+  uint64_t errors;
+  uint64_t notifies;
+  double   up_since;
+  double   down_since;
+  double   attempts;
+  double   timeout;
+  int32_t  state;
+  int32_t  inflight;
+};
+int ferry_pg_check(const char *conninfo, const char **err);
+int ferry_pg_configure(const char *conninfo, double timeout, const char **err);
+int ferry_pg_state(void);
+int ferry_pg_send(const char *sql, int nparams, const char *const *values, const char **err);
+int ferry_pg_busy(void);
+const char *ferry_pg_target(void);
+const char *ferry_pg_error(void);
+int ferry_pg_result_status(void);
+const char *ferry_pg_result_error(void);
+const char *ferry_pg_result_sqlstate(void);
+int ferry_pg_nrows(void);
+int ferry_pg_nfields(void);
+const char *ferry_pg_fname(int col);
+const char *ferry_pg_value(int row, int col, int *len);
+double ferry_pg_affected(void);
+const char *ferry_pg_notify_channel(void);
+const char *ferry_pg_notify_payload(void);
+void ferry_pg_stats(struct ferry_pg_stats *out);
+void ferry_pg_set_queued(int n);
 void ferry_log(int level, const char *code, const char *msg);
 void ferry_count_hook_error(int kind);
 struct ferry_metrics_member {

@@ -799,15 +799,28 @@ local function evaluate(chunk, file)
   end
 
   -- key / key_file: seal proxy credentials in the store (ferry.store_key).
+  -- postgres / resync / queue / timeout: the fleet's store (ferry.fleet_config).
   function env.store(t)
     local where = at("store")
-    check_fields(where, t, { path = true, key = true, key_file = true })
+    check_fields(where, t, { path = true, key = true, key_file = true, postgres = true,
+      resync = true, queue = true, timeout = true })
     want(where, "path", t.path, "string")
     local s, why = require("ferry.store_key").from_config(t, function(p)
       return resolve_path(dir, p) end)
     if not s then fail(where, "%s", why) end
+    s, why = require("ferry.fleet_config").store(t, s)
+    if not s then fail(where, "%s", why) end
     cfg.store = s
     cfg.store_line = caller_line(file)
+  end
+
+  -- This node of a fleet (ferry.fleet_config).
+  function env.node(t)
+    local where = at("node")
+    if cfg.node then fail(where, "node is declared twice [FERRY-0254]") end
+    local n, why = require("ferry.fleet_config").node(t)
+    if not n then fail(where, "%s", why) end
+    cfg.node = n
   end
 
   -- The proxy broker of the admin plane (docs/broker.md).

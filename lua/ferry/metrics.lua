@@ -60,6 +60,25 @@ local function broker_text()
   }, "\n")
 end
 
+-- Families other modules keep (ferry_pg_*, ferry_fleet_*): name -> fn()
+-- returning lines of text ending in "\n" (or ""), in name order.
+local extras = {}
+function M.register(name, fn)
+  extras[name] = fn
+end
+
+local function extra_text()
+  local names = {}
+  for name in pairs(extras) do names[#names + 1] = name end
+  sort(names)
+  local out = {}
+  for _, name in ipairs(names) do
+    local ok, text = pcall(extras[name])
+    if ok and type(text) == "string" then out[#out + 1] = text end
+  end
+  return table.concat(out)
+end
+
 function M.render(rt)
   local cur = rt and rt.active and rt.active()
   local pools = pool_list(cur)
@@ -88,7 +107,7 @@ function M.render(rt)
   end
   local text = C.ferry_metrics_text(members, i, broker_text() ..
     require("ferry.broker_client").metrics_text() .. rate.metrics_text(cur) ..
-    lb_stats.metrics_text(cur), len)
+    lb_stats.metrics_text(cur) .. extra_text(), len)
   return ffi.string(text, len[0])
 end
 

@@ -17,6 +17,8 @@ local exchange = require("ferry.exchange")
 local inventory = require("ferry.inventory")
 local broker_client = require("ferry.broker_client")
 local timer = require("ferry.timer")
+local fleet = require("ferry.fleet")
+local pg = require("ferry.pg")
 
 local C = ffi.C
 local ffi_string = ffi.string
@@ -88,6 +90,9 @@ local function switch_to(run, prep)
   active = run
   inventory.committed(run)
   broker_client.committed(run, M)
+  -- store { postgres }: the fleet follows the committed config (the same
+  -- conninfo keeps its connection).
+  fleet.apply(prep.cfg)
 end
 
 function M.load(path, do_apply)
@@ -162,8 +167,16 @@ end
 
 -- Graceful stop (called by the core once the loop has drained): the
 -- store keeps the last known health of every proxy.
+-- A stop signal arrived: the drain begins (proxied requests finish;
+-- changes queued for PostgreSQL get a moment).
+function M.drain()
+  fleet.drain()
+end
+
 function M.stop()
-  return inventory.stop()
+  local ok, err = inventory.stop()
+  fleet.stop()
+  return ok, err
 end
 
 -- Every reload (SIGHUP, console, admin API) is counted for metrics,
@@ -877,6 +890,8 @@ end
 
 -- A timer of ferry.timer expired (core/timer.c).
 M.timer = timer.fire
+-- Something happened on the PostgreSQL connection (core/pg.c).
+M.pg_event = pg.event
 
 -- For specs and the console: the running pools.
 function M.pools()

@@ -83,7 +83,7 @@ function M.from_config(t, resolve)
   local s = { path = t.path }
   if t.key == nil and t.key_file == nil then return s end
   if t.key ~= nil and t.key_file ~= nil then return nil, "give key or key_file, not both" end
-  if t.path == nil then return nil, "a key needs a path" end
+  if t.path == nil and t.postgres == nil then return nil, "a key needs a path or postgres" end
   local raw, why
   if t.key ~= nil then
     raw, why = M.decode(t.key)

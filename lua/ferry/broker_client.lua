@@ -193,13 +193,17 @@ end
 ---------------------------------------------------------------------------
 -- Logging: codes, and once per window for recurring endpoint faults.
 
+-- The core's clock and log; specs without the core replace them (_hooks).
+local clock = function() return C.ferry_now() end
+local emit = function(level, code, msg) C.ferry_log(level, code, msg) end
+
 local function log(level, code, msg)
-  C.ferry_log(cdef.LOG[level], code, msg)
+  emit(cdef.LOG[level], code, msg)
 end
 
 local last_logged, hidden = {}, {}
 local function log_window(key, level, code, msg)
-  local now = C.ferry_now()
+  local now = clock()
   local last = last_logged[key]
   if last and now - last < M.LOG_WINDOW then
     hidden[key] = (hidden[key] or 0) + 1
@@ -454,7 +458,7 @@ local function ask(st, now)
     function(status, _, rbody, err, detail)
     st.asking = nil
     ep.trial = nil
-    local t = C.ferry_now()
+    local t = clock()
     if states[st.name] ~= st then return end -- reconfigured meanwhile
     local outcome, lcode, why = judge(status, err, detail, conf.timeout)
     local res
@@ -569,7 +573,7 @@ local function flush(st, now)
     timeout = conf.timeout, host = ep.host, port = ep.port, tls = ep.tls },
     function(status, _, _, err, detail)
     st.sending = nil
-    local t = C.ferry_now()
+    local t = clock()
     local outcome, _, why = judge(status, err, detail, conf.timeout)
     if not outcome and status ~= 200 then
       outcome, why = "error", format("answered %d", status)
@@ -620,7 +624,7 @@ step = function(st, now)
 end
 
 local function tick()
-  local now = C.ferry_now()
+  local now = clock()
   for _, st in pairs(states) do
     step(st, now)
     flush(st, now)
@@ -633,7 +637,7 @@ end
 -- Put each broker pool's leased proxies in place of its embedded ones
 -- (kept as the fallback) in cfg; called after inventory.merge.
 function M.merge(cfg)
-  local now = C.ferry_now()
+  local now = clock()
   for name, pc in pairs(cfg.pools) do
     if pc.broker then
       local st = states[name]
@@ -710,7 +714,7 @@ function M.resolve(name, now)
   local n = #list
   if n == 0 then return nil end
   local slots = st.slots
-  now = now or C.ferry_now()
+  now = now or clock()
   for _ = 1, n do
     st.rr = (st.rr or 0) % n + 1
     local px = list[st.rr]
@@ -724,7 +728,7 @@ end
 
 function M.stats(name)
   local out = {}
-  local now = C.ferry_now()
+  local now = clock()
   for pname, st in pairs(states) do
     if name == nil or name == pname then
       local eps = {}
@@ -758,7 +762,7 @@ local function esc(s) return (tostring(s):gsub('[\\"]', "\\%0"):gsub("\n", "\\n"
 
 function M.metrics_text()
   if next(states) == nil then return "" end
-  local now = C.ferry_now()
+  local now = clock()
   local names = {}
   for n in pairs(states) do names[#names + 1] = n end
   table.sort(names)
@@ -809,7 +813,8 @@ end
 -- The bench and specs: a pool state holding leases of `urls` (valid
 -- until now + ttl), without brokers, timers or the core.
 function M._seed(name, urls, ttl, now)
-  local conf = assert(M.parse({ endpoints = { "http://127.0.0.1:1" }, leases = #urls }, name))
+  local conf = assert(M.parse({ endpoints = { "http://127.0.0.1:1" }, leases = math.max(1, #urls) },
+    name))
   local st = new_state(name, conf)
   inventory = inventory or require("ferry.inventory")
   for i, u in ipairs(urls) do
@@ -821,6 +826,11 @@ function M._seed(name, urls, ttl, now)
   st.fallback = #st.members == 0
   states[name] = st
   return st
+end
+
+-- Specs without the core: the clock and the log line sink.
+function M._hooks(now_fn, log_fn)
+  clock, emit = now_fn, log_fn
 end
 
 -- Specs: forget every state and stop the timer.

@@ -91,6 +91,7 @@ local function switch_to(run, prep)
   run.prep = prep
   active = run
   inventory.committed(run)
+  broker_client.committed(run, M)
   -- store { postgres }: the fleet follows the committed config (the same
   -- conninfo keeps its connection).
   fleet.apply(prep.cfg)
@@ -106,7 +107,6 @@ local function switch_to(run, prep)
   if not sok then
     C.ferry_log(ERROR, "FERRY-8073", "fleet shared state: " .. tostring(serr))
   end
-  broker_client.committed(run, M)
 end
 
 function M.load(path, do_apply)
@@ -181,23 +181,16 @@ end
 
 -- Graceful stop (called by the core once the loop has drained): the
 -- store keeps the last known health of every proxy.
+-- Each drain tick after SIGTERM (core/main.c): true holds the loop a
+-- little longer (bounded): the fleet's last changes go out first.
+function M.drain(busy)
+  return fleet.drain(tonumber(busy) or 0)
+end
+
 function M.stop()
   local ok, err = inventory.stop()
   fleet.stop()
   return ok, err
-end
-
--- Each drain tick after SIGTERM (core/main.c): true holds the loop a
--- little longer (a fleet node telling the others it stops; bounded).
--- The first tick is the drain's start: the fleet says it is draining
--- (queued for PostgreSQL; changes queued get a moment, core/main.c).
-local drain_begun = false
-function M.drain(busy)
-  if not drain_begun then
-    drain_begun = true
-    fleet.drain()
-  end
-  return require("ferry.fleet_nodes").drain(tonumber(busy) or 0)
 end
 
 -- Every reload (SIGHUP, console, admin API) is counted for metrics,

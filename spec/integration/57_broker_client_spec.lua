@@ -187,10 +187,23 @@ exchange "binance" { hosts = { "127.0.0.1" }, pool = "bin" }
     assert.truthy(switched, "the embedded proxy was never used")
     assert.is_true(switched - killed <= TTL + 1, string.format("switched %.2f s after the kill",
       switched - killed))
-    -- The fallback started within 1 s of the last lease running out.
+    -- The fallback started within 1 s of the last lease running out: the
+    -- last lease taken before the kill plus its TTL, by the log's clock.
     local ran_out = lines_with(client, "FERRY-8113")
     local engaged = lines_with(client, "FERRY-8110")
     assert.is_true(#ran_out >= 1 and #engaged == 1, procs.read_file(client.log))
+    local function secs(l)
+      local h, m, sec = l.time:match("T(%d+):(%d+):([%d.]+)Z$")
+      return tonumber(h) * 3600 + tonumber(m) * 60 + tonumber(sec)
+    end
+    local leased = lines_with(client, "FERRY-8102")
+    local last_lease
+    for _, l in ipairs(leased) do
+      if secs(l) <= secs(engaged[1]) then last_lease = l end
+    end
+    local late = secs(engaged[1]) - (secs(last_lease) + TTL)
+    assert.is_true(late >= -0.05 and late <= 1, string.format("fallback %.2f s after the " ..
+      "last lease ran out", late))
     assert.equal(1, cmetric("ferry_broker_client_fallback_active", 'pool="bin"'))
     -- The endpoint's breaker opened (connection refused counts).
     assert.truthy(#lines_with(client, "FERRY-8107") >= 1)

@@ -151,3 +151,68 @@ describe("broker batch feedback validation", function()
     assert.equal("success", field)
   end)
 end)
+
+describe("broker client feedback queue", function()
+  -- Without the core: a fixed clock, and log lines kept for assertions.
+  local bc = require("ferry.broker_client")
+  local NOW, lines = 1000, {}
+  bc._hooks(function() return NOW end, function(_, code, msg) lines[#lines + 1] = code .. " " .. msg end)
+  local core = { ferry_now = function() return NOW end }
+
+  after_each(function() bc._reset() end)
+
+  it("queues outcomes of leased proxies only, bounded, counting what it drops", function()
+    local st = bc._seed("q", { "socks5://u:secret@10.0.0.1:1080", "http://10.0.0.2:3128" }, 60,
+      core.ferry_now())
+    st.conf.feedback.queue = 3
+    st.by_cid = { [7] = st.slots[1], [8] = st.slots[2] }
+    local pool = { name = "q" }
+    bc.outcome(pool, 7, true, 12.5)
+    bc.outcome(pool, 8, false, nil, "timeout")
+    bc.outcome(pool, 99, true, 1)        -- not a leased proxy: nothing
+    bc.outcome(pool, 8, false, 30, "ban", 429)
+    bc.outcome(pool, 7, true, 1)          -- full
+    bc.outcome(pool, 7, true, 1)          -- full
+    local s = bc.stats("q")
+    assert.equal(3, s.feedback.queued)
+    assert.equal(2, s.feedback.dropped)
+    assert.equal(3, s.feedback.waiting)
+    local q = st.queue
+    assert.equal("socks5://u:secret@10.0.0.1:1080", q[1].proxy_url) -- the broker's own URL
+    assert.is_true(q[1].success)
+    assert.equal(12.5, q[1].latency_ms)
+    assert.same({ kind = "timeout" }, q[2].error_details)
+    assert.same({ status = 429 }, q[3].error_details) -- a ban: the broker's ban rules decide
+    assert.equal("q", q[1].exchange_id)
+    -- The console's view holds no credential.
+    local text = require("cjson").encode(s)
+    assert.is_nil(text:find("secret", 1, true))
+    assert.truthy(bc.metrics_text():find('ferry_broker_client_feedback_total{pool="q",' ..
+      'event="dropped"} 2', 1, true))
+    -- Logged once (per 10 s), with its code, never the URL.
+    local full = 0
+    for _, l in ipairs(lines) do
+      if l:find("^FERRY%-8114") then full = full + 1 end
+      assert.is_nil(l:find("secret", 1, true))
+    end
+    assert.equal(1, full)
+  end)
+
+  it("queues nothing while the pool is on its fallback", function()
+    local st = bc._seed("f", {}, 60, core.ferry_now())
+    assert.is_true(st.fallback)
+    bc.outcome({ name = "f" }, 1, true, 1)
+    assert.equal(0, bc.stats("f").feedback.queued)
+    assert.is_nil(bc.resolve("f"))
+  end)
+
+  it("resolves the cached leases in turn, skipping expired ones", function()
+    local now = core.ferry_now()
+    local st = bc._seed("r", { "socks5://10.0.0.1:1080", "socks5://10.0.0.2:1080" }, 60, now)
+    local a, b, c = bc.resolve("r", now), bc.resolve("r", now), bc.resolve("r", now)
+    assert.are_not.equal(a, b)
+    assert.equal(a, c)
+    st.slots[1].expires = now - 1
+    for _ = 1, 4 do assert.equal("10.0.0.2", bc.resolve("r", now).host) end
+  end)
+end)

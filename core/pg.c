@@ -70,6 +70,8 @@ struct pg {
     struct ferry_pg_stats stats;
 };
 
+static int lua_queued; /* queries waiting in the runtime's queue (ferry_pg_set_queued) */
+
 static struct pg pg = { .io_fd = -1, .timeout = 5.0, .backoff = PG_BACKOFF_MIN };
 
 /* Remove every occurrence of the password from s (in place). */
@@ -549,11 +551,12 @@ int ferry_pg_state(void)
     case PGC_OFF:
         return FERRY_PG_OFF;
     case PGC_UP:
-        return FERRY_PG_UP;
+        return pg.broken ? FERRY_PG_DOWN : FERRY_PG_UP; /* broken: lost on the next turn */
     case PGC_WAIT:
         return FERRY_PG_DOWN;
     default:
-        return FERRY_PG_CONNECTING;
+        /* Attempts after a failure are still an outage. */
+        return pg.attempts > 0 ? FERRY_PG_DOWN : FERRY_PG_CONNECTING;
     }
 }
 
@@ -700,6 +703,16 @@ void ferry_pg_stats(struct ferry_pg_stats *out)
     out->attempts = (double)pg.attempts;
     out->down_since = pg.down_since;
     out->timeout = pg.timeout;
+}
+
+void ferry_pg_set_queued(int n)
+{
+    lua_queued = n;
+}
+
+int pg_pending(void)
+{
+    return pg.st == PGC_UP && !pg.broken && (pg.inflight || lua_queued > 0);
 }
 
 void pg_stop_all(void)

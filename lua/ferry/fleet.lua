@@ -10,6 +10,7 @@
 --   fleet.notify_sql(json_expr)     "pg_notify('ferry_fleet', (<json_expr>)::text)"
 --   fleet.on(kind, fn(msg))         a message of this kind from ANOTHER node
 --   fleet.on_up(fn()), fleet.on_down(fn())
+--   fleet.on_drain(fn())            a stop signal: queue the last changes (1 s to flush)
 --   fleet.state(), fleet.stats()
 --
 -- Messages: one channel, ferry_fleet; the payload is a JSON object
@@ -45,7 +46,7 @@ local enabled = false
 local node = { id = nil, advertise = nil, heartbeat = M.HEARTBEAT_DEFAULT }
 local resync = M.RESYNC_DEFAULT
 local handlers = {} -- kind -> list of fn
-local ups, downs = {}, {}
+local ups, downs, drains = {}, {}, {}
 local received, own, invalid, unhandled = 0, 0, 0, 0
 local retry_timer = nil
 
@@ -204,6 +205,17 @@ end
 function M.on_down(fn)
   if type(fn) ~= "function" then error("fleet.on_down(fn): a function", 2) end
   add(downs, fn)
+end
+
+-- fn() when the node starts draining (a stop signal): the last changes
+-- to queue (draining = true...); the drain waits up to 1 s for them.
+function M.on_drain(fn)
+  if type(fn) ~= "function" then error("fleet.on_drain(fn): a function", 2) end
+  add(drains, fn)
+end
+
+function M.drain()
+  if enabled then call_all(drains, "on_drain") end
 end
 
 function M.stats()

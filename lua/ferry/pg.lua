@@ -139,7 +139,7 @@ local send_ptrs, send_cap = nil, 0
 local err_ptr = ffi.new("const char *[1]")
 
 -- Send the next query when nothing is in flight.
-local function pump()
+local function pump_once()
   while not inflight and C.ferry_pg_state() == C.FERRY_PG_UP and C.ferry_pg_busy() == 0 do
     local item = pop()
     if not item then return end
@@ -165,6 +165,11 @@ local function pump()
       return
     end
   end
+end
+
+local function pump()
+  pump_once()
+  C.ferry_pg_set_queued(queued())
 end
 
 -- Run sql with params; see the header.
@@ -270,6 +275,7 @@ local function went_down(err)
   setup_q = {}
   for _, s in ipairs(setups) do finish(s, nil, err) end
   fail_readers(err)
+  C.ferry_pg_set_queued(queued())
   if was then call_hook("down") end
 end
 
@@ -386,6 +392,7 @@ function M.configure(conninfo, opts)
     dropped = dropped + queued()
     for i = head, tail do finish(q[i], nil, "postgres was closed") end
     q, head, tail, keyed = {}, 1, 0, {}
+    C.ferry_pg_set_queued(0)
   end
   configured = conninfo
   return true
@@ -393,7 +400,7 @@ end
 
 function M.state()
   local s = STATE[C.ferry_pg_state()] or "off"
-  if s == "up" and not ready then return "connecting" end
+  if s == "up" and not ready then return hold_reason and "down" or "connecting" end
   return s
 end
 
@@ -468,6 +475,7 @@ function M.stop()
       "written", target(), n, n == 1 and "" or "s"))
   end
   q, head, tail, keyed, inflight, setup_q = {}, 1, 0, {}, nil, {}
+  C.ferry_pg_set_queued(0)
 end
 
 return M

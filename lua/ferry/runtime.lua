@@ -168,6 +168,12 @@ end
 
 -- Graceful stop (called by the core once the loop has drained): the
 -- store keeps the last known health of every proxy.
+-- A stop signal arrived: the drain begins (proxied requests finish;
+-- changes queued for PostgreSQL get a moment).
+function M.drain()
+  fleet.drain()
+end
+
 function M.stop()
   local ok, err = inventory.stop()
   fleet.stop()
@@ -175,9 +181,9 @@ function M.stop()
 end
 
 -- Each drain tick after SIGTERM (core/main.c): true holds the loop a
--- little longer (a fleet node telling the others it stops; bounded).
-function M.drain(busy)
-  return require("ferry.fleet_nodes").drain(tonumber(busy) or 0)
+-- little longer (a fleet node telling the others it stopped; bounded).
+function M.drain_tick(busy)
+  return require("ferry.fleet_nodes").drain_tick(tonumber(busy) or 0)
 end
 
 -- Every reload (SIGHUP, console, admin API) is counted for metrics,

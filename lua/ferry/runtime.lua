@@ -168,22 +168,20 @@ end
 
 -- Graceful stop (called by the core once the loop has drained): the
 -- store keeps the last known health of every proxy.
--- A stop signal arrived: the drain begins (proxied requests finish;
--- changes queued for PostgreSQL get a moment).
-function M.drain()
-  fleet.drain()
+-- Each drain tick after SIGTERM (core/main.c): true holds the loop a
+-- little longer (bounded): the fleet's last changes go out first.
+function M.drain(busy)
+  busy = tonumber(busy) or 0
+  -- Both run every tick: the node's own "stopped" mark waits for busy 0.
+  local flushing = fleet.drain(busy)
+  local marking = require("ferry.fleet_nodes").drain_tick(busy)
+  return flushing or marking
 end
 
 function M.stop()
   local ok, err = inventory.stop()
   fleet.stop()
   return ok, err
-end
-
--- Each drain tick after SIGTERM (core/main.c): true holds the loop a
--- little longer (a fleet node telling the others it stopped; bounded).
-function M.drain_tick(busy)
-  return require("ferry.fleet_nodes").drain_tick(tonumber(busy) or 0)
 end
 
 -- Every reload (SIGHUP, console, admin API) is counted for metrics,

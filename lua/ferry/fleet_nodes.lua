@@ -483,6 +483,8 @@ end
 
 -- GET /metrics renders these lines (ferry.metrics keeps the registry).
 require("ferry.metrics").register("fleet_nodes", M.metrics_text)
+-- The shared family of every fleet part (the same name everywhere: one copy).
+require("ferry.metrics").register("fleet_changes", changes.text)
 
 M._S = S
 return M

@@ -3,7 +3,7 @@
 -- eval(line, rt) compiles the line as "return <line>" (an expression),
 -- else as a statement, runs it in the console environment and answers
 -- true, text or false, message.  The environment holds the commands
--- (proxy.*, pool.*, exchange.list, reload, stats: console_cmds.lua; help,
+-- (proxy.*, pool.*, exchange.list, node.*, reload, stats: console_cmds.lua; help,
 -- reset: here) and a few safe globals; variables a line sets persist for
 -- the next lines (at most MAX_VARS of them; reset() forgets them).
 -- Nothing in it reaches the file system, the process, the config's

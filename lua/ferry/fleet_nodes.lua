@@ -312,6 +312,7 @@ end
 -- Life cycle.
 
 local hooked = false
+local on_drain -- below
 
 -- A hash of the config file's content (the main file): nodes whose
 -- hashes differ run different configs.
@@ -357,6 +358,7 @@ function M.committed(run)
     f.on_up(on_up)
     f.on("node", on_node_message)
     f.on_down(function() evaluate() end)
+    f.on_drain(on_drain)
   end
   if not S.on or hb ~= S.heartbeat then
     local timer = require("ferry.timer")
@@ -383,18 +385,24 @@ local function mark(draining, stopped, cb)
   return fleet().write("node:" .. S.id, MARK, { S.id, draining, stopped }, cb)
 end
 
+-- A stop signal (fleet.on_drain): this node drains; it probes nothing
+-- from now on.
+function on_drain()
+  if not S.on or not S.started or S.stopping then return end
+  S.stopping = "draining"
+  log("info", "FERRY-8024", format("node %s is draining", S.id))
+  mark(true, false)
+  probes().nodes_changed()
+end
+
 -- Each drain tick after SIGTERM (busy: proxy connections still open).
--- true holds the loop: "stopped" is on its way to the database.
-function M.drain(busy)
+-- Once they are done, "stopped" goes to the database; true holds the
+-- loop until it is written, at most STOP_HOLD seconds.
+function M.drain_tick(busy)
   if not S.on or not S.started then return false end
-  local now = C.ferry_now()
-  if S.stopping == nil then
-    S.stopping = "draining"
-    log("info", "FERRY-8024", format("node %s is draining", S.id))
-    mark(true, false)
-    probes().nodes_changed() -- a draining node probes nothing
-  end
+  if S.stopping == nil then on_drain() end
   if busy > 0 then return false end
+  local now = C.ferry_now()
   if S.stopping == "draining" then
     S.stopping, S.stop_at = "stopping", now
     local ok = mark(true, true, function(res)
@@ -475,6 +483,8 @@ end
 
 -- GET /metrics renders these lines (ferry.metrics keeps the registry).
 require("ferry.metrics").register("fleet_nodes", M.metrics_text)
+-- The shared family of every fleet part (the same name everywhere: one copy).
+require("ferry.metrics").register("fleet_changes", changes.text)
 
 M._S = S
 return M

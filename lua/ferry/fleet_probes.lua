@@ -220,7 +220,7 @@ local function on_rows(res)
 end
 
 local function read_all()
-  if not nodes().enabled() or P.mine == nil then return end
+  if not nodes().enabled() or P.mine == nil or #P.keys == 0 then return end
   fleet().read(READ, { nodes().self_id() }, on_rows)
 end
 

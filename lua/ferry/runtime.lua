@@ -184,7 +184,11 @@ end
 -- Each drain tick after SIGTERM (core/main.c): true holds the loop a
 -- little longer (bounded): the fleet's last changes go out first.
 function M.drain(busy)
-  return fleet.drain(tonumber(busy) or 0)
+  busy = tonumber(busy) or 0
+  -- Both run every tick: the node's own "stopped" mark waits for busy 0.
+  local flushing = fleet.drain(busy)
+  local marking = require("ferry.fleet_nodes").drain_tick(busy)
+  return flushing or marking
 end
 
 function M.stop()

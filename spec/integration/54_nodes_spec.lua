@@ -204,6 +204,7 @@ pool "shared" {
     local text = scrape(nodes.n2.admin)
     assert.equal(3, metric(text, 'ferry_fleet_nodes{state="live"}'))
     assert.equal(0, metric(text, 'ferry_fleet_nodes{state="gone"}'))
+    assert.truthy(metric(text, 'ferry_fleet_changes_total{kind="node",dir="out"}') >= 1)
   end)
 
   -- Each node's own passed probes per proxy over a window: { id = { label = delta } }.
@@ -289,6 +290,7 @@ pool "shared" {
     local d = probe_deltas({ other }, 0.6)
     assert.equal(0, d[other][label])
     local text = scrape(nodes[other].admin)
+    assert.truthy(metric(text, 'ferry_fleet_changes_total{kind="probe",dir="in"}') >= 1)
     assert.truthy((tonumber(text:match('ferry_proxy_probes_total{[^}]*proxy="' .. label ..
       '"[^}]*result="failed"} (%d+)')) or 0) == 0)
     -- Back: a new stub on the same port.

@@ -477,9 +477,10 @@ int ferry_store_load_health(const char **err);
  * ferry_admin_answer(token, ...) sends the real answer, copied, on the
  * next loop turn.  1: delivered; 0: no request waits on that token (its
  * connection closed, or the bound ran out and the fallback went).  At
- * most FERRY_ADMIN_WAIT_MAX answers wait at once: ferry_admin_wait_room()
- * says how many more may. */
-enum { FERRY_ADMIN_WAIT_MAX = 64 };
+ * most FERRY_ADMIN_WAIT_MAX answers wait at once (half the connections
+ * an admin listener takes, so the admin plane stays reachable meanwhile):
+ * ferry_admin_wait_room() says how many more may. */
+enum { FERRY_ADMIN_WAIT_MAX = 32 };
 int ferry_admin_answer(double token, int status, const char *ctype, const char *body,
                        size_t blen, const char *headers);
 int ferry_admin_wait_room(void);

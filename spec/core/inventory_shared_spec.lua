@@ -168,6 +168,6 @@ describe("admin.defer", function()
   end)
 
   it("says how many answers may still wait", function()
-    assert.equal(64, admin.wait_room())
+    assert.equal(32, admin.wait_room())
   end)
 end)

@@ -486,10 +486,12 @@ int ferry_admin_answer(double token, int status, const char *ctype, const char *
 int ferry_admin_wait_room(void);
 
 /* Sealing for Lua (secret_ffi.c): key is the store's 32-byte key.
- * seal: a malloc'd sealed string or NULL; open: 0 and *plain (malloc'd),
+ * seal: a malloc'd sealed string or NULL (deterministic: the nonce derived
+ * from the value, for values looked up by equality, as store keys); open: 0 and *plain (malloc'd),
  * -1 not ours to open (another key, tampered with), -2 out of memory.
  * Free both with ferry_secret_free (it wipes). */
-char *ferry_secret_seal_text(const char *key, size_t key_len, const char *plain);
+char *ferry_secret_seal_text(const char *key, size_t key_len, const char *plain,
+                             int deterministic);
 int ferry_secret_open_text(const char *key, size_t key_len, const char *sealed, char **plain);
 int ferry_secret_is_sealed(const char *s);
 void ferry_secret_free(char *p);

@@ -128,6 +128,28 @@ route(function() return "p" end)
       assert.equal("runtime", record(C.admin, "rt1").source)
     end)
 
+  it("a proxy keyed by its URL has its key sealed too, and propagates", function()
+    local function runtime_count(n)
+      local _, body = api(n.admin, "GET", "/api/v1/proxies?pool=p")
+      local k = 0
+      for _, p in ipairs(type(body) == "table" and body.proxies or {}) do
+        if p.source == "runtime" then k = k + 1 end
+      end
+      return k
+    end
+    local before = runtime_count(C)
+    local code, body, raw = api(A.admin, "POST", "/api/v1/proxies", cjson.encode { pool = "p",
+      url = string.format("socks5://keyed:%s@127.0.0.1:%d", PW, S) })
+    assert.equal(201, code, raw)
+    assert.equal("0", db:psql("SELECT count(*) FROM ferry_proxies WHERE key LIKE '%" .. PW ..
+      "%' OR url LIKE '%" .. PW .. "%'", "inv"))
+    assert.equal("2", db:psql("SELECT count(*) FROM ferry_proxies WHERE NOT removed", "inv"))
+    assert.truthy(procs.wait_for(function() return runtime_count(C) == before + 1 end, 2))
+    local dcode, _, draw = api(A.admin, "DELETE", "/api/v1/proxies/" .. body.id)
+    assert.equal(200, dcode, draw)
+    assert.truthy(procs.wait_for(function() return runtime_count(C) == before end, 2))
+  end)
+
   it("disable and enable on one node reach the others", function()
     local code, _, raw = api(B.admin, "POST", "/api/v1/proxies/rt1/disable")
     assert.equal(200, code, raw)

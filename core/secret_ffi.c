@@ -17,13 +17,13 @@ static int derive(struct secret_key *k, const char *master, size_t len)
     return secret_key_derive(k, (const unsigned char *)master, len);
 }
 
-char *ferry_secret_seal_text(const char *key, size_t key_len, const char *plain)
+char *ferry_secret_seal_text(const char *key, size_t key_len, const char *plain, int deterministic)
 {
     struct secret_key k;
     if (plain == NULL || derive(&k, key, key_len) != 0) {
         return NULL;
     }
-    char *out = secret_seal(&k, plain, 0);
+    char *out = secret_seal(&k, plain, deterministic);
     secret_key_wipe(&k);
     return out;
 }

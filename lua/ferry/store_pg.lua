@@ -17,7 +17,9 @@
 --
 -- With a sealing key (store { key = ... }), a URL that carries
 -- credentials is sealed before it leaves (core/secret_ffi.c, the format
--- of the SQLite store), in the row and in the message alike.
+-- of the SQLite store), in the row and in the message alike; so is a
+-- proxy key that is such a URL (with a nonce derived from the value, so
+-- equal keys stay equal and ON CONFLICT (key) still finds the row).
 local ffi = require("ffi")
 local cjson = require("cjson.safe")
 require("ferry.cdef")
@@ -41,11 +43,12 @@ end
 -- Sealing.
 
 -- url as stored: sealed when a key is configured and it has credentials.
-function M.seal(url)
+-- deterministic: for a proxy key that is a URL (looked up by equality).
+function M.seal(url, deterministic)
   if not seal_key or not url:find("@", 1, true) or C.ferry_secret_is_sealed(url) ~= 0 then
     return url
   end
-  local p = C.ferry_secret_seal_text(seal_key, #seal_key, url)
+  local p = C.ferry_secret_seal_text(seal_key, #seal_key, url, deterministic and 1 or 0)
   if p == nil then return nil, "sealing failed (out of memory)" end
   local s = ffi.string(p)
   C.ferry_secret_free(p)
@@ -134,7 +137,8 @@ end
 -- (u: updated_at in epoch microseconds); url nil when it did not fit in
 -- the message (or could not be opened: row.bad says why).
 function M.row_of(r)
-  local row = { key = r.key or r.k, pool = present(r.pool),
+  local key, kwhy = M.open(r.key or r.k)
+  local row = { key = key, pool = present(r.pool),
                 enabled = truthy(r.enabled == nil and r.e or r.enabled),
                 removed = truthy(r.removed == nil and r.r or r.removed),
                 u = tonumber(r.u) }
@@ -146,6 +150,10 @@ function M.row_of(r)
     local plain, why = M.open(url)
     row.url, row.bad = plain, why
   end
+  if not key then
+    -- A key that is a sealed URL this node cannot open: left out.
+    row.key, row.url, row.bad = r.key or r.k, nil, kwhy
+  end
   return row
 end
 
@@ -156,10 +164,12 @@ local function write(op, key, url, pool, opts, enabled, done)
   local f = fleet()
   local sealed, serr = M.seal(url or "")
   if not sealed then return nil, serr end
+  local skey, kerr = M.seal(key, true)
+  if not skey then return nil, kerr end
   local ok, json = pcall(cjson.encode, opts or {})
   if not ok or not json then return nil, "opts cannot be encoded as JSON" end
   local sql = op == "put" and M.SQL_PUT or op == "set" and M.SQL_SET or M.SQL_DEL
-  local params = { key, sealed, pool or require("ferry.pg").NULL, json, enabled ~= false,
+  local params = { skey, sealed, pool or require("ferry.pg").NULL, json, enabled ~= false,
                    f.node_id(), op }
   return f.write("proxy:" .. key, sql, params, function(res, err)
     if not done then return end
@@ -197,7 +207,9 @@ end
 
 -- One row by key: cb(row) (nil: no such row), or cb(nil, err).
 function M.read_one(key, cb)
-  return fleet().read(M.SQL_ONE, { key }, function(res, err)
+  local skey, kerr = M.seal(key, true)
+  if not skey then return nil, kerr end
+  return fleet().read(M.SQL_ONE, { skey }, function(res, err)
     if not res then return cb(nil, err) end
     local r = res.rows and res.rows[1]
     cb(r and M.row_of(r) or false)

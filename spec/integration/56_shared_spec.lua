@@ -153,6 +153,9 @@ return {
       "shared56"))
     assert.equal(0, #lines("A", "FERRY-8060"))
     assert.equal(0, #lines("C", "FERRY-8060"))
+    assert.equal(1, metric("B", "ferry_fleet_changes_total", 'kind="ban",dir="out"'))
+    assert.equal(1, metric("A", "ferry_fleet_changes_total", 'kind="ban",dir="in"'))
+    assert.is_nil(metric("A", "ferry_fleet_changes_total", 'kind="ban",dir="out"'))
   end)
 
   it("a breaker opened on the exchange's answers on C opens on A and B, and its close too", function()

@@ -464,6 +464,19 @@ describe("fleet: wiring", function()
     assert.equal(1, w.codes("FERRY-8071"))
   end)
 
+  it("deletes expired rows with bounded statements every EXPIRE seconds", function()
+    local w = world()
+    w.t = w.t + shared.EXPIRE
+    w.tick()
+    local sql = {}
+    for _, wr in ipairs(w.keyed("expire:")) do sql[#sql + 1] = wr.sql end
+    assert.equal(3, #sql)
+    for _, q in ipairs(sql) do
+      assert.truthy(q:find("DELETE FROM ferry_", 1, true))
+      assert.truthy(q:find("LIMIT 1000", 1, true))
+    end
+  end)
+
   it("sets this node's lease counts to 0 when it stops", function()
     local w = world()
     assert.is_function(w.drain)

@@ -73,7 +73,7 @@ M.ACTIVE = [[
 SELECT proxy, exchange, kind, reason, node,
   extract(epoch from until - clock_timestamp()) AS s, extract(epoch from updated_at) AS u
 FROM ferry_bans WHERE until > clock_timestamp() AND node IS DISTINCT FROM $1
-ORDER BY updated_at LIMIT ]] .. M.RESYNC_MAX
+ORDER BY updated_at DESC LIMIT ]] .. M.RESYNC_MAX
 
 M.EXPIRED = [[
 DELETE FROM ferry_bans WHERE ctid = ANY (ARRAY (

@@ -209,6 +209,9 @@ return {
           "node " .. name .. ", session " .. i)
       end
     end
+    for _, name in ipairs(NAMES) do
+      assert.truthy(metric(name, "ferry_fleet_shared_held", 'what="pins"') >= 6)
+    end
     -- Touching the pins again does not write them again (at most once per half TTL).
     local u0 = db:psql("select max(updated_at) from ferry_pins", "shared56")
     for i = 1, 6 do via("A", "localhost", "/ready", string.format(H, "sess-" .. i)) end

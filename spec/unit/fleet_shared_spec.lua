@@ -448,6 +448,7 @@ describe("fleet: sticky pins", function()
     assert.equal(3, pins.stats().pending)
     assert.equal(3, pins.stats().dropped)
     assert.equal(1, w.codes("FERRY-8070"))
+    assert.truthy(shared.metrics_text():find("\nferry_fleet_pins_dropped_total 3\n", 1, true))
   end)
 end)
 

@@ -283,24 +283,26 @@ int64_t bridge_dispatch(struct ferry_req *r)
     return id;
 }
 
-void bridge_drain(void)
+int bridge_drain(int busy)
 {
     if (L == NULL) {
-        return;
+        return 0;
     }
     lua_pushcfunction(L, traceback);
     lua_getglobal(L, "__ferry_runtime");
     lua_getfield(L, -1, "drain");
     lua_remove(L, -2);
+    int hold = 0;
     if (lua_isfunction(L, -1)) {
-        budget_begin_eval(L, &budget_admin);
-        int rc = lua_pcall(L, 0, 0, 1);
-        budget_end(L);
-        if (rc != 0) {
+        lua_pushinteger(L, busy);
+        if (lua_pcall(L, 1, 1, 1) != 0) {
             log_event(LOG_ERROR, "FERRY-4001", NULL, "drain hook failed: %s", lua_tostring(L, -1));
+        } else {
+            hold = lua_toboolean(L, -1);
         }
     }
     lua_settop(L, 0);
+    return hold;
 }
 
 void bridge_stop(void)

@@ -18,13 +18,19 @@
  * cannot hold the queue; a query still running past twice that (a
  * frozen server, a dead network) resets the connection.  The conninfo
  * holds a password: only host, port and dbname are ever shown, and any
- * message is scrubbed of the password before it leaves this file. */
+ * message is scrubbed of the password before it leaves this file.
+ *
+ * libpq resolves a host name itself, blocking: a single host name is
+ * resolved first with c-ares (resolve.c) and handed to libpq as hostaddr
+ * (host stays, for TLS verification). */
 #include "pg.h"
 #include "bridge.h"
 #include "ferry.h"
 #include "log.h"
 #include "loop.h"
+#include "resolve.h"
 
+#include <arpa/inet.h>
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +54,9 @@ struct pg {
     PGconn *conn;          /* private: NULL unless CONNECTING, SETUP or UP */
     char *conninfo;        /* private: as configured (holds the password) */
     char *password;        /* private: to scrub from messages, or NULL */
+    char *host;            /* private: a host name to resolve first, or NULL */
+    int port;              /* private: its port */
+    struct resolve_req *lookup; /* private: the DNS lookup under way, or NULL */
     char target[256];      /* ro: host:port/dbname, for logs and stats */
     double timeout;        /* rw: statement_timeout, seconds */
     enum pg_cstate st;     /* ro */
@@ -69,8 +78,6 @@ struct pg {
     char err[512];         /* ro: the last error, scrubbed */
     struct ferry_pg_stats stats;
 };
-
-static int lua_queued; /* queries waiting in the runtime's queue (ferry_pg_set_queued) */
 
 static struct pg pg = { .io_fd = -1, .timeout = 5.0, .backoff = PG_BACKOFF_MIN };
 
@@ -106,7 +113,7 @@ static void set_err(const char *msg)
 
 /* The safe parts of a conninfo (host, port, dbname) and its password. */
 static int parse_conninfo(const char *conninfo, char *target, size_t tlen, char **password,
-                          char *err, size_t errlen)
+                          char **resolve_host, int *resolve_port, char *err, size_t errlen)
 {
     char *perr = NULL;
     PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
@@ -143,6 +150,21 @@ static int parse_conninfo(const char *conninfo, char *target, size_t tlen, char 
     if (password != NULL) {
         *password = pw != NULL && pw[0] != '\0' ? strdup(pw) : NULL;
     }
+    if (resolve_host != NULL) {
+        /* One host name (not a list, not a socket directory, no hostaddr)
+         * on one port: resolved before libpq sees it. */
+        *resolve_host = NULL;
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        int pn = port != NULL ? atoi(port) : 5432;
+        if (host != NULL && hostaddr == NULL && host[0] != '\0' && host[0] != '/' &&
+            host[0] != '@' && strchr(host, ',') == NULL && pn > 0 && pn < 65536 &&
+            (port == NULL || strchr(port, ',') == NULL) &&
+            !resolve_literal(host, pn, &ss, &sl)) {
+            *resolve_host = strdup(host);
+            *resolve_port = pn;
+        }
+    }
     PQconninfoFree(opts);
     return 0;
 }
@@ -159,7 +181,7 @@ static int emit(int ev)
 static void watch(int events)
 {
     int fd = pg.conn != NULL ? PQsocket(pg.conn) : -1;
-    if (fd == pg.io_fd && events == pg.io_events) {
+    if (fd == pg.io_fd && events == pg.io_events && fd >= 0) {
         return;
     }
     ev_io_stop(loop, &pg.io);
@@ -183,6 +205,10 @@ static void arm(double after)
 /* Drop the connection (its watchers first), nothing else. */
 static void drop_conn(void)
 {
+    if (pg.lookup != NULL) {
+        resolve_cancel(pg.lookup);
+        pg.lookup = NULL;
+    }
     watch(0);
     ev_timer_stop(loop, &pg.tmo);
     if (pg.conn != NULL) {
@@ -298,7 +324,11 @@ static void connected(void)
 
 static void poll_connect(void)
 {
-    switch (PQconnectPoll(pg.conn)) {
+    PostgresPollingStatusType r = PQconnectPoll(pg.conn);
+    /* libpq may have closed the socket and opened another (the next
+     * address, SSL refused): the watcher starts afresh on every step. */
+    pg.io_fd = -1;
+    switch (r) {
     case PGRES_POLLING_READING:
         watch(EV_READ);
         break;
@@ -314,9 +344,32 @@ static void poll_connect(void)
     }
 }
 
-static void start_connect(void)
+/* The server's notices ("relation ... already exists, skipping") would
+ * go to stderr raw: they become debug lines. */
+static void on_notice(void *arg, const PGresult *r)
 {
-    pg.conn = PQconnectStart(pg.conninfo);
+    (void)arg;
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+    size_t n = strlen(msg);
+    while (n > 0 && msg[n - 1] == '\n') {
+        msg[--n] = '\0';
+    }
+    scrub(msg);
+    log_event(LOG_DEBUG, "FERRY-8015", NULL, "postgres %s: %s", pg.target, msg);
+}
+
+/* Start libpq's connect; hostaddr: the resolved address, or NULL. */
+static void connect_to(const char *hostaddr)
+{
+    if (hostaddr != NULL) {
+        /* The conninfo expanded, then hostaddr on top of it. */
+        const char *const keys[] = { "dbname", "hostaddr", NULL };
+        const char *const vals[] = { pg.conninfo, hostaddr, NULL };
+        pg.conn = PQconnectStartParams(keys, vals, 1);
+    } else {
+        pg.conn = PQconnectStart(pg.conninfo);
+    }
     if (pg.conn == NULL) {
         lost("out of memory");
         return;
@@ -325,10 +378,54 @@ static void start_connect(void)
         lost(PQerrorMessage(pg.conn));
         return;
     }
+    PQsetNoticeReceiver(pg.conn, on_notice, NULL);
     pg.st = PGC_CONNECTING;
     arm(PG_CONNECT_TIMEOUT);
     /* PQconnectStart's first state is "write": the TCP connect. */
     watch(EV_WRITE);
+}
+
+static void on_resolved(void *arg, int status, const struct sockaddr *sa, socklen_t len)
+{
+    (void)arg;
+    (void)len;
+    pg.lookup = NULL;
+    char ip[INET6_ADDRSTRLEN] = "";
+    const void *a = NULL;
+    if (status == 0 && sa->sa_family == AF_INET) {
+        a = &((const struct sockaddr_in *)sa)->sin_addr;
+    } else if (status == 0 && sa->sa_family == AF_INET6) {
+        a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+    }
+    if (a == NULL || inet_ntop(sa->sa_family, a, ip, sizeof(ip)) == NULL) {
+        char why[300];
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", pg.host,
+                 status != 0 ? resolve_strerror(status) : "no address");
+        lost(why);
+        return;
+    }
+    ev_timer_stop(loop, &pg.tmo);
+    connect_to(ip);
+}
+
+static void start_connect(void)
+{
+    if (pg.host == NULL) {
+        connect_to(NULL);
+        return;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    if (resolve_cached(pg.host, pg.port, &ss, &sl)) {
+        on_resolved(NULL, 0, (const struct sockaddr *)&ss, sl);
+        return;
+    }
+    pg.st = PGC_CONNECTING;
+    arm(PG_CONNECT_TIMEOUT);
+    pg.lookup = resolve_start(pg.host, pg.port, on_resolved, NULL);
+    if (pg.lookup == NULL) {
+        lost("cannot start a DNS lookup");
+    }
 }
 
 /* A result of the query in flight, or of the session setup. */
@@ -482,6 +579,8 @@ static void pg_close(void)
     pg.conninfo = NULL;
     free(pg.password);
     pg.password = NULL;
+    free(pg.host);
+    pg.host = NULL;
     pg.target[0] = '\0';
     pg.attempts = 0;
     pg.down_since = 0;
@@ -493,7 +592,8 @@ int ferry_pg_check(const char *conninfo, const char **err)
 {
     static char msg[160];
     char target[256];
-    if (parse_conninfo(conninfo, target, sizeof(target), NULL, msg, sizeof(msg)) != 0) {
+    if (parse_conninfo(conninfo, target, sizeof(target), NULL, NULL, NULL, msg,
+                       sizeof(msg)) != 0) {
         *err = msg;
         return FERRY_ERROR;
     }
@@ -524,14 +624,17 @@ int ferry_pg_configure(const char *conninfo, double timeout, const char **err)
         return FERRY_OK;
     }
     char target[256];
-    char *password = NULL;
-    if (parse_conninfo(conninfo, target, sizeof(target), &password, msg, sizeof(msg)) != 0) {
+    char *password = NULL, *host = NULL;
+    int port = 0;
+    if (parse_conninfo(conninfo, target, sizeof(target), &password, &host, &port, msg,
+                       sizeof(msg)) != 0) {
         *err = msg;
         return FERRY_ERROR;
     }
     char *copy = strdup(conninfo);
     if (copy == NULL) {
         free(password);
+        free(host);
         *err = "out of memory";
         return FERRY_ERROR;
     }
@@ -540,6 +643,8 @@ int ferry_pg_configure(const char *conninfo, double timeout, const char **err)
     pg_close();
     pg.conninfo = copy;
     pg.password = password;
+    pg.host = host;
+    pg.port = port;
     snprintf(pg.target, sizeof(pg.target), "%s", target);
     start_connect();
     return FERRY_OK;
@@ -703,16 +808,6 @@ void ferry_pg_stats(struct ferry_pg_stats *out)
     out->attempts = (double)pg.attempts;
     out->down_since = pg.down_since;
     out->timeout = pg.timeout;
-}
-
-void ferry_pg_set_queued(int n)
-{
-    lua_queued = n;
-}
-
-int pg_pending(void)
-{
-    return pg.st == PGC_UP && !pg.broken && (pg.inflight || lua_queued > 0);
 }
 
 void pg_stop_all(void)

@@ -170,10 +170,10 @@ end
 
 -- Graceful stop (called by the core once the loop has drained): the
 -- store keeps the last known health of every proxy.
--- A stop signal arrived: the drain begins (proxied requests finish;
--- changes queued for PostgreSQL get a moment).
-function M.drain()
-  fleet.drain()
+-- Each drain tick after SIGTERM (core/main.c): true holds the loop a
+-- little longer (bounded): the fleet's last changes go out first.
+function M.drain(busy)
+  return fleet.drain(tonumber(busy) or 0)
 end
 
 function M.stop()

@@ -319,6 +319,23 @@ describe("fleet: breakers", function()
     assert.equal(OPEN, x.breaker)
   end)
 
+  it("removes the row of a shared breaker that closed while the database was down", function()
+    local w = world()
+    local x = w.C.ferry_pxstate_get(1, 1)
+    open(w, x, { ok = false, kind = "http5xx", status = 500 })
+    assert.equal(1, #w.writes)
+    w.up = false
+    close(w, x)
+    assert.equal(1, #w.writes)
+    w.up = true
+    bans.republish()
+    assert.equal(2, #w.writes)
+    assert.truthy(w.writes[2].sql:find("DELETE FROM ferry_bans", 1, true))
+    assert.same({ "px1", "bin", "breaker", "A" }, w.writes[2].params)
+    bans.republish()
+    assert.equal(2, #w.writes)
+  end)
+
   it("closes a received breaker whose row is gone when it reads back after a reconnect", function()
     local w = world()
     bans.apply({ k = "breaker", p = "px1", x = "bin", s = 300, u = 10, n = "B" })

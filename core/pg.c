@@ -362,14 +362,13 @@ static void on_notice(void *arg, const PGresult *r)
 /* Start libpq's connect; hostaddr: the resolved address, or NULL. */
 static void connect_to(const char *hostaddr)
 {
-    if (hostaddr != NULL) {
-        /* The conninfo expanded, then hostaddr on top of it. */
-        const char *const keys[] = { "dbname", "hostaddr", NULL };
-        const char *const vals[] = { pg.conninfo, hostaddr, NULL };
-        pg.conn = PQconnectStartParams(keys, vals, 1);
-    } else {
-        pg.conn = PQconnectStart(pg.conninfo);
-    }
+    /* Defaults first, then the conninfo expanded over them (its own
+     * values win), then the resolved address on top.  Keepalives find a
+     * peer that vanished while the session was idle (about 25 s). */
+    const char *const keys[] = { "application_name", "keepalives_idle", "keepalives_interval",
+                                 "keepalives_count", "dbname", "hostaddr", NULL };
+    const char *const vals[] = { "ferry", "10", "5", "3", pg.conninfo, hostaddr, NULL };
+    pg.conn = PQconnectStartParams(keys, vals, 1);
     if (pg.conn == NULL) {
         lost("out of memory");
         return;

@@ -69,6 +69,12 @@ require("ferry.fleet").read("select 1 + $1::int as x, $2::text as n", { 41, requ
     assert.is_nil(a:run("return agent.r.rows[1].n"))
     assert.equal(1, procs.metric(A, "ferry_pg_up"))
     assert.equal(1, count(ferry, "FERRY-8011"))
+    -- One session, named for the DBA, with the statement timeout set.
+    assert.equal("1", db:psql("select count(*) from pg_stat_activity where datname = 'fleet1' " ..
+      "and application_name = 'ferry'", "fleet1"))
+    a:run([[require("ferry.fleet").read("show statement_timeout", {},
+      function(res) agent.st = res.rows[1].statement_timeout end)]])
+    assert.equal("1s", a:wait("return agent.st"))
   end)
 
   it("writes through fleet.write, with the NOTIFY in the same statement", function()
@@ -150,6 +156,21 @@ return results
     assert.equal(1, r.stats.coalesced)
     assert.equal(3, procs.metric(A, "ferry_pg_queue"))
     assert.equal(0, procs.metric(A, "ferry_pg_up"))
+    -- The bound (queue = 50): 47 more fit, the next 5 are dropped, one line.
+    local full = a:run([[
+local fleet = require("ferry.fleet")
+local ok, refused, err = 0, 0, nil
+for i = 1, 52 do
+  local r, e = fleet.write("node:f" .. i, "insert into ferry_nodes (id, heartbeat_at) values " ..
+    "($1, now()) on conflict (id) do nothing", { "f" .. i })
+  if r then ok = ok + 1 else refused, err = refused + 1, e end
+end
+return { ok = ok, refused = refused, err = err }
+]])
+    assert.same({ ok = 47, refused = 5, err = "the postgres queue is full" }, full)
+    assert.equal(5, procs.metric(A, "ferry_pg_dropped_total"))
+    assert.equal(50, procs.metric(A, "ferry_pg_queue"))
+    assert.truthy(procs.wait_for(function() return count(ferry, "FERRY-8006") == 1 end))
     procs.sleep(1.5) -- a few reconnect attempts
     assert.equal(1, count(ferry, "FERRY-8004"))
     assert.equal(0, count(ferry, "FERRY-8003"))
@@ -160,6 +181,9 @@ return results
     assert.truthy(a:wait("return require('ferry.pg').state() == 'up' or nil", 15))
     assert.truthy(procs.wait_for(function()
       return db:psql("select count(*) from ferry_nodes where id like 'q%'", "fleet1") == "3"
+    end, 5))
+    assert.truthy(procs.wait_for(function()
+      return db:psql("select count(*) from ferry_nodes where id like 'f%'", "fleet1") == "47"
     end, 5))
     assert.equal("later:1", db:psql("select advertise from ferry_nodes where id = 'q3'", "fleet1"))
     assert.equal(0, procs.metric(A, "ferry_pg_queue"))
@@ -173,19 +197,28 @@ return results
   it("resets a connection whose server stopped answering, and serves meanwhile", function()
     assert.truthy(a:wait("return require('ferry.pg').state() == 'up' or nil", 10))
     db:sigstop()
+    -- A write goes out first (in flight when the server froze), a read waits behind it.
     a:run([[
-agent.frozen = nil
-require("ferry.fleet").read("select 1", {}, function(_, err) agent.frozen = err or "ok" end)
+local fleet = require("ferry.fleet")
+agent.frozen, agent.frozen_w = nil, nil
+fleet.write("node:frozen", "insert into ferry_nodes (id, heartbeat_at) values ($1, now()) " ..
+  "on conflict (id) do nothing", { "frozen" }, function(res, err) agent.frozen_w = err or "ok" end)
+fleet.read("select 1", {}, function(_, err) agent.frozen = err or "ok" end)
 ]])
     for _ = 1, 3 do
       assert.equal(200, (get(F, O)))
     end
     -- No answer for 3 s (twice the statement timeout, plus 1 s): reset.
     local err = a:wait("return agent.frozen", 10)
-    db:sigcont()
     assert.truthy(err:find("lost", 1, true))
     assert.equal(1, count(ferry, "FERRY-8007", "does not answer"))
+    assert.is_nil(a:run("return agent.frozen_w"))
+    assert.truthy(a:run("return require('ferry.pg').stats().requeued") >= 1)
+    db:sigcont()
     assert.truthy(a:wait("return require('ferry.pg').state() == 'up' or nil", 20))
+    -- The write in flight was sent again on the new session.
+    assert.equal("ok", a:wait("return agent.frozen_w", 10))
+    assert.equal("1", db:psql("select count(*) from ferry_nodes where id = 'frozen'", "fleet1"))
   end)
 
   it("refuses a schema newer than this ferry and keeps serving", function()

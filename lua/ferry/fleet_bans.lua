@@ -40,6 +40,7 @@ local M = {
 local held_u = {} -- pair key -> updated_at (database epoch seconds) applied or written
 local own = {}    -- pair key -> { proxy, exchange, kind, reason, cid, exid, ends }: shared from here
 local recv = {}   -- pair key -> { cid, exid, kind, node }: applied from another node
+local closed = {} -- pair key -> { proxy, exchange }: a shared breaker closed while down
 
 local function pkey(proxy, exchange, kind)
   return proxy .. "\n" .. exchange .. "\n" .. kind
@@ -73,7 +74,7 @@ M.ACTIVE = [[
 SELECT proxy, exchange, kind, reason, node,
   extract(epoch from until - clock_timestamp()) AS s, extract(epoch from updated_at) AS u
 FROM ferry_bans WHERE until > clock_timestamp() AND node IS DISTINCT FROM $1
-ORDER BY updated_at LIMIT ]] .. M.RESYNC_MAX
+ORDER BY updated_at DESC LIMIT ]] .. M.RESYNC_MAX
 
 M.EXPIRED = [[
 DELETE FROM ferry_bans WHERE ctid = ANY (ARRAY (
@@ -174,7 +175,10 @@ function M.breaker_closed(x)
   local pk = pkey(proxy, exchange, "breaker")
   if not own[pk] and not recv[pk] then return end -- opened for a local reason only
   own[pk], recv[pk] = nil, nil
-  if not ctx.up() then return end
+  if not ctx.up() then
+    closed[pk] = { proxy = proxy, exchange = exchange, cid = tonumber(x.proxy_id) }
+    return
+  end
   if write(pk, M.DELETE, { proxy, exchange, "breaker", ctx.node() }, "breaker",
       "breaker close") then
     ctx.log("info", "FERRY-8064", format("proxy %s, exchange %s: breaker closed, shared with " ..
@@ -302,9 +306,17 @@ function M.resync(done)
   end
 end
 
--- Publish this node's own live bans and open breakers again.
+-- Publish this node's own live bans and open breakers again, and the
+-- closes of shared breakers that happened while the database was down.
 function M.republish()
   local now = ctx.now()
+  for pk, c in pairs(closed) do
+    closed[pk] = nil
+    if not own[pk] and not recv[pk] then
+      write(pk, M.DELETE, { c.proxy, c.exchange, "breaker", ctx.node() }, "breaker",
+        "breaker close")
+    end
+  end
   for pk, o in pairs(own) do
     local x = ctx.C.ferry_pxstate_get(o.cid, o.exid)
     if x ~= nil then
@@ -329,7 +341,7 @@ function M.state()
 end
 
 function M._reset()
-  held_u, own, recv = {}, {}, {}
+  held_u, own, recv, closed = {}, {}, {}, {}
 end
 
 return M

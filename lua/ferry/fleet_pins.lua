@@ -162,7 +162,7 @@ M.table = {
     if now - enabled_at >= 1 or now < enabled_at then
       enabled_cache, enabled_at = ctx.enabled(), now
     end
-    if enabled_cache then M.touched(key, tonumber(id), ttl) end
+    if enabled_cache and r == 0 then M.touched(key, tonumber(id), ttl) end
     return r
   end,
 }

@@ -79,6 +79,7 @@ local function attach()
   local ok, metrics = pcall(require, "ferry.metrics")
   if ok and metrics.register then
     metrics.register("fleet_changes", require("ferry.fleet_changes").text)
+    metrics.register("fleet_shared", M.metrics_text)
   end
   local fleet = ctx.fleet()
   fleet.on("ban", bans.apply)
@@ -107,6 +108,24 @@ function M.committed(run)
     leases.replace({}, math.huge)
   end
   leases.committed()
+end
+
+-- What the shared parts hold, and the sticky pins the bound kept local.
+function M.metrics_text()
+  local b, p = bans.state(), pins.stats()
+  return table.concat({
+    "# HELP ferry_fleet_shared_held Shared entries this node holds: its own (published) " ..
+      "and received bans and open breakers, and sticky pins it knows.",
+    "# TYPE ferry_fleet_shared_held gauge",
+    'ferry_fleet_shared_held{what="bans_own"} ' .. b.own,
+    'ferry_fleet_shared_held{what="bans_received"} ' .. b.received,
+    'ferry_fleet_shared_held{what="pins"} ' .. p.known,
+    "# HELP ferry_fleet_pins_dropped_total Sticky pins kept local because 10 000 already " ..
+      "waited to be written (FERRY-8070).",
+    "# TYPE ferry_fleet_pins_dropped_total counter",
+    "ferry_fleet_pins_dropped_total " .. p.dropped,
+    "",
+  }, "\n")
 end
 
 -- Specs.

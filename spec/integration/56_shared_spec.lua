@@ -153,6 +153,9 @@ return {
       "shared56"))
     assert.equal(0, #lines("A", "FERRY-8060"))
     assert.equal(0, #lines("C", "FERRY-8060"))
+    assert.equal(1, metric("B", "ferry_fleet_changes_total", 'kind="ban",dir="out"'))
+    assert.equal(1, metric("A", "ferry_fleet_changes_total", 'kind="ban",dir="in"'))
+    assert.is_nil(metric("A", "ferry_fleet_changes_total", 'kind="ban",dir="out"'))
   end)
 
   it("a breaker opened on the exchange's answers on C opens on A and B, and its close too", function()
@@ -205,6 +208,9 @@ return {
         assert.equal(pinned[i], via(name, "localhost", "/ready", string.format(H, "sess-" .. i)),
           "node " .. name .. ", session " .. i)
       end
+    end
+    for _, name in ipairs(NAMES) do
+      assert.truthy(metric(name, "ferry_fleet_shared_held", 'what="pins"') >= 6)
     end
     -- Touching the pins again does not write them again (at most once per half TTL).
     local u0 = db:psql("select max(updated_at) from ferry_pins", "shared56")

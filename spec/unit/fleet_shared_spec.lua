@@ -319,6 +319,23 @@ describe("fleet: breakers", function()
     assert.equal(OPEN, x.breaker)
   end)
 
+  it("removes the row of a shared breaker that closed while the database was down", function()
+    local w = world()
+    local x = w.C.ferry_pxstate_get(1, 1)
+    open(w, x, { ok = false, kind = "http5xx", status = 500 })
+    assert.equal(1, #w.writes)
+    w.up = false
+    close(w, x)
+    assert.equal(1, #w.writes)
+    w.up = true
+    bans.republish()
+    assert.equal(2, #w.writes)
+    assert.truthy(w.writes[2].sql:find("DELETE FROM ferry_bans", 1, true))
+    assert.same({ "px1", "bin", "breaker", "A" }, w.writes[2].params)
+    bans.republish()
+    assert.equal(2, #w.writes)
+  end)
+
   it("closes a received breaker whose row is gone when it reads back after a reconnect", function()
     local w = world()
     bans.apply({ k = "breaker", p = "px1", x = "bin", s = 300, u = 10, n = "B" })
@@ -448,6 +465,7 @@ describe("fleet: sticky pins", function()
     assert.equal(3, pins.stats().pending)
     assert.equal(3, pins.stats().dropped)
     assert.equal(1, w.codes("FERRY-8070"))
+    assert.truthy(shared.metrics_text():find("\nferry_fleet_pins_dropped_total 3\n", 1, true))
   end)
 end)
 
@@ -462,6 +480,19 @@ describe("fleet: wiring", function()
     assert.equal(3, #w.reads)
     for _, r in ipairs(w.reads) do r.cb({ rows = { { now = "1", leases = "[]" } } }) end
     assert.equal(1, w.codes("FERRY-8071"))
+  end)
+
+  it("deletes expired rows with bounded statements every EXPIRE seconds", function()
+    local w = world()
+    w.t = w.t + shared.EXPIRE
+    w.tick()
+    local sql = {}
+    for _, wr in ipairs(w.keyed("expire:")) do sql[#sql + 1] = wr.sql end
+    assert.equal(3, #sql)
+    for _, q in ipairs(sql) do
+      assert.truthy(q:find("DELETE FROM ferry_", 1, true))
+      assert.truthy(q:find("LIMIT 1000", 1, true))
+    end
   end)
 
   it("sets this node's lease counts to 0 when it stops", function()

@@ -110,20 +110,21 @@ export FERRY_PG="host=127.0.0.1 port=$PG_PORT dbname=ferry user=ferry password=$
 
 python3 "$HERE/origin.py" $((B + 30)) & PIDS+=($!)
 "$FERRY_BIN" -c "$HERE/exits.lua" 2>"$FLEET_DIR/exits.log" & PIDS+=($!)
+declare -A NODE_PID=()
 for n in a b c; do
-  "$FERRY_BIN" -c "$HERE/node-$n.lua" 2>"$FLEET_DIR/node-$n.log" & PIDS+=($!)
+  "$FERRY_BIN" -c "$HERE/node-$n.lua" 2>"$FLEET_DIR/node-$n.log" & PIDS+=($!); NODE_PID[$n]=$!
 done
 for p in $((B + 30)) $((B + 21)) $((B + 11)) $((B + 12)) $((B + 13)); do
   wait_port "$p" || { tail -n 5 "$FLEET_DIR"/*.log >&2; exit 1; }
 done
 
 cat <<INFO
-ferry fleet of 3 nodes is up (PostgreSQL on 127.0.0.1:$PG_PORT, data in $FLEET_DIR)
+ferry fleet of 3 nodes is up (PostgreSQL on 127.0.0.1:$PG_PORT, pid $PG_PID, data in $FLEET_DIR)
 
-  node     proxy            admin API         console
-  node-a   127.0.0.1:$((B + 1))   127.0.0.1:$((B + 11))   $FLEET_DIR/node-a.sock
-  node-b   127.0.0.1:$((B + 2))   127.0.0.1:$((B + 12))   $FLEET_DIR/node-b.sock
-  node-c   127.0.0.1:$((B + 3))   127.0.0.1:$((B + 13))   $FLEET_DIR/node-c.sock
+  node     pid      proxy            admin API         console
+  node-a   $(printf '%-8s' "${NODE_PID[a]}") 127.0.0.1:$((B + 1))   127.0.0.1:$((B + 11))   $FLEET_DIR/node-a.sock
+  node-b   $(printf '%-8s' "${NODE_PID[b]}") 127.0.0.1:$((B + 2))   127.0.0.1:$((B + 12))   $FLEET_DIR/node-b.sock
+  node-c   $(printf '%-8s' "${NODE_PID[c]}") 127.0.0.1:$((B + 3))   127.0.0.1:$((B + 13))   $FLEET_DIR/node-c.sock
   exits    127.0.0.1:$((B + 21))-$((B + 24))   origin 127.0.0.1:$((B + 30))
   logs     $FLEET_DIR/*.log
 

@@ -290,24 +290,56 @@ int64_t bridge_dispatch(struct ferry_req *r)
     return id;
 }
 
-void bridge_drain(void)
+/* A request of core/hclient.c ended: ferry.hclient's done(result), under
+ * the admin budget (the broker client may commit a config from there). */
+static int ref_hclient = LUA_NOREF;
+
+void bridge_hclient_done(struct ferry_hclient_result *r)
 {
     if (L == NULL) {
         return;
+    }
+    if (ref_hclient == LUA_NOREF) {
+        lua_getglobal(L, "require");
+        lua_pushstring(L, "ferry.hclient");
+        if (lua_pcall(L, 1, 1, 0) != 0 || !lua_istable(L, -1)) {
+            log_event(LOG_ERROR, "FERRY-8101", NULL, "http client: cannot load ferry.hclient: %s",
+                      lua_isstring(L, -1) ? lua_tostring(L, -1) : "not a module");
+            lua_settop(L, 0);
+            return;
+        }
+        lua_getfield(L, -1, "done");
+        ref_hclient = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_settop(L, 0);
+    }
+    if (call_budgeted_n(ref_hclient, r, 0, &budget_admin) != 0) {
+        metrics_hook_error(FERRY_HOOK_RUNTIME);
+        log_event(LOG_ERROR, "FERRY-8101", NULL, "http client callback failed: %s",
+                  lua_tostring(L, -1));
+    }
+    lua_settop(L, 0);
+}
+
+int bridge_drain(int busy)
+{
+    if (L == NULL) {
+        return 0;
     }
     lua_pushcfunction(L, traceback);
     lua_getglobal(L, "__ferry_runtime");
     lua_getfield(L, -1, "drain");
     lua_remove(L, -2);
+    int hold = 0;
     if (lua_isfunction(L, -1)) {
-        budget_begin_eval(L, &budget_admin);
-        int rc = lua_pcall(L, 0, 0, 1);
-        budget_end(L);
-        if (rc != 0) {
+        lua_pushinteger(L, busy);
+        if (lua_pcall(L, 1, 1, 1) != 0) {
             log_event(LOG_ERROR, "FERRY-4001", NULL, "drain hook failed: %s", lua_tostring(L, -1));
+        } else {
+            hold = lua_toboolean(L, -1);
         }
     }
     lua_settop(L, 0);
+    return hold;
 }
 
 void bridge_stop(void)

@@ -685,8 +685,6 @@ double ferry_pg_affected(void);
 const char *ferry_pg_notify_channel(void);
 const char *ferry_pg_notify_payload(void);
 void ferry_pg_stats(struct ferry_pg_stats *out);
-/* The runtime's queue length, so a drain can wait (briefly) for it. */
-void ferry_pg_set_queued(int n);
 /* Write one coded event line to the log (level as above). */
 void ferry_log(int level, const char *code, const char *msg);
 /* Count a Lua hook error for metrics (enum ferry_hook_kind; the core

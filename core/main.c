@@ -13,6 +13,7 @@
 #include "listener.h"
 #include "log.h"
 #include "origin_tls.h"
+#include "hclient.h"
 #include "loop.h"
 #include "timer.h"
 #include "pg.h"
@@ -37,7 +38,6 @@
 
 #define FERRY_VERSION "0.1.0"
 #define DRAIN_SECS 10.0
-#define PG_FLUSH_SECS 1.0 /* the drain waits at most this long for queued changes */
 
 struct ev_loop *loop;
 
@@ -149,12 +149,12 @@ static void on_drain_tick(struct ev_loop *l, ev_timer *w, int revents)
     if (started == 0) {
         started = ev_now(l);
     }
-    /* Admin connections (a scraper's keep-alive) do not hold the drain.
-     * Changes queued for PostgreSQL get up to PG_FLUSH_SECS of it. */
+    /* Admin connections (a scraper's keep-alive) do not hold the drain. */
     int busy = listener_proxy_conns();
-    double spent = ev_now(l) - started;
-    int flushing = pg_pending() && spent < PG_FLUSH_SECS;
-    if ((busy == 0 && !flushing) || spent >= DRAIN_SECS) {
+    /* The runtime may hold the loop a little longer (bounded by itself
+     * and by DRAIN_SECS): a fleet node says it stops. */
+    int hold = bridge_drain(busy);
+    if ((busy == 0 && !hold) || ev_now(l) - started >= DRAIN_SECS) {
         if (busy > 0) {
             log_event(LOG_WARN, "FERRY-0004", NULL,
                       "drain timeout: closing %d connections", busy);
@@ -175,7 +175,6 @@ static void on_stop(struct ev_loop *l, ev_signal *w, int revents)
     log_event(LOG_INFO, "FERRY-0003", NULL, "signal %d: stop accepting, draining", w->signum);
     /* The admin plane stays up while draining, so /health can say 503. */
     listener_stop_proxying();
-    bridge_drain(); /* the fleet says it is draining (queued for PostgreSQL) */
     ev_timer_init(&drain_timer, on_drain_tick, 0., 0.1);
     ev_timer_start(l, &drain_timer);
 }
@@ -290,6 +289,7 @@ static int cmd_run(const char *config, int check_only)
     ev_run(loop, 0);
     timer_stop_all(); /* no Lua callback runs once the loop is done */
     conn_close_all();
+    hclient_free_all();
     cache_free_all();
     uppool_free_all();
     retry_free_all();

@@ -79,8 +79,6 @@ struct pg {
     struct ferry_pg_stats stats;
 };
 
-static int lua_queued; /* queries waiting in the runtime's queue (ferry_pg_set_queued) */
-
 static struct pg pg = { .io_fd = -1, .timeout = 5.0, .backoff = PG_BACKOFF_MIN };
 
 /* Remove every occurrence of the password from s (in place). */
@@ -183,7 +181,7 @@ static int emit(int ev)
 static void watch(int events)
 {
     int fd = pg.conn != NULL ? PQsocket(pg.conn) : -1;
-    if (fd == pg.io_fd && events == pg.io_events) {
+    if (fd == pg.io_fd && events == pg.io_events && fd >= 0) {
         return;
     }
     ev_io_stop(loop, &pg.io);
@@ -326,7 +324,11 @@ static void connected(void)
 
 static void poll_connect(void)
 {
-    switch (PQconnectPoll(pg.conn)) {
+    PostgresPollingStatusType r = PQconnectPoll(pg.conn);
+    /* libpq may have closed the socket and opened another (the next
+     * address, SSL refused): the watcher starts afresh on every step. */
+    pg.io_fd = -1;
+    switch (r) {
     case PGRES_POLLING_READING:
         watch(EV_READ);
         break;
@@ -342,17 +344,31 @@ static void poll_connect(void)
     }
 }
 
+/* The server's notices ("relation ... already exists, skipping") would
+ * go to stderr raw: they become debug lines. */
+static void on_notice(void *arg, const PGresult *r)
+{
+    (void)arg;
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+    size_t n = strlen(msg);
+    while (n > 0 && msg[n - 1] == '\n') {
+        msg[--n] = '\0';
+    }
+    scrub(msg);
+    log_event(LOG_DEBUG, "FERRY-8015", NULL, "postgres %s: %s", pg.target, msg);
+}
+
 /* Start libpq's connect; hostaddr: the resolved address, or NULL. */
 static void connect_to(const char *hostaddr)
 {
-    if (hostaddr != NULL) {
-        /* The conninfo expanded, then hostaddr on top of it. */
-        const char *const keys[] = { "dbname", "hostaddr", NULL };
-        const char *const vals[] = { pg.conninfo, hostaddr, NULL };
-        pg.conn = PQconnectStartParams(keys, vals, 1);
-    } else {
-        pg.conn = PQconnectStart(pg.conninfo);
-    }
+    /* Defaults first, then the conninfo expanded over them (its own
+     * values win), then the resolved address on top.  Keepalives find a
+     * peer that vanished while the session was idle (about 25 s). */
+    const char *const keys[] = { "application_name", "keepalives_idle", "keepalives_interval",
+                                 "keepalives_count", "dbname", "hostaddr", NULL };
+    const char *const vals[] = { "ferry", "10", "5", "3", pg.conninfo, hostaddr, NULL };
+    pg.conn = PQconnectStartParams(keys, vals, 1);
     if (pg.conn == NULL) {
         lost("out of memory");
         return;
@@ -361,6 +377,7 @@ static void connect_to(const char *hostaddr)
         lost(PQerrorMessage(pg.conn));
         return;
     }
+    PQsetNoticeReceiver(pg.conn, on_notice, NULL);
     pg.st = PGC_CONNECTING;
     arm(PG_CONNECT_TIMEOUT);
     /* PQconnectStart's first state is "write": the TCP connect. */
@@ -790,16 +807,6 @@ void ferry_pg_stats(struct ferry_pg_stats *out)
     out->attempts = (double)pg.attempts;
     out->down_since = pg.down_since;
     out->timeout = pg.timeout;
-}
-
-void ferry_pg_set_queued(int n)
-{
-    lua_queued = n;
-}
-
-int pg_pending(void)
-{
-    return pg.st == PGC_UP && !pg.broken && (pg.inflight || lua_queued > 0);
 }
 
 void pg_stop_all(void)

@@ -311,7 +311,6 @@ double ferry_pg_affected(void);
 const char *ferry_pg_notify_channel(void);
 const char *ferry_pg_notify_payload(void);
 void ferry_pg_stats(struct ferry_pg_stats *out);
-void ferry_pg_set_queued(int n);
 void ferry_log(int level, const char *code, const char *msg);
 void ferry_count_hook_error(int kind);
 struct ferry_metrics_member {

@@ -560,6 +560,17 @@ local CACHE_COLUMNS = {
 }
 M.cache = {}
 
+-- broker_client.stats([pool]): leases, endpoints and feedback of the
+-- pools that lease their proxies (ferry.broker_client; no credential).
+M.broker_client = {}
+function M.broker_client.stats(name)
+  active()
+  if name ~= nil then name_arg(name, "pool", "broker_client.stats") end
+  local s = require("ferry.broker_client").stats(name)
+  if s == nil then fail(format('pool "%s" takes no leases from a broker', tostring(name))) end
+  return s
+end
+
 function M.cache.stats()
   active()
   return as_view(cachemod.stats(), { kind = "table", columns = CACHE_COLUMNS,
@@ -591,6 +602,7 @@ local STATS_FIELDS = {
   { "failure_pct", "failure rate (%)" }, { "sticky", "sticky pins" },
   { "probes", "probes in flight" }, { "draining", "draining" },
   { "leaves", "TLS leaves (ferry's CA)", optional = true },
+  { "postgres", "postgres (fleet)", optional = true },
 }
 
 -- Ferry's CA at work (core/mint.c), when one is loaded.
@@ -601,6 +613,16 @@ local function leaves_line()
   return string.format("%d cached of %d; minted %d, cache hits %d, evictions %d, " ..
     "refused by clients %d", tonumber(m.cached), tonumber(m.cap), tonumber(m.minted),
     tonumber(m.hits), tonumber(m.evictions), tonumber(m.refused))
+end
+
+-- The fleet's connection, never with its credentials (host:port/dbname).
+local function postgres_line()
+  local fleet = require("ferry.fleet")
+  if not fleet.enabled() then return nil end
+  local p = fleet.stats()
+  return string.format("%s %s, node %s; queued %d, dropped %d, queries %d, errors %d, " ..
+    "reconnects %d", p.state, p.target or "?", tostring(p.node), p.queued, p.dropped, p.queries,
+    p.errors, p.reconnects)
 end
 
 function M.stats()
@@ -620,6 +642,7 @@ function M.stats()
   s.waiting = w > 0 and w or nil
   s.failure_pct = pct(s.failures, s.successes + s.failures)
   s.leaves = leaves_line()
+  s.postgres = postgres_line()
   return as_view(s, { kind = "record", fields = STATS_FIELDS })
 end
 

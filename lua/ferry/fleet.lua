@@ -40,6 +40,7 @@ M.CHANNEL = "ferry_fleet"
 M.PAYLOAD_MAX = 7000
 M.HEARTBEAT_DEFAULT = 2
 M.RESYNC_DEFAULT = 30
+M.FLUSH_MAX = 1 -- seconds a drain waits for the queue to empty
 local SCHEMA_RETRY = 60 -- seconds between two checks of a refused schema
 
 local enabled = false
@@ -214,8 +215,18 @@ function M.on_drain(fn)
   add(drains, fn)
 end
 
-function M.drain()
-  if enabled then call_all(drains, "on_drain") end
+-- Each drain tick (runtime.drain): the first runs the on_drain
+-- functions; true while their changes (and any queued) are still going
+-- out, for at most FLUSH_MAX seconds.
+local drain_started = nil
+function M.drain(_busy)
+  if not enabled then return false end
+  local now = C.ferry_now()
+  if not drain_started then
+    drain_started = now
+    call_all(drains, "on_drain")
+  end
+  return pg.pending() and now - drain_started < M.FLUSH_MAX or false
 end
 
 function M.stats()

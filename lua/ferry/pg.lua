@@ -125,8 +125,10 @@ local function push_front(item)
   if item.key then
     local newer = keyed[item.key]
     if newer then
-      -- A later change with the same key waits: it replaces this one.
-      for _, cb in ipairs(item.cbs) do newer.cbs[#newer.cbs + 1] = cb end
+      -- A later change with the same key waits: it replaces this one
+      -- (whose callbacks come first, as they were first).
+      for _, cb in ipairs(newer.cbs) do item.cbs[#item.cbs + 1] = cb end
+      newer.cbs = item.cbs
       return
     end
     keyed[item.key] = item
@@ -139,7 +141,7 @@ local send_ptrs, send_cap = nil, 0
 local err_ptr = ffi.new("const char *[1]")
 
 -- Send the next query when nothing is in flight.
-local function pump_once()
+local function pump()
   while not inflight and C.ferry_pg_state() == C.FERRY_PG_UP and C.ferry_pg_busy() == 0 do
     local item = pop()
     if not item then return end
@@ -165,11 +167,6 @@ local function pump_once()
       return
     end
   end
-end
-
-local function pump()
-  pump_once()
-  C.ferry_pg_set_queued(queued())
 end
 
 -- Run sql with params; see the header.
@@ -275,7 +272,6 @@ local function went_down(err)
   setup_q = {}
   for _, s in ipairs(setups) do finish(s, nil, err) end
   fail_readers(err)
-  C.ferry_pg_set_queued(queued())
   if was then call_hook("down") end
 end
 
@@ -392,7 +388,6 @@ function M.configure(conninfo, opts)
     dropped = dropped + queued()
     for i = head, tail do finish(q[i], nil, "postgres was closed") end
     q, head, tail, keyed = {}, 1, 0, {}
-    C.ferry_pg_set_queued(0)
   end
   configured = conninfo
   return true
@@ -406,6 +401,11 @@ end
 
 function M.ready()
   return ready
+end
+
+-- True while the session is ready and changes wait or one is in flight.
+function M.pending()
+  return ready and (queued() > 0 or inflight ~= nil)
 end
 
 local st = ffi.new("struct ferry_pg_stats")
@@ -475,7 +475,6 @@ function M.stop()
       "written", target(), n, n == 1 and "" or "s"))
   end
   q, head, tail, keyed, inflight, setup_q = {}, 1, 0, {}, nil, {}
-  C.ferry_pg_set_queued(0)
 end
 
 return M

@@ -15,6 +15,7 @@ local apply = require("ferry.apply")
 local breaker = require("ferry.breaker")
 local exchange = require("ferry.exchange")
 local inventory = require("ferry.inventory")
+local broker_client = require("ferry.broker_client")
 local timer = require("ferry.timer")
 local fleet = require("ferry.fleet")
 local pg = require("ferry.pg")
@@ -88,6 +89,7 @@ local function switch_to(run, prep)
   run.prep = prep
   active = run
   inventory.committed(run)
+  broker_client.committed(run, M)
   -- store { postgres }: the fleet follows the committed config (the same
   -- conninfo keeps its connection).
   fleet.apply(prep.cfg)
@@ -101,6 +103,7 @@ function M.load(path, do_apply)
     local ok, serr = inventory.open_store(cfg)
     if not ok then return nil, serr end
     inventory.merge(cfg)
+    broker_client.merge(cfg)
   end
   local prep, perr = apply.prepare(cfg, root)
   if not prep then return nil, perr end
@@ -132,6 +135,7 @@ local function reload(path)
   -- core/budget.c) undoes the store switch as a refusal does.
   local ok, run, prep = pcall(function()
     inventory.merge(cfg)
+    broker_client.merge(cfg)
     local p, perr = apply.prepare(cfg, root)
     if not p then return nil, perr end
     local r, cerr = apply.commit(p, active)
@@ -154,6 +158,7 @@ function M.recommit()
   if not cur or not cur.prep then return nil, "no config is running" end
   C.ferry_budget_enter_load() -- an admin request: the load's bounds, once
   inventory.merge(cur.prep.cfg)
+  broker_client.merge(cur.prep.cfg)
   local run, err = apply.commit(cur.prep, cur)
   if not run then return nil, err end
   switch_to(run, cur.prep)
@@ -162,10 +167,10 @@ end
 
 -- Graceful stop (called by the core once the loop has drained): the
 -- store keeps the last known health of every proxy.
--- A stop signal arrived: the drain begins (proxied requests finish;
--- changes queued for PostgreSQL get a moment).
-function M.drain()
-  fleet.drain()
+-- Each drain tick after SIGTERM (core/main.c): true holds the loop a
+-- little longer (bounded): the fleet's last changes go out first.
+function M.drain(busy)
+  return fleet.drain(tonumber(busy) or 0)
 end
 
 function M.stop()
@@ -779,11 +784,20 @@ function M.result(_ud)
     if verdict == "ban" then
       ban_pair(e, x, secs, reason, r.head ~= nil and ffi_string(r.head, r.head_len) or nil)
       r.banned = 1 -- the core may send the request again elsewhere (retry on ban)
+      if pool and pool.broker_client then
+        broker_client.outcome(pool, tonumber(r.proxy_id), false, tonumber(r.latency_ms),
+          "ban", status)
+      end
       return
     end
   end
   if verdict == "ok" then ok = true elseif verdict == "failure" then ok = false end
-  feed_breaker(pool, x, ok, status, tonumber(r.latency_ms), KIND_NAMES[tonumber(r.kind) + 1])
+  local kind = KIND_NAMES[tonumber(r.kind) + 1]
+  feed_breaker(pool, x, ok, status, tonumber(r.latency_ms), kind)
+  -- A leased proxy's outcome goes to its broker (queued, sent in batches).
+  if pool and pool.broker_client then
+    broker_client.outcome(pool, tonumber(r.proxy_id), ok, tonumber(r.latency_ms), kind, status)
+  end
 end
 
 ---------------------------------------------------------------------------

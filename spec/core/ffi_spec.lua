@@ -48,6 +48,8 @@ describe("C structs seen from Lua", function()
       "add_headers", "add_headers_len", "drop_headers", "drop_headers_len", "ban_retry" },
     ferry_admin_req = { "method", "method_len", "target", "target_len", "head", "head_len",
       "body", "body_len", "peer", "listener", "cid", "unix_socket" },
+    ferry_pg_stats = { "connects", "reconnects", "queries", "errors", "notifies", "up_since",
+      "down_since", "attempts", "timeout", "state", "inflight" },
   }
   local c_src = { '#include <stdio.h>', '#include <stddef.h>', '#include "core/ferry.h"',
     'int main(void) {' }

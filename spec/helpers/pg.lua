@@ -32,9 +32,15 @@ local function sh(cmd)
 end
 
 -- As the postgres user (we may run as root: PostgreSQL refuses root).
+local function is_root()
+  local p = io.popen("id -u")
+  local uid = p:read("*l")
+  p:close()
+  return uid == "0"
+end
+
 local function as_pg(cmd)
-  local uid = io.popen("id -u"):read("*l")
-  if uid == "0" then
+  if is_root() then
     return "setpriv --reuid=postgres --regid=postgres --init-groups " .. cmd
   end
   return cmd
@@ -52,7 +58,8 @@ function M.start_new(opts)
   dir = dir:match("^%s*(.-)%s*$")
   local self = setmetatable({ dir = dir, data = dir .. "/data", port = procs.free_port(),
     opts = opts }, M)
-  assert(sh("chown postgres:postgres " .. q(dir) .. " && chmod 700 " .. q(dir)))
+  if is_root() then assert(sh("chown postgres:postgres " .. q(dir))) end
+  assert(sh("chmod 700 " .. q(dir)))
   local iok, iout = sh(as_pg(q(BIN .. "/initdb") .. " -D " .. q(self.data) ..
     " -U postgres -A trust -E UTF8 --locale=C --no-sync --no-instructions"))
   assert(iok, "initdb failed:\n" .. iout)
@@ -62,7 +69,7 @@ function M.start_new(opts)
     "local all all trust",
     "host all " .. PW_ROLE .. " 127.0.0.1/32 scram-sha-256",
     "host all all 127.0.0.1/32 trust", "" }, "\n"))
-  sh("chown postgres:postgres " .. q(self.data .. "/pg_hba.conf"))
+  if is_root() then sh("chown postgres:postgres " .. q(self.data .. "/pg_hba.conf")) end
   self:start()
   return self
 end
@@ -97,9 +104,16 @@ end
 -- The postmaster and its children (backends, checkpointer...).
 function M:pids()
   if not self.proc then return {} end
+  -- From /proc (procps may be missing on a fresh machine).
   local pids = { self.proc.pid }
-  local p = io.popen("pgrep -P " .. self.proc.pid)
-  for line in p:lines() do pids[#pids + 1] = tonumber(line) end
+  local p = io.popen("ls /proc")
+  for name in p:lines() do
+    if name:match("^%d+$") then
+      local stat = procs.read_file("/proc/" .. name .. "/stat")
+      local ppid = stat:match("^%d+ %b() %S+ (%d+)")
+      if tonumber(ppid) == self.proc.pid then pids[#pids + 1] = tonumber(name) end
+    end
+  end
   p:close()
   return pids
 end

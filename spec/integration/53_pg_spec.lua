@@ -69,6 +69,12 @@ require("ferry.fleet").read("select 1 + $1::int as x, $2::text as n", { 41, requ
     assert.is_nil(a:run("return agent.r.rows[1].n"))
     assert.equal(1, procs.metric(A, "ferry_pg_up"))
     assert.equal(1, count(ferry, "FERRY-8011"))
+    -- One session, named for the DBA, with the statement timeout set.
+    assert.equal("1", db:psql("select count(*) from pg_stat_activity where datname = 'fleet1' " ..
+      "and application_name = 'ferry'", "fleet1"))
+    a:run([[require("ferry.fleet").read("show statement_timeout", {},
+      function(res) agent.st = res.rows[1].statement_timeout end)]])
+    assert.equal("1s", a:wait("return agent.st"))
   end)
 
   it("writes through fleet.write, with the NOTIFY in the same statement", function()
@@ -92,13 +98,16 @@ local fleet = require("ferry.fleet")
 agent.got = {}
 fleet.on("spec", function(msg) agent.got[#agent.got + 1] = msg.v end)
 ]])
+    -- Other modules publish too (the node registry's own "node" message):
+    -- count this node's own messages from here.
+    local own0 = a:run("return require('ferry.fleet').stats().own_messages")
     db:psql([[select pg_notify('ferry_fleet', '{"t":"spec","n":"n1","v":"own"}')]], "fleet1")
     db:psql([[select pg_notify('ferry_fleet', '{"t":"spec","n":"n2","v":"other"}')]], "fleet1")
     db:psql([[select pg_notify('ferry_fleet', 'not json')]], "fleet1")
     assert.equal("other", a:wait("return agent.got[1]"))
     local st = a:run("return require('ferry.fleet').stats()")
     assert.equal(1, #a:run("return agent.got"))
-    assert.equal(2, st.own_messages) -- the pin written above, and "own"
+    assert.equal(own0 + 1, st.own_messages) -- "own"
     assert.equal(1, st.invalid_messages)
     assert.truthy(procs.wait_for(function() return count(ferry, "FERRY-8012") == 1 end))
   end)
@@ -147,6 +156,21 @@ return results
     assert.equal(1, r.stats.coalesced)
     assert.equal(3, procs.metric(A, "ferry_pg_queue"))
     assert.equal(0, procs.metric(A, "ferry_pg_up"))
+    -- The bound (queue = 50): 47 more fit, the next 5 are dropped, one line.
+    local full = a:run([[
+local fleet = require("ferry.fleet")
+local ok, refused, err = 0, 0, nil
+for i = 1, 52 do
+  local r, e = fleet.write("node:f" .. i, "insert into ferry_nodes (id, heartbeat_at) values " ..
+    "($1, now()) on conflict (id) do nothing", { "f" .. i })
+  if r then ok = ok + 1 else refused, err = refused + 1, e end
+end
+return { ok = ok, refused = refused, err = err }
+]])
+    assert.same({ ok = 47, refused = 5, err = "the postgres queue is full" }, full)
+    assert.equal(5, procs.metric(A, "ferry_pg_dropped_total"))
+    assert.equal(50, procs.metric(A, "ferry_pg_queue"))
+    assert.truthy(procs.wait_for(function() return count(ferry, "FERRY-8006") == 1 end))
     procs.sleep(1.5) -- a few reconnect attempts
     assert.equal(1, count(ferry, "FERRY-8004"))
     assert.equal(0, count(ferry, "FERRY-8003"))
@@ -158,28 +182,43 @@ return results
     assert.truthy(procs.wait_for(function()
       return db:psql("select count(*) from ferry_nodes where id like 'q%'", "fleet1") == "3"
     end, 5))
+    assert.truthy(procs.wait_for(function()
+      return db:psql("select count(*) from ferry_nodes where id like 'f%'", "fleet1") == "47"
+    end, 5))
     assert.equal("later:1", db:psql("select advertise from ferry_nodes where id = 'q3'", "fleet1"))
     assert.equal(0, procs.metric(A, "ferry_pg_queue"))
     assert.truthy(procs.metric(A, "ferry_pg_reconnects_total") >= 1)
     assert.equal(1, count(ferry, "FERRY-8002", "again"))
+    -- The schema was checked again on reconnect: the server's notice
+    -- ("already exists, skipping") is not written raw to the log.
+    for _, l in ipairs(procs.log_lines(ferry)) do assert.is_nil(l.unparsed, l.unparsed) end
   end)
 
   it("resets a connection whose server stopped answering, and serves meanwhile", function()
     assert.truthy(a:wait("return require('ferry.pg').state() == 'up' or nil", 10))
     db:sigstop()
+    -- A write goes out first (in flight when the server froze), a read waits behind it.
     a:run([[
-agent.frozen = nil
-require("ferry.fleet").read("select 1", {}, function(_, err) agent.frozen = err or "ok" end)
+local fleet = require("ferry.fleet")
+agent.frozen, agent.frozen_w = nil, nil
+fleet.write("node:frozen", "insert into ferry_nodes (id, heartbeat_at) values ($1, now()) " ..
+  "on conflict (id) do nothing", { "frozen" }, function(res, err) agent.frozen_w = err or "ok" end)
+fleet.read("select 1", {}, function(_, err) agent.frozen = err or "ok" end)
 ]])
     for _ = 1, 3 do
       assert.equal(200, (get(F, O)))
     end
     -- No answer for 3 s (twice the statement timeout, plus 1 s): reset.
     local err = a:wait("return agent.frozen", 10)
-    db:sigcont()
     assert.truthy(err:find("lost", 1, true))
     assert.equal(1, count(ferry, "FERRY-8007", "does not answer"))
+    assert.is_nil(a:run("return agent.frozen_w"))
+    assert.truthy(a:run("return require('ferry.pg').stats().requeued") >= 1)
+    db:sigcont()
     assert.truthy(a:wait("return require('ferry.pg').state() == 'up' or nil", 20))
+    -- The write in flight was sent again on the new session.
+    assert.equal("ok", a:wait("return agent.frozen_w", 10))
+    assert.equal("1", db:psql("select count(*) from ferry_nodes where id = 'frozen'", "fleet1"))
   end)
 
   it("refuses a schema newer than this ferry and keeps serving", function()
@@ -216,9 +255,10 @@ route(function(req) return "direct" end)
     local c = agent.new()
     local f3 = c:ferry(string.format([[
 listen { name = "main", addr = "127.0.0.1:%d" }
+admin { socket = %q }
 store { postgres = %q }
 route(function(req) return "direct" end)
-]], F3, db:password_conninfo("fleet1", WRONG_PW)), { F3 })
+]], F3, c.dir .. "/c.sock", db:password_conninfo("fleet1", WRONG_PW)), { F3 })
     local ok, e = pcall(function()
       assert.truthy(procs.wait_for(function() return count(f3, "FERRY-8003") == 1 end, 10))
       assert.truthy(procs.read_file(f3.log):find("password authentication failed", 1, true))
@@ -229,6 +269,13 @@ route(function(req) return "direct" end)
         ".. s.target .. ' ' .. require('ferry.metrics').render(require('ferry.runtime'))")
       assert.falsy(seen:find(WRONG_PW, 1, true))
       assert.truthy(seen:find("127.0.0.1:" .. db.port .. "/fleet1", 1, true))
+      -- The console's stats() shows the connection without credentials.
+      local p = io.popen(procs.quote(procs.bin) .. " console -s " ..
+        procs.quote(c.dir .. "/c.sock") .. " -e 'stats()' 2>&1")
+      local out = p:read("*a")
+      p:close()
+      assert.truthy(out:find("down 127.0.0.1:" .. db.port .. "/fleet1", 1, true), out)
+      assert.falsy(out:find(WRONG_PW, 1, true), out)
     end)
     procs.stop_ferry(f3)
     c:cleanup()
@@ -252,6 +299,22 @@ route(function(req) return "direct" end)
     assert(ok, e)
     assert.falsy(procs.read_file(f4.log):find("Pg-Secret-7731", 1, true))
     assert.equal(1, count(f4, "FERRY-8002"))
+  end)
+
+  it("tries the hosts of a list in turn (libpq changes sockets under the watcher)", function()
+    local F6 = procs.free_port()
+    local g = agent.new()
+    local f6 = g:ferry(string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+store { postgres = "host=127.0.0.1,127.0.0.1 port=%d,%d dbname=fleet1 user=postgres" }
+route(function(req) return "direct" end)
+]], F6, procs.free_port(), db.port), { F6 })
+    local ok, e = pcall(function()
+      assert.truthy(g:wait("return require('ferry.pg').state() == 'up' or nil", 10))
+    end)
+    procs.stop_ferry(f6)
+    g:cleanup()
+    assert(ok, e)
   end)
 
   it("keeps the connection over a reload with the same string, closes it without one", function()

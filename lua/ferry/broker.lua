@@ -22,6 +22,7 @@ local admin = require("ferry.admin")
 local url = require("ferry.url")
 local health = require("ferry.health")
 local cdef = require("ferry.cdef")
+local fleet_leases = require("ferry.fleet_leases")
 local band = require("bit").band
 
 local C = ffi.C
@@ -380,7 +381,10 @@ local function the_leases()
   if not leases then
     leases = M.new_leases {
       now = function() return C.ferry_now() end,
-      hold = function(id, delta) C.ferry_proxy_lease(id, delta) end,
+      hold = function(id, delta)
+        C.ferry_proxy_lease(id, delta)
+        fleet_leases.delta(id, delta) -- counted fleet-wide (least_conn)
+      end,
       max = M.MAX_LEASES,
       on_evict = log_evict,
       -- The runtime calls reap before anything reads the counters.

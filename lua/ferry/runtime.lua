@@ -15,6 +15,8 @@ local apply = require("ferry.apply")
 local breaker = require("ferry.breaker")
 local exchange = require("ferry.exchange")
 local inventory = require("ferry.inventory")
+local fleet_shared = require("ferry.fleet_shared")
+local fleet_bans = require("ferry.fleet_bans")
 local broker_client = require("ferry.broker_client")
 local timer = require("ferry.timer")
 local fleet = require("ferry.fleet")
@@ -93,6 +95,12 @@ local function switch_to(run, prep)
   -- store { postgres }: the fleet follows the committed config (the same
   -- conninfo keeps its connection).
   fleet.apply(prep.cfg)
+  -- Shared bans, leases and pins follow the running proxies and
+  -- exchanges; a failure there must not undo a commit that happened.
+  local sok, serr = pcall(fleet_shared.committed, run)
+  if not sok then
+    C.ferry_log(ERROR, "FERRY-8073", "fleet shared state: " .. tostring(serr))
+  end
 end
 
 function M.load(path, do_apply)
@@ -738,14 +746,19 @@ local function ban_pair(e, x, secs, reason, head)
     -- own length, never double it (a burst of N answers would otherwise
     -- ban for backoff * 2^N).
     local len = ra or exchange.ban_seconds(e.ban, secs, x.bans - 1)
-    if now + len > x.banned_until then x.banned_until = now + len end
+    if now + len > x.banned_until then
+      x.banned_until = now + len
+      fleet_bans.banned(x, reason)
+    end
     return
   end
   if ra then
     C.ferry_ban(x, ra, reason .. ", Retry-After")
-    return
+  else
+    C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
   end
-  C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
+  -- The fleet learns it (fleet_bans): the exchange bans the exit IP.
+  fleet_bans.banned(x, reason)
 end
 
 -- The pool's breaker policy on one result of pair x.

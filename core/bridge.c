@@ -283,6 +283,36 @@ int64_t bridge_dispatch(struct ferry_req *r)
     return id;
 }
 
+/* A request of core/hclient.c ended: ferry.hclient's done(result), under
+ * the admin budget (the broker client may commit a config from there). */
+static int ref_hclient = LUA_NOREF;
+
+void bridge_hclient_done(struct ferry_hclient_result *r)
+{
+    if (L == NULL) {
+        return;
+    }
+    if (ref_hclient == LUA_NOREF) {
+        lua_getglobal(L, "require");
+        lua_pushstring(L, "ferry.hclient");
+        if (lua_pcall(L, 1, 1, 0) != 0 || !lua_istable(L, -1)) {
+            log_event(LOG_ERROR, "FERRY-8101", NULL, "http client: cannot load ferry.hclient: %s",
+                      lua_isstring(L, -1) ? lua_tostring(L, -1) : "not a module");
+            lua_settop(L, 0);
+            return;
+        }
+        lua_getfield(L, -1, "done");
+        ref_hclient = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_settop(L, 0);
+    }
+    if (call_budgeted_n(ref_hclient, r, 0, &budget_admin) != 0) {
+        metrics_hook_error(FERRY_HOOK_RUNTIME);
+        log_event(LOG_ERROR, "FERRY-8101", NULL, "http client callback failed: %s",
+                  lua_tostring(L, -1));
+    }
+    lua_settop(L, 0);
+}
+
 int bridge_drain(int busy)
 {
     if (L == NULL) {

@@ -34,6 +34,9 @@ struct bridge_answer {
 };
 /* Answer one admin request: 0, or -1 when the runtime failed (logged). */
 int bridge_admin(const struct ferry_admin_req *r, struct bridge_answer *out);
+/* A core/hclient.c request ended: hand it to lua/ferry/hclient.lua. */
+struct ferry_hclient_result;
+void bridge_hclient_done(struct ferry_hclient_result *r);
 /* A timer of ferry_timer_start expired: runtime.timer(id). */
 void bridge_timer(int32_t id);
 /* An event of the PostgreSQL connection (enum ferry_pg_event): runtime.pg_event(ev). */

@@ -13,6 +13,7 @@
 #include "listener.h"
 #include "log.h"
 #include "origin_tls.h"
+#include "hclient.h"
 #include "loop.h"
 #include "timer.h"
 #include "pg.h"
@@ -293,6 +294,7 @@ static int cmd_run(const char *config, int check_only)
     ev_run(loop, 0);
     timer_stop_all(); /* no Lua callback runs once the loop is done */
     conn_close_all();
+    hclient_free_all();
     cache_free_all();
     uppool_free_all();
     retry_free_all();

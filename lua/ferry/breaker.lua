@@ -8,6 +8,7 @@
 --              max_cooldown.
 local C = require("ffi").C
 local cdef = require("ferry.cdef")
+local fleet_bans = require("ferry.fleet_bans")
 
 local pcall, type, tostring, tonumber = pcall, type, tostring, tonumber
 local uint32x2 = require("ffi").typeof("uint32_t[2]")
@@ -42,8 +43,10 @@ function M.on_result(b, x, r, report)
   if state == HALF_OPEN then
     if r.ok then
       C.ferry_breaker_close(x)
+      fleet_bans.breaker_closed(x)
     else
       C.ferry_breaker_open(x, M.cooldown(s, x.opens))
+      fleet_bans.breaker_opened(x, r)
     end
     return
   end
@@ -62,6 +65,8 @@ function M.on_result(b, x, r, report)
   end
   if open then
     C.ferry_breaker_open(x, M.cooldown(s, x.opens))
+    -- Shared with the fleet when the exchange's answers opened it.
+    fleet_bans.breaker_opened(x, r)
   end
 end
 

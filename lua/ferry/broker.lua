@@ -22,6 +22,7 @@ local admin = require("ferry.admin")
 local url = require("ferry.url")
 local health = require("ferry.health")
 local cdef = require("ferry.cdef")
+local fleet_leases = require("ferry.fleet_leases")
 local band = require("bit").band
 
 local C = ffi.C
@@ -234,8 +235,16 @@ function M.validate_feedback(body)
   local obj, status, code, field, msg = decode(body)
   if not obj then return nil, status, code, field, msg end
   local out
-  out, code, field, msg = check_object(obj, FEEDBACK)
+  out, code, field, msg = M.check_feedback(obj)
   if not out then return nil, 400, code, field, msg end
+  return out
+end
+
+-- The same checks on one decoded feedback object (also an element of a
+-- batch).
+function M.check_feedback(obj)
+  local out, code, field, msg = check_object(obj, FEEDBACK)
+  if not out then return nil, code, field, msg end
   local d = out.error_details
   out.status = type(d) == "table" and d.status or nil
   out.ok = out.success
@@ -372,7 +381,10 @@ local function the_leases()
   if not leases then
     leases = M.new_leases {
       now = function() return C.ferry_now() end,
-      hold = function(id, delta) C.ferry_proxy_lease(id, delta) end,
+      hold = function(id, delta)
+        C.ferry_proxy_lease(id, delta)
+        fleet_leases.delta(id, delta) -- counted fleet-wide (least_conn)
+      end,
       max = M.MAX_LEASES,
       on_evict = log_evict,
       -- The runtime calls reap before anything reads the counters.
@@ -549,10 +561,8 @@ end
 
 local BREAKERS = { [0] = "closed", "open", "half_open" }
 
-function M.feedback(req, rt)
-  rt_ref = rt
-  local f, status, code, field, msg = M.validate_feedback(req.body)
-  if not f then return fail(req, status, code, field, msg) end
+-- One validated feedback: 200 and the answer, or an error answer.
+local function feedback_one(req, rt, f)
   local L = the_leases()
   local cur = rt.active()
   local e = cur and cur.exchanges[f.exchange_id]
@@ -579,6 +589,53 @@ function M.feedback(req, rt)
     breaker = x ~= nil and BREAKERS[tonumber(x.breaker)] or "closed",
     banned = x ~= nil and x.banned_until > now or verdict == "ban",
   }
+end
+
+M.MAX_BATCH = 1000 -- feedback objects in one call (a JSON array)
+
+-- POST /api/v1/proxy/feedback: one feedback object, or an array of up to
+-- MAX_BATCH of them (a broker client's batch).  A batch answers 200 with
+-- one result per element, in order: the answer of a single call, or
+-- { accepted = false, error, field, message } for an element refused.
+function M.feedback(req, rt)
+  rt_ref = rt
+  local body = type(req.body) == "string" and req.body or ""
+  if body:match("^%s*%[") then
+    local list = cjson.decode(body)
+    if type(list) ~= "table" or (next(list) ~= nil and list[1] == nil) then
+      return fail(req, 400, "FERRY-7004", nil, "the body is not a JSON object or array")
+    end
+    if #list > M.MAX_BATCH then
+      return fail(req, 400, "FERRY-7102", nil, format("a batch holds at most %d feedback " ..
+        "objects, got %d", M.MAX_BATCH, #list))
+    end
+    local results, accepted = {}, 0
+    for i, item in ipairs(list) do
+      local f, code, field, msg
+      if jtype(item) ~= "object" then
+        code, msg = "FERRY-7102", format("element %d must be an object", i)
+      else
+        f, code, field, msg = M.check_feedback(item)
+        if f then
+          local st, ans = feedback_one(req, rt, f)
+          if st == 200 then
+            accepted = accepted + 1
+            results[i] = ans
+          else
+            results[i] = { accepted = false, error = ans.error, field = ans.field,
+                           message = ans.message }
+          end
+        end
+      end
+      if not f then
+        results[i] = { accepted = false, error = code, field = field, message = msg }
+      end
+    end
+    return 200, { accepted = accepted, refused = #list - accepted, results = results }
+  end
+  local f, status, code, field, msg = M.validate_feedback(body)
+  if not f then return fail(req, status, code, field, msg) end
+  return feedback_one(req, rt, f)
 end
 
 admin.route("POST", "/api/v1/proxy/request", M.request)

@@ -866,7 +866,7 @@ local function evaluate(chunk, file)
       check_fields(where, t, { strategy = true, retries = true, proxies = true, breaker = true,
         health = true, all_down = true, panic = true, timeouts = true, latency_ceiling = true,
         session_ttl = true, connections = true, backends = true, host = true, tls = true,
-        slowstart = true, max_ejected = true, retry = true, cache = true })
+        slowstart = true, max_ejected = true, retry = true, cache = true, broker = true })
       local p = { name = name, line = line }
       p.kind = M.pool_kind(where, t)
       p.connections = parse_connections(where, t.connections)
@@ -896,12 +896,26 @@ local function evaluate(chunk, file)
       -- Retries after the kind of pool is known (its defaults depend on it).
       p.retry = parse_retry(where, t.retry, p.kind or "proxies", p.retries)
       p.retries = p.retry.tries - 1
+      if p.kind == "backends" and t.broker ~= nil then
+        fail(where, "broker is for pools of proxies, not of backends [FERRY-0267]")
+      end
       if p.kind == "backends" then
         M.parse_backend_pool(where, t, p, function(f) return resolve_path(dir, f) end)
         M.parse_lb(where, t, p)
         cfg.pools[name] = p
         cfg.pool_order[#cfg.pool_order + 1] = name
         return
+      end
+      if t.broker ~= nil then
+        -- Proxies leased from brokers; `proxies` is the fallback (ferry.broker_client).
+        local b, berr = require("ferry.broker_client").parse(t.broker, name, function(f)
+          return resolve_path(dir, f) end)
+        if not b then fail(where, "%s", berr) end
+        p.broker = b
+        if type(t.proxies) ~= "table" or #t.proxies == 0 then
+          fail(where, "proxies: a pool with a broker needs at least one embedded proxy, its " ..
+            "fallback while no lease is valid [FERRY-0267]")
+        end
       end
       if type(t.proxies) ~= "table" or #t.proxies == 0 then
         fail(where, "proxies: at least one proxy is required")

@@ -608,6 +608,17 @@ local CACHE_COLUMNS = {
 }
 M.cache = {}
 
+-- broker_client.stats([pool]): leases, endpoints and feedback of the
+-- pools that lease their proxies (ferry.broker_client; no credential).
+M.broker_client = {}
+function M.broker_client.stats(name)
+  active()
+  if name ~= nil then name_arg(name, "pool", "broker_client.stats") end
+  local s = require("ferry.broker_client").stats(name)
+  if s == nil then fail(format('pool "%s" takes no leases from a broker', tostring(name))) end
+  return s
+end
+
 function M.cache.stats()
   active()
   return as_view(cachemod.stats(), { kind = "table", columns = CACHE_COLUMNS,

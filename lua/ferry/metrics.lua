@@ -105,7 +105,8 @@ function M.render(rt)
       end
     end
   end
-  local text = C.ferry_metrics_text(members, i, broker_text() .. rate.metrics_text(cur) ..
+  local text = C.ferry_metrics_text(members, i, broker_text() ..
+    require("ferry.broker_client").metrics_text() .. rate.metrics_text(cur) ..
     lb_stats.metrics_text(cur) .. extra_text(), len)
   return ffi.string(text, len[0])
 end

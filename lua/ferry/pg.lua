@@ -125,8 +125,10 @@ local function push_front(item)
   if item.key then
     local newer = keyed[item.key]
     if newer then
-      -- A later change with the same key waits: it replaces this one.
-      for _, cb in ipairs(item.cbs) do newer.cbs[#newer.cbs + 1] = cb end
+      -- A later change with the same key waits: it replaces this one
+      -- (whose callbacks come first, as they were first).
+      for _, cb in ipairs(newer.cbs) do item.cbs[#item.cbs + 1] = cb end
+      newer.cbs = item.cbs
       return
     end
     keyed[item.key] = item

@@ -97,6 +97,11 @@ end
 -- Bring the schema to LATEST; done(true) or done(false, why).
 function M.migrate(done)
   local target = ffi.string(C.ferry_pg_target())
+  -- A session lost on the way is the driver's to log (FERRY-8004), not a
+  -- failed migration: the next session starts over.
+  local function lost()
+    return C.ferry_pg_state() ~= C.FERRY_PG_UP
+  end
   local function apply(n)
     if n > M.LATEST then return done(true) end
     steps({
@@ -106,6 +111,7 @@ function M.migrate(done)
         "applied_at timestamptz NOT NULL DEFAULT now())",
       "SELECT coalesce(max(version), 0) AS v FROM ferry_schema",
     }, function(res, err)
+      if not res and lost() then return done(false, "connection lost") end
       if not res then
         C.ferry_log(cdef.LOG.error, "FERRY-8010", format("postgres %s: migration %d failed: %s",
           target, n, err))
@@ -131,6 +137,7 @@ function M.migrate(done)
       list[#list + 1] = { "INSERT INTO ferry_schema (version) VALUES ($1)", { n } }
       list[#list + 1] = "COMMIT"
       steps(list, function(ok, merr)
+        if not ok and lost() then return done(false, "connection lost") end
         if not ok then
           C.ferry_log(cdef.LOG.error, "FERRY-8010", format("postgres %s: migration %d failed: %s",
             target, n, merr))

@@ -15,6 +15,9 @@ local apply = require("ferry.apply")
 local breaker = require("ferry.breaker")
 local exchange = require("ferry.exchange")
 local inventory = require("ferry.inventory")
+local fleet_shared = require("ferry.fleet_shared")
+local fleet_bans = require("ferry.fleet_bans")
+local broker_client = require("ferry.broker_client")
 local timer = require("ferry.timer")
 local fleet = require("ferry.fleet")
 local pg = require("ferry.pg")
@@ -88,9 +91,16 @@ local function switch_to(run, prep)
   run.prep = prep
   active = run
   inventory.committed(run)
+  broker_client.committed(run, M)
   -- store { postgres }: the fleet follows the committed config (the same
   -- conninfo keeps its connection).
   fleet.apply(prep.cfg)
+  -- Shared bans, leases and pins follow the running proxies and
+  -- exchanges; a failure there must not undo a commit that happened.
+  local sok, serr = pcall(fleet_shared.committed, run)
+  if not sok then
+    C.ferry_log(ERROR, "FERRY-8073", "fleet shared state: " .. tostring(serr))
+  end
   -- The fleet's node list and probe division follow the running proxies;
   -- a failure there must not undo a commit that already happened.
   local ok, err = pcall(require("ferry.fleet_nodes").committed, run)
@@ -107,6 +117,7 @@ function M.load(path, do_apply)
     local ok, serr = inventory.open_store(cfg)
     if not ok then return nil, serr end
     inventory.merge(cfg)
+    broker_client.merge(cfg)
   end
   local prep, perr = apply.prepare(cfg, root)
   if not prep then return nil, perr end
@@ -138,6 +149,7 @@ local function reload(path)
   -- core/budget.c) undoes the store switch as a refusal does.
   local ok, run, prep = pcall(function()
     inventory.merge(cfg)
+    broker_client.merge(cfg)
     local p, perr = apply.prepare(cfg, root)
     if not p then return nil, perr end
     local r, cerr = apply.commit(p, active)
@@ -160,6 +172,7 @@ function M.recommit()
   if not cur or not cur.prep then return nil, "no config is running" end
   C.ferry_budget_enter_load() -- an admin request: the load's bounds, once
   inventory.merge(cur.prep.cfg)
+  broker_client.merge(cur.prep.cfg)
   local run, err = apply.commit(cur.prep, cur)
   if not run then return nil, err end
   switch_to(run, cur.prep)
@@ -743,14 +756,19 @@ local function ban_pair(e, x, secs, reason, head)
     -- own length, never double it (a burst of N answers would otherwise
     -- ban for backoff * 2^N).
     local len = ra or exchange.ban_seconds(e.ban, secs, x.bans - 1)
-    if now + len > x.banned_until then x.banned_until = now + len end
+    if now + len > x.banned_until then
+      x.banned_until = now + len
+      fleet_bans.banned(x, reason)
+    end
     return
   end
   if ra then
     C.ferry_ban(x, ra, reason .. ", Retry-After")
-    return
+  else
+    C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
   end
-  C.ferry_ban(x, exchange.ban_seconds(e.ban, secs, x.bans), reason)
+  -- The fleet learns it (fleet_bans): the exchange bans the exit IP.
+  fleet_bans.banned(x, reason)
 end
 
 -- The pool's breaker policy on one result of pair x.
@@ -789,11 +807,20 @@ function M.result(_ud)
     if verdict == "ban" then
       ban_pair(e, x, secs, reason, r.head ~= nil and ffi_string(r.head, r.head_len) or nil)
       r.banned = 1 -- the core may send the request again elsewhere (retry on ban)
+      if pool and pool.broker_client then
+        broker_client.outcome(pool, tonumber(r.proxy_id), false, tonumber(r.latency_ms),
+          "ban", status)
+      end
       return
     end
   end
   if verdict == "ok" then ok = true elseif verdict == "failure" then ok = false end
-  feed_breaker(pool, x, ok, status, tonumber(r.latency_ms), KIND_NAMES[tonumber(r.kind) + 1])
+  local kind = KIND_NAMES[tonumber(r.kind) + 1]
+  feed_breaker(pool, x, ok, status, tonumber(r.latency_ms), kind)
+  -- A leased proxy's outcome goes to its broker (queued, sent in batches).
+  if pool and pool.broker_client then
+    broker_client.outcome(pool, tonumber(r.proxy_id), ok, tonumber(r.latency_ms), kind, status)
+  end
 end
 
 ---------------------------------------------------------------------------

@@ -8,11 +8,9 @@
 -- rotating), and keeps that one from then on.  req.rotate (X-Ferry-Rotate:
 -- 1, a user name's -rotate-1) moves the pin now: to another eligible
 -- proxy when the pool has one.
-local ffi = require("ffi")
 local bit = require("bit")
 require("ferry.cdef")
 
-local C = ffi.C
 local bxor, lshift, tobit, tohex = bit.bxor, bit.lshift, bit.tobit, bit.tohex
 local byte = string.byte
 
@@ -40,9 +38,11 @@ end
 
 local function active(p) return p.c.active end
 
--- The pin table: the core's, unless the pool brings its own (specs).
+-- The pin table: the core's (through ferry.fleet_pins, which shares
+-- pins with the fleet), unless the pool brings its own (specs).
+local pins = require("ferry.fleet_pins").table
 local function table_of(pool)
-  return pool.sticky or C
+  return pool.sticky or pins
 end
 
 -- Proxies of the pool by id, rebuilt when the list is replaced or grows

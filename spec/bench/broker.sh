@@ -92,3 +92,6 @@ printf '%-34s %10s %10s\n' "POST /api/v1/proxy/request" "$BR_RPS" "$BR_P99"
 printf '%-34s %10s %10s\n' "request and feedback in turn" "$BM_RPS" "$BM_P99"
 echo "  ferry RSS after the runs: ${BA_RSS} KiB (leases are bounded at 100 000)"
 echo
+echo "broker client: resolving a proxy from cached leases (in process, us per request)"
+(cd "$ROOT" && luajit spec/bench/broker_client_resolve.lua 0.3) || echo "broker client resolve bench failed"
+echo

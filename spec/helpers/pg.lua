@@ -104,9 +104,16 @@ end
 -- The postmaster and its children (backends, checkpointer...).
 function M:pids()
   if not self.proc then return {} end
+  -- From /proc (procps may be missing on a fresh machine).
   local pids = { self.proc.pid }
-  local p = io.popen("pgrep -P " .. self.proc.pid)
-  for line in p:lines() do pids[#pids + 1] = tonumber(line) end
+  local p = io.popen("ls /proc")
+  for name in p:lines() do
+    if name:match("^%d+$") then
+      local stat = procs.read_file("/proc/" .. name .. "/stat")
+      local ppid = stat:match("^%d+ %b() %S+ (%d+)")
+      if tonumber(ppid) == self.proc.pid then pids[#pids + 1] = tonumber(name) end
+    end
+  end
   p:close()
   return pids
 end

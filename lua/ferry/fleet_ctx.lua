@@ -1,0 +1,150 @@
+-- fleet_ctx.lua: what the shared parts (fleet_bans, fleet_leases,
+-- fleet_pins) have in common: the core and the fleet hub they call (a
+-- unit spec hands stand-ins to set_deps), the running config's proxies
+-- by inventory key and its exchanges by name (names, not the node's
+-- small ids, cross the fleet), and logging once per window.
+local ffi = require("ffi")
+local cdef = require("ferry.cdef")
+
+local ipairs, tostring, tonumber, pcall = ipairs, tostring, tonumber, pcall
+
+local M = {
+  C = ffi.C,
+  LOG = cdef.LOG,
+  run = nil,      -- the running config (apply.commit's table)
+  cid_of = {},    -- proxy inventory key -> C proxy id
+  key_of = {},    -- C proxy id -> inventory key
+  label_of = {},  -- C proxy id -> what logs may name (its id, else its number)
+}
+
+local fleet_mod, timer_mod
+
+-- The hub and the timers, loaded on first use (a spec sets stand-ins).
+function M.fleet()
+  if not fleet_mod then fleet_mod = require("ferry.fleet") end
+  return fleet_mod
+end
+
+function M.timer()
+  if not timer_mod then timer_mod = require("ferry.timer") end
+  return timer_mod
+end
+
+-- deps: { C = ..., fleet = ..., timer = ... } (unit specs).
+function M.set_deps(deps)
+  M.C = deps.C or M.C
+  fleet_mod = deps.fleet or fleet_mod
+  timer_mod = deps.timer or timer_mod
+end
+
+-- store{postgres} is configured: the parts share and listen.  Without
+-- the hub (a build or a unit spec without it) nothing is shared.
+function M.enabled()
+  if not fleet_mod then
+    local ok, f = pcall(require, "ferry.fleet")
+    if not ok then return false end
+    fleet_mod = f
+  end
+  return fleet_mod.enabled() and true or false
+end
+
+-- The connection is up: a change is written now.  Down, it stays the
+-- node's own live state and is published when the hub is up again
+-- (fleet.on_up), with the time then left, so an outage never stretches
+-- a ban or a pin.
+function M.up()
+  local f = M.fleet()
+  if f.up then return f.up() and true or false end
+  local ok, pg = pcall(require, "ferry.pg")
+  return ok and pg.state() == "up"
+end
+
+function M.node()
+  return M.fleet().node_id()
+end
+
+function M.now()
+  return M.C.ferry_now()
+end
+
+-- The running config's proxy pools: key <-> C id.  Backends (reverse
+-- pools) are not proxies of exchanges and are left out.
+function M.committed(run)
+  M.run = run
+  local cid_of, key_of, label_of = {}, {}, {}
+  local cfg = run and run.cfg
+  for _, name in ipairs(cfg and cfg.pool_order or {}) do
+    local pc = cfg.pools[name]
+    if pc.kind ~= "backends" then
+      for _, px in ipairs(pc.proxies or {}) do
+        local cid = px.cid
+        if cid then
+          local key = px.id or px.url
+          cid_of[key], key_of[cid] = cid, key
+          label_of[cid] = px.id or tostring(cid)
+        end
+      end
+    end
+  end
+  M.cid_of, M.key_of, M.label_of = cid_of, key_of, label_of
+end
+
+-- The exchange of the running config named `name`, or nil.
+function M.exchange(name)
+  local run = M.run
+  return run and run.exchanges and run.exchanges[name] or nil
+end
+
+-- Whether exchange e's pool has a breaker policy on this node.
+function M.has_breaker(e)
+  local run = M.run
+  local pool = run and run.pools and run.pools[e.pool]
+  return pool ~= nil and pool.breaker ~= nil and pool.breaker ~= false
+end
+
+-- The exchange name of a node-local exchange id, or nil.
+function M.exchange_name(id)
+  local run = M.run
+  local e = run and run.exchange_by_id and run.exchange_by_id[tonumber(id)]
+  return e and e.name or nil
+end
+
+function M.log(level, code, msg)
+  M.C.ferry_log(M.LOG[level], code, msg)
+end
+
+local WINDOW = 10
+local last = {}
+local hidden = {}
+
+-- One line per window and key, with how many were hidden.
+function M.log_once(key, level, code, msg)
+  local now = M.now()
+  local t = last[key]
+  if t and now - t < WINDOW then
+    hidden[key] = (hidden[key] or 0) + 1
+    return
+  end
+  local h = hidden[key]
+  if h and h > 0 then msg = msg .. " (" .. h .. " more since the last report)" end
+  last[key], hidden[key] = now, 0
+  M.log(level, code, msg)
+end
+
+-- An error text as logs may show it: a database message may quote a
+-- value, and a proxy's key can be its URL with credentials.
+function M.scrub(msg)
+  return (tostring(msg):gsub("//[^@/%s]*@", "//"))
+end
+
+-- A number field of a message or row (JSON numbers, or the driver's text).
+function M.num(v)
+  return tonumber(v)
+end
+
+function M._reset()
+  M.run, M.cid_of, M.key_of, M.label_of = nil, {}, {}, {}
+  last, hidden = {}, {}
+end
+
+return M

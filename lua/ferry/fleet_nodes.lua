@@ -31,6 +31,8 @@ local M = {
   STOP_HOLD = 2,      -- seconds the stop waits for "stopped" to reach the database
   LOG_WINDOW = 10,    -- seconds between two lines about the same failing write
   DEFAULT_HEARTBEAT = 2,
+  FORGET_AFTER = 86400, -- seconds a silent node's row stays in the list
+  FORGET_EVERY = 300,   -- seconds between two clean-ups
 }
 
 local S = {
@@ -103,6 +105,12 @@ WITH w AS (
 SELECT ]] .. LIST_COLUMNS .. [[, (SELECT started FROM w) AS mine FROM ferry_nodes n]]
 
 local LIST = "SELECT " .. LIST_COLUMNS .. " FROM ferry_nodes n"
+
+-- Rows of nodes silent for a day go (a node that comes back registers
+-- again); bounded per statement.
+local FORGET = [[
+DELETE FROM ferry_nodes WHERE id IN (SELECT id FROM ferry_nodes
+  WHERE heartbeat_at < clock_timestamp() - make_interval(secs => $1) LIMIT 1000)]]
 
 -- Draining or stopped: said at once (NOTIFY), the heartbeat moves too.
 local MARK = [[
@@ -269,6 +277,11 @@ local function beat()
   local ok, err = fleet().write("node:" .. S.id, HEARTBEAT, hb_params(), on_beat)
   if not ok then log_window("beat", "warn", "FERRY-8028", "heartbeat not queued: " ..
     tostring(err)) end
+  local now = C.ferry_now()
+  if pg_up() and now - (S.forgot_at or 0) >= M.FORGET_EVERY then
+    S.forgot_at = now
+    fleet().write("nodes:forget", FORGET, { M.FORGET_AFTER })
+  end
 end
 
 function register()

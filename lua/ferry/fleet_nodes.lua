@@ -172,6 +172,16 @@ local function evaluate()
   local now = C.ferry_now()
   local st = states_now(now)
   local old = S.states
+  -- Just after this node reconnected, the others may not have beaten
+  -- since the database came back: a live node is not judged gone before
+  -- 3 heartbeats have passed on the new session.
+  if old and S.grace_until and now < S.grace_until then
+    for id, state in pairs(st) do
+      if state == "gone" and (old[id] == "live" or old[id] == "draining") then
+        st[id] = old[id]
+      end
+    end
+  end
   for _, ch in ipairs(view.changes(old, st)) do
     if ch.id ~= S.id then log_change(ch, now) end
   end
@@ -313,7 +323,12 @@ end
 -- heartbeat (which keeps started_at) brings the row and the list back.
 local function on_up()
   if not S.on then return end
-  if S.started then beat() elseif not S.registering then register() end
+  if S.started then
+    S.grace_until = C.ferry_now() + view.GONE_BEATS * S.heartbeat
+    beat()
+  elseif not S.registering then
+    register()
+  end
 end
 
 local function on_node_message()

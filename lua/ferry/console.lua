@@ -210,7 +210,7 @@ local function builtins()
   local b = {
     proxy = copy(cmds.proxy), pool = copy(cmds.pool), exchange = copy(cmds.exchange),
     reload = cmds.reload, stats = cmds.stats, help = help, reset = reset, rate = cmds.rate,
-    cache = copy(cmds.cache), node = copy(cmds.node), broker_client = copy(cmds.broker_client),
+    cache = copy(cmds.cache), broker_client = copy(cmds.broker_client), node = copy(cmds.node),
     string = copy(safe_string), table = copy(safe_table), math = copy(math),
     pairs = pairs, ipairs = ipairs, next = next, select = select, tostring = tostring,
     tonumber = tonumber, type = type, unpack = unpack, error = error, assert = assert,

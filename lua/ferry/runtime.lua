@@ -95,17 +95,17 @@ local function switch_to(run, prep)
   -- store { postgres }: the fleet follows the committed config (the same
   -- conninfo keeps its connection).
   fleet.apply(prep.cfg)
-  -- The fleet's node list and probe division follow the running proxies;
-  -- a failure there must not undo a commit that already happened.
-  local ok, err = pcall(require("ferry.fleet_nodes").committed, run)
-  if not ok then
-    C.ferry_log(cdef.LOG.error, "FERRY-8030", "fleet nodes: " .. tostring(err))
-  end
   -- Shared bans, leases and pins follow the running proxies and
   -- exchanges; a failure there must not undo a commit that happened.
   local sok, serr = pcall(fleet_shared.committed, run)
   if not sok then
     C.ferry_log(ERROR, "FERRY-8073", "fleet shared state: " .. tostring(serr))
+  end
+  -- The fleet's node list and probe division follow the running proxies;
+  -- a failure there must not undo a commit that already happened.
+  local ok, err = pcall(require("ferry.fleet_nodes").committed, run)
+  if not ok then
+    C.ferry_log(cdef.LOG.error, "FERRY-8030", "fleet nodes: " .. tostring(err))
   end
 end
 

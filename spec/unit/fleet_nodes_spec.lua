@@ -117,3 +117,124 @@ describe("fleet_view division", function()
     end
   end)
 end)
+
+-- ferry.fleet_probes against real C proxies of build/libferry.so, with
+-- the node list, the hub and the timers faked: who probes what, and
+-- which shared verdicts apply.
+describe("fleet_probes", function()
+  local ffi = require("ffi")
+  require("ferry.cdef")
+  pcall(ffi.cdef, [[
+struct ev_loop;
+struct ev_loop *ev_loop_new(unsigned int flags);
+void ev_loop_destroy(struct ev_loop *loop);
+extern struct ev_loop *loop;
+void log_init(int fd);
+int open(const char *path, int flags, int mode);
+]])
+  local core = ffi.load("./build/libferry.so", true)
+  local C = ffi.C
+  local own_loop
+  local saved = {}
+  local handlers, writes = {}, {}
+  local probers = { "a", "b" }
+  local probes, run, pkeys
+
+  local function fake(name, mod)
+    saved[name] = package.loaded[name]
+    package.loaded[name] = mod
+  end
+
+  setup(function()
+    if core.loop == nil then
+      own_loop = core.ev_loop_new(0)
+      core.loop = own_loop
+    end
+    core.log_init(C.open("/dev/null", 1, 0))
+    fake("ferry.fleet_nodes", { enabled = function() return true end,
+      self_id = function() return "a" end, probers = function() return probers end,
+      heartbeat = function() return 1 end })
+    fake("ferry.fleet", { on = function(kind, fn) handlers[kind] = fn end,
+      on_up = function() end, on_down = function() end,
+      write = function(key, _, params) writes[#writes + 1] = { key = key, params = params }
+        return true end,
+      read = function() return true end })
+    fake("ferry.timer", { every = function() return 1 end, cancel = function() end })
+    run, pkeys = { proxies = {} }, {}
+    local info = {}
+    for i = 1, 12 do
+      local key = "fp-" .. i
+      local err = ffi.new("const char *[1]")
+      local c = C.ferry_proxy_new(key, 1, "127.0.0.1", 20000 + i, nil, nil, nil, 1, err)
+      assert(c ~= nil, err[0] ~= nil and ffi.string(err[0]))
+      assert.equal(0, C.ferry_probe_set(c, 1, nil, 0, nil, nil, 60, 1, err))
+      C.ferry_health_set(c, 2, 3, 60)
+      local cid = tonumber(c.id)
+      run.proxies[cid] = c
+      info[cid] = { key = key, label = key }
+      pkeys[#pkeys + 1] = key
+    end
+    fake("ferry.inventory", { info = function(cid) return info[cid] end })
+    package.loaded["ferry.fleet_probes"] = nil
+    probes = require("ferry.fleet_probes")
+  end)
+
+  teardown(function()
+    for _, c in pairs(run.proxies) do
+      C.ferry_probe_set(c, 0, nil, 0, nil, nil, 1, 1, ffi.new("const char *[1]"))
+    end
+    for name, mod in pairs(saved) do package.loaded[name] = mod end
+    package.loaded["ferry.fleet_probes"] = nil
+    if own_loop then
+      core.loop = nil
+      core.ev_loop_destroy(own_loop)
+    end
+  end)
+
+  local function by_key(key)
+    return probes._state().by_key[key]
+  end
+
+  local function down(c) return require("bit").band(tonumber(c.flags), C.FERRY_PROXY_DOWN) ~= 0 end
+
+  it("runs the probes of its share only, and all of them without the list", function()
+    probes.committed(run)
+    local mine, n = view.divide(pkeys, probers, "a")
+    assert.is_true(n > 0 and n < #pkeys)
+    assert.equal(n, tonumber(C.ferry_probe_duties()))
+    assert.equal(n, probes.duties_by_node().a)
+    assert.equal(#pkeys - n, probes.duties_by_node().b)
+    for _, k in ipairs(pkeys) do
+      assert.equal(mine[k] == true, probes._state().mine[k] == true, k)
+    end
+    probers = nil
+    probes.nodes_changed()
+    assert.equal(#pkeys, tonumber(C.ferry_probe_duties()))
+    probers = { "a", "b" }
+    probes.nodes_changed()
+    assert.equal(n, tonumber(C.ferry_probe_duties()))
+  end)
+
+  it("applies the newest verdict of another node, not older ones nor its own duties'", function()
+    local mine = probes._state().mine
+    local theirs, own
+    for _, k in ipairs(pkeys) do
+      if mine[k] then own = own or k else theirs = theirs or k end
+    end
+    local c = by_key(theirs)
+    assert.is_false(down(c))
+    handlers.probe({ t = "probe", n = "b", p = theirs, up = false, at = 10 })
+    assert.is_true(down(c))
+    handlers.probe({ t = "probe", n = "b", p = theirs, up = true, at = 9 }) -- older
+    assert.is_true(down(c))
+    handlers.probe({ t = "probe", n = "b", p = theirs, up = true, ms = 12.5, at = 11 })
+    assert.is_false(down(c))
+    assert.equal(12.5, tonumber(c.probe_latency_ms))
+    -- A verdict about a proxy this node probes itself: ignored.
+    local o = by_key(own)
+    handlers.probe({ t = "probe", n = "b", p = own, up = false, at = 20 })
+    assert.is_false(down(o))
+    -- An unknown proxy: ignored, nothing raised.
+    handlers.probe({ t = "probe", n = "b", p = "nope", up = false, at = 30 })
+  end)
+end)

@@ -10,6 +10,8 @@
 --   * PostgreSQL slow (the fleet's tables locked by another session):
 --     every node serves and answers from memory at once, and a change made
 --     meanwhile reaches every node once the lock goes;
+--   * a change that came without a NOTIFY (written straight into the
+--     table) reaches every node by the periodic resync (store.resync);
 --   * no proxy password in any log line, and every log line is coded JSON.
 local procs = require("procs")
 local pgh = require("pg")
@@ -66,7 +68,7 @@ describe("fleet faults (audit)", function()
     return string.format([[
 listen { name = "main", addr = "127.0.0.1:%d" }
 admin  { addr = "127.0.0.1:%d" }
-store  { postgres = %q, resync = 30 }
+store  { postgres = %q, resync = 2 }
 node   { id = %q, heartbeat = %s }
 pool "p" { strategy = "round_robin", retries = 1, all_down = "fail",
   health = { check = "tcp", interval = 0.3, timeout = 0.2, rise = 1, fall = 2 },
@@ -276,6 +278,30 @@ route(function() return "p" end)
     end)
     procs.stop(locker)
     assert(ok, err)
+  end)
+
+  it("a change written without a NOTIFY reaches every node by the periodic resync", function()
+    local url = "http://127.0.0.1:" .. procs.free_port()
+    db:psql("INSERT INTO ferry_proxies (key, url, pool, opts, updated_by) VALUES ('quiet', '" ..
+      url .. "', 'p', '{\"id\":\"quiet\"}', 'z')", "audit60")
+    for _, n in ipairs(nodes) do
+      assert.truthy(procs.wait_for(function() return record(n.admin, "quiet") end, 6 * K, 0.1),
+        "node " .. n.id .. " did not resync the new row")
+    end
+    db:psql("UPDATE ferry_proxies SET enabled = false, updated_at = clock_timestamp() " ..
+      "WHERE key = 'quiet'", "audit60")
+    for _, n in ipairs(nodes) do
+      assert.truthy(procs.wait_for(function()
+        local r = record(n.admin, "quiet")
+        return r and r.enabled == false
+      end, 6 * K, 0.1), "node " .. n.id .. " did not resync the update")
+    end
+    db:psql("UPDATE ferry_proxies SET removed = true, updated_at = clock_timestamp() " ..
+      "WHERE key = 'quiet'", "audit60")
+    for _, n in ipairs(nodes) do
+      assert.truthy(procs.wait_for(function() return record(n.admin, "quiet") == nil end,
+        6 * K, 0.1), "node " .. n.id .. " did not resync the removal")
+    end
   end)
 
   it("never logs a proxy password, and every log line is coded JSON", function()

@@ -31,6 +31,8 @@ local M = {
   STOP_HOLD = 2,      -- seconds the stop waits for "stopped" to reach the database
   LOG_WINDOW = 10,    -- seconds between two lines about the same failing write
   DEFAULT_HEARTBEAT = 2,
+  FORGET_AFTER = 86400, -- seconds a silent node's row stays in the list
+  FORGET_EVERY = 300,   -- seconds between two clean-ups
 }
 
 local S = {
@@ -104,6 +106,12 @@ SELECT ]] .. LIST_COLUMNS .. [[, (SELECT started FROM w) AS mine FROM ferry_node
 
 local LIST = "SELECT " .. LIST_COLUMNS .. " FROM ferry_nodes n"
 
+-- Rows of nodes silent for a day go (a node that comes back registers
+-- again); bounded per statement.
+local FORGET = [[
+DELETE FROM ferry_nodes WHERE id IN (SELECT id FROM ferry_nodes
+  WHERE heartbeat_at < clock_timestamp() - make_interval(secs => $1) LIMIT 1000)]]
+
 -- Draining or stopped: said at once (NOTIFY), the heartbeat moves too.
 local MARK = [[
 WITH w AS (UPDATE ferry_nodes SET draining = $2, stopped = $3, heartbeat_at = clock_timestamp()
@@ -176,6 +184,16 @@ local function evaluate()
   local now = C.ferry_now()
   local st = states_now(now)
   local old = S.states
+  -- Just after this node reconnected, the others may not have beaten
+  -- since the database came back: a live node is not judged gone before
+  -- 3 heartbeats have passed on the new session.
+  if old and S.grace_until and now < S.grace_until then
+    for id, state in pairs(st) do
+      if state == "gone" and (old[id] == "live" or old[id] == "draining") then
+        st[id] = old[id]
+      end
+    end
+  end
   for _, ch in ipairs(view.changes(old, st)) do
     if ch.id ~= S.id then log_change(ch, now) end
   end
@@ -288,6 +306,11 @@ local function beat()
   local ok, err = fleet().write("node:" .. S.id, HEARTBEAT, hb_params(), on_beat)
   if not ok then log_window("beat", "warn", "FERRY-8028", "heartbeat not queued: " ..
     tostring(err)) end
+  local now = C.ferry_now()
+  if pg_up() and now - (S.forgot_at or 0) >= M.FORGET_EVERY then
+    S.forgot_at = now
+    fleet().write("nodes:forget", FORGET, { M.FORGET_AFTER })
+  end
 end
 
 function register()
@@ -319,7 +342,12 @@ end
 -- heartbeat (which keeps started_at) brings the row and the list back.
 local function on_up()
   if not S.on then return end
-  if S.started then beat() elseif not S.registering then register() end
+  if S.started then
+    S.grace_until = C.ferry_now() + view.GONE_BEATS * S.heartbeat
+    beat()
+  elseif not S.registering then
+    register()
+  end
 end
 
 local function on_node_message()

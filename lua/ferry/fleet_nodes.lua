@@ -259,7 +259,6 @@ end
 ---------------------------------------------------------------------------
 -- Heartbeat and registration.
 
-
 local function hb_params()
   return { S.id, S.advertise or "", ffi.string(C.ferry_version_string()), S.hash or "",
     S.started, S.stopping ~= nil }

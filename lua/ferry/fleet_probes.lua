@@ -37,6 +37,9 @@ local M = {
 local P = {
   keys = {},          -- the probed proxies' keys, sorted
   by_key = {},        -- key -> struct ferry_proxy *
+  db = {},            -- key -> the key as the database holds it (a URL with
+                      -- credentials sealed, as in ferry_proxies)
+  from_db = {},       -- the reverse
   label = {},         -- key -> label (logs never show a key: it may be a URL)
   mine = nil,         -- key -> true: the keys this node probes; nil: all of them
   counts = {},        -- node id -> its duties at the last division
@@ -160,7 +163,8 @@ local function publish_changes()
     if v and v >= 0 and v ~= P.published[key] then
       P.published[key] = v
       local ok = f.write("probe:" .. key, PUBLISH,
-        { key, self, v == 1, latency(c) and format("%.3f", latency(c)) or "", M.KEY_MAX })
+        { P.db[key] or key, self, v == 1, latency(c) and format("%.3f", latency(c)) or "",
+          M.KEY_MAX })
       if ok then changes.count("probe", "out") end
     end
   end
@@ -183,7 +187,7 @@ local function publish_all()
     local v = c and C.ferry_probe_verdict(c)
     if v and v >= 0 then
       local ms = latency(c)
-      rows[#rows + 1] = format('{"p":%s,"up":%s,"ms":%s}', json_str(key), v == 1 and "true" or
+      rows[#rows + 1] = format('{"p":%s,"up":%s,"ms":%s}', json_str(P.db[key] or key), v == 1 and "true" or
         "false", ms and format("%.3f", ms) or "null")
       P.published[key] = v
       if #rows >= M.BATCH then flush() end
@@ -196,7 +200,8 @@ local function truthy(v) return v == true or v == "t" or v == "true" end
 
 -- A verdict of another node: applied when this node does not probe the
 -- proxy and it is newer than the last one applied.
-local function apply(key, node, up, ms, at)
+local function apply(dbkey, node, up, ms, at)
+  local key = dbkey and P.from_db[dbkey]
   local c = key and P.by_key[key]
   if not c or P.mine == nil or P.mine[key] or node == nodes().self_id() then
     changes.count("probe", "ignored")
@@ -262,7 +267,16 @@ function M.committed(run)
   for key, c in pairs(P.by_key) do
     if not by_key[key] then C.ferry_probe_duty(c, 1) end
   end
+  -- The database's form of each key: sealed like the inventory's rows
+  -- when a store key is configured (deterministic, so equal on every node).
+  local db, from_db = {}, {}
+  local ok_pg, store_pg = pcall(require, "ferry.store_pg")
+  for _, key in ipairs(keys) do
+    local sealed = ok_pg and store_pg.seal and store_pg.seal(key, true) or key
+    db[key], from_db[sealed] = sealed, key
+  end
   P.keys, P.by_key, P.label, P.keys_dirty = keys, by_key, label, true
+  P.db, P.from_db = db, from_db
   local on = nodes().enabled()
   if on and not P.hooked then
     P.hooked = true

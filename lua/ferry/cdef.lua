@@ -216,6 +216,8 @@ const char *ferry_store_proxies_json(const char **err);
 int ferry_store_save_health(const char **err);
 int ferry_store_load_health(const char **err);
 int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
+int ferry_secret_hmac(const char *key, size_t klen, const char *data, size_t n,
+                      unsigned char *out);
 int ferry_listen(const char *name, const char *host, int port, const char *protocol,
                  int open, const char **err);
 int ferry_listener_add_user(int listener, const char *user, const char *pass, const char **err);

@@ -1,6 +1,7 @@
 -- Defects found by trying the fleet and the broker client as a new user
 -- would: each case here failed before its fix.
 local procs = require("procs")
+local pgh = require("pg")
 
 local function check(text)
   local cfg = procs.write_file(string.format("%s/trial-check-%d.lua", procs.tmp,
@@ -117,5 +118,80 @@ exchange "ex" { hosts = { "127.0.0.1" }, pool = "bin" }
     local text = procs.read_file(client.log) .. procs.read_file(broker.log)
     assert.is_nil(text:find(TOKEN, 1, true))
     assert.is_nil(text:find(PW, 1, true))
+  end)
+end)
+
+describe("trial: a shared ban of a proxy with credentials and no id", function()
+  local PW = "trial-ban-pw-" .. math.random(1e6, 9e6)
+  local STORE_KEY = string.rep("5a", 32)
+  local db, conninfo, origin, sock
+  local O, S = procs.free_port(), procs.free_port()
+  local nodes = {}
+
+  local function config(name, n)
+    return string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
+store { postgres = %q, key = "%s" }
+node { id = "%s", heartbeat = 1 }
+pool "p" { strategy = "round_robin", retries = 0, all_down = "fail", health = { interval = 60 },
+  proxies = { "socks5://bob:%s@127.0.0.1:%d" } }
+exchange "ex" { hosts = { "127.0.0.1" }, pool = "p", ban = { status = { 429 }, backoff = 30 } }
+]], n.F, n.A, conninfo, STORE_KEY, name, PW, S)
+  end
+
+  local function lines(name, code)
+    local out = {}
+    for _, l in ipairs(procs.log_lines(nodes[name].proc)) do
+      if l.code == code then out[#out + 1] = l end
+    end
+    return out
+  end
+
+  setup(function()
+    assert(pgh.available(), "PostgreSQL 15 is not installed (make deps)")
+    db = pgh.new()
+    conninfo = db:create_db("trial59")
+    origin = procs.spawn("ban_origin", "python3 " .. procs.root .. "/spec/helpers/ban_origin.py " ..
+      O)
+    assert(procs.wait_port(O), "ban_origin did not start")
+    sock = procs.microsocks(S, "bob", PW)
+    for _, name in ipairs { "A", "B" } do
+      local n = { F = procs.free_port(), A = procs.free_port() }
+      nodes[name] = n
+      n.proc = procs.ferry(config(name, n), { n.F, n.A }, "trial-" .. name)
+    end
+    for _, name in ipairs { "A", "B" } do
+      assert.truthy(procs.wait_for(function() return #lines(name, "FERRY-8071") > 0 end, 20),
+        "node " .. name .. " did not connect")
+    end
+  end)
+
+  teardown(function()
+    for _, n in pairs(nodes) do if n.proc then procs.stop_ferry(n.proc) end end
+    if sock then procs.stop(sock) end
+    if origin then procs.stop(origin) end
+    if db then db:cleanup() end
+  end)
+
+  -- The fleet named such a proxy by its URL: the password sat in
+  -- ferry_bans and in the NOTIFY every node received.
+  it("reaches the other node without the password in the database", function()
+    local status = procs.curl { proxy = "http://127.0.0.1:" .. nodes.A.F,
+      url = "http://127.0.0.1:" .. O .. "/ban/all/429", max_time = 5 }
+    assert.equal(429, status)
+    assert.truthy(procs.wait_for(function() return #lines("B", "FERRY-8061") > 0 end, 10),
+      procs.read_file(nodes.B.proc.log))
+    -- B keeps away from it: its only proxy is banned, all_down = "fail".
+    status = procs.curl { proxy = "http://127.0.0.1:" .. nodes.B.F,
+      url = "http://127.0.0.1:" .. O .. "/ready", max_time = 5 }
+    assert.are_not.equal(200, status)
+    local rows = db:psql("select proxy from ferry_bans", "trial59")
+    assert.truthy(rows:find("socks5://127.0.0.1:" .. S .. "#", 1, true), rows)
+    assert.is_nil(rows:find(PW, 1, true), rows)
+    assert.is_nil(rows:find("bob", 1, true), rows)
+    for _, n in pairs(nodes) do
+      assert.is_nil(procs.read_file(n.proc.log):find(PW, 1, true))
+    end
   end)
 end)

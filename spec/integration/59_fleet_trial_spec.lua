@@ -194,4 +194,19 @@ exchange "ex" { hosts = { "127.0.0.1" }, pool = "p", ban = { status = { 429 }, b
       assert.is_nil(procs.read_file(n.proc.log):find(PW, 1, true))
     end
   end)
+
+  -- A node read back only the other nodes' rows: killed and started again
+  -- while its own ban ran, it forgot the ban and used the proxy again.
+  it("keeps its own ban across a kill -9 and a restart", function()
+    local n = nodes.A
+    procs.stop(n.proc, "KILL")
+    n.proc = procs.ferry(config("A", n), { n.F, n.A }, "trial-A2")
+    assert.truthy(procs.wait_for(function() return #lines("A", "FERRY-8071") > 0 end, 20),
+      procs.read_file(n.proc.log))
+    local back = lines("A", "FERRY-8071")[1].msg
+    assert.truthy(back:find("1 bans and breakers", 1, true), back)
+    local status = procs.curl { proxy = "http://127.0.0.1:" .. n.F,
+      url = "http://127.0.0.1:" .. O .. "/ready", max_time = 5 }
+    assert.are_not.equal(200, status)
+  end)
 end)

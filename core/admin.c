@@ -24,7 +24,23 @@ struct admin_out {
     char *body;         /* the rest of the answer, or NULL */
     size_t len, off;    /* its size, and the bytes already in cli.out */
     unsigned keep:1;    /* keep the connection after the answer */
+    /* An answer that waits (CS_ADMIN_WAIT): the fallback until the
+     * handler's real one arrives (ready), sent when the bound runs out. */
+    unsigned ready:1;
+    double token;
+    int wstatus;
+    char wctype[96];
+    char *wbody, *wheaders;
+    size_t wlen, req_body_len;
 };
+
+/* The connections whose answer waits, by token: bounded, so a database
+ * that never answers cannot pile up connections without end. */
+static struct {
+    double token;
+    struct conn *c;
+} waiting[FERRY_ADMIN_WAIT_MAX];
+static unsigned nwaiting;
 
 /* c's answer state, made on first use; NULL without memory. */
 static struct admin_out *out_of(struct conn *c)
@@ -52,14 +68,32 @@ static const char *reason_of(int status)
     case 422: return "Unprocessable Entity";
     case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
     default: return status < 400 ? "OK" : "Error";
     }
+}
+
+/* Forget c's waiting answer, if any (answered, expired or closed). */
+static void wait_clear(struct conn *c, struct admin_out *o)
+{
+    for (unsigned i = 0; i < nwaiting; i++) {
+        if (waiting[i].c == c) {
+            waiting[i] = waiting[--nwaiting];
+            break;
+        }
+    }
+    free(o->wbody);
+    free(o->wheaders);
+    o->wbody = o->wheaders = NULL;
+    o->token = 0;
+    o->ready = 0;
 }
 
 static void admin_free(struct conn *c)
 {
     struct admin_out *o = c->in_priv;
     if (o != NULL) {
+        wait_clear(c, o);
         free(o->body);
         free(o);
         c->in_priv = NULL;
@@ -156,6 +190,105 @@ static void log_admin(struct conn *c, size_t body_len)
                (loop_now() - c->t_start) * 1000.0, 0, c->status >= 400 ? "FERRY-7000" : NULL);
 }
 
+int ferry_admin_wait_room(void)
+{
+    return (int)(FERRY_ADMIN_WAIT_MAX - nwaiting);
+}
+
+/* Keep the fallback of a waiting answer (taken over: body, headers); the
+ * connection reads nothing more until the answer goes.  0, or -1 when
+ * no slot is free (the fallback goes now). */
+static int wait_begin(struct conn *c, struct admin_out *o, const struct bridge_answer *a,
+                      size_t req_body_len)
+{
+    if (nwaiting >= FERRY_ADMIN_WAIT_MAX) {
+        return -1;
+    }
+    waiting[nwaiting].token = a->token;
+    waiting[nwaiting].c = c;
+    nwaiting++;
+    o->token = a->token;
+    o->wstatus = a->status;
+    snprintf(o->wctype, sizeof(o->wctype), "%s", a->content_type);
+    o->wbody = a->body;
+    o->wlen = a->body_len;
+    o->wheaders = a->headers;
+    o->req_body_len = req_body_len;
+    o->ready = 0;
+    c->state = CS_ADMIN_WAIT;
+    conn_arm(c, a->wait > 0 ? a->wait : 0.001);
+    return 0;
+}
+
+int ferry_admin_answer(double token, int status, const char *ctype, const char *body,
+                       size_t blen, const char *headers)
+{
+    struct conn *c = NULL;
+    for (unsigned i = 0; i < nwaiting; i++) {
+        if (waiting[i].token == token) {
+            c = waiting[i].c;
+            break;
+        }
+    }
+    struct admin_out *o = c != NULL ? c->in_priv : NULL;
+    if (o == NULL || o->ready || c->state != CS_ADMIN_WAIT) {
+        return 0;
+    }
+    char *b = malloc(blen + 1);
+    char *h = headers != NULL ? strdup(headers) : NULL;
+    if (b == NULL || (headers != NULL && h == NULL)) {
+        free(b);
+        free(h);
+        return 0; /* the fallback goes when the bound runs out */
+    }
+    if (blen > 0) {
+        memcpy(b, body, blen);
+    }
+    b[blen] = '\0';
+    free(o->wbody);
+    free(o->wheaders);
+    o->wbody = b;
+    o->wlen = blen;
+    o->wheaders = h;
+    o->wstatus = status;
+    snprintf(o->wctype, sizeof(o->wctype), "%s", ctype != NULL ? ctype : "text/plain");
+    o->ready = 1;
+    /* Sent from the connection's own timer on the next loop turn: never
+     * inside the caller's stack (a database callback in Lua). */
+    conn_arm(c, 0.);
+    return 1;
+}
+
+void admin_wait_fired(struct conn *c)
+{
+    struct admin_out *o = c->in_priv;
+    if (o == NULL) {
+        conn_close(c);
+        return;
+    }
+    if (!o->ready) {
+        /* Logged with the fallback's own code (X-Ferry-Error), else 7716. */
+        char code[16] = "FERRY-7716";
+        const char *at = o->wheaders != NULL ? strstr(o->wheaders, "X-Ferry-Error: FERRY-") : NULL;
+        if (at != NULL) {
+            snprintf(code, sizeof(code), "%.10s", at + strlen("X-Ferry-Error: "));
+        }
+        struct log_ctx ctx = { .cid = c->cid, .listener = c->l->name };
+        log_event(LOG_WARN, code, &ctx, "admin %s %s: the answer waited past its bound; "
+                  "answering %d", c->method, c->path, o->wstatus);
+    }
+    char *body = o->wbody, *extra = o->wheaders;
+    size_t blen = o->wlen, req_body_len = o->req_body_len;
+    char ctype[96];
+    int status = o->wstatus;
+    snprintf(ctype, sizeof(ctype), "%s", o->wctype);
+    o->wbody = o->wheaders = NULL;
+    wait_clear(c, o);
+    answer(c, status, ctype, body, blen, extra);
+    free(extra);
+    log_admin(c, req_body_len);
+}
+
 void admin_on_head(struct conn *c)
 {
     const char *base = buf_head(&c->cli.in);
@@ -206,6 +339,8 @@ void admin_on_head(struct conn *c)
     c->head_started = 0;
     if (rc != 0) {
         answer_error(c, 500, "FERRY-7001", "the admin handler failed; see the log");
+    } else if (a.token > 0 && !c->closing && wait_begin(c, o, &a, (size_t)clen) == 0) {
+        return; /* logged when it goes (admin_wait_fired) */
     } else {
         answer(c, a.status, a.content_type, a.body, a.body_len, a.headers);
         free(a.headers);

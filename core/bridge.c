@@ -179,7 +179,14 @@ int bridge_admin(const struct ferry_admin_req *r, struct bridge_answer *out)
     if (L == NULL || ref_admin == LUA_NOREF) {
         return -1;
     }
-    int rc = call_budgeted_n(ref_admin, (void *)r, 4, &budget_admin);
+    /* status, content type, body, headers[, token, wait]: with a token
+     * the answer waits (admin.c) and the rest is its fallback. */
+    int rc = call_budgeted_n(ref_admin, (void *)r, 6, &budget_admin);
+    if (rc == 0) {
+        out->token = lua_isnumber(L, -2) ? lua_tonumber(L, -2) : 0;
+        out->wait = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
+        lua_pop(L, 2);
+    }
     if (rc != 0 || !lua_isnumber(L, -4) || !lua_isstring(L, -2)) {
         metrics_hook_error(FERRY_HOOK_RUNTIME);
         log_event(LOG_ERROR, "FERRY-7001", NULL, "admin handler failed: %s",

@@ -31,6 +31,8 @@ struct bridge_answer {
     char *body;
     size_t body_len;
     char *headers;  /* extra "Name: value\r\n" lines, or NULL */
+    double token;   /* > 0: the answer waits (admin.c); the above is its fallback */
+    double wait;    /* seconds the fallback waits before it goes */
 };
 /* Answer one admin request: 0, or -1 when the runtime failed (logged). */
 int bridge_admin(const struct ferry_admin_req *r, struct bridge_answer *out);

@@ -45,7 +45,8 @@ enum conn_state {
     CS_ADMIN_OUT, /* an admin answer larger than cli.out, fed in as the client reads */
     CS_MITM_HELLO, /* intercepted CONNECT: its answer leaves, then TLS starts (intercept.c) */
     CS_CACHE_OUT,  /* an answer from the HTTP cache, fed into cli.out as the client reads */
-    CS_CACHE_WAIT  /* a cache miss waiting for another request's fill of the key (coalescing) */
+    CS_CACHE_WAIT, /* a cache miss waiting for another request's fill of the key (coalescing) */
+    CS_ADMIN_WAIT  /* an admin answer that waits for the database (admin.c) */
 };
 
 struct inbound_ops;
@@ -328,6 +329,8 @@ void conn_reverse_free(void);
 void admin_on_head(struct conn *c);
 /* Feed the rest of a large answer into cli.out (state CS_ADMIN_OUT). */
 void admin_pump(struct conn *c);
+/* A waiting admin answer is ready, or its bound ran out (state CS_ADMIN_WAIT). */
+void admin_wait_fired(struct conn *c);
 
 /* conn_upstream.c */
 void conn_route(struct conn *c);

@@ -839,6 +839,9 @@ void conn_on_timeout(struct conn *c)
     case CS_CACHE_WAIT:
         conn_cache_wait_fired(c);
         break;
+    case CS_ADMIN_WAIT:
+        admin_wait_fired(c); /* its answer is ready, or its bound ran out */
+        break;
     case CS_TUNNEL:
     case CS_DRAIN:
     case CS_ADMIN_OUT:

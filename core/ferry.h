@@ -472,6 +472,30 @@ const char *ferry_store_proxies_json(const char **err);
 int ferry_store_save_health(const char **err);
 int ferry_store_load_health(const char **err);
 
+/* Admin answers that wait (admin.c): a handler of the admin router may
+ * answer later.  It returns a token and a bound with a fallback answer;
+ * ferry_admin_answer(token, ...) sends the real answer, copied, on the
+ * next loop turn.  1: delivered; 0: no request waits on that token (its
+ * connection closed, or the bound ran out and the fallback went).  At
+ * most FERRY_ADMIN_WAIT_MAX answers wait at once (half the connections
+ * an admin listener takes, so the admin plane stays reachable meanwhile):
+ * ferry_admin_wait_room() says how many more may. */
+enum { FERRY_ADMIN_WAIT_MAX = 32 };
+int ferry_admin_answer(double token, int status, const char *ctype, const char *body,
+                       size_t blen, const char *headers);
+int ferry_admin_wait_room(void);
+
+/* Sealing for Lua (secret_ffi.c): key is the store's 32-byte key.
+ * seal: a malloc'd sealed string or NULL (deterministic: the nonce derived
+ * from the value, for values looked up by equality, as store keys); open: 0 and *plain (malloc'd),
+ * -1 not ours to open (another key, tampered with), -2 out of memory.
+ * Free both with ferry_secret_free (it wipes). */
+char *ferry_secret_seal_text(const char *key, size_t key_len, const char *plain,
+                             int deterministic);
+int ferry_secret_open_text(const char *key, size_t key_len, const char *sealed, char **plain);
+int ferry_secret_is_sealed(const char *s);
+void ferry_secret_free(char *p);
+
 /* 1 when the two secrets are equal, else 0; in constant time (secret.c). */
 int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
 /* HMAC-SHA256 of data under key into out (32 bytes); 0, or -1 (secret.c). */

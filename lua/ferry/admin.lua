@@ -163,6 +163,68 @@ local function encode(status, body, headers)
   return status, ctype or "text/plain; charset=utf-8", tostring(body), concat(extra)
 end
 
+---------------------------------------------------------------------------
+-- Answers that wait (core/admin.c): a handler that must wait for
+-- something (the database acknowledging a change) returns
+--   admin.waiting(w)      with w = admin.defer(req, bound, fallback...)
+-- and later calls admin.answer(w, status, body[, headers]).  The loop
+-- serves other connections meanwhile.  When the bound runs out first,
+-- the fallback answer goes (the core logs FERRY-7716) and a later
+-- admin.answer is a no-op; a connection closed meanwhile is forgotten.
+-- An answer given before the handler returned goes at once.
+
+local next_token = 0
+local WAITER = {}
+
+-- ferry_admin_waits_total{result}: "answered" (the real answer went),
+-- "late" (nobody waited any more: the bound ran out, or the client
+-- left), "refused" (FERRY_ADMIN_WAIT_MAX answers waited already).
+local waits = { answered = 0, late = 0, refused = 0 }
+
+function M.count_wait(result)
+  waits[result] = (waits[result] or 0) + 1
+end
+
+function M.waits_text()
+  return "# HELP ferry_admin_waits_total Admin answers that waited for the database, by " ..
+    "outcome.\n# TYPE ferry_admin_waits_total counter\n" ..
+    string.format('ferry_admin_waits_total{result="answered"} %d\n', waits.answered) ..
+    string.format('ferry_admin_waits_total{result="late"} %d\n', waits.late) ..
+    string.format('ferry_admin_waits_total{result="refused"} %d\n', waits.refused)
+end
+
+-- How many more answers may wait now (0: answer 503 FERRY-7717).
+function M.wait_room()
+  return tonumber(C.ferry_admin_wait_room())
+end
+
+-- A waiting answer for req: bound in seconds; the fallback status, body
+-- and headers go when the bound runs out.
+function M.defer(req, bound, status, body, headers)
+  next_token = next_token + 1
+  return setmetatable({ token = next_token, bound = bound, req = req,
+                        fallback = { status, body, headers } }, WAITER)
+end
+
+function M.waiting(w)
+  return w
+end
+
+-- Send w's answer: true when it reached a waiting connection (or the
+-- handler has not returned yet), false when nobody waits any more.
+function M.answer(w, status, body, headers)
+  if w.done then return false end
+  w.done = true
+  if not w.returned then
+    w.early = { status, body, headers }
+    return true
+  end
+  local s, ctype, b, h = encode(status, body, headers)
+  local ok = C.ferry_admin_answer(w.token, s, ctype, b, #b, h) == 1
+  M.count_wait(ok and "answered" or "late")
+  return ok
+end
+
 -- ar: struct ferry_admin_req *; rt: the runtime module.
 function M.handle(ar, rt)
   local target = ffi_string(ar.target, ar.target_len)
@@ -212,6 +274,16 @@ function M.handle(ar, rt)
     C.ferry_log(cdef.LOG.error, "FERRY-7001", "admin " .. req.method .. " " .. path .. " failed: " ..
       tostring(status))
     return encode(M.err(req, 500, "FERRY-7001", "the admin handler failed; see the log"))
+  end
+  if getmetatable(status) == WAITER then
+    local w = status
+    if w.early then
+      M.count_wait("answered")
+      return encode(w.early[1], w.early[2], w.early[3])
+    end
+    w.returned = true
+    local s, ctype, b, h = encode(w.fallback[1], w.fallback[2], w.fallback[3])
+    return s, ctype, b, h, w.token, w.bound
   end
   return encode(status, body, headers)
 end

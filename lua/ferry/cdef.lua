@@ -218,6 +218,15 @@ int ferry_store_load_health(const char **err);
 int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
 int ferry_secret_hmac(const char *key, size_t klen, const char *data, size_t n,
                       unsigned char *out);
+char *ferry_secret_seal_text(const char *key, size_t key_len, const char *plain,
+                             int deterministic);
+int ferry_secret_open_text(const char *key, size_t key_len, const char *sealed, char **plain);
+int ferry_secret_is_sealed(const char *s);
+void ferry_secret_free(char *p);
+enum { FERRY_ADMIN_WAIT_MAX = 32 };
+int ferry_admin_answer(double token, int status, const char *ctype, const char *body,
+                       size_t blen, const char *headers);
+int ferry_admin_wait_room(void);
 int ferry_listen(const char *name, const char *host, int port, const char *protocol,
                  int open, const char **err);
 int ferry_listener_add_user(int listener, const char *user, const char *pass, const char **err);

@@ -40,6 +40,15 @@ local by_key = {}    -- key -> entry
 local overrides = {} -- key -> false: a proxy of the config disabled at runtime
 local store_path = nil -- the open store's path; nil: changes live in memory only
 local store_key = nil  -- its sealing key (32 bytes), or nil
+-- The shared store (store { postgres = ... }, ferry.store_pg): changes
+-- apply here at once and go to the database asynchronously; the other
+-- nodes' changes arrive as messages (apply_row).  shared_at: when the
+-- first full read came in (nil: not yet).
+local shared = false
+local shared_at = nil
+local held = {}     -- key -> updated_at (epoch us) of the newest row state applied
+local inflight = {} -- key -> writes of ours the database has not answered yet
+local parked = {}   -- key -> the newest row received while ours was in flight
 local by_cid = {}    -- C id -> { cid, key, label, display, pools, config, entry } (running config)
 local warned = {}    -- keys already logged as waiting for their pool
 
@@ -155,11 +164,43 @@ local function resolve_path(cfg, p)
   return (cfg.dir or ".") .. "/" .. p
 end
 
--- The config's store path and sealing key (nil: none).
+-- The config's store path and sealing key (nil: none).  A PostgreSQL
+-- store (shared, ferry.store_pg) gives the path "postgres".
 local function store_of(cfg)
   local s = cfg.store
+  if s and s.postgres then return "postgres", s.key and s.key() or nil end
   if not s or type(s.path) ~= "string" or s.path == "" then return nil end
   return resolve_path(cfg, s.path), s.key and s.key() or nil
+end
+
+local sharing -- ferry.inventory_fleet, loaded with the first shared store
+
+-- Use the fleet's database: nothing is read now (the config's proxies
+-- serve at once); the runtime proxies arrive with the first full read
+-- when the connection comes up (ferry.inventory_fleet).
+local function open_shared(cfg, key)
+  if store_path then store.close() end
+  store.use("pg")
+  require("ferry.store_pg").set_key(key)
+  if not shared then
+    entries, by_key, overrides = {}, {}, {}
+    held, inflight, parked, shared_at = {}, {}, {}, nil
+  end
+  shared, store_path, store_key = true, nil, key
+  sharing = sharing or require("ferry.inventory_fleet")
+  sharing.start(cfg, M)
+  log("info", "FERRY-0120", "store: PostgreSQL (shared by the fleet); runtime proxies are " ..
+    "read when the database answers")
+  return true
+end
+
+-- Back to SQLite or memory from the shared store (a reload).
+local function leave_shared()
+  if not shared then return end
+  if sharing then sharing.stop() end
+  store.use("sqlite")
+  shared, shared_at = false, nil
+  held, inflight, parked = {}, {}, {}
 end
 
 local function open_and_read(path, key)
@@ -175,6 +216,8 @@ end
 -- start (never a silent fresh inventory).
 function M.open_store(cfg)
   local path, key = store_of(cfg)
+  if path == "postgres" then return open_shared(cfg, key) end
+  leave_shared()
   if not path then
     store_path = nil
     return true
@@ -194,6 +237,30 @@ end
 -- (for a reload that fails later) or nil, err.
 function M.reload_store(cfg)
   local path, key = store_of(cfg)
+  if path == "postgres" then
+    -- The runtime proxies are the fleet's: they stay; a new key or
+    -- resync period applies from now on (no undo needed).
+    if shared then
+      require("ferry.store_pg").set_key(key)
+      store_key = key
+      sharing.start(cfg, M)
+      return function() end
+    end
+    local old = { entries, by_key, overrides, store_path, store_key }
+    open_shared(cfg, key)
+    return function()
+      leave_shared()
+      entries, by_key, overrides = old[1], old[2], old[3]
+      store_path, store_key = old[4], old[5]
+      if store_path then store.open(store_path, store_key) end
+    end
+  end
+  if shared then
+    -- Leaving the fleet's store: the overlay starts again from the new one.
+    leave_shared()
+    entries, by_key, overrides = {}, {}, {}
+    store_key = nil
+  end
   if path == store_path and key == store_key then return function() end end
   local old_path, old_key = store_path, store_key
   local old = { entries, by_key, overrides }
@@ -230,12 +297,18 @@ function M.reload_store(cfg)
 end
 
 function M.store_path()
+  if shared then return "postgres (shared by the fleet)" end
   return store_path
+end
+
+-- Whether changes go to the fleet's database (store { postgres }).
+function M.shared()
+  return shared
 end
 
 -- After the first apply: saved health as the starting point.
 function M.load_health()
-  if not store_path then return 0 end
+  if not store_path then return 0 end -- shared store: health stays local
   local n, err = store.load_health()
   if not n then
     log("warn", "FERRY-0122", "store: saved health not restored: " .. tostring(err))
@@ -246,6 +319,10 @@ end
 
 -- At stop: save the health of every proxy, close the store.
 function M.stop()
+  if shared then
+    leave_shared()
+    return true
+  end
   if not store_path then return true end
   local n, err = store.save_health()
   if not n then
@@ -448,6 +525,10 @@ end
 -- via: who asked ("console", "API"), for the log line.
 
 local function persisted_note()
+  if shared then
+    return "applied on this node; queued for the fleet's database (PostgreSQL), " ..
+      "the other nodes apply it when it is written"
+  end
   if store_path then return "saved to the store" end
   return "no store configured: the change lives in memory only and is lost at restart"
 end
@@ -481,8 +562,189 @@ local function same_endpoint(cur, name, px)
   end
 end
 
--- f: { pool, url, opts = { id, weight, region } }.
-function M.add(rt, f, via)
+---------------------------------------------------------------------------
+-- The shared store: our writes, and the other nodes' rows.
+
+-- A key as a log line may show it: an id as it is, a URL without its
+-- credentials.
+local function key_shown(key)
+  return (tostring(key):gsub("//[^/@]*@", "//***@"):sub(1, 200))
+end
+M.key_shown = key_shown
+
+local function newer(a, b)
+  if not a then return b end
+  if not b then return a end
+  return (b.u or 0) > (a.u or 0) and b or a
+end
+
+local function same_opts(a, b)
+  for k, v in pairs(a) do
+    if b[k] ~= v then return false end
+  end
+  for k, v in pairs(b) do
+    if a[k] ~= v then return false end
+  end
+  return true
+end
+
+local function drop_entry(e)
+  for i, x in ipairs(entries) do
+    if x == e then
+      table.remove(entries, i)
+      break
+    end
+  end
+  by_key[e.key] = nil
+end
+
+-- Apply a row of the shared store (a message of another node, a full
+-- read, or the database's answer to our own write): "changed" (the
+-- overlay changed: recommit), "same", "older" (we hold a newer state of
+-- the key), "parked" (a write of ours to that key is in flight: decided
+-- when it is answered), "read" (the message had no room for the URL:
+-- read the row) or "bad" (its URL does not open here).
+function M.apply_row(row)
+  local key = row.key
+  if type(key) ~= "string" or key == "" then return "bad" end
+  if inflight[key] then
+    parked[key] = newer(parked[key], row)
+    return "parked"
+  end
+  local h = held[key]
+  if h and row.u and row.u <= h then return "older" end
+  local e = by_key[key]
+  if not row.removed and row.pool ~= nil and row.url == nil then
+    if row.bad then
+      log("warn", "FERRY-8045", format("fleet: proxy %s is left out on this node: %s",
+        key_shown(key), row.bad))
+      held[key] = row.u
+      return "bad"
+    end
+    return "read"
+  end
+  held[key] = row.u
+  if row.removed then
+    if e then
+      drop_entry(e)
+      return "changed"
+    end
+    if overrides[key] ~= nil then
+      overrides[key] = nil
+      return "changed"
+    end
+    return "same"
+  end
+  if row.pool == nil then
+    -- A proxy some config declares, disabled or enabled by an operator.
+    local off = row.enabled == false
+    if (overrides[key] == false) == off then return "same" end
+    overrides[key] = off and false or nil
+    return "changed"
+  end
+  if e and e.url == row.url and e.pool == row.pool and same_opts(e.opts, row.opts) then
+    if e.enabled == (row.enabled ~= false) then return "same" end
+    e.enabled = row.enabled ~= false
+    return "changed"
+  end
+  local n = make_entry(row)
+  if n.invalid then
+    log("warn", "FERRY-8045", format('fleet: proxy %s of pool "%s" is not valid here and ' ..
+      "waits: %s", key_shown(key), tostring(row.pool), n.invalid))
+  end
+  if e then
+    for i, x in ipairs(entries) do
+      if x == e then entries[i] = n end
+    end
+  else
+    entries[#entries + 1] = n
+  end
+  by_key[key] = n
+  overrides[key] = nil
+  return "changed"
+end
+
+-- The keys the database has no row for (a full read saw all): dropped
+-- when they came from the database and no write of ours is in flight.
+-- Returns how many.
+function M.drop_unseen(seen)
+  local n = 0
+  for key, e in pairs(by_key) do
+    if not seen[key] and held[key] and not inflight[key] then
+      drop_entry(e)
+      held[key] = nil
+      n = n + 1
+    end
+  end
+  for key in pairs(overrides) do
+    if not seen[key] and held[key] and not inflight[key] then
+      overrides[key] = nil
+      held[key] = nil
+      n = n + 1
+    end
+  end
+  return n
+end
+
+function M.first_read_done()
+  local first = shared_at == nil
+  shared_at = shared_at or C.ferry_now()
+  return first
+end
+
+-- Send a change of key to the shared store: op "put" (e: the entry),
+-- "set" (enabled, e the entry or nil), "del".  done(ok, err) when the
+-- database answered.  true, or nil, err when it could not be queued.
+local function share(op, key, e, enabled, done)
+  inflight[key] = (inflight[key] or 0) + 1
+  local function answered(ok, err, row)
+    inflight[key] = inflight[key] > 1 and inflight[key] - 1 or nil
+    if ok then
+      if row and (not held[key] or (row.u or 0) > held[key]) then held[key] = row.u end
+      if sharing then sharing.counted("out") end
+      if not row and op == "set" then
+        -- The row was removed meanwhile: the removal wins (docs/fleet.md).
+        log("info", "FERRY-8044", format("fleet: proxy %s was removed by another node; this " ..
+          "node's %s is not applied", key_shown(key), enabled and "enable" or "disable"))
+        if sharing then sharing.read_key(key) end
+      end
+    else
+      log("warn", "FERRY-8043", format("fleet: the change of proxy %s could not be written to " ..
+        "the database: %s", key_shown(key), tostring(err)))
+    end
+    local p = not inflight[key] and parked[key]
+    if p then
+      parked[key] = nil
+      if sharing then sharing.apply(p, "parked") end
+    end
+    if done then done(ok, err) end
+  end
+  local ok, err
+  if op == "put" then
+    ok, err = store.put(key, e.url, e.pool, e.opts, e.enabled ~= false, answered)
+  elseif op == "set" then
+    ok, err = store.set_enabled(key, enabled, answered, e)
+  else
+    ok, err = store.delete(key, answered)
+  end
+  if not ok then
+    inflight[key] = inflight[key] > 1 and inflight[key] - 1 or nil
+    log("warn", "FERRY-8043", format("fleet: the change of proxy %s could not be queued for " ..
+      "the database: %s", key_shown(key), tostring(err)))
+    return nil, err
+  end
+  return true
+end
+
+local function share_failed(err)
+  return fail(503, "FERRY-7718", "the change could not be queued for the fleet's database; " ..
+    "nothing was changed: " .. tostring(err))
+end
+
+-- f: { pool, url, opts = { id, weight, region } }.  done(ok, err): with a
+-- shared store, called when the database answered (the answer has
+-- pending = true); else never.
+function M.add(rt, f, via, done)
   local cur = rt.active()
   if not cur then return fail(503, "FERRY-7506", "no config is running") end
   if f.pool == nil then return bad("pool: required") end
@@ -528,10 +790,21 @@ function M.add(rt, f, via)
   end
   e = { key = key, url = f.url, pool = f.pool, opts = opts, enabled = true, px = px,
         kind = kind }
+  local held_before = held[key]
   overrides[key] = nil
   entries[#entries + 1] = e
   by_key[key] = e
   local ok, err = rt.recommit()
+  if ok and px.cid and shared then
+    ok, err = share("put", key, e, nil, done)
+    if not ok then
+      entries[#entries] = nil
+      by_key[key] = nil
+      held[key] = held_before
+      rt.recommit()
+      return share_failed(err)
+    end
+  end
   if not ok or not px.cid then
     entries[#entries] = nil
     by_key[key] = nil
@@ -542,15 +815,18 @@ function M.add(rt, f, via)
   end
   log("info", "FERRY-0124", format('%s %d (%s) added to pool "%s" by the %s; %s',
     kind == "backends" and "backend" or "proxy", px.cid, px.display, f.pool, via or "console",
-    store_path and "saved" or "memory only"))
+    shared and "queued for the fleet" or store_path and "saved" or "memory only"))
   return { id = px.cid, name = px.id or tostring(px.cid), pool = f.pool, url = px.display,
-           weight = px.weight, region = px.region, persisted = store_path ~= nil,
+           weight = px.weight, region = px.region, persisted = store_path ~= nil or shared,
            kind = kind == "backends" and "backend" or "proxy", backup = px.backup,
-           note = persisted_note() }
+           note = persisted_note(), pending = shared or nil }
 end
 
-local function remove_entry(rt, e, via, cid)
-  if store_path then
+local function remove_entry(rt, e, via, cid, done)
+  if shared then
+    local ok, err = share("del", e.key, nil, nil, done)
+    if not ok then return share_failed(err) end
+  elseif store_path then
     local ok, err = store.delete(e.key)
     if not ok then return store_failed(err) end
   end
@@ -565,7 +841,11 @@ local function remove_entry(rt, e, via, cid)
     if not ok then
       table.insert(entries, at, e)
       by_key[e.key] = e
-      if store_path then store.put(e.key, e.url, e.pool, e.opts, e.enabled) end
+      if shared then
+        share("put", e.key, e, nil)
+      elseif store_path then
+        store.put(e.key, e.url, e.pool, e.opts, e.enabled)
+      end
       rt.recommit()
       return fail(500, "FERRY-7506", "the pool could not drop the proxy; nothing was changed: " ..
         tostring(err))
@@ -575,15 +855,16 @@ local function remove_entry(rt, e, via, cid)
   log("info", "FERRY-0124", format('proxy %s (%s) removed from pool "%s" by the %s', tostring(cid or
     e.opts.id or "-"), shown, e.pool, via or "console"))
   return { id = cid, name = e.opts.id or (cid and tostring(cid)), pool = e.pool, url = shown,
-           persisted = store_path ~= nil, note = persisted_note() }
+           persisted = store_path ~= nil or shared, note = persisted_note(),
+           pending = shared or nil }
 end
 
-function M.remove(rt, ref, via)
+function M.remove(rt, ref, via, done)
   local cur = rt.active()
   local cid, err = M.resolve(cur, ref)
   if not cid then
     local w = find_waiting(ref)
-    if w then return remove_entry(rt, w, via, nil) end
+    if w then return remove_entry(rt, w, via, nil, done) end
     return nil, err
   end
   local info = by_cid[cid]
@@ -591,17 +872,28 @@ function M.remove(rt, ref, via)
     return fail(409, "FERRY-7504", format('proxy %d is declared in the config file (%s); ' ..
       "remove it there and reload, or disable it", cid, cur.cfg.file))
   end
-  return remove_entry(rt, info.entry, via, cid)
+  return remove_entry(rt, info.entry, via, cid, done)
 end
 
-function M.set_enabled(rt, ref, on, via)
+function M.set_enabled(rt, ref, on, via, done)
   local cur = rt.active()
   local cid, c = M.resolve(cur, ref)
   if not cid then return nil, c end
   local info = by_cid[cid]
   local key, e = info.key, info.entry
   local was = band(tonumber(c.flags), DISABLED) == 0
-  if store_path then
+  if shared then
+    local ok, err
+    if e then
+      ok, err = share("set", key, e, on, done)
+    elseif on then
+      ok, err = share("del", key, nil, nil, done)
+    else
+      ok, err = share("put", key, { url = info.display, pool = nil, opts = { config = true },
+                                    enabled = false }, nil, done)
+    end
+    if not ok then return share_failed(err) end
+  elseif store_path then
     local ok, err
     if e then
       ok, err = store.set_enabled(key, on)
@@ -623,8 +915,8 @@ function M.set_enabled(rt, ref, on, via)
       on and "enabled" or "disabled", via or "console"))
   end
   return { id = cid, name = info.label, url = info.display, pools = info.pools,
-           enabled = on, changed = was ~= on, persisted = store_path ~= nil,
-           note = persisted_note() }
+           enabled = on, changed = was ~= on, persisted = store_path ~= nil or shared,
+           note = persisted_note(), pending = shared or nil }
 end
 
 ---------------------------------------------------------------------------
@@ -644,6 +936,53 @@ local function json_array(list)
 end
 
 local JSON = { ["Content-Type"] = "application/json" }
+
+-- With the shared store, a change is answered once the database has it
+-- (201/200), or when M.WAIT_BOUND seconds ran out: 503 FERRY-7715 when
+-- the database was unavailable, 504 FERRY-7716 when it was slow.  The
+-- change is applied on this node either way and stays queued for the
+-- fleet.  The loop serves other connections while an answer waits
+-- (core/admin.c); at most FERRY_ADMIN_WAIT_MAX answers wait at once.
+M.WAIT_BOUND = 5
+
+-- run(done) makes the change: the result or nil, err.  answer(res) is
+-- status, body[, headers] once the change is confirmed.
+local function persisted(req, run, answer)
+  if not shared then
+    local res, err = run(nil)
+    if not res then return answer_err(req, err) end
+    return answer(res)
+  end
+  if admin.wait_room() <= 0 then
+    admin.count_wait("refused")
+    return admin.err(req, 503, "FERRY-7717", format("%d admin answers already wait for the " ..
+      "database; nothing was changed, try again", tonumber(C.FERRY_ADMIN_WAIT_MAX)))
+  end
+  local w = admin.defer(req, M.WAIT_BOUND)
+  local res, err = run(function(ok, werr)
+    if ok then
+      admin.answer(w, answer(w.res))
+    else
+      admin.answer(w, admin.err(req, 503, "FERRY-7718", "the database refused the change; it " ..
+        "stays applied on this node only: " .. key_shown(werr)))
+    end
+  end)
+  if not res then
+    w.done = true
+    return answer_err(req, err)
+  end
+  w.res = res
+  local down = require("ferry.pg").state() ~= "up"
+  if down then
+    w.fallback = { admin.err(req, 503, "FERRY-7715", format("the database is unavailable: the " ..
+      "change is applied on this node and queued for the fleet, not confirmed within %g s",
+      M.WAIT_BOUND)) }
+  else
+    w.fallback = { admin.err(req, 504, "FERRY-7716", format("the database did not confirm the " ..
+      "change within %g s; it is applied on this node and queued for the fleet", M.WAIT_BOUND)) }
+  end
+  return admin.waiting(w)
+end
 
 local function uint(s)
   if s == nil then return nil end
@@ -674,7 +1013,8 @@ admin.route("GET", "/api/v1/proxies", function(req, rt)
   local page = {}
   for i = offset + 1, math.min(#all, offset + (limit or #all)) do page[#page + 1] = all[i] end
   local body = format('{"total":%d,"offset":%d,"store":%s,"proxies":%s,"waiting":%s}', #all,
-    offset, cjson.encode(store_path or cjson.null), json_array(page), json_array(M.waiting()))
+    offset, cjson.encode(M.store_path() or cjson.null), json_array(page),
+    json_array(M.waiting()))
   return 200, (body:gsub("\\/", "/")), JSON
 end)
 
@@ -684,10 +1024,10 @@ admin.route("POST", "/api/v1/proxies", function(req, rt)
   if body[1] ~= nil then return admin.err(req, 400, "FERRY-7004", "expected a JSON object") end
   local f, err = M.check_fields(body)
   if not f then return answer_err(req, err) end
-  local res
-  res, err = M.add(rt, f, "API")
-  if not res then return answer_err(req, err) end
-  return 201, res, { Location = "/api/v1/proxies/" .. res.id }
+  return persisted(req, function(done) return M.add(rt, f, "API", done) end, function(res)
+    res.pending = nil
+    return 201, res, { Location = "/api/v1/proxies/" .. res.id }
+  end)
 end)
 
 local function one(req, rt)
@@ -709,10 +1049,11 @@ admin.route_prefix("DELETE", "/api/v1/proxies/", function(req, rt)
   if req.rest:find("/", 1, true) then
     return admin.err(req, 404, "FERRY-7007", "no such admin endpoint: " .. req.path)
   end
-  local res, err = M.remove(rt, req.rest, "API")
-  if not res then return answer_err(req, err) end
-  return 200, { removed = res.id or res.name, pool = res.pool, url = res.url,
-                persisted = res.persisted }
+  return persisted(req, function(done) return M.remove(rt, req.rest, "API", done) end,
+    function(res)
+      return 200, { removed = res.id or res.name, pool = res.pool, url = res.url,
+                    persisted = res.persisted }
+    end)
 end)
 
 admin.route_prefix("POST", "/api/v1/proxies/", function(req, rt)
@@ -721,16 +1062,18 @@ admin.route_prefix("POST", "/api/v1/proxies/", function(req, rt)
     return admin.err(req, 404, "FERRY-7007", "no such admin endpoint: " .. req.path ..
       " (POST /api/v1/proxies/<id>/enable or /disable)")
   end
-  local res, err = M.set_enabled(rt, ref, action == "enable", "API")
-  if not res then return answer_err(req, err) end
-  return 200, { id = res.id, name = res.name, url = res.url, enabled = res.enabled,
-                changed = res.changed, persisted = res.persisted }
+  return persisted(req, function(done) return M.set_enabled(rt, ref, action == "enable", "API",
+    done) end, function(res)
+    return 200, { id = res.id, name = res.name, url = res.url, enabled = res.enabled,
+                  changed = res.changed, persisted = res.persisted }
+  end)
 end)
 
 -- For specs: forget the overlay (the store is not touched).
 function M._reset()
   entries, by_key, overrides, by_cid, warned = {}, {}, {}, {}, {}
   store_path, store_key = nil, nil
+  shared, shared_at, held, inflight, parked = false, nil, {}, {}, {}
 end
 
 return M

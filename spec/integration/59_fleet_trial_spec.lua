@@ -209,4 +209,19 @@ exchange "ex" { hosts = { "127.0.0.1" }, pool = "p", ban = { status = { 429 }, b
       url = "http://127.0.0.1:" .. O .. "/ready", max_time = 5 }
     assert.are_not.equal(200, status)
   end)
+
+  -- The 201 comes once PostgreSQL has the row, yet its note said the
+  -- change was "queued for the fleet's database".
+  it("answers an inventory change with a note that says it is written", function()
+    local status, body = procs.curl { url = "http://127.0.0.1:" .. nodes.B.A .. "/api/v1/proxies",
+      flags = "-X POST -H 'Content-Type: application/json' --data-binary " .. procs.quote(
+        string.format('{"pool":"p","url":"socks5://carol:%s@127.0.0.1:%d","id":"rt-trial"}', PW,
+          S + 1)), max_time = 10 }
+    assert.equal(201, status, body)
+    assert.truthy(body:find("written to the fleet's database", 1, true), body)
+    assert.is_nil(body:find("queued", 1, true), body)
+    assert.is_nil(body:find(PW, 1, true), body)
+    assert.equal("rt-trial", db:psql("select key from ferry_proxies where key = 'rt-trial'",
+      "trial59"))
+  end)
 end)

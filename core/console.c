@@ -52,7 +52,7 @@ static void on_sigint(int sig)
 static const char *const commands[] = {
     "proxy.list", "proxy.health", "proxy.add", "proxy.remove", "proxy.enable",
     "proxy.disable", "pool.list", "pool.stats", "exchange.list", "reload",
-    "stats", "help", "reset",
+    "stats", "help", "reset", "node.list", "node.self",
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

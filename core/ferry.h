@@ -360,6 +360,22 @@ int ferry_probe_set(struct ferry_proxy *p, int kind, const char *host, int port,
 void ferry_probe_set_concurrency(int n);
 /* Probes in flight now. */
 int ferry_probe_inflight(void);
+/* Fleet (lua/ferry/fleet_probes.lua): probing divided among nodes.
+ * ferry_probe_duty: whether this node runs p's probes (1, the default)
+ * or another node does (0; the schedule keeps its timer, its runs are
+ * skipped).  ferry_probe_verdict: up (1) or down (0) right after p's
+ * last local probe, -1 none since the duty came here.
+ * ferry_probe_shared applies the result of the node that probes p as
+ * local probes would: the hysteresis steps until p's up/down agrees
+ * (passive health from this node's traffic still applies on top).
+ * latency_ms < 0: no sample.  why is logged on a transition. */
+int ferry_probe_duty(struct ferry_proxy *p, int here);
+int ferry_probe_verdict(const struct ferry_proxy *p);
+int ferry_probe_shared(struct ferry_proxy *p, int up, double latency_ms, const char *why);
+/* Probe runs started on this node (all proxies), and the proxies with a
+ * probe schedule that this node runs now (removed ones not counted). */
+uint64_t ferry_probe_runs(void);
+uint32_t ferry_probe_duties(void);
 
 /* Upstream connections (uppool.c).  Limits of a pool index (0: direct):
  * connections per upstream (0: no cap), waiting requests, seconds a
@@ -580,6 +596,8 @@ int ferry_set_log_files(const char *events, const char *access, const char **err
 int ferry_draining(void);
 /* The config file the daemon runs (console reload()). */
 const char *ferry_config_path(void);
+/* The version ferry was built as ("0.1.0"): what a fleet node registers. */
+const char *ferry_version_string(void);
 /* Charge work done in C on a script's behalf (a plain find over a long
  * string, a sort) to the instruction budget of the Lua call running now:
  * FERRY_OK, or FERRY_ERROR once that exhausts it (raise

@@ -157,6 +157,16 @@ void health_probe_result(struct proxy *p, int ok, double latency_ms, const char 
     }
 }
 
+void health_probe_shared(struct proxy *p, int up, double latency_ms, const char *why)
+{
+    if (up && latency_ms >= 0) {
+        p->pub.probe_latency_ms = latency_ms;
+    }
+    for (uint32_t n = p->pub.rise + p->pub.fall; n > 0 && is_up(p) != (up != 0); n--) {
+        step(p, up, why);
+    }
+}
+
 static const char *const fail_names[FERRY_FAIL_KINDS] = {
     "connect refused", "timeout", "handshake failed", "proxy auth failed", "5xx response",
     "connection reset", "TLS failed"

@@ -10,6 +10,9 @@ struct proxy;
 /* A probe ended: ok or not, how long it took, and why it failed (or, for
  * a pass, what it proved; NULL: a plain pass). */
 void health_probe_result(struct proxy *p, int ok, double latency_ms, const char *why);
+/* The fleet's probing node judged p up or down: step the hysteresis as
+ * its probes would until p's up/down agrees (at most rise+fall steps). */
+void health_probe_shared(struct proxy *p, int up, double latency_ms, const char *why);
 /* Real traffic through p ended (called by proxy_success/proxy_failure). */
 void health_passive(struct proxy *p, int ok, enum ferry_fail_kind kind);
 /* The (proxy, exchange) result of one attempt: counters and the window. */

@@ -57,6 +57,11 @@ const char *ferry_config_path(void)
     return config_path != NULL ? config_path : "";
 }
 
+const char *ferry_version_string(void)
+{
+    return FERRY_VERSION;
+}
+
 double ferry_now(void)
 {
     return ev_now(loop);

@@ -23,7 +23,12 @@
  *
  * A probe that cannot even start for a local reason (no file descriptor,
  * no memory, the resolver shutting down) says nothing about the proxy:
- * it is not reported to health, only tried again later. */
+ * it is not reported to health, only tried again later.
+ *
+ * In a fleet each proxy is probed by one node (lua/ferry/fleet_probes.lua
+ * divides them): a proxy another node probes keeps its schedule, whose
+ * runs are skipped, so taking the duty back costs no allocation and the
+ * other node's verdicts arrive through ferry_probe_shared. */
 #include "probe.h"
 #include "conn.h"
 #include "health.h"
@@ -94,6 +99,7 @@ struct probe {
 
 static int inflight;
 static int concurrency = 64;
+static uint64_t runs; /* probe runs started here */
 static double last_full_warn, last_local_warn;
 /* Every schedule, so probe_stop_all can find them. */
 static struct probe **all;
@@ -198,6 +204,7 @@ static void finish(struct probe *pr, enum probe_result r, const char *why)
     double ms = (ev_time() - pr->started) * 1000.0;
     release(pr);
     health_probe_result(pr->p, r == PROBE_OK, ms > 0 ? ms : 0, why);
+    pr->p->probe_verdict = (pr->p->pub.flags & FERRY_PROXY_DOWN) ? 0 : 1;
     metrics_probe(r);
     schedule(pr, next_delay(pr));
 }
@@ -597,6 +604,7 @@ static void start(struct probe *pr)
     struct proxy *p = pr->p;
     probe_hop(pr);
     inflight++;
+    runs++;
     pr->step = PS_RESOLVE;
     pr->started = ev_time();
     /* The same timer is now the deadline of connect + handshake + answer. */
@@ -628,7 +636,7 @@ static void on_timer(struct ev_loop *l, ev_timer *w, int revents)
         finish(pr, PROBE_TIMEOUT, "probe timed out");
         return;
     }
-    if (pr->p->pub.flags & FERRY_PROXY_REMOVED) {
+    if ((pr->p->pub.flags & FERRY_PROXY_REMOVED) || pr->p->probe_elsewhere) {
         schedule(pr, jittered(pr->conf.interval));
         return;
     }
@@ -864,4 +872,58 @@ void probe_stop_all(void)
     free(all);
     all = NULL;
     nall = cap_all = 0;
+}
+
+int ferry_probe_duty(struct ferry_proxy *fp, int here)
+{
+    struct proxy *p = (struct proxy *)fp;
+    if (p == NULL) {
+        return FERRY_ERROR;
+    }
+    unsigned elsewhere = here ? 0 : 1;
+    if (p->probe_elsewhere == elsewhere) {
+        return FERRY_OK;
+    }
+    p->probe_elsewhere = elsewhere;
+    p->probe_verdict = -1;
+    /* The duty came here: the first run within one interval, not after
+     * the skipped one's backoff. */
+    struct probe *pr = p->probe;
+    if (here && pr != NULL && pr->step == PS_IDLE) {
+        schedule(pr, pr->conf.interval * uniform());
+    }
+    return FERRY_OK;
+}
+
+int ferry_probe_verdict(const struct ferry_proxy *fp)
+{
+    const struct proxy *p = (const struct proxy *)fp;
+    return p != NULL ? p->probe_verdict : -1;
+}
+
+int ferry_probe_shared(struct ferry_proxy *fp, int up, double latency_ms, const char *why)
+{
+    struct proxy *p = (struct proxy *)fp;
+    if (p == NULL || !p->probe_elsewhere) {
+        return FERRY_ERROR; /* its own probes decide */
+    }
+    health_probe_shared(p, up, latency_ms, why != NULL ? why : (up ? "probe passed" : "probe failed"));
+    return FERRY_OK;
+}
+
+uint64_t ferry_probe_runs(void)
+{
+    return runs;
+}
+
+uint32_t ferry_probe_duties(void)
+{
+    uint32_t n = 0;
+    for (unsigned i = 0; i < nall; i++) {
+        const struct proxy *p = all[i]->p;
+        if (!p->probe_elsewhere && !(p->pub.flags & FERRY_PROXY_REMOVED)) {
+            n++;
+        }
+    }
+    return n;
 }

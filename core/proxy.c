@@ -241,6 +241,7 @@ struct ferry_proxy *ferry_proxy_new(const char *key, int scheme, const char *hos
         }
         proxies[nproxies++] = p;
         p->pub.id = nproxies;
+        p->probe_verdict = -1;
         if (index_key(p) != 0) {
             nproxies--;
             free(p->key);

@@ -34,6 +34,10 @@ struct proxy {
     unsigned needs_answer:1;     /* private: real traffic took it down (timeouts, resets,
                                   * garbled handshakes): until it is up again, a tcp probe
                                   * passes only when the proxy answers its protocol */
+    unsigned probe_elsewhere:1;  /* private: the fleet gave its probes to another node
+                                  * (probe.c skips its runs; ferry_probe_duty) */
+    signed char probe_verdict;   /* private: up (1) or down (0) after the last local probe,
+                                  * -1 none since this node took the duty */
 };
 
 struct ssl_ctx_st;

@@ -160,6 +160,11 @@ int ferry_probe_set(struct ferry_proxy *p, int kind, const char *host, int port,
                     double timeout, const char **err);
 void ferry_probe_set_concurrency(int n);
 int ferry_probe_inflight(void);
+int ferry_probe_duty(struct ferry_proxy *p, int here);
+int ferry_probe_verdict(const struct ferry_proxy *p);
+int ferry_probe_shared(struct ferry_proxy *p, int up, double latency_ms, const char *why);
+uint64_t ferry_probe_runs(void);
+uint32_t ferry_probe_duties(void);
 enum ferry_retry_on { FERRY_RETRY_ON_CONNECT = 0x1, FERRY_RETRY_ON_REFUSED = 0x2,
   FERRY_RETRY_ON_RESET = 0x4, FERRY_RETRY_ON_TIMEOUT = 0x8 };
 enum ferry_retry_jitter { FERRY_JITTER_NONE = 0, FERRY_JITTER_EQUAL = 1, FERRY_JITTER_FULL = 2 };
@@ -266,6 +271,7 @@ int ferry_listener_set_reverse(int listener, int pool, unsigned forwarded, int t
 int ferry_pool_set_host(int pool, const char *host);
 int ferry_draining(void);
 const char *ferry_config_path(void);
+const char *ferry_version_string(void);
 int ferry_budget_charge(double instructions);
 const char *ferry_budget_message(void);
 const char *ferry_budget_tripped(void);

@@ -3,7 +3,7 @@
 -- eval(line, rt) compiles the line as "return <line>" (an expression),
 -- else as a statement, runs it in the console environment and answers
 -- true, text or false, message.  The environment holds the commands
--- (proxy.*, pool.*, exchange.list, reload, stats: console_cmds.lua; help,
+-- (proxy.*, pool.*, exchange.list, node.*, reload, stats: console_cmds.lua; help,
 -- reset: here) and a few safe globals; variables a line sets persist for
 -- the next lines (at most MAX_VARS of them; reset() forgets them).
 -- Nothing in it reaches the file system, the process, the config's
@@ -82,6 +82,8 @@ Commands (a line is Lua; results print as tables):
   cache.stats()                 HTTP caches: entries, bytes, hits, misses, stale...
   cache.purge(prefix, cache)    drop cached entries whose URL starts with prefix
                                 ("/img/": that path on any host; "": all; cache: optional)
+  node.list()                   the fleet's nodes: state, heartbeat age, probe duties
+  node.self()                   this node: id, state, probe duties
   reload()                      reload the config file, as SIGHUP does
   stats()                       totals of the daemon, and where changes are stored
   help()                        this text
@@ -208,7 +210,7 @@ local function builtins()
   local b = {
     proxy = copy(cmds.proxy), pool = copy(cmds.pool), exchange = copy(cmds.exchange),
     reload = cmds.reload, stats = cmds.stats, help = help, reset = reset, rate = cmds.rate,
-    cache = copy(cmds.cache), broker_client = copy(cmds.broker_client),
+    cache = copy(cmds.cache), broker_client = copy(cmds.broker_client), node = copy(cmds.node),
     string = copy(safe_string), table = copy(safe_table), math = copy(math),
     pairs = pairs, ipairs = ipairs, next = next, select = select, tostring = tostring,
     tonumber = tonumber, type = type, unpack = unpack, error = error, assert = assert,

@@ -143,6 +143,54 @@ end
 local proxy, pool, exchange = {}, {}, {}
 M.proxy, M.pool, M.exchange = proxy, pool, exchange
 
+-- The fleet's nodes (ferry.fleet_nodes): node.list(), node.self().
+local node = {}
+M.node = node
+
+local NODE_COLUMNS = {
+  { "id", "ID" }, { "advertise", "ADVERTISE" }, { "version", "VERSION" }, { "state", "STATE" },
+  { "heartbeat_age_s", "HB_AGE_S", right = true }, { "probes", "PROBES", right = true },
+  { "started", "STARTED" }, { "config_hash", "CONFIG" },
+  { "self", "SELF", fmt = function(v) return v and "*" or "" end },
+}
+
+local function fleet_nodes()
+  local nodes = require("ferry.fleet_nodes")
+  if not nodes.enabled() then
+    fail("no fleet: store { postgres = ... } is not configured")
+  end
+  return nodes
+end
+
+function node.list()
+  local l = fleet_nodes().list()
+  return as_view(l.nodes, {
+    kind = "table", columns = NODE_COLUMNS, empty = "(the node list was not read yet)",
+    title = l.stale and format("stale: PostgreSQL is not up; the list is %s old",
+      l.view_age_s and format("%.1f s", l.view_age_s) or "never read") or nil,
+  })
+end
+
+function node.self()
+  local l = fleet_nodes().list()
+  local me = { id = l.self, heartbeat_s = l.heartbeat_s, stale = l.stale }
+  for _, r in ipairs(l.nodes) do
+    if r.self then
+      for k, v in pairs(r) do me[k] = v end
+    end
+  end
+  me.self = nil
+  me.probes = tonumber(C.ferry_probe_duties())
+  me.probe_runs = tonumber(C.ferry_probe_runs())
+  return as_view(me, { kind = "record", fields = {
+    { "id", "id" }, { "advertise", "advertise", optional = true },
+    { "version", "version", optional = true }, { "state", "state", optional = true },
+    { "started", "started", optional = true }, { "config_hash", "config hash", optional = true },
+    { "heartbeat_s", "heartbeat (s)" }, { "heartbeat_age_s", "heartbeat age (s)", optional = true },
+    { "probes", "probe duties" }, { "probe_runs", "probes run here" }, { "stale", "stale view" },
+  } })
+end
+
 function proxy.list(name)
   local cur = active()
   local names, ex

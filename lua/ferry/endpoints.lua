@@ -83,6 +83,19 @@ admin.route("DELETE", "/api/v1/cache", function(req)
   return 200, { purged = n }
 end)
 
+-- The fleet's nodes as this node sees them (from memory: "stale" while
+-- PostgreSQL is not up).  Without a fleet: this node alone, fleet false.
+admin.route("GET", "/api/v1/nodes", function()
+  local nodes = require("ferry.fleet_nodes")
+  if not nodes.enabled() then
+    return 200, { fleet = false }
+  end
+  local l = nodes.list()
+  l.fleet = true
+  if #l.nodes == 0 then l.nodes = nil end -- not read yet (JSON has no empty list here)
+  return 200, l
+end)
+
 admin.route("GET", "/metrics", function(_, rt)
   local text = require("ferry.metrics").render(rt)
   return 200, text, { ["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8" }

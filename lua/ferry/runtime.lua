@@ -101,6 +101,12 @@ local function switch_to(run, prep)
   if not sok then
     C.ferry_log(ERROR, "FERRY-8073", "fleet shared state: " .. tostring(serr))
   end
+  -- The fleet's node list and probe division follow the running proxies;
+  -- a failure there must not undo a commit that already happened.
+  local ok, err = pcall(require("ferry.fleet_nodes").committed, run)
+  if not ok then
+    C.ferry_log(cdef.LOG.error, "FERRY-8030", "fleet nodes: " .. tostring(err))
+  end
 end
 
 function M.load(path, do_apply)
@@ -178,7 +184,11 @@ end
 -- Each drain tick after SIGTERM (core/main.c): true holds the loop a
 -- little longer (bounded): the fleet's last changes go out first.
 function M.drain(busy)
-  return fleet.drain(tonumber(busy) or 0)
+  busy = tonumber(busy) or 0
+  -- Both run every tick: the node's own "stopped" mark waits for busy 0.
+  local flushing = fleet.drain(busy)
+  local marking = require("ferry.fleet_nodes").drain_tick(busy)
+  return flushing or marking
 end
 
 function M.stop()

@@ -12,7 +12,8 @@ local M = {}
 M.NAMES = {
   broker = "the broker API: lease a proxy, report feedback",
   metrics = "GET /metrics",
-  ["inventory:read"] = "read the proxy inventory (GET /api/v1/proxies..., GET /api/v1/rate)",
+  ["inventory:read"] = "read the proxy inventory (GET /api/v1/proxies..., GET /api/v1/rate, " ..
+    "GET /api/v1/nodes)",
   admin = "everything: the console, reload, inventory changes, and all of the above",
 }
 
@@ -33,6 +34,7 @@ M.ENDPOINTS = {
   ["POST /api/v1/console"] = "admin",
   ["GET /api/v1/rate"] = "inventory:read",
   ["GET /api/v1/cache"] = "inventory:read",
+  ["GET /api/v1/nodes"] = "inventory:read",
   ["DELETE /api/v1/cache"] = "admin",
 }
 

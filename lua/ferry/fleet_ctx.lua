@@ -69,14 +69,21 @@ end
 
 -- The name a proxy goes by in the fleet's tables and messages: its id;
 -- else its URL when it carries no credentials; else (user:pass@ in the
--- URL) scheme://host:port#<HMAC-SHA256 of the URL>, keyed with the store
--- key when one is configured, so no password reaches the database or a
--- NOTIFY.  Every node with the same URL (and store key) computes the same.
+-- URL) the URL sealed as ferry_proxies and ferry_probes hold it when the
+-- store has a key (deterministic), or without a key
+-- scheme://host:port#<SHA-256 of the URL>, so no password reaches the
+-- database or a NOTIFY.  Every node with the same URL (and store key)
+-- computes the same.
 local hmac_out = ffi.new("unsigned char[32]")
 function M.fleet_key(px, secret)
   if px.id then return px.id end
   local u = px.url
   if not u:find("^[%a][%w+.-]*://[^/@]*@") then return u end
+  if secret then
+    local ok, store_pg = pcall(require, "ferry.store_pg")
+    local sealed = ok and store_pg.seal and store_pg.seal(u, true)
+    if type(sealed) == "string" and sealed ~= u then return sealed end
+  end
   secret = secret or ""
   -- A unit spec's stand-in core may lack the HMAC: then the host and port alone.
   local found, hmac = pcall(function() return M.C.ferry_secret_hmac end)

@@ -187,7 +187,8 @@ exchange "ex" { hosts = { "127.0.0.1" }, pool = "p", ban = { status = { 429 }, b
       url = "http://127.0.0.1:" .. O .. "/ready", max_time = 5 }
     assert.are_not.equal(200, status)
     local rows = db:psql("select proxy from ferry_bans", "trial59")
-    assert.truthy(rows:find("socks5://127.0.0.1:" .. S .. "#", 1, true), rows)
+    -- Sealed as ferry_proxies holds such URLs (the store has a key).
+    assert.equal("enc:v1:", rows:sub(1, 7), rows)
     assert.is_nil(rows:find(PW, 1, true), rows)
     assert.is_nil(rows:find("bob", 1, true), rows)
     for _, n in pairs(nodes) do

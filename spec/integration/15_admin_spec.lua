@@ -88,10 +88,13 @@ route(function() return "direct" end)
     local status, body = admin { url = "http://ferry/api/v1/reload", unix = sock, method = "POST" }
     assert.equal(200, status)
     assert.equal("reloaded", cjson.decode(body).status)
-    local found
-    for _, l in ipairs(procs.log_lines(ferry)) do
-      if l.code == "FERRY-0101" then found = l end
-    end
+    -- The log is flushed when the loop next waits, so the answer can
+    -- reach us first: wait (bounded) for the line.
+    local found = procs.wait_for(function()
+      for _, l in ipairs(procs.log_lines(ferry)) do
+        if l.code == "FERRY-0101" then return l end
+      end
+    end, 5)
     assert.is_table(found)
   end)
 

@@ -122,11 +122,23 @@ SELECT ]] .. format(NOTIFY, "CASE WHEN $3 THEN 'stopped' ELSE 'draining' END") .
 ---------------------------------------------------------------------------
 -- The list.
 
+local function pg_up()
+  local f = fleet()
+  return f.state == nil or f.state() == "up"
+end
+
 -- The age of a row now: the database's age at the read, plus what
 -- elapsed here since; this node's own row is as old as its last beat.
-local function age_now(id, row, now)
+-- While PostgreSQL is up, the time elapsed here counts for at most one
+-- heartbeat (the gap between two reads): past that, this node's own reads
+-- wait (a slow server, locked tables), which says nothing about the
+-- others; their states hold until a read shows their age by the
+-- database's clock.  While it is down, the ages grow: nothing is known.
+local function age_now(id, row, now, field)
   if id == S.id and S.beat_at then return now - S.beat_at end
-  return (row.age or math.huge) + (now - (S.read_at or now))
+  local elapsed = now - (S.read_at or now)
+  if pg_up() then elapsed = math.min(elapsed, S.heartbeat) end
+  return (row[field or "age"] or math.huge) + elapsed
 end
 
 -- This node is live in its own eyes while it runs registered (a slow
@@ -138,7 +150,7 @@ local function states_now(now)
     if id == S.id and S.started then
       st[id] = S.stopping and "draining" or "live"
     else
-      st[id] = view.state({ age = age_now(id, row, now), draining = row.draining,
+      st[id] = view.state({ age = age_now(id, row, now, "lag"), draining = row.draining,
                             stopped = row.stopped }, S.heartbeat)
     end
   end
@@ -198,6 +210,18 @@ local function take_rows(res, now)
                      stopped = bool(r.stopped) }
     end
   end
+  -- lag: a row's age past the freshest heartbeat of the read.  When the
+  -- database held every heartbeat up (tables locked, a slow server), all
+  -- rows are old alike and nobody is silent; a node that stopped beating
+  -- lags behind the ones that go on.
+  -- Without this node's own row in the read, ages count as they are.
+  local fresh = rows[S.id] and math.huge or 0
+  for _, row in pairs(rows) do
+    if row.age and not row.stopped and row.age < fresh then fresh = row.age end
+  end
+  for _, row in pairs(rows) do
+    row.lag = row.age and row.age - fresh
+  end
   S.rows, S.read_at = rows, now
 end
 
@@ -234,12 +258,6 @@ end
 
 ---------------------------------------------------------------------------
 -- Heartbeat and registration.
-
-local function pg_up()
-  local f = fleet()
-  return f.state == nil or f.state() == "up"
-end
-
 
 local function hb_params()
   return { S.id, S.advertise or "", ffi.string(C.ferry_version_string()), S.hash or "",
@@ -487,7 +505,8 @@ function M.list()
     }
   end
   table.sort(out, function(a, b) return a.id < b.id end)
-  return { self = S.id, heartbeat_s = S.heartbeat, stale = not pg_up() or S.read_at == nil,
+  return { self = S.id, heartbeat_s = S.heartbeat,
+           stale = not pg_up() or S.read_at == nil or now - S.read_at > 2 * S.heartbeat,
            view_age_s = S.read_at and round1(now - S.read_at) or nil, nodes = out }
 end
 

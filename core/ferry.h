@@ -514,6 +514,9 @@ void ferry_secret_free(char *p);
 
 /* 1 when the two secrets are equal, else 0; in constant time (secret.c). */
 int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
+/* HMAC-SHA256 of data under key into out (32 bytes); 0, or -1 (secret.c). */
+int ferry_secret_hmac(const char *key, size_t klen, const char *data, size_t n,
+                      unsigned char *out);
 
 /* Open a listener.  protocol: "http" (forward proxy), "socks5", "socks4",
  * "mixed" (HTTP, SOCKS5 and SOCKS4 by the first byte) or "admin".

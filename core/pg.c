@@ -111,6 +111,38 @@ static void set_err(const char *msg)
     scrub(pg.err);
 }
 
+/* libpq's "invalid connection option \"x\"" or "invalid URI query parameter:
+ * \"x\"": copy x into name when it looks like an option name (lower-case letters,
+ * digits, '_'), so the check can say which option is wrong. Anything else may
+ * hold a piece of the value (a password): not copied. */
+static int pg_unknown_option(const char *perr, char *name, size_t nlen)
+{
+    static const char *const forms[] = {"invalid connection option \"",
+                                        "invalid URI query parameter: \""};
+    if (perr == NULL) {
+        return 0;
+    }
+    for (size_t f = 0; f < sizeof(forms) / sizeof(forms[0]); f++) {
+        const char *p = strstr(perr, forms[f]);
+        if (p == NULL) {
+            continue;
+        }
+        p += strlen(forms[f]);
+        size_t n = 0;
+        while (p[n] != '\0' && p[n] != '"' && n + 1 < nlen &&
+               ((p[n] >= 'a' && p[n] <= 'z') || (p[n] >= '0' && p[n] <= '9') || p[n] == '_')) {
+            n++;
+        }
+        if (n == 0 || p[n] != '"') {
+            return 0;
+        }
+        memcpy(name, p, n);
+        name[n] = '\0';
+        return 1;
+    }
+    return 0;
+}
+
 /* The safe parts of a conninfo (host, port, dbname) and its password. */
 static int parse_conninfo(const char *conninfo, char *target, size_t tlen, char **password,
                           char **resolve_host, int *resolve_port, char *err, size_t errlen)
@@ -118,9 +150,15 @@ static int parse_conninfo(const char *conninfo, char *target, size_t tlen, char 
     char *perr = NULL;
     PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
     if (opts == NULL) {
-        /* libpq's message may quote the string: say only what is wrong. */
-        snprintf(err, errlen, "not a valid connection string (key=value pairs or a "
-                 "postgresql:// URI)");
+        /* libpq's message may quote the string: say only what is wrong, with
+         * the option's name when libpq names an unknown one (a name, never a value). */
+        char name[41];
+        if (pg_unknown_option(perr, name, sizeof(name))) {
+            snprintf(err, errlen, "not a valid connection string: unknown option \"%s\"", name);
+        } else {
+            snprintf(err, errlen, "not a valid connection string (key=value pairs or a "
+                     "postgresql:// URI)");
+        }
         PQfreemem(perr);
         return -1;
     }

@@ -7,6 +7,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -163,4 +164,16 @@ int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen)
         return 0;
     }
     return CRYPTO_memcmp(da, db, sizeof(da)) == 0;
+}
+
+int ferry_secret_hmac(const char *key, size_t klen, const char *data, size_t n,
+                      unsigned char *out)
+{
+    unsigned int len = 0;
+    if (key == NULL || data == NULL || out == NULL || klen > INT_MAX) {
+        return -1;
+    }
+    return HMAC(EVP_sha256(), key, (int)klen, (const unsigned char *)data, n, out, &len) != NULL &&
+           len == 32 ? 0
+           : -1;
 }

@@ -368,7 +368,8 @@ local function sync(st, now)
     if fallback then
       st.switches = st.switches + 1
       log("warn", "FERRY-8110", format('broker client of pool "%s": no valid lease (%s): ' ..
-        "fallback to the embedded proxies engaged", st.name, st.last_failure or "none yet"))
+        "fallback to the embedded proxies engaged", st.name, st.last_failure or
+        (st.asking and "the broker has not answered yet" or "no call failed")))
     else
       log("info", "FERRY-8111", format('broker client of pool "%s": %d leased prox%s: ' ..
         "fallback ended", st.name, #list, #list == 1 and "y" or "ies"))
@@ -384,6 +385,14 @@ local function sync(st, now)
         "its leased proxies: %s", st.name, tostring(err)))
     end
   end
+end
+
+-- metadata.region of a lease answer when it is a usable region (1-64
+-- bytes, no control characters), else nil.
+local function lease_region(meta)
+  local r = type(meta) == "table" and meta.region
+  if type(r) == "string" and #r >= 1 and #r <= 64 and not r:find("%c") then return r end
+  return nil
 end
 
 -- A lease answer: take it into the slot it was asked for.
@@ -411,6 +420,9 @@ local function take_lease(st, slot, ep, id, res, now)
     return
   end
   px.broker_lease = true
+  -- The lease's region (else the one asked for): requests that name a
+  -- region (X-Ferry-Region) must find the leased proxies of that region.
+  px.region = lease_region(res.metadata) or st.conf.region
   local key = inventory.endpoint(px)
   -- A proxy leased again keeps its entry (its C proxy and counters).
   for _, s in pairs(st.slots) do
@@ -421,6 +433,7 @@ local function take_lease(st, slot, ep, id, res, now)
     ttl * st.conf.renew, ttl = ttl, proxy_id = type(res.metadata) == "table" and
     res.metadata.proxy_id or nil, at = now }
   st.acquired = st.acquired + 1
+  st.last_failure = nil -- a later fallback names its own cause, not an old one
   log("info", "FERRY-8102", format('broker client of pool "%s": lease %d from %s [%s]: %s for ' ..
     "%g s", st.name, slot, ep.url, id, px.display, ttl))
 end

@@ -221,6 +221,8 @@ const char *ferry_store_proxies_json(const char **err);
 int ferry_store_save_health(const char **err);
 int ferry_store_load_health(const char **err);
 int ferry_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
+int ferry_secret_hmac(const char *key, size_t klen, const char *data, size_t n,
+                      unsigned char *out);
 char *ferry_secret_seal_text(const char *key, size_t key_len, const char *plain,
                              int deterministic);
 int ferry_secret_open_text(const char *key, size_t key_len, const char *sealed, char **plain);

@@ -271,9 +271,15 @@ end
 -- received earlier whose rows are gone (closed while this node was
 -- away), then publish this node's own live entries with the time left.
 -- done(n_applied) when the read came back (or failed: nil, err).
+-- No resync has read the database yet in this process.
+local fresh = true
+
 function M.resync(done)
   local fleet = ctx.fleet()
-  local ok, err = fleet.read(M.ACTIVE, { ctx.node() }, function(res, qerr)
+  -- The first read of this process takes this node's own rows too: a node
+  -- restarted (or killed) while its ban ran must keep away from the proxy.
+  local ok, err = fleet.read(M.ACTIVE, { fresh and "" or ctx.node() }, function(res, qerr)
+    if res then fresh = false end
     if not res then
       ctx.log_once("resync-bans", "warn", "FERRY-8072", "fleet: reading the shared bans and " ..
         "breakers failed: " .. ctx.scrub(qerr))
@@ -341,6 +347,7 @@ function M.state()
 end
 
 function M._reset()
+  fresh = true
   held_u, own, recv, closed = {}, {}, {}, {}
 end
 

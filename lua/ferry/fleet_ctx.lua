@@ -67,19 +67,48 @@ function M.now()
   return M.C.ferry_now()
 end
 
+-- The name a proxy goes by in the fleet's tables and messages: its id;
+-- else its URL when it carries no credentials; else (user:pass@ in the
+-- URL) the URL sealed as ferry_proxies and ferry_probes hold it when the
+-- store has a key (deterministic), or without a key
+-- scheme://host:port#<SHA-256 of the URL>, so no password reaches the
+-- database or a NOTIFY.  Every node with the same URL (and store key)
+-- computes the same.
+local hmac_out = ffi.new("unsigned char[32]")
+function M.fleet_key(px, secret)
+  if px.id then return px.id end
+  local u = px.url
+  if not u:find("^[%a][%w+.-]*://[^/@]*@") then return u end
+  if secret then
+    local ok, store_pg = pcall(require, "ferry.store_pg")
+    local sealed = ok and store_pg.seal and store_pg.seal(u, true)
+    if type(sealed) == "string" and sealed ~= u then return sealed end
+  end
+  secret = secret or ""
+  -- A unit spec's stand-in core may lack the HMAC: then the host and port alone.
+  local found, hmac = pcall(function() return M.C.ferry_secret_hmac end)
+  local hostport = u:match("^[^:]+://[^/@]*@([^/?#]+)") or "?"
+  local base = (u:match("^([^:]+)://") or "proxy") .. "://" .. hostport
+  if not found or hmac == nil or hmac(secret, #secret, u, #u, hmac_out) ~= 0 then return base end
+  local hex = {}
+  for i = 0, 15 do hex[#hex + 1] = string.format("%02x", hmac_out[i]) end
+  return base .. "#" .. table.concat(hex)
+end
+
 -- The running config's proxy pools: key <-> C id.  Backends (reverse
 -- pools) are not proxies of exchanges and are left out.
 function M.committed(run)
   M.run = run
   local cid_of, key_of, label_of = {}, {}, {}
   local cfg = run and run.cfg
+  local secret = cfg and cfg.store and type(cfg.store.key) == "function" and cfg.store.key()
   for _, name in ipairs(cfg and cfg.pool_order or {}) do
     local pc = cfg.pools[name]
     if pc.kind ~= "backends" then
       for _, px in ipairs(pc.proxies or {}) do
         local cid = px.cid
         if cid then
-          local key = px.id or px.url
+          local key = M.fleet_key(px, secret)
           cid_of[key], key_of[cid] = cid, key
           label_of[cid] = px.id or tostring(cid)
         end

@@ -223,6 +223,9 @@ end
 -- The node stops (fleet.on_drain): its counts go to 0 at once, so the
 -- other nodes stop counting its leases before it is seen as gone.
 function M.drain()
+  -- Down, nothing would write it before the stop (it would only be
+  -- reported as a change lost); the next start resets the counts anyway.
+  if not ctx.up() then return end
   local node = ctx.node()
   ctx.fleet().write("lease-reset:" .. node, M.RESET, { node })
   changes.count("lease", "out")

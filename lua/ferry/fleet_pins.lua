@@ -195,8 +195,14 @@ function M.apply(m)
   return "in"
 end
 
+-- No resync has read the database yet in this process.
+local fresh = true
+
 function M.resync(done)
-  local ok, err = ctx.fleet().read(M.ACTIVE, { ctx.node() }, function(res, qerr)
+  -- The first read of this process takes this node's own rows too: a node
+  -- restarted (or killed) keeps the pins it had made.
+  local ok, err = ctx.fleet().read(M.ACTIVE, { fresh and "" or ctx.node() }, function(res, qerr)
+    if res then fresh = false end
     if not res then
       ctx.log_once("resync-pins", "warn", "FERRY-8072", "fleet: reading the shared sticky " ..
         "pins failed: " .. ctx.scrub(qerr))
@@ -232,6 +238,7 @@ function M.stats()
 end
 
 function M._reset()
+  fresh = true
   known, nknown, pending, npending, flush_at, dropped = {}, 0, {}, 0, nil, 0
   enabled_cache, enabled_at = false, -1
   C = ctx.C

@@ -947,6 +947,9 @@ M.WAIT_BOUND = 5
 
 -- run(done) makes the change: the result or nil, err.  answer(res) is
 -- status, body[, headers] once the change is confirmed.
+local WRITTEN_NOTE = "applied on this node and written to the fleet's database (PostgreSQL); " ..
+  "the other nodes apply it from its notification"
+
 local function persisted(req, run, answer)
   if not shared then
     local res, err = run(nil)
@@ -961,6 +964,8 @@ local function persisted(req, run, answer)
   local w = admin.defer(req, M.WAIT_BOUND)
   local res, err = run(function(ok, werr)
     if ok then
+      -- Confirmed: the answer no longer says "queued".
+      if type(w.res) == "table" and w.res.note then w.res.note = WRITTEN_NOTE end
       admin.answer(w, answer(w.res))
     else
       admin.answer(w, admin.err(req, 503, "FERRY-7718", "the database refused the change; it " ..

@@ -168,7 +168,7 @@ describe("fleet: bans", function()
 
   it("applies a received ban to the pair for the time left, without publishing it again", function()
     local w = world()
-    assert.equal("in", bans.apply({ k = "ban", p = "http://u:pw@10.0.0.2:3128", x = "bin", s = 42.5,
+    assert.equal("in", bans.apply({ k = "ban", p = "http://10.0.0.2:3128", x = "bin", s = 42.5,
       u = 100, n = "B", r = "status 429" }))
     local x = w.C.ferry_pxstate_get(2, 1)
     assert.equal(1042.5, x.banned_until)
@@ -180,11 +180,11 @@ describe("fleet: bans", function()
     -- No credentials in the log line: the proxy is named by its number.
     for _, l in ipairs(w.logs) do assert.falsy(l.msg:find("pw", 1, true)) end
     -- A newer message of the same ban moves its end; an older one does not.
-    assert.equal("in", bans.apply({ k = "ban", p = "http://u:pw@10.0.0.2:3128", x = "bin", s = 10,
+    assert.equal("in", bans.apply({ k = "ban", p = "http://10.0.0.2:3128", x = "bin", s = 10,
       u = 101, n = "C" }))
     assert.equal(1010, x.banned_until)
     assert.equal(1, x.bans) -- the same ban, not one more in a row
-    assert.equal("ignored", bans.apply({ k = "ban", p = "http://u:pw@10.0.0.2:3128", x = "bin",
+    assert.equal("ignored", bans.apply({ k = "ban", p = "http://10.0.0.2:3128", x = "bin",
       s = 500, u = 100.5, n = "C" }))
     assert.equal(1010, x.banned_until)
   end)
@@ -225,7 +225,8 @@ describe("fleet: bans", function()
     bans.resync()
     assert.equal(1, #w.reads)
     assert.truthy(w.reads[1].sql:find("until > clock_timestamp()", 1, true))
-    assert.same({ "A" }, w.reads[1].params)
+    -- The first read of a process takes its own rows too (a restart keeps its bans).
+    assert.same({ "" }, w.reads[1].params)
     -- Another node's ban held by the database comes back with the read.
     w.reads[1].cb({ rows = { { proxy = "px1", exchange = "okx", kind = "ban", reason = "status 418",
       node = "B", s = "12.5", u = "777.25" } } })
@@ -401,7 +402,7 @@ describe("fleet: leases", function()
     leases.republish()
     assert.equal(2, #w.writes)
     assert.truthy(w.writes[1].sql:find("UPDATE ferry_leases SET held = 0", 1, true))
-    assert.same({ "http://u:pw@10.0.0.2:3128", "A", 2 }, w.writes[2].params)
+    assert.same({ "http://10.0.0.2:3128", "A", 2 }, w.writes[2].params)
   end)
 end)
 
@@ -431,13 +432,13 @@ describe("fleet: sticky pins", function()
     w.tick()
     assert.equal(2, #w.keyed("pins:"))
     batch = require("cjson").decode(w.keyed("pins:")[2].params[1])
-    assert.equal("http://u:pw@10.0.0.2:3128", batch[1].p)
+    assert.equal("http://10.0.0.2:3128", batch[1].p)
     assert.equal(2, w.pins[key].id)
   end)
 
   it("sets a received pin for the time left when this node runs the proxy", function()
     local w = world()
-    assert.equal("in", pins.apply({ k = "p%00sess-9", p = "http://u:pw@10.0.0.2:3128", s = 120,
+    assert.equal("in", pins.apply({ k = "p%00sess-9", p = "http://10.0.0.2:3128", s = 120,
       u = 50, n = "B" }))
     assert.same({ id = 2, expires = 1120 }, w.pins["p\0sess-9"])
     assert.equal("ignored", pins.apply({ k = "p%00sess-9", p = "px1", s = 120, u = 49, n = "C" }))

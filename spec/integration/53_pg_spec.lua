@@ -199,6 +199,8 @@ return { ok = ok, refused = refused, err = err }
   it("resets a connection whose server stopped answering, and serves meanwhile", function()
     assert.truthy(a:wait("return require('ferry.pg').state() == 'up' or nil", 10))
     db:sigstop()
+    -- The server is thawed whatever happens below, or the next specs hang on it.
+    finally(function() db:sigcont() end)
     -- A write goes out first (in flight when the server froze), a read waits behind it.
     a:run([[
 local fleet = require("ferry.fleet")

@@ -201,18 +201,9 @@ local function log(level, code, msg)
   emit(cdef.LOG[level], code, msg)
 end
 
-local last_logged, hidden = {}, {}
-local function log_window(key, level, code, msg)
-  local now = clock()
-  local last = last_logged[key]
-  if last and now - last < M.LOG_WINDOW then
-    hidden[key] = (hidden[key] or 0) + 1
-    return
-  end
-  if (hidden[key] or 0) > 0 then msg = msg .. format(" (%d more since the last report)", hidden[key]) end
-  last_logged[key], hidden[key] = now, 0
-  log(level, code, msg)
-end
+local log_window = require("ferry.log_once").new(M.LOG_WINDOW,
+  function() return clock() end,
+  function(level, code, msg) log(level, code, msg) end)
 
 ---------------------------------------------------------------------------
 -- State per pool name; it survives reloads while the pool's broker

@@ -142,23 +142,12 @@ function M.log(level, code, msg)
   M.C.ferry_log(M.LOG[level], code, msg)
 end
 
-local WINDOW = 10
-local last = {}
-local hidden = {}
-
--- One line per window and key, with how many were hidden.
-function M.log_once(key, level, code, msg)
-  local now = M.now()
-  local t = last[key]
-  if t and now - t < WINDOW then
-    hidden[key] = (hidden[key] or 0) + 1
-    return
-  end
-  local h = hidden[key]
-  if h and h > 0 then msg = msg .. " (" .. h .. " more since the last report)" end
-  last[key], hidden[key] = now, 0
-  M.log(level, code, msg)
+-- One line per window (10 s) and key, with how many were hidden.
+local function new_log_once()
+  return require("ferry.log_once").new(10, function() return M.now() end,
+    function(level, code, msg) M.log(level, code, msg) end)
 end
+M.log_once = new_log_once()
 
 -- An error text as logs may show it: a database message may quote a
 -- value, and a proxy's key can be its URL with credentials.
@@ -173,7 +162,7 @@ end
 
 function M._reset()
   M.run, M.cid_of, M.key_of, M.label_of = nil, {}, {}, {}
-  last, hidden = {}, {}
+  M.log_once = new_log_once()
 end
 
 return M

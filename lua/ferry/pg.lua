@@ -58,19 +58,9 @@ local inflight = nil
 local dropped, coalesced, requeued, refused = 0, 0, 0, 0
 local hold_reason = nil -- why the session is held back (schema refused), or nil
 
-local logged, hidden = {}, {}
-local function log_once(key, level, code, msg)
-  local now = C.ferry_now()
-  if logged[key] and now - logged[key] < LOG_WINDOW then
-    hidden[key] = (hidden[key] or 0) + 1
-    return
-  end
-  if (hidden[key] or 0) > 0 then
-    msg = msg .. format(" (%d more since the last report)", hidden[key])
-  end
-  logged[key], hidden[key] = now, 0
-  C.ferry_log(level, code, msg)
-end
+local log_once = require("ferry.log_once").new(LOG_WINDOW,
+  function() return C.ferry_now() end,
+  function(level, code, msg) C.ferry_log(level, code, msg) end)
 M.log_once = log_once
 
 local function target()

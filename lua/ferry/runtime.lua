@@ -62,26 +62,15 @@ function M.set_root(r)
   plugins.set_builtin(r .. "/plugins")
 end
 
-local last_logged = {}
-local suppressed = {}
-
 -- Log a recurring fault once per window, with how often it was hidden.
+local log_window = require("ferry.log_once").new(LOG_WINDOW,
+  function() return C.ferry_now() end,
+  function(level, code, msg) C.ferry_log(level, code, msg) end)
 local function log_once(key, level, code, msg)
-  local now = C.ferry_now()
-  local last = last_logged[key]
-  if last and now - last < LOG_WINDOW then
-    suppressed[key] = (suppressed[key] or 0) + 1
-    return
-  end
   if find(msg, "not enough memory", 1, true) then
     msg = msg .. " (a hook may add at most 64 MiB of Lua heap per call, core/budget.c)"
   end
-  local hidden = suppressed[key]
-  if hidden and hidden > 0 then
-    msg = msg .. " (" .. hidden .. " more since the last report)"
-  end
-  last_logged[key], suppressed[key] = now, 0
-  C.ferry_log(level, code, msg)
+  log_window(key, level, code, msg)
 end
 
 -- Validate path; with apply, make it the running configuration.

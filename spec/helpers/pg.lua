@@ -147,7 +147,8 @@ end
 function M:psql(sql, db, soft)
   -- Bounded: a frozen server (a spec that failed between sigstop and
   -- sigcont) must fail the spec, not hang the suite.
-  local ok, out = sh("timeout -k 5 60 " .. q(BIN .. "/psql") .. " -X -q -A -t -v ON_ERROR_STOP=1 -h " .. q(self.dir) ..
+  local ok, out = sh("timeout -k 5 60 " .. q(BIN .. "/psql") ..
+    " -X -q -A -t -v ON_ERROR_STOP=1 -h " .. q(self.dir) ..
     " -p " .. self.port .. " -U postgres -d " .. q(db or "postgres") .. " -c " .. q(sql))
   if not ok then
     if soft then return nil, out end

@@ -115,7 +115,12 @@ describe("interception", function()
     out, rc = curl("--cacert " .. q(ca) .. " -x http://127.0.0.1:" .. F .. " " ..
       table.concat(urls, " "))
     assert.are.equal(0, rc, out)
-    local after = access(ferry, function(l) return l.path and l.path:match("^/ok%?after=") end)
+    -- Access lines are flushed when ferry's loop next waits: the last one
+    -- can reach the file after curl has exited, so wait for it (bounded).
+    local after = procs.wait_for(function()
+      local a = access(ferry, function(l) return l.path and l.path:match("^/ok%?after=") end)
+      return #a >= 4 and a
+    end, 5) or {}
     assert.are.equal(4, #after)
     for _, l in ipairs(after) do assert.are_not.equal(banned, l.proxy) end
     -- ... while exchange "c", on the same pool, still uses it.
@@ -125,9 +130,12 @@ describe("interception", function()
       assert.are.equal(0, rc, out)
     end
     local used = {}
-    for _, l in ipairs(access(ferry, function(l) return l.exchange == "c" end)) do
-      used[l.proxy] = true
-    end
+    procs.wait_for(function()
+      for _, l in ipairs(access(ferry, function(l) return l.exchange == "c" end)) do
+        used[l.proxy] = true
+      end
+      return used[banned]
+    end, 5)
     assert.is_true(used[banned])
   end)
 

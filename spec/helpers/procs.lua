@@ -333,4 +333,26 @@ function M.curl(args)
   return tonumber(code) or 0, body, headers, err
 end
 
+-- One request to an admin listener on 127.0.0.1: status, the body decoded
+-- from JSON (or its text), the raw body.
+function M.admin_api(port, method, path, body, max_time)
+  local cjson = require("cjson.safe")
+  local p = io.popen("curl -s -S --max-time " .. (max_time or 10) .. " -X " .. method ..
+    " -w '\\n%{http_code}' " .. (body and ("--data-binary " .. sh_quote(body) .. " ") or "") ..
+    sh_quote("http://127.0.0.1:" .. port .. path) .. " 2>&1")
+  local out = p:read("*a")
+  p:close()
+  local resp, code = out:match("^(.*)\n(%d+)$")
+  return tonumber(code), cjson.decode(resp or "") or resp, resp
+end
+
+-- The record of proxy `name` in a node's GET /api/v1/proxies (nil: not there).
+function M.admin_record(port, name)
+  local code, body = M.admin_api(port, "GET", "/api/v1/proxies")
+  if code ~= 200 or type(body) ~= "table" then return nil end
+  for _, p in ipairs(body.proxies) do
+    if p.name == name then return p end
+  end
+end
+
 return M

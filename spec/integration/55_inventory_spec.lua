@@ -23,23 +23,7 @@ local function sh(cmd)
   return out
 end
 
--- One admin request: status, decoded body (or text), raw body.
-local function api(port, method, path, body, max_time)
-  local out = sh("curl -s -S --max-time " .. (max_time or 10) .. " -X " .. method ..
-    " -w '\\n%{http_code}' " .. (body and ("--data-binary " .. q(body) .. " ") or "") ..
-    q("http://127.0.0.1:" .. port .. path) .. " 2>&1")
-  local resp, code = out:match("^(.*)\n(%d+)$")
-  return tonumber(code), cjson.decode(resp or "") or resp, resp
-end
-
--- The record of proxy `name` on a node (nil: not there).
-local function record(port, name)
-  local code, body = api(port, "GET", "/api/v1/proxies")
-  if code ~= 200 or type(body) ~= "table" then return nil end
-  for _, p in ipairs(body.proxies) do
-    if p.name == name then return p end
-  end
-end
+local api, record = procs.admin_api, procs.admin_record
 
 describe("shared inventory", function()
   local db, conninfo, origin, seed, socks

@@ -73,6 +73,20 @@ local function log_once(key, level, code, msg)
   log_window(key, level, code, msg)
 end
 
+-- Proxies that join the config's pools at runtime: the store's
+-- (inventory) and the broker clients' leases.
+local function merge_runtime(cfg)
+  inventory.merge(cfg)
+  broker_client.merge(cfg)
+end
+
+-- A part that follows the running config (shared state, the node list):
+-- a failure there is logged and must not undo a commit that happened.
+local function follow(fn, run, code, what)
+  local ok, err = pcall(fn, run)
+  if not ok then C.ferry_log(ERROR, code, what .. ": " .. tostring(err)) end
+end
+
 -- Validate path; with apply, make it the running configuration.
 -- A committed config becomes the running one; prep is kept so a runtime
 -- inventory change can commit it again (recommit).
@@ -85,17 +99,9 @@ local function switch_to(run, prep)
   -- conninfo keeps its connection).
   fleet.apply(prep.cfg)
   -- Shared bans, leases and pins follow the running proxies and
-  -- exchanges; a failure there must not undo a commit that happened.
-  local sok, serr = pcall(fleet_shared.committed, run)
-  if not sok then
-    C.ferry_log(ERROR, "FERRY-8073", "fleet shared state: " .. tostring(serr))
-  end
-  -- The fleet's node list and probe division follow the running proxies;
-  -- a failure there must not undo a commit that already happened.
-  local ok, err = pcall(require("ferry.fleet_nodes").committed, run)
-  if not ok then
-    C.ferry_log(cdef.LOG.error, "FERRY-8030", "fleet nodes: " .. tostring(err))
-  end
+  -- exchanges; the node list and probe division the running proxies.
+  follow(fleet_shared.committed, run, "FERRY-8073", "fleet shared state")
+  follow(require("ferry.fleet_nodes").committed, run, "FERRY-8030", "fleet nodes")
 end
 
 function M.load(path, do_apply)
@@ -105,8 +111,7 @@ function M.load(path, do_apply)
     -- The store's runtime proxies join the config's pools (inventory).
     local ok, serr = inventory.open_store(cfg)
     if not ok then return nil, serr end
-    inventory.merge(cfg)
-    broker_client.merge(cfg)
+    merge_runtime(cfg)
   end
   local prep, perr = apply.prepare(cfg, root)
   if not prep then return nil, perr end
@@ -137,8 +142,7 @@ local function reload(path)
   -- An error raised on the way (memory a budget refused in the middle,
   -- core/budget.c) undoes the store switch as a refusal does.
   local ok, run, prep = pcall(function()
-    inventory.merge(cfg)
-    broker_client.merge(cfg)
+    merge_runtime(cfg)
     local p, perr = apply.prepare(cfg, root)
     if not p then return nil, perr end
     local r, cerr = apply.commit(p, active)
@@ -160,16 +164,13 @@ function M.recommit()
   local cur = active
   if not cur or not cur.prep then return nil, "no config is running" end
   C.ferry_budget_enter_load() -- an admin request: the load's bounds, once
-  inventory.merge(cur.prep.cfg)
-  broker_client.merge(cur.prep.cfg)
+  merge_runtime(cur.prep.cfg)
   local run, err = apply.commit(cur.prep, cur)
   if not run then return nil, err end
   switch_to(run, cur.prep)
   return true
 end
 
--- Graceful stop (called by the core once the loop has drained): the
--- store keeps the last known health of every proxy.
 -- Each drain tick after SIGTERM (core/main.c): true holds the loop a
 -- little longer (bounded): the fleet's last changes go out first.
 function M.drain(busy)
@@ -180,6 +181,8 @@ function M.drain(busy)
   return flushing or marking
 end
 
+-- Graceful stop (called by the core once the loop has drained): the
+-- store keeps the last known health of every proxy.
 function M.stop()
   local ok, err = inventory.stop()
   fleet.stop()

@@ -76,10 +76,7 @@ SELECT proxy, exchange, kind, reason, node,
 FROM ferry_bans WHERE until > clock_timestamp() AND node IS DISTINCT FROM $1
 ORDER BY updated_at DESC LIMIT ]] .. M.RESYNC_MAX
 
-M.EXPIRED = [[
-DELETE FROM ferry_bans WHERE ctid = ANY (ARRAY (
-  SELECT ctid FROM ferry_bans WHERE until < clock_timestamp() - interval '10 seconds'
-  LIMIT 1000))]]
+M.EXPIRED = ctx.expired_sql("ferry_bans")
 
 -- The names of pair x across the fleet, or nil (a proxy or exchange of
 -- no running pool: nothing to share).

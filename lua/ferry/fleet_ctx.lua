@@ -149,6 +149,13 @@ local function new_log_once()
 end
 M.log_once = new_log_once()
 
+-- A bounded DELETE of a shared table's rows past their `until` (10 s of
+-- grace; at most 1 000 rows a statement, so a backlog cannot hold the queue).
+function M.expired_sql(tbl)
+  return "DELETE FROM " .. tbl .. " WHERE ctid = ANY (ARRAY (SELECT ctid FROM " .. tbl ..
+    " WHERE until < clock_timestamp() - interval '10 seconds' LIMIT 1000))"
+end
+
 -- An error text as logs may show it: a database message may quote a
 -- value, and a proxy's key can be its URL with credentials.
 function M.scrub(msg)

@@ -67,10 +67,7 @@ SELECT key, proxy, node, extract(epoch from until - clock_timestamp()) AS s,
 FROM ferry_pins WHERE until > clock_timestamp() AND node IS DISTINCT FROM $1
 ORDER BY updated_at DESC LIMIT ]] .. M.RESYNC_MAX
 
-M.EXPIRED = [[
-DELETE FROM ferry_pins WHERE ctid = ANY (ARRAY (
-  SELECT ctid FROM ferry_pins WHERE until < clock_timestamp() - interval '10 seconds'
-  LIMIT 1000))]]
+M.EXPIRED = ctx.expired_sql("ferry_pins")
 
 local function remember(key, rec)
   if not known[key] then

@@ -477,6 +477,20 @@ function M.self_id() return S.id end
 function M.heartbeat() return S.heartbeat end
 function M.stopping() return S.stopping end
 
+-- The states the admin API and the metrics show: while PostgreSQL is up,
+-- the others' states as the last read judged them, the ones the probe
+-- division used (judging by the clock here would show a node gone up to a
+-- heartbeat before its duties move); while it is down, the growing ages.
+local function shown_states(now)
+  local st = states_now(now)
+  if S.states and pg_up() then
+    for id, judged in pairs(S.states) do
+      if id ~= S.id and st[id] then st[id] = judged end
+    end
+  end
+  return st
+end
+
 -- The ids that probe now (live, not draining), sorted; nil when the
 -- division does not apply (no fleet, not registered, PostgreSQL not up:
 -- then this node probes everything).
@@ -492,7 +506,7 @@ local function round1(x) return floor(x * 10 + 0.5) / 10 end
 -- sorted by id.  stale: PostgreSQL is not up, the list is from memory.
 function M.list()
   local now = C.ferry_now()
-  local st = states_now(now)
+  local st = shown_states(now)
   local duties = probes().duties_by_node()
   local out = {}
   for id, row in pairs(S.rows) do
@@ -514,7 +528,7 @@ end
 function M.metrics_text()
   if not S.on then return "" end
   local counts = { live = 0, draining = 0, gone = 0, stopped = 0 }
-  for _, st in pairs(states_now(C.ferry_now())) do counts[st] = (counts[st] or 0) + 1 end
+  for _, st in pairs(shown_states(C.ferry_now())) do counts[st] = (counts[st] or 0) + 1 end
   local lines = {
     "# HELP ferry_fleet_nodes Nodes of the fleet by state, as this node sees them.",
     "# TYPE ferry_fleet_nodes gauge",

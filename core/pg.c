@@ -310,8 +310,8 @@ static void session_up(void)
     pg.backoff = PG_BACKOFF_MIN;
     if (pg.attempts > 0 && pg.down_since > 0) {
         log_event(LOG_INFO, "FERRY-8002", NULL, "postgres %s: connected again after %.1f s "
-                  "(%llu failed attempts)", pg.target, ev_now(loop) - pg.down_since,
-                  (unsigned long long)pg.attempts);
+                  "(%llu failed attempt%s)", pg.target, ev_now(loop) - pg.down_since,
+                  (unsigned long long)pg.attempts, pg.attempts == 1 ? "" : "s");
     } else {
         log_event(LOG_INFO, "FERRY-8002", NULL, "postgres %s: connected", pg.target);
     }

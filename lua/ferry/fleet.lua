@@ -157,6 +157,12 @@ function M.apply(cfg)
     return nil, err
   end
   enabled = st.postgres ~= nil
+  if not enabled and cfg.node then
+    -- Accepted (a config shared by nodes with and without a database),
+    -- but said: the node registers nowhere and shares nothing.
+    C.ferry_log(cdef.LOG.warn, "FERRY-0255", format("node { id = %q } has no effect " ..
+      "without store { postgres = ... }: this ferry is not part of a fleet", node.id))
+  end
   if not enabled and retry_timer then
     timer.cancel(retry_timer)
     retry_timer = nil

@@ -163,7 +163,10 @@ function M.start(cfg, inventory)
     if resync_timer then timer.cancel(resync_timer) end
     resync_every = every
     resync_timer = timer.every(every, function()
-      if require("ferry.pg").state() == "up" then M.resync("periodic") end
+      if require("ferry.pg").state() == "up" then
+        M.resync("periodic")
+        require("ferry.fleet").write("purge:proxies", store_pg.SQL_PURGE, {})
+      end
     end)
   end
 end

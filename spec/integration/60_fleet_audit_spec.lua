@@ -312,6 +312,24 @@ route(function() return "p" end)
     end
   end)
 
+  it("purges tombstones older than 7 days at the periodic resync, and keeps newer ones",
+    function()
+    db:psql("INSERT INTO ferry_proxies (key, url, pool, opts, updated_by, removed, " ..
+      "updated_at) VALUES ('old-tomb', 'http://127.0.0.1:9', 'p', '{\"id\":\"old-tomb\"}', " ..
+      "'z', true, clock_timestamp() - interval '8 days')", "audit60")
+    local function rows(key)
+      local out = db:psql("SELECT count(*) FROM ferry_proxies WHERE key = '" .. key .. "'",
+        "audit60")
+      return tonumber(out:match("%d+"))
+    end
+    assert.equal(1, rows("old-tomb"))
+    assert.truthy(procs.wait_for(function() return rows("old-tomb") == 0 end, 6 * K, 0.2),
+      "the 8-day-old tombstone is still there")
+    -- The removal of the test before (a fresh tombstone) stays.
+    assert.equal(1, rows("quiet"))
+    for _, n in ipairs(nodes) do assert.is_nil(record(n.admin, "old-tomb")) end
+  end)
+
   it("never logs a proxy password, and every log line is coded JSON", function()
     for _, n in ipairs(nodes) do
       local log = procs.read_file(n.proc.log)

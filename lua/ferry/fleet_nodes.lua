@@ -78,16 +78,20 @@ local NOTIFY = "pg_notify('ferry_fleet', json_build_object('t', 'node', 'n', $1:
 local REGISTER = [[
 WITH w AS (
   INSERT INTO ferry_nodes (id, advertise, version, config_hash, started_at, heartbeat_at,
-                           draining, stopped)
-  VALUES ($1, $2, $3, $4, clock_timestamp(), clock_timestamp(), false, false)
+                           heartbeat_s, draining, stopped)
+  VALUES ($1, $2, $3, $4, clock_timestamp(), clock_timestamp(), $5, false, false)
   ON CONFLICT (id) DO UPDATE SET advertise = EXCLUDED.advertise, version = EXCLUDED.version,
     config_hash = EXCLUDED.config_hash, started_at = EXCLUDED.started_at,
-    heartbeat_at = EXCLUDED.heartbeat_at, draining = false, stopped = false
+    heartbeat_at = EXCLUDED.heartbeat_at, heartbeat_s = EXCLUDED.heartbeat_s,
+    draining = false, stopped = false
   RETURNING started_at::text AS started)
 SELECT w.started, ]] .. format(NOTIFY, "'live'") .. [[ AS notified FROM w]]
 
-local LIST_COLUMNS = [[n.id, n.advertise, n.version, n.config_hash, n.started_at::text AS started,
-  extract(epoch from clock_timestamp() - n.heartbeat_at)::float8 AS age, n.draining, n.stopped]]
+-- started: ISO 8601 in UTC, as the admin API shows it.
+local LIST_COLUMNS = [[n.id, n.advertise, n.version, n.config_hash,
+  to_char(n.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS started,
+  extract(epoch from clock_timestamp() - n.heartbeat_at)::float8 AS age, n.heartbeat_s,
+  n.draining, n.stopped]]
 
 -- A heartbeat, and the list back in the same round trip.  The row keeps
 -- the started_at it has: another node that registered the same id since
@@ -96,11 +100,11 @@ local LIST_COLUMNS = [[n.id, n.advertise, n.version, n.config_hash, n.started_at
 local HEARTBEAT = [[
 WITH w AS (
   INSERT INTO ferry_nodes (id, advertise, version, config_hash, started_at, heartbeat_at,
-                           draining, stopped)
-  VALUES ($1, $2, $3, $4, $5::timestamptz, clock_timestamp(), $6, false)
+                           heartbeat_s, draining, stopped)
+  VALUES ($1, $2, $3, $4, $5::timestamptz, clock_timestamp(), $7, $6, false)
   ON CONFLICT (id) DO UPDATE SET advertise = EXCLUDED.advertise, version = EXCLUDED.version,
     config_hash = EXCLUDED.config_hash, heartbeat_at = EXCLUDED.heartbeat_at,
-    draining = EXCLUDED.draining, stopped = false
+    heartbeat_s = EXCLUDED.heartbeat_s, draining = EXCLUDED.draining, stopped = false
   RETURNING started_at::text AS started)
 SELECT ]] .. LIST_COLUMNS .. [[, (SELECT started FROM w) AS mine FROM ferry_nodes n]]
 
@@ -151,7 +155,7 @@ local function states_now(now)
       st[id] = S.stopping and "draining" or "live"
     else
       st[id] = view.state({ age = age_now(id, row, now, "lag"), draining = row.draining,
-                            stopped = row.stopped }, S.heartbeat)
+                            stopped = row.stopped }, row.heartbeat or S.heartbeat)
     end
   end
   return st
@@ -206,7 +210,8 @@ local function take_rows(res, now)
   for _, r in ipairs(res and res.rows or {}) do
     if r.id then
       rows[r.id] = { advertise = r.advertise, version = r.version, config_hash = r.config_hash,
-                     started = r.started, age = tonumber(r.age), draining = bool(r.draining),
+                     started = r.started, age = tonumber(r.age),
+                     heartbeat = tonumber(r.heartbeat_s), draining = bool(r.draining),
                      stopped = bool(r.stopped) }
     end
   end
@@ -261,7 +266,7 @@ end
 
 local function hb_params()
   return { S.id, S.advertise or "", ffi.string(C.ferry_version_string()), S.hash or "",
-    S.started, S.stopping ~= nil }
+    S.started, S.stopping ~= nil, S.heartbeat }
 end
 
 local function on_beat(res, err)
@@ -314,7 +319,8 @@ end
 
 function register()
   S.registering = true
-  local params = { S.id, S.advertise or "", ffi.string(C.ferry_version_string()), S.hash or "" }
+  local params = { S.id, S.advertise or "", ffi.string(C.ferry_version_string()), S.hash or "",
+    S.heartbeat }
   local ok, err = fleet().write("node:" .. S.id, REGISTER, params, function(res, rerr)
     S.registering = false
     local row = res and res.rows and res.rows[1]
@@ -342,7 +348,10 @@ end
 local function on_up()
   if not S.on then return end
   if S.started then
-    S.grace_until = C.ferry_now() + view.GONE_BEATS * S.heartbeat
+    -- The longest heartbeat of the fleet (each node beats at its own).
+    local hb = S.heartbeat
+    for _, row in pairs(S.rows) do hb = math.max(hb, row.heartbeat or 0) end
+    S.grace_until = C.ferry_now() + view.GONE_BEATS * hb
     beat()
   elseif not S.registering then
     register()
@@ -514,6 +523,7 @@ function M.list()
     out[#out + 1] = {
       id = id, advertise = row.advertise, version = row.version, config_hash = row.config_hash,
       started = row.started, heartbeat_age_s = age < 1e9 and round1(age) or nil,
+      heartbeat_s = row.heartbeat or (id == S.id and S.heartbeat or nil),
       state = st[id], self = id == S.id,
       probes = duties[id] or 0,
     }

@@ -29,6 +29,7 @@ M.MIGRATIONS = {
       config_hash text,
       started_at timestamptz,
       heartbeat_at timestamptz NOT NULL,
+      heartbeat_s double precision,
       draining boolean NOT NULL DEFAULT false,
       stopped boolean NOT NULL DEFAULT false)]],
     [[CREATE TABLE ferry_proxies (

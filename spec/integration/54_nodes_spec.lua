@@ -121,7 +121,7 @@ pool "shared" {
 %s
   },
   health = { check = "tcp", interval = 0.3, timeout = 0.2, rise = 1, fall = 1 } }
-]], n.listen, n.admin, conninfo, id, HB, table.concat(lines, "\n"))
+]], n.listen, n.admin, conninfo, id, n.hb or HB, table.concat(lines, "\n"))
   end
 
   local function start_node(id)
@@ -184,7 +184,14 @@ pool "shared" {
       for _, other in ipairs({ "n1", "n2", "n3" }) do
         assert.equal(other == id, t[other].self)
         assert.equal("0.1.0", t[other].version)
-        assert.truthy(t[other].started)
+        -- ISO 8601 in UTC, by the database's clock: within a minute of now here.
+        local y, mo, d, h, mi, sec = tostring(t[other].started):match(
+          "^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)%.%d%d%dZ$")
+        assert.truthy(y, tostring(t[other].started))
+        local utc = os.time({ year = y, month = mo, day = d, hour = h, min = mi, sec = sec,
+          isdst = false })
+        local skew = os.time(os.date("*t")) - os.time(os.date("!*t"))
+        assert.truthy(math.abs(utc + skew - os.time()) < 120, t[other].started)
         assert.truthy(t[other].heartbeat_age_s >= 0)
         assert.equal(16, #t[other].config_hash)
       end
@@ -400,5 +407,49 @@ pool "shared" {
       return code_lines(nodes[id].proc, "FERRY-8027", "another node registered as " .. id) >= 1
     end, 10, 0.1), "no FERRY-8027 on " .. id)
     procs.stop(twin.proc, "KILL")
+  end)
+
+  it("judges each node by its own heartbeat: one beating 4 times slower stays live", function()
+    local watcher = survivors[1]
+    nodes.slow = { listen = procs.free_port(), admin = procs.free_port(), hb = 4 * HB }
+    start_node("slow")
+    assert.truthy(procs.wait_for(function()
+      local t = states(nodes[watcher].admin)
+      return t.slow and t.slow.state == "live"
+    end, 10, 0.1), "the slow node did not join")
+    -- Over 3 of its heartbeats (4 of the watcher's gone limits), sampled
+    -- every 0.1 s: never gone, though its row is often older than 3 * HB.
+    local seen_old, t
+    local deadline = os.time() + 3 * 4 * HB + 1
+    while os.time() < deadline do
+      t = states(nodes[watcher].admin)
+      assert.equal("live", t.slow and t.slow.state)
+      if t.slow.heartbeat_age_s > 3 * HB then seen_old = true end
+      procs.sleep(0.1)
+    end
+    assert.truthy(seen_old, "the slow node's heartbeat never aged past 3 * HB")
+    assert.equal(4 * HB, t.slow.heartbeat_s)
+    assert.equal(HB, t[watcher].heartbeat_s)
+    assert.equal(0, code_lines(nodes[watcher].proc, "FERRY-8022", "node slow"))
+    procs.stop_ferry(nodes.slow.proc)
+  end)
+end)
+
+describe("node { } without store { postgres }", function()
+  it("starts, warns once with FERRY-0255 and answers GET /api/v1/nodes with fleet:false",
+    function()
+    local L, A = procs.free_port(), procs.free_port()
+    local proc = procs.ferry(string.format([[
+listen { name = "main", addr = "127.0.0.1:%d" }
+admin { addr = "127.0.0.1:%d" }
+node { id = "lonely-1" }
+route(function(req) return "direct" end)
+]], L, A), { L, A }, "ferry-lonely")
+    local code, body = procs.admin_api(A, "GET", "/api/v1/nodes")
+    assert.equal(200, code)
+    assert.is_false(body.fleet)
+    assert.is_nil(body.nodes)
+    procs.stop_ferry(proc)
+    assert.equal(1, code_lines(proc, "FERRY-0255", 'node { id = "lonely-1" } has no effect'))
   end)
 end)

@@ -25,7 +25,7 @@ DEPS     := build-essential pkg-config luajit2 libluajit2-5.1-dev libev-dev libh
             libc-ares-dev libsqlite3-dev libssl-dev libedit-dev lua-cjson lua-busted lua-socket lua-check \
             cppcheck microsocks tinyproxy curl prometheus python3 sqlite3 wget git nodejs \
             python3-requests python3-socks stunnel4 openssl util-linux \
-            clang libclang-rt-14-dev postgresql-15 libpq-dev
+            clang libclang-rt-14-dev postgresql-15 libpq-dev dante-server
 BENCH_DEPS := wrk nginx nginx-light squid-openssl mitmproxy haproxy tinyproxy dante-server microsocks stunnel4 openssl util-linux
 
 ifeq ($(V),1)

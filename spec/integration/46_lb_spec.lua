@@ -279,8 +279,11 @@ pool "plain" { health = { check = "http", path = "/health", interval = 0.25, tim
       assert.truthy(procs.wait_for(function() return up(id) == 1 end), id .. " never up")
     end
     -- The probe asked the backend itself, in origin form, with the check's
-    -- Host, else the backend's own host:port.
-    assert.matches('"host": "health.test"', control(M.bea, "/_count"))
+    -- Host, else the backend's own host:port.  A backend counts as up
+    -- before its first probe, so wait (bounded) for that probe to arrive.
+    assert.truthy(procs.wait_for(function()
+      return control(M.bea, "/_count"):find('"host": "health.test"', 1, true)
+    end), control(M.bea, "/_count"))
     assert.truthy(procs.wait_for(function()
       return control(M.bed, "/_count"):find('"host": "127.0.0.1:' .. M.bed.port .. '"', 1, true)
     end), control(M.bed, "/_count"))

@@ -191,6 +191,15 @@ function M.read(sql, params, cb)
   return pg.query(sql, params, cb, { offline = "fail" })
 end
 
+-- A bounded DELETE of the rows of `tbl` matching `where`: at most
+-- DELETE_MAX a statement, so a backlog never holds the queue (the rest
+-- goes the next time).  Every clean-up of the fleet's tables is one.
+M.DELETE_MAX = 1000
+function M.bounded_delete_sql(tbl, where)
+  return format("DELETE FROM %s WHERE ctid = ANY (ARRAY (SELECT ctid FROM %s WHERE %s " ..
+    "LIMIT %d))", tbl, tbl, where, M.DELETE_MAX)
+end
+
 -- The SQL that sends the message json_expr (a json/jsonb/text expression).
 function M.notify_sql(json_expr)
   return "pg_notify('" .. M.CHANNEL .. "', (" .. json_expr .. ")::text)"

@@ -150,10 +150,9 @@ end
 M.log_once = new_log_once()
 
 -- A bounded DELETE of a shared table's rows past their `until` (10 s of
--- grace; at most 1 000 rows a statement, so a backlog cannot hold the queue).
+-- grace; fleet.bounded_delete_sql).
 function M.expired_sql(tbl)
-  return "DELETE FROM " .. tbl .. " WHERE ctid = ANY (ARRAY (SELECT ctid FROM " .. tbl ..
-    " WHERE until < clock_timestamp() - interval '10 seconds' LIMIT 1000))"
+  return M.fleet().bounded_delete_sql(tbl, "until < clock_timestamp() - interval '10 seconds'")
 end
 
 -- An error text as logs may show it: a database message may quote a

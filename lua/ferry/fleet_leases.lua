@@ -62,12 +62,10 @@ SELECT extract(epoch from clock_timestamp()) AS now,
            n.heartbeat_at > clock_timestamp() - make_interval(secs => $2::float8)))), '[]')
   AS leases]]
 
-M.EXPIRED = [[
-DELETE FROM ferry_leases WHERE ctid = ANY (ARRAY (
-  SELECT l.ctid FROM ferry_leases l LEFT JOIN ferry_nodes n ON n.id = l.node
-  WHERE (l.held = 0 AND l.updated_at < clock_timestamp() - interval '1 minute')
-     OR (n.id IS NOT NULL AND n.heartbeat_at < clock_timestamp() - interval '1 hour')
-  LIMIT 1000))]]
+M.EXPIRED = ctx.fleet().bounded_delete_sql("ferry_leases", [[
+(held = 0 AND updated_at < clock_timestamp() - interval '1 minute')
+  OR EXISTS (SELECT 1 FROM ferry_nodes n WHERE n.id = ferry_leases.node
+             AND n.heartbeat_at < clock_timestamp() - interval '1 hour')]])
 
 -- Seconds without a heartbeat after which a node's leases stop counting.
 function M.gone_after()

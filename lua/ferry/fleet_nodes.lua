@@ -101,7 +101,7 @@ local HEARTBEAT = [[
 WITH w AS (
   INSERT INTO ferry_nodes (id, advertise, version, config_hash, started_at, heartbeat_at,
                            heartbeat_s, draining, stopped)
-  VALUES ($1, $2, $3, $4, $5::timestamptz, clock_timestamp(), $7, $6, false)
+  VALUES ($1, $2, $3, $4, $6::timestamptz, clock_timestamp(), $5, $7, false)
   ON CONFLICT (id) DO UPDATE SET advertise = EXCLUDED.advertise, version = EXCLUDED.version,
     config_hash = EXCLUDED.config_hash, heartbeat_at = EXCLUDED.heartbeat_at,
     heartbeat_s = EXCLUDED.heartbeat_s, draining = EXCLUDED.draining, stopped = false
@@ -112,9 +112,8 @@ local LIST = "SELECT " .. LIST_COLUMNS .. " FROM ferry_nodes n"
 
 -- Rows of nodes silent for a day go (a node that comes back registers
 -- again); bounded per statement.
-local FORGET = [[
-DELETE FROM ferry_nodes WHERE id IN (SELECT id FROM ferry_nodes
-  WHERE heartbeat_at < clock_timestamp() - make_interval(secs => $1) LIMIT 1000)]]
+local FORGET = fleet().bounded_delete_sql("ferry_nodes",
+  "heartbeat_at < clock_timestamp() - make_interval(secs => $1)")
 
 -- Draining or stopped: said at once (NOTIFY), the heartbeat moves too.
 local MARK = [[
@@ -264,9 +263,17 @@ end
 ---------------------------------------------------------------------------
 -- Heartbeat and registration.
 
-local function hb_params()
+-- The node's own fields, $1..$5 of REGISTER and HEARTBEAT.
+local function row_params()
   return { S.id, S.advertise or "", ffi.string(C.ferry_version_string()), S.hash or "",
-    S.started, S.stopping ~= nil, S.heartbeat }
+    S.heartbeat }
+end
+
+-- HEARTBEAT's: the row's, then $6 started_at as registered, $7 draining.
+local function hb_params()
+  local p = row_params()
+  p[6], p[7] = S.started, S.stopping ~= nil
+  return p
 end
 
 local function on_beat(res, err)
@@ -319,8 +326,7 @@ end
 
 function register()
   S.registering = true
-  local params = { S.id, S.advertise or "", ffi.string(C.ferry_version_string()), S.hash or "",
-    S.heartbeat }
+  local params = row_params()
   local ok, err = fleet().write("node:" .. S.id, REGISTER, params, function(res, rerr)
     S.registering = false
     local row = res and res.rows and res.rows[1]

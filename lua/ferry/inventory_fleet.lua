@@ -165,7 +165,7 @@ function M.start(cfg, inventory)
     resync_timer = timer.every(every, function()
       if require("ferry.pg").state() == "up" then
         M.resync("periodic")
-        require("ferry.fleet").write("purge:proxies", store_pg.SQL_PURGE, {})
+        store_pg.purge()
       end
     end)
   end

@@ -120,13 +120,15 @@ M.SQL_ALL = SELECT .. "WHERE NOT removed OR updated_at > clock_timestamp() - int
   M.TOMBSTONE_DAYS .. " days'"
 M.SQL_ONE = SELECT .. "WHERE key = $1"
 
--- Tombstones older than TOMBSTONE_DAYS go, at most 1000 per statement
--- (every node runs it at its periodic resync; the rest goes the next
--- time).  A change queued on a node away for longer than that may bring
--- such a proxy back: the removal is no longer there to win.
-M.SQL_PURGE = "DELETE FROM ferry_proxies WHERE ctid = ANY (ARRAY (SELECT ctid FROM " ..
-  "ferry_proxies WHERE removed AND updated_at < clock_timestamp() - interval '" ..
-  M.TOMBSTONE_DAYS .. " days' LIMIT 1000))"
+-- Tombstones older than TOMBSTONE_DAYS go: a bounded DELETE every node
+-- sends at its periodic resync.  A change queued on a node away for
+-- longer than that may bring such a proxy back: the removal is no longer
+-- there to win.
+function M.purge()
+  local f = fleet()
+  return f.write("purge:proxies", f.bounded_delete_sql("ferry_proxies", "removed AND " ..
+    "updated_at < clock_timestamp() - interval '" .. M.TOMBSTONE_DAYS .. " days'"), {})
+end
 
 ---------------------------------------------------------------------------
 -- Rows.
